@@ -1,0 +1,3 @@
+from meshpy.cli import main
+
+raise SystemExit(main())

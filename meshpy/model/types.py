@@ -1,0 +1,241 @@
+"""The one config model every source turns into: meshpy YAML, an Envoy bootstrap, and (later) xDS.
+
+Frozen, slotted, keyword-only dataclasses with tuple fields, so a model can be shared between the old
+and the new Snapshot during a reload and compared with `==` to find what changed. Durations are floats
+in seconds; `None` means "no limit" where Envoy uses 0 for that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
+PathMatchKind = Literal["prefix", "path", "regex"]
+HeaderAppend = Literal["append", "add_if_absent", "overwrite", "overwrite_if_exists"]
+DiscoveryType = Literal["static", "strict_dns", "logical_dns"]
+ListenerKind = Literal["http", "tcp"]
+
+DEFAULT_ROUTE_TIMEOUT = 15.0  # Envoy's route timeout default
+DEFAULT_CONNECT_TIMEOUT = 5.0  # Envoy's cluster connect_timeout default
+DEFAULT_STREAM_IDLE_TIMEOUT = 300.0  # Envoy's HCM stream_idle_timeout default (5 minutes)
+DEFAULT_TCP_IDLE_TIMEOUT = 3600.0  # Envoy's tcp_proxy idle_timeout default (1 hour)
+DEFAULT_HEADERS_TIMEOUT = 10.0  # slowloris guard: whole request head must arrive within this
+DEFAULT_DNS_REFRESH = 5.0  # Envoy's dns_refresh_rate default
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StringMatch:
+    """Match a header or query value. `present` ignores `value`."""
+
+    kind: StringMatchKind
+    value: str = ""
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderMatch:
+    name: str  # lower case; pseudo-headers `:method`, `:authority`, `:path`, `:scheme` are allowed
+    match: StringMatch
+    invert: bool = False
+    # Envoy's `present_match: false` means "must be absent": modelled as present + invert.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryMatch:
+    name: str
+    match: StringMatch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch:
+    """Path semantics follow Envoy: `prefix` sees the whole :path including the query string;
+    `path` and `regex` see the path with the query string removed, and a regex must match it whole."""
+
+    path_kind: PathMatchKind = "prefix"
+    path: str = "/"
+    case_sensitive: bool = True
+    headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[QueryMatch, ...] = ()
+    methods: tuple[str, ...] = ()  # upper case; empty means any method
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderValue:
+    name: str  # lower case
+    value: str
+    append: HeaderAppend = "append"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderEdits:
+    """Headers added or set, then removed, applied in the order route, virtual host, route config
+    (most specific first, as Envoy does unless most_specific_header_mutations_wins is false)."""
+
+    add: tuple[HeaderValue, ...] = ()
+    remove: tuple[str, ...] = ()  # lower case
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+NO_EDITS = HeaderEdits()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WeightedCluster:
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegexRewrite:
+    pattern: str
+    substitution: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardAction:
+    """Send to one cluster, or split by weight between several (exactly one of the two is set)."""
+
+    cluster: str | None = None
+    weighted: tuple[WeightedCluster, ...] = ()
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite: str | None = None
+    timeout: float | None = DEFAULT_ROUTE_TIMEOUT  # None: no timeout (Envoy's 0s)
+    idle_timeout: float | None = None  # per-route stream idle timeout; None: the listener's
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedirectAction:
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix_rewrite: str | None = None
+    response_code: int = 301
+    strip_query: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectResponseAction:
+    status: int
+    body: str = ""
+
+
+RouteAction = ForwardAction | RedirectAction | DirectResponseAction
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    name: str = ""
+    match: RouteMatch = field(default_factory=RouteMatch)
+    action: RouteAction
+    request_headers: HeaderEdits = NO_EDITS
+    response_headers: HeaderEdits = NO_EDITS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+    request_headers: HeaderEdits = NO_EDITS
+    response_headers: HeaderEdits = NO_EDITS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    request_headers: HeaderEdits = NO_EDITS
+    response_headers: HeaderEdits = NO_EDITS
+    ignore_port_in_host: bool = True  # strip ":port" from Host before matching domains
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccessLog:
+    """One JSON line per request. `path` "-" (or None) is stdout."""
+
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpOptions:
+    route_config: RouteConfig
+    use_remote_address: bool = True  # append the peer address to x-forwarded-for
+    xff_num_trusted_hops: int = 0
+    forwarded_proto: bool = True  # set x-forwarded-proto when the client did not send one
+    generate_request_id: bool = True
+    preserve_external_request_id: bool = True
+    stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT
+    request_headers_timeout: float | None = DEFAULT_HEADERS_TIMEOUT
+    max_request_headers_kb: int = 60
+    max_request_headers_count: int = 100
+    max_request_body_bytes: int | None = None  # None: unlimited (streamed)
+    access_logs: tuple[AccessLog, ...] = ()
+    server_name: str | None = None  # None: the upstream's `server` header passes through
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpOptions:
+    cluster: str
+    idle_timeout: float | None = DEFAULT_TCP_IDLE_TIMEOUT
+    access_logs: tuple[AccessLog, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    name: str
+    address: Address
+    kind: ListenerKind
+    http: HttpOptions | None = None
+    tcp: TcpOptions | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    address: Address
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cluster:
+    name: str
+    discovery: DiscoveryType = "static"
+    endpoints: tuple[Endpoint, ...] = ()
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    dns_refresh_rate: float = DEFAULT_DNS_REFRESH
+    lb_policy: Literal["round_robin"] = "round_robin"
+    max_connections_per_endpoint: int = 1024  # pool size limit; requests beyond it wait
+    pool_idle_timeout: float | None = 60.0  # idle pooled connections are closed after this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admin:
+    address: Address | None = None  # None: no admin listener
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lifecycle:
+    drain_time: float = 5.0  # after SIGTERM: listeners keep accepting this long, keep-alives get closed
+    grace_time: float = 30.0  # then requests in flight get at most this long to finish
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    listeners: tuple[Listener, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    admin: Admin = field(default_factory=Admin)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    source_format: Literal["meshpy", "envoy"] = "meshpy"
