@@ -21,6 +21,7 @@ DEFAULT_CONNECT_TIMEOUT = 5.0  # Envoy's cluster connect_timeout default
 DEFAULT_STREAM_IDLE_TIMEOUT = 300.0  # Envoy's HCM stream_idle_timeout default (5 minutes)
 DEFAULT_TCP_IDLE_TIMEOUT = 3600.0  # Envoy's tcp_proxy idle_timeout default (1 hour)
 DEFAULT_HEADERS_TIMEOUT = 10.0  # slowloris guard: whole request head must arrive within this
+DEFAULT_IDLE_TIMEOUT = 3600.0  # Envoy's HCM common_http_protocol_options.idle_timeout default
 DEFAULT_DNS_REFRESH = 5.0  # Envoy's dns_refresh_rate default
 
 
@@ -179,6 +180,7 @@ class HttpOptions:
     generate_request_id: bool = True
     preserve_external_request_id: bool = True
     stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # a keep-alive connection with no request open
     request_headers_timeout: float | None = DEFAULT_HEADERS_TIMEOUT
     max_request_headers_kb: int = 60
     max_request_headers_count: int = 100

@@ -1,0 +1,263 @@
+"""The admin listener: a small HTTP/1.1 server of its own (httptools on an asyncio.Protocol).
+
+It is deliberately separate from the data-plane listeners: a different port (127.0.0.1 by default),
+no routing, no policies, so a broken route table or an overloaded data path never takes the probes and
+the metrics scrape with it. Every view is synchronous and cheap, so each request is answered inside the
+`data_received` call that completed it; pipelined requests are therefore answered in order with no
+queue. Keep-alive follows the request (`should_keep_alive`), bodies are framed by Content-Length.
+
+`start_admin` returns an `AdminServer` rather than the bare `asyncio.Server`: shutdown must also close
+idle keep-alive connections (a Prometheus scraper holds one open), which `asyncio.Server.close` does not
+do before Python 3.13, and since 3.12 `wait_closed` would wait for them forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+import logging
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+import httptools
+
+from meshpy.admin.views import ENDPOINTS, AdminHost, Response, text
+from meshpy.model.types import Address
+
+__all__ = ["AdminHost", "AdminProtocol", "AdminServer", "start_admin"]
+
+log = logging.getLogger(__name__)
+
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024 * 1024  # admin POSTs carry no body we read; anything large is a mistake
+DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a connection may sit without a byte before we close it
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing and answer with `status`, then close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class AdminProtocol(asyncio.Protocol):
+    """One admin connection. httptools calls the `on_*` methods from inside `feed_data`."""
+
+    def __init__(
+        self,
+        host: AdminHost,
+        loop: asyncio.AbstractEventLoop,
+        connections: set[AdminProtocol],
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
+        self._host = host
+        self._loop = loop
+        self._connections = connections
+        self._idle_timeout = idle_timeout
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = bytearray()
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self._closing = False
+        self._last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._connections.add(self)
+        self._last_activity = self._loop.time()
+        self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last_activity = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # The upgrade request itself was answered in on_message_complete; what follows is not
+            # HTTP/1.1 any more, and the admin speaks nothing else.
+            self.close()
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._send(text(f"{cause}\n", cause.status, close=True), head_only=False, keep_alive=False)
+            else:  # a bug in a callback: answer and log rather than leave the client hanging
+                log.error("admin: request handling failed", exc_info=cause)
+                self._send(text("internal error\n", 500, close=True), head_only=False, keep_alive=False)
+        except httptools.HttpParserError as exc:
+            self._send(text(f"bad request: {exc}\n", 400, close=True), head_only=False, keep_alive=False)
+
+    def pause_writing(self) -> None:
+        # A client that pipelines requests without reading answers: stop reading until it catches up.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        """Close after anything already written has been sent."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._transport is None:
+            return
+        idle_for = self._loop.time() - self._last_activity
+        if idle_for >= self._idle_timeout:
+            self.close()
+        else:
+            self._idle_timer = self._loop.call_later(self._idle_timeout - idle_for, self._check_idle)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url.clear()
+        self._header_bytes = 0
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_URL_BYTES:
+            raise _Reject(414, "URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Reject(431, "request headers too large")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > MAX_BODY_BYTES:
+            raise _Reject(413, "request body too large")
+
+    def on_message_complete(self) -> None:
+        if self._closing:
+            return
+        method = self._parser.get_method().decode("ascii", "replace")
+        keep_alive = self._parser.should_keep_alive()
+        http10 = self._parser.get_http_version() == "1.0"
+        response = self._dispatch(method, bytes(self._url))
+        self._send(response, head_only=method == "HEAD", keep_alive=keep_alive, http10=http10)
+
+    # answering
+
+    def _dispatch(self, method: str, raw_url: bytes) -> Response:
+        try:
+            url = httptools.parse_url(raw_url)
+        except httptools.HttpParserInvalidURLError:
+            return text("bad request: invalid URL\n", 400)
+        path = (url.path or b"/").decode("utf-8", "replace")
+        if len(path) > 1:
+            path = path.rstrip("/") or "/"
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is None:
+            return text(f"not found: {path} (GET / lists the admin paths)\n", 404)
+        if method not in endpoint.methods:
+            allow = ", ".join(sorted(endpoint.methods))
+            return text(f"method not allowed: {path} takes {allow}\n", 405, headers=(("Allow", allow),))
+        query = parse_qs(url.query.decode("utf-8", "replace"), keep_blank_values=True) if url.query else {}
+        try:
+            return endpoint.view(self._host, query)
+        except Exception:
+            log.exception("admin: %s %s failed", method, path)
+            return text("internal error\n", 500)
+
+    def _send(self, response: Response, *, head_only: bool, keep_alive: bool, http10: bool = False) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        close = response.close or not keep_alive
+        head = [
+            f"HTTP/1.1 {response.status} {_reason(response.status)}\r\n",
+            f"Content-Type: {response.content_type}\r\n",
+            f"Content-Length: {len(response.body)}\r\n",
+            "Cache-Control: no-cache, max-age=0\r\n",
+            "X-Content-Type-Options: nosniff\r\n",
+        ]
+        head.extend(f"{name}: {value}\r\n" for name, value in response.headers)
+        if close:
+            head.append("Connection: close\r\n")
+        elif http10:
+            head.append("Connection: keep-alive\r\n")  # HTTP/1.0 keep-alive must be confirmed
+        head.append("\r\n")
+        chunks = ["".join(head).encode("latin-1")]
+        if not head_only:
+            chunks.append(response.body)
+        transport.writelines(chunks)
+        if close:
+            self.close()
+        if response.after is not None:
+            # After the write: the bytes are in the transport, which flushes them even if the
+            # callback closes the admin listener and this connection with it.
+            self._loop.call_soon(response.after)
+
+
+class AdminServer:
+    """The listening admin socket plus its open connections, so shutdown can close both."""
+
+    def __init__(self, server: asyncio.Server, connections: set[AdminProtocol]) -> None:
+        self.server = server
+        self._connections = connections
+
+    @property
+    def address(self) -> Address:
+        """Where it actually listens (resolves port 0)."""
+        sockname = self.server.sockets[0].getsockname()
+        return Address(host=sockname[0], port=sockname[1])
+
+    def is_serving(self) -> bool:
+        return self.server.is_serving()
+
+    def close(self) -> None:
+        """Stop accepting and close every admin connection (answers already written are still sent)."""
+        self.server.close()
+        for conn in list(self._connections):
+            conn.close()
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+
+
+async def start_admin(
+    host: AdminHost,
+    address: Address,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+) -> AdminServer:
+    """Listen on `address` and serve the admin paths for `host`. Raises OSError if it cannot bind."""
+    connections: set[AdminProtocol] = set()
+    server = await loop.create_server(
+        lambda: AdminProtocol(host, loop, connections, idle_timeout),
+        address.host,
+        address.port,
+        reuse_address=True,
+    )
+    admin = AdminServer(server, connections)
+    log.info("admin listening on %s", admin.address)
+    return admin

@@ -1,0 +1,95 @@
+"""Command line: argv -> run / validate / demo-upstream. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import meshpy
+from meshpy.errors import ConfigError
+from meshpy.model.types import Lifecycle
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshpy", description="A service-mesh data plane on asyncio and uvloop.")
+    p.add_argument("--version", action="version", version=f"meshpy {meshpy.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the proxy on a config file (meshpy YAML or Envoy bootstrap)")
+    run.add_argument("-c", "--config", required=True, help="config file; the format is detected")
+    run.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)")
+    run.add_argument("--drain-time", type=float, default=None, help="seconds listeners keep accepting after SIGTERM")
+    run.add_argument("--grace-time", type=float, default=None, help="seconds requests in flight get after the drain")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    val = sub.add_parser("validate", help="check config files; print every error as `path: reason`")
+    val.add_argument("files", nargs="+")
+
+    demo = sub.add_parser("demo-upstream", help="a small HTTP server to put meshpy in front of")
+    demo.add_argument("--listen", default="127.0.0.1:18080", help="address to listen on")
+    demo.add_argument("--name", default="demo", help="name reported in responses")
+    demo.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    return p
+
+
+def _run_loop(loop_name: str, coro_factory: object) -> int:
+    assert callable(coro_factory)
+    if loop_name == "uvloop":
+        import uvloop
+
+        return int(uvloop.run(coro_factory()))
+    return int(asyncio.run(coro_factory()))
+
+
+def _validate(files: Sequence[str]) -> int:
+    from meshpy.model.load import load_file
+    from meshpy.routing.table import RouteTable
+
+    failed = False
+    for path in files:
+        try:
+            config = load_file(path)
+            # Compile the route tables too: a regex or rewrite that only fails there is still an error.
+            for i, lm in enumerate(config.listeners):
+                if lm.http is not None:
+                    try:
+                        RouteTable(lm.http.route_config)
+                    except ConfigError as err:
+                        raise ConfigError([type(x)(f"listeners[{i}].route_config.{x.path}", x.reason)
+                                           for x in err.issues]) from err
+        except ConfigError as err:
+            failed = True
+            for issue in err.issues:
+                print(f"{path}: {issue}")
+        except OSError as err:
+            failed = True
+            print(f"{path}: {err.strerror or err}")
+        else:
+            kinds = f"{len(config.listeners)} listeners, {len(config.clusters)} clusters"
+            print(f"{path}: ok ({config.source_format} format, {kinds})")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        return _validate(args.files)
+    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "info").upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "run":
+        from meshpy.runner import serve
+
+        lifecycle = None
+        if args.drain_time is not None or args.grace_time is not None:
+            d = Lifecycle()
+            lifecycle = Lifecycle(drain_time=d.drain_time if args.drain_time is None else args.drain_time,
+                                  grace_time=d.grace_time if args.grace_time is None else args.grace_time)
+        return _run_loop(args.loop, lambda: serve(args.config, lifecycle))
+    if args.command == "demo-upstream":
+        from meshpy.demo_upstream import serve_demo
+
+        return _run_loop(args.loop, lambda: serve_demo(args.listen, args.name))
+    return 2

@@ -1,0 +1,85 @@
+"""HTTP/1.1 wire helpers: head serialisation, chunk framing, request-head checks. No I/O.
+
+Parsing itself is httptools (llhttp, C): the transport protocols are its callback targets. llhttp already
+rejects Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold, bare CR, NUL and bad
+chunk sizes; what it lets through and a proxy must still refuse is checked in `check_request_head`.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from meshpy.errors import BadRequest
+
+# Status lines are built once: the hot path only indexes this dict.
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINE_11: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
+}
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    line = _STATUS_LINE_11.get(status)
+    if line is not None and reason is None:
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason if reason is not None else _REASONS.get(status, b"Unknown"))
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def serialize_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    # One join over a generator of 4-piece rows is the fastest pure-Python way found to build a head.
+    return b"".join([b"%s: %s\r\n" % kv for kv in headers])
+
+
+def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, serialize_headers(headers))
+
+
+def response_head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    return status_line(status) + serialize_headers(headers) + b"\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Statuses whose responses never carry a body (RFC 9110 6.4.1).
+def no_body_status(status: int) -> bool:
+    return status < 200 or status == 204 or status == 304
+
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_header_value(value: bytes) -> None:
+    """Refuse values llhttp lets through but a proxy must not forward (CR, LF or NUL inside)."""
+    if b"\r" in value or b"\n" in value or b"\x00" in value:
+        raise BadRequest("invalid header value")
+
+
+def check_transfer_encoding(value: bytes) -> None:
+    # Only plain `chunked` is accepted: `gzip, chunked` and friends are a classic smuggling vector
+    # because front and back ends disagree on which coding is last.
+    if value.strip().lower() != b"chunked":
+        raise BadRequest("unsupported transfer-encoding")
+
+
+def is_token(name: bytes) -> bool:
+    return bool(name) and all(c in _TCHAR for c in name)
+
+
+def format_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None,
+                    close: bool = False, head_only: bool = False) -> bytes:
+    """A complete proxy-made response (errors, direct responses, redirects)."""
+    headers = [] if extra is None else list(extra)
+    headers.append((b"content-length", b"%d" % len(body)))
+    if close:
+        headers.append((b"connection", b"close"))
+    head = response_head(status, headers)
+    return head if head_only else head + body

@@ -1,0 +1,112 @@
+"""Cross-reference checks every loader runs on a finished model (meshpy YAML, Envoy bootstrap, xDS).
+
+A loader validates each value where it reads it; what can only be seen with the whole config in hand
+lives here, once: routes naming clusters that do not exist, names that must be unique, two sockets
+that would bind the same address. Paths are model paths (`listeners[0].virtual_hosts[1].routes[2]
+.cluster`); a loader whose format nests differently maps them back to what the author wrote.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from meshpy.errors import ConfigIssue
+from meshpy.model.types import Address, Config, ForwardAction, Listener, RouteConfig
+
+
+def check_references(config: Config) -> list[ConfigIssue]:
+    """Every cross-reference problem in `config`, in model order; empty when the config is consistent."""
+    issues: list[ConfigIssue] = []
+    issues += _duplicates(((f"listeners[{i}]", x.name) for i, x in enumerate(config.listeners)), "listener")
+    issues += _duplicates(((f"clusters[{i}]", x.name) for i, x in enumerate(config.clusters)), "cluster")
+    issues += _address_clashes(config)
+    known = [cluster.name for cluster in config.clusters]
+    for i, listener in enumerate(config.listeners):
+        issues += _listener(listener, f"listeners[{i}]", known)
+    return issues
+
+
+def _duplicates(named: Iterable[tuple[str, str]], what: str) -> list[ConfigIssue]:
+    first: dict[str, str] = {}
+    issues: list[ConfigIssue] = []
+    for path, name in named:
+        if name in first:
+            issues.append(ConfigIssue(f"{path}.name", f"duplicate {what} name {name!r} (also {first[name]})"))
+        else:
+            first[name] = path
+    return issues
+
+
+def _address_clashes(config: Config) -> list[ConfigIssue]:
+    # Only identical host:port pairs are flagged: 0.0.0.0:80 beside 127.0.0.1:80 is legal (the more
+    # specific socket wins), and port 0 asks the kernel for a fresh port every time.
+    bound: dict[Address, str] = {}
+    issues: list[ConfigIssue] = []
+    sockets = [
+        (f"listeners[{i}].address", listener.address, f"listeners[{i}] ({listener.name})")
+        for i, listener in enumerate(config.listeners)
+    ]
+    if config.admin.address is not None:
+        sockets.append(("admin.address", config.admin.address, "admin"))
+    for path, address, owner in sockets:
+        if address.port == 0:
+            continue
+        if address in bound:
+            issues.append(ConfigIssue(path, f"{address} is already used by {bound[address]}"))
+        else:
+            bound[address] = owner
+    return issues
+
+
+def _listener(listener: Listener, path: str, known: list[str]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    if listener.kind == "tcp":
+        if listener.tcp is None:
+            return [ConfigIssue(path, "a tcp listener needs tcp options")]
+        issues += _cluster_ref(listener.tcp.cluster, f"{path}.tcp.cluster", known)
+    if listener.kind == "http":
+        if listener.http is None:
+            return [ConfigIssue(path, "an http listener needs http options")]
+        issues += _route_config(listener.http.route_config, path, known)
+    return issues
+
+
+def _route_config(route_config: RouteConfig, path: str, known: list[str]) -> list[ConfigIssue]:
+    issues = _duplicates(
+        ((f"{path}.virtual_hosts[{j}]", vh.name) for j, vh in enumerate(route_config.virtual_hosts)),
+        "virtual host",
+    )
+    # Envoy refuses a domain listed by two virtual hosts: which one wins would depend on order.
+    domain_owner: dict[str, int] = {}
+    for j, vhost in enumerate(route_config.virtual_hosts):
+        vh_path = f"{path}.virtual_hosts[{j}]"
+        for k, domain in enumerate(vhost.domains):
+            key = domain.lower()
+            if key in domain_owner and domain_owner[key] != j:
+                where = f"{path}.virtual_hosts[{domain_owner[key]}]"
+                issues.append(ConfigIssue(f"{vh_path}.domains[{k}]", f"domain {domain!r} is also in {where}"))
+            domain_owner.setdefault(key, j)
+        for k, route in enumerate(vhost.routes):
+            action = route.action
+            if not isinstance(action, ForwardAction):
+                continue
+            route_path = f"{vh_path}.routes[{k}]"
+            if action.cluster is not None:
+                issues += _cluster_ref(action.cluster, f"{route_path}.cluster", known)
+            for m, weighted in enumerate(action.weighted):
+                issues += _cluster_ref(weighted.name, f"{route_path}.weighted[{m}]", known)
+            if (action.cluster is None) == (not action.weighted):
+                reason = "a forwarding route needs one cluster or a weighted split"
+                issues.append(ConfigIssue(route_path, reason))
+    return issues
+
+
+def _cluster_ref(name: str, path: str, known: list[str]) -> list[ConfigIssue]:
+    if name in known:
+        return []
+    if not known:
+        return [ConfigIssue(path, f"unknown cluster {name!r} (no clusters are defined)")]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return [ConfigIssue(path, f"unknown cluster {name!r}{hint}")]

@@ -1,0 +1,128 @@
+"""Read a config file: parse YAML (or JSON), tell a meshpy config from an Envoy bootstrap, load it.
+
+Both formats are YAML documents, so the format is told from the content, not the file name: an Envoy
+bootstrap has top-level keys a meshpy config never has (`static_resources`, `node`, ...) or an
+`admin.address` written as an Envoy `{socket_address: ...}`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import yaml
+
+from meshpy.errors import ConfigError
+from meshpy.model.meshpy_yaml import load_meshpy
+from meshpy.model.types import Config
+from meshpy.model.yaml_values import yaml_kind
+
+try:  # libyaml is several times faster; the pure-Python loader behaves the same
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # pragma: no cover - depends on how PyYAML was built
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+# Top-level keys only an Envoy bootstrap has. `admin` is not here: both formats use it, so it is told
+# apart by the shape of its address (see `detect_format`).
+ENVOY_KEYS = frozenset(
+    {
+        "static_resources",
+        "dynamic_resources",
+        "node",
+        "layered_runtime",
+        "stats_config",
+        "cluster_manager",
+        "overload_manager",
+        "stats_sinks",
+        "bootstrap_extensions",
+    }
+)
+
+
+class _StrictLoader(_SafeLoader):
+    """A safe loader that refuses duplicate keys. Plain PyYAML keeps the last one silently, which turns
+    a pasted second `cluster:` into a config that routes somewhere the author never meant."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            # Keys merged in with `<<: *anchor` may be overridden on purpose; only literal keys count.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def detect_format(data: Mapping[str, Any]) -> Literal["meshpy", "envoy"]:
+    """`envoy` for an Envoy v3 bootstrap, `meshpy` for everything else (which then fails loudly on
+    anything it does not know, so a misdetected file still gets a clear error)."""
+    if any(key in data for key in ENVOY_KEYS):
+        return "envoy"
+    admin = data.get("admin")
+    address = admin.get("address") if isinstance(admin, Mapping) else None
+    if isinstance(address, Mapping) and ("socket_address" in address or "pipe" in address):
+        return "envoy"
+    return "meshpy"
+
+
+def parse_yaml(text: str, origin: str = "") -> Any:
+    """The parsed document; a syntax error becomes ConfigError naming the line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(_syntax_reason(exc, origin)) from None
+    except yaml.YAMLError as exc:
+        where = f" in {origin}" if origin else ""
+        raise ConfigError(f"invalid YAML{where}: {exc}") from None
+
+
+def _syntax_reason(exc: yaml.MarkedYAMLError, origin: str) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f" in {origin}" if origin else ""
+    if mark is not None:
+        where += f" at line {mark.line + 1}, column {mark.column + 1}"
+    problem = exc.problem or exc.context or "syntax error"
+    if "alias" in problem:
+        # The usual cause: an unquoted `*.example.com`, since `*` starts a YAML alias.
+        problem += " (quote values that start with *, e.g. '*.example.com')"
+    return f"invalid YAML{where}: {problem}"
+
+
+def load_data(data: object, origin: str = "") -> Config:
+    """Load an already parsed document in either format."""
+    if data is None:
+        raise ConfigError(f"{origin or 'the config'} is empty")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the top level must be a mapping, got a {yaml_kind(data)}")
+    if detect_format(data) == "envoy":
+        # Imported here, by name: the translator pulls in the Envoy protos, which a meshpy config never
+        # needs, and imports this package itself; importing it by name also keeps `mypy meshpy/model`
+        # independent of the xds package.
+        translate = importlib.import_module("meshpy.xds.translate")
+        load_bootstrap: Callable[[Mapping[str, Any]], Config] = translate.load_bootstrap
+        config = load_bootstrap(data)
+        return config
+    return load_meshpy(data)
+
+
+def load_text(text: str, origin: str = "") -> Config:
+    """Load a config from YAML or JSON text; `origin` (a file name) is used in syntax errors."""
+    return load_data(parse_yaml(text, origin), origin)
+
+
+def load_file(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return load_text(text, origin=path)

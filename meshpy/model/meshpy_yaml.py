@@ -1,0 +1,356 @@
+"""The meshpy YAML format: a parsed document in, a `Config` out, or `ConfigError` with every issue.
+
+The format is documented key by key in docs/config.md. It is meant to be written by people, so it has
+short forms for the common cases (`admin: 127.0.0.1:9901`, `cluster: backend` on a listener, clusters
+as a name -> endpoints mapping) and turns each into the same model the long form produces. Routing
+(virtual hosts, routes, matches, header edits) lives in `meshpy_yaml_routes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshpy.errors import ConfigError
+from meshpy.model.check import check_references
+from meshpy.model.meshpy_yaml_routes import read_header_edits, read_virtual_hosts
+from meshpy.model.types import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DNS_REFRESH,
+    DEFAULT_HEADERS_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
+    DEFAULT_TCP_IDLE_TIMEOUT,
+    AccessLog,
+    Address,
+    Admin,
+    Cluster,
+    Config,
+    DiscoveryType,
+    Endpoint,
+    HeaderEdits,
+    HttpOptions,
+    Lifecycle,
+    Listener,
+    RouteConfig,
+    TcpOptions,
+)
+from meshpy.model.yaml_reader import (
+    Fields,
+    Reader,
+    as_bool,
+    as_duration,
+    as_name,
+    as_non_negative_int,
+    as_optional_timeout,
+    as_positive_duration,
+    as_positive_int,
+    as_str,
+    child,
+    is_off,
+    item,
+)
+from meshpy.model.yaml_values import is_ip_literal, parse_address, parse_size, yaml_kind
+
+_TOP_KEYS = ("admin", "drain_time", "grace_time", "listeners", "clusters")
+_LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout")
+_HTTP_KEYS = (
+    "use_remote_address",
+    "xff_num_trusted_hops",
+    "forwarded_proto",
+    "generate_request_id",
+    "preserve_external_request_id",
+    "stream_idle_timeout",
+    "request_headers_timeout",
+    "max_request_headers",
+    "max_request_headers_count",
+    "max_request_body",
+    "server_name",
+    "ignore_port_in_host",
+    "request_headers",
+    "response_headers",
+    "virtual_hosts",
+    "routes",
+)
+_TCP_KEYS = ("cluster",)
+_HTTP_ONLY = dict.fromkeys(_HTTP_KEYS, "only applies to http listeners")
+_CLUSTER_KEYS = (
+    "name",
+    "endpoints",
+    "type",
+    "connect_timeout",
+    "dns_refresh_rate",
+    "max_connections_per_endpoint",
+    "pool_idle_timeout",
+    "lb_policy",
+)
+_DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns")
+_MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
+
+
+def load_meshpy(data: Mapping[str, Any]) -> Config:
+    """The model for a parsed meshpy YAML document; raises ConfigError listing every issue."""
+    r = Reader()
+    config = _read_config(r, data)
+    for issue in check_references(config):
+        path = r.to_yaml(issue.path)
+        if not r.reported_near(path):
+            r.error(path, issue.reason)
+    if r.issues:
+        raise ConfigError(r.issues)
+    return config
+
+
+def _read_config(r: Reader, data: object) -> Config:
+    f = r.mapping(data, "", _TOP_KEYS)
+    if f is None:
+        return Config()
+    listeners = [
+        listener
+        for i, node in enumerate(r.sequence(f.raw("listeners"), "listeners") if "listeners" in f else [])
+        if (listener := _listener(r, node, item("listeners", i))) is not None
+    ]
+    return Config(
+        listeners=tuple(listeners),
+        clusters=_clusters(r, f.raw("clusters")) if "clusters" in f else (),
+        admin=_admin(r, f.raw("admin")) if "admin" in f else Admin(),
+        lifecycle=Lifecycle(
+            drain_time=f.get("drain_time", as_duration, Lifecycle().drain_time),
+            grace_time=f.get("grace_time", as_duration, Lifecycle().grace_time),
+        ),
+        source_format="meshpy",
+    )
+
+
+def _bind_address(value: object) -> Address:
+    """An address something listens on: port 0 picks a free port; a host name is refused because it
+    may resolve to several addresses (Envoy refuses it too)."""
+    address = parse_address(value, allow_port_zero=True)
+    if not is_ip_literal(address.host):
+        raise ValueError(f"{address.host!r} is a host name; listen on an IP address such as 127.0.0.1")
+    return address
+
+
+def _admin(r: Reader, node: object) -> Admin:
+    if is_off(node):
+        return Admin()
+    if isinstance(node, str):
+        try:
+            return Admin(address=_bind_address(node))
+        except ValueError as exc:
+            r.error("admin", str(exc))
+            return Admin()
+    f = r.mapping(node, "admin", ("address",))
+    if f is None:
+        return Admin()
+    return Admin(address=f.require("address", _bind_address, None))
+
+
+# Listeners
+
+
+def _listener(r: Reader, node: object, path: str) -> Listener | None:
+    protocol = node.get("protocol", "http") if isinstance(node, Mapping) else "http"
+    if protocol not in ("http", "tcp"):
+        r.error(child(path, "protocol"), f"must be http or tcp, got {protocol!r}")
+        protocol = "http"
+    if protocol == "http":
+        f = r.mapping(node, path, (*_LISTENER_KEYS, *_HTTP_KEYS, "cluster"))
+    else:
+        f = r.mapping(node, path, (*_LISTENER_KEYS, *_TCP_KEYS), _HTTP_ONLY)
+    if f is None:
+        return None
+    address = f.require("address", _bind_address, Address(host="0.0.0.0", port=0))
+    # Unnamed listeners are named like Istio names them, after where they listen.
+    name = f.get("name", as_name, f"{address.host}_{address.port}")
+    logs = _access_logs(r, f.raw("access_log"), f.at("access_log")) if "access_log" in f else ()
+    if protocol == "tcp":
+        r.alias(child(path, "tcp"), path)
+        tcp = TcpOptions(
+            cluster=f.require("cluster", as_name, ""),
+            idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT),
+            access_logs=logs,
+        )
+        return Listener(name=name, address=address, kind="tcp", tcp=tcp)
+    return Listener(name=name, address=address, kind="http", http=_http_options(r, f, path, name, logs))
+
+
+def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[AccessLog, ...]) -> HttpOptions:
+    route_config = RouteConfig(
+        name=name,
+        virtual_hosts=read_virtual_hosts(r, f, path, name),
+        request_headers=_edits(r, f, "request_headers"),
+        response_headers=_edits(r, f, "response_headers"),
+        ignore_port_in_host=f.get("ignore_port_in_host", as_bool, True),
+    )
+    return HttpOptions(
+        route_config=route_config,
+        use_remote_address=f.get("use_remote_address", as_bool, True),
+        xff_num_trusted_hops=f.get("xff_num_trusted_hops", as_non_negative_int, 0),
+        forwarded_proto=f.get("forwarded_proto", as_bool, True),
+        generate_request_id=f.get("generate_request_id", as_bool, True),
+        preserve_external_request_id=f.get("preserve_external_request_id", as_bool, True),
+        stream_idle_timeout=f.get("stream_idle_timeout", as_optional_timeout, DEFAULT_STREAM_IDLE_TIMEOUT),
+        idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_IDLE_TIMEOUT),
+        request_headers_timeout=f.get(
+            "request_headers_timeout", as_optional_timeout, DEFAULT_HEADERS_TIMEOUT
+        ),
+        max_request_headers_kb=f.get("max_request_headers", _headers_kib, 60),
+        max_request_headers_count=f.get("max_request_headers_count", as_positive_int, 100),
+        max_request_body_bytes=f.get("max_request_body", _body_limit, None),
+        access_logs=logs,
+        server_name=f.get("server_name", _server_name, None),
+    )
+
+
+def _edits(r: Reader, f: Fields, key: str) -> HeaderEdits:
+    return read_header_edits(r, f.raw(key), f.at(key)) if key in f else HeaderEdits()
+
+
+def _headers_kib(value: object) -> int:
+    size = parse_size(value)
+    if size % 1024:
+        raise ValueError(f"must be a whole number of KiB (e.g. 60KiB), got {size} bytes")
+    if not 1 <= size // 1024 <= _MAX_HEADERS_KIB:
+        raise ValueError(f"must be between 1KiB and {_MAX_HEADERS_KIB}KiB")
+    return size // 1024
+
+
+def _body_limit(value: object) -> int | None:
+    if is_off(value):
+        return None
+    size = parse_size(value)
+    if size == 0:
+        raise ValueError("must be at least 1 byte; use off for no limit")
+    return size
+
+
+def _server_name(value: object) -> str | None:
+    return None if value is None else as_name(value)
+
+
+def _access_logs(r: Reader, node: object, path: str) -> tuple[AccessLog, ...]:
+    """`stdout`, `off`, a file path, or a list of those (one JSON line per request to each)."""
+    if is_off(node):
+        return ()
+    logs: list[AccessLog] = []
+    for i, value in enumerate(r.sequence(node, path, allow_single=True)):
+        at = item(path, i) if isinstance(node, list) else path
+        if not isinstance(value, str) or not value.strip() or is_off(value):
+            r.error(
+                at,
+                f"expected stdout or a file path, got {value!r}"
+                if isinstance(value, str)
+                else f"expected stdout or a file path, got a {yaml_kind(value)}",
+            )
+        else:
+            logs.append(AccessLog(path=None if value.strip() in ("stdout", "-") else value.strip()))
+    return tuple(logs)
+
+
+# Clusters
+
+
+def _clusters(r: Reader, node: object) -> tuple[Cluster, ...]:
+    clusters: list[Cluster] = []
+    if isinstance(node, Mapping):
+        # Short form: `clusters: {name: endpoints-or-mapping}`; issues point at `clusters.<name>`.
+        for name, value in node.items():
+            at = child("clusters", str(name))
+            r.alias(item("clusters", len(clusters)), at)
+            cluster = _cluster(r, value, at, name)
+            if cluster is not None:
+                clusters.append(cluster)
+        return tuple(clusters)
+    for i, value in enumerate(r.sequence(node, "clusters")):
+        r.alias(item("clusters", len(clusters)), item("clusters", i))
+        cluster = _cluster(r, value, item("clusters", i), None)
+        if cluster is not None:
+            clusters.append(cluster)
+    return tuple(clusters)
+
+
+def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
+    if key is not None and not isinstance(node, Mapping):
+        node = {"endpoints": node}  # `backend: [127.0.0.1:9000]` or `backend: 127.0.0.1:9000`
+    in_mapping = {"name": "the name is the key in the clusters mapping"} if key is not None else {}
+    f = r.mapping(node, path, _CLUSTER_KEYS, in_mapping)
+    if f is None:
+        return None
+    if key is not None:
+        try:
+            name = as_name(key)
+        except ValueError as exc:
+            r.error(path, str(exc))
+            name = ""
+    else:
+        name = f.require("name", as_name, "")
+    endpoints = _endpoints(r, f)
+    discovery = f.get("type", _discovery, None)
+    if discovery is None:
+        # No type given: a cluster of IP addresses is static, anything with a host name resolves DNS.
+        all_ips = all(is_ip_literal(e.address.host) for e, _ in endpoints)
+        discovery = "static" if all_ips else "strict_dns"
+    for endpoint, at in endpoints:
+        if discovery == "static" and not is_ip_literal(endpoint.address.host):
+            r.error(
+                at,
+                f"{endpoint.address.host!r} is a host name; static clusters need IP addresses "
+                "(use type: strict_dns)",
+            )
+    if discovery == "logical_dns" and len(endpoints) > 1:
+        r.error(f.at("endpoints"), "a logical_dns cluster has exactly one endpoint")
+    if discovery == "static" and "dns_refresh_rate" in f:
+        r.error(f.at("dns_refresh_rate"), "only applies to strict_dns and logical_dns clusters")
+    f.get("lb_policy", _lb_policy, "round_robin")
+    return Cluster(
+        name=name,
+        discovery=discovery,
+        endpoints=tuple(e for e, _ in endpoints),
+        connect_timeout=f.get("connect_timeout", as_positive_duration, DEFAULT_CONNECT_TIMEOUT),
+        dns_refresh_rate=f.get("dns_refresh_rate", as_positive_duration, DEFAULT_DNS_REFRESH),
+        max_connections_per_endpoint=f.get("max_connections_per_endpoint", as_positive_int, 1024),
+        pool_idle_timeout=f.get("pool_idle_timeout", as_optional_timeout, 60.0),
+    )
+
+
+def _endpoints(r: Reader, f: Fields) -> list[tuple[Endpoint, str]]:
+    """The endpoints with the path each was written at (for errors found once the type is known)."""
+    if "endpoints" not in f:
+        r.error(f.path, "missing required key 'endpoints'")
+        return []
+    node = f.raw("endpoints")
+    values = r.sequence(node, f.at("endpoints"), allow_single=isinstance(node, str | Mapping))
+    if node == []:
+        r.error(f.at("endpoints"), "needs at least one endpoint")
+    found: list[tuple[Endpoint, str]] = []
+    for i, value in enumerate(values):
+        at = item(f.at("endpoints"), i) if isinstance(node, list) else f.at("endpoints")
+        if isinstance(value, Mapping):
+            g = r.mapping(value, at, ("address", "weight"))
+            if g is not None and "address" in g:
+                address = g.get("address", parse_address, None)
+                if address is not None:
+                    found.append((Endpoint(address=address, weight=g.get("weight", as_positive_int, 1)), at))
+            elif g is not None:
+                r.error(at, "missing required key 'address'")
+            continue
+        try:
+            found.append((Endpoint(address=parse_address(value)), at))
+        except ValueError as exc:
+            r.error(at, str(exc))
+    return found
+
+
+def _discovery(value: object) -> DiscoveryType:
+    text = as_str(value).lower()
+    for kind in _DISCOVERY:
+        if text == kind:
+            return kind
+    raise ValueError(f"must be one of {', '.join(_DISCOVERY)}, got {text!r}")
+
+
+def _lb_policy(value: object) -> str:
+    if as_str(value).lower() != "round_robin":
+        raise ValueError("only round_robin is supported")
+    return "round_robin"

@@ -1,0 +1,156 @@
+"""Model -> Snapshot: everything the hot path reads, built once per config load.
+
+`compile_snapshot` is pure with respect to its inputs: the cluster runtimes and access loggers it binds
+are made by the app and passed in, so a failed compile leaves no trace. Listener configs are immutable;
+the `ListenerSlot` (one per bound socket) is the one mutable cell a reload swaps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.types import AccessLog, Config, Listener
+from meshpy.routing.table import RouteTable
+from meshpy.telemetry.accesslog import AccessLogger
+from meshpy.telemetry.metrics import ListenerStats, Metrics
+from meshpy.upstream.cluster import ClusterRuntime
+
+
+class Drainable(Protocol):
+    def start_drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class TcpListenerConfig:
+    __slots__ = ("cluster", "idle_timeout", "loggers")
+
+    def __init__(self, cluster: str, idle_timeout: float | None, loggers: tuple[AccessLogger, ...]) -> None:
+        self.cluster = cluster
+        self.idle_timeout = idle_timeout
+        self.loggers = loggers
+
+
+class HttpListenerConfig:
+    """What a connection on one listener needs, flattened into attributes for the hot path.
+    A TCP listener uses the same class with `tcp` set and no route table."""
+
+    __slots__ = (
+        "body_limit",
+        "clusters",
+        "headers_timeout",
+        "idle_timeout",
+        "loggers",
+        "max_header_bytes",
+        "max_headers",
+        "model",
+        "name",
+        "options",
+        "server_name",
+        "stats",
+        "stream_idle_timeout",
+        "table",
+        "tcp",
+        "timer_interval",
+    )
+
+    def __init__(
+        self,
+        model: Listener,
+        clusters: Mapping[str, ClusterRuntime],
+        stats: ListenerStats,
+        loggers: tuple[AccessLogger, ...],
+    ) -> None:
+        self.model = model
+        self.name = model.name
+        self.clusters = clusters
+        self.stats = stats
+        self.loggers = loggers
+        self.tcp: TcpListenerConfig | None = None
+        opts = model.http
+        if opts is None:
+            assert model.tcp is not None
+            self.tcp = TcpListenerConfig(model.tcp.cluster, model.tcp.idle_timeout, loggers)
+            self.table = RouteTable.__new__(RouteTable)  # never consulted for TCP
+            self.timer_interval = None
+            self.headers_timeout = self.idle_timeout = self.stream_idle_timeout = None
+            self.body_limit = None
+            self.max_headers = self.max_header_bytes = 0
+            self.server_name = None
+            return
+        self.options = opts
+        self.table = RouteTable(opts.route_config)
+        self.max_headers = opts.max_request_headers_count
+        self.max_header_bytes = opts.max_request_headers_kb * 1024
+        self.headers_timeout = opts.request_headers_timeout
+        self.idle_timeout = opts.idle_timeout
+        self.stream_idle_timeout = opts.stream_idle_timeout
+        self.body_limit = opts.max_request_body_bytes
+        self.server_name = opts.server_name.encode() if opts.server_name else None
+        # The connection timer ticks at the smaller of the two connection-level limits.
+        limits = [t for t in (self.headers_timeout, self.idle_timeout) if t is not None]
+        self.timer_interval = min(limits) if limits else None
+
+
+@dataclass(eq=False)
+class ListenerSlot:
+    """One bound listener. `current` is swapped by a reload; connections read it per request."""
+
+    current: HttpListenerConfig
+    draining: bool = False
+    connections: set[Drainable] = field(default_factory=set)
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    version: str
+    loaded_at: float
+    config: Config
+    listeners: Mapping[str, HttpListenerConfig]
+    clusters: Mapping[str, ClusterRuntime]
+    source: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+LoggerFactory = Callable[[AccessLog], AccessLogger]
+
+
+def compile_snapshot(
+    config: Config,
+    clusters: Mapping[str, ClusterRuntime],
+    metrics: Metrics,
+    loggers: LoggerFactory,
+    version: str,
+    source: str = "",
+) -> Snapshot:
+    """Compile every listener; raise ConfigError with all problems found (paths as in the model)."""
+    issues: list[ConfigIssue] = []
+    listeners: dict[str, HttpListenerConfig] = {}
+    for i, lm in enumerate(config.listeners):
+        try:
+            logs = (
+                lm.http.access_logs
+                if lm.http is not None
+                else (lm.tcp.access_logs if lm.tcp is not None else ())
+            )
+            bound = tuple(loggers(a) for a in logs)
+            listeners[lm.name] = HttpListenerConfig(lm, clusters, metrics.listener(lm.name), bound)
+        except ConfigError as err:
+            where = f"listeners[{i}]"
+            base = f"{where}.route_config" if lm.http is not None else where
+            issues.extend(ConfigIssue(f"{base}.{x.path}" if x.path else base, x.reason) for x in err.issues)
+        except OSError as err:
+            issues.append(ConfigIssue(f"listeners[{i}].access_log", f"cannot open: {err}"))
+    if issues:
+        raise ConfigError(issues)
+    return Snapshot(
+        version=version,
+        loaded_at=time.time(),
+        config=config,
+        listeners=listeners,
+        clusters=clusters,
+        source=source,
+    )

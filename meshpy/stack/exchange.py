@@ -1,0 +1,523 @@
+"""One HTTP/1.1 request and its response, through routing, an upstream connection and back.
+
+The exchange is a callback-driven state machine, not a coroutine: the downstream parser, the upstream
+parser and the pool call into it. That keeps the per-request cost to a handful of method calls (a task
+per request costs more than the whole routing step). Everything it needs was compiled ahead into the
+listener config it captured at its start, so a reload never changes a request in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from meshpy.codec.http1 import (
+    CONTINUE_100, LAST_CHUNK, check_transfer_encoding, chunk, format_response, no_body_status,
+    response_head,
+)
+from meshpy.errors import (
+    BadRequest, ClusterNotFound, NoHealthyUpstream, NoRoute, ProxyError, UpstreamConnectFailure,
+    UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
+)
+from meshpy.model.types import DirectResponseAction, ForwardAction, RedirectAction
+from meshpy.stack.forwarding import (
+    RequestFacts, downstream_response_headers, request_id, scan_request, upstream_request_headers,
+)
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshpy.routing.compile import HttpListenerConfig
+    from meshpy.routing.table import CompiledRoute
+    from meshpy.transport.downstream_http1 import Http1Downstream
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.upstream.cluster import ClusterRuntime, Host
+
+BODY_BUFFER_HIGH = 256 * 1024  # request body held while the upstream connection opens
+_PAUSE_UPSTREAM = 2
+_PAUSE_BODY_BUFFER = 4
+
+
+class Exchange:
+    __slots__ = (
+        "_buffered", "_buffered_bytes", "_close_delimited", "_deadline", "_last_activity", "_local",
+        "_retried", "_reused", "_timer", "_too_large",
+        "authority", "bytes_in", "bytes_out", "cfg", "cluster", "conn", "down", "done", "down_chunked",
+        "facts", "flag", "head_request", "headers", "host", "http10", "keep_alive", "method",
+        "path", "req_done", "resp_status", "rid", "route", "started", "t0", "target", "up_head_bytes",
+        "wall0",
+    )
+
+    def __init__(self, down: Http1Downstream, cfg: HttpListenerConfig) -> None:
+        self.down = down
+        self.cfg = cfg
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.http10 = False
+        self.keep_alive = True
+        self.facts: RequestFacts | None = None
+        self.authority = ""
+        self.path = ""
+        self.rid: bytes | None = None
+        self.route: CompiledRoute | None = None
+        self.cluster: ClusterRuntime | None = None
+        self.host: Host | None = None
+        self.conn: UpstreamHttp1 | None = None
+        self.up_head_bytes = b""
+        self._buffered: list[bytes] | None = None
+        self._buffered_bytes = 0
+        self._local: bytes | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._last_activity = 0.0
+        self._retried = False
+        self._reused = False
+        self._too_large = False
+        self._close_delimited = False
+        self.head_request = False
+        self.req_done = False
+        self.started = False  # response head written downstream
+        self.done = False
+        self.down_chunked = False
+        self.resp_status = 0
+        self.flag = ""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.t0 = down.loop.time()
+        self.wall0 = time.time() if cfg.loggers else 0.0
+
+    # -- request side ----------------------------------------------------------------------------
+    def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
+        """Runs inside the parser callback: a BadRequest raised here becomes a 400 for the client."""
+        self.method = method
+        self.http10 = version == "1.0"
+        self.keep_alive = keep_alive
+        self.head_request = method == b"HEAD"
+        stats = self.cfg.stats
+        stats.rq_total += 1
+        stats.rq_active += 1
+        facts = scan_request(self.headers)
+        self.facts = facts
+        if facts.chunked:
+            for name, value in self.headers:
+                if name == b"transfer-encoding":
+                    check_transfer_encoding(value)
+        target = self.target
+        if target[:1] != b"/":
+            target = self._absolute_form(target)
+        if facts.authority is None:
+            if not self.http10:
+                raise BadRequest("missing host header")
+        else:
+            self.authority = facts.authority.decode("latin-1")
+        self.path = target.decode("latin-1")
+        limit = self.cfg.body_limit
+        if limit is not None and facts.content_length is not None and facts.content_length > limit:
+            self._too_large = True  # answered 413 by start(), in turn with any pipelined request
+
+    def _absolute_form(self, target: bytes) -> bytes:
+        # "GET http://host/path": the authority comes from the target (RFC 9112 3.2.2).
+        if target == b"*" or b"://" not in target:
+            raise BadRequest("invalid request target")
+        rest = target.split(b"://", 1)[1]
+        host, slash, path = rest.partition(b"/")
+        self.facts_set_authority(host)
+        return slash + path if slash else b"/"
+
+    def facts_set_authority(self, host: bytes) -> None:
+        assert self.facts is not None
+        self.facts.authority = host
+        self.headers = [(n, v) for n, v in self.headers if n != b"host"]
+        self.headers.append((b"host", host))
+
+    def start(self) -> None:
+        """Route and, for a forwarded request, get an upstream connection."""
+        if self._too_large:
+            return self._local_reply(413, b"payload too large", "", close=True)
+        cfg = self.cfg
+        route = cfg.table.match(self.authority, self.path, self.method.decode("latin-1"), self.headers)
+        if route is None:
+            return self._error(NoRoute())
+        self.route = route
+        action = route.action
+        if isinstance(action, DirectResponseAction):
+            return self._local_reply(action.status, action.body.encode(), "", route=route)
+        if isinstance(action, RedirectAction):
+            loc = route.redirect_location("http", self.authority, self.path)
+            return self._local_reply(action.response_code, b"", "", route=route,
+                                     extra=[(b"location", loc.encode("latin-1"))])
+        cluster = cfg.clusters.get(route.pick_cluster())
+        if cluster is None:
+            return self._error(ClusterNotFound())
+        host = cluster.pick()
+        if host is None:
+            return self._error(NoHealthyUpstream())
+        self.cluster = cluster
+        self.host = host
+        facts = self.facts
+        assert facts is not None
+        rid = facts.request_id
+        if rid is None or not cfg.options.preserve_external_request_id:
+            rid = request_id() if cfg.options.generate_request_id else rid
+            self.rid = rid if rid is not facts.request_id else None
+        fwd = action
+        assert isinstance(fwd, ForwardAction)
+        headers = upstream_request_headers(
+            self.headers, facts, peer=self.down.peer,
+            host=None if fwd.host_rewrite is None else fwd.host_rewrite.encode("latin-1"),
+            use_remote_address=cfg.options.use_remote_address,
+            forwarded_proto=cfg.options.forwarded_proto, request_id=self.rid)
+        if self.rid is None:
+            self.rid = rid
+        if route.request_edits:
+            route.request_edits.apply(headers)
+        path = route.rewrite_path(self.path)
+        self.up_head_bytes = b"%s %s HTTP/1.1\r\n%s\r\n" % (
+            self.method, path.encode("latin-1"), b"".join([b"%s: %s\r\n" % kv for kv in headers]))
+        if facts.expect_continue and not self.http10:
+            self.down.out.append(CONTINUE_100)
+        host.active_requests += 1
+        cstats = cluster.stats
+        cstats.rq_total += 1
+        cstats.rq_active += 1
+        if not self.req_done and self._has_body():
+            self._arm_idle()
+        if self.req_done:
+            self._request_timers()
+        conn = host.pool.checkout(self._on_pool)
+        if conn is not None:
+            self._attach(conn)
+
+    def _has_body(self) -> bool:
+        f = self.facts
+        return f is not None and (f.chunked or bool(f.content_length))
+
+    def request_body(self, data: bytes) -> None:
+        if self.done:
+            return  # the answer went out already (local reply, error): the rest is discarded
+        self.bytes_in += len(data)
+        limit = self.cfg.body_limit
+        if limit is not None and self.bytes_in > limit:
+            if not self.started:
+                self._local_reply(413, b"payload too large", "", close=True)
+            else:
+                self._abort("")
+            return
+        if self._local is not None:
+            return
+        self._last_activity = self.down.loop.time()
+        conn = self.conn
+        if conn is not None:
+            conn.write(chunk(data) if self.facts is not None and self.facts.chunked else data)
+            return
+        buf = self._buffered
+        if buf is None:
+            buf = self._buffered = []
+        buf.append(data)
+        self._buffered_bytes += len(data)
+        if self._buffered_bytes > BODY_BUFFER_HIGH:
+            self.down.pause_reading(_PAUSE_BODY_BUFFER)
+
+    def request_end(self) -> None:
+        self.req_done = True
+        if self.done:
+            return
+        if self._local is not None:
+            self._send_local()
+            return
+        conn = self.conn
+        if conn is not None and self.facts is not None and self.facts.chunked:
+            conn.write(LAST_CHUNK)
+        if self.host is not None:
+            self._request_timers()
+
+    def _request_timers(self) -> None:
+        action = self.route.action if self.route is not None else None
+        timeout = action.timeout if isinstance(action, ForwardAction) else None
+        if timeout is not None:
+            self._deadline = self.down.loop.time() + timeout
+        self._arm_idle()
+
+    def request_broken(self, err: BadRequest) -> None:
+        """The client's bytes went bad in the middle of this request's body."""
+        if self.done:
+            return
+        if not self.started:
+            self._local_reply(err.status, err.body, "DPE", close=True)
+        else:
+            self._abort("DPE")
+
+    # -- upstream connection -----------------------------------------------------------------------
+    def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None:
+        if isinstance(result, BaseException):
+            if not self.done:
+                self._error(UpstreamConnectFailure())
+            return
+        if self.done:
+            assert self.host is not None
+            self.host.pool.release(result)  # a fresh, unused connection: keep it for the next one
+            return
+        self._attach(result)
+
+    def _attach(self, conn: UpstreamHttp1) -> None:
+        self.conn = conn
+        self._reused = conn.used
+        conn.attach(self, self.head_request)
+        out = [self.up_head_bytes]
+        buf = self._buffered
+        if buf is not None:
+            if self.facts is not None and self.facts.chunked:
+                out.extend(chunk(b) for b in buf)
+            else:
+                out.extend(buf)
+            self._buffered = None
+            self._buffered_bytes = 0
+            self.down.resume_reading(_PAUSE_BODY_BUFFER)
+        if self.req_done and self.facts is not None and self.facts.chunked:
+            out.append(LAST_CHUNK)
+        assert conn.transport is not None
+        conn.transport.writelines(out)
+
+    def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                keep_alive: bool) -> None:
+        down = self.down
+        if status < 200:
+            if status != 100 and not self.http10:  # 100 was answered by the proxy itself
+                down.out.append(response_head(status, downstream_response_headers(headers)[0]))
+            return
+        self.resp_status = status
+        out_headers, length, chunked = downstream_response_headers(headers)
+        route = self.route
+        if route is not None and route.response_edits:
+            route.response_edits.apply(out_headers)
+        if self.cfg.server_name is not None:
+            out_headers = [(n, v) for n, v in out_headers if n != b"server"]
+            out_headers.append((b"server", self.cfg.server_name))
+        has_body = not self.head_request and not no_body_status(status)
+        if has_body and length is None:
+            self._close_delimited = not chunked
+            if self.http10:
+                self.keep_alive = False  # close-delimited for an HTTP/1.0 client
+            else:
+                self.down_chunked = True
+                out_headers.append((b"transfer-encoding", b"chunked"))
+        if self.keep_alive and down.slot.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            out_headers.append((b"connection", b"close"))
+        elif self.http10:
+            out_headers.append((b"connection", b"keep-alive"))
+        down.out.append(response_head(status, out_headers))
+        self.started = True
+
+    def up_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.down.out.append(chunk(data) if self.down_chunked else data)
+        if self._deadline or self._timer is not None:
+            self._last_activity = self.down.loop.time()
+
+    def up_end(self, keep_alive: bool) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None and self.host is not None:
+            if keep_alive and self.req_done:
+                self.host.pool.release(conn)
+            else:
+                self.host.pool.discard(conn)
+        if self.down_chunked:
+            self.down.out.append(LAST_CHUNK)
+        if not self.req_done:
+            self.keep_alive = False  # the rest of the request body would be read as a new request
+        self._finish()
+
+    def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None and self.host is not None:
+            self.host.pool.discard(conn)
+        if self.done:
+            return
+        if self.started:
+            if not protocol_error and self._close_delimited:
+                self.up_end(False)  # a close-delimited body ends with the connection
+            else:
+                self._abort("UPE" if protocol_error else "UC")
+            return
+        if protocol_error:
+            return self._error(UpstreamProtocolError())
+        if conn is not None and self._reused and not self._retried and not self._has_body() and \
+                self.host is not None:
+            # A keep-alive connection the upstream closed just as we reused it: nothing was received,
+            # and a bodiless request can be sent again safely on a fresh connection, once.
+            self._retried = True
+            fresh = self.host.pool.checkout(self._on_pool)
+            if fresh is not None:
+                self._attach(fresh)
+            return
+        self._error(UpstreamReset())
+
+    def flush(self) -> None:
+        self.down.flush()
+
+    # -- flow control ------------------------------------------------------------------------------
+    def down_pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def down_resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def up_pause_writing(self) -> None:
+        self.down.pause_reading(_PAUSE_UPSTREAM)
+
+    def up_resume_writing(self) -> None:
+        self.down.resume_reading(_PAUSE_UPSTREAM)
+
+    def downstream_lost(self) -> None:
+        if self.done:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None and self.host is not None:
+            self.host.pool.discard(conn)
+        elif self.host is not None:
+            self.host.pool.cancel_waiter(self._on_pool)
+        self.flag = self.flag or "DC"
+        self.keep_alive = False
+        self._complete()
+
+    # -- timers ------------------------------------------------------------------------------------
+    def _arm_idle(self) -> None:
+        """One timer per exchange covers both the route timeout (from the end of the request to the
+        end of the response, as Envoy) and the stream idle timeout (reset by body activity)."""
+        loop = self.down.loop
+        now = loop.time()
+        self._last_activity = now
+        when = self._deadline or float("inf")
+        action = self.route.action if self.route is not None else None
+        idle = action.idle_timeout if isinstance(action, ForwardAction) else None
+        if idle is None:
+            idle = self.cfg.stream_idle_timeout
+        if idle is not None:
+            when = min(when, now + idle)
+        if when == float("inf"):
+            return
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.done:
+            return
+        now = self.down.loop.time()
+        if self._deadline and now >= self._deadline:
+            if self.cluster is not None:
+                self.cluster.stats.rq_timeout += 1
+            return self._timeout(UpstreamTimeout(), "UT")
+        action = self.route.action if self.route is not None else None
+        idle = action.idle_timeout if isinstance(action, ForwardAction) else None
+        if idle is None:
+            idle = self.cfg.stream_idle_timeout
+        if idle is not None and now - self._last_activity >= idle:
+            err = UpstreamTimeout() if self.req_done else BadRequest("stream idle timeout", 408)
+            return self._timeout(err, "SI")
+        nxt = self._last_activity + idle if idle is not None else float("inf")
+        if self._deadline:
+            nxt = min(nxt, self._deadline)
+        self._timer = self.down.loop.call_at(nxt, self._on_timer)
+
+    def _timeout(self, err: ProxyError, flag: str) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None and self.host is not None:
+            self.host.pool.discard(conn)
+        if self.started:
+            self._abort(flag)
+        else:
+            self._local_reply(err.status, err.body, flag, close=not self.req_done)
+
+    # -- answers made here ---------------------------------------------------------------------------
+    def _error(self, err: ProxyError) -> None:
+        self._local_reply(err.status, err.body, err.flag, close=not self.req_done and self._has_body())
+
+    def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
+                     extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None:
+        headers: list[tuple[bytes, bytes]] = [] if extra is None else extra
+        if body:
+            headers.append((b"content-type", b"text/plain"))
+        if route is not None and route.response_edits:
+            route.response_edits.apply(headers)
+        if close or self.down.slot.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            headers.append((b"connection", b"close"))
+        elif self.http10:
+            headers.append((b"connection", b"keep-alive"))
+        if no_body_status(status):
+            body = b""
+        self.resp_status = status
+        self.flag = flag
+        self.bytes_out = len(body)
+        self._local = format_response(status, body, headers, head_only=self.head_request)
+        # Otherwise the answer waits for request_end: a bodiless request completes in the same parser
+        # pass, and a small body is read and dropped so the connection stays usable.
+        if close or self.req_done:
+            self._send_local()
+
+    def _send_local(self) -> None:
+        local = self._local
+        if local is None or self.done:
+            return
+        self.started = True
+        self.down.out.append(local)
+        self._finish()
+
+    def _abort(self, flag: str) -> None:
+        """Response already under way: the only honest signal left is closing the connection."""
+        self.flag = flag or self.flag
+        self.keep_alive = False
+        conn = self.conn
+        self.conn = None
+        if conn is not None and self.host is not None:
+            self.host.pool.discard(conn)
+        self._complete()
+        self.down.close()
+
+    def _finish(self) -> None:
+        self._complete()
+        down = self.down
+        down.exchange_done(self, self.keep_alive)
+        down.flush()
+
+    def _complete(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._buffered is not None:
+            self._buffered = None
+            self.down.resume_reading(_PAUSE_BODY_BUFFER)
+        self.down.resume_reading(_PAUSE_UPSTREAM)
+        now = self.down.loop.time()
+        seconds = now - self.t0
+        status = self.resp_status
+        cfg = self.cfg
+        cfg.stats.request_done(status, seconds)
+        if self.host is not None:
+            self.host.active_requests -= 1
+            assert self.cluster is not None
+            self.cluster.stats.request_done(status, seconds)
+        if cfg.loggers:
+            upstream = self.host.label if self.host is not None else ""
+            rid = (self.rid or b"").decode("latin-1")
+            for logger in cfg.loggers:
+                logger.log(self.wall0, self.method.decode("latin-1"), self.authority, self.path,
+                           "HTTP/1.0" if self.http10 else "HTTP/1.1", status, self.flag, self.bytes_in,
+                           self.bytes_out, seconds, upstream, rid, self.down.peer)

@@ -1,0 +1,282 @@
+"""The downstream side of HTTP/1.1: one asyncio.Protocol per client connection, httptools parsing.
+
+Requests are handled one at a time per connection. A pipelined request parsed while another is active
+is queued and reading pauses until its turn, so answers go out in order and at most one read's worth of
+bytes is held. Per-request state lives in `Exchange` (meshpy.stack.exchange); this class owns the
+connection: parsing, limits, the slowloris and keep-alive timers, read pausing, writes and draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from meshpy.codec.http1 import check_header_value, format_response
+from meshpy.errors import BadRequest
+from meshpy.stack.exchange import Exchange
+
+if TYPE_CHECKING:
+    from meshpy.routing.compile import HttpListenerConfig, ListenerSlot
+
+# Reasons reading may be paused; reading resumes only when none is left.
+PAUSE_PIPELINE = 1
+PAUSE_UPSTREAM = 2
+PAUSE_BODY_BUFFER = 4
+
+
+class Http1Downstream(asyncio.Protocol):
+    __slots__ = (
+        "_hdr_bytes", "_hdr_count", "_parsing", "_paused", "_pending", "_timer", "active", "closing",
+        "fatal", "half_closed", "head_started", "idle_since", "loop", "out", "parser", "peer", "slot", "transport",
+        "write_paused",
+    )
+
+    def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
+        self.slot = slot
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.active: Exchange | None = None
+        self._parsing: Exchange | None = None
+        self._pending: deque[Exchange] = deque()
+        self._paused = 0
+        self.write_paused = False
+        self.closing = False
+        self.half_closed = False
+        self.fatal: BadRequest | None = None
+        self.out: list[bytes] = []
+        self._hdr_bytes = 0
+        self._hdr_count = 0
+        self.head_started = 0.0
+        self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- connection ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.slot.connections.add(self)
+        stats = self.slot.current.stats
+        stats.cx_total += 1
+        stats.cx_active += 1
+        self.idle_since = self.loop.time()
+        self._schedule_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.slot.connections.discard(self)
+        self.slot.current.stats.cx_active -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        active = self.active
+        self.active = None
+        if active is not None:
+            active.downstream_lost()
+        for ex in self._pending:
+            ex.downstream_lost()
+        self._pending.clear()
+        if self._parsing is not None and self._parsing is not active:
+            self._parsing.downstream_lost()
+        self._parsing = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.fatal is not None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # Upgrade tunnels are not proxied yet: the request was handled as a plain one (the
+            # Upgrade header is hop-by-hop and stripped). Bytes after it start a fresh parse.
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            self.parser = httptools.HttpRequestParser(self)
+            if offset < len(data):
+                self.data_received(data[offset:])
+        except httptools.HttpParserCallbackError as err:
+            ctx = err.__context__
+            self._protocol_error(ctx if isinstance(ctx, BadRequest) else BadRequest("bad request"))
+        except httptools.HttpParserError as err:
+            self._protocol_error(BadRequest(_parser_reason(err)))
+        self.flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.active is not None:
+            self.active.down_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None:
+            self.active.down_resume_writing()
+
+    def eof_received(self) -> bool | None:
+        # A client half-close after its request: keep the socket open to send the answer.
+        if self.active is None and not self._pending:
+            return None
+        self.half_closed = True  # answer what was asked, then close
+        return True
+
+    # -- read pausing, writing -------------------------------------------------------------------
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def flush(self) -> None:
+        out = self.out
+        if out and self.transport is not None:
+            self.transport.writelines(out)
+            self.out = []
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+    # -- exchange bookkeeping --------------------------------------------------------------------
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        """Called by the active exchange once its response is fully written."""
+        if ex is not self.active:
+            return
+        self.active = None
+        if not keep_alive or self.closing:
+            self.close()
+            return
+        if self._pending:
+            nxt = self._pending.popleft()
+            self.active = nxt
+            if not self._pending:
+                self.resume_reading(PAUSE_PIPELINE)
+            nxt.start()
+            return
+        if self.fatal is not None:
+            self._send_fatal()
+            return
+        if self.half_closed:
+            self.close()
+            return
+        self.idle_since = self.loop.time()
+        self.flush()
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.head_started = self.loop.time()
+        self._hdr_bytes = 0
+        self._hdr_count = 0
+        self._parsing = Exchange(self, self.slot.current)
+
+    def on_url(self, url: bytes) -> None:
+        ex = self._parsing
+        assert ex is not None
+        ex.target += url
+        self._hdr_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self._parsing
+        assert ex is not None
+        cfg = ex.cfg
+        self._hdr_count += 1
+        self._hdr_bytes += len(name) + len(value)
+        if self._hdr_count > cfg.max_headers or self._hdr_bytes > cfg.max_header_bytes:
+            raise BadRequest("request header fields too large", 431)
+        check_header_value(value)
+        ex.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        ex = self._parsing
+        assert ex is not None
+        self.head_started = 0.0
+        p = self.parser
+        ex.head_complete(p.get_method(), p.get_http_version(), p.should_keep_alive())
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            self._pending.append(ex)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._parsing
+        if ex is not None:
+            ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        self._parsing = None
+        if ex is not None:
+            ex.request_end()
+
+    # -- errors and timers -----------------------------------------------------------------------
+    def _protocol_error(self, err: BadRequest) -> None:
+        """The client broke HTTP: answer the error in order, after any request already accepted."""
+        self.fatal = err
+        self.pause_reading(PAUSE_PIPELINE)
+        parsing = self._parsing
+        self._parsing = None
+        if parsing is not None and (parsing is self.active or parsing in self._pending):
+            # The bad bytes were inside an accepted request's body: it cannot complete.
+            parsing.request_broken(err)
+        if self.active is None:
+            self._send_fatal()
+
+    def _send_fatal(self) -> None:
+        err = self.fatal
+        assert err is not None
+        stats = self.slot.current.stats
+        stats.request_started()  # the request that broke was never counted as started
+        stats.request_done(err.status, 0.0)
+        if self.transport is not None and not self.transport.is_closing():
+            self.out.append(format_response(err.status, err.body + b"\n",
+                                            [(b"content-type", b"text/plain")], close=True))
+        self.close()
+
+    def _schedule_timer(self) -> None:
+        cfg = self.slot.current
+        interval = cfg.timer_interval
+        if interval is not None:
+            self._timer = self.loop.call_later(interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """One lazy timer per connection instead of timers per request: a request head slower than
+        the headers timeout gets 408 (slowloris); a keep-alive connection idle too long is closed.
+        Detection happens within one interval after the limit."""
+        self._timer = None
+        if self.closing:
+            return
+        cfg = self.slot.current
+        now = self.loop.time()
+        if self.head_started and cfg.headers_timeout is not None and \
+                now - self.head_started >= cfg.headers_timeout:
+            self.fatal = BadRequest("request headers timeout", 408)
+            self._parsing = None
+            if self.active is None:
+                self._send_fatal()
+                return
+        elif self.active is None and not self.head_started and cfg.idle_timeout is not None and \
+                now - self.idle_since >= cfg.idle_timeout:
+            self.close()
+            return
+        self._schedule_timer()
+
+    def start_drain(self) -> None:
+        """Listener draining: idle keep-alive connections close now; busy ones after this answer."""
+        if self.active is None and self._parsing is None and not self._pending:
+            self.close()
+
+
+def _parser_reason(err: Exception) -> str:
+    text = str(err).strip()
+    return f"bad request: {text}" if text else "bad request"

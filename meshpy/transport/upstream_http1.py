@@ -1,0 +1,163 @@
+"""The upstream side of an HTTP/1.1 exchange: one pooled connection, httptools response parsing.
+
+The connection carries one exchange at a time (no upstream pipelining: a failure would take every
+queued request down with it). Parser callbacks go straight to the attached exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, TYPE_CHECKING, cast
+
+import httptools
+
+from meshpy.errors import UpstreamProtocolError
+
+if TYPE_CHECKING:
+    from meshpy.upstream.pool import HostPool
+
+
+class UpstreamSink(Protocol):
+    """What an exchange offers its upstream connection."""
+
+    def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                keep_alive: bool) -> None: ...
+    def up_body(self, data: bytes) -> None: ...
+    def up_end(self, keep_alive: bool) -> None: ...
+    def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
+    def up_pause_writing(self) -> None: ...
+    def up_resume_writing(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+class UpstreamHttp1(asyncio.Protocol):
+    __slots__ = (
+        "_headers", "_reason", "closed", "exchange", "head_request", "idle_since", "parser", "pool",
+        "transport", "used",
+    )
+
+    def __init__(self, pool: HostPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: UpstreamSink | None = None
+        self.head_request = False
+        self.idle_since = 0.0
+        self.closed = False
+        self.used = False  # has carried an exchange before: a failure on it may be a stale keep-alive
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        stats = self.pool.stats
+        stats.cx_total += 1
+        stats.cx_active += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.stats.cx_active -= 1
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.up_failed(exc, False)
+        else:
+            self.pool.forget_idle(self)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle connection: the upstream is confused; never reuse it.
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            cur = self.exchange
+            self.exchange = None
+            self.close()
+            if cur is not None:
+                cur.up_failed(UpstreamProtocolError(str(err)), True)
+        # Everything this read produced for the client goes out in one write.
+        ex.flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost ends a close-delimited response
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.up_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.up_resume_writing()
+
+    # -- used by the exchange --------------------------------------------------------------------
+    def is_usable(self) -> bool:
+        t = self.transport
+        return not self.closed and t is not None and not t.is_closing() and self.exchange is None
+
+    def attach(self, exchange: UpstreamSink, head_request: bool) -> None:
+        self.exchange = exchange
+        self.head_request = head_request
+        self.used = True
+
+    def detach(self) -> None:
+        self.exchange = None
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- httptools callbacks ---------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is None:
+            return
+        status = self.parser.get_status_code()
+        keep_alive = self.parser.should_keep_alive()
+        ex.up_head(status, self._reason, self._headers, keep_alive)
+        if self.head_request and status >= 200:
+            # llhttp cannot be told that the request was HEAD, so it would wait for a body the
+            # upstream never sends. End the exchange here and start a fresh parser for the next one.
+            self.parser = httptools.HttpResponseParser(self)
+            if self.exchange is ex:
+                self.exchange = None
+                ex.up_end(keep_alive)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.up_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is None:
+            return
+        if self.parser.get_status_code() < 200:
+            return  # an interim (1xx) response: the final one follows on the same connection
+        self.exchange = None
+        ex.up_end(self.parser.should_keep_alive())

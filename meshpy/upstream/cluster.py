@@ -1,0 +1,207 @@
+"""Clusters at run time: hosts, their pools, round robin, and DNS resolution in the background.
+
+A `ClusterRuntime` outlives config reloads while its model is unchanged, so pools stay warm; the
+manager rebuilds only clusters whose definition changed and closes the ones removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterable
+
+from meshpy.model.types import Cluster
+from meshpy.telemetry.metrics import ClusterStats, Metrics
+from meshpy.upstream.pool import HostPool
+
+log = logging.getLogger("meshpy.upstream")
+
+
+class Host:
+    """One upstream endpoint with its pool. `weight` only shapes the round-robin order for now."""
+
+    __slots__ = ("active_requests", "address", "hostname", "pool", "weight")
+
+    def __init__(self, pool: HostPool, weight: int, hostname: str) -> None:
+        self.pool = pool
+        self.address = pool.address
+        self.weight = weight
+        self.hostname = hostname  # the name from config, for DNS hosts; the address otherwise
+        self.active_requests = 0
+
+    @property
+    def label(self) -> str:
+        host, port = self.pool.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
+    """One cycle of smooth weighted round robin (nginx's): heavy hosts spread out, not bunched.
+    Precomputed per host-set change so that `pick` is an index increment."""
+    weights = [max(1, min(h.weight, 128)) for h in hosts]
+    total = sum(weights)
+    current = [0] * len(hosts)
+    order: list[Host] = []
+    for _ in range(total):
+        best = 0
+        for i, w in enumerate(weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        order.append(hosts[best])
+    return order
+
+
+class ClusterRuntime:
+    __slots__ = ("_loop", "_order", "_rr", "_task", "hosts", "model", "stats")
+
+    def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
+        self.model = model
+        self.stats = stats
+        self._loop = loop
+        self.hosts: list[Host] = []
+        self._order: list[Host] = []
+        self._rr = 0
+        self._task: asyncio.Task[None] | None = None
+        if model.discovery == "static":
+            self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host)
+                             for e in model.endpoints])
+
+    def start(self) -> None:
+        if self.model.discovery != "static" and self._task is None:
+            self._task = self._loop.create_task(self._dns_loop(), name=f"dns:{self.model.name}")
+
+    def pick(self) -> Host | None:
+        """Round robin over hosts, each appearing `weight` times in the order list."""
+        order = self._order
+        if not order:
+            return None
+        i = self._rr
+        if i >= len(order):
+            i = 0
+        self._rr = i + 1
+        return order[i]
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        for h in self.hosts:
+            h.pool.close()
+
+    def evict_idle(self, now: float) -> None:
+        timeout = self.model.pool_idle_timeout
+        for h in self.hosts:
+            h.pool.evict_idle(now, timeout if timeout is not None else float("inf"))
+
+    def _set_hosts(self, entries: Iterable[tuple[str, int, int, str]]) -> None:
+        old = {h.pool.address: h for h in self.hosts}
+        hosts: list[Host] = []
+        for ip, port, weight, name in entries:
+            h = old.pop((ip, port), None)
+            if h is None:
+                pool = HostPool(self._loop, (ip, port), self.stats, self.model.connect_timeout,
+                                self.model.max_connections_per_endpoint)
+                h = Host(pool, weight, name)
+            hosts.append(h)
+        for gone in old.values():
+            gone.pool.close()
+        self.hosts = hosts
+        self._order = smooth_weighted_order(hosts)
+
+    async def _resolve(self) -> list[tuple[str, int, int, str]]:
+        out: list[tuple[str, int, int, str]] = []
+        endpoints = self.model.endpoints
+        if self.model.discovery == "logical_dns":
+            endpoints = endpoints[:1]  # LOGICAL_DNS: one logical host, the first address wins
+        for ep in endpoints:
+            infos = await self._loop.getaddrinfo(ep.address.host, ep.address.port,
+                                                 type=socket.SOCK_STREAM)
+            seen: list[str] = []
+            for _family, _t, _p, _c, sockaddr in infos:
+                ip = str(sockaddr[0])
+                if ip not in seen:
+                    seen.append(ip)
+            if self.model.discovery == "logical_dns":
+                seen = seen[:1]
+            out.extend((ip, ep.address.port, ep.weight, ep.address.host) for ip in seen)
+        return out
+
+    async def _dns_loop(self) -> None:
+        while True:
+            try:
+                entries = await self._resolve()
+            except (OSError, UnicodeError) as err:
+                log.warning("cluster %s: DNS resolution failed: %s", self.model.name, err)
+            else:
+                if self.model.discovery == "logical_dns" and self.hosts and entries:
+                    # LOGICAL_DNS keeps one host and its pool; only new connections use the new address.
+                    pool = self.hosts[0].pool
+                    pool.address = (entries[0][0], entries[0][1])
+                else:
+                    self._set_hosts(entries)
+            await asyncio.sleep(self.model.dns_refresh_rate)
+
+
+class ClusterManager:
+    """Owns every ClusterRuntime; `reconcile` swaps in a new set of cluster definitions."""
+
+    def __init__(self, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+        self._metrics = metrics
+        self._loop = loop
+        self.clusters: dict[str, ClusterRuntime] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def reconcile(self, models: Iterable[Cluster]) -> dict[str, ClusterRuntime]:
+        """Build the runtime set for `models`, reusing unchanged clusters. Returns the new mapping;
+        the caller publishes it with the Snapshot, then calls `retire` for the old ones."""
+        new: dict[str, ClusterRuntime] = {}
+        for m in models:
+            cur = self.clusters.get(m.name)
+            if cur is not None and cur.model == m:
+                new[m.name] = cur
+            else:
+                rt = ClusterRuntime(m, self._metrics.cluster(m.name), self._loop)
+                rt.start()
+                new[m.name] = rt
+        return new
+
+    def commit(self, new: dict[str, ClusterRuntime]) -> None:
+        for name, rt in self.clusters.items():
+            if new.get(name) is not rt:
+                rt.close()
+                if name not in new:
+                    self._metrics.forget_cluster(name)
+        self.clusters = new
+        if self._sweeper is None:
+            self._sweeper = self._loop.create_task(self._sweep(), name="pool-sweeper")
+
+    def discard(self, new: dict[str, ClusterRuntime]) -> None:
+        """Undo `reconcile` for a config that was not committed."""
+        for name, rt in new.items():
+            if self.clusters.get(name) is not rt:
+                rt.close()
+
+    async def _sweep(self) -> None:
+        # One periodic sweep instead of a timer per released connection: release stays O(1).
+        while True:
+            await asyncio.sleep(1.0)
+            now = self._loop.time()
+            for rt in self.clusters.values():
+                rt.evict_idle(now)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for rt in self.clusters.values():
+            rt.close()
+        self.clusters = {}
+
+    async def wait_closed(self) -> None:
+        if self._sweeper is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper

@@ -1,0 +1,158 @@
+"""A keep-alive HTTP/1.1 connection pool for one upstream host.
+
+The pool's state changes only in synchronous methods (`checkout`, `release`, `discard`); the one
+awaiting piece, opening a connection, runs in a task whose result is handed over through a callback.
+That keeps the common case, an idle connection ready, free of coroutines: checkout is a `list.pop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from meshpy.transport.upstream_http1 import UpstreamHttp1
+
+if TYPE_CHECKING:
+    from meshpy.telemetry.metrics import ClusterStats
+
+# A waiter gets either a live connection or the exception that stopped the connect.
+Waiter = Callable[["UpstreamHttp1 | BaseException"], None]
+
+
+class HostPool:
+    __slots__ = (
+        "_connecting", "_idle", "_loop", "_waiters", "address", "busy", "closed", "connect_timeout",
+        "max_connections", "stats",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
+                 connect_timeout: float, max_connections: int) -> None:
+        self._loop = loop
+        self.address = address  # may be replaced by LOGICAL_DNS re-resolution; new connects use it
+        self.stats = stats
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self._idle: list[UpstreamHttp1] = []
+        self.busy = 0
+        self._connecting = 0
+        self._waiters: deque[Waiter] = deque()
+        self.closed = False
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def total(self) -> int:
+        return len(self._idle) + self.busy + self._connecting
+
+    def checkout(self, waiter: Waiter) -> UpstreamHttp1 | None:
+        """An idle live connection at once, or None and `waiter` is called later with one (or an error)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            # A connection the upstream closed is never reused: connection_lost removes it from the
+            # idle list, and is_usable() catches the close that arrived in this very loop iteration.
+            if conn.is_usable():
+                self.busy += 1
+                self.stats.pool_idle -= 1
+                return conn
+            self.stats.pool_idle -= 1
+        if self.total < self.max_connections:
+            self._start_connect(waiter)
+        else:
+            self._waiters.append(waiter)
+        return None
+
+    def release(self, conn: UpstreamHttp1) -> None:
+        """Return a connection after a complete exchange; it must be reusable."""
+        self.busy -= 1
+        if self.closed or not conn.is_usable():
+            conn.close()
+            return
+        if self._waiters:
+            self.busy += 1
+            self._waiters.popleft()(conn)
+            return
+        conn.idle_since = self._loop.time()
+        self._idle.append(conn)
+        self.stats.pool_idle += 1
+
+    def discard(self, conn: UpstreamHttp1) -> None:
+        """A busy connection that must not be reused (error, timeout, `Connection: close`)."""
+        self.busy -= 1
+        conn.close()
+        self._serve_waiter()
+
+    def forget_idle(self, conn: UpstreamHttp1) -> None:
+        """Called by an idle connection that the upstream closed."""
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            return
+        self.stats.pool_idle -= 1
+
+    def cancel_waiter(self, waiter: Waiter) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def evict_idle(self, now: float, idle_timeout: float) -> None:
+        keep: list[UpstreamHttp1] = []
+        for conn in self._idle:
+            if now - conn.idle_since >= idle_timeout or not conn.is_usable():
+                conn.close()
+                self.stats.pool_idle -= 1
+            else:
+                keep.append(conn)
+        self._idle = keep
+
+    def close(self) -> None:
+        """Close idle connections now; busy ones close when their exchange ends."""
+        self.closed = True
+        for conn in self._idle:
+            conn.close()
+        self.stats.pool_idle -= len(self._idle)
+        self._idle = []
+        err = ConnectionAbortedError("host removed")
+        while self._waiters:
+            self._waiters.popleft()(err)
+
+    def _serve_waiter(self) -> None:
+        if self._waiters and not self.closed and self.total < self.max_connections:
+            self._start_connect(self._waiters.popleft())
+
+    def _start_connect(self, waiter: Waiter) -> None:
+        self._connecting += 1
+        task = self._loop.create_task(self._connect())
+
+        def done(t: asyncio.Task[UpstreamHttp1]) -> None:
+            self._connecting -= 1
+            if t.cancelled():
+                waiter(ConnectionAbortedError("connect cancelled"))
+                return
+            exc = t.exception()
+            if exc is not None:
+                self.stats.cx_connect_fail += 1
+                waiter(exc)
+                self._serve_waiter()
+                return
+            conn = t.result()
+            self.busy += 1
+            waiter(conn)
+
+        task.add_done_callback(done)
+
+    async def _connect(self) -> UpstreamHttp1:
+        host, port = self.address
+        conn = UpstreamHttp1(self)
+        async with asyncio.timeout(self.connect_timeout):
+            await self._loop.create_connection(lambda: conn, host, port)
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn

@@ -1,0 +1,238 @@
+"""Envoy v3 protos -> the meshpy config model.
+
+Two callers: `load_bootstrap` reads a static Envoy bootstrap (YAML or JSON already parsed into a
+mapping), and the xDS client translates resources one at a time with the `*_from_proto` functions.
+Either way the rule is the same: an Envoy field meshpy does not act on is a `ConfigError` naming the
+field by its path, never silently dropped (see `translate_base`). Envoy's own defaults apply to
+everything left unset, so a bootstrap behaves the same under Envoy and under meshpy.
+
+The work is split by resource: `translate_listeners` (listener, HTTP connection manager, TCP proxy,
+access logs), `translate_routes` and `translate_matchers` (route configuration), `translate_clusters`
+(clusters and endpoints).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+
+# google.protobuf ships no type stubs here; types-protobuf may come later, hence unused-ignore.
+from google.protobuf import descriptor_pool, json_format  # type: ignore[import-untyped, unused-ignore]
+
+from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.types import Admin, Config, Endpoint, Listener, RouteConfig
+from meshpy.model.types import Cluster as ClusterModel
+from meshpy.xds import translate_clusters, translate_listeners, translate_routes
+from meshpy.xds.translate_base import Issues, child, item, socket_address
+
+__all__ = [
+    "cluster_from_proto",
+    "config_from_bootstrap",
+    "endpoints_from_cla",
+    "listener_from_proto",
+    "load_bootstrap",
+    "parse_bootstrap",
+    "route_config_from_proto",
+]
+
+
+def load_bootstrap(data: Mapping[str, Any]) -> Config:
+    """An Envoy v3 bootstrap (as parsed from YAML or JSON) as a checked meshpy Config."""
+    return config_from_bootstrap(parse_bootstrap(data))
+
+
+def listener_from_proto(
+    msg: Any, path: str = "", routes: Mapping[str, RouteConfig] | None = None
+) -> Listener:
+    """An envoy.config.listener.v3.Listener. `routes` (by name) resolves an HCM that uses RDS."""
+    issues = Issues()
+    result = translate_listeners.listener(issues, msg, path, routes)
+    issues.raise_if_any()
+    return result
+
+
+def cluster_from_proto(
+    msg: Any, path: str = "", endpoints: Mapping[str, tuple[Endpoint, ...]] | None = None
+) -> ClusterModel:
+    """An envoy.config.cluster.v3.Cluster. `endpoints` (by EDS service name) resolves an EDS cluster."""
+    issues = Issues()
+    result = translate_clusters.cluster(issues, msg, path, endpoints)
+    issues.raise_if_any()
+    return result
+
+
+def route_config_from_proto(msg: Any, path: str = "") -> RouteConfig:
+    """An envoy.config.route.v3.RouteConfiguration."""
+    issues = Issues()
+    result = translate_routes.route_config(issues, msg, path)
+    issues.raise_if_any()
+    return result
+
+
+def endpoints_from_cla(cla: Any, path: str = "") -> tuple[Endpoint, ...]:
+    """The endpoints of an envoy.config.endpoint.v3.ClusterLoadAssignment."""
+    issues = Issues()
+    result = translate_clusters.endpoints_from(issues, cla, path)
+    issues.raise_if_any()
+    return result
+
+
+# Parsing -------------------------------------------------------------------------------------------
+
+_MISSING_TYPE = re.compile(r"Can not find message descriptor by type_url: (\S+?)(?: at |\.*$)")
+_NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
+_FAILED_PREFIX = re.compile(r"^(?:Failed to parse \w+ field: )+")
+_TYPE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_IMPORT_ROOTS = ("envoy.", "xds.", "udpa.", "google.")
+
+
+def parse_bootstrap(data: Mapping[str, Any]) -> Any:
+    """The bootstrap as an envoy.config.bootstrap.v3.Bootstrap, or ConfigError with the bad path.
+
+    json_format resolves `@type` only among message modules already imported. The ones meshpy
+    supports are imported with the translator modules; for any other type the package that would
+    define it is imported on demand, so that an unsupported extension is reported as "not supported
+    by meshpy" at its path rather than as an unknown type.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError.at("", f"an Envoy bootstrap must be a mapping, got {type(data).__name__}")
+    tried: set[str] = set()
+    while True:
+        try:
+            return json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
+        except json_format.ParseError as exc:
+            text = str(exc)
+            missing = _MISSING_TYPE.search(text)
+            if missing is None or missing.group(1) in tried or not _import_type(missing.group(1)):
+                raise ConfigError([_parse_issue(text)]) from None
+            tried.add(missing.group(1))
+
+
+def _import_type(type_url: str) -> bool:
+    """Import the package of generated modules that should define `type_url`; True if it now resolves."""
+    full_name = type_url.rsplit("/", 1)[-1]
+    if not _TYPE_NAME.fullmatch(full_name) or not full_name.startswith(_IMPORT_ROOTS):
+        return False
+    # The package is the dotted name up to the message name (the first part in CamelCase).
+    parts = full_name.split(".")
+    package = ".".join(p for p in parts[: next(i for i, p in enumerate(parts) if p[:1].isupper())])
+    try:
+        module = importlib.import_module(package)
+        for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+            if info.name.endswith("_pb2"):
+                importlib.import_module(f"{package}.{info.name}")
+        descriptor_pool.Default().FindMessageTypeByName(full_name)
+    except (ImportError, KeyError):
+        return False
+    return True
+
+
+def _parse_issue(text: str) -> ConfigIssue:
+    """A json_format error rewritten as `path: reason` with Envoy's YAML path.
+
+    json_format says `Failed to parse static_resources field: ... <reason> at "Bootstrap.<path>".`,
+    sometimes followed by a list of the fields that do exist."""
+    first = _FAILED_PREFIX.sub("", text.split("\n", 1)[0])
+    reason, at, where = first.rpartition(" at ")
+    if not at:
+        reason, where = first, ""
+    where = where.strip().strip('".').removeprefix("Bootstrap").lstrip(".")
+    reason = reason.strip().rstrip(".")
+    no_field = _NO_FIELD.search(reason)
+    if no_field is not None:
+        message, field = no_field.groups()
+        return ConfigIssue(child(where, field), f"unknown field{_suggest(message, field)} in {message}")
+    missing = _MISSING_TYPE.search(first)
+    if missing is not None:
+        return ConfigIssue(where, f"unknown @type {missing.group(1)}")
+    return ConfigIssue(where, reason)
+
+
+def _suggest(message: str, field: str) -> str:
+    try:
+        known = list(descriptor_pool.Default().FindMessageTypeByName(message).fields_by_name)
+    except KeyError:
+        return ""
+    close = difflib.get_close_matches(field, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# Translating the bootstrap --------------------------------------------------------------------------
+
+# `node` identifies this proxy to a control plane: nothing to act on in a static bootstrap.
+_BOOTSTRAP = frozenset({"admin", "static_resources", "dynamic_resources", "node"})
+
+
+def config_from_bootstrap(msg: Any) -> Config:
+    """A parsed Bootstrap as a Config, with every issue (and every cross-reference issue) reported."""
+    issues = Issues()
+    issues.fields(msg, "", _BOOTSTRAP)
+    if msg.HasField("dynamic_resources"):
+        issues.add("dynamic_resources", "xDS is not supported in a static bootstrap yet")
+    static = msg.static_resources
+    issues.fields(static, "static_resources", {"listeners", "clusters"})
+    listeners_path = "static_resources.listeners"
+    clusters_path = "static_resources.clusters"
+    config = Config(
+        listeners=tuple(
+            translate_listeners.listener(issues, listener, item(listeners_path, i))
+            for i, listener in enumerate(static.listeners)
+        ),
+        clusters=tuple(
+            translate_clusters.cluster(issues, cluster, item(clusters_path, i))
+            for i, cluster in enumerate(static.clusters)
+        ),
+        admin=_admin(issues, msg),
+        source_format="envoy",
+    )
+    issues.raise_if_any()
+    # Lazy: the checks live with the model and are shared by every loader.
+    from meshpy.model.check import check_references
+
+    problems = check_references(config)
+    if problems:
+        raise ConfigError(ConfigIssue(_envoy_path(p.path), p.reason) for p in problems)
+    return config
+
+
+def _admin(issues: Issues, msg: Any) -> Admin:
+    if not msg.HasField("admin"):
+        return Admin(address=None)
+    admin = msg.admin
+    issues.fields(admin, "admin", {"address", "access_log_path"})
+    if admin.access_log_path not in ("", "/dev/null"):
+        # Envoy's admin access log is not kept by meshpy; /dev/null (the usual setting) asks for none.
+        issues.add("admin.access_log_path", "only /dev/null is supported by meshpy")
+    if not admin.HasField("address"):
+        return Admin(address=None)
+    return Admin(address=socket_address(issues, admin.address, "admin.address"))
+
+
+# check_references speaks in model paths; these rewrite them to where the bootstrap says the same
+# thing. Only one filter chain with one filter is accepted, so that part of the path is fixed.
+_FILTER = "filter_chains[0].filters[0].typed_config"
+_MODEL_TO_ENVOY = [
+    (
+        re.compile(r"^listeners\[(\d+)\]\.virtual_hosts"),
+        rf"listeners[\1].{_FILTER}.route_config.virtual_hosts",
+    ),
+    (re.compile(r"^listeners\[(\d+)\]\.(?:tcp|http)\b"), rf"listeners[\1].{_FILTER}"),
+    (re.compile(r"\.routes\[(\d+)\]\.cluster$"), r".routes[\1].route.cluster"),
+    (
+        re.compile(r"\.routes\[(\d+)\]\.weighted\[(\d+)\]"),
+        r".routes[\1].route.weighted_clusters.clusters[\2].name",
+    ),
+    (re.compile(r"^(listeners|clusters)\["), r"static_resources.\1["),
+]
+
+
+def _envoy_path(model_path: str) -> str:
+    for pattern, replacement in _MODEL_TO_ENVOY:
+        model_path = pattern.sub(replacement, model_path)
+    return model_path

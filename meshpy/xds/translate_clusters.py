@@ -1,0 +1,231 @@
+"""Envoy Cluster and ClusterLoadAssignment -> model Cluster and Endpoints.
+
+Defaults follow Envoy: connect_timeout 5 s, dns_refresh_rate 5 s, and an upstream connection idle
+timeout of one hour (`common_http_protocol_options.idle_timeout`), which is longer than meshpy's own
+YAML default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+from meshpy.model.types import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DNS_REFRESH,
+    Cluster,
+    DiscoveryType,
+    Endpoint,
+)
+from meshpy.xds.translate_base import (
+    UNSUPPORTED,
+    Issues,
+    child,
+    item,
+    positive_duration,
+    socket_address,
+    timeout,
+    unpack,
+)
+
+# `alt_stat_name` only renames stats; `metadata` is only read by filters and subset balancing.
+_CLUSTER = frozenset(
+    {
+        "name",
+        "alt_stat_name",
+        "type",
+        "eds_cluster_config",
+        "connect_timeout",
+        "dns_refresh_rate",
+        "lb_policy",
+        "load_assignment",
+        "typed_extension_protocol_options",
+        "common_http_protocol_options",
+        "http2_protocol_options",
+        "metadata",
+    }
+)
+# Cluster.DiscoveryType numbers, in proto order.
+_DISCOVERY: dict[int, DiscoveryType] = {0: "static", 1: "strict_dns", 2: "logical_dns"}
+_EDS = 3
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_HTTP_OPTIONS_TYPES = {
+    _HTTP_OPTIONS_KEY: http_protocol_options_pb2.HttpProtocolOptions,
+}
+_ENVOY_POOL_IDLE_TIMEOUT = 3600.0  # Envoy's common_http_protocol_options.idle_timeout default
+_HTTP2_NOT_YET = "HTTP/2 upstreams are not supported yet"
+_HEALTH_USABLE = (0, 1)  # LbEndpoint health_status UNKNOWN and HEALTHY
+
+
+def cluster(
+    issues: Issues,
+    msg: Any,
+    path: str,
+    eds_endpoints: Mapping[str, tuple[Endpoint, ...]] | None = None,
+) -> Cluster:
+    """A Cluster. An EDS cluster needs `eds_endpoints` (ClusterLoadAssignments received over xDS,
+    by service name) and becomes a static cluster holding those endpoints."""
+    issues.fields(msg, path, _CLUSTER)
+    if not msg.name:
+        issues.add(child(path, "name"), "must not be empty")
+    if msg.lb_policy != 0:
+        issues.add(child(path, "lb_policy"), "only ROUND_ROBIN is supported by meshpy")
+    endpoints: tuple[Endpoint, ...] = ()
+    if msg.HasField("load_assignment"):
+        endpoints = endpoints_from(issues, msg.load_assignment, child(path, "load_assignment"))
+    discovery = _DISCOVERY.get(msg.type)
+    if msg.type == _EDS:
+        discovery = "static"
+        if msg.HasField("load_assignment"):
+            issues.add(child(path, "load_assignment"), "cannot be used with type EDS")
+        endpoints = _eds_endpoints(issues, msg, path, eds_endpoints)
+    elif discovery is None:
+        issues.add(child(path, "type"), f"{_type_name(msg)} is {UNSUPPORTED}")
+        discovery = "static"
+    elif msg.HasField("eds_cluster_config"):
+        issues.add(child(path, "eds_cluster_config"), "only allowed with type EDS")
+    _check_endpoints(issues, msg, path, discovery, endpoints)
+    if msg.HasField("http2_protocol_options"):
+        issues.add(child(path, "http2_protocol_options"), _HTTP2_NOT_YET)
+    return Cluster(
+        name=msg.name,
+        discovery=discovery,
+        endpoints=endpoints,
+        connect_timeout=positive_duration(issues, msg, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
+        dns_refresh_rate=positive_duration(issues, msg, "dns_refresh_rate", path, DEFAULT_DNS_REFRESH),
+        lb_policy="round_robin",
+        pool_idle_timeout=_pool_idle_timeout(issues, msg, path),
+    )
+
+
+def _type_name(msg: Any) -> str:
+    return str(msg.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[msg.type].name)
+
+
+def _eds_endpoints(
+    issues: Issues, msg: Any, path: str, eds_endpoints: Mapping[str, tuple[Endpoint, ...]] | None
+) -> tuple[Endpoint, ...]:
+    if eds_endpoints is None:
+        issues.add(child(path, "type"), "EDS is not supported in a static bootstrap")
+        return ()
+    config_path = child(path, "eds_cluster_config")
+    # eds_config says where to fetch endpoints from; whoever passes `eds_endpoints` already did.
+    issues.fields(msg.eds_cluster_config, config_path, {"eds_config", "service_name"})
+    service = msg.eds_cluster_config.service_name or msg.name
+    if service not in eds_endpoints:
+        issues.add(config_path, f"no ClusterLoadAssignment received for {service!r}")
+        return ()
+    return eds_endpoints[service]
+
+
+def _check_endpoints(
+    issues: Issues, msg: Any, path: str, discovery: DiscoveryType, endpoints: tuple[Endpoint, ...]
+) -> None:
+    # The same checks Envoy makes when it loads such a cluster.
+    where = child(path, "load_assignment")
+    if discovery == "logical_dns" and len(endpoints) != 1:
+        issues.add(where, "a LOGICAL_DNS cluster needs exactly one endpoint")
+    if discovery == "static" and msg.type != _EDS:
+        for endpoint in endpoints:
+            try:
+                ipaddress.ip_address(endpoint.address.host)
+            except ValueError:
+                issues.add(where, f"a STATIC cluster needs IP addresses, got {endpoint.address.host!r}")
+
+
+def _pool_idle_timeout(issues: Issues, msg: Any, path: str) -> float | None:
+    """common_http_protocol_options.idle_timeout, from the cluster's protocol options extension or
+    from the deprecated field on the cluster itself (Envoy refuses both at once)."""
+    options = None
+    legacy = msg.common_http_protocol_options if msg.HasField("common_http_protocol_options") else None
+    if legacy is not None:
+        _check_common_options(issues, legacy, child(path, "common_http_protocol_options"))
+        options = legacy
+    ext_path = child(path, "typed_extension_protocol_options")
+    for key in sorted(msg.typed_extension_protocol_options):
+        key_path = f"{ext_path}[{key}]"
+        if key != _HTTP_OPTIONS_KEY:
+            issues.add(key_path, UNSUPPORTED)
+            continue
+        http = unpack(issues, msg.typed_extension_protocol_options[key], key_path, _HTTP_OPTIONS_TYPES)
+        if http is None:
+            continue
+        common = _http_options(issues, http, key_path)
+        if common is not None:
+            if legacy is not None:
+                issues.add(child(path, "common_http_protocol_options"), f"cannot be used with {key}")
+            options = common
+    if options is None:
+        return _ENVOY_POOL_IDLE_TIMEOUT
+    return timeout(options, "idle_timeout", _ENVOY_POOL_IDLE_TIMEOUT)
+
+
+def _http_options(issues: Issues, msg: Any, path: str) -> Any | None:
+    """An upstreams.http.v3.HttpProtocolOptions: HTTP/1.1 only. Returns its common options, if set."""
+    issues.fields(msg, path, {"common_http_protocol_options", "explicit_http_config"})
+    if msg.HasField("explicit_http_config"):
+        explicit_path = child(path, "explicit_http_config")
+        explicit = msg.explicit_http_config
+        kind = explicit.WhichOneof("protocol_config")
+        if kind == "http_protocol_options":
+            # Every HTTP/1 knob (header case, absolute URLs, trailers, ...) changes behaviour.
+            issues.fields(explicit.http_protocol_options, child(explicit_path, kind), ())
+        elif kind == "http2_protocol_options":
+            issues.add(child(explicit_path, kind), _HTTP2_NOT_YET)
+        else:
+            issues.fields(explicit, explicit_path, ())
+    if not msg.HasField("common_http_protocol_options"):
+        return None
+    common = msg.common_http_protocol_options
+    _check_common_options(issues, common, child(path, "common_http_protocol_options"))
+    return common
+
+
+def _check_common_options(issues: Issues, msg: Any, path: str) -> None:
+    issues.fields(msg, path, {"idle_timeout"})
+
+
+def endpoints_from(issues: Issues, cla: Any, path: str) -> tuple[Endpoint, ...]:
+    """A ClusterLoadAssignment's endpoints, flattened: meshpy balances over one set of hosts."""
+    issues.fields(cla, path, {"cluster_name", "endpoints"})
+    endpoints = []
+    for i, locality in enumerate(cla.endpoints):
+        locality_path = item(child(path, "endpoints"), i)
+        # Locality and its weight are read only by locality-weighted or zone-aware balancing, which
+        # needs settings on the cluster that are rejected there; gRPC clients require the weight.
+        issues.fields(locality, locality_path, {"lb_endpoints", "locality", "load_balancing_weight"})
+        for j, lb_endpoint in enumerate(locality.lb_endpoints):
+            endpoint = _lb_endpoint(issues, lb_endpoint, item(child(locality_path, "lb_endpoints"), j))
+            if endpoint is not None:
+                endpoints.append(endpoint)
+    return tuple(endpoints)
+
+
+def _lb_endpoint(issues: Issues, msg: Any, path: str) -> Endpoint | None:
+    issues.fields(msg, path, {"endpoint", "health_status", "load_balancing_weight", "metadata"})
+    if msg.health_status not in _HEALTH_USABLE:
+        # Envoy keeps unhealthy hosts for panic routing and degraded ones as a fallback; meshpy has
+        # no host health in the model, so only hosts that are usable as they are can be accepted.
+        issues.add(child(path, "health_status"), "only UNKNOWN and HEALTHY are supported by meshpy")
+    if not msg.HasField("endpoint"):
+        issues.add(child(path, "endpoint"), "is required")
+        return None
+    endpoint_path = child(path, "endpoint")
+    issues.fields(msg.endpoint, endpoint_path, {"address"})
+    address_path = child(endpoint_path, "address")
+    if not msg.endpoint.HasField("address"):
+        issues.add(address_path, "is required")
+        return None
+    address = socket_address(issues, msg.endpoint.address, address_path)
+    if address.port == 0:
+        issues.add(child(address_path, "socket_address.port_value"), "must be set")
+    weight = 1
+    if msg.HasField("load_balancing_weight"):
+        weight = msg.load_balancing_weight.value
+        if weight < 1:
+            issues.add(child(path, "load_balancing_weight"), "must be at least 1")
+            weight = 1
+    return Endpoint(address=address, weight=weight)

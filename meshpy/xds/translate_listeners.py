@@ -1,0 +1,226 @@
+"""Envoy Listener -> model Listener: one filter chain holding an HTTP connection manager or a TCP proxy.
+
+Defaults follow Envoy, not meshpy's own YAML: `use_remote_address` and `preserve_external_request_id`
+are false, `request_headers_timeout` is off, and the `server` header says "envoy" unless
+`server_name` or `server_header_transformation: PASS_THROUGH` says otherwise. A bootstrap that runs
+under Envoy then behaves the same under meshpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from meshpy.model.types import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
+    DEFAULT_TCP_IDLE_TIMEOUT,
+    AccessLog,
+    Address,
+    HttpOptions,
+    Listener,
+    RouteConfig,
+    TcpOptions,
+)
+from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
+from meshpy.xds.translate_routes import route_config
+
+HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
+TcpProxy = tcp_proxy_pb2.TcpProxy
+Router = router_pb2.Router
+FileAccessLog = file_pb2.FileAccessLog
+StdoutAccessLog = stream_pb2.StdoutAccessLog
+
+
+def _by_name(*classes: Any) -> dict[str, Any]:
+    return {cls.DESCRIPTOR.full_name: cls for cls in classes}
+
+
+NETWORK_FILTERS = _by_name(HttpConnectionManager, TcpProxy)
+HTTP_FILTERS = _by_name(Router)
+ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
+
+# `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
+_LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metadata"})
+_HCM = frozenset(
+    {
+        "codec_type",
+        "stat_prefix",
+        "rds",
+        "route_config",
+        "http_filters",
+        "use_remote_address",
+        "xff_num_trusted_hops",
+        "generate_request_id",
+        "preserve_external_request_id",
+        "stream_idle_timeout",
+        "request_headers_timeout",
+        "common_http_protocol_options",
+        "max_request_headers_kb",
+        "server_name",
+        "server_header_transformation",
+        "access_log",
+    }
+)
+_TCP_PROXY = frozenset({"stat_prefix", "cluster", "idle_timeout", "access_log"})
+_CODEC_AUTO, _CODEC_HTTP1 = 0, 1
+_SERVER_OVERWRITE, _SERVER_PASS_THROUGH = 0, 2
+_MAX_HEADERS_KB = 8192  # Envoy's upper bound for max_request_headers_kb
+
+
+def listener(
+    issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfig] | None = None
+) -> Listener:
+    """A Listener. An HCM using RDS needs `routes` (RouteConfigurations received over xDS, by name)."""
+    issues.fields(msg, path, _LISTENER)
+    if msg.HasField("address"):
+        address = socket_address(issues, msg.address, child(path, "address"))
+    else:
+        issues.add(child(path, "address"), "is required")
+        address = Address(host="", port=0)
+    # Envoy names an unnamed listener itself; the address is a stable, readable stand-in.
+    name = msg.name or str(address)
+    placeholder = Listener(name=name, address=address, kind="tcp", tcp=TcpOptions(cluster=""))
+    chains_path = child(path, "filter_chains")
+    if len(msg.filter_chains) != 1:
+        issues.add(chains_path, f"exactly one filter chain is supported, got {len(msg.filter_chains)}")
+        return placeholder
+    chain, chain_path = msg.filter_chains[0], item(chains_path, 0)
+    issues.fields(chain, chain_path, {"name", "filters"})
+    filters_path = child(chain_path, "filters")
+    if len(chain.filters) != 1:
+        reason = "exactly one filter (http_connection_manager or tcp_proxy) is supported"
+        issues.add(filters_path, f"{reason}, got {len(chain.filters)}")
+        return placeholder
+    network_filter, filter_path = chain.filters[0], item(filters_path, 0)
+    issues.fields(network_filter, filter_path, {"name", "typed_config"})
+    config_path = child(filter_path, "typed_config")
+    if not network_filter.HasField("typed_config"):
+        issues.add(config_path, "is required")
+        return placeholder
+    # The type of typed_config picks the extension (as in Envoy 1.40); the filter's name is a label.
+    config = unpack(issues, network_filter.typed_config, config_path, NETWORK_FILTERS)
+    if isinstance(config, HttpConnectionManager):
+        http = _http_options(issues, config, config_path, routes)
+        return Listener(name=name, address=address, kind="http", http=http)
+    if isinstance(config, TcpProxy):
+        return Listener(name=name, address=address, kind="tcp", tcp=_tcp_options(issues, config, config_path))
+    return placeholder
+
+
+def _http_options(
+    issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfig] | None
+) -> HttpOptions:
+    issues.fields(msg, path, _HCM)
+    if msg.codec_type not in (_CODEC_AUTO, _CODEC_HTTP1):
+        name = msg.DESCRIPTOR.fields_by_name["codec_type"].enum_type.values_by_number[msg.codec_type].name
+        issues.add(child(path, "codec_type"), f"{name} is not supported yet (AUTO and HTTP1 are)")
+    _check_http_filters(issues, msg, child(path, "http_filters"))
+    max_kb = wrapped(msg, "max_request_headers_kb", 60)
+    if not 0 < max_kb <= _MAX_HEADERS_KB:
+        issues.add(child(path, "max_request_headers_kb"), f"must be from 1 to {_MAX_HEADERS_KB}")
+    common = msg.common_http_protocol_options
+    common_path = child(path, "common_http_protocol_options")
+    issues.fields(common, common_path, {"max_headers_count", "idle_timeout"})
+    max_count = wrapped(common, "max_headers_count", 100)
+    if max_count < 1:
+        issues.add(child(common_path, "max_headers_count"), "must be at least 1")
+    return HttpOptions(
+        route_config=_routes(issues, msg, path, routes),
+        use_remote_address=bool(wrapped(msg, "use_remote_address", False)),
+        xff_num_trusted_hops=msg.xff_num_trusted_hops,
+        generate_request_id=bool(wrapped(msg, "generate_request_id", True)),
+        preserve_external_request_id=msg.preserve_external_request_id,
+        stream_idle_timeout=timeout(msg, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
+        idle_timeout=timeout(common, "idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        request_headers_timeout=timeout(msg, "request_headers_timeout", None),
+        max_request_headers_kb=max_kb,
+        max_request_headers_count=max_count,
+        access_logs=_access_logs(issues, msg.access_log, child(path, "access_log")),
+        server_name=_server_name(issues, msg, path),
+    )
+
+
+def _routes(issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfig] | None) -> RouteConfig:
+    kind = msg.WhichOneof("route_specifier")
+    if kind == "route_config":
+        return route_config(issues, msg.route_config, child(path, "route_config"))
+    if kind == "rds":
+        rds_path = child(path, "rds")
+        if routes is None:
+            issues.add(rds_path, "rds is not supported in a static bootstrap yet")
+        else:
+            # config_source says where to fetch the routes from; whoever passes `routes` already did.
+            issues.fields(msg.rds, rds_path, {"config_source", "route_config_name"})
+            found = routes.get(msg.rds.route_config_name)
+            if found is not None:
+                return found
+            issues.add(child(rds_path, "route_config_name"), "no RouteConfiguration received by this name")
+    elif kind is None:
+        issues.add(path, "route_config is required")
+    return RouteConfig(name="", virtual_hosts=())
+
+
+def _check_http_filters(issues: Issues, msg: Any, path: str) -> None:
+    """meshpy's HTTP stack is fixed: the only filter chain it accepts is the router alone."""
+    if len(msg.http_filters) != 1:
+        issues.add(path, f"exactly one filter, the router, is supported; got {len(msg.http_filters)}")
+    for i, http_filter in enumerate(msg.http_filters):
+        filter_path = item(path, i)
+        issues.fields(http_filter, filter_path, {"name", "typed_config"})
+        if not http_filter.HasField("typed_config"):
+            issues.add(child(filter_path, "typed_config"), "is required")
+            continue
+        router = unpack(issues, http_filter.typed_config, child(filter_path, "typed_config"), HTTP_FILTERS)
+        if router is not None:
+            # Every Router option (suppress_envoy_headers, upstream_log, ...) changes behaviour.
+            issues.fields(router, child(filter_path, "typed_config"), ())
+
+
+def _server_name(issues: Issues, msg: Any, path: str) -> str | None:
+    if msg.server_header_transformation == _SERVER_PASS_THROUGH:
+        return None
+    if msg.server_header_transformation != _SERVER_OVERWRITE:
+        reason = "only OVERWRITE and PASS_THROUGH are supported"
+        issues.add(child(path, "server_header_transformation"), reason)
+    return msg.server_name or "envoy"
+
+
+def _tcp_options(issues: Issues, msg: Any, path: str) -> TcpOptions:
+    issues.fields(msg, path, _TCP_PROXY)
+    if not msg.cluster and msg.WhichOneof("cluster_specifier") in (None, "cluster"):
+        issues.add(child(path, "cluster"), "is required")
+    return TcpOptions(
+        cluster=msg.cluster,
+        idle_timeout=timeout(msg, "idle_timeout", DEFAULT_TCP_IDLE_TIMEOUT),
+        access_logs=_access_logs(issues, msg.access_log, child(path, "access_log")),
+    )
+
+
+def _access_logs(issues: Issues, logs: Any, path: str) -> tuple[AccessLog, ...]:
+    """File and stdout loggers. meshpy writes its own JSON line per request whatever Envoy's format
+    would have been, so a format setting is reported like any other unsupported field."""
+    result = []
+    for i, log in enumerate(logs):
+        log_path = item(path, i)
+        issues.fields(log, log_path, {"name", "typed_config"})
+        config_path = child(log_path, "typed_config")
+        if not log.HasField("typed_config"):
+            issues.add(config_path, "is required")
+            continue
+        config = unpack(issues, log.typed_config, config_path, ACCESS_LOGGERS)
+        if isinstance(config, FileAccessLog):
+            issues.fields(config, config_path, {"path"})
+            if not config.path:
+                issues.add(child(config_path, "path"), "must not be empty")
+            result.append(AccessLog(path=config.path))
+        elif isinstance(config, StdoutAccessLog):
+            issues.fields(config, config_path, ())
+            result.append(AccessLog(path=None))
+    return tuple(result)

@@ -1,0 +1,281 @@
+"""Envoy RouteConfiguration -> model RouteConfig: virtual hosts, routes and their actions.
+
+Matchers and header edits live in `translate_matchers`. Defaults follow Envoy, not meshpy's own YAML,
+so that a route configuration behaves the same under both proxies (for example
+`ignore_port_in_host_matching` is false unless set, and a route timeout of 0 means none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshpy.model.types import (
+    DEFAULT_ROUTE_TIMEOUT,
+    DirectResponseAction,
+    ForwardAction,
+    RedirectAction,
+    RegexRewrite,
+    Route,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    VirtualHost,
+    WeightedCluster,
+)
+from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout
+from meshpy.xds.translate_matchers import header_edits, route_match
+
+# `validate_clusters` asks Envoy to check cluster references, which meshpy always does for a
+# bootstrap; `metadata` is only read by filters meshpy does not have.
+_ROUTE_CONFIG = frozenset(
+    {
+        "name",
+        "virtual_hosts",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "ignore_port_in_host_matching",
+        "validate_clusters",
+        "max_direct_response_body_size_bytes",
+        "metadata",
+    }
+)
+_VIRTUAL_HOST = frozenset(
+    {
+        "name",
+        "domains",
+        "routes",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "metadata",
+    }
+)
+_ROUTE = frozenset(
+    {
+        "name",
+        "match",
+        "route",
+        "redirect",
+        "direct_response",
+        "request_headers_to_add",
+        "request_headers_to_remove",
+        "response_headers_to_add",
+        "response_headers_to_remove",
+        "metadata",
+    }
+)
+_FORWARD = frozenset(
+    {
+        "cluster",
+        "weighted_clusters",
+        "prefix_rewrite",
+        "regex_rewrite",
+        "host_rewrite_literal",
+        "timeout",
+        "idle_timeout",
+    }
+)
+_REDIRECT = frozenset(
+    {
+        "https_redirect",
+        "scheme_redirect",
+        "host_redirect",
+        "port_redirect",
+        "path_redirect",
+        "prefix_rewrite",
+        "response_code",
+        "strip_query",
+    }
+)
+# RedirectAction.RedirectResponseCode numbers, in proto order.
+_REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+_DEFAULT_MAX_DIRECT_BODY = 4096  # Envoy's max_direct_response_body_size_bytes default
+
+
+def route_config(issues: Issues, msg: Any, path: str) -> RouteConfig:
+    issues.fields(msg, path, _ROUTE_CONFIG)
+    max_body = (
+        msg.max_direct_response_body_size_bytes.value
+        if msg.HasField("max_direct_response_body_size_bytes")
+        else _DEFAULT_MAX_DIRECT_BODY
+    )
+    hosts = tuple(
+        _virtual_host(issues, vhost, item(child(path, "virtual_hosts"), i), max_body)
+        for i, vhost in enumerate(msg.virtual_hosts)
+    )
+    _check_unique_domains(issues, hosts, path)
+    return RouteConfig(
+        name=msg.name,
+        virtual_hosts=hosts,
+        request_headers=header_edits(issues, msg, path, "request"),
+        response_headers=header_edits(issues, msg, path, "response"),
+        # Envoy matches `host:port` against the domains unless this is set; meshpy's own default
+        # differs, so the Envoy value is always carried over.
+        ignore_port_in_host=msg.ignore_port_in_host_matching,
+    )
+
+
+def _check_unique_domains(issues: Issues, hosts: tuple[VirtualHost, ...], path: str) -> None:
+    # Envoy rejects a route configuration where two virtual hosts (or one twice) claim a domain.
+    seen: set[str] = set()
+    for i, vhost in enumerate(hosts):
+        for j, domain in enumerate(vhost.domains):
+            if domain in seen:
+                where = item(child(item(child(path, "virtual_hosts"), i), "domains"), j)
+                issues.add(where, f"duplicate domain {domain!r}")
+            seen.add(domain)
+
+
+def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> VirtualHost:
+    issues.fields(msg, path, _VIRTUAL_HOST)
+    if not msg.name:
+        issues.add(child(path, "name"), "must not be empty")
+    if not msg.domains:
+        issues.add(child(path, "domains"), "at least one domain is required")
+    for i, domain in enumerate(msg.domains):
+        if not domain:
+            issues.add(item(child(path, "domains"), i), "must not be empty")
+    routes = tuple(
+        _route(issues, route, item(child(path, "routes"), i), max_body) for i, route in enumerate(msg.routes)
+    )
+    return VirtualHost(
+        name=msg.name,
+        # Host matching is case-insensitive in Envoy; the model keeps domains in lower case.
+        domains=tuple(domain.lower() for domain in msg.domains),
+        routes=routes,
+        request_headers=header_edits(issues, msg, path, "request"),
+        response_headers=header_edits(issues, msg, path, "response"),
+    )
+
+
+def _route(issues: Issues, msg: Any, path: str, max_body: int) -> Route:
+    issues.fields(msg, path, _ROUTE)
+    match_path = child(path, "match")
+    if msg.HasField("match"):
+        match = route_match(issues, msg.match, match_path)
+    else:
+        issues.add(match_path, "is required")
+        match = RouteMatch()
+    kind = msg.WhichOneof("action")
+    action: RouteAction
+    if kind == "route":
+        action = _forward(issues, msg.route, child(path, "route"), match)
+    elif kind == "redirect":
+        action = _redirect(issues, msg.redirect, child(path, "redirect"))
+    elif kind == "direct_response":
+        action = _direct(issues, msg.direct_response, child(path, "direct_response"), max_body)
+    else:
+        if kind is None:  # a set but unsupported action was already reported by `fields`
+            issues.add(path, "one of route, redirect or direct_response is required")
+        action = DirectResponseAction(status=404)
+    return Route(
+        name=msg.name,
+        match=match,
+        action=action,
+        request_headers=header_edits(issues, msg, path, "request"),
+        response_headers=header_edits(issues, msg, path, "response"),
+    )
+
+
+def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardAction:
+    issues.fields(msg, path, _FORWARD)
+    cluster: str | None = None
+    weighted: tuple[WeightedCluster, ...] = ()
+    kind = msg.WhichOneof("cluster_specifier")
+    if kind == "cluster":
+        cluster = msg.cluster
+        if not cluster:
+            issues.add(child(path, "cluster"), "must not be empty")
+    elif kind == "weighted_clusters":
+        weighted = _weighted(issues, msg.weighted_clusters, child(path, "weighted_clusters"))
+    elif kind is None:
+        issues.add(path, "one of cluster or weighted_clusters is required")
+    rewrite = None
+    if msg.HasField("regex_rewrite"):
+        rewrite_path = child(path, "regex_rewrite")
+        issues.fields(msg.regex_rewrite, rewrite_path, {"pattern", "substitution"})
+        pattern = regex(issues, msg.regex_rewrite.pattern, child(rewrite_path, "pattern"))
+        rewrite = RegexRewrite(pattern=pattern, substitution=msg.regex_rewrite.substitution)
+        if msg.prefix_rewrite:
+            issues.add(path, "prefix_rewrite and regex_rewrite cannot both be set")
+    if msg.prefix_rewrite and match.path_kind == "regex":
+        # Envoy then replaces the whole path, a meaning the model's prefix_rewrite does not have.
+        issues.add(
+            child(path, "prefix_rewrite"), f"with a safe_regex match is {UNSUPPORTED} (use regex_rewrite)"
+        )
+    idle = timeout(msg, "idle_timeout", None)
+    if msg.HasField("idle_timeout") and idle is None:
+        # Envoy's 0 turns the listener's stream idle timeout off for this route; the model's None
+        # means "use the listener's", so 0 cannot be expressed.
+        issues.add(child(path, "idle_timeout"), f"0 (no idle timeout) is {UNSUPPORTED}")
+    return ForwardAction(
+        cluster=cluster,
+        weighted=weighted,
+        prefix_rewrite=msg.prefix_rewrite or None,
+        regex_rewrite=rewrite,
+        host_rewrite=msg.host_rewrite_literal or None,
+        timeout=timeout(msg, "timeout", DEFAULT_ROUTE_TIMEOUT),
+        idle_timeout=idle,
+    )
+
+
+def _weighted(issues: Issues, msg: Any, path: str) -> tuple[WeightedCluster, ...]:
+    issues.fields(msg, path, {"clusters"})
+    clusters = []
+    for i, weight in enumerate(msg.clusters):
+        weight_path = item(child(path, "clusters"), i)
+        issues.fields(weight, weight_path, {"name", "weight"})
+        if not weight.name:
+            issues.add(child(weight_path, "name"), "must not be empty")
+        if not weight.HasField("weight"):
+            issues.add(child(weight_path, "weight"), "is required")
+        clusters.append(WeightedCluster(name=weight.name, weight=weight.weight.value))
+    if not clusters:
+        issues.add(child(path, "clusters"), "at least one cluster is required")
+    elif sum(c.weight for c in clusters) == 0:
+        issues.add(child(path, "clusters"), "the weights must not all be 0")
+    return tuple(clusters)
+
+
+def _redirect(issues: Issues, msg: Any, path: str) -> RedirectAction:
+    issues.fields(msg, path, _REDIRECT)
+    scheme: str | None = None
+    if msg.WhichOneof("scheme_rewrite_specifier") == "https_redirect":
+        scheme = "https" if msg.https_redirect else None
+    elif msg.scheme_redirect:
+        scheme = msg.scheme_redirect.lower()
+    if msg.port_redirect > 65535:
+        issues.add(child(path, "port_redirect"), f"must be at most 65535, got {msg.port_redirect}")
+    return RedirectAction(
+        scheme=scheme,
+        host=msg.host_redirect or None,
+        port=msg.port_redirect or None,
+        path=msg.path_redirect or None,
+        prefix_rewrite=msg.prefix_rewrite or None,
+        response_code=_REDIRECT_CODES.get(msg.response_code, 301),
+        strip_query=msg.strip_query,
+    )
+
+
+def _direct(issues: Issues, msg: Any, path: str, max_body: int) -> DirectResponseAction:
+    issues.fields(msg, path, {"status", "body"})
+    if not 200 <= msg.status < 600:
+        issues.add(child(path, "status"), f"must be from 200 to 599, got {msg.status}")
+    body = ""
+    if msg.HasField("body"):
+        body_path = child(path, "body")
+        issues.fields(msg.body, body_path, {"inline_string", "inline_bytes"})
+        kind = msg.body.WhichOneof("specifier")
+        if kind == "inline_string":
+            body = msg.body.inline_string
+        elif kind == "inline_bytes":
+            try:
+                body = msg.body.inline_bytes.decode()
+            except UnicodeDecodeError:
+                issues.add(child(body_path, "inline_bytes"), "must be UTF-8 (the model keeps text bodies)")
+        if len(body.encode()) > max_body:
+            issues.add(body_path, f"is larger than max_direct_response_body_size_bytes ({max_body})")
+    return DirectResponseAction(status=msg.status, body=body)
