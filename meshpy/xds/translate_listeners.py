@@ -168,19 +168,25 @@ def _routes(issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfi
 
 
 def _check_http_filters(issues: Issues, msg: Any, path: str) -> None:
-    """meshpy's HTTP stack is fixed: the only filter chain it accepts is the router alone."""
-    if len(msg.http_filters) != 1:
-        issues.add(path, f"exactly one filter, the router, is supported; got {len(msg.http_filters)}")
+    """meshpy's HTTP stack is fixed: the only filter chain it accepts is the router alone. Each other
+    filter is reported by its type; a missing router only when nothing else explains it."""
+    routers = 0
     for i, http_filter in enumerate(msg.http_filters):
         filter_path = item(path, i)
+        config_path = child(filter_path, "typed_config")
         issues.fields(http_filter, filter_path, {"name", "typed_config"})
         if not http_filter.HasField("typed_config"):
-            issues.add(child(filter_path, "typed_config"), "is required")
+            issues.add(config_path, "is required")
             continue
-        router = unpack(issues, http_filter.typed_config, child(filter_path, "typed_config"), HTTP_FILTERS)
+        router = unpack(issues, http_filter.typed_config, config_path, HTTP_FILTERS)
         if router is not None:
+            routers += 1
+            if routers > 1:
+                issues.add(config_path, "only one router filter is supported")
             # Every Router option (suppress_envoy_headers, upstream_log, ...) changes behaviour.
-            issues.fields(router, child(filter_path, "typed_config"), ())
+            issues.fields(router, config_path, ())
+    if not msg.http_filters:
+        issues.add(path, "the router filter (envoy.extensions.filters.http.router.v3.Router) is required")
 
 
 def _server_name(issues: Issues, msg: Any, path: str) -> str | None:

@@ -136,8 +136,7 @@ def header_match(issues: Issues, msg: Any, path: str) -> HeaderMatch:
     elif kind is None:
         # Envoy treats a matcher with no specifier as "the header is present".
         match = StringMatch(kind="present")
-    else:
-        issues.add(child(path, kind), UNSUPPORTED)
+    else:  # range_match: already reported by `fields`
         match = StringMatch(kind="present")
     return HeaderMatch(name=name, match=match, invert=invert)
 
@@ -201,7 +200,7 @@ def _header_value(issues: Issues, option: Any, path: str) -> HeaderValue:
         value = _literal(issues, raw, child(header_path, "raw_value"))
     else:
         value = _literal(issues, header.value, child(header_path, "value"))
-    if not value:
+    if not value and not option.keep_empty_value:  # keep_empty_value is reported by `fields`
         # Envoy drops an empty value unless keep_empty_value is set; neither is modelled.
         issues.add(header_path, "an empty header value is not supported by meshpy")
     if option.HasField("append"):
