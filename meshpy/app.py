@@ -16,8 +16,8 @@ import socket
 from typing import Any
 
 from meshpy.admin.server import AdminServer, start_admin
-from meshpy.model.dump import dump_config
 from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.dump import dump_config
 from meshpy.model.types import AccessLog, Address, Config, Lifecycle, Listener
 from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, compile_snapshot
 from meshpy.telemetry.accesslog import AccessLogger
@@ -32,7 +32,9 @@ log = logging.getLogger("meshpy")
 class BoundListener:
     __slots__ = ("address", "kind", "port", "server", "slot")
 
-    def __init__(self, address: Address, kind: str, server: asyncio.AbstractServer, slot: ListenerSlot) -> None:
+    def __init__(
+        self, address: Address, kind: str, server: asyncio.AbstractServer, slot: ListenerSlot
+    ) -> None:
         self.address = address
         self.kind = kind
         self.server = server
@@ -46,7 +48,9 @@ def config_version(config: Config) -> str:
 
 
 class App:
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, lifecycle_override: Lifecycle | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, lifecycle_override: Lifecycle | None = None
+    ) -> None:
         self.loop = loop
         self.metrics = Metrics()
         self.clusters = ClusterManager(self.metrics, loop)
@@ -75,8 +79,9 @@ class App:
     async def _apply(self, config: Config, source: str) -> Snapshot:
         new_clusters = self.clusters.reconcile(config.clusters)
         try:
-            snap = compile_snapshot(config, new_clusters, self.metrics, self._logger_for,
-                                    config_version(config), source)
+            snap = compile_snapshot(
+                config, new_clusters, self.metrics, self._logger_for, config_version(config), source
+            )
             await self._bind_new(config, snap)
         except BaseException:
             self.clusters.discard(new_clusters)
@@ -89,8 +94,9 @@ class App:
         del old_clusters
         if self._state == "PRE_INITIALIZING":
             self._state = "LIVE"
-        log.info("config %s live: %d listeners, %d clusters", snap.version, len(snap.listeners),
-                 len(snap.clusters))
+        log.info(
+            "config %s live: %d listeners, %d clusters", snap.version, len(snap.listeners), len(snap.clusters)
+        )
         return snap
 
     def _logger_for(self, a: AccessLog) -> AccessLogger:
@@ -114,8 +120,14 @@ class App:
                 try:
                     bound = await self._bind(lm, cfg)
                 except OSError as err:
-                    raise ConfigError([ConfigIssue(f"listeners[{i}].address",
-                                                   f"cannot listen on {lm.address}: {err.strerror or err}")]) from err
+                    raise ConfigError(
+                        [
+                            ConfigIssue(
+                                f"listeners[{i}].address",
+                                f"cannot listen on {lm.address}: {err.strerror or err}",
+                            )
+                        ]
+                    ) from err
                 opened.append(bound)
                 self._pending_bind[lm.name] = bound
         except BaseException:
@@ -128,15 +140,19 @@ class App:
         slot = ListenerSlot(current=cfg)
         loop = self.loop
         if lm.kind == "tcp":
+
             def factory() -> asyncio.Protocol:
                 return TcpDownstream(slot, loop)
         else:
+
             def factory() -> asyncio.Protocol:
                 return Http1Downstream(slot, loop)
+
         host = lm.address.host or None
         family = socket.AF_INET6 if host and ":" in host else socket.AF_UNSPEC
-        server = await loop.create_server(factory, host, lm.address.port, family=family,
-                                          reuse_address=True, backlog=1024)
+        server = await loop.create_server(
+            factory, host, lm.address.port, family=family, reuse_address=True, backlog=1024
+        )
         bound = BoundListener(lm.address, lm.kind, server, slot)
         log.info("listener %s (%s) on %s:%d", lm.name, lm.kind, lm.address.host, bound.port)
         return bound
@@ -196,26 +212,33 @@ class App:
             "loaded_at": snap.loaded_at,
             "source": snap.source,
             "config": dump_config(snap.config),
-            "listeners": [{"name": n, "address": str(b.address), "bound_port": b.port}
-                          for n, b in self.listeners.items()],
+            "listeners": [
+                {"name": n, "address": str(b.address), "bound_port": b.port}
+                for n, b in self.listeners.items()
+            ],
         }
 
     def clusters_view(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for name, rt in self.clusters.clusters.items():
-            out.append({
-                "name": name,
-                "type": rt.model.discovery,
-                "endpoints": [{
-                    "address": h.label,
-                    "hostname": h.hostname,
-                    "weight": h.weight,
-                    "health": "healthy",
-                    "active_requests": h.active_requests,
-                    "active_connections": h.pool.total,
-                    "idle_connections": h.pool.idle_count,
-                } for h in rt.hosts],
-            })
+            out.append(
+                {
+                    "name": name,
+                    "type": rt.model.discovery,
+                    "endpoints": [
+                        {
+                            "address": h.label,
+                            "hostname": h.hostname,
+                            "weight": h.weight,
+                            "health": "healthy",
+                            "active_requests": h.active_requests,
+                            "active_connections": h.pool.total,
+                            "idle_connections": h.pool.idle_count,
+                        }
+                        for h in rt.hosts
+                    ],
+                }
+            )
         return out
 
     def drain_listeners(self) -> None:

@@ -20,9 +20,15 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the proxy on a config file (meshpy YAML or Envoy bootstrap)")
     run.add_argument("-c", "--config", required=True, help="config file; the format is detected")
-    run.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)")
-    run.add_argument("--drain-time", type=float, default=None, help="seconds listeners keep accepting after SIGTERM")
-    run.add_argument("--grace-time", type=float, default=None, help="seconds requests in flight get after the drain")
+    run.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)"
+    )
+    run.add_argument(
+        "--drain-time", type=float, default=None, help="seconds listeners keep accepting after SIGTERM"
+    )
+    run.add_argument(
+        "--grace-time", type=float, default=None, help="seconds requests in flight get after the drain"
+    )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
     val = sub.add_parser("validate", help="check config files; print every error as `path: reason`")
@@ -58,8 +64,9 @@ def _validate(files: Sequence[str]) -> int:
                     try:
                         RouteTable(lm.http.route_config)
                     except ConfigError as err:
-                        raise ConfigError([type(x)(f"listeners[{i}].route_config.{x.path}", x.reason)
-                                           for x in err.issues]) from err
+                        raise ConfigError(
+                            [type(x)(f"listeners[{i}].route_config.{x.path}", x.reason) for x in err.issues]
+                        ) from err
         except ConfigError as err:
             failed = True
             for issue in err.issues:
@@ -77,16 +84,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args.files)
-    logging.basicConfig(level=getattr(logging, getattr(args, "log_level", "info").upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if args.command == "run":
         from meshpy.runner import serve
 
         lifecycle = None
         if args.drain_time is not None or args.grace_time is not None:
             d = Lifecycle()
-            lifecycle = Lifecycle(drain_time=d.drain_time if args.drain_time is None else args.drain_time,
-                                  grace_time=d.grace_time if args.grace_time is None else args.grace_time)
+            lifecycle = Lifecycle(
+                drain_time=d.drain_time if args.drain_time is None else args.drain_time,
+                grace_time=d.grace_time if args.grace_time is None else args.grace_time,
+            )
         return _run_loop(args.loop, lambda: serve(args.config, lifecycle))
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo

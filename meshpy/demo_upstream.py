@@ -8,9 +8,9 @@ Paths: `/` and anything else answers a JSON echo of the request (method, path, h
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import json
 import logging
+from typing import cast
 
 import httptools
 
@@ -18,7 +18,9 @@ from meshpy.codec.http1 import no_body_status, reason_phrase
 
 log = logging.getLogger("meshpy.demo")
 
-HELLO = b"Hello from the meshpy demo upstream. This body is about one hundred bytes long, as benchmarks want.\n"
+HELLO = (
+    b"Hello from the meshpy demo upstream. This body is about one hundred bytes long, as benchmarks want.\n"
+)
 
 
 class DemoProtocol(asyncio.Protocol):
@@ -41,7 +43,9 @@ class DemoProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
             self.transport.close()
 
     def on_message_begin(self) -> None:
@@ -77,25 +81,36 @@ class DemoProtocol(asyncio.Protocol):
                 return None
         except ValueError:
             return self._send(400, b"bad number\n", keep, method)
-        body = json.dumps({
-            "upstream": self.name,
-            "method": method.decode(),
-            "path": self.url.decode("latin-1"),
-            "headers": {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in self.headers},
-            "body_bytes": self.body_len,
-        }).encode() + b"\n"
+        body = (
+            json.dumps(
+                {
+                    "upstream": self.name,
+                    "method": method.decode(),
+                    "path": self.url.decode("latin-1"),
+                    "headers": {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in self.headers},
+                    "body_bytes": self.body_len,
+                }
+            ).encode()
+            + b"\n"
+        )
         return self._send(200, body, keep, method, b"application/json")
 
-    def _send(self, status: int, body: bytes, keep: bool, method: bytes,
-              ctype: bytes = b"text/plain") -> None:
+    def _send(
+        self, status: int, body: bytes, keep: bool, method: bytes, ctype: bytes = b"text/plain"
+    ) -> None:
         t = self.transport
         if t is None or t.is_closing():
             return
         if no_body_status(status):
             body = b""
         head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nx-upstream: %s\r\n%s\r\n" % (
-            status, reason_phrase(status), ctype, len(body), self.name.encode(),
-            b"" if keep else b"connection: close\r\n")
+            status,
+            reason_phrase(status),
+            ctype,
+            len(body),
+            self.name.encode(),
+            b"" if keep else b"connection: close\r\n",
+        )
         t.write(head if method == b"HEAD" else head + body)
         if not keep:
             t.close()

@@ -14,9 +14,9 @@ do before Python 3.13, and since 3.12 `wait_closed` would wait for them forever.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import logging
 from http import HTTPStatus
+from typing import cast
 from urllib.parse import parse_qs
 
 import httptools
@@ -32,6 +32,7 @@ MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024  # admin POSTs carry no body we read; anything large is a mistake
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a connection may sit without a byte before we close it
+LINGER_TIMEOUT = 2.0  # after refusing a request: how long to drain the client's bytes before closing
 
 
 class _Reject(Exception):
@@ -90,23 +91,23 @@ class AdminProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
-            return
+            return  # answered and closing (or lingering): discard
         self._last_activity = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # The upgrade request itself was answered in on_message_complete; what follows is not
             # HTTP/1.1 any more, and the admin speaks nothing else.
-            self.close()
+            self._finish()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Reject):
-                self._send(text(f"{cause}\n", cause.status, close=True), head_only=False, keep_alive=False)
+                self._reject(text(f"{cause}\n", cause.status, close=True))
             else:  # a bug in a callback: answer and log rather than leave the client hanging
                 log.error("admin: request handling failed", exc_info=cause)
-                self._send(text("internal error\n", 500, close=True), head_only=False, keep_alive=False)
+                self._reject(text("internal error\n", 500, close=True))
         except httptools.HttpParserError as exc:
-            self._send(text(f"bad request: {exc}\n", 400, close=True), head_only=False, keep_alive=False)
+            self._reject(text(f"bad request: {exc}\n", 400, close=True))
 
     def pause_writing(self) -> None:
         # A client that pipelines requests without reading answers: stop reading until it catches up.
@@ -122,6 +123,37 @@ class AdminProtocol(asyncio.Protocol):
         self._closing = True
         if self._transport is not None:
             self._transport.close()
+
+    def _reject(self, response: Response) -> None:
+        """Answer a request we refuse to read to the end, then close."""
+        if self._send(response, head_only=False, keep_alive=False):
+            self._finish()
+
+    def _finish(self) -> None:
+        """Close after an answer without losing it.
+
+        Closing a socket with unread bytes in its receive buffer sends RST, and an RST can reach the
+        client before it has read our answer, which it then never sees (a 413 for a large body, or
+        pipelined requests after `Connection: close`). So, like nginx's lingering close: shut down our
+        sending side once the answer is out, discard whatever still arrives, and close when the client
+        does or after LINGER_TIMEOUT.
+        """
+        transport = self._transport
+        self._closing = True
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._loop.call_later(LINGER_TIMEOUT, self._close_transport, transport)
+
+    @staticmethod
+    def _close_transport(transport: asyncio.Transport) -> None:
+        transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is done: let the transport close (after flushing our answers)
 
     def _check_idle(self) -> None:
         self._idle_timer = None
@@ -162,7 +194,8 @@ class AdminProtocol(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         http10 = self._parser.get_http_version() == "1.0"
         response = self._dispatch(method, bytes(self._url))
-        self._send(response, head_only=method == "HEAD", keep_alive=keep_alive, http10=http10)
+        if self._send(response, head_only=method == "HEAD", keep_alive=keep_alive, http10=http10):
+            self._finish()
 
     # answering
 
@@ -187,10 +220,11 @@ class AdminProtocol(asyncio.Protocol):
             log.exception("admin: %s %s failed", method, path)
             return text("internal error\n", 500)
 
-    def _send(self, response: Response, *, head_only: bool, keep_alive: bool, http10: bool = False) -> None:
+    def _send(self, response: Response, *, head_only: bool, keep_alive: bool, http10: bool = False) -> bool:
+        """Write one response; True if the connection must close after it."""
         transport = self._transport
         if transport is None or self._closing:
-            return
+            return False
         close = response.close or not keep_alive
         head = [
             f"HTTP/1.1 {response.status} {_reason(response.status)}\r\n",
@@ -209,12 +243,11 @@ class AdminProtocol(asyncio.Protocol):
         if not head_only:
             chunks.append(response.body)
         transport.writelines(chunks)
-        if close:
-            self.close()
         if response.after is not None:
             # After the write: the bytes are in the transport, which flushes them even if the
             # callback closes the admin listener and this connection with it.
             self._loop.call_soon(response.after)
+        return close
 
 
 class AdminServer:

@@ -43,7 +43,7 @@ class AdminHost(Protocol):
     def clusters_view(self) -> list[dict[str, Any]]:
         """One dict per cluster: `name`, `endpoints`: [{`address`, `health` ("healthy", or Envoy's
         flags such as "/failed_active_hc"), `active_requests`, `active_connections`,
-        `idle_connections`, optionally `weight`}]."""
+        `idle_connections`, optionally `hostname` and `weight`}]."""
         ...
 
     def drain_listeners(self) -> None: ...
@@ -118,8 +118,9 @@ def clusters_text(view: list[dict[str, Any]]) -> str:
             prefix = f"{name}::{ep['address']}::"
             for key, stat in _TEXT_STATS:
                 lines.append(f"{prefix}{stat}::{int(ep.get(key, 0))}")
-            if "weight" in ep:
-                lines.append(f"{prefix}weight::{ep['weight']}")
+            for optional in ("hostname", "weight"):  # Envoy prints both; the host may not know them
+                if optional in ep:
+                    lines.append(f"{prefix}{optional}::{ep[optional] if ep[optional] is not None else ''}")
             lines.append(f"{prefix}health_flags::{ep.get('health', 'healthy')}")
     return "".join(line + "\n" for line in lines)
 

@@ -22,7 +22,10 @@ def status_line(status: int, reason: bytes | None = None) -> bytes:
     line = _STATUS_LINE_11.get(status)
     if line is not None and reason is None:
         return line
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason if reason is not None else _REASONS.get(status, b"Unknown"))
+    return b"HTTP/1.1 %d %s\r\n" % (
+        status,
+        reason if reason is not None else _REASONS.get(status, b"Unknown"),
+    )
 
 
 def reason_phrase(status: int) -> bytes:
@@ -49,6 +52,7 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+
 # Statuses whose responses never carry a body (RFC 9110 6.4.1).
 def no_body_status(status: int) -> bool:
     return status < 200 or status == 204 or status == 304
@@ -74,8 +78,13 @@ def is_token(name: bytes) -> bool:
     return bool(name) and all(c in _TCHAR for c in name)
 
 
-def format_response(status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None,
-                    close: bool = False, head_only: bool = False) -> bytes:
+def format_response(
+    status: int,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    close: bool = False,
+    head_only: bool = False,
+) -> bytes:
     """A complete proxy-made response (errors, direct responses, redirects)."""
     headers = [] if extra is None else list(extra)
     headers.append((b"content-length", b"%d" % len(body)))

@@ -77,20 +77,24 @@ def parse_yaml(text: str, origin: str = "") -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError(_syntax_reason(exc, origin)) from None
+        raise ConfigError(_syntax_reason(exc, text, origin)) from None
     except yaml.YAMLError as exc:
         where = f" in {origin}" if origin else ""
         raise ConfigError(f"invalid YAML{where}: {exc}") from None
 
 
-def _syntax_reason(exc: yaml.MarkedYAMLError, origin: str) -> str:
+def _syntax_reason(exc: yaml.MarkedYAMLError, text: str, origin: str) -> str:
     mark = exc.problem_mark or exc.context_mark
     where = f" in {origin}" if origin else ""
+    line = ""
     if mark is not None:
         where += f" at line {mark.line + 1}, column {mark.column + 1}"
+        lines = text.splitlines()
+        line = lines[mark.line] if mark.line < len(lines) else ""
     problem = exc.problem or exc.context or "syntax error"
-    if "alias" in problem:
-        # The usual cause: an unquoted `*.example.com`, since `*` starts a YAML alias.
+    # The usual cause of alias errors is an unquoted `*.example.com`: `*` starts a YAML alias. libyaml
+    # and the pure-Python parser word it differently, hence the two patterns.
+    if "*" in line and ("alias" in problem or "alphabetic or numeric" in problem):
         problem += " (quote values that start with *, e.g. '*.example.com')"
     return f"invalid YAML{where}: {problem}"
 

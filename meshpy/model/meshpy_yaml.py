@@ -13,7 +13,7 @@ from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
-from meshpy.model.meshpy_yaml_routes import read_header_edits, read_virtual_hosts
+from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH,
@@ -28,7 +28,6 @@ from meshpy.model.types import (
     Config,
     DiscoveryType,
     Endpoint,
-    HeaderEdits,
     HttpOptions,
     Lifecycle,
     Listener,
@@ -151,6 +150,7 @@ def _admin(r: Reader, node: object) -> Admin:
 
 def _listener(r: Reader, node: object, path: str) -> Listener | None:
     protocol = node.get("protocol", "http") if isinstance(node, Mapping) else "http"
+    protocol = protocol.lower() if isinstance(protocol, str) else protocol
     if protocol not in ("http", "tcp"):
         r.error(child(path, "protocol"), f"must be http or tcp, got {protocol!r}")
         protocol = "http"
@@ -179,8 +179,8 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
     route_config = RouteConfig(
         name=name,
         virtual_hosts=read_virtual_hosts(r, f, path, name),
-        request_headers=_edits(r, f, "request_headers"),
-        response_headers=_edits(r, f, "response_headers"),
+        request_headers=edits_at(r, f, "request_headers"),
+        response_headers=edits_at(r, f, "response_headers"),
         ignore_port_in_host=f.get("ignore_port_in_host", as_bool, True),
     )
     return HttpOptions(
@@ -201,10 +201,6 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
         access_logs=logs,
         server_name=f.get("server_name", _server_name, None),
     )
-
-
-def _edits(r: Reader, f: Fields, key: str) -> HeaderEdits:
-    return read_header_edits(r, f.raw(key), f.at(key)) if key in f else HeaderEdits()
 
 
 def _headers_kib(value: object) -> int:

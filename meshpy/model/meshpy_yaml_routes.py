@@ -166,8 +166,8 @@ def _virtual_host(r: Reader, node: object, path: str, model_path: str) -> Virtua
         name=f.get("name", as_name, domains[0] if domains else ""),
         domains=tuple(domains),
         routes=_routes_or_cluster(r, f, model_path),
-        request_headers=_edits(r, f, "request_headers"),
-        response_headers=_edits(r, f, "response_headers"),
+        request_headers=edits_at(r, f, "request_headers"),
+        response_headers=edits_at(r, f, "response_headers"),
     )
 
 
@@ -183,7 +183,8 @@ def _domains(r: Reader, f: Fields) -> list[str]:
     return domains
 
 
-def _edits(r: Reader, f: Fields, key: str) -> HeaderEdits:
+def edits_at(r: Reader, f: Fields, key: str) -> HeaderEdits:
+    """The header edits under `key` of `f` (none when the key is absent)."""
     return read_header_edits(r, f.raw(key), f.at(key)) if key in f else HeaderEdits()
 
 
@@ -236,8 +237,8 @@ def read_route(r: Reader, node: object, path: str, model_path: str) -> Route | N
         name=f.get("name", as_name, ""),
         match=match,
         action=action,
-        request_headers=_edits(r, f, "request_headers"),
-        response_headers=_edits(r, f, "response_headers"),
+        request_headers=edits_at(r, f, "request_headers"),
+        response_headers=edits_at(r, f, "response_headers"),
     )
 
 

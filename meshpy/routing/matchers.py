@@ -293,7 +293,7 @@ class DomainIndex(Generic[T]):
             return value
         n = len(host)
         for length, table in self._suffixes:
-            if length <= n:
+            if length < n:
                 value = table.get(host[n - length :])
                 if value is not None:
                     return value

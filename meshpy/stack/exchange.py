@@ -12,16 +12,32 @@ import time
 from typing import TYPE_CHECKING
 
 from meshpy.codec.http1 import (
-    CONTINUE_100, LAST_CHUNK, check_transfer_encoding, chunk, format_response, no_body_status,
+    CONTINUE_100,
+    LAST_CHUNK,
+    check_transfer_encoding,
+    chunk,
+    format_response,
+    no_body_status,
     response_head,
 )
 from meshpy.errors import (
-    BadRequest, ClusterNotFound, NoHealthyUpstream, NoRoute, ProxyError, UpstreamConnectFailure,
-    UpstreamProtocolError, UpstreamReset, UpstreamTimeout,
+    BadRequest,
+    ClusterNotFound,
+    NoHealthyUpstream,
+    NoRoute,
+    ProxyError,
+    UpstreamConnectFailure,
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
 )
 from meshpy.model.types import DirectResponseAction, ForwardAction, RedirectAction
 from meshpy.stack.forwarding import (
-    RequestFacts, downstream_response_headers, request_id, scan_request, upstream_request_headers,
+    RequestFacts,
+    downstream_response_headers,
+    request_id,
+    scan_request,
+    upstream_request_headers,
 )
 
 if TYPE_CHECKING:
@@ -40,11 +56,42 @@ _PAUSE_BODY_BUFFER = 4
 
 class Exchange:
     __slots__ = (
-        "_buffered", "_buffered_bytes", "_close_delimited", "_deadline", "_last_activity", "_local",
-        "_retried", "_reused", "_timer", "_too_large",
-        "authority", "bytes_in", "bytes_out", "cfg", "cluster", "conn", "down", "done", "down_chunked",
-        "facts", "flag", "head_request", "headers", "host", "http10", "keep_alive", "method",
-        "path", "req_done", "resp_status", "rid", "route", "started", "t0", "target", "up_head_bytes",
+        "_buffered",
+        "_buffered_bytes",
+        "_close_delimited",
+        "_deadline",
+        "_last_activity",
+        "_local",
+        "_retried",
+        "_reused",
+        "_timer",
+        "_too_large",
+        "authority",
+        "bytes_in",
+        "bytes_out",
+        "cfg",
+        "cluster",
+        "conn",
+        "done",
+        "down",
+        "down_chunked",
+        "facts",
+        "flag",
+        "head_request",
+        "headers",
+        "host",
+        "http10",
+        "keep_alive",
+        "method",
+        "path",
+        "req_done",
+        "resp_status",
+        "rid",
+        "route",
+        "started",
+        "t0",
+        "target",
+        "up_head_bytes",
         "wall0",
     )
 
@@ -142,7 +189,11 @@ class Exchange:
         self.route = route
         action = route.action
         if isinstance(action, DirectResponseAction):
-            return self._local_reply(action.status, action.body.encode(), "", route=route)
+            status = action.status
+            # As Envoy: a direct 201 or 3xx points `location` at the request's own URL (RFC 9110 10.2.2).
+            extra = ([(b"location", f"http://{self.authority}{self.path}".encode("latin-1"))]
+                     if status == 201 or 300 <= status < 400 else None)
+            return self._local_reply(status, action.body.encode(), "", route=route, extra=extra)
         if isinstance(action, RedirectAction):
             loc = route.redirect_location("http", self.authority, self.path)
             return self._local_reply(action.response_code, b"", "", route=route,
@@ -158,8 +209,11 @@ class Exchange:
         facts = self.facts
         assert facts is not None
         rid = facts.request_id
-        if rid is None or not cfg.options.preserve_external_request_id:
-            rid = request_id() if cfg.options.generate_request_id else rid
+        opts = cfg.options
+        # As in Envoy: a client's x-request-id is replaced only on an edge request (use_remote_address)
+        # with preserve_external_request_id off; behind another proxy it is kept. A missing one is made.
+        if rid is None or (opts.use_remote_address and not opts.preserve_external_request_id):
+            rid = request_id() if opts.generate_request_id else rid
             self.rid = rid if rid is not facts.request_id else None
         fwd = action
         assert isinstance(fwd, ForwardAction)
@@ -264,6 +318,10 @@ class Exchange:
         self.conn = conn
         self._reused = conn.used
         conn.attach(self, self.head_request)
+        if self.down.write_paused:
+            # The client is still behind on an earlier response: hold this one back too, until
+            # resume_writing (the transport signals pause only once per crossing of its high mark).
+            conn.pause_reading()
         out = [self.up_head_bytes]
         buf = self._buffered
         if buf is not None:
@@ -322,6 +380,9 @@ class Exchange:
         self.conn = None
         if conn is not None and self.host is not None:
             if keep_alive and self.req_done:
+                # Reading may have been paused for a slow client (down_pause_writing), and nothing
+                # would resume it once this exchange is gone: a pooled connection must read.
+                conn.resume_reading()
                 self.host.pool.release(conn)
             else:
                 self.host.pool.discard(conn)
@@ -439,11 +500,18 @@ class Exchange:
         if self.started:
             self._abort(flag)
         else:
-            self._local_reply(err.status, err.body, flag, close=not self.req_done)
+            # The route timeout is the router's answer (route header edits apply, as in Envoy); the
+            # stream idle timeout is the connection manager's (they do not).
+            route = self.route if flag == "UT" else None
+            self._local_reply(err.status, err.body, flag, route=route, close=not self.req_done)
 
     # -- answers made here ---------------------------------------------------------------------------
     def _error(self, err: ProxyError) -> None:
-        self._local_reply(err.status, err.body, err.flag, close=not self.req_done and self._has_body())
+        # Every caller answers for the router once a route is chosen (no healthy upstream, connect
+        # failure, reset, bad upstream response): Envoy applies the route's response header edits
+        # to those answers too. Before routing (no route) self.route is None and nothing applies.
+        self._local_reply(err.status, err.body, err.flag, route=self.route,
+                          close=not self.req_done and self._has_body())
 
     def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
                      extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None:
@@ -452,18 +520,25 @@ class Exchange:
             headers.append((b"content-type", b"text/plain"))
         if route is not None and route.response_edits:
             route.response_edits.apply(headers)
+        server = self.cfg.server_name
+        if server is not None:  # as on proxied responses (up_head)
+            headers = [(n, v) for n, v in headers if n != b"server"]
+            headers.append((b"server", server))
         if close or self.down.slot.draining:
             self.keep_alive = False
         if not self.keep_alive:
             headers.append((b"connection", b"close"))
         elif self.http10:
             headers.append((b"connection", b"keep-alive"))
-        if no_body_status(status):
-            body = b""
         self.resp_status = status
         self.flag = flag
-        self.bytes_out = len(body)
-        self._local = format_response(status, body, headers, head_only=self.head_request)
+        if no_body_status(status):
+            # No body, and as in Envoy no content-length either (RFC 9110 8.6 forbids it on a 204).
+            self.bytes_out = 0
+            self._local = response_head(status, headers)
+        else:
+            self.bytes_out = len(body)
+            self._local = format_response(status, body, headers, head_only=self.head_request)
         # Otherwise the answer waits for request_end: a bodiless request completes in the same parser
         # pass, and a small body is read and dropped so the connection stays usable.
         if close or self.req_done:
@@ -501,6 +576,14 @@ class Exchange:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        conn = self.conn
+        if conn is not None:
+            # Answered before the upstream exchange ended (413 or 400 while the request body was
+            # streaming upstream): that connection holds a half-sent request, never reusable.
+            self.conn = None
+            conn.detach()
+            if self.host is not None:
+                self.host.pool.discard(conn)
         if self._buffered is not None:
             self._buffered = None
             self.down.resume_reading(_PAUSE_BODY_BUFFER)

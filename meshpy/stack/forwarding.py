@@ -79,7 +79,10 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
     proto_seen = False
     for name, value in headers:
         if name in drop:
-            continue
+            # As in Envoy, `te` is cut down to `trailers`, the one value meant end to end (gRPC).
+            if name != b"te" or b"trailers" not in connection_tokens(value):
+                continue
+            value = b"trailers"
         if name == b"host":
             if host is not None:
                 value = host

@@ -19,7 +19,7 @@ from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
 
 if TYPE_CHECKING:
-    from meshpy.routing.compile import HttpListenerConfig, ListenerSlot
+    from meshpy.routing.compile import ListenerSlot
 
 # Reasons reading may be paused; reading resumes only when none is left.
 PAUSE_PIPELINE = 1
@@ -29,9 +29,9 @@ PAUSE_BODY_BUFFER = 4
 
 class Http1Downstream(asyncio.Protocol):
     __slots__ = (
-        "_hdr_bytes", "_hdr_count", "_parsing", "_paused", "_pending", "_timer", "active", "closing",
-        "fatal", "half_closed", "head_started", "idle_since", "loop", "out", "parser", "peer", "slot", "transport",
-        "write_paused",
+        "_hdr_bytes", "_hdr_count", "_head_fresh", "_head_raw", "_parsing", "_paused", "_pending", "_timer",
+        "active", "closing", "fatal", "half_closed", "head_started", "idle_since", "loop", "out", "parser",
+        "peer", "slot", "transport", "write_paused",
     )
 
     def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
@@ -51,6 +51,8 @@ class Http1Downstream(asyncio.Protocol):
         self.out: list[bytes] = []
         self._hdr_bytes = 0
         self._hdr_count = 0
+        self._head_raw = 0
+        self._head_fresh = False
         self.head_started = 0.0
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -97,12 +99,28 @@ class Http1Downstream(asyncio.Protocol):
             self.parser = httptools.HttpRequestParser(self)
             if offset < len(data):
                 self.data_received(data[offset:])
+                return  # that call counted and flushed
         except httptools.HttpParserCallbackError as err:
             ctx = err.__context__
             self._protocol_error(ctx if isinstance(ctx, BadRequest) else BadRequest("bad request"))
         except httptools.HttpParserError as err:
             self._protocol_error(BadRequest(_parser_reason(err)))
+        if self.head_started and self.fatal is None and not self.closing:
+            self._count_head_bytes(len(data))
         self.flush()
+
+    def _count_head_bytes(self, n: int) -> None:
+        """httptools holds a header line until it ends and on_header only sees complete lines, so a head
+        that never ends would be buffered without bound: count the raw bytes of an unfinished head too.
+        The read in which the head began is not counted (part of it may be the previous request), so at
+        most one read more than the limit is ever held."""
+        if self._head_fresh:
+            self._head_fresh = False
+            return
+        self._head_raw += n
+        ex = self._parsing
+        if ex is not None and self._head_raw > ex.cfg.max_header_bytes:
+            self._protocol_error(BadRequest("request header fields too large", 431))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -176,6 +194,8 @@ class Http1Downstream(asyncio.Protocol):
         self.head_started = self.loop.time()
         self._hdr_bytes = 0
         self._hdr_count = 0
+        self._head_raw = 0
+        self._head_fresh = True
         self._parsing = Exchange(self, self.slot.current)
 
     def on_url(self, url: bytes) -> None:

@@ -58,7 +58,7 @@ class TcpDownstream(asyncio.Protocol):
             return
         self.host = host
         host.active_requests += 1
-        transport.pause_reading()  # nothing is read until the upstream side is there
+        self.transport.pause_reading()  # nothing is read until the upstream side is there
         task = self.loop.create_task(self._connect(host, cluster.model.connect_timeout))
         task.add_done_callback(self._connected)
         if self.cfg.idle_timeout is not None:
@@ -164,7 +164,7 @@ class TcpDownstream(asyncio.Protocol):
             self.host.active_requests -= 1
         seconds = self.loop.time() - self.t0
         for logger in self.cfg.loggers:
-            logger.log(self.wall0, "-", "", "", "TCP", 0, self.flag, self.bytes_in, self.bytes_out,
+            logger.log(self.wall0, "", "", "", "TCP", 0, self.flag, self.bytes_in, self.bytes_out,
                        seconds, self.host.label if self.host is not None else "", "", self.peer)
 
     def start_drain(self) -> None:

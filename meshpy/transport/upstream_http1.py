@@ -7,7 +7,7 @@ queued request down with it). Parser callbacks go straight to the attached excha
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 

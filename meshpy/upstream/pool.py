@@ -8,6 +8,7 @@ That keeps the common case, an idle connection ready, free of coroutines: checko
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -24,12 +25,26 @@ Waiter = Callable[["UpstreamHttp1 | BaseException"], None]
 
 class HostPool:
     __slots__ = (
-        "_connecting", "_idle", "_loop", "_waiters", "address", "busy", "closed", "connect_timeout",
-        "max_connections", "stats",
+        "_connecting",
+        "_idle",
+        "_loop",
+        "_waiters",
+        "address",
+        "busy",
+        "closed",
+        "connect_timeout",
+        "max_connections",
+        "stats",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
-                 connect_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        address: tuple[str, int],
+        stats: ClusterStats,
+        connect_timeout: float,
+        max_connections: int,
+    ) -> None:
         self._loop = loop
         self.address = address  # may be replaced by LOGICAL_DNS re-resolution; new connects use it
         self.stats = stats
@@ -96,10 +111,8 @@ class HostPool:
         self.stats.pool_idle -= 1
 
     def cancel_waiter(self, waiter: Waiter) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        except ValueError:
-            pass
 
     def evict_idle(self, now: float, idle_timeout: float) -> None:
         keep: list[UpstreamHttp1] = []

@@ -87,7 +87,7 @@ def endpoints_from_cla(cla: Any, path: str = "") -> tuple[Endpoint, ...]:
 
 _MISSING_TYPE = re.compile(r"Can not find message descriptor by type_url: (\S+?)(?: at |\.*$)")
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
-_FAILED_PREFIX = re.compile(r"^(?:Failed to parse \w+ field: )+")
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 _TYPE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 _IMPORT_ROOTS = ("envoy.", "xds.", "udpa.", "google.")
 
@@ -121,7 +121,9 @@ def _import_type(type_url: str) -> bool:
         return False
     # The package is the dotted name up to the message name (the first part in CamelCase).
     parts = full_name.split(".")
-    package = ".".join(p for p in parts[: next(i for i, p in enumerate(parts) if p[:1].isupper())])
+    package = ".".join(parts[: next((i for i, p in enumerate(parts) if p[:1].isupper()), 0)])
+    if not package:
+        return False
     try:
         module = importlib.import_module(package)
         for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
@@ -137,12 +139,16 @@ def _parse_issue(text: str) -> ConfigIssue:
     """A json_format error rewritten as `path: reason` with Envoy's YAML path.
 
     json_format says `Failed to parse static_resources field: ... <reason> at "Bootstrap.<path>".`,
-    sometimes followed by a list of the fields that do exist."""
-    first = _FAILED_PREFIX.sub("", text.split("\n", 1)[0])
+    sometimes followed by a list of the fields that do exist. Some errors (a bad scalar) come without
+    the `at` part; then the chain of field names is the best path there is (it lacks list indexes)."""
+    first = text.split("\n", 1)[0]
+    chain = _FAILED_FIELD.findall(first)
+    first = _FAILED_FIELD.sub("", first)
     reason, at, where = first.rpartition(" at ")
-    if not at:
-        reason, where = first, ""
-    where = where.strip().strip('".').removeprefix("Bootstrap").lstrip(".")
+    if at:
+        where = where.strip().strip('".').removeprefix("Bootstrap").strip(".")
+    else:
+        reason, where = first, ".".join(chain)
     reason = reason.strip().rstrip(".")
     no_field = _NO_FIELD.search(reason)
     if no_field is not None:

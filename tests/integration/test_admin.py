@@ -48,6 +48,7 @@ class FakeHost:
             "active_requests": 2,
             "active_connections": 3,
             "idle_connections": 1,
+            "hostname": "web-1.internal",
             "weight": 1,
         }
         return [{"name": "web", "endpoints": [endpoint]}]
@@ -72,18 +73,20 @@ class Ctx:
 
 
 Scenario = Callable[[Ctx], Awaitable[None]]
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
-@pytest.fixture(params=sorted(LOOPS))
-def run(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """Start an admin server for a fake host on 127.0.0.1:0 on the chosen loop, run a scenario."""
+@pytest.fixture
+def run(loop_name: str) -> Callable[..., None]:
+    """Start an admin server for a fake host on 127.0.0.1:0 on the chosen loop (conftest's
+    `loop_name`: uvloop and asyncio), and run a scenario against it."""
 
     def runner(scenario: Scenario, idle_timeout: float = 60.0) -> None:
         async def main() -> None:
             host = FakeHost()
             loop = asyncio.get_running_loop()
-            admin = await start_admin(host, Address(host="127.0.0.1", port=0), loop, idle_timeout=idle_timeout)
+            any_port = Address(host="127.0.0.1", port=0)
+            admin = await start_admin(host, any_port, loop, idle_timeout=idle_timeout)
             host.admin = admin
             port = admin.address.port
             try:
@@ -92,7 +95,7 @@ def run(request: pytest.FixtureRequest) -> Callable[..., None]:
                 admin.close()
                 await admin.wait_closed()
 
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as r:
+        with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_name]) as r:
             r.run(main())
 
     return runner
@@ -106,7 +109,10 @@ async def fetch(ctx: Ctx, method: str, path: str) -> tuple[int, dict[str, str], 
         return resp.status, dict(resp.headers), await resp.text()
 
 
-async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+Answer = tuple[int, dict[str, str], bytes]
+
+
+async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> Answer:
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
     headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
@@ -181,6 +187,7 @@ def test_clusters_json_and_text(run: Callable[..., None]) -> None:
             "web::10.0.0.1:80::cx_active::3",
             "web::10.0.0.1:80::rq_active::2",
             "web::10.0.0.1:80::cx_idle::1",
+            "web::10.0.0.1:80::hostname::web-1.internal",
             "web::10.0.0.1:80::weight::1",
             "web::10.0.0.1:80::health_flags::healthy",
         ]

@@ -84,7 +84,10 @@ def test_parse_size_accepts_decimal_and_binary_units(written: object, size: int)
 @pytest.mark.parametrize(
     ("written", "reason"),
     [
-        ("10 parsecs", "unknown size unit 'parsecs' in '10 parsecs'; use bytes or a string like 64KiB, 10MiB, 1MB"),
+        (
+            "10 parsecs",
+            "unknown size unit 'parsecs' in '10 parsecs'; use bytes or a string like 64KiB, 10MiB, 1MB",
+        ),
         ("MiB", "'MiB' is not a size; use bytes or a string like 64KiB, 10MiB, 1MB"),
         ("0.3KiB", "'0.3KiB' is not a whole number of bytes"),
         (-1, "size -1 must not be negative"),
@@ -125,8 +128,9 @@ def test_parse_address_forms(written: str, address: Address) -> None:
 
 def test_parse_address_port_zero_is_only_for_listeners() -> None:
     assert parse_address("127.0.0.1:0", allow_port_zero=True) == Address(host="127.0.0.1", port=0)
-    with pytest.raises(ValueError, match="^port 0 is only allowed for listener addresses$"):
+    with pytest.raises(ValueError) as info:
         parse_address("127.0.0.1:0")
+    assert str(info.value) == "port 0 is only allowed for listener addresses"
 
 
 def test_parse_address_any_host_can_be_chosen() -> None:

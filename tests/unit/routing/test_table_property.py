@@ -130,96 +130,58 @@ def ref_match(rc: RouteConfig, authority: str, path: str, method: str, headers: 
 
 
 # --- strategies ----------------------------------------------------------------------------------------
+# Requests are derived from the generated config (a domain with its wildcard filled in, a route's path
+# with its case flipped, a matcher's value), so that most of them reach, and nearly miss, some route.
 
-DOMAINS = [
-    "foo.com",
-    "a.foo.com",
-    "*.foo.com",
-    "*-bar.foo.com",
-    "*o.com",
-    "foo.*",
-    "a.*",
-    "a.foo.*",
-    "*",
-    "[::1]",
-    "FOO.org",
-]
-HOSTS = [
-    "foo.com",
-    "a.foo.com",
-    "x-bar.foo.com",
-    "-bar.foo.com",
-    "b.foo.com",
-    "o.com",
-    "zo.com",
-    "foo.org",
-    "FOO.ORG",
-    "a.b",
-    "a.",
-    "foo.",
-    "[::1]",
-    "[::1]:80",
-    "foo.com:8080",
-    "A.FOO.COM:1",
-    "foo.com:",
-    "other",
-]
+DOMAINS = ["foo.com", "a.foo.com", "*.foo.com", "*-bar.foo.com", "*o.com", "foo.*", "a.*", "a.foo.*", "*",
+           "[::1]", "FOO.org"]  # fmt: skip
+HOSTS = ["other", "a.", "foo.", "-bar.foo.com", "[::1]:80", "foo.com:", "A.FOO.COM:1"]
 PREFIXES = ["/", "", "/a", "/b", "/api", "/API", "/api/", "/v1/", "/a?x", "/x/y"]
 EXACT_PATHS = ["/", "/a", "/api", "/api/v1", "/API/V1", "/x/y"]
-REGEXES = ["/api/.*", "/[a-z]+", ".*", "/api/v[0-9]", "/(a|b)"]
-SEGMENTS = ["a", "b", "api", "API", "v1", "x", "y"]
-VALUES = ["", "1", "a", "A", "a,b", "GET", "http", "foo.com", "/api"]
-REGEX_VALUES = ["[0-9]+", "a|b", ".*", "(?i)a"]
-HEADER_NAMES = ["x-a", "x-b", "host", ":method", ":authority", ":path", ":scheme"]
+# Each regex with a few paths it matches (or almost does).
+REGEXES = {"/api/.*": ["/api/x", "/api/"], "/[a-z]+": ["/abc", "/Abc"], ".*": ["/z"],
+           "/api/v[0-9]": ["/api/v1", "/api/v12"], "/(a|b)": ["/a", "/b", "/c"]}  # fmt: skip
+SEGMENTS = ["a", "A", "b", "api", "API", "v1", "x"]
+VALUES = ["", "1", "a", "A", "a,b", "foo.com", "/api"]
+PSEUDO_VALUES = {":method": ["GET", "get", "POST", "G"], ":scheme": ["http", "https", "HTTP", "h"],
+                 ":authority": ["foo.com", "FOO.com", "foo", ".com"], ":path": ["/a", "/a?x", "/", "?x"]}  # fmt: skip
+REGEX_VALUES = ["[0-9]+", "a|b", ".*", "(?i)a", "GET|POST", "https?"]
+HEADER_NAMES = ["x-a", "x-a", "x-b", "host", ":method", ":authority", ":path", ":scheme"]
+QUERY_NAMES = ["q", "x", ""]
+# Paths that sit on the edges: a "?" right after a prefix, repeated query keys, "?" inside a fragment.
+EDGE_PATHS = ["/a?x=1", "/a?x", "/api?q=1&q=a", "/?q=a&q=1", "/?q&q=1", "/a#?x", "/API/V1?q=", "/b?", "*", ""]
 
-string_matches = st.one_of(
-    st.builds(
-        StringMatch,
-        kind=st.sampled_from(["exact", "prefix", "suffix", "contains"]),
-        value=st.sampled_from(VALUES),
-        ignore_case=st.booleans(),
-    ),
-    st.builds(
-        StringMatch, kind=st.just("regex"), value=st.sampled_from(REGEX_VALUES), ignore_case=st.booleans()
-    ),
-    st.builds(StringMatch, kind=st.just("present")),
-)
+
+def string_matches(values: list[str]) -> st.SearchStrategy[StringMatch]:
+    return st.one_of(
+        st.builds(StringMatch, kind=st.sampled_from(["exact", "prefix", "suffix", "contains"]),
+                  value=st.sampled_from(values), ignore_case=st.booleans()),
+        st.builds(StringMatch, kind=st.just("regex"), value=st.sampled_from(REGEX_VALUES), ignore_case=st.booleans()),
+        st.builds(StringMatch, kind=st.just("present")),
+    )  # fmt: skip
+
+
+@st.composite
+def header_matches(draw: st.DrawFn) -> HeaderMatch:
+    name = draw(st.sampled_from(HEADER_NAMES))
+    match = draw(string_matches(PSEUDO_VALUES.get(name, VALUES)))
+    return HeaderMatch(name=name, match=match, invert=draw(st.booleans()))
+
+
+query_matches = st.builds(QueryMatch, name=st.sampled_from(QUERY_NAMES), match=string_matches(VALUES))
 
 
 @st.composite
 def route_matches(draw: st.DrawFn) -> RouteMatch:
     kind = draw(st.sampled_from(["prefix", "prefix", "prefix", "path", "regex"]))
-    pool = {"prefix": PREFIXES, "path": EXACT_PATHS, "regex": REGEXES}[kind]
+    pool = {"prefix": PREFIXES, "path": EXACT_PATHS, "regex": list(REGEXES)}[kind]
     conditions = draw(st.booleans())  # half the routes are simple, to exercise the indexed runs
     return RouteMatch(
         path_kind=kind,
         path=draw(st.sampled_from(pool)),
         case_sensitive=draw(st.booleans()) if draw(st.booleans()) else True,
-        headers=tuple(
-            draw(
-                st.lists(
-                    st.builds(
-                        HeaderMatch,
-                        name=st.sampled_from(HEADER_NAMES),
-                        match=string_matches,
-                        invert=st.booleans(),
-                    ),
-                    max_size=2,
-                )
-            )
-        )
-        if conditions
-        else (),
-        query=tuple(
-            draw(
-                st.lists(
-                    st.builds(QueryMatch, name=st.sampled_from(["q", "x", ""]), match=string_matches),
-                    max_size=2,
-                )
-            )
-        )
-        if conditions
-        else (),
+        headers=tuple(draw(st.lists(header_matches(), max_size=2))) if conditions else (),
+        query=tuple(draw(st.lists(query_matches, max_size=2))) if conditions else (),
         methods=tuple(draw(st.lists(st.sampled_from(["GET", "POST"]), unique=True, max_size=2)))
         if conditions
         else (),
@@ -246,57 +208,104 @@ def route_configs(draw: st.DrawFn) -> RouteConfig:
     return RouteConfig(name="rc", virtual_hosts=tuple(vhosts), ignore_port_in_host=draw(st.booleans()))
 
 
+def flip_case(draw: st.DrawFn, text: str) -> str:
+    return draw(st.sampled_from([text, text.upper(), text.lower(), text.swapcase()]))
+
+
 @st.composite
-def request_paths(draw: st.DrawFn) -> str:
-    path = "/" + "/".join(draw(st.lists(st.sampled_from(SEGMENTS), max_size=3)))
+def authorities(draw: st.DrawFn, rc: RouteConfig) -> str:
+    domains = [d for vh in rc.virtual_hosts for d in vh.domains]
+    d = draw(st.sampled_from(domains + HOSTS))
+    fill = draw(st.sampled_from(["x", "a.b", ""]))
+    if d == "*":
+        d = draw(st.sampled_from(["some.host", "foo.com"]))
+    elif d.startswith("*"):
+        d = fill + d[1:]
+    elif d.endswith("*"):
+        d = d[:-1] + fill
+    return flip_case(draw, d) + draw(st.sampled_from(["", "", ":80", ":8080", ":"]))
+
+
+@st.composite
+def request_paths(draw: st.DrawFn, rc: RouteConfig | None = None) -> str:
+    matches = [r.match for vh in (rc.virtual_hosts if rc else ()) for r in vh.routes]
+    base = ""
+    if matches and draw(st.booleans()):
+        m = draw(st.sampled_from(matches))
+        base = draw(st.sampled_from(REGEXES[m.path])) if m.path_kind == "regex" else m.path
+        base = flip_case(draw, base)
+    path = base + "/" + "/".join(draw(st.lists(st.sampled_from(SEGMENTS), max_size=2)))
+    if not base and draw(st.booleans()):
+        path = path[:-1] or "/"
     if draw(st.booleans()):
-        pairs = draw(
-            st.lists(
-                st.tuples(
-                    st.sampled_from(["q", "x", "qq", ""]),
-                    st.sampled_from(["", "=", "=1", "=a", "=A", "=a%20b"]),
-                ),
-                max_size=3,
-            )
-        )
+        pairs = draw(st.lists(st.tuples(st.sampled_from(["q", "x", "qq", ""]),
+                                        st.sampled_from(["", "=", "=1", "=a", "=A", "=a%20b"])), max_size=3))  # fmt: skip
         path += "?" + "&".join(k + v for k, v in pairs)
     if draw(st.integers(0, 5)) == 0:
         path += "#" + draw(st.sampled_from(["", "f", "?q=1"]))
-    if draw(st.integers(0, 20)) == 0:
-        path = draw(st.sampled_from(["*", "", "api"]))
+    if draw(st.integers(0, 5)) == 0:
+        path = draw(st.sampled_from(EDGE_PATHS))
     return path
 
 
 request_headers = st.lists(
     st.tuples(
-        st.sampled_from([b"x-a", b"x-b", b"host", b"x-c"]),
-        st.sampled_from([v.encode() for v in VALUES] + [b"2"]),
+        st.sampled_from([b"x-a", b"x-a", b"x-a", b"x-b", b"host", b"x-c"]),
+        st.sampled_from([v.encode() for v in VALUES] + [b"2", b"B", b"foo.COM"]),
     ),
     max_size=4,
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    rc=route_configs(),
-    requests=st.lists(
-        st.tuples(
-            st.sampled_from(HOSTS), request_paths(), st.sampled_from(["GET", "POST", "PUT"]), request_headers
-        ),
-        min_size=1,
-        max_size=12,
-    ),
-)
-def test_match_agrees_with_reference(rc: RouteConfig, requests: list[tuple[str, str, str, Headers]]) -> None:
+@given(rc=route_configs(), data=st.data())
+def test_match_agrees_with_reference(rc: RouteConfig, data: st.DataObject) -> None:
     t = RouteTable(rc)
-    for authority, path, method, headers in requests:
+    for _ in range(data.draw(st.integers(1, 12))):
+        authority = data.draw(authorities(rc))
+        path = data.draw(request_paths(rc))
+        method = data.draw(st.sampled_from(["GET", "POST", "PUT"]))
+        headers = data.draw(request_headers)
         expected = ref_match(rc, authority, path, method, headers)
         got = t.match(authority, path, method, headers)
         # Identity, not equality: two routes can be equal models at different positions.
         assert (got.route if got else None) is expected, (authority, path, method, headers)
         vh = t.virtual_host_for(authority)
-        ref_vh = ref_virtual_host(rc, authority)
-        assert (vh.virtual_host if vh else None) is ref_vh
+        assert (vh.virtual_host if vh else None) is ref_virtual_host(rc, authority)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    matchers=st.lists(
+        st.tuples(st.lists(header_matches(), max_size=2), st.lists(query_matches, max_size=2)),
+        min_size=1,
+        max_size=6,
+    ),
+    requests=st.lists(
+        st.tuples(
+            request_paths(),
+            st.sampled_from(["GET", "POST"]),
+            st.sampled_from(["foo.com", "FOO.com", "x.foo.com"]),
+            request_headers,
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_conditions_agree_with_reference(
+    matchers: list[tuple[list[HeaderMatch], list[QueryMatch]]], requests: list[tuple[str, str, str, Headers]]
+) -> None:
+    # Every route passes the path test, so only header and query semantics decide.
+    routes = tuple(
+        Route(name=f"r{i}", match=RouteMatch(path="", headers=tuple(h), query=tuple(q)), action=ForwardAction(cluster="c"))
+        for i, (h, q) in enumerate(matchers)
+    )  # fmt: skip
+    rc = RouteConfig(name="rc", virtual_hosts=(VirtualHost(name="v", domains=("*",), routes=routes),))
+    t = RouteTable(rc)
+    for path, method, authority, headers in requests:
+        got = t.match(authority, path, method, headers)
+        expected = ref_match(rc, authority, path, method, headers)
+        assert (got.route if got else None) is expected, (path, method, authority, headers)
 
 
 @settings(max_examples=300, deadline=None)
@@ -313,10 +322,10 @@ def test_indexed_prefix_runs_agree_with_reference(prefixes: list[str], exact: li
         Route(name=f"p{i}", match=RouteMatch(path=p), action=ForwardAction(cluster="c"))
         for i, p in enumerate(prefixes)
     ]
-    routes[::3] = [
-        Route(name=f"e{i}", match=RouteMatch(path_kind="path", path=p), action=ForwardAction(cluster="c"))
-        for i, p in enumerate(exact)
-    ][: len(routes[::3])] + routes[::3][len(exact) :]
+    for slot, p in zip(range(0, len(routes), 3), exact):
+        routes[slot] = Route(
+            name=f"e{slot}", match=RouteMatch(path_kind="path", path=p), action=ForwardAction(cluster="c")
+        )
     rc = RouteConfig(name="rc", virtual_hosts=(VirtualHost(name="v", domains=("*",), routes=tuple(routes)),))
     got = RouteTable(rc).match("h", path, "GET", [])
     assert (got.route if got else None) is ref_match(rc, "h", path, "GET", [])

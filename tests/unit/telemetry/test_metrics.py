@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -221,3 +221,44 @@ def test_custom_buckets() -> None:
     s = scrape(m)
     les = sorted(dict(lbl)["le"] for name, lbl in s if name == "meshpy_upstream_rq_duration_seconds_bucket")
     assert les == ["+Inf", "1.0", "2.0"]
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_fast_render_matches_registry_families() -> None:
+    """render() writes text itself; it must say exactly what the registry's families say."""
+    m = Metrics(process_collector=True)
+    m.config_load(True, 'v"1\\')
+    for i, name in enumerate(("plain", 'quo"te', "back\\slash", "new\nline", "ünï")):
+        ls = m.listener(name)
+        cs = m.cluster(name)
+        ls.connection_opened()
+        cs.connection_opened()
+        cs.connect_failed()
+        cs.pool_idle = i
+        for code, seconds in ((200, 0.001 * i), (503, 0.3), (0, 70.0)):
+            ls.request_started()
+            ls.request_done(code, seconds)
+            cs.request_started()
+            cs.request_done(code, seconds)
+        ls.request_started()
+
+    fast = _samples(m.render()[0].decode())
+    reference = _samples(generate_latest(m.registry).decode())
+    # Process metrics (CPU, RSS) move between the two scrapes; compare their presence only.
+    assert {k for k in fast if k[0].startswith("process_")} == {
+        k for k in reference if k[0].startswith("process_")
+    }
+    ours = {k: v for k, v in fast.items() if not k[0].startswith("process_")}
+    assert ours == {k: v for k, v in reference.items() if not k[0].startswith("process_")}
+    assert len(ours) > 100
+
+    fast_types = {f.name: f.type for f in text_string_to_metric_families(m.render()[0].decode())}
+    ref_types = {f.name: f.type for f in text_string_to_metric_families(generate_latest(m.registry).decode())}
+    assert fast_types == ref_types

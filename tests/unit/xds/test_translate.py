@@ -22,20 +22,32 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from google.protobuf import json_format
+from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import (
+    NO_EDITS,
     AccessLog,
     Address,
     Admin,
     Cluster,
+    DirectResponseAction,
     Endpoint,
     ForwardAction,
+    HeaderEdits,
+    HeaderMatch,
+    HeaderValue,
     HttpOptions,
     Listener,
+    QueryMatch,
+    RedirectAction,
+    RegexRewrite,
+    Route,
     RouteConfig,
+    RouteMatch,
+    StringMatch,
     TcpOptions,
+    WeightedCluster,
 )
 from meshpy.xds.translate import (
     cluster_from_proto,
@@ -98,11 +110,11 @@ def bootstrap(name: str | None, listener: Any, *, cluster: str = "", extra: str 
     clusters = clusters_yaml()
     clusters[0] = merged(clusters[0], y(cluster))
     # `node` lets Envoy validate the samples that name xDS sources; meshpy ignores it.
-    data = {
+    base = {
         "node": {"id": "test", "cluster": "test"},
         "static_resources": {"listeners": [listener] if listener else [], "clusters": clusters},
     }
-    data = merged(data, y(extra))
+    data: dict[str, Any] = merged(base, y(extra))
     if name is not None:
         SAMPLES[name] = data
     return data
@@ -418,6 +430,265 @@ def test_dns_clusters() -> None:
         connect_timeout=1.0,
         pool_idle_timeout=None,
     )
+
+
+# Routes ------------------------------------------------------------------------------------------------
+
+
+def routes_of(data: dict[str, Any]) -> tuple[Route, ...]:
+    return http_of(data).route_config.virtual_hosts[0].routes
+
+
+ROUTE_MATCHES = http_bootstrap(
+    "route_matches",
+    r"""
+    - name: prefix-ci
+      match: {prefix: /API, case_sensitive: false}
+      route: {cluster: demo}
+    - name: exact
+      match: {path: /exact}
+      route: {cluster: demo}
+    - name: regex
+      match: {safe_regex: {google_re2: {}, regex: "/items/[0-9]+"}, case_sensitive: false}
+      route: {cluster: demo}
+    - name: headers
+      match:
+        prefix: /h
+        headers:
+        - {name: X-Exact, string_match: {exact: a}}
+        - {name: x-prefix, string_match: {prefix: b, ignore_case: true}}
+        - {name: x-suffix, string_match: {suffix: c}}
+        - {name: x-contains, string_match: {contains: d}}
+        - {name: x-regex, string_match: {safe_regex: {regex: "e+"}}}
+        - {name: x-legacy, exact_match: f}
+        - {name: x-legacy-re, safe_regex_match: {regex: "g+"}}
+        - {name: x-present, present_match: true}
+        - {name: x-absent, present_match: false}
+        - {name: x-not, string_match: {exact: h}, invert_match: true}
+        - {name: x-bare}
+      route: {cluster: demo}
+    - name: query
+      match:
+        prefix: /q
+        query_parameters:
+        - {name: a, string_match: {exact: "1"}}
+        - {name: b, present_match: true}
+        - {name: c}
+      route: {cluster: demo}
+    - name: method
+      match: {prefix: /m, headers: [{name: ":method", string_match: {exact: POST}}]}
+      route: {cluster: demo}
+    - name: methods
+      match: {prefix: /ms, headers: [{name: ":method", safe_regex_match: {regex: "^(GET|HEAD)$"}}]}
+      route: {cluster: demo}
+    - name: not-method
+      match: {prefix: /nm, headers: [{name: ":method", string_match: {exact: GET}, invert_match: true}]}
+      route: {cluster: demo}
+    """,
+)
+
+
+def test_route_matches() -> None:
+    matches = {route.name: route.match for route in routes_of(ROUTE_MATCHES)}
+    assert matches["prefix-ci"] == RouteMatch(path_kind="prefix", path="/API", case_sensitive=False)
+    assert matches["exact"] == RouteMatch(path_kind="path", path="/exact")
+    # Envoy ignores case_sensitive for safe_regex: the regex alone decides.
+    assert matches["regex"] == RouteMatch(path_kind="regex", path="/items/[0-9]+", case_sensitive=True)
+    assert matches["headers"] == RouteMatch(
+        path="/h",
+        headers=(
+            HeaderMatch(name="x-exact", match=StringMatch(kind="exact", value="a")),
+            HeaderMatch(name="x-prefix", match=StringMatch(kind="prefix", value="b", ignore_case=True)),
+            HeaderMatch(name="x-suffix", match=StringMatch(kind="suffix", value="c")),
+            HeaderMatch(name="x-contains", match=StringMatch(kind="contains", value="d")),
+            HeaderMatch(name="x-regex", match=StringMatch(kind="regex", value="e+")),
+            HeaderMatch(name="x-legacy", match=StringMatch(kind="exact", value="f")),
+            HeaderMatch(name="x-legacy-re", match=StringMatch(kind="regex", value="g+")),
+            HeaderMatch(name="x-present", match=StringMatch(kind="present")),
+            HeaderMatch(name="x-absent", match=StringMatch(kind="present"), invert=True),
+            HeaderMatch(name="x-not", match=StringMatch(kind="exact", value="h"), invert=True),
+            HeaderMatch(name="x-bare", match=StringMatch(kind="present")),
+        ),
+    )
+    assert matches["query"] == RouteMatch(
+        path="/q",
+        query=(
+            QueryMatch(name="a", match=StringMatch(kind="exact", value="1")),
+            QueryMatch(name="b", match=StringMatch(kind="present")),
+            QueryMatch(name="c", match=StringMatch(kind="present")),
+        ),
+    )
+    assert matches["method"] == RouteMatch(path="/m", methods=("POST",))
+    assert matches["methods"] == RouteMatch(path="/ms", methods=("GET", "HEAD"))
+    assert matches["not-method"] == RouteMatch(
+        path="/nm",
+        headers=(HeaderMatch(name=":method", match=StringMatch(kind="exact", value="GET"), invert=True),),
+    )
+
+
+ROUTE_ACTIONS = http_bootstrap(
+    "route_actions",
+    r"""
+    - name: forward
+      match: {prefix: /f}
+      route:
+        cluster: demo
+        prefix_rewrite: /g
+        host_rewrite_literal: upstream.example
+        timeout: 0s
+        idle_timeout: 2.5s
+    - name: regex-rewrite
+      match: {prefix: /r}
+      route:
+        cluster: demo
+        regex_rewrite: {pattern: {regex: "^/r/(.*)$"}, substitution: "/\\1"}
+        timeout: 1.5s
+    - name: split
+      match: {prefix: /split}
+      route:
+        weighted_clusters:
+          clusters: [{name: demo, weight: 90}, {name: other, weight: 10}]
+    - name: https
+      match: {prefix: /s}
+      redirect: {https_redirect: true}
+    - name: redirect
+      match: {prefix: /old}
+      redirect:
+        scheme_redirect: HTTP
+        host_redirect: new.example
+        port_redirect: 8080
+        path_redirect: /new
+        response_code: FOUND
+        strip_query: true
+    - name: prefix-redirect
+      match: {prefix: /docs/}
+      redirect: {prefix_rewrite: /manual/}
+    - name: bytes
+      match: {path: /b}
+      direct_response: {status: 503, body: {inline_bytes: aGk=}}
+    - name: empty
+      match: {path: /e}
+      direct_response: {status: 204}
+    """,
+)
+
+
+def test_route_actions() -> None:
+    actions = {route.name: route.action for route in routes_of(ROUTE_ACTIONS)}
+    assert actions == {
+        "forward": ForwardAction(
+            cluster="demo",
+            prefix_rewrite="/g",
+            host_rewrite="upstream.example",
+            timeout=None,  # Envoy's 0s: no timeout
+            idle_timeout=2.5,
+        ),
+        "regex-rewrite": ForwardAction(
+            cluster="demo", regex_rewrite=RegexRewrite(pattern="^/r/(.*)$", substitution="/\\1"), timeout=1.5
+        ),
+        "split": ForwardAction(
+            weighted=(WeightedCluster(name="demo", weight=90), WeightedCluster(name="other", weight=10))
+        ),
+        "https": RedirectAction(scheme="https"),
+        "redirect": RedirectAction(
+            scheme="http", host="new.example", port=8080, path="/new", response_code=302, strip_query=True
+        ),
+        "prefix-redirect": RedirectAction(prefix_rewrite="/manual/"),
+        "bytes": DirectResponseAction(status=503, body="hi"),
+        "empty": DirectResponseAction(status=204),
+    }
+
+
+REDIRECT_CODES = {
+    name: http_bootstrap(
+        f"redirect_{name.lower()}", f"- {{match: {{prefix: /}}, redirect: {{response_code: {name}}}}}"
+    )
+    for name in ("MOVED_PERMANENTLY", "FOUND", "SEE_OTHER", "TEMPORARY_REDIRECT", "PERMANENT_REDIRECT")
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("MOVED_PERMANENTLY", 301),
+        ("FOUND", 302),
+        ("SEE_OTHER", 303),
+        ("TEMPORARY_REDIRECT", 307),
+        ("PERMANENT_REDIRECT", 308),
+    ],
+)
+def test_redirect_response_codes(name: str, code: int) -> None:
+    assert routes_of(REDIRECT_CODES[name])[0].action == RedirectAction(response_code=code)
+
+
+HEADER_EDITS = http_bootstrap(
+    "header_edits",
+    """
+    - match: {prefix: /}
+      route: {cluster: demo}
+      response_headers_to_add: [{header: {key: x-route, value: r}}]
+      request_headers_to_remove: [x-route-remove]
+    """,
+    vhost="""
+    request_headers_to_add:
+    - {header: {key: X-A, value: "1"}, append_action: APPEND_IF_EXISTS_OR_ADD}
+    - {header: {key: x-b, value: "2"}, append_action: ADD_IF_ABSENT}
+    - {header: {key: x-c, value: "3"}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}
+    - {header: {key: x-d, value: "4"}, append_action: OVERWRITE_IF_EXISTS}
+    - {header: {key: x-e, value: "5"}, append: false}
+    - {header: {key: x-f, value: "6"}, append: true}
+    - {header: {key: x-pct, value: "100%%"}}
+    request_headers_to_remove: [X-Remove]
+    """,
+    route_config="""
+    request_headers_to_add: [{header: {key: x-rc, value: rc}}]
+    response_headers_to_remove: [X-Internal]
+    """,
+)
+
+
+def test_header_edits_at_every_level() -> None:
+    route_config = http_of(HEADER_EDITS).route_config
+    assert route_config.request_headers == HeaderEdits(add=(HeaderValue(name="x-rc", value="rc"),))
+    assert route_config.response_headers == HeaderEdits(remove=("x-internal",))
+    vhost = route_config.virtual_hosts[0]
+    assert vhost.request_headers == HeaderEdits(
+        add=(
+            HeaderValue(name="x-a", value="1", append="append"),
+            HeaderValue(name="x-b", value="2", append="add_if_absent"),
+            HeaderValue(name="x-c", value="3", append="overwrite"),
+            HeaderValue(name="x-d", value="4", append="overwrite_if_exists"),
+            HeaderValue(name="x-e", value="5", append="overwrite"),
+            HeaderValue(name="x-f", value="6", append="append"),
+            HeaderValue(name="x-pct", value="100%", append="append"),
+        ),
+        remove=("x-remove",),
+    )
+    assert vhost.response_headers == NO_EDITS
+    route = vhost.routes[0]
+    assert route.request_headers == HeaderEdits(remove=("x-route-remove",))
+    assert route.response_headers == HeaderEdits(add=(HeaderValue(name="x-route", value="r"),))
+
+
+HOSTS = http_bootstrap(
+    "hosts",
+    virtual_hosts="""
+    - name: api
+      domains: [API.Example.com, "*.example.org"]
+      routes: [{match: {prefix: /}, route: {cluster: demo}}]
+    - {name: rest, domains: ["*"], routes: [{match: {prefix: /}, route: {cluster: other}}]}
+    """,
+    route_config="ignore_port_in_host_matching: true",
+)
+
+
+def test_virtual_hosts_and_port_matching() -> None:
+    route_config = http_of(HOSTS).route_config
+    assert route_config.ignore_port_in_host is True
+    assert [(vh.name, vh.domains) for vh in route_config.virtual_hosts] == [
+        ("api", ("api.example.com", "*.example.org")),
+        ("rest", ("*",)),
+    ]
 
 
 # Rejected: every issue names the Envoy field ----------------------------------------------------------
@@ -791,6 +1062,7 @@ BAD_BODY_SIZE = http_bootstrap(
     f"- {{match: {{prefix: /}}, direct_response: {{status: 200, body: {{inline_string: {'x' * 4097}}}}}}}",
 )
 BAD_DOMAINS = http_bootstrap("bad_domains", vhost="domains: [a.example, A.example]")
+BAD_REGEX = http_bootstrap("bad_regex", "- {match: {safe_regex: {regex: '/a('}}, route: {cluster: demo}}")
 UNKNOWN_CLUSTERS = http_bootstrap(
     "unknown_clusters",
     """
@@ -807,6 +1079,7 @@ ENVOY_REFUSES = {
     "bad_weights",
     "bad_body_size",
     "bad_domains",
+    "bad_regex",
     "unknown_clusters",
 }
 
@@ -833,6 +1106,8 @@ def test_envoy_refusals_are_mirrored() -> None:
         )
     ]
     assert issues_of(BAD_DOMAINS) == [ConfigIssue(f"{VH0}.domains[1]", "duplicate domain 'a.example'")]
+    [issue] = issues_of(BAD_REGEX)
+    assert (issue.path, issue.reason[:14]) == (f"{ROUTE0}.match.safe_regex.regex", "invalid regex:")
 
 
 # Parsing and cross-references ----------------------------------------------------------------------

@@ -1,0 +1,50 @@
+# meshpy container image: the proxy as a sidecar, with config/sidecar.yaml as its default config.
+#
+#   docker build -t meshpy .
+#   docker run --rm -p 15006:15006 meshpy
+#   docker run --rm -v "$PWD/my.yaml:/etc/meshpy/meshpy.yaml:ro" meshpy     # your own config
+#   docker run --rm meshpy validate /etc/meshpy/meshpy.yaml
+#
+# Build stage: turn the source into a wheel. Runtime stage: that wheel and its runtime
+# dependencies only, no compiler, no source tree, no test or dev tools.
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY meshpy ./meshpy
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+COPY --from=build /wheels /tmp/wheels
+# The wheel's own requirements (uvloop, httptools, ...) come as binary wheels from the index.
+RUN pip install /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
+    && groupadd --system --gid 10001 meshpy \
+    && useradd --system --uid 10001 --gid meshpy --no-create-home --shell /usr/sbin/nologin meshpy
+
+COPY config/sidecar.yaml /etc/meshpy/meshpy.yaml
+
+USER 10001:10001
+
+# 15006: inbound (the pod's traffic). The outbound listener (15001) and the admin interface (15000)
+# listen on 127.0.0.1 only, for the application and the probes inside the same network namespace.
+EXPOSE 15006
+
+# /ready is 200 while serving and 503 while starting or draining. Slim images have no curl.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:15000/ready', timeout=2)"]
+
+# SIGTERM (docker stop) drains: /ready turns 503, listeners close after drain_time, requests in flight
+# get grace_time. Give `docker stop -t` at least their sum (2s + 10s in the default config).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["meshpy"]
+CMD ["run", "-c", "/etc/meshpy/meshpy.yaml"]
