@@ -49,7 +49,8 @@ def config_version(config: Config) -> str:
 
 class App:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, *, lifecycle_override: Lifecycle | None = None
+        self, loop: asyncio.AbstractEventLoop, *, drain_time: float | None = None,
+        grace_time: float | None = None,
     ) -> None:
         self.loop = loop
         self.metrics = Metrics()
@@ -60,7 +61,9 @@ class App:
         self._admin_address: Address | None = None
         self._loggers: dict[str | None, AccessLogger] = {}
         self._state = "PRE_INITIALIZING"
-        self._lifecycle_override = lifecycle_override
+        # Command-line overrides win over the config's values, field by field.
+        self._drain_time = drain_time
+        self._grace_time = grace_time
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
@@ -251,9 +254,11 @@ class App:
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
     def lifecycle(self) -> Lifecycle:
-        if self._lifecycle_override is not None:
-            return self._lifecycle_override
-        return self.snapshot.config.lifecycle if self.snapshot is not None else Lifecycle()
+        base = self.snapshot.config.lifecycle if self.snapshot is not None else Lifecycle()
+        return Lifecycle(
+            drain_time=base.drain_time if self._drain_time is None else self._drain_time,
+            grace_time=base.grace_time if self._grace_time is None else self._grace_time,
+        )
 
     def bound_port(self, listener: str) -> int:
         return self.listeners[listener].port

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import meshpy
 from meshpy.errors import ConfigError
-from meshpy.model.types import Lifecycle
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,14 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from meshpy.runner import serve
 
-        lifecycle = None
-        if args.drain_time is not None or args.grace_time is not None:
-            d = Lifecycle()
-            lifecycle = Lifecycle(
-                drain_time=d.drain_time if args.drain_time is None else args.drain_time,
-                grace_time=d.grace_time if args.grace_time is None else args.grace_time,
-            )
-        return _run_loop(args.loop, lambda: serve(args.config, lifecycle))
+        return _run_loop(args.loop, lambda: serve(args.config, args.drain_time, args.grace_time))
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 

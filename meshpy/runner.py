@@ -11,7 +11,6 @@ import signal
 from meshpy.app import App
 from meshpy.errors import ConfigError
 from meshpy.model.load import load_file
-from meshpy.model.types import Lifecycle
 
 log = logging.getLogger("meshpy")
 
@@ -59,7 +58,7 @@ class FileSource:
                 await self.reload("file changed")
 
 
-async def serve(path: str, lifecycle: Lifecycle | None = None) -> int:
+async def serve(path: str, drain_time: float | None = None, grace_time: float | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
         config = load_file(path)
@@ -67,7 +66,7 @@ async def serve(path: str, lifecycle: Lifecycle | None = None) -> int:
         for issue in err.issues:
             print(f"{path}: {issue}", flush=True)
         return 1
-    app = App(loop, lifecycle_override=lifecycle)
+    app = App(loop, drain_time=drain_time, grace_time=grace_time)
     try:
         await app.apply(config, source=path)
     except ConfigError as err:

@@ -380,9 +380,6 @@ class Exchange:
         self.conn = None
         if conn is not None and self.host is not None:
             if keep_alive and self.req_done:
-                # Reading may have been paused for a slow client (down_pause_writing), and nothing
-                # would resume it once this exchange is gone: a pooled connection must read.
-                conn.resume_reading()
                 self.host.pool.release(conn)
             else:
                 self.host.pool.discard(conn)

@@ -83,9 +83,6 @@ class TcpDownstream(asyncio.Protocol):
             up.close()
             return
         self.up = up
-        stats = up.stats
-        stats.cx_total += 1
-        stats.cx_active += 1
         if self._buf:
             up.write(b"".join(self._buf))
             self._buf = []
@@ -183,6 +180,10 @@ class TcpUpstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # Counted here, where connection_lost uncounts it: the downstream may be gone by the time the
+        # connect completes, and this connection is then closed without ever being used.
+        self.stats.cx_total += 1
+        self.stats.cx_active += 1
 
     def data_received(self, data: bytes) -> None:
         self.down.upstream_data(data)

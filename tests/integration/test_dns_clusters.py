@@ -4,7 +4,6 @@ resolve."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
@@ -208,8 +207,7 @@ def test_many_requests_while_a_name_fails(proxy: tuple[Proxy, int]) -> None:
     wait_serving(port, "/strict")
     deadline = time.monotonic() + 1.2
     n = 0
-    with contextlib.ExitStack() as stack:
-        s = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         while time.monotonic() < deadline:
             t0 = time.monotonic()
             assert http(port, path="/strict/k", sock=s).status == 200

@@ -155,6 +155,7 @@ class Env:
     bulk: Bulk
     access_log: Path
     upstreams: dict[str, int]
+    late: Blackhole
 
     def connect(self, listener: str) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.ports[listener]), timeout=10)
@@ -192,6 +193,7 @@ def config(admin: int, ports: dict[str, int], up: dict[str, int], access_log: Pa
         tcp("idle", "echo", "1s"),
         tcp("refused", "refused"),
         tcp("blackhole", "blackhole"),
+        tcp("late", "late", "0.3s"),
     ])
     return f"""
 admin: 127.0.0.1:{admin}
@@ -206,27 +208,32 @@ clusters:
   blackhole:
     endpoints: [127.0.0.1:{up["blackhole"]}]
     connect_timeout: 0.5s
+  late:
+    endpoints: [127.0.0.1:{up["late"]}]
+    connect_timeout: 5s
 """
 
 
 @pytest.fixture(scope="module")
 def env(loop_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     echo, greeter, bulk = Echo(), Greeter(), Bulk()
-    hole = Blackhole()
+    hole, late = Blackhole(), Blackhole()
     access_log = tmp_path_factory.mktemp("tcp") / "access.log"
     try:
         with RawUpstream(echo) as e, RawUpstream(greeter) as g, RawUpstream(bulk) as b:
             admin = free_port()
-            ports = {n: free_port() for n in ("echo", "greet", "bulk", "idle", "refused", "blackhole")}
+            names = ("echo", "greet", "bulk", "idle", "refused", "blackhole", "late")
+            ports = {n: free_port() for n in names}
             up = {"echo": e.port, "greet": g.port, "bulk": b.port, "refused": free_port(),
-                  "blackhole": hole.port}
+                  "blackhole": hole.port, "late": late.port}
             p = Proxy(config(admin, ports, up, access_log), admin, loop=loop_name).start()
             try:
-                yield Env(p, ports, echo, greeter, bulk, access_log, up)
+                yield Env(p, ports, echo, greeter, bulk, access_log, up, late)
             finally:
                 assert p.stop() == 0, p.logs()
     finally:
         hole.close()
+        late.close()
 
 
 def recv_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
@@ -262,7 +269,7 @@ def wait_metric(p: Proxy, value: float, name: str, timeout: float = 5.0, **label
 
 def test_bytes_both_ways(env: Env) -> None:
     with env.connect("echo") as s:
-        # Sent at once, before the proxy has its upstream connection: buffered, not lost.
+        # Sent right after connecting, likely before the proxy has its upstream connection: held, not lost.
         s.sendall(b"first")
         assert recv_exactly(s, 5) == b"first"
         payload = bytes(range(256)) * 4096  # 1 MiB, every byte value
@@ -289,6 +296,16 @@ def test_half_close_from_client(env: Env) -> None:
         assert session.closed.wait(5)
     wait_metric(env.proxy, 0, "meshpy_downstream_cx_active", listener="echo")
     wait_metric(env.proxy, 0, "meshpy_upstream_cx_active", cluster="echo")
+
+
+def test_data_and_eof_sent_at_once(env: Env) -> None:
+    """Bytes and FIN before the proxy has its upstream connection: both are delivered, in order."""
+    with env.connect("echo") as s:
+        s.sendall(b"all at once")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == b"all at once" + b"bye 11"
+    session = env.echo.last()
+    assert session.saw_eof.wait(5) and bytes(session.received) == b"all at once"
 
 
 def test_half_close_from_upstream(env: Env) -> None:
@@ -416,3 +433,33 @@ def test_access_log_line_for_session(env: Env) -> None:
     assert line["upstream_host"] == f"127.0.0.1:{env.upstreams['echo']}"
     assert isinstance(line["duration_ms"], int) and line["duration_ms"] >= 0
     assert isinstance(line["start_time"], str) and line["start_time"].endswith("Z")
+
+
+def test_upstream_connect_completing_after_client_left(env: Env) -> None:
+    """The client is gone (idle timeout 0.3 s) while the upstream connect still waits for a SYN-ACK;
+    when the upstream finally accepts, the proxy closes that connection, and its gauges end at zero."""
+    p = env.proxy
+    with env.connect("late") as s:
+        assert is_closed(s, timeout=3.0)
+    assert p.metric("meshpy_upstream_cx_total", cluster="late") == 0
+    fillers = {f.getsockname() for f in env.late.fillers}
+    env.late.sock.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    from_proxy: socket.socket | None = None
+    deadline = time.monotonic() + 6
+    try:
+        while from_proxy is None:  # make room in the accept queue until the proxy's SYN retry gets in
+            assert time.monotonic() < deadline, "the proxy's connect never completed"
+            with contextlib.suppress(TimeoutError):
+                conn, peer = env.late.sock.accept()
+                accepted.append(conn)
+                if peer not in fillers:
+                    from_proxy = conn
+        assert is_closed(from_proxy, timeout=3.0), "the proxy must close a connection nobody wants"
+        wait_metric(p, 0, "meshpy_upstream_cx_active", cluster="late")
+        assert p.metric("meshpy_upstream_cx_total", cluster="late") == 1
+        assert p.metric("meshpy_upstream_cx_connect_fail_total", cluster="late") == 0
+        assert p.metric("meshpy_downstream_cx_active", listener="late") == 0
+    finally:
+        for a in accepted:
+            a.close()

@@ -305,6 +305,9 @@ def test_indexed_run_of_prefix_routes_keeps_first_match_order() -> None:
         (hdr("x-a", "exact", "caf\u00e9"), [(b"x-a", "caf\u00e9".encode())], True),  # bytes compare
         (hdr(":method", "exact", "GET"), [], True),
         (hdr(":authority", "exact", "h"), [], True),
+        (hdr(":authority", "exact", "H"), [], False),
+        (hdr(":method", "exact", "get"), [], False),
+        (hdr(":method", "exact", "get", ignore_case=True), [], True),
         (hdr(":path", "prefix", "/x?"), [], True),
         (hdr(":scheme", "exact", "http"), [], True),
         (hdr(":scheme", "exact", "https"), [], False),

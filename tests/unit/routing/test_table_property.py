@@ -133,18 +133,38 @@ def ref_match(rc: RouteConfig, authority: str, path: str, method: str, headers: 
 # Requests are derived from the generated config (a domain with its wildcard filled in, a route's path
 # with its case flipped, a matcher's value), so that most of them reach, and nearly miss, some route.
 
-DOMAINS = ["foo.com", "a.foo.com", "*.foo.com", "*-bar.foo.com", "*o.com", "foo.*", "a.*", "a.foo.*", "*",
-           "[::1]", "FOO.org"]  # fmt: skip
+DOMAINS = [
+    "foo.com",
+    "a.foo.com",
+    "*.foo.com",
+    "*-bar.foo.com",
+    "*o.com",
+    "foo.*",
+    "a.*",
+    "a.foo.*",
+    "*",
+    "[::1]",
+    "FOO.org",
+]
 HOSTS = ["other", "a.", "foo.", "-bar.foo.com", "[::1]:80", "foo.com:", "A.FOO.COM:1"]
 PREFIXES = ["/", "", "/a", "/b", "/api", "/API", "/api/", "/v1/", "/a?x", "/x/y"]
 EXACT_PATHS = ["/", "/a", "/api", "/api/v1", "/API/V1", "/x/y"]
 # Each regex with a few paths it matches (or almost does).
-REGEXES = {"/api/.*": ["/api/x", "/api/"], "/[a-z]+": ["/abc", "/Abc"], ".*": ["/z"],
-           "/api/v[0-9]": ["/api/v1", "/api/v12"], "/(a|b)": ["/a", "/b", "/c"]}  # fmt: skip
+REGEXES = {
+    "/api/.*": ["/api/x", "/api/"],
+    "/[a-z]+": ["/abc", "/Abc"],
+    ".*": ["/z"],
+    "/api/v[0-9]": ["/api/v1", "/api/v12"],
+    "/(a|b)": ["/a", "/b", "/c"],
+}
 SEGMENTS = ["a", "A", "b", "api", "API", "v1", "x"]
 VALUES = ["", "1", "a", "A", "a,b", "foo.com", "/api"]
-PSEUDO_VALUES = {":method": ["GET", "get", "POST", "G"], ":scheme": ["http", "https", "HTTP", "h"],
-                 ":authority": ["foo.com", "FOO.com", "foo", ".com"], ":path": ["/a", "/a?x", "/", "?x"]}  # fmt: skip
+PSEUDO_VALUES = {
+    ":method": ["GET", "get", "POST", "G"],
+    ":scheme": ["http", "https", "HTTP", "h"],
+    ":authority": ["foo.com", "FOO.com", "foo", ".com"],
+    ":path": ["/a", "/a?x", "/", "?x"],
+}
 REGEX_VALUES = ["[0-9]+", "a|b", ".*", "(?i)a", "GET|POST", "https?"]
 HEADER_NAMES = ["x-a", "x-a", "x-b", "host", ":method", ":authority", ":path", ":scheme"]
 QUERY_NAMES = ["q", "x", ""]
@@ -154,11 +174,17 @@ EDGE_PATHS = ["/a?x=1", "/a?x", "/api?q=1&q=a", "/?q=a&q=1", "/?q&q=1", "/a#?x",
 
 def string_matches(values: list[str]) -> st.SearchStrategy[StringMatch]:
     return st.one_of(
-        st.builds(StringMatch, kind=st.sampled_from(["exact", "prefix", "suffix", "contains"]),
-                  value=st.sampled_from(values), ignore_case=st.booleans()),
-        st.builds(StringMatch, kind=st.just("regex"), value=st.sampled_from(REGEX_VALUES), ignore_case=st.booleans()),
+        st.builds(
+            StringMatch,
+            kind=st.sampled_from(["exact", "prefix", "suffix", "contains"]),
+            value=st.sampled_from(values),
+            ignore_case=st.booleans(),
+        ),
+        st.builds(
+            StringMatch, kind=st.just("regex"), value=st.sampled_from(REGEX_VALUES), ignore_case=st.booleans()
+        ),
         st.builds(StringMatch, kind=st.just("present")),
-    )  # fmt: skip
+    )
 
 
 @st.composite
@@ -179,7 +205,7 @@ def route_matches(draw: st.DrawFn) -> RouteMatch:
     return RouteMatch(
         path_kind=kind,
         path=draw(st.sampled_from(pool)),
-        case_sensitive=draw(st.booleans()) if draw(st.booleans()) else True,
+        case_sensitive=draw(st.booleans()),
         headers=tuple(draw(st.lists(header_matches(), max_size=2))) if conditions else (),
         query=tuple(draw(st.lists(query_matches, max_size=2))) if conditions else (),
         methods=tuple(draw(st.lists(st.sampled_from(["GET", "POST"]), unique=True, max_size=2)))
@@ -215,7 +241,7 @@ def flip_case(draw: st.DrawFn, text: str) -> str:
 @st.composite
 def authorities(draw: st.DrawFn, rc: RouteConfig) -> str:
     domains = [d for vh in rc.virtual_hosts for d in vh.domains]
-    d = draw(st.sampled_from(domains + HOSTS))
+    d = draw(st.sampled_from(domains if draw(st.integers(0, 4)) else HOSTS))
     fill = draw(st.sampled_from(["x", "a.b", ""]))
     if d == "*":
         d = draw(st.sampled_from(["some.host", "foo.com"]))
@@ -230,16 +256,23 @@ def authorities(draw: st.DrawFn, rc: RouteConfig) -> str:
 def request_paths(draw: st.DrawFn, rc: RouteConfig | None = None) -> str:
     matches = [r.match for vh in (rc.virtual_hosts if rc else ()) for r in vh.routes]
     base = ""
-    if matches and draw(st.booleans()):
+    if matches and draw(st.integers(0, 3)):
         m = draw(st.sampled_from(matches))
         base = draw(st.sampled_from(REGEXES[m.path])) if m.path_kind == "regex" else m.path
         base = flip_case(draw, base)
     path = base + "/" + "/".join(draw(st.lists(st.sampled_from(SEGMENTS), max_size=2)))
-    if not base and draw(st.booleans()):
-        path = path[:-1] or "/"
     if draw(st.booleans()):
-        pairs = draw(st.lists(st.tuples(st.sampled_from(["q", "x", "qq", ""]),
-                                        st.sampled_from(["", "=", "=1", "=a", "=A", "=a%20b"])), max_size=3))  # fmt: skip
+        path = (base or path[:-1]) or "/"  # the route's own path, as an exact route wants it
+    if draw(st.booleans()):
+        pairs = draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["q", "x", "qq", ""]),
+                    st.sampled_from(["", "=", "=1", "=a", "=A", "=a%20b"]),
+                ),
+                max_size=3,
+            )
+        )
         path += "?" + "&".join(k + v for k, v in pairs)
     if draw(st.integers(0, 5)) == 0:
         path += "#" + draw(st.sampled_from(["", "f", "?q=1"]))
@@ -257,7 +290,7 @@ request_headers = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rc=route_configs(), data=st.data())
 def test_match_agrees_with_reference(rc: RouteConfig, data: st.DataObject) -> None:
     t = RouteTable(rc)
@@ -274,7 +307,7 @@ def test_match_agrees_with_reference(rc: RouteConfig, data: st.DataObject) -> No
         assert (vh.virtual_host if vh else None) is ref_virtual_host(rc, authority)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     matchers=st.lists(
         st.tuples(st.lists(header_matches(), max_size=2), st.lists(query_matches, max_size=2)),
@@ -295,17 +328,40 @@ def test_match_agrees_with_reference(rc: RouteConfig, data: st.DataObject) -> No
 def test_conditions_agree_with_reference(
     matchers: list[tuple[list[HeaderMatch], list[QueryMatch]]], requests: list[tuple[str, str, str, Headers]]
 ) -> None:
-    # Every route passes the path test, so only header and query semantics decide.
+    # Every route passes the path test, so only header and query semantics decide. Each route is also
+    # checked on its own, so an earlier route that matches cannot hide a disagreement in a later one.
     routes = tuple(
-        Route(name=f"r{i}", match=RouteMatch(path="", headers=tuple(h), query=tuple(q)), action=ForwardAction(cluster="c"))
+        Route(
+            name=f"r{i}",
+            match=RouteMatch(path="", headers=tuple(h), query=tuple(q)),
+            action=ForwardAction(cluster="c"),
+        )
         for i, (h, q) in enumerate(matchers)
-    )  # fmt: skip
+    )
     rc = RouteConfig(name="rc", virtual_hosts=(VirtualHost(name="v", domains=("*",), routes=routes),))
     t = RouteTable(rc)
+    singles = [
+        (
+            r,
+            RouteTable(
+                RouteConfig(name="one", virtual_hosts=(VirtualHost(name="v", domains=("*",), routes=(r,)),))
+            ),
+        )
+        for r in routes
+    ]
     for path, method, authority, headers in requests:
         got = t.match(authority, path, method, headers)
         expected = ref_match(rc, authority, path, method, headers)
         assert (got.route if got else None) is expected, (path, method, authority, headers)
+        for r, single in singles:
+            alone = single.match(authority, path, method, headers) is not None
+            assert alone is ref_route(r, authority, path, method, headers), (
+                r,
+                path,
+                method,
+                authority,
+                headers,
+            )
 
 
 @settings(max_examples=300, deadline=None)
@@ -322,7 +378,7 @@ def test_indexed_prefix_runs_agree_with_reference(prefixes: list[str], exact: li
         Route(name=f"p{i}", match=RouteMatch(path=p), action=ForwardAction(cluster="c"))
         for i, p in enumerate(prefixes)
     ]
-    for slot, p in zip(range(0, len(routes), 3), exact):
+    for slot, p in zip(range(0, len(routes), 3), exact, strict=False):
         routes[slot] = Route(
             name=f"e{slot}", match=RouteMatch(path_kind="path", path=p), action=ForwardAction(cluster="c")
         )
