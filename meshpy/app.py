@@ -28,19 +28,19 @@ from meshpy.upstream.cluster import ClusterManager
 
 log = logging.getLogger("meshpy")
 
+INITIAL_RESOLVE_TIMEOUT = 5.0
+
 
 class BoundListener:
-    __slots__ = ("address", "kind", "port", "server", "slot")
+    """One listening socket and the slot its new connections get."""
 
-    def __init__(
-        self, address: Address, kind: str, server: asyncio.AbstractServer, slot: ListenerSlot
-    ) -> None:
+    __slots__ = ("address", "port", "server", "slot")
+
+    def __init__(self, address: Address, slot: ListenerSlot) -> None:
         self.address = address
-        self.kind = kind
-        self.server = server
         self.slot = slot
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else address.port
+        self.server: asyncio.Server | None = None
+        self.port = address.port
 
 
 def config_version(config: Config) -> str:
@@ -49,7 +49,10 @@ def config_version(config: Config) -> str:
 
 class App:
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, *, drain_time: float | None = None,
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        drain_time: float | None = None,
         grace_time: float | None = None,
     ) -> None:
         self.loop = loop
@@ -61,6 +64,8 @@ class App:
         self._admin_address: Address | None = None
         self._loggers: dict[str | None, AccessLogger] = {}
         self._state = "PRE_INITIALIZING"
+        self._plan: dict[str, BoundListener] = {}
+        self._old_slots: list[ListenerSlot] = []  # drained slots whose connections still run
         # Command-line overrides win over the config's values, field by field.
         self._drain_time = drain_time
         self._grace_time = grace_time
@@ -96,11 +101,21 @@ class App:
         await self._ensure_admin(config)
         del old_clusters
         if self._state == "PRE_INITIALIZING":
+            await self._wait_clusters_initialized()
             self._state = "LIVE"
         log.info(
             "config %s live: %d listeners, %d clusters", snap.version, len(snap.listeners), len(snap.clusters)
         )
         return snap
+
+    async def _wait_clusters_initialized(self) -> None:
+        """The first config is LIVE once every DNS cluster has had its first answer (bounded, like
+        Envoy's cluster initialization), so early requests do not meet empty clusters."""
+        waits = [rt.resolved.wait() for rt in self.clusters.clusters.values() if not rt.resolved.is_set()]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(INITIAL_RESOLVE_TIMEOUT):
+                    await asyncio.gather(*waits)
 
     def _logger_for(self, a: AccessLog) -> AccessLogger:
         key = None if a.path in (None, "", "-", "stdout") else a.path
@@ -110,82 +125,95 @@ class App:
         return logger
 
     async def _bind_new(self, config: Config, snap: Snapshot) -> None:
-        """Bind sockets for listeners that are new or moved. Nothing is published yet: on failure the
-        sockets bound so far are closed and the error names the listener."""
+        """Pick a socket for every listener: its own, another one's on the same address (a listener
+        renamed or turned from http to tcp keeps the socket), or a new one. Nothing is published
+        yet: on failure the sockets opened so far are closed and the error names the listener."""
         opened: list[BoundListener] = []
-        self._pending_bind: dict[str, BoundListener] = {}
+        plan: dict[str, BoundListener] = {}
+        claimed: set[int] = set()
+        for lm in config.listeners:  # listeners that keep their name and address keep their socket
+            cur = self.listeners.get(lm.name)
+            if cur is not None and cur.address == lm.address:
+                plan[lm.name] = cur
+                claimed.add(id(cur))
+        by_address = {b.address: b for b in self.listeners.values() if b.address.port != 0}
         try:
             for i, lm in enumerate(config.listeners):
-                cur = self.listeners.get(lm.name)
-                if cur is not None and cur.address == lm.address and cur.kind == lm.kind:
+                if lm.name in plan:
                     continue
-                cfg = snap.listeners[lm.name]
+                other = by_address.get(lm.address)
+                if other is not None and id(other) not in claimed:
+                    plan[lm.name] = other
+                    claimed.add(id(other))
+                    continue
                 try:
-                    bound = await self._bind(lm, cfg)
+                    bound = await self._bind(lm, snap.listeners[lm.name])
                 except OSError as err:
-                    raise ConfigError(
-                        [
-                            ConfigIssue(
-                                f"listeners[{i}].address",
-                                f"cannot listen on {lm.address}: {err.strerror or err}",
-                            )
-                        ]
-                    ) from err
+                    reason = f"cannot listen on {lm.address}: {err.strerror or err}"
+                    raise ConfigError([ConfigIssue(f"listeners[{i}].address", reason)]) from err
                 opened.append(bound)
-                self._pending_bind[lm.name] = bound
+                plan[lm.name] = bound
         except BaseException:
             for b in opened:
-                b.server.close()
-            self._pending_bind = {}
+                if b.server is not None:
+                    b.server.close()
             raise
+        self._plan = plan
 
     async def _bind(self, lm: Listener, cfg: HttpListenerConfig) -> BoundListener:
-        slot = ListenerSlot(current=cfg)
+        bound = BoundListener(lm.address, ListenerSlot(current=cfg))
         loop = self.loop
-        if lm.kind == "tcp":
 
-            def factory() -> asyncio.Protocol:
+        def factory() -> asyncio.Protocol:
+            # Read at accept time: a reload may have given this socket to a listener of another kind.
+            slot = bound.slot
+            if slot.current.tcp is not None:
                 return TcpDownstream(slot, loop)
-        else:
-
-            def factory() -> asyncio.Protocol:
-                return Http1Downstream(slot, loop)
+            return Http1Downstream(slot, loop)
 
         host = lm.address.host or None
         family = socket.AF_INET6 if host and ":" in host else socket.AF_UNSPEC
-        server = await loop.create_server(
+        bound.server = await loop.create_server(
             factory, host, lm.address.port, family=family, reuse_address=True, backlog=1024
         )
-        bound = BoundListener(lm.address, lm.kind, server, slot)
+        sockets: list[socket.socket] = list(bound.server.sockets or [])
+        bound.port = sockets[0].getsockname()[1] if sockets else lm.address.port
         log.info("listener %s (%s) on %s:%d", lm.name, lm.kind, lm.address.host, bound.port)
         return bound
 
     def _swap_listeners(self, snap: Snapshot) -> None:
-        pending = getattr(self, "_pending_bind", {})
-        self._pending_bind = {}
+        plan, self._plan = self._plan, {}
         new: dict[str, BoundListener] = {}
+        retired: list[ListenerSlot] = []
         for name, cfg in snap.listeners.items():
-            if name in pending:
-                new[name] = pending[name]
-                old = self.listeners.get(name)
-                if old is not None:
-                    self._retire(name, old)
+            bound = plan[name]
+            if (bound.slot.current.tcp is None) != (cfg.tcp is None):
+                # Same socket, other protocol: old connections drain on their old slot.
+                self._drain_slot(bound.slot)
+                retired.append(bound.slot)
+                bound.slot = ListenerSlot(current=cfg)
             else:
-                bound = self.listeners[name]
                 bound.slot.current = cfg  # requests already started keep the config they captured
-                new[name] = bound
+            bound.address = cfg.model.address
+            new[name] = bound
+        kept = {id(b) for b in new.values()}
         for name, old in self.listeners.items():
+            if id(old) not in kept:
+                log.info("listener %s removed: draining its connections", name)
+                if old.server is not None:
+                    old.server.close()
+                self._drain_slot(old.slot)
+                retired.append(old.slot)
             if name not in snap.listeners:
-                self._retire(name, old)
                 self.metrics.forget_listener(name)
         self.listeners = new
+        # Drained slots are kept until their last connection ends, so shutdown waits for them too.
+        self._old_slots = [slot for slot in self._old_slots + retired if slot.connections]
 
-    def _retire(self, name: str, bound: BoundListener) -> None:
-        """A listener removed or moved: stop accepting, let its connections finish their requests."""
-        log.info("listener %s removed: draining its connections", name)
-        bound.server.close()
-        bound.slot.draining = True
-        for conn in list(bound.slot.connections):
+    def _drain_slot(self, slot: ListenerSlot) -> None:
+        """Connections of a listener that is gone finish their current request, then close."""
+        slot.draining = True
+        for conn in list(slot.connections):
             conn.start_drain()
 
     async def _ensure_admin(self, config: Config) -> None:
@@ -246,7 +274,7 @@ class App:
 
     def drain_listeners(self) -> None:
         if self._drain_task is None:
-            self._drain_task = self.loop.create_task(self._drain(stop_after=False))
+            self._drain_task = self.loop.create_task(self._drain())
 
     def quit(self) -> None:
         self.shutdown(drain=False)
@@ -267,33 +295,39 @@ class App:
         if self._shutdown_task is None:
             self._shutdown_task = self.loop.create_task(self._shutdown(drain))
 
-    async def _drain(self, stop_after: bool) -> None:
+    def _slots(self) -> list[ListenerSlot]:
+        return [b.slot for b in self.listeners.values()] + self._old_slots
+
+    def _begin_drain(self) -> None:
+        """/ready turns 503; every answer from now on carries `Connection: close`."""
         self._state = "DRAINING"
+        for slot in self._slots():
+            slot.draining = True
+
+    def _stop_accepting(self) -> None:
         for bound in self.listeners.values():
-            bound.slot.draining = True
+            if bound.server is not None:
+                bound.server.close()
+        for slot in self._slots():
+            self._drain_slot(slot)
+
+    async def _drain(self) -> None:
+        self._begin_drain()
         await asyncio.sleep(self.lifecycle.drain_time)
-        for bound in self.listeners.values():
-            bound.server.close()
-            for conn in list(bound.slot.connections):
-                conn.start_drain()
+        self._stop_accepting()
 
     async def _shutdown(self, drain: bool) -> None:
         lc = self.lifecycle
         log.info("shutting down: drain %.1fs, grace %.1fs", lc.drain_time if drain else 0.0, lc.grace_time)
-        self._state = "DRAINING"
-        for bound in self.listeners.values():
-            bound.slot.draining = True
+        self._begin_drain()
         if drain:
             await asyncio.sleep(lc.drain_time)
-        for bound in self.listeners.values():
-            bound.server.close()
-            for conn in list(bound.slot.connections):
-                conn.start_drain()
+        self._stop_accepting()
         deadline = self.loop.time() + lc.grace_time
-        while self.loop.time() < deadline and any(b.slot.connections for b in self.listeners.values()):
+        while self.loop.time() < deadline and any(slot.connections for slot in self._slots()):
             await asyncio.sleep(0.05)
-        for bound in self.listeners.values():
-            for conn in list(bound.slot.connections):
+        for slot in self._slots():
+            for conn in list(slot.connections):
                 conn.close()
         await self.close()
         self._stopped.set()
@@ -307,7 +341,8 @@ class App:
         for logger in self._loggers.values():
             logger.close()
         for bound in self.listeners.values():
-            bound.server.close()
+            if bound.server is not None:
+                bound.server.close()
         if self._drain_task is not None:
             self._drain_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

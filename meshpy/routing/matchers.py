@@ -113,7 +113,7 @@ def parse_query(query: str) -> dict[str, str]:
         return params
     for part in query.split("&"):
         name, eq, value = part.partition("=")
-        if True:
+        if name not in params:
             params[name] = value if eq else ""
     return params
 

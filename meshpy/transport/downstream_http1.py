@@ -30,7 +30,7 @@ PAUSE_BODY_BUFFER = 4
 class Http1Downstream(asyncio.Protocol):
     __slots__ = (
         "_hdr_bytes", "_hdr_count", "_head_fresh", "_head_raw", "_parsing", "_paused", "_pending", "_timer",
-        "active", "closing", "fatal", "half_closed", "head_started", "idle_since", "loop", "out", "parser",
+        "active", "closing", "fatal", "half_closed", "head_started", "idle_since", "stats", "loop", "out", "parser",
         "peer", "slot", "transport", "write_paused",
     )
 
@@ -63,7 +63,8 @@ class Http1Downstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         self.slot.connections.add(self)
-        stats = self.slot.current.stats
+        # Bound once: a reload may rename the listener, and the gauge must go down where it went up.
+        self.stats = stats = self.slot.current.stats
         stats.cx_total += 1
         stats.cx_active += 1
         self.idle_since = self.loop.time()
@@ -72,7 +73,7 @@ class Http1Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.slot.connections.discard(self)
-        self.slot.current.stats.cx_active -= 1
+        self.stats.cx_active -= 1
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -56,7 +56,7 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 
 class ClusterRuntime:
-    __slots__ = ("_loop", "_order", "_rr", "_task", "hosts", "model", "stats")
+    __slots__ = ("_loop", "_order", "_rr", "_task", "hosts", "model", "resolved", "stats")
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
         self.model = model
@@ -66,7 +66,11 @@ class ClusterRuntime:
         self._order: list[Host] = []
         self._rr = 0
         self._task: asyncio.Task[None] | None = None
+        # Set once the hosts are known (at once for static clusters; after the first DNS answer,
+        # good or bad, for DNS ones): the app waits on it before it reports ready, as Envoy does.
+        self.resolved = asyncio.Event()
         if model.discovery == "static":
+            self.resolved.set()
             self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host)
                              for e in model.endpoints])
 
@@ -143,6 +147,7 @@ class ClusterRuntime:
                     pool.address = (entries[0][0], entries[0][1])
                 else:
                     self._set_hosts(entries)
+            self.resolved.set()
             await asyncio.sleep(self.model.dns_refresh_rate)
 
 

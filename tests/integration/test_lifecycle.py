@@ -298,12 +298,6 @@ def test_listeners_added_removed_and_moved_by_reload(loop_name: str, demo: DemoU
         assert dump["listeners"] == [{"name": "a", "address": f"127.0.0.1:{a2}", "bound_port": a2}]
 
 
-SAME_ADDRESS_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "App._bind_new binds the socket of a new or changed listener before the old listener is retired, so "
-    "a listener that keeps its address but changes its name or its protocol cannot bind ('address "
-    "already in use') and the whole reload is rejected. Needs the old listener's socket handed over."))
-
-
 def reload_outcome(p: Proxy, change: Callable[[], None]) -> bool:
     """Apply `change` to the file; True if the reload was accepted, False if rejected."""
     accepted = p.metric("meshpy_config_loads_total", result="accepted")
@@ -314,7 +308,6 @@ def reload_outcome(p: Proxy, change: Callable[[], None]) -> bool:
     return p.metric("meshpy_config_loads_total", result="accepted") > accepted
 
 
-@SAME_ADDRESS_XFAIL
 def test_listener_renamed_on_the_same_address(demo: DemoUpstream) -> None:
     admin, port = free_port(), free_port()
     with running(cfg(admin, demo.port, {"old_name": port}), admin) as p:
@@ -324,7 +317,6 @@ def test_listener_renamed_on_the_same_address(demo: DemoUpstream) -> None:
         assert serves(port)
 
 
-@SAME_ADDRESS_XFAIL
 def test_listener_protocol_changed_on_the_same_address(demo: DemoUpstream) -> None:
     admin, port = free_port(), free_port()
     with running(cfg(admin, demo.port, {"web": port}), admin) as p:

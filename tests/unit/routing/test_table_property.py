@@ -307,7 +307,7 @@ def test_match_agrees_with_reference(rc: RouteConfig, data: st.DataObject) -> No
         assert (vh.virtual_host if vh else None) is ref_virtual_host(rc, authority)
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     matchers=st.lists(
         st.tuples(st.lists(header_matches(), max_size=2), st.lists(query_matches, max_size=2)),
