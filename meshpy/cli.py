@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the proxy on a config file (meshpy YAML or Envoy bootstrap)")
-    run.add_argument("-c", "--config", required=True, help="config file; the format is detected")
+    run.add_argument("config_file", nargs="?", help="config file (or use -c)")
+    run.add_argument("-c", "--config", help="config file; the format (meshpy or Envoy) is detected")
     run.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)"
     )
@@ -89,9 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "run":
+        path = args.config or args.config_file
+        if not path:
+            print("meshpy run: a config file is needed (meshpy run -c FILE)", file=sys.stderr)
+            return 2
         from meshpy.runner import serve
 
-        return _run_loop(args.loop, lambda: serve(args.config, args.drain_time, args.grace_time))
+        return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time))
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 
