@@ -1,4 +1,6 @@
-"""Micro-benchmark: RouteTable.match in a table of 1,000 routes (50 virtual hosts x 20 prefix routes).
+"""Micro-benchmark: RouteTable.match in a table of 1,000+ routes (50 virtual hosts x 20 prefix routes,
+plus four small virtual hosts for the other shapes: distinct prefix lengths, method conditions,
+a catch-all and a header-matched route).
 
 Run: .venv/bin/python benchmarks/micro_routes.py
 
@@ -35,8 +37,18 @@ def build() -> RouteTable:
         # Same-length prefixes, as service paths usually are: the run gets indexed.
         routes = tuple(prefix_route(f"/svc{i}/api{j:02d}/") for j in range(ROUTES_PER_VHOST))
         vhosts.append(VirtualHost(name=f"vh{i}", domains=(f"svc{i}.example.com",), routes=routes))
-    # Worst case for the index: every prefix has its own length, so the routes are scanned in order.
-    linear = tuple(prefix_route("/r" + "x" * j + "/") for j in range(ROUTES_PER_VHOST))
+    # Every prefix has its own length: the run is matched by one regex alternation.
+    distinct = tuple(prefix_route("/r" + "x" * j + "/") for j in range(ROUTES_PER_VHOST))
+    vhosts.append(VirtualHost(name="distinct", domains=("distinct.example.com",), routes=distinct))
+    # Routes with a method condition are not folded into a run: the plain linear scan.
+    linear = tuple(
+        Route(
+            name=f"m{j}",
+            match=RouteMatch(path=f"/m{j:02d}/", methods=("GET",)),
+            action=ForwardAction(cluster="c"),
+        )
+        for j in range(ROUTES_PER_VHOST)
+    )
     vhosts.append(VirtualHost(name="linear", domains=("linear.example.com",), routes=linear))
     # The common sidecar shape: one catch-all route.
     vhosts.append(VirtualHost(name="catchall", domains=("*",), routes=(prefix_route("/"),)))
@@ -69,7 +81,8 @@ CASES = [
         f"svc{VHOSTS - 1}.example.com",
         f"/svc{VHOSTS - 1}/api19/items?id=1",
     ),
-    ("last route, 20 distinct lengths (linear)", "linear.example.com", "/r" + "x" * 19 + "/items"),
+    ("last route, 20 distinct lengths (regex)", "distinct.example.com", "/r" + "x" * 19 + "/items"),
+    ("last of 20 routes with methods (linear scan)", "linear.example.com", "/m19/items"),
     ("no route in vhost (indexed)", "svc7.example.com", "/nothing/here"),
     ("catch-all '/' via '*' domain", "anything.local:8080", "/some/path"),
     ("header-matched route", "canary.example.com", "/x"),

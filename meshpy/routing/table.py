@@ -9,8 +9,8 @@ The hot path is `RouteTable.match`. What makes it cheap:
 - Each route carries a small integer path kind, so the loop does one comparison and one string test
   before it knows a simple route matched; the per-request `RequestView` (header/query parsing) exists
   only once a route with header, query or method conditions gets past its path test.
-- A run of consecutive simple, case-sensitive prefix/exact routes is indexed (`_PrefixBlock`): one dict
-  lookup per distinct prefix length instead of one `startswith` per route.
+- A run of consecutive simple, case-sensitive prefix/exact routes is matched in one step
+  (`PrefixIndex`): a dict lookup per distinct prefix length, or one regex alternation in C.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from meshpy.model.types import (
 from meshpy.routing.matchers import (
     DomainIndex,
     HeaderMatcher,
+    PrefixIndex,
     QueryMatcher,
     RequestView,
     compile_regex,
@@ -69,7 +70,7 @@ class CompiledVirtualHost:
         self.virtual_host = virtual_host
         self.name = virtual_host.name if virtual_host is not None else ""
         self.routes: tuple[CompiledRoute, ...] = ()
-        self._steps: tuple[CompiledRoute | _PrefixBlock, ...] = ()
+        self._steps: tuple[CompiledRoute | PrefixIndex[CompiledRoute], ...] = ()
 
 
 @final
@@ -81,6 +82,7 @@ class CompiledRoute:
         "_kind",
         "_match_len",
         "_methods",
+        "_prefix_rewrite",
         "_query",
         "_random",
         "_regex",
@@ -148,6 +150,7 @@ class CompiledRoute:
         self._cumulative: tuple[int, ...] = ()
         self._total_weight = 0
         self._regex_rewrite: tuple[re.Pattern[str], str] | None = None
+        self._prefix_rewrite: str | None = None
         action = route.action
         if isinstance(action, ForwardAction):
             self._compile_forward(action, f"{where}.action")
@@ -183,6 +186,7 @@ class CompiledRoute:
             self._total_weight = total
         if action.prefix_rewrite is not None and action.regex_rewrite is not None:
             raise ConfigError.at(where, "prefix_rewrite and regex_rewrite are mutually exclusive")
+        self._prefix_rewrite = action.prefix_rewrite
         rr = action.regex_rewrite
         if rr is not None:
             pattern = compile_regex(rr.pattern, f"{where}.regex_rewrite.pattern")
@@ -202,7 +206,10 @@ class CompiledRoute:
         for hm in self._headers:
             if not hm.matches(req):
                 return False
-        return all(qm.matches(req) for qm in self._query)
+        for qm in self._query:  # noqa: SIM110 - a loop, not all(genexpr): no generator per request
+            if not qm.matches(req):
+                return False
+        return True
 
     def pick_cluster(self) -> str:
         """The cluster to forward to: the single one, or a weighted random choice."""
@@ -223,11 +230,10 @@ class CompiledRoute:
         """The upstream :path after this route's prefix_rewrite or regex_rewrite (Envoy semantics:
         prefix_rewrite replaces the matched prefix, or for exact/regex routes the whole matched path;
         regex_rewrite substitutes in the path without its query string, which is kept)."""
-        action = self.action
-        if not isinstance(action, ForwardAction):
-            return path
-        if action.prefix_rewrite is not None:
-            return self._replace_matched(action.prefix_rewrite, path)
+        # Both are None unless this is a forward route with a rewrite: two loads in the common case.
+        prefix_rewrite = self._prefix_rewrite
+        if prefix_rewrite is not None:
+            return self._replace_matched(prefix_rewrite, path)
         rr = self._regex_rewrite
         if rr is not None:
             n = len(split_path(path)[0])
@@ -267,57 +273,15 @@ class CompiledRoute:
         return f"{new_scheme}://{host}{new_port}{new_path}"
 
 
-@final
-class _PrefixBlock:
-    """A run of consecutive simple, case-sensitive prefix/exact routes, matched by dict lookups.
-
-    Safe because within the run the first matching route is the one with the lowest index among all
-    routes whose prefix equals path[:len(prefix)] (one candidate per distinct length) or whose exact
-    path equals the path; routes outside the run are still tried in order around it.
-    """
-
-    __slots__ = ("_by_length", "_exact", "_routes")
-
-    def __init__(self, routes: Sequence[CompiledRoute]) -> None:
-        self._routes = tuple(routes)
-        by_length: dict[int, dict[str, int]] = {}
-        exact: dict[str, int] = {}
-        for i, r in enumerate(routes):
-            table = exact if r._kind == _EXACT else by_length.setdefault(len(r._value), {})
-            table.setdefault(r._value, i)  # a duplicate later can never win
-        self._by_length = tuple(sorted(by_length.items()))
-        self._exact = exact
-
-    def lookup(self, path: str) -> CompiledRoute | None:
-        best = len(self._routes)
-        n = len(path)
-        for length, table in self._by_length:
-            if length > n:
-                break  # sorted by length: no longer prefix can fit either
-            i = table.get(path[:length])
-            if i is not None and i < best:
-                best = i
-        if self._exact:
-            i = self._exact.get(split_path(path)[0])
-            if i is not None and i < best:
-                best = i
-        return self._routes[best] if best < len(self._routes) else None
-
-    @staticmethod
-    def worth_it(routes: Sequence[CompiledRoute]) -> bool:
-        keys = {len(r._value) for r in routes if r._kind == _PREFIX} | {
-            -1 for r in routes if r._kind == _EXACT
-        }
-        return len(routes) >= _BLOCK_MIN_ROUTES and len(keys) * 2 <= len(routes)
-
-
-def _steps(routes: Sequence[CompiledRoute]) -> tuple[CompiledRoute | _PrefixBlock, ...]:
-    steps: list[CompiledRoute | _PrefixBlock] = []
+def _steps(routes: Sequence[CompiledRoute]) -> tuple[CompiledRoute | PrefixIndex[CompiledRoute], ...]:
+    """The match loop's steps: routes, with runs of simple case-sensitive prefix/exact routes folded
+    into one PrefixIndex (first match in run order, as the linear scan would find it)."""
+    steps: list[CompiledRoute | PrefixIndex[CompiledRoute]] = []
     run: list[CompiledRoute] = []
 
     def flush() -> None:
-        if _PrefixBlock.worth_it(run):
-            steps.append(_PrefixBlock(run))
+        if len(run) >= _BLOCK_MIN_ROUTES:
+            steps.append(PrefixIndex([(r._value, r._kind == _EXACT, r) for r in run]))
         else:
             steps.extend(run)
         run.clear()
@@ -381,7 +345,7 @@ class RouteTable:
         lowered: str | None = None
         req: RequestView | None = None
         for step in vh._steps:
-            if type(step) is _PrefixBlock:
+            if type(step) is PrefixIndex:
                 found = step.lookup(path)
                 if found is not None:
                     return found

@@ -318,10 +318,6 @@ class Exchange:
         self.conn = conn
         self._reused = conn.used
         conn.attach(self, self.head_request)
-        if self.down.write_paused:
-            # The client is still behind on an earlier response: hold this one back too, until
-            # resume_writing (the transport signals pause only once per crossing of its high mark).
-            conn.pause_reading()
         out = [self.up_head_bytes]
         buf = self._buffered
         if buf is not None:

@@ -161,7 +161,7 @@ _TE_TRAILERS: Final = (b"te", b"trailers")
 def strip_hop_by_hop(headers: list[Header]) -> list[Header]:
     """A copy of `headers` without hop-by-hop headers, nor the headers a Connection header names.
 
-    `te` is kept as `te: trailers` when it offered trailers (Envoy since 1.30; gRPC needs it), and
+    `te` is kept as `te: trailers` when it offered trailers (as recent Envoy does; gRPC needs it), and
     dropped otherwise. Upgrade handling (WebSocket) is the caller's business: this strips `upgrade`.
     """
     kept = [h for h in headers if h[0] not in HOP_BY_HOP]

@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 
 import httptools
 import pytest
-from kit import DemoUpstream, Proxy, RawUpstream, free_port, http, is_closed, raw, read_request_head, read_response
+from kit import (
+    DemoUpstream,
+    Proxy,
+    RawUpstream,
+    free_port,
+    http,
+    is_closed,
+    raw,
+    read_request_head,
+    read_response,
+)
 
 BODY_LIMIT = 64 * 1024
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"

@@ -22,6 +22,7 @@ from meshpy.model.types import (
     RouteConfig,
     RouteMatch,
     StringMatch,
+    StringMatchKind,
     VirtualHost,
     WeightedCluster,
 )
@@ -52,11 +53,11 @@ def name_of(
 
 
 def hdr(
-    name: str, kind: str, value: str = "", *, invert: bool = False, ignore_case: bool = False
+    name: str, kind: StringMatchKind, value: str = "", *, invert: bool = False, ignore_case: bool = False
 ) -> HeaderMatch:
     return HeaderMatch(
         name=name, match=StringMatch(kind=kind, value=value, ignore_case=ignore_case), invert=invert
-    )  # type: ignore[arg-type]
+    )
 
 
 # --- virtual host selection -------------------------------------------------------------------------
@@ -257,8 +258,9 @@ def test_indexed_run_of_prefix_routes_keeps_first_match_order() -> None:
         route("root", "/"),
     ]
     t = table(*routes)
-    steps = t.virtual_hosts[0]._steps
-    assert any(not isinstance(s, CompiledRoute) for s in steps), "expected an indexed block"
+    blocks = [s for s in t.virtual_hosts[0]._steps if not isinstance(s, CompiledRoute)]
+    assert len(blocks) == 2, "expected two indexed runs around the header route"
+    assert blocks[0]._regex is not None  # 4 length keys for 6 routes: one regex alternation
     assert name_of(t, "/ab") == "exact-ab"
     assert name_of(t, "/ab?q") == "exact-ab"
     assert name_of(t, "/abc") == "ab"
@@ -270,6 +272,22 @@ def test_indexed_run_of_prefix_routes_keeps_first_match_order() -> None:
     assert name_of(t, "/x4/y") == "x4"
     assert name_of(t, "/z") == "root"
     assert name_of(t, "") is None
+
+
+def test_indexed_run_by_length_keeps_first_match_order() -> None:
+    # Many routes, few distinct lengths: matched with one dict probe per length.
+    names = [f"/s{i:02d}/" for i in range(16)]
+    routes = [route("e", "/s03/", "path"), *(route(n, n) for n in names), route("short", "/s")]
+    t = table(*routes)
+    (block,) = t.virtual_hosts[0]._steps
+    assert not isinstance(block, CompiledRoute) and block._regex is None
+    assert name_of(t, "/s03/") == "e"
+    assert name_of(t, "/s03/?x") == "e"
+    assert name_of(t, "/s03/x") == "/s03/"
+    assert name_of(t, "/s15/x?y") == "/s15/"
+    assert name_of(t, "/s99") == "short"
+    assert name_of(t, "/t") is None
+    assert name_of(t, "/s") == "short"
 
 
 # --- headers, query, methods ---------------------------------------------------------------------------
