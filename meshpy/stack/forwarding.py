@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import os
 
-# Envoy's list, plus the HTTP/2 upgrade header; `te: trailers` survives (gRPC needs it end to end).
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade", b"transfer-encoding",
-    b"http2-settings",
-})
+from meshpy.stack.headers import HOP_BY_HOP, strip_hop_by_hop
 
 
 def request_id() -> bytes:
@@ -114,20 +110,11 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
 def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[
         list[tuple[bytes, bytes]], int | None, bool]:
     """Response headers minus hop-by-hop ones; also returns (content-length, was-chunked)."""
-    connection: bytes | None = None
-    for name, value in headers:
-        if name == b"connection":
-            connection = value if connection is None else connection + b"," + value
-    drop = HOP_BY_HOP if connection is None else HOP_BY_HOP | connection_tokens(connection)
-    out: list[tuple[bytes, bytes]] = []
+    out = strip_hop_by_hop(headers)
+    chunked = len(out) != len(headers) and any(n == b"transfer-encoding" for n, _ in headers)
     length: int | None = None
-    chunked = False
-    for name, value in headers:
-        if name in drop:
-            if name == b"transfer-encoding":
-                chunked = True
-            continue
+    for name, value in out:
         if name == b"content-length":
             length = int(value)
-        out.append((name, value))
+            break
     return out, length, chunked

@@ -152,8 +152,12 @@ def compile_edits(*levels: HeaderEdits) -> HeaderOps:
 # Hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1, plus the non-standard
 # proxy-connection that Envoy also drops). `trailer` (which names trailer fields) and the
 # proxy-authentication headers are end-to-end, and Envoy forwards them, so they stay.
+# `http2-settings` goes with an `Upgrade: h2c` offer and means nothing to the next hop.
 HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"}
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
+        b"http2-settings",
+    }
 )
 _TE_TRAILERS: Final = (b"te", b"trailers")
 

@@ -29,9 +29,28 @@ PAUSE_BODY_BUFFER = 4
 
 class Http1Downstream(asyncio.Protocol):
     __slots__ = (
-        "_hdr_bytes", "_hdr_count", "_head_fresh", "_head_raw", "_parsing", "_paused", "_pending", "_timer",
-        "active", "closing", "fatal", "half_closed", "head_started", "idle_since", "stats", "loop", "out", "parser",
-        "peer", "slot", "transport", "write_paused",
+        "_hdr_bytes",
+        "_hdr_count",
+        "_head_fresh",
+        "_head_raw",
+        "_parsing",
+        "_paused",
+        "_pending",
+        "_timer",
+        "active",
+        "closing",
+        "fatal",
+        "half_closed",
+        "head_started",
+        "idle_since",
+        "loop",
+        "out",
+        "parser",
+        "peer",
+        "slot",
+        "stats",
+        "transport",
+        "write_paused",
     )
 
     def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
@@ -136,6 +155,10 @@ class Http1Downstream(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # A client half-close after its request: keep the socket open to send the answer.
         if self.active is None and not self._pending:
+            return None
+        if self._parsing is not None:
+            # EOF in the middle of a request (its body): it can never complete, so this is no
+            # half-close but an abort; closing resets the exchanges (connection_lost).
             return None
         self.half_closed = True  # answer what was asked, then close
         return True
