@@ -7,6 +7,8 @@ chunk sizes; what it lets through and a proxy must still refuse is checked in `c
 
 from __future__ import annotations
 
+import time
+from email.utils import formatdate
 from http import HTTPStatus
 
 from meshpy.errors import BadRequest
@@ -92,3 +94,20 @@ def format_response(
         headers.append((b"connection", b"close"))
     head = response_head(status, headers)
     return head if head_only else head + body
+
+
+class HttpDate:
+    """The `date` header value, formatted at most once a second (RFC 9110 6.6.1 IMF-fixdate)."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        t = int(time.time())
+        if t != self._second:
+            self._second = t
+            self._value = formatdate(t, usegmt=True).encode()
+        return self._value

@@ -59,8 +59,8 @@ class QueryMatch:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteMatch:
-    """Path semantics follow Envoy: `prefix` sees the whole :path including the query string;
-    `path` and `regex` see the path with the query string removed, and a regex must match it whole."""
+    """Path semantics follow Envoy 1.40: `prefix`, `path` and `regex` all see the path with the query
+    string removed (a prefix holding `?` never matches), and a regex must match the path whole."""
 
     path_kind: PathMatchKind = "prefix"
     path: str = "/"
@@ -79,8 +79,9 @@ class HeaderValue:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeaderEdits:
-    """Headers added or set, then removed, applied in the order route, virtual host, route config
-    (most specific first, as Envoy does unless most_specific_header_mutations_wins is false)."""
+    """Headers removed, then added or set. Levels apply in the order route, virtual host, route
+    config, so for `overwrite` the route-config level wins (Envoy's default,
+    most_specific_header_mutations_wins: false). Values are literal: no %VAR% substitution."""
 
     add: tuple[HeaderValue, ...] = ()
     remove: tuple[str, ...] = ()  # lower case

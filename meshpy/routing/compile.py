@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from meshpy.codec.http1 import HttpDate
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.table import RouteTable
@@ -101,6 +102,7 @@ class ListenerSlot:
 
     current: HttpListenerConfig
     draining: bool = False
+    date: HttpDate = field(default_factory=HttpDate)
     connections: set[Drainable] = field(default_factory=set)
 
 

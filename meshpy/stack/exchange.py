@@ -208,22 +208,21 @@ class Exchange:
         self.host = host
         facts = self.facts
         assert facts is not None
-        rid = facts.request_id
         opts = cfg.options
         # As in Envoy: a client's x-request-id is replaced only on an edge request (use_remote_address)
         # with preserve_external_request_id off; behind another proxy it is kept. A missing one is made.
-        if rid is None or (opts.use_remote_address and not opts.preserve_external_request_id):
-            rid = request_id() if opts.generate_request_id else rid
-            self.rid = rid if rid is not facts.request_id else None
+        new_rid: bytes | None = None
+        replace = opts.use_remote_address and not opts.preserve_external_request_id
+        if opts.generate_request_id and (facts.request_id is None or replace):
+            new_rid = request_id()
+        self.rid = new_rid or facts.request_id
         fwd = action
         assert isinstance(fwd, ForwardAction)
         headers = upstream_request_headers(
             self.headers, facts, peer=self.down.peer,
             host=None if fwd.host_rewrite is None else fwd.host_rewrite.encode("latin-1"),
-            use_remote_address=cfg.options.use_remote_address,
-            forwarded_proto=cfg.options.forwarded_proto, request_id=self.rid)
-        if self.rid is None:
-            self.rid = rid
+            use_remote_address=opts.use_remote_address, forwarded_proto=opts.forwarded_proto,
+            request_id=new_rid)
         if route.request_edits:
             route.request_edits.apply(headers)
         path = route.rewrite_path(self.path)
@@ -341,7 +340,9 @@ class Exchange:
                 down.out.append(response_head(status, downstream_response_headers(headers)[0]))
             return
         self.resp_status = status
-        out_headers, length, chunked = downstream_response_headers(headers)
+        out_headers, length, chunked, has_date = downstream_response_headers(headers)
+        if not has_date:
+            out_headers.append((b"date", down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1
         route = self.route
         if route is not None and route.response_edits:
             route.response_edits.apply(out_headers)
@@ -509,6 +510,7 @@ class Exchange:
     def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
                      extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None:
         headers: list[tuple[bytes, bytes]] = [] if extra is None else extra
+        headers.append((b"date", self.down.slot.date.now()))
         if body:
             headers.append((b"content-type", b"text/plain"))
         if route is not None and route.response_edits:

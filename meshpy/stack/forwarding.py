@@ -108,13 +108,15 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
 
 
 def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[
-        list[tuple[bytes, bytes]], int | None, bool]:
-    """Response headers minus hop-by-hop ones; also returns (content-length, was-chunked)."""
+        list[tuple[bytes, bytes]], int | None, bool, bool]:
+    """Response headers minus hop-by-hop ones; also (content-length, was-chunked, has-date)."""
     out = strip_hop_by_hop(headers)
     chunked = len(out) != len(headers) and any(n == b"transfer-encoding" for n, _ in headers)
     length: int | None = None
+    has_date = False
     for name, value in out:
         if name == b"content-length":
             length = int(value)
-            break
-    return out, length, chunked
+        elif name == b"date":
+            has_date = True
+    return out, length, chunked, has_date

@@ -283,8 +283,8 @@ class Http1Downstream(asyncio.Protocol):
         stats.request_started()  # the request that broke was never counted as started
         stats.request_done(err.status, 0.0)
         if self.transport is not None and not self.transport.is_closing():
-            self.out.append(format_response(err.status, err.body + b"\n",
-                                            [(b"content-type", b"text/plain")], close=True))
+            headers = [(b"date", self.slot.date.now()), (b"content-type", b"text/plain")]
+            self.out.append(format_response(err.status, err.body + b"\n", headers, close=True))
         self.close()
 
     def _schedule_timer(self) -> None:
