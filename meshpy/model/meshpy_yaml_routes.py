@@ -32,8 +32,8 @@ from meshpy.model.yaml_reader import (
     as_int,
     as_name,
     as_optional_timeout,
-    as_positive_duration,
     as_positive_int,
+    as_route_idle_timeout,
     as_str,
     child,
     item,
@@ -267,7 +267,7 @@ def _forward(r: Reader, f: Fields, model_path: str) -> ForwardAction:
         else None,
         host_rewrite=f.get("host_rewrite", as_name, None),
         timeout=f.get("timeout", as_optional_timeout, DEFAULT_ROUTE_TIMEOUT),
-        idle_timeout=f.get("idle_timeout", as_positive_duration, None),
+        idle_timeout=f.get("idle_timeout", as_route_idle_timeout, None),
     )
 
 

@@ -115,7 +115,8 @@ class ForwardAction:
     regex_rewrite: RegexRewrite | None = None
     host_rewrite: str | None = None
     timeout: float | None = DEFAULT_ROUTE_TIMEOUT  # None: no timeout (Envoy's 0s)
-    idle_timeout: float | None = None  # per-route stream idle timeout; None: the listener's
+    # Per-route stream idle timeout. None: the listener's; 0: none for this route (Envoy's 0s).
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

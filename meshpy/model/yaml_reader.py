@@ -225,6 +225,13 @@ def as_positive_duration(value: object) -> float:
     return seconds
 
 
+def as_route_idle_timeout(value: object) -> float:
+    """A route's idle timeout: `off`, null or 0 give 0.0, "none for this route" (Envoy's 0s)."""
+    if is_off(value):
+        return 0.0
+    return as_duration(value)
+
+
 def as_optional_timeout(value: object) -> float | None:
     """A timeout where `off`, null or 0 mean "no timeout", as 0 does in Envoy."""
     if is_off(value):

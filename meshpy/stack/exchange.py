@@ -455,6 +455,8 @@ class Exchange:
         idle = action.idle_timeout if isinstance(action, ForwardAction) else None
         if idle is None:
             idle = self.cfg.stream_idle_timeout
+        elif idle == 0:
+            idle = None  # switched off for this route
         if idle is not None:
             when = min(when, now + idle)
         if when == float("inf"):
@@ -478,6 +480,8 @@ class Exchange:
         idle = action.idle_timeout if isinstance(action, ForwardAction) else None
         if idle is None:
             idle = self.cfg.stream_idle_timeout
+        elif idle == 0:
+            idle = None  # switched off for this route
         if idle is not None and now - self._last_activity >= idle:
             err = UpstreamTimeout() if self.req_done else BadRequest("stream idle timeout", 408)
             return self._timeout(err, "SI")

@@ -208,9 +208,7 @@ def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardA
         )
     idle = timeout(msg, "idle_timeout", None)
     if msg.HasField("idle_timeout") and idle is None:
-        # Envoy's 0 turns the listener's stream idle timeout off for this route; the model's None
-        # means "use the listener's", so 0 cannot be expressed.
-        issues.add(child(path, "idle_timeout"), f"0 (no idle timeout) is {UNSUPPORTED}")
+        idle = 0.0  # Envoy's 0 turns the stream idle timeout off for this route; so does the model's
     return ForwardAction(
         cluster=cluster,
         weighted=weighted,

@@ -162,10 +162,6 @@ def route_yaml(route: str) -> str:
             "{cluster: v1, regex_rewrite: {pattern: a}}",
             "listeners[0].routes[0].regex_rewrite: missing required key 'substitution'",
         ),
-        (
-            "{cluster: v1, idle_timeout: off}",
-            "listeners[0].routes[0].idle_timeout: cannot be turned off; give a duration like 5s",
-        ),
         ("{cluster: v1, timeout: -2s}", "listeners[0].routes[0].timeout: duration -2s must not be negative"),
         (
             "{cluster: v1, request_headers: {set: {host: a}}}",
@@ -255,3 +251,17 @@ def test_route_errors(route: str, expected: str) -> None:
 )
 def test_virtual_host_errors(vhosts: str, expected: str) -> None:
     assert expected in issues(f"listeners: [{{address: ':1', virtual_hosts: {vhosts}}}]\n" + CLUSTERS)
+
+
+def test_route_idle_timeout_off_means_none_for_the_route() -> None:
+    from meshpy.model.load import load_text
+
+    text = (
+        "listeners:\n  - address: 127.0.0.1:10000\n    routes:\n"
+        "      - {cluster: v1, idle_timeout: off}\n      - {cluster: v1, idle_timeout: 3s}\n"
+        "clusters: {v1: 127.0.0.1:9001}\n"
+    )
+    http = load_text(text).listeners[0].http
+    assert http is not None
+    routes = http.route_config.virtual_hosts[0].routes
+    assert [r.action.idle_timeout for r in routes] == [0.0, 3.0]  # type: ignore[union-attr]
