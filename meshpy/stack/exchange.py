@@ -317,6 +317,10 @@ class Exchange:
         self.conn = conn
         self._reused = conn.used
         conn.attach(self, self.head_request)
+        if self.down.write_paused:
+            # The client is still behind on an earlier answer, and the transport signals a pause
+            # only once: hold this upstream back from the start.
+            conn.pause_reading()
         out = [self.up_head_bytes]
         buf = self._buffered
         if buf is not None:

@@ -32,8 +32,17 @@ class UpstreamSink(Protocol):
 
 class UpstreamHttp1(asyncio.Protocol):
     __slots__ = (
-        "_headers", "_reason", "closed", "exchange", "head_request", "idle_since", "parser", "pool",
-        "transport", "used",
+        "_headers",
+        "_reason",
+        "closed",
+        "exchange",
+        "head_request",
+        "idle_since",
+        "parser",
+        "pool",
+        "reading_paused",
+        "transport",
+        "used",
     )
 
     def __init__(self, pool: HostPool) -> None:
@@ -44,6 +53,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.head_request = False
         self.idle_since = 0.0
         self.closed = False
+        self.reading_paused = False
         self.used = False  # has carried an exchange before: a failure on it may be a stale keep-alive
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -111,11 +121,13 @@ class UpstreamHttp1(asyncio.Protocol):
         self.transport.write(data)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.reading_paused:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.reading_paused:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:

@@ -88,6 +88,8 @@ class HostPool:
         if self.closed or not conn.is_usable():
             conn.close()
             return
+        # A pooled connection must read (to notice the upstream closing it), whatever its last client did.
+        conn.resume_reading()
         if self._waiters:
             self.busy += 1
             self._waiters.popleft()(conn)

@@ -26,7 +26,8 @@ MiB = 1 << 20
 BLOCK = bytes(range(256)) * 4096  # 1 MiB; the stream is this block repeated
 PATTERN = memoryview(BLOCK * 2)  # any window of up to 1 MiB at any offset is a slice of this
 MEMORY_BUDGET_KB = 64 * 1024  # the proxy's peak may grow at most this much above its start
-PAUSE = 1.0
+PAUSE = 1.0  # how long the slow side stops reading
+UPSTREAM_PAUSE = 2.0  # uploads: checks run while the upstream sleeps, so leave room for a loaded machine
 
 
 def expected(offset: int, n: int) -> memoryview:
@@ -175,10 +176,23 @@ def uid(name: str) -> str:
     return f"{name}-{time.monotonic_ns()}"
 
 
-def stalls(read_progress: Callable[[], int], seconds: float = 0.3) -> bool:
-    a = read_progress()
-    time.sleep(seconds)
-    return read_progress() - a < MiB
+def held_back(progress: Callable[[], int], within: float) -> bool:
+    """Whether the sender's progress comes to a stop (< 1 MiB in 0.2 s) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = progress()
+        time.sleep(0.2)
+        if progress() - before < MiB:
+            return True
+    return False
+
+
+def wait_no_active_requests(p: Proxy, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while p.metric("meshpy_downstream_rq_active", listener="web") != 0:
+        assert time.monotonic() < deadline, "an abandoned request is still active in the proxy"
+        time.sleep(0.05)
+    assert p.metric("meshpy_upstream_rq_active", cluster="stream") == 0
 
 
 # -- tests ---------------------------------------------------------------------------------------------
@@ -198,7 +212,7 @@ def test_download_1gib_slow_reader(env: Env) -> None:
         while time.monotonic() - t0 < PAUSE:
             rss_during.append(env.proxy.rss_kb())
             time.sleep(0.1)
-        assert stalls(lambda: rec.sent), "the upstream is not held back while the client does not read"
+        assert held_back(lambda: rec.sent, 3), "the upstream is not held back while the client does not read"
         assert rec.sent < 128 * MiB, rec.sent  # only what socket buffers hold
         assert max(rss_during) - env.rss0_kb < MEMORY_BUDGET_KB, (env.rss0_kb, rss_during)
         # Then as fast as possible, checking every byte against the pattern.
@@ -218,7 +232,7 @@ def test_download_1gib_slow_reader(env: Env) -> None:
 
 
 def upload(env: Env, chunked: bool) -> None:
-    path = f"/up?pause={PAUSE}&{uid('up')}".encode()
+    path = f"/up?pause={UPSTREAM_PAUSE}&{uid('up')}".encode()
     framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % GiB
     progress = [0]
     errors: list[BaseException] = []
@@ -244,10 +258,11 @@ def upload(env: Env, chunked: bool) -> None:
         sender.start()
         # The slow phase: the upstream reads nothing for PAUSE seconds after the head.
         rec = env.up.wait_for(path)
-        time.sleep(PAUSE / 3)
-        assert rec.received == 0
-        assert stalls(lambda: progress[0]), "the client is not held back while the upstream does not read"
-        assert progress[0] < 128 * MiB, progress[0]
+        t0 = time.monotonic()
+        assert held_back(lambda: progress[0], UPSTREAM_PAUSE - 0.3), \
+            "the client is not held back while the upstream does not read"
+        assert rec.received == 0 and time.monotonic() - t0 < UPSTREAM_PAUSE, "checked too late"
+        assert progress[0] < 128 * MiB, progress[0]  # only what socket buffers hold
         assert env.proxy.rss_kb() - env.rss0_kb < MEMORY_BUDGET_KB
         r = read_response(s, timeout=60)
         sender.join(10)
@@ -281,8 +296,24 @@ def test_client_disconnects_mid_download(env: Env) -> None:
     # The proxy drops the upstream side too: the upstream's send fails and its connection ends.
     assert rec.closed.wait(5), "the upstream connection outlived the client"
     assert rec.sent < 64 * GiB
-    deadline = time.monotonic() + 5
-    while p.metric("meshpy_downstream_rq_active", listener="web") != 0:
-        assert time.monotonic() < deadline, "the abandoned request is still counted as active"
-        time.sleep(0.05)
-    assert p.metric("meshpy_upstream_rq_active", cluster="stream") == 0
+    wait_no_active_requests(p)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_client_disconnects_mid_upload(env: Env, chunked: bool) -> None:
+    """The client closes (a FIN, not a half-close after a complete request) in the middle of the
+    body: the request can never complete, so the proxy closes the upstream connection too."""
+    path = f"/up?{uid('abandoned-upload')}".encode()
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % GiB
+    with socket.create_connection(("127.0.0.1", env.port), timeout=10) as s:
+        s.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: a\r\n" + framing + b"\r\n\r\n")
+        for _ in range(32):
+            s.sendall((b"%x\r\n%s\r\n" % (MiB, BLOCK)) if chunked else BLOCK)
+        rec = env.up.wait_for(path)
+        deadline = time.monotonic() + 5
+        while rec.received < 32 * MiB:  # everything sent so far went through
+            assert time.monotonic() < deadline, rec.received
+            time.sleep(0.01)
+    assert rec.closed.wait(5), "the upstream connection outlived the client"
+    assert rec.received == 32 * MiB and rec.corrupt_at is None
+    wait_no_active_requests(env.proxy)
