@@ -20,6 +20,7 @@ from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.dump import dump_config
 from meshpy.model.types import AccessLog, Address, Config, Lifecycle, Listener
 from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, compile_snapshot
+from meshpy.stack.deadlines import Deadlines
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import Metrics
 from meshpy.transport.downstream_http1 import Http1Downstream
@@ -58,6 +59,7 @@ class App:
         self.loop = loop
         self.metrics = Metrics()
         self.clusters = ClusterManager(self.metrics, loop)
+        self.deadlines = Deadlines(loop)
         self.snapshot: Snapshot | None = None
         self.listeners: dict[str, BoundListener] = {}
         self.admin: AdminServer | None = None
@@ -161,7 +163,7 @@ class App:
         self._plan = plan
 
     async def _bind(self, lm: Listener, cfg: HttpListenerConfig) -> BoundListener:
-        bound = BoundListener(lm.address, ListenerSlot(current=cfg))
+        bound = BoundListener(lm.address, ListenerSlot(current=cfg, deadlines=self.deadlines))
         loop = self.loop
 
         def factory() -> asyncio.Protocol:
@@ -191,7 +193,7 @@ class App:
                 # Same socket, other protocol: old connections drain on their old slot.
                 self._drain_slot(bound.slot)
                 retired.append(bound.slot)
-                bound.slot = ListenerSlot(current=cfg)
+                bound.slot = ListenerSlot(current=cfg, deadlines=self.deadlines)
             else:
                 bound.slot.current = cfg  # requests already started keep the config they captured
             bound.address = cfg.model.address
@@ -333,6 +335,7 @@ class App:
         self._stopped.set()
 
     async def close(self) -> None:
+        self.deadlines.close()
         self.clusters.close()
         await self.clusters.wait_closed()
         if self.admin is not None:

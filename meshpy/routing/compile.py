@@ -16,6 +16,7 @@ from meshpy.codec.http1 import HttpDate
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.table import RouteTable
+from meshpy.stack.deadlines import Deadlines
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import ListenerStats, Metrics
 from meshpy.upstream.cluster import ClusterRuntime
@@ -101,6 +102,7 @@ class ListenerSlot:
     """One bound listener. `current` is swapped by a reload; connections read it per request."""
 
     current: HttpListenerConfig
+    deadlines: Deadlines  # shared by every slot of one loop
     draining: bool = False
     date: HttpDate = field(default_factory=HttpDate)
     connections: set[Drainable] = field(default_factory=set)

@@ -32,6 +32,7 @@ from meshpy.errors import (
     UpstreamTimeout,
 )
 from meshpy.model.types import DirectResponseAction, ForwardAction, RedirectAction
+from meshpy.stack.deadlines import PRECISE_BELOW
 from meshpy.stack.forwarding import (
     RequestFacts,
     downstream_response_headers,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from meshpy.transport.upstream_http1 import UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
+_NEVER = float("inf")
 BODY_BUFFER_HIGH = 256 * 1024  # request body held while the upstream connection opens
 _PAUSE_UPSTREAM = 2
 _PAUSE_BODY_BUFFER = 4
@@ -83,6 +85,7 @@ class Exchange:
         "http10",
         "keep_alive",
         "method",
+        "next_check",
         "path",
         "req_done",
         "resp_status",
@@ -116,6 +119,7 @@ class Exchange:
         self._buffered_bytes = 0
         self._local: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.next_check = 0.0  # when the coarse sweep looks at this exchange next (0: not enrolled)
         self._deadline = 0.0
         self._last_activity = 0.0
         self._retried = False
@@ -448,31 +452,41 @@ class Exchange:
         self._complete()
 
     # -- timers ------------------------------------------------------------------------------------
-    def _arm_idle(self) -> None:
-        """One timer per exchange covers both the route timeout (from the end of the request to the
-        end of the response, as Envoy) and the stream idle timeout (reset by body activity)."""
-        loop = self.down.loop
-        now = loop.time()
-        self._last_activity = now
-        when = self._deadline or float("inf")
+    def _idle_limit(self) -> float | None:
         action = self.route.action if self.route is not None else None
         idle = action.idle_timeout if isinstance(action, ForwardAction) else None
         if idle is None:
-            idle = self.cfg.stream_idle_timeout
-        elif idle == 0:
-            idle = None  # switched off for this route
+            return self.cfg.stream_idle_timeout
+        return None if idle == 0 else idle  # 0: switched off for this route
+
+    def _arm_idle(self) -> None:
+        """One check per exchange covers both the route timeout (from the end of the request to the
+        end of the response, as Envoy) and the stream idle timeout (reset by body activity)."""
+        now = self.down.loop.time()
+        self._last_activity = now
+        when = self._deadline or _NEVER
+        idle = self._idle_limit()
         if idle is not None:
             when = min(when, now + idle)
-        if when == float("inf"):
-            return
+        if when != _NEVER:
+            self._schedule(when, now)
+
+    def _schedule(self, when: float, now: float) -> None:
         if self._timer is not None:
             if self._timer.when() <= when:
                 return
             self._timer.cancel()
-        self._timer = loop.call_at(when, self._on_timer)
+            self._timer = None
+        if when - now < PRECISE_BELOW:
+            self.down.slot.deadlines.discard(self)
+            self._timer = self.down.loop.call_at(when, self.on_deadline)
+        elif not self.next_check or when < self.next_check:
+            self.next_check = when
+            self.down.slot.deadlines.add(self)
 
-    def _on_timer(self) -> None:
+    def on_deadline(self) -> None:
         self._timer = None
+        self.next_check = 0.0
         if self.done:
             return
         now = self.down.loop.time()
@@ -480,19 +494,15 @@ class Exchange:
             if self.cluster is not None:
                 self.cluster.stats.rq_timeout += 1
             return self._timeout(UpstreamTimeout(), "UT")
-        action = self.route.action if self.route is not None else None
-        idle = action.idle_timeout if isinstance(action, ForwardAction) else None
-        if idle is None:
-            idle = self.cfg.stream_idle_timeout
-        elif idle == 0:
-            idle = None  # switched off for this route
+        idle = self._idle_limit()
         if idle is not None and now - self._last_activity >= idle:
             err = UpstreamTimeout() if self.req_done else BadRequest("stream idle timeout", 408)
             return self._timeout(err, "SI")
-        nxt = self._last_activity + idle if idle is not None else float("inf")
+        nxt = self._last_activity + idle if idle is not None else _NEVER
         if self._deadline:
             nxt = min(nxt, self._deadline)
-        self._timer = self.down.loop.call_at(nxt, self._on_timer)
+        if nxt != _NEVER:
+            self._schedule(nxt, now)
 
     def _timeout(self, err: ProxyError, flag: str) -> None:
         conn = self.conn
@@ -579,6 +589,8 @@ class Exchange:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.next_check:
+            self.down.slot.deadlines.discard(self)
         conn = self.conn
         if conn is not None:
             # Answered before the upstream exchange ended (413 or 400 while the request body was

@@ -7,17 +7,17 @@ client. Fused into single loops because this runs for every request and a pass p
 
 from __future__ import annotations
 
-import os
+import random
+from collections.abc import Callable
 
 from meshpy.stack.headers import HOP_BY_HOP, strip_hop_by_hop
 
 
-def request_id() -> bytes:
-    """A random (version 4) UUID, built from os.urandom: about 3x cheaper than uuid.uuid4()."""
-    h = bytearray(os.urandom(16).hex().encode())
-    h[12] = 0x34  # '4': version
-    h[16] = b"89ab"[h[16] % 4]  # variant bits 10xx
-    return bytes(h[:8] + b"-" + h[8:12] + b"-" + h[12:16] + b"-" + h[16:20] + b"-" + h[20:])
+def request_id(_bits: Callable[[int], int] = random.getrandbits) -> bytes:
+    """A random version 4 UUID. Request ids need uniqueness, not secrecy, so the Mersenne Twister
+    serves (a getrandom syscall per request costs more than the rest of this function)."""
+    h = b"%032x" % ((_bits(128) & 0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF) | 0x40008000000000000000)
+    return h[:8] + b"-" + h[8:12] + b"-" + h[12:16] + b"-" + h[16:20] + b"-" + h[20:]
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
@@ -109,14 +109,20 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
 
 def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[
         list[tuple[bytes, bytes]], int | None, bool, bool]:
-    """Response headers minus hop-by-hop ones; also (content-length, was-chunked, has-date)."""
-    out = strip_hop_by_hop(headers)
-    chunked = len(out) != len(headers) and any(n == b"transfer-encoding" for n, _ in headers)
+    """Response headers minus hop-by-hop ones; also (content-length, was-chunked, has-date).
+    One pass in the common case; the list is reused when nothing needs stripping (the upstream
+    parser makes a fresh one per response)."""
     length: int | None = None
     has_date = False
-    for name, value in out:
-        if name == b"content-length":
+    hop = False
+    for name, value in headers:
+        if name in HOP_BY_HOP:
+            hop = True
+        elif name == b"content-length":
             length = int(value)
         elif name == b"date":
             has_date = True
-    return out, length, chunked, has_date
+    if not hop:
+        return headers, length, False, has_date
+    chunked = any(n == b"transfer-encoding" for n, _ in headers)
+    return strip_hop_by_hop(headers), length, chunked, has_date

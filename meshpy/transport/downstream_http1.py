@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from meshpy.codec.http1 import check_header_value, format_response
+from meshpy.codec.http1 import format_response
 from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
 
@@ -29,8 +30,8 @@ PAUSE_BODY_BUFFER = 4
 
 class Http1Downstream(asyncio.Protocol):
     __slots__ = (
+        "_hdr_append",
         "_hdr_bytes",
-        "_hdr_count",
         "_head_fresh",
         "_head_raw",
         "_parsing",
@@ -69,7 +70,8 @@ class Http1Downstream(asyncio.Protocol):
         self.fatal: BadRequest | None = None
         self.out: list[bytes] = []
         self._hdr_bytes = 0
-        self._hdr_count = 0
+        empty: list[tuple[bytes, bytes]] = []
+        self._hdr_append: Callable[[tuple[bytes, bytes]], None] = empty.append  # set per request head
         self._head_raw = 0
         self._head_fresh = False
         self.head_started = 0.0
@@ -217,10 +219,10 @@ class Http1Downstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.head_started = self.loop.time()
         self._hdr_bytes = 0
-        self._hdr_count = 0
         self._head_raw = 0
         self._head_fresh = True
-        self._parsing = Exchange(self, self.slot.current)
+        self._parsing = ex = Exchange(self, self.slot.current)
+        self._hdr_append = ex.headers.append
 
     def on_url(self, url: bytes) -> None:
         ex = self._parsing
@@ -229,19 +231,18 @@ class Http1Downstream(asyncio.Protocol):
         self._hdr_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self._parsing
-        assert ex is not None
-        cfg = ex.cfg
-        self._hdr_count += 1
+        # Kept to the bare minimum: llhttp has already refused CR, LF and NUL in values and bad names,
+        # and the count and size limits are checked once the head is complete (a head that never
+        # completes is bounded by _count_head_bytes).
         self._hdr_bytes += len(name) + len(value)
-        if self._hdr_count > cfg.max_headers or self._hdr_bytes > cfg.max_header_bytes:
-            raise BadRequest("request header fields too large", 431)
-        check_header_value(value)
-        ex.headers.append((name.lower(), value))
+        self._hdr_append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         ex = self._parsing
         assert ex is not None
+        cfg = ex.cfg
+        if len(ex.headers) > cfg.max_headers or self._hdr_bytes > cfg.max_header_bytes:
+            raise BadRequest("request header fields too large", 431)
         self.head_started = 0.0
         p = self.parser
         ex.head_complete(p.get_method(), p.get_http_version(), p.should_keep_alive())
