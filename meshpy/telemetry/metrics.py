@@ -74,16 +74,9 @@ class Histogram:
         return sum(self.counts)
 
 
-class ListenerStats:
-    """Downstream stats of one listener (Envoy's `downstream_*`).
-
-    The data path may touch the attributes directly (`stats.cx_active += 1` is the cheapest thing
-    Python can do); the methods are the same thing with a name. `request_started` and `request_done`
-    come in pairs: done closes what started opened (rq_active), and counts the answer by status code.
-    `rq_total` counts requests started, as Envoy's `downstream_rq_total`; the exported
-    `meshpy_downstream_rq_total{response_code=...}` is counted on completion, as Istio's
-    `istio_requests_total`, since the code is only known then.
-    """
+class _RequestStats:
+    """What downstream (listener) and upstream (cluster) stats share: connections, requests by code,
+    and a duration histogram. Subclasses add their own counters."""
 
     __slots__ = ("cx_active", "cx_total", "duration", "name", "rq_active", "rq_by_code", "rq_total")
 
@@ -118,66 +111,44 @@ class ListenerStats:
         hist.sum += seconds
 
 
-class ClusterStats:
+class ListenerStats(_RequestStats):
+    """Downstream stats of one listener (Envoy's `downstream_*`).
+
+    The data path may touch the attributes directly (`stats.cx_active += 1` is the cheapest thing
+    Python can do); the methods are the same thing with a name. `request_started` and `request_done`
+    come in pairs: done closes what started opened (rq_active), and counts the answer by status code.
+    `rq_total` counts requests started, as Envoy's `downstream_rq_total`; the exported
+    `meshpy_downstream_rq_total{response_code=...}` is counted on completion, as Istio's
+    `istio_requests_total`, since the code is only known then.
+    """
+
+    __slots__ = ()
+
+
+class ClusterStats(_RequestStats):
     """Upstream stats of one cluster (Envoy's `upstream_*`). Same conventions as ListenerStats.
 
     `pool_idle` is a gauge the connection pools keep current (+1 when a connection goes back to the
     pool, -1 when it is taken or closed); `cx_active` counts open upstream connections, busy or idle.
     """
 
-    __slots__ = (
-        "cx_active",
-        "cx_connect_fail",
-        "cx_total",
-        "duration",
-        "name",
-        "pool_idle",
-        "rq_active",
-        "rq_by_code",
-        "rq_retry",
-        "rq_timeout",
-        "rq_total",
-    )
+    __slots__ = ("cx_connect_fail", "pool_idle", "rq_retry", "rq_timeout")
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.name = name
-        self.rq_total = 0
-        self.rq_active = 0
+        super().__init__(name, buckets)
         self.rq_timeout = 0
         self.rq_retry = 0
-        self.rq_by_code: defaultdict[int, int] = defaultdict(int)  # C-level += on a hit
-        self.cx_total = 0
-        self.cx_active = 0
         self.cx_connect_fail = 0
         self.pool_idle = 0
-        self.duration = Histogram(buckets)
-
-    def connection_opened(self) -> None:
-        self.cx_total += 1
-        self.cx_active += 1
-
-    def connection_closed(self) -> None:
-        self.cx_active -= 1
 
     def connect_failed(self) -> None:
         self.cx_connect_fail += 1
-
-    def request_started(self) -> None:
-        self.rq_total += 1
-        self.rq_active += 1
 
     def request_timed_out(self) -> None:
         self.rq_timeout += 1
 
     def request_retried(self) -> None:
         self.rq_retry += 1
-
-    def request_done(self, status: int, seconds: float) -> None:
-        self.rq_active -= 1
-        self.rq_by_code[status] += 1
-        hist = self.duration  # Histogram.observe inlined, as in ListenerStats.request_done
-        hist.counts[bisect_left(hist.bounds, seconds)] += 1
-        hist.sum += seconds
 
 
 _AnyStats = ListenerStats | ClusterStats
