@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kit import LOOPS, DemoUpstream, free_port  # noqa: E402
+from kit import LOOPS, DemoUpstream, free_port
 
 
 @pytest.fixture(scope="session")

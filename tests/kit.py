@@ -218,9 +218,8 @@ class RawUpstream:
             threading.Thread(target=self._run, args=(conn,), daemon=True).start()
 
     def _run(self, conn: socket.socket) -> None:
-        with conn:
-            with contextlib.suppress(OSError):
-                self.handler(conn)
+        with conn, contextlib.suppress(OSError):
+            self.handler(conn)
 
 
 def read_request_head(conn: socket.socket) -> bytes:
@@ -321,7 +320,8 @@ def request_bytes(method: str = "GET", path: str = "/", host: str = "example.com
     lines = [f"{method} {path} HTTP/{version}", f"Host: {host}"]
     for n, v in headers or []:
         lines.append(f"{n}: {v}")
-    if body is not None and not any(n.lower() in ("content-length", "transfer-encoding") for n, _ in headers or []):
+    framed = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in headers or [])
+    if body is not None and not framed:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
