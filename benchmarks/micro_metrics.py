@@ -5,6 +5,7 @@
 Each figure is the best of R rounds of N calls, in ns per call, with the cost of an empty loop
 iteration subtracted. The machine is shared and noisy: read the ratios, not the absolute numbers.
 The cases run interleaved (round 1 of every case, then round 2, ...) so drift hits them alike.
+benchmarks/micro/bench_metrics.py measures the per-request and scrape costs under pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -18,15 +19,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from meshpy.telemetry.metrics import LATENCY_BUCKETS, ListenerStats, Metrics
 
 
+def prom_metrics(reg: CollectorRegistry) -> tuple[Counter, Gauge, Histogram]:
+    """The per-request series of ListenerStats, as prometheus_client metric types in `reg`."""
+    rq = Counter("rq", "", ["listener", "response_code", "response_code_class"], registry=reg)
+    active = Gauge("rq_active", "", ["listener"], registry=reg)
+    hist = Histogram("rq_duration_seconds", "", ["listener"], buckets=LATENCY_BUCKETS, registry=reg)
+    return rq, active, hist
+
+
 def cases() -> dict[str, tuple[str, dict[str, object]]]:
     m = Metrics()
     ls = m.listener("ingress")
     cs = m.cluster("backend")
 
     reg = CollectorRegistry()
-    rq = Counter("rq", "", ["listener", "response_code", "response_code_class"], registry=reg)
-    active = Gauge("rq_active", "", ["listener"], registry=reg)
-    hist = Histogram("rq_duration_seconds", "", ["listener"], buckets=LATENCY_BUCKETS, registry=reg)
+    rq, active, hist = prom_metrics(reg)
     rq_child = rq.labels("ingress", "200", "2xx")
     active_child = active.labels("ingress")
     hist_child = hist.labels("ingress")
@@ -79,8 +86,8 @@ def measure(number: int, repeat: int) -> dict[str, float]:
     return {name: max(ns - base, 0.0) for name, ns in best.items()}
 
 
-def scrape_cost(listeners: int, clusters: int, rounds: int = 20) -> tuple[float, float]:
-    """Milliseconds per scrape: Metrics.render() against generate_latest over the same registry."""
+def populated(listeners: int, clusters: int) -> Metrics:
+    """Metrics with `listeners` listeners (3 codes each) and `clusters` clusters (2 codes each)."""
     m = Metrics()
     for i in range(listeners):
         s = m.listener(f"listener-{i}")
@@ -92,6 +99,12 @@ def scrape_cost(listeners: int, clusters: int, rounds: int = 20) -> tuple[float,
         for code in (200, 503):
             c.request_started()
             c.request_done(code, 0.01)
+    return m
+
+
+def scrape_cost(listeners: int, clusters: int, rounds: int = 20) -> tuple[float, float]:
+    """Milliseconds per scrape: Metrics.render() against generate_latest over the same registry."""
+    m = populated(listeners, clusters)
 
     def generic() -> bytes:
         return generate_latest(m.registry)

@@ -3,6 +3,7 @@ plus four small virtual hosts for the other shapes: distinct prefix lengths, met
 a catch-all and a header-matched route).
 
 Run: .venv/bin/python benchmarks/micro_routes.py
+(benchmarks/micro/bench_routes.py runs the same table and cases under pytest-benchmark.)
 
 Prints the best-of-5 time per lookup in ns. The machine is shared and noisy: compare the ratios between
 lines (and against `baseline dict lookup`), not absolute numbers across runs.
@@ -74,18 +75,25 @@ HEADERS = [
     (b"x-canary", b"1"),
 ]
 
-CASES = [
-    ("first route, first vhost", "svc0.example.com", "/svc0/api00/items?id=1"),
+# (label, authority, path, name of the route that must win; None: no route matches).
+CASES: list[tuple[str, str, str, str | None]] = [
+    ("first route, first vhost", "svc0.example.com", "/svc0/api00/items?id=1", "/svc0/api00/"),
     (
         "last route, last vhost (indexed)",
         f"svc{VHOSTS - 1}.example.com",
         f"/svc{VHOSTS - 1}/api19/items?id=1",
+        f"/svc{VHOSTS - 1}/api19/",
     ),
-    ("last route, 20 distinct lengths (regex)", "distinct.example.com", "/r" + "x" * 19 + "/items"),
-    ("last of 20 routes with methods (linear scan)", "linear.example.com", "/m19/items"),
-    ("no route in vhost (indexed)", "svc7.example.com", "/nothing/here"),
-    ("catch-all '/' via '*' domain", "anything.local:8080", "/some/path"),
-    ("header-matched route", "canary.example.com", "/x"),
+    (
+        "last route, 20 distinct lengths (regex)",
+        "distinct.example.com",
+        "/r" + "x" * 19 + "/items",
+        "/r" + "x" * 19 + "/",
+    ),
+    ("last of 20 routes with methods (linear scan)", "linear.example.com", "/m19/items", "m19"),
+    ("no route in vhost (indexed)", "svc7.example.com", "/nothing/here", None),
+    ("catch-all '/' via '*' domain", "anything.local:8080", "/some/path", "/"),
+    ("header-matched route", "canary.example.com", "/x", "canary"),
 ]
 
 
@@ -96,9 +104,9 @@ def main() -> None:
     d = {f"svc{i}.example.com": i for i in range(VHOSTS)}
     baseline = timeit.Timer("d.get(k)", globals={"d": d, "k": "svc7.example.com"})
     rows = [("baseline dict lookup", baseline)]
-    for label, authority, path in CASES:
+    for label, authority, path, expected in CASES:
         route = table.match(authority, path, "GET", HEADERS)
-        assert route is not None or "no route" in label, label
+        assert (route.name if route is not None else None) == expected, label
         timer = timeit.Timer(
             "m(a, p, 'GET', h)", globals={"m": table.match, "a": authority, "p": path, "h": HEADERS}
         )

@@ -5,6 +5,9 @@ upstream write, response parse, response write, metrics, timers) without sockets
 before/after figures of a hot-path change are stable even on a noisy machine.
 
     python benchmarks/micro_stack.py [--requests 200000] [--loop uvloop|asyncio] [--profile]
+
+The pytest-benchmark suite in benchmarks/micro/ reuses `build` (bench_stack.py), with and without an
+access log; this script stays as the quick before/after figure and the profiler entry point.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import asyncio
 import cProfile
 import pstats
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshpy.model.load import load_text
-from meshpy.routing.compile import ListenerSlot, compile_snapshot
+from meshpy.model.types import AccessLog
+from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, compile_snapshot
 from meshpy.stack.deadlines import Deadlines
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import Metrics
 from meshpy.transport.downstream_http1 import Http1Downstream
 from meshpy.transport.upstream_http1 import UpstreamHttp1
-from meshpy.upstream.cluster import ClusterManager
+from meshpy.upstream.cluster import ClusterManager, ClusterRuntime
 
 CONFIG = """
 listeners:
@@ -72,27 +77,58 @@ class FakeTransport:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
 
-def build(loop: asyncio.AbstractEventLoop) -> tuple[Http1Downstream, UpstreamHttp1, FakeTransport]:
-    config = load_text(CONFIG)
+@dataclass(eq=False)
+class Stack:
+    """One downstream connection wired to one pooled upstream connection, both on fake transports."""
+
+    down: Http1Downstream
+    up: UpstreamHttp1
+    down_t: FakeTransport
+    up_t: FakeTransport
+    listener: HttpListenerConfig
+    cluster: ClusterRuntime
+    loggers: list[AccessLogger] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Flush and close the access logs (their files would otherwise leak a ResourceWarning)."""
+        for logger in self.loggers:
+            logger.flush()
+            logger.close()
+
+
+def build(loop: asyncio.AbstractEventLoop, config_text: str = CONFIG) -> Stack:
+    """`config_text` must have a listener `web` routing to a cluster `up` with one host."""
+    config = load_text(config_text)
     metrics = Metrics()
     manager = ClusterManager(metrics, loop)
     clusters = manager.reconcile(config.clusters)
-    snap = compile_snapshot(config, clusters, metrics, lambda a: AccessLogger(a.path, loop), "bench")
-    slot = ListenerSlot(current=snap.listeners["web"], deadlines=Deadlines(loop))
+    loggers: list[AccessLogger] = []
+
+    def make_logger(a: AccessLog) -> AccessLogger:
+        logger = AccessLogger(a.path, loop)
+        loggers.append(logger)  # kept so a caller can flush and close them
+        return logger
+
+    snap = compile_snapshot(config, clusters, metrics, make_logger, "bench")
+    listener = snap.listeners["web"]
+    slot = ListenerSlot(current=listener, deadlines=Deadlines(loop))
     down = Http1Downstream(slot, loop)
     down_t = FakeTransport()
     down.connection_made(down_t)  # type: ignore[arg-type]
-    pool = clusters["up"].hosts[0].pool
+    cluster = clusters["up"]
+    pool = cluster.hosts[0].pool
     up = UpstreamHttp1(pool)
-    up.connection_made(FakeTransport())  # type: ignore[arg-type]
+    up_t = FakeTransport()
+    up.connection_made(up_t)  # type: ignore[arg-type]
     pool.busy += 1
     pool.release(up)  # one idle pooled connection, reused by every request
-    return down, up, down_t
+    return Stack(down, up, down_t, up_t, listener, cluster, loggers)
 
 
 def run(n: int, loop: asyncio.AbstractEventLoop) -> float:
-    down, up, down_t = build(loop)
-    feed_down, feed_up = down.data_received, up.data_received
+    stack = build(loop)
+    down_t = stack.down_t
+    feed_down, feed_up = stack.down.data_received, stack.up.data_received
     t0 = time.perf_counter()
     for _ in range(n):
         feed_down(REQUEST)

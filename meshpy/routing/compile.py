@@ -43,6 +43,8 @@ class HttpListenerConfig:
     __slots__ = (
         "body_limit",
         "clusters",
+        "forwarded_proto",
+        "generate_rid",
         "headers_timeout",
         "idle_timeout",
         "loggers",
@@ -51,12 +53,14 @@ class HttpListenerConfig:
         "model",
         "name",
         "options",
+        "replace_rid",
         "server_name",
         "stats",
         "stream_idle_timeout",
         "table",
         "tcp",
         "timer_interval",
+        "use_remote_address",
     )
 
     def __init__(
@@ -82,6 +86,7 @@ class HttpListenerConfig:
             self.body_limit = None
             self.max_headers = self.max_header_bytes = 0
             self.server_name = None
+            self.generate_rid = self.replace_rid = self.use_remote_address = self.forwarded_proto = False
             return
         self.options = opts
         self.table = RouteTable(opts.route_config)
@@ -92,6 +97,13 @@ class HttpListenerConfig:
         self.stream_idle_timeout = opts.stream_idle_timeout
         self.body_limit = opts.max_request_body_bytes
         self.server_name = opts.server_name.encode() if opts.server_name else None
+        # As in Envoy: a client's x-request-id is replaced only on an edge request (use_remote_address)
+        # with preserve_external_request_id off; behind another proxy it is kept. A missing one is made.
+        self.generate_rid = opts.generate_request_id
+        self.replace_rid = opts.generate_request_id and opts.use_remote_address and \
+            not opts.preserve_external_request_id
+        self.use_remote_address = opts.use_remote_address
+        self.forwarded_proto = opts.forwarded_proto
         # The connection timer ticks at the smaller of the two connection-level limits.
         limits = [t for t in (self.headers_timeout, self.idle_timeout) if t is not None]
         self.timer_interval = min(limits) if limits else None

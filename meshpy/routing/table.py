@@ -92,10 +92,15 @@ class CompiledRoute:
         "_total_weight",
         "_value",
         "action",
+        "forward",
+        "host_rewrite",
+        "idle_timeout",
         "never_matches",
         "request_edits",
         "response_edits",
+        "rewrites",
         "route",
+        "timeout",
         "virtual_host",
     )
 
@@ -110,6 +115,13 @@ class CompiledRoute:
         self.route = route
         self.virtual_host = vhost
         self.action: RouteAction = route.action
+        # Flattened for the request path, which reads them on every forwarded request.
+        fwd = route.action if isinstance(route.action, ForwardAction) else None
+        self.forward = fwd is not None
+        self.timeout = fwd.timeout if fwd is not None else None
+        self.idle_timeout = fwd.idle_timeout if fwd is not None else None
+        self.host_rewrite = fwd.host_rewrite.encode("latin-1") if fwd and fwd.host_rewrite else None
+        self.rewrites = fwd is not None and (fwd.prefix_rewrite is not None or fwd.regex_rewrite is not None)
         vh_model = vhost.virtual_host
         assert vh_model is not None
         self.request_edits: HeaderOps = compile_edits(

@@ -19,6 +19,7 @@ from meshpy.codec.http1 import (
     format_response,
     no_body_status,
     response_head,
+    serialize_headers,
 )
 from meshpy.errors import (
     BadRequest,
@@ -31,7 +32,7 @@ from meshpy.errors import (
     UpstreamReset,
     UpstreamTimeout,
 )
-from meshpy.model.types import DirectResponseAction, ForwardAction, RedirectAction
+from meshpy.model.types import DirectResponseAction, RedirectAction
 from meshpy.stack.deadlines import PRECISE_BELOW
 from meshpy.stack.forwarding import (
     RequestFacts,
@@ -157,6 +158,7 @@ class Exchange:
         target = self.target
         if target[:1] != b"/":
             target = self._absolute_form(target)
+            self.target = target
         if facts.authority is None:
             if not self.http10:
                 raise BadRequest("missing host header")
@@ -191,17 +193,8 @@ class Exchange:
         if route is None:
             return self._error(NoRoute())
         self.route = route
-        action = route.action
-        if isinstance(action, DirectResponseAction):
-            status = action.status
-            # As Envoy: a direct 201 or 3xx points `location` at the request's own URL (RFC 9110 10.2.2).
-            extra = ([(b"location", f"http://{self.authority}{self.path}".encode("latin-1"))]
-                     if status == 201 or 300 <= status < 400 else None)
-            return self._local_reply(status, action.body.encode(), "", route=route, extra=extra)
-        if isinstance(action, RedirectAction):
-            loc = route.redirect_location("http", self.authority, self.path)
-            return self._local_reply(action.response_code, b"", "", route=route,
-                                     extra=[(b"location", loc.encode("latin-1"))])
+        if not route.forward:
+            return self._answer_here(route)
         cluster = cfg.clusters.get(route.pick_cluster())
         if cluster is None:
             return self._error(ClusterNotFound())
@@ -212,39 +205,44 @@ class Exchange:
         self.host = host
         facts = self.facts
         assert facts is not None
-        opts = cfg.options
-        # As in Envoy: a client's x-request-id is replaced only on an edge request (use_remote_address)
-        # with preserve_external_request_id off; behind another proxy it is kept. A missing one is made.
-        new_rid: bytes | None = None
-        replace = opts.use_remote_address and not opts.preserve_external_request_id
-        if opts.generate_request_id and (facts.request_id is None or replace):
-            new_rid = request_id()
-        self.rid = new_rid or facts.request_id
-        fwd = action
-        assert isinstance(fwd, ForwardAction)
+        rid = facts.request_id
+        new_rid = request_id() if (rid is None and cfg.generate_rid) or (rid and cfg.replace_rid) else None
+        self.rid = new_rid or rid
         headers = upstream_request_headers(
-            self.headers, facts, peer=self.down.peer,
-            host=None if fwd.host_rewrite is None else fwd.host_rewrite.encode("latin-1"),
-            use_remote_address=opts.use_remote_address, forwarded_proto=opts.forwarded_proto,
+            self.headers, facts, peer=self.down.peer, host=route.host_rewrite,
+            use_remote_address=cfg.use_remote_address, forwarded_proto=cfg.forwarded_proto,
             request_id=new_rid)
         if route.request_edits:
             route.request_edits.apply(headers)
-        path = route.rewrite_path(self.path)
-        self.up_head_bytes = b"%s %s HTTP/1.1\r\n%s\r\n" % (
-            self.method, path.encode("latin-1"), b"".join([b"%s: %s\r\n" % kv for kv in headers]))
+        target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
+        self.up_head_bytes = b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, target, serialize_headers(headers))
         if facts.expect_continue and not self.http10:
             self.down.out.append(CONTINUE_100)
         host.active_requests += 1
         cstats = cluster.stats
         cstats.rq_total += 1
         cstats.rq_active += 1
-        if not self.req_done and self._has_body():
-            self._arm_idle()
         if self.req_done:
             self._request_timers()
+        elif facts.chunked or facts.content_length:
+            self._arm_idle()  # guards a slow upload until the request ends
         conn = host.pool.checkout(self._on_pool)
         if conn is not None:
             self._attach(conn)
+
+    def _answer_here(self, route: CompiledRoute) -> None:
+        """Direct responses and redirects."""
+        action = route.action
+        if isinstance(action, DirectResponseAction):
+            status = action.status
+            # As Envoy: a direct 201 or 3xx points `location` at the request's own URL (RFC 9110 10.2.2).
+            extra = ([(b"location", f"http://{self.authority}{self.path}".encode("latin-1"))]
+                     if status == 201 or 300 <= status < 400 else None)
+            return self._local_reply(status, action.body.encode(), "", route=route, extra=extra)
+        assert isinstance(action, RedirectAction)
+        loc = route.redirect_location("http", self.authority, self.path)
+        return self._local_reply(action.response_code, b"", "", route=route,
+                                 extra=[(b"location", loc.encode("latin-1"))])
 
     def _has_body(self) -> bool:
         f = self.facts
@@ -290,8 +288,7 @@ class Exchange:
             self._request_timers()
 
     def _request_timers(self) -> None:
-        action = self.route.action if self.route is not None else None
-        timeout = action.timeout if isinstance(action, ForwardAction) else None
+        timeout = self.route.timeout if self.route is not None else None
         if timeout is not None:
             self._deadline = self.down.loop.time() + timeout
         self._arm_idle()
@@ -453,8 +450,7 @@ class Exchange:
 
     # -- timers ------------------------------------------------------------------------------------
     def _idle_limit(self) -> float | None:
-        action = self.route.action if self.route is not None else None
-        idle = action.idle_timeout if isinstance(action, ForwardAction) else None
+        idle = self.route.idle_timeout if self.route is not None else None
         if idle is None:
             return self.cfg.stream_idle_timeout
         return None if idle == 0 else idle  # 0: switched off for this route

@@ -17,7 +17,7 @@ def request_id(_bits: Callable[[int], int] = random.getrandbits) -> bytes:
     """A random version 4 UUID. Request ids need uniqueness, not secrecy, so the Mersenne Twister
     serves (a getrandom syscall per request costs more than the rest of this function)."""
     h = b"%032x" % ((_bits(128) & 0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF) | 0x40008000000000000000)
-    return h[:8] + b"-" + h[8:12] + b"-" + h[12:16] + b"-" + h[16:20] + b"-" + h[20:]
+    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
