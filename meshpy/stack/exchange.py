@@ -41,6 +41,7 @@ from meshpy.stack.forwarding import (
     scan_request,
     upstream_request_headers,
 )
+from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
     import asyncio
@@ -335,7 +336,7 @@ class Exchange:
         if self.req_done and self.facts is not None and self.facts.chunked:
             out.append(LAST_CHUNK)
         assert conn.transport is not None
-        conn.transport.writelines(out)
+        send(conn.transport, out)
 
     def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                 keep_alive: bool) -> None:

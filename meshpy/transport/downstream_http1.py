@@ -18,6 +18,7 @@ import httptools
 from meshpy.codec.http1 import format_response
 from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
+from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
     from meshpy.routing.compile import ListenerSlot
@@ -181,7 +182,7 @@ class Http1Downstream(asyncio.Protocol):
     def flush(self) -> None:
         out = self.out
         if out and self.transport is not None:
-            self.transport.writelines(out)
+            send(self.transport, out)
             self.out = []
 
     def close(self) -> None:

@@ -1,0 +1,61 @@
+"""The whole benchmark suite in its smoke mode: real processes, real wrk, every scenario for 1 s.
+
+This is the check that `make bench` still works end to end (configs generated, contenders started and
+stopped, tools parsed, results written, report rendered); the figures themselves are not judged here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (Debian package wrk)")
+
+
+def test_smoke_run_writes_results_and_report(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=110, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [path] = tmp_path.glob("*-smoke.json")
+    results = json.loads(path.read_text())
+
+    assert results["schema"] == 1 and results["mode"] == "smoke"
+    assert [c["name"] for c in results["contenders"]] == ["direct", "meshpy-uvloop"]
+    names = [s["name"] for s in results["scenarios"]]
+    assert names == ["http1-100B-c50", "http1-64KiB-c50", "http1-100B-c1", "http1-100B-open1000", "tcp-1MiB"]
+    assert results["origin"]["capacity"]["http1-100B-c50"]["rps"] > 0
+
+    runs = {(r["contender"], r["scenario"]): r for r in results["runs"]}
+    assert len(runs) == 2 * len(names)
+    for (contender, scenario), run in runs.items():
+        assert run["ok"], (contender, scenario, run.get("error"))
+        assert run["rps"] > 0 and run["requests"] > 0
+        if contender == "meshpy-uvloop":
+            # The proxy's own CPU and memory come from /proc; direct has no process of its own.
+            assert run["cpu_s"] > 0 and run["cpu_us_per_req"] > 0 and run["rss_load_kb"] > 10_000
+        else:
+            assert "cpu_s" not in run
+    latency = runs[("meshpy-uvloop", "http1-100B-c1")]
+    assert 0 < latency["p50_us"] <= latency["p99_us"]
+    openloop = runs[("meshpy-uvloop", "http1-100B-open1000")]
+    assert openloop["p50_us"] <= openloop["p99_us"] <= openloop["p999_us"]
+    assert sum(n for _, n in openloop["raw"]["latencies_us"]) == openloop["requests"]
+    tcp = runs[("meshpy-uvloop", "tcp-1MiB")]
+    assert tcp["raw"]["bytes"] == tcp["requests"] * (1 << 20)
+
+    [startup] = results["startup"]
+    assert startup["contender"] == "meshpy-uvloop" and startup["ready_ms"] > 0 and startup["rss_idle_kb"] > 0
+
+    report = path.with_suffix(".md").read_text()
+    assert "meshpy, uvloop" in report
+    # Envoy is not in a smoke run, so the targets that compare with it cannot be claimed.
+    assert "not measured" in report
