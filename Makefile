@@ -75,6 +75,7 @@ bench-deps: $(STAMP)
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
 	if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	        echo "bench: installing Debian packages:$$missing"; \

