@@ -38,7 +38,6 @@ from meshpy.stack.forwarding import (
     RequestFacts,
     downstream_response_headers,
     request_id,
-    scan_request,
     upstream_request_headers,
 )
 from meshpy.transport.writes import send
@@ -108,7 +107,8 @@ class Exchange:
         self.method = b""
         self.http10 = False
         self.keep_alive = True
-        self.facts: RequestFacts | None = None
+        # Filled by the downstream parser's header callback (RequestFacts.note), header by header.
+        self.facts: RequestFacts | None = RequestFacts()
         self.authority = ""
         self.path = ""
         self.rid: bytes | None = None
@@ -150,8 +150,8 @@ class Exchange:
         stats = self.cfg.stats
         stats.rq_total += 1
         stats.rq_active += 1
-        facts = scan_request(self.headers)
-        self.facts = facts
+        facts = self.facts
+        assert facts is not None
         if facts.chunked:
             for name, value in self.headers:
                 if name == b"transfer-encoding":

@@ -7,25 +7,42 @@ client. Fused into single loops because this runs for every request and a pass p
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Callable
 
 from meshpy.stack.headers import HOP_BY_HOP, strip_hop_by_hop
 
 
-def request_id(_bits: Callable[[int], int] = random.getrandbits) -> bytes:
-    """A random version 4 UUID. Request ids need uniqueness, not secrecy, so the Mersenne Twister
-    serves (a getrandom syscall per request costs more than the rest of this function)."""
-    h = b"%032x" % ((_bits(128) & 0xFFFFFFFFFFFF0FFF3FFFFFFFFFFFFFFF) | 0x40008000000000000000)
-    return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+def _rid_prefix() -> bytes:
+    b = random.getrandbits(64)
+    return b"%08x-%04x-4%03x-%x%03x-" % (b >> 32, (b >> 16) & 0xFFFF, (b >> 4) & 0xFFF,
+                                         8 | (b & 3), (b >> 2) & 0xFFF)
+
+
+_RID_PREFIX = _rid_prefix()
+_rid_counter = itertools.count(random.getrandbits(40))
+
+
+def request_id() -> bytes:
+    """A request id in UUID form (version 4 and variant bits set): 62 random bits fixed per process,
+    then a 48-bit counter from a random start. Ids need uniqueness, not secrecy or unpredictability;
+    a full random UUID per request cost ~0.7 µs against ~0.15 µs for this, on a path where every
+    microsecond shows in the benchmarks."""
+    return b"%s%012x" % (_RID_PREFIX, next(_rid_counter) & 0xFFFFFFFFFFFF)
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
+# The request headers the proxy itself reads. The downstream parser's header callback notes them as
+# they arrive, so a common header (user-agent, accept...) costs one set lookup and no later pass.
+SCANNED = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding", b"expect",
+                     b"x-request-id", b"x-forwarded-for"})
+
+
 class RequestFacts:
-    """What the single scan of the request headers found."""
+    """What the request headers say that the proxy needs to know; `note` takes one header of SCANNED."""
 
     __slots__ = ("authority", "chunked", "connection", "content_length", "expect_continue", "request_id",
                  "xff_index")
@@ -39,27 +56,30 @@ class RequestFacts:
         self.request_id: bytes | None = None
         self.xff_index = -1
 
+    def note(self, name: bytes, value: bytes, index: int) -> None:
+        """`index`: the header's position in the request's header list."""
+        if name == b"host":
+            self.authority = value
+        elif name == b"content-length":
+            self.content_length = int(value)
+        elif name == b"connection":
+            self.connection = value if self.connection is None else self.connection + b"," + value
+        elif name == b"transfer-encoding":
+            self.chunked = True
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                self.expect_continue = True
+        elif name == b"x-request-id":
+            self.request_id = value
+        elif name == b"x-forwarded-for":
+            self.xff_index = index
+
 
 def scan_request(headers: list[tuple[bytes, bytes]]) -> RequestFacts:
     f = RequestFacts()
     for i, (name, value) in enumerate(headers):
-        c = name[0] if name else 0
-        if c == 0x68 and name == b"host":  # 'h'
-            f.authority = value
-        elif c == 0x63:  # 'c'
-            if name == b"content-length":
-                f.content_length = int(value)
-            elif name == b"connection":
-                f.connection = value if f.connection is None else f.connection + b"," + value
-        elif c == 0x74 and name == b"transfer-encoding":  # 't'
-            f.chunked = True
-        elif c == 0x65 and name == b"expect" and value.lower() == b"100-continue":  # 'e'
-            f.expect_continue = True
-        elif c == 0x78:  # 'x'
-            if name == b"x-request-id":
-                f.request_id = value
-            elif name == b"x-forwarded-for":
-                f.xff_index = i
+        if name in SCANNED:
+            f.note(name, value, i)
     return f
 
 

@@ -18,6 +18,7 @@ import httptools
 from meshpy.codec.http1 import format_response
 from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
+from meshpy.stack.forwarding import SCANNED
 from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
@@ -236,7 +237,12 @@ class Http1Downstream(asyncio.Protocol):
         # and the count and size limits are checked once the head is complete (a head that never
         # completes is bounded by _count_head_bytes).
         self._hdr_bytes += len(name) + len(value)
-        self._hdr_append((name.lower(), value))
+        name = name.lower()
+        if name in SCANNED:
+            ex = self._parsing
+            assert ex is not None and ex.facts is not None
+            ex.facts.note(name, value, len(ex.headers))
+        self._hdr_append((name, value))
 
     def on_headers_complete(self) -> None:
         ex = self._parsing
