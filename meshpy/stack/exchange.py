@@ -336,10 +336,12 @@ class Exchange:
         if self.req_done and self.facts is not None and self.facts.chunked:
             out.append(LAST_CHUNK)
         assert conn.transport is not None
-        send(conn.transport, out)
+        if len(out) == 1:
+            conn.transport.write(out[0])  # the common case (no body) without a call to send()
+        else:
+            send(conn.transport, out)
 
-    def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                keep_alive: bool) -> None:
+    def up_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         down = self.down
         if status < 200:
             if status != 100 and not self.http10:  # 100 was answered by the proxy itself

@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 class UpstreamSink(Protocol):
     """What an exchange offers its upstream connection."""
 
-    def up_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                keep_alive: bool) -> None: ...
+    def up_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
     def up_body(self, data: bytes) -> None: ...
     def up_end(self, keep_alive: bool) -> None: ...
     def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
@@ -33,7 +32,6 @@ class UpstreamSink(Protocol):
 class UpstreamHttp1(asyncio.Protocol):
     __slots__ = (
         "_headers",
-        "_reason",
         "closed",
         "exchange",
         "head_request",
@@ -56,7 +54,6 @@ class UpstreamHttp1(asyncio.Protocol):
         self.reading_paused = False
         self.used = False  # has carried an exchange before: a failure on it may be a stale keep-alive
         self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,22 +133,21 @@ class UpstreamHttp1(asyncio.Protocol):
             self.transport.close()
 
     # -- httptools callbacks ---------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-
-    def on_status(self, status: bytes) -> None:
-        self._reason = status
-
+    # No on_message_begin or on_status: httptools skips callbacks a protocol does not define, and
+    # each one costs a Python call per response. The header list is renewed when it is handed over,
+    # and the reason phrase is not kept (the client gets the standard one, as from Envoy).
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        headers = self._headers
+        self._headers = []
         ex = self.exchange
         if ex is None:
             return
         status = self.parser.get_status_code()
         keep_alive = self.parser.should_keep_alive()
-        ex.up_head(status, self._reason, self._headers, keep_alive)
+        ex.up_head(status, headers, keep_alive)
         if self.head_request and status >= 200:
             # llhttp cannot be told that the request was HEAD, so it would wait for a body the
             # upstream never sends. End the exchange here and start a fresh parser for the next one.
