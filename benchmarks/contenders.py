@@ -175,9 +175,11 @@ def nginx_proxy_conf(prefix: Path, port: int, origin_port: int, tcp: tuple[int, 
     main, temps = _nginx_common(prefix, build)
     if tcp is not None and tcp[2]:
         main = f"load_module {tcp[2]};\n{main}"
+    # The stream module's 16k default buffer means 64 reads and writes per MiB, while meshpy (uvloop)
+    # reads up to 256 KiB at a time: nginx gets the same, or the TCP figures would compare buffer sizes.
     stream = "" if tcp is None else f"""
 stream {{
-    server {{ listen 127.0.0.1:{tcp[0]}; proxy_pass 127.0.0.1:{tcp[1]}; }}
+    server {{ listen 127.0.0.1:{tcp[0]}; proxy_pass 127.0.0.1:{tcp[1]}; proxy_buffer_size 256k; }}
 }}
 """
     # Buffers big enough for a 64 KiB answer, and no temp file: Envoy and meshpy stream from memory.

@@ -262,6 +262,10 @@ def _line(out: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def mode_full(args: argparse.Namespace) -> bool:
+    return not (args.smoke or args.quick or args.only) and args.out is None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group()
@@ -277,14 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-missing", action="store_true", help="leave out contenders whose tool is missing")
     ap.add_argument("--out", help=f"directory for the results (default {RESULTS.relative_to(ROOT)})")
     ap.add_argument("--no-report", action="store_true", help="write the JSON only")
-    ap.add_argument("--readme", action="store_true", help="put the tables and chart into README.md too")
+    ap.add_argument("--readme", action="store_true",
+                    help="put the tables and chart into README.md too (full runs only)")
     args = ap.parse_args(argv)
     path = run(args)
     if not args.no_report:
         import report  # imported late: matplotlib is only needed for the chart
 
-        md, png = report.write_report(path, latest=args.out is None and not args.smoke,
-                                      readme=ROOT / "README.md" if args.readme else None)
+        # Only a full run may stand as `latest` (and in the README): quick and smoke runs are partial.
+        md, png = report.write_report(path, latest=mode_full(args),
+                                      readme=ROOT / "README.md" if args.readme and mode_full(args) else None)
         print(md.read_text())
         print(f"benchmarks: report in {md}" + (f", chart in {png}" if png else ""))
     return 0
