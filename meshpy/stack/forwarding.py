@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from meshpy.stack.headers import HOP_BY_HOP, strip_hop_by_hop
+from meshpy.stack.headers import HOP_BY_HOP
 
 
 def _rid_prefix() -> bytes:
@@ -130,19 +130,30 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
 def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[
         list[tuple[bytes, bytes]], int | None, bool, bool]:
     """Response headers minus hop-by-hop ones; also (content-length, was-chunked, has-date).
-    One pass in the common case; the list is reused when nothing needs stripping (the upstream
-    parser makes a fresh one per response)."""
+
+    One pass that builds the new list. `Connection: keep-alive` or `close` (nginx and most servers
+    send one on every response) names no other header, so only another value costs a second pass."""
     length: int | None = None
-    has_date = False
-    hop = False
-    for name, value in headers:
+    has_date = chunked = False
+    nominated: bytes | None = None
+    out: list[tuple[bytes, bytes]] = []
+    append = out.append
+    for h in headers:
+        name = h[0]
         if name in HOP_BY_HOP:
-            hop = True
-        elif name == b"content-length":
-            length = int(value)
+            if name == b"connection":
+                value = h[1].lower()
+                if value != b"keep-alive" and value != b"close":
+                    nominated = value if nominated is None else nominated + b"," + value
+            elif name == b"transfer-encoding":
+                chunked = True
+            continue
+        if name == b"content-length":
+            length = int(h[1])
         elif name == b"date":
             has_date = True
-    if not hop:
-        return headers, length, False, has_date
-    chunked = any(n == b"transfer-encoding" for n, _ in headers)
-    return strip_hop_by_hop(headers), length, chunked, has_date
+        append(h)
+    if nominated is not None:
+        drop = connection_tokens(nominated)
+        out = [h for h in out if h[0] not in drop]
+    return out, length, chunked, has_date
