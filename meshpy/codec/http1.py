@@ -18,6 +18,16 @@ _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINE_11: dict[int, bytes] = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()
 }
+# The same without CRLF; other codes (an upstream may send any of 100-999) are added on first use.
+_STATUS_TEXT: dict[int, bytes] = {code: line[:-2] for code, line in _STATUS_LINE_11.items()}
+
+
+def status_text(status: int) -> bytes:
+    """The status line without its CRLF: `HTTP/1.1 200 OK`."""
+    text = _STATUS_TEXT.get(status)
+    if text is None:
+        text = _STATUS_TEXT[status] = status_line(status)[:-2]
+    return text
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:

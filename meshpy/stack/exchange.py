@@ -20,7 +20,9 @@ from meshpy.codec.http1 import (
     no_body_status,
     response_head,
     serialize_headers,
+    status_text,
 )
+from meshpy.codec.raw_head import parse_fields, passthrough
 from meshpy.errors import (
     BadRequest,
     ClusterNotFound,
@@ -341,13 +343,34 @@ class Exchange:
         else:
             send(conn.transport, out)
 
-    def up_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+    def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
+        """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""
         down = self.down
         if status < 200:
             if status != 100 and not self.http10:  # 100 was answered by the proxy itself
-                down.out.append(response_head(status, downstream_response_headers(headers)[0]))
+                headers = downstream_response_headers(parse_fields(fields))[0]
+                down.out.append(response_head(status, headers))
             return
         self.resp_status = status
+        route = self.route
+        if self.cfg.server_name is None and (route is None or not route.response_edits) and \
+                not self.http10 and not (self.keep_alive and down.slot.draining):
+            fast = passthrough(fields)
+            if fast is not None:
+                block, has_date = fast
+                # The block ends with the blank line: extra headers go in before its last CRLF.
+                if not has_date:
+                    block = block[:-2] + b"date: " + down.slot.date.now() + b"\r\n\r\n"
+                if not self.keep_alive:
+                    block = block[:-2] + b"connection: close\r\n\r\n"
+                down.out.append(status_text(status) + block)
+                self.started = True
+                return
+        self._head_from_list(status, parse_fields(fields))
+
+    def _head_from_list(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The general path: header edits, a server name, new framing, HTTP/1.0 clients, draining."""
+        down = self.down
         out_headers, length, chunked, has_date = downstream_response_headers(headers)
         if not has_date:
             out_headers.append((b"date", down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1

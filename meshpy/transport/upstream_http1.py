@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
+from meshpy.codec.raw_head import MAX_HEAD, split_head
 from meshpy.errors import UpstreamProtocolError
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 class UpstreamSink(Protocol):
     """What an exchange offers its upstream connection."""
 
-    def up_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
+    def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
     def up_body(self, data: bytes) -> None: ...
     def up_end(self, keep_alive: bool) -> None: ...
     def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
@@ -31,7 +32,8 @@ class UpstreamSink(Protocol):
 
 class UpstreamHttp1(asyncio.Protocol):
     __slots__ = (
-        "_headers",
+        "_head_buf",
+        "_in_head",
         "closed",
         "exchange",
         "head_request",
@@ -53,7 +55,10 @@ class UpstreamHttp1(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.used = False  # has carried an exchange before: a failure on it may be a stale keep-alive
-        self._headers: list[tuple[bytes, bytes]] = []
+        # The bytes of the response head being received (see meshpy.codec.raw_head); _in_head is
+        # false from the end of a final head to the end of its response.
+        self._head_buf = b""
+        self._in_head = True
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,16 +83,24 @@ class UpstreamHttp1(asyncio.Protocol):
             # Bytes on an idle connection: the upstream is confused; never reuse it.
             self.close()
             return
+        if self._in_head:
+            buf = self._head_buf + data if self._head_buf else data
+            if len(buf) > MAX_HEAD and split_head(buf) is None:
+                return self._protocol_error("response head too large")
+            self._head_buf = buf
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
-            cur = self.exchange
-            self.exchange = None
-            self.close()
-            if cur is not None:
-                cur.up_failed(UpstreamProtocolError(str(err)), True)
+            self._protocol_error(str(err))
         # Everything this read produced for the client goes out in one write.
         ex.flush()
+
+    def _protocol_error(self, reason: str) -> None:
+        cur = self.exchange
+        self.exchange = None
+        self.close()
+        if cur is not None:
+            cur.up_failed(UpstreamProtocolError(reason), True)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost ends a close-delimited response
@@ -133,25 +146,30 @@ class UpstreamHttp1(asyncio.Protocol):
             self.transport.close()
 
     # -- httptools callbacks ---------------------------------------------------------------------
-    # No on_message_begin or on_status: httptools skips callbacks a protocol does not define, and
-    # each one costs a Python call per response. The header list is renewed when it is handed over,
-    # and the reason phrase is not kept (the client gets the standard one, as from Envoy).
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-
+    # No on_message_begin, on_status or on_header: httptools skips callbacks a protocol does not
+    # define, and each costs a Python call. The head is taken whole from the bytes instead.
     def on_headers_complete(self) -> None:
-        headers = self._headers
-        self._headers = []
+        split = split_head(self._head_buf)
+        if split is None:
+            raise UpstreamProtocolError("response head without an end")  # llhttp saw one: never
+        fields, rest = split
+        if len(fields) > MAX_HEAD:
+            raise UpstreamProtocolError("response head too large")
+        status = self.parser.get_status_code()
+        if status >= 200:
+            self._in_head = False
+            rest = b""
+        self._head_buf = rest  # after an interim (1xx) head, the start of the next head
         ex = self.exchange
         if ex is None:
             return
-        status = self.parser.get_status_code()
         keep_alive = self.parser.should_keep_alive()
-        ex.up_head(status, headers, keep_alive)
+        ex.up_head(status, fields, keep_alive)
         if self.head_request and status >= 200:
             # llhttp cannot be told that the request was HEAD, so it would wait for a body the
             # upstream never sends. End the exchange here and start a fresh parser for the next one.
             self.parser = httptools.HttpResponseParser(self)
+            self._in_head = True
             if self.exchange is ex:
                 self.exchange = None
                 ex.up_end(keep_alive)
@@ -162,10 +180,11 @@ class UpstreamHttp1(asyncio.Protocol):
             ex.up_body(body)
 
     def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return  # an interim (1xx) response: the final one follows on the same connection
+        self._in_head = True
         ex = self.exchange
         if ex is None:
             return
-        if self.parser.get_status_code() < 200:
-            return  # an interim (1xx) response: the final one follows on the same connection
         self.exchange = None
         ex.up_end(self.parser.should_keep_alive())
