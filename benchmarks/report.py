@@ -174,7 +174,7 @@ def targets(results: Results) -> list[dict[str, Any]]:
         out.append(_target("T1", description, None, f"not measured (needs {SUBJECT} and {ENVOY} on {MAIN})"))
     else:
         ratio = me_rps / envoy_rps
-        measured = f"{_n(me_rps)} vs {_n(envoy_rps)} req/s = {ratio:.2f}{TIMES}"
+        measured = f"{_n(me_rps)} vs {_n(envoy_rps)} req/s = {ratio:.3f}{TIMES}"
         out.append(_target("T1", description, ratio >= 1.3, measured))
     description = f"{SUBJECT} CPU per request on {MAIN} ≤ 30 µs"
     if cpu is None:

@@ -218,7 +218,9 @@ class Exchange:
         if route.request_edits:
             route.request_edits.apply(headers)
         target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
-        self.up_head_bytes = b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, target, serialize_headers(headers))
+        # join: about half the cost of bytes %-formatting for these pieces
+        self.up_head_bytes = b"".join(
+            (self.method, b" ", target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
         if facts.expect_continue and not self.http10:
             self.down.out.append(CONTINUE_100)
         host.active_requests += 1
