@@ -381,8 +381,10 @@ def git_commit() -> tuple[str, bool]:
     try:
         short = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10, check=True).stdout.strip() != ""
+        # Results and the README's copy of them change with every run: they do not make the code dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results",
+                                ":!README.md"], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
         return "nogit", False
     return short, dirty
