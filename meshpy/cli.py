@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check config files; print every error as `path: reason`")
     val.add_argument("files", nargs="+")
 
+    ctl = sub.add_parser("control", help="the control plane: serve xDS (ADS) from a source of resources")
+    ctl.add_argument("--listen", default="127.0.0.1:18000", help="address of the gRPC ADS server")
+    ctl.add_argument("--envoy-dir", required=True,
+                     help="directory of Envoy-native resources (Listener, RouteConfiguration, Cluster, "
+                          "ClusterLoadAssignment) in YAML, each with its @type")
+    ctl.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to put meshpy in front of")
     demo.add_argument("--listen", default="127.0.0.1:18080", help="address to listen on")
     demo.add_argument("--name", default="demo", help="name reported in responses")
@@ -97,6 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from meshpy.runner import serve
 
         return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time))
+    if args.command == "control":
+        from pathlib import Path
+
+        from control.server import serve as serve_control
+
+        # grpc.aio runs on the standard loop; the control plane is not on the data path.
+        return int(asyncio.run(serve_control(args.listen, Path(args.envoy_dir))))
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 

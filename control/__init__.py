@@ -1,0 +1,1 @@
+"""meshpy control plane: declared intent in, Envoy xDS v3 (ADS) out."""

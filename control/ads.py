@@ -1,0 +1,154 @@
+"""Envoy's AggregatedDiscoveryService, state of the world, over grpc.aio.
+
+One stream per client carries all four resource types. The server answers a request when it is the
+first of its type, when the subscribed names change, when a client asks again with a nonce it has
+already ACKed (Envoy does so when a modified cluster needs its endpoints again), and pushes whenever the
+node's snapshot changes. A request whose nonce is not the latest sent for its type is stale and ignored;
+a NACK (error_detail set) is logged and counted, and the same version is not sent again: the client keeps
+its last good config until the snapshot changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
+from google.protobuf import any_pb2
+
+from control.cache import PUSH_ORDER, WILDCARD_TYPES, Snapshot, SnapshotCache
+
+log = logging.getLogger("meshpy.control")
+
+
+@dataclass
+class NodeStatus:
+    """What /nodes shows for one connected stream."""
+
+    node_id: str
+    cluster: str
+    connected_at: float
+    acked: dict[str, str] = field(default_factory=dict)  # type URL -> version
+    last_nack: str | None = None
+
+
+@dataclass
+class Counters:
+    pushes: int = 0
+    acks: int = 0
+    nacks: int = 0
+    push_to_ack_seconds: list[float] = field(default_factory=list)  # the latest ones, for /metrics
+
+
+class _TypeState:
+    __slots__ = ("acked_nonce", "answer", "names", "nonce", "sent_at", "sent_version")
+
+    def __init__(self) -> None:
+        self.names: frozenset[str] = frozenset()
+        self.nonce = ""
+        self.sent_version: str | None = None
+        self.sent_at = 0.0
+        self.acked_nonce = ""
+        self.answer = True  # the first request of a type is always answered
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, cache: SnapshotCache) -> None:
+        self.cache = cache
+        self.nodes: dict[int, NodeStatus] = {}
+        self.counters = Counters()
+        self._nonce = 0
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[Request], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        wake = asyncio.Event()
+        types: dict[str, _TypeState] = {}
+        key = id(wake)
+        self.cache.watch(wake)
+        reader = asyncio.create_task(self._read(request_iterator, types, wake, key))
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if reader.done():
+                    return  # the client closed its side, or sent garbage
+                status = self.nodes.get(key)
+                snap = self.cache.get(status.node_id) if status is not None else None
+                if snap is None:
+                    continue
+                for type_url in PUSH_ORDER:
+                    ts = types.get(type_url)
+                    if ts is not None and (ts.answer or ts.sent_version != snap.version):
+                        yield self._response(snap, type_url, ts)
+        finally:
+            reader.cancel()
+            self.cache.unwatch(wake)
+            status = self.nodes.pop(key, None)
+            if status is not None:
+                log.info("node %s disconnected", status.node_id)
+
+    def _response(self, snap: Snapshot, type_url: str, ts: _TypeState) -> discovery_pb2.DiscoveryResponse:
+        resources = snap.of(type_url)
+        if ts.names or type_url not in WILDCARD_TYPES:
+            chosen = [resources[n] for n in sorted(ts.names) if n in resources]
+        else:
+            chosen = [resources[n] for n in sorted(resources)]  # wildcard: an omitted one is deleted
+        self._nonce += 1
+        ts.nonce = str(self._nonce)
+        ts.sent_version = snap.version
+        ts.sent_at = time.monotonic()
+        ts.answer = False
+        self.counters.pushes += 1
+        packed = []
+        for msg in chosen:
+            a = any_pb2.Any()
+            a.Pack(msg, deterministic=True)
+            packed.append(a)
+        return discovery_pb2.DiscoveryResponse(version_info=snap.version, resources=packed, type_url=type_url,
+                                               nonce=ts.nonce)
+
+    async def _read(self, requests: AsyncIterator[Request], types: dict[str, _TypeState],
+                    wake: asyncio.Event, key: int) -> None:
+        try:
+            async for req in requests:
+                self._on_request(req, types, key)
+                wake.set()
+        finally:
+            wake.set()  # lets the writer see that the stream is over
+
+    def _on_request(self, req: Request, types: dict[str, _TypeState], key: int) -> None:
+        status = self.nodes.get(key)
+        if status is None:
+            status = self.nodes[key] = NodeStatus(req.node.id, req.node.cluster, time.time())
+            log.info("node %s (cluster %s) connected", req.node.id or "?", req.node.cluster or "?")
+        ts = types.get(req.type_url)
+        if ts is None:
+            ts = types[req.type_url] = _TypeState()
+        names = frozenset(req.resource_names)
+        if req.response_nonce and req.response_nonce != ts.nonce:
+            return  # stale: answers a response that a newer one replaced
+        if req.HasField("error_detail"):
+            self.counters.nacks += 1
+            status.last_nack = f"{req.type_url} version {ts.sent_version}: {req.error_detail.message}"
+            log.warning("node %s rejected %s version %s: %s", status.node_id, req.type_url, ts.sent_version,
+                        req.error_detail.message)
+            ts.acked_nonce = req.response_nonce
+        elif req.response_nonce:
+            if ts.acked_nonce == req.response_nonce:
+                ts.answer = True  # asked again at an ACKed nonce: it needs the resources once more
+            else:
+                ts.acked_nonce = req.response_nonce
+                self.counters.acks += 1
+                status.acked[req.type_url] = req.version_info
+                took = self.counters.push_to_ack_seconds
+                took.append(time.monotonic() - ts.sent_at)
+                del took[:-1000]
+        if names != ts.names:
+            ts.names = names
+            ts.answer = True  # a changed subscription is answered even at the same version

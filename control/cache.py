@@ -1,0 +1,138 @@
+"""Versioned, consistency-checked snapshots of xDS resources, per node, and the wake-ups that push them.
+
+A snapshot is one complete set of Listeners, RouteConfigurations, Clusters and ClusterLoadAssignments.
+It is checked before it is published (every route's cluster exists, every EDS cluster has its
+assignment, every listener's RDS name has its route configuration), so a client never receives a
+half-wired set. Its version is a content hash: the same resources always get the same version, also
+across control-plane restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf.message import Message
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+# A client must know a cluster before its endpoints, and both before the routes that use them.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Types whose empty subscription means "everything" (state of the world).
+WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
+
+Resources = Mapping[str, Mapping[str, Message]]  # type URL -> resource name -> message
+
+
+class InconsistentSnapshot(ValueError):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    resources: Resources
+
+    def of(self, type_url: str) -> Mapping[str, Message]:
+        return self.resources.get(type_url, {})
+
+
+def make_snapshot(resources: Resources) -> Snapshot:
+    digest = hashlib.sha256()
+    for type_url in PUSH_ORDER:
+        for name, msg in sorted(resources.get(type_url, {}).items()):
+            digest.update(type_url.encode() + b"\0" + name.encode() + b"\0")
+            digest.update(msg.SerializeToString(deterministic=True))
+    full = {t: dict(resources.get(t, {})) for t in PUSH_ORDER}
+    return Snapshot(digest.hexdigest()[:16], full)
+
+
+def _route_clusters(rc: route_pb2.RouteConfiguration) -> Iterable[tuple[str, str]]:
+    for vh in rc.virtual_hosts:
+        for i, route in enumerate(vh.routes):
+            where = f"RouteConfiguration '{rc.name}' virtual host '{vh.name}' route {i}"
+            if not route.HasField("route"):
+                continue
+            action = route.route
+            if action.cluster:
+                yield where, action.cluster
+            for wc in action.weighted_clusters.clusters:
+                yield where, wc.name
+
+
+def _listener_rds(lis: listener_pb2.Listener) -> Iterable[str]:
+    chains = list(lis.filter_chains)
+    if lis.HasField("default_filter_chain"):
+        chains.append(lis.default_filter_chain)
+    configs = [f.typed_config for chain in chains for f in chain.filters]
+    if lis.HasField("api_listener"):
+        configs.append(lis.api_listener.api_listener)
+    for any_msg in configs:
+        if any_msg.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+            hcm = hcm_pb2.HttpConnectionManager()
+            any_msg.Unpack(hcm)
+            if hcm.HasField("rds"):
+                yield hcm.rds.route_config_name
+
+
+def check(snap: Snapshot) -> list[str]:
+    """Why `snap` cannot be published; empty when it can."""
+    errors: list[str] = []
+    clusters = snap.of(CLUSTER)
+    for rc in snap.of(ROUTE).values():
+        assert isinstance(rc, route_pb2.RouteConfiguration)
+        for where, name in _route_clusters(rc):
+            if name not in clusters:
+                errors.append(f"{where}: cluster '{name}' does not exist")
+    for name, c in clusters.items():
+        assert isinstance(c, cluster_pb2.Cluster)
+        if c.type == cluster_pb2.Cluster.EDS:
+            wanted = c.eds_cluster_config.service_name or name
+            if wanted not in snap.of(ENDPOINT):
+                errors.append(f"Cluster '{name}': no ClusterLoadAssignment '{wanted}' for its endpoints")
+    for name, lis in snap.of(LISTENER).items():
+        assert isinstance(lis, listener_pb2.Listener)
+        for rds in _listener_rds(lis):
+            if rds not in snap.of(ROUTE):
+                errors.append(f"Listener '{name}': no RouteConfiguration '{rds}'")
+    return errors
+
+
+class SnapshotCache:
+    """The snapshot each node gets: its own when one was set for its id, else the default."""
+
+    def __init__(self) -> None:
+        self._default: Snapshot | None = None
+        self._by_node: dict[str, Snapshot] = {}
+        self._watchers: set[asyncio.Event] = set()
+
+    def set(self, snap: Snapshot, node_id: str | None = None) -> None:
+        """Publish `snap` (raises InconsistentSnapshot, and keeps the old one, if it fails the check)."""
+        errors = check(snap)
+        if errors:
+            raise InconsistentSnapshot(errors)
+        if node_id is None:
+            self._default = snap
+        else:
+            self._by_node[node_id] = snap
+        for event in self._watchers:
+            event.set()  # every stream looks again; those whose snapshot did not change send nothing
+
+    def get(self, node_id: str) -> Snapshot | None:
+        return self._by_node.get(node_id, self._default)
+
+    def watch(self, event: asyncio.Event) -> None:
+        self._watchers.add(event)
+
+    def unwatch(self, event: asyncio.Event) -> None:
+        self._watchers.discard(event)

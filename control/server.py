@@ -1,0 +1,78 @@
+"""`meshpy control`: the control plane process.
+
+It watches its source (today a directory of Envoy-native resource YAML), turns each good version of it
+into a checked snapshot and serves it over ADS. A bad version (a YAML or proto error, or a snapshot that
+fails the consistency check) is logged with every error and not pushed: clients keep the last good one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from control.ads import AdsServer
+from control.cache import InconsistentSnapshot, SnapshotCache, make_snapshot
+from control.sources.envoy_dir import SourceError, fingerprint, load_envoy_dir
+
+log = logging.getLogger("meshpy.control")
+
+POLL_INTERVAL = 0.5  # seconds between looks at the source directory
+
+
+def load_once(cache: SnapshotCache, envoy_dir: Path) -> bool:
+    """Publish the directory's resources; False (and the old snapshot stays) if they are not good."""
+    try:
+        snap = make_snapshot(load_envoy_dir(envoy_dir))
+        cache.set(snap)
+    except SourceError as err:
+        for line in err.errors:
+            log.error("%s: %s", envoy_dir, line)
+        return False
+    except InconsistentSnapshot as err:
+        for line in err.errors:
+            log.error("%s: not pushed: %s", envoy_dir, line)
+        return False
+    log.info("%s: published version %s", envoy_dir, snap.version)
+    return True
+
+
+async def watch_dir(cache: SnapshotCache, envoy_dir: Path, interval: float = POLL_INTERVAL) -> None:
+    seen = fingerprint(envoy_dir)
+    while True:
+        await asyncio.sleep(interval)
+        now = fingerprint(envoy_dir)
+        if now != seen:
+            seen = now
+            load_once(cache, envoy_dir)
+
+
+async def serve(listen: str, envoy_dir: Path) -> int:
+    cache = SnapshotCache()
+    if not load_once(cache, envoy_dir):
+        log.error("%s: no good initial config; serving nothing until the source is fixed", envoy_dir)
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cache), server)
+    if server.add_insecure_port(listen) == 0:
+        log.error("cannot listen on %s", listen)
+        return 1
+    await server.start()
+    log.info("ADS on %s, source %s", listen, envoy_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watcher = asyncio.create_task(watch_dir(cache, envoy_dir))
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await server.stop(grace=1.0)
+    return 0

@@ -1,0 +1,1 @@
+"""Where the control plane gets the resources it serves."""

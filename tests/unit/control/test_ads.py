@@ -1,0 +1,208 @@
+"""The ADS server's state-of-the-world rules, driven by a real grpc.aio client over 127.0.0.1, and the
+snapshot cache's consistency check."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
+
+from control.ads import AdsServer
+from control.cache import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    InconsistentSnapshot,
+    SnapshotCache,
+    check,
+    make_snapshot,
+)
+
+# grpc.aio binds its completion queue to the first event loop it runs on: these tests share one loop.
+grpc_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+def resources(route_cluster: str = "web", endpoint_port: int = 8080, clusters: tuple[str, ...] = ("web",),
+              ) -> dict[str, dict[str, Any]]:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="x", rds=hcm_pb2.Rds(route_config_name="local"))
+    packed = any_pb2.Any()
+    packed.Pack(hcm)
+    lis = listener_pb2.Listener(name="l1")
+    lis.filter_chains.add().filters.add(name="hcm", typed_config=packed)
+    rc = route_pb2.RouteConfiguration(name="local")
+    vh = rc.virtual_hosts.add(name="all", domains=["*"])
+    vh.routes.add(match=route_components_pb2.RouteMatch(prefix="/"),
+                  route=route_components_pb2.RouteAction(cluster=route_cluster))
+    out: dict[str, dict[str, Any]] = {LISTENER: {"l1": lis}, ROUTE: {"local": rc}, CLUSTER: {}, ENDPOINT: {}}
+    for name in clusters:
+        out[CLUSTER][name] = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
+        cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+        ep = cla.endpoints.add().lb_endpoints.add().endpoint.address.socket_address
+        ep.address, ep.port_value = "127.0.0.1", endpoint_port
+        out[ENDPOINT][name] = cla
+    return out
+
+
+def test_consistency_check_names_every_problem() -> None:
+    snap = make_snapshot(resources(route_cluster="nowhere"))
+    errors = check(snap)
+    assert any("cluster 'nowhere' does not exist" in e for e in errors)
+    bad = resources()
+    del bad[ENDPOINT]["web"]
+    del bad[ROUTE]["local"]
+    errors = check(make_snapshot(bad))
+    assert "Cluster 'web': no ClusterLoadAssignment 'web' for its endpoints" in errors
+    assert "Listener 'l1': no RouteConfiguration 'local'" in errors
+    cache = SnapshotCache()
+    with pytest.raises(InconsistentSnapshot):
+        cache.set(snap)
+    assert cache.get("any") is None
+
+
+def test_version_is_a_content_hash() -> None:
+    a, b = make_snapshot(resources()), make_snapshot(resources())
+    assert a.version == b.version
+    assert make_snapshot(resources(endpoint_port=9)).version != a.version
+
+
+class Client:
+    """One ADS stream: requests go in through a queue, responses come out of `recv`."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        self.call = stub.StreamAggregatedResources(self._requests())
+        # One reader for the whole stream: cancelling a grpc.aio read would cancel the call itself.
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        while (req := await self.queue.get()) is not None:
+            yield req
+
+    async def _read(self) -> None:
+        async for resp in self.call:
+            self.responses.put_nowait(resp)
+
+    def send(self, type_url: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "",
+             error: str | None = None) -> None:
+        req = discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="n1", cluster="c1"), type_url=type_url,
+                                             resource_names=list(names), response_nonce=nonce,
+                                             version_info=version)
+        if error is not None:
+            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
+        self.queue.put_nowait(req)
+
+    async def recv(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
+        return await asyncio.wait_for(self.responses.get(), timeout)
+
+    async def nothing(self, wait: float = 0.3) -> bool:
+        await asyncio.sleep(wait)
+        return self.responses.empty()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def env() -> AsyncIterator[tuple[SnapshotCache, AdsServer, Client]]:
+    cache = SnapshotCache()
+    ads = AdsServer(cache)
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    client = Client(channel)
+    yield cache, ads, client
+    client.queue.put_nowait(None)
+    client.call.cancel()
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        await client.reader
+    await channel.close()
+    await server.stop(None)
+
+
+MESSAGES: dict[str, Any] = {CLUSTER: cluster_pb2.Cluster, LISTENER: listener_pb2.Listener,
+                            ROUTE: route_pb2.RouteConfiguration, ENDPOINT: endpoint_pb2.ClusterLoadAssignment}
+
+
+def names_of(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
+    out = []
+    for a in resp.resources:
+        msg = MESSAGES[resp.type_url]()
+        a.Unpack(msg)
+        out.append(msg.cluster_name if resp.type_url == ENDPOINT else msg.name)
+    return out
+
+
+@grpc_loop
+async def test_wildcard_then_ack_then_push_on_change(env: tuple[SnapshotCache, AdsServer, Client]) -> None:
+    cache, ads, client = env
+    client.send(CLUSTER)
+    assert await client.nothing()  # no snapshot yet: nothing to say
+    cache.set(make_snapshot(resources(clusters=("web", "api"))))
+    first = await client.recv()
+    assert first.type_url == CLUSTER and sorted(names_of(first)) == ["api", "web"]  # wildcard: all
+    client.send(CLUSTER, nonce=first.nonce, version=first.version_info)  # ACK
+    assert await client.nothing()
+    assert ads.counters.acks == 1 and ads.nodes[next(iter(ads.nodes))].acked[CLUSTER] == first.version_info
+    cache.set(make_snapshot(resources(clusters=("web",))))
+    second = await client.recv()
+    assert names_of(second) == ["web"] and second.version_info != first.version_info
+
+
+@grpc_loop
+async def test_named_types_and_push_order(env: tuple[SnapshotCache, AdsServer, Client]) -> None:
+    cache, _ads, client = env
+    cache.set(make_snapshot(resources()))
+    subscribed: dict[str, tuple[str, ...]] = {ROUTE: ("local",), LISTENER: (), ENDPOINT: ("web", "missing"),
+                                              CLUSTER: ()}
+    for type_url, names in subscribed.items():
+        client.send(type_url, names=names)
+    got = [await client.recv() for _ in range(4)]
+    nonces = {r.type_url: r.nonce for r in got}
+    for r in got:  # ACK each, with the same subscription
+        client.send(r.type_url, names=subscribed[r.type_url], nonce=r.nonce, version=r.version_info)
+    assert names_of(next(r for r in got if r.type_url == ENDPOINT)) == ["web"]  # only what exists
+    await client.nothing()
+    # A change is pushed to every subscribed type in the order CDS, EDS, LDS, RDS.
+    cache.set(make_snapshot(resources(endpoint_port=9090)))
+    order = [(await client.recv()).type_url for _ in range(4)]
+    assert order == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+    assert len(set(nonces.values())) == 4
+
+
+@grpc_loop
+async def test_stale_nonce_ignored_nack_not_resent_reask_answered(
+        env: tuple[SnapshotCache, AdsServer, Client]) -> None:
+    cache, ads, client = env
+    cache.set(make_snapshot(resources()))
+    client.send(CLUSTER)
+    r1 = await client.recv()
+    client.send(CLUSTER, nonce="999", version="old")  # stale: not the latest nonce
+    assert await client.nothing()
+    client.send(CLUSTER, nonce=r1.nonce, version="", error="bad cluster")  # NACK
+    assert await client.nothing()  # the same version is not sent again
+    assert ads.counters.nacks == 1 and "bad cluster" in (ads.nodes[next(iter(ads.nodes))].last_nack or "")
+    client.send(CLUSTER, nonce=r1.nonce, version="")  # asked again at that nonce: answered
+    r2 = await client.recv()
+    assert r2.version_info == r1.version_info and r2.nonce != r1.nonce
+    client.send(ENDPOINT, names=("web",))
+    e1 = await client.recv()
+    client.send(ENDPOINT, names=("web",), nonce=e1.nonce, version=e1.version_info)  # ACK
+    assert await client.nothing()
+    client.send(ENDPOINT, names=("web",), nonce=e1.nonce, version=e1.version_info)  # the same ACKed nonce
+    assert (await client.recv()).type_url == ENDPOINT
