@@ -128,6 +128,11 @@ class SnapshotCache:
         for event in self._watchers:
             event.set()  # every stream looks again; those whose snapshot did not change send nothing
 
+    @property
+    def ready(self) -> bool:
+        """Some config has been published (what /ready reports)."""
+        return self._default is not None or bool(self._by_node)
+
     def get(self, node_id: str) -> Snapshot | None:
         return self._by_node.get(node_id, self._default)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from control.admin import MAX_HEAD, ControlAdmin
 from control.ads import AdsServer
 from control.cache import InconsistentSnapshot, SnapshotCache, make_snapshot
 from control.sources.envoy_dir import SourceError, fingerprint, load_envoy_dir
@@ -25,8 +26,17 @@ log = logging.getLogger("meshpy.control")
 POLL_INTERVAL = 0.5  # seconds between looks at the source directory
 
 
-def load_once(cache: SnapshotCache, envoy_dir: Path) -> bool:
-    """Publish the directory's resources; False (and the old snapshot stays) if they are not good."""
+def load_once(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int] | None = None) -> bool:
+    """Publish the directory's resources; False (and the old snapshot stays) if they are not good.
+    `loads` counts the outcomes for /metrics."""
+    ok = _load(cache, envoy_dir)
+    if loads is not None:
+        key = "accepted" if ok else "rejected"
+        loads[key] = loads.get(key, 0) + 1
+    return ok
+
+
+def _load(cache: SnapshotCache, envoy_dir: Path) -> bool:
     try:
         snap = make_snapshot(load_envoy_dir(envoy_dir))
         cache.set(snap)
@@ -42,37 +52,51 @@ def load_once(cache: SnapshotCache, envoy_dir: Path) -> bool:
     return True
 
 
-async def watch_dir(cache: SnapshotCache, envoy_dir: Path, interval: float = POLL_INTERVAL) -> None:
+async def watch_dir(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int],
+                    interval: float = POLL_INTERVAL) -> None:
     seen = fingerprint(envoy_dir)
     while True:
         await asyncio.sleep(interval)
         now = fingerprint(envoy_dir)
         if now != seen:
             seen = now
-            load_once(cache, envoy_dir)
+            load_once(cache, envoy_dir, loads)
 
 
-async def serve(listen: str, envoy_dir: Path) -> int:
+async def serve(listen: str, envoy_dir: Path, admin: str | None = None) -> int:
     cache = SnapshotCache()
-    if not load_once(cache, envoy_dir):
+    loads: dict[str, int] = {}
+    if not load_once(cache, envoy_dir, loads):
         log.error("%s: no good initial config; serving nothing until the source is fixed", envoy_dir)
+    ads = AdsServer(cache)
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cache), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
     if server.add_insecure_port(listen) == 0:
         log.error("cannot listen on %s", listen)
         return 1
+    admin_server = None
+    if admin is not None:
+        host, _, port = admin.rpartition(":")
+        try:
+            admin_server = await asyncio.start_server(ControlAdmin(ads, cache, loads).handle, host, int(port),
+                                                      limit=MAX_HEAD)
+        except (OSError, ValueError) as err:
+            log.error("cannot listen on %s for the admin: %s", admin, err)
+            return 1
     await server.start()
-    log.info("ADS on %s, source %s", listen, envoy_dir)
+    log.info("ADS on %s, admin on %s, source %s", listen, admin or "-", envoy_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(watch_dir(cache, envoy_dir))
+    watcher = asyncio.create_task(watch_dir(cache, envoy_dir, loads))
     try:
         await stop.wait()
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        if admin_server is not None:
+            admin_server.close()
         await server.stop(grace=1.0)
     return 0

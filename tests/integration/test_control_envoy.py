@@ -4,10 +4,12 @@ not pushed, and a restart of the control plane."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,14 +112,23 @@ TEAPOT = """
 class Control:
     def __init__(self, source: Path, port: int, log: Path) -> None:
         self.source, self.port, self.log = source, port, log
+        self.admin = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Control:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshpy", "control", "--listen", f"127.0.0.1:{self.port}",
-                 "--envoy-dir", str(self.source)], stdout=out, stderr=subprocess.STDOUT)
+                 "--admin", f"127.0.0.1:{self.admin}", "--envoy-dir", str(self.source)],
+                stdout=out, stderr=subprocess.STDOUT)
         return self
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -168,7 +179,7 @@ def world(tmp_path: Path, demo: DemoUpstream) -> Iterator[tuple[Path, Control, E
 
 def test_envoy_follows_route_and_endpoint_changes(world: tuple[Path, Control, Envoy, int],
                                                   demo_b: DemoUpstream) -> None:
-    source, _control, envoy, port = world
+    source, control, envoy, port = world
     r = http(port, path="/hello")
     assert r.status == 200 and r.header("x-upstream") == "demo"
     assert http(port, path="/teapot").status == 200  # the demo upstream answers it before the change
@@ -182,11 +193,24 @@ def test_envoy_follows_route_and_endpoint_changes(world: tuple[Path, Control, En
                "the new endpoint gets the traffic")
     assert stat(envoy.admin_port, "cluster_manager.cds.update_rejected") == 0
 
+    # The admin listener: ready, the node with the version it ACKed per type, and the counters.
+    assert control.get("/ready") == (200, "LIVE\n")
+    [node] = json.loads(control.get("/nodes")[1])
+    assert node["node"] == "envoy-1" and node["cluster"] == "web" and node["last_nack"] is None
+    assert set(node["acked"]) == {"cds", "eds", "lds", "rds"}
+    assert len(set(node["acked"].values())) == 1  # one snapshot version for all four
+    metrics = control.get("/metrics")[1]
+    assert "meshpy_control_connected_nodes 1.0" in metrics
+    assert re.search(r"meshpy_control_acks_total [1-9]", metrics)
+    assert 'meshpy_control_source_loads_total{result="accepted"} 3.0' in metrics
+    assert re.search(r"meshpy_control_push_to_ack_seconds_count [1-9]", metrics)
+
 
 def test_inconsistent_set_is_not_pushed(world: tuple[Path, Control, Envoy, int]) -> None:
     source, control, _envoy, port = world
     (source / "routes.yaml").write_text(routes().replace("cluster: demo", "cluster: nowhere"))
     eventually(lambda: "cluster 'nowhere' does not exist" in control.logs(), "the error is logged")
+    assert 'meshpy_control_source_loads_total{result="rejected"} 1.0' in control.get("/metrics")[1]
     time.sleep(0.5)
     assert http(port, path="/hello").status == 200  # Envoy kept the last good routes
     (source / "routes.yaml").write_text(routes(TEAPOT))
@@ -206,6 +230,10 @@ def test_nack_keeps_envoy_on_its_last_config(world: tuple[Path, Control, Envoy, 
     (source / "cluster.yaml").write_text(CLUSTER.replace("connect_timeout: 1s", "connect_timeout: -1s"))
     eventually(lambda: "rejected" in control.logs(), "the NACK is logged")
     assert "envoy-1" in control.logs()
+    [node] = json.loads(control.get("/nodes")[1])
+    assert node["last_nack"].startswith("type.googleapis.com/envoy.config.cluster.v3.Cluster version ")
+    assert "positive duration" in node["last_nack"]  # Envoy's own words (matched in part: they vary)
+    assert re.search(r"meshpy_control_nacks_total [1-9]", control.get("/metrics")[1])
     assert stat(envoy.admin_port, "cluster_manager.cds.update_rejected") >= 1
     assert http(port, path="/hello").status == 200
 
