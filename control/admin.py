@@ -54,7 +54,11 @@ class _Collector(Collector):
 
 
 def nodes_view(ads: AdsServer) -> list[dict[str, Any]]:
-    return [{"node": s.node_id, "cluster": s.cluster,
+    def current(node_id: str) -> str | None:
+        snap = ads.cache.get(node_id)
+        return snap.version if snap is not None else None
+
+    return [{"node": s.node_id, "cluster": s.cluster, "snapshot": current(s.node_id),
              "connected_seconds": round(time.time() - s.connected_at, 1),
              "acked": {SHORT.get(t, t): v for t, v in sorted(s.acked.items())},
              "last_nack": s.last_nack}

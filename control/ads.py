@@ -1,4 +1,4 @@
-"""Envoy's AggregatedDiscoveryService, state of the world, over grpc.aio.
+"""Envoy's AggregatedDiscoveryService over grpc.aio: state of the world here, delta in control/delta.py.
 
 One stream per client carries all four resource types. The server answers a request when it is the
 first of its type, when the subscribed names change, when a client asks again with a nonce it has
@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
 from google.protobuf import any_pb2
 
 from control.cache import PUSH_ORDER, WILDCARD_TYPES, Snapshot, SnapshotCache
+from control.delta import delta_stream
 
 log = logging.getLogger("meshpy.control")
 
@@ -89,9 +91,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         finally:
             reader.cancel()
             self.cache.unwatch(wake)
-            status = self.nodes.pop(key, None)
-            if status is not None:
-                log.info("node %s disconnected", status.node_id)
+            self.disconnected(key)
 
     def _response(self, snap: Snapshot, type_url: str, ts: _TypeState) -> discovery_pb2.DiscoveryResponse:
         resources = snap.of(type_url)
@@ -99,8 +99,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             chosen = [resources[n] for n in sorted(ts.names) if n in resources]
         else:
             chosen = [resources[n] for n in sorted(resources)]  # wildcard: an omitted one is deleted
-        self._nonce += 1
-        ts.nonce = str(self._nonce)
+        ts.nonce = self.next_nonce()
         ts.sent_version = snap.version
         ts.sent_at = time.monotonic()
         ts.answer = False
@@ -122,11 +121,43 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         finally:
             wake.set()  # lets the writer see that the stream is over
 
-    def _on_request(self, req: Request, types: dict[str, _TypeState], key: int) -> None:
+    # -- shared with the delta protocol (control/delta.py) ------------------------------------------
+    def node_status(self, key: int, node_id: str, cluster: str) -> NodeStatus:
         status = self.nodes.get(key)
         if status is None:
-            status = self.nodes[key] = NodeStatus(req.node.id, req.node.cluster, time.time())
-            log.info("node %s (cluster %s) connected", req.node.id or "?", req.node.cluster or "?")
+            status = self.nodes[key] = NodeStatus(node_id, cluster, time.time())
+            log.info("node %s (cluster %s) connected", node_id or "?", cluster or "?")
+        return status
+
+    def next_nonce(self) -> str:
+        self._nonce += 1
+        return str(self._nonce)
+
+    def ack(self, status: NodeStatus, type_url: str, version: str, sent_at: float) -> None:
+        self.counters.acks += 1
+        status.acked[type_url] = version
+        took = self.counters.push_to_ack_seconds
+        took.append(time.monotonic() - sent_at)
+        del took[:-1000]
+
+    def nack(self, status: NodeStatus, type_url: str, version: str | None, message: str) -> None:
+        self.counters.nacks += 1
+        status.last_nack = f"{type_url} version {version}: {message}"
+        log.warning("node %s rejected %s version %s: %s", status.node_id, type_url, version, message)
+
+    def disconnected(self, key: int) -> None:
+        status = self.nodes.pop(key, None)
+        if status is not None:
+            log.info("node %s disconnected", status.node_id)
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        async for resp in delta_stream(self, request_iterator):
+            yield resp
+
+    def _on_request(self, req: Request, types: dict[str, _TypeState], key: int) -> None:
+        status = self.node_status(key, req.node.id, req.node.cluster)
         ts = types.get(req.type_url)
         if ts is None:
             ts = types[req.type_url] = _TypeState()
@@ -134,21 +165,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         if req.response_nonce and req.response_nonce != ts.nonce:
             return  # stale: answers a response that a newer one replaced
         if req.HasField("error_detail"):
-            self.counters.nacks += 1
-            status.last_nack = f"{req.type_url} version {ts.sent_version}: {req.error_detail.message}"
-            log.warning("node %s rejected %s version %s: %s", status.node_id, req.type_url, ts.sent_version,
-                        req.error_detail.message)
+            self.nack(status, req.type_url, ts.sent_version, req.error_detail.message)
             ts.acked_nonce = req.response_nonce
         elif req.response_nonce:
             if ts.acked_nonce == req.response_nonce:
                 ts.answer = True  # asked again at an ACKed nonce: it needs the resources once more
             else:
                 ts.acked_nonce = req.response_nonce
-                self.counters.acks += 1
-                status.acked[req.type_url] = req.version_info
-                took = self.counters.push_to_ack_seconds
-                took.append(time.monotonic() - ts.sent_at)
-                del took[:-1000]
+                self.ack(status, req.type_url, req.version_info, ts.sent_at)
         if names != ts.names:
             ts.names = names
             ts.answer = True  # a changed subscription is answered even at the same version

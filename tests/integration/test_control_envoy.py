@@ -1,6 +1,6 @@
-"""`meshpy control` serving real Envoy over ADS (state of the world) from a directory of Envoy-native
-resources: initial config, a live route change, an endpoint change, a NACK, an inconsistent set that is
-not pushed, and a restart of the control plane."""
+"""`meshpy control` serving real Envoy over ADS (state of the world and delta) from a directory of
+Envoy-native resources: initial config, a live route change, an endpoint change, a NACK, an
+inconsistent set that is not pushed, and a restart of the control plane."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ pytestmark = [
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
-def bootstrap(admin: int, ads_port: int) -> str:
+def bootstrap(admin: int, ads_port: int, api_type: str) -> str:
     return f"""
 node: {{ id: envoy-1, cluster: web }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
   cds_config: {{ ads: {{}}, resource_api_version: V3 }}
@@ -155,8 +155,9 @@ def stat(admin: int, name: str) -> int:
     return sum(int(n) for n in found)
 
 
-@pytest.fixture
-def world(tmp_path: Path, demo: DemoUpstream) -> Iterator[tuple[Path, Control, Envoy, int]]:
+@pytest.fixture(params=["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
+def world(request: pytest.FixtureRequest, tmp_path: Path, demo: DemoUpstream,
+          ) -> Iterator[tuple[Path, Control, Envoy, int]]:
     source = tmp_path / "resources"
     source.mkdir()
     port = free_port()
@@ -166,7 +167,7 @@ def world(tmp_path: Path, demo: DemoUpstream) -> Iterator[tuple[Path, Control, E
     (source / "endpoints.yaml").write_text(endpoints(demo.port))
     control = Control(source, free_port(), tmp_path / "control.log").start()
     admin = free_port()
-    envoy = Envoy(bootstrap(admin, control.port), admin)
+    envoy = Envoy(bootstrap(admin, control.port, request.param), admin)
     try:
         envoy.start()
         eventually(lambda: http(port, path="/hello").status == 200, "Envoy serves the initial config")
@@ -178,7 +179,8 @@ def world(tmp_path: Path, demo: DemoUpstream) -> Iterator[tuple[Path, Control, E
 
 
 def test_envoy_follows_route_and_endpoint_changes(world: tuple[Path, Control, Envoy, int],
-                                                  demo_b: DemoUpstream) -> None:
+                                                  demo_b: DemoUpstream,
+                                                  request: pytest.FixtureRequest) -> None:
     source, control, envoy, port = world
     r = http(port, path="/hello")
     assert r.status == 200 and r.header("x-upstream") == "demo"
@@ -198,7 +200,9 @@ def test_envoy_follows_route_and_endpoint_changes(world: tuple[Path, Control, En
     [node] = json.loads(control.get("/nodes")[1])
     assert node["node"] == "envoy-1" and node["cluster"] == "web" and node["last_nack"] is None
     assert set(node["acked"]) == {"cds", "eds", "lds", "rds"}
-    assert len(set(node["acked"].values())) == 1  # one snapshot version for all four
+    assert node["acked"]["eds"] == node["snapshot"]  # the endpoints changed last
+    if "sotw" in request.node.name:
+        assert set(node["acked"].values()) == {node["snapshot"]}  # every type is re-sent on a change
     metrics = control.get("/metrics")[1]
     assert "meshpy_control_connected_nodes 1.0" in metrics
     assert re.search(r"meshpy_control_acks_total [1-9]", metrics)
