@@ -1,0 +1,135 @@
+"""Delta ADS rules, driven by a real grpc.aio client over 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import pytest_asyncio
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+from test_ads import resources
+
+from control.ads import AdsServer
+from control.cache import CLUSTER, ENDPOINT, LISTENER, SnapshotCache, make_snapshot
+from control.delta import resource_version
+
+grpc_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+class DeltaClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
+        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources(
+            self._requests())
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _requests(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while (req := await self.queue.get()) is not None:
+            yield req
+
+    async def _read(self) -> None:
+        async for resp in self.call:
+            self.responses.put_nowait(resp)
+
+    def send(self, type_url: str, subscribe: tuple[str, ...] = (), nonce: str = "",
+             initial: dict[str, str] | None = None, error: str | None = None) -> None:
+        req = discovery_pb2.DeltaDiscoveryRequest(node=base_pb2.Node(id="d1"), type_url=type_url,
+                                                  resource_names_subscribe=list(subscribe),
+                                                  initial_resource_versions=initial or {},
+                                                  response_nonce=nonce)
+        if error is not None:
+            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
+        self.queue.put_nowait(req)
+
+    async def recv(self) -> discovery_pb2.DeltaDiscoveryResponse:
+        return await asyncio.wait_for(self.responses.get(), 2)
+
+    async def nothing(self) -> bool:
+        await asyncio.sleep(0.3)
+        return self.responses.empty()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def env() -> AsyncIterator[tuple[SnapshotCache, AdsServer, DeltaClient]]:
+    cache = SnapshotCache()
+    ads = AdsServer(cache)
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    client = DeltaClient(channel)
+    yield cache, ads, client
+    client.queue.put_nowait(None)
+    client.call.cancel()
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        await client.reader
+    await channel.close()
+    await server.stop(None)
+
+
+@grpc_loop
+async def test_changes_removals_and_endpoints_after_a_cluster_change(
+        env: tuple[SnapshotCache, AdsServer, DeltaClient]) -> None:
+    cache, ads, client = env
+    cache.set(make_snapshot(resources(clusters=("web", "api"))))
+    client.send(CLUSTER)  # wildcard
+    client.send(ENDPOINT, subscribe=("web", "api"))
+    first = await client.recv()
+    assert first.type_url == CLUSTER and sorted(r.name for r in first.resources) == ["api", "web"]
+    assert all(r.version == resource_version(cache.get("d1").of(CLUSTER)[r.name]) for r in first.resources)
+    eds = await client.recv()
+    assert sorted(r.name for r in eds.resources) == ["api", "web"]
+    client.send(CLUSTER, nonce=first.nonce)
+    client.send(ENDPOINT, nonce=eds.nonce)
+    assert await client.nothing() and ads.counters.acks == 2
+
+    # Only endpoints change (a new port): one EDS response, nothing for CDS.
+    cache.set(make_snapshot(resources(clusters=("web", "api"), endpoint_port=9)))
+    only = await client.recv()
+    assert only.type_url == ENDPOINT and sorted(r.name for r in only.resources) == ["api", "web"]
+    client.send(ENDPOINT, nonce=only.nonce)
+    assert await client.nothing()
+
+    # `api` is removed: named in removed_resources, for clusters and endpoints alike.
+    cache.set(make_snapshot(resources(clusters=("web",), endpoint_port=9)))
+    gone = await client.recv()
+    assert gone.type_url == CLUSTER and list(gone.removed_resources) == ["api"] and not gone.resources
+    client.send(CLUSTER, nonce=gone.nonce)
+    gone_eds = await client.recv()
+    assert gone_eds.type_url == ENDPOINT and list(gone_eds.removed_resources) == ["api"]
+
+    # A changed cluster makes its endpoints go out again, even though they did not change.
+    changed = resources(clusters=("web",), endpoint_port=9)
+    changed[CLUSTER]["web"] = cluster_pb2.Cluster(name="web", type=cluster_pb2.Cluster.EDS,
+                                                  connect_timeout={"seconds": 3})
+    cache.set(make_snapshot(changed))
+    c = await client.recv()
+    e = await client.recv()
+    assert (c.type_url, [r.name for r in c.resources]) == (CLUSTER, ["web"])
+    assert (e.type_url, [r.name for r in e.resources]) == (ENDPOINT, ["web"])
+
+
+@grpc_loop
+async def test_initial_versions_and_nack(env: tuple[SnapshotCache, AdsServer, DeltaClient]) -> None:
+    cache, ads, client = env
+    cache.set(make_snapshot(resources()))
+    held = resource_version(cache.get("d1").of(LISTENER)["l1"])
+    client.send(LISTENER, initial={"l1": held})  # a reconnect: the client already has l1
+    assert await client.nothing()
+    cache.set(make_snapshot(resources(clusters=("web", "x"))))  # l1 itself unchanged
+    assert await client.nothing()
+    client.send(CLUSTER)
+    r = await client.recv()
+    client.send(CLUSTER, nonce=r.nonce, error="bad cluster")
+    assert await client.nothing()  # not sent again
+    assert ads.counters.nacks == 1
+    [status] = ads.nodes.values()
+    assert status.last_nack is not None and "bad cluster" in status.last_nack
