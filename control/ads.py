@@ -20,7 +20,6 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
-from google.protobuf import any_pb2
 
 from control.cache import PUSH_ORDER, WILDCARD_TYPES, Snapshot, SnapshotCache
 from control.delta import delta_stream
@@ -94,22 +93,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             self.disconnected(key)
 
     def _response(self, snap: Snapshot, type_url: str, ts: _TypeState) -> discovery_pb2.DiscoveryResponse:
-        resources = snap.of(type_url)
+        packed = snap.packed.get(type_url, {})
         if ts.names or type_url not in WILDCARD_TYPES:
-            chosen = [resources[n] for n in sorted(ts.names) if n in resources]
+            chosen = [packed[n] for n in sorted(ts.names) if n in packed]
         else:
-            chosen = [resources[n] for n in sorted(resources)]  # wildcard: an omitted one is deleted
+            chosen = [packed[n] for n in sorted(packed)]  # wildcard: an omitted one is deleted
         ts.nonce = self.next_nonce()
         ts.sent_version = snap.version
         ts.sent_at = time.monotonic()
         ts.answer = False
         self.counters.pushes += 1
-        packed = []
-        for msg in chosen:
-            a = any_pb2.Any()
-            a.Pack(msg, deterministic=True)
-            packed.append(a)
-        return discovery_pb2.DiscoveryResponse(version_info=snap.version, resources=packed, type_url=type_url,
+        return discovery_pb2.DiscoveryResponse(version_info=snap.version, resources=chosen, type_url=type_url,
                                                nonce=ts.nonce)
 
     async def _read(self, requests: AsyncIterator[Request], types: dict[str, _TypeState],

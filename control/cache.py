@@ -18,6 +18,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -38,10 +39,20 @@ class InconsistentSnapshot(ValueError):
         self.errors = errors
 
 
+# gRPC clients refuse a message over 4 MiB by default (Envoy's own limit is larger), and a state-of-the-
+# world response carries every resource of its type: a type over this is refused, not pushed.
+MAX_TYPE_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
 @dataclass(frozen=True)
 class Snapshot:
+    """Also holds each resource packed in an Any and its own version (a hash of its bytes), made once
+    here instead of once per connected client."""
+
     version: str
     resources: Resources
+    packed: Mapping[str, Mapping[str, any_pb2.Any]]
+    versions: Mapping[str, Mapping[str, str]]
 
     def of(self, type_url: str) -> Mapping[str, Message]:
         return self.resources.get(type_url, {})
@@ -49,12 +60,17 @@ class Snapshot:
 
 def make_snapshot(resources: Resources) -> Snapshot:
     digest = hashlib.sha256()
+    packed: dict[str, dict[str, any_pb2.Any]] = {}
+    versions: dict[str, dict[str, str]] = {}
     for type_url in PUSH_ORDER:
+        packed[type_url], versions[type_url] = {}, {}
         for name, msg in sorted(resources.get(type_url, {}).items()):
-            digest.update(type_url.encode() + b"\0" + name.encode() + b"\0")
-            digest.update(msg.SerializeToString(deterministic=True))
+            data = msg.SerializeToString(deterministic=True)
+            digest.update(type_url.encode() + b"\0" + name.encode() + b"\0" + data)
+            packed[type_url][name] = any_pb2.Any(type_url=type_url, value=data)
+            versions[type_url][name] = hashlib.sha256(data).hexdigest()[:16]
     full = {t: dict(resources.get(t, {})) for t in PUSH_ORDER}
-    return Snapshot(digest.hexdigest()[:16], full)
+    return Snapshot(digest.hexdigest()[:16], full, packed, versions)
 
 
 def _route_clusters(rc: route_pb2.RouteConfiguration) -> Iterable[tuple[str, str]]:
@@ -88,6 +104,12 @@ def _listener_rds(lis: listener_pb2.Listener) -> Iterable[str]:
 def check(snap: Snapshot) -> list[str]:
     """Why `snap` cannot be published; empty when it can."""
     errors: list[str] = []
+    for type_url, packed in snap.packed.items():
+        size = sum(len(a.value) for a in packed.values())
+        if size > MAX_TYPE_BYTES:
+            kind = type_url.rsplit(".", 1)[-1]
+            errors.append(f"{kind} resources total {size / 2**20:.1f} MiB, over the "
+                          f"{MAX_TYPE_BYTES / 2**20:.2f} MiB one response may carry")
     clusters = snap.of(CLUSTER)
     for rc in snap.of(ROUTE).values():
         assert isinstance(rc, route_pb2.RouteConfiguration)

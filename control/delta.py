@@ -10,7 +10,6 @@ the client has them, so the ClusterLoadAssignment goes out right after the clust
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from control.cache import CLUSTER, ENDPOINT, PUSH_ORDER, WILDCARD_TYPES, Snapshot
@@ -28,10 +26,6 @@ if TYPE_CHECKING:
     from control.ads import AdsServer
 
 log = logging.getLogger("meshpy.control")
-
-
-def resource_version(msg: Message) -> str:
-    return hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 class _DeltaType:
@@ -88,22 +82,18 @@ class DeltaStream:
         return out
 
     def _diff(self, snap: Snapshot, type_url: str, ts: _DeltaType) -> DeltaDiscoveryResponse | None:
-        available = snap.of(type_url)
+        available = snap.packed.get(type_url, {})
+        versions = snap.versions.get(type_url, {})
         wanted = set(available) if ts.wildcard else ts.names & set(available)
-        if ts.wildcard:
-            wanted |= ts.names & set(available)
         changed: list[discovery_pb2.Resource] = []
         for name in sorted(wanted):
-            msg = available[name]
-            version = resource_version(msg)
+            version = versions[name]
             if ts.known.get(name) == version:
                 continue
-            packed = any_pb2.Any()
-            packed.Pack(msg, deterministic=True)
-            changed.append(discovery_pb2.Resource(name=name, version=version, resource=packed))
+            changed.append(discovery_pb2.Resource(name=name, version=version, resource=available[name]))
             ts.known[name] = version
             if type_url == CLUSTER:
-                self._forget_endpoints(msg, name)
+                self._forget_endpoints(snap.of(CLUSTER)[name], name)
         gone = [n for n in sorted(ts.known) if n not in available and (ts.wildcard or n in ts.names)]
         for name in gone:
             del ts.known[name]

@@ -206,3 +206,14 @@ async def test_stale_nonce_ignored_nack_not_resent_reask_answered(
     assert await client.nothing()
     client.send(ENDPOINT, names=("web",), nonce=e1.nonce, version=e1.version_info)  # the same ACKed nonce
     assert (await client.recv()).type_url == ENDPOINT
+
+
+def test_a_type_over_the_message_limit_is_refused() -> None:
+    big = resources()
+    rc = big[ROUTE]["local"]
+    route = rc.virtual_hosts[0].routes.add()
+    route.match.prefix = "/big"
+    route.direct_response.status = 200
+    route.direct_response.body.inline_string = "x" * (4 * 1024 * 1024)
+    errors = check(make_snapshot(big))
+    assert len(errors) == 1 and errors[0].startswith("RouteConfiguration resources total 4.0 MiB, over the ")

@@ -17,7 +17,6 @@ from test_ads import resources
 
 from control.ads import AdsServer
 from control.cache import CLUSTER, ENDPOINT, LISTENER, SnapshotCache, make_snapshot
-from control.delta import resource_version
 
 grpc_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -84,7 +83,7 @@ async def test_changes_removals_and_endpoints_after_a_cluster_change(
     client.send(ENDPOINT, subscribe=("web", "api"))
     first = await client.recv()
     assert first.type_url == CLUSTER and sorted(r.name for r in first.resources) == ["api", "web"]
-    assert all(r.version == resource_version(cache.get("d1").of(CLUSTER)[r.name]) for r in first.resources)
+    assert all(r.version == cache.get("d1").versions[CLUSTER][r.name] for r in first.resources)
     eds = await client.recv()
     assert sorted(r.name for r in eds.resources) == ["api", "web"]
     client.send(CLUSTER, nonce=first.nonce)
@@ -121,7 +120,7 @@ async def test_changes_removals_and_endpoints_after_a_cluster_change(
 async def test_initial_versions_and_nack(env: tuple[SnapshotCache, AdsServer, DeltaClient]) -> None:
     cache, ads, client = env
     cache.set(make_snapshot(resources()))
-    held = resource_version(cache.get("d1").of(LISTENER)["l1"])
+    held = cache.get("d1").versions[LISTENER]["l1"]
     client.send(LISTENER, initial={"l1": held})  # a reconnect: the client already has l1
     assert await client.nothing()
     cache.set(make_snapshot(resources(clusters=("web", "x"))))  # l1 itself unchanged
