@@ -63,7 +63,8 @@ async def watch_dir(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int]
             load_once(cache, envoy_dir, loads)
 
 
-async def serve(listen: str, envoy_dir: Path, admin: str | None = None) -> int:
+async def serve(listen: str, envoy_dir: Path, admin: str | None = None,
+                poll_interval: float = POLL_INTERVAL) -> int:
     cache = SnapshotCache()
     loads: dict[str, int] = {}
     if not load_once(cache, envoy_dir, loads):
@@ -89,7 +90,7 @@ async def serve(listen: str, envoy_dir: Path, admin: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(watch_dir(cache, envoy_dir, loads))
+    watcher = asyncio.create_task(watch_dir(cache, envoy_dir, loads, poll_interval))
     try:
         await stop.wait()
     finally:

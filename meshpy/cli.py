@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--envoy-dir", required=True,
                      help="directory of Envoy-native resources (Listener, RouteConfiguration, Cluster, "
                           "ClusterLoadAssignment) in YAML, each with its @type")
+    ctl.add_argument("--poll-interval", type=float, default=0.5,
+                     help="seconds between looks at the source for changes")
     ctl.add_argument("--admin", default="127.0.0.1:18001",
                      help="address of the admin listener (/ready, /metrics, /nodes)")
     ctl.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -112,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from control.server import serve as serve_control
 
         # grpc.aio runs on the standard loop; the control plane is not on the data path.
-        return int(asyncio.run(serve_control(args.listen, Path(args.envoy_dir), args.admin)))
+        return int(asyncio.run(serve_control(args.listen, Path(args.envoy_dir), args.admin,
+                                                 args.poll_interval)))
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 
