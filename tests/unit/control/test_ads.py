@@ -80,6 +80,15 @@ def test_version_is_a_content_hash() -> None:
     assert make_snapshot(resources(endpoint_port=9)).version != a.version
 
 
+def make_request(type_url: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "",
+                 error: str | None = None) -> discovery_pb2.DiscoveryRequest:
+    req = discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="n1", cluster="c1"), type_url=type_url,
+                                         resource_names=list(names), response_nonce=nonce, version_info=version)
+    if error is not None:
+        req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
+    return req
+
+
 class Client:
     """One ADS stream: requests go in through a queue, responses come out of `recv`."""
 
@@ -101,12 +110,7 @@ class Client:
 
     def send(self, type_url: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "",
              error: str | None = None) -> None:
-        req = discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="n1", cluster="c1"), type_url=type_url,
-                                             resource_names=list(names), response_nonce=nonce,
-                                             version_info=version)
-        if error is not None:
-            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
-        self.queue.put_nowait(req)
+        self.queue.put_nowait(make_request(type_url, names, nonce, version, error))
 
     async def recv(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
         return await asyncio.wait_for(self.responses.get(), timeout)
