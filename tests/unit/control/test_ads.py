@@ -83,7 +83,8 @@ def test_version_is_a_content_hash() -> None:
 def make_request(type_url: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "",
                  error: str | None = None) -> discovery_pb2.DiscoveryRequest:
     req = discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="n1", cluster="c1"), type_url=type_url,
-                                         resource_names=list(names), response_nonce=nonce, version_info=version)
+                                         resource_names=list(names), response_nonce=nonce,
+                                         version_info=version)
     if error is not None:
         req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
     return req
