@@ -1,8 +1,9 @@
 """`meshpy control`: the control plane process.
 
-It watches its source (today a directory of Envoy-native resource YAML), turns each good version of it
-into a checked snapshot and serves it over ADS. A bad version (a YAML or proto error, or a snapshot that
-fails the consistency check) is logged with every error and not pushed: clients keep the last good one.
+It watches its source (a directory of Envoy-native resources, or of meshpy YAML exported to them),
+turns each good version of it into a checked snapshot and serves it over ADS. A bad version (a YAML or
+proto error, or a snapshot that fails the consistency check) is logged with every error and not
+pushed: clients keep the last good one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -19,26 +21,31 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from control.admin import MAX_HEAD, ControlAdmin
 from control.ads import AdsServer
 from control.cache import InconsistentSnapshot, SnapshotCache, make_snapshot
-from control.sources.envoy_dir import SourceError, fingerprint, load_envoy_dir
+from control.sources.envoy_dir import Resources, SourceError, fingerprint, load_envoy_dir
+from control.sources.meshpy_dir import load_meshpy_dir
 
 log = logging.getLogger("meshpy.control")
 
 POLL_INTERVAL = 0.5  # seconds between looks at the source directory
 
 
-def load_once(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int] | None = None) -> bool:
+Loader = Callable[[Path], Resources]
+
+
+def load_once(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int] | None = None,
+              loader: Loader = load_envoy_dir) -> bool:
     """Publish the directory's resources; False (and the old snapshot stays) if they are not good.
     `loads` counts the outcomes for /metrics."""
-    ok = _load(cache, envoy_dir)
+    ok = _load(cache, envoy_dir, loader)
     if loads is not None:
         key = "accepted" if ok else "rejected"
         loads[key] = loads.get(key, 0) + 1
     return ok
 
 
-def _load(cache: SnapshotCache, envoy_dir: Path) -> bool:
+def _load(cache: SnapshotCache, envoy_dir: Path, loader: Loader) -> bool:
     try:
-        snap = make_snapshot(load_envoy_dir(envoy_dir))
+        snap = make_snapshot(loader(envoy_dir))
         cache.set(snap)
     except SourceError as err:
         for line in err.errors:
@@ -53,21 +60,23 @@ def _load(cache: SnapshotCache, envoy_dir: Path) -> bool:
 
 
 async def watch_dir(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int],
-                    interval: float = POLL_INTERVAL) -> None:
+                    interval: float = POLL_INTERVAL, loader: Loader = load_envoy_dir) -> None:
     seen = fingerprint(envoy_dir)
     while True:
         await asyncio.sleep(interval)
         now = fingerprint(envoy_dir)
         if now != seen:
             seen = now
-            load_once(cache, envoy_dir, loads)
+            load_once(cache, envoy_dir, loads, loader)
 
 
 async def serve(listen: str, envoy_dir: Path, admin: str | None = None,
-                poll_interval: float = POLL_INTERVAL) -> int:
+                poll_interval: float = POLL_INTERVAL, meshpy_format: bool = False) -> int:
+    """`envoy_dir` holds Envoy-native resources, or meshpy YAML when `meshpy_format` is set."""
+    loader: Loader = load_meshpy_dir if meshpy_format else load_envoy_dir
     cache = SnapshotCache()
     loads: dict[str, int] = {}
-    if not load_once(cache, envoy_dir, loads):
+    if not load_once(cache, envoy_dir, loads, loader):
         log.error("%s: no good initial config; serving nothing until the source is fixed", envoy_dir)
     ads = AdsServer(cache)
     server = grpc.aio.server()
@@ -90,7 +99,7 @@ async def serve(listen: str, envoy_dir: Path, admin: str | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(watch_dir(cache, envoy_dir, loads, poll_interval))
+    watcher = asyncio.create_task(watch_dir(cache, envoy_dir, loads, poll_interval, loader))
     try:
         await stop.wait()
     finally:

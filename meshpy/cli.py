@@ -36,9 +36,12 @@ def _parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser("control", help="the control plane: serve xDS (ADS) from a source of resources")
     ctl.add_argument("--listen", default="127.0.0.1:18000", help="address of the gRPC ADS server")
-    ctl.add_argument("--envoy-dir", required=True,
-                     help="directory of Envoy-native resources (Listener, RouteConfiguration, Cluster, "
-                          "ClusterLoadAssignment) in YAML, each with its @type")
+    source = ctl.add_mutually_exclusive_group(required=True)
+    source.add_argument("--envoy-dir",
+                        help="directory of Envoy-native resources (Listener, RouteConfiguration, Cluster, "
+                             "ClusterLoadAssignment) in YAML, each with its @type")
+    source.add_argument("--meshpy-dir",
+                        help="directory of meshpy YAML (listeners and clusters, across any number of files)")
     ctl.add_argument("--poll-interval", type=float, default=0.5,
                      help="seconds between looks at the source for changes")
     ctl.add_argument("--admin", default="127.0.0.1:18001",
@@ -114,8 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from control.server import serve as serve_control
 
         # grpc.aio runs on the standard loop; the control plane is not on the data path.
-        return int(asyncio.run(serve_control(args.listen, Path(args.envoy_dir), args.admin,
-                                                 args.poll_interval)))
+        source = Path(args.envoy_dir or args.meshpy_dir)
+        meshpy_format = args.meshpy_dir is not None
+        control = serve_control(args.listen, source, args.admin, args.poll_interval, meshpy_format)
+        return int(asyncio.run(control))
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 

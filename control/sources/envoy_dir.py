@@ -68,6 +68,11 @@ class SourceError(Exception):
         super().__init__("\n".join(self.errors))
 
 
+def message_class(type_url: str) -> Any:
+    """The generated message class of one of the four resource types."""
+    return _CLASSES[type_url]
+
+
 def load_envoy_dir(path: Path) -> Resources:
     """Type URL -> resource name -> parsed message for every YAML file directly in `path`.
 
@@ -79,7 +84,7 @@ def load_envoy_dir(path: Path) -> Resources:
     result: Resources = {url: {} for url in TYPE_URLS}
     seen: dict[tuple[str, str], str] = {}  # (type URL, name) -> where it was first defined
     errors: list[str] = []
-    for file in _yaml_files(path):
+    for file in yaml_files(path):
         for where, data in _documents(file, errors):
             parsed = _resource(where, data, errors)
             if parsed is None:
@@ -101,7 +106,7 @@ def fingerprint(path: Path) -> Fingerprint:
     A missing directory fingerprints as an empty one; loading it is what reports the problem.
     """
     entries = []
-    for file in _yaml_files(path):
+    for file in yaml_files(path):
         try:
             stat = file.stat()
         except OSError:  # removed between listing and stat: the next poll sees the settled state
@@ -110,7 +115,7 @@ def fingerprint(path: Path) -> Fingerprint:
     return tuple(entries)
 
 
-def _yaml_files(path: Path) -> list[Path]:
+def yaml_files(path: Path) -> list[Path]:
     try:
         return sorted(p for p in path.iterdir() if p.suffix in _SUFFIXES and p.is_file())
     except OSError:

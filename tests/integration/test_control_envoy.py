@@ -110,8 +110,8 @@ TEAPOT = """
 
 
 class Control:
-    def __init__(self, source: Path, port: int, log: Path) -> None:
-        self.source, self.port, self.log = source, port, log
+    def __init__(self, source: Path, port: int, log: Path, source_flag: str = "--envoy-dir") -> None:
+        self.source, self.port, self.log, self.flag = source, port, log, source_flag
         self.admin = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -119,7 +119,7 @@ class Control:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshpy", "control", "--listen", f"127.0.0.1:{self.port}",
-                 "--admin", f"127.0.0.1:{self.admin}", "--envoy-dir", str(self.source)],
+                 "--admin", f"127.0.0.1:{self.admin}", self.flag, str(self.source)],
                 stdout=out, stderr=subprocess.STDOUT)
         return self
 
@@ -250,3 +250,45 @@ def test_control_plane_restart(world: tuple[Path, Control, Envoy, int]) -> None:
     (source / "routes.yaml").write_text(routes(TEAPOT))
     control.start()
     eventually(lambda: http(port, path="/teapot").status == 418, "Envoy reconnects and converges", 20)
+
+
+MESHPY_YAML = """
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    routes:
+      - match: /teapot
+        direct: {{status: 418, body: "from meshpy yaml"}}
+      - match: /
+        cluster: demo
+clusters:
+  - name: demo
+    endpoints: [127.0.0.1:{upstream}]
+"""
+
+
+def test_envoy_follows_a_meshpy_yaml_directory(tmp_path: Path, demo: DemoUpstream,
+                                               demo_b: DemoUpstream) -> None:
+    source = tmp_path / "meshpy"
+    source.mkdir()
+    port = free_port()
+    (source / "web.yaml").write_text(MESHPY_YAML.format(port=port, upstream=demo.port))
+    control = Control(source, free_port(), tmp_path / "control.log", "--meshpy-dir").start()
+    admin = free_port()
+    envoy = Envoy(bootstrap(admin, control.port, "GRPC"), admin)
+    try:
+        envoy.start()
+        eventually(lambda: http(port, path="/hello").status == 200, "Envoy serves the meshpy YAML")
+        assert http(port, path="/hello").header("x-upstream") == "demo"
+        r = http(port, path="/teapot")
+        assert (r.status, r.body) == (418, b"from meshpy yaml")
+        (source / "web.yaml").write_text(MESHPY_YAML.format(port=port, upstream=demo_b.port))
+        eventually(lambda: http(port, path="/hello").header("x-upstream") == "demo-b", "the endpoint change")
+        (source / "web.yaml").write_text(MESHPY_YAML.format(port=port, upstream=demo_b.port)
+                                         .replace("cluster: demo\n", "cluster: demoo\n"))
+        eventually(lambda: "unknown cluster 'demoo'" in control.logs(), "the error is logged")
+        assert "web.yaml: listeners[0].routes[1].cluster" in control.logs()
+        assert http(port, path="/hello").header("x-upstream") == "demo-b"  # the last good config stays
+    finally:
+        envoy.stop()
+        control.stop()

@@ -1,0 +1,322 @@
+"""meshpy's config model -> Envoy v3 resources, so the control plane can serve meshpy YAML over xDS.
+
+The inverse of meshpy/xds: every field is written out explicitly (Envoy's defaults differ from meshpy's
+in places, for example the route timeout and ignore_port_in_host_matching), so that model -> resources
+-> model gives back the same model; tests check exactly that round trip. A static cluster becomes an
+EDS cluster with its ClusterLoadAssignment, so endpoint changes travel alone. A setting Envoy's API
+cannot carry is an ExportError naming it, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+import meshpy.xds.translate  # noqa: F401  (registers the extension types that `@type` below names)
+from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control.sources.envoy_dir import message_class
+from meshpy.model.types import (
+    Cluster,
+    Config,
+    DirectResponseAction,
+    ForwardAction,
+    HeaderEdits,
+    Listener,
+    RedirectAction,
+    Route,
+    RouteConfig,
+    RouteMatch,
+    StringMatch,
+)
+
+ADS = {"ads": {}, "resource_api_version": "V3"}
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+APPEND = {
+    "append": "APPEND_IF_EXISTS_OR_ADD",
+    "add_if_absent": "ADD_IF_ABSENT",
+    "overwrite": "OVERWRITE_IF_EXISTS_OR_ADD",
+    "overwrite_if_exists": "OVERWRITE_IF_EXISTS",
+}
+REDIRECT_CODES = {
+    301: "MOVED_PERMANENTLY",
+    302: "FOUND",
+    303: "SEE_OTHER",
+    307: "TEMPORARY_REDIRECT",
+    308: "PERMANENT_REDIRECT",
+}
+DEFAULT_POOL_SIZE = 1024  # Cluster.max_connections_per_endpoint's default: nothing in Envoy carries it
+
+
+class ExportError(ValueError):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _dur(seconds: float | None) -> str:
+    return "0s" if seconds is None else f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _string(m: StringMatch) -> dict[str, Any]:
+    if m.kind == "regex":
+        return {"safe_regex": {"regex": m.value}}
+    return {m.kind: m.value, "ignore_case": m.ignore_case}
+
+
+def _match(m: RouteMatch) -> dict[str, Any]:
+    out: dict[str, Any] = (
+        {"safe_regex": {"regex": m.path}} if m.path_kind == "regex" else {m.path_kind: m.path}
+    )
+    out["case_sensitive"] = m.case_sensitive
+    headers = [
+        {
+            "name": h.name,
+            "invert_match": h.invert,
+            **({"present_match": True} if h.match.kind == "present" else {"string_match": _string(h.match)}),
+        }
+        for h in m.headers
+    ]
+    if len(m.methods) == 1:
+        headers.append({"name": ":method", "string_match": {"exact": m.methods[0]}})
+    elif m.methods:
+        headers.append(
+            {"name": ":method", "string_match": {"safe_regex": {"regex": f"^({'|'.join(m.methods)})$"}}}
+        )
+    out["headers"] = headers
+    out["query_parameters"] = [
+        {
+            "name": q.name,
+            **({"present_match": True} if q.match.kind == "present" else {"string_match": _string(q.match)}),
+        }
+        for q in m.query
+    ]
+    return out
+
+
+def _edits(e: HeaderEdits, direction: str) -> dict[str, Any]:
+    return {
+        f"{direction}_headers_to_add": [
+            {
+                "header": {"key": h.name, "value": h.value.replace("%", "%%")},
+                "append_action": APPEND[h.append],
+            }
+            for h in e.add
+        ],
+        f"{direction}_headers_to_remove": list(e.remove),
+    }
+
+
+def _both_edits(request: HeaderEdits, response: HeaderEdits) -> dict[str, Any]:
+    return {**_edits(request, "request"), **_edits(response, "response")}
+
+
+def _route(r: Route) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": r.name,
+        "match": _match(r.match),
+        **_both_edits(r.request_headers, r.response_headers),
+    }
+    a = r.action
+    if isinstance(a, ForwardAction):
+        fwd: dict[str, Any] = {"timeout": _dur(a.timeout)}
+        if a.weighted:
+            fwd["weighted_clusters"] = {
+                "clusters": [{"name": w.name, "weight": w.weight} for w in a.weighted]
+            }
+        else:
+            fwd["cluster"] = a.cluster
+        if a.prefix_rewrite is not None:
+            fwd["prefix_rewrite"] = a.prefix_rewrite
+        if a.regex_rewrite is not None:
+            fwd["regex_rewrite"] = {
+                "pattern": {"regex": a.regex_rewrite.pattern},
+                "substitution": a.regex_rewrite.substitution,
+            }
+        if a.host_rewrite is not None:
+            fwd["host_rewrite_literal"] = a.host_rewrite
+        if a.idle_timeout is not None:
+            fwd["idle_timeout"] = _dur(a.idle_timeout if a.idle_timeout > 0 else None)
+        out["route"] = fwd
+    elif isinstance(a, RedirectAction):
+        red: dict[str, Any] = {"response_code": REDIRECT_CODES[a.response_code], "strip_query": a.strip_query}
+        for key, value in (
+            ("scheme_redirect", a.scheme),
+            ("host_redirect", a.host),
+            ("port_redirect", a.port),
+            ("path_redirect", a.path),
+            ("prefix_rewrite", a.prefix_rewrite),
+        ):
+            if value is not None:
+                red[key] = value
+        out["redirect"] = red
+    elif isinstance(a, DirectResponseAction):
+        out["direct_response"] = {
+            "status": a.status,
+            **({"body": {"inline_string": a.body}} if a.body else {}),
+        }
+    return out
+
+
+def route_configuration(rc: RouteConfig, name: str) -> dict[str, Any]:
+    bodies = [
+        len(r.action.body.encode())
+        for vh in rc.virtual_hosts
+        for r in vh.routes
+        if isinstance(r.action, DirectResponseAction)
+    ]
+    return {
+        "@type": ROUTE,
+        "name": name,
+        "ignore_port_in_host_matching": rc.ignore_port_in_host,
+        "max_direct_response_body_size_bytes": max([4096, *bodies]),
+        **_both_edits(rc.request_headers, rc.response_headers),
+        "virtual_hosts": [
+            {
+                "name": vh.name,
+                "domains": list(vh.domains),
+                "routes": [_route(r) for r in vh.routes],
+                **_both_edits(vh.request_headers, vh.response_headers),
+            }
+            for vh in rc.virtual_hosts
+        ],
+    }
+
+
+def _logs(logs: tuple[Any, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "file" if log.path else "stdout",
+            "typed_config": {"@type": FILE_LOG, "path": log.path} if log.path else {"@type": STDOUT_LOG},
+        }
+        for log in logs
+    ]
+
+
+def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dict[str, Any]:
+    if lis.http is not None:
+        h = lis.http
+        if h.max_request_body_bytes is not None:
+            errors.append(f"{where}.max_request_body: Envoy's API has no request body limit to carry it")
+        config: dict[str, Any] = {
+            "@type": HCM,
+            "stat_prefix": lis.name,
+            "codec_type": "AUTO",
+            "rds": {"route_config_name": rds_name, "config_source": ADS},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+            "use_remote_address": h.use_remote_address,
+            "xff_num_trusted_hops": h.xff_num_trusted_hops,
+            "generate_request_id": h.generate_request_id,
+            "preserve_external_request_id": h.preserve_external_request_id,
+            "stream_idle_timeout": _dur(h.stream_idle_timeout),
+            "request_headers_timeout": _dur(h.request_headers_timeout),
+            "common_http_protocol_options": {
+                "idle_timeout": _dur(h.idle_timeout),
+                "max_headers_count": h.max_request_headers_count,
+            },
+            "max_request_headers_kb": h.max_request_headers_kb,
+            "server_header_transformation": "PASS_THROUGH" if h.server_name is None else "OVERWRITE",
+            "access_log": _logs(h.access_logs),
+        }
+        if h.server_name is not None:
+            config["server_name"] = h.server_name
+        name = "envoy.filters.network.http_connection_manager"
+    else:
+        assert lis.tcp is not None
+        t = lis.tcp
+        config = {
+            "@type": TCP_PROXY,
+            "stat_prefix": lis.name,
+            "cluster": t.cluster,
+            "idle_timeout": _dur(t.idle_timeout),
+            "access_log": _logs(t.access_logs),
+        }
+        name = "envoy.filters.network.tcp_proxy"
+    return {
+        "@type": LISTENER,
+        "name": lis.name,
+        "address": _address(lis.address.host, lis.address.port),
+        "filter_chains": [{"filters": [{"name": name, "typed_config": config}]}],
+    }
+
+
+def _endpoints(c: Cluster) -> dict[str, Any]:
+    return {
+        "cluster_name": c.name,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {"address": _address(e.address.host, e.address.port)},
+                        "load_balancing_weight": e.weight,
+                    }
+                    for e in c.endpoints
+                ]
+            }
+        ],
+    }
+
+
+def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(Cluster, its ClusterLoadAssignment for a static cluster, else None)."""
+    if c.max_connections_per_endpoint != DEFAULT_POOL_SIZE:
+        errors.append(f"{where}.max_connections_per_endpoint: Envoy's API has no per-endpoint pool size")
+    out: dict[str, Any] = {
+        "@type": CLUSTER,
+        "name": c.name,
+        "connect_timeout": _dur(c.connect_timeout),
+        "dns_refresh_rate": _dur(c.dns_refresh_rate),
+        "typed_extension_protocol_options": {
+            HTTP_OPTIONS_KEY: {
+                "@type": "type.googleapis.com/" + HTTP_OPTIONS_KEY,
+                "explicit_http_config": {"http_protocol_options": {}},
+                "common_http_protocol_options": {"idle_timeout": _dur(c.pool_idle_timeout)},
+            }
+        },
+    }
+    if c.discovery == "static":
+        out.update(type="EDS", eds_cluster_config={"eds_config": ADS})
+        del out["dns_refresh_rate"]
+        return out, {"@type": ENDPOINT, **_endpoints(c)}
+    out.update(type=c.discovery.upper(), load_assignment=_endpoints(c))
+    return out, None
+
+
+def export(config: Config) -> dict[str, dict[str, Message]]:
+    """Every listener, route configuration, cluster and assignment of `config`, by type URL and name."""
+    errors: list[str] = []
+    dicts: dict[str, dict[str, dict[str, Any]]] = {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
+    for i, lis in enumerate(config.listeners):
+        rds = ""
+        if lis.http is not None:
+            rds = lis.http.route_config.name or f"{lis.name}-routes"
+            rc = route_configuration(lis.http.route_config, rds)
+            if rds in dicts[ROUTE] and dicts[ROUTE][rds] != rc:
+                errors.append(f"listeners[{i}].routes: another listener has different routes named {rds!r}")
+            dicts[ROUTE][rds] = rc
+        dicts[LISTENER][lis.name] = listener(lis, rds, errors, f"listeners[{i}]")
+    for i, c in enumerate(config.clusters):
+        cdict, cla = cluster(c, errors, f"clusters[{i}]")
+        dicts[CLUSTER][c.name] = cdict
+        if cla is not None:
+            dicts[ENDPOINT][c.name] = cla
+    if errors:
+        raise ExportError(errors)
+    out: dict[str, dict[str, Message]] = {}
+    for type_url, items in dicts.items():
+        out[type_url] = {}
+        for name, d in items.items():
+            msg = message_class(type_url)()
+            json_format.ParseDict({k: v for k, v in d.items() if k != "@type"}, msg)
+            out[type_url][name] = msg
+    return out

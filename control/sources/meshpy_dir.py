@@ -1,0 +1,72 @@
+"""A directory of meshpy YAML, for the control plane to serve as Envoy resources.
+
+The files are one config split up as a team likes it (a file per service, say): their `listeners`
+and `clusters` lists are joined and loaded as one meshpy config, so a route in one file may name a
+cluster in another, and every check of `meshpy validate` applies. Errors name the file and the path in
+it (`payments.yaml: listeners[0].routes[2].cluster: unknown cluster 'ledger'`), and the whole
+directory is refused when any file is wrong: nothing half-checked is pushed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from control.sources.envoy_dir import Resources, SourceError, yaml_files
+from control.sources.export import ExportError, export
+from meshpy.errors import ConfigError
+from meshpy.model.load import load_data, parse_yaml
+
+SECTIONS = ("listeners", "clusters")
+_INDEXED = re.compile(r"^(listeners|clusters)\[(\d+)\](.*)$")
+
+
+def load_meshpy_dir(path: Path) -> Resources:
+    if not path.is_dir():
+        raise SourceError([f"{path}: not a directory"])
+    errors: list[str] = []
+    merged: dict[str, list[Any]] = {key: [] for key in SECTIONS}
+    origin: dict[str, list[tuple[str, int]]] = {key: [] for key in SECTIONS}  # merged index -> file, index
+    for file in yaml_files(path):
+        try:
+            data = parse_yaml(file.read_text(encoding="utf-8"), file.name)
+        except (ConfigError, OSError, UnicodeDecodeError) as err:
+            errors.append(f"{file.name}: {err}")
+            continue
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            errors.append(f"{file.name}: the top level must be a mapping with listeners and/or clusters")
+            continue
+        for key in sorted(set(data) - set(SECTIONS)):
+            errors.append(f"{file.name}: {key}: not for the control plane (only {' and '.join(SECTIONS)})")
+        for key in SECTIONS:
+            items = data.get(key)
+            if items is None:
+                continue
+            if not isinstance(items, list):
+                errors.append(f"{file.name}: {key}: must be a list")
+                continue
+            merged[key].extend(items)
+            origin[key].extend((file.name, i) for i in range(len(items)))
+    if errors:
+        raise SourceError(errors)
+    try:
+        return export(load_data(merged, str(path)))
+    except ConfigError as err:
+        raise SourceError([_locate(str(issue), origin) for issue in err.issues]) from None
+    except ExportError as err:
+        raise SourceError([_locate(e, origin) for e in err.errors]) from None
+
+
+def _locate(message: str, origin: dict[str, list[tuple[str, int]]]) -> str:
+    """`listeners[7].routes[0]: ...` in the joined config -> `web.yaml: listeners[2].routes[0]: ...`."""
+    found = _INDEXED.match(message)
+    if found is None:
+        return message
+    key, index, rest = found.group(1), int(found.group(2)), found.group(3)
+    if index >= len(origin[key]):
+        return message
+    file, local = origin[key][index]
+    return f"{file}: {key}[{local}]{rest}"

@@ -1,0 +1,121 @@
+"""meshpy model -> Envoy resources -> meshpy model gives back the same model (through meshpy's own
+Envoy translator), for every sample config and for a config that uses every routing feature."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, check, make_snapshot
+from control.sources.export import ExportError, export
+from meshpy.model.load import load_file, load_text
+from meshpy.model.types import Config
+from meshpy.xds.translate import (
+    cluster_from_proto,
+    endpoints_from_cla,
+    listener_from_proto,
+    route_config_from_proto,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+SAMPLES = sorted((ROOT / "config").glob("*.yaml"))
+
+EVERYTHING = """
+listeners:
+  - name: web
+    address: 127.0.0.1:18500
+    server_name: edge
+    stream_idle_timeout: 30s
+    request_headers_timeout: 5s
+    access_log: /tmp/meshpy-access.log
+    request_headers:
+      add: {x-edge: "1"}
+    routes:
+      - match:
+          prefix: /api
+          methods: [GET, HEAD]
+          headers: {x-canary: "1", x-user: {prefix: team-, ignore_case: true}, x-bot: {present: false}}
+          query: {debug: "on"}
+        split: {api-v1: 90, api-v2: 10}
+        prefix_rewrite: /v1
+        timeout: 2s
+        response_headers:
+          set: {cache-control: no-store}
+          remove: [x-internal]
+      - match: {regex: "^/img/(.*)$"}
+        cluster: api-v1
+        regex_rewrite: {pattern: "^/img/(.*)$", substitution: "/images/\\\\1"}
+        host_rewrite: images.internal
+        timeout: 0s
+        idle_timeout: 0s
+      - match: {path: /old, case_sensitive: false}
+        redirect: {path: /new, code: 308, strip_query: true}
+      - match: {prefix: /teapot, methods: POST}
+        direct: {status: 418, body: "short and stout"}
+  - name: db
+    address: 127.0.0.1:18501
+    protocol: tcp
+    cluster: api-v1
+    idle_timeout: 10m
+clusters:
+  - name: api-v1
+    endpoints: [127.0.0.1:18080, {address: 127.0.0.1:18081, weight: 3}]
+    connect_timeout: 2s
+  - name: api-v2
+    type: strict_dns
+    endpoints: [localhost:18082]
+"""
+
+
+def round_trip(config: Config) -> Config:
+    res = export(config)
+    assert check(make_snapshot(res)) == []  # what is exported can always be published
+    routes = {name: route_config_from_proto(msg) for name, msg in res[ROUTE].items()}
+    cla = {name: endpoints_from_cla(msg) for name, msg in res[ENDPOINT].items()}
+    listeners = tuple(listener_from_proto(res[LISTENER][lis.name], "", routes) for lis in config.listeners)
+    clusters = tuple(cluster_from_proto(res[CLUSTER][c.name], "", cla) for c in config.clusters)
+    return dataclasses.replace(config, listeners=listeners, clusters=clusters)
+
+
+def named_routes(config: Config) -> Config:
+    """Export names an unnamed route configuration after its listener: the one expected difference."""
+    listeners = []
+    for lis in config.listeners:
+        if lis.http is not None and not lis.http.route_config.name:
+            rc = dataclasses.replace(lis.http.route_config, name=f"{lis.name}-routes")
+            lis = dataclasses.replace(lis, http=dataclasses.replace(lis.http, route_config=rc))
+        listeners.append(lis)
+    return dataclasses.replace(config, listeners=tuple(listeners))
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_sample_configs_round_trip(path: Path) -> None:
+    config = load_file(path)
+    if any(lis.http and lis.http.max_request_body_bytes is not None for lis in config.listeners):
+        with pytest.raises(ExportError, match="max_request_body"):
+            export(config)
+        return
+    back = round_trip(config)
+    assert back.listeners == named_routes(config).listeners
+    assert back.clusters == config.clusters
+
+
+def test_every_routing_feature_round_trips() -> None:
+    config = load_text(EVERYTHING)
+    back = round_trip(config)
+    assert back.listeners == named_routes(config).listeners
+    assert back.clusters == config.clusters
+
+
+def test_what_envoy_cannot_carry_is_an_error() -> None:
+    config = load_text(EVERYTHING.replace("    connect_timeout: 2s", "    connect_timeout: 2s\n"
+                                          "    max_connections_per_endpoint: 8")
+                       .replace("    server_name: edge", "    server_name: edge\n    max_request_body: 1KiB"))
+    with pytest.raises(ExportError) as err:
+        export(config)
+    assert err.value.errors == [
+        "listeners[0].max_request_body: Envoy's API has no request body limit to carry it",
+        "clusters[0].max_connections_per_endpoint: Envoy's API has no per-endpoint pool size",
+    ]
