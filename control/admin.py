@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from control.ads import AdsServer
+from control.ads import AdsServer, NodeStatus
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
 
 SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds"}
@@ -54,11 +54,11 @@ class _Collector(Collector):
 
 
 def nodes_view(ads: AdsServer) -> list[dict[str, Any]]:
-    def current(node_id: str) -> str | None:
-        snap = ads.cache.get(node_id)
+    def current(status: NodeStatus) -> str | None:
+        snap = ads.snapshot_for(status)
         return snap.version if snap is not None else None
 
-    return [{"node": s.node_id, "cluster": s.cluster, "snapshot": current(s.node_id),
+    return [{"node": s.node_id, "cluster": s.cluster, "snapshot": current(s),
              "connected_seconds": round(time.time() - s.connected_at, 1),
              "acked": {SHORT.get(t, t): v for t, v in sorted(s.acked.items())},
              "last_nack": s.last_nack}

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
+from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
@@ -34,6 +35,7 @@ class NodeStatus:
     node_id: str
     cluster: str
     connected_at: float
+    metadata: dict[str, str] = field(default_factory=dict)  # the node's string-valued metadata
     acked: dict[str, str] = field(default_factory=dict)  # type URL -> version
     last_nack: str | None = None
 
@@ -80,7 +82,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 if reader.done():
                     return  # the client closed its side, or sent garbage
                 status = self.nodes.get(key)
-                snap = self.cache.get(status.node_id) if status is not None else None
+                snap = self.snapshot_for(status)
                 if snap is None:
                     continue
                 for type_url in PUSH_ORDER:
@@ -116,11 +118,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             wake.set()  # lets the writer see that the stream is over
 
     # -- shared with the delta protocol (control/delta.py) ------------------------------------------
-    def node_status(self, key: int, node_id: str, cluster: str) -> NodeStatus:
+    def snapshot_for(self, status: NodeStatus | None) -> Snapshot | None:
+        if status is None:
+            return None
+        return self.cache.get(status.node_id, status.cluster, status.metadata)
+
+    def node_status(self, key: int, node: Node) -> NodeStatus:
         status = self.nodes.get(key)
         if status is None:
-            status = self.nodes[key] = NodeStatus(node_id, cluster, time.time())
-            log.info("node %s (cluster %s) connected", node_id or "?", cluster or "?")
+            fields = node.metadata.fields
+            metadata = {k: v.string_value for k, v in fields.items() if v.HasField("string_value")}
+            status = self.nodes[key] = NodeStatus(node.id, node.cluster, time.time(), metadata=metadata)
+            log.info("node %s (cluster %s) connected", node.id or "?", node.cluster or "?")
         return status
 
     def next_nonce(self) -> str:
@@ -151,7 +160,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             yield resp
 
     def _on_request(self, req: Request, types: dict[str, _TypeState], key: int) -> None:
-        status = self.node_status(key, req.node.id, req.node.cluster)
+        status = self.node_status(key, req.node)
         ts = types.get(req.type_url)
         if ts is None:
             ts = types[req.type_url] = _TypeState()

@@ -130,33 +130,57 @@ def check(snap: Snapshot) -> list[str]:
     return errors
 
 
+@dataclass(frozen=True)
+class NodeSelector:
+    """Nodes of one Envoy `node.cluster` (when set) whose `node.metadata` holds all of `metadata`."""
+
+    cluster: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, cluster: str, metadata: Mapping[str, str]) -> bool:
+        if self.cluster is not None and cluster != self.cluster:
+            return False
+        return all(metadata.get(k) == v for k, v in self.metadata)
+
+
 class SnapshotCache:
-    """The snapshot each node gets: its own when one was set for its id, else the default."""
+    """The snapshot each node gets: its own when one was set for its id, else the one of the first
+    selector it matches (in the order they were first set), else the default."""
 
     def __init__(self) -> None:
         self._default: Snapshot | None = None
         self._by_node: dict[str, Snapshot] = {}
+        self._by_selector: dict[NodeSelector, Snapshot] = {}
         self._watchers: set[asyncio.Event] = set()
 
-    def set(self, snap: Snapshot, node_id: str | None = None) -> None:
+    def set(self, snap: Snapshot, node_id: str | None = None, selector: NodeSelector | None = None) -> None:
         """Publish `snap` (raises InconsistentSnapshot, and keeps the old one, if it fails the check)."""
         errors = check(snap)
         if errors:
             raise InconsistentSnapshot(errors)
-        if node_id is None:
-            self._default = snap
-        else:
+        if node_id is not None:
             self._by_node[node_id] = snap
+        elif selector is not None:
+            self._by_selector[selector] = snap
+        else:
+            self._default = snap
         for event in self._watchers:
             event.set()  # every stream looks again; those whose snapshot did not change send nothing
 
     @property
     def ready(self) -> bool:
         """Some config has been published (what /ready reports)."""
-        return self._default is not None or bool(self._by_node)
+        return self._default is not None or bool(self._by_node) or bool(self._by_selector)
 
-    def get(self, node_id: str) -> Snapshot | None:
-        return self._by_node.get(node_id, self._default)
+    def get(self, node_id: str, cluster: str = "",
+            metadata: Mapping[str, str] | None = None) -> Snapshot | None:
+        found = self._by_node.get(node_id)
+        if found is not None:
+            return found
+        for selector, snap in self._by_selector.items():
+            if selector.matches(cluster, metadata or {}):
+                return snap
+        return self._default
 
     def watch(self, event: asyncio.Event) -> None:
         self._watchers.add(event)

@@ -47,7 +47,7 @@ class DeltaStream:
         self.types: dict[str, _DeltaType] = {}
 
     def on_request(self, req: DeltaDiscoveryRequest) -> None:
-        status = self.ads.node_status(self.key, req.node.id, req.node.cluster)
+        status = self.ads.node_status(self.key, req.node)
         ts = self.types.get(req.type_url)
         if ts is None:
             ts = self.types[req.type_url] = _DeltaType()
@@ -135,7 +135,7 @@ async def delta_stream(ads: AdsServer, requests: AsyncIterator[DeltaDiscoveryReq
             if reader.done():
                 return
             status = ads.nodes.get(key)
-            snap = ads.cache.get(status.node_id) if status is not None else None
+            snap = ads.snapshot_for(status)
             if snap is not None:
                 for resp in stream.responses(snap):
                     yield resp

@@ -222,3 +222,28 @@ def test_a_type_over_the_message_limit_is_refused() -> None:
     route.direct_response.body.inline_string = "x" * (4 * 1024 * 1024)
     errors = check(make_snapshot(big))
     assert len(errors) == 1 and errors[0].startswith("RouteConfiguration resources total 4.0 MiB, over the ")
+
+
+def test_node_selection_by_id_then_selector_then_default() -> None:
+    from control.cache import NodeSelector
+
+    cache = SnapshotCache()
+    default, canary, pinned = (make_snapshot(resources(endpoint_port=p)) for p in (1, 2, 3))
+    cache.set(default)
+    cache.set(canary, selector=NodeSelector(cluster="web", metadata=(("track", "canary"),)))
+    cache.set(pinned, node_id="web-7")
+    assert cache.get("web-1", "web", {"track": "canary", "zone": "a"}) is canary
+    assert cache.get("web-1", "web", {"track": "stable"}) is default
+    assert cache.get("api-1", "api", {"track": "canary"}) is default  # another cluster
+    assert cache.get("web-7", "web", {"track": "canary"}) is pinned  # the id wins
+
+
+@grpc_loop
+async def test_a_node_gets_the_snapshot_of_its_selector(env: tuple[SnapshotCache, AdsServer, Client]) -> None:
+    from control.cache import NodeSelector
+
+    cache, _ads, client = env
+    cache.set(make_snapshot(resources(clusters=("web",))))
+    cache.set(make_snapshot(resources(clusters=("web", "canary"))), selector=NodeSelector(cluster="c1"))
+    client.send(CLUSTER)  # the test client is node n1 of cluster c1
+    assert sorted(names_of(await client.recv())) == ["canary", "web"]
