@@ -54,9 +54,9 @@ class _Collector(Collector):
 
 
 def nodes_view(ads: AdsServer) -> list[dict[str, Any]]:
-    def current(status: NodeStatus) -> str | None:
+    def current(status: NodeStatus) -> dict[str, str]:
         snap = ads.snapshot_for(status)
-        return snap.version if snap is not None else None
+        return {} if snap is None else {SHORT[t]: v for t, v in sorted(snap.type_versions.items())}
 
     return [{"node": s.node_id, "cluster": s.cluster, "snapshot": current(s),
              "connected_seconds": round(time.time() - s.connected_at, 1),

@@ -87,7 +87,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                     continue
                 for type_url in PUSH_ORDER:
                     ts = types.get(type_url)
-                    if ts is not None and (ts.answer or ts.sent_version != snap.version):
+                    if ts is not None and (ts.answer or ts.sent_version != snap.type_versions[type_url]):
                         yield self._response(snap, type_url, ts)
         finally:
             reader.cancel()
@@ -101,11 +101,12 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         else:
             chosen = [packed[n] for n in sorted(packed)]  # wildcard: an omitted one is deleted
         ts.nonce = self.next_nonce()
-        ts.sent_version = snap.version
+        version = snap.type_versions[type_url]
+        ts.sent_version = version
         ts.sent_at = time.monotonic()
         ts.answer = False
         self.counters.pushes += 1
-        return discovery_pb2.DiscoveryResponse(version_info=snap.version, resources=chosen, type_url=type_url,
+        return discovery_pb2.DiscoveryResponse(version_info=version, resources=chosen, type_url=type_url,
                                                nonce=ts.nonce)
 
     async def _read(self, requests: AsyncIterator[Request], types: dict[str, _TypeState],

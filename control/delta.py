@@ -101,9 +101,9 @@ class DeltaStream:
             return None
         ts.nonce = self.ads.next_nonce()
         ts.sent_at = time.monotonic()
-        ts.sent_version = snap.version
+        ts.sent_version = snap.type_versions[type_url]
         self.ads.counters.pushes += 1
-        return DeltaDiscoveryResponse(system_version_info=snap.version, resources=changed,
+        return DeltaDiscoveryResponse(system_version_info=ts.sent_version, resources=changed,
                                                     type_url=type_url, removed_resources=gone, nonce=ts.nonce)
 
     def _forget_endpoints(self, msg: Message, name: str) -> None:

@@ -79,7 +79,10 @@ async def serve(listen: str, envoy_dir: Path, admin: str | None = None,
     if not load_once(cache, envoy_dir, loads, loader):
         log.error("%s: no good initial config; serving nothing until the source is fixed", envoy_dir)
     ads = AdsServer(cache)
-    server = grpc.aio.server()
+    # grpc sheds streams beyond 1,000 waiting to be picked up (3,000 hard): a fleet reconnecting at
+    # once (a control-plane restart) would see a storm of CANCELLED; these only lift the shedding.
+    server = grpc.aio.server(options=[("grpc.server.max_pending_requests", 20_000),
+                                      ("grpc.server.max_pending_requests_hard_limit", 40_000)])
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
     if server.add_insecure_port(listen) == 0:
         log.error("cannot listen on %s", listen)

@@ -183,8 +183,15 @@ async def test_named_types_and_push_order(env: tuple[SnapshotCache, AdsServer, C
         client.send(r.type_url, names=subscribed[r.type_url], nonce=r.nonce, version=r.version_info)
     assert names_of(next(r for r in got if r.type_url == ENDPOINT)) == ["web"]  # only what exists
     await client.nothing()
-    # A change is pushed to every subscribed type in the order CDS, EDS, LDS, RDS.
+    # Only the type whose resources changed is pushed: new endpoints go out as EDS alone.
     cache.set(make_snapshot(resources(endpoint_port=9090)))
+    only = await client.recv()
+    assert only.type_url == ENDPOINT and await client.nothing()
+    client.send(ENDPOINT, names=subscribed[ENDPOINT], nonce=only.nonce, version=only.version_info)
+    # A change of every type is pushed in the order CDS, EDS, LDS, RDS.
+    changed = resources(route_cluster="api", clusters=("web", "api"), endpoint_port=9091)
+    changed[LISTENER]["l1"].per_connection_buffer_limit_bytes.value = 65536
+    cache.set(make_snapshot(changed))
     order = [(await client.recv()).type_url for _ in range(4)]
     assert order == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
     assert len(set(nonces.values())) == 4
