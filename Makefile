@@ -6,6 +6,7 @@
 #   make bench   the benchmark suite against direct, Envoy and nginx (~12 min; updates README's figures)
 #   make bench-quick   direct, meshpy and Envoy in under 2 minutes, for before/after checks
 #   make bench-micro   the micro-benchmarks of the hot path (pytest-benchmark)
+#   make bench-xds     the control plane with up to 5,000 simulated xDS clients
 #   make clean   remove the virtualenv and caches
 #
 # The first run creates .venv and installs the project into it; later runs reuse it until
@@ -93,6 +94,10 @@ bench: bench-deps
 bench-quick: bench-deps
 	$(BIN)/python benchmarks/run.py --quick
 
+# The control plane with 100, 1,000 and 5,000 simulated xDS clients (about a minute).
+bench-xds: $(STAMP)
+	$(BIN)/python benchmarks/xds_scale.py
+
 bench-micro: $(STAMP)
 	$(BIN)/pytest benchmarks/micro --benchmark-only -q
 
@@ -100,4 +105,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro clean
+.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds clean
