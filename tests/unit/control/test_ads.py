@@ -90,18 +90,20 @@ def make_request(type_url: str, names: tuple[str, ...] = (), nonce: str = "", ve
     return req
 
 
-class Client:
-    """One ADS stream: requests go in through a queue, responses come out of `recv`."""
+class StreamClient:
+    """One ADS stream (state of the world, or delta with `delta`): requests go in through a queue,
+    responses come out of `recv`."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+    def __init__(self, channel: grpc.aio.Channel, delta: bool = False) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.responses: asyncio.Queue[Any] = asyncio.Queue()
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-        self.call = stub.StreamAggregatedResources(self._requests())
+        method = stub.DeltaAggregatedResources if delta else stub.StreamAggregatedResources
+        self.call = method(self._requests())
         # One reader for the whole stream: cancelling a grpc.aio read would cancel the call itself.
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+    async def _requests(self) -> AsyncIterator[Any]:
         while (req := await self.queue.get()) is not None:
             yield req
 
@@ -109,20 +111,29 @@ class Client:
         async for resp in self.call:
             self.responses.put_nowait(resp)
 
-    def send(self, type_url: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "",
-             error: str | None = None) -> None:
-        self.queue.put_nowait(make_request(type_url, names, nonce, version, error))
-
-    async def recv(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
+    async def recv(self, timeout: float = 2.0) -> Any:
         return await asyncio.wait_for(self.responses.get(), timeout)
 
     async def nothing(self, wait: float = 0.3) -> bool:
         await asyncio.sleep(wait)
         return self.responses.empty()
 
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await self.reader
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def env() -> AsyncIterator[tuple[SnapshotCache, AdsServer, Client]]:
+
+class Client(StreamClient):
+    def send(self, type_url: str, names: tuple[str, ...] = (), nonce: str = "", version: str = "",
+             error: str | None = None) -> None:
+        self.queue.put_nowait(make_request(type_url, names, nonce, version, error))
+
+
+@contextlib.asynccontextmanager
+async def serving(delta: bool = False) -> AsyncIterator[tuple[SnapshotCache, AdsServer, Any]]:
+    """An ADS server on 127.0.0.1 and one client stream to it (a Client, or a DeltaClient)."""
     cache = SnapshotCache()
     ads = AdsServer(cache)
     server = grpc.aio.server()
@@ -130,14 +141,24 @@ async def env() -> AsyncIterator[tuple[SnapshotCache, AdsServer, Client]]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    client = Client(channel)
-    yield cache, ads, client
-    client.queue.put_nowait(None)
-    client.call.cancel()
-    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-        await client.reader
-    await channel.close()
-    await server.stop(None)
+    if delta:
+        from test_delta import DeltaClient
+
+        client: StreamClient = DeltaClient(channel, delta=True)
+    else:
+        client = Client(channel)
+    try:
+        yield cache, ads, client
+    finally:
+        await client.close()
+        await channel.close()
+        await server.stop(None)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def env() -> AsyncIterator[tuple[SnapshotCache, AdsServer, Client]]:
+    async with serving() as running:
+        yield running
 
 
 MESSAGES: dict[str, Any] = {CLUSTER: cluster_pb2.Cluster, LISTENER: listener_pb2.Listener,

@@ -4,7 +4,6 @@ and one that never reads what it is sent (gRPC flow control holds only its own s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 
@@ -33,10 +32,7 @@ async def server() -> AsyncIterator[tuple[SnapshotCache, int]]:
 
 
 async def close(client: Client, channel: grpc.aio.Channel) -> None:
-    client.queue.put_nowait(None)
-    client.call.cancel()
-    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-        await client.reader
+    await client.close()
     await channel.close()
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 import pytest_asyncio
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
-from test_ads import resources
+from test_ads import StreamClient, resources, serving
 
 from control.ads import AdsServer
 from control.cache import CLUSTER, ENDPOINT, LISTENER, SnapshotCache, make_snapshot
@@ -21,22 +18,7 @@ from control.cache import CLUSTER, ENDPOINT, LISTENER, SnapshotCache, make_snaps
 grpc_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-class DeltaClient:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
-        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources(
-            self._requests())
-        self.reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        while (req := await self.queue.get()) is not None:
-            yield req
-
-    async def _read(self) -> None:
-        async for resp in self.call:
-            self.responses.put_nowait(resp)
-
+class DeltaClient(StreamClient):
     def send(self, type_url: str, subscribe: tuple[str, ...] = (), nonce: str = "",
              initial: dict[str, str] | None = None, error: str | None = None) -> None:
         req = discovery_pb2.DeltaDiscoveryRequest(node=base_pb2.Node(id="d1"), type_url=type_url,
@@ -47,31 +29,11 @@ class DeltaClient:
             req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
         self.queue.put_nowait(req)
 
-    async def recv(self) -> discovery_pb2.DeltaDiscoveryResponse:
-        return await asyncio.wait_for(self.responses.get(), 2)
-
-    async def nothing(self) -> bool:
-        await asyncio.sleep(0.3)
-        return self.responses.empty()
-
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def env() -> AsyncIterator[tuple[SnapshotCache, AdsServer, DeltaClient]]:
-    cache = SnapshotCache()
-    ads = AdsServer(cache)
-    server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    client = DeltaClient(channel)
-    yield cache, ads, client
-    client.queue.put_nowait(None)
-    client.call.cancel()
-    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-        await client.reader
-    await channel.close()
-    await server.stop(None)
+    async with serving(delta=True) as running:
+        yield running
 
 
 @grpc_loop
