@@ -16,10 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from control.admin import MAX_HEAD, ControlAdmin
-from control.ads import AdsServer
+from control.ads import AdsServer, add_to_server
 from control.cache import InconsistentSnapshot, SnapshotCache, make_snapshot
 from control.sources.envoy_dir import Resources, SourceError, fingerprint, load_envoy_dir
 from control.sources.meshpy_dir import load_meshpy_dir
@@ -83,7 +82,7 @@ async def serve(listen: str, envoy_dir: Path, admin: str | None = None,
     # once (a control-plane restart) would see a storm of CANCELLED; these only lift the shedding.
     server = grpc.aio.server(options=[("grpc.server.max_pending_requests", 20_000),
                                       ("grpc.server.max_pending_requests_hard_limit", 40_000)])
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    add_to_server(ads, server)
     if server.add_insecure_port(listen) == 0:
         log.error("cannot listen on %s", listen)
         return 1

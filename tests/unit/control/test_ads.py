@@ -21,7 +21,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from control.ads import AdsServer
+from control.ads import AdsServer, add_to_server
 from control.cache import (
     CLUSTER,
     ENDPOINT,
@@ -137,7 +137,7 @@ async def serving(delta: bool = False) -> AsyncIterator[tuple[SnapshotCache, Ads
     cache = SnapshotCache()
     ads = AdsServer(cache)
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    add_to_server(ads, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -14,7 +14,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from test_ads import Client, make_request, resources
 
-from control.ads import AdsServer
+from control.ads import AdsServer, add_to_server
 from control.cache import CLUSTER, ROUTE, SnapshotCache, make_snapshot
 
 grpc_loop = pytest.mark.asyncio(loop_scope="module")
@@ -24,7 +24,7 @@ grpc_loop = pytest.mark.asyncio(loop_scope="module")
 async def server() -> AsyncIterator[tuple[SnapshotCache, int]]:
     cache = SnapshotCache()
     srv = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cache), srv)
+    add_to_server(AdsServer(cache), srv)
     port = srv.add_insecure_port("127.0.0.1:0")
     await srv.start()
     yield cache, port
