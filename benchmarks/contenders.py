@@ -14,6 +14,7 @@ import pwd
 import re
 import subprocess
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -66,34 +67,27 @@ static_resources:
           stat_prefix: tcp
           cluster: tcpsource
   clusters:
-  - name: upstream
+$clusters""")
+CLUSTER = Template("""\
+  - name: $name
     type: STATIC
     connect_timeout: 1s
     load_assignment:
-      cluster_name: upstream
+      cluster_name: $name
       endpoints:
       - lb_endpoints:
         - endpoint:
             address:
-              socket_address: { address: 127.0.0.1, port_value: $origin_port }
-  - name: tcpsource
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: tcpsource
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: { address: 127.0.0.1, port_value: $tcpsource_port }
+              socket_address: { address: 127.0.0.1, port_value: $port }
 """)
 
 
 def envoy_bootstrap(admin_port: int, http_port: int, tcp_port: int, origin_port: int,
                     tcpsource_port: int) -> str:
+    clusters = "".join(CLUSTER.substitute(name=name, port=port)
+                       for name, port in (("upstream", origin_port), ("tcpsource", tcpsource_port)))
     return ENVOY_BOOTSTRAP.substitute(admin_port=admin_port, http_port=http_port, tcp_port=tcp_port,
-                                      origin_port=origin_port, tcpsource_port=tcpsource_port,
-                                      hcm_type=HCM_TYPE)
+                                      clusters=clusters, hcm_type=HCM_TYPE)
 
 
 # --- nginx ---------------------------------------------------------------------------------------------
@@ -272,7 +266,7 @@ def start_tcp_source(procs: Procs, workdir: Path, cpu: int | None) -> int | None
 # --- contenders -------------------------------------------------------------------------------------------
 
 @dataclass
-class Contender:
+class Contender(ABC):
     """One way of reaching the origin. `start` returns the startup figures (ready time, idle RSS)."""
 
     name: str
@@ -283,9 +277,10 @@ class Contender:
     pids: list[int] = field(default_factory=list)
     is_proxy: bool = True
 
+    @abstractmethod
     def start(self, procs: Procs, workdir: Path, origin: Origin, tcp_source: int | None,
               cpu: int | None) -> dict[str, float]:
-        raise NotImplementedError
+        """Start the contender (pinned to `cpu`) and return its startup figures."""
 
     def _startup(self, ready_s: float) -> dict[str, float]:
         assert self.proc is not None

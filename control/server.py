@@ -31,52 +31,52 @@ POLL_INTERVAL = 0.5  # seconds between looks at the source directory
 Loader = Callable[[Path], Resources]
 
 
-def load_once(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int] | None = None,
+def load_once(cache: SnapshotCache, source: Path, loads: dict[str, int] | None = None,
               loader: Loader = load_envoy_dir) -> bool:
     """Publish the directory's resources; False (and the old snapshot stays) if they are not good.
     `loads` counts the outcomes for /metrics."""
-    ok = _load(cache, envoy_dir, loader)
+    ok = _load(cache, source, loader)
     if loads is not None:
         key = "accepted" if ok else "rejected"
         loads[key] = loads.get(key, 0) + 1
     return ok
 
 
-def _load(cache: SnapshotCache, envoy_dir: Path, loader: Loader) -> bool:
+def _load(cache: SnapshotCache, source: Path, loader: Loader) -> bool:
     try:
-        snap = make_snapshot(loader(envoy_dir))
+        snap = make_snapshot(loader(source))
         cache.set(snap)
     except SourceError as err:
         for line in err.errors:
-            log.error("%s: %s", envoy_dir, line)
+            log.error("%s: %s", source, line)
         return False
     except InconsistentSnapshot as err:
         for line in err.errors:
-            log.error("%s: not pushed: %s", envoy_dir, line)
+            log.error("%s: not pushed: %s", source, line)
         return False
-    log.info("%s: published version %s", envoy_dir, snap.version)
+    log.info("%s: published version %s", source, snap.version)
     return True
 
 
-async def watch_dir(cache: SnapshotCache, envoy_dir: Path, loads: dict[str, int],
+async def watch_dir(cache: SnapshotCache, source: Path, loads: dict[str, int],
                     interval: float = POLL_INTERVAL, loader: Loader = load_envoy_dir) -> None:
-    seen = fingerprint(envoy_dir)
+    seen = fingerprint(source)
     while True:
         await asyncio.sleep(interval)
-        now = fingerprint(envoy_dir)
+        now = fingerprint(source)
         if now != seen:
             seen = now
-            load_once(cache, envoy_dir, loads, loader)
+            load_once(cache, source, loads, loader)
 
 
-async def serve(listen: str, envoy_dir: Path, admin: str | None = None,
+async def serve(listen: str, source: Path, admin: str | None = None,
                 poll_interval: float = POLL_INTERVAL, meshpy_format: bool = False) -> int:
-    """`envoy_dir` holds Envoy-native resources, or meshpy YAML when `meshpy_format` is set."""
+    """`source` is a directory of Envoy-native resources, or of meshpy YAML when `meshpy_format`."""
     loader: Loader = load_meshpy_dir if meshpy_format else load_envoy_dir
     cache = SnapshotCache()
     loads: dict[str, int] = {}
-    if not load_once(cache, envoy_dir, loads, loader):
-        log.error("%s: no good initial config; serving nothing until the source is fixed", envoy_dir)
+    if not load_once(cache, source, loads, loader):
+        log.error("%s: no good initial config; serving nothing until the source is fixed", source)
     ads = AdsServer(cache)
     # grpc sheds streams beyond 1,000 waiting to be picked up (3,000 hard): a fleet reconnecting at
     # once (a control-plane restart) would see a storm of CANCELLED; these only lift the shedding.
@@ -96,12 +96,12 @@ async def serve(listen: str, envoy_dir: Path, admin: str | None = None,
             log.error("cannot listen on %s for the admin: %s", admin, err)
             return 1
     await server.start()
-    log.info("ADS on %s, admin on %s, source %s", listen, admin or "-", envoy_dir)
+    log.info("ADS on %s, admin on %s, source %s", listen, admin or "-", source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(watch_dir(cache, envoy_dir, loads, poll_interval, loader))
+    watcher = asyncio.create_task(watch_dir(cache, source, loads, poll_interval, loader))
     try:
         await stop.wait()
     finally:

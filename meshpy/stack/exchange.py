@@ -110,7 +110,7 @@ class Exchange:
         self.http10 = False
         self.keep_alive = True
         # Filled by the downstream parser's header callback (RequestFacts.note), header by header.
-        self.facts: RequestFacts | None = RequestFacts()
+        self.facts = RequestFacts()
         self.authority = ""
         self.path = ""
         self.rid: bytes | None = None
@@ -153,7 +153,6 @@ class Exchange:
         stats.rq_total += 1
         stats.rq_active += 1
         facts = self.facts
-        assert facts is not None
         if facts.chunked:
             for name, value in self.headers:
                 if name == b"transfer-encoding":
@@ -182,7 +181,6 @@ class Exchange:
         return slash + path if slash else b"/"
 
     def facts_set_authority(self, host: bytes) -> None:
-        assert self.facts is not None
         self.facts.authority = host
         self.headers = [(n, v) for n, v in self.headers if n != b"host"]
         self.headers.append((b"host", host))
@@ -207,7 +205,6 @@ class Exchange:
         self.cluster = cluster
         self.host = host
         facts = self.facts
-        assert facts is not None
         rid = facts.request_id
         new_rid = request_id() if (rid is None and cfg.generate_rid) or (rid and cfg.replace_rid) else None
         self.rid = new_rid or rid
@@ -229,7 +226,7 @@ class Exchange:
         cstats.rq_active += 1
         if self.req_done:
             self._request_timers()
-        elif facts.chunked or facts.content_length:
+        elif self._has_body():
             self._arm_idle()  # guards a slow upload until the request ends
         conn = host.pool.checkout(self._on_pool)
         if conn is not None:
@@ -250,8 +247,7 @@ class Exchange:
                                  extra=[(b"location", loc.encode("latin-1"))])
 
     def _has_body(self) -> bool:
-        f = self.facts
-        return f is not None and (f.chunked or bool(f.content_length))
+        return self.facts.chunked or bool(self.facts.content_length)
 
     def request_body(self, data: bytes) -> None:
         if self.done:
@@ -269,7 +265,7 @@ class Exchange:
         self._last_activity = self.down.loop.time()
         conn = self.conn
         if conn is not None:
-            conn.write(chunk(data) if self.facts is not None and self.facts.chunked else data)
+            conn.write(chunk(data) if self.facts.chunked else data)
             return
         buf = self._buffered
         if buf is None:
@@ -287,7 +283,7 @@ class Exchange:
             self._send_local()
             return
         conn = self.conn
-        if conn is not None and self.facts is not None and self.facts.chunked:
+        if conn is not None and self.facts.chunked:
             conn.write(LAST_CHUNK)
         if self.host is not None:
             self._request_timers()
@@ -330,20 +326,17 @@ class Exchange:
         out = [self.up_head_bytes]
         buf = self._buffered
         if buf is not None:
-            if self.facts is not None and self.facts.chunked:
+            if self.facts.chunked:
                 out.extend(chunk(b) for b in buf)
             else:
                 out.extend(buf)
             self._buffered = None
             self._buffered_bytes = 0
             self.down.resume_reading(_PAUSE_BODY_BUFFER)
-        if self.req_done and self.facts is not None and self.facts.chunked:
+        if self.req_done and self.facts.chunked:
             out.append(LAST_CHUNK)
         assert conn.transport is not None
-        if len(out) == 1:
-            conn.transport.write(out[0])  # the common case (no body) without a call to send()
-        else:
-            send(conn.transport, out)
+        send(conn.transport, out)
 
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
         """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""

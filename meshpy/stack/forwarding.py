@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from meshpy.stack.headers import HOP_BY_HOP
+from meshpy.stack.headers import HOP_BY_HOP, strip_hop_by_hop
 
 
 def _rid_prefix() -> bytes:
@@ -135,7 +135,7 @@ def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[
     send one on every response) names no other header, so only another value costs a second pass."""
     length: int | None = None
     has_date = chunked = False
-    nominated: bytes | None = None
+    nominated = False
     out: list[tuple[bytes, bytes]] = []
     append = out.append
     for h in headers:
@@ -144,7 +144,7 @@ def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[
             if name == b"connection":
                 value = h[1].lower()
                 if value != b"keep-alive" and value != b"close":
-                    nominated = value if nominated is None else nominated + b"," + value
+                    nominated = True
             elif name == b"transfer-encoding":
                 chunked = True
             continue
@@ -153,7 +153,7 @@ def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[
         elif name == b"date":
             has_date = True
         append(h)
-    if nominated is not None:
-        drop = connection_tokens(nominated)
-        out = [h for h in out if h[0] not in drop]
+    if nominated:
+        # Rare: Connection names other headers to drop, the shared strip's business.
+        out = strip_hop_by_hop(headers)
     return out, length, chunked, has_date

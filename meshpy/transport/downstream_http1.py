@@ -240,7 +240,7 @@ class Http1Downstream(asyncio.Protocol):
         name = name.lower()
         if name in SCANNED:
             ex = self._parsing
-            assert ex is not None and ex.facts is not None
+            assert ex is not None
             ex.facts.note(name, value, len(ex.headers))
         self._hdr_append((name, value))
 
