@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from meshpy.admin.server import AdminServer, start_admin
@@ -74,6 +75,9 @@ class App:
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        # An xDS client holds the server in PRE_INITIALIZING until its initial fetch is done.
+        self._hold_initialization = False
+        self.xds_status: Callable[[], dict[str, Any]] | None = None
 
     # -- config ------------------------------------------------------------------------------------
     async def apply(self, config: Config, source: str = "") -> Snapshot:
@@ -102,13 +106,23 @@ class App:
         self.snapshot = snap
         await self._ensure_admin(config)
         del old_clusters
-        if self._state == "PRE_INITIALIZING":
-            await self._wait_clusters_initialized()
-            self._state = "LIVE"
+        if self._state == "PRE_INITIALIZING" and not self._hold_initialization:
+            await self.initialized()
         log.info(
             "config %s live: %d listeners, %d clusters", snap.version, len(snap.listeners), len(snap.clusters)
         )
         return snap
+
+    def hold_initialization(self) -> None:
+        """Stay PRE_INITIALIZING (/ready 503) through config loads until `initialized` is called."""
+        self._hold_initialization = True
+
+    async def initialized(self) -> None:
+        """The initial config is complete: LIVE once DNS clusters have their first answer."""
+        self._hold_initialization = False
+        if self._state == "PRE_INITIALIZING":
+            await self._wait_clusters_initialized()
+            self._state = "LIVE"
 
     async def _wait_clusters_initialized(self) -> None:
         """The first config is LIVE once every DNS cluster has had its first answer (bounded, like
@@ -240,7 +254,8 @@ class App:
         snap = self.snapshot
         if snap is None:
             return {"version": None}
-        return {
+        xds = {"xds": self.xds_status()} if self.xds_status is not None else {}
+        return xds | {
             "version": snap.version,
             "loaded_at": snap.loaded_at,
             "source": snap.source,

@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
         "--grace-time", type=float, default=None, help="seconds requests in flight get after the drain"
     )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    xds = run.add_argument_group("xDS short form (instead of, or beside, a bootstrap's dynamic_resources)")
+    xds.add_argument("--xds", metavar="HOST:PORT", help="the ADS server to follow")
+    xds.add_argument("--node-id", help="this proxy's node id, as the control plane knows it")
+    xds.add_argument("--node-cluster", default="", help="this proxy's node cluster (its service)")
+    xds.add_argument("--xds-delta", action="store_true", help="incremental (delta) ADS")
+    xds.add_argument("--admin", metavar="HOST:PORT",
+                     help="admin listener when no config file is given (default 127.0.0.1:9901)")
 
     val = sub.add_parser("validate", help="check config files; print every error as `path: reason`")
     val.add_argument("files", nargs="+")
@@ -94,6 +101,37 @@ def _validate(files: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from meshpy.model.types import Address, XdsSource
+    from meshpy.model.yaml_values import parse_address
+    from meshpy.runner import serve
+
+    path = args.config or args.config_file
+    if not path and not args.xds:
+        print("meshpy run: a config file is needed (meshpy run -c FILE), or --xds HOST:PORT", file=sys.stderr)
+        return 2
+    xds: XdsSource | None = None
+    admin: Address | None = None
+    try:
+        if args.xds:
+            from meshpy.xds.bootstrap import short_form
+
+            parse_address(args.xds)
+            if not args.node_id:
+                raise ValueError("--node-id is required with --xds")
+            xds = short_form(args.xds, args.node_id, args.node_cluster, args.xds_delta)
+        elif args.node_id or args.node_cluster or args.xds_delta:
+            raise ValueError("--node-id, --node-cluster and --xds-delta go with --xds")
+        if args.admin:
+            if path:
+                raise ValueError("--admin is for the short form; a config file sets its own admin address")
+            admin = parse_address(args.admin)
+    except ValueError as err:
+        print(f"meshpy run: {err}", file=sys.stderr)
+        return 2
+    return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
@@ -104,13 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if args.command == "run":
-        path = args.config or args.config_file
-        if not path:
-            print("meshpy run: a config file is needed (meshpy run -c FILE)", file=sys.stderr)
-            return 2
-        from meshpy.runner import serve
-
-        return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time))
+        return _run(args)
     if args.command == "control":
         from pathlib import Path
 

@@ -1,4 +1,8 @@
-"""`meshpy run`: load a config file, serve it, reload it on SIGHUP or when it changes, drain on SIGTERM."""
+"""`meshpy run`: load a config file, serve it, reload it on SIGHUP or when it changes, drain on SIGTERM.
+
+With xDS (the bootstrap's `dynamic_resources`, or `--xds` on the command line) the file is the static
+part: an ADS client adds what the control plane sends, and a reload of the file goes through the
+client, so that dynamic resources survive it."""
 
 from __future__ import annotations
 
@@ -7,22 +11,37 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from meshpy.app import App
 from meshpy.errors import ConfigError
 from meshpy.model.load import load_file
+from meshpy.model.types import Address, Admin, Config, XdsSource
+
+if TYPE_CHECKING:
+    from meshpy.xds.client import AdsClient
 
 log = logging.getLogger("meshpy")
 
 WATCH_INTERVAL = 1.0
+DEFAULT_ADMIN = Address(host="127.0.0.1", port=9901)  # the short form's admin address, Envoy's usual one
+
+
+Apply = Callable[[Config], Awaitable[object]]
 
 
 class FileSource:
     """Reloads the config file on SIGHUP and when its modification time or size changes."""
 
-    def __init__(self, app: App, path: str) -> None:
+    def __init__(self, app: App, path: str, apply: Apply | None = None,
+                 xds: XdsSource | None = None, xds_from_flags: bool = False) -> None:
         self.app = app
         self.path = path
+        self._apply: Apply = apply or (lambda config: app.apply(config, source=path))
+        self._xds = xds  # what the running ADS client was started with: a reload cannot change it
+        self._xds_from_flags = xds_from_flags
         self._stamp = self._read_stamp()
         self._lock = asyncio.Lock()
 
@@ -38,17 +57,25 @@ class FileSource:
             self._stamp = self._read_stamp()
             try:
                 try:
-                    config = load_file(self.path)
+                    config = self._checked(load_file(self.path))
                 except ConfigError:
                     self.app.metrics.config_load(False)  # apply() counts its own outcomes
                     raise
-                snap = await self.app.apply(config, source=self.path)
+                await self._apply(config)
             except ConfigError as err:
                 log.error("reload (%s) of %s rejected; the running config stays:\n%s", reason, self.path,
                           "\n".join(f"  {i}" for i in err.issues))
                 return False
-            log.info("reload (%s) of %s: config %s is live", reason, self.path, snap.version)
+            version = self.app.snapshot.version if self.app.snapshot is not None else "?"
+            log.info("reload (%s) of %s: config %s is live", reason, self.path, version)
             return True
+
+    def _checked(self, config: Config) -> Config:
+        if self._xds_from_flags:
+            return replace(config, xds=self._xds)  # the command line wins, as it did at start
+        if config.xds != self._xds:
+            raise ConfigError.at("dynamic_resources", "xDS settings change only with a restart")
+        return config
 
     async def watch(self) -> None:
         while True:
@@ -58,32 +85,52 @@ class FileSource:
                 await self.reload("file changed")
 
 
-async def serve(path: str, drain_time: float | None = None, grace_time: float | None = None) -> int:
+async def serve(path: str | None, drain_time: float | None = None, grace_time: float | None = None,
+                xds: XdsSource | None = None, admin: Address | None = None) -> int:
+    """Serve `path` (may be None with `xds`); `xds` from the command line replaces the file's."""
     loop = asyncio.get_running_loop()
+    origin = path or "--xds"
     try:
-        config = load_file(path)
+        config = load_file(path) if path else Config(admin=Admin(address=admin or DEFAULT_ADMIN))
     except ConfigError as err:
         for issue in err.issues:
-            print(f"{path}: {issue}", flush=True)
+            print(f"{origin}: {issue}", flush=True)
         return 1
+    if xds is not None:
+        config = replace(config, xds=xds)
     app = App(loop, drain_time=drain_time, grace_time=grace_time)
+    if config.xds is not None:
+        app.hold_initialization()  # /ready waits for the control plane's initial config
     try:
-        await app.apply(config, source=path)
+        await app.apply(config, source=origin)
     except ConfigError as err:
         for issue in err.issues:
-            print(f"{path}: {issue}", flush=True)
+            print(f"{origin}: {issue}", flush=True)
         await app.close()
         return 1
-    source = FileSource(app, path)
+    client: AdsClient | None = None
+    if config.xds is not None:
+        from meshpy.xds.client import AdsClient
+
+        client = AdsClient(app, config, config.xds)
+        app.xds_status = client.status
+        client.start()
     loop.add_signal_handler(signal.SIGTERM, app.shutdown)
     loop.add_signal_handler(signal.SIGINT, app.shutdown)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(source.reload("SIGHUP")))
-    watcher = loop.create_task(source.watch(), name="config-watch")
+    watcher: asyncio.Task[None] | None = None
+    if path:
+        source = FileSource(app, path, client.set_static if client is not None else None, config.xds,
+                            xds_from_flags=xds is not None)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(source.reload("SIGHUP")))
+        watcher = loop.create_task(source.watch(), name="config-watch")
     try:
         await app.wait_stopped()
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        if client is not None:
+            await client.close()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
     log.info("stopped")
     return 0

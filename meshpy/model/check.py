@@ -15,13 +15,16 @@ from meshpy.errors import ConfigIssue
 from meshpy.model.types import Address, Config, ForwardAction, Listener, RouteConfig
 
 
-def check_references(config: Config) -> list[ConfigIssue]:
-    """Every cross-reference problem in `config`, in model order; empty when the config is consistent."""
+def check_references(config: Config, clusters_required: bool = True) -> list[ConfigIssue]:
+    """Every cross-reference problem in `config`, in model order; empty when the config is consistent.
+
+    `clusters_required=False` is the xDS rule (Envoy's): a route may name a cluster that has not
+    arrived yet, and answers 503 until it does."""
     issues: list[ConfigIssue] = []
     issues += _duplicates(((f"listeners[{i}]", x.name) for i, x in enumerate(config.listeners)), "listener")
     issues += _duplicates(((f"clusters[{i}]", x.name) for i, x in enumerate(config.clusters)), "cluster")
     issues += _address_clashes(config)
-    known = [cluster.name for cluster in config.clusters]
+    known = [cluster.name for cluster in config.clusters] if clusters_required else None
     for i, listener in enumerate(config.listeners):
         issues += _listener(listener, f"listeners[{i}]", known)
     return issues
@@ -59,7 +62,7 @@ def _address_clashes(config: Config) -> list[ConfigIssue]:
     return issues
 
 
-def _listener(listener: Listener, path: str, known: list[str]) -> list[ConfigIssue]:
+def _listener(listener: Listener, path: str, known: list[str] | None) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     if listener.kind == "tcp":
         if listener.tcp is None:
@@ -72,7 +75,7 @@ def _listener(listener: Listener, path: str, known: list[str]) -> list[ConfigIss
     return issues
 
 
-def _route_config(route_config: RouteConfig, path: str, known: list[str]) -> list[ConfigIssue]:
+def _route_config(route_config: RouteConfig, path: str, known: list[str] | None) -> list[ConfigIssue]:
     issues = _duplicates(
         ((f"{path}.virtual_hosts[{j}]", vh.name) for j, vh in enumerate(route_config.virtual_hosts)),
         "virtual host",
@@ -102,8 +105,8 @@ def _route_config(route_config: RouteConfig, path: str, known: list[str]) -> lis
     return issues
 
 
-def _cluster_ref(name: str, path: str, known: list[str]) -> list[ConfigIssue]:
-    if name in known:
+def _cluster_ref(name: str, path: str, known: list[str] | None) -> list[ConfigIssue]:
+    if known is None or name in known:
         return []
     if not known:
         return [ConfigIssue(path, f"unknown cluster {name!r} (no clusters are defined)")]

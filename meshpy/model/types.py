@@ -237,9 +237,27 @@ class Lifecycle:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class XdsSource:
+    """Where dynamic listeners and clusters come from: one ADS server (Envoy's `ads_config`).
+
+    `node_json` is the node identity in proto JSON (envoy.config.core.v3.Node), sent to the server as
+    written: the server may select config by any of its fields, so none is dropped on the way."""
+
+    server: str  # host:port, a gRPC target
+    delta: bool = False  # DELTA_GRPC (incremental) instead of GRPC (state of the world)
+    node_json: str = "{}"
+    lds: bool = True  # subscribe to listeners (lds_config: {ads: {}})
+    cds: bool = True  # subscribe to clusters (cds_config: {ads: {}})
+    initial_fetch_timeout: float | None = 15.0  # Envoy's default; None waits for ever (Envoy's 0s)
+    backoff_base: float = 0.5  # reconnect back-off (Envoy's xDS defaults), jittered, doubling to the cap
+    backoff_max: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     listeners: tuple[Listener, ...] = ()
     clusters: tuple[Cluster, ...] = ()
     admin: Admin = field(default_factory=Admin)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     source_format: Literal["meshpy", "envoy"] = "meshpy"
+    xds: XdsSource | None = None  # static parts above are served beside what the ADS server sends

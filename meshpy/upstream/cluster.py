@@ -11,6 +11,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterable
+from dataclasses import replace
 
 from meshpy.model.types import Cluster
 from meshpy.telemetry.metrics import ClusterStats, Metrics
@@ -78,6 +79,12 @@ class ClusterRuntime:
         if self.model.discovery != "static" and self._task is None:
             self._task = self._loop.create_task(self._dns_loop(), name=f"dns:{self.model.name}")
 
+    def retarget(self, model: Cluster) -> None:
+        """A static cluster's new endpoints. Hosts kept keep their pools; the pools of hosts gone
+        finish what they hold (see HostPool.close)."""
+        self.model = model
+        self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host) for e in model.endpoints])
+
     def pick(self) -> Host | None:
         """Round robin over hosts, each appearing `weight` times in the order list."""
         order = self._order
@@ -106,7 +113,9 @@ class ClusterRuntime:
         hosts: list[Host] = []
         for ip, port, weight, name in entries:
             h = old.pop((ip, port), None)
-            if h is None:
+            if h is not None:
+                h.weight = weight
+            else:
                 pool = HostPool(self._loop, (ip, port), self.stats, self.model.connect_timeout,
                                 self.model.max_connections_per_endpoint)
                 h = Host(pool, weight, name)
@@ -158,16 +167,25 @@ class ClusterManager:
         self._metrics = metrics
         self._loop = loop
         self.clusters: dict[str, ClusterRuntime] = {}
+        self._retargets: dict[str, Cluster] = {}  # endpoint-only changes, done by `commit`
         self._sweeper: asyncio.Task[None] | None = None
 
     def reconcile(self, models: Iterable[Cluster]) -> dict[str, ClusterRuntime]:
         """Build the runtime set for `models`, reusing unchanged clusters. Returns the new mapping;
         the caller publishes it with the Snapshot, then calls `retire` for the old ones."""
         new: dict[str, ClusterRuntime] = {}
+        self._retargets = {}
         for m in models:
             cur = self.clusters.get(m.name)
             if cur is not None and cur.model == m:
                 new[m.name] = cur
+            elif cur is not None and cur.model.discovery == m.discovery == "static" and replace(
+                cur.model, endpoints=m.endpoints
+            ) == m:
+                # Only the endpoints changed (an EDS update, mostly): the runtime stays, hosts that
+                # remain keep their pools and connections, and it happens at commit.
+                new[m.name] = cur
+                self._retargets[m.name] = m
             else:
                 rt = ClusterRuntime(m, self._metrics.cluster(m.name), self._loop)
                 rt.start()
@@ -175,6 +193,9 @@ class ClusterManager:
         return new
 
     def commit(self, new: dict[str, ClusterRuntime]) -> None:
+        retargets, self._retargets = self._retargets, {}
+        for name, model in retargets.items():
+            new[name].retarget(model)
         for name, rt in self.clusters.items():
             if new.get(name) is not rt:
                 rt.close()
@@ -186,6 +207,7 @@ class ClusterManager:
 
     def discard(self, new: dict[str, ClusterRuntime]) -> None:
         """Undo `reconcile` for a config that was not committed."""
+        self._retargets = {}
         for name, rt in new.items():
             if self.clusters.get(name) is not rt:
                 rt.close()

@@ -85,14 +85,18 @@ class HostPool:
     def release(self, conn: UpstreamHttp1) -> None:
         """Return a connection after a complete exchange; it must be reusable."""
         self.busy -= 1
-        if self.closed or not conn.is_usable():
+        if not conn.is_usable():
             conn.close()
+            self._serve_waiter()
             return
         # A pooled connection must read (to notice the upstream closing it), whatever its last client did.
         conn.resume_reading()
-        if self._waiters:
+        if self._waiters:  # even when closed: requests already waiting for this host get their turn
             self.busy += 1
             self._waiters.popleft()(conn)
+            return
+        if self.closed:
+            conn.close()
             return
         conn.idle_since = self._loop.time()
         self._idle.append(conn)
@@ -127,18 +131,21 @@ class HostPool:
         self._idle = keep
 
     def close(self) -> None:
-        """Close idle connections now; busy ones close when their exchange ends."""
+        """The host left its cluster: idle connections close now, busy ones when their exchange ends.
+        Requests already waiting for a connection here are still served (by connections as they
+        come free), so an endpoint update under load fails none of them."""
         self.closed = True
         for conn in self._idle:
             conn.close()
         self.stats.pool_idle -= len(self._idle)
         self._idle = []
-        err = ConnectionAbortedError("host removed")
-        while self._waiters:
-            self._waiters.popleft()(err)
+        if self.total == 0:  # nothing in flight that could serve the waiters
+            err = ConnectionAbortedError("host removed")
+            while self._waiters:
+                self._waiters.popleft()(err)
 
     def _serve_waiter(self) -> None:
-        if self._waiters and not self.closed and self.total < self.max_connections:
+        if self._waiters and self.total < self.max_connections:
             self._start_connect(self._waiters.popleft())
 
     def _start_connect(self, waiter: Waiter) -> None:

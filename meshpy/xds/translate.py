@@ -28,7 +28,7 @@ from google.protobuf import descriptor_pool, json_format  # type: ignore[import-
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import Admin, Config, Endpoint, Listener, RouteConfig
 from meshpy.model.types import Cluster as ClusterModel
-from meshpy.xds import translate_clusters, translate_listeners, translate_routes
+from meshpy.xds import bootstrap, translate_clusters, translate_listeners, translate_routes
 from meshpy.xds.translate_base import Issues, child, item, socket_address
 
 __all__ = [
@@ -179,8 +179,8 @@ def config_from_bootstrap(msg: Any) -> Config:
     """A parsed Bootstrap as a Config, with every issue (and every cross-reference issue) reported."""
     issues = Issues()
     issues.fields(msg, "", _BOOTSTRAP)
-    if msg.HasField("dynamic_resources"):
-        issues.add("dynamic_resources", "xDS is not supported in a static bootstrap yet")
+    xds = bootstrap.xds_source(issues, msg)
+    ads_cluster = bootstrap.ads_cluster_name(msg)  # read by xds_source, not served as data plane cluster
     static = msg.static_resources
     issues.fields(static, "static_resources", {"listeners", "clusters"})
     listeners_path = "static_resources.listeners"
@@ -193,15 +193,18 @@ def config_from_bootstrap(msg: Any) -> Config:
         clusters=tuple(
             translate_clusters.cluster(issues, cluster, item(clusters_path, i))
             for i, cluster in enumerate(static.clusters)
+            if cluster.name != ads_cluster
         ),
         admin=_admin(issues, msg),
         source_format="envoy",
+        xds=xds,
     )
     issues.raise_if_any()
     # Lazy: the checks live with the model and are shared by every loader.
     from meshpy.model.check import check_references
 
-    problems = check_references(config)
+    # With xDS, a static route may name a cluster that CDS will bring (Envoy allows it).
+    problems = check_references(config, clusters_required=xds is None)
     if problems:
         raise ConfigError(ConfigIssue(_envoy_path(p.path), p.reason) for p in problems)
     return config

@@ -1,0 +1,267 @@
+"""What an xDS client holds: the resources accepted so far, and how they become one meshpy Config.
+
+Pure and synchronous, so every rule is testable without a stream. An update is all or nothing: the
+caller gets a new `XdsStore` (copy on write of the one type that changed) or a `ConfigError` whose
+issues name each bad resource (`Cluster demo: connect_timeout: must be greater than 0`), which is
+what goes back to the server as the NACK's error_detail. The old store is untouched either way.
+
+Dependencies follow Envoy: listeners name RouteConfigurations (RDS) and EDS clusters name
+ClusterLoadAssignments, so those two types are subscribed by name, the names being whatever the
+current listeners and clusters need. A listener whose routes have not arrived is warming: its previous
+version keeps serving, and a new listener waits, until they do (or the initial fetch time is over,
+after which it serves with no routes: 404, as Envoy does). An EDS cluster with no assignment yet has
+no endpoints (503), the same answer a warming cluster gives in Envoy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.check import check_references
+from meshpy.model.types import Cluster, Config, Endpoint, Listener, RouteConfig
+from meshpy.xds.translate import (
+    cluster_from_proto,
+    endpoints_from_cla,
+    listener_from_proto,
+    route_config_from_proto,
+)
+
+_PREFIX = "type.googleapis.com/"
+LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+WILDCARD = (CLUSTER, LISTENER)  # subscribed as a whole; RDS and EDS by name
+ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)  # Envoy's: what a type depends on comes first
+KIND = {
+    LISTENER: "Listener", ROUTE: "RouteConfiguration", CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment"
+}
+MESSAGES: dict[str, Any] = {
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+}
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EDS = 3  # Cluster.DiscoveryType.EDS
+NO_ROUTES = RouteConfig(name="", virtual_hosts=())
+
+
+def resource_name(type_url: str, msg: Any) -> str:
+    return str(msg.cluster_name if type_url == ENDPOINT else msg.name)
+
+
+def rds_names(msg: Any) -> list[str]:
+    """The RouteConfiguration names a Listener asks for through RDS."""
+    names = []
+    for chain in msg.filter_chains:
+        for f in chain.filters:
+            if f.typed_config.TypeName() == _HCM:
+                hcm = hcm_pb2.HttpConnectionManager()
+                if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                    names.append(str(hcm.rds.route_config_name))
+    return names
+
+
+def eds_name(msg: Any) -> str | None:
+    """The ClusterLoadAssignment name an EDS Cluster asks for, or None for other clusters."""
+    if msg.type != _EDS:
+        return None
+    return str(msg.eds_cluster_config.service_name or msg.name)
+
+
+class _AnyRoutes(Mapping[str, RouteConfig]):
+    """Lets a Listener be checked before its routes arrive: every name resolves to an empty table."""
+
+    def __getitem__(self, key: str) -> RouteConfig:
+        return NO_ROUTES
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+class _Endpoints(Mapping[str, tuple[Endpoint, ...]]):
+    """Assignments by name; a name not received yet has no endpoints."""
+
+    def __init__(self, known: Mapping[str, tuple[Endpoint, ...]]) -> None:
+        self._known = known
+
+    def __getitem__(self, key: str) -> tuple[Endpoint, ...]:
+        return self._known.get(key, ())
+
+    def __iter__(self) -> Any:
+        return iter(self._known)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+def _translated(
+    type_url: str, fresh: dict[str, Any], removed: Iterable[str], models: dict[str, Any], translate: Any,
+    issues: list[ConfigIssue],
+) -> dict[str, Any]:
+    for name in removed:
+        models.pop(name, None)
+    for name, msg in fresh.items():
+        try:
+            models[name] = translate(msg)
+        except ConfigError as err:
+            issues += _reject(type_url, name, err)
+    return models
+
+
+def _reject(type_url: str, name: str, err: ConfigError) -> list[ConfigIssue]:
+    prefix = f"{KIND[type_url]} {name}"
+    return [ConfigIssue(f"{prefix}: {i.path}" if i.path else prefix, i.reason) for i in err.issues]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class XdsStore:
+    """Accepted resources by type and name, with the models that need nothing else already made."""
+
+    static: Config
+    protos: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    routes: Mapping[str, RouteConfig] = dataclasses.field(default_factory=dict)
+    endpoints: Mapping[str, tuple[Endpoint, ...]] = dataclasses.field(default_factory=dict)
+    # The last listener models served, by name: a listener whose new routes have not arrived keeps these.
+    served: Mapping[str, Listener] = dataclasses.field(default_factory=dict)
+
+    def of(self, type_url: str) -> Mapping[str, Any]:
+        return self.protos.get(type_url, {})
+
+    def wanted(self, type_url: str) -> frozenset[str]:
+        """The names RDS or EDS must subscribe to, following the current listeners and clusters."""
+        if type_url == ROUTE:
+            return frozenset(n for msg in self.of(LISTENER).values() for n in rds_names(msg))
+        if type_url == ENDPOINT:
+            return frozenset(n for msg in self.of(CLUSTER).values() if (n := eds_name(msg)) is not None)
+        raise ValueError(f"{type_url} is subscribed by wildcard")
+
+    def missing(self) -> frozenset[str]:
+        """Names subscribed but not received yet, as `Kind name` (what keeps initialization waiting)."""
+        gone = {f"RouteConfiguration {n}" for n in self.wanted(ROUTE) - self.routes.keys()}
+        gone |= {f"ClusterLoadAssignment {n}" for n in self.wanted(ENDPOINT) - self.endpoints.keys()}
+        return frozenset(gone)
+
+    def update(
+        self, type_url: str, received: Iterable[Any], removed: Iterable[str] = (), replace: bool = False
+    ) -> XdsStore:
+        """A store with `received` (decoded messages) added or replaced and `removed` gone. `replace`
+        (state of the world for LDS and CDS) drops every resource of the type not in `received`."""
+        issues: list[ConfigIssue] = []
+        removed = tuple(removed)
+        current = {} if replace else dict(self.of(type_url))
+        for name in removed:
+            current.pop(name, None)
+        fresh: dict[str, Any] = {}
+        for msg in received:
+            name = resource_name(type_url, msg)
+            if not name:
+                issues.append(ConfigIssue(KIND[type_url], "a resource without a name"))
+            elif name in fresh:
+                issues.append(ConfigIssue(f"{KIND[type_url]} {name}", "sent twice in one response"))
+            fresh[name] = msg
+        routes, endpoints = self.routes, self.endpoints
+        if type_url == ROUTE:
+            routes = _translated(type_url, fresh, removed, dict(routes), route_config_from_proto, issues)
+        elif type_url == ENDPOINT:
+            endpoints = _translated(type_url, fresh, removed, dict(endpoints), endpoints_from_cla, issues)
+        else:
+            for name, msg in fresh.items():
+                try:
+                    self._check(type_url, msg)
+                except ConfigError as err:
+                    issues += _reject(type_url, name, err)
+                if any(x.name == name for x in self._static_of(type_url)):
+                    issues.append(ConfigIssue(f"{KIND[type_url]} {name}", "a static resource has this name"))
+        if issues:
+            raise ConfigError(issues)
+        current.update(fresh)
+        protos = {**self.protos, type_url: current}
+        store = dataclasses.replace(self, protos=protos, routes=routes, endpoints=endpoints)
+        # Resources nothing asks for any more are dropped, as an unsubscribe does in Envoy.
+        routes_wanted, eds_wanted = store.wanted(ROUTE), store.wanted(ENDPOINT)
+        return dataclasses.replace(
+            store,
+            routes={n: r for n, r in store.routes.items() if n in routes_wanted},
+            endpoints={n: e for n, e in store.endpoints.items() if n in eds_wanted},
+        )
+
+
+    def with_static(self, static: Config) -> XdsStore:
+        """The same dynamic resources beside a new static config (a reloaded file)."""
+        clash = [ConfigIssue(f"{KIND[t]} {x.name}", "a dynamic resource has this name already")
+                 for t in WILDCARD for x in XdsStore(static=static)._static_of(t) if x.name in self.of(t)]
+        if clash:
+            raise ConfigError(clash)
+        return dataclasses.replace(self, static=static)
+
+    def _check(self, type_url: str, msg: Any) -> None:
+        if type_url == LISTENER:
+            listener_from_proto(msg, "", _AnyRoutes())
+        else:
+            cluster_from_proto(msg, "", _Endpoints({}))
+
+    def _static_of(self, type_url: str) -> tuple[Listener, ...] | tuple[Cluster, ...]:
+        return self.static.listeners if type_url == LISTENER else self.static.clusters
+
+    def assemble(self, expired: frozenset[str]) -> tuple[Config, XdsStore, frozenset[str]]:
+        """The Config to serve: static resources, then dynamic ones in name order, the store that
+        remembers the listeners served, and the listeners still warming. A listener in `expired` has
+        waited out its fetch time and serves without the routes that did not come. Raises ConfigError
+        (a NACK's detail) when the whole does not hold together, e.g. two listeners on one port."""
+        eds = _Endpoints(self.endpoints)
+        clusters = [cluster_from_proto(msg, "", eds) for _, msg in sorted(self.of(CLUSTER).items())]
+        listeners: dict[str, Listener] = {}
+        warming: set[str] = set()
+        for name, msg in sorted(self.of(LISTENER).items()):
+            needs = rds_names(msg)
+            if all(n in self.routes for n in needs) or name in expired:
+                routes = {n: self.routes.get(n, NO_ROUTES) for n in needs}
+                listeners[name] = listener_from_proto(msg, "", routes)
+                continue
+            warming.add(name)
+            if name in self.served:
+                listeners[name] = self.served[name]  # the previous version serves on meanwhile
+        config = dataclasses.replace(
+            self.static,
+            listeners=self.static.listeners + tuple(listeners.values()),
+            clusters=self.static.clusters + tuple(clusters),
+        )
+        problems = check_references(config, clusters_required=False)
+        if problems:
+            raise ConfigError(_name_paths(config, problems))
+        return config, dataclasses.replace(self, served=listeners), frozenset(warming)
+
+
+def _name_paths(config: Config, problems: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Model paths (`listeners[3].address`) rewritten with the resource's name, which the server knows."""
+    out = []
+    for p in problems:
+        head, _, rest = p.path.partition("]")
+        kind, _, index = head.partition("[")
+        path = p.path
+        if kind in ("listeners", "clusters") and index.isdigit():
+            items = config.listeners if kind == "listeners" else config.clusters
+            name = items[int(index)].name
+            path = f"{'Listener' if kind == 'listeners' else 'Cluster'} {name}: {rest.lstrip('.')}"
+        out.append(ConfigIssue(path, p.reason))
+    return out

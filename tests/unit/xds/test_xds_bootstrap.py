@@ -1,0 +1,148 @@
+"""An Envoy bootstrap's dynamic_resources read into the model's XdsSource, and the short form."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meshpy.errors import ConfigError
+from meshpy.model.load import load_text
+from meshpy.xds.bootstrap import short_form
+
+BOOTSTRAP = """
+node: {{ id: proxy-1, cluster: web, metadata: {{ team: payments, tier: {{ level: 2 }} }} }}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 9901 }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{grpc_service}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3{cds_extra} }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 18000 }} }} }}
+  - name: local
+    load_assignment:
+      cluster_name: local
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 8080 }} }} }}
+"""
+ENVOY_GRPC = "{ envoy_grpc: { cluster_name: xds } }"
+
+
+def bootstrap(api_type: str = "GRPC", grpc_service: str = ENVOY_GRPC, cds_extra: str = "") -> str:
+    return BOOTSTRAP.format(api_type=api_type, grpc_service=grpc_service, cds_extra=cds_extra)
+
+
+def issues(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_text(text)
+    return [str(i) for i in err.value.issues]
+
+
+def test_ads_bootstrap_gives_an_xds_source_and_keeps_the_ads_cluster_out() -> None:
+    config = load_text(bootstrap())
+    assert config.xds is not None
+    assert config.xds.server == "127.0.0.1:18000" and not config.xds.delta
+    assert config.xds.lds and config.xds.cds and config.xds.initial_fetch_timeout == 15.0
+    assert (config.xds.backoff_base, config.xds.backoff_max) == (0.5, 30.0)
+    node = json.loads(config.xds.node_json)
+    assert node == {"id": "proxy-1", "cluster": "web", "metadata": {"team": "payments", "tier": {"level": 2}}}
+    # The ADS cluster carries the stream; the data plane gets the other static clusters only.
+    assert [c.name for c in config.clusters] == ["local"]
+
+
+def test_delta_google_grpc_backoff_and_fetch_timeout() -> None:
+    service = ("{ envoy_grpc: { cluster_name: xds, retry_policy: { retry_back_off: "
+               "{ base_interval: 0.1s, max_interval: 2s } } } }")
+    config = load_text(bootstrap("DELTA_GRPC", service, ", initial_fetch_timeout: 3s"))
+    assert config.xds is not None and config.xds.delta
+    assert (config.xds.backoff_base, config.xds.backoff_max) == (0.1, 2.0)
+    assert config.xds.initial_fetch_timeout == 3.0
+    text = bootstrap(grpc_service="{ google_grpc: { target_uri: 'cp.mesh:18000', stat_prefix: x } }",
+                     cds_extra=", initial_fetch_timeout: 0s")
+    # The cluster `xds` is now an ordinary data plane cluster, which cannot have HTTP/2 options yet.
+    text = "\n".join(line for line in text.splitlines() if "typed_extension" not in line
+                     and "HttpProtocolOptions" not in line and "explicit_http_config" not in line)
+    google = load_text(text)
+    assert google.xds is not None and google.xds.server == "cp.mesh:18000"
+    assert google.xds.initial_fetch_timeout is None  # 0s: wait for ever, as Envoy
+    # Without envoy_grpc no cluster is set aside: both static clusters are served.
+    assert [c.name for c in google.clusters] == ["xds", "local"]
+
+
+def test_bad_dynamic_resources_are_named_by_path() -> None:
+    assert issues(bootstrap(api_type="REST")) == [
+        "dynamic_resources.ads_config.api_type: only GRPC and DELTA_GRPC are supported by meshpy"
+    ]
+    # (The cluster `xds` is then an ordinary cluster, and its HTTP/2 option is reported too.)
+    found = issues(bootstrap(grpc_service="{ envoy_grpc: { cluster_name: nowhere } }"))
+    path = "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name"
+    assert f"{path}: no static cluster named 'nowhere'" in found
+    text = bootstrap().replace("cds_config: { ads: {}", "cds_config: { path: /etc/cds.yaml")
+    assert issues(text) == [
+        "dynamic_resources.cds_config.path: not supported by meshpy",
+        "dynamic_resources.cds_config: only `ads: {}` is supported by meshpy",
+    ]
+    assert issues(bootstrap().replace("id: proxy-1, ", "")) == [
+        "node.id: required with dynamic_resources: the control plane knows proxies by it"
+    ]
+    assert issues("dynamic_resources: { lds_config: { ads: {} } }") == [
+        "dynamic_resources.ads_config: required: meshpy takes dynamic resources over ADS only"
+    ]
+    service = "{ envoy_grpc: { cluster_name: xds, retry_policy: { retry_back_off: { base_interval: 5s, " \
+              "max_interval: 1s } } } }"
+    assert issues(bootstrap(grpc_service=service)) == [
+        "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.retry_policy.retry_back_off.max_interval: "
+        "must be at least base_interval"
+    ]
+
+
+STATIC_LISTENER = """
+  listeners:
+  - name: web
+    address: { socket_address: { address: 127.0.0.1, port_value: 10000 } }
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
+HttpConnectionManager"
+          stat_prefix: web
+          route_config:
+            virtual_hosts:
+            - { name: all, domains: ["*"], routes: [{ match: { prefix: / }, route: { cluster: dyn } }] }
+          http_filters:
+          - name: router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"""
+
+
+def test_static_routes_may_name_clusters_that_cds_will_bring() -> None:
+    config = load_text(bootstrap() + STATIC_LISTENER)
+    assert [x.name for x in config.listeners] == ["web"]
+    # Without xDS the same route is an error: nothing could ever bring that cluster.
+    [issue] = issues("static_resources:" + STATIC_LISTENER)
+    assert "unknown cluster 'dyn'" in issue
+
+
+def test_short_form() -> None:
+    source = short_form("127.0.0.1:18000", "sidecar-7", "reviews", delta=True)
+    assert source.server == "127.0.0.1:18000" and source.delta
+    assert json.loads(source.node_json) == {"id": "sidecar-7", "cluster": "reviews"}
+    assert json.loads(short_form("cp:1", "n").node_json) == {"id": "n"}
