@@ -73,9 +73,9 @@ class Proxy:
         self.path = Path(name)
         self.log_path = Path(name + ".log")
         log = open(self.log_path, "wb")  # noqa: SIM115 - the process owns it
+        config_args = ["-c", str(self.path)] if self.config else []  # "": the command line says it all
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshpy", "run", "-c", str(self.path), "--loop", self.loop,
-             *self.extra_args],
+            [sys.executable, "-m", "meshpy", "run", *config_args, "--loop", self.loop, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
         log.close()
         if wait_ready:

