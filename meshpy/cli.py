@@ -97,6 +97,8 @@ def _validate(files: Sequence[str]) -> int:
             print(f"{path}: {err.strerror or err}")
         else:
             kinds = f"{len(config.listeners)} listeners, {len(config.clusters)} clusters"
+            if config.xds is not None:
+                kinds += f", xDS from {config.xds.server} ({'delta' if config.xds.delta else 'sotw'})"
             print(f"{path}: ok ({config.source_format} format, {kinds})")
     return 1 if failed else 0
 

@@ -185,3 +185,26 @@ def test_fifty_pushes_under_load_fail_no_request(world: tuple[Path, Control, Pro
     assert "Non-2xx" not in out and "Socket errors" not in out, out
     assert xds_metric(proxy, "accepted") - before >= 50
     assert xds_metric(proxy, "rejected") == 0
+
+
+def test_the_sample_pair_works_together(tmp_path: Path, demo: DemoUpstream) -> None:
+    """config/control served by meshpy control, followed through config/xds-client.yaml (ports moved)."""
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "control"
+    source.mkdir()
+    port, ads, admin = free_port(), free_port(), free_port()
+    for f in (root / "config" / "control").glob("*.yaml"):
+        text = f.read_text().replace("port_value: 10001", f"port_value: {port}")
+        (source / f.name).write_text(text.replace("port_value: 18080", f"port_value: {demo.port}"))
+    client = (root / "config" / "xds-client.yaml").read_text()
+    client = client.replace("port_value: 18000", f"port_value: {ads}").replace("port_value: 9903",
+                                                                               f"port_value: {admin}")
+    control = Control(source, ads, tmp_path / "control.log").start()
+    proxy = Proxy(client, admin)
+    try:
+        proxy.start()
+        assert http(port, path="/healthz").body == b"ok\n"
+        assert http(port, path="/hello").header("x-upstream") == "demo"
+    finally:
+        proxy.stop()
+        control.stop()
