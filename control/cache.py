@@ -175,6 +175,23 @@ class SnapshotCache:
         for event in self._watchers:
             event.set()  # every stream looks again; those whose snapshot did not change send nothing
 
+    def publish(self, shared: Snapshot, by_node: Mapping[str, Snapshot] | None = None,
+                by_selector: Mapping[NodeSelector, Snapshot] | None = None) -> None:
+        """Replace every snapshot at once (what a source with per-node sets does). All are checked
+        first; one inconsistent set raises InconsistentSnapshot naming it, and nothing changes."""
+        errors = check(shared)
+        for node, snap in (by_node or {}).items():
+            errors += [f"node {node}: {e}" for e in check(snap)]
+        for selector, snap in (by_selector or {}).items():
+            errors += [f"node cluster {selector.cluster}: {e}" for e in check(snap)]
+        if errors:
+            raise InconsistentSnapshot(errors)
+        self._default = shared
+        self._by_node = dict(by_node or {})
+        self._by_selector = dict(by_selector or {})
+        for event in self._watchers:
+            event.set()
+
     @property
     def ready(self) -> bool:
         """Some config has been published (what /ready reports)."""

@@ -12,27 +12,24 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 from control.admin import MAX_HEAD, ControlAdmin
 from control.ads import AdsServer, add_to_server
-from control.cache import InconsistentSnapshot, SnapshotCache, make_snapshot
-from control.sources.envoy_dir import Resources, SourceError, fingerprint, load_envoy_dir
+from control.cache import InconsistentSnapshot, NodeSelector, SnapshotCache, make_snapshot
+from control.sources.envoy_dir import SourceError
 from control.sources.meshpy_dir import load_meshpy_dir
+from control.sources.nodes import Loader, envoy_layer, layered_fingerprint, load_layers
 
 log = logging.getLogger("meshpy.control")
 
 POLL_INTERVAL = 0.5  # seconds between looks at the source directory
 
 
-Loader = Callable[[Path], Resources]
-
-
 def load_once(cache: SnapshotCache, source: Path, loads: dict[str, int] | None = None,
-              loader: Loader = load_envoy_dir) -> bool:
+              loader: Loader = envoy_layer) -> bool:
     """Publish the directory's resources; False (and the old snapshot stays) if they are not good.
     `loads` counts the outcomes for /metrics."""
     ok = _load(cache, source, loader)
@@ -44,8 +41,13 @@ def load_once(cache: SnapshotCache, source: Path, loads: dict[str, int] | None =
 
 def _load(cache: SnapshotCache, source: Path, loader: Loader) -> bool:
     try:
-        snap = make_snapshot(loader(source))
-        cache.set(snap)
+        layers = load_layers(source, loader)
+        snap = make_snapshot(layers.shared)
+        cache.publish(
+            snap,
+            {node: make_snapshot(r) for node, r in layers.by_node.items()},
+            {NodeSelector(cluster=name): make_snapshot(r) for name, r in layers.by_cluster.items()},
+        )
     except SourceError as err:
         for line in err.errors:
             log.error("%s: %s", source, line)
@@ -54,16 +56,18 @@ def _load(cache: SnapshotCache, source: Path, loader: Loader) -> bool:
         for line in err.errors:
             log.error("%s: not pushed: %s", source, line)
         return False
-    log.info("%s: published version %s", source, snap.version)
+    extra = len(layers.by_node) + len(layers.by_cluster)
+    more = f" and {extra} per-node sets" if extra else ""
+    log.info("%s: published version %s%s", source, snap.version, more)
     return True
 
 
 async def watch_dir(cache: SnapshotCache, source: Path, loads: dict[str, int],
-                    interval: float = POLL_INTERVAL, loader: Loader = load_envoy_dir) -> None:
-    seen = fingerprint(source)
+                    interval: float = POLL_INTERVAL, loader: Loader = envoy_layer) -> None:
+    seen = layered_fingerprint(source)
     while True:
         await asyncio.sleep(interval)
-        now = fingerprint(source)
+        now = layered_fingerprint(source)
         if now != seen:
             seen = now
             load_once(cache, source, loads, loader)
@@ -72,7 +76,7 @@ async def watch_dir(cache: SnapshotCache, source: Path, loads: dict[str, int],
 async def serve(listen: str, source: Path, admin: str | None = None,
                 poll_interval: float = POLL_INTERVAL, meshpy_format: bool = False) -> int:
     """`source` is a directory of Envoy-native resources, or of meshpy YAML when `meshpy_format`."""
-    loader: Loader = load_meshpy_dir if meshpy_format else load_envoy_dir
+    loader: Loader = load_meshpy_dir if meshpy_format else envoy_layer
     cache = SnapshotCache()
     loads: dict[str, int] = {}
     if not load_once(cache, source, loads, loader):

@@ -22,34 +22,41 @@ SECTIONS = ("listeners", "clusters")
 _INDEXED = re.compile(r"^(listeners|clusters)\[(\d+)\](.*)$")
 
 
-def load_meshpy_dir(path: Path) -> Resources:
+def load_meshpy_dir(path: Path, overlay: Path | None = None) -> Resources:
+    """The directory's config; with `overlay` (a per-node subdirectory), its files are joined too and
+    a listener or cluster of theirs replaces the directory's one of the same name."""
     if not path.is_dir():
         raise SourceError([f"{path}: not a directory"])
     errors: list[str] = []
     merged: dict[str, list[Any]] = {key: [] for key in SECTIONS}
     origin: dict[str, list[tuple[str, int]]] = {key: [] for key in SECTIONS}  # merged index -> file, index
-    for file in yaml_files(path):
+    files = [(f, f.name) for f in yaml_files(path)]
+    if overlay is not None:
+        files += [(f, f"{overlay.relative_to(path)}/{f.name}") for f in yaml_files(overlay)]
+    for file, label in files:
         try:
-            data = parse_yaml(file.read_text(encoding="utf-8"), file.name)
+            data = parse_yaml(file.read_text(encoding="utf-8"), label)
         except (ConfigError, OSError, UnicodeDecodeError) as err:
-            errors.append(f"{file.name}: {err}")
+            errors.append(f"{label}: {err}")
             continue
         if data is None:
             continue
         if not isinstance(data, dict):
-            errors.append(f"{file.name}: the top level must be a mapping with listeners and/or clusters")
+            errors.append(f"{label}: the top level must be a mapping with listeners and/or clusters")
             continue
         for key in sorted(set(data) - set(SECTIONS)):
-            errors.append(f"{file.name}: {key}: not for the control plane (only {' and '.join(SECTIONS)})")
+            errors.append(f"{label}: {key}: not for the control plane (only {' and '.join(SECTIONS)})")
         for key in SECTIONS:
             items = data.get(key)
             if items is None:
                 continue
             if not isinstance(items, list):
-                errors.append(f"{file.name}: {key}: must be a list")
+                errors.append(f"{label}: {key}: must be a list")
                 continue
+            if overlay is not None and file.parent == overlay:
+                _drop_replaced(merged[key], origin[key], items)
             merged[key].extend(items)
-            origin[key].extend((file.name, i) for i in range(len(items)))
+            origin[key].extend((label, i) for i in range(len(items)))
     if errors:
         raise SourceError(errors)
     try:
@@ -58,6 +65,14 @@ def load_meshpy_dir(path: Path) -> Resources:
         raise SourceError([_locate(str(issue), origin) for issue in err.issues]) from None
     except ExportError as err:
         raise SourceError([_locate(e, origin) for e in err.errors]) from None
+
+
+def _drop_replaced(items: list[Any], origin: list[tuple[str, int]], newer: list[Any]) -> None:
+    """Remove the entries of `items` (and `origin`) that an entry of `newer` with the same name replaces."""
+    names = {x.get("name") for x in newer if isinstance(x, dict) and x.get("name")}
+    keep = [i for i, x in enumerate(items) if not (isinstance(x, dict) and x.get("name") in names)]
+    items[:] = [items[i] for i in keep]
+    origin[:] = [origin[i] for i in keep]
 
 
 def _locate(message: str, origin: dict[str, list[tuple[str, int]]]) -> str:

@@ -208,3 +208,31 @@ def test_the_sample_pair_works_together(tmp_path: Path, demo: DemoUpstream) -> N
     finally:
         proxy.stop()
         control.stop()
+
+
+def test_nodes_of_another_cluster_get_their_own_set(tmp_path: Path, demo: DemoUpstream) -> None:
+    """node-cluster/reviews/ gives the `reviews` sidecar its own routes; the `web` one keeps the shared."""
+    source = tmp_path / "meshpy"
+    (source / "node-cluster" / "reviews").mkdir(parents=True)
+    web_port, reviews_port = free_port(), free_port()
+    (source / "web.yaml").write_text(MESHPY_YAML.format(port=web_port, upstream=demo.port))
+    (source / "node-cluster" / "reviews" / "web.yaml").write_text(
+        MESHPY_YAML.format(port=reviews_port, upstream=demo.port).replace("from meshpy yaml", "for reviews"))
+    control = Control(source, free_port(), tmp_path / "control.log", "--meshpy-dir", 0.1).start()
+    proxies = []
+    try:
+        for node_cluster in ("web", "reviews"):
+            admin = free_port()
+            proxies.append(Proxy("", admin, extra_args=[
+                "--xds", f"127.0.0.1:{control.port}", "--node-id", f"{node_cluster}-1",
+                "--node-cluster", node_cluster, "--admin", f"127.0.0.1:{admin}"]).start())
+        assert http(web_port, path="/teapot").body == b"from meshpy yaml"
+        assert http(reviews_port, path="/teapot").body == b"for reviews"
+        # Each node holds its own listener only.
+        web, reviews = (json.loads(p.admin("/config_dump")[1])["listeners"] for p in proxies)
+        assert [x["bound_port"] for x in web] == [web_port]
+        assert [x["bound_port"] for x in reviews] == [reviews_port]
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        control.stop()
