@@ -141,8 +141,10 @@ class AdsServer:
                     wake: asyncio.Event, key: int) -> None:
         try:
             async for req in requests:
-                self._on_request(req, types, key)
-                wake.set()
+                # Waking the writer for a plain ACK found nothing to send, for every node after every
+                # push: the scale benchmark measured that wake-up at ~N% of the CPU per change.
+                if self._on_request(req, types, key):
+                    wake.set()
         finally:
             wake.set()  # lets the writer see that the stream is over
 
@@ -188,14 +190,15 @@ class AdsServer:
         async for resp in delta_stream(self, request_iterator):
             yield resp
 
-    def _on_request(self, req: Request, types: dict[str, _TypeState], key: int) -> None:
+    def _on_request(self, req: Request, types: dict[str, _TypeState], key: int) -> bool:
+        """Take in one request; True when it asks for an answer (a plain ACK does not)."""
         status = self.node_status(key, req.node)
         ts = types.get(req.type_url)
         if ts is None:
             ts = types[req.type_url] = _TypeState()
         names = frozenset(req.resource_names)
         if req.response_nonce and req.response_nonce != ts.nonce:
-            return  # stale: answers a response that a newer one replaced
+            return False  # stale: answers a response that a newer one replaced
         if req.HasField("error_detail"):
             self.nack(status, req.type_url, ts.sent_version, req.error_detail.message)
             ts.acked_nonce = req.response_nonce
@@ -208,3 +211,4 @@ class AdsServer:
         if names != ts.names:
             ts.names = names
             ts.answer = True  # a changed subscription is answered even at the same version
+        return ts.answer
