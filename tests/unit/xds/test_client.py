@@ -19,6 +19,7 @@ from control.ads import AdsServer, add_to_server
 from control.cache import SnapshotCache, make_snapshot
 from control.sources.export import export
 from meshpy.app import App
+from meshpy.errors import ConfigError
 from meshpy.model.load import load_text
 from meshpy.model.types import Config, XdsSource
 from meshpy.xds.bootstrap import short_form
@@ -235,3 +236,45 @@ async def test_initial_fetch_timeout_goes_live_with_what_there_is() -> None:
         assert app.state() == "PRE_INITIALIZING"
         await eventually(lambda: app.state() == "LIVE", "LIVE after the initial fetch timeout", 3)
         assert client.initialized.is_set() and not client.connected
+
+
+async def test_a_listener_that_cannot_bind_is_nacked(delta: bool) -> None:
+    plane = await Plane().start()
+    port = free_port()
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    taken = blocker.sockets[0].getsockname()[1]
+    try:
+        async with following(plane, delta) as (_app, client):
+            plane.cache.set(snapshot(port))
+            await asyncio.wait_for(client.initialized.wait(), 5)
+            plane.cache.set(snapshot(taken))
+            [status] = plane.ads.nodes.values()
+            await eventually(lambda: status.last_nack is not None, "the NACK")
+            assert status.last_nack is not None
+            assert f"cannot listen on 127.0.0.1:{taken}" in status.last_nack
+            assert await get(port, "/teapot") == (418, b"short and stout")  # the old listener serves on
+    finally:
+        blocker.close()
+        await plane.stop()
+
+
+async def test_a_reloaded_static_file_keeps_the_dynamic_resources() -> None:
+    plane = await Plane().start()
+    port, static_port = free_port(), free_port()
+    static_text = ("listeners:\n  - name: local\n    address: 127.0.0.1:{}\n"
+                   "    routes: [{{match: /, direct: {{status: {}}}}}]\n")
+    try:
+        async with following(plane, False, load_text(static_text.format(static_port, 200))) as (_app, client):
+            plane.cache.set(snapshot(port))
+            await asyncio.wait_for(client.initialized.wait(), 5)
+            await client.set_static(load_text(static_text.format(static_port, 201)))
+            assert (await get(static_port, "/"))[0] == 201
+            assert await get(port, "/teapot") == (418, b"short and stout")
+            # A static listener named like a dynamic one is refused; both stay as they were.
+            clash = load_text(static_text.format(free_port(), 202).replace("name: local", "name: web"))
+            with pytest.raises(ConfigError) as err:
+                await client.set_static(clash)
+            assert "Listener web: a dynamic resource has this name already" in str(err.value)
+            assert (await get(static_port, "/"))[0] == 201
+    finally:
+        await plane.stop()
