@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,26 @@ def test_short_form() -> None:
     assert source.server == "127.0.0.1:18000" and source.delta
     assert json.loads(source.node_json) == {"id": "sidecar-7", "cluster": "reviews"}
     assert json.loads(short_form("cp:1", "n").node_json) == {"id": "n"}
+
+
+def test_a_reload_keeps_the_xds_settings_it_started_with(tmp_path: Path) -> None:
+    import asyncio
+
+    from meshpy.app import App
+    from meshpy.runner import FileSource
+
+    started = load_text(bootstrap())
+    assert started.xds is not None
+    loop = asyncio.new_event_loop()
+    try:
+        from_file = FileSource(App(loop), str(tmp_path / "b.yaml"), xds=started.xds)
+        assert from_file._checked(load_text(bootstrap())) == started
+        with pytest.raises(ConfigError) as err:
+            from_file._checked(load_text(bootstrap("DELTA_GRPC")))
+        assert str(err.value.issues[0]) == "dynamic_resources: xDS settings change only with a restart"
+        # Given on the command line, the settings win over whatever the file says, as at start.
+        flags = short_form("127.0.0.1:1", "n")
+        from_flags = FileSource(App(loop), str(tmp_path / "b.yaml"), xds=flags, xds_from_flags=True)
+        assert from_flags._checked(load_text(bootstrap("DELTA_GRPC"))).xds == flags
+    finally:
+        loop.close()
