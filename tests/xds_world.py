@@ -17,17 +17,22 @@ from kit import free_port
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
-def bootstrap(admin: int, ads_port: int, api_type: str, node: str = "envoy-1") -> str:
+ENVOY_GRPC = "{ envoy_grpc: { cluster_name: xds } }"
+
+
+def bootstrap(admin: int, ads_port: int, api_type: str, node: str = "envoy-1", node_extra: str = "",
+              grpc_service: str = ENVOY_GRPC, cds_extra: str = "") -> str:
+    """An ADS bootstrap; the static cluster `xds` reaches the control plane on `ads_port`."""
     return f"""
-node: {{ id: {node}, cluster: web }}
+node: {{ id: {node}, cluster: web{node_extra} }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 dynamic_resources:
   ads_config:
     api_type: {api_type}
     transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+    grpc_services: [{grpc_service}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3{cds_extra} }}
   lds_config: {{ ads: {{}}, resource_api_version: V3 }}
 static_resources:
   clusters:
@@ -99,6 +104,15 @@ endpoints:
 TEAPOT = """
   - match: { path: /teapot }
     direct_response: { status: 418, body: { inline_string: "short and stout" } }"""
+
+
+def write_resources(source: Path, port: int, upstream: int) -> None:
+    """The four resources of the interop tests in `source`: listener, routes, EDS cluster, endpoints."""
+    source.mkdir(exist_ok=True)
+    (source / "listener.yaml").write_text(listener(port))
+    (source / "routes.yaml").write_text(routes())
+    (source / "cluster.yaml").write_text(CLUSTER)
+    (source / "endpoints.yaml").write_text(endpoints(upstream))
 
 
 class Control:

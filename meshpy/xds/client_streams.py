@@ -7,8 +7,8 @@ listeners or clusters change, the RouteConfiguration and ClusterLoadAssignment s
 with them. It yields once the stream is up and then once per response handled, which tells the
 caller the stream is alive.
 
-Writes go through a queue drained by one sender task: grpc.aio allows one write at a time, and the
-reader must never wait on the sender.
+Writes go through a queue that grpc.aio drains as the request iterator: one write at a time, and the
+reader never waits on a write.
 """
 
 from __future__ import annotations
@@ -39,19 +39,43 @@ class Rejected(Exception):
     """A response the client NACKs; the message is the error_detail sent back."""
 
 
-async def _requests(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
-    while True:
-        item = await queue.get()
-        if item is _END:
-            return
-        yield item
+class _Outbox:
+    """Requests on their way to the sender; the node goes with the first one only (Envoy's
+    set_node_on_first_message_only), as the server keeps it for the life of the stream."""
+
+    def __init__(self, node: Any) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._node: Any = node
+
+    def put(self, req: Any) -> None:
+        if self._node is not None:
+            req.node.CopyFrom(self._node)
+            self._node = None
+        self.queue.put_nowait(req)
+
+    async def requests(self) -> AsyncIterator[Any]:
+        while True:
+            item = await self.queue.get()
+            if item is _END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self.queue.put_nowait(_END)
+
+
+def _dependent(client: AdsClient, type_url: str) -> tuple[str, frozenset[str]] | None:
+    """The type that follows `type_url` (RDS after LDS, EDS after CDS) and the names it needs now."""
+    dep = _DEPENDENT.get(type_url)
+    if dep is None or dep not in client.types:
+        return None
+    return dep, client.store.wanted(dep)
 
 
 async def sotw_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    out = _Outbox(client.node)
     nonces: dict[str, str] = {}
     subscribed: dict[str, frozenset[str]] = {}
-    first = [True]
 
     def send(type_url: str, error: str | None = None, version: str | None = None) -> None:
         req = DiscoveryRequest(
@@ -60,24 +84,18 @@ async def sotw_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
             response_nonce=nonces.get(type_url, ""),
             resource_names=sorted(subscribed.get(type_url, ())),
         )
-        if first[0]:  # the node goes with the first message only (set_node_on_first_message_only)
-            req.node.CopyFrom(client.node)
-            first[0] = False
         if error is not None:
             req.error_detail.CopyFrom(status_pb2.Status(code=_INVALID_ARGUMENT, message=error))
-        queue.put_nowait(req)
+        out.put(req)
 
     def follow(type_url: str) -> None:
         """Subscribe RDS or EDS to what the listeners or clusters now need."""
-        dep = _DEPENDENT.get(type_url)
-        if dep is None or dep not in client.types:
-            return
-        names = client.store.wanted(dep)
+        found = _dependent(client, type_url)
         # An empty name list would mean "everything" to the server: when nothing is needed any more,
         # the old subscription stays and what it brings is dropped by the store.
-        if names and names != subscribed.get(dep):
-            subscribed[dep] = names
-            send(dep)
+        if found is not None and found[1] and found[1] != subscribed.get(found[0]):
+            subscribed[found[0]] = found[1]
+            send(found[0])
 
     for type_url in client.types:
         if type_url in WILDCARD:
@@ -87,7 +105,7 @@ async def sotw_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
             if names:
                 subscribed[type_url] = names
                 send(type_url)
-    call = stub.StreamAggregatedResources(_requests(queue))
+    call = stub.StreamAggregatedResources(out.requests())
     try:
         await call.wait_for_connection()
         yield None  # connected: a delta server with nothing new says nothing, so this is the signal
@@ -109,26 +127,20 @@ async def sotw_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
                 follow(type_url)
             yield None
     finally:
-        queue.put_nowait(_END)
+        out.close()
         call.cancel()
 
 
 async def delta_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    out = _Outbox(client.node)
+    send = out.put
     subscribed: dict[str, frozenset[str]] = {}
-    first = [True]
-
-    def send(req: DeltaDiscoveryRequest) -> None:
-        if first[0]:
-            req.node.CopyFrom(client.node)
-            first[0] = False
-        queue.put_nowait(req)
 
     def follow(type_url: str) -> None:
-        dep = _DEPENDENT.get(type_url)
-        if dep is None or dep not in client.types:
+        found = _dependent(client, type_url)
+        if found is None:
             return
-        names = client.store.wanted(dep)
+        dep, names = found
         old = subscribed.get(dep, frozenset())
         if names != old:
             subscribed[dep] = names
@@ -147,7 +159,7 @@ async def delta_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
                 send(DeltaDiscoveryRequest(
                     type_url=type_url, resource_names_subscribe=sorted(names),
                     initial_resource_versions={n: v for n, v in held.items() if n in names}))
-    call = stub.DeltaAggregatedResources(_requests(queue))
+    call = stub.DeltaAggregatedResources(out.requests())
     try:
         await call.wait_for_connection()
         yield None
@@ -181,6 +193,6 @@ async def delta_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
                 follow(type_url)
             yield None
     finally:
-        queue.put_nowait(_END)
+        out.close()
         call.cancel()
 

@@ -20,9 +20,9 @@ from xds_world import (
     bootstrap,
     endpoints,
     eventually,
-    listener,
     routes,
     stat,
+    write_resources,
 )
 
 pytestmark = [
@@ -33,13 +33,8 @@ pytestmark = [
 @pytest.fixture(params=["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
 def world(request: pytest.FixtureRequest, tmp_path: Path, demo: DemoUpstream,
           ) -> Iterator[tuple[Path, Control, Envoy, int]]:
-    source = tmp_path / "resources"
-    source.mkdir()
-    port = free_port()
-    (source / "listener.yaml").write_text(listener(port))
-    (source / "routes.yaml").write_text(routes())
-    (source / "cluster.yaml").write_text(CLUSTER)
-    (source / "endpoints.yaml").write_text(endpoints(demo.port))
+    source, port = tmp_path / "resources", free_port()
+    write_resources(source, port, demo.port)
     control = Control(source, free_port(), tmp_path / "control.log").start()
     admin = free_port()
     envoy = Envoy(bootstrap(admin, control.port, request.param), admin)

@@ -22,8 +22,8 @@ from xds_world import (
     bootstrap,
     endpoints,
     eventually,
-    listener,
     routes,
+    write_resources,
 )
 
 WEIGHTED = """
@@ -54,13 +54,8 @@ def xds_metric(proxy: Proxy, result: str) -> float:
 @pytest.fixture(params=["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
 def world(request: pytest.FixtureRequest, tmp_path: Path, demo: DemoUpstream,
           ) -> Iterator[tuple[Path, Control, Proxy, int]]:
-    source = tmp_path / "resources"
-    source.mkdir()
-    port = free_port()
-    (source / "listener.yaml").write_text(listener(port))
-    (source / "routes.yaml").write_text(routes())
-    (source / "cluster.yaml").write_text(CLUSTER)
-    (source / "endpoints.yaml").write_text(endpoints(demo.port))
+    source, port = tmp_path / "resources", free_port()
+    write_resources(source, port, demo.port)
     control = Control(source, free_port(), tmp_path / "control.log", poll_interval=0.1).start()
     admin = free_port()
     proxy = Proxy(bootstrap(admin, control.port, request.param, node="meshpy-1"), admin)

@@ -93,6 +93,21 @@ async def following(plane: Plane, delta: bool, static: Config | None = None,
         await app.wait_stopped()
 
 
+@contextlib.asynccontextmanager
+async def live(delta: bool, endpoints: str = "127.0.0.1:9",
+               ) -> AsyncIterator[tuple[Plane, App, AdsClient, int]]:
+    """A started control plane with one listener's config published, and an App that has taken it."""
+    plane = await Plane().start()
+    port = free_port()
+    try:
+        async with following(plane, delta) as (app, client):
+            plane.cache.set(snapshot(port, endpoints=endpoints))
+            await asyncio.wait_for(client.initialized.wait(), 5)
+            yield plane, app, client, port
+    finally:
+        await plane.stop()
+
+
 async def get(port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -159,71 +174,50 @@ async def test_initial_config_then_live_changes(delta: bool) -> None:
 
 
 async def test_nack_names_the_resource_and_keeps_the_old_config(delta: bool) -> None:
-    plane = await Plane().start()
-    port = free_port()
-    try:
-        async with following(plane, delta) as (app, client):
-            plane.cache.set(snapshot(port))
-            await asyncio.wait_for(client.initialized.wait(), 5)
-            version = app.snapshot.version if app.snapshot else None
-            bad = export(load_text(MESHPY.format(port=port, teapot=418, endpoints="127.0.0.1:9", extra="")))
-            bad[CLUSTER]["backend"].lb_policy = 5  # MAGLEV
-            plane.cache.set(make_snapshot(bad))
-            [status] = plane.ads.nodes.values()
-            await eventually(lambda: status.last_nack is not None, "the server got a NACK")
-            assert status.last_nack is not None
-            assert "Cluster backend: lb_policy: only ROUND_ROBIN is supported by meshpy" in status.last_nack
-            assert client.last_nack[CLUSTER].startswith("Cluster backend: lb_policy:")
-            assert app.snapshot is not None and app.snapshot.version == version
-            assert await get(port, "/teapot") == (418, b"short and stout")
-            assert client.counts[("Cluster", "rejected")] == 1
-            # A good config afterwards is taken again, and clears the NACK.
-            plane.cache.set(snapshot(port, teapot=203))
-            await eventually(lambda: status_is(port, "/teapot", 203), "a fixed config is served")
-            assert CLUSTER not in client.last_nack
-    finally:
-        await plane.stop()
+    async with live(delta) as (plane, app, client, port):
+        version = app.snapshot.version if app.snapshot else None
+        bad = export(load_text(MESHPY.format(port=port, teapot=418, endpoints="127.0.0.1:9", extra="")))
+        bad[CLUSTER]["backend"].lb_policy = 5  # MAGLEV
+        plane.cache.set(make_snapshot(bad))
+        [status] = plane.ads.nodes.values()
+        await eventually(lambda: status.last_nack is not None, "the server got a NACK")
+        assert status.last_nack is not None
+        assert "Cluster backend: lb_policy: only ROUND_ROBIN is supported by meshpy" in status.last_nack
+        assert client.last_nack[CLUSTER].startswith("Cluster backend: lb_policy:")
+        assert app.snapshot is not None and app.snapshot.version == version
+        assert await get(port, "/teapot") == (418, b"short and stout")
+        assert client.counts[("Cluster", "rejected")] == 1
+        # A good config afterwards is taken again, and clears the NACK.
+        plane.cache.set(snapshot(port, teapot=203))
+        await eventually(lambda: status_is(port, "/teapot", 203), "a fixed config is served")
+        assert CLUSTER not in client.last_nack
 
 
 async def test_endpoint_changes_keep_the_cluster_runtime(delta: bool) -> None:
-    plane = await Plane().start()
-    port = free_port()
-    try:
-        async with following(plane, delta) as (app, client):
-            plane.cache.set(snapshot(port, endpoints="127.0.0.1:9, 127.0.0.1:10"))
-            await asyncio.wait_for(client.initialized.wait(), 5)
-            runtime = app.clusters.clusters["backend"]
-            kept = runtime.hosts[0]
-            plane.cache.set(snapshot(port, endpoints="127.0.0.1:9, 127.0.0.1:11"))
-            await eventually(lambda: [h.label for h in runtime.hosts] == ["127.0.0.1:9", "127.0.0.1:11"],
-                             "the new endpoints")
-            assert app.clusters.clusters["backend"] is runtime  # same runtime: pools stay warm
-            assert runtime.hosts[0] is kept
-    finally:
-        await plane.stop()
+    async with live(delta, endpoints="127.0.0.1:9, 127.0.0.1:10") as (plane, app, _client, port):
+        runtime = app.clusters.clusters["backend"]
+        kept = runtime.hosts[0]
+        plane.cache.set(snapshot(port, endpoints="127.0.0.1:9, 127.0.0.1:11"))
+        await eventually(lambda: [h.label for h in runtime.hosts] == ["127.0.0.1:9", "127.0.0.1:11"],
+                         "the new endpoints")
+        assert app.clusters.clusters["backend"] is runtime  # same runtime: pools stay warm
+        assert runtime.hosts[0] is kept
 
 
 async def test_reconnects_to_a_restarted_server_and_converges(delta: bool) -> None:
-    plane = await Plane().start()
-    port = free_port()
-    try:
-        async with following(plane, delta) as (app, client):
-            plane.cache.set(snapshot(port))
-            await asyncio.wait_for(client.initialized.wait(), 5)
-            loads = app.metrics.config_version
-            await plane.stop()
-            await eventually(lambda: not client.connected, "the stream is down")
-            assert await get(port, "/teapot") == (418, b"short and stout")  # serving on meanwhile
-            # The same config again: the client re-subscribes with what it holds; nothing is re-applied.
-            await plane.start()
-            await eventually(lambda: client.connected and len(plane.ads.nodes) == 1, "reconnected")
-            await asyncio.sleep(0.2)
-            assert app.metrics.config_version == loads
-            assert client.reconnects >= 1
-            plane.cache.set(snapshot(port, teapot=201))
-            await eventually(lambda: status_is(port, "/teapot", 201), "the new state after the restart")
-    finally:
+    async with live(delta) as (plane, app, client, port):
+        loads = app.metrics.config_version
         await plane.stop()
+        await eventually(lambda: not client.connected, "the stream is down")
+        assert await get(port, "/teapot") == (418, b"short and stout")  # serving on meanwhile
+        # The same config again: the client re-subscribes with what it holds; nothing is re-applied.
+        await plane.start()
+        await eventually(lambda: client.connected and len(plane.ads.nodes) == 1, "reconnected")
+        await asyncio.sleep(0.2)
+        assert app.metrics.config_version == loads
+        assert client.reconnects >= 1
+        plane.cache.set(snapshot(port, teapot=201))
+        await eventually(lambda: status_is(port, "/teapot", 201), "the new state after the restart")
 
 
 async def test_initial_fetch_timeout_goes_live_with_what_there_is() -> None:
@@ -239,14 +233,10 @@ async def test_initial_fetch_timeout_goes_live_with_what_there_is() -> None:
 
 
 async def test_a_listener_that_cannot_bind_is_nacked(delta: bool) -> None:
-    plane = await Plane().start()
-    port = free_port()
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     taken = blocker.sockets[0].getsockname()[1]
     try:
-        async with following(plane, delta) as (_app, client):
-            plane.cache.set(snapshot(port))
-            await asyncio.wait_for(client.initialized.wait(), 5)
+        async with live(delta) as (plane, _app, _client, port):
             plane.cache.set(snapshot(taken))
             [status] = plane.ads.nodes.values()
             await eventually(lambda: status.last_nack is not None, "the NACK")
@@ -255,7 +245,6 @@ async def test_a_listener_that_cannot_bind_is_nacked(delta: bool) -> None:
             assert await get(port, "/teapot") == (418, b"short and stout")  # the old listener serves on
     finally:
         blocker.close()
-        await plane.stop()
 
 
 async def test_a_reloaded_static_file_keeps_the_dynamic_resources() -> None:

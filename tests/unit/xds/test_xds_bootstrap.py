@@ -6,48 +6,27 @@ import json
 from pathlib import Path
 
 import pytest
+import xds_world
+from xds_world import ENVOY_GRPC
 
 from meshpy.errors import ConfigError
 from meshpy.model.load import load_text
 from meshpy.xds.bootstrap import short_form
 
-BOOTSTRAP = """
-node: {{ id: proxy-1, cluster: web, metadata: {{ team: payments, tier: {{ level: 2 }} }} }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 9901 }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{grpc_service}]
-  cds_config: {{ ads: {{}}, resource_api_version: V3{cds_extra} }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 18000 }} }} }}
+LOCAL = """
   - name: local
     load_assignment:
       cluster_name: local
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 8080 }} }} }}
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: 8080 } } }
 """
-ENVOY_GRPC = "{ envoy_grpc: { cluster_name: xds } }"
 
 
 def bootstrap(api_type: str = "GRPC", grpc_service: str = ENVOY_GRPC, cds_extra: str = "") -> str:
-    return BOOTSTRAP.format(api_type=api_type, grpc_service=grpc_service, cds_extra=cds_extra)
+    """With a node named proxy-1 that has metadata, and a second static cluster `local`."""
+    return xds_world.bootstrap(9901, 18000, api_type, "proxy-1", ", metadata: { team: payments, tier: "
+                               "{ level: 2 } }", grpc_service, cds_extra) + LOCAL
 
 
 def issues(text: str) -> list[str]:
