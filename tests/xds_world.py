@@ -144,6 +144,12 @@ class Control:
         self.proc.terminate()
         return self.proc.wait(10)
 
+    def kill(self) -> int:
+        """Gone at once, streams cut without a goodbye (a crash, an OOM kill)."""
+        assert self.proc is not None
+        self.proc.kill()
+        return self.proc.wait(10)
+
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
 

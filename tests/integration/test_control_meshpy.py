@@ -115,7 +115,7 @@ def test_meshpy_nacks_a_bad_resource_and_keeps_serving(world: tuple[Path, Contro
 
 def test_meshpy_rides_out_a_control_plane_restart(world: tuple[Path, Control, Proxy, int]) -> None:
     source, control, proxy, port = world
-    assert control.stop() == 0
+    assert control.kill() == -9
     for _ in range(20):
         assert http(port, path="/hello").status == 200
         time.sleep(0.05)
