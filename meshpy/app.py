@@ -273,6 +273,8 @@ class App:
                 {
                     "name": name,
                     "type": rt.model.discovery,
+                "circuit_breakers": {k: {"in_use": used, "limit": limit}
+                                     for k, (used, limit) in rt.breaker_state().items()},
                     "endpoints": [
                         {
                             "address": h.label,

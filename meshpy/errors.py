@@ -76,6 +76,14 @@ class UpstreamConnectFailure(ProxyError):
     body = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 
 
+class UpstreamOverflow(ProxyError):
+    """A circuit breaker of the cluster is full (max_requests, max_pending_requests): answered at once."""
+
+    status = 503
+    flag = "UO"
+    body = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+
+
 class UpstreamReset(ProxyError):
     status = 503
     flag = "UC"

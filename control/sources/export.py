@@ -18,6 +18,7 @@ import meshpy.xds.translate  # noqa: F401  (registers the extension types that `
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control.sources.envoy_dir import message_class
 from meshpy.model.types import (
+    DEFAULT_BREAKERS,
     Cluster,
     Config,
     DirectResponseAction,
@@ -284,6 +285,11 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
             }
         },
     }
+    if c.circuit_breakers != DEFAULT_BREAKERS:
+        cb = c.circuit_breakers
+        out["circuit_breakers"] = {"thresholds": [{
+            "max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests,
+            "max_requests": cb.max_requests, "max_retries": cb.max_retries}]}
     if c.discovery == "static":
         out.update(type="EDS", eds_cluster_config={"eds_config": ADS})
         del out["dns_refresh_rate"]

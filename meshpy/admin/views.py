@@ -43,7 +43,8 @@ class AdminHost(Protocol):
     def clusters_view(self) -> list[dict[str, Any]]:
         """One dict per cluster: `name`, `endpoints`: [{`address`, `health` ("healthy", or Envoy's
         flags such as "/failed_active_hc"), `active_requests`, `active_connections`,
-        `idle_connections`, optionally `hostname` and `weight`}]."""
+        `idle_connections`, optionally `hostname` and `weight`}], and optionally `circuit_breakers`
+        ({resource: {`in_use`, `limit`}})."""
         ...
 
     def drain_listeners(self) -> None: ...

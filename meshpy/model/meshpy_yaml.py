@@ -13,8 +13,10 @@ from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
+from meshpy.model.meshpy_yaml_policies import circuit_breakers
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
+    DEFAULT_BREAKERS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH,
     DEFAULT_HEADERS_TIMEOUT,
@@ -82,6 +84,7 @@ _CLUSTER_KEYS = (
     "max_connections_per_endpoint",
     "pool_idle_timeout",
     "lb_policy",
+    "circuit_breakers",
 )
 _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
@@ -307,6 +310,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         dns_refresh_rate=f.get("dns_refresh_rate", as_positive_duration, DEFAULT_DNS_REFRESH),
         max_connections_per_endpoint=f.get("max_connections_per_endpoint", as_positive_int, 1024),
         pool_idle_timeout=f.get("pool_idle_timeout", as_optional_timeout, 60.0),
+        circuit_breakers=circuit_breakers(r, f.raw("circuit_breakers"), f.at("circuit_breakers"))
+        if "circuit_breakers" in f else DEFAULT_BREAKERS,
     )
 
 

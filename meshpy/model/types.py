@@ -214,6 +214,22 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitBreakers:
+    """Limits over the whole cluster (Envoy's DEFAULT-priority thresholds, with Envoy's defaults).
+    Past max_requests or max_pending_requests a request is answered 503 at once (flag UO); past
+    max_connections it waits for a connection (still, a host always gets one). max_retries bounds
+    retries in flight."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+DEFAULT_BREAKERS = CircuitBreakers()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     name: str
     discovery: DiscoveryType = "static"
@@ -223,6 +239,7 @@ class Cluster:
     lb_policy: Literal["round_robin"] = "round_robin"
     max_connections_per_endpoint: int = 1024  # pool size limit; requests beyond it wait
     pool_idle_timeout: float | None = 60.0  # idle pooled connections are closed after this
+    circuit_breakers: CircuitBreakers = DEFAULT_BREAKERS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

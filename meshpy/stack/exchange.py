@@ -30,6 +30,7 @@ from meshpy.errors import (
     NoRoute,
     ProxyError,
     UpstreamConnectFailure,
+    UpstreamOverflow,
     UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
@@ -43,6 +44,7 @@ from meshpy.stack.forwarding import (
     upstream_request_headers,
 )
 from meshpy.transport.writes import send
+from meshpy.upstream.pool import PoolOverflow
 
 if TYPE_CHECKING:
     import asyncio
@@ -307,7 +309,8 @@ class Exchange:
     def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None:
         if isinstance(result, BaseException):
             if not self.done:
-                self._error(UpstreamConnectFailure())
+                overflow = isinstance(result, PoolOverflow)
+                self._error(UpstreamOverflow() if overflow else UpstreamConnectFailure())
             return
         if self.done:
             assert self.host is not None
@@ -539,7 +542,9 @@ class Exchange:
         # Every caller answers for the router once a route is chosen (no healthy upstream, connect
         # failure, reset, bad upstream response): Envoy applies the route's response header edits
         # to those answers too. Before routing (no route) self.route is None and nothing applies.
-        self._local_reply(err.status, err.body, err.flag, route=self.route,
+        # As Envoy, an answer of a full circuit breaker says so, for clients that back off on it.
+        extra = [(b"x-envoy-overloaded", b"true")] if err.flag == "UO" else None
+        self._local_reply(err.status, err.body, err.flag, route=self.route, extra=extra,
                           close=not self.req_done and self._has_body())
 
     def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,

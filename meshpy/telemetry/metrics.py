@@ -132,10 +132,14 @@ class ClusterStats(_RequestStats):
     pool, -1 when it is taken or closed); `cx_active` counts open upstream connections, busy or idle.
     """
 
-    __slots__ = ("cx_connect_fail", "pool_idle", "rq_retry", "rq_timeout")
+    __slots__ = (
+        "cx_connect_fail", "cx_overflow", "pool_idle", "rq_pending_overflow", "rq_retry", "rq_timeout",
+    )  # fmt: skip
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         super().__init__(name, buckets)
+        self.cx_overflow = 0  # a connection the max_connections breaker did not allow (the request waited)
+        self.rq_pending_overflow = 0  # requests answered 503 UO by max_requests or max_pending_requests
         self.rq_timeout = 0
         self.rq_retry = 0
         self.cx_connect_fail = 0
@@ -181,6 +185,11 @@ _SIDES: tuple[tuple[str, str, str, tuple[_Scalar, ...]], ...] = (
         ("meshpy_upstream_rq_timeout_total", "counter", "Upstream requests timed out.", "rq_timeout"),
         ("meshpy_upstream_rq_retry_total", "counter", "Upstream request retries.", "rq_retry"),
         ("meshpy_upstream_cx_pool_idle", "gauge", "Idle pooled upstream connections.", "pool_idle"),
+        ("meshpy_upstream_cx_overflow_total", "counter",
+         "Connections the max_connections circuit breaker held back.", "cx_overflow"),
+        ("meshpy_upstream_rq_pending_overflow_total", "counter",
+         "Requests refused (503 UO) by the max_requests or max_pending_requests circuit breaker.",
+         "rq_pending_overflow"),
     )),
 )  # fmt: skip
 _RQ_HELP = "{} requests completed, by response code."

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from meshpy.model.types import Cluster
 from meshpy.telemetry.metrics import ClusterStats, Metrics
@@ -57,11 +59,21 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 
 class ClusterRuntime:
-    __slots__ = ("_loop", "_order", "_rr", "_task", "hosts", "model", "resolved", "stats")
+    __slots__ = (
+        "_loop", "_order", "_rr", "_task", "busy", "cx_limit", "hosts", "model", "pending_limit", "resolved",
+        "retry_limit", "rq_limit", "stats",
+    )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
         self.model = model
         self.stats = stats
+        # The circuit breakers, as plain attributes: the request path reads rq_limit on every request.
+        breakers = model.circuit_breakers
+        self.cx_limit = breakers.max_connections
+        self.pending_limit = breakers.max_pending_requests
+        self.rq_limit = breakers.max_requests
+        self.retry_limit = breakers.max_retries
+        self.busy = 0  # requests on an upstream connection, kept by the pools (for max_requests)
         self._loop = loop
         self.hosts: list[Host] = []
         self._order: list[Host] = []
@@ -84,6 +96,22 @@ class ClusterRuntime:
         finish what they hold (see HostPool.close)."""
         self.model = model
         self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host) for e in model.endpoints])
+
+    def connections(self) -> int:
+        """Upstream connections open or opening, over every host (for max_connections)."""
+        return sum(h.pool.total for h in self.hosts)
+
+    def pending(self) -> int:
+        """Requests waiting for a connection, over every host (for max_pending_requests)."""
+        return sum(h.pool.pending for h in self.hosts)
+
+    def breaker_state(self) -> dict[str, tuple[int, int]]:
+        """Each circuit breaker as (in use, limit), for /clusters and the gauges."""
+        return {
+            "connections": (self.connections(), self.cx_limit),
+            "pending_requests": (self.pending(), self.pending_limit),
+            "requests": (self.busy, self.rq_limit),
+        }
 
     def pick(self) -> Host | None:
         """Round robin over hosts, each appearing `weight` times in the order list."""
@@ -117,7 +145,7 @@ class ClusterRuntime:
                 h.weight = weight
             else:
                 pool = HostPool(self._loop, (ip, port), self.stats, self.model.connect_timeout,
-                                self.model.max_connections_per_endpoint)
+                                self.model.max_connections_per_endpoint, self)
                 h = Host(pool, weight, name)
             hosts.append(h)
         for gone in old.values():
@@ -166,9 +194,24 @@ class ClusterManager:
     def __init__(self, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
         self._metrics = metrics
         self._loop = loop
+        metrics.add_callback_collector(self._breaker_gauges)
         self.clusters: dict[str, ClusterRuntime] = {}
         self._retargets: dict[str, Cluster] = {}  # endpoint-only changes, done by `commit`
         self._sweeper: asyncio.Task[None] | None = None
+
+    def _breaker_gauges(self) -> Iterator[Metric]:
+        """How close each circuit breaker is to its limit (Envoy's remaining_* gauges, always on)."""
+        labels = ["cluster", "resource"]
+        remaining = GaugeMetricFamily("meshpy_upstream_circuit_breaker_remaining",
+                                      "What is left before a circuit breaker trips.", labels=labels)
+        open_ = GaugeMetricFamily("meshpy_upstream_circuit_breaker_open",
+                                  "1 while a circuit breaker is at its limit.", labels=labels)
+        for name, rt in sorted(self.clusters.items()):
+            for resource, (used, limit) in rt.breaker_state().items():
+                remaining.add_metric([name, resource], float(max(0, limit - used)))
+                open_.add_metric([name, resource], 1.0 if used >= limit else 0.0)
+        yield remaining
+        yield open_
 
     def reconcile(self, models: Iterable[Cluster]) -> dict[str, ClusterRuntime]:
         """Build the runtime set for `models`, reusing unchanged clusters. Returns the new mapping;

@@ -12,7 +12,7 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from meshpy.transport.upstream_http1 import UpstreamHttp1
 
@@ -21,6 +21,46 @@ if TYPE_CHECKING:
 
 # A waiter gets either a live connection or the exception that stopped the connect.
 Waiter = Callable[["UpstreamHttp1 | BaseException"], None]
+
+
+class PoolOverflow(Exception):
+    """The cluster's max_pending_requests circuit breaker is full: the request must not wait."""
+
+
+class Limits(Protocol):
+    """The cluster-wide circuit breakers a pool asks before it gives out a connection, opens one or
+    queues a request. `busy` (requests on a connection, over the cluster) is kept by the pools, since
+    max_requests is checked on every request; connections and pending requests are summed over the
+    cluster's pools only off the fast path (no idle connection)."""
+
+    busy: int
+    rq_limit: int
+    cx_limit: int
+    pending_limit: int
+
+    def connections(self) -> int: ...
+
+    def pending(self) -> int: ...
+
+
+class _NoLimits:
+    def __init__(self) -> None:
+        self.busy = 0
+        self.rq_limit = self.cx_limit = self.pending_limit = 1 << 62
+
+    def connections(self) -> int:
+        return 0
+
+    def pending(self) -> int:
+        return 0
+
+
+def no_limits() -> Limits:
+    return _NoLimits()
+
+
+_PENDING_FULL = PoolOverflow("max_pending_requests")
+_REQUESTS_FULL = PoolOverflow("max_requests")
 
 
 class HostPool:
@@ -33,6 +73,7 @@ class HostPool:
         "busy",
         "closed",
         "connect_timeout",
+        "limits",
         "max_connections",
         "stats",
     )
@@ -44,8 +85,10 @@ class HostPool:
         stats: ClusterStats,
         connect_timeout: float,
         max_connections: int,
+        limits: Limits | None = None,
     ) -> None:
         self._loop = loop
+        self.limits = limits if limits is not None else no_limits()
         self.address = address  # may be replaced by LOGICAL_DNS re-resolution; new connects use it
         self.stats = stats
         self.connect_timeout = connect_timeout
@@ -57,6 +100,11 @@ class HostPool:
         self.closed = False
 
     @property
+    def pending(self) -> int:
+        """Requests waiting for a connection of this pool, including those whose connect is under way."""
+        return len(self._waiters) + self._connecting
+
+    @property
     def idle_count(self) -> int:
         return len(self._idle)
 
@@ -65,26 +113,44 @@ class HostPool:
         return len(self._idle) + self.busy + self._connecting
 
     def checkout(self, waiter: Waiter) -> UpstreamHttp1 | None:
-        """An idle live connection at once, or None and `waiter` is called later with one (or an error)."""
+        """An idle live connection at once, or None and `waiter` is called later with one, or with
+        an error (PoolOverflow at once when a circuit breaker is full)."""
         idle = self._idle
+        limits = self.limits
+        if idle and limits.busy >= limits.rq_limit:
+            # max_requests, checked as Envoy does where a request would get its connection: a request
+            # that must wait anyway counts against max_pending_requests instead.
+            self.stats.rq_pending_overflow += 1
+            waiter(_REQUESTS_FULL)
+            return None
         while idle:
             conn = idle.pop()
             # A connection the upstream closed is never reused: connection_lost removes it from the
             # idle list, and is_usable() catches the close that arrived in this very loop iteration.
             if conn.is_usable():
                 self.busy += 1
+                limits.busy += 1
                 self.stats.pool_idle -= 1
                 return conn
             self.stats.pool_idle -= 1
+        if limits.pending() >= limits.pending_limit:
+            self.stats.rq_pending_overflow += 1
+            waiter(_PENDING_FULL)
+            return None
         if self.total < self.max_connections:
-            self._start_connect(waiter)
-        else:
-            self._waiters.append(waiter)
+            # Past max_connections the request waits for one of the pool's connections, unless the
+            # pool has none: a host the balancer picked always gets one (as in Envoy).
+            if self.total == 0 or limits.connections() < limits.cx_limit:
+                self._start_connect(waiter)
+                return None
+            self.stats.cx_overflow += 1
+        self._waiters.append(waiter)
         return None
 
     def release(self, conn: UpstreamHttp1) -> None:
         """Return a connection after a complete exchange; it must be reusable."""
         self.busy -= 1
+        self.limits.busy -= 1
         if not conn.is_usable():
             conn.close()
             self._serve_waiter()
@@ -93,11 +159,15 @@ class HostPool:
         conn.resume_reading()
         if self._waiters:  # even when closed: requests already waiting for this host get their turn
             self.busy += 1
+            self.limits.busy += 1
             self._waiters.popleft()(conn)
             return
         if self.closed:
             conn.close()
             return
+        self._keep_idle(conn)
+
+    def _keep_idle(self, conn: UpstreamHttp1) -> None:
         conn.idle_since = self._loop.time()
         self._idle.append(conn)
         self.stats.pool_idle += 1
@@ -105,6 +175,7 @@ class HostPool:
     def discard(self, conn: UpstreamHttp1) -> None:
         """A busy connection that must not be reused (error, timeout, `Connection: close`)."""
         self.busy -= 1
+        self.limits.busy -= 1
         conn.close()
         self._serve_waiter()
 
@@ -164,7 +235,14 @@ class HostPool:
                 self._serve_waiter()
                 return
             conn = t.result()
+            limits = self.limits
+            if limits.busy >= limits.rq_limit:  # max_requests filled up while this one connected
+                self.stats.rq_pending_overflow += 1
+                self._keep_idle(conn)
+                waiter(_REQUESTS_FULL)
+                return
             self.busy += 1
+            limits.busy += 1
             waiter(conn)
 
         task.add_done_callback(done)

@@ -20,6 +20,7 @@ from meshpy.model.types import (
     DiscoveryType,
     Endpoint,
 )
+from meshpy.xds import translate_policies
 from meshpy.xds.translate_base import (
     UNSUPPORTED,
     Issues,
@@ -46,6 +47,7 @@ _CLUSTER = frozenset(
         "common_http_protocol_options",
         "http2_protocol_options",
         "metadata",
+        "circuit_breakers",
     }
 )
 # Cluster.DiscoveryType numbers, in proto order.
@@ -98,6 +100,7 @@ def cluster(
         dns_refresh_rate=positive_duration(issues, msg, "dns_refresh_rate", path, DEFAULT_DNS_REFRESH),
         lb_policy="round_robin",
         pool_idle_timeout=_pool_idle_timeout(issues, msg, path),
+        circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
     )
 
 

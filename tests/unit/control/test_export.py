@@ -63,6 +63,7 @@ clusters:
   - name: api-v1
     endpoints: [127.0.0.1:18080, {address: 127.0.0.1:18081, weight: 3}]
     connect_timeout: 2s
+    circuit_breakers: {max_connections: 10, max_pending_requests: 5, max_requests: 20, max_retries: 0}
   - name: api-v2
     type: strict_dns
     endpoints: [localhost:18082]

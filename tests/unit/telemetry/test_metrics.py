@@ -59,6 +59,8 @@ def test_empty_metrics_have_every_family() -> None:
         "meshpy_upstream_rq_timeout": "counter",
         "meshpy_upstream_rq_retry": "counter",
         "meshpy_upstream_cx_pool_idle": "gauge",
+        "meshpy_upstream_cx_overflow": "counter",
+        "meshpy_upstream_rq_pending_overflow": "counter",
         "meshpy_config_loads": "counter",
         "meshpy_server_info": "gauge",
     }

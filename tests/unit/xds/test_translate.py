@@ -897,9 +897,10 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         UNSUPPORTED,
     ),
     (
-        "circuit_breakers",
-        cluster_bootstrap("circuit_breakers", "circuit_breakers: {thresholds: [{max_connections: 10}]}"),
-        f"{CLUSTER0}.circuit_breakers",
+        "per_host_thresholds",
+        cluster_bootstrap("circuit_breakers",
+                          "circuit_breakers: {per_host_thresholds: [{max_connections: 1}]}"),
+        f"{CLUSTER0}.circuit_breakers.per_host_thresholds",
         UNSUPPORTED,
     ),
     (
