@@ -8,10 +8,28 @@ the value is never used). Names and defaults are Envoy's, so a reader of Envoy's
 
 from __future__ import annotations
 
-from meshpy.model.types import DEFAULT_BREAKERS, CircuitBreakers
-from meshpy.model.yaml_reader import Reader, as_non_negative_int, as_positive_int
+import difflib
 
-_BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
+from meshpy.model.types import (
+    DEFAULT_BREAKERS,
+    DEFAULT_BUDGET,
+    RETRY_ON,
+    CircuitBreakers,
+    RetryBudget,
+    RetryPolicy,
+)
+from meshpy.model.yaml_reader import (
+    Reader,
+    as_bool,
+    as_non_negative_int,
+    as_optional_timeout,
+    as_positive_duration,
+    as_positive_int,
+    is_off,
+)
+from meshpy.model.yaml_values import parse_size
+
+_BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests", "max_retries", "retry_budget")
 
 
 def circuit_breakers(r: Reader, node: object, path: str) -> CircuitBreakers:
@@ -26,4 +44,102 @@ def circuit_breakers(r: Reader, node: object, path: str) -> CircuitBreakers:
         max_pending_requests=f.get("max_pending_requests", as_positive_int, d.max_pending_requests),
         max_requests=f.get("max_requests", as_positive_int, d.max_requests),
         max_retries=f.get("max_retries", as_non_negative_int, d.max_retries),
+        retry_budget=retry_budget(r, f.raw("retry_budget"), f.at("retry_budget"))
+        if "retry_budget" in f else DEFAULT_BUDGET,
     )
+
+
+# Istio's default conditions, for a `retry:` that does not say when: failures before any answer and
+# 503, the answers that are safe to try again.
+DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
+DEFAULT_RETRY_CODES = (503,)
+_RETRY_KEYS = (
+    "retry_on", "num_retries", "per_try_timeout", "retriable_status_codes", "backoff",
+    "retry_non_idempotent", "hedge_on_per_try_timeout", "buffer_limit", "attempt_count_header",
+)  # fmt: skip
+
+
+def retry_policy(r: Reader, node: object, path: str) -> RetryPolicy | None:
+    """`retry: 2` (two retries on Istio's default conditions) or a mapping with Envoy's names:
+
+        retry: {retry_on: [5xx, reset], num_retries: 3, per_try_timeout: 200ms,
+                retriable_status_codes: [503], backoff: {base_interval: 25ms, max_interval: 250ms},
+                retry_non_idempotent: false, hedge_on_per_try_timeout: false, buffer_limit: 64KiB}
+
+    `retry: off` switches a virtual host's policy off for one route."""
+    if is_off(node):
+        return None
+    if isinstance(node, int) and not isinstance(node, bool):
+        node = {"num_retries": node}
+    f = r.mapping(node, path, _RETRY_KEYS)
+    if f is None:
+        return None
+    retry_on = tuple(f.get("retry_on", _conditions, DEFAULT_RETRY_ON))
+    codes = tuple(f.get("retriable_status_codes", _status_codes,
+                        () if "retry_on" in f else DEFAULT_RETRY_CODES))
+    if codes and "retriable-status-codes" not in retry_on:
+        r.error(f.at("retriable_status_codes"), "only used with retry_on: retriable-status-codes")
+    base, cap = 0.025, None
+    if "backoff" in f:
+        g = r.mapping(f.raw("backoff"), f.at("backoff"), ("base_interval", "max_interval"))
+        if g is not None:
+            base = g.require("base_interval", as_positive_duration, base)
+            cap = g.get("max_interval", as_positive_duration, None)
+            if cap is not None and cap < base:
+                r.error(g.at("max_interval"), "must be at least base_interval")
+    return RetryPolicy(
+        retry_on=retry_on,
+        num_retries=f.get("num_retries", as_positive_int, 1),
+        per_try_timeout=f.get("per_try_timeout", as_optional_timeout, None),
+        retriable_status_codes=codes,
+        backoff_base=base,
+        backoff_max=cap if cap is not None else base * 10,
+        retry_non_idempotent=f.get("retry_non_idempotent", as_bool, False),
+        hedge_on_per_try_timeout=f.get("hedge_on_per_try_timeout", as_bool, False),
+        buffer_limit=f.get("buffer_limit", parse_size, 64 * 1024),
+        attempt_count_header=f.get("attempt_count_header", as_bool, True),
+    )
+
+
+def _conditions(value: object) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("expected a list of conditions, e.g. [5xx, reset]")
+    out = []
+    for x in items:
+        name = str(x).strip()
+        if name not in RETRY_ON:
+            close = difflib.get_close_matches(name, RETRY_ON, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; one of {', '.join(RETRY_ON)}"
+            raise ValueError(f"unknown retry condition {name!r}{hint}")
+        out.append(name)
+    return out
+
+
+def _status_codes(value: object) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a list of status codes, e.g. [503]")
+    codes = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int) or not 100 <= x <= 599:
+            raise ValueError(f"{x!r} is not an HTTP status code")
+        codes.append(x)
+    return codes
+
+
+def retry_budget(r: Reader, node: object, path: str) -> RetryBudget | None:
+    """`retry_budget: {percent: 20, min_concurrency: 3}`, or `off` (then max_retries applies)."""
+    if is_off(node):
+        return None
+    f = r.mapping(node, path, ("percent", "min_concurrency"))
+    if f is None:
+        return DEFAULT_BUDGET
+    percent = f.get("percent", float_percent, DEFAULT_BUDGET.percent)
+    least = f.get("min_concurrency", as_non_negative_int, DEFAULT_BUDGET.min_concurrency)
+    return RetryBudget(percent=percent, min_concurrency=least)
+
+
+def float_percent(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise ValueError("expected a percentage from 0 to 100")
+    return float(value)

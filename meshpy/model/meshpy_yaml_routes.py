@@ -7,9 +7,11 @@ placeholder when the node was unusable; a recorded issue guarantees the placehol
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from meshpy.model.meshpy_yaml_matches import absolute_path, compile_regex, header_name, read_match
+from meshpy.model.meshpy_yaml_policies import retry_policy
 from meshpy.model.types import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
@@ -19,6 +21,7 @@ from meshpy.model.types import (
     HeaderValue,
     RedirectAction,
     RegexRewrite,
+    RetryPolicy,
     Route,
     RouteAction,
     RouteMatch,
@@ -52,7 +55,7 @@ _EDIT_MODES: dict[str, HeaderAppend] = {
 _EDIT_KEYS = (*_EDIT_MODES, "remove")
 
 _ACTIONS = ("cluster", "split", "redirect", "direct")
-_FORWARD_ONLY = ("prefix_rewrite", "regex_rewrite", "host_rewrite", "timeout", "idle_timeout")
+_FORWARD_ONLY = ("prefix_rewrite", "regex_rewrite", "host_rewrite", "timeout", "idle_timeout", "retry")
 _ROUTE_KEYS = ("name", "match", *_ACTIONS, *_FORWARD_ONLY, "request_headers", "response_headers")
 _MATCH_ONLY = "belongs under match: (e.g. match: {prefix: /api})"
 _ROUTE_MISPLACED = {
@@ -63,7 +66,7 @@ _ROUTE_MISPLACED = {
     "query": _MATCH_ONLY,
     "headers": "to match headers put them under match:, to edit them use request_headers/response_headers",
 }
-_VHOST_KEYS = ("name", "domains", "routes", "cluster", "request_headers", "response_headers")
+_VHOST_KEYS = ("name", "domains", "routes", "cluster", "request_headers", "response_headers", "retry")
 _PLACEHOLDER_ACTION = DirectResponseAction(status=500)
 
 
@@ -138,7 +141,8 @@ def read_virtual_hosts(r: Reader, f: Fields, model_path: str, listener_name: str
         # listener itself so that cross-reference issues point at what was written.
         vh_model = item(child(model_path, "virtual_hosts"), 0)
         r.alias(vh_model, f.path)
-        return (VirtualHost(name=listener_name, domains=("*",), routes=_routes_or_cluster(r, f, vh_model)),)
+        routes = with_retry(_routes_or_cluster(r, f, vh_model), None)
+        return (VirtualHost(name=listener_name, domains=("*",), routes=routes),)
     nodes = r.sequence(f.raw("virtual_hosts"), f.at("virtual_hosts"))
     if f.raw("virtual_hosts") == []:
         r.error(f.at("virtual_hosts"), "must not be empty")
@@ -162,13 +166,31 @@ def _virtual_host(r: Reader, node: object, path: str, model_path: str) -> Virtua
     if len(forms) != 1:
         r.error(path, "needs one of routes or cluster" if not forms else "has both routes and cluster")
         return None
+    # The virtual host's retry policy, for its routes that have none of their own.
+    policy = retry_policy(r, f.raw("retry"), f.at("retry")) if "retry" in f else None
+    routes = with_retry(_routes_or_cluster(r, f, model_path), policy)
     return VirtualHost(
         name=f.get("name", as_name, domains[0] if domains else ""),
         domains=tuple(domains),
-        routes=_routes_or_cluster(r, f, model_path),
+        routes=routes,
         request_headers=edits_at(r, f, "request_headers"),
         response_headers=edits_at(r, f, "response_headers"),
     )
+
+
+# A route that says nothing about retries takes its virtual host's policy; `retry: off` says "none".
+_UNSET_RETRY = RetryPolicy(retry_on=())
+
+
+def with_retry(routes: tuple[Route, ...], policy: RetryPolicy | None) -> tuple[Route, ...]:
+    """`routes` with the virtual host's retry `policy` where a route has not set its own."""
+    out = []
+    for route in routes:
+        action = route.action
+        if isinstance(action, ForwardAction) and action.retry is _UNSET_RETRY:
+            route = dataclasses.replace(route, action=dataclasses.replace(action, retry=policy))
+        out.append(route)
+    return tuple(out)
 
 
 def _domains(r: Reader, f: Fields) -> list[str]:
@@ -268,6 +290,7 @@ def _forward(r: Reader, f: Fields, model_path: str) -> ForwardAction:
         host_rewrite=f.get("host_rewrite", as_name, None),
         timeout=f.get("timeout", as_optional_timeout, DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=f.get("idle_timeout", as_route_idle_timeout, None),
+        retry=retry_policy(r, f.raw("retry"), f.at("retry")) if "retry" in f else _UNSET_RETRY,
     )
 
 

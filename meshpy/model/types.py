@@ -105,6 +105,37 @@ class RegexRewrite:
     substitution: str
 
 
+# Envoy's retry_on conditions meshpy implements. HTTP/1: 5xx, gateway-error, reset, connect-failure,
+# retriable-4xx (409), retriable-status-codes; refused-stream is an HTTP/2 reset (never seen on HTTP/1);
+# the gRPC ones look at a grpc-status in the response head (a trailers-only gRPC answer).
+RETRY_ON = (
+    "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
+    "retriable-status-codes", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+    "unavailable",
+)  # fmt: skip
+IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")  # RFC 9110 9.2.2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """When and how a forwarded request is tried again (Envoy's RetryPolicy, with safer defaults where
+    the text says so). Retries go to another host than the last attempt when there is one, wait a
+    jittered exponential back-off (or the upstream's Retry-After), stay within the cluster's retry
+    budget, and all fit in the route timeout."""
+
+    retry_on: tuple[str, ...]  # from RETRY_ON
+    num_retries: int = 1  # Envoy's default
+    per_try_timeout: float | None = None
+    retriable_status_codes: tuple[int, ...] = ()
+    backoff_base: float = 0.025
+    backoff_max: float = 0.25  # Envoy: 10 x base
+    # meshpy: POST, PATCH (anything not idempotent) is not retried unless this says so.
+    retry_non_idempotent: bool = False
+    hedge_on_per_try_timeout: bool = False  # start another attempt at a per-try timeout, keep both
+    buffer_limit: int = 64 * 1024  # a request body larger than this is not kept, and not retried
+    attempt_count_header: bool = True  # x-envoy-attempt-count on upstream requests
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardAction:
     """Send to one cluster, or split by weight between several (exactly one of the two is set)."""
@@ -117,6 +148,7 @@ class ForwardAction:
     timeout: float | None = DEFAULT_ROUTE_TIMEOUT  # None: no timeout (Envoy's 0s)
     # Per-route stream idle timeout. None: the listener's; 0: none for this route (Envoy's 0s).
     idle_timeout: float | None = None
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,6 +246,19 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudget:
+    """Retries in flight may be at most `percent` of the cluster's active requests, and always
+    `min_concurrency`. On by default in meshpy (Envoy has it off), so that a failing upstream cannot
+    set off a retry storm."""
+
+    percent: float = 20.0
+    min_concurrency: int = 3
+
+
+DEFAULT_BUDGET = RetryBudget()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CircuitBreakers:
     """Limits over the whole cluster (Envoy's DEFAULT-priority thresholds, with Envoy's defaults).
     Past max_requests or max_pending_requests a request is answered 503 at once (flag UO); past
@@ -223,7 +268,8 @@ class CircuitBreakers:
     max_connections: int = 1024
     max_pending_requests: int = 1024
     max_requests: int = 1024
-    max_retries: int = 3
+    max_retries: int = 3  # retries in flight, when the retry budget is off
+    retry_budget: RetryBudget | None = DEFAULT_BUDGET  # None: off (then max_retries bounds retries)
 
 
 DEFAULT_BREAKERS = CircuitBreakers()
