@@ -7,15 +7,24 @@ of the translator: a field meshpy does not act on is an issue naming it, never d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from meshpy.model.types import DEFAULT_BREAKERS, CircuitBreakers
-from meshpy.xds.translate_base import Issues, child, item, wrapped
+from meshpy.model.types import (
+    DEFAULT_BREAKERS,
+    DEFAULT_BUDGET,
+    RETRY_ON,
+    CircuitBreakers,
+    RetryBudget,
+    RetryPolicy,
+)
+from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, positive_duration, timeout, wrapped
 
 _DEFAULT_PRIORITY = 0  # RoutingPriority.DEFAULT; meshpy has no route priorities, so HIGH is refused
 # track_remaining only adds Envoy's remaining_* gauges; meshpy always exports how close each limit is.
 _THRESHOLDS = frozenset(
-    {"priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining"}
+    {"priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining",
+     "retry_budget"}
 )
 
 
@@ -43,5 +52,101 @@ def circuit_breakers(issues: Issues, msg: Any, path: str) -> CircuitBreakers:
             max_pending_requests=wrapped(t, "max_pending_requests", d.max_pending_requests),
             max_requests=wrapped(t, "max_requests", d.max_requests),
             max_retries=wrapped(t, "max_retries", d.max_retries),
+            retry_budget=retry_budget(issues, t, t_path),
         )
     return found
+
+
+# previous_hosts is what meshpy always does (a retry goes to another host when there is one).
+_HOST_PREDICATES = {"envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+_RETRY = frozenset(
+    {"retry_on", "num_retries", "per_try_timeout", "retriable_status_codes", "retry_back_off",
+     "retry_host_predicate", "host_selection_retry_max_attempts"}
+)
+_ENVOY_BUFFER_LIMIT = 1024 * 1024  # Envoy's per-connection buffer limit, its default for replays
+
+
+@dataclass(frozen=True, slots=True)
+class RetryContext:
+    """What a virtual host gives its routes' retry policies."""
+
+    policy: Any = None  # the virtual host's RetryPolicy proto, if any
+    hedge: Any = None  # its HedgePolicy proto, if any
+    attempt_count: bool = False  # include_request_attempt_count
+    buffer_limit: int | None = None  # per_request_buffer_limit_bytes
+
+
+def retry_context(issues: Issues, vhost: Any, path: str) -> RetryContext:
+    hedge = _hedge(issues, vhost, path)
+    return RetryContext(
+        policy=vhost.retry_policy if vhost.HasField("retry_policy") else None,
+        hedge=hedge,
+        attempt_count=vhost.include_request_attempt_count,
+        buffer_limit=wrapped(vhost, "per_request_buffer_limit_bytes", None),
+    )
+
+
+def _hedge(issues: Issues, msg: Any, path: str) -> Any:
+    if not msg.HasField("hedge_policy"):
+        return None
+    where = child(path, "hedge_policy")
+    issues.fields(msg.hedge_policy, where, {"hedge_on_per_try_timeout"})
+    return msg.hedge_policy
+
+
+def route_retry(issues: Issues, action: Any, route: Any, path: str, ctx: RetryContext) -> RetryPolicy | None:
+    """The retry policy of a RouteAction (`action`, at `path`), or else of its virtual host. Envoy
+    retries every method, so a policy from Envoy config does too (meshpy YAML does not by default)."""
+    policy, where = ctx.policy, "the virtual host's retry_policy"
+    if action.HasField("retry_policy"):
+        policy, where = action.retry_policy, child(path, "retry_policy")
+    hedge = _hedge(issues, action, path) if action.HasField("hedge_policy") else ctx.hedge
+    if policy is None:
+        return None
+    if action.HasField("retry_policy"):
+        issues.fields(policy, where, _RETRY)
+        _host_predicates(issues, policy, where)
+    conditions = [c.strip() for c in policy.retry_on.split(",") if c.strip()]
+    for c in conditions:
+        if c not in RETRY_ON:
+            issues.add(child(where, "retry_on") if action.HasField("retry_policy") else where,
+                       f"retry condition {c!r} is {UNSUPPORTED}")
+    base, cap = 0.025, 0.25
+    if policy.HasField("retry_back_off"):
+        off = policy.retry_back_off
+        off_path = child(where, "retry_back_off")
+        base = positive_duration(issues, off, "base_interval", off_path, base)
+        cap = positive_duration(issues, off, "max_interval", off_path, base * 10)
+    buffer_limit = wrapped(route, "per_request_buffer_limit_bytes", ctx.buffer_limit)
+    return RetryPolicy(
+        retry_on=tuple(c for c in conditions if c in RETRY_ON),
+        num_retries=wrapped(policy, "num_retries", 1),
+        per_try_timeout=timeout(policy, "per_try_timeout", None),
+        retriable_status_codes=tuple(policy.retriable_status_codes),
+        backoff_base=base,
+        backoff_max=max(cap, base),
+        retry_non_idempotent=True,
+        hedge_on_per_try_timeout=bool(hedge is not None and hedge.hedge_on_per_try_timeout),
+        buffer_limit=buffer_limit if buffer_limit is not None else _ENVOY_BUFFER_LIMIT,
+        attempt_count_header=ctx.attempt_count,
+    )
+
+
+def _host_predicates(issues: Issues, policy: Any, path: str) -> None:
+    for i, pred in enumerate(policy.retry_host_predicate):
+        where = item(child(path, "retry_host_predicate"), i)
+        issues.fields(pred, where, {"name", "typed_config"})
+        if pred.typed_config.TypeName() not in _HOST_PREDICATES:
+            name = pred.typed_config.TypeName() or pred.name
+            issues.add(child(where, "typed_config"), f"{name} is {UNSUPPORTED}")
+
+
+def retry_budget(issues: Issues, t: Any, path: str) -> RetryBudget | None:
+    """A threshold's retry_budget; without one meshpy keeps its default budget (on, unlike Envoy)."""
+    if not t.HasField("retry_budget"):
+        return DEFAULT_BUDGET
+    b = t.retry_budget
+    issues.fields(b, child(path, "retry_budget"), {"budget_percent", "min_retry_concurrency"})
+    percent = b.budget_percent.value if b.HasField("budget_percent") else DEFAULT_BUDGET.percent
+    least = wrapped(b, "min_retry_concurrency", DEFAULT_BUDGET.min_concurrency)
+    return RetryBudget(percent=percent, min_concurrency=least)

@@ -7,6 +7,7 @@ so that a route configuration behaves the same under both proxies (for example
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from meshpy.model.types import (
@@ -24,6 +25,7 @@ from meshpy.model.types import (
 )
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout
 from meshpy.xds.translate_matchers import header_edits, route_match
+from meshpy.xds.translate_policies import RetryContext, retry_context, route_retry
 
 # `validate_clusters` asks Envoy to check cluster references, which meshpy always does for a
 # bootstrap; `metadata` is only read by filters meshpy does not have.
@@ -51,6 +53,10 @@ _VIRTUAL_HOST = frozenset(
         "response_headers_to_add",
         "response_headers_to_remove",
         "metadata",
+        "retry_policy",
+        "hedge_policy",
+        "include_request_attempt_count",
+        "per_request_buffer_limit_bytes",
     }
 )
 _ROUTE = frozenset(
@@ -65,6 +71,7 @@ _ROUTE = frozenset(
         "response_headers_to_add",
         "response_headers_to_remove",
         "metadata",
+        "per_request_buffer_limit_bytes",
     }
 )
 _FORWARD = frozenset(
@@ -76,6 +83,8 @@ _FORWARD = frozenset(
         "host_rewrite_literal",
         "timeout",
         "idle_timeout",
+        "retry_policy",
+        "hedge_policy",
     }
 )
 _REDIRECT = frozenset(
@@ -138,8 +147,10 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
     for i, domain in enumerate(msg.domains):
         if not domain:
             issues.add(item(child(path, "domains"), i), "must not be empty")
+    ctx = retry_context(issues, msg, path)
     routes = tuple(
-        _route(issues, route, item(child(path, "routes"), i), max_body) for i, route in enumerate(msg.routes)
+        _route(issues, route, item(child(path, "routes"), i), max_body, ctx)
+        for i, route in enumerate(msg.routes)
     )
     return VirtualHost(
         name=msg.name,
@@ -151,7 +162,7 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
     )
 
 
-def _route(issues: Issues, msg: Any, path: str, max_body: int) -> Route:
+def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext) -> Route:
     issues.fields(msg, path, _ROUTE)
     match_path = child(path, "match")
     if msg.HasField("match"):
@@ -163,6 +174,9 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int) -> Route:
     action: RouteAction
     if kind == "route":
         action = _forward(issues, msg.route, child(path, "route"), match)
+        retry = route_retry(issues, msg.route, msg, child(path, "route"), ctx)
+        if retry is not None:
+            action = dataclasses.replace(action, retry=retry)
     elif kind == "redirect":
         action = _redirect(issues, msg.redirect, child(path, "redirect"))
     elif kind == "direct_response":

@@ -835,11 +835,12 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         "false (parameter absent) is not supported",
     ),
     (
-        "retry_policy",
+        "retry_priority",
         http_bootstrap(
-            "retry_policy", "- {match: {prefix: /}, route: {cluster: demo, retry_policy: {retry_on: 5xx}}}"
+            "retry_policy", "- {match: {prefix: /}, route: {cluster: demo, retry_policy: {retry_on: 5xx, "
+            "retriable_headers: [{name: x-retry}]}}}"
         ),
-        f"{ROUTE0}.route.retry_policy",
+        f"{ROUTE0}.route.retry_policy.retriable_headers",
         UNSUPPORTED,
     ),
     (
