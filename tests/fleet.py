@@ -1,7 +1,8 @@
 """A fault-injecting upstream fleet for the resilience tests: N HTTP/1.1 hosts in one process, each on
 its own port with its own behaviour, changed at run time.
 
-Per host: an error rate (answered with `error_status`, default 503), added latency, resets in the middle
+Per host: an error rate (answered with `error_status`, default 503) or a fixed pattern of failures
+(`FFFSSSSSSS`: 3 in every 10, never more than 3 in a row), added latency, resets in the middle
 of a response (part of the body, then an RST), a black hole (accepts, reads, never answers), and a
 `Retry-After` on errors. A refused connection needs no host: a port nothing listens on.
 
@@ -31,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httptools
 
-BEHAVIOUR = ("error_rate", "error_status", "latency_ms", "reset_rate", "mode", "retry_after")
+BEHAVIOUR = ("error_rate", "error_status", "latency_ms", "reset_rate", "mode", "retry_after", "pattern")
 
 
 class Host:
@@ -43,6 +44,7 @@ class Host:
         self.reset_rate = 0.0
         self.mode = "normal"  # or "blackhole"
         self.retry_after = ""
+        self.pattern = ""  # e.g. "FFFSSSSSSS": request k fails when pattern[k % len] is F (overrides rate)
         self.requests = 0
         self.errors = 0
         self.resets = 0
@@ -126,7 +128,9 @@ class Conn(asyncio.Protocol):
             host.resets += 1
             self.reset_mid_response()
             return
-        if random.random() < host.error_rate:
+        fails = (host.pattern[(host.requests - 1) % len(host.pattern)] == "F" if host.pattern
+                 else random.random() < host.error_rate)
+        if fails:
             host.errors += 1
             if host.retry_after:
                 extra.append((b"retry-after", host.retry_after.encode()))
@@ -222,6 +226,7 @@ if __name__ == "__main__":
     parser.add_argument("--reset-rate", type=float, default=0.0)
     parser.add_argument("--mode", default="normal", choices=("normal", "blackhole"))
     parser.add_argument("--retry-after", default="")
+    parser.add_argument("--pattern", default="")
     a = parser.parse_args()
     given = {k: getattr(a, k) for k in BEHAVIOUR}
     with contextlib.suppress(KeyboardInterrupt):

@@ -26,6 +26,7 @@ from meshpy.model.types import (
     HeaderEdits,
     Listener,
     RedirectAction,
+    RetryPolicy,
     Route,
     RouteConfig,
     RouteMatch,
@@ -148,6 +149,14 @@ def _route(r: Route) -> dict[str, Any]:
             fwd["host_rewrite_literal"] = a.host_rewrite
         if a.idle_timeout is not None:
             fwd["idle_timeout"] = _dur(a.idle_timeout if a.idle_timeout > 0 else None)
+        if a.retry is not None:
+            fwd.update(_retry(a.retry))
+            # What Envoy's API cannot say travels as route metadata in meshpy's namespace: Envoy
+            # ignores it, meshpy's translator reads it (meshpy.xds.translate_policies.route_retry).
+            out["metadata"] = {"filter_metadata": {"meshpy": {
+                "retry_non_idempotent": a.retry.retry_non_idempotent,
+                "attempt_count_header": a.retry.attempt_count_header}}}
+            out["per_request_buffer_limit_bytes"] = a.retry.buffer_limit
         out["route"] = fwd
     elif isinstance(a, RedirectAction):
         red: dict[str, Any] = {"response_code": REDIRECT_CODES[a.response_code], "strip_query": a.strip_query}
@@ -166,6 +175,22 @@ def _route(r: Route) -> dict[str, Any]:
             "status": a.status,
             **({"body": {"inline_string": a.body}} if a.body else {}),
         }
+    return out
+
+
+def _retry(p: RetryPolicy) -> dict[str, Any]:
+    policy: dict[str, Any] = {
+        "retry_on": ",".join(p.retry_on),
+        "num_retries": p.num_retries,
+        "retry_back_off": {"base_interval": _dur(p.backoff_base), "max_interval": _dur(p.backoff_max)},
+    }
+    if p.per_try_timeout is not None:
+        policy["per_try_timeout"] = _dur(p.per_try_timeout)
+    if p.retriable_status_codes:
+        policy["retriable_status_codes"] = list(p.retriable_status_codes)
+    out: dict[str, Any] = {"retry_policy": policy}
+    if p.hedge_on_per_try_timeout:
+        out["hedge_policy"] = {"hedge_on_per_try_timeout": True}
     return out
 
 

@@ -98,6 +98,7 @@ class CompiledRoute:
         "never_matches",
         "request_edits",
         "response_edits",
+        "retry",
         "rewrites",
         "route",
         "timeout",
@@ -120,6 +121,7 @@ class CompiledRoute:
         self.forward = fwd is not None
         self.timeout = fwd.timeout if fwd is not None else None
         self.idle_timeout = fwd.idle_timeout if fwd is not None else None
+        self.retry = fwd.retry if fwd is not None else None
         self.host_rewrite = fwd.host_rewrite.encode("latin-1") if fwd and fwd.host_rewrite else None
         self.rewrites = fwd is not None and (fwd.prefix_rewrite is not None or fwd.regex_rewrite is not None)
         vh_model = vhost.virtual_host

@@ -43,6 +43,8 @@ from meshpy.stack.forwarding import (
     request_id,
     upstream_request_headers,
 )
+from meshpy.stack.retry import CONNECT, RESET, RetryState
+from meshpy.stack.retrying import RetryingMixin
 from meshpy.transport.writes import send
 from meshpy.upstream.pool import PoolOverflow
 
@@ -61,12 +63,13 @@ _PAUSE_UPSTREAM = 2
 _PAUSE_BODY_BUFFER = 4
 
 
-class Exchange:
+class Exchange(RetryingMixin):
     __slots__ = (
         "_buffered",
         "_buffered_bytes",
         "_close_delimited",
         "_deadline",
+        "_head_base",
         "_last_activity",
         "_local",
         "_retried",
@@ -94,6 +97,7 @@ class Exchange:
         "path",
         "req_done",
         "resp_status",
+        "retry",
         "rid",
         "route",
         "started",
@@ -121,6 +125,8 @@ class Exchange:
         self.host: Host | None = None
         self.conn: UpstreamHttp1 | None = None
         self.up_head_bytes = b""
+        self._head_base = b""  # the upstream head without x-envoy-attempt-count (retry routes only)
+        self.retry: RetryState | None = None
         self._buffered: list[bytes] | None = None
         self._buffered_bytes = 0
         self._local: bytes | None = None
@@ -220,6 +226,8 @@ class Exchange:
         # join: about half the cost of bytes %-formatting for these pieces
         self.up_head_bytes = b"".join(
             (self.method, b" ", target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
+        if route.retry is not None:
+            self._start_retries(route.retry, host)
         if facts.expect_continue and not self.http10:
             self.down.out.append(CONTINUE_100)
         host.active_requests += 1
@@ -265,6 +273,8 @@ class Exchange:
         if self._local is not None:
             return
         self._last_activity = self.down.loop.time()
+        if self.retry is not None:
+            self.retry.keep(data)
         conn = self.conn
         if conn is not None:
             conn.write(chunk(data) if self.facts.chunked else data)
@@ -309,8 +319,10 @@ class Exchange:
     def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None:
         if isinstance(result, BaseException):
             if not self.done:
-                overflow = isinstance(result, PoolOverflow)
-                self._error(UpstreamOverflow() if overflow else UpstreamConnectFailure())
+                if isinstance(result, PoolOverflow):
+                    self._error(UpstreamOverflow())
+                elif not self._try_again(CONNECT):
+                    self._error(UpstreamConnectFailure())
             return
         if self.done:
             assert self.host is not None
@@ -328,14 +340,26 @@ class Exchange:
             conn.pause_reading()
         out = [self.up_head_bytes]
         buf = self._buffered
-        if buf is not None:
+        rs = self.retry
+        if rs is not None:
+            rs.tried.append(self.host)  # type: ignore[arg-type]
+            if rs.attempt > 1:
+                buf = rs.body  # everything the client sent so far, _buffered included
+                if self._buffered is not None:
+                    self._buffered = None
+                    self._buffered_bytes = 0
+                    self.down.resume_reading(_PAUSE_BODY_BUFFER)
+            if rs.policy.per_try_timeout is not None:
+                rs.timer = self.down.loop.call_later(rs.policy.per_try_timeout, self._per_try_timeout)
+        if buf:
             if self.facts.chunked:
                 out.extend(chunk(b) for b in buf)
             else:
                 out.extend(buf)
-            self._buffered = None
-            self._buffered_bytes = 0
-            self.down.resume_reading(_PAUSE_BODY_BUFFER)
+            if self._buffered is not None:
+                self._buffered = None
+                self._buffered_bytes = 0
+                self.down.resume_reading(_PAUSE_BODY_BUFFER)
         if self.req_done and self.facts.chunked:
             out.append(LAST_CHUNK)
         assert conn.transport is not None
@@ -344,6 +368,8 @@ class Exchange:
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
         """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""
         down = self.down
+        if self.retry is not None and status >= 200 and self._retry_on_status(status, fields):
+            return
         if status < 200:
             if status != 100 and not self.http10:  # 100 was answered by the proxy itself
                 headers = downstream_response_headers(parse_fields(fields))[0]
@@ -430,6 +456,8 @@ class Exchange:
             return
         if protocol_error:
             return self._error(UpstreamProtocolError())
+        if self.retry is not None and self._try_again(RESET):
+            return
         if conn is not None and self._reused and not self._retried and not self._has_body() and \
                 self.host is not None:
             # A keep-alive connection the upstream closed just as we reused it: nothing was received,
@@ -608,6 +636,8 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        if self.retry is not None:
+            self._end_retries()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

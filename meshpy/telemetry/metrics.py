@@ -133,7 +133,8 @@ class ClusterStats(_RequestStats):
     """
 
     __slots__ = (
-        "cx_connect_fail", "cx_overflow", "pool_idle", "rq_pending_overflow", "rq_retry", "rq_timeout",
+        "cx_connect_fail", "cx_overflow", "pool_idle", "rq_pending_overflow", "rq_retry",
+        "rq_retry_limit_exceeded", "rq_retry_overflow", "rq_retry_success", "rq_timeout",
     )  # fmt: skip
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
@@ -142,6 +143,9 @@ class ClusterStats(_RequestStats):
         self.rq_pending_overflow = 0  # requests answered 503 UO by max_requests or max_pending_requests
         self.rq_timeout = 0
         self.rq_retry = 0
+        self.rq_retry_success = 0  # requests that succeeded after one or more retries
+        self.rq_retry_overflow = 0  # retries refused by the retry budget (or max_retries)
+        self.rq_retry_limit_exceeded = 0  # requests that failed with no retries left
         self.cx_connect_fail = 0
         self.pool_idle = 0
 
@@ -184,6 +188,12 @@ _SIDES: tuple[tuple[str, str, str, tuple[_Scalar, ...]], ...] = (
         ("meshpy_upstream_cx_connect_fail_total", "counter", "Failed upstream connects.", "cx_connect_fail"),
         ("meshpy_upstream_rq_timeout_total", "counter", "Upstream requests timed out.", "rq_timeout"),
         ("meshpy_upstream_rq_retry_total", "counter", "Upstream request retries.", "rq_retry"),
+        ("meshpy_upstream_rq_retry_success_total", "counter", "Requests that succeeded after retries.",
+         "rq_retry_success"),
+        ("meshpy_upstream_rq_retry_overflow_total", "counter",
+         "Retries refused by the retry budget (or max_retries).", "rq_retry_overflow"),
+        ("meshpy_upstream_rq_retry_limit_exceeded_total", "counter",
+         "Requests that failed with no retries left.", "rq_retry_limit_exceeded"),
         ("meshpy_upstream_cx_pool_idle", "gauge", "Idle pooled upstream connections.", "pool_idle"),
         ("meshpy_upstream_cx_overflow_total", "counter",
          "Connections the max_connections circuit breaker held back.", "cx_overflow"),

@@ -60,8 +60,8 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 class ClusterRuntime:
     __slots__ = (
-        "_loop", "_order", "_rr", "_task", "busy", "cx_limit", "hosts", "model", "pending_limit", "resolved",
-        "retry_limit", "rq_limit", "stats",
+        "_loop", "_order", "_rr", "_task", "budget", "busy", "cx_limit", "hosts", "model", "pending_limit",
+        "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
@@ -73,6 +73,8 @@ class ClusterRuntime:
         self.pending_limit = breakers.max_pending_requests
         self.rq_limit = breakers.max_requests
         self.retry_limit = breakers.max_retries
+        self.budget = breakers.retry_budget
+        self.retries_active = 0  # retries waiting out their back-off (what the budget bounds, as Envoy)
         self.busy = 0  # requests on an upstream connection, kept by the pools (for max_requests)
         self._loop = loop
         self.hosts: list[Host] = []
@@ -111,7 +113,16 @@ class ClusterRuntime:
             "connections": (self.connections(), self.cx_limit),
             "pending_requests": (self.pending(), self.pending_limit),
             "requests": (self.busy, self.rq_limit),
+            "retries": (self.retries_active, self.retry_cap()),
         }
+
+    def retry_cap(self) -> int:
+        """How many requests may be in retry at once: the budget's share of the active requests (at
+        least its floor), or max_retries when the budget is off."""
+        budget = self.budget
+        if budget is None:
+            return self.retry_limit
+        return max(budget.min_concurrency, int(budget.percent * self.stats.rq_active / 100))
 
     def pick(self) -> Host | None:
         """Round robin over hosts, each appearing `weight` times in the order list."""

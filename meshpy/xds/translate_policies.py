@@ -118,6 +118,7 @@ def route_retry(issues: Issues, action: Any, route: Any, path: str, ctx: RetryCo
         base = positive_duration(issues, off, "base_interval", off_path, base)
         cap = positive_duration(issues, off, "max_interval", off_path, base * 10)
     buffer_limit = wrapped(route, "per_request_buffer_limit_bytes", ctx.buffer_limit)
+    extra = _meshpy_metadata(route)
     return RetryPolicy(
         retry_on=tuple(c for c in conditions if c in RETRY_ON),
         num_retries=wrapped(policy, "num_retries", 1),
@@ -125,11 +126,21 @@ def route_retry(issues: Issues, action: Any, route: Any, path: str, ctx: RetryCo
         retriable_status_codes=tuple(policy.retriable_status_codes),
         backoff_base=base,
         backoff_max=max(cap, base),
-        retry_non_idempotent=True,
+        retry_non_idempotent=extra.get("retry_non_idempotent", True),
         hedge_on_per_try_timeout=bool(hedge is not None and hedge.hedge_on_per_try_timeout),
         buffer_limit=buffer_limit if buffer_limit is not None else _ENVOY_BUFFER_LIMIT,
-        attempt_count_header=ctx.attempt_count,
+        attempt_count_header=extra.get("attempt_count_header", ctx.attempt_count),
     )
+
+
+def _meshpy_metadata(route: Any) -> dict[str, bool]:
+    """Retry settings Envoy's API has no field for, as route metadata in the `meshpy` namespace (what
+    meshpy's control plane sends; Envoy ignores it)."""
+    found = route.metadata.filter_metadata.get("meshpy") if route.HasField("metadata") else None
+    if found is None:
+        return {}
+    return {k: bool(v.bool_value) for k, v in found.fields.items()
+            if k in ("retry_non_idempotent", "attempt_count_header") and v.HasField("bool_value")}
 
 
 def _host_predicates(issues: Issues, policy: Any, path: str) -> None:

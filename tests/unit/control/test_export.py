@@ -41,6 +41,15 @@ listeners:
         split: {api-v1: 90, api-v2: 10}
         prefix_rewrite: /v1
         timeout: 2s
+        retry:
+          retry_on: [5xx, retriable-status-codes]
+          num_retries: 3
+          per_try_timeout: 200ms
+          retriable_status_codes: [503, 429]
+          backoff: {base_interval: 10ms, max_interval: 1s}
+          hedge_on_per_try_timeout: true
+          buffer_limit: 32KiB
+          attempt_count_header: false
         response_headers:
           set: {cache-control: no-store}
           remove: [x-internal]
@@ -50,6 +59,7 @@ listeners:
         host_rewrite: images.internal
         timeout: 0s
         idle_timeout: 0s
+        retry: {num_retries: 2, retry_non_idempotent: true}
       - match: {path: /old, case_sensitive: false}
         redirect: {path: /new, code: 308, strip_query: true}
       - match: {prefix: /teapot, methods: POST}

@@ -1,0 +1,112 @@
+"""The retry state of one request: what was sent (to send it again), where it went, what is left.
+
+An Exchange on a route with a retry policy carries one `RetryState`; a route without one pays nothing.
+The decisions are Envoy's: which failures `retry_on` covers, at most `num_retries` more attempts, a
+jittered exponential back-off (full jitter: uniform in [0, min(max, base * 2^n)]) or the upstream's
+`Retry-After` when it sends one, and a retry is refused when the cluster's retry budget is spent (or,
+with the budget off, `max_retries` retries are in flight). What meshpy adds by default: a request whose
+body outgrew the replay buffer, or (unless the policy says otherwise) a method that is not idempotent,
+is never retried, since the upstream may already have acted on it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from meshpy.model.types import IDEMPOTENT_METHODS, RetryPolicy
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshpy.upstream.cluster import ClusterRuntime, Host
+
+# What went wrong with an attempt, as retry_on speaks of it.
+STATUS, RESET, CONNECT, TIMEOUT = "status", "reset", "connect", "timeout"
+_NO_RESPONSE = frozenset({"5xx", "gateway-error", "reset"})  # no answer at all: reset, per-try timeout
+_CONNECT = _NO_RESPONSE | {"connect-failure"}
+_GATEWAY = frozenset({502, 503, 504})
+_GRPC = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
+_IDEMPOTENT = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
+_MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is not waited for: the request fails instead
+
+
+def retry_state(policy: RetryPolicy | None, method: bytes) -> RetryState | None:
+    """The state for a request on a route with `policy`, or None when it must never be retried."""
+    if policy is None or not policy.retry_on:
+        return None
+    if method not in _IDEMPOTENT and not policy.retry_non_idempotent:
+        return None
+    return RetryState(policy)
+
+
+class RetryState:
+    __slots__ = ("attempt", "body", "body_bytes", "budgeted", "policy", "replayable", "timer", "tried")
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.attempt = 1  # the attempt under way (1: the first, not a retry)
+        self.tried: list[Host] = []
+        self.body: list[bytes] = []  # the request body so far, to send again
+        self.body_bytes = 0
+        self.replayable = True
+        self.budgeted = False  # holds one of the cluster's retries in flight (during its back-off)
+        self.timer: asyncio.TimerHandle | None = None  # back-off or per-try timeout
+
+    def keep(self, data: bytes) -> None:
+        """Keep a piece of the request body for a replay, unless the body outgrew the buffer."""
+        if not self.replayable:
+            return
+        self.body_bytes += len(data)
+        if self.body_bytes > self.policy.buffer_limit:
+            self.replayable = False
+            self.body = []
+        else:
+            self.body.append(data)
+
+    def covers(self, kind: str, status: int = 0, grpc_status: int | None = None) -> bool:
+        """Whether retry_on asks for a retry after this failure."""
+        on = self.policy.retry_on
+        if kind == STATUS:
+            if status >= 500 and "5xx" in on:
+                return True
+            if status in _GATEWAY and "gateway-error" in on:
+                return True
+            if status == 409 and "retriable-4xx" in on:
+                return True
+            if "retriable-status-codes" in on and status in self.policy.retriable_status_codes:
+                return True
+            return grpc_status is not None and any(_GRPC.get(c) == grpc_status for c in on)
+        if kind == CONNECT:
+            return any(c in _CONNECT for c in on)
+        return any(c in _NO_RESPONSE for c in on)  # RESET, TIMEOUT
+
+    def delay(self, retry_after: float | None) -> float:
+        """The wait before the next attempt: the upstream's Retry-After if it gave one, else the
+        jittered back-off for this retry (the first retry waits at most `backoff_base`)."""
+        if retry_after is not None:
+            return retry_after
+        p = self.policy
+        ceiling = min(p.backoff_max, p.backoff_base * 2 ** (self.attempt - 2))
+        return random.uniform(0, ceiling)
+
+    def next_host(self, cluster: ClusterRuntime) -> Host | None:
+        """A host for the next attempt: one not tried yet when the cluster has one."""
+        first = cluster.pick()
+        host = first
+        for _ in range(len(cluster.hosts)):
+            if host is None or host not in self.tried:
+                return host
+            host = cluster.pick()
+        return first
+
+
+def retry_after_seconds(value: bytes | None) -> float | None:
+    """A Retry-After given in seconds (an HTTP date is not honoured: the back-off applies)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= _MAX_RETRY_AFTER else None

@@ -1,0 +1,170 @@
+"""Retries, as the part of an Exchange that runs only on routes with a retry policy.
+
+A mixin of `Exchange` (kept apart so that the exchange stays readable, and so that a route without a
+retry policy runs none of this: each hook in the exchange is one `if self.retry is not None`). An
+attempt that fails before anything was sent to the client (a retriable status, a reset, a failed
+connect, a per-try timeout) is dropped with its upstream connection and, when `RetryState` allows
+and the cluster's retry budget has room, the request goes again after a back-off: to another host
+when there is one, with `x-envoy-attempt-count` telling the upstream which attempt it sees, and with
+the request body replayed from the copy kept so far. Every attempt fits in the route timeout.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshpy.codec.raw_head import parse_fields
+from meshpy.errors import UpstreamTimeout
+from meshpy.model.types import RetryPolicy
+from meshpy.stack.retry import STATUS, TIMEOUT, RetryState, retry_after_seconds, retry_state
+
+if TYPE_CHECKING:
+    from meshpy.errors import ProxyError
+    from meshpy.routing.compile import HttpListenerConfig
+    from meshpy.transport.downstream_http1 import Http1Downstream
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.upstream.cluster import ClusterRuntime, Host
+
+_ATTEMPT = b"x-envoy-attempt-count: "
+
+
+class RetryingMixin:
+    if not TYPE_CHECKING:  # no slots of its own (Exchange has them all); mypy would hold it to them
+        __slots__ = ()
+
+    if TYPE_CHECKING:  # what the mixin uses of the Exchange it is part of
+        cfg: HttpListenerConfig
+        down: Http1Downstream
+        cluster: ClusterRuntime | None
+        host: Host | None
+        conn: UpstreamHttp1 | None
+        retry: RetryState | None
+        method: bytes
+        up_head_bytes: bytes
+        _head_base: bytes
+        _deadline: float
+        started: bool
+        done: bool
+        resp_status: int
+
+        def _attach(self, conn: UpstreamHttp1) -> None: ...
+        def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None: ...
+        def _error(self, err: ProxyError) -> None: ...
+        def _timeout(self, err: ProxyError, flag: str) -> None: ...
+
+    def _start_retries(self, policy: RetryPolicy, host: Host) -> None:
+        """At the first attempt of a request on a route with a retry policy."""
+        rs = self.retry = retry_state(policy, self.method)
+        if rs is not None and policy.attempt_count_header:
+            self._head_base = self.up_head_bytes
+            self.up_head_bytes = self._head_base[:-2] + _ATTEMPT + b"1\r\n\r\n"
+
+    def _try_again(self, kind: str, status: int = 0, grpc_status: int | None = None,
+                   retry_after: float | None = None) -> bool:
+        """After a failed attempt: True when another one is scheduled (the caller then says nothing
+        to the client), False when the failure is the answer."""
+        rs = self.retry
+        cluster = self.cluster
+        if rs is None or cluster is None or self.started or self.done:
+            return False
+        if not rs.replayable or not rs.covers(kind, status, grpc_status):
+            return False
+        stats = cluster.stats
+        if rs.attempt > rs.policy.num_retries:
+            stats.rq_retry_limit_exceeded += 1
+            return False
+        # As in Envoy, a retry holds its place in the budget (or max_retries) while it waits out its
+        # back-off; the attempt itself then counts as an active request like any other.
+        if cluster.retries_active >= cluster.retry_cap():
+            stats.rq_retry_overflow += 1
+            return False
+        cluster.retries_active += 1
+        rs.budgeted = True
+        loop = self.down.loop
+        delay = rs.delay(retry_after)
+        if self._deadline and loop.time() + delay >= self._deadline:
+            return False  # the route timeout would fire first: answer now
+        self._drop_attempt()
+        rs.attempt += 1
+        stats.rq_retry += 1
+        rs.timer = loop.call_later(delay, self._retry_now)
+        return True
+
+    def _drop_attempt(self) -> None:
+        """The failed attempt's connection is closed (it may hold half an answer) and its timer ends."""
+        rs = self.retry
+        if rs is not None and rs.timer is not None:
+            rs.timer.cancel()
+            rs.timer = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+            conn.pool.discard(conn)
+
+    def _retry_on_status(self, status: int, fields: bytes) -> bool:
+        """At a final response head: True when it is not forwarded but tried again."""
+        rs = self.retry
+        assert rs is not None
+        if rs.timer is not None:  # an answer came within the per-try timeout
+            rs.timer.cancel()
+            rs.timer = None
+        grpc_status = retry_after = None
+        if status >= 400 or b"grpc-status" in fields:
+            for name, value in parse_fields(fields):
+                if name == b"retry-after":
+                    retry_after = retry_after_seconds(value)
+                elif name == b"grpc-status" and value.strip().isdigit():
+                    grpc_status = int(value)
+        if not rs.covers(STATUS, status, grpc_status):
+            return False
+        return self._try_again(STATUS, status, grpc_status, retry_after)
+
+    def _retry_now(self) -> None:
+        rs, cluster, old = self.retry, self.cluster, self.host
+        if rs is None or cluster is None or self.done:
+            return
+        rs.timer = None
+        self._release_budget()
+        host = rs.next_host(cluster)
+        if host is None:
+            from meshpy.errors import NoHealthyUpstream
+
+            return self._error(NoHealthyUpstream())
+        if old is not None:
+            old.active_requests -= 1
+        host.active_requests += 1
+        self.host = host
+        if self._head_base:
+            self.up_head_bytes = b"%s%s%d\r\n\r\n" % (self._head_base[:-2], _ATTEMPT, rs.attempt)
+        conn = host.pool.checkout(self._on_pool)
+        if conn is not None:
+            self._attach(conn)
+
+    def _per_try_timeout(self) -> None:
+        rs = self.retry
+        if rs is None or self.done or self.started:
+            return
+        rs.timer = None
+        if self.cluster is not None:
+            self.cluster.stats.rq_timeout += 1
+        if not self._try_again(TIMEOUT):
+            self._timeout(UpstreamTimeout(), "UT")
+
+    def _end_retries(self) -> None:
+        """When the exchange completes: timers stop, the budget slot is given back, success counted."""
+        rs = self.retry
+        if rs is None:
+            return
+        if rs.timer is not None:
+            rs.timer.cancel()
+            rs.timer = None
+        self._release_budget()
+        if rs.attempt > 1 and self.cluster is not None and 200 <= self.resp_status < 400:
+            self.cluster.stats.rq_retry_success += 1
+
+    def _release_budget(self) -> None:
+        rs, cluster = self.retry, self.cluster
+        if rs is not None and rs.budgeted and cluster is not None:
+            cluster.retries_active -= 1
+            rs.budgeted = False
