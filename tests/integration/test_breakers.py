@@ -44,6 +44,7 @@ def meshpy_config(listen: int, admin: int, fleet: Fleet, breakers: str) -> str:
     endpoints = ", ".join(f"127.0.0.1:{p}" for p in fleet.ports)
     return f"""
 admin: 127.0.0.1:{admin}
+drain_time: 0s
 listeners:
   - name: web
     address: 127.0.0.1:{listen}

@@ -18,6 +18,7 @@ def config(listen: int, admin: int, ports: list[int], retry: str, breakers: str 
     endpoints = ", ".join(f"127.0.0.1:{p}" for p in ports)
     return f"""
 admin: 127.0.0.1:{admin}
+drain_time: 0s
 listeners:
   - name: web
     address: 127.0.0.1:{listen}

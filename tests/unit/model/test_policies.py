@@ -65,5 +65,7 @@ def test_bad_breakers_are_named() -> None:
     assert issues(ENVOY.format(extra="circuit_breakers: { thresholds: [{ max_requests: 1 }, "
                                      "{ max_requests: 2 }] }")) == [
         "static_resources.clusters[0].circuit_breakers.thresholds[1]: a second DEFAULT threshold"]
-    assert issues(ENVOY.format(extra="circuit_breakers: { thresholds: [{ max_connection_pools: 2 }] }")) == [
-        "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connection_pools: not supported by meshpy"]
+    pools = "circuit_breakers: { thresholds: [{ max_connection_pools: 2 }] }"
+    assert issues(ENVOY.format(extra=pools)) == [
+        "static_resources.clusters[0].circuit_breakers.thresholds[0].max_connection_pools: "
+        "not supported by meshpy"]
