@@ -15,6 +15,8 @@ from meshpy.model.types import (
     DEFAULT_BUDGET,
     RETRY_ON,
     CircuitBreakers,
+    Fault,
+    LocalRateLimit,
     RetryBudget,
     RetryPolicy,
 )
@@ -143,3 +145,50 @@ def float_percent(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
         raise ValueError("expected a percentage from 0 to 100")
     return float(value)
+
+
+def rate_limit(r: Reader, node: object, path: str) -> LocalRateLimit | None:
+    """`rate_limit: {max_tokens: 100, tokens_per_fill: 10, fill_interval: 1s, status: 429}`, or the short
+    form `rate_limit: 100/s` (a bucket of 100 refilled whole every second; also /m and /h)."""
+    if isinstance(node, str):
+        count, _, unit = node.partition("/")
+        seconds = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip())
+        if not count.strip().isdigit() or seconds is None or int(count) < 1:
+            r.error(path, "expected N/s, N/m or N/h (e.g. 100/s), or a mapping with max_tokens")
+            return None
+        return LocalRateLimit(max_tokens=int(count), tokens_per_fill=int(count), fill_interval=seconds)
+    f = r.mapping(node, path, ("max_tokens", "tokens_per_fill", "fill_interval", "status"))
+    if f is None:
+        return None
+    most = f.require("max_tokens", as_positive_int, 1)
+    interval = f.get("fill_interval", as_positive_duration, 1.0)
+    if interval < 0.05:
+        r.error(f.at("fill_interval"), "must be at least 50ms (as in Envoy)")
+    return LocalRateLimit(max_tokens=most, tokens_per_fill=f.get("tokens_per_fill", as_positive_int, most),
+                          fill_interval=interval, status=f.get("status", _error_status, 429))
+
+
+def fault(r: Reader, node: object, path: str) -> Fault | None:
+    """`fault: {delay: 100ms, delay_percent: 10, abort: 503, abort_percent: 1, headers: true,
+    max_active: 100}`; `headers: true` lets requests ask for their own faults with Envoy's
+    x-envoy-fault-delay-request / x-envoy-fault-abort-request headers (for chaos tests)."""
+    f = r.mapping(node, path, ("delay", "delay_percent", "abort", "abort_percent", "headers", "max_active"))
+    if f is None:
+        return None
+    found = Fault(
+        delay=f.get("delay", as_positive_duration, None),
+        delay_percent=f.get("delay_percent", float_percent, 100.0),
+        abort_status=f.get("abort", _error_status, None),
+        abort_percent=f.get("abort_percent", float_percent, 100.0),
+        header_controlled=f.get("headers", as_bool, False),
+        max_active=f.get("max_active", as_positive_int, None),
+    )
+    if found.delay is None and found.abort_status is None and not found.header_controlled:
+        r.error(path, "needs a delay, an abort or headers: true")
+    return found
+
+
+def _error_status(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+        raise ValueError("expected an HTTP status code from 200 to 599")
+    return value

@@ -11,7 +11,7 @@ import dataclasses
 import re
 
 from meshpy.model.meshpy_yaml_matches import absolute_path, compile_regex, header_name, read_match
-from meshpy.model.meshpy_yaml_policies import retry_policy
+from meshpy.model.meshpy_yaml_policies import fault, rate_limit, retry_policy
 from meshpy.model.types import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
@@ -56,7 +56,9 @@ _EDIT_KEYS = (*_EDIT_MODES, "remove")
 
 _ACTIONS = ("cluster", "split", "redirect", "direct")
 _FORWARD_ONLY = ("prefix_rewrite", "regex_rewrite", "host_rewrite", "timeout", "idle_timeout", "retry")
-_ROUTE_KEYS = ("name", "match", *_ACTIONS, *_FORWARD_ONLY, "request_headers", "response_headers")
+_ROUTE_KEYS = (
+    "name", "match", *_ACTIONS, *_FORWARD_ONLY, "request_headers", "response_headers", "rate_limit", "fault",
+)  # fmt: skip
 _MATCH_ONLY = "belongs under match: (e.g. match: {prefix: /api})"
 _ROUTE_MISPLACED = {
     "prefix": _MATCH_ONLY,
@@ -66,7 +68,9 @@ _ROUTE_MISPLACED = {
     "query": _MATCH_ONLY,
     "headers": "to match headers put them under match:, to edit them use request_headers/response_headers",
 }
-_VHOST_KEYS = ("name", "domains", "routes", "cluster", "request_headers", "response_headers", "retry")
+_VHOST_KEYS = (
+    "name", "domains", "routes", "cluster", "request_headers", "response_headers", "retry", "rate_limit",
+)  # fmt: skip
 _PLACEHOLDER_ACTION = DirectResponseAction(status=500)
 
 
@@ -175,6 +179,7 @@ def _virtual_host(r: Reader, node: object, path: str, model_path: str) -> Virtua
         routes=routes,
         request_headers=edits_at(r, f, "request_headers"),
         response_headers=edits_at(r, f, "response_headers"),
+        rate_limit=rate_limit(r, f.raw("rate_limit"), f.at("rate_limit")) if "rate_limit" in f else None,
     )
 
 
@@ -261,6 +266,8 @@ def read_route(r: Reader, node: object, path: str, model_path: str) -> Route | N
         action=action,
         request_headers=edits_at(r, f, "request_headers"),
         response_headers=edits_at(r, f, "response_headers"),
+        rate_limit=rate_limit(r, f.raw("rate_limit"), f.at("rate_limit")) if "rate_limit" in f else None,
+        fault=fault(r, f.raw("fault"), f.at("fault")) if "fault" in f else None,
     )
 
 

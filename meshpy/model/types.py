@@ -172,12 +172,38 @@ RouteAction = ForwardAction | RedirectAction | DirectResponseAction
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LocalRateLimit:
+    """A token bucket (Envoy's local rate limit): `max_tokens` at most, `tokens_per_fill` added every
+    `fill_interval`. A request that finds it empty is answered `status` (429) with flag RL."""
+
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+    status: int = 429
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    """Faults injected into a share of requests (Envoy's fault filter): a delay, then an abort. With
+    `header_controlled`, a request may ask for its own through Envoy's x-envoy-fault-* headers."""
+
+    delay: float | None = None
+    delay_percent: float = 100.0
+    abort_status: int | None = None
+    abort_percent: float = 100.0
+    header_controlled: bool = False
+    max_active: int | None = None  # faults in progress at once (None: no limit)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
     name: str = ""
     match: RouteMatch = field(default_factory=RouteMatch)
     action: RouteAction
     request_headers: HeaderEdits = NO_EDITS
     response_headers: HeaderEdits = NO_EDITS
+    rate_limit: LocalRateLimit | None = None  # this route's own bucket
+    fault: Fault | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,6 +213,7 @@ class VirtualHost:
     routes: tuple[Route, ...]
     request_headers: HeaderEdits = NO_EDITS
     response_headers: HeaderEdits = NO_EDITS
+    rate_limit: LocalRateLimit | None = None  # one bucket for every route of the host without its own
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

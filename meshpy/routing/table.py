@@ -42,6 +42,7 @@ from meshpy.routing.matchers import (
     redirect_host,
     split_path,
 )
+from meshpy.stack.guards import CompiledFault, TokenBucket
 from meshpy.stack.headers import HeaderOps, compile_edits
 
 # Path match kinds. Envoy 1.40 tests every kind against the path with query and fragment removed
@@ -64,11 +65,13 @@ _BLOCK_MIN_ROUTES: Final = 4
 
 @final
 class CompiledVirtualHost:
-    __slots__ = ("_steps", "name", "routes", "virtual_host")
+    __slots__ = ("_steps", "limiter", "name", "routes", "virtual_host")
 
     def __init__(self, virtual_host: VirtualHost | None) -> None:
         self.virtual_host = virtual_host
         self.name = virtual_host.name if virtual_host is not None else ""
+        limit = virtual_host.rate_limit if virtual_host is not None else None
+        self.limiter = TokenBucket(limit) if limit is not None else None
         self.routes: tuple[CompiledRoute, ...] = ()
         self._steps: tuple[CompiledRoute | PrefixIndex[CompiledRoute], ...] = ()
 
@@ -92,9 +95,12 @@ class CompiledRoute:
         "_total_weight",
         "_value",
         "action",
+        "fault",
         "forward",
+        "guarded",
         "host_rewrite",
         "idle_timeout",
+        "limiter",
         "never_matches",
         "request_edits",
         "response_edits",
@@ -122,6 +128,10 @@ class CompiledRoute:
         self.timeout = fwd.timeout if fwd is not None else None
         self.idle_timeout = fwd.idle_timeout if fwd is not None else None
         self.retry = fwd.retry if fwd is not None else None
+        # The route's own token bucket, else its virtual host's (shared by its routes); faults.
+        self.limiter = TokenBucket(route.rate_limit) if route.rate_limit is not None else vhost.limiter
+        self.fault = CompiledFault(route.fault) if route.fault is not None else None
+        self.guarded = self.limiter is not None or self.fault is not None
         self.host_rewrite = fwd.host_rewrite.encode("latin-1") if fwd and fwd.host_rewrite else None
         self.rewrites = fwd is not None and (fwd.prefix_rewrite is not None or fwd.regex_rewrite is not None)
         vh_model = vhost.virtual_host

@@ -69,6 +69,7 @@ class Exchange(RetryingMixin):
         "_buffered_bytes",
         "_close_delimited",
         "_deadline",
+        "_fault_timer",
         "_head_base",
         "_last_activity",
         "_local",
@@ -131,6 +132,7 @@ class Exchange(RetryingMixin):
         self._buffered_bytes = 0
         self._local: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._fault_timer: asyncio.TimerHandle | None = None  # an injected delay under way
         self.next_check = 0.0  # when the coarse sweep looks at this exchange next (0: not enrolled)
         self._deadline = 0.0
         self._last_activity = 0.0
@@ -202,8 +204,54 @@ class Exchange(RetryingMixin):
         if route is None:
             return self._error(NoRoute())
         self.route = route
+        if route.guarded and self._guard(route):
+            return  # rate limited, aborted, or held by a delay that calls _dispatch later
+        self._dispatch(route)
+
+    def _guard(self, route: CompiledRoute) -> bool:
+        """The local rate limit, then injected faults. True when the request was answered or delayed."""
+        limiter = route.limiter
+        stats = self.cfg.stats
+        if limiter is not None and not limiter.take(self.down.loop.time()):
+            stats.rq_rate_limited += 1
+            self._local_reply(limiter.status, b"local_rate_limited", "RL", route=route,
+                              close=not self.req_done and self._has_body())
+            return True
+        fault = route.fault
+        plan = fault.plan(self.headers) if fault is not None else None
+        if plan is None or fault is None:
+            return False
+        if plan.delay is not None:
+            stats.fault_delays += 1
+            fault.active += 1
+            self.flag = "DI"
+            self._fault_timer = self.down.loop.call_later(plan.delay, self._after_delay, plan.abort)
+            return True
+        return self._fault_abort(plan.abort)
+
+    def _after_delay(self, abort: int | None) -> None:
+        self._fault_timer = None
+        route = self.route
+        if route is not None and route.fault is not None:
+            route.fault.active -= 1
+        if self.done or route is None:
+            return
+        if not self._fault_abort(abort):
+            self._dispatch(route)
+
+    def _fault_abort(self, status: int | None) -> bool:
+        if status is None:
+            return False
+        self.cfg.stats.fault_aborts += 1
+        self._local_reply(status, b"fault filter abort", "FI", route=self.route,
+                          close=not self.req_done and self._has_body())
+        return True
+
+    def _dispatch(self, route: CompiledRoute) -> None:
+        """Answer here, or pick a cluster and host and get an upstream connection."""
         if not route.forward:
             return self._answer_here(route)
+        cfg = self.cfg
         cluster = cfg.clusters.get(route.pick_cluster())
         if cluster is None:
             return self._error(ClusterNotFound())
@@ -638,6 +686,11 @@ class Exchange(RetryingMixin):
         self.done = True
         if self.retry is not None:
             self._end_retries()
+        if self._fault_timer is not None:  # the client left during an injected delay
+            self._fault_timer.cancel()
+            self._fault_timer = None
+            if self.route is not None and self.route.fault is not None:
+                self.route.fault.active -= 1
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

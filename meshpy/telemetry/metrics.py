@@ -122,7 +122,13 @@ class ListenerStats(_RequestStats):
     `istio_requests_total`, since the code is only known then.
     """
 
-    __slots__ = ()
+    __slots__ = ("fault_aborts", "fault_delays", "rq_rate_limited")
+
+    def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        super().__init__(name, buckets)
+        self.rq_rate_limited = 0  # answered by the local rate limit (429, RL)
+        self.fault_delays = 0  # held by an injected delay
+        self.fault_aborts = 0  # answered by an injected abort (FI)
 
 
 class ClusterStats(_RequestStats):
@@ -180,6 +186,12 @@ _SIDES: tuple[tuple[str, str, str, tuple[_Scalar, ...]], ...] = (
         ("meshpy_downstream_rq_active", "gauge", "Downstream requests in flight.", "rq_active"),
         ("meshpy_downstream_cx_total", "counter", "Downstream connections opened.", "cx_total"),
         ("meshpy_downstream_cx_active", "gauge", "Downstream connections open.", "cx_active"),
+        ("meshpy_downstream_rq_rate_limited_total", "counter", "Requests refused by a local rate limit.",
+         "rq_rate_limited"),
+        ("meshpy_downstream_fault_delays_total", "counter", "Requests held by an injected delay.",
+         "fault_delays"),
+        ("meshpy_downstream_fault_aborts_total", "counter", "Requests answered by an injected abort.",
+         "fault_aborts"),
     )),
     ("upstream", "cluster", "Upstream", (
         ("meshpy_upstream_rq_active", "gauge", "Upstream requests in flight.", "rq_active"),
