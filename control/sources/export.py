@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 import meshpy.xds.translate  # noqa: F401  (registers the extension types that `@type` below names)
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control.sources import export_policies as policies
 from control.sources.envoy_dir import message_class
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -26,7 +27,6 @@ from meshpy.model.types import (
     HeaderEdits,
     Listener,
     RedirectAction,
-    RetryPolicy,
     Route,
     RouteConfig,
     RouteMatch,
@@ -150,13 +150,8 @@ def _route(r: Route) -> dict[str, Any]:
         if a.idle_timeout is not None:
             fwd["idle_timeout"] = _dur(a.idle_timeout if a.idle_timeout > 0 else None)
         if a.retry is not None:
-            fwd.update(_retry(a.retry))
-            # What Envoy's API cannot say travels as route metadata in meshpy's namespace: Envoy
-            # ignores it, meshpy's translator reads it (meshpy.xds.translate_policies.route_retry).
-            out["metadata"] = {"filter_metadata": {"meshpy": {
-                "retry_non_idempotent": a.retry.retry_non_idempotent,
-                "attempt_count_header": a.retry.attempt_count_header}}}
-            out["per_request_buffer_limit_bytes"] = a.retry.buffer_limit
+            fwd.update(policies.retry(a.retry))
+            out.update(policies.retry_metadata(a.retry))
         out["route"] = fwd
     elif isinstance(a, RedirectAction):
         red: dict[str, Any] = {"response_code": REDIRECT_CODES[a.response_code], "strip_query": a.strip_query}
@@ -175,22 +170,7 @@ def _route(r: Route) -> dict[str, Any]:
             "status": a.status,
             **({"body": {"inline_string": a.body}} if a.body else {}),
         }
-    return out
-
-
-def _retry(p: RetryPolicy) -> dict[str, Any]:
-    policy: dict[str, Any] = {
-        "retry_on": ",".join(p.retry_on),
-        "num_retries": p.num_retries,
-        "retry_back_off": {"base_interval": _dur(p.backoff_base), "max_interval": _dur(p.backoff_max)},
-    }
-    if p.per_try_timeout is not None:
-        policy["per_try_timeout"] = _dur(p.per_try_timeout)
-    if p.retriable_status_codes:
-        policy["retriable_status_codes"] = list(p.retriable_status_codes)
-    out: dict[str, Any] = {"retry_policy": policy}
-    if p.hedge_on_per_try_timeout:
-        out["hedge_policy"] = {"hedge_on_per_try_timeout": True}
+    out.update(policies.per_filter(r.fault, r.rate_limit, r.name or "route"))
     return out
 
 
@@ -213,6 +193,7 @@ def route_configuration(rc: RouteConfig, name: str) -> dict[str, Any]:
                 "domains": list(vh.domains),
                 "routes": [_route(r) for r in vh.routes],
                 **_both_edits(vh.request_headers, vh.response_headers),
+                **policies.per_filter(None, vh.rate_limit, vh.name),
             }
             for vh in rc.virtual_hosts
         ],
@@ -239,7 +220,8 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
             "stat_prefix": lis.name,
             "codec_type": "AUTO",
             "rds": {"route_config_name": rds_name, "config_source": ADS},
-            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+            "http_filters": [*policies.guard_filters(h, lis.name),
+                             {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
             "use_remote_address": h.use_remote_address,
             "xff_num_trusted_hops": h.xff_num_trusted_hops,
             "generate_request_id": h.generate_request_id,

@@ -13,7 +13,7 @@ from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
-from meshpy.model.meshpy_yaml_policies import circuit_breakers
+from meshpy.model.meshpy_yaml_policies import circuit_breakers, rate_limit
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -72,6 +72,7 @@ _HTTP_KEYS = (
     "response_headers",
     "virtual_hosts",
     "routes",
+    "rate_limit",
 )
 _TCP_KEYS = ("cluster",)
 _HTTP_ONLY = dict.fromkeys(_HTTP_KEYS, "only applies to http listeners")
@@ -203,6 +204,7 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
         max_request_body_bytes=f.get("max_request_body", _body_limit, None),
         access_logs=logs,
         server_name=f.get("server_name", _server_name, None),
+        rate_limit=rate_limit(r, f.raw("rate_limit"), f.at("rate_limit")) if "rate_limit" in f else None,
     )
 
 

@@ -248,6 +248,7 @@ class HttpOptions:
     max_request_body_bytes: int | None = None  # None: unlimited (streamed)
     access_logs: tuple[AccessLog, ...] = ()
     server_name: str | None = None  # None: the upstream's `server` header passes through
+    rate_limit: LocalRateLimit | None = None  # one bucket for the listener's routes without their own
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -89,7 +89,7 @@ class HttpListenerConfig:
             self.generate_rid = self.replace_rid = self.use_remote_address = self.forwarded_proto = False
             return
         self.options = opts
-        self.table = RouteTable(opts.route_config)
+        self.table = RouteTable(opts.route_config, rate_limit=opts.rate_limit)
         self.max_headers = opts.max_request_headers_count
         self.max_header_bytes = opts.max_request_headers_kb * 1024
         self.headers_timeout = opts.request_headers_timeout

@@ -25,6 +25,7 @@ from meshpy.errors import ConfigError
 from meshpy.model.types import (
     DirectResponseAction,
     ForwardAction,
+    LocalRateLimit,
     RedirectAction,
     Route,
     RouteAction,
@@ -329,12 +330,17 @@ class RouteTable:
 
     __slots__ = ("_domains", "_host_memo", "_no_vhost", "route_config", "virtual_hosts")
 
-    def __init__(self, rc: RouteConfig, *, rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, rc: RouteConfig, *, rand: Callable[[], float] = random.random,
+                 rate_limit: LocalRateLimit | None = None) -> None:
         self.route_config = rc
         self._domains: DomainIndex[CompiledVirtualHost] = DomainIndex(rc.ignore_port_in_host)
         compiled = []
+        # The listener's bucket, shared by every virtual host without one of its own.
+        shared = TokenBucket(rate_limit) if rate_limit is not None else None
         for i, vh in enumerate(rc.virtual_hosts):
             cvh = CompiledVirtualHost(vh)
+            if cvh.limiter is None:
+                cvh.limiter = shared
             where = f"virtual_hosts[{i}]"
             cvh.routes = tuple(
                 CompiledRoute(r, cvh, rc, f"{where}.routes[{j}]", rand) for j, r in enumerate(vh.routes)

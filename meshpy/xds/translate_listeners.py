@@ -8,6 +8,7 @@ under Envoy then behaves the same under meshpy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,12 +24,16 @@ from meshpy.model.types import (
     DEFAULT_TCP_IDLE_TIMEOUT,
     AccessLog,
     Address,
+    Fault,
     HttpOptions,
     Listener,
+    LocalRateLimit,
     RouteConfig,
     TcpOptions,
 )
+from meshpy.xds import translate_guards
 from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
+from meshpy.xds.translate_guards import HTTPFault, LocalRateLimitConfig
 from meshpy.xds.translate_routes import route_config
 
 HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
@@ -43,7 +48,7 @@ def _by_name(*classes: Any) -> dict[str, Any]:
 
 
 NETWORK_FILTERS = _by_name(HttpConnectionManager, TcpProxy)
-HTTP_FILTERS = _by_name(Router)
+HTTP_FILTERS = _by_name(Router, HTTPFault, LocalRateLimitConfig)
 ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
 
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
@@ -121,7 +126,7 @@ def _http_options(
     if msg.codec_type not in (_CODEC_AUTO, _CODEC_HTTP1):
         name = msg.DESCRIPTOR.fields_by_name["codec_type"].enum_type.values_by_number[msg.codec_type].name
         issues.add(child(path, "codec_type"), f"{name} is not supported yet (AUTO and HTTP1 are)")
-    _check_http_filters(issues, msg, child(path, "http_filters"))
+    listener_fault, listener_limit = _http_filters(issues, msg, child(path, "http_filters"))
     max_kb = wrapped(msg, "max_request_headers_kb", 60)
     if not 0 < max_kb <= _MAX_HEADERS_KB:
         issues.add(child(path, "max_request_headers_kb"), f"must be from 1 to {_MAX_HEADERS_KB}")
@@ -131,8 +136,12 @@ def _http_options(
     max_count = wrapped(common, "max_headers_count", 100)
     if max_count < 1:
         issues.add(child(common_path, "max_headers_count"), "must be at least 1")
+    rc = _routes(issues, msg, path, routes)
+    if listener_fault is not None:  # the filter's own config: every route's that has none
+        rc = with_fault(rc, listener_fault)
     return HttpOptions(
-        route_config=_routes(issues, msg, path, routes),
+        route_config=rc,
+        rate_limit=listener_limit,
         use_remote_address=bool(wrapped(msg, "use_remote_address", False)),
         xff_num_trusted_hops=msg.xff_num_trusted_hops,
         generate_request_id=bool(wrapped(msg, "generate_request_id", True)),
@@ -167,10 +176,13 @@ def _routes(issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfi
     return RouteConfig(name="", virtual_hosts=())
 
 
-def _check_http_filters(issues: Issues, msg: Any, path: str) -> None:
-    """meshpy's HTTP stack is fixed: the only filter chain it accepts is the router alone. Each other
-    filter is reported by its type; a missing router only when nothing else explains it."""
+def _http_filters(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, LocalRateLimit | None]:
+    """meshpy's HTTP stack is fixed: the filter chain it accepts is the router, after at most a fault
+    filter and a local rate limit filter (whose own configs are returned). Each other filter is
+    reported by its type; a missing router only when nothing else explains it."""
     routers = 0
+    found_fault: Fault | None = None
+    found_limit: LocalRateLimit | None = None
     for i, http_filter in enumerate(msg.http_filters):
         filter_path = item(path, i)
         config_path = child(filter_path, "typed_config")
@@ -178,15 +190,30 @@ def _check_http_filters(issues: Issues, msg: Any, path: str) -> None:
         if not http_filter.HasField("typed_config"):
             issues.add(config_path, "is required")
             continue
-        router = unpack(issues, http_filter.typed_config, config_path, HTTP_FILTERS)
-        if router is not None:
+        config = unpack(issues, http_filter.typed_config, config_path, HTTP_FILTERS)
+        if config is not None and routers:
+            issues.add(config_path, "comes after the router, so it would never run")
+        if isinstance(config, HTTPFault):
+            found_fault = translate_guards.fault(issues, config, config_path)
+        elif isinstance(config, LocalRateLimitConfig):
+            found_limit = translate_guards.rate_limit(issues, config, config_path)
+        elif config is not None:
             routers += 1
-            if routers > 1:
-                issues.add(config_path, "only one router filter is supported")
             # Every Router option (suppress_envoy_headers, upstream_log, ...) changes behaviour.
-            issues.fields(router, config_path, ())
-    if not msg.http_filters:
+            issues.fields(config, config_path, ())
+    if not routers and not issues.items:
         issues.add(path, "the router filter (envoy.extensions.filters.http.router.v3.Router) is required")
+    return found_fault, found_limit
+
+
+def with_fault(rc: RouteConfig, fault: Fault) -> RouteConfig:
+    """`rc` with `fault` on every route that has no fault of its own."""
+    hosts = tuple(
+        dataclasses.replace(vh, routes=tuple(
+            r if r.fault is not None else dataclasses.replace(r, fault=fault) for r in vh.routes))
+        for vh in rc.virtual_hosts
+    )
+    return dataclasses.replace(rc, virtual_hosts=hosts)
 
 
 def _server_name(issues: Issues, msg: Any, path: str) -> str | None:

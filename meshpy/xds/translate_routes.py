@@ -24,6 +24,7 @@ from meshpy.model.types import (
     WeightedCluster,
 )
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout
+from meshpy.xds.translate_guards import per_filter
 from meshpy.xds.translate_matchers import header_edits, route_match
 from meshpy.xds.translate_policies import RetryContext, retry_context, route_retry
 
@@ -57,6 +58,7 @@ _VIRTUAL_HOST = frozenset(
         "hedge_policy",
         "include_request_attempt_count",
         "per_request_buffer_limit_bytes",
+        "typed_per_filter_config",
     }
 )
 _ROUTE = frozenset(
@@ -72,6 +74,7 @@ _ROUTE = frozenset(
         "response_headers_to_remove",
         "metadata",
         "per_request_buffer_limit_bytes",
+        "typed_per_filter_config",
     }
 )
 _FORWARD = frozenset(
@@ -152,6 +155,9 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
         _route(issues, route, item(child(path, "routes"), i), max_body, ctx)
         for i, route in enumerate(msg.routes)
     )
+    vhost_fault, vhost_limit = per_filter(issues, msg, path)
+    if vhost_fault is not None:  # a fault on the host is every route's that has none of its own
+        routes = tuple(r if r.fault else dataclasses.replace(r, fault=vhost_fault) for r in routes)
     return VirtualHost(
         name=msg.name,
         # Host matching is case-insensitive in Envoy; the model keeps domains in lower case.
@@ -159,6 +165,7 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
         routes=routes,
         request_headers=header_edits(issues, msg, path, "request"),
         response_headers=header_edits(issues, msg, path, "response"),
+        rate_limit=vhost_limit,
     )
 
 
@@ -185,12 +192,15 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
         if kind is None:  # a set but unsupported action was already reported by `fields`
             issues.add(path, "one of route, redirect or direct_response is required")
         action = DirectResponseAction(status=404)
+    route_fault, route_limit = per_filter(issues, msg, path)
     return Route(
         name=msg.name,
         match=match,
         action=action,
         request_headers=header_edits(issues, msg, path, "request"),
         response_headers=header_edits(issues, msg, path, "response"),
+        rate_limit=route_limit,
+        fault=route_fault,
     )
 
 

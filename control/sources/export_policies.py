@@ -1,0 +1,110 @@
+"""Model -> Envoy resources for the resilience settings: retry policies, faults and local rate limits.
+
+Split from `export` to keep it short. Faults and rate limits travel as Envoy has them: a fault filter
+and a local rate limit filter in the connection manager (before the router), with each route's and
+virtual host's own config in `typed_per_filter_config`; a listener-wide bucket is the rate limit
+filter's own config. What Envoy has no field for travels as route metadata in the `meshpy` namespace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshpy.model.types import Fault, HttpOptions, LocalRateLimit, RetryPolicy, Route, VirtualHost
+
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+LIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+FAULT_FILTER = "envoy.filters.http.fault"
+LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+_ALWAYS = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+
+
+def _dur(seconds: float) -> str:
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def retry(p: RetryPolicy) -> dict[str, Any]:
+    """The RouteAction fields of a retry policy."""
+    policy: dict[str, Any] = {
+        "retry_on": ",".join(p.retry_on),
+        "num_retries": p.num_retries,
+        "retry_back_off": {"base_interval": _dur(p.backoff_base), "max_interval": _dur(p.backoff_max)},
+    }
+    if p.per_try_timeout is not None:
+        policy["per_try_timeout"] = _dur(p.per_try_timeout)
+    if p.retriable_status_codes:
+        policy["retriable_status_codes"] = list(p.retriable_status_codes)
+    out: dict[str, Any] = {"retry_policy": policy}
+    if p.hedge_on_per_try_timeout:
+        out["hedge_policy"] = {"hedge_on_per_try_timeout": True}
+    return out
+
+
+def retry_metadata(p: RetryPolicy) -> dict[str, Any]:
+    """The Route fields for what Envoy's RetryPolicy cannot say (read back by meshpy's translator)."""
+    return {
+        "metadata": {"filter_metadata": {"meshpy": {
+            "retry_non_idempotent": p.retry_non_idempotent, "attempt_count_header": p.attempt_count_header}}},
+        "per_request_buffer_limit_bytes": p.buffer_limit,
+    }
+
+
+def fault(f: Fault) -> dict[str, Any]:
+    out: dict[str, Any] = {"@type": FAULT_TYPE}
+    if f.delay is not None or f.header_controlled:
+        delay: dict[str, Any] = {"percentage": _percent(f.delay_percent)}
+        if f.delay is not None:
+            delay["fixed_delay"] = _dur(f.delay)
+        else:
+            delay["header_delay"] = {}
+        out["delay"] = delay
+    if f.abort_status is not None or f.header_controlled:
+        abort: dict[str, Any] = {"percentage": _percent(f.abort_percent)}
+        if f.abort_status is not None:
+            abort["http_status"] = f.abort_status
+        else:
+            abort["header_abort"] = {}
+        out["abort"] = abort
+    if f.max_active is not None:
+        out["max_active_faults"] = f.max_active
+    return out
+
+
+def _percent(value: float) -> dict[str, Any]:
+    return {"numerator": round(value * 10_000), "denominator": "MILLION"}
+
+
+def rate_limit(limit: LocalRateLimit, prefix: str) -> dict[str, Any]:
+    return {
+        "@type": LIMIT_TYPE,
+        "stat_prefix": prefix,
+        "status": {"code": limit.status},
+        "token_bucket": {"max_tokens": limit.max_tokens, "tokens_per_fill": limit.tokens_per_fill,
+                         "fill_interval": _dur(limit.fill_interval)},
+        "filter_enabled": _ALWAYS,
+        "filter_enforced": _ALWAYS,
+    }
+
+
+def per_filter(fault_: Fault | None, limit: LocalRateLimit | None, prefix: str) -> dict[str, Any]:
+    """A route's or virtual host's `typed_per_filter_config` (nothing when it has neither)."""
+    configs: dict[str, Any] = {}
+    if fault_ is not None:
+        configs[FAULT_FILTER] = fault(fault_)
+    if limit is not None:
+        configs[LIMIT_FILTER] = rate_limit(limit, prefix)
+    return {"typed_per_filter_config": configs} if configs else {}
+
+
+def guard_filters(h: HttpOptions, prefix: str) -> list[dict[str, Any]]:
+    """The fault and rate limit filters a listener needs before its router, if any route uses them."""
+    hosts: tuple[VirtualHost, ...] = h.route_config.virtual_hosts
+    routes: list[Route] = [r for vh in hosts for r in vh.routes]
+    filters = []
+    if any(r.fault is not None for r in routes):
+        filters.append({"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}})
+    if h.rate_limit is not None or any(vh.rate_limit for vh in hosts) or any(r.rate_limit for r in routes):
+        own = rate_limit(h.rate_limit, prefix) if h.rate_limit is not None else {"@type": LIMIT_TYPE,
+                                                                                  "stat_prefix": prefix}
+        filters.append({"name": LIMIT_FILTER, "typed_config": own})
+    return filters
