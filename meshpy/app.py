@@ -280,7 +280,7 @@ class App:
                             "address": h.label,
                             "hostname": h.hostname,
                             "weight": h.weight,
-                            "health": "healthy",
+                            "health": h.health,
                             "active_requests": h.active_requests,
                             "active_connections": h.pool.total,
                             "idle_connections": h.pool.idle_count,

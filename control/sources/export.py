@@ -292,6 +292,8 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
             }
         },
     }
+    if c.outlier_detection is not None:
+        out["outlier_detection"] = policies.outlier_detection(c.outlier_detection)
     if c.circuit_breakers != DEFAULT_BREAKERS:
         cb = c.circuit_breakers
         out["circuit_breakers"] = {"thresholds": [{

@@ -8,9 +8,18 @@ filter's own config. What Envoy has no field for travels as route metadata in th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from meshpy.model.types import Fault, HttpOptions, LocalRateLimit, RetryPolicy, Route, VirtualHost
+from meshpy.model.types import (
+    Fault,
+    HttpOptions,
+    LocalRateLimit,
+    OutlierDetection,
+    RetryPolicy,
+    Route,
+    VirtualHost,
+)
 
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 LIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
@@ -108,3 +117,17 @@ def guard_filters(h: HttpOptions, prefix: str) -> list[dict[str, Any]]:
                                                                                   "stat_prefix": prefix}
         filters.append({"name": LIMIT_FILTER, "typed_config": own})
     return filters
+
+
+def outlier_detection(od: OutlierDetection) -> dict[str, Any]:
+    """A Cluster's outlier_detection, every field written out (the model holds Envoy's defaults)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(od):
+        value = getattr(od, f.name)
+        if f.name in ("interval", "base_ejection_time", "max_ejection_time"):
+            out[f.name] = _dur(value)
+        elif isinstance(value, float):
+            out[f.name] = round(value)
+        else:
+            out[f.name] = value
+    return out

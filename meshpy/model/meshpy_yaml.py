@@ -13,7 +13,7 @@ from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
-from meshpy.model.meshpy_yaml_policies import circuit_breakers, rate_limit
+from meshpy.model.meshpy_yaml_policies import circuit_breakers, outlier_detection, rate_limit
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -86,6 +86,7 @@ _CLUSTER_KEYS = (
     "pool_idle_timeout",
     "lb_policy",
     "circuit_breakers",
+    "outlier_detection",
 )
 _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
@@ -314,6 +315,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         pool_idle_timeout=f.get("pool_idle_timeout", as_optional_timeout, 60.0),
         circuit_breakers=circuit_breakers(r, f.raw("circuit_breakers"), f.at("circuit_breakers"))
         if "circuit_breakers" in f else DEFAULT_BREAKERS,
+        outlier_detection=outlier_detection(r, f.raw("outlier_detection"), f.at("outlier_detection"))
+        if "outlier_detection" in f else None,
     )
 
 

@@ -17,6 +17,7 @@ from meshpy.model.types import (
     CircuitBreakers,
     Fault,
     LocalRateLimit,
+    OutlierDetection,
     RetryBudget,
     RetryPolicy,
 )
@@ -191,4 +192,43 @@ def fault(r: Reader, node: object, path: str) -> Fault | None:
 def _error_status(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
         raise ValueError("expected an HTTP status code from 200 to 599")
+    return value
+
+
+_OUTLIER_DURATIONS = ("interval", "base_ejection_time", "max_ejection_time")
+_OUTLIER_PERCENTS = (
+    "max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure",
+    "enforcing_consecutive_local_origin_failure", "enforcing_success_rate", "enforcing_failure_percentage",
+    "failure_percentage_threshold",
+)  # fmt: skip
+_OUTLIER_COUNTS = (
+    "consecutive_5xx", "consecutive_gateway_failure", "consecutive_local_origin_failure",
+    "success_rate_minimum_hosts", "success_rate_request_volume", "success_rate_stdev_factor",
+    "failure_percentage_minimum_hosts", "failure_percentage_request_volume",
+)  # fmt: skip
+
+
+def outlier_detection(r: Reader, node: object, path: str) -> OutlierDetection | None:
+    """`outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, ...}` with
+    Envoy's names and defaults; `outlier_detection: {}` turns it on with the defaults."""
+    keys = (*_OUTLIER_DURATIONS, *_OUTLIER_PERCENTS, *_OUTLIER_COUNTS, "split_external_local_origin_errors")
+    f = r.mapping(node, path, keys)
+    if f is None:
+        return None
+    d = OutlierDetection()
+    values: dict[str, object] = {}
+    for key in _OUTLIER_DURATIONS:
+        values[key] = f.get(key, as_positive_duration, getattr(d, key))
+    for key in _OUTLIER_PERCENTS:
+        values[key] = float(f.get(key, _int_percent, getattr(d, key)))
+    for key in _OUTLIER_COUNTS:
+        values[key] = f.get(key, as_positive_int, getattr(d, key))
+    values["split_external_local_origin_errors"] = f.get("split_external_local_origin_errors", as_bool, False)
+    return OutlierDetection(**values)  # type: ignore[arg-type]
+
+
+def _int_percent(value: object) -> int:
+    """A whole percentage (Envoy's outlier detection has no fractions)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError("expected a whole percentage from 0 to 100")
     return value

@@ -304,6 +304,34 @@ DEFAULT_BREAKERS = CircuitBreakers()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutlierDetection:
+    """Passive health: endpoints that fail are ejected from the balancer for a while (Envoy's outlier
+    detection, same names and defaults). The ejection time is base_ejection_time times the number of
+    times the endpoint was ejected (capped by max_ejection_time); at most max_ejection_percent of the
+    endpoints are out at once, but always at least one may be."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    consecutive_local_origin_failure: int = 5
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: float = 10.0
+    enforcing_consecutive_5xx: float = 100.0
+    enforcing_consecutive_gateway_failure: float = 0.0
+    enforcing_consecutive_local_origin_failure: float = 100.0
+    enforcing_success_rate: float = 100.0
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900  # thousandths: 1900 is 1.9 standard deviations
+    enforcing_failure_percentage: float = 0.0
+    failure_percentage_threshold: float = 85.0
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     name: str
     discovery: DiscoveryType = "static"
@@ -314,6 +342,7 @@ class Cluster:
     max_connections_per_endpoint: int = 1024  # pool size limit; requests beyond it wait
     pool_idle_timeout: float | None = 60.0  # idle pooled connections are closed after this
     circuit_breakers: CircuitBreakers = DEFAULT_BREAKERS
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

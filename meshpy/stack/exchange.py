@@ -369,7 +369,9 @@ class Exchange(RetryingMixin):
             if not self.done:
                 if isinstance(result, PoolOverflow):
                     self._error(UpstreamOverflow())
-                elif not self._try_again(CONNECT):
+                    return
+                self._host_failed()
+                if not self._try_again(CONNECT):
                     self._error(UpstreamConnectFailure())
             return
         if self.done:
@@ -416,8 +418,12 @@ class Exchange(RetryingMixin):
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
         """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""
         down = self.down
-        if self.retry is not None and status >= 200 and self._retry_on_status(status, fields):
-            return
+        if status >= 200:
+            cluster = self.cluster
+            if cluster is not None and cluster.outlier is not None and self.host is not None:
+                cluster.outlier.result(self.host, status)
+            if self.retry is not None and self._retry_on_status(status, fields):
+                return
         if status < 200:
             if status != 100 and not self.http10:  # 100 was answered by the proxy itself
                 headers = downstream_response_headers(parse_fields(fields))[0]
@@ -489,8 +495,16 @@ class Exchange(RetryingMixin):
             self.keep_alive = False  # the rest of the request body would be read as a new request
         self._finish()
 
+    def _host_failed(self) -> None:
+        """No answer from the current host (connect failure, reset, timeout), for outlier detection."""
+        cluster = self.cluster
+        if cluster is not None and cluster.outlier is not None and self.host is not None:
+            cluster.outlier.local_failure(self.host)
+
     def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None:
         conn = self.conn
+        if not self.done:
+            self._host_failed()
         self.conn = None
         if conn is not None and self.host is not None:
             self.host.pool.discard(conn)
@@ -589,6 +603,8 @@ class Exchange(RetryingMixin):
         if self._deadline and now >= self._deadline:
             if self.cluster is not None:
                 self.cluster.stats.rq_timeout += 1
+            if self.conn is not None and not self.started:
+                self._host_failed()  # no answer in time: a local-origin failure of that host
             return self._timeout(UpstreamTimeout(), "UT")
         idle = self._idle_limit()
         if idle is not None and now - self._last_activity >= idle:

@@ -60,6 +60,7 @@ class RetryingMixin:
         def _error(self, err: ProxyError) -> None: ...
         def _timeout(self, err: ProxyError, flag: str) -> None: ...
         def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
+        def _host_failed(self) -> None: ...
 
     def _start_retries(self, policy: RetryPolicy, host: Host) -> None:
         """At the first attempt of a request on a route with a retry policy."""
@@ -164,6 +165,7 @@ class RetryingMixin:
         rs.timer = None
         if self.cluster is not None:
             self.cluster.stats.rq_timeout += 1
+        self._host_failed()
         if rs.policy.hedge_on_per_try_timeout and self._hedge():
             return
         if not self._try_again(TIMEOUT):

@@ -13,19 +13,23 @@ import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from meshpy.model.types import Cluster
 from meshpy.telemetry.metrics import ClusterStats, Metrics
+from meshpy.upstream.outlier import OutlierDetector
 from meshpy.upstream.pool import HostPool
 
 log = logging.getLogger("meshpy.upstream")
 
 
 class Host:
-    """One upstream endpoint with its pool. `weight` only shapes the round-robin order for now."""
+    """One upstream endpoint with its pool, and what outlier detection keeps about it."""
 
-    __slots__ = ("active_requests", "address", "hostname", "pool", "weight")
+    __slots__ = (
+        "active_requests", "address", "c_5xx", "c_gateway", "c_local", "eject_count", "ejected", "hostname",
+        "pool", "rq_fail", "rq_ok", "uneject", "weight",
+    )  # fmt: skip
 
     def __init__(self, pool: HostPool, weight: int, hostname: str) -> None:
         self.pool = pool
@@ -33,6 +37,17 @@ class Host:
         self.weight = weight
         self.hostname = hostname  # the name from config, for DNS hosts; the address otherwise
         self.active_requests = 0
+        # Outlier detection: consecutive failures, this interval's results, ejection state.
+        self.c_5xx = self.c_gateway = self.c_local = 0
+        self.rq_ok = self.rq_fail = 0
+        self.ejected = False
+        self.eject_count = 0
+        self.uneject: asyncio.TimerHandle | None = None
+
+    @property
+    def health(self) -> str:
+        """Envoy's health flags, as /clusters shows them."""
+        return "/failed_outlier_check" if self.ejected else "healthy"
 
     @property
     def label(self) -> str:
@@ -60,8 +75,8 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 class ClusterRuntime:
     __slots__ = (
-        "_loop", "_order", "_rr", "_task", "budget", "busy", "cx_limit", "hosts", "model", "pending_limit",
-        "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
+        "_loop", "_order", "_rr", "_task", "budget", "busy", "cx_limit", "hosts", "model", "outlier",
+        "pending_limit", "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
@@ -84,6 +99,8 @@ class ClusterRuntime:
         # Set once the hosts are known (at once for static clusters; after the first DNS answer,
         # good or bad, for DNS ones): the app waits on it before it reports ready, as Envoy does.
         self.resolved = asyncio.Event()
+        od = model.outlier_detection
+        self.outlier = OutlierDetector(self, od, loop) if od is not None else None
         if model.discovery == "static":
             self.resolved.set()
             self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host)
@@ -136,6 +153,8 @@ class ClusterRuntime:
         return order[i]
 
     def close(self) -> None:
+        if self.outlier is not None:
+            self.outlier.close()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -162,7 +181,20 @@ class ClusterRuntime:
         for gone in old.values():
             gone.pool.close()
         self.hosts = hosts
-        self._order = smooth_weighted_order(hosts)
+        self.rebuild_order()
+
+    # Below this share of endpoints in service the balancer uses them all (Envoy's panic threshold):
+    # better some load on a doubtful endpoint than all of it on the few left.
+    PANIC_THRESHOLD = 0.5
+
+    def rebuild_order(self) -> None:
+        """The balancer's order over the endpoints in service (not ejected), or over all of them."""
+        hosts = self.hosts
+        usable = [h for h in hosts if not h.ejected]
+        if len(usable) < self.PANIC_THRESHOLD * len(hosts):
+            usable = hosts
+        self._order = smooth_weighted_order(usable)
+        self._rr = 0
 
     async def _resolve(self) -> list[tuple[str, int, int, str]]:
         out: list[tuple[str, int, int, str]] = []
@@ -223,6 +255,18 @@ class ClusterManager:
                 open_.add_metric([name, resource], 1.0 if used >= limit else 0.0)
         yield remaining
         yield open_
+        ejected = GaugeMetricFamily("meshpy_upstream_hosts_ejected", "Endpoints out by outlier detection.",
+                                    labels=["cluster"])
+        ejections = CounterMetricFamily("meshpy_upstream_outlier_ejections",
+                                        "Endpoints ejected by outlier detection, by reason.",
+                                        labels=["cluster", "reason"])
+        for name, rt in sorted(self.clusters.items()):
+            if rt.outlier is not None:
+                ejected.add_metric([name], float(sum(h.ejected for h in rt.hosts)))
+                for reason, n in sorted(rt.outlier.ejections.items()):
+                    ejections.add_metric([name, reason], float(n))
+        yield ejected
+        yield ejections
 
     def reconcile(self, models: Iterable[Cluster]) -> dict[str, ClusterRuntime]:
         """Build the runtime set for `models`, reusing unchanged clusters. Returns the new mapping;

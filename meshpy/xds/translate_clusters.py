@@ -48,6 +48,7 @@ _CLUSTER = frozenset(
         "http2_protocol_options",
         "metadata",
         "circuit_breakers",
+        "outlier_detection",
     }
 )
 # Cluster.DiscoveryType numbers, in proto order.
@@ -101,6 +102,7 @@ def cluster(
         lb_policy="round_robin",
         pool_idle_timeout=_pool_idle_timeout(issues, msg, path),
         circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
+        outlier_detection=translate_policies.outlier_detection(issues, msg, path),
     )
 
 

@@ -15,6 +15,7 @@ from meshpy.model.types import (
     DEFAULT_BUDGET,
     RETRY_ON,
     CircuitBreakers,
+    OutlierDetection,
     RetryBudget,
     RetryPolicy,
 )
@@ -161,3 +162,29 @@ def retry_budget(issues: Issues, t: Any, path: str) -> RetryBudget | None:
     percent = b.budget_percent.value if b.HasField("budget_percent") else DEFAULT_BUDGET.percent
     least = wrapped(b, "min_retry_concurrency", DEFAULT_BUDGET.min_concurrency)
     return RetryBudget(percent=percent, min_concurrency=least)
+
+
+_OUTLIER_DURATIONS = ("interval", "base_ejection_time", "max_ejection_time")
+_OUTLIER_WRAPPED = (
+    "consecutive_5xx", "consecutive_gateway_failure", "consecutive_local_origin_failure",
+    "max_ejection_percent", "enforcing_consecutive_5xx", "enforcing_consecutive_gateway_failure",
+    "enforcing_consecutive_local_origin_failure", "enforcing_success_rate", "success_rate_minimum_hosts",
+    "success_rate_request_volume", "success_rate_stdev_factor", "failure_percentage_threshold",
+    "enforcing_failure_percentage", "failure_percentage_minimum_hosts", "failure_percentage_request_volume",
+)  # fmt: skip
+
+
+def outlier_detection(issues: Issues, msg: Any, path: str) -> OutlierDetection | None:
+    """A Cluster's `outlier_detection`, with Envoy's defaults for what it leaves unset."""
+    if not msg.HasField("outlier_detection"):
+        return None
+    od, where = msg.outlier_detection, child(path, "outlier_detection")
+    issues.fields(od, where, {*_OUTLIER_DURATIONS, *_OUTLIER_WRAPPED, "split_external_local_origin_errors"})
+    d = OutlierDetection()
+    values: dict[str, Any] = {
+        key: positive_duration(issues, od, key, where, getattr(d, key)) for key in _OUTLIER_DURATIONS
+    }
+    for key in _OUTLIER_WRAPPED:
+        values[key] = type(getattr(d, key))(wrapped(od, key, getattr(d, key)))
+    values["split_external_local_origin_errors"] = od.split_external_local_origin_errors
+    return OutlierDetection(**values)

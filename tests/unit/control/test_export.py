@@ -82,6 +82,8 @@ clusters:
     endpoints: [127.0.0.1:18080, {address: 127.0.0.1:18081, weight: 3}]
     connect_timeout: 2s
     circuit_breakers: {max_connections: 10, max_pending_requests: 5, max_requests: 20, max_retries: 0}
+    outlier_detection: {consecutive_5xx: 3, interval: 2s, base_ejection_time: 5s, max_ejection_percent: 50,
+                        enforcing_consecutive_gateway_failure: 100, split_external_local_origin_errors: true}
   - name: api-v2
     type: strict_dns
     endpoints: [localhost:18082]
