@@ -149,6 +149,7 @@ def _route(r: Route) -> dict[str, Any]:
             fwd["host_rewrite_literal"] = a.host_rewrite
         if a.idle_timeout is not None:
             fwd["idle_timeout"] = _dur(a.idle_timeout if a.idle_timeout > 0 else None)
+        fwd.update(policies.hash_policy(a.hash_policy))
         if a.retry is not None:
             fwd.update(policies.retry(a.retry))
             out.update(policies.retry_metadata(a.retry))
@@ -292,6 +293,7 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
             }
         },
     }
+    out.update(policies.load_balancing(c.load_balancing, errors, where))
     if c.outlier_detection is not None:
         out["outlier_detection"] = policies.outlier_detection(c.outlier_detection)
     if c.circuit_breakers != DEFAULT_BREAKERS:

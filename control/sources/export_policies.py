@@ -13,7 +13,9 @@ from typing import Any
 
 from meshpy.model.types import (
     Fault,
+    HashPolicy,
     HttpOptions,
+    LoadBalancing,
     LocalRateLimit,
     OutlierDetection,
     RetryPolicy,
@@ -131,3 +133,43 @@ def outlier_detection(od: OutlierDetection) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+_LB_ENUM = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST", "random": "RANDOM",
+            "ring_hash": "RING_HASH", "maglev": "MAGLEV"}
+
+
+def load_balancing(lb: LoadBalancing, errors: list[str], where: str) -> dict[str, Any]:
+    """A Cluster's lb_policy and *_lb_config fields."""
+    if lb.policy not in _LB_ENUM:
+        errors.append(f"{where}.lb_policy: Envoy has no {lb.policy} balancer")
+        return {}
+    out: dict[str, Any] = {"lb_policy": _LB_ENUM[lb.policy]}
+    slow = None
+    if lb.slow_start is not None:
+        s = lb.slow_start
+        slow = {"slow_start_window": _dur(s.window), "aggression": {"default_value": s.aggression,
+                                                                     "runtime_key": "meshpy.slow_start"},
+                "min_weight_percent": {"value": s.min_weight_percent}}
+    if lb.policy == "least_request":
+        out["least_request_lb_config"] = {"choice_count": lb.choice_count, **({"slow_start_config": slow}
+                                                                               if slow else {})}
+    elif lb.policy == "round_robin" and slow:
+        out["round_robin_lb_config"] = {"slow_start_config": slow}
+    elif lb.policy == "ring_hash":
+        out["ring_hash_lb_config"] = {"minimum_ring_size": lb.ring_size}
+    elif lb.policy == "maglev":
+        out["maglev_lb_config"] = {"table_size": lb.table_size}
+    return out
+
+
+def hash_policy(policies: tuple[HashPolicy, ...]) -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    for p in policies:
+        if p.header is not None:
+            out.append({"header": {"header_name": p.header}})
+        elif p.cookie is not None:
+            out.append({"cookie": {"name": p.cookie}})
+        else:
+            out.append({"connection_properties": {"source_ip": p.source_ip}})
+    return {"hash_policy": out} if out else {}

@@ -13,7 +13,12 @@ from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
-from meshpy.model.meshpy_yaml_policies import circuit_breakers, outlier_detection, rate_limit
+from meshpy.model.meshpy_yaml_policies import (
+    circuit_breakers,
+    load_balancing,
+    outlier_detection,
+    rate_limit,
+)
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -21,6 +26,7 @@ from meshpy.model.types import (
     DEFAULT_DNS_REFRESH,
     DEFAULT_HEADERS_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LB,
     DEFAULT_STREAM_IDLE_TIMEOUT,
     DEFAULT_TCP_IDLE_TIMEOUT,
     AccessLog,
@@ -304,7 +310,6 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         r.error(f.at("endpoints"), "a logical_dns cluster has exactly one endpoint")
     if discovery == "static" and "dns_refresh_rate" in f:
         r.error(f.at("dns_refresh_rate"), "only applies to strict_dns and logical_dns clusters")
-    f.get("lb_policy", _lb_policy, "round_robin")
     return Cluster(
         name=name,
         discovery=discovery,
@@ -317,6 +322,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         if "circuit_breakers" in f else DEFAULT_BREAKERS,
         outlier_detection=outlier_detection(r, f.raw("outlier_detection"), f.at("outlier_detection"))
         if "outlier_detection" in f else None,
+        load_balancing=load_balancing(r, f.raw("lb_policy"), f.at("lb_policy"))
+        if "lb_policy" in f else DEFAULT_LB,
     )
 
 
@@ -354,9 +361,3 @@ def _discovery(value: object) -> DiscoveryType:
         if text == kind:
             return kind
     raise ValueError(f"must be one of {', '.join(_DISCOVERY)}, got {text!r}")
-
-
-def _lb_policy(value: object) -> str:
-    if as_str(value).lower() != "round_robin":
-        raise ValueError("only round_robin is supported")
-    return "round_robin"

@@ -9,17 +9,23 @@ the value is never used). Names and defaults are Envoy's, so a reader of Envoy's
 from __future__ import annotations
 
 import difflib
+from typing import cast, get_args
 
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     DEFAULT_BUDGET,
+    DEFAULT_LB,
     RETRY_ON,
     CircuitBreakers,
     Fault,
+    HashPolicy,
+    LbPolicy,
+    LoadBalancing,
     LocalRateLimit,
     OutlierDetection,
     RetryBudget,
     RetryPolicy,
+    SlowStart,
 )
 from meshpy.model.yaml_reader import (
     Reader,
@@ -28,6 +34,7 @@ from meshpy.model.yaml_reader import (
     as_optional_timeout,
     as_positive_duration,
     as_positive_int,
+    as_str,
     is_off,
 )
 from meshpy.model.yaml_values import parse_size
@@ -232,3 +239,81 @@ def _int_percent(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
         raise ValueError("expected a whole percentage from 0 to 100")
     return value
+
+
+_LB_KEYS = ("policy", "choice_count", "ring_size", "table_size", "decay", "slow_start")
+
+
+def load_balancing(r: Reader, node: object, path: str) -> LoadBalancing:
+    """`lb_policy: least_request`, or `lb_policy: {policy: least_request, choice_count: 2,
+    slow_start: {window: 30s, aggression: 1.0, min_weight_percent: 10}}`; ring_hash takes
+    `ring_size`, maglev `table_size` (a prime), peak_ewma `decay`."""
+    if isinstance(node, str):
+        node = {"policy": node}
+    f = r.mapping(node, path, _LB_KEYS)
+    if f is None:
+        return DEFAULT_LB
+    policy: LbPolicy = f.get("policy", _lb_policy, "round_robin")
+    slow = None
+    if "slow_start" in f:
+        g = r.mapping(f.raw("slow_start"), f.at("slow_start"), ("window", "aggression", "min_weight_percent"))
+        if g is not None:
+            slow = SlowStart(window=g.require("window", as_positive_duration, 1.0),
+                             aggression=g.get("aggression", _positive_float, 1.0),
+                             min_weight_percent=g.get("min_weight_percent", float_percent, 10.0))
+        if policy not in ("round_robin", "least_request"):
+            r.error(f.at("slow_start"), "only applies to round_robin and least_request")
+    table = f.get("table_size", as_positive_int, 65537)
+    if "table_size" in f and not _is_prime(table):
+        r.error(f.at("table_size"), "must be a prime number (Maglev's table)")
+    return LoadBalancing(
+        policy=policy,
+        choice_count=f.get("choice_count", as_positive_int, 2),
+        ring_size=f.get("ring_size", as_positive_int, 1024),
+        table_size=table,
+        decay=f.get("decay", as_positive_duration, 10.0),
+        slow_start=slow,
+    )
+
+
+def _lb_policy(value: object) -> LbPolicy:
+    text = str(value).strip().lower()
+    for p in get_args(LbPolicy):
+        if p == text:
+            return cast(LbPolicy, p)
+    raise ValueError(f"must be one of {', '.join(get_args(LbPolicy))}, got {value!r}")
+
+
+def _positive_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("expected a number greater than 0")
+    return float(value)
+
+
+def _is_prime(n: int) -> bool:
+    return n > 1 and all(n % k for k in range(2, int(n**0.5) + 1))
+
+
+_HASH_KEYS = ("header", "cookie", "source_ip")
+
+
+def hash_policy(r: Reader, node: object, path: str) -> tuple[HashPolicy, ...]:
+    """`hash_policy: [{header: x-user}, {cookie: session}, {source_ip: true}]` (one mapping works too):
+    the first the request has is hashed, for ring_hash and maglev clusters."""
+    items = node if isinstance(node, list) else [node]
+    out = []
+    for i, item_node in enumerate(items):
+        at = f"{path}[{i}]" if isinstance(node, list) else path
+        f = r.mapping(item_node, at, _HASH_KEYS)
+        if f is None:
+            continue
+        if len(f.present(*_HASH_KEYS)) != 1:
+            r.error(at, "needs exactly one of header, cookie or source_ip")
+            continue
+        out.append(HashPolicy(header=f.get("header", _lower_name, None), cookie=f.get("cookie", as_str, None),
+                              source_ip=f.get("source_ip", as_bool, False)))
+    return tuple(out)
+
+
+def _lower_name(value: object) -> str:
+    return as_str(value).lower()

@@ -11,7 +11,7 @@ import dataclasses
 import re
 
 from meshpy.model.meshpy_yaml_matches import absolute_path, compile_regex, header_name, read_match
-from meshpy.model.meshpy_yaml_policies import fault, rate_limit, retry_policy
+from meshpy.model.meshpy_yaml_policies import fault, hash_policy, rate_limit, retry_policy
 from meshpy.model.types import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
@@ -55,7 +55,9 @@ _EDIT_MODES: dict[str, HeaderAppend] = {
 _EDIT_KEYS = (*_EDIT_MODES, "remove")
 
 _ACTIONS = ("cluster", "split", "redirect", "direct")
-_FORWARD_ONLY = ("prefix_rewrite", "regex_rewrite", "host_rewrite", "timeout", "idle_timeout", "retry")
+_FORWARD_ONLY = (
+    "prefix_rewrite", "regex_rewrite", "host_rewrite", "timeout", "idle_timeout", "retry", "hash_policy",
+)  # fmt: skip
 _ROUTE_KEYS = (
     "name", "match", *_ACTIONS, *_FORWARD_ONLY, "request_headers", "response_headers", "rate_limit", "fault",
 )  # fmt: skip
@@ -298,6 +300,7 @@ def _forward(r: Reader, f: Fields, model_path: str) -> ForwardAction:
         timeout=f.get("timeout", as_optional_timeout, DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=f.get("idle_timeout", as_route_idle_timeout, None),
         retry=retry_policy(r, f.raw("retry"), f.at("retry")) if "retry" in f else _UNSET_RETRY,
+        hash_policy=hash_policy(r, f.raw("hash_policy"), f.at("hash_policy")) if "hash_policy" in f else (),
     )
 
 

@@ -14,6 +14,8 @@ StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "pre
 PathMatchKind = Literal["prefix", "path", "regex"]
 HeaderAppend = Literal["append", "add_if_absent", "overwrite", "overwrite_if_exists"]
 DiscoveryType = Literal["static", "strict_dns", "logical_dns"]
+LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma"]
+HASHED_POLICIES = ("ring_hash", "maglev")
 ListenerKind = Literal["http", "tcp"]
 
 DEFAULT_ROUTE_TIMEOUT = 15.0  # Envoy's route timeout default
@@ -149,6 +151,7 @@ class ForwardAction:
     # Per-route stream idle timeout. None: the listener's; 0: none for this route (Envoy's 0s).
     idle_timeout: float | None = None
     retry: RetryPolicy | None = None
+    hash_policy: tuple[HashPolicy, ...] = ()  # for ring_hash and maglev clusters
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,6 +307,44 @@ DEFAULT_BREAKERS = CircuitBreakers()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SlowStart:
+    """A host that just joined gets traffic in proportion to how long it has been there (Envoy's
+    slow_start_config): weight x max(min_weight_percent, (age / window) ^ (1 / aggression))."""
+
+    window: float
+    aggression: float = 1.0
+    min_weight_percent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadBalancing:
+    """How a cluster picks an endpoint. `ring_hash` and `maglev` hash what the route's hash_policy
+    names (without one, or when the request lacks it, they pick at random); `peak_ewma` is Linkerd's
+    latency-aware balancer: of two random endpoints, the one with the lower peak-weighted moving
+    average latency times its requests in flight."""
+
+    policy: LbPolicy = "round_robin"
+    choice_count: int = 2  # least_request: how many random endpoints are compared
+    ring_size: int = 1024  # ring_hash: minimum ring size (Envoy's minimum_ring_size)
+    table_size: int = 65537  # maglev: a prime
+    decay: float = 10.0  # peak_ewma: seconds over which old latencies fade
+    slow_start: SlowStart | None = None  # round_robin and least_request
+
+
+DEFAULT_LB = LoadBalancing()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HashPolicy:
+    """What a request is hashed on for ring_hash and maglev (Envoy's route hash_policy): the first
+    of these the request has. `header` and `cookie` name one; `source_ip` uses the client address."""
+
+    header: str | None = None
+    cookie: str | None = None
+    source_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutlierDetection:
     """Passive health: endpoints that fail are ejected from the balancer for a while (Envoy's outlier
     detection, same names and defaults). The ejection time is base_ejection_time times the number of
@@ -338,7 +379,7 @@ class Cluster:
     endpoints: tuple[Endpoint, ...] = ()
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     dns_refresh_rate: float = DEFAULT_DNS_REFRESH
-    lb_policy: Literal["round_robin"] = "round_robin"
+    load_balancing: LoadBalancing = DEFAULT_LB
     max_connections_per_endpoint: int = 1024  # pool size limit; requests beyond it wait
     pool_idle_timeout: float | None = 60.0  # idle pooled connections are closed after this
     circuit_breakers: CircuitBreakers = DEFAULT_BREAKERS

@@ -99,6 +99,7 @@ class CompiledRoute:
         "fault",
         "forward",
         "guarded",
+        "hash_policy",
         "host_rewrite",
         "idle_timeout",
         "limiter",
@@ -129,6 +130,7 @@ class CompiledRoute:
         self.timeout = fwd.timeout if fwd is not None else None
         self.idle_timeout = fwd.idle_timeout if fwd is not None else None
         self.retry = fwd.retry if fwd is not None else None
+        self.hash_policy = fwd.hash_policy if fwd is not None else ()
         # The route's own token bucket, else its virtual host's (shared by its routes); faults.
         self.limiter = TokenBucket(route.rate_limit) if route.rate_limit is not None else vhost.limiter
         self.fault = CompiledFault(route.fault) if route.fault is not None else None

@@ -43,6 +43,7 @@ from meshpy.stack.forwarding import (
     request_id,
     upstream_request_headers,
 )
+from meshpy.stack.guards import request_hash
 from meshpy.stack.retry import CONNECT, RESET, RetryState
 from meshpy.stack.retrying import RetryingMixin
 from meshpy.transport.writes import send
@@ -255,7 +256,12 @@ class Exchange(RetryingMixin):
         cluster = cfg.clusters.get(route.pick_cluster())
         if cluster is None:
             return self._error(ClusterNotFound())
-        host = cluster.pick()
+        balancer = cluster.balancer
+        if balancer is None:
+            host = cluster.pick()
+        else:
+            key = request_hash(route.hash_policy, self.headers, self.down.peer) if balancer.hashed else None
+            host = balancer.pick(key)
         if host is None:
             return self._error(NoHealthyUpstream())
         self.cluster = cluster
@@ -731,8 +737,11 @@ class Exchange(RetryingMixin):
         cfg.stats.request_done(status, seconds)
         if self.host is not None:
             self.host.active_requests -= 1
-        if self.cluster is not None:  # (a hedged request may end with no attempt of its own running)
-            self.cluster.stats.request_done(status, seconds)
+        cluster = self.cluster
+        if cluster is not None:  # (a hedged request may end with no attempt of its own running)
+            cluster.stats.request_done(status, seconds)
+            if cluster.balancer is not None and cluster.balancer.measures and self.host is not None:
+                cluster.balancer.done(self.host, seconds)
         if cfg.loggers:
             upstream = self.host.label if self.host is not None else ""
             rid = (self.rid or b"").decode("latin-1")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from meshpy.model.types import Fault, LocalRateLimit
+from meshpy.model.types import Fault, HashPolicy, LocalRateLimit
+from meshpy.upstream.balancers import hash64
 
 DELAY_HEADER = b"x-envoy-fault-delay-request"  # milliseconds
 DELAY_PERCENT_HEADER = b"x-envoy-fault-delay-request-percentage"
@@ -106,3 +107,27 @@ def _status(value: bytes | None, default: int | None) -> int | None:
         return default
     status = int(value)
     return status if 200 <= status <= 599 else default
+
+
+def request_hash(
+    policies: Sequence[HashPolicy], headers: Sequence[tuple[bytes, bytes]], peer: str
+) -> int | None:
+    """The hash a ring_hash or maglev cluster places this request by: of the route's hash policies,
+    the first the request has (a header, a cookie, the client address). None: it has none of them."""
+    for p in policies:
+        if p.header is not None:
+            name = p.header.encode()
+            for n, v in headers:
+                if n == name:
+                    return hash64(v)
+        elif p.cookie is not None:
+            prefix = p.cookie.encode() + b"="
+            for n, v in headers:
+                if n == b"cookie":
+                    for crumb in v.split(b";"):
+                        crumb = crumb.strip()
+                        if crumb.startswith(prefix):
+                            return hash64(crumb[len(prefix):])
+        elif p.source_ip and peer:
+            return hash64(peer.encode())
+    return None

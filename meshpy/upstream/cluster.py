@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from meshpy.model.types import Cluster
 from meshpy.telemetry.metrics import ClusterStats, Metrics
+from meshpy.upstream.balancers import make_balancer
 from meshpy.upstream.outlier import OutlierDetector
 from meshpy.upstream.pool import HostPool
 
@@ -27,8 +29,8 @@ class Host:
     """One upstream endpoint with its pool, and what outlier detection keeps about it."""
 
     __slots__ = (
-        "active_requests", "address", "c_5xx", "c_gateway", "c_local", "eject_count", "ejected", "hostname",
-        "pool", "rq_fail", "rq_ok", "uneject", "weight",
+        "active_requests", "address", "c_5xx", "c_gateway", "c_local", "eject_count", "ejected", "ewma",
+        "ewma_at", "hostname", "joined", "pool", "rq_fail", "rq_ok", "uneject", "weight",
     )  # fmt: skip
 
     def __init__(self, pool: HostPool, weight: int, hostname: str) -> None:
@@ -43,6 +45,8 @@ class Host:
         self.ejected = False
         self.eject_count = 0
         self.uneject: asyncio.TimerHandle | None = None
+        self.joined: float | None = None  # when it joined, while in a slow-start window
+        self.ewma = self.ewma_at = 0.0  # peak EWMA latency (seconds) and when it was last updated
 
     @property
     def health(self) -> str:
@@ -75,8 +79,8 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 class ClusterRuntime:
     __slots__ = (
-        "_loop", "_order", "_rr", "_task", "budget", "busy", "cx_limit", "hosts", "model", "outlier",
-        "pending_limit", "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
+        "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "cx_limit", "hosts", "model",
+        "outlier", "pending_limit", "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
@@ -101,6 +105,7 @@ class ClusterRuntime:
         self.resolved = asyncio.Event()
         od = model.outlier_detection
         self.outlier = OutlierDetector(self, od, loop) if od is not None else None
+        self.balancer = make_balancer(model.load_balancing)  # None: the round robin below
         if model.discovery == "static":
             self.resolved.set()
             self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host)
@@ -141,8 +146,11 @@ class ClusterRuntime:
             return self.retry_limit
         return max(budget.min_concurrency, int(budget.percent * self.stats.rq_active / 100))
 
-    def pick(self) -> Host | None:
-        """Round robin over hosts, each appearing `weight` times in the order list."""
+    def pick(self, key: int | None = None) -> Host | None:
+        """The cluster's balancer's choice (`key`: the request's hash, for ring_hash and maglev), or
+        round robin over hosts, each appearing `weight` times in the order list."""
+        if self.balancer is not None:
+            return self.balancer.pick(key)
         order = self._order
         if not order:
             return None
@@ -177,6 +185,8 @@ class ClusterRuntime:
                 pool = HostPool(self._loop, (ip, port), self.stats, self.model.connect_timeout,
                                 self.model.max_connections_per_endpoint, self)
                 h = Host(pool, weight, name)
+                if self.hosts and self.model.load_balancing.slow_start is not None:
+                    h.joined = time.monotonic()  # joined a running cluster: it warms up
             hosts.append(h)
         for gone in old.values():
             gone.pool.close()
@@ -193,6 +203,8 @@ class ClusterRuntime:
         usable = [h for h in hosts if not h.ejected]
         if len(usable) < self.PANIC_THRESHOLD * len(hosts):
             usable = hosts
+        if self.balancer is not None:
+            self.balancer.rebuild(usable)
         self._order = smooth_weighted_order(usable)
         self._rr = 0
 

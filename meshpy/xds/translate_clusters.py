@@ -42,6 +42,10 @@ _CLUSTER = frozenset(
         "connect_timeout",
         "dns_refresh_rate",
         "lb_policy",
+        "least_request_lb_config",
+        "ring_hash_lb_config",
+        "maglev_lb_config",
+        "round_robin_lb_config",
         "load_assignment",
         "typed_extension_protocol_options",
         "common_http_protocol_options",
@@ -74,8 +78,6 @@ def cluster(
     issues.fields(msg, path, _CLUSTER)
     if not msg.name:
         issues.add(child(path, "name"), "must not be empty")
-    if msg.lb_policy != 0:
-        issues.add(child(path, "lb_policy"), "only ROUND_ROBIN is supported by meshpy")
     endpoints: tuple[Endpoint, ...] = ()
     if msg.HasField("load_assignment"):
         endpoints = endpoints_from(issues, msg.load_assignment, child(path, "load_assignment"))
@@ -99,7 +101,7 @@ def cluster(
         endpoints=endpoints,
         connect_timeout=positive_duration(issues, msg, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
         dns_refresh_rate=positive_duration(issues, msg, "dns_refresh_rate", path, DEFAULT_DNS_REFRESH),
-        lb_policy="round_robin",
+        load_balancing=translate_policies.load_balancing(issues, msg, path),
         pool_idle_timeout=_pool_idle_timeout(issues, msg, path),
         circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
         outlier_detection=translate_policies.outlier_detection(issues, msg, path),

@@ -13,11 +13,16 @@ from typing import Any
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     DEFAULT_BUDGET,
+    DEFAULT_LB,
     RETRY_ON,
     CircuitBreakers,
+    HashPolicy,
+    LbPolicy,
+    LoadBalancing,
     OutlierDetection,
     RetryBudget,
     RetryPolicy,
+    SlowStart,
 )
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, positive_duration, timeout, wrapped
 
@@ -188,3 +193,78 @@ def outlier_detection(issues: Issues, msg: Any, path: str) -> OutlierDetection |
         values[key] = type(getattr(d, key))(wrapped(od, key, getattr(d, key)))
     values["split_external_local_origin_errors"] = od.split_external_local_origin_errors
     return OutlierDetection(**values)
+
+
+_LB_POLICIES: dict[int, LbPolicy] = {
+    0: "round_robin", 1: "least_request", 2: "ring_hash", 3: "random", 5: "maglev",
+}  # fmt: skip
+# Each *_lb_config and the policy it configures.
+_LB_CONFIGS = {
+    "least_request_lb_config": "least_request", "ring_hash_lb_config": "ring_hash",
+    "maglev_lb_config": "maglev", "round_robin_lb_config": "round_robin",
+}  # fmt: skip
+
+
+def load_balancing(issues: Issues, msg: Any, path: str) -> LoadBalancing:
+    """A Cluster's lb_policy and its *_lb_config (peak_ewma has no Envoy counterpart)."""
+    policy = _LB_POLICIES.get(msg.lb_policy)
+    if policy is None:
+        name = msg.DESCRIPTOR.fields_by_name["lb_policy"].enum_type.values_by_number[msg.lb_policy].name
+        issues.add(child(path, "lb_policy"), f"{name} is {UNSUPPORTED}")
+        return DEFAULT_LB
+    d = DEFAULT_LB
+    choice, ring, table, slow = d.choice_count, d.ring_size, d.table_size, None
+    if msg.HasField("least_request_lb_config"):
+        c, where = msg.least_request_lb_config, child(path, "least_request_lb_config")
+        issues.fields(c, where, {"choice_count", "slow_start_config"})
+        choice = wrapped(c, "choice_count", choice)
+        slow = _slow_start(issues, c, where)
+    if msg.HasField("round_robin_lb_config"):
+        c, where = msg.round_robin_lb_config, child(path, "round_robin_lb_config")
+        issues.fields(c, where, {"slow_start_config"})
+        slow = _slow_start(issues, c, where)
+    if msg.HasField("ring_hash_lb_config"):
+        c, where = msg.ring_hash_lb_config, child(path, "ring_hash_lb_config")
+        # hash_function XX_HASH (the default) or MURMUR_HASH_2 only place hosts on the ring: any hash
+        # keeps keys on hosts; meshpy's own is a stable 64-bit blake2b.
+        issues.fields(c, where, {"minimum_ring_size", "maximum_ring_size", "hash_function"})
+        ring = wrapped(c, "minimum_ring_size", ring)
+    if msg.HasField("maglev_lb_config"):
+        c, where = msg.maglev_lb_config, child(path, "maglev_lb_config")
+        issues.fields(c, where, {"table_size"})
+        table = wrapped(c, "table_size", table)
+    for name, wanted in _LB_CONFIGS.items():
+        if msg.HasField(name) and wanted != policy:
+            issues.add(child(path, name), f"does not apply to lb_policy {policy.upper()}")
+    return LoadBalancing(policy=policy, choice_count=choice, ring_size=ring, table_size=table,
+                         slow_start=slow)
+
+
+def _slow_start(issues: Issues, msg: Any, path: str) -> SlowStart | None:
+    if not msg.HasField("slow_start_config"):
+        return None
+    c, where = msg.slow_start_config, child(path, "slow_start_config")
+    issues.fields(c, where, {"slow_start_window", "aggression", "min_weight_percent"})
+    window = positive_duration(issues, c, "slow_start_window", where, 0.0)
+    aggression = c.aggression.default_value if c.HasField("aggression") else 1.0
+    minimum = c.min_weight_percent.value if c.HasField("min_weight_percent") else 10.0
+    return SlowStart(window=window, aggression=aggression, min_weight_percent=minimum) if window else None
+
+
+def hash_policies(issues: Issues, action: Any, path: str) -> tuple[HashPolicy, ...]:
+    """A RouteAction's hash_policy list (header, cookie by name, source IP)."""
+    out = []
+    for i, hp in enumerate(action.hash_policy):
+        where = item(child(path, "hash_policy"), i)
+        issues.fields(hp, where, {"header", "cookie", "connection_properties"})
+        if hp.HasField("header"):
+            issues.fields(hp.header, child(where, "header"), {"header_name"})
+            out.append(HashPolicy(header=hp.header.header_name.lower()))
+        elif hp.HasField("cookie"):
+            # A ttl would make Envoy set the cookie when it is missing: not done by meshpy.
+            issues.fields(hp.cookie, child(where, "cookie"), {"name"})
+            out.append(HashPolicy(cookie=hp.cookie.name))
+        elif hp.HasField("connection_properties"):
+            issues.fields(hp.connection_properties, child(where, "connection_properties"), {"source_ip"})
+            out.append(HashPolicy(source_ip=hp.connection_properties.source_ip))
+    return tuple(out)

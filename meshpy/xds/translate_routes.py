@@ -26,7 +26,7 @@ from meshpy.model.types import (
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout
 from meshpy.xds.translate_guards import per_filter
 from meshpy.xds.translate_matchers import header_edits, route_match
-from meshpy.xds.translate_policies import RetryContext, retry_context, route_retry
+from meshpy.xds.translate_policies import RetryContext, hash_policies, retry_context, route_retry
 
 # `validate_clusters` asks Envoy to check cluster references, which meshpy always does for a
 # bootstrap; `metadata` is only read by filters meshpy does not have.
@@ -88,6 +88,7 @@ _FORWARD = frozenset(
         "idle_timeout",
         "retry_policy",
         "hedge_policy",
+        "hash_policy",
     }
 )
 _REDIRECT = frozenset(
@@ -182,8 +183,9 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
     if kind == "route":
         action = _forward(issues, msg.route, child(path, "route"), match)
         retry = route_retry(issues, msg.route, msg, child(path, "route"), ctx)
-        if retry is not None:
-            action = dataclasses.replace(action, retry=retry)
+        hashing = hash_policies(issues, msg.route, child(path, "route"))
+        if retry is not None or hashing:
+            action = dataclasses.replace(action, retry=retry, hash_policy=hashing)
     elif kind == "redirect":
         action = _redirect(issues, msg.redirect, child(path, "redirect"))
     elif kind == "direct_response":

@@ -133,8 +133,9 @@ def test_listener_and_top_level_errors(text: str, expected: str) -> None:
             "clusters[0].connect_timeout: must be greater than 0",
         ),
         (
-            "[{name: a, endpoints: ['127.0.0.1:1'], lb_policy: least_request}]",
-            "clusters[0].lb_policy: only round_robin is supported",
+            "[{name: a, endpoints: ['127.0.0.1:1'], lb_policy: fastest}]",
+            "clusters[0].lb_policy.policy: must be one of round_robin, least_request, random, ring_hash, "
+            "maglev, peak_ewma, got 'fastest'",
         ),
         (
             "[{name: a, endpoints: ['127.0.0.1:1'], max_connections_per_endpoint: 0}]",

@@ -177,12 +177,12 @@ async def test_nack_names_the_resource_and_keeps_the_old_config(delta: bool) -> 
     async with live(delta) as (plane, app, client, port):
         version = app.snapshot.version if app.snapshot else None
         bad = export(load_text(MESHPY.format(port=port, teapot=418, endpoints="127.0.0.1:9", extra="")))
-        bad[CLUSTER]["backend"].lb_policy = 5  # MAGLEV
+        bad[CLUSTER]["backend"].lb_policy = 6  # CLUSTER_PROVIDED
         plane.cache.set(make_snapshot(bad))
         [status] = plane.ads.nodes.values()
         await eventually(lambda: status.last_nack is not None, "the server got a NACK")
         assert status.last_nack is not None
-        assert "Cluster backend: lb_policy: only ROUND_ROBIN is supported by meshpy" in status.last_nack
+        assert "Cluster backend: lb_policy: CLUSTER_PROVIDED is not supported by meshpy" in status.last_nack
         assert client.last_nack[CLUSTER].startswith("Cluster backend: lb_policy:")
         assert app.snapshot is not None and app.snapshot.version == version
         assert await get(port, "/teapot") == (418, b"short and stout")

@@ -81,11 +81,11 @@ def test_assembled_config_is_the_model_again() -> None:
 
 def test_a_bad_resource_is_rejected_with_its_kind_name_path_and_reason() -> None:
     store = loaded()
-    bad = proto(CLUSTER, {"name": "backend", "type": "EDS", "connect_timeout": "-1s", "lb_policy": "MAGLEV"})
+    bad = proto(CLUSTER, {"name": "backend", "type": "EDS", "connect_timeout": "-1s", "lb_policy": "CLUSTER_PROVIDED"})
     with pytest.raises(ConfigError) as err:
         store.update(CLUSTER, [bad], replace=True)
     assert "Cluster backend: connect_timeout: must be greater than 0" in reasons(err)
-    assert "Cluster backend: lb_policy: only ROUND_ROBIN is supported by meshpy" in reasons(err)
+    assert "Cluster backend: lb_policy: CLUSTER_PROVIDED is not supported by meshpy" in reasons(err)
     # The store is immutable: nothing of the rejected update leaked into it.
     assert store.of(CLUSTER)["backend"].connect_timeout.seconds == 5
 

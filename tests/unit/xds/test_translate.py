@@ -886,10 +886,10 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         UNSUPPORTED,
     ),
     (
-        "lb_least_request",
-        cluster_bootstrap("lb_least_request", "lb_policy: LEAST_REQUEST"),
+        "lb_cluster_provided",
+        cluster_bootstrap("lb_cluster_provided", "lb_policy: CLUSTER_PROVIDED"),
         f"{CLUSTER0}.lb_policy",
-        "only ROUND_ROBIN",
+        "CLUSTER_PROVIDED is not supported",
     ),
     (
         "dns_lookup_family",
@@ -1003,7 +1003,7 @@ def test_unsupported_field_is_an_error_naming_it(data: dict[str, Any], path: str
 def test_every_issue_is_reported_at_once() -> None:
     data = copy.deepcopy(MINIMAL_HTTP)
     data["stats_flush_interval"] = "10s"
-    data["static_resources"]["clusters"][0]["lb_policy"] = "RANDOM"
+    data["static_resources"]["clusters"][0]["lb_policy"] = "CLUSTER_PROVIDED"
     data["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["via"] = "x"
     assert {issue.path for issue in issues_of(data)} == {
         "stats_flush_interval",
@@ -1068,6 +1068,7 @@ UNKNOWN_CLUSTERS = http_bootstrap(
     """,
 )
 ENVOY_REFUSES = {
+    "lb_cluster_provided",  # only for cluster types that bring their own balancer
     "bad_logical_dns",
     "bad_static_hostname",
     "bad_lookahead",
