@@ -81,7 +81,8 @@ def test_assembled_config_is_the_model_again() -> None:
 
 def test_a_bad_resource_is_rejected_with_its_kind_name_path_and_reason() -> None:
     store = loaded()
-    bad = proto(CLUSTER, {"name": "backend", "type": "EDS", "connect_timeout": "-1s", "lb_policy": "CLUSTER_PROVIDED"})
+    bad = proto(CLUSTER, {"name": "backend", "type": "EDS", "connect_timeout": "-1s",
+                          "lb_policy": "CLUSTER_PROVIDED"})
     with pytest.raises(ConfigError) as err:
         store.update(CLUSTER, [bad], replace=True)
     assert "Cluster backend: connect_timeout: must be greater than 0" in reasons(err)
