@@ -294,6 +294,8 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         },
     }
     out.update(policies.load_balancing(c.load_balancing, errors, where))
+    if c.health_check is not None:
+        out.update(policies.health_checks(c.health_check))
     if c.outlier_detection is not None:
         out["outlier_detection"] = policies.outlier_detection(c.outlier_detection)
     if c.circuit_breakers != DEFAULT_BREAKERS:

@@ -14,6 +14,7 @@ from typing import Any
 from meshpy.model.types import (
     Fault,
     HashPolicy,
+    HealthCheck,
     HttpOptions,
     LoadBalancing,
     LocalRateLimit,
@@ -173,3 +174,21 @@ def hash_policy(policies: tuple[HashPolicy, ...]) -> dict[str, Any]:
         else:
             out.append({"connection_properties": {"source_ip": p.source_ip}})
     return {"hash_policy": out} if out else {}
+
+
+def health_checks(hc: HealthCheck) -> dict[str, Any]:
+    check: dict[str, Any] = {
+        "timeout": _dur(hc.timeout), "interval": _dur(hc.interval),
+        "unhealthy_threshold": hc.unhealthy_threshold, "healthy_threshold": hc.healthy_threshold,
+    }
+    if hc.interval_jitter:
+        check["interval_jitter"] = _dur(hc.interval_jitter)
+    if hc.kind == "tcp":
+        check["tcp_health_check"] = {}
+    else:
+        ranges = [{"start": a, "end": b} for a, b in hc.expected_statuses]
+        http: dict[str, Any] = {"path": hc.path, "expected_statuses": ranges}
+        if hc.host is not None:
+            http["host"] = hc.host
+        check["http_health_check"] = http
+    return {"health_checks": [check]}

@@ -15,6 +15,7 @@ from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
 from meshpy.model.meshpy_yaml_policies import (
     circuit_breakers,
+    health_check,
     load_balancing,
     outlier_detection,
     rate_limit,
@@ -93,6 +94,7 @@ _CLUSTER_KEYS = (
     "lb_policy",
     "circuit_breakers",
     "outlier_detection",
+    "health_check",
 )
 _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
@@ -324,6 +326,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         if "outlier_detection" in f else None,
         load_balancing=load_balancing(r, f.raw("lb_policy"), f.at("lb_policy"))
         if "lb_policy" in f else DEFAULT_LB,
+        health_check=health_check(r, f.raw("health_check"), f.at("health_check"))
+        if "health_check" in f else None,
     )
 
 

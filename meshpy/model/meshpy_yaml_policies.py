@@ -9,7 +9,7 @@ the value is never used). Names and defaults are Envoy's, so a reader of Envoy's
 from __future__ import annotations
 
 import difflib
-from typing import cast, get_args
+from typing import Literal, cast, get_args
 
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -19,6 +19,7 @@ from meshpy.model.types import (
     CircuitBreakers,
     Fault,
     HashPolicy,
+    HealthCheck,
     LbPolicy,
     LoadBalancing,
     LocalRateLimit,
@@ -30,6 +31,7 @@ from meshpy.model.types import (
 from meshpy.model.yaml_reader import (
     Reader,
     as_bool,
+    as_duration,
     as_non_negative_int,
     as_optional_timeout,
     as_positive_duration,
@@ -317,3 +319,60 @@ def hash_policy(r: Reader, node: object, path: str) -> tuple[HashPolicy, ...]:
 
 def _lower_name(value: object) -> str:
     return as_str(value).lower()
+
+
+_HC_KEYS = ("type", "path", "host", "expected_statuses", "interval", "timeout", "interval_jitter",
+            "healthy_threshold", "unhealthy_threshold")
+
+
+def health_check(r: Reader, node: object, path: str) -> HealthCheck | None:
+    """`health_check: {path: /healthz, interval: 5s, timeout: 1s, unhealthy_threshold: 3,
+    healthy_threshold: 1, expected_statuses: [200, [200, 300]], host: app.local}`, or
+    `health_check: {type: tcp, interval: 5s}`."""
+    f = r.mapping(node, path, _HC_KEYS)
+    if f is None:
+        return None
+    kind: Literal["http", "tcp"] = f.get("type", _hc_kind, "http")
+    if kind == "tcp":
+        for key in f.present("path", "host", "expected_statuses"):
+            r.error(f.at(key), "only applies to http health checks")
+    check_path = f.get("path", as_str, "/")
+    if not check_path.startswith("/"):
+        r.error(f.at("path"), "must start with /")
+    d = HealthCheck()
+    return HealthCheck(
+        kind=kind,
+        path=check_path,
+        host=f.get("host", as_str, None),
+        expected_statuses=f.get("expected_statuses", _status_ranges, d.expected_statuses),
+        interval=f.get("interval", as_positive_duration, d.interval),
+        timeout=f.get("timeout", as_positive_duration, d.timeout),
+        interval_jitter=f.get("interval_jitter", as_duration, 0.0),
+        healthy_threshold=f.get("healthy_threshold", as_positive_int, d.healthy_threshold),
+        unhealthy_threshold=f.get("unhealthy_threshold", as_positive_int, d.unhealthy_threshold),
+    )
+
+
+def _hc_kind(value: object) -> Literal["http", "tcp"]:
+    text = str(value).lower()
+    if text == "http":
+        return "http"
+    if text == "tcp":
+        return "tcp"
+    raise ValueError(f"must be http or tcp, got {value!r}")
+
+
+def _status_ranges(value: object) -> tuple[tuple[int, int], ...]:
+    """`[200, 204, [300, 400]]`: single codes, or half-open [start, end) ranges as Envoy has them."""
+    if not isinstance(value, list) or not value:
+        raise ValueError("expected a list of status codes or [start, end) ranges")
+    out = []
+    for x in value:
+        ranged = isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) for v in x)
+        if ranged and 100 <= x[0] < x[1] <= 600:
+            out.append((x[0], x[1]))
+        elif isinstance(x, int) and not isinstance(x, bool) and 100 <= x <= 599:
+            out.append((x, x + 1))
+        else:
+            raise ValueError(f"{x!r} is neither a status code nor a [start, end) range")
+    return tuple(out)

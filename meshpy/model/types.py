@@ -373,6 +373,24 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    """Active health checking (Envoy's, same names and meaning): every `interval` (plus up to
+    `interval_jitter`) each endpoint is checked; `unhealthy_threshold` failures in a row take it out of
+    the balancer, `healthy_threshold` successes bring it back. An HTTP check passes on a status in
+    `expected_statuses` (half-open ranges, 200 by default); a TCP check on a completed connect."""
+
+    kind: Literal["http", "tcp"] = "http"
+    path: str = "/"
+    host: str | None = None  # the Host header; the cluster's name when unset (as Envoy)
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)
+    interval: float = 5.0
+    timeout: float = 1.0
+    interval_jitter: float = 0.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     name: str
     discovery: DiscoveryType = "static"
@@ -384,6 +402,7 @@ class Cluster:
     pool_idle_timeout: float | None = 60.0  # idle pooled connections are closed after this
     circuit_breakers: CircuitBreakers = DEFAULT_BREAKERS
     outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,14 +11,14 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from meshpy.model.types import Cluster
 from meshpy.telemetry.metrics import ClusterStats, Metrics
 from meshpy.upstream.balancers import make_balancer
+from meshpy.upstream.gauges import cluster_gauges
+from meshpy.upstream.health import HealthChecker
 from meshpy.upstream.outlier import OutlierDetector
 from meshpy.upstream.pool import HostPool
 
@@ -30,7 +30,8 @@ class Host:
 
     __slots__ = (
         "active_requests", "address", "c_5xx", "c_gateway", "c_local", "eject_count", "ejected", "ewma",
-        "ewma_at", "hostname", "joined", "pool", "rq_fail", "rq_ok", "uneject", "weight",
+        "ewma_at", "hc_fails", "hc_healthy", "hc_passes", "hostname", "joined", "pool", "rq_fail", "rq_ok",
+        "uneject", "weight",
     )  # fmt: skip
 
     def __init__(self, pool: HostPool, weight: int, hostname: str) -> None:
@@ -46,12 +47,16 @@ class Host:
         self.eject_count = 0
         self.uneject: asyncio.TimerHandle | None = None
         self.joined: float | None = None  # when it joined, while in a slow-start window
+        self.hc_healthy = True  # active health checking's verdict (healthy until a check says not)
+        self.hc_fails = self.hc_passes = 0
         self.ewma = self.ewma_at = 0.0  # peak EWMA latency (seconds) and when it was last updated
 
     @property
     def health(self) -> str:
         """Envoy's health flags, as /clusters shows them."""
-        return "/failed_outlier_check" if self.ejected else "healthy"
+        flags = ("/failed_active_hc" if not self.hc_healthy else "") + (
+            "/failed_outlier_check" if self.ejected else "")
+        return flags or "healthy"
 
     @property
     def label(self) -> str:
@@ -79,8 +84,8 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 class ClusterRuntime:
     __slots__ = (
-        "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "cx_limit", "hosts", "model",
-        "outlier", "pending_limit", "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
+        "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "cx_limit", "health", "hosts",
+        "model", "outlier", "pending_limit", "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
@@ -106,12 +111,16 @@ class ClusterRuntime:
         od = model.outlier_detection
         self.outlier = OutlierDetector(self, od, loop) if od is not None else None
         self.balancer = make_balancer(model.load_balancing)  # None: the round robin below
+        self.health: HealthChecker | None = None  # started by start()
         if model.discovery == "static":
             self.resolved.set()
             self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host)
                              for e in model.endpoints])
 
     def start(self) -> None:
+        hc = self.model.health_check
+        if hc is not None and self.health is None:
+            self.health = HealthChecker(self, hc, self._loop)
         if self.model.discovery != "static" and self._task is None:
             self._task = self._loop.create_task(self._dns_loop(), name=f"dns:{self.model.name}")
 
@@ -163,6 +172,8 @@ class ClusterRuntime:
     def close(self) -> None:
         if self.outlier is not None:
             self.outlier.close()
+        if self.health is not None:
+            self.health.close()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -200,7 +211,7 @@ class ClusterRuntime:
     def rebuild_order(self) -> None:
         """The balancer's order over the endpoints in service (not ejected), or over all of them."""
         hosts = self.hosts
-        usable = [h for h in hosts if not h.ejected]
+        usable = [h for h in hosts if not h.ejected and h.hc_healthy]
         if len(usable) < self.PANIC_THRESHOLD * len(hosts):
             usable = hosts
         if self.balancer is not None:
@@ -249,36 +260,10 @@ class ClusterManager:
     def __init__(self, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
         self._metrics = metrics
         self._loop = loop
-        metrics.add_callback_collector(self._breaker_gauges)
+        metrics.add_callback_collector(lambda: cluster_gauges(self.clusters))
         self.clusters: dict[str, ClusterRuntime] = {}
         self._retargets: dict[str, Cluster] = {}  # endpoint-only changes, done by `commit`
         self._sweeper: asyncio.Task[None] | None = None
-
-    def _breaker_gauges(self) -> Iterator[Metric]:
-        """How close each circuit breaker is to its limit (Envoy's remaining_* gauges, always on)."""
-        labels = ["cluster", "resource"]
-        remaining = GaugeMetricFamily("meshpy_upstream_circuit_breaker_remaining",
-                                      "What is left before a circuit breaker trips.", labels=labels)
-        open_ = GaugeMetricFamily("meshpy_upstream_circuit_breaker_open",
-                                  "1 while a circuit breaker is at its limit.", labels=labels)
-        for name, rt in sorted(self.clusters.items()):
-            for resource, (used, limit) in rt.breaker_state().items():
-                remaining.add_metric([name, resource], float(max(0, limit - used)))
-                open_.add_metric([name, resource], 1.0 if used >= limit else 0.0)
-        yield remaining
-        yield open_
-        ejected = GaugeMetricFamily("meshpy_upstream_hosts_ejected", "Endpoints out by outlier detection.",
-                                    labels=["cluster"])
-        ejections = CounterMetricFamily("meshpy_upstream_outlier_ejections",
-                                        "Endpoints ejected by outlier detection, by reason.",
-                                        labels=["cluster", "reason"])
-        for name, rt in sorted(self.clusters.items()):
-            if rt.outlier is not None:
-                ejected.add_metric([name], float(sum(h.ejected for h in rt.hosts)))
-                for reason, n in sorted(rt.outlier.ejections.items()):
-                    ejections.add_metric([name, reason], float(n))
-        yield ejected
-        yield ejections
 
     def reconcile(self, models: Iterable[Cluster]) -> dict[str, ClusterRuntime]:
         """Build the runtime set for `models`, reusing unchanged clusters. Returns the new mapping;

@@ -53,6 +53,7 @@ _CLUSTER = frozenset(
         "metadata",
         "circuit_breakers",
         "outlier_detection",
+        "health_checks",
     }
 )
 # Cluster.DiscoveryType numbers, in proto order.
@@ -105,6 +106,7 @@ def cluster(
         pool_idle_timeout=_pool_idle_timeout(issues, msg, path),
         circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
         outlier_detection=translate_policies.outlier_detection(issues, msg, path),
+        health_check=translate_policies.health_check(issues, msg, path),
     )
 
 

@@ -17,6 +17,7 @@ from meshpy.model.types import (
     RETRY_ON,
     CircuitBreakers,
     HashPolicy,
+    HealthCheck,
     LbPolicy,
     LoadBalancing,
     OutlierDetection,
@@ -24,7 +25,16 @@ from meshpy.model.types import (
     RetryPolicy,
     SlowStart,
 )
-from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, positive_duration, timeout, wrapped
+from meshpy.xds.translate_base import (
+    UNSUPPORTED,
+    Issues,
+    child,
+    item,
+    positive_duration,
+    seconds,
+    timeout,
+    wrapped,
+)
 
 _DEFAULT_PRIORITY = 0  # RoutingPriority.DEFAULT; meshpy has no route priorities, so HIGH is refused
 # track_remaining only adds Envoy's remaining_* gauges; meshpy always exports how close each limit is.
@@ -268,3 +278,42 @@ def hash_policies(issues: Issues, action: Any, path: str) -> tuple[HashPolicy, .
             issues.fields(hp.connection_properties, child(where, "connection_properties"), {"source_ip"})
             out.append(HashPolicy(source_ip=hp.connection_properties.source_ip))
     return tuple(out)
+
+
+_HEALTH = frozenset({"timeout", "interval", "interval_jitter", "unhealthy_threshold", "healthy_threshold",
+                     "http_health_check", "tcp_health_check"})
+
+
+def health_check(issues: Issues, msg: Any, path: str) -> HealthCheck | None:
+    """A Cluster's health_checks: one HTTP or TCP check."""
+    if not msg.health_checks:
+        return None
+    where = child(path, "health_checks")
+    if len(msg.health_checks) > 1:
+        issues.add(where, f"one health check is supported by meshpy, got {len(msg.health_checks)}")
+    hc, where = msg.health_checks[0], item(where, 0)
+    issues.fields(hc, where, _HEALTH)
+    d = HealthCheck()
+    for name in ("timeout", "interval", "unhealthy_threshold", "healthy_threshold"):
+        if not hc.HasField(name):
+            issues.add(child(where, name), "is required")
+    common: dict[str, Any] = {
+        "interval": positive_duration(issues, hc, "interval", where, d.interval),
+        "timeout": positive_duration(issues, hc, "timeout", where, d.timeout),
+        "interval_jitter": seconds(hc.interval_jitter),
+        "healthy_threshold": wrapped(hc, "healthy_threshold", d.healthy_threshold),
+        "unhealthy_threshold": wrapped(hc, "unhealthy_threshold", d.unhealthy_threshold),
+    }
+    if hc.HasField("tcp_health_check"):
+        issues.fields(hc.tcp_health_check, child(where, "tcp_health_check"), ())
+        return HealthCheck(kind="tcp", **common)
+    if not hc.HasField("http_health_check"):
+        issues.add(where, "http_health_check or tcp_health_check is required")
+        return None
+    h, h_where = hc.http_health_check, child(where, "http_health_check")
+    issues.fields(h, h_where, {"host", "path", "expected_statuses"})
+    if not h.path:
+        issues.add(child(h_where, "path"), "is required")
+    ranges = tuple((r.start, r.end) for r in h.expected_statuses) or d.expected_statuses
+    return HealthCheck(kind="http", path=h.path or "/", host=h.host or None, expected_statuses=ranges,
+                       **common)

@@ -84,9 +84,14 @@ clusters:
     circuit_breakers: {max_connections: 10, max_pending_requests: 5, max_requests: 20, max_retries: 0}
     outlier_detection: {consecutive_5xx: 3, interval: 2s, base_ejection_time: 5s, max_ejection_percent: 50,
                         enforcing_consecutive_gateway_failure: 100, split_external_local_origin_errors: true}
+    health_check: {path: /healthz, interval: 2s, timeout: 500ms, expected_statuses: [200, [300, 400]],
+                   host: api.internal, unhealthy_threshold: 2, healthy_threshold: 2, interval_jitter: 100ms}
+    lb_policy: {policy: least_request, choice_count: 3, slow_start: {window: 30s, aggression: 2}}
   - name: api-v2
     type: strict_dns
     endpoints: [localhost:18082]
+    health_check: {type: tcp, interval: 1s}
+    lb_policy: {policy: ring_hash, ring_size: 2048}
 """
 
 

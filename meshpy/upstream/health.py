@@ -1,0 +1,100 @@
+"""Active health checks: each endpoint of a cluster is asked every interval whether it is well.
+
+One task per cluster checks all its endpoints at once, each on a fresh connection (a check must not
+wait behind a request, nor keep a pooled connection busy). An endpoint that fails
+`unhealthy_threshold` checks in a row leaves the balancer; `healthy_threshold` passes in a row bring
+it back. Until its first check an endpoint counts as healthy, so a cluster serves from the start;
+the first round runs at once. The cluster's panic threshold still applies: with fewer than half of
+its endpoints in service the balancer uses them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from meshpy.model.types import HealthCheck
+
+if TYPE_CHECKING:
+    from meshpy.upstream.cluster import ClusterRuntime, Host
+
+log = logging.getLogger("meshpy.upstream")
+_USER_AGENT = b"meshpy-health-check"
+
+
+class HealthChecker:
+    __slots__ = ("_task", "cluster", "config", "transitions")
+
+    def __init__(self, cluster: ClusterRuntime, config: HealthCheck, loop: asyncio.AbstractEventLoop) -> None:
+        self.cluster = cluster
+        self.config = config
+        self.transitions: dict[str, int] = {}  # "healthy" / "unhealthy" -> count, for /metrics
+        self._task: asyncio.Task[None] | None = loop.create_task(self._run(), name=f"hc:{cluster.model.name}")
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        cfg = self.config
+        while True:
+            hosts = list(self.cluster.hosts)
+            results = await asyncio.gather(*(self._check(h) for h in hosts))
+            changed = False
+            for host, ok in zip(hosts, results, strict=True):
+                changed |= self._record(host, ok)
+            if changed:
+                self.cluster.rebuild_order()
+            await asyncio.sleep(cfg.interval + random.uniform(0, cfg.interval_jitter))
+
+    def _record(self, host: Host, ok: bool) -> bool:
+        """Count one result; True when the endpoint changed state."""
+        cfg = self.config
+        if ok:
+            host.hc_fails = 0
+            host.hc_passes += 1
+            if not host.hc_healthy and host.hc_passes >= cfg.healthy_threshold:
+                return self._turn(host, True)
+        else:
+            host.hc_passes = 0
+            host.hc_fails += 1
+            if host.hc_healthy and host.hc_fails >= cfg.unhealthy_threshold:
+                return self._turn(host, False)
+        return False
+
+    def _turn(self, host: Host, healthy: bool) -> bool:
+        host.hc_healthy = healthy
+        key = "healthy" if healthy else "unhealthy"
+        self.transitions[key] = self.transitions.get(key, 0) + 1
+        log.info("cluster %s: %s is now %s", self.cluster.model.name, host.label, key)
+        return True
+
+    async def _check(self, host: Host) -> bool:
+        ip, port = host.pool.address
+        cfg = self.config
+        writer = None
+        try:
+            async with asyncio.timeout(cfg.timeout):
+                reader, writer = await asyncio.open_connection(ip, port)
+                if cfg.kind == "tcp":
+                    return True
+                hostname = (cfg.host or self.cluster.model.name).encode()
+                writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: %s\r\nconnection: close\r\n\r\n"
+                             % (cfg.path.encode(), hostname, _USER_AGENT))
+                line = await reader.readline()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            return False
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            return False
+        status = int(parts[1])
+        return any(start <= status < end for start, end in cfg.expected_statuses)
