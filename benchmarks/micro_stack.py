@@ -41,6 +41,22 @@ clusters:
   up: 127.0.0.1:2
 """
 
+# The same with what the resilience issue adds to a route and its cluster (the cost of having them).
+POLICY_CONFIG = """
+listeners:
+  - name: web
+    address: 127.0.0.1:1
+    routes:
+      - match: /
+        cluster: up
+        retry: {retry_on: [5xx, reset, connect-failure], num_retries: 2, per_try_timeout: 2s}
+clusters:
+  - name: up
+    endpoints: [127.0.0.1:2]
+    circuit_breakers: {max_connections: 512, max_pending_requests: 512, max_requests: 512}
+    outlier_detection: {consecutive_5xx: 5, interval: 1s}
+"""
+
 REQUEST = (b"GET /hello HTTP/1.1\r\nHost: service.local\r\nUser-Agent: wrk\r\n"
            b"Accept: */*\r\n\r\n")
 # What the benchmark suite's nginx origin answers: `Connection: keep-alive` on every response is
@@ -125,12 +141,13 @@ def build(loop: asyncio.AbstractEventLoop, config_text: str = CONFIG) -> Stack:
     up_t = FakeTransport()
     up.connection_made(up_t)  # type: ignore[arg-type]
     pool.busy += 1
+    pool.limits.busy += 1  # as checkout would have counted it
     pool.release(up)  # one idle pooled connection, reused by every request
     return Stack(down, up, down_t, up_t, listener, cluster, loggers)
 
 
-def run(n: int, loop: asyncio.AbstractEventLoop) -> float:
-    stack = build(loop)
+def run(n: int, loop: asyncio.AbstractEventLoop, config_text: str = CONFIG) -> float:
+    stack = build(loop, config_text)
     down_t = stack.down_t
     feed_down, feed_up = stack.down.data_received, stack.up.data_received
     t0 = time.perf_counter()
@@ -147,7 +164,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--policies", action="store_true", help="retries, breakers, outlier detection")
     args = ap.parse_args()
+    config = POLICY_CONFIG if args.policies else CONFIG
     loop: asyncio.AbstractEventLoop
     if args.loop == "uvloop":
         import uvloop
@@ -156,16 +175,17 @@ def main() -> None:
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    run(2000, loop)  # warm up
+    run(2000, loop, config)  # warm up
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(args.requests // 4, loop)
+        run(args.requests // 4, loop, config)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    best = min(run(args.requests // 5, loop) for _ in range(5))
-    print(f"full request through the stack ({args.loop}): {best * 1e6:.2f} us")
+    best = min(run(args.requests // 5, loop, config) for _ in range(5))
+    what = " with retries, breakers and outlier detection" if args.policies else ""
+    print(f"full request through the stack{what} ({args.loop}): {best * 1e6:.2f} us")
 
 
 if __name__ == "__main__":

@@ -398,7 +398,6 @@ class Exchange(RetryingMixin):
         buf = self._buffered
         rs = self.retry
         if rs is not None:
-            rs.tried.append(self.host)  # type: ignore[arg-type]
             if rs.attempt > 1:
                 buf = rs.body  # everything the client sent so far, _buffered included
                 if self._buffered is not None:
@@ -406,7 +405,10 @@ class Exchange(RetryingMixin):
                     self._buffered_bytes = 0
                     self.down.resume_reading(_PAUSE_BODY_BUFFER)
             if rs.policy.per_try_timeout is not None:
-                rs.timer = self.down.loop.call_later(rs.policy.per_try_timeout, self._per_try_timeout)
+                # Folded into the exchange's one timer (a coarse sweep for long ones), not a timer of its own.
+                now = self.down.loop.time()
+                rs.try_deadline = now + rs.policy.per_try_timeout
+                self._schedule(rs.try_deadline, now)
         if buf:
             if self.facts.chunked:
                 out.extend(chunk(b) for b in buf)
@@ -606,6 +608,12 @@ class Exchange(RetryingMixin):
         if self.done:
             return
         now = self.down.loop.time()
+        try_deadline = self.retry.try_deadline if self.retry is not None else 0.0
+        if try_deadline and now >= try_deadline and (not self._deadline or try_deadline < self._deadline):
+            self._per_try_timeout()
+            if not self.done:
+                self._rearm(now)
+            return
         if self._deadline and now >= self._deadline:
             if self.cluster is not None:
                 self.cluster.stats.rq_timeout += 1
@@ -616,9 +624,16 @@ class Exchange(RetryingMixin):
         if idle is not None and now - self._last_activity >= idle:
             err = UpstreamTimeout() if self.req_done else BadRequest("stream idle timeout", 408)
             return self._timeout(err, "SI")
+        self._rearm(now)
+
+    def _rearm(self, now: float) -> None:
+        """The next check: the earliest of the route deadline, the idle limit and a per-try deadline."""
+        idle = self._idle_limit()
         nxt = self._last_activity + idle if idle is not None else _NEVER
         if self._deadline:
             nxt = min(nxt, self._deadline)
+        if self.retry is not None and self.retry.try_deadline:
+            nxt = min(nxt, self.retry.try_deadline)
         if nxt != _NEVER:
             self._schedule(nxt, now)
 

@@ -44,6 +44,7 @@ def retry_state(policy: RetryPolicy | None, method: bytes) -> RetryState | None:
 class RetryState:
     __slots__ = (
         "attempt", "body", "body_bytes", "budgeted", "policy", "replayable", "standbys", "timer", "tried",
+        "try_deadline",
     )  # fmt: skip
 
     def __init__(self, policy: RetryPolicy) -> None:
@@ -54,7 +55,8 @@ class RetryState:
         self.body_bytes = 0
         self.replayable = True
         self.budgeted = False  # holds one of the cluster's retries in flight (during its back-off)
-        self.timer: asyncio.TimerHandle | None = None  # back-off or per-try timeout
+        self.timer: asyncio.TimerHandle | None = None  # the back-off before the next attempt
+        self.try_deadline = 0.0  # when the attempt under way times out (0: no per-try timeout running)
         self.standbys: list[Standby] = []  # earlier attempts still running beside a hedged one
 
     def keep(self, data: bytes) -> None:

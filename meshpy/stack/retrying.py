@@ -61,6 +61,7 @@ class RetryingMixin:
         def _timeout(self, err: ProxyError, flag: str) -> None: ...
         def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
         def _host_failed(self) -> None: ...
+        def _schedule(self, when: float, now: float) -> None: ...
 
     def _start_retries(self, policy: RetryPolicy, host: Host) -> None:
         """At the first attempt of a request on a route with a retry policy."""
@@ -110,9 +111,11 @@ class RetryingMixin:
     def _drop_attempt(self) -> None:
         """The failed attempt's connection is closed (it may hold half an answer) and its timer ends."""
         rs = self.retry
-        if rs is not None and rs.timer is not None:
-            rs.timer.cancel()
-            rs.timer = None
+        if rs is not None:
+            rs.try_deadline = 0.0
+            if rs.timer is not None:
+                rs.timer.cancel()
+                rs.timer = None
         conn = self.conn
         self.conn = None
         if conn is not None:
@@ -123,9 +126,9 @@ class RetryingMixin:
         """At a final response head: True when it is not forwarded but tried again."""
         rs = self.retry
         assert rs is not None
-        if rs.timer is not None:  # an answer came within the per-try timeout
-            rs.timer.cancel()
-            rs.timer = None
+        rs.try_deadline = 0.0  # an answer came within the per-try timeout
+        if status < 400 and b"grpc-status" not in fields:
+            return False  # the common case: nothing retry_on could be about
         grpc_status = retry_after = None
         if status >= 400 or b"grpc-status" in fields:
             for name, value in parse_fields(fields):
@@ -143,6 +146,8 @@ class RetryingMixin:
             return
         rs.timer = None
         self._release_budget()
+        if old is not None:
+            rs.tried.append(old)  # the host that just failed (or is still busy, when hedging)
         host = rs.next_host(cluster)
         if host is None:
             from meshpy.errors import NoHealthyUpstream
@@ -162,7 +167,7 @@ class RetryingMixin:
         rs = self.retry
         if rs is None or self.done or self.started:
             return
-        rs.timer = None
+        rs.try_deadline = 0.0
         if self.cluster is not None:
             self.cluster.stats.rq_timeout += 1
         self._host_failed()
