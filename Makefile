@@ -7,6 +7,7 @@
 #   make bench-quick   direct, meshpy and Envoy in under 2 minutes, for before/after checks
 #   make bench-micro   the micro-benchmarks of the hot path (pytest-benchmark)
 #   make bench-xds     the control plane with up to 5,000 simulated xDS clients
+#   make bench-policies what retries, a breaker and outlier detection cost a route (req/s ratio)
 #   make clean   remove the virtualenv and caches
 #
 # The first run creates .venv and installs the project into it; later runs reuse it until
@@ -29,6 +30,8 @@ help:
 	@echo 'make bench   the benchmark suite: direct, meshpy, Envoy, nginx (about 12 minutes)'
 	@echo 'make bench-quick   a before/after check in under 2 minutes'
 	@echo 'make bench-micro   micro-benchmarks of the hot path'
+	@echo 'make bench-xds     the control plane with up to 5,000 simulated xDS clients'
+	@echo 'make bench-policies the cost of retries, a breaker and outlier detection on a route'
 	@echo 'make clean   remove $(VENV) and caches'
 
 $(STAMP): pyproject.toml
@@ -98,6 +101,9 @@ bench-quick: bench-deps
 bench-xds: $(STAMP)
 	$(BIN)/python benchmarks/xds_scale.py
 
+bench-policies: bench-deps
+	$(BIN)/python benchmarks/policies.py
+
 bench-micro: $(STAMP)
 	$(BIN)/pytest benchmarks/micro --benchmark-only -q
 
@@ -105,4 +111,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds clean
+.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds bench-policies clean

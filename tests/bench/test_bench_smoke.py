@@ -59,3 +59,18 @@ def test_smoke_run_writes_results_and_report(tmp_path: Path) -> None:
     assert "meshpy, uvloop" in report
     # Envoy is not in a smoke run, so the targets that compare with it cannot be claimed.
     assert "not measured" in report
+
+
+def test_policies_benchmark_runs_and_writes_its_figure(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "policies.py"), "--duration", "1", "--rounds", "1",
+         "--connections", "8", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=90, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [path] = tmp_path.glob("policies-*.json")
+    result = json.loads(path.read_text())
+    assert result["plain_rps"] > 0 and result["guarded_rps"] > 0
+    assert result["ratio"] == round(result["guarded_rps"] / result["plain_rps"], 3)
+    assert result["met"] == (result["ratio"] >= 0.9)
+    assert "of plain" in proc.stdout
