@@ -264,6 +264,8 @@ class App:
                 {"name": n, "address": str(b.address), "bound_port": b.port}
                 for n, b in self.listeners.items()
             ],
+            # The live state beside the config: health, ejections and circuit breakers per endpoint.
+            "cluster_state": self.clusters_view(),
         }
 
     def clusters_view(self) -> list[dict[str, Any]]:
