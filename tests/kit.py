@@ -419,3 +419,78 @@ class Envoy:
                 self.proc.wait()
         for f in self.files:
             f.unlink(missing_ok=True)
+
+
+def envoy_http_bootstrap(admin: int, port: int, upstream: int, *, route: str = "",
+                         vhost: str = "", cluster: str = "") -> str:
+    """An Envoy bootstrap with one HTTP listener on `port` whose one route sends everything to the
+    cluster `backend` (one endpoint, `upstream`). `route` adds RouteAction fields, `vhost` virtual host
+    fields, `cluster` Cluster fields, each as YAML lines (a flow mapping's entries for `route`)."""
+    extra = f", {route}" if route else ""
+    return f"""
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: web
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
+HttpConnectionManager"
+          stat_prefix: web
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              {vhost}
+              routes: [{{ match: {{ prefix: / }}, route: {{ cluster: backend{extra} }} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: backend
+    connect_timeout: 1s
+    {cluster}
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
+"""
+
+
+def fleet_config(admin: int, port: int, upstreams: list[int], *, route: str = "", cluster: str = "",
+                 listener: str = "") -> str:
+    """meshpy YAML: one listener on `port` with one route to the cluster `backend` over `upstreams`;
+    `route`, `cluster` and `listener` add YAML lines there (no drain on stop: tests stop it often)."""
+    endpoints = ", ".join(f"127.0.0.1:{p}" for p in upstreams)
+    route = route.replace("\n", "\n        ")
+    return f"""
+admin: 127.0.0.1:{admin}
+drain_time: 0s
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    {listener}
+    routes:
+      - match: /
+        cluster: backend
+        {route}
+clusters:
+  - name: backend
+    endpoints: [{endpoints}]
+    {cluster}
+"""
+
+
+def eventually(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Wait until `check()` is true, or fail saying `what` did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")

@@ -9,23 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fleet import Fleet
-from kit import Proxy, free_port, http
-
-CONFIG = """
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners:
-  - name: web
-    address: 127.0.0.1:{port}
-    routes:
-      - match: /
-        cluster: backend
-        hash_policy: [{{header: x-user}}, {{cookie: session}}]
-clusters:
-  - name: backend
-    endpoints: [{endpoints}]
-    lb_policy: {policy}
-"""
+from kit import Proxy, fleet_config, free_port, http
 
 
 @pytest.fixture
@@ -36,8 +20,8 @@ def fleet() -> Iterator[Fleet]:
 
 def start(fleet: Fleet, policy: str) -> tuple[Proxy, int]:
     port, admin = free_port(), free_port()
-    endpoints = ", ".join(f"127.0.0.1:{p}" for p in fleet.ports)
-    text = CONFIG.format(admin=admin, port=port, endpoints=endpoints, policy=policy)
+    text = fleet_config(admin, port, fleet.ports, route="hash_policy: [{header: x-user}, {cookie: session}]",
+                        cluster=f"lb_policy: {policy}")
     return Proxy(text, admin).start(), port
 
 

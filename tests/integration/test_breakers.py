@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fleet import Fleet
-from kit import Envoy, Proxy, Response, envoy_binary, free_port, http
+from kit import Envoy, Proxy, Response, envoy_binary, envoy_http_bootstrap, free_port, http
 
 SLOW_MS = 600
 
@@ -105,39 +105,7 @@ def test_max_pending_requests_bounds_the_queue(slow_fleet: Fleet) -> None:
         proxy.stop()
 
 
-ENVOY_BOOTSTRAP = """
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-static_resources:
-  listeners:
-  - name: web
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
-HttpConnectionManager
-          stat_prefix: web
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes: [{{ match: {{ prefix: / }}, route: {{ cluster: backend }} }}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: backend
-    connect_timeout: 1s
-    circuit_breakers:
-      thresholds: [{{ max_connections: 1, max_pending_requests: 1, max_requests: 1 }}]
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
-"""
+
 
 
 @pytest.mark.envoy
@@ -148,7 +116,9 @@ def test_same_breaker_outcome_as_envoy(slow_fleet: Fleet) -> None:
     outcomes = {}
     for name in ("meshpy", "envoy"):
         port, admin = free_port(), free_port()
-        config = ENVOY_BOOTSTRAP.format(admin=admin, port=port, upstream=slow_fleet.ports[0])
+        limits = "{ max_connections: 1, max_pending_requests: 1, max_requests: 1 }"
+        config = envoy_http_bootstrap(admin, port, slow_fleet.ports[0],
+                                      cluster=f"circuit_breakers: {{ thresholds: [{limits}] }}")
         runner = Proxy(config, admin) if name == "meshpy" else Envoy(config, admin)
         runner.start()
         try:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit import DemoUpstream, Envoy, envoy_binary, free_port, http
+from kit import DemoUpstream, Envoy, envoy_binary, eventually, free_port, http
 from xds_world import (
     CLUSTER,
     MESHPY_YAML,
@@ -19,7 +19,6 @@ from xds_world import (
     Control,
     bootstrap,
     endpoints,
-    eventually,
     routes,
     stat,
     write_resources,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit import DemoUpstream, Proxy, free_port, http
+from kit import DemoUpstream, Proxy, eventually, free_port, http
 from xds_world import (
     CLUSTER,
     MESHPY_YAML,
@@ -21,7 +21,6 @@ from xds_world import (
     Control,
     bootstrap,
     endpoints,
-    eventually,
     routes,
     write_resources,
 )

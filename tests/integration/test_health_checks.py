@@ -5,25 +5,11 @@ every endpoint (panic)."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from fleet import Fleet
-from kit import Proxy, free_port, http
-
-CONFIG = """
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners:
-  - name: web
-    address: 127.0.0.1:{port}
-    cluster: backend
-clusters:
-  - name: backend
-    endpoints: [{endpoints}]
-    health_check: {check}
-"""
+from kit import Proxy, eventually, fleet_config, free_port, http
 
 
 @pytest.fixture
@@ -34,23 +20,12 @@ def fleet() -> Iterator[Fleet]:
 
 def start(ports: list[int], check: str) -> tuple[Proxy, int]:
     port, admin = free_port(), free_port()
-    endpoints = ", ".join(f"127.0.0.1:{p}" for p in ports)
-    text = CONFIG.format(admin=admin, port=port, endpoints=endpoints, check=check)
-    return Proxy(text, admin).start(), port
+    return Proxy(fleet_config(admin, port, ports, cluster=f"health_check: {check}"), admin).start(), port
 
 
 def health(proxy: Proxy) -> list[str]:
     [cluster] = json.loads(proxy.admin("/clusters")[1])["clusters"]
     return [ep["health"] for ep in cluster["endpoints"]]
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def test_a_failing_endpoint_leaves_and_returns(fleet: Fleet) -> None:

@@ -10,21 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from fleet import Fleet
-from kit import Proxy, free_port, http
-
-CONFIG = """
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners:
-  - name: web
-    address: 127.0.0.1:{port}
-    cluster: backend
-clusters:
-  - name: backend
-    endpoints: [{endpoints}]
-    outlier_detection: {{consecutive_5xx: 3, interval: {interval}, base_ejection_time: 1s,
-                        max_ejection_percent: {percent}}}
-"""
+from kit import Proxy, fleet_config, free_port, http
 
 
 @pytest.fixture
@@ -35,9 +21,9 @@ def fleet() -> Iterator[Fleet]:
 
 def start(fleet: Fleet, percent: int = 50, interval: str = "200ms") -> tuple[Proxy, int]:
     port, admin = free_port(), free_port()
-    endpoints = ", ".join(f"127.0.0.1:{p}" for p in fleet.ports)
-    text = CONFIG.format(admin=admin, port=port, endpoints=endpoints, percent=percent, interval=interval)
-    proxy = Proxy(text, admin)
+    od = (f"outlier_detection: {{consecutive_5xx: 3, interval: {interval}, base_ejection_time: 1s, "
+          f"max_ejection_percent: {percent}}}")
+    proxy = Proxy(fleet_config(admin, port, fleet.ports, cluster=od), admin)
     return proxy.start(), port
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fleet import Fleet
-from kit import Envoy, Proxy, envoy_binary, free_port, http
+from kit import Envoy, Proxy, envoy_binary, envoy_http_bootstrap, free_port, http
 
 
 def config(listen: int, admin: int, ports: list[int], retry: str, breakers: str = "") -> str:
@@ -203,42 +203,7 @@ def test_without_retry_on_covering_it_the_failure_is_the_answer(fleet3: Fleet) -
         w.stop()
 
 
-ENVOY_BOOTSTRAP = """
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
-static_resources:
-  listeners:
-  - name: web
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
-HttpConnectionManager
-          stat_prefix: web
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              include_request_attempt_count: true
-              routes:
-              - match: {{ prefix: / }}
-                route:
-                  cluster: backend
-                  retry_policy: {{ retry_on: "5xx", num_retries: 3 }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: backend
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
-"""
+
 
 
 @pytest.mark.envoy
@@ -251,7 +216,9 @@ def test_same_retry_outcome_as_envoy() -> None:
     for name in ("meshpy", "envoy"):
         with Fleet(1, pattern="FFFSSSSSSS") as fleet:
             port, admin = free_port(), free_port()
-            text = ENVOY_BOOTSTRAP.format(admin=admin, port=port, upstream=fleet.ports[0])
+            text = envoy_http_bootstrap(admin, port, fleet.ports[0],
+                                        vhost="include_request_attempt_count: true",
+                                        route='retry_policy: { retry_on: "5xx", num_retries: 3 }')
             runner = Proxy(text, admin) if name == "meshpy" else Envoy(text, admin)
             runner.start()
             try:
