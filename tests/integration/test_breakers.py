@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fleet import Fleet
-from kit import Envoy, Proxy, Response, envoy_binary, envoy_http_bootstrap, free_port, http
+from kit import Envoy, Proxy, Response, envoy_binary, envoy_http_bootstrap, fleet_config, free_port, http
 
 SLOW_MS = 600
 
@@ -41,20 +41,8 @@ def recovers(port: int, fleet: Fleet) -> None:
 
 
 def meshpy_config(listen: int, admin: int, fleet: Fleet, breakers: str) -> str:
-    endpoints = ", ".join(f"127.0.0.1:{p}" for p in fleet.ports)
-    return f"""
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners:
-  - name: web
-    address: 127.0.0.1:{listen}
-    access_log: stdout
-    cluster: backend
-clusters:
-  - name: backend
-    endpoints: [{endpoints}]
-    circuit_breakers: {breakers}
-"""
+    return fleet_config(admin, listen, fleet.ports, listener="access_log: stdout",
+                        cluster=f"circuit_breakers: {breakers}")
 
 
 def check_burst(results: list[tuple[Response, float]], most_ok: int) -> None:

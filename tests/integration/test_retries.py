@@ -11,28 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fleet import Fleet
-from kit import Envoy, Proxy, envoy_binary, envoy_http_bootstrap, free_port, http
+from kit import Envoy, Proxy, envoy_binary, envoy_http_bootstrap, fleet_config, free_port, http
 
 
 def config(listen: int, admin: int, ports: list[int], retry: str, breakers: str = "") -> str:
-    endpoints = ", ".join(f"127.0.0.1:{p}" for p in ports)
-    return f"""
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners:
-  - name: web
-    address: 127.0.0.1:{listen}
-    access_log: stdout
-    routes:
-      - match: /
-        cluster: backend
-        timeout: 5s
-        retry: {retry}
-clusters:
-  - name: backend
-    endpoints: [{endpoints}]
-    {breakers}
-"""
+    return fleet_config(admin, listen, ports, listener="access_log: stdout",
+                        route=f"timeout: 5s\nretry: {retry}", cluster=breakers)
 
 
 class World:
