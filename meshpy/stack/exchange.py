@@ -4,6 +4,9 @@ The exchange is a callback-driven state machine, not a coroutine: the downstream
 parser and the pool call into it. That keeps the per-request cost to a handful of method calls (a task
 per request costs more than the whole routing step). Everything it needs was compiled ahead into the
 listener config it captured at its start, so a reload never changes a request in flight.
+
+Parts of it live in mixins, each in its own module: its timers (meshpy.stack.timers), the answers it
+makes itself (meshpy.stack.replies) and retries (meshpy.stack.retrying).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from meshpy.codec.http1 import (
     LAST_CHUNK,
     check_transfer_encoding,
     chunk,
-    format_response,
     no_body_status,
     response_head,
     serialize_headers,
@@ -28,15 +30,11 @@ from meshpy.errors import (
     ClusterNotFound,
     NoHealthyUpstream,
     NoRoute,
-    ProxyError,
     UpstreamConnectFailure,
     UpstreamOverflow,
     UpstreamProtocolError,
     UpstreamReset,
-    UpstreamTimeout,
 )
-from meshpy.model.types import DirectResponseAction, RedirectAction
-from meshpy.stack.deadlines import PRECISE_BELOW
 from meshpy.stack.forwarding import (
     RequestFacts,
     downstream_response_headers,
@@ -44,8 +42,10 @@ from meshpy.stack.forwarding import (
     upstream_request_headers,
 )
 from meshpy.stack.guards import request_hash
+from meshpy.stack.replies import RepliesMixin
 from meshpy.stack.retry import CONNECT, RESET, RetryState
 from meshpy.stack.retrying import RetryingMixin
+from meshpy.stack.timers import TimersMixin
 from meshpy.transport.writes import send
 from meshpy.upstream.pool import PoolOverflow
 
@@ -64,7 +64,7 @@ _PAUSE_UPSTREAM = 2
 _PAUSE_BODY_BUFFER = 4
 
 
-class Exchange(RetryingMixin):
+class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
     __slots__ = (
         "_buffered",
         "_buffered_bytes",
@@ -209,45 +209,6 @@ class Exchange(RetryingMixin):
             return  # rate limited, aborted, or held by a delay that calls _dispatch later
         self._dispatch(route)
 
-    def _guard(self, route: CompiledRoute) -> bool:
-        """The local rate limit, then injected faults. True when the request was answered or delayed."""
-        limiter = route.limiter
-        stats = self.cfg.stats
-        if limiter is not None and not limiter.take(self.down.loop.time()):
-            stats.rq_rate_limited += 1
-            self._local_reply(limiter.status, b"local_rate_limited", "RL", route=route,
-                              close=not self.req_done and self._has_body())
-            return True
-        fault = route.fault
-        plan = fault.plan(self.headers) if fault is not None else None
-        if plan is None or fault is None:
-            return False
-        if plan.delay is not None:
-            stats.fault_delays += 1
-            fault.active += 1
-            self.flag = "DI"
-            self._fault_timer = self.down.loop.call_later(plan.delay, self._after_delay, plan.abort)
-            return True
-        return self._fault_abort(plan.abort)
-
-    def _after_delay(self, abort: int | None) -> None:
-        self._fault_timer = None
-        route = self.route
-        if route is not None and route.fault is not None:
-            route.fault.active -= 1
-        if self.done or route is None:
-            return
-        if not self._fault_abort(abort):
-            self._dispatch(route)
-
-    def _fault_abort(self, status: int | None) -> bool:
-        if status is None:
-            return False
-        self.cfg.stats.fault_aborts += 1
-        self._local_reply(status, b"fault filter abort", "FI", route=self.route,
-                          close=not self.req_done and self._has_body())
-        return True
-
     def _dispatch(self, route: CompiledRoute) -> None:
         """Answer here, or pick a cluster and host and get an upstream connection."""
         if not route.forward:
@@ -295,20 +256,6 @@ class Exchange(RetryingMixin):
         conn = host.pool.checkout(self._on_pool)
         if conn is not None:
             self._attach(conn)
-
-    def _answer_here(self, route: CompiledRoute) -> None:
-        """Direct responses and redirects."""
-        action = route.action
-        if isinstance(action, DirectResponseAction):
-            status = action.status
-            # As Envoy: a direct 201 or 3xx points `location` at the request's own URL (RFC 9110 10.2.2).
-            extra = ([(b"location", f"http://{self.authority}{self.path}".encode("latin-1"))]
-                     if status == 201 or 300 <= status < 400 else None)
-            return self._local_reply(status, action.body.encode(), "", route=route, extra=extra)
-        assert isinstance(action, RedirectAction)
-        loc = route.redirect_location("http", self.authority, self.path)
-        return self._local_reply(action.response_code, b"", "", route=route,
-                                 extra=[(b"location", loc.encode("latin-1"))])
 
     def _has_body(self) -> bool:
         return self.facts.chunked or bool(self.facts.content_length)
@@ -569,147 +516,6 @@ class Exchange(RetryingMixin):
         self.flag = self.flag or "DC"
         self.keep_alive = False
         self._complete()
-
-    # -- timers ------------------------------------------------------------------------------------
-    def _idle_limit(self) -> float | None:
-        idle = self.route.idle_timeout if self.route is not None else None
-        if idle is None:
-            return self.cfg.stream_idle_timeout
-        return None if idle == 0 else idle  # 0: switched off for this route
-
-    def _arm_idle(self) -> None:
-        """One check per exchange covers both the route timeout (from the end of the request to the
-        end of the response, as Envoy) and the stream idle timeout (reset by body activity)."""
-        now = self.down.loop.time()
-        self._last_activity = now
-        when = self._deadline or _NEVER
-        idle = self._idle_limit()
-        if idle is not None:
-            when = min(when, now + idle)
-        if when != _NEVER:
-            self._schedule(when, now)
-
-    def _schedule(self, when: float, now: float) -> None:
-        if self._timer is not None:
-            if self._timer.when() <= when:
-                return
-            self._timer.cancel()
-            self._timer = None
-        if when - now < PRECISE_BELOW:
-            self.down.slot.deadlines.discard(self)
-            self._timer = self.down.loop.call_at(when, self.on_deadline)
-        elif not self.next_check or when < self.next_check:
-            self.next_check = when
-            self.down.slot.deadlines.add(self)
-
-    def on_deadline(self) -> None:
-        self._timer = None
-        self.next_check = 0.0
-        if self.done:
-            return
-        now = self.down.loop.time()
-        try_deadline = self.retry.try_deadline if self.retry is not None else 0.0
-        if try_deadline and now >= try_deadline and (not self._deadline or try_deadline < self._deadline):
-            self._per_try_timeout()
-            if not self.done:
-                self._rearm(now)
-            return
-        if self._deadline and now >= self._deadline:
-            if self.cluster is not None:
-                self.cluster.stats.rq_timeout += 1
-            if self.conn is not None and not self.started:
-                self._host_failed()  # no answer in time: a local-origin failure of that host
-            return self._timeout(UpstreamTimeout(), "UT")
-        idle = self._idle_limit()
-        if idle is not None and now - self._last_activity >= idle:
-            err = UpstreamTimeout() if self.req_done else BadRequest("stream idle timeout", 408)
-            return self._timeout(err, "SI")
-        self._rearm(now)
-
-    def _rearm(self, now: float) -> None:
-        """The next check: the earliest of the route deadline, the idle limit and a per-try deadline."""
-        idle = self._idle_limit()
-        nxt = self._last_activity + idle if idle is not None else _NEVER
-        if self._deadline:
-            nxt = min(nxt, self._deadline)
-        if self.retry is not None and self.retry.try_deadline:
-            nxt = min(nxt, self.retry.try_deadline)
-        if nxt != _NEVER:
-            self._schedule(nxt, now)
-
-    def _timeout(self, err: ProxyError, flag: str) -> None:
-        conn = self.conn
-        self.conn = None
-        if conn is not None and self.host is not None:
-            self.host.pool.discard(conn)
-        if self.started:
-            self._abort(flag)
-        else:
-            # The route timeout is the router's answer (route header edits apply, as in Envoy); the
-            # stream idle timeout is the connection manager's (they do not).
-            route = self.route if flag == "UT" else None
-            self._local_reply(err.status, err.body, flag, route=route, close=not self.req_done)
-
-    # -- answers made here ---------------------------------------------------------------------------
-    def _error(self, err: ProxyError) -> None:
-        # Every caller answers for the router once a route is chosen (no healthy upstream, connect
-        # failure, reset, bad upstream response): Envoy applies the route's response header edits
-        # to those answers too. Before routing (no route) self.route is None and nothing applies.
-        # As Envoy, an answer of a full circuit breaker says so, for clients that back off on it.
-        extra = [(b"x-envoy-overloaded", b"true")] if err.flag == "UO" else None
-        self._local_reply(err.status, err.body, err.flag, route=self.route, extra=extra,
-                          close=not self.req_done and self._has_body())
-
-    def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
-                     extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None:
-        headers: list[tuple[bytes, bytes]] = [] if extra is None else extra
-        headers.append((b"date", self.down.slot.date.now()))
-        if body:
-            headers.append((b"content-type", b"text/plain"))
-        if route is not None and route.response_edits:
-            route.response_edits.apply(headers)
-        server = self.cfg.server_name
-        if server is not None:  # as on proxied responses (up_head)
-            headers = [(n, v) for n, v in headers if n != b"server"]
-            headers.append((b"server", server))
-        if close or self.down.slot.draining:
-            self.keep_alive = False
-        if not self.keep_alive:
-            headers.append((b"connection", b"close"))
-        elif self.http10:
-            headers.append((b"connection", b"keep-alive"))
-        self.resp_status = status
-        self.flag = flag
-        if no_body_status(status):
-            # No body, and as in Envoy no content-length either (RFC 9110 8.6 forbids it on a 204).
-            self.bytes_out = 0
-            self._local = response_head(status, headers)
-        else:
-            self.bytes_out = len(body)
-            self._local = format_response(status, body, headers, head_only=self.head_request)
-        # Otherwise the answer waits for request_end: a bodiless request completes in the same parser
-        # pass, and a small body is read and dropped so the connection stays usable.
-        if close or self.req_done:
-            self._send_local()
-
-    def _send_local(self) -> None:
-        local = self._local
-        if local is None or self.done:
-            return
-        self.started = True
-        self.down.out.append(local)
-        self._finish()
-
-    def _abort(self, flag: str) -> None:
-        """Response already under way: the only honest signal left is closing the connection."""
-        self.flag = flag or self.flag
-        self.keep_alive = False
-        conn = self.conn
-        self.conn = None
-        if conn is not None and self.host is not None:
-            self.host.pool.discard(conn)
-        self._complete()
-        self.down.close()
 
     def _finish(self) -> None:
         self._complete()

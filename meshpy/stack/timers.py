@@ -1,0 +1,144 @@
+"""The exchange's one timer: the route timeout, the stream idle timeout and a retry's per-try timeout.
+
+A mixin of `Exchange`. One check per exchange covers them all: deadlines under PRECISE_BELOW get a
+loop timer of their own, longer ones ride the listener's coarse sweep (meshpy.stack.deadlines).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshpy.errors import BadRequest, ProxyError, UpstreamTimeout
+from meshpy.stack.deadlines import PRECISE_BELOW
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshpy.routing.compile import HttpListenerConfig
+    from meshpy.routing.table import CompiledRoute
+    from meshpy.stack.retry import RetryState
+    from meshpy.transport.downstream_http1 import Http1Downstream
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.upstream.cluster import ClusterRuntime, Host
+
+_NEVER = float("inf")
+
+
+class TimersMixin:
+    if not TYPE_CHECKING:  # no slots of its own (Exchange has them all); mypy would hold it to them
+        __slots__ = ()
+
+    if TYPE_CHECKING:  # what the mixin uses of the Exchange it is part of
+        cfg: HttpListenerConfig
+        down: Http1Downstream
+        route: CompiledRoute | None
+        cluster: ClusterRuntime | None
+        host: Host | None
+        conn: UpstreamHttp1 | None
+        retry: RetryState | None
+        authority: str
+        path: str
+        headers: list[tuple[bytes, bytes]]
+        req_done: bool
+        started: bool
+        done: bool
+        keep_alive: bool
+        http10: bool
+        head_request: bool
+        flag: str
+        resp_status: int
+        bytes_out: int
+        next_check: float
+        _deadline: float
+        _last_activity: float
+        _timer: asyncio.TimerHandle | None
+        _fault_timer: asyncio.TimerHandle | None
+        _local: bytes | None
+
+        def _complete(self) -> None: ...
+        def _has_body(self) -> bool: ...
+        def _host_failed(self) -> None: ...
+        def _per_try_timeout(self) -> None: ...
+        def _dispatch(self, route: CompiledRoute) -> None: ...
+        def _abort(self, flag: str) -> None: ...
+        def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
+                         extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None: ...
+
+    def _idle_limit(self) -> float | None:
+        idle = self.route.idle_timeout if self.route is not None else None
+        if idle is None:
+            return self.cfg.stream_idle_timeout
+        return None if idle == 0 else idle  # 0: switched off for this route
+
+    def _arm_idle(self) -> None:
+        """One check per exchange covers both the route timeout (from the end of the request to the
+        end of the response, as Envoy) and the stream idle timeout (reset by body activity)."""
+        now = self.down.loop.time()
+        self._last_activity = now
+        when = self._deadline or _NEVER
+        idle = self._idle_limit()
+        if idle is not None:
+            when = min(when, now + idle)
+        if when != _NEVER:
+            self._schedule(when, now)
+
+    def _schedule(self, when: float, now: float) -> None:
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if when - now < PRECISE_BELOW:
+            self.down.slot.deadlines.discard(self)
+            self._timer = self.down.loop.call_at(when, self.on_deadline)
+        elif not self.next_check or when < self.next_check:
+            self.next_check = when
+            self.down.slot.deadlines.add(self)
+
+    def on_deadline(self) -> None:
+        self._timer = None
+        self.next_check = 0.0
+        if self.done:
+            return
+        now = self.down.loop.time()
+        try_deadline = self.retry.try_deadline if self.retry is not None else 0.0
+        if try_deadline and now >= try_deadline and (not self._deadline or try_deadline < self._deadline):
+            self._per_try_timeout()
+            if not self.done:
+                self._rearm(now)
+            return
+        if self._deadline and now >= self._deadline:
+            if self.cluster is not None:
+                self.cluster.stats.rq_timeout += 1
+            if self.conn is not None and not self.started:
+                self._host_failed()  # no answer in time: a local-origin failure of that host
+            return self._timeout(UpstreamTimeout(), "UT")
+        idle = self._idle_limit()
+        if idle is not None and now - self._last_activity >= idle:
+            err = UpstreamTimeout() if self.req_done else BadRequest("stream idle timeout", 408)
+            return self._timeout(err, "SI")
+        self._rearm(now)
+
+    def _rearm(self, now: float) -> None:
+        """The next check: the earliest of the route deadline, the idle limit and a per-try deadline."""
+        idle = self._idle_limit()
+        nxt = self._last_activity + idle if idle is not None else _NEVER
+        if self._deadline:
+            nxt = min(nxt, self._deadline)
+        if self.retry is not None and self.retry.try_deadline:
+            nxt = min(nxt, self.retry.try_deadline)
+        if nxt != _NEVER:
+            self._schedule(nxt, now)
+
+    def _timeout(self, err: ProxyError, flag: str) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None and self.host is not None:
+            self.host.pool.discard(conn)
+        if self.started:
+            self._abort(flag)
+        else:
+            # The route timeout is the router's answer (route header edits apply, as in Envoy); the
+            # stream idle timeout is the connection manager's (they do not).
+            route = self.route if flag == "UT" else None
+            self._local_reply(err.status, err.body, flag, route=route, close=not self.req_done)
