@@ -11,7 +11,9 @@ is never retried, since the upstream may already have acted on it.
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from meshpy.model.types import IDEMPOTENT_METHODS, RetryPolicy
@@ -107,15 +109,24 @@ class RetryState:
         return first
 
 
-def retry_after_seconds(value: bytes | None) -> float | None:
-    """A Retry-After given in seconds (an HTTP date is not honoured: the back-off applies)."""
+def retry_after_seconds(value: bytes | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds to wait: delay-seconds, or an HTTP date (RFC 9110 10.2.3) turned into
+    the time left until it (`now`: wall-clock seconds, for tests). None when it is absent, malformed,
+    or asks for more than a minute (the request then fails rather than wait that long)."""
     if value is None:
         return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= _MAX_RETRY_AFTER else None
+    text = value.strip().decode("latin-1")
+    if text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return seconds if seconds <= _MAX_RETRY_AFTER else None
 
 
 class Standby:
