@@ -7,6 +7,7 @@ stopped, tools parsed, results written, report rendered); the figures themselves
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -74,3 +75,13 @@ def test_policies_benchmark_runs_and_writes_its_figure(tmp_path: Path) -> None:
     assert result["ratio"] == round(result["guarded_rps"] / result["plain_rps"], 3)
     assert result["met"] == (result["ratio"] >= 0.9)
     assert "of plain" in proc.stdout
+
+
+def test_h2_ceiling_benchmark_reports_both_sides() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "micro_h2.py"), "--requests", "500"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r"server ([\d.]+) us, client ([\d.]+) us, both ([\d.]+) us", proc.stdout)
+    assert found is not None, proc.stdout
+    server, client, both = map(float, found.groups())
+    assert server > 0 and client > 0 and both == pytest.approx(server + client, abs=0.2)

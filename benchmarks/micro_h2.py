@@ -1,0 +1,91 @@
+"""The ceiling for meshpy's HTTP/2: what the h2 library itself costs per request, in memory.
+
+    python benchmarks/micro_h2.py [--requests 20000] [--relaxed]
+
+A client and a server H2Connection talk through byte strings, one request at a time on fresh stream
+ids of one connection (GET with a few headers, a 100-byte response): no sockets, no event loop,
+nothing of meshpy. Reported: microseconds per request on the server side alone (what a proxy's
+downstream pays), on the client side alone (its upstream), and both. `--relaxed` turns off the header
+validation and normalisation that h2 does for its caller (meshpy validates requests itself), to see
+what that is worth. The HTTP/2 work holds meshpy to at most 1.5x h2's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+
+REQUEST_HEADERS = [
+    (":method", "GET"), (":path", "/hello"), (":scheme", "http"), (":authority", "service.local"),
+    ("user-agent", "h2load"), ("accept", "*/*"),
+]  # fmt: skip
+RESPONSE_HEADERS = [(":status", "200"), ("content-type", "text/plain"), ("content-length", "100")]
+BODY = b"x" * 100
+
+
+def connections(relaxed: bool) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+    def config(client_side: bool) -> h2.config.H2Configuration:
+        strict = not relaxed
+        return h2.config.H2Configuration(
+            client_side=client_side, validate_inbound_headers=strict, validate_outbound_headers=strict,
+            normalize_inbound_headers=strict, normalize_outbound_headers=strict)
+
+    client = h2.connection.H2Connection(config(True))
+    server = h2.connection.H2Connection(config(False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())  # the SETTINGS ACK
+    return client, server
+
+
+def run(n: int, relaxed: bool) -> tuple[float, float]:
+    """Seconds per request spent in (client, server)."""
+    client, server = connections(relaxed)
+    in_client = in_server = 0.0
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, REQUEST_HEADERS, end_stream=True)
+        wire = client.data_to_send()
+        t1 = clock()
+        for event in server.receive_data(wire):
+            if isinstance(event, h2.events.RequestReceived):
+                server.send_headers(event.stream_id, RESPONSE_HEADERS)
+                server.send_data(event.stream_id, BODY, end_stream=True)
+        wire = server.data_to_send()
+        t2 = clock()
+        done = False
+        for event in client.receive_data(wire):
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            done = done or isinstance(event, h2.events.StreamEnded)
+        server.receive_data(client.data_to_send())  # window updates back to the server
+        t3 = clock()
+        assert done, "the response did not end"
+        in_client += (t1 - t0) + (t3 - t2)
+        in_server += t2 - t1
+    return in_client / n, in_server / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--relaxed", action="store_true", help="no header validation or normalisation")
+    args = ap.parse_args()
+    run(500, args.relaxed)  # warm up
+    best = min((run(args.requests // 5, args.relaxed) for _ in range(5)), key=sum)
+    client, server = best
+    mode = "relaxed" if args.relaxed else "default"
+    print(f"h2 {h2.__version__} ({mode}): server {server * 1e6:.1f} us, client {client * 1e6:.1f} us, "
+          f"both {(client + server) * 1e6:.1f} us per request")
+
+
+if __name__ == "__main__":
+    main()
