@@ -431,6 +431,9 @@ class XdsSource:
     initial_fetch_timeout: float | None = 15.0  # Envoy's default; None waits for ever (Envoy's 0s)
     backoff_base: float = 0.5  # reconnect back-off (Envoy's xDS defaults), jittered, doubling to the cap
     backoff_max: float = 30.0
+    # Static listeners whose routes come over RDS and static EDS clusters: they can only be built once
+    # the ADS server has sent what they need, so the xDS client holds them, as (type URL, proto JSON).
+    static_resources: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -60,7 +60,7 @@ class AdsClient:
         self.app = app
         self.source = source
         self.node = node_proto(source)
-        self.store = XdsStore(static=static)
+        self.store = XdsStore.start(static, source.static_resources)
         wanted = ((CLUSTER, ENDPOINT) if source.cds else ()) + ((LISTENER, ROUTE) if source.lds else ())
         self.types = tuple(t for t in ORDER if t in wanted)
         self.versions: dict[str, str] = {}  # state of the world: last accepted version per type

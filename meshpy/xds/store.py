@@ -23,11 +23,12 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.check import check_references
 from meshpy.model.types import Cluster, Config, Endpoint, Listener, RouteConfig
+from meshpy.xds.deps import NO_ROUTES, AnyRoutes, eds_name, rds_names
 from meshpy.xds.translate import (
     cluster_from_proto,
     endpoints_from_cla,
@@ -51,48 +52,8 @@ MESSAGES: dict[str, Any] = {
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
 }
-_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_EDS = 3  # Cluster.DiscoveryType.EDS
-NO_ROUTES = RouteConfig(name="", virtual_hosts=())
-
-
 def resource_name(type_url: str, msg: Any) -> str:
     return str(msg.cluster_name if type_url == ENDPOINT else msg.name)
-
-
-def rds_names(msg: Any) -> list[str]:
-    """The RouteConfiguration names a Listener asks for through RDS."""
-    names = []
-    for chain in msg.filter_chains:
-        for f in chain.filters:
-            if f.typed_config.TypeName() == _HCM:
-                hcm = hcm_pb2.HttpConnectionManager()
-                if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
-                    names.append(str(hcm.rds.route_config_name))
-    return names
-
-
-def eds_name(msg: Any) -> str | None:
-    """The ClusterLoadAssignment name an EDS Cluster asks for, or None for other clusters."""
-    if msg.type != _EDS:
-        return None
-    return str(msg.eds_cluster_config.service_name or msg.name)
-
-
-class _AnyRoutes(Mapping[str, RouteConfig]):
-    """Lets a Listener be checked before its routes arrive: every name resolves to an empty table."""
-
-    def __getitem__(self, key: str) -> RouteConfig:
-        return NO_ROUTES
-
-    def __iter__(self) -> Any:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-    def __contains__(self, key: object) -> bool:
-        return True
 
 
 class _Endpoints(Mapping[str, tuple[Endpoint, ...]]):
@@ -143,6 +104,18 @@ class XdsStore:
     endpoints: Mapping[str, tuple[Endpoint, ...]] = dataclasses.field(default_factory=dict)
     # The last listener models served, by name: a listener whose new routes have not arrived keeps these.
     served: Mapping[str, Listener] = dataclasses.field(default_factory=dict)
+    # Static resources that depend on xDS (held among the protos): never replaced or removed by it.
+    pinned: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def start(cls, static: Config, held: Iterable[tuple[str, str]] = ()) -> XdsStore:
+        """A store with the bootstrap's static resources that wait for RDS or EDS (proto JSON)."""
+        protos: dict[str, dict[str, Any]] = {}
+        for type_url, text in held:
+            msg = json_format.Parse(text, MESSAGES[type_url]())
+            protos.setdefault(type_url, {})[resource_name(type_url, msg)] = msg
+        pinned = {t: frozenset(names) for t, names in protos.items()}
+        return cls(static=static, protos=protos, pinned=pinned)
 
     def of(self, type_url: str) -> Mapping[str, Any]:
         return self.protos.get(type_url, {})
@@ -167,8 +140,10 @@ class XdsStore:
         """A store with `received` (decoded messages) added or replaced and `removed` gone. `replace`
         (state of the world for LDS and CDS) drops every resource of the type not in `received`."""
         issues: list[ConfigIssue] = []
-        removed = tuple(removed)
-        current = {} if replace else dict(self.of(type_url))
+        pinned = self.pinned.get(type_url, frozenset())
+        removed = tuple(n for n in removed if n not in pinned)
+        held = self.of(type_url)
+        current = {n: m for n, m in held.items() if n in pinned} if replace else dict(held)
         for name in removed:
             current.pop(name, None)
         fresh: dict[str, Any] = {}
@@ -190,7 +165,7 @@ class XdsStore:
                     self._check(type_url, msg)
                 except ConfigError as err:
                     issues += _reject(type_url, name, err)
-                if any(x.name == name for x in self._static_of(type_url)):
+                if name in pinned or any(x.name == name for x in self._static_of(type_url)):
                     issues.append(ConfigIssue(f"{KIND[type_url]} {name}", "a static resource has this name"))
         if issues:
             raise ConfigError(issues)
@@ -216,7 +191,7 @@ class XdsStore:
 
     def _check(self, type_url: str, msg: Any) -> None:
         if type_url == LISTENER:
-            listener_from_proto(msg, "", _AnyRoutes())
+            listener_from_proto(msg, "", AnyRoutes())
         else:
             cluster_from_proto(msg, "", _Endpoints({}))
 

@@ -13,6 +13,7 @@ access logs), `translate_routes` and `translate_matchers` (route configuration),
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import pkgutil
@@ -28,7 +29,7 @@ from google.protobuf import descriptor_pool, json_format  # type: ignore[import-
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import Admin, Config, Endpoint, Listener, RouteConfig
 from meshpy.model.types import Cluster as ClusterModel
-from meshpy.xds import bootstrap, translate_clusters, translate_listeners, translate_routes
+from meshpy.xds import bootstrap, deps, translate_clusters, translate_listeners, translate_routes
 from meshpy.xds.translate_base import Issues, child, item, socket_address
 
 __all__ = [
@@ -82,6 +83,9 @@ def endpoints_from_cla(cla: Any, path: str = "") -> tuple[Endpoint, ...]:
     issues.raise_if_any()
     return result
 
+
+_LISTENER_URL = "type.googleapis.com/envoy.config.listener.v3.Listener"
+_CLUSTER_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 # Parsing -------------------------------------------------------------------------------------------
 
@@ -185,16 +189,27 @@ def config_from_bootstrap(msg: Any) -> Config:
     issues.fields(static, "static_resources", {"listeners", "clusters"})
     listeners_path = "static_resources.listeners"
     clusters_path = "static_resources.clusters"
+    listeners, clusters, held = [], [], []
+    for i, listener in enumerate(static.listeners):
+        if xds is not None and deps.rds_names(listener):
+            # Routes over RDS: checked now, built by the xDS client once they arrive.
+            translate_listeners.listener(issues, listener, item(listeners_path, i), deps.AnyRoutes())
+            held.append((_LISTENER_URL, json_format.MessageToJson(listener, indent=None)))
+        else:
+            listeners.append(translate_listeners.listener(issues, listener, item(listeners_path, i)))
+    for i, cluster in enumerate(static.clusters):
+        if cluster.name == ads_cluster:
+            continue
+        if xds is not None and deps.eds_name(cluster) is not None:
+            translate_clusters.cluster(issues, cluster, item(clusters_path, i), deps.AnyEndpoints())
+            held.append((_CLUSTER_URL, json_format.MessageToJson(cluster, indent=None)))
+        else:
+            clusters.append(translate_clusters.cluster(issues, cluster, item(clusters_path, i)))
+    if xds is not None and held:
+        xds = dataclasses.replace(xds, static_resources=tuple(held))
     config = Config(
-        listeners=tuple(
-            translate_listeners.listener(issues, listener, item(listeners_path, i))
-            for i, listener in enumerate(static.listeners)
-        ),
-        clusters=tuple(
-            translate_clusters.cluster(issues, cluster, item(clusters_path, i))
-            for i, cluster in enumerate(static.clusters)
-            if cluster.name != ads_cluster
-        ),
+        listeners=tuple(listeners),
+        clusters=tuple(clusters),
         admin=_admin(issues, msg),
         source_format="envoy",
         xds=xds,

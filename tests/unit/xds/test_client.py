@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,7 +25,7 @@ from meshpy.model.load import load_text
 from meshpy.model.types import Config, XdsSource
 from meshpy.xds.bootstrap import short_form
 from meshpy.xds.client import AdsClient
-from meshpy.xds.store import CLUSTER
+from meshpy.xds.store import CLUSTER, ENDPOINT, ROUTE
 
 grpc_loop = pytest.mark.asyncio(loop_scope="module")
 pytestmark = grpc_loop
@@ -266,4 +267,69 @@ async def test_a_reloaded_static_file_keeps_the_dynamic_resources() -> None:
             assert "Listener web: a dynamic resource has this name already" in str(err.value)
             assert (await get(static_port, "/"))[0] == 201
     finally:
+        await plane.stop()
+
+
+PINNED_BOOTSTRAP = """
+node: {{ id: node-1 }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ google_grpc: {{ target_uri: "x", stat_prefix: x }} }}]
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: pinned
+    type: EDS
+    eds_cluster_config: {{ service_name: pinned-cla, eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
+  listeners:
+  - name: edge
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\\
+HttpConnectionManager"
+          stat_prefix: edge
+          rds: {{ route_config_name: edge-routes, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+          http_filters:
+          - name: router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"""
+
+
+async def test_static_listener_with_rds_and_static_eds_cluster_follow_the_server(delta: bool) -> None:
+    """Envoy allows static resources that take their routes or endpoints over ADS: so does meshpy."""
+    plane = await Plane().start()
+    port = free_port()
+    static = load_text(PINNED_BOOTSTRAP.format(port=port))
+    assert static.xds is not None and static.listeners == () and static.clusters == ()
+    res = export(load_text(MESHPY.format(port=free_port(), teapot=418, endpoints="127.0.0.1:9", extra="")))
+    rc, cla = type(res[ROUTE]["web"])(), type(res[ENDPOINT]["backend"])()
+    rc.CopyFrom(res[ROUTE]["web"])
+    rc.name = "edge-routes"
+    cla.CopyFrom(res[ENDPOINT]["backend"])
+    cla.cluster_name = "pinned-cla"
+    res[ROUTE]["edge-routes"] = rc
+    res[ENDPOINT]["pinned-cla"] = cla
+    plane.cache.set(make_snapshot(res))
+    app = App(asyncio.get_running_loop(), drain_time=0.0, grace_time=0.5)
+    source = dataclasses.replace(static.xds, server=f"127.0.0.1:{plane.port}", delta=delta,
+                                 backoff_base=0.05, backoff_max=0.2)
+    app.hold_initialization()
+    await app.apply(static)
+    client = AdsClient(app, static, source)
+    client.start()
+    try:
+        await asyncio.wait_for(client.initialized.wait(), 5)
+        assert await get(port, "/teapot") == (418, b"short and stout")  # the static listener's RDS routes
+        assert [h.label for h in app.clusters.clusters["pinned"].hosts] == ["127.0.0.1:9"]  # its EDS
+        assert "edge" in app.listeners and "web" in app.listeners  # beside the dynamic ones
+    finally:
+        await client.close()
+        app.shutdown(drain=False)
+        await app.wait_stopped()
         await plane.stop()

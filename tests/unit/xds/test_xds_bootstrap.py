@@ -149,3 +149,42 @@ def test_a_reload_keeps_the_xds_settings_it_started_with(tmp_path: Path) -> None
         assert from_flags._checked(load_text(bootstrap("DELTA_GRPC"))).xds == flags
     finally:
         loop.close()
+
+
+RDS_LISTENER = """
+  listeners:
+  - name: edge
+    address: { socket_address: { address: 127.0.0.1, port_value: 10010 } }
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\\
+HttpConnectionManager"
+          stat_prefix: edge
+          rds: { route_config_name: edge-routes, config_source: { ads: {}, resource_api_version: V3 } }
+          http_filters:
+          - name: router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+"""
+EDS_CLUSTER = """
+  - name: pinned
+    type: EDS
+    eds_cluster_config: { service_name: pinned-cla, eds_config: { ads: {}, resource_api_version: V3 } }
+"""
+
+
+def test_static_resources_that_wait_for_xds_are_held_for_the_client() -> None:
+    config = load_text(bootstrap() + EDS_CLUSTER + RDS_LISTENER)
+    assert config.xds is not None
+    assert [x.name for x in config.listeners] == [] and [c.name for c in config.clusters] == ["local"]
+    held = {url.rsplit(".", 1)[-1]: json.loads(text)["name"] for url, text in config.xds.static_resources}
+    assert held == {"Listener": "edge", "Cluster": "pinned"}
+    # They are still checked at load, with their paths.
+    bad = (bootstrap() + EDS_CLUSTER + RDS_LISTENER).replace("stat_prefix: edge", "stat_prefix: edge\n"
+                                                             "          via: proxy")
+    path = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.via"
+    assert issues(bad) == [f"{path}: not supported by meshpy"]
+    # Without dynamic_resources they stay errors: nothing would ever bring their routes.
+    static_only = "static_resources:" + RDS_LISTENER
+    assert "rds is not supported in a static bootstrap yet" in " ".join(issues(static_only))

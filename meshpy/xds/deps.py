@@ -1,0 +1,67 @@
+"""What a Listener or Cluster needs from xDS before it can serve: the RouteConfiguration names its
+connection manager asks for over RDS, the ClusterLoadAssignment an EDS cluster asks for. Shared by the
+bootstrap reader (static resources that depend on xDS) and the xDS client's store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+
+from meshpy.model.types import Endpoint, RouteConfig
+
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EDS = 3  # Cluster.DiscoveryType.EDS
+NO_ROUTES = RouteConfig(name="", virtual_hosts=())
+
+
+def rds_names(msg: Any) -> list[str]:
+    """The RouteConfiguration names a Listener asks for through RDS."""
+    names = []
+    for chain in msg.filter_chains:
+        for f in chain.filters:
+            if f.typed_config.TypeName() == _HCM:
+                hcm = hcm_pb2.HttpConnectionManager()
+                if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                    names.append(str(hcm.rds.route_config_name))
+    return names
+
+
+def eds_name(msg: Any) -> str | None:
+    """The ClusterLoadAssignment name an EDS Cluster asks for, or None for other clusters."""
+    if msg.type != _EDS:
+        return None
+    return str(msg.eds_cluster_config.service_name or msg.name)
+
+
+class AnyRoutes(Mapping[str, RouteConfig]):
+    """Lets a Listener be checked before its routes arrive: every name resolves to an empty table."""
+
+    def __getitem__(self, key: str) -> RouteConfig:
+        return NO_ROUTES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+
+class AnyEndpoints(Mapping[str, tuple[Endpoint, ...]]):
+    """Lets an EDS Cluster be checked before its assignment arrives: every name has no endpoints."""
+
+    def __getitem__(self, key: str) -> tuple[Endpoint, ...]:
+        return ()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __contains__(self, key: object) -> bool:
+        return True
