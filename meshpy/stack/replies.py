@@ -10,56 +10,17 @@ from typing import TYPE_CHECKING
 
 from meshpy.codec.http1 import format_response, no_body_status, response_head
 from meshpy.model.types import DirectResponseAction, RedirectAction
+from meshpy.stack.parts import ExchangeParts
 
 if TYPE_CHECKING:
-    import asyncio
 
     from meshpy.errors import ProxyError
-    from meshpy.routing.compile import HttpListenerConfig
     from meshpy.routing.table import CompiledRoute
-    from meshpy.stack.retry import RetryState
-    from meshpy.transport.downstream_http1 import Http1Downstream
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
-    from meshpy.upstream.cluster import ClusterRuntime, Host
 
 
-class RepliesMixin:
-    if not TYPE_CHECKING:  # no slots of its own (Exchange has them all); mypy would hold it to them
+class RepliesMixin(ExchangeParts):
+    if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
-
-    if TYPE_CHECKING:  # what the mixin uses of the Exchange it is part of
-        cfg: HttpListenerConfig
-        down: Http1Downstream
-        route: CompiledRoute | None
-        cluster: ClusterRuntime | None
-        host: Host | None
-        conn: UpstreamHttp1 | None
-        retry: RetryState | None
-        authority: str
-        path: str
-        headers: list[tuple[bytes, bytes]]
-        req_done: bool
-        started: bool
-        done: bool
-        keep_alive: bool
-        http10: bool
-        head_request: bool
-        flag: str
-        resp_status: int
-        bytes_out: int
-        next_check: float
-        _deadline: float
-        _last_activity: float
-        _timer: asyncio.TimerHandle | None
-        _fault_timer: asyncio.TimerHandle | None
-        _local: bytes | None
-
-        def _complete(self) -> None: ...
-        def _finish(self) -> None: ...
-        def _has_body(self) -> bool: ...
-        def _host_failed(self) -> None: ...
-        def _per_try_timeout(self) -> None: ...
-        def _dispatch(self, route: CompiledRoute) -> None: ...
 
     def _guard(self, route: CompiledRoute) -> bool:
         """The local rate limit, then injected faults. True when the request was answered or delayed."""

@@ -16,52 +16,25 @@ from typing import TYPE_CHECKING
 from meshpy.codec.raw_head import parse_fields
 from meshpy.errors import UpstreamReset, UpstreamTimeout
 from meshpy.model.types import RetryPolicy
+from meshpy.stack.parts import ExchangeParts
 from meshpy.stack.retry import (
     RESET,
     STATUS,
     TIMEOUT,
-    RetryState,
     Standby,
     retry_after_seconds,
     retry_state,
 )
 
 if TYPE_CHECKING:
-    from meshpy.errors import ProxyError
-    from meshpy.routing.compile import HttpListenerConfig
-    from meshpy.transport.downstream_http1 import Http1Downstream
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
-    from meshpy.upstream.cluster import ClusterRuntime, Host
+    from meshpy.upstream.cluster import Host
 
 _ATTEMPT = b"x-envoy-attempt-count: "
 
 
-class RetryingMixin:
-    if not TYPE_CHECKING:  # no slots of its own (Exchange has them all); mypy would hold it to them
+class RetryingMixin(ExchangeParts):
+    if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
-
-    if TYPE_CHECKING:  # what the mixin uses of the Exchange it is part of
-        cfg: HttpListenerConfig
-        down: Http1Downstream
-        cluster: ClusterRuntime | None
-        host: Host | None
-        conn: UpstreamHttp1 | None
-        retry: RetryState | None
-        method: bytes
-        up_head_bytes: bytes
-        _head_base: bytes
-        _deadline: float
-        started: bool
-        done: bool
-        resp_status: int
-
-        def _attach(self, conn: UpstreamHttp1) -> None: ...
-        def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None: ...
-        def _error(self, err: ProxyError) -> None: ...
-        def _timeout(self, err: ProxyError, flag: str) -> None: ...
-        def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
-        def _host_failed(self) -> None: ...
-        def _schedule(self, when: float, now: float) -> None: ...
 
     def _start_retries(self, policy: RetryPolicy, host: Host) -> None:
         """At the first attempt of a request on a route with a retry policy."""

@@ -10,59 +10,18 @@ from typing import TYPE_CHECKING
 
 from meshpy.errors import BadRequest, ProxyError, UpstreamTimeout
 from meshpy.stack.deadlines import PRECISE_BELOW
+from meshpy.stack.parts import ExchangeParts
 
 if TYPE_CHECKING:
-    import asyncio
 
-    from meshpy.routing.compile import HttpListenerConfig
-    from meshpy.routing.table import CompiledRoute
-    from meshpy.stack.retry import RetryState
-    from meshpy.transport.downstream_http1 import Http1Downstream
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
-    from meshpy.upstream.cluster import ClusterRuntime, Host
+    pass
 
 _NEVER = float("inf")
 
 
-class TimersMixin:
-    if not TYPE_CHECKING:  # no slots of its own (Exchange has them all); mypy would hold it to them
+class TimersMixin(ExchangeParts):
+    if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
-
-    if TYPE_CHECKING:  # what the mixin uses of the Exchange it is part of
-        cfg: HttpListenerConfig
-        down: Http1Downstream
-        route: CompiledRoute | None
-        cluster: ClusterRuntime | None
-        host: Host | None
-        conn: UpstreamHttp1 | None
-        retry: RetryState | None
-        authority: str
-        path: str
-        headers: list[tuple[bytes, bytes]]
-        req_done: bool
-        started: bool
-        done: bool
-        keep_alive: bool
-        http10: bool
-        head_request: bool
-        flag: str
-        resp_status: int
-        bytes_out: int
-        next_check: float
-        _deadline: float
-        _last_activity: float
-        _timer: asyncio.TimerHandle | None
-        _fault_timer: asyncio.TimerHandle | None
-        _local: bytes | None
-
-        def _complete(self) -> None: ...
-        def _has_body(self) -> bool: ...
-        def _host_failed(self) -> None: ...
-        def _per_try_timeout(self) -> None: ...
-        def _dispatch(self, route: CompiledRoute) -> None: ...
-        def _abort(self, flag: str) -> None: ...
-        def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
-                         extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None: ...
 
     def _idle_limit(self) -> float | None:
         idle = self.route.idle_timeout if self.route is not None else None

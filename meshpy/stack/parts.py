@@ -1,0 +1,72 @@
+"""What the Exchange's mixins (timers, replies, retrying) may use of the Exchange they are part of.
+
+The mixins keep the exchange module to its request and upstream flow; this base tells mypy what they
+may touch, once, and adds nothing at run time (no slots: Exchange holds them all).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshpy.errors import ProxyError
+    from meshpy.routing.compile import HttpListenerConfig
+    from meshpy.routing.table import CompiledRoute
+    from meshpy.stack.retry import RetryState
+    from meshpy.transport.downstream_http1 import Http1Downstream
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.upstream.cluster import ClusterRuntime, Host
+
+
+class ExchangeParts:
+    if not TYPE_CHECKING:  # mypy would hold the mixins to these empty slots
+        __slots__ = ()
+
+    if TYPE_CHECKING:
+        cfg: HttpListenerConfig
+        down: Http1Downstream
+        route: CompiledRoute | None
+        cluster: ClusterRuntime | None
+        host: Host | None
+        conn: UpstreamHttp1 | None
+        retry: RetryState | None
+        method: bytes
+        authority: str
+        path: str
+        headers: list[tuple[bytes, bytes]]
+        up_head_bytes: bytes
+        req_done: bool
+        started: bool
+        done: bool
+        keep_alive: bool
+        http10: bool
+        head_request: bool
+        flag: str
+        resp_status: int
+        bytes_out: int
+        next_check: float
+        _head_base: bytes
+        _deadline: float
+        _last_activity: float
+        _timer: asyncio.TimerHandle | None
+        _fault_timer: asyncio.TimerHandle | None
+        _local: bytes | None
+
+        def _attach(self, conn: UpstreamHttp1) -> None: ...
+        def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None: ...
+        def _complete(self) -> None: ...
+        def _finish(self) -> None: ...
+        def _has_body(self) -> bool: ...
+        def _host_failed(self) -> None: ...
+        def _dispatch(self, route: CompiledRoute) -> None: ...
+        def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
+        # Provided by the mixins to one another:
+        def _per_try_timeout(self) -> None: ...
+        def _schedule(self, when: float, now: float) -> None: ...
+        def _timeout(self, err: ProxyError, flag: str) -> None: ...
+        def _error(self, err: ProxyError) -> None: ...
+        def _abort(self, flag: str) -> None: ...
+        def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
+                         extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None: ...
