@@ -18,6 +18,7 @@ import meshpy.xds.translate  # noqa: F401  (registers the extension types that `
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control.sources import export_policies as policies
 from control.sources.envoy_dir import message_class
+from control.sources.export_policies import duration
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     Cluster,
@@ -60,10 +61,6 @@ class ExportError(ValueError):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("; ".join(errors))
         self.errors = errors
-
-
-def _dur(seconds: float | None) -> str:
-    return "0s" if seconds is None else f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 def _address(host: str, port: int) -> dict[str, Any]:
@@ -131,7 +128,7 @@ def _route(r: Route) -> dict[str, Any]:
     }
     a = r.action
     if isinstance(a, ForwardAction):
-        fwd: dict[str, Any] = {"timeout": _dur(a.timeout)}
+        fwd: dict[str, Any] = {"timeout": duration(a.timeout)}
         if a.weighted:
             fwd["weighted_clusters"] = {
                 "clusters": [{"name": w.name, "weight": w.weight} for w in a.weighted]
@@ -148,7 +145,7 @@ def _route(r: Route) -> dict[str, Any]:
         if a.host_rewrite is not None:
             fwd["host_rewrite_literal"] = a.host_rewrite
         if a.idle_timeout is not None:
-            fwd["idle_timeout"] = _dur(a.idle_timeout if a.idle_timeout > 0 else None)
+            fwd["idle_timeout"] = duration(a.idle_timeout if a.idle_timeout > 0 else None)
         fwd.update(policies.hash_policy(a.hash_policy))
         if a.retry is not None:
             fwd.update(policies.retry(a.retry))
@@ -227,10 +224,10 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
             "xff_num_trusted_hops": h.xff_num_trusted_hops,
             "generate_request_id": h.generate_request_id,
             "preserve_external_request_id": h.preserve_external_request_id,
-            "stream_idle_timeout": _dur(h.stream_idle_timeout),
-            "request_headers_timeout": _dur(h.request_headers_timeout),
+            "stream_idle_timeout": duration(h.stream_idle_timeout),
+            "request_headers_timeout": duration(h.request_headers_timeout),
             "common_http_protocol_options": {
-                "idle_timeout": _dur(h.idle_timeout),
+                "idle_timeout": duration(h.idle_timeout),
                 "max_headers_count": h.max_request_headers_count,
             },
             "max_request_headers_kb": h.max_request_headers_kb,
@@ -247,7 +244,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
             "@type": TCP_PROXY,
             "stat_prefix": lis.name,
             "cluster": t.cluster,
-            "idle_timeout": _dur(t.idle_timeout),
+            "idle_timeout": duration(t.idle_timeout),
             "access_log": _logs(t.access_logs),
         }
         name = "envoy.filters.network.tcp_proxy"
@@ -283,13 +280,13 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
     out: dict[str, Any] = {
         "@type": CLUSTER,
         "name": c.name,
-        "connect_timeout": _dur(c.connect_timeout),
-        "dns_refresh_rate": _dur(c.dns_refresh_rate),
+        "connect_timeout": duration(c.connect_timeout),
+        "dns_refresh_rate": duration(c.dns_refresh_rate),
         "typed_extension_protocol_options": {
             HTTP_OPTIONS_KEY: {
                 "@type": "type.googleapis.com/" + HTTP_OPTIONS_KEY,
                 "explicit_http_config": {"http_protocol_options": {}},
-                "common_http_protocol_options": {"idle_timeout": _dur(c.pool_idle_timeout)},
+                "common_http_protocol_options": {"idle_timeout": duration(c.pool_idle_timeout)},
             }
         },
     }

@@ -31,8 +31,9 @@ LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 _ALWAYS = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
 
 
-def _dur(seconds: float) -> str:
-    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+def duration(seconds: float | None) -> str:
+    """A Duration in proto JSON; None (no limit) is Envoy's 0s."""
+    return "0s" if seconds is None else f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 def retry(p: RetryPolicy) -> dict[str, Any]:
@@ -40,10 +41,11 @@ def retry(p: RetryPolicy) -> dict[str, Any]:
     policy: dict[str, Any] = {
         "retry_on": ",".join(p.retry_on),
         "num_retries": p.num_retries,
-        "retry_back_off": {"base_interval": _dur(p.backoff_base), "max_interval": _dur(p.backoff_max)},
+        "retry_back_off": {"base_interval": duration(p.backoff_base),
+                           "max_interval": duration(p.backoff_max)},
     }
     if p.per_try_timeout is not None:
-        policy["per_try_timeout"] = _dur(p.per_try_timeout)
+        policy["per_try_timeout"] = duration(p.per_try_timeout)
     if p.retriable_status_codes:
         policy["retriable_status_codes"] = list(p.retriable_status_codes)
     out: dict[str, Any] = {"retry_policy": policy}
@@ -66,7 +68,7 @@ def fault(f: Fault) -> dict[str, Any]:
     if f.delay is not None or f.header_controlled:
         delay: dict[str, Any] = {"percentage": _percent(f.delay_percent)}
         if f.delay is not None:
-            delay["fixed_delay"] = _dur(f.delay)
+            delay["fixed_delay"] = duration(f.delay)
         else:
             delay["header_delay"] = {}
         out["delay"] = delay
@@ -92,7 +94,7 @@ def rate_limit(limit: LocalRateLimit, prefix: str) -> dict[str, Any]:
         "stat_prefix": prefix,
         "status": {"code": limit.status},
         "token_bucket": {"max_tokens": limit.max_tokens, "tokens_per_fill": limit.tokens_per_fill,
-                         "fill_interval": _dur(limit.fill_interval)},
+                         "fill_interval": duration(limit.fill_interval)},
         "filter_enabled": _ALWAYS,
         "filter_enforced": _ALWAYS,
     }
@@ -128,7 +130,7 @@ def outlier_detection(od: OutlierDetection) -> dict[str, Any]:
     for f in dataclasses.fields(od):
         value = getattr(od, f.name)
         if f.name in ("interval", "base_ejection_time", "max_ejection_time"):
-            out[f.name] = _dur(value)
+            out[f.name] = duration(value)
         elif isinstance(value, float):
             out[f.name] = round(value)
         else:
@@ -149,7 +151,7 @@ def load_balancing(lb: LoadBalancing, errors: list[str], where: str) -> dict[str
     slow = None
     if lb.slow_start is not None:
         s = lb.slow_start
-        slow = {"slow_start_window": _dur(s.window), "aggression": {"default_value": s.aggression,
+        slow = {"slow_start_window": duration(s.window), "aggression": {"default_value": s.aggression,
                                                                      "runtime_key": "meshpy.slow_start"},
                 "min_weight_percent": {"value": s.min_weight_percent}}
     if lb.policy == "least_request":
@@ -178,11 +180,11 @@ def hash_policy(policies: tuple[HashPolicy, ...]) -> dict[str, Any]:
 
 def health_checks(hc: HealthCheck) -> dict[str, Any]:
     check: dict[str, Any] = {
-        "timeout": _dur(hc.timeout), "interval": _dur(hc.interval),
+        "timeout": duration(hc.timeout), "interval": duration(hc.interval),
         "unhealthy_threshold": hc.unhealthy_threshold, "healthy_threshold": hc.healthy_threshold,
     }
     if hc.interval_jitter:
-        check["interval_jitter"] = _dur(hc.interval_jitter)
+        check["interval_jitter"] = duration(hc.interval_jitter)
     if hc.kind == "tcp":
         check["tcp_health_check"] = {}
     else:

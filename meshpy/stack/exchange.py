@@ -58,7 +58,6 @@ if TYPE_CHECKING:
     from meshpy.transport.upstream_http1 import UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
-_NEVER = float("inf")
 BODY_BUFFER_HIGH = 256 * 1024  # request body held while the upstream connection opens
 _PAUSE_UPSTREAM = 2
 _PAUSE_BODY_BUFFER = 4
@@ -219,7 +218,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             return self._error(ClusterNotFound())
         balancer = cluster.balancer
         if balancer is None:
-            host = cluster.pick()
+            host = cluster.round_robin()
         else:
             key = request_hash(route.hash_policy, self.headers, self.down.peer) if balancer.hashed else None
             host = balancer.pick(key)
@@ -242,7 +241,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         self.up_head_bytes = b"".join(
             (self.method, b" ", target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
         if route.retry is not None:
-            self._start_retries(route.retry, host)
+            self._start_retries(route.retry)
         if facts.expect_continue and not self.http10:
             self.down.out.append(CONTINUE_100)
         host.active_requests += 1

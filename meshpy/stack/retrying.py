@@ -27,7 +27,7 @@ from meshpy.stack.retry import (
 )
 
 if TYPE_CHECKING:
-    from meshpy.upstream.cluster import Host
+    pass
 
 _ATTEMPT = b"x-envoy-attempt-count: "
 
@@ -36,7 +36,7 @@ class RetryingMixin(ExchangeParts):
     if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
 
-    def _start_retries(self, policy: RetryPolicy, host: Host) -> None:
+    def _start_retries(self, policy: RetryPolicy) -> None:
         """At the first attempt of a request on a route with a retry policy."""
         rs = self.retry = retry_state(policy, self.method)
         if rs is not None and policy.attempt_count_header:

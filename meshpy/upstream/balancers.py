@@ -17,6 +17,7 @@ import itertools
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from meshpy.model.types import LoadBalancing
@@ -30,7 +31,7 @@ def hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-class Balancer:
+class Balancer(ABC):
     hashed = False  # whether pick() wants a request hash
     measures = False  # whether done() wants each answer's latency
 
@@ -41,11 +42,14 @@ class Balancer:
     def rebuild(self, hosts: list[Host]) -> None:
         self.hosts = hosts
 
+    @abstractmethod
     def pick(self, key: int | None = None) -> Host | None:
-        raise NotImplementedError
+        """An endpoint for a request (`key`: its hash, for the hashing balancers); None if none."""
 
     def done(self, host: Host, seconds: float) -> None:
-        """An answer from `host` after `seconds` (for latency-aware balancers)."""
+        """An answer from `host` after `seconds`. Only balancers with `measures` learn from it (the
+        request path asks that flag first), so the others keep nothing."""
+        return None
 
     def weight(self, host: Host) -> float:
         """The host's weight, scaled down while it is in its slow-start window."""

@@ -156,10 +156,14 @@ class ClusterRuntime:
         return max(budget.min_concurrency, int(budget.percent * self.stats.rq_active / 100))
 
     def pick(self, key: int | None = None) -> Host | None:
-        """The cluster's balancer's choice (`key`: the request's hash, for ring_hash and maglev), or
-        round robin over hosts, each appearing `weight` times in the order list."""
+        """The cluster's balancer's choice (`key`: the request's hash, for ring_hash and maglev)."""
         if self.balancer is not None:
             return self.balancer.pick(key)
+        return self.round_robin()
+
+    def round_robin(self) -> Host | None:
+        """Smooth weighted round robin: the order list holds each host `weight` times. The request path
+        calls this itself when the cluster has no other balancer."""
         order = self._order
         if not order:
             return None

@@ -5,12 +5,13 @@ bootstrap reader (static resources that depend on xDS) and the xDS client's stor
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from meshpy.model.types import Endpoint, RouteConfig
 
+V = TypeVar("V")
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _EDS = 3  # Cluster.DiscoveryType.EDS
 NO_ROUTES = RouteConfig(name="", virtual_hosts=())
@@ -35,33 +36,31 @@ def eds_name(msg: Any) -> str | None:
     return str(msg.eds_cluster_config.service_name or msg.name)
 
 
-class AnyRoutes(Mapping[str, RouteConfig]):
-    """Lets a Listener be checked before its routes arrive: every name resolves to an empty table."""
+class Defaulting(Mapping[str, V]):
+    """`known`, where every other name resolves to `default` and counts as present: lets a Listener or
+    Cluster be translated before its routes or endpoints have arrived."""
 
-    def __getitem__(self, key: str) -> RouteConfig:
-        return NO_ROUTES
+    def __init__(self, known: Mapping[str, V], default: V) -> None:
+        self._known = known
+        self._default = default
+
+    def __getitem__(self, key: str) -> V:
+        return self._known.get(key, self._default)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(())
+        return iter(self._known)
 
     def __len__(self) -> int:
-        return 0
+        return len(self._known)
 
     def __contains__(self, key: object) -> bool:
         return True
 
 
-class AnyEndpoints(Mapping[str, tuple[Endpoint, ...]]):
-    """Lets an EDS Cluster be checked before its assignment arrives: every name has no endpoints."""
+def any_routes() -> Defaulting[RouteConfig]:
+    return Defaulting({}, NO_ROUTES)
 
-    def __getitem__(self, key: str) -> tuple[Endpoint, ...]:
-        return ()
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-    def __contains__(self, key: object) -> bool:
-        return True
+def endpoints_or_none(known: Mapping[str, tuple[Endpoint, ...]]) -> Defaulting[tuple[Endpoint, ...]]:
+    """The assignments received so far; a name not received yet has no endpoints."""
+    return Defaulting(known, ())

@@ -28,7 +28,7 @@ from google.protobuf import json_format  # type: ignore[import-untyped, unused-i
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.check import check_references
 from meshpy.model.types import Cluster, Config, Endpoint, Listener, RouteConfig
-from meshpy.xds.deps import NO_ROUTES, AnyRoutes, eds_name, rds_names
+from meshpy.xds.deps import NO_ROUTES, any_routes, eds_name, endpoints_or_none, rds_names
 from meshpy.xds.translate import (
     cluster_from_proto,
     endpoints_from_cla,
@@ -54,25 +54,6 @@ MESSAGES: dict[str, Any] = {
 }
 def resource_name(type_url: str, msg: Any) -> str:
     return str(msg.cluster_name if type_url == ENDPOINT else msg.name)
-
-
-class _Endpoints(Mapping[str, tuple[Endpoint, ...]]):
-    """Assignments by name; a name not received yet has no endpoints."""
-
-    def __init__(self, known: Mapping[str, tuple[Endpoint, ...]]) -> None:
-        self._known = known
-
-    def __getitem__(self, key: str) -> tuple[Endpoint, ...]:
-        return self._known.get(key, ())
-
-    def __iter__(self) -> Any:
-        return iter(self._known)
-
-    def __len__(self) -> int:
-        return len(self._known)
-
-    def __contains__(self, key: object) -> bool:
-        return True
 
 
 def _translated(
@@ -191,9 +172,9 @@ class XdsStore:
 
     def _check(self, type_url: str, msg: Any) -> None:
         if type_url == LISTENER:
-            listener_from_proto(msg, "", AnyRoutes())
+            listener_from_proto(msg, "", any_routes())
         else:
-            cluster_from_proto(msg, "", _Endpoints({}))
+            cluster_from_proto(msg, "", endpoints_or_none({}))
 
     def _static_of(self, type_url: str) -> tuple[Listener, ...] | tuple[Cluster, ...]:
         return self.static.listeners if type_url == LISTENER else self.static.clusters
@@ -203,7 +184,7 @@ class XdsStore:
         remembers the listeners served, and the listeners still warming. A listener in `expired` has
         waited out its fetch time and serves without the routes that did not come. Raises ConfigError
         (a NACK's detail) when the whole does not hold together, e.g. two listeners on one port."""
-        eds = _Endpoints(self.endpoints)
+        eds = endpoints_or_none(self.endpoints)
         clusters = [cluster_from_proto(msg, "", eds) for _, msg in sorted(self.of(CLUSTER).items())]
         listeners: dict[str, Listener] = {}
         warming: set[str] = set()

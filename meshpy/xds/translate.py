@@ -193,7 +193,7 @@ def config_from_bootstrap(msg: Any) -> Config:
     for i, listener in enumerate(static.listeners):
         if xds is not None and deps.rds_names(listener):
             # Routes over RDS: checked now, built by the xDS client once they arrive.
-            translate_listeners.listener(issues, listener, item(listeners_path, i), deps.AnyRoutes())
+            translate_listeners.listener(issues, listener, item(listeners_path, i), deps.any_routes())
             held.append((_LISTENER_URL, json_format.MessageToJson(listener, indent=None)))
         else:
             listeners.append(translate_listeners.listener(issues, listener, item(listeners_path, i)))
@@ -201,7 +201,7 @@ def config_from_bootstrap(msg: Any) -> Config:
         if cluster.name == ads_cluster:
             continue
         if xds is not None and deps.eds_name(cluster) is not None:
-            translate_clusters.cluster(issues, cluster, item(clusters_path, i), deps.AnyEndpoints())
+            translate_clusters.cluster(issues, cluster, item(clusters_path, i), deps.endpoints_or_none({}))
             held.append((_CLUSTER_URL, json_format.MessageToJson(cluster, indent=None)))
         else:
             clusters.append(translate_clusters.cluster(issues, cluster, item(clusters_path, i)))
