@@ -104,6 +104,31 @@ TEAPOT = """
     direct_response: { status: 418, body: { inline_string: "short and stout" } }"""
 
 
+WEIGHTED = """
+"@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
+name: local
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: / }
+    route:
+      weighted_clusters:
+        clusters: [{ name: demo, weight: 50 }, { name: demo-b, weight: 50 }]
+"""
+CLUSTER_B = CLUSTER.replace("name: demo", "name: demo-b")
+
+
+def endpoints_b(port: int) -> str:
+    return endpoints(port).replace("cluster_name: demo", "cluster_name: demo-b")
+
+
+def add_second_cluster(source: Path, port: int) -> None:
+    """The cluster demo-b with its endpoint, beside demo, for a weighted split."""
+    (source / "cluster-b.yaml").write_text(CLUSTER_B)
+    (source / "endpoints-b.yaml").write_text(endpoints_b(port))
+
+
 def write_resources(source: Path, port: int, upstream: int) -> None:
     """The four resources of the interop tests in `source`: listener, routes, EDS cluster, endpoints."""
     source.mkdir(exist_ok=True)

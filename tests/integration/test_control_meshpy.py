@@ -18,30 +18,14 @@ from xds_world import (
     CLUSTER,
     MESHPY_YAML,
     TEAPOT,
+    WEIGHTED,
     Control,
+    add_second_cluster,
     bootstrap,
     endpoints,
     routes,
     write_resources,
 )
-
-WEIGHTED = """
-"@type": type.googleapis.com/envoy.config.route.v3.RouteConfiguration
-name: local
-virtual_hosts:
-- name: all
-  domains: ["*"]
-  routes:
-  - match: { prefix: / }
-    route:
-      weighted_clusters:
-        clusters: [{ name: demo, weight: 50 }, { name: demo-b, weight: 50 }]
-"""
-CLUSTER_B = CLUSTER.replace("name: demo", "name: demo-b")
-
-
-def endpoints_b(port: int) -> str:
-    return endpoints(port).replace("cluster_name: demo", "cluster_name: demo-b")
 
 
 def xds_metric(proxy: Proxy, result: str) -> float:
@@ -76,8 +60,7 @@ def test_meshpy_follows_routes_splits_and_endpoints(world: tuple[Path, Control, 
     eventually(lambda: http(port, path="/teapot").status == 418, "the new route is served")
     assert http(port, path="/teapot").body == b"short and stout"
 
-    (source / "cluster-b.yaml").write_text(CLUSTER_B)
-    (source / "endpoints-b.yaml").write_text(endpoints_b(demo_b.port))
+    add_second_cluster(source, demo_b.port)
     (source / "routes.yaml").write_text(WEIGHTED)
     eventually(lambda: http(port, path="/hello").header("x-upstream") == "demo-b", "the split reaches demo-b")
     seen = [http(port, path="/hello").header("x-upstream") for _ in range(200)]
@@ -151,8 +134,7 @@ def test_meshpy_short_form_follows_a_meshpy_yaml_directory(tmp_path: Path, demo:
 def test_fifty_pushes_under_load_fail_no_request(world: tuple[Path, Control, Proxy, int],
                                                   demo: DemoUpstream, demo_b: DemoUpstream) -> None:
     source, _control, proxy, port = world
-    (source / "cluster-b.yaml").write_text(CLUSTER_B)
-    (source / "endpoints-b.yaml").write_text(endpoints_b(demo_b.port))
+    add_second_cluster(source, demo_b.port)
     eventually(lambda: "demo-b" in proxy.admin("/config_dump")[1], "the second cluster")
     before = xds_metric(proxy, "accepted")
     load = subprocess.Popen(["wrk", "-t", "2", "-c", "16", "-d", "22s", f"http://127.0.0.1:{port}/hello"],
