@@ -26,6 +26,7 @@ from meshpy.model.types import (
     DirectResponseAction,
     ForwardAction,
     HeaderEdits,
+    Http2Options,
     Listener,
     RedirectAction,
     Route,
@@ -208,6 +209,13 @@ def _logs(logs: tuple[Any, ...]) -> list[dict[str, Any]]:
     ]
 
 
+def http2_options(o: Http2Options) -> dict[str, Any]:
+    """Always stated in full: Envoy's defaults differ from meshpy's (see Http2Options)."""
+    return {"max_concurrent_streams": o.max_concurrent_streams,
+            "initial_stream_window_size": o.initial_stream_window_size,
+            "initial_connection_window_size": o.initial_connection_window_size}
+
+
 def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dict[str, Any]:
     if lis.http is not None:
         h = lis.http
@@ -216,7 +224,8 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
         config: dict[str, Any] = {
             "@type": HCM,
             "stat_prefix": lis.name,
-            "codec_type": "AUTO",
+            "codec_type": h.codec.upper(),
+            "http2_protocol_options": http2_options(h.http2),
             "rds": {"route_config_name": rds_name, "config_source": ADS},
             "http_filters": [*policies.guard_filters(h, lis.name),
                              {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],

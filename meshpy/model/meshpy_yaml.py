@@ -9,6 +9,7 @@ as a name -> endpoints mapping) and turns each into the same model the long form
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from meshpy.errors import ConfigError
@@ -20,12 +21,14 @@ from meshpy.model.meshpy_yaml_policies import (
     outlier_detection,
     rate_limit,
 )
+from meshpy.model.meshpy_yaml_protocols import http2_options
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH,
     DEFAULT_HEADERS_TIMEOUT,
+    DEFAULT_HTTP2,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LB,
     DEFAULT_STREAM_IDLE_TIMEOUT,
@@ -37,6 +40,7 @@ from meshpy.model.types import (
     Config,
     DiscoveryType,
     Endpoint,
+    HttpCodec,
     HttpOptions,
     Lifecycle,
     Listener,
@@ -80,8 +84,12 @@ _HTTP_KEYS = (
     "virtual_hosts",
     "routes",
     "rate_limit",
+    "http2",
 )
 _TCP_KEYS = ("cluster",)
+# `protocol:` of a listener; http is the same as auto (HTTP/1.1 or HTTP/2, by the first bytes).
+_CODECS: dict[str, HttpCodec] = {"http": "auto", "auto": "auto", "http1": "http1", "http2": "http2",
+                                 "tcp": "auto"}
 _HTTP_ONLY = dict.fromkeys(_HTTP_KEYS, "only applies to http listeners")
 _CLUSTER_KEYS = (
     "name",
@@ -164,10 +172,10 @@ def _admin(r: Reader, node: object) -> Admin:
 def _listener(r: Reader, node: object, path: str) -> Listener | None:
     protocol = node.get("protocol", "http") if isinstance(node, Mapping) else "http"
     protocol = protocol.lower() if isinstance(protocol, str) else protocol
-    if protocol not in ("http", "tcp"):
-        r.error(child(path, "protocol"), f"must be http or tcp, got {protocol!r}")
+    if protocol not in _CODECS:
+        r.error(child(path, "protocol"), f"must be http, auto, http1, http2 or tcp, got {protocol!r}")
         protocol = "http"
-    if protocol == "http":
+    if protocol != "tcp":
         f = r.mapping(node, path, (*_LISTENER_KEYS, *_HTTP_KEYS, "cluster"))
     else:
         f = r.mapping(node, path, (*_LISTENER_KEYS, *_TCP_KEYS), _HTTP_ONLY)
@@ -185,7 +193,10 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
             access_logs=logs,
         )
         return Listener(name=name, address=address, kind="tcp", tcp=tcp)
-    return Listener(name=name, address=address, kind="http", http=_http_options(r, f, path, name, logs))
+    http = _http_options(r, f, path, name, logs)
+    http = replace(http, codec=_CODECS[protocol],
+                   http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2)
+    return Listener(name=name, address=address, kind="http", http=http)
 
 
 def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[AccessLog, ...]) -> HttpOptions:

@@ -229,6 +229,27 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Http2Options:
+    """HTTP/2 settings of one side of a connection (Envoy's http2_protocol_options, same names).
+
+    The windows bound what a peer may send before the proxy has passed it on: meshpy opens them again
+    only as the other side takes the bytes, so together they cap the memory one connection can hold.
+    Envoy's defaults (256 MiB windows, no stream limit) suit a data centre edge poorly; these match the
+    values Envoy recommends for an edge proxy."""
+
+    max_concurrent_streams: int = 100
+    initial_stream_window_size: int = 64 * 1024
+    initial_connection_window_size: int = 1024 * 1024
+
+
+DEFAULT_HTTP2 = Http2Options()
+H2_MIN_WINDOW, H2_MAX_WINDOW = 65535, 2**31 - 1  # RFC 9113 6.9.2; smaller starting windows stall peers
+
+# Which wire protocol a listener speaks: auto decides per connection from its first bytes.
+HttpCodec = Literal["auto", "http1", "http2"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AccessLog:
     """One JSON line per request. `path` "-" (or None) is stdout."""
 
@@ -252,6 +273,8 @@ class HttpOptions:
     access_logs: tuple[AccessLog, ...] = ()
     server_name: str | None = None  # None: the upstream's `server` header passes through
     rate_limit: LocalRateLimit | None = None  # one bucket for the listener's routes without their own
+    codec: HttpCodec = "auto"
+    http2: Http2Options = DEFAULT_HTTP2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,6 +32,7 @@ from meshpy.model.types import (
     TcpOptions,
 )
 from meshpy.xds import translate_guards
+from meshpy.xds import translate_protocols as protocols
 from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
 from meshpy.xds.translate_guards import HTTPFault, LocalRateLimitConfig
 from meshpy.xds.translate_routes import route_config
@@ -71,10 +72,10 @@ _HCM = frozenset(
         "server_name",
         "server_header_transformation",
         "access_log",
+        "http2_protocol_options",
     }
 )
 _TCP_PROXY = frozenset({"stat_prefix", "cluster", "idle_timeout", "access_log"})
-_CODEC_AUTO, _CODEC_HTTP1 = 0, 1
 _SERVER_OVERWRITE, _SERVER_PASS_THROUGH = 0, 2
 _MAX_HEADERS_KB = 8192  # Envoy's upper bound for max_request_headers_kb
 
@@ -123,9 +124,8 @@ def _http_options(
     issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfig] | None
 ) -> HttpOptions:
     issues.fields(msg, path, _HCM)
-    if msg.codec_type not in (_CODEC_AUTO, _CODEC_HTTP1):
-        name = msg.DESCRIPTOR.fields_by_name["codec_type"].enum_type.values_by_number[msg.codec_type].name
-        issues.add(child(path, "codec_type"), f"{name} is not supported yet (AUTO and HTTP1 are)")
+    codec = protocols.codec(issues, msg, path)
+    http2 = protocols.http2_options(issues, msg.http2_protocol_options, child(path, "http2_protocol_options"))
     listener_fault, listener_limit = _http_filters(issues, msg, child(path, "http_filters"))
     max_kb = wrapped(msg, "max_request_headers_kb", 60)
     if not 0 < max_kb <= _MAX_HEADERS_KB:
@@ -153,6 +153,8 @@ def _http_options(
         max_request_headers_count=max_count,
         access_logs=_access_logs(issues, msg.access_log, child(path, "access_log")),
         server_name=_server_name(issues, msg, path),
+        codec=codec,
+        http2=http2,
     )
 
 

@@ -38,7 +38,7 @@ from meshpy.model.meshpy_yaml import load_meshpy
         ("listeners: [{cluster: backend}]\n" + CLUSTERS, "listeners[0]: missing required key 'address'"),
         (
             "listeners: [{address: ':1', protocol: udp, cluster: backend}]\n" + CLUSTERS,
-            "listeners[0].protocol: must be http or tcp, got 'udp'",
+            "listeners[0].protocol: must be http, auto, http1, http2 or tcp, got 'udp'",
         ),
         ("listeners: [{address: ':1'}]", "listeners[0]: needs one of virtual_hosts, routes or cluster"),
         (

@@ -37,6 +37,7 @@ from meshpy.model.types import (
     HeaderEdits,
     HeaderMatch,
     HeaderValue,
+    Http2Options,
     HttpOptions,
     Listener,
     QueryMatch,
@@ -279,7 +280,20 @@ def test_hcm_options() -> None:
         max_request_headers_count=50,
         access_logs=(AccessLog(path="/tmp/access.log"), AccessLog(path=None)),
         server_name="meshpy",
+        codec="http1",
     )
+
+
+HCM_HTTP2 = http_bootstrap("hcm_http2", hcm="""
+    codec_type: HTTP2
+    http2_protocol_options: {max_concurrent_streams: 7, initial_stream_window_size: 1048576}
+    """)
+
+
+def test_hcm_http2_codec_and_settings() -> None:
+    http = http_of(HCM_HTTP2)
+    assert http.codec == "http2"
+    assert http.http2 == Http2Options(max_concurrent_streams=7, initial_stream_window_size=1 << 20)
 
 
 SERVER_PASS_THROUGH = http_bootstrap("server_pass_through", hcm="server_header_transformation: PASS_THROUGH")
@@ -703,10 +717,22 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("hcm_via", http_bootstrap("hcm_via", hcm="via: meshpy"), f"{FILTER}.via", UNSUPPORTED),
     (
-        "hcm_http2",
-        http_bootstrap("hcm_http2", hcm="codec_type: HTTP2"),
+        "hcm_http3",
+        http_bootstrap("hcm_http3", hcm="codec_type: HTTP3"),
         f"{FILTER}.codec_type",
-        "HTTP2 is not supported yet",
+        "HTTP3 is not supported (AUTO, HTTP1 and HTTP2 are)",
+    ),
+    (
+        "hcm_http2_window",
+        http_bootstrap("hcm_http2_window", hcm="http2_protocol_options: {initial_stream_window_size: 100}"),
+        f"{FILTER}.http2_protocol_options.initial_stream_window_size",
+        "must be from 65535 to 2147483647",
+    ),
+    (
+        "hcm_http2_unknown",
+        http_bootstrap("hcm_http2_unknown", hcm="http2_protocol_options: {hpack_table_size: 100}"),
+        f"{FILTER}.http2_protocol_options.hpack_table_size",
+        UNSUPPORTED,
     ),
     (
         "hcm_normalize_path",
@@ -1068,6 +1094,8 @@ UNKNOWN_CLUSTERS = http_bootstrap(
     """,
 )
 ENVOY_REFUSES = {
+    "hcm_http3",  # HTTP/3 needs a QUIC listener
+    "hcm_http2_window",  # Envoy has the same lower bound
     "lb_cluster_provided",  # only for cluster types that bring their own balancer
     "bad_logical_dns",
     "bad_static_hostname",

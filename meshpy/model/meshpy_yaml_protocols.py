@@ -1,0 +1,37 @@
+"""Wire-protocol options in meshpy YAML: a listener's codec and HTTP/2 settings.
+
+    listeners:
+      - address: 0.0.0.0:8080
+        protocol: auto            # http (= auto), http1, http2 or tcp
+        http2: {max_concurrent_streams: 100, initial_stream_window_size: 64KiB,
+                initial_connection_window_size: 1MiB}
+"""
+
+from __future__ import annotations
+
+from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options
+from meshpy.model.yaml_reader import Reader, as_positive_int
+from meshpy.model.yaml_values import parse_size
+
+_HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size")
+
+
+def _window(value: object) -> int:
+    size = parse_size(value)
+    if not H2_MIN_WINDOW <= size <= H2_MAX_WINDOW:
+        raise ValueError(f"must be from {H2_MIN_WINDOW} to {H2_MAX_WINDOW} bytes (RFC 9113 6.9.2)")
+    return size
+
+
+def http2_options(r: Reader, node: object, path: str) -> Http2Options:
+    """A key left out keeps meshpy's default (see Http2Options)."""
+    f = r.mapping(node, path, _HTTP2_KEYS)
+    if f is None:
+        return DEFAULT_HTTP2
+    d = DEFAULT_HTTP2
+    return Http2Options(
+        max_concurrent_streams=f.get("max_concurrent_streams", as_positive_int, d.max_concurrent_streams),
+        initial_stream_window_size=f.get("initial_stream_window_size", _window, d.initial_stream_window_size),
+        initial_connection_window_size=f.get(
+            "initial_connection_window_size", _window, d.initial_connection_window_size),
+    )

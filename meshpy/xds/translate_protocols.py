@@ -1,0 +1,44 @@
+"""Envoy's wire-protocol options (`http2_protocol_options`, `codec_type`) into meshpy's model.
+
+A field left unset keeps meshpy's default (see Http2Options), not Envoy's: Envoy's own defaults
+(256 MiB windows, 2^31-1 streams) let one connection hold far more memory than a sidecar should.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options, HttpCodec
+from meshpy.xds.translate_base import Issues, child, wrapped
+
+_HTTP2_FIELDS = frozenset({"max_concurrent_streams", "initial_stream_window_size",
+                           "initial_connection_window_size"})
+# HttpConnectionManager.CodecType: AUTO, HTTP1, HTTP2 (HTTP3 is refused by the caller).
+_CODECS: dict[int, HttpCodec] = {0: "auto", 1: "http1", 2: "http2"}
+
+
+def codec(issues: Issues, msg: Any, path: str) -> HttpCodec:
+    found = _CODECS.get(msg.codec_type)
+    if found is None:
+        name = msg.DESCRIPTOR.fields_by_name["codec_type"].enum_type.values_by_number[msg.codec_type].name
+        issues.add(child(path, "codec_type"), f"{name} is not supported (AUTO, HTTP1 and HTTP2 are)")
+        return "auto"
+    return found
+
+
+def http2_options(issues: Issues, msg: Any, path: str) -> Http2Options:
+    """`msg`: an envoy.config.core.v3.Http2ProtocolOptions at `path`."""
+    issues.fields(msg, path, _HTTP2_FIELDS)
+    d = DEFAULT_HTTP2
+    streams = wrapped(msg, "max_concurrent_streams", d.max_concurrent_streams)
+    if streams < 1:
+        issues.add(child(path, "max_concurrent_streams"), "must be at least 1")
+    windows = []
+    for name, default in (("initial_stream_window_size", d.initial_stream_window_size),
+                          ("initial_connection_window_size", d.initial_connection_window_size)):
+        size = wrapped(msg, name, default)
+        if not H2_MIN_WINDOW <= size <= H2_MAX_WINDOW:
+            issues.add(child(path, name), f"must be from {H2_MIN_WINDOW} to {H2_MAX_WINDOW}")
+        windows.append(size)
+    return Http2Options(max_concurrent_streams=max(streams, 1), initial_stream_window_size=windows[0],
+                        initial_connection_window_size=windows[1])
