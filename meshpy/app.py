@@ -24,7 +24,9 @@ from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, c
 from meshpy.stack.deadlines import Deadlines
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import Metrics
+from meshpy.transport.detect import DetectingDownstream
 from meshpy.transport.downstream_http1 import Http1Downstream
+from meshpy.transport.downstream_http2 import Http2Downstream
 from meshpy.transport.tcp import TcpDownstream
 from meshpy.upstream.cluster import ClusterManager
 
@@ -183,9 +185,15 @@ class App:
         def factory() -> asyncio.Protocol:
             # Read at accept time: a reload may have given this socket to a listener of another kind.
             slot = bound.slot
-            if slot.current.tcp is not None:
+            cfg = slot.current
+            if cfg.tcp is not None:
                 return TcpDownstream(slot, loop)
-            return Http1Downstream(slot, loop)
+            codec = cfg.options.codec
+            if codec == "http1":
+                return Http1Downstream(slot, loop)
+            if codec == "http2":
+                return Http2Downstream(slot, loop)
+            return DetectingDownstream(slot, loop)
 
         host = lm.address.host or None
         family = socket.AF_INET6 if host and ":" in host else socket.AF_UNSPEC

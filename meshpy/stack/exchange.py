@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.routing.table import CompiledRoute
-    from meshpy.transport.downstream_http1 import Http1Downstream
+    from meshpy.stack.parts import Downstream
     from meshpy.transport.upstream_http1 import UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
@@ -64,6 +64,7 @@ _PAUSE_BODY_BUFFER = 4
 
 
 class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
+    PROTOCOL = "HTTP/1.1"  # for the access log
     __slots__ = (
         "_buffered",
         "_buffered_bytes",
@@ -108,7 +109,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         "wall0",
     )
 
-    def __init__(self, down: Http1Downstream, cfg: HttpListenerConfig) -> None:
+    def __init__(self, down: Downstream, cfg: HttpListenerConfig) -> None:
         self.down = down
         self.cfg = cfg
         self.target = b""
@@ -371,7 +372,6 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
 
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
         """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""
-        down = self.down
         if status >= 200:
             cluster = self.cluster
             if cluster is not None and cluster.outlier is not None and self.host is not None:
@@ -379,11 +379,21 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             if self.retry is not None and self._retry_on_status(status, fields):
                 return
         if status < 200:
-            if status != 100 and not self.http10:  # 100 was answered by the proxy itself
-                headers = downstream_response_headers(parse_fields(fields))[0]
-                down.out.append(response_head(status, headers))
+            if status != 100:  # 100 was answered by the proxy itself
+                self._interim(status, fields)
             return
         self.resp_status = status
+        self._respond(status, fields)
+
+    def _interim(self, status: int, fields: bytes) -> None:
+        """A 1xx answer other than 100 (e.g. 103 Early Hints), for clients that can take one."""
+        if not self.http10:
+            headers = downstream_response_headers(parse_fields(fields))[0]
+            self.down.out.append(response_head(status, headers))
+
+    def _respond(self, status: int, fields: bytes) -> None:
+        """The final response head, to the client."""
+        down = self.down
         route = self.route
         if self.cfg.server_name is None and (route is None or not route.response_edits) and \
                 not self.http10 and not (self.keep_alive and down.slot.draining):
@@ -567,5 +577,5 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             rid = (self.rid or b"").decode("latin-1")
             for logger in cfg.loggers:
                 logger.log(self.wall0, self.method.decode("latin-1"), self.authority, self.path,
-                           "HTTP/1.0" if self.http10 else "HTTP/1.1", status, self.flag, self.bytes_in,
+                           "HTTP/1.0" if self.http10 else self.PROTOCOL, status, self.flag, self.bytes_in,
                            self.bytes_out, seconds, upstream, rid, self.down.peer)

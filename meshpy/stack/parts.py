@@ -6,18 +6,37 @@ may touch, once, and adds nothing at run time (no slots: Exchange holds them all
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import asyncio
 
     from meshpy.errors import ProxyError
-    from meshpy.routing.compile import HttpListenerConfig
+    from meshpy.routing.compile import HttpListenerConfig, ListenerSlot
     from meshpy.routing.table import CompiledRoute
+    from meshpy.stack.exchange import Exchange
     from meshpy.stack.retry import RetryState
-    from meshpy.transport.downstream_http1 import Http1Downstream
     from meshpy.transport.upstream_http1 import UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
+
+
+class Downstream(Protocol):
+    """The client side an exchange answers to: an HTTP/1.1 connection, or one HTTP/2 stream.
+
+    `out` collects HTTP/1.1 bytes and is used by the HTTP/1.1 exchange only; the HTTP/2 exchange
+    overrides every method that writes to it."""
+
+    loop: asyncio.AbstractEventLoop
+    slot: ListenerSlot
+    peer: str
+    out: list[bytes]
+    write_paused: bool
+
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def pause_reading(self, reason: int) -> None: ...
+    def resume_reading(self, reason: int) -> None: ...
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None: ...
 
 
 class ExchangeParts:
@@ -26,7 +45,7 @@ class ExchangeParts:
 
     if TYPE_CHECKING:
         cfg: HttpListenerConfig
-        down: Http1Downstream
+        down: Downstream
         route: CompiledRoute | None
         cluster: ClusterRuntime | None
         host: Host | None
@@ -53,6 +72,7 @@ class ExchangeParts:
         _timer: asyncio.TimerHandle | None
         _fault_timer: asyncio.TimerHandle | None
         _local: bytes | None
+        PROTOCOL: str
 
         def _attach(self, conn: UpstreamHttp1) -> None: ...
         def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None: ...
@@ -61,6 +81,7 @@ class ExchangeParts:
         def _has_body(self) -> bool: ...
         def _host_failed(self) -> None: ...
         def _dispatch(self, route: CompiledRoute) -> None: ...
+        def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes: ...
         def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
         # Provided by the mixins to one another:
         def _per_try_timeout(self) -> None: ...

@@ -104,17 +104,19 @@ class RepliesMixin(ExchangeParts):
             headers.append((b"connection", b"keep-alive"))
         self.resp_status = status
         self.flag = flag
-        if no_body_status(status):
-            # No body, and as in Envoy no content-length either (RFC 9110 8.6 forbids it on a 204).
-            self.bytes_out = 0
-            self._local = response_head(status, headers)
-        else:
-            self.bytes_out = len(body)
-            self._local = format_response(status, body, headers, head_only=self.head_request)
+        self._local = self._encode_local(status, body, headers)
         # Otherwise the answer waits for request_end: a bodiless request completes in the same parser
         # pass, and a small body is read and dropped so the connection stays usable.
         if close or self.req_done:
             self._send_local()
+
+    def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        if no_body_status(status):
+            # No body, and as in Envoy no content-length either (RFC 9110 8.6 forbids it on a 204).
+            self.bytes_out = 0
+            return response_head(status, headers)
+        self.bytes_out = len(body)
+        return format_response(status, body, headers, head_only=self.head_request)
 
     def _send_local(self) -> None:
         local = self._local

@@ -122,13 +122,15 @@ class ListenerStats(_RequestStats):
     `istio_requests_total`, since the code is only known then.
     """
 
-    __slots__ = ("fault_aborts", "fault_delays", "rq_rate_limited")
+    __slots__ = ("cx_http2_total", "fault_aborts", "fault_delays", "h2_abuse", "rq_rate_limited")
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         super().__init__(name, buckets)
         self.rq_rate_limited = 0  # answered by the local rate limit (429, RL)
         self.fault_delays = 0  # held by an injected delay
         self.fault_aborts = 0  # answered by an injected abort (FI)
+        self.cx_http2_total = 0  # connections that spoke HTTP/2
+        self.h2_abuse = 0  # HTTP/2 connections closed for abuse (rapid reset, PING/SETTINGS flood)
 
 
 class ClusterStats(_RequestStats):
@@ -192,6 +194,10 @@ _SIDES: tuple[tuple[str, str, str, tuple[_Scalar, ...]], ...] = (
          "fault_delays"),
         ("meshpy_downstream_fault_aborts_total", "counter", "Requests answered by an injected abort.",
          "fault_aborts"),
+        ("meshpy_downstream_cx_http2_total", "counter", "Downstream connections that spoke HTTP/2.",
+         "cx_http2_total"),
+        ("meshpy_downstream_http2_abuse_total", "counter",
+         "HTTP/2 connections closed for abuse (rapid reset, PING or SETTINGS flood).", "h2_abuse"),
     )),
     ("upstream", "cluster", "Upstream", (
         ("meshpy_upstream_rq_active", "gauge", "Upstream requests in flight.", "rq_active"),

@@ -52,6 +52,8 @@ def test_empty_metrics_have_every_family() -> None:
         "meshpy_downstream_rq_rate_limited": "counter",
         "meshpy_downstream_fault_delays": "counter",
         "meshpy_downstream_fault_aborts": "counter",
+        "meshpy_downstream_cx_http2": "counter",
+        "meshpy_downstream_http2_abuse": "counter",
         "meshpy_downstream_rq_duration_seconds": "histogram",
         "meshpy_upstream_rq": "counter",
         "meshpy_upstream_rq_active": "gauge",

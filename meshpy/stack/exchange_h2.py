@@ -1,0 +1,124 @@
+"""The exchange of a request that came in over HTTP/2.
+
+Routing, policies, retries and the upstream side are the HTTP/1.1 exchange's own (meshpy.stack.
+exchange): a request is the same request whichever wire it came on. What differs is only how the
+request is read (a checked header list instead of a parser's callbacks) and how the answer is
+written: HEADERS and DATA frames on one stream, through H2Stream, instead of bytes on a connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshpy.codec.http1 import no_body_status
+from meshpy.codec.http2 import CONNECTION_SPECIFIC, RequestHead, response_fields
+from meshpy.codec.raw_head import parse_fields
+from meshpy.errors import BadRequest
+from meshpy.stack.exchange import Exchange
+from meshpy.stack.forwarding import SCANNED, RequestFacts, downstream_response_headers
+
+if TYPE_CHECKING:
+    from meshpy.routing.compile import HttpListenerConfig
+    from meshpy.transport.h2_stream import H2Stream
+
+_CONTINUE = [(b":status", b"100")]
+
+
+class H2Exchange(Exchange):
+    PROTOCOL = "HTTP/2"
+    __slots__ = ("_reply", "stream")
+
+    def __init__(self, stream: H2Stream, cfg: HttpListenerConfig) -> None:
+        super().__init__(stream, cfg)
+        self.stream = stream
+        self._reply: tuple[list[tuple[bytes, bytes]], bytes] | None = None
+
+    # -- request side ----------------------------------------------------------------------------
+    def begin(self, head: RequestHead, ended: bool) -> None:
+        """The request's head, checked by meshpy.codec.http2.read_request; `ended`: it has no body."""
+        cfg = self.cfg
+        self.target = head.path
+        headers = self.headers = head.fields
+        facts = self.facts
+        self._scan(headers)
+        if facts.expect_continue:
+            # Answered here at once, as Envoy does: the upstream never sees the expectation.
+            self.stream.send_head(_CONTINUE, False)
+            headers = self.headers = [h for h in headers if h[0] != b"expect"]
+            facts = self.facts = RequestFacts()
+            self._scan(headers)
+        try:
+            if facts.content_length is not None and facts.content_length < 0:
+                raise BadRequest("invalid content-length")
+            if len(headers) > cfg.max_headers or head.size > cfg.max_header_bytes:
+                raise BadRequest("request header fields too large", 431)
+            if not ended and facts.content_length is None:
+                # A body of unknown length: chunked on an HTTP/1.1 upstream connection.
+                facts.chunked = True
+            self.head_complete(head.method, "2", True)
+        except BadRequest as err:
+            if not self.method:  # not counted by head_complete
+                cfg.stats.request_started()
+            self.req_done = ended
+            self._local_reply(err.status, err.body, "DPE", close=True)
+            return
+        self.start()
+
+    def _scan(self, headers: list[tuple[bytes, bytes]]) -> None:
+        facts = self.facts
+        for i, (name, value) in enumerate(headers):
+            if name in SCANNED:
+                try:
+                    facts.note(name, value, i)
+                except ValueError:
+                    facts.content_length = -1
+
+    def request_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Request trailers: an HTTP/1.1 upstream gets the body's end without them."""
+
+    # -- response side ---------------------------------------------------------------------------
+    def _interim(self, status: int, fields: bytes) -> None:
+        headers = downstream_response_headers(parse_fields(fields))[0]
+        self.stream.send_head(response_fields(status, headers), False)
+
+    def _respond(self, status: int, fields: bytes) -> None:
+        headers, _length, _chunked, has_date = downstream_response_headers(parse_fields(fields))
+        if not has_date:
+            headers.append((b"date", self.stream.slot.date.now()))
+        route = self.route
+        if route is not None and route.response_edits:
+            route.response_edits.apply(headers)
+        server = self.cfg.server_name
+        if server is not None:
+            headers = [(n, v) for n, v in headers if n != b"server"]
+            headers.append((b"server", server))
+        self.started = True
+        self.stream.send_head(response_fields(status, headers), self.head_request or no_body_status(status))
+
+    def up_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.stream.send_data(data)
+        if self._deadline or self._timer is not None:
+            self._last_activity = self.stream.loop.time()
+
+    def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        if no_body_status(status) or self.head_request:
+            body = b""
+        else:
+            headers.append((b"content-length", b"%d" % len(body)))
+        self.bytes_out = len(body)
+        fields = [(b":status", b"%d" % status)]
+        fields.extend(h for h in headers if h[0] not in CONNECTION_SPECIFIC)
+        self._reply = (fields, body)
+        return b""  # the marker that an answer is ready; the parts are in _reply
+
+    def _send_local(self) -> None:
+        reply = self._reply
+        if reply is None or self.done:
+            return
+        self.started = True
+        fields, body = reply
+        self.stream.send_head(fields, not body)
+        if body:
+            self.stream.send_data(body)
+        self._finish()

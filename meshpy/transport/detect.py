@@ -1,0 +1,81 @@
+"""A listener with `protocol: auto` speaks HTTP/1.1 or HTTP/2 on one port: the first bytes decide.
+
+A connection that starts with the HTTP/2 client preface (prior knowledge, RFC 9113 3.3) is HTTP/2;
+anything else is HTTP/1.1 (an `Upgrade: h2c` request among it is answered as HTTP/1.1, as Envoy does).
+The detector is the connection's protocol only until those first bytes arrive; then it hands the
+transport and the bytes to the real one, so nothing of it stays on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+from meshpy.codec.http2 import PREFACE
+from meshpy.transport.downstream_http1 import Http1Downstream
+from meshpy.transport.downstream_http2 import Http2Downstream
+
+if TYPE_CHECKING:
+    from meshpy.routing.compile import ListenerSlot
+
+
+class DetectingDownstream(asyncio.Protocol):
+    __slots__ = ("_buf", "_timer", "loop", "slot", "stats", "transport")
+
+    def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
+        self.slot = slot
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._buf = b""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.slot.connections.add(self)
+        # Counted from the accept, as Envoy counts; the protocol that takes over counts it again, so
+        # the count is handed back then (bound now: a reload may rename the listener meanwhile).
+        self.stats = stats = self.slot.current.stats
+        stats.cx_total += 1
+        stats.cx_active += 1
+        # A client that connects and says nothing is closed like an idle HTTP/1.1 connection.
+        wait = self.slot.current.idle_timeout
+        if wait is not None:
+            self._timer = self.loop.call_later(wait, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        if len(buf) < len(PREFACE) and PREFACE.startswith(buf):
+            self._buf = buf  # could still be the preface: wait for the rest of it
+            return
+        self._buf = b""
+        self._stop()
+        self.stats.cx_total -= 1
+        transport = self.transport
+        assert transport is not None
+        proto: Http1Downstream | Http2Downstream
+        if buf.startswith(PREFACE):
+            proto = Http2Downstream(self.slot, self.loop)
+        else:
+            proto = Http1Downstream(self.slot, self.loop)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.data_received(buf)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self in self.slot.connections:
+            self.slot.connections.discard(self)
+            self.stats.cx_active -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def start_drain(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop()
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,374 @@
+"""The downstream side of HTTP/2 (cleartext, prior knowledge): one asyncio.Protocol per connection,
+h2 for the framing, one H2Stream and one H2Exchange per request stream.
+
+Everything a read produces goes out in one write at its end (`flush`). The defences are here too,
+beside what h2 checks itself (frame syntax, stream states, HPACK, the stream limit):
+- a malformed request (RFC 9113 8.1.1) resets its stream with PROTOCOL_ERROR; a connection error
+  gets GOAWAY with h2's code and the connection is closed;
+- rapid reset (CVE-2023-44487): once 100 streams were reset by the client before their answer, and
+  they are over half of the streams opened, GOAWAY ENHANCE_YOUR_CALM (Envoy's rule, its numbers);
+- PING and SETTINGS floods: more than 1,000 such frames in a second, the same;
+- a header list over the listener's limits: 431 on that stream; more than twice over, h2's HPACK
+  decoder refuses it and the connection goes (ENHANCE_YOUR_CALM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, cast
+
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from meshpy.codec.http2 import Connection, Malformed, config, goaway_frame, local_settings, read_request
+from meshpy.stack.exchange_h2 import H2Exchange
+from meshpy.transport.h2_stream import H2Stream
+
+if TYPE_CHECKING:
+    from meshpy.routing.compile import ListenerSlot
+
+log = logging.getLogger(__name__)
+
+PREMATURE_RESETS = 100  # Envoy's premature_reset_total_stream_count is 500; 100 is enough evidence
+PREMATURE_AGE = 1.0  # a stream reset by the client younger than this, and unanswered, is premature
+CONTROL_FLOOD = 1000  # PING + SETTINGS frames per second (Envoy: max_outbound_control_frames 1000)
+
+
+class Http2Downstream(asyncio.Protocol):
+    __slots__ = (
+        "_control",
+        "_control_since",
+        "_goaway_sent",
+        "_opened",
+        "_premature",
+        "_timer",
+        "blocked",
+        "closing",
+        "h2",
+        "idle_since",
+        "loop",
+        "peer",
+        "slot",
+        "stats",
+        "streams",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
+        self.slot = slot
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.h2 = Connection(config(client_side=False))
+        self.streams: dict[int, H2Stream] = {}
+        self.blocked: set[H2Stream] = set()  # streams with response data waiting for a window
+        self.peer = ""
+        self.closing = False
+        self.write_paused = False
+        self.idle_since = 0.0
+        self._goaway_sent = 0  # last stream id of a graceful GOAWAY sent (0: none)
+        self._opened = 0
+        self._premature = 0
+        self._control = 0
+        self._control_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- connection ------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.slot.connections.add(self)
+        self.stats = stats = self.slot.current.stats
+        stats.cx_total += 1
+        stats.cx_http2_total += 1
+        stats.cx_active += 1
+        self.idle_since = self.loop.time()
+        cfg = self.slot.current
+        opts = cfg.options.http2
+        h2c = self.h2
+        h2c.local_settings = h2.settings.Settings(
+            client=False, initial_values=local_settings(opts, cfg.max_header_bytes))
+        h2c.initiate_connection()
+        extra = opts.initial_connection_window_size - 65535
+        if extra > 0:
+            h2c.increment_flow_control_window(extra)
+        # h2 would apply our header list limit to its HPACK decoder; allow twice as much there so that
+        # a list a little over the limit gets a 431 on its stream rather than the connection closed.
+        h2c.decoder.max_header_list_size = 2 * cfg.max_header_bytes + 32 * cfg.max_headers
+        self.flush()
+        self._schedule_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.slot.connections.discard(self)
+        self.stats.cx_active -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        streams = list(self.streams.values())
+        self.streams.clear()
+        self.blocked.clear()
+        for s in streams:
+            if s.ex is not None:
+                s.ex.downstream_lost()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as err:
+            # h2 has queued a GOAWAY with the error's code; send it and close.
+            log.debug("http2 connection error from %s: %s", self.peer, err)
+            self.flush()
+            self.close()
+            return
+        for ev in events:
+            kind = type(ev)
+            if kind is h2.events.DataReceived:
+                self._data(cast(h2.events.DataReceived, ev))
+            elif kind is h2.events.RequestReceived:
+                self._request(cast(h2.events.RequestReceived, ev))
+            elif kind is h2.events.StreamEnded:
+                s = self.streams.get(cast(h2.events.StreamEnded, ev).stream_id or 0)
+                if s is not None:
+                    s.req_ended = True
+                    if s.ex is not None:
+                        s.ex.request_end()
+            elif kind is h2.events.StreamReset:
+                self._reset_by_peer(cast(h2.events.StreamReset, ev))
+            elif kind is h2.events.WindowUpdated:
+                self._window(cast(h2.events.WindowUpdated, ev).stream_id or 0)
+            elif kind is h2.events.RemoteSettingsChanged:
+                self._control_frame()
+                self._window(0)  # a larger INITIAL_WINDOW_SIZE opens every stream's window
+            elif kind is h2.events.PingReceived:
+                self._control_frame()
+            elif kind is h2.events.TrailersReceived:
+                self._trailers(cast(h2.events.TrailersReceived, ev))
+            elif kind is h2.events.ConnectionTerminated:
+                self._goaway_received()
+            if self.closing:
+                return
+        self.flush()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for s in self.streams.values():
+            s.set_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for s in list(self.streams.values()):
+            if not s.blocked:
+                s.set_write_paused(False)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- streams ---------------------------------------------------------------------------------
+    def _request(self, ev: h2.events.RequestReceived) -> None:
+        sid = ev.stream_id or 0
+        if self._goaway_sent and sid > self._goaway_sent:
+            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)  # opened after our GOAWAY
+            return
+        self._opened += 1
+        self.idle_since = 0.0
+        s = H2Stream(self, sid)
+        self.streams[sid] = s
+        cfg = self.slot.current
+        ex = H2Exchange(s, cfg)
+        s.ex = ex
+        try:
+            head = read_request(ev.headers or [])
+        except Malformed as err:
+            log.debug("malformed request from %s: %s", self.peer, err)
+            cfg.stats.request_started()
+            cfg.stats.request_done(400, 0.0)
+            self.reset(s, ErrorCodes.PROTOCOL_ERROR)
+            return
+        ended = ev.stream_ended is not None
+        ex.begin(head, ended)
+        if ended:
+            s.req_ended = True
+            ex.request_end()
+
+    def _data(self, ev: h2.events.DataReceived) -> None:
+        sid = ev.stream_id or 0
+        s = self.streams.get(sid)
+        n = ev.flow_controlled_length or 0
+        if s is None:
+            # A stream already answered and forgotten: give the connection window back all the same.
+            if n:
+                self.h2.acknowledge_received_data(n, sid)
+            return
+        s.received(ev.data or b"", n)
+
+    def _trailers(self, ev: h2.events.TrailersReceived) -> None:
+        s = self.streams.get(ev.stream_id or 0)
+        if s is not None and s.ex is not None:
+            s.ex.request_trailers(ev.headers or [])
+
+    def _reset_by_peer(self, ev: h2.events.StreamReset) -> None:
+        s = self.streams.pop(ev.stream_id or 0, None)
+        if s is None:
+            return
+        self.blocked.discard(s)
+        s.resp_ended = True
+        ex = s.ex
+        if ex is not None and not ex.done:
+            if self.loop.time() - s.opened < PREMATURE_AGE:
+                self._premature += 1
+                if self._premature >= PREMATURE_RESETS and 2 * self._premature > self._opened:
+                    log.warning("http2: rapid reset from %s (%d of %d streams): closing", self.peer,
+                                self._premature, self._opened)
+                    self.slot.current.stats.h2_abuse += 1
+                    self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+            ex.downstream_lost()
+        self._maybe_idle()
+
+    def reset(self, s: H2Stream, code: ErrorCodes) -> None:
+        self.streams.pop(s.sid, None)
+        self.blocked.discard(s)
+        s.resp_ended = True
+        if not self.closing:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):  # closed both ways already
+                self.h2.reset_stream(s.sid, code)
+        self._maybe_idle()
+
+    def stream_finished(self, s: H2Stream) -> None:
+        """The response is complete. A request still sending its body is told to stop (RFC 9113 8.1)."""
+        if not s.req_ended:
+            self.reset(s, ErrorCodes.NO_ERROR)
+            return
+        self.streams.pop(s.sid, None)
+        self._maybe_idle()
+
+    def pump(self, s: H2Stream) -> None:
+        """Send what the client's window allows of `s`'s waiting data, then its end if it is due."""
+        if self.closing or s.resp_ended:
+            return
+        h2c = self.h2
+        pending = s.pending
+        sid = s.sid
+        try:
+            while pending:
+                window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                data = pending[0]
+                if len(data) <= window:
+                    pending.popleft()
+                    h2c.send_data(sid, data)
+                else:
+                    h2c.send_data(sid, data[:window])
+                    pending[0] = data[window:]
+            if pending:
+                if not s.blocked:
+                    s.blocked = True
+                    self.blocked.add(s)
+                    s.set_write_paused(True)
+                return
+            if s.blocked:
+                s.blocked = False
+                self.blocked.discard(s)
+                if not self.write_paused:
+                    s.set_write_paused(False)
+            if s.end_wanted:
+                if s.trailers:
+                    h2c.send_headers(sid, s.trailers, end_stream=True)
+                else:
+                    h2c.end_stream(sid)
+                s.resp_ended = True
+                self.stream_finished(s)
+        except h2.exceptions.StreamClosedError:
+            self.reset(s, ErrorCodes.STREAM_CLOSED)
+
+    def _window(self, sid: int) -> None:
+        if sid:
+            s = self.streams.get(sid)
+            if s is not None and s.blocked:
+                self.pump(s)
+            return
+        for s in list(self.blocked):
+            self.pump(s)
+
+    # -- defences, drain, timers -----------------------------------------------------------------
+    def _control_frame(self) -> None:
+        now = self.loop.time()
+        if now - self._control_since > 1.0:
+            self._control_since = now
+            self._control = 0
+        self._control += 1
+        if self._control > CONTROL_FLOOD:
+            log.warning("http2: PING/SETTINGS flood from %s: closing", self.peer)
+            self.slot.current.stats.h2_abuse += 1
+            self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def go_away(self, code: ErrorCodes) -> None:
+        """A connection error of our own: GOAWAY with `code`, then close; streams in flight end."""
+        if self.closing:
+            return
+        self.h2.close_connection(error_code=code)
+        self.flush()
+        self.close()
+
+    def _goaway_received(self) -> None:
+        """The client will open no more streams: close once the ones it has are answered."""
+        self._goaway_sent = self._goaway_sent or self.h2.highest_inbound_stream_id or 1
+        self._maybe_idle()
+
+    def start_drain(self) -> None:
+        """Listener draining or shutdown: GOAWAY naming the last stream we take; streams already open
+        finish; the connection closes when the last one has."""
+        if self._goaway_sent or self.closing or self.transport is None:
+            self._maybe_idle()
+            return
+        self._goaway_sent = self.h2.highest_inbound_stream_id or 1
+        self.flush()  # frames h2 holds go first
+        self.transport.write(goaway_frame(self.h2.highest_inbound_stream_id or 0))
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if self.streams:
+            return
+        if self._goaway_sent:
+            self.flush()
+            self.close()
+            return
+        self.idle_since = self.loop.time()
+
+    def _schedule_timer(self) -> None:
+        interval = self.slot.current.idle_timeout
+        if interval is not None:
+            self._timer = self.loop.call_later(interval, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """A connection with no stream open for the idle timeout gets a GOAWAY and is closed."""
+        self._timer = None
+        if self.closing:
+            return
+        timeout = self.slot.current.idle_timeout
+        if not self.streams and timeout is not None and self.idle_since and \
+                self.loop.time() - self.idle_since >= timeout:
+            self.start_drain()
+            return
+        self._schedule_timer()
+

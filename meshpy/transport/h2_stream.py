@@ -1,0 +1,134 @@
+"""One request stream of a downstream HTTP/2 connection, seen by its exchange as the client side.
+
+Flow control is end to end in both directions:
+- request body: the bytes a stream receives are acknowledged to the client (which opens its window
+  again) only while the exchange is not holding reading back, that is while the upstream connection
+  takes what it is given; otherwise they are counted and acknowledged on resume;
+- response body: data goes out only as far as the client's window allows; the rest waits here, and
+  while anything waits the exchange pauses its upstream connection (as for a slow HTTP/1.1 client).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from h2.errors import ErrorCodes
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshpy.routing.compile import ListenerSlot
+    from meshpy.stack.exchange import Exchange
+    from meshpy.stack.exchange_h2 import H2Exchange
+    from meshpy.transport.downstream_http2 import Http2Downstream
+
+
+class H2Stream:
+    __slots__ = (
+        "_held",
+        "_unacked",
+        "blocked",
+        "conn",
+        "end_wanted",
+        "ex",
+        "loop",
+        "opened",
+        "out",
+        "peer",
+        "pending",
+        "req_ended",
+        "resp_ended",
+        "sid",
+        "slot",
+        "trailers",
+        "write_paused",
+    )
+
+    def __init__(self, conn: Http2Downstream, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.loop: asyncio.AbstractEventLoop = conn.loop
+        self.slot: ListenerSlot = conn.slot
+        self.peer = conn.peer
+        self.out: list[bytes] = []  # never written: H2Exchange writes through the methods below
+        self.ex: H2Exchange | None = None
+        self.write_paused = conn.write_paused
+        self.blocked = False  # response data waits for the client's window
+        self.pending: deque[bytes] = deque()
+        self.end_wanted = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.req_ended = False
+        self.resp_ended = False
+        self.opened = conn.loop.time()
+        self._held = 0
+        self._unacked = 0
+
+    # -- the request body, from the connection ---------------------------------------------------
+    def received(self, data: bytes, flow_controlled: int) -> None:
+        ex = self.ex
+        if ex is not None:
+            ex.request_body(data)
+        if self._held:
+            self._unacked += flow_controlled
+        elif flow_controlled:
+            self.conn.h2.acknowledge_received_data(flow_controlled, self.sid)
+
+    # -- the Downstream interface (meshpy.stack.parts) -------------------------------------------
+    def pause_reading(self, reason: int) -> None:
+        self._held |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self._held & reason:
+            return
+        self._held &= ~reason
+        if not self._held and self._unacked:
+            n, self._unacked = self._unacked, 0
+            if not self.conn.closing:
+                self.conn.h2.acknowledge_received_data(n, self.sid)
+                self.conn.flush()
+
+    def flush(self) -> None:
+        self.conn.flush()
+
+    def close(self) -> None:
+        """The exchange gave up on a response under way: reset this stream only."""
+        self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        self.end_response(None)
+
+    # -- the response, from H2Exchange ------------------------------------------------------------
+    def send_head(self, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        conn = self.conn
+        if conn.closing or self.resp_ended:
+            return
+        conn.h2.send_headers(self.sid, headers, end_stream=end)
+        if end:
+            self.resp_ended = True
+            conn.stream_finished(self)
+
+    def send_data(self, data: bytes) -> None:
+        if self.resp_ended or not data:
+            return
+        self.pending.append(data)
+        self.conn.pump(self)
+
+    def end_response(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        if self.resp_ended or self.end_wanted:
+            return
+        self.end_wanted = True
+        self.trailers = trailers
+        self.conn.pump(self)
+        self.conn.flush()
+
+    def set_write_paused(self, paused: bool) -> None:
+        if paused == self.write_paused:
+            return
+        self.write_paused = paused
+        ex = self.ex
+        if ex is not None and not ex.done:
+            if paused:
+                ex.down_pause_writing()
+            else:
+                ex.down_resume_writing()
