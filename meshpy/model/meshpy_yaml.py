@@ -21,7 +21,7 @@ from meshpy.model.meshpy_yaml_policies import (
     outlier_detection,
     rate_limit,
 )
-from meshpy.model.meshpy_yaml_protocols import http2_options
+from meshpy.model.meshpy_yaml_protocols import http2_options, upstream_protocol
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -103,6 +103,8 @@ _CLUSTER_KEYS = (
     "circuit_breakers",
     "outlier_detection",
     "health_check",
+    "protocol",
+    "http2",
 )
 _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
@@ -331,6 +333,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         dns_refresh_rate=f.get("dns_refresh_rate", as_positive_duration, DEFAULT_DNS_REFRESH),
         max_connections_per_endpoint=f.get("max_connections_per_endpoint", as_positive_int, 1024),
         pool_idle_timeout=f.get("pool_idle_timeout", as_optional_timeout, 60.0),
+        protocol=f.get("protocol", upstream_protocol, "http1"),
+        http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2,
         circuit_breakers=circuit_breakers(r, f.raw("circuit_breakers"), f.at("circuit_breakers"))
         if "circuit_breakers" in f else DEFAULT_BREAKERS,
         outlier_detection=outlier_detection(r, f.raw("outlier_detection"), f.at("outlier_detection"))

@@ -5,11 +5,15 @@
         protocol: auto            # http (= auto), http1, http2 or tcp
         http2: {max_concurrent_streams: 100, initial_stream_window_size: 64KiB,
                 initial_connection_window_size: 1MiB}
+    clusters:
+      - name: grpc-backend
+        protocol: http2           # http1 (the default) or http2
+        http2: {max_concurrent_streams: 100}
 """
 
 from __future__ import annotations
 
-from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options
+from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options, UpstreamProtocol
 from meshpy.model.yaml_reader import Reader, as_positive_int
 from meshpy.model.yaml_values import parse_size
 
@@ -21,6 +25,15 @@ def _window(value: object) -> int:
     if not H2_MIN_WINDOW <= size <= H2_MAX_WINDOW:
         raise ValueError(f"must be from {H2_MIN_WINDOW} to {H2_MAX_WINDOW} bytes (RFC 9113 6.9.2)")
     return size
+
+
+def upstream_protocol(value: object) -> UpstreamProtocol:
+    """A cluster's `protocol: http1 | http2` (HTTP/2 with prior knowledge, as gRPC servers expect)."""
+    if value == "http1":
+        return "http1"
+    if value == "http2":
+        return "http2"
+    raise ValueError(f"must be http1 or http2, got {value!r}")
 
 
 def http2_options(r: Reader, node: object, path: str) -> Http2Options:

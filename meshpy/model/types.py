@@ -247,6 +247,7 @@ H2_MIN_WINDOW, H2_MAX_WINDOW = 65535, 2**31 - 1  # RFC 9113 6.9.2; smaller start
 
 # Which wire protocol a listener speaks: auto decides per connection from its first bytes.
 HttpCodec = Literal["auto", "http1", "http2"]
+UpstreamProtocol = Literal["http1", "http2"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -426,6 +427,8 @@ class Cluster:
     circuit_breakers: CircuitBreakers = DEFAULT_BREAKERS
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
+    protocol: UpstreamProtocol = "http1"  # what meshpy speaks to the endpoints
+    http2: Http2Options = DEFAULT_HTTP2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ makes itself (meshpy.stack.replies) and retries (meshpy.stack.retrying).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from meshpy.codec.http1 import (
     CONTINUE_100,
@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.routing.table import CompiledRoute
     from meshpy.stack.parts import Downstream
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamHttp1
+    from meshpy.transport.upstream_http2 import UpstreamStream
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 BODY_BUFFER_HIGH = 256 * 1024  # request body held while the upstream connection opens
@@ -125,7 +126,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         self.route: CompiledRoute | None = None
         self.cluster: ClusterRuntime | None = None
         self.host: Host | None = None
-        self.conn: UpstreamHttp1 | None = None
+        self.conn: UpstreamConn | None = None
         self.up_head_bytes = b""
         self._head_base = b""  # the upstream head without x-envoy-attempt-count (retry routes only)
         self.retry: RetryState | None = None
@@ -278,7 +279,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             self.retry.keep(data)
         conn = self.conn
         if conn is not None:
-            conn.write(chunk(data) if self.facts.chunked else data)
+            conn.write_body(data, self.facts.chunked)
             return
         buf = self._buffered
         if buf is None:
@@ -296,8 +297,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             self._send_local()
             return
         conn = self.conn
-        if conn is not None and self.facts.chunked:
-            conn.write(LAST_CHUNK)
+        if conn is not None:
+            conn.end_body(self.facts.chunked)
         if self.host is not None:
             self._request_timers()
 
@@ -317,7 +318,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             self._abort("DPE")
 
     # -- upstream connection -----------------------------------------------------------------------
-    def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None:
+    def _on_pool(self, result: UpstreamConn | BaseException) -> None:
         if isinstance(result, BaseException):
             if not self.done:
                 if isinstance(result, PoolOverflow):
@@ -333,7 +334,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             return
         self._attach(result)
 
-    def _attach(self, conn: UpstreamHttp1) -> None:
+    def _attach(self, conn: UpstreamConn) -> None:
         self.conn = conn
         self._reused = conn.used
         conn.attach(self, self.head_request)
@@ -356,19 +357,24 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
                 now = self.down.loop.time()
                 rs.try_deadline = now + rs.policy.per_try_timeout
                 self._schedule(rs.try_deadline, now)
+        if buf and self._buffered is not None:
+            self._buffered = None
+            self._buffered_bytes = 0
+            self.down.resume_reading(_PAUSE_BODY_BUFFER)
+        if conn.multiplexed:  # an HTTP/2 stream: it frames the head and body itself
+            cast("UpstreamStream", conn).send_request(self.up_head_bytes, list(buf) if buf else [],
+                                                      self.req_done)
+            return
         if buf:
             if self.facts.chunked:
                 out.extend(chunk(b) for b in buf)
             else:
                 out.extend(buf)
-            if self._buffered is not None:
-                self._buffered = None
-                self._buffered_bytes = 0
-                self.down.resume_reading(_PAUSE_BODY_BUFFER)
         if self.req_done and self.facts.chunked:
             out.append(LAST_CHUNK)
-        assert conn.transport is not None
-        send(conn.transport, out)
+        transport = cast("UpstreamHttp1", conn).transport
+        assert transport is not None
+        send(transport, out)
 
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
         """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""
@@ -444,6 +450,10 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         self.down.out.append(chunk(data) if self.down_chunked else data)
         if self._deadline or self._timer is not None:
             self._last_activity = self.down.loop.time()
+
+    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Response trailers (an HTTP/2 upstream): an HTTP/1.1 client gets the body's end without them,
+        as from Envoy by default."""
 
     def up_end(self, keep_alive: bool) -> None:
         conn = self.conn

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from meshpy.codec import grpc
 from meshpy.codec.http1 import no_body_status
 from meshpy.codec.http2 import CONNECTION_SPECIFIC, RequestHead, response_fields
 from meshpy.codec.raw_head import parse_fields
@@ -26,12 +27,18 @@ _CONTINUE = [(b":status", b"100")]
 
 class H2Exchange(Exchange):
     PROTOCOL = "HTTP/2"
-    __slots__ = ("_reply", "stream")
+    __slots__ = ("_grpc", "_grpc_deadline", "_held", "_reply", "stream", "trailers")
 
     def __init__(self, stream: H2Stream, cfg: HttpListenerConfig) -> None:
         super().__init__(stream, cfg)
         self.stream = stream
         self._reply: tuple[list[tuple[bytes, bytes]], bytes] | None = None
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+        # The response head waits for the end of the upstream read that brought it (see flush), so a
+        # response that ends in its head goes out as one HEADERS frame: gRPC's trailers-only form.
+        self._held: list[tuple[bytes, bytes]] | None = None
+        self._grpc = False
+        self._grpc_deadline = 0.0
 
     # -- request side ----------------------------------------------------------------------------
     def begin(self, head: RequestHead, ended: bool) -> None:
@@ -56,6 +63,7 @@ class H2Exchange(Exchange):
                 # A body of unknown length: chunked on an HTTP/1.1 upstream connection.
                 facts.chunked = True
             self.head_complete(head.method, "2", True)
+            self._grpc_request()
         except BadRequest as err:
             if not self.method:  # not counted by head_complete
                 cfg.stats.request_started()
@@ -63,6 +71,26 @@ class H2Exchange(Exchange):
             self._local_reply(err.status, err.body, "DPE", close=True)
             return
         self.start()
+
+    def _grpc_request(self) -> None:
+        """A gRPC call: its errors are answered as gRPC statuses, and grpc-timeout is its deadline."""
+        for name, value in self.headers:
+            if name == b"content-type" and value.startswith(b"application/grpc"):
+                self._grpc = True
+            elif name == b"grpc-timeout":
+                seconds = grpc.timeout_seconds(value)
+                if seconds is None:
+                    raise BadRequest("invalid grpc-timeout")
+                self._grpc_deadline = self.stream.loop.time() + seconds
+        if self._grpc_deadline:
+            self._deadline = self._grpc_deadline
+            self._schedule(self._deadline, self.stream.loop.time())
+
+    def _request_timers(self) -> None:
+        super()._request_timers()
+        if self._grpc_deadline and (not self._deadline or self._grpc_deadline < self._deadline):
+            self._deadline = self._grpc_deadline
+            self._schedule(self._deadline, self.stream.loop.time())
 
     def _scan(self, headers: list[tuple[bytes, bytes]]) -> None:
         facts = self.facts
@@ -93,15 +121,47 @@ class H2Exchange(Exchange):
             headers = [(n, v) for n, v in headers if n != b"server"]
             headers.append((b"server", server))
         self.started = True
-        self.stream.send_head(response_fields(status, headers), self.head_request or no_body_status(status))
+        out = response_fields(status, headers)
+        if self.head_request or no_body_status(status):
+            self.stream.send_head(out, True)
+        else:
+            self._held = out
+
+    def _send_held(self, end: bool) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self.stream.send_head(held, end)
+
+    def flush(self) -> None:
+        self._send_held(False)
+        self.stream.flush()
+
+    def _finish(self) -> None:
+        self._send_held(not self.trailers)
+        super()._finish()
+
+    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        """Response trailers (gRPC's grpc-status among them): sent as the stream's end."""
+        self.trailers = [t for t in trailers if t[0] not in CONNECTION_SPECIFIC]
 
     def up_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
+        if self._held is not None:
+            self._send_held(False)
         self.stream.send_data(data)
         if self._deadline or self._timer is not None:
             self._last_activity = self.stream.loop.time()
 
     def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        if self._grpc:
+            # As Envoy: HTTP 200 with the error as a gRPC status, in one HEADERS frame (trailers-only).
+            code = grpc.status_for(status, self.flag)
+            headers = [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code),
+                       (b"grpc-message", grpc.percent_encode(body)),
+                       *(h for h in headers if h[0] not in (b"content-type", b"content-length"))]
+            status, body = 200, b""
+            self.resp_status = 200  # logged as sent, as Envoy logs it
         if no_body_status(status) or self.head_request:
             body = b""
         else:

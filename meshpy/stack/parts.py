@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from meshpy.routing.table import CompiledRoute
     from meshpy.stack.exchange import Exchange
     from meshpy.stack.retry import RetryState
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.transport.upstream_http1 import UpstreamConn
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 
@@ -49,7 +49,7 @@ class ExchangeParts:
         route: CompiledRoute | None
         cluster: ClusterRuntime | None
         host: Host | None
-        conn: UpstreamHttp1 | None
+        conn: UpstreamConn | None
         retry: RetryState | None
         method: bytes
         authority: str
@@ -74,8 +74,8 @@ class ExchangeParts:
         _local: bytes | None
         PROTOCOL: str
 
-        def _attach(self, conn: UpstreamHttp1) -> None: ...
-        def _on_pool(self, result: UpstreamHttp1 | BaseException) -> None: ...
+        def _attach(self, conn: UpstreamConn) -> None: ...
+        def _on_pool(self, result: UpstreamConn | BaseException) -> None: ...
         def _complete(self) -> None: ...
         def _finish(self) -> None: ...
         def _has_body(self) -> bool: ...

@@ -21,7 +21,7 @@ from meshpy.model.types import IDEMPOTENT_METHODS, RetryPolicy
 if TYPE_CHECKING:
     import asyncio
 
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.transport.upstream_http1 import UpstreamConn
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 # What went wrong with an attempt, as retry_on speaks of it.
@@ -136,7 +136,7 @@ class Standby:
 
     __slots__ = ("conn", "exchange", "host", "promoted")
 
-    def __init__(self, exchange: Hedging, conn: UpstreamHttp1, host: Host) -> None:
+    def __init__(self, exchange: Hedging, conn: UpstreamConn, host: Host) -> None:
         self.exchange = exchange
         self.conn = conn
         self.host = host
@@ -155,6 +155,10 @@ class Standby:
     def up_end(self, keep_alive: bool) -> None:
         if self.promoted:
             self.exchange.up_end(keep_alive)
+
+    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if self.promoted:
+            self.exchange.up_trailers(trailers)
 
     def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None:
         if self.promoted:
@@ -182,6 +186,7 @@ class Hedging(Protocol):
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
     def up_body(self, data: bytes) -> None: ...
     def up_end(self, keep_alive: bool) -> None: ...
+    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None: ...
     def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
     def up_pause_writing(self) -> None: ...
     def up_resume_writing(self) -> None: ...

@@ -96,7 +96,7 @@ class H2Stream:
         self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
 
     def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
-        self.end_response(None)
+        self.end_response(self.ex.trailers if self.ex is not None else None)
 
     # -- the response, from H2Exchange ------------------------------------------------------------
     def send_head(self, headers: list[tuple[bytes, bytes]], end: bool) -> None:

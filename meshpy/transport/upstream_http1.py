@@ -7,14 +7,16 @@ queued request down with it). Parser callbacks go straight to the attached excha
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 import httptools
 
+from meshpy.codec.http1 import LAST_CHUNK, chunk
 from meshpy.codec.raw_head import MAX_HEAD, split_head
 from meshpy.errors import UpstreamProtocolError
 
 if TYPE_CHECKING:
+    from meshpy.transport.upstream_http2 import UpstreamStream
     from meshpy.upstream.pool import HostPool
 
 
@@ -24,6 +26,7 @@ class UpstreamSink(Protocol):
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
     def up_body(self, data: bytes) -> None: ...
     def up_end(self, keep_alive: bool) -> None: ...
+    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None: ...
     def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
     def up_pause_writing(self) -> None: ...
     def up_resume_writing(self) -> None: ...
@@ -31,6 +34,7 @@ class UpstreamSink(Protocol):
 
 
 class UpstreamHttp1(asyncio.Protocol):
+    multiplexed = False  # one exchange at a time (see UpstreamStream for HTTP/2)
     __slots__ = (
         "_head_buf",
         "_in_head",
@@ -130,6 +134,14 @@ class UpstreamHttp1(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def write_body(self, data: bytes, chunked: bool) -> None:
+        assert self.transport is not None
+        self.transport.write(chunk(data) if chunked else data)
+
+    def end_body(self, chunked: bool) -> None:
+        if chunked:
+            self.write(LAST_CHUNK)
+
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed and not self.reading_paused:
             self.reading_paused = True
@@ -188,3 +200,7 @@ class UpstreamHttp1(asyncio.Protocol):
             return
         self.exchange = None
         ex.up_end(self.parser.should_keep_alive())
+
+
+# What an exchange holds while it has an upstream: a connection, or a stream of one (HTTP/2).
+UpstreamConn: TypeAlias = "UpstreamHttp1 | UpstreamStream"

@@ -20,7 +20,8 @@ from meshpy.upstream.balancers import make_balancer
 from meshpy.upstream.gauges import cluster_gauges
 from meshpy.upstream.health import HealthChecker
 from meshpy.upstream.outlier import OutlierDetector
-from meshpy.upstream.pool import HostPool
+from meshpy.upstream.pool import ConnPool, HostPool
+from meshpy.upstream.pool_h2 import Http2HostPool
 
 log = logging.getLogger("meshpy.upstream")
 
@@ -34,7 +35,7 @@ class Host:
         "uneject", "weight",
     )  # fmt: skip
 
-    def __init__(self, pool: HostPool, weight: int, hostname: str) -> None:
+    def __init__(self, pool: ConnPool, weight: int, hostname: str) -> None:
         self.pool = pool
         self.address = pool.address
         self.weight = weight
@@ -197,8 +198,14 @@ class ClusterRuntime:
             if h is not None:
                 h.weight = weight
             else:
-                pool = HostPool(self._loop, (ip, port), self.stats, self.model.connect_timeout,
-                                self.model.max_connections_per_endpoint, self)
+                m = self.model
+                pool: ConnPool
+                if m.protocol == "http2":
+                    pool = Http2HostPool(self._loop, (ip, port), self.stats, m.connect_timeout,
+                                         m.max_connections_per_endpoint, m.http2, self)
+                else:
+                    pool = HostPool(self._loop, (ip, port), self.stats, m.connect_timeout,
+                                    m.max_connections_per_endpoint, self)
                 h = Host(pool, weight, name)
                 if self.hosts and self.model.load_balancing.slow_start is not None:
                     h.joined = time.monotonic()  # joined a running cluster: it warms up

@@ -12,15 +12,39 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from meshpy.transport.upstream_http1 import UpstreamHttp1
 
 if TYPE_CHECKING:
     from meshpy.telemetry.metrics import ClusterStats
+    from meshpy.transport.upstream_http1 import UpstreamConn
 
-# A waiter gets either a live connection or the exception that stopped the connect.
-Waiter = Callable[["UpstreamHttp1 | BaseException"], None]
+# A waiter gets either a live connection (or HTTP/2 stream) or the exception that stopped the connect.
+Waiter = Callable[["UpstreamConn | BaseException"], None]
+
+
+class ConnPool(Protocol):
+    """What a cluster and its exchanges use of a host's pool: HostPool here (HTTP/1.1) or
+    Http2HostPool (meshpy.upstream.pool_h2). Each only ever gets back what it gave out."""
+
+    address: tuple[str, int]
+    stats: ClusterStats
+    busy: int
+    closed: bool
+
+    @property
+    def total(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def idle_count(self) -> int: ...
+    def checkout(self, waiter: Waiter) -> UpstreamConn | None: ...
+    def release(self, conn: UpstreamConn) -> None: ...
+    def discard(self, conn: UpstreamConn) -> None: ...
+    def cancel_waiter(self, waiter: Waiter) -> None: ...
+    def evict_idle(self, now: float, idle_timeout: float) -> None: ...
+    def close(self) -> None: ...
 
 
 class PoolOverflow(Exception):
@@ -112,7 +136,7 @@ class HostPool:
     def total(self) -> int:
         return len(self._idle) + self.busy + self._connecting
 
-    def checkout(self, waiter: Waiter) -> UpstreamHttp1 | None:
+    def checkout(self, waiter: Waiter) -> UpstreamConn | None:
         """An idle live connection at once, or None and `waiter` is called later with one, or with
         an error (PoolOverflow at once when a circuit breaker is full)."""
         idle = self._idle
@@ -147,8 +171,9 @@ class HostPool:
         self._waiters.append(waiter)
         return None
 
-    def release(self, conn: UpstreamHttp1) -> None:
+    def release(self, given: UpstreamConn) -> None:
         """Return a connection after a complete exchange; it must be reusable."""
+        conn = cast(UpstreamHttp1, given)  # this pool gives out nothing else
         self.busy -= 1
         self.limits.busy -= 1
         if not conn.is_usable():
@@ -172,7 +197,7 @@ class HostPool:
         self._idle.append(conn)
         self.stats.pool_idle += 1
 
-    def discard(self, conn: UpstreamHttp1) -> None:
+    def discard(self, conn: UpstreamConn) -> None:
         """A busy connection that must not be reused (error, timeout, `Connection: close`)."""
         self.busy -= 1
         self.limits.busy -= 1

@@ -1,0 +1,381 @@
+"""The upstream side over HTTP/2: one connection carries many exchanges, one stream each.
+
+An exchange holds an `UpstreamStream` where it would hold an HTTP/1.1 connection, with the same
+methods, so routing, retries and hedging do not know which protocol the cluster speaks. The request
+head arrives as the HTTP/1.1 head the exchange built (its retries edit that one form); it is turned
+into an HTTP/2 header list here. The response head goes back as a fields block (meshpy.codec.raw_head),
+so the exchange's response path is the same too; trailers go to `up_trailers`.
+
+Flow control: response data is acknowledged to the upstream only while the exchange's client keeps
+up (`pause_reading` holds the acknowledgements back, so the upstream's window closes); request data
+goes out as the upstream's window allows, and the rest waits here, holding the client back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import TYPE_CHECKING, Protocol, cast
+
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from meshpy.codec.http2 import CONNECTION_SPECIFIC, Connection, config
+from meshpy.codec.raw_head import parse_fields
+from meshpy.errors import UpstreamProtocolError
+
+if TYPE_CHECKING:
+    from meshpy.model.types import Http2Options
+    from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamSink
+
+
+class StreamPool(Protocol):
+    def discard(self, conn: UpstreamConn) -> None: ...
+    def connection_gone(self, conn: UpstreamHttp2, lost: bool) -> None: ...
+    def capacity_freed(self, conn: UpstreamHttp2) -> None: ...
+
+
+class RefusedStream(ConnectionError):
+    """The upstream will not process this stream (GOAWAY below it, or REFUSED_STREAM): safe to retry."""
+
+
+def h2_request_headers(head: bytes) -> list[tuple[bytes, bytes]]:
+    """An HTTP/1.1 request head as built by the exchange, as an HTTP/2 header list."""
+    line_end = head.find(b"\r\n")
+    method, target, _ = head[:line_end].split(b" ", 2)
+    fields = parse_fields(head[line_end:])
+    authority = b""
+    out = [(b":method", method), (b":scheme", b"http"), (b":path", target)]
+    rest: list[tuple[bytes, bytes]] = []
+    for name, value in fields:
+        if name == b"host":
+            authority = value
+        elif name not in CONNECTION_SPECIFIC:
+            rest.append((name, value))
+    out.append((b":authority", authority))
+    out.extend(rest)
+    return out
+
+
+class UpstreamStream:
+    """One request on an HTTP/2 upstream connection (see the module docstring)."""
+
+    multiplexed = True
+    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head_request", "pending", "pool",
+                 "sid", "used")
+
+    def __init__(self, conn: UpstreamHttp2) -> None:
+        self.conn = conn
+        self.pool = conn.pool
+        self.sid = 0
+        self.exchange: UpstreamSink | None = None
+        self.head_request = False
+        self.used = conn.streams_total > 0
+        self.pending: deque[bytes] = deque()
+        self.ended = False  # END_STREAM wanted after `pending`
+        self._held = False
+        self._unacked = 0
+
+    def attach(self, exchange: UpstreamSink, head_request: bool) -> None:
+        self.exchange = exchange
+        self.head_request = head_request
+
+    def detach(self) -> None:
+        self.exchange = None
+
+    def is_usable(self) -> bool:
+        return self.conn.usable()
+
+    def send_request(self, head: bytes, body: list[bytes], end: bool) -> None:
+        self.conn.open(self, h2_request_headers(head), not body and end)
+        if body:
+            self.pending.extend(body)
+            self.ended = end
+            self.conn.pump(self)
+        self.conn.flush()
+
+    def write_body(self, data: bytes, chunked: bool) -> None:
+        self.pending.append(data)
+        self.conn.pump(self)
+        self.conn.flush()
+
+    def end_body(self, chunked: bool) -> None:
+        self.ended = True
+        self.conn.pump(self)
+        self.conn.flush()
+
+    def pause_reading(self) -> None:
+        self._held = True
+
+    def resume_reading(self) -> None:
+        self._held = False
+        if self._unacked:
+            n, self._unacked = self._unacked, 0
+            self.conn.ack(self, n)
+
+    def received(self, n: int) -> None:
+        if self._held:
+            self._unacked += n
+        else:
+            self.conn.ack(self, n)
+
+    def close(self) -> None:
+        """Not reusable: the stream is cancelled if it still runs; the connection stays."""
+        self.conn.cancel(self)
+
+
+class UpstreamHttp2(asyncio.Protocol):
+    __slots__ = ("_extra_window", "closed", "goaway", "h2", "idle_since", "max_streams", "pool", "streams",
+                 "streams_total", "transport")
+
+    def __init__(self, pool: StreamPool, opts: Http2Options) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.h2 = Connection(config(client_side=True))
+        codes = h2.settings.SettingCodes
+        self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
+            codes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size, codes.ENABLE_PUSH: 0,
+            codes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams})
+        self._extra_window = opts.initial_connection_window_size - 65535
+        self.streams: dict[int, UpstreamStream] = {}
+        self.streams_total = 0
+        # Streams this side opens at most at once: ours, until the upstream's SETTINGS say less.
+        self.max_streams = opts.max_concurrent_streams
+        self.closed = False
+        self.goaway = False  # the upstream sent GOAWAY: no new streams here
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.h2.initiate_connection()
+        if self._extra_window > 0:
+            self.h2.increment_flow_control_window(self._extra_window)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for s in streams:
+            ex = s.exchange
+            if ex is not None:
+                s.exchange = None
+                ex.up_failed(exc, False)
+        self.pool.connection_gone(self, True)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as err:
+            self.flush()
+            self._fail_all(UpstreamProtocolError(f"http2: {err}"))
+            return
+        touched: set[UpstreamSink] = set()
+        for ev in events:
+            kind = type(ev)
+            if kind is h2.events.DataReceived:
+                ev_d = cast(h2.events.DataReceived, ev)
+                s = self.streams.get(ev_d.stream_id or 0)
+                n = ev_d.flow_controlled_length or 0
+                if s is None:
+                    if n:
+                        self.h2.acknowledge_received_data(n, ev_d.stream_id or 0)
+                    continue
+                if s.exchange is not None:
+                    s.exchange.up_body(ev_d.data or b"")
+                    touched.add(s.exchange)
+                s.received(n)
+            elif kind is h2.events.ResponseReceived:
+                ev_r = cast(h2.events.ResponseReceived, ev)
+                self._head(ev_r.stream_id or 0, ev_r.headers or [], touched)
+            elif kind is h2.events.InformationalResponseReceived:
+                ev_i = cast(h2.events.InformationalResponseReceived, ev)
+                self._head(ev_i.stream_id or 0, ev_i.headers or [], touched)
+            elif kind is h2.events.TrailersReceived:
+                ev_t = cast(h2.events.TrailersReceived, ev)
+                s = self.streams.get(ev_t.stream_id or 0)
+                if s is not None and s.exchange is not None:
+                    s.exchange.up_trailers(list(ev_t.headers or []))
+            elif kind is h2.events.StreamEnded:
+                self._ended(cast(h2.events.StreamEnded, ev).stream_id or 0, touched)
+            elif kind is h2.events.StreamReset:
+                ev_x = cast(h2.events.StreamReset, ev)
+                refused = ev_x.error_code == ErrorCodes.REFUSED_STREAM
+                self._stream_failed(ev_x.stream_id or 0, RefusedStream("refused") if refused else None)
+            elif kind is h2.events.WindowUpdated:
+                self._window(cast(h2.events.WindowUpdated, ev).stream_id or 0)
+            elif kind is h2.events.RemoteSettingsChanged:
+                codes = h2.settings.SettingCodes
+                changed = cast(h2.events.RemoteSettingsChanged, ev).changed_settings
+                if codes.MAX_CONCURRENT_STREAMS in changed:
+                    self.max_streams = min(self.max_streams, changed[codes.MAX_CONCURRENT_STREAMS].new_value)
+                self._window(0)
+                self.pool.capacity_freed(self)
+            elif kind is h2.events.ConnectionTerminated:
+                self._goaway(cast(h2.events.ConnectionTerminated, ev))
+        self.flush()
+        for ex in touched:
+            ex.flush()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        for s in self.streams.values():
+            if s.exchange is not None:
+                s.exchange.up_pause_writing()
+
+    def resume_writing(self) -> None:
+        for s in list(self.streams.values()):
+            if s.exchange is not None:
+                s.exchange.up_resume_writing()
+
+    # -- events ------------------------------------------------------------------------------------
+    def _head(self, sid: int, headers: list[tuple[bytes, bytes]], touched: set[UpstreamSink]) -> None:
+        s = self.streams.get(sid)
+        if s is None or s.exchange is None:
+            return
+        status = 0
+        lines = [b""]
+        for name, value in headers:
+            if name == b":status":
+                status = int(value)
+            elif name[:1] != b":":
+                lines.append(name + b": " + value)
+        lines.append(b"\r\n")
+        touched.add(s.exchange)
+        # A HEAD response ends with END_STREAM like any other, so unlike HTTP/1.1 nothing special.
+        s.exchange.up_head(status, b"\r\n".join(lines), True)
+
+    def _ended(self, sid: int, touched: set[UpstreamSink]) -> None:
+        s = self.streams.pop(sid, None)
+        if s is None:
+            return
+        self._stream_closed()
+        ex = s.exchange
+        if ex is not None:
+            s.exchange = None
+            touched.add(ex)
+            ex.up_end(True)
+
+    def _stream_failed(self, sid: int, exc: BaseException | None) -> None:
+        s = self.streams.pop(sid, None)
+        if s is None:
+            return
+        self._stream_closed()
+        ex = s.exchange
+        if ex is not None:
+            s.exchange = None
+            ex.up_failed(exc, False)
+
+    def _stream_closed(self) -> None:
+        self.pool.capacity_freed(self)
+        if not self.streams and self.transport is not None:
+            self.idle_since = asyncio.get_running_loop().time() if not self.goaway else 0.0
+            if self.goaway:
+                self.close()
+
+    def _goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+        """Streams up to last_stream_id finish here; later ones were never processed: refused."""
+        self.goaway = True
+        last = ev.last_stream_id or 0
+        for sid in [sid for sid in self.streams if sid > last]:
+            self._stream_failed(sid, RefusedStream("GOAWAY"))
+        if ev.error_code != ErrorCodes.NO_ERROR:
+            self._fail_all(UpstreamProtocolError(f"GOAWAY {ev.error_code!r}"))
+        elif not self.streams:
+            self.close()
+        self.pool.connection_gone(self, False)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.goaway = True
+        for sid in list(self.streams):
+            self._stream_failed(sid, exc)
+        self.close()
+
+    # -- used by streams and the pool ------------------------------------------------------------
+    def usable(self) -> bool:
+        t = self.transport
+        return not self.closed and not self.goaway and t is not None and not t.is_closing()
+
+    def has_room(self) -> bool:
+        return self.usable() and len(self.streams) < self.max_streams
+
+    def new_stream(self) -> UpstreamStream:
+        s = UpstreamStream(self)
+        self.streams_total += 1
+        return s
+
+    def open(self, s: UpstreamStream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        sid = self.h2.get_next_available_stream_id()
+        s.sid = sid
+        self.streams[sid] = s
+        self.h2.send_headers(sid, headers, end_stream=end)
+
+    def pump(self, s: UpstreamStream) -> None:
+        if self.closed or s.sid not in self.streams:
+            return
+        h2c = self.h2
+        pending = s.pending
+        try:
+            while pending:
+                window = min(h2c.local_flow_control_window(s.sid), h2c.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                data = pending[0]
+                if len(data) <= window:
+                    pending.popleft()
+                    h2c.send_data(s.sid, data)
+                else:
+                    h2c.send_data(s.sid, data[:window])
+                    pending[0] = data[window:]
+            if pending:
+                if s.exchange is not None:
+                    s.exchange.up_pause_writing()
+                return
+            if s.exchange is not None:
+                s.exchange.up_resume_writing()
+            if s.ended:
+                s.ended = False
+                h2c.end_stream(s.sid)
+        except h2.exceptions.StreamClosedError:
+            pass  # the upstream reset it: StreamReset reports that
+
+    def _window(self, sid: int) -> None:
+        if sid:
+            one = self.streams.get(sid)
+            targets = [one] if one is not None else []
+        else:
+            targets = list(self.streams.values())
+        for s in targets:
+            if s.pending:
+                self.pump(s)
+
+    def ack(self, s: UpstreamStream, n: int) -> None:
+        if not self.closed and s.sid:
+            self.h2.acknowledge_received_data(n, s.sid)
+            self.flush()
+
+    def cancel(self, s: UpstreamStream) -> None:
+        s.exchange = None
+        if self.streams.pop(s.sid, None) is None:
+            return
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.reset_stream(s.sid, ErrorCodes.CANCEL)
+            self.flush()
+        self._stream_closed()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,167 @@
+"""The HTTP/2 connection pool of one upstream host: streams handed out over few connections.
+
+Same interface and circuit breakers as the HTTP/1.1 HostPool (meshpy.upstream.pool), so a cluster
+and its exchanges use either without knowing which. A request gets a stream on a connection with
+room (below the upstream's SETTINGS_MAX_CONCURRENT_STREAMS); when every connection is full another
+is opened, up to max_connections_per_endpoint. A connection that got GOAWAY takes no new streams and
+closes once its last one ends; the next request opens a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+from meshpy.transport.upstream_http2 import UpstreamHttp2, UpstreamStream
+from meshpy.upstream.pool import Limits, PoolOverflow, no_limits
+
+if TYPE_CHECKING:
+    from meshpy.model.types import Http2Options
+    from meshpy.telemetry.metrics import ClusterStats
+    from meshpy.transport.upstream_http1 import UpstreamConn
+    from meshpy.upstream.pool import Waiter
+
+_PENDING_FULL = PoolOverflow("max_pending_requests")
+_REQUESTS_FULL = PoolOverflow("max_requests")
+
+
+class Http2HostPool:
+    __slots__ = ("_connecting", "_conns", "_loop", "_waiters", "address", "busy", "closed", "connect_timeout",
+                 "limits", "max_connections", "opts", "stats")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
+                 connect_timeout: float, max_connections: int, opts: Http2Options,
+                 limits: Limits | None = None) -> None:
+        self._loop = loop
+        self.address = address
+        self.stats = stats
+        self.connect_timeout = connect_timeout
+        self.max_connections = max_connections
+        self.opts = opts
+        self.limits = limits if limits is not None else no_limits()
+        self._conns: list[UpstreamHttp2] = []
+        self._connecting = 0
+        self._waiters: deque[Waiter] = deque()
+        self.busy = 0
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def idle_count(self) -> int:
+        return sum(1 for c in self._conns if not c.streams)
+
+    @property
+    def total(self) -> int:
+        return len(self._conns) + self._connecting
+
+    def checkout(self, waiter: Waiter) -> UpstreamConn | None:
+        limits = self.limits
+        if limits.busy >= limits.rq_limit:
+            self.stats.rq_pending_overflow += 1
+            waiter(_REQUESTS_FULL)
+            return None
+        for conn in self._conns:
+            if conn.has_room():
+                return self._take(conn)
+        if limits.pending() >= limits.pending_limit:
+            self.stats.rq_pending_overflow += 1
+            waiter(_PENDING_FULL)
+            return None
+        self._waiters.append(waiter)
+        # One connect at a time is enough: a new connection has room for many streams.
+        if not self._connecting and len(self._conns) < self.max_connections:
+            self._start_connect()
+        return None
+
+    def _take(self, conn: UpstreamHttp2) -> UpstreamStream:
+        self.busy += 1
+        self.limits.busy += 1
+        return conn.new_stream()
+
+    def release(self, s: UpstreamConn) -> None:
+        self.busy -= 1
+        self.limits.busy -= 1
+
+    def discard(self, s: UpstreamConn) -> None:
+        self.busy -= 1
+        self.limits.busy -= 1
+        s.close()
+
+    def forget_idle(self, conn: object) -> None:
+        """(HTTP/1.1 pools only: an HTTP/2 connection reports through connection_gone.)"""
+
+    def cancel_waiter(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
+    def evict_idle(self, now: float, idle_timeout: float) -> None:
+        for conn in list(self._conns):
+            if not conn.streams and conn.idle_since and now - conn.idle_since >= idle_timeout:
+                conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self._conns):
+            if not conn.streams:
+                conn.close()
+        if not self._conns and not self._connecting:
+            err = ConnectionAbortedError("host removed")
+            while self._waiters:
+                self._waiters.popleft()(err)
+
+    # -- from connections ------------------------------------------------------------------------
+    def connection_gone(self, conn: UpstreamHttp2, lost: bool) -> None:
+        """`conn` takes no new streams (GOAWAY), or is closed (`lost`)."""
+        if lost:
+            self.stats.cx_active -= 1
+        if conn in self._conns:
+            self._conns.remove(conn)
+        if self._waiters and not self._connecting and not self.closed:
+            self._start_connect()
+
+    def capacity_freed(self, conn: UpstreamHttp2) -> None:
+        while self._waiters and conn.has_room():
+            self._waiters.popleft()(self._take(conn))
+        if self.closed and not conn.streams:
+            conn.close()
+
+    # -- connecting --------------------------------------------------------------------------------
+    def _start_connect(self) -> None:
+        self._connecting += 1
+        task = self._loop.create_task(self._connect())
+
+        def done(t: asyncio.Task[UpstreamHttp2]) -> None:
+            self._connecting -= 1
+            exc = ConnectionAbortedError("connect cancelled") if t.cancelled() else t.exception()
+            if exc is not None:
+                self.stats.cx_connect_fail += 1
+                # Every waiter was waiting on this connect; each gets the error (retries decide).
+                waiters, self._waiters = self._waiters, deque()
+                for w in waiters:
+                    w(exc)
+                return
+            conn = t.result()
+            self._conns.append(conn)
+            self.capacity_freed(conn)
+            if self._waiters and len(self._conns) < self.max_connections:
+                self._start_connect()
+
+        task.add_done_callback(done)
+
+    async def _connect(self) -> UpstreamHttp2:
+        host, port = self.address
+        conn = UpstreamHttp2(self, self.opts)
+        async with asyncio.timeout(self.connect_timeout):
+            await self._loop.create_connection(lambda: conn, host, port)
+        self.stats.cx_total += 1
+        self.stats.cx_active += 1
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn

@@ -1,0 +1,69 @@
+"""A real grpcio server for tests, with raw-bytes methods (no generated code needed):
+/echo.Echo/Unary, /echo.Echo/ServerStream, /echo.Echo/ClientStream, /echo.Echo/Bidi, and
+/echo.Echo/Fail (answers the status named by the request, e.g. b"NOT_FOUND:why"),
+/echo.Echo/Sleep (sleeps the milliseconds named by the request)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+SERVICE = "echo.Echo"
+
+
+def _unary(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("x-served-by", "grpc-echo"),))
+    return request
+
+
+def _server_stream(request: bytes, context: Any) -> Iterator[bytes]:
+    count = int(request or b"3")
+    for i in range(count):
+        yield b"part-%d" % i
+
+
+def _client_stream(requests: Iterator[bytes], context: Any) -> bytes:
+    total = 0
+    n = 0
+    for r in requests:
+        total += len(r)
+        n += 1
+    return b"%d messages, %d bytes" % (n, total)
+
+
+def _bidi(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+    for r in requests:
+        yield r.upper()
+
+
+def _fail(request: bytes, context: Any) -> bytes:
+    name, _, message = request.decode().partition(":")
+    context.abort(grpc.StatusCode[name], message)
+    raise AssertionError("not reached")
+
+
+def _sleep(request: bytes, context: Any) -> bytes:
+    time.sleep(int(request) / 1000)
+    return b"slept"
+
+
+def start(port: int) -> grpc.Server:
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(_server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+        "Fail": grpc.unary_unary_rpc_method_handler(_fail),
+        "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         options=[("grpc.max_receive_message_length", 8 << 20),
+                                  ("grpc.max_send_message_length", 8 << 20)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
