@@ -1,0 +1,134 @@
+"""gRPC through a real meshpy process, with a real grpcio client and server: every call shape, big
+messages, deadlines, cancellation, statuses passed through, and errors made by the proxy as gRPC
+statuses. Also HTTP/1.1 in and HTTP/2 out, with a second meshpy listener as the HTTP/2 upstream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import grpc_echo
+import pytest
+from kit import Proxy, eventually, free_port, http
+
+CONFIG = """
+admin: 127.0.0.1:{admin}
+drain_time: 0s
+listeners:
+  - name: grpc
+    address: 127.0.0.1:{port}
+    access_log: stdout
+    routes:
+      - match: /echo.Echo/
+        cluster: echo
+        timeout: 0s
+      - match: /down.Down/
+        cluster: nowhere
+  - name: plain
+    address: 127.0.0.1:{plain}
+    routes:
+      - match: /
+        cluster: h2-loop
+  - name: h2-only
+    address: 127.0.0.1:{h2only}
+    protocol: http2
+    routes:
+      - match: /
+        direct: {{status: 200, body: "over h2"}}
+clusters:
+  - name: echo
+    protocol: http2
+    endpoints: [127.0.0.1:{upstream}]
+  - name: nowhere
+    protocol: http2
+    endpoints: [127.0.0.1:{closed}]
+  - name: h2-loop
+    protocol: http2
+    endpoints: [127.0.0.1:{h2only}]
+"""
+
+BIG = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[tuple[Proxy, int, int]]:
+    up = free_port()
+    server = grpc_echo.start(up)
+    port, admin, plain, h2only = free_port(), free_port(), free_port(), free_port()
+    p = Proxy(CONFIG.format(admin=admin, port=port, plain=plain, h2only=h2only, upstream=up,
+                            closed=free_port()), admin).start()
+    yield p, port, plain
+    p.stop()
+    server.stop(0)
+
+
+@pytest.fixture
+def channel(env: tuple[Proxy, int, int]) -> Iterator[grpc.Channel]:
+    ch = grpc.insecure_channel(f"127.0.0.1:{env[1]}", options=BIG)
+    yield ch
+    ch.close()
+
+
+def test_every_call_shape(channel: grpc.Channel) -> None:
+    reply, call = channel.unary_unary("/echo.Echo/Unary").with_call(b"hello", timeout=10)
+    assert reply == b"hello"
+    assert ("x-served-by", "grpc-echo") in tuple(call.trailing_metadata() or ())  # trailers pass
+    assert list(channel.unary_stream("/echo.Echo/ServerStream")(b"5", timeout=10)) == \
+        [b"part-%d" % i for i in range(5)]
+    parts = [b"a" * 100, b"b" * 2000, b"c"]
+    assert channel.stream_unary("/echo.Echo/ClientStream")(iter(parts), timeout=10) == \
+        b"3 messages, 2101 bytes"
+    assert list(channel.stream_stream("/echo.Echo/Bidi")(iter([b"x", b"yz"]), timeout=10)) == [b"X", b"YZ"]
+
+
+def test_four_mib_messages_both_ways(channel: grpc.Channel) -> None:
+    big = bytes(range(256)) * (4 * 4096)
+    assert channel.unary_unary("/echo.Echo/Unary")(big, timeout=30) == big
+
+
+@pytest.mark.parametrize("code", ["NOT_FOUND", "INVALID_ARGUMENT", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"])
+def test_upstream_statuses_pass_through(channel: grpc.Channel, code: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/echo.Echo/Fail")(f"{code}:said the server".encode(), timeout=10)
+    assert caught.value.code() == grpc.StatusCode[code]
+    assert caught.value.details() == "said the server"
+
+
+def test_deadline_exceeded_by_the_proxy(env: tuple[Proxy, int, int], channel: grpc.Channel) -> None:
+    p = env[0]
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/echo.Echo/Sleep")(b"3000", timeout=0.4)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The proxy timed the call out from grpc-timeout (flag UT), at about the same time as the client.
+    eventually(lambda: '"path":"/echo.Echo/Sleep"' in p.logs(), "the call is logged")
+    line = [x for x in p.logs().splitlines() if '"path":"/echo.Echo/Sleep"' in x][-1]
+    assert '"response_flags":"UT"' in line or '"response_flags":"DC"' in line
+
+
+def test_cancellation_reaches_the_proxy(env: tuple[Proxy, int, int], channel: grpc.Channel) -> None:
+    p = env[0]
+    future = channel.unary_unary("/echo.Echo/Sleep").future(b"2000", timeout=10)
+    eventually(lambda: p.metric("meshpy_upstream_rq_active", cluster="echo") == 1, "the call is upstream")
+    future.cancel()
+    eventually(lambda: p.metric("meshpy_upstream_rq_active", cluster="echo") == 0, "the upstream stream ends")
+    with pytest.raises(grpc.FutureCancelledError):
+        future.result()
+
+
+def test_proxy_errors_are_grpc_statuses(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/no.Such/Method")(b"x", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # no route
+    with pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/down.Down/Call")(b"x", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # connect failure
+
+
+def test_http1_in_http2_out(env: tuple[Proxy, int, int]) -> None:
+    p, _, plain = env
+    r = http(plain, path="/anything")
+    assert (r.status, r.body) == (200, b"over h2")
+    assert p.metric("meshpy_upstream_cx_active", cluster="h2-loop") == 1
+    for _ in range(20):  # one multiplexed connection serves them all
+        assert http(plain, path="/again").status == 200
+    assert p.metric("meshpy_upstream_cx_total", cluster="h2-loop") == 1
