@@ -29,6 +29,7 @@ from meshpy.telemetry.metrics import Metrics
 from meshpy.transport.downstream_http1 import Http1Downstream
 from meshpy.transport.upstream_http1 import UpstreamHttp1
 from meshpy.upstream.cluster import ClusterManager, ClusterRuntime
+from meshpy.upstream.pool import HostPool
 
 CONFIG = """
 listeners:
@@ -137,6 +138,7 @@ def build(loop: asyncio.AbstractEventLoop, config_text: str = CONFIG) -> Stack:
     down.connection_made(down_t)  # type: ignore[arg-type]
     cluster = clusters["up"]
     pool = cluster.hosts[0].pool
+    assert isinstance(pool, HostPool)  # an HTTP/1.1 cluster
     up = UpstreamHttp1(pool)
     up_t = FakeTransport()
     up.connection_made(up_t)  # type: ignore[arg-type]
