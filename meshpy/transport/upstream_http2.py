@@ -251,25 +251,24 @@ class UpstreamHttp2(asyncio.Protocol):
         # A HEAD response ends with END_STREAM like any other, so unlike HTTP/1.1 nothing special.
         s.exchange.up_head(status, b"\r\n".join(lines), True)
 
-    def _ended(self, sid: int, touched: set[UpstreamSink]) -> None:
+    def _close_stream(self, sid: int) -> UpstreamSink | None:
+        """Forget stream `sid`; its exchange, if it still has one, is returned to be told how it ended."""
         s = self.streams.pop(sid, None)
         if s is None:
-            return
+            return None
         self._stream_closed()
-        ex = s.exchange
+        ex, s.exchange = s.exchange, None
+        return ex
+
+    def _ended(self, sid: int, touched: set[UpstreamSink]) -> None:
+        ex = self._close_stream(sid)
         if ex is not None:
-            s.exchange = None
             touched.add(ex)
             ex.up_end(True)
 
     def _stream_failed(self, sid: int, exc: BaseException | None) -> None:
-        s = self.streams.pop(sid, None)
-        if s is None:
-            return
-        self._stream_closed()
-        ex = s.exchange
+        ex = self._close_stream(sid)
         if ex is not None:
-            s.exchange = None
             ex.up_failed(exc, False)
 
     def _stream_closed(self) -> None:
