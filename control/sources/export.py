@@ -226,6 +226,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
             "stat_prefix": lis.name,
             "codec_type": h.codec.upper(),
             "http2_protocol_options": http2_options(h.http2),
+            "upgrade_configs": [{"upgrade_type": u} for u in h.upgrades],
             "rds": {"route_config_name": rds_name, "config_source": ADS},
             "http_filters": [*policies.guard_filters(h, lis.name),
                              {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
@@ -294,7 +295,8 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         "typed_extension_protocol_options": {
             HTTP_OPTIONS_KEY: {
                 "@type": "type.googleapis.com/" + HTTP_OPTIONS_KEY,
-                "explicit_http_config": {"http_protocol_options": {}},
+                "explicit_http_config": {"http2_protocol_options": http2_options(c.http2)}
+                if c.protocol == "http2" else {"http_protocol_options": {}},
                 "common_http_protocol_options": {"idle_timeout": duration(c.pool_idle_timeout)},
             }
         },

@@ -21,7 +21,7 @@ from meshpy.model.meshpy_yaml_policies import (
     outlier_detection,
     rate_limit,
 )
-from meshpy.model.meshpy_yaml_protocols import http2_options, upstream_protocol
+from meshpy.model.meshpy_yaml_protocols import http2_options, upgrade_types, upstream_protocol
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -85,6 +85,7 @@ _HTTP_KEYS = (
     "routes",
     "rate_limit",
     "http2",
+    "upgrades",
 )
 _TCP_KEYS = ("cluster",)
 # `protocol:` of a listener; http is the same as auto (HTTP/1.1 or HTTP/2, by the first bytes).
@@ -196,7 +197,7 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
         )
         return Listener(name=name, address=address, kind="tcp", tcp=tcp)
     http = _http_options(r, f, path, name, logs)
-    http = replace(http, codec=_CODECS[protocol],
+    http = replace(http, codec=_CODECS[protocol], upgrades=f.get("upgrades", upgrade_types, ("websocket",)),
                    http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2)
     return Listener(name=name, address=address, kind="http", http=http)
 

@@ -3,6 +3,7 @@
     listeners:
       - address: 0.0.0.0:8080
         protocol: auto            # http (= auto), http1, http2 or tcp
+        upgrades: [websocket]     # HTTP/1.1 Upgrade types tunnelled after a 101 (the default)
         http2: {max_concurrent_streams: 100, initial_stream_window_size: 64KiB,
                 initial_connection_window_size: 1MiB}
     clusters:
@@ -25,6 +26,15 @@ def _window(value: object) -> int:
     if not H2_MIN_WINDOW <= size <= H2_MAX_WINDOW:
         raise ValueError(f"must be from {H2_MIN_WINDOW} to {H2_MAX_WINDOW} bytes (RFC 9113 6.9.2)")
     return size
+
+
+def upgrade_types(value: object) -> tuple[str, ...]:
+    """`upgrades: [websocket]` (the default), `[]` or `off` for none: HTTP/1.1 Upgrade types tunnelled."""
+    if value is None or value is False or value == "off":
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError("must be a list of upgrade types, e.g. [websocket]")
+    return tuple(dict.fromkeys(v.strip().lower() for v in value))
 
 
 def upstream_protocol(value: object) -> UpstreamProtocol:

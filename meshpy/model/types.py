@@ -276,6 +276,8 @@ class HttpOptions:
     rate_limit: LocalRateLimit | None = None  # one bucket for the listener's routes without their own
     codec: HttpCodec = "auto"
     http2: Http2Options = DEFAULT_HTTP2
+    # Upgrade types (lowercase) proxied as tunnels after a 101; others are proxied as plain requests.
+    upgrades: tuple[str, ...] = ("websocket",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

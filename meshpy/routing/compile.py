@@ -60,6 +60,7 @@ class HttpListenerConfig:
         "table",
         "tcp",
         "timer_interval",
+        "upgrades",
         "use_remote_address",
     )
 
@@ -86,6 +87,7 @@ class HttpListenerConfig:
             self.body_limit = None
             self.max_headers = self.max_header_bytes = 0
             self.server_name = None
+            self.upgrades: frozenset[bytes] = frozenset()
             self.generate_rid = self.replace_rid = self.use_remote_address = self.forwarded_proto = False
             return
         self.options = opts
@@ -97,6 +99,7 @@ class HttpListenerConfig:
         self.stream_idle_timeout = opts.stream_idle_timeout
         self.body_limit = opts.max_request_body_bytes
         self.server_name = opts.server_name.encode() if opts.server_name else None
+        self.upgrades = frozenset(u.encode() for u in opts.upgrades)
         # As in Envoy: a client's x-request-id is replaced only on an edge request (use_remote_address)
         # with preserve_external_request_id off; behind another proxy it is kept. A missing one is made.
         self.generate_rid = opts.generate_request_id

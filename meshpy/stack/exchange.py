@@ -46,6 +46,7 @@ from meshpy.stack.replies import RepliesMixin
 from meshpy.stack.retry import CONNECT, RESET, RetryState
 from meshpy.stack.retrying import RetryingMixin
 from meshpy.stack.timers import TimersMixin
+from meshpy.stack.upgrades import UpgradesMixin
 from meshpy.transport.writes import send
 from meshpy.upstream.pool import PoolOverflow
 
@@ -64,7 +65,7 @@ _PAUSE_UPSTREAM = 2
 _PAUSE_BODY_BUFFER = 4
 
 
-class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
+class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
     PROTOCOL = "HTTP/1.1"  # for the access log
     __slots__ = (
         "_buffered",
@@ -79,6 +80,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         "_reused",
         "_timer",
         "_too_large",
+        "_upgraded",
         "authority",
         "bytes_in",
         "bytes_out",
@@ -88,6 +90,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         "done",
         "down",
         "down_chunked",
+        "early",
         "facts",
         "flag",
         "head_request",
@@ -107,6 +110,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         "t0",
         "target",
         "up_head_bytes",
+        "upgrade",
         "wall0",
     )
 
@@ -151,6 +155,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         self.flag = ""
         self.bytes_in = 0
         self.bytes_out = 0
+        self.upgrade: bytes | None = None  # an Upgrade the listener allows and the request asks for
+        self.early = b""  # bytes the client sent after its upgrade request, for the tunnel
         self.t0 = down.loop.time()
         self.wall0 = time.time() if cfg.loggers else 0.0
 
@@ -179,6 +185,9 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
         else:
             self.authority = facts.authority.decode("latin-1")
         self.path = target.decode("latin-1")
+        if facts.upgrade is not None and facts.upgrade.lower() in self.cfg.upgrades and \
+                facts.connection is not None and b"upgrade" in facts.connection.lower():
+            self._accept_upgrade(facts.upgrade)
         limit = self.cfg.body_limit
         if limit is not None and facts.content_length is not None and facts.content_length > limit:
             self._too_large = True  # answered 413 by start(), in turn with any pipelined request
@@ -238,6 +247,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             request_id=new_rid)
         if route.request_edits:
             route.request_edits.apply(headers)
+        if self.upgrade is not None:  # hop-by-hop, dropped above; this hop carries them on
+            headers += [(b"connection", b"upgrade"), (b"upgrade", self.upgrade)]
         target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
         # join: about half the cost of bytes %-formatting for these pieces
         self.up_head_bytes = b"".join(
@@ -385,6 +396,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin):
             if self.retry is not None and self._retry_on_status(status, fields):
                 return
         if status < 200:
+            if status == 101 and self.upgrade is not None:
+                return self._switch(fields)
             if status != 100:  # 100 was answered by the proxy itself
                 self._interim(status, fields)
             return

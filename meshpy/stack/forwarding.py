@@ -38,14 +38,14 @@ def connection_tokens(value: bytes) -> set[bytes]:
 # The request headers the proxy itself reads. The downstream parser's header callback notes them as
 # they arrive, so a common header (user-agent, accept...) costs one set lookup and no later pass.
 SCANNED = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding", b"expect",
-                     b"x-request-id", b"x-forwarded-for"})
+                     b"x-request-id", b"x-forwarded-for", b"upgrade"})
 
 
 class RequestFacts:
     """What the request headers say that the proxy needs to know; `note` takes one header of SCANNED."""
 
     __slots__ = ("authority", "chunked", "connection", "content_length", "expect_continue", "request_id",
-                 "xff_index")
+                 "upgrade", "xff_index")
 
     def __init__(self) -> None:
         self.authority: bytes | None = None
@@ -55,6 +55,7 @@ class RequestFacts:
         self.expect_continue = False
         self.request_id: bytes | None = None
         self.xff_index = -1
+        self.upgrade: bytes | None = None
 
     def note(self, name: bytes, value: bytes, index: int) -> None:
         """`index`: the header's position in the request's header list."""
@@ -73,6 +74,8 @@ class RequestFacts:
             self.request_id = value
         elif name == b"x-forwarded-for":
             self.xff_index = index
+        elif name == b"upgrade":
+            self.upgrade = value
 
 
 def scan_request(headers: list[tuple[bytes, bytes]]) -> RequestFacts:

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from meshpy.routing.table import CompiledRoute
     from meshpy.stack.exchange import Exchange
     from meshpy.stack.retry import RetryState
-    from meshpy.transport.upstream_http1 import UpstreamConn
+    from meshpy.transport.downstream_http1 import Http1Downstream
+    from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 
@@ -72,6 +73,10 @@ class ExchangeParts:
         _timer: asyncio.TimerHandle | None
         _fault_timer: asyncio.TimerHandle | None
         _local: bytes | None
+        upgrade: bytes | None
+        early: bytes
+        bytes_in: int
+        _upgraded: tuple[Http1Downstream, UpstreamHttp1]
         PROTOCOL: str
 
         def _attach(self, conn: UpstreamConn) -> None: ...
@@ -84,6 +89,7 @@ class ExchangeParts:
         def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes: ...
         def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
         # Provided by the mixins to one another:
+        def on_deadline(self) -> None: ...
         def _per_try_timeout(self) -> None: ...
         def _schedule(self, when: float, now: float) -> None: ...
         def _timeout(self, err: ProxyError, flag: str) -> None: ...

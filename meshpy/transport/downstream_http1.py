@@ -117,13 +117,20 @@ class Http1Downstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            # Upgrade tunnels are not proxied yet: the request was handled as a plain one (the
-            # Upgrade header is hop-by-hop and stripped). Bytes after it start a fresh parse.
             offset = upgrade.args[0] if upgrade.args else len(data)
-            self.parser = httptools.HttpRequestParser(self)
-            if offset < len(data):
-                self.data_received(data[offset:])
-                return  # that call counted and flushed
+            last = self._pending[-1] if self._pending else self.active
+            if last is not None and last.upgrade is not None:
+                # A handshake the listener allows: what follows is the new protocol, for the tunnel
+                # the exchange makes on a 101. Nothing more is read until then.
+                last.early += data[offset:]
+                self.pause_reading(PAUSE_PIPELINE)
+            else:
+                # An upgrade not allowed here was handled as a plain request (its Upgrade header is
+                # hop-by-hop and dropped); bytes after it start a fresh parse.
+                self.parser = httptools.HttpRequestParser(self)
+                if offset < len(data):
+                    self.data_received(data[offset:])
+                    return  # that call counted and flushed
         except httptools.HttpParserCallbackError as err:
             ctx = err.__context__
             self._protocol_error(ctx if isinstance(ctx, BadRequest) else BadRequest("bad request"))

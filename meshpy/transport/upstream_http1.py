@@ -16,6 +16,7 @@ from meshpy.codec.raw_head import MAX_HEAD, split_head
 from meshpy.errors import UpstreamProtocolError
 
 if TYPE_CHECKING:
+    from meshpy.transport.tunnel import Tunnel
     from meshpy.transport.upstream_http2 import UpstreamStream
     from meshpy.upstream.pool import HostPool
 
@@ -46,6 +47,7 @@ class UpstreamHttp1(asyncio.Protocol):
         "pool",
         "reading_paused",
         "transport",
+        "tunnel",
         "used",
     )
 
@@ -59,6 +61,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.used = False  # has carried an exchange before: a failure on it may be a stale keep-alive
+        self.tunnel: Tunnel | None = None  # set when a 101 made this connection part of a tunnel
         # The bytes of the response head being received (see meshpy.codec.raw_head); _in_head is
         # false from the end of a final head to the end of its response.
         self._head_buf = b""
@@ -96,8 +99,19 @@ class UpstreamHttp1(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
             self._protocol_error(str(err))
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data, upgrade.args[0] if upgrade.args else len(data))
         # Everything this read produced for the client goes out in one write.
         ex.flush()
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        """llhttp stops after a 101 head. If the exchange made a tunnel of it, the rest of this read is
+        the upstream's first bytes of the new protocol; otherwise the upstream switched unasked."""
+        tunnel = self.tunnel
+        if tunnel is None:
+            self._protocol_error("unrequested protocol switch")
+            return
+        tunnel.from_upstream(data[offset:])
 
     def _protocol_error(self, reason: str) -> None:
         cur = self.exchange

@@ -43,6 +43,7 @@ class ConnPool(Protocol):
     def release(self, conn: UpstreamConn) -> None: ...
     def discard(self, conn: UpstreamConn) -> None: ...
     def cancel_waiter(self, waiter: Waiter) -> None: ...
+    def hand_over(self, conn: UpstreamConn) -> None: ...
     def evict_idle(self, now: float, idle_timeout: float) -> None: ...
     def close(self) -> None: ...
 
@@ -202,6 +203,13 @@ class HostPool:
         self.busy -= 1
         self.limits.busy -= 1
         conn.close()
+        self._serve_waiter()
+
+    def hand_over(self, conn: UpstreamConn) -> None:
+        """A busy connection leaves the pool for good (an upgrade made it a tunnel): no longer counted
+        as busy; the caller closes it, and its close is still counted (connection_lost)."""
+        self.busy -= 1
+        self.limits.busy -= 1
         self._serve_waiter()
 
     def forget_idle(self, conn: UpstreamHttp1) -> None:

@@ -93,6 +93,10 @@ class Http2HostPool:
         self.limits.busy -= 1
         s.close()
 
+    def hand_over(self, conn: UpstreamConn) -> None:
+        """(HTTP/1.1 pools only: there is no 101 in HTTP/2.)"""
+        self.discard(conn)
+
     def forget_idle(self, conn: object) -> None:
         """(HTTP/1.1 pools only: an HTTP/2 connection reports through connection_gone.)"""
 

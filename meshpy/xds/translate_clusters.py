@@ -16,11 +16,14 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from meshpy.model.types import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH,
+    DEFAULT_HTTP2,
     Cluster,
     DiscoveryType,
     Endpoint,
+    Http2Options,
 )
 from meshpy.xds import translate_policies
+from meshpy.xds import translate_protocols as protocols
 from meshpy.xds.translate_base import (
     UNSUPPORTED,
     Issues,
@@ -64,7 +67,6 @@ _HTTP_OPTIONS_TYPES = {
     _HTTP_OPTIONS_KEY: http_protocol_options_pb2.HttpProtocolOptions,
 }
 _ENVOY_POOL_IDLE_TIMEOUT = 3600.0  # Envoy's common_http_protocol_options.idle_timeout default
-_HTTP2_NOT_YET = "HTTP/2 upstreams are not supported yet"
 _HEALTH_USABLE = (0, 1)  # LbEndpoint health_status UNKNOWN and HEALTHY
 
 
@@ -94,8 +96,7 @@ def cluster(
     elif msg.HasField("eds_cluster_config"):
         issues.add(child(path, "eds_cluster_config"), "only allowed with type EDS")
     _check_endpoints(issues, msg, path, discovery, endpoints)
-    if msg.HasField("http2_protocol_options"):
-        issues.add(child(path, "http2_protocol_options"), _HTTP2_NOT_YET)
+    idle, http2 = _protocol_options(issues, msg, path)
     return Cluster(
         name=msg.name,
         discovery=discovery,
@@ -103,7 +104,9 @@ def cluster(
         connect_timeout=positive_duration(issues, msg, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
         dns_refresh_rate=positive_duration(issues, msg, "dns_refresh_rate", path, DEFAULT_DNS_REFRESH),
         load_balancing=translate_policies.load_balancing(issues, msg, path),
-        pool_idle_timeout=_pool_idle_timeout(issues, msg, path),
+        pool_idle_timeout=idle,
+        protocol="http2" if http2 is not None else "http1",
+        http2=http2 or DEFAULT_HTTP2,
         circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
         outlier_detection=translate_policies.outlier_detection(issues, msg, path),
         health_check=translate_policies.health_check(issues, msg, path),
@@ -145,14 +148,19 @@ def _check_endpoints(
                 issues.add(where, f"a STATIC cluster needs IP addresses, got {endpoint.address.host!r}")
 
 
-def _pool_idle_timeout(issues: Issues, msg: Any, path: str) -> float | None:
-    """common_http_protocol_options.idle_timeout, from the cluster's protocol options extension or
-    from the deprecated field on the cluster itself (Envoy refuses both at once)."""
+def _protocol_options(issues: Issues, msg: Any, path: str) -> tuple[float | None, Http2Options | None]:
+    """(pool idle timeout, HTTP/2 settings when the cluster speaks HTTP/2), from the cluster's
+    protocol options extension or from the deprecated fields on the cluster itself (Envoy refuses
+    both at once)."""
     options = None
+    http2: Http2Options | None = None
     legacy = msg.common_http_protocol_options if msg.HasField("common_http_protocol_options") else None
     if legacy is not None:
         _check_common_options(issues, legacy, child(path, "common_http_protocol_options"))
         options = legacy
+    if msg.HasField("http2_protocol_options"):
+        legacy_path = child(path, "http2_protocol_options")
+        http2 = protocols.http2_options(issues, msg.http2_protocol_options, legacy_path)
     ext_path = child(path, "typed_extension_protocol_options")
     for key in sorted(msg.typed_extension_protocol_options):
         key_path = f"{ext_path}[{key}]"
@@ -162,19 +170,25 @@ def _pool_idle_timeout(issues: Issues, msg: Any, path: str) -> float | None:
         http = unpack(issues, msg.typed_extension_protocol_options[key], key_path, _HTTP_OPTIONS_TYPES)
         if http is None:
             continue
-        common = _http_options(issues, http, key_path)
+        common, h2 = _http_options(issues, http, key_path)
         if common is not None:
             if legacy is not None:
                 issues.add(child(path, "common_http_protocol_options"), f"cannot be used with {key}")
             options = common
+        if h2 is not None:
+            if http2 is not None:
+                issues.add(child(path, "http2_protocol_options"), f"cannot be used with {key}")
+            http2 = h2
     if options is None:
-        return _ENVOY_POOL_IDLE_TIMEOUT
-    return timeout(options, "idle_timeout", _ENVOY_POOL_IDLE_TIMEOUT)
+        return _ENVOY_POOL_IDLE_TIMEOUT, http2
+    return timeout(options, "idle_timeout", _ENVOY_POOL_IDLE_TIMEOUT), http2
 
 
-def _http_options(issues: Issues, msg: Any, path: str) -> Any | None:
-    """An upstreams.http.v3.HttpProtocolOptions: HTTP/1.1 only. Returns its common options, if set."""
+def _http_options(issues: Issues, msg: Any, path: str) -> tuple[Any | None, Http2Options | None]:
+    """An upstreams.http.v3.HttpProtocolOptions: (its common options if set, HTTP/2 settings if the
+    explicit protocol is HTTP/2)."""
     issues.fields(msg, path, {"common_http_protocol_options", "explicit_http_config"})
+    http2 = None
     if msg.HasField("explicit_http_config"):
         explicit_path = child(path, "explicit_http_config")
         explicit = msg.explicit_http_config
@@ -183,14 +197,15 @@ def _http_options(issues: Issues, msg: Any, path: str) -> Any | None:
             # Every HTTP/1 knob (header case, absolute URLs, trailers, ...) changes behaviour.
             issues.fields(explicit.http_protocol_options, child(explicit_path, kind), ())
         elif kind == "http2_protocol_options":
-            issues.add(child(explicit_path, kind), _HTTP2_NOT_YET)
+            opts = explicit.http2_protocol_options
+            http2 = protocols.http2_options(issues, opts, child(explicit_path, kind))
         else:
             issues.fields(explicit, explicit_path, ())
     if not msg.HasField("common_http_protocol_options"):
-        return None
+        return None, http2
     common = msg.common_http_protocol_options
     _check_common_options(issues, common, child(path, "common_http_protocol_options"))
-    return common
+    return common, http2
 
 
 def _check_common_options(issues: Issues, msg: Any, path: str) -> None:

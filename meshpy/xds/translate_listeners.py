@@ -73,6 +73,7 @@ _HCM = frozenset(
         "server_header_transformation",
         "access_log",
         "http2_protocol_options",
+        "upgrade_configs",
     }
 )
 _TCP_PROXY = frozenset({"stat_prefix", "cluster", "idle_timeout", "access_log"})
@@ -155,6 +156,7 @@ def _http_options(
         server_name=_server_name(issues, msg, path),
         codec=codec,
         http2=http2,
+        upgrades=protocols.upgrades(issues, msg, path),
     )
 
 

@@ -42,3 +42,17 @@ def http2_options(issues: Issues, msg: Any, path: str) -> Http2Options:
         windows.append(size)
     return Http2Options(max_concurrent_streams=max(streams, 1), initial_stream_window_size=windows[0],
                         initial_connection_window_size=windows[1])
+
+
+def upgrades(issues: Issues, msg: Any, path: str) -> tuple[str, ...]:
+    """HttpConnectionManager.upgrade_configs: the upgrade types tunnelled (none when unset, as in
+    Envoy). `enabled: false` lists a type as off; per-type filter chains are not supported."""
+    out: list[str] = []
+    for i, u in enumerate(msg.upgrade_configs):
+        where = f"{child(path, 'upgrade_configs')}[{i}]"
+        issues.fields(u, where, {"upgrade_type", "enabled"})
+        if not u.upgrade_type:
+            issues.add(child(where, "upgrade_type"), "must not be empty")
+        elif wrapped(u, "enabled", True):
+            out.append(u.upgrade_type.lower())
+    return tuple(dict.fromkeys(out))

@@ -284,6 +284,21 @@ def test_hcm_options() -> None:
     )
 
 
+UPSTREAM_HTTP2 = cluster_bootstrap("upstream_http2", f"""
+    typed_extension_protocol_options:
+      {HTTP_OPTIONS}:
+        "@type": type.googleapis.com/{HTTP_OPTIONS}
+        explicit_http_config: {{http2_protocol_options: {{max_concurrent_streams: 50}}}}
+    """)
+UPSTREAM_HTTP2_LEGACY = cluster_bootstrap("upstream_http2_legacy", "http2_protocol_options: {}")
+
+
+def test_cluster_http2_from_the_extension_and_the_legacy_field() -> None:
+    for source, streams in ((UPSTREAM_HTTP2, 50), (UPSTREAM_HTTP2_LEGACY, 100)):
+        c = load_bootstrap(source).clusters[0]
+        assert c.name == "demo" and c.protocol == "http2" and c.http2.max_concurrent_streams == streams
+
+
 HCM_HTTP2 = http_bootstrap("hcm_http2", hcm="""
     codec_type: HTTP2
     http2_protocol_options: {max_concurrent_streams: 7, initial_stream_window_size: 1048576}
@@ -931,18 +946,34 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         UNSUPPORTED,
     ),
     (
-        "upstream_http2",
+        "upstream_http2_option",
         cluster_bootstrap(
-            "upstream_http2",
+            "upstream_http2_option",
             f"""
+            typed_extension_protocol_options:
+              {HTTP_OPTIONS}:
+                "@type": type.googleapis.com/{HTTP_OPTIONS}
+                explicit_http_config: {{http2_protocol_options: {{allow_connect: true}}}}
+            """,
+        ),
+        f"{CLUSTER0}.typed_extension_protocol_options[{HTTP_OPTIONS}].explicit_http_config"
+        ".http2_protocol_options.allow_connect",
+        UNSUPPORTED,
+    ),
+    (
+        "upstream_http2_twice",
+        cluster_bootstrap(
+            "upstream_http2_twice",
+            f"""
+            http2_protocol_options: {{}}
             typed_extension_protocol_options:
               {HTTP_OPTIONS}:
                 "@type": type.googleapis.com/{HTTP_OPTIONS}
                 explicit_http_config: {{http2_protocol_options: {{}}}}
             """,
         ),
-        f"{CLUSTER0}.typed_extension_protocol_options[{HTTP_OPTIONS}].explicit_http_config.http2_protocol_options",
-        "HTTP/2 upstreams are not supported yet",
+        f"{CLUSTER0}.http2_protocol_options",
+        f"cannot be used with {HTTP_OPTIONS}",
     ),
     (
         "upstream_http1_option",
