@@ -259,3 +259,43 @@ def test_sigterm_sends_goaway_and_streams_in_flight_finish(demo: DemoUpstream, p
     status, _, body = peer.response(slow)
     assert (status, body) == (200, b"delayed\n")
     assert p.proc is not None and p.proc.wait(10) == 0
+
+
+@pytest.mark.slow
+def test_slow_reader_holds_the_sender_back(proxy: tuple[Proxy, int], peers: Peers) -> None:
+    """100 MiB to a client that stops taking it: meshpy's memory stays bounded (the HTTP/2 window
+    closes, meshpy stops reading the upstream); then the client reads it all, and gets it whole."""
+    p, port = proxy
+    size = 100 << 20
+    base = p.rss_kb()
+    peer = peers(port)
+    sid = peer.request(request_headers(port, f"/chunked/{size}"))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # read what comes, acknowledge nothing: the window closes
+        peer.read_once(0.2)
+    held = p.rss_kb() - base
+    assert held < 32 * 1024, f"meshpy grew by {held} KiB while the client read nothing"
+    # Now take what came so far (it was read but never acknowledged), and the rest.
+    got = 0
+    for e in peer.events:
+        if isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
+            got += len(e.data)
+            peer.conn.acknowledge_received_data(e.flow_controlled_length, sid)
+    peer.flush()
+    assert got < 2 << 20  # no more than the windows allowed
+    peak = held
+    ended = False
+    last_sample = time.monotonic()
+    while not ended:
+        for e in peer.read_once(5.0):
+            if isinstance(e, h2.events.DataReceived) and e.stream_id == sid:
+                got += len(e.data)
+                peer.conn.acknowledge_received_data(e.flow_controlled_length, sid)
+            ended = ended or (isinstance(e, h2.events.StreamEnded) and e.stream_id == sid)
+        peer.flush()
+        assert not peer.closed
+        if time.monotonic() - last_sample > 0.5:
+            peak = max(peak, p.rss_kb() - base)
+            last_sample = time.monotonic()
+    assert got == size
+    assert peak < 48 * 1024, f"meshpy grew by {peak} KiB while streaming"
