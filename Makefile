@@ -30,6 +30,7 @@ help:
 	@echo 'make bench   the benchmark suite: direct, meshpy, Envoy, nginx (about 12 minutes)'
 	@echo 'make bench-quick   a before/after check in under 2 minutes'
 	@echo 'make bench-micro   micro-benchmarks of the hot path'
+	@echo 'make bench-h2      HTTP/2 and gRPC: meshpy and Envoy with h2load, CPU against h2 alone'
 	@echo 'make bench-xds     the control plane with up to 5,000 simulated xDS clients'
 	@echo 'make bench-policies the cost of retries, a breaker and outlier detection on a route'
 	@echo 'make clean   remove $(VENV) and caches'
@@ -104,6 +105,10 @@ bench-xds: $(STAMP)
 bench-policies: bench-deps
 	$(BIN)/python benchmarks/policies.py
 
+# HTTP/2 and gRPC through meshpy and Envoy (h2load), and meshpy's CPU per request against h2's own.
+bench-h2: bench-deps
+	$(BIN)/python benchmarks/h2_bench.py
+
 bench-micro: $(STAMP)
 	$(BIN)/pytest benchmarks/micro --benchmark-only -q
 
@@ -111,4 +116,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds bench-policies clean
+.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 clean

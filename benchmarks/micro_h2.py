@@ -25,6 +25,14 @@ REQUEST_HEADERS = [
 ]  # fmt: skip
 RESPONSE_HEADERS = [(":status", "200"), ("content-type", "text/plain"), ("content-length", "100")]
 BODY = b"x" * 100
+# The gRPC shape: a unary call with a 10-byte message each way and grpc-status in trailers.
+GRPC_REQUEST = [
+    (":method", "POST"), (":scheme", "http"), (":path", "/bench.Echo/Unary"), (":authority", "service.local"),
+    ("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", "h2load"),
+]  # fmt: skip
+GRPC_RESPONSE = [(":status", "200"), ("content-type", "application/grpc")]
+GRPC_TRAILERS = [("grpc-status", "0")]
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x05hello"
 
 
 def connections(relaxed: bool) -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
@@ -44,7 +52,7 @@ def connections(relaxed: bool) -> tuple[h2.connection.H2Connection, h2.connectio
     return client, server
 
 
-def run(n: int, relaxed: bool) -> tuple[float, float]:
+def run(n: int, relaxed: bool, grpc: bool = False) -> tuple[float, float]:
     """Seconds per request spent in (client, server)."""
     client, server = connections(relaxed)
     in_client = in_server = 0.0
@@ -52,13 +60,24 @@ def run(n: int, relaxed: bool) -> tuple[float, float]:
     for _ in range(n):
         t0 = clock()
         sid = client.get_next_available_stream_id()
-        client.send_headers(sid, REQUEST_HEADERS, end_stream=True)
+        if grpc:
+            client.send_headers(sid, GRPC_REQUEST)
+            client.send_data(sid, GRPC_MESSAGE, end_stream=True)
+        else:
+            client.send_headers(sid, REQUEST_HEADERS, end_stream=True)
         wire = client.data_to_send()
         t1 = clock()
         for event in server.receive_data(wire):
-            if isinstance(event, h2.events.RequestReceived):
-                server.send_headers(event.stream_id, RESPONSE_HEADERS)
-                server.send_data(event.stream_id, BODY, end_stream=True)
+            if isinstance(event, h2.events.DataReceived):
+                server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                if grpc:
+                    server.send_headers(event.stream_id, GRPC_RESPONSE)
+                    server.send_data(event.stream_id, GRPC_MESSAGE)
+                    server.send_headers(event.stream_id, GRPC_TRAILERS, end_stream=True)
+                else:
+                    server.send_headers(event.stream_id, RESPONSE_HEADERS)
+                    server.send_data(event.stream_id, BODY, end_stream=True)
         wire = server.data_to_send()
         t2 = clock()
         done = False
@@ -78,11 +97,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--relaxed", action="store_true", help="no header validation or normalisation")
+    ap.add_argument("--grpc", action="store_true", help="a gRPC-shaped unary call (POST, trailers)")
     args = ap.parse_args()
-    run(500, args.relaxed)  # warm up
-    best = min((run(args.requests // 5, args.relaxed) for _ in range(5)), key=sum)
+    run(500, args.relaxed, args.grpc)  # warm up
+    best = min((run(args.requests // 5, args.relaxed, args.grpc) for _ in range(5)), key=sum)
     client, server = best
-    mode = "relaxed" if args.relaxed else "default"
+    mode = ("relaxed" if args.relaxed else "default") + (", gRPC unary" if args.grpc else "")
     print(f"h2 {h2.__version__} ({mode}): server {server * 1e6:.1f} us, client {client * 1e6:.1f} us, "
           f"both {(client + server) * 1e6:.1f} us per request")
 

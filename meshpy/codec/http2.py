@@ -13,6 +13,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.settings
+import hpack.hpack
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, Event
 from hyperframe.frame import Frame, GoAwayFrame
@@ -27,6 +28,18 @@ CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connectio
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
 # The characters RFC 9113 8.2.1 forbids in a field value (h2's validation would have refused them).
 _BAD_VALUE = (b"\r", b"\n", b"\x00")
+
+
+class _QuietLog:
+    """hpack logs every header it encodes or decodes at debug level through the logging module: some
+    75 calls per proxied gRPC call, about a tenth of the proxy's time (benchmarks/h2_bench.py, profiled).
+    meshpy never wants those lines, so hpack's module logger is replaced by one that drops them unread."""
+
+    def debug(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+hpack.hpack.log = _QuietLog()  # type: ignore[assignment]
 
 
 class Malformed(Exception):

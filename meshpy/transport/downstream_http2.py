@@ -42,12 +42,14 @@ class Http2Downstream(asyncio.Protocol):
     __slots__ = (
         "_control",
         "_control_since",
+        "_flush_due",
         "_goaway_sent",
         "_opened",
         "_premature",
         "_timer",
         "blocked",
         "closing",
+        "dirty",
         "h2",
         "idle_since",
         "loop",
@@ -66,6 +68,7 @@ class Http2Downstream(asyncio.Protocol):
         self.h2 = Connection(config(client_side=False))
         self.streams: dict[int, H2Stream] = {}
         self.blocked: set[H2Stream] = set()  # streams with response data waiting for a window
+        self.dirty: set[H2Stream] = set()  # streams with something to send at the next flush
         self.peer = ""
         self.closing = False
         self.write_paused = False
@@ -76,6 +79,7 @@ class Http2Downstream(asyncio.Protocol):
         self._control = 0
         self._control_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._flush_due = False
 
     # -- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,6 +117,7 @@ class Http2Downstream(asyncio.Protocol):
         streams = list(self.streams.values())
         self.streams.clear()
         self.blocked.clear()
+        self.dirty.clear()
         for s in streams:
             if s.ex is not None:
                 s.ex.downstream_lost()
@@ -171,7 +176,20 @@ class Http2Downstream(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
+    def flush_soon(self) -> None:
+        """Frames made outside this connection's own read (answers coming from upstream connections)
+        go out once per loop iteration, in one write for every stream that has something, instead of
+        one write per upstream read: with many streams at once that is most of the syscalls saved."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
+        self._flush_due = False
+        if self.dirty:
+            dirty, self.dirty = self.dirty, set()
+            for s in dirty:
+                self.pump(s)
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -204,11 +222,9 @@ class Http2Downstream(asyncio.Protocol):
             cfg.stats.request_done(400, 0.0)
             self.reset(s, ErrorCodes.PROTOCOL_ERROR)
             return
-        ended = ev.stream_ended is not None
-        ex.begin(head, ended)
-        if ended:
-            s.req_ended = True
-            ex.request_end()
+        # A request without a body ends in its HEADERS frame; h2 reports that as a StreamEnded event
+        # right after this one, which ends the request (see data_received).
+        ex.begin(head, ev.stream_ended is not None)
 
     def _data(self, ev: h2.events.DataReceived) -> None:
         sid = ev.stream_id or 0
@@ -261,6 +277,12 @@ class Http2Downstream(asyncio.Protocol):
         self.streams.pop(s.sid, None)
         self._maybe_idle()
 
+    def pump_soon(self, s: H2Stream) -> None:
+        """`s` has data or its end to send: done at the next flush, so that the pieces of an answer
+        that arrive in one loop iteration go out as few frames (the end folded into the last DATA)."""
+        self.dirty.add(s)
+        self.flush_soon()
+
     def pump(self, s: H2Stream) -> None:
         """Send what the client's window allows of `s`'s waiting data, then its end if it is due."""
         if self.closing or s.resp_ended:
@@ -273,13 +295,18 @@ class Http2Downstream(asyncio.Protocol):
                 window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
                 if window <= 0:
                     break
-                data = pending[0]
-                if len(data) <= window:
-                    pending.popleft()
-                    h2c.send_data(sid, data)
-                else:
-                    h2c.send_data(sid, data[:window])
-                    pending[0] = data[window:]
+                data = pending.popleft()
+                while pending and len(data) + len(pending[0]) <= window:
+                    data += pending.popleft()  # small pieces of one read: one frame
+                if len(data) > window:
+                    pending.appendleft(data[window:])
+                    data = data[:window]
+                last = not pending and s.end_wanted and not s.trailers
+                h2c.send_data(sid, data, end_stream=last)
+                if last:
+                    s.resp_ended = True
+                    self.stream_finished(s)
+                    return
             if pending:
                 if not s.blocked:
                     s.blocked = True

@@ -86,10 +86,10 @@ class H2Stream:
             n, self._unacked = self._unacked, 0
             if not self.conn.closing:
                 self.conn.h2.acknowledge_received_data(n, self.sid)
-                self.conn.flush()
+                self.conn.flush_soon()
 
     def flush(self) -> None:
-        self.conn.flush()
+        self.conn.flush_soon()
 
     def close(self) -> None:
         """The exchange gave up on a response under way: reset this stream only."""
@@ -112,15 +112,14 @@ class H2Stream:
         if self.resp_ended or not data:
             return
         self.pending.append(data)
-        self.conn.pump(self)
+        self.conn.pump_soon(self)
 
     def end_response(self, trailers: list[tuple[bytes, bytes]] | None) -> None:
         if self.resp_ended or self.end_wanted:
             return
         self.end_wanted = True
         self.trailers = trailers
-        self.conn.pump(self)
-        self.conn.flush()
+        self.conn.pump_soon(self)
 
     def set_write_paused(self, paused: bool) -> None:
         if paused == self.write_paused:

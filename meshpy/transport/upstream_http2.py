@@ -95,17 +95,17 @@ class UpstreamStream:
             self.pending.extend(body)
             self.ended = end
             self.conn.pump(self)
-        self.conn.flush()
+        self.conn.flush_soon()
 
     def write_body(self, data: bytes, chunked: bool) -> None:
         self.pending.append(data)
         self.conn.pump(self)
-        self.conn.flush()
+        self.conn.flush_soon()
 
     def end_body(self, chunked: bool) -> None:
         self.ended = True
         self.conn.pump(self)
-        self.conn.flush()
+        self.conn.flush_soon()
 
     def pause_reading(self) -> None:
         self._held = True
@@ -128,8 +128,8 @@ class UpstreamStream:
 
 
 class UpstreamHttp2(asyncio.Protocol):
-    __slots__ = ("_extra_window", "closed", "goaway", "h2", "idle_since", "max_streams", "pool", "streams",
-                 "streams_total", "transport")
+    __slots__ = ("_extra_window", "_flush_due", "closed", "goaway", "h2", "idle_since", "max_streams", "pool",
+                 "streams", "streams_total", "transport")
 
     def __init__(self, pool: StreamPool, opts: Http2Options) -> None:
         self.pool = pool
@@ -147,6 +147,7 @@ class UpstreamHttp2(asyncio.Protocol):
         self.closed = False
         self.goaway = False  # the upstream sent GOAWAY: no new streams here
         self.idle_since = 0.0
+        self._flush_due = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -357,7 +358,7 @@ class UpstreamHttp2(asyncio.Protocol):
     def ack(self, s: UpstreamStream, n: int) -> None:
         if not self.closed and s.sid:
             self.h2.acknowledge_received_data(n, s.sid)
-            self.flush()
+            self.flush_soon()
 
     def cancel(self, s: UpstreamStream) -> None:
         s.exchange = None
@@ -369,7 +370,14 @@ class UpstreamHttp2(asyncio.Protocol):
             self.flush()
         self._stream_closed()
 
+    def flush_soon(self) -> None:
+        """One write per loop iteration for the streams opened or fed in it (see the downstream's)."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
     def flush(self) -> None:
+        self._flush_due = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
