@@ -1,7 +1,8 @@
 """A real grpcio server for tests, with raw-bytes methods (no generated code needed):
 /echo.Echo/Unary, /echo.Echo/ServerStream, /echo.Echo/ClientStream, /echo.Echo/Bidi, and
 /echo.Echo/Fail (answers the status named by the request, e.g. b"NOT_FOUND:why"),
-/echo.Echo/Sleep (sleeps the milliseconds named by the request)."""
+/echo.Echo/Sleep (sleeps the milliseconds named by the request), /echo.Echo/Flaky (fails UNAVAILABLE on
+every odd call with the same message)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,17 @@ def _fail(request: bytes, context: Any) -> bytes:
     raise AssertionError("not reached")
 
 
+_FLAKY_CALLS: dict[bytes, int] = {}
+
+
+def _flaky(request: bytes, context: Any) -> bytes:
+    """Every first call with a given message fails UNAVAILABLE (in a trailers-only answer)."""
+    _FLAKY_CALLS[request] = _FLAKY_CALLS.get(request, 0) + 1
+    if _FLAKY_CALLS[request] % 2:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+    return b"at last"
+
+
 def _sleep(request: bytes, context: Any) -> bytes:
     time.sleep(int(request) / 1000)
     return b"slept"
@@ -59,6 +71,7 @@ def start(port: int) -> grpc.Server:
         "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
         "Fail": grpc.unary_unary_rpc_method_handler(_fail),
         "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+        "Flaky": grpc.unary_unary_rpc_method_handler(_flaky),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.max_receive_message_length", 8 << 20),

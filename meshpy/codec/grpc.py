@@ -8,8 +8,9 @@ from urllib.parse import quote_from_bytes
 # grpc-timeout units (gRPC's PROTOCOL-HTTP2.md): hours, minutes, seconds, milli, micro, nano.
 _UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
 
-OK, UNKNOWN, DEADLINE_EXCEEDED, PERMISSION_DENIED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = (
-    0, 2, 4, 7, 12, 13, 14, 16)
+OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, PERMISSION_DENIED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE = (
+    0, 1, 2, 4, 7, 12, 13, 14)
+UNAUTHENTICATED = 16
 
 # Envoy's Grpc::Utility::httpToGrpcStatus, for answers made by the proxy.
 _BY_HTTP = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 404: UNIMPLEMENTED,

@@ -269,6 +269,9 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         if conn is not None:
             self._attach(conn)
 
+    def is_grpc(self) -> bool:
+        return False  # gRPC needs HTTP/2: see H2Exchange
+
     def _has_body(self) -> bool:
         return self.facts.chunked or bool(self.facts.content_length)
 

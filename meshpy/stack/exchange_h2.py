@@ -27,7 +27,7 @@ _CONTINUE = [(b":status", b"100")]
 
 class H2Exchange(Exchange):
     PROTOCOL = "HTTP/2"
-    __slots__ = ("_grpc", "_grpc_deadline", "_held", "_reply", "stream", "trailers")
+    __slots__ = ("_grpc", "_grpc_deadline", "_grpc_status", "_held", "_reply", "stream", "trailers")
 
     def __init__(self, stream: H2Stream, cfg: HttpListenerConfig) -> None:
         super().__init__(stream, cfg)
@@ -39,6 +39,7 @@ class H2Exchange(Exchange):
         self._held: list[tuple[bytes, bytes]] | None = None
         self._grpc = False
         self._grpc_deadline = 0.0
+        self._grpc_status = -1  # from the answer's grpc-status (trailers, or a trailers-only head)
 
     # -- request side ----------------------------------------------------------------------------
     def begin(self, head: RequestHead, ended: bool) -> None:
@@ -86,6 +87,9 @@ class H2Exchange(Exchange):
             self._deadline = self._grpc_deadline
             self._schedule(self._deadline, self.stream.loop.time())
 
+    def is_grpc(self) -> bool:
+        return self._grpc
+
     def _request_timers(self) -> None:
         super()._request_timers()
         if self._grpc_deadline and (not self._deadline or self._grpc_deadline < self._deadline):
@@ -122,6 +126,8 @@ class H2Exchange(Exchange):
             headers.append((b"server", server))
         self.started = True
         out = response_fields(status, headers)
+        if self._grpc:
+            self._note_grpc_status(headers)  # a trailers-only answer carries it in its head
         if self.head_request or no_body_status(status):
             self.stream.send_head(out, True)
         else:
@@ -144,6 +150,23 @@ class H2Exchange(Exchange):
     def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """Response trailers (gRPC's grpc-status among them): sent as the stream's end."""
         self.trailers = [t for t in trailers if t[0] not in CONNECTION_SPECIFIC]
+        if self._grpc:
+            self._note_grpc_status(self.trailers)
+
+    def _note_grpc_status(self, fields: list[tuple[bytes, bytes]]) -> None:
+        for name, value in fields:
+            if name == b"grpc-status" and value.isdigit():
+                self._grpc_status = int(value)
+
+    def _complete(self) -> None:
+        if self._grpc and not self.done:
+            super()._complete()
+            status = self._grpc_status
+            if status < 0:  # no grpc-status came: the call was cut (client gone, reset, ...)
+                status = grpc.CANCELLED if self.flag == "DC" else grpc.UNKNOWN
+            self.cfg.stats.grpc.record(self.path, status, self.stream.loop.time() - self.t0)
+            return
+        super()._complete()
 
     def up_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -156,7 +179,7 @@ class H2Exchange(Exchange):
     def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         if self._grpc:
             # As Envoy: HTTP 200 with the error as a gRPC status, in one HEADERS frame (trailers-only).
-            code = grpc.status_for(status, self.flag)
+            code = self._grpc_status = grpc.status_for(status, self.flag)
             headers = [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code),
                        (b"grpc-message", grpc.percent_encode(body)),
                        *(h for h in headers if h[0] not in (b"content-type", b"content-length"))]

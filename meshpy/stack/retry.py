@@ -34,11 +34,13 @@ _IDEMPOTENT = frozenset(m.encode() for m in IDEMPOTENT_METHODS)
 _MAX_RETRY_AFTER = 60.0  # a Retry-After longer than this is not waited for: the request fails instead
 
 
-def retry_state(policy: RetryPolicy | None, method: bytes) -> RetryState | None:
-    """The state for a request on a route with `policy`, or None when it must never be retried."""
+def retry_state(policy: RetryPolicy | None, method: bytes, grpc: bool = False) -> RetryState | None:
+    """The state for a request on a route with `policy`, or None when it must never be retried.
+    A gRPC call is always POST; as in gRPC's own retry design (gRFC A6) the method does not decide,
+    the policy's conditions do (and the answer must not have begun, as for any retry here)."""
     if policy is None or not policy.retry_on:
         return None
-    if method not in _IDEMPOTENT and not policy.retry_non_idempotent:
+    if method not in _IDEMPOTENT and not policy.retry_non_idempotent and not grpc:
         return None
     return RetryState(policy)
 

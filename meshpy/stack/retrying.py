@@ -38,7 +38,7 @@ class RetryingMixin(ExchangeParts):
 
     def _start_retries(self, policy: RetryPolicy) -> None:
         """At the first attempt of a request on a route with a retry policy."""
-        rs = self.retry = retry_state(policy, self.method)
+        rs = self.retry = retry_state(policy, self.method, self.is_grpc())
         if rs is not None and policy.attempt_count_header:
             self._head_base = self.up_head_bytes
             self.up_head_bytes = self._head_base[:-2] + _ATTEMPT + b"1\r\n\r\n"

@@ -32,6 +32,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 import meshpy
+from meshpy.telemetry.grpc_stats import GrpcStats
+from meshpy.telemetry.grpc_stats import families as grpc_families
 
 __all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "ClusterStats", "Histogram", "ListenerStats", "Metrics"]
 
@@ -122,7 +124,7 @@ class ListenerStats(_RequestStats):
     `istio_requests_total`, since the code is only known then.
     """
 
-    __slots__ = ("cx_http2_total", "fault_aborts", "fault_delays", "h2_abuse", "rq_rate_limited")
+    __slots__ = ("cx_http2_total", "fault_aborts", "fault_delays", "grpc", "h2_abuse", "rq_rate_limited")
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         super().__init__(name, buckets)
@@ -131,6 +133,7 @@ class ListenerStats(_RequestStats):
         self.fault_aborts = 0  # answered by an injected abort (FI)
         self.cx_http2_total = 0  # connections that spoke HTTP/2
         self.h2_abuse = 0  # HTTP/2 connections closed for abuse (rapid reset, PING/SETTINGS flood)
+        self.grpc = GrpcStats(Histogram, buckets)  # gRPC calls by service and method (exported apart)
 
 
 class ClusterStats(_RequestStats):
@@ -326,6 +329,7 @@ class Metrics:
         self.config_loads_rejected = 0
         self.config_version = ""
         self.registry.register(_StatsCollector(self))
+        self.add_callback_collector(lambda: grpc_families(self._listeners.copy().values(), self._le_labels))
         if process_collector:
             # CPU seconds, RSS, open fds from /proc, read at scrape time; registered here, not globally.
             from prometheus_client import ProcessCollector

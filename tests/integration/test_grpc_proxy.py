@@ -19,6 +19,9 @@ listeners:
     address: 127.0.0.1:{port}
     access_log: stdout
     routes:
+      - match: /echo.Echo/Flaky
+        cluster: echo
+        retry: {{retry_on: [unavailable], num_retries: 2}}
       - match: /echo.Echo/
         cluster: echo
         timeout: 0s
@@ -132,3 +135,32 @@ def test_http1_in_http2_out(env: tuple[Proxy, int, int]) -> None:
     for _ in range(20):  # one multiplexed connection serves them all
         assert http(plain, path="/again").status == 200
     assert p.metric("meshpy_upstream_cx_total", cluster="h2-loop") == 1
+
+
+def test_retry_on_grpc_status(env: tuple[Proxy, int, int], channel: grpc.Channel) -> None:
+    p = env[0]
+    before = p.metric("meshpy_upstream_rq_retry_total", cluster="echo")
+    for i in range(3):  # each first try fails UNAVAILABLE; the retry succeeds
+        assert channel.unary_unary("/echo.Echo/Flaky")(b"key-%d" % i, timeout=10) == b"at last"
+    assert p.metric("meshpy_upstream_rq_retry_total", cluster="echo") == before + 3
+
+
+def test_grpc_metrics_by_method_and_status(env: tuple[Proxy, int, int], channel: grpc.Channel) -> None:
+    p = env[0]
+
+    def calls(method: str, status: int, service: str = "echo.Echo") -> float:
+        return p.metric("meshpy_grpc_requests_total", listener="grpc", grpc_service=service,
+                        grpc_method=method, grpc_status=str(status))
+
+    before_ok, before_nf = calls("Unary", 0), calls("Fail", 5)
+    for _ in range(3):
+        channel.unary_unary("/echo.Echo/Unary")(b"x", timeout=10)
+    with pytest.raises(grpc.RpcError):
+        channel.unary_unary("/echo.Echo/Fail")(b"NOT_FOUND:no", timeout=10)
+    with pytest.raises(grpc.RpcError):
+        channel.unary_unary("/no.Such/Thing")(b"x", timeout=10)
+    eventually(lambda: calls("Unary", 0) == before_ok + 3, "three OK calls counted")
+    assert calls("Fail", 5) == before_nf + 1
+    assert calls("Thing", 12, "no.Such") >= 1  # answered by meshpy: UNIMPLEMENTED
+    assert p.metric("meshpy_grpc_request_duration_seconds_count", listener="grpc", grpc_service="echo.Echo",
+                    grpc_method="Unary") >= 3
