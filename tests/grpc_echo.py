@@ -63,7 +63,15 @@ def _sleep(request: bytes, context: Any) -> bytes:
     return b"slept"
 
 
-def start(port: int) -> grpc.Server:
+def start(port: int, health: dict[str, int] | None = None) -> grpc.Server:
+    """`health`: service name -> grpc.health.v1 status (1 SERVING, 2 NOT_SERVING) answered by
+    /grpc.health.v1.Health/Check; a test may change it while the server runs."""
+    states = health if health is not None else {}
+
+    def check(request: bytes, context: Any) -> bytes:
+        service = request[2:].decode() if request[:1] == b"\x0a" else ""
+        return b"\x08" + bytes([states.get(service, 1)])
+
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
         "ServerStream": grpc.unary_stream_rpc_method_handler(_server_stream),
@@ -76,7 +84,11 @@ def start(port: int) -> grpc.Server:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.max_receive_message_length", 8 << 20),
                                   ("grpc.max_send_message_length", 8 << 20)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(SERVICE, handlers),
+        grpc.method_handlers_generic_handler(
+            "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)}),
+    ))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server

@@ -187,6 +187,11 @@ def health_checks(hc: HealthCheck) -> dict[str, Any]:
         check["interval_jitter"] = duration(hc.interval_jitter)
     if hc.kind == "tcp":
         check["tcp_health_check"] = {}
+    elif hc.kind == "grpc":
+        grpc: dict[str, Any] = {"service_name": hc.service}
+        if hc.host is not None:
+            grpc["authority"] = hc.host
+        check["grpc_health_check"] = grpc
     else:
         ranges = [{"start": a, "end": b} for a, b in hc.expected_statuses]
         http: dict[str, Any] = {"path": hc.path, "expected_statuses": ranges}

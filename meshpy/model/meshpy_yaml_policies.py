@@ -321,21 +321,26 @@ def _lower_name(value: object) -> str:
     return as_str(value).lower()
 
 
-_HC_KEYS = ("type", "path", "host", "expected_statuses", "interval", "timeout", "interval_jitter",
+_HC_KEYS = ("type", "path", "host", "service", "expected_statuses", "interval", "timeout", "interval_jitter",
             "healthy_threshold", "unhealthy_threshold")
 
 
 def health_check(r: Reader, node: object, path: str) -> HealthCheck | None:
     """`health_check: {path: /healthz, interval: 5s, timeout: 1s, unhealthy_threshold: 3,
     healthy_threshold: 1, expected_statuses: [200, [200, 300]], host: app.local}`, or
-    `health_check: {type: tcp, interval: 5s}`."""
+    `health_check: {type: tcp, interval: 5s}`, or `health_check: {type: grpc, service: pkg.Svc}`."""
     f = r.mapping(node, path, _HC_KEYS)
     if f is None:
         return None
-    kind: Literal["http", "tcp"] = f.get("type", _hc_kind, "http")
+    kind: Literal["http", "tcp", "grpc"] = f.get("type", _hc_kind, "http")
     if kind == "tcp":
         for key in f.present("path", "host", "expected_statuses"):
             r.error(f.at(key), "only applies to http health checks")
+    if kind == "grpc":
+        for key in f.present("path", "expected_statuses"):
+            r.error(f.at(key), "only applies to http health checks")
+    elif "service" in f:
+        r.error(f.at("service"), "only applies to grpc health checks")
     check_path = f.get("path", as_str, "/")
     if not check_path.startswith("/"):
         r.error(f.at("path"), "must start with /")
@@ -344,6 +349,7 @@ def health_check(r: Reader, node: object, path: str) -> HealthCheck | None:
         kind=kind,
         path=check_path,
         host=f.get("host", as_str, None),
+        service=f.get("service", as_str, ""),
         expected_statuses=f.get("expected_statuses", _status_ranges, d.expected_statuses),
         interval=f.get("interval", as_positive_duration, d.interval),
         timeout=f.get("timeout", as_positive_duration, d.timeout),
@@ -353,13 +359,15 @@ def health_check(r: Reader, node: object, path: str) -> HealthCheck | None:
     )
 
 
-def _hc_kind(value: object) -> Literal["http", "tcp"]:
+def _hc_kind(value: object) -> Literal["http", "tcp", "grpc"]:
     text = str(value).lower()
     if text == "http":
         return "http"
     if text == "tcp":
         return "tcp"
-    raise ValueError(f"must be http or tcp, got {value!r}")
+    if text == "grpc":
+        return "grpc"
+    raise ValueError(f"must be http, tcp or grpc, got {value!r}")
 
 
 def _status_ranges(value: object) -> tuple[tuple[int, int], ...]:

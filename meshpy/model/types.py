@@ -403,11 +403,13 @@ class HealthCheck:
     """Active health checking (Envoy's, same names and meaning): every `interval` (plus up to
     `interval_jitter`) each endpoint is checked; `unhealthy_threshold` failures in a row take it out of
     the balancer, `healthy_threshold` successes bring it back. An HTTP check passes on a status in
-    `expected_statuses` (half-open ranges, 200 by default); a TCP check on a completed connect."""
+    `expected_statuses` (half-open ranges, 200 by default); a TCP check on a completed connect; a gRPC
+    check (grpc.health.v1.Health/Check over HTTP/2) on the answer SERVING for `service`."""
 
-    kind: Literal["http", "tcp"] = "http"
+    kind: Literal["http", "tcp", "grpc"] = "http"
     path: str = "/"
-    host: str | None = None  # the Host header; the cluster's name when unset (as Envoy)
+    host: str | None = None  # the Host header (gRPC: :authority); the cluster's name when unset (as Envoy)
+    service: str = ""  # gRPC: the service asked about ("": the server as a whole)
     expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)
     interval: float = 5.0
     timeout: float = 1.0

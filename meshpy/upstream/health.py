@@ -1,6 +1,7 @@
 """Active health checks: each endpoint of a cluster is asked every interval whether it is well.
 
-One task per cluster checks all its endpoints at once, each on a fresh connection (a check must not
+Checks are HTTP/1.1 GET, TCP connect, or gRPC (grpc.health.v1). One task per cluster checks all its
+endpoints at once, each on a fresh connection (a check must not
 wait behind a request, nor keep a pooled connection busy). An endpoint that fails
 `unhealthy_threshold` checks in a row leaves the balancer; `healthy_threshold` passes in a row bring
 it back. Until its first check an endpoint counts as healthy, so a cluster serves from the start;
@@ -16,6 +17,10 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
+import h2.events
+import h2.exceptions
+
+from meshpy.codec.http2 import Connection, config
 from meshpy.model.types import HealthCheck
 
 if TYPE_CHECKING:
@@ -82,11 +87,14 @@ class HealthChecker:
                 reader, writer = await asyncio.open_connection(ip, port)
                 if cfg.kind == "tcp":
                     return True
+                if cfg.kind == "grpc":
+                    return await grpc_health(reader, writer, (cfg.host or self.cluster.model.name).encode(),
+                                             cfg.service)
                 hostname = (cfg.host or self.cluster.model.name).encode()
                 writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: %s\r\nconnection: close\r\n\r\n"
                              % (cfg.path.encode(), hostname, _USER_AGENT))
                 line = await reader.readline()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, h2.exceptions.H2Error):
             return False
         finally:
             if writer is not None:
@@ -98,3 +106,54 @@ class HealthChecker:
             return False
         status = int(parts[1])
         return any(start <= status < end for start, end in cfg.expected_statuses)
+
+
+_HEALTH_PATH = b"/grpc.health.v1.Health/Check"
+_SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}, as protobuf encodes it
+
+
+async def grpc_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: bytes,
+                      service: str) -> bool:
+    """One grpc.health.v1.Health/Check call over a fresh HTTP/2 connection: True on SERVING.
+
+    The two messages are one string and one enum field; they are written and read here directly
+    rather than with generated code for a whole package (grpcio-health-checking) on the data path."""
+    conn = Connection(config(client_side=True))
+    conn.initiate_connection()
+    name = service.encode()
+    request = b"\x0a" + _varint(len(name)) + name if name else b""  # HealthCheckRequest{service}
+    conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", _HEALTH_PATH),
+                          (b":authority", authority), (b"content-type", b"application/grpc"),
+                          (b"te", b"trailers"), (b"user-agent", _USER_AGENT)])
+    conn.send_data(1, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
+    writer.write(conn.data_to_send())
+    grpc_status: bytes | None = None
+    body = b""
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return False
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                for key, value in ev.headers or []:
+                    if key == b":status" and value != b"200":
+                        return False
+                    if key == b"grpc-status":
+                        grpc_status = value
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data or b""
+            elif isinstance(ev, h2.events.StreamEnded):
+                # The answer: a 5-byte gRPC message prefix, then the response message.
+                return grpc_status == b"0" and body[5:] == _SERVING
+            elif isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                return False
+        writer.write(conn.data_to_send())
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -281,11 +281,11 @@ def hash_policies(issues: Issues, action: Any, path: str) -> tuple[HashPolicy, .
 
 
 _HEALTH = frozenset({"timeout", "interval", "interval_jitter", "unhealthy_threshold", "healthy_threshold",
-                     "http_health_check", "tcp_health_check"})
+                     "http_health_check", "tcp_health_check", "grpc_health_check"})
 
 
 def health_check(issues: Issues, msg: Any, path: str) -> HealthCheck | None:
-    """A Cluster's health_checks: one HTTP or TCP check."""
+    """A Cluster's health_checks: one HTTP, TCP or gRPC check."""
     if not msg.health_checks:
         return None
     where = child(path, "health_checks")
@@ -307,8 +307,12 @@ def health_check(issues: Issues, msg: Any, path: str) -> HealthCheck | None:
     if hc.HasField("tcp_health_check"):
         issues.fields(hc.tcp_health_check, child(where, "tcp_health_check"), ())
         return HealthCheck(kind="tcp", **common)
+    if hc.HasField("grpc_health_check"):
+        g, g_where = hc.grpc_health_check, child(where, "grpc_health_check")
+        issues.fields(g, g_where, {"service_name", "authority"})
+        return HealthCheck(kind="grpc", service=g.service_name, host=g.authority or None, **common)
     if not hc.HasField("http_health_check"):
-        issues.add(where, "http_health_check or tcp_health_check is required")
+        issues.add(where, "http_health_check, tcp_health_check or grpc_health_check is required")
         return None
     h, h_where = hc.http_health_check, child(where, "http_health_check")
     issues.fields(h, h_where, {"host", "path", "expected_statuses"})

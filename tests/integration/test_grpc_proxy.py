@@ -164,3 +164,45 @@ def test_grpc_metrics_by_method_and_status(env: tuple[Proxy, int, int], channel:
     assert calls("Thing", 12, "no.Such") >= 1  # answered by meshpy: UNIMPLEMENTED
     assert p.metric("meshpy_grpc_request_duration_seconds_count", listener="grpc", grpc_service="echo.Echo",
                     grpc_method="Unary") >= 3
+
+
+HC_CONFIG = """
+admin: 127.0.0.1:{admin}
+drain_time: 0s
+listeners:
+  - name: grpc
+    address: 127.0.0.1:{port}
+    routes:
+      - match: /
+        cluster: echo
+clusters:
+  - name: echo
+    protocol: http2
+    endpoints: [127.0.0.1:{a}, 127.0.0.1:{b}]
+    health_check: {{type: grpc, service: echo.Echo, interval: 200ms, timeout: 1s, unhealthy_threshold: 1,
+                   healthy_threshold: 1}}
+"""
+
+
+def test_grpc_health_check() -> None:
+    a, b = free_port(), free_port()
+    health_b: dict[str, int] = {}
+    servers = [grpc_echo.start(a), grpc_echo.start(b, health_b)]
+    port, admin = free_port(), free_port()
+    p = Proxy(HC_CONFIG.format(admin=admin, port=port, a=a, b=b), admin).start()
+    try:
+        def unhealthy() -> float:
+            return p.metric("meshpy_upstream_hosts_unhealthy", cluster="echo")
+
+        eventually(lambda: p.metric("meshpy_upstream_health_transitions_total", cluster="echo",
+                                    state="unhealthy") == 0 and unhealthy() == 0, "both serving")
+        health_b["echo.Echo"] = 2  # NOT_SERVING
+        eventually(lambda: unhealthy() == 1, "the endpoint that is not serving leaves")
+        health_b["echo.Echo"] = 1
+        eventually(lambda: unhealthy() == 0, "and comes back")
+        servers[1].stop(0)
+        eventually(lambda: unhealthy() == 1, "a stopped server fails its check")
+    finally:
+        p.stop()
+        for s in servers:
+            s.stop(0)

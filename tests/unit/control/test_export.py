@@ -35,6 +35,9 @@ listeners:
     request_headers_timeout: 5s
     access_log: /tmp/meshpy-access.log
     rate_limit: 100/s
+    protocol: http2
+    http2: {max_concurrent_streams: 50, initial_stream_window_size: 128KiB}
+    upgrades: [websocket, spdy/3.1]
     request_headers:
       add: {x-edge: "1"}
     routes:
@@ -92,6 +95,11 @@ clusters:
     endpoints: [localhost:18082]
     health_check: {type: tcp, interval: 1s}
     lb_policy: {policy: ring_hash, ring_size: 2048}
+  - name: grpc-api
+    endpoints: [127.0.0.1:18090]
+    protocol: http2
+    http2: {max_concurrent_streams: 20, initial_connection_window_size: 2MiB}
+    health_check: {type: grpc, service: pkg.Svc, host: grpc.internal, interval: 3s}
 """
 
 
