@@ -75,9 +75,11 @@ def _string(m: StringMatch) -> dict[str, Any]:
 
 
 def _match(m: RouteMatch) -> dict[str, Any]:
-    out: dict[str, Any] = (
-        {"safe_regex": {"regex": m.path}} if m.path_kind == "regex" else {m.path_kind: m.path}
-    )
+    out: dict[str, Any]
+    if m.connect:
+        out = {"connect_matcher": {}}
+    else:
+        out = {"safe_regex": {"regex": m.path}} if m.path_kind == "regex" else {m.path_kind: m.path}
     out["case_sensitive"] = m.case_sensitive
     headers = [
         {
@@ -130,6 +132,8 @@ def _route(r: Route) -> dict[str, Any]:
     a = r.action
     if isinstance(a, ForwardAction):
         fwd: dict[str, Any] = {"timeout": duration(a.timeout)}
+        if r.match.connect:  # meshpy terminates CONNECT: Envoy's connect_config says the same
+            fwd["upgrade_configs"] = [{"upgrade_type": "CONNECT", "connect_config": {}}]
         if a.weighted:
             fwd["weighted_clusters"] = {
                 "clusters": [{"name": w.name, "weight": w.weight} for w in a.weighted]

@@ -22,7 +22,7 @@ from meshpy.model.yaml_values import yaml_kind
 
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # RFC 9110 token, lower-cased
 _PATH_KINDS = ("prefix", "path", "regex")
-_MATCH_KEYS = (*_PATH_KINDS, "case_sensitive", "headers", "query", "methods")
+_MATCH_KEYS = (*_PATH_KINDS, "case_sensitive", "headers", "query", "methods", "connect")
 _KIND_OF: dict[str, PathMatchKind] = {"prefix": "prefix", "path": "path", "regex": "regex"}
 _STRING_KINDS: tuple[StringMatchKind, ...] = ("exact", "prefix", "suffix", "contains", "regex", "present")
 
@@ -59,6 +59,10 @@ def read_match(r: Reader, node: object, path: str) -> RouteMatch:
     if f is None:
         return RouteMatch()
     kinds = f.present(*_PATH_KINDS)
+    connect = f.get("connect", as_bool, False)
+    if connect:
+        for key in f.present(*_PATH_KINDS, "case_sensitive", "query", "methods"):
+            r.error(f.at(key), "does not apply to a CONNECT match (a CONNECT request has no path)")
     if len(kinds) > 1:
         r.error(path, f"has {' and '.join(kinds)}; a match has at most one of prefix, path, regex")
     parsers = {"prefix": absolute_path, "path": _exact_path, "regex": compile_regex}
@@ -74,6 +78,7 @@ def read_match(r: Reader, node: object, path: str) -> RouteMatch:
         headers=tuple(_header_matches(r, f.raw("headers"), f.at("headers"))) if "headers" in f else (),
         query=tuple(_query_matches(r, f.raw("query"), f.at("query"))) if "query" in f else (),
         methods=tuple(_methods(r, f.raw("methods"), f.at("methods"))) if "methods" in f else (),
+        connect=connect,
     )
 
 

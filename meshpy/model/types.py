@@ -70,6 +70,9 @@ class RouteMatch:
     headers: tuple[HeaderMatch, ...] = ()
     query: tuple[QueryMatch, ...] = ()
     methods: tuple[str, ...] = ()  # upper case; empty means any method
+    # CONNECT requests (Envoy's connect_matcher): they match only such routes, and such routes only
+    # them; the path fields do not apply (a CONNECT request has none).
+    connect: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

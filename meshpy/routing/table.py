@@ -66,7 +66,7 @@ _BLOCK_MIN_ROUTES: Final = 4
 
 @final
 class CompiledVirtualHost:
-    __slots__ = ("_steps", "limiter", "name", "routes", "virtual_host")
+    __slots__ = ("_connect", "_steps", "limiter", "name", "routes", "virtual_host")
 
     def __init__(self, virtual_host: VirtualHost | None) -> None:
         self.virtual_host = virtual_host
@@ -75,6 +75,7 @@ class CompiledVirtualHost:
         self.limiter = TokenBucket(limit) if limit is not None else None
         self.routes: tuple[CompiledRoute, ...] = ()
         self._steps: tuple[CompiledRoute | PrefixIndex[CompiledRoute], ...] = ()
+        self._connect: tuple[CompiledRoute, ...] = ()  # the routes for CONNECT requests, apart
 
 
 @final
@@ -96,6 +97,7 @@ class CompiledRoute:
         "_total_weight",
         "_value",
         "action",
+        "connect",
         "fault",
         "forward",
         "guarded",
@@ -146,6 +148,7 @@ class CompiledRoute:
             route.response_headers, vh_model.response_headers, rc.response_headers
         )
         m = route.match
+        self.connect = m.connect
         self._value = m.path
         self._regex: Callable[[str], re.Match[str] | None] | None = None
         # Characters of the path that a prefix_rewrite replaces; None: the whole path (regex routes).
@@ -347,7 +350,8 @@ class RouteTable:
             cvh.routes = tuple(
                 CompiledRoute(r, cvh, rc, f"{where}.routes[{j}]", rand) for j, r in enumerate(vh.routes)
             )
-            cvh._steps = _steps(cvh.routes)
+            cvh._steps = _steps([r for r in cvh.routes if not r.connect])
+            cvh._connect = tuple(r for r in cvh.routes if r.connect)
             compiled.append(cvh)
             for j, domain in enumerate(vh.domains):
                 self._domains.add(domain, cvh, f"{where}.domains[{j}]")
@@ -355,6 +359,15 @@ class RouteTable:
         # Answers "no virtual host": it has no routes, so `match` falls through to None with no check.
         self._no_vhost = CompiledVirtualHost(None)
         self._host_memo: dict[str, CompiledVirtualHost] = {}
+
+    @staticmethod
+    def _match_connect(vh: CompiledVirtualHost, authority: str, path: str,
+                       headers: Sequence[tuple[bytes, bytes]]) -> CompiledRoute | None:
+        req = RequestView(authority, path, "CONNECT", headers)
+        for route in vh._connect:
+            if route.matches_rest(req):
+                return route
+        return None
 
     def virtual_host_for(self, authority: str) -> CompiledVirtualHost | None:
         vh = self._host_memo.get(authority) or self._resolve_host(authority)
@@ -373,6 +386,8 @@ class RouteTable:
     ) -> CompiledRoute | None:
         """The first route of the matching virtual host that matches the request, or None."""
         vh = self._host_memo.get(authority) or self._resolve_host(authority)
+        if method == "CONNECT":
+            return self._match_connect(vh, authority, path, headers)
         path_only: str | None = None
         lowered: str | None = None
         req: RequestView | None = None

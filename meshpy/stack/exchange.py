@@ -177,6 +177,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
                     check_transfer_encoding(value)
         target = self.target
         if target[:1] != b"/":
+            if method == b"CONNECT":
+                return self._connect_request(target)
             target = self._absolute_form(target)
             self.target = target
         if facts.authority is None:
@@ -265,6 +267,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             self._request_timers()
         elif self._has_body():
             self._arm_idle()  # guards a slow upload until the request ends
+        if self.upgrade == b"connect":
+            return self._open_tunnel(host)  # CONNECT: a TCP connection of its own, not from the pool
         conn = host.pool.checkout(self._on_pool)
         if conn is not None:
             self._attach(conn)

@@ -1,6 +1,8 @@
-"""HTTP/1.1 Upgrade (WebSocket and the other types a listener allows): the handshake is an ordinary
-request through routing and policies; when the upstream answers 101 the two connections become one
-byte stream (meshpy.transport.tunnel) until either side closes. A mixin of `Exchange`.
+"""HTTP/1.1 Upgrade (WebSocket and the other types a listener allows) and CONNECT: the handshake is an
+ordinary request through routing and policies; when the upstream answers 101 the two connections
+become one byte stream (meshpy.transport.tunnel) until either side closes. CONNECT (where the listener
+allows `connect` and a route matches with `connect: true`) is terminated here: meshpy connects to the
+route's cluster itself, answers 200, and tunnels. A mixin of `Exchange`.
 
 An upgrade type the listener does not allow is not an error: the request is proxied as a plain one,
 its Upgrade header dropped as hop-by-hop (so `Upgrade: h2c` gets an HTTP/1.1 answer, as from Envoy).
@@ -10,17 +12,27 @@ it, since the client may already have sent bytes of the other protocol.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, cast
 
 from meshpy.codec.http1 import response_head
 from meshpy.codec.raw_head import parse_fields
+from meshpy.errors import BadRequest, UpstreamConnectFailure
 from meshpy.stack.forwarding import downstream_response_headers
 from meshpy.stack.parts import ExchangeParts
-from meshpy.transport.tunnel import Tunnel
+from meshpy.transport.tunnel import Pending, Tunnel
 
 if TYPE_CHECKING:
     from meshpy.transport.downstream_http1 import Http1Downstream
     from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.upstream.cluster import Host
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, ip: str, port: int,
+                   timeout: float) -> tuple[asyncio.Transport, Pending]:
+    async with asyncio.timeout(timeout):
+        transport, pending = await loop.create_connection(Pending, ip, port)
+    return transport, pending
 
 
 class UpgradesMixin(ExchangeParts):
@@ -31,6 +43,66 @@ class UpgradesMixin(ExchangeParts):
         """The request asks for `value` (Upgrade header) and the listener allows it."""
         self.upgrade = value
         self.keep_alive = False  # unless it becomes a tunnel, the connection ends with this answer
+
+    def _connect_request(self, target: bytes) -> None:
+        """`CONNECT host:port`: the target is the authority (RFC 9110 9.3.6); there is no path. A
+        listener that does not allow `connect` answers 403; one that does tunnels where a CONNECT
+        route matches (404 where none does)."""
+        host, sep, port = target.rpartition(b":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BadRequest("CONNECT needs host:port")
+        if b"connect" not in self.cfg.upgrades:
+            raise BadRequest("CONNECT is not allowed here", 403)
+        self.authority = target.decode("latin-1")
+        self.path = ""
+        self._accept_upgrade(b"connect")
+
+    def _open_tunnel(self, host: Host) -> None:
+        """Connect to the endpoint the route's cluster picked; on success answer 200 and join the
+        client to it. The bytes of the tunnel are the client's business: no HTTP goes upstream."""
+        cluster = self.cluster
+        assert cluster is not None
+        loop = self.down.loop
+        ip, port = host.pool.address
+        task = loop.create_task(_connect(loop, ip, port, cluster.model.connect_timeout))
+
+        def done(t: asyncio.Task[tuple[asyncio.Transport, Pending]]) -> None:
+            if self.done:
+                if not t.cancelled() and t.exception() is None:
+                    t.result()[0].close()
+                return
+            if t.cancelled() or t.exception() is not None:
+                cluster.stats.connect_failed()
+                self._host_failed()
+                self._error(UpstreamConnectFailure())
+                self.down.flush()
+                return
+            transport, pending = t.result()
+            self._connected(transport, pending)
+
+        task.add_done_callback(done)
+
+    def _connected(self, transport: asyncio.Transport, pending: Pending) -> None:
+        down = cast("Http1Downstream", self.down)
+        stats = self.cluster.stats if self.cluster is not None else None
+        if stats is not None:
+            stats.cx_total += 1
+            stats.cx_active += 1
+        headers = [(b"date", down.slot.date.now())]
+        if self.cfg.server_name is not None:
+            headers.append((b"server", self.cfg.server_name))
+        down.out.append(response_head(200, headers))
+        down.flush()
+        self.started = True
+        self.resp_status = 200
+        self._stop_timers()
+        assert down.transport is not None
+        tunnel = Tunnel(down.transport, transport, self._tunnel_closed)
+        down.transport.resume_reading()
+        tunnel.from_client(self.early)
+        self.early = b""
+        pending.hand_over(tunnel)
+        self._upgraded = (down, None)
 
     def _switch(self, fields: bytes) -> None:
         """The upstream said 101: answer the client, then join the two connections."""
@@ -69,7 +141,10 @@ class UpgradesMixin(ExchangeParts):
         self.bytes_in += from_client
         self.bytes_out += from_upstream
         down, conn = self._upgraded
-        conn.connection_lost(None)  # the pool's bookkeeping of a closed connection
+        if conn is not None:
+            conn.connection_lost(None)  # the pool's bookkeeping of a closed connection
+        elif self.cluster is not None:
+            self.cluster.stats.cx_active -= 1  # a CONNECT tunnel's own connection
         down.active = None
         down.connection_lost(None)  # the listener's
         self._complete()

@@ -12,6 +12,33 @@ import asyncio
 from collections.abc import Callable
 
 
+class Pending(asyncio.Protocol):
+    """The protocol of a connection made for a tunnel that is not joined yet (CONNECT: the answer to
+    the client goes first): what arrives meanwhile is kept and handed over."""
+
+    def __init__(self) -> None:
+        self.kept: list[bytes] = []
+        self.eof = False
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.kept.append(data)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def hand_over(self, tunnel: Tunnel) -> None:
+        tunnel.from_upstream(b"".join(self.kept))
+        if self.lost:
+            tunnel.close()
+        elif self.eof:
+            tunnel.up.eof_received()
+
+
 class TunnelEnd(asyncio.Protocol):
     __slots__ = ("eof", "moved", "other", "transport", "tunnel")
 

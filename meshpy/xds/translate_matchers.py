@@ -23,7 +23,8 @@ from meshpy.model.types import (
 )
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, wrapped
 
-_ROUTE_MATCH = frozenset({"prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters"})
+_ROUTE_MATCH = frozenset({"prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters",
+                          "connect_matcher"})
 _HEADER_MATCHER = frozenset(
     {
         "name",
@@ -74,9 +75,12 @@ def route_match(issues: Issues, msg: Any, path: str) -> RouteMatch:
         path_kind, pattern = "regex", regex(issues, msg.safe_regex, child(path, "safe_regex"))
         # Envoy documents case_sensitive as not applying to safe_regex: the regex decides alone.
         case_sensitive = True
+    elif kind == "connect_matcher":
+        issues.fields(msg.connect_matcher, child(path, "connect_matcher"), ())
+        path_kind, pattern = "prefix", "/"
     else:
         if kind is None:
-            issues.add(path, "one of prefix, path or safe_regex is required")
+            issues.add(path, "one of prefix, path, safe_regex or connect_matcher is required")
         return RouteMatch()
     headers = [
         header_match(issues, header, item(child(path, "headers"), i)) for i, header in enumerate(msg.headers)
@@ -93,6 +97,7 @@ def route_match(issues: Issues, msg: Any, path: str) -> RouteMatch:
         headers=tuple(headers),
         query=query,
         methods=methods,
+        connect=kind == "connect_matcher",
     )
 
 

@@ -207,7 +207,9 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
 
 
 def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardAction:
-    issues.fields(msg, path, _FORWARD)
+    issues.fields(msg, path, _FORWARD | {"upgrade_configs"} if match.connect else _FORWARD)
+    if match.connect:
+        _connect_upgrade(issues, msg, path)
     cluster: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
     kind = msg.WhichOneof("cluster_specifier")
@@ -244,6 +246,22 @@ def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardA
         timeout=timeout(msg, "timeout", DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=idle,
     )
+
+
+def _connect_upgrade(issues: Issues, msg: Any, path: str) -> None:
+    """A connect_matcher route: meshpy terminates CONNECT (opens TCP to the cluster's endpoint and
+    tunnels), which in Envoy is `upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]`.
+    Forwarding the CONNECT request itself upstream (no connect_config) is not supported."""
+    where = child(path, "upgrade_configs")
+    configs = list(msg.upgrade_configs)
+    ok = len(configs) == 1 and configs[0].upgrade_type.upper() == "CONNECT" and \
+        configs[0].HasField("connect_config")
+    if not ok:
+        issues.add(where, "a connect_matcher route needs [{upgrade_type: CONNECT, connect_config: {}}] "
+                          "(meshpy terminates CONNECT)")
+        return
+    issues.fields(configs[0], item(where, 0), {"upgrade_type", "connect_config"})
+    issues.fields(configs[0].connect_config, child(item(where, 0), "connect_config"), ())
 
 
 def _weighted(issues: Issues, msg: Any, path: str) -> tuple[WeightedCluster, ...]:

@@ -235,6 +235,7 @@ def test_minimal_http_listener_gets_envoy_defaults() -> None:
             request_headers_timeout=None,
             idle_timeout=3600.0,
             server_name="envoy",
+            upgrades=(),  # Envoy tunnels no upgrade type unless upgrade_configs names it
         ),
     )
     assert route.action == ForwardAction(cluster="demo", timeout=15.0)
@@ -281,6 +282,7 @@ def test_hcm_options() -> None:
         access_logs=(AccessLog(path="/tmp/access.log"), AccessLog(path=None)),
         server_name="meshpy",
         codec="http1",
+        upgrades=(),
     )
 
 
@@ -297,6 +299,24 @@ def test_cluster_http2_from_the_extension_and_the_legacy_field() -> None:
     for source, streams in ((UPSTREAM_HTTP2, 50), (UPSTREAM_HTTP2_LEGACY, 100)):
         c = load_bootstrap(source).clusters[0]
         assert c.name == "demo" and c.protocol == "http2" and c.http2.max_concurrent_streams == streams
+
+
+CONNECT_ROUTE = http_bootstrap(
+    "connect_route",
+    """
+    - match: {connect_matcher: {}}
+      route: {cluster: demo, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]}
+    - {match: {prefix: /}, route: {cluster: demo}}
+    """,
+    hcm="upgrade_configs: [{upgrade_type: CONNECT}, {upgrade_type: websocket, enabled: false}]",
+)
+
+
+def test_connect_routes_and_upgrade_types() -> None:
+    http = http_of(CONNECT_ROUTE)
+    first, second = http.route_config.virtual_hosts[0].routes
+    assert first.match.connect and not second.match.connect
+    assert http.upgrades == ("connect",)  # websocket listed, but not enabled
 
 
 HCM_HTTP2 = http_bootstrap("hcm_http2", hcm="""
@@ -731,6 +751,14 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         UNSUPPORTED,
     ),
     ("hcm_via", http_bootstrap("hcm_via", hcm="via: meshpy"), f"{FILTER}.via", UNSUPPORTED),
+    (
+        "connect_forwarded",
+        http_bootstrap("connect_forwarded", "- {match: {connect_matcher: {}}, route: {cluster: demo}}",
+                       hcm="upgrade_configs: [{upgrade_type: CONNECT}]"),
+        f"{FILTER}.route_config.virtual_hosts[0].routes[0].route.upgrade_configs",
+        "a connect_matcher route needs [{upgrade_type: CONNECT, connect_config: {}}] "
+        "(meshpy terminates CONNECT)",
+    ),
     (
         "hcm_http3",
         http_bootstrap("hcm_http3", hcm="codec_type: HTTP3"),
