@@ -8,7 +8,7 @@ written: HEADERS and DATA frames on one stream, through H2Stream, instead of byt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from meshpy.codec import grpc
 from meshpy.codec.http1 import no_body_status
@@ -17,17 +17,20 @@ from meshpy.codec.raw_head import parse_fields
 from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
 from meshpy.stack.forwarding import SCANNED, RequestFacts, downstream_response_headers
+from meshpy.stack.h2_tunnel import H2TunnelUp, websocket_key
 
 if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.transport.h2_stream import H2Stream
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
 
 _CONTINUE = [(b":status", b"100")]
 
 
 class H2Exchange(Exchange):
     PROTOCOL = "HTTP/2"
-    __slots__ = ("_grpc", "_grpc_deadline", "_grpc_status", "_held", "_reply", "stream", "trailers")
+    __slots__ = ("_grpc", "_grpc_deadline", "_grpc_status", "_held", "_reply", "_tunnel", "_upgraded_up",
+                 "stream", "trailers")
 
     def __init__(self, stream: H2Stream, cfg: HttpListenerConfig) -> None:
         super().__init__(stream, cfg)
@@ -40,6 +43,7 @@ class H2Exchange(Exchange):
         self._grpc = False
         self._grpc_deadline = 0.0
         self._grpc_status = -1  # from the answer's grpc-status (trailers, or a trailers-only head)
+        self._tunnel: H2TunnelUp | None = None
 
     # -- request side ----------------------------------------------------------------------------
     def begin(self, head: RequestHead, ended: bool) -> None:
@@ -60,10 +64,16 @@ class H2Exchange(Exchange):
                 raise BadRequest("invalid content-length")
             if len(headers) > cfg.max_headers or head.size > cfg.max_header_bytes:
                 raise BadRequest("request header fields too large", 431)
-            if not ended and facts.content_length is None:
+            method = head.method
+            if method == b"CONNECT":
+                method = self._extended_connect(head)
+            elif not ended and facts.content_length is None:
                 # A body of unknown length: chunked on an HTTP/1.1 upstream connection.
                 facts.chunked = True
-            self.head_complete(head.method, "2", True)
+            self.head_complete(method, "2", True)
+            if head.protocol is not None:
+                self._accept_upgrade(head.protocol.lower())
+                self.keep_alive = True  # (a stream: nothing to close)
             self._grpc_request()
         except BadRequest as err:
             if not self.method:  # not counted by head_complete
@@ -72,6 +82,55 @@ class H2Exchange(Exchange):
             self._local_reply(err.status, err.body, "DPE", close=True)
             return
         self.start()
+
+    def _extended_connect(self, head: RequestHead) -> bytes:
+        """RFC 8441: `CONNECT` with `:protocol` goes upstream as an HTTP/1.1 Upgrade request (GET).
+        A plain CONNECT over HTTP/2, or a protocol the listener does not allow, gets 403."""
+        protocol = head.protocol
+        if protocol is None or protocol.lower() not in self.cfg.upgrades or protocol.lower() == b"connect":
+            raise BadRequest("CONNECT is not allowed here", 403)
+        if protocol.lower() == b"websocket" and not any(n == b"sec-websocket-key" for n, _ in self.headers):
+            self.headers.append((b"sec-websocket-key", websocket_key()))
+        return b"GET"
+
+    def _switch(self, fields: bytes) -> None:
+        """The upstream accepted the upgrade (101): 200 on the stream, then a tunnel (RFC 8441 5)."""
+        conn, host, stream = self.conn, self.host, self.stream
+        assert conn is not None and host is not None and not conn.multiplexed
+        up = cast("UpstreamHttp1", conn)
+        headers = [h for h in downstream_response_headers(parse_fields(fields))[0]
+                   if h[0] != b"sec-websocket-accept"]  # an HTTP/1.1 handshake detail
+        self.started = True
+        self.resp_status = 200
+        self._stop_timers()
+        self.conn = None
+        host.pool.hand_over(up)
+        up.exchange = None
+        stream.send_head(response_fields(200, headers), False)
+        assert up.transport is not None
+        self._tunnel = tunnel = H2TunnelUp(stream, up.transport, self._tunnel_done)
+        up.tunnel = tunnel
+        stream.tunnel = tunnel
+        self._upgraded_up = up
+
+    def _tunnel_done(self, from_client: int, from_upstream: int) -> None:
+        self.bytes_in += from_client
+        self.bytes_out += from_upstream
+        self._upgraded_up.connection_lost(None)  # the pool's bookkeeping of a closed connection
+        if not self.done:
+            self._complete()
+
+    def request_end(self) -> None:
+        if self._tunnel is not None:
+            self.req_done = True
+            self._tunnel.client_ended()
+            return
+        super().request_end()
+
+    def downstream_lost(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.close()
+        super().downstream_lost()
 
     def _grpc_request(self) -> None:
         """A gRPC call: its errors are answered as gRPC statuses, and grpc-timeout is its deadline."""

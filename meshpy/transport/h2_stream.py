@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from meshpy.routing.compile import ListenerSlot
     from meshpy.stack.exchange import Exchange
     from meshpy.stack.exchange_h2 import H2Exchange
+    from meshpy.stack.h2_tunnel import H2TunnelUp
     from meshpy.transport.downstream_http2 import Http2Downstream
 
 
@@ -42,6 +43,7 @@ class H2Stream:
         "sid",
         "slot",
         "trailers",
+        "tunnel",
         "write_paused",
     )
 
@@ -61,14 +63,17 @@ class H2Stream:
         self.req_ended = False
         self.resp_ended = False
         self.opened = conn.loop.time()
+        self.tunnel: H2TunnelUp | None = None  # after an extended CONNECT became a WebSocket tunnel
         self._held = 0
         self._unacked = 0
 
     # -- the request body, from the connection ---------------------------------------------------
     def received(self, data: bytes, flow_controlled: int) -> None:
-        ex = self.ex
-        if ex is not None:
-            ex.request_body(data)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.to_upstream(data)
+        elif self.ex is not None:
+            self.ex.request_body(data)
         if self._held:
             self._unacked += flow_controlled
         elif flow_controlled:
@@ -125,6 +130,9 @@ class H2Stream:
         if paused == self.write_paused:
             return
         self.write_paused = paused
+        if self.tunnel is not None:
+            self.tunnel.pause_upstream(paused)
+            return
         ex = self.ex
         if ex is not None and not ex.done:
             if paused:

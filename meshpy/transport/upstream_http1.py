@@ -16,7 +16,6 @@ from meshpy.codec.raw_head import MAX_HEAD, split_head
 from meshpy.errors import UpstreamProtocolError
 
 if TYPE_CHECKING:
-    from meshpy.transport.tunnel import Tunnel
     from meshpy.transport.upstream_http2 import UpstreamStream
     from meshpy.upstream.pool import HostPool
 
@@ -32,6 +31,12 @@ class UpstreamSink(Protocol):
     def up_pause_writing(self) -> None: ...
     def up_resume_writing(self) -> None: ...
     def flush(self) -> None: ...
+
+
+class TunnelFeed(Protocol):
+    """A tunnel this connection became part of: it takes the bytes read together with the 101 head."""
+
+    def from_upstream(self, data: bytes) -> None: ...
 
 
 class UpstreamHttp1(asyncio.Protocol):
@@ -61,7 +66,7 @@ class UpstreamHttp1(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.used = False  # has carried an exchange before: a failure on it may be a stale keep-alive
-        self.tunnel: Tunnel | None = None  # set when a 101 made this connection part of a tunnel
+        self.tunnel: TunnelFeed | None = None  # set when a 101 made this connection part of a tunnel
         # The bytes of the response head being received (see meshpy.codec.raw_head); _in_head is
         # false from the end of a final head to the end of its response.
         self._head_buf = b""

@@ -9,7 +9,9 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import h2.events
 import pytest
+from h2peer import H2Peer
 from kit import Proxy, eventually, free_port, http
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
@@ -130,3 +132,41 @@ def test_h2c_upgrade_is_answered_as_http1(env: tuple[Proxy, int, int]) -> None:
                   b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
         head = s.recv(4096)
     assert head.startswith(b"HTTP/1.1 ") and not head.startswith(b"HTTP/1.1 101")
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (RFC 6455 5.2): FIN, the opcode, masked (clients must mask), payload < 126."""
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def test_websocket_over_http2_extended_connect(env: tuple[Proxy, int, int]) -> None:
+    """RFC 8441: CONNECT with :protocol websocket on an HTTP/2 stream, to the HTTP/1.1 upstream."""
+    p, port, _ = env
+    peer = H2Peer(port)
+    try:
+        assert peer.wait(lambda events: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events))
+        sid = peer.request([(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
+                            (b":path", b"/ws"), (b":authority", b"127.0.0.1:%d" % port),
+                            (b"sec-websocket-version", b"13")], end=False)
+        assert peer.wait(lambda events: any(isinstance(e, h2.events.ResponseReceived) for e in events))
+        [head] = [e for e in peer.events if isinstance(e, h2.events.ResponseReceived)]
+        assert dict(head.headers)[b":status"] == b"200"
+        peer.conn.send_data(sid, _frame(0x1, b"hello"))
+        peer.flush()
+
+        def echoed(events: list[object]) -> bool:
+            return b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) \
+                .startswith(b"\x81\x05HELLO")
+
+        assert peer.wait(echoed)
+        peer.conn.send_data(sid, _frame(0x8, b"\x03\xe8"), end_stream=True)  # close, 1000
+        peer.flush()
+        assert peer.wait(lambda events: any(isinstance(e, h2.events.StreamEnded | h2.events.StreamReset)
+                                            for e in events))
+    finally:
+        peer.close()
+    eventually(lambda: '"protocol":"HTTP/2"' in p.logs(), "the session is logged")
+    line = [x for x in p.logs().splitlines() if '"protocol":"HTTP/2"' in x][-1]
+    assert '"method":"GET"' in line and '"response_code":200' in line
