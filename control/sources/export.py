@@ -215,9 +215,13 @@ def _logs(logs: tuple[Any, ...]) -> list[dict[str, Any]]:
 
 def http2_options(o: Http2Options) -> dict[str, Any]:
     """Always stated in full: Envoy's defaults differ from meshpy's (see Http2Options)."""
-    return {"max_concurrent_streams": o.max_concurrent_streams,
-            "initial_stream_window_size": o.initial_stream_window_size,
-            "initial_connection_window_size": o.initial_connection_window_size}
+    out: dict[str, Any] = {"max_concurrent_streams": o.max_concurrent_streams,
+                           "initial_stream_window_size": o.initial_stream_window_size,
+                           "initial_connection_window_size": o.initial_connection_window_size}
+    if o.keepalive_interval is not None:
+        out["connection_keepalive"] = {"interval": duration(o.keepalive_interval),
+                                       "timeout": duration(o.keepalive_timeout)}
+    return out
 
 
 def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dict[str, Any]:

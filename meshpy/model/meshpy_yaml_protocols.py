@@ -9,16 +9,18 @@
     clusters:
       - name: grpc-backend
         protocol: http2           # http1 (the default) or http2
-        http2: {max_concurrent_streams: 100}
+        http2: {max_concurrent_streams: 100, connection_keepalive: {interval: 30s, timeout: 5s}}
 """
 
 from __future__ import annotations
 
 from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options, UpstreamProtocol
-from meshpy.model.yaml_reader import Reader, as_positive_int
+from meshpy.model.yaml_reader import Reader, as_positive_duration, as_positive_int
 from meshpy.model.yaml_values import parse_size
 
-_HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size")
+_HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
+               "connection_keepalive")
+_KEEPALIVE_KEYS = ("interval", "timeout")
 
 
 def _window(value: object) -> int:
@@ -52,7 +54,15 @@ def http2_options(r: Reader, node: object, path: str) -> Http2Options:
     if f is None:
         return DEFAULT_HTTP2
     d = DEFAULT_HTTP2
+    interval, ka_timeout = d.keepalive_interval, d.keepalive_timeout
+    if "connection_keepalive" in f:
+        ka = r.mapping(f.raw("connection_keepalive"), f.at("connection_keepalive"), _KEEPALIVE_KEYS)
+        if ka is not None:
+            interval = ka.require("interval", as_positive_duration, 30.0)
+            ka_timeout = ka.get("timeout", as_positive_duration, d.keepalive_timeout)
     return Http2Options(
+        keepalive_interval=interval,
+        keepalive_timeout=ka_timeout,
         max_concurrent_streams=f.get("max_concurrent_streams", as_positive_int, d.max_concurrent_streams),
         initial_stream_window_size=f.get("initial_stream_window_size", _window, d.initial_stream_window_size),
         initial_connection_window_size=f.get(

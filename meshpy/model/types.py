@@ -243,6 +243,11 @@ class Http2Options:
     max_concurrent_streams: int = 100
     initial_stream_window_size: int = 64 * 1024
     initial_connection_window_size: int = 1024 * 1024
+    # PING every `keepalive_interval` seconds (None: never); no answer within `keepalive_timeout`
+    # closes the connection, so a peer that vanished without a FIN is noticed (Envoy's
+    # connection_keepalive). Used on upstream connections.
+    keepalive_interval: float | None = None
+    keepalive_timeout: float = 5.0
 
 
 DEFAULT_HTTP2 = Http2Options()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -32,7 +33,12 @@ if TYPE_CHECKING:
     from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamSink
 
 
+log = logging.getLogger("meshpy.upstream")
+
+
 class StreamPool(Protocol):
+    address: tuple[str, int]
+
     def discard(self, conn: UpstreamConn) -> None: ...
     def connection_gone(self, conn: UpstreamHttp2, lost: bool) -> None: ...
     def capacity_freed(self, conn: UpstreamHttp2) -> None: ...
@@ -128,8 +134,8 @@ class UpstreamStream:
 
 
 class UpstreamHttp2(asyncio.Protocol):
-    __slots__ = ("_extra_window", "_flush_due", "closed", "goaway", "h2", "idle_since", "max_streams", "pool",
-                 "streams", "streams_total", "transport")
+    __slots__ = ("_extra_window", "_flush_due", "_ka_timer", "_keepalive", "closed", "goaway", "h2",
+                 "idle_since", "max_streams", "pool", "streams", "streams_total", "transport")
 
     def __init__(self, pool: StreamPool, opts: Http2Options) -> None:
         self.pool = pool
@@ -148,6 +154,10 @@ class UpstreamHttp2(asyncio.Protocol):
         self.goaway = False  # the upstream sent GOAWAY: no new streams here
         self.idle_since = 0.0
         self._flush_due = False
+        # (interval, timeout) of PING keepalive, or None; one timer: the next PING, or its deadline.
+        self._keepalive = (opts.keepalive_interval, opts.keepalive_timeout) \
+            if opts.keepalive_interval is not None else None
+        self._ka_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -156,9 +166,14 @@ class UpstreamHttp2(asyncio.Protocol):
         if self._extra_window > 0:
             self.h2.increment_flow_control_window(self._extra_window)
         self.flush()
+        if self._keepalive is not None:
+            self._ka_timer = asyncio.get_running_loop().call_later(self._keepalive[0], self._ping)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+            self._ka_timer = None
         streams = list(self.streams.values())
         self.streams.clear()
         for s in streams:
@@ -218,6 +233,8 @@ class UpstreamHttp2(asyncio.Protocol):
                 self.pool.capacity_freed(self)
             elif kind is h2.events.ConnectionTerminated:
                 self._goaway(cast(h2.events.ConnectionTerminated, ev))
+            elif kind is h2.events.PingAckReceived:
+                self._pong()
         self.flush()
         for ex in touched:
             ex.flush()
@@ -296,6 +313,29 @@ class UpstreamHttp2(asyncio.Protocol):
         for sid in list(self.streams):
             self._stream_failed(sid, exc)
         self.close()
+
+    # -- keepalive ---------------------------------------------------------------------------------
+    def _ping(self) -> None:
+        """Keepalive: a PING, and the deadline for its answer."""
+        if self.closed or self._keepalive is None:
+            return
+        self.h2.ping(b"meshpyka")
+        self.flush()
+        self._ka_timer = asyncio.get_running_loop().call_later(self._keepalive[1], self._ping_lost)
+
+    def _pong(self) -> None:
+        if self._keepalive is None or self.closed:
+            return
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+        self._ka_timer = asyncio.get_running_loop().call_later(self._keepalive[0], self._ping)
+
+    def _ping_lost(self) -> None:
+        """No answer to a keepalive PING in time: the peer is gone; its streams fail (retries decide)."""
+        self._ka_timer = None
+        log.warning("http2 upstream %s:%d: no PING answer in %.1fs: closing", *self.pool.address,
+                    self._keepalive[1] if self._keepalive else 0.0)
+        self._fail_all(UpstreamProtocolError("keepalive PING unanswered"))
 
     # -- used by streams and the pool ------------------------------------------------------------
     def usable(self) -> bool:

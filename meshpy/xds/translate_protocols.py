@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options, HttpCodec
-from meshpy.xds.translate_base import Issues, child, wrapped
+from meshpy.xds.translate_base import Issues, child, positive_duration, wrapped
 
 _HTTP2_FIELDS = frozenset({"max_concurrent_streams", "initial_stream_window_size",
-                           "initial_connection_window_size"})
+                           "initial_connection_window_size", "connection_keepalive"})
 # HttpConnectionManager.CodecType: AUTO, HTTP1, HTTP2 (HTTP3 is refused by the caller).
 _CODECS: dict[int, HttpCodec] = {0: "auto", 1: "http1", 2: "http2"}
 
@@ -40,8 +40,17 @@ def http2_options(issues: Issues, msg: Any, path: str) -> Http2Options:
         if not H2_MIN_WINDOW <= size <= H2_MAX_WINDOW:
             issues.add(child(path, name), f"must be from {H2_MIN_WINDOW} to {H2_MAX_WINDOW}")
         windows.append(size)
+    interval, ka_timeout = d.keepalive_interval, d.keepalive_timeout
+    if msg.HasField("connection_keepalive"):
+        ka, where = msg.connection_keepalive, child(path, "connection_keepalive")
+        issues.fields(ka, where, {"interval", "timeout"})
+        interval = positive_duration(issues, ka, "interval", where, 30.0)
+        ka_timeout = positive_duration(issues, ka, "timeout", where, d.keepalive_timeout)
+        if not ka.HasField("interval"):
+            issues.add(child(where, "interval"), "is required")
     return Http2Options(max_concurrent_streams=max(streams, 1), initial_stream_window_size=windows[0],
-                        initial_connection_window_size=windows[1])
+                        initial_connection_window_size=windows[1], keepalive_interval=interval,
+                        keepalive_timeout=ka_timeout)
 
 
 def upgrades(issues: Issues, msg: Any, path: str) -> tuple[str, ...]:

@@ -4,12 +4,15 @@ statuses. Also HTTP/1.1 in and HTTP/2 out, with a second meshpy listener as the 
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
 from collections.abc import Iterator
 
 import grpc
 import grpc_echo
 import pytest
-from kit import Proxy, eventually, free_port, http
+from kit import Proxy, RawUpstream, eventually, free_port, http
 
 CONFIG = """
 admin: 127.0.0.1:{admin}
@@ -206,3 +209,41 @@ def test_grpc_health_check() -> None:
         p.stop()
         for s in servers:
             s.stop(0)
+
+
+KEEPALIVE_CONFIG = """
+admin: 127.0.0.1:{admin}
+drain_time: 0s
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    routes:
+      - match: /
+        cluster: silent
+        timeout: 10s
+clusters:
+  - name: silent
+    protocol: http2
+    endpoints: [127.0.0.1:{upstream}]
+    http2: {{connection_keepalive: {{interval: 200ms, timeout: 300ms}}}}
+"""
+
+
+def test_keepalive_notices_a_silent_upstream() -> None:
+    """An upstream that accepts and then says nothing (a peer gone without a FIN looks the same): the
+    unanswered keepalive PING closes the connection, and the request fails long before its timeout."""
+    def silent(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+
+    with RawUpstream(silent) as up:
+        port, admin = free_port(), free_port()
+        p = Proxy(KEEPALIVE_CONFIG.format(admin=admin, port=port, upstream=up.port), admin).start()
+        try:
+            t0 = time.monotonic()
+            r = http(port, path="/x")
+            assert r.status == 503 and time.monotonic() - t0 < 3
+            assert "no PING answer" in p.logs()
+        finally:
+            p.stop()

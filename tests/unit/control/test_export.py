@@ -98,7 +98,8 @@ clusters:
   - name: grpc-api
     endpoints: [127.0.0.1:18090]
     protocol: http2
-    http2: {max_concurrent_streams: 20, initial_connection_window_size: 2MiB}
+    http2: {max_concurrent_streams: 20, initial_connection_window_size: 2MiB,
+            connection_keepalive: {interval: 15s, timeout: 2s}}
     health_check: {type: grpc, service: pkg.Svc, host: grpc.internal, interval: 3s}
 """
 
