@@ -8,6 +8,7 @@
 #   make bench-micro   the micro-benchmarks of the hot path (pytest-benchmark)
 #   make bench-xds     the control plane with up to 5,000 simulated xDS clients
 #   make bench-policies what retries, a breaker and outlier detection cost a route (req/s ratio)
+#   make bench-h2       HTTP/2 and gRPC through meshpy and Envoy (h2load), CPU against h2 alone
 #   make clean   remove the virtualenv and caches
 #
 # The first run creates .venv and installs the project into it; later runs reuse it until
