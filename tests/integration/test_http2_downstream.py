@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 from h2peer import H2Peer, request_headers
 from kit import DemoUpstream, Proxy, eventually, free_port, http
@@ -299,3 +300,32 @@ def test_slow_reader_holds_the_sender_back(proxy: tuple[Proxy, int], peers: Peer
             last_sample = time.monotonic()
     assert got == size
     assert peak < 48 * 1024, f"meshpy grew by {peak} KiB while streaming"
+
+
+def test_settings_flood_closes_the_connection(proxy: tuple[Proxy, int], peers: Peers) -> None:
+    _p, port = proxy
+    peer = peers(port)
+    for _ in range(1100):
+        peer.conn.update_settings({h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536})
+    peer.flush()
+    assert peer.wait(lambda _e: peer.goaway() is not None)
+    goaway = peer.goaway()
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_removed_listener_sends_goaway_and_finishes_streams(demo: DemoUpstream, peers: Peers) -> None:
+    p, port = start(demo)
+    try:
+        peer = peers(port)
+        slow = peer.request(request_headers(port, "/delay/600"))
+        time.sleep(0.2)
+        kept = free_port()  # the new config has another listener only: `web` is removed
+        p.rewrite(p.config.replace(f"address: 127.0.0.1:{port}", f"address: 127.0.0.1:{kept}")
+                  .replace("name: web", "name: other"))
+        assert peer.wait(lambda _e: peer.goaway() is not None, 5)
+        goaway = peer.goaway()
+        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+        status, _, body = peer.response(slow)
+        assert (status, body) == (200, b"delayed\n")
+    finally:
+        p.stop()
