@@ -19,6 +19,7 @@ from meshpy.codec.http1 import format_response
 from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
 from meshpy.stack.forwarding import SCANNED
+from meshpy.transport.accept import accepted
 from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
@@ -83,13 +84,7 @@ class Http1Downstream(asyncio.Protocol):
     # -- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.slot.connections.add(self)
-        # Bound once: a reload may rename the listener, and the gauge must go down where it went up.
-        self.stats = stats = self.slot.current.stats
-        stats.cx_total += 1
-        stats.cx_active += 1
+        self.peer, self.stats = accepted(self, self.slot, transport)
         self.idle_since = self.loop.time()
         self._schedule_timer()
 

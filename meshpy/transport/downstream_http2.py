@@ -26,6 +26,7 @@ from h2.errors import ErrorCodes
 
 from meshpy.codec.http2 import Connection, Malformed, config, goaway_frame, local_settings, read_request
 from meshpy.stack.exchange_h2 import H2Exchange
+from meshpy.transport.accept import accepted
 from meshpy.transport.h2_stream import H2Stream
 
 if TYPE_CHECKING:
@@ -84,13 +85,8 @@ class Http2Downstream(asyncio.Protocol):
     # -- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.slot.connections.add(self)
-        self.stats = stats = self.slot.current.stats
-        stats.cx_total += 1
-        stats.cx_http2_total += 1
-        stats.cx_active += 1
+        self.peer, self.stats = accepted(self, self.slot, transport)
+        self.stats.cx_http2_total += 1
         self.idle_since = self.loop.time()
         cfg = self.slot.current
         opts = cfg.options.http2

@@ -11,6 +11,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, cast
 
+from meshpy.transport.accept import accepted
+
 if TYPE_CHECKING:
     from meshpy.routing.compile import ListenerSlot, TcpListenerConfig
     from meshpy.upstream.cluster import Host
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
 class TcpDownstream(asyncio.Protocol):
     __slots__ = ("_buf", "_eof_down", "_eof_up", "_timer", "activity", "bytes_in", "bytes_out", "cfg",
-                 "closed", "flag", "host", "loop", "peer", "slot", "t0", "transport", "up", "wall0")
+                 "closed", "flag", "host", "loop", "peer", "slot", "stats", "t0", "transport", "up", "wall0")
 
     def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
         self.slot = slot
@@ -44,12 +46,7 @@ class TcpDownstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.slot.connections.add(self)
-        stats = self.slot.current.stats
-        stats.cx_total += 1
-        stats.cx_active += 1
+        self.peer, self.stats = accepted(self, self.slot, transport)
         cluster = self.slot.current.clusters.get(self.cfg.cluster)
         host = cluster.pick() if cluster is not None else None
         if host is None or cluster is None:
@@ -155,8 +152,7 @@ class TcpDownstream(asyncio.Protocol):
             self._timer.cancel()
         if self.up is not None:
             self.up.close()
-        cfg = self.slot.current
-        cfg.stats.cx_active -= 1
+        self.stats.cx_active -= 1  # the listener's stats as at accept (a reload may have renamed it)
         if self.host is not None:
             self.host.active_requests -= 1
         seconds = self.loop.time() - self.t0
