@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.routing.table import CompiledRoute
     from meshpy.stack.parts import Downstream
+    from meshpy.transport.upstream_h2_stream import UpstreamStream
     from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamHttp1
-    from meshpy.transport.upstream_http2 import UpstreamStream
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 BODY_BUFFER_HIGH = 256 * 1024  # request body held while the upstream connection opens

@@ -16,7 +16,7 @@ from meshpy.codec.raw_head import MAX_HEAD, split_head
 from meshpy.errors import UpstreamProtocolError
 
 if TYPE_CHECKING:
-    from meshpy.transport.upstream_http2 import UpstreamStream
+    from meshpy.transport.upstream_h2_stream import UpstreamStream
     from meshpy.upstream.pool import HostPool
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
 import h2.events
@@ -24,13 +23,15 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from meshpy.codec.http2 import CONNECTION_SPECIFIC, Connection, config
-from meshpy.codec.raw_head import parse_fields
+from meshpy.codec.http2 import Connection, config
 from meshpy.errors import UpstreamProtocolError
+from meshpy.transport.upstream_h2_stream import UpstreamStream
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
     from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamSink
+
+__all__ = ["RefusedStream", "UpstreamHttp2", "UpstreamStream"]
 
 
 log = logging.getLogger("meshpy.upstream")
@@ -46,91 +47,6 @@ class StreamPool(Protocol):
 
 class RefusedStream(ConnectionError):
     """The upstream will not process this stream (GOAWAY below it, or REFUSED_STREAM): safe to retry."""
-
-
-def h2_request_headers(head: bytes) -> list[tuple[bytes, bytes]]:
-    """An HTTP/1.1 request head as built by the exchange, as an HTTP/2 header list."""
-    line_end = head.find(b"\r\n")
-    method, target, _ = head[:line_end].split(b" ", 2)
-    fields = parse_fields(head[line_end:])
-    authority = b""
-    out = [(b":method", method), (b":scheme", b"http"), (b":path", target)]
-    rest: list[tuple[bytes, bytes]] = []
-    for name, value in fields:
-        if name == b"host":
-            authority = value
-        elif name not in CONNECTION_SPECIFIC:
-            rest.append((name, value))
-    out.append((b":authority", authority))
-    out.extend(rest)
-    return out
-
-
-class UpstreamStream:
-    """One request on an HTTP/2 upstream connection (see the module docstring)."""
-
-    multiplexed = True
-    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head_request", "pending", "pool",
-                 "sid", "used")
-
-    def __init__(self, conn: UpstreamHttp2) -> None:
-        self.conn = conn
-        self.pool = conn.pool
-        self.sid = 0
-        self.exchange: UpstreamSink | None = None
-        self.head_request = False
-        self.used = conn.streams_total > 0
-        self.pending: deque[bytes] = deque()
-        self.ended = False  # END_STREAM wanted after `pending`
-        self._held = False
-        self._unacked = 0
-
-    def attach(self, exchange: UpstreamSink, head_request: bool) -> None:
-        self.exchange = exchange
-        self.head_request = head_request
-
-    def detach(self) -> None:
-        self.exchange = None
-
-    def is_usable(self) -> bool:
-        return self.conn.usable()
-
-    def send_request(self, head: bytes, body: list[bytes], end: bool) -> None:
-        self.conn.open(self, h2_request_headers(head), not body and end)
-        if body:
-            self.pending.extend(body)
-            self.ended = end
-            self.conn.pump(self)
-        self.conn.flush_soon()
-
-    def write_body(self, data: bytes, chunked: bool) -> None:
-        self.pending.append(data)
-        self.conn.pump(self)
-        self.conn.flush_soon()
-
-    def end_body(self, chunked: bool) -> None:
-        self.ended = True
-        self.conn.pump(self)
-        self.conn.flush_soon()
-
-    def pause_reading(self) -> None:
-        self._held = True
-
-    def resume_reading(self) -> None:
-        self._held = False
-        if self._unacked:
-            n, self._unacked = self._unacked, 0
-            self.conn.ack(self, n)
-
-    def received(self, n: int) -> None:
-        if self._held:
-            self._unacked += n
-        else:
-            self.conn.ack(self, n)
-
-    def close(self) -> None:
-        """Not reusable: the stream is cancelled if it still runs; the connection stays."""
-        self.conn.cancel(self)
 
 
 class UpstreamHttp2(asyncio.Protocol):

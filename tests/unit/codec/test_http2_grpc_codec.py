@@ -7,7 +7,7 @@ import pytest
 
 from meshpy.codec import grpc
 from meshpy.codec.http2 import Malformed, read_request, read_trailers, response_fields
-from meshpy.transport.upstream_http2 import h2_request_headers
+from meshpy.transport.upstream_h2_stream import h2_request_headers
 
 BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/p?q=1"), (b":authority", b"a.example")]
 
