@@ -152,18 +152,15 @@ def h2load(port: int, scenario: str, requests: int, work: Path, cpu: int | None)
 
 
 def h2_cost(scenario: str, cpu: int | None) -> float:
-    """h2's own microseconds per request for the sides meshpy plays in `scenario` (micro_h2, with
-    meshpy's validation settings), best of five short runs, on the CPU meshpy runs on."""
+    """h2's own microseconds per request for the sides meshpy plays in `scenario`, with the headers
+    each side really carries (micro_h2.proxy_ceiling), on the CPU meshpy runs on."""
     before = os.sched_getaffinity(0)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     try:
-        micro_h2.run(300, True, scenario == "grpc-unary")
-        runs = [micro_h2.run(2000, True, scenario == "grpc-unary") for _ in range(5)]
+        return micro_h2.proxy_ceiling(scenario, 2000) * 1e6
     finally:
         os.sched_setaffinity(0, before)
-    client, server = min(runs, key=sum)
-    return (server if scenario == "h2-get" else client + server) * 1e6
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -93,6 +93,78 @@ def run(n: int, relaxed: bool, grpc: bool = False) -> tuple[float, float]:
     return in_client / n, in_server / n
 
 
+# What the proxy's two HTTP/2 sides see in benchmarks/h2_bench.py, header for header: h2load's request
+# (pair "down": meshpy is the server), the same request with the headers meshpy adds on its way
+# upstream, a new x-request-id every time (pair "up": meshpy is the client), and nginx's answer.
+_H2LOAD = [(":scheme", "http"), (":authority", "127.0.0.1:10000"), ("accept", "*/*"),
+           ("accept-encoding", "gzip, deflate"), ("user-agent", "h2load nghttp2/1.52.0")]
+_NGINX = [("server", "nginx/1.22.1"), ("date", "Tue, 01 Dec 2026 04:00:00 GMT")]
+Fields = list[tuple[str, str]]
+_SHAPES: dict[str, tuple[Fields, Fields, bytes, bytes, Fields]] = {
+    # name: (request headers, response headers, request body, response body, trailers)
+    "h2-get": ([(":method", "GET"), (":path", "/hello"), *_H2LOAD],
+               [(":status", "200"), *_NGINX, ("content-type", "text/plain"), ("content-length", "10")],
+               b"", b"hello h2!\n", []),
+    "grpc-unary": ([(":method", "POST"), (":path", "/bench.Echo/Unary"), *_H2LOAD, ("content-length", "10"),
+                    ("content-type", "application/grpc"), ("te", "trailers")],
+                   [(":status", "200"), *_NGINX, ("content-type", "application/grpc")],
+                   GRPC_MESSAGE, b"hello-grpc", [("grpc-status", "0")]),
+}
+
+
+def _exchange(n: int, relaxed: bool, shape: str, upstream: bool) -> tuple[float, float]:
+    """Seconds per request in (client, server) for one of the proxy's sides in `shape`."""
+    request, response, body, answer, trailers = _SHAPES[shape]
+    client, server = connections(relaxed)
+    in_client = in_server = 0.0
+    clock = time.perf_counter
+    for i in range(n):
+        headers = [*request, ("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
+                   ("x-request-id", f"5e1a9c3e-0b7d-4c2f-9a55-{i:012x}")] if upstream else request
+        t0 = clock()
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, headers, end_stream=not body)
+        if body:
+            client.send_data(sid, body, end_stream=True)
+        wire = client.data_to_send()
+        t1 = clock()
+        for event in server.receive_data(wire):
+            if isinstance(event, h2.events.DataReceived):
+                server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                server.send_headers(event.stream_id, response)
+                server.send_data(event.stream_id, answer, end_stream=not trailers)
+                if trailers:
+                    server.send_headers(event.stream_id, trailers, end_stream=True)
+        wire = server.data_to_send()
+        t2 = clock()
+        done = False
+        for event in client.receive_data(wire):
+            if isinstance(event, h2.events.DataReceived):
+                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            done = done or isinstance(event, h2.events.StreamEnded)
+        server.receive_data(client.data_to_send())
+        t3 = clock()
+        assert done, "the response did not end"
+        in_client += (t1 - t0) + (t3 - t2)
+        in_server += t2 - t1
+    return in_client / n, in_server / n
+
+
+def proxy_ceiling(shape: str, n: int) -> float:
+    """Seconds per request that h2 alone spends for a proxy in `shape` (relaxed validation, as in
+    meshpy): the server side of the client's connection, plus for gRPC (HTTP/2 upstream too) the
+    client side of the upstream connection. Best of three runs."""
+    def once() -> float:
+        cost = _exchange(n, True, shape, upstream=False)[1]
+        if shape == "grpc-unary":
+            cost += _exchange(n, True, shape, upstream=True)[0]
+        return cost
+
+    once()
+    return min(once() for _ in range(3))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=20_000)

@@ -328,10 +328,15 @@ class App:
         return [b.slot for b in self.listeners.values()] + self._old_slots
 
     def _begin_drain(self) -> None:
-        """/ready turns 503; every answer from now on carries `Connection: close`."""
+        """/ready turns 503; every HTTP/1.1 answer from now on carries `Connection: close`, and every
+        HTTP/2 connection gets a GOAWAY now (new ones after their first request): the same message,
+        that the client should go elsewhere, while the listeners still accept for drain_time."""
         self._state = "DRAINING"
         for slot in self._slots():
             slot.draining = True
+            for conn in list(slot.connections):
+                if isinstance(conn, Http2Downstream):
+                    conn.start_drain()
 
     def _stop_accepting(self) -> None:
         for bound in self.listeners.values():

@@ -210,6 +210,8 @@ class Http2Downstream(asyncio.Protocol):
         cfg = self.slot.current
         ex = H2Exchange(s, cfg)
         s.ex = ex
+        if self.slot.draining and not self._goaway_sent:
+            self.start_drain()  # a connection opened while draining: this request, then go elsewhere
         try:
             head = read_request(ev.headers or [])
         except Malformed as err:

@@ -5,9 +5,11 @@ statuses. Also HTTP/1.1 in and HTTP/2 out, with a second meshpy listener as the 
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import grpc_echo
@@ -247,3 +249,55 @@ def test_keepalive_notices_a_silent_upstream() -> None:
             assert "no PING answer" in p.logs()
         finally:
             p.stop()
+
+
+GOAWAY_BACK = """
+admin: 127.0.0.1:{admin}
+drain_time: 3s
+listeners:
+  - name: back
+    address: 127.0.0.1:{port}
+    protocol: http2
+    routes:
+      - match: /slow
+        direct: {{status: 200, body: "slow"}}
+        fault: {{delay: 700ms}}
+      - match: /
+        direct: {{status: 200, body: "fast"}}
+"""
+GOAWAY_FRONT = """
+admin: 127.0.0.1:{admin}
+drain_time: 0s
+listeners:
+  - name: front
+    address: 127.0.0.1:{port}
+    routes:
+      - match: /
+        cluster: back
+clusters:
+  - name: back
+    protocol: http2
+    endpoints: [127.0.0.1:{back}]
+"""
+
+
+def test_upstream_goaway_lets_streams_finish_and_new_ones_use_a_new_connection() -> None:
+    back_port, back_admin, port, admin = free_port(), free_port(), free_port(), free_port()
+    back = Proxy(GOAWAY_BACK.format(admin=back_admin, port=back_port), back_admin).start()
+    front = Proxy(GOAWAY_FRONT.format(admin=admin, port=port, back=back_port), admin).start()
+    try:
+        assert http(port, path="/warm").body == b"fast"  # one connection to `back`, kept
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(http, port, "GET", "/slow")
+            time.sleep(0.3)  # the slow stream is open on that connection
+            back.signal(signal.SIGTERM)  # `back` drains: GOAWAY, and it keeps accepting for 3 s
+            eventually(lambda: "GOAWAY" in back.logs() or front.metric(
+                "meshpy_upstream_cx_active", cluster="back") >= 1, "the drain began")
+            time.sleep(0.1)
+            r = http(port, path="/after")
+            assert (r.status, r.body) == (200, b"fast")
+            assert slow.result().body == b"slow"  # the stream in flight finished on the old connection
+        assert front.metric("meshpy_upstream_cx_total", cluster="back") == 2  # the new one went anew
+    finally:
+        front.stop()
+        back.stop()
