@@ -97,7 +97,9 @@ class Bulk(Recorder):
     def __init__(self) -> None:
         super().__init__()
         self.sent = 0
-        self.stall = 1.0
+        # Far longer than the test's look at 0.8 s: on a loaded machine a sleep overshoots, and a
+        # stall that ended before the look would let everything through and fail a correct proxy.
+        self.stall = 3.0
 
     def __call__(self, conn: socket.socket) -> None:
         s = self.new()
@@ -364,7 +366,7 @@ def test_backpressure_upload_to_slow_upstream(env: Env) -> None:
         s.sendall(b"UP\n\n\n")
         pusher = threading.Thread(target=push, args=(s,), daemon=True)
         pusher.start()
-        time.sleep(0.8)  # the upstream reads nothing for 1 s
+        time.sleep(0.8)  # the upstream reads nothing for 3 s
         assert sent[0] < MAX_IN_FLIGHT, f"{sent[0] / MiB:.0f} MiB accepted for an upstream that reads nothing"
         assert p.rss_kb() - base_kb < MAX_RSS_GROWTH_KB
         assert recv_all(s, timeout=30) == b"%d" % BULK
