@@ -109,7 +109,9 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         "started",
         "t0",
         "target",
+        "up_fields",
         "up_head_bytes",
+        "up_target",
         "upgrade",
         "wall0",
     )
@@ -132,6 +134,9 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         self.host: Host | None = None
         self.conn: UpstreamConn | None = None
         self.up_head_bytes = b""
+        # The same request head as a list, for an HTTP/2 upstream (no serialize-then-parse there).
+        self.up_fields: list[tuple[bytes, bytes]] = []
+        self.up_target = b""
         self._head_base = b""  # the upstream head without x-envoy-attempt-count (retry routes only)
         self.retry: RetryState | None = None
         self._buffered: list[bytes] | None = None
@@ -252,6 +257,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         if self.upgrade is not None:  # hop-by-hop, dropped above; this hop carries them on
             headers += [(b"connection", b"upgrade"), (b"upgrade", self.upgrade)]
         target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
+        self.up_fields = headers
+        self.up_target = target
         # join: about half the cost of bytes %-formatting for these pieces
         self.up_head_bytes = b"".join(
             (self.method, b" ", target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
@@ -380,8 +387,11 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             self._buffered_bytes = 0
             self.down.resume_reading(_PAUSE_BODY_BUFFER)
         if conn.multiplexed:  # an HTTP/2 stream: it frames the head and body itself
-            cast("UpstreamStream", conn).send_request(self.up_head_bytes, list(buf) if buf else [],
-                                                      self.req_done)
+            fields = self.up_fields
+            if self._head_base and rs is not None:  # the attempt count, as the HTTP/1.1 head has it
+                fields = [*fields, (b"x-envoy-attempt-count", b"%d" % rs.attempt)]
+            cast("UpstreamStream", conn).send_request(self.method, self.up_target, fields,
+                                                      list(buf) if buf else [], self.req_done)
             return
         if buf:
             if self.facts.chunked:

@@ -22,6 +22,7 @@ from meshpy.stack.h2_tunnel import H2TunnelUp, websocket_key
 if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.transport.h2_stream import H2Stream
+    from meshpy.transport.upstream_h2_stream import UpstreamStream
     from meshpy.transport.upstream_http1 import UpstreamHttp1
 
 _CONTINUE = [(b":status", b"100")]
@@ -173,7 +174,10 @@ class H2Exchange(Exchange):
         self.stream.send_head(response_fields(status, headers), False)
 
     def _respond(self, status: int, fields: bytes) -> None:
-        headers, _length, _chunked, has_date = downstream_response_headers(parse_fields(fields))
+        conn = self.conn
+        listed = cast("UpstreamStream", conn).head_fields if conn is not None and conn.multiplexed else None
+        headers, _length, _chunked, has_date = downstream_response_headers(
+            parse_fields(fields) if listed is None else listed)
         if not has_date:
             headers.append((b"date", self.stream.slot.date.now()))
         route = self.route

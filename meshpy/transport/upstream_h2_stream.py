@@ -7,37 +7,33 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from meshpy.codec.http2 import CONNECTION_SPECIFIC
-from meshpy.codec.raw_head import parse_fields
 
 if TYPE_CHECKING:
     from meshpy.transport.upstream_http1 import UpstreamSink
     from meshpy.transport.upstream_http2 import UpstreamHttp2
 
 
-def h2_request_headers(head: bytes) -> list[tuple[bytes, bytes]]:
-    """An HTTP/1.1 request head as built by the exchange, as an HTTP/2 header list."""
-    line_end = head.find(b"\r\n")
-    method, target, _ = head[:line_end].split(b" ", 2)
-    fields = parse_fields(head[line_end:])
+def h2_request_headers(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]]) \
+        -> list[tuple[bytes, bytes]]:
+    """The request head the exchange built for HTTP/1.1 (method, target, header list with Host), as
+    an HTTP/2 header list: Host becomes :authority, connection-specific fields go."""
     authority = b""
-    out = [(b":method", method), (b":scheme", b"http"), (b":path", target)]
     rest: list[tuple[bytes, bytes]] = []
     for name, value in fields:
         if name == b"host":
             authority = value
         elif name not in CONNECTION_SPECIFIC:
             rest.append((name, value))
-    out.append((b":authority", authority))
-    out.extend(rest)
-    return out
+    return [(b":method", method), (b":scheme", b"http"), (b":path", target), (b":authority", authority),
+            *rest]
 
 
 class UpstreamStream:
     """One request on an HTTP/2 upstream connection; flow control as meshpy.transport.upstream_http2 says."""
 
     multiplexed = True
-    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head_request", "pending", "pool",
-                 "sid", "used")
+    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head_fields", "head_request", "pending",
+                 "pool", "sid", "used")
 
     def __init__(self, conn: UpstreamHttp2) -> None:
         self.conn = conn
@@ -47,6 +43,9 @@ class UpstreamStream:
         self.head_request = False
         self.used = conn.streams_total > 0
         self.pending: deque[bytes] = deque()
+        # The response head's fields as a list (set before up_head), so that an HTTP/2 client's
+        # exchange need not parse the fields block back.
+        self.head_fields: list[tuple[bytes, bytes]] | None = None
         self.ended = False  # END_STREAM wanted after `pending`
         self._held = False
         self._unacked = 0
@@ -61,8 +60,9 @@ class UpstreamStream:
     def is_usable(self) -> bool:
         return self.conn.usable()
 
-    def send_request(self, head: bytes, body: list[bytes], end: bool) -> None:
-        self.conn.open(self, h2_request_headers(head), not body and end)
+    def send_request(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
+                     body: list[bytes], end: bool) -> None:
+        self.conn.open(self, h2_request_headers(method, target, fields), not body and end)
         if body:
             self.pending.extend(body)
             self.ended = end

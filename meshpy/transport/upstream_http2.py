@@ -174,13 +174,16 @@ class UpstreamHttp2(asyncio.Protocol):
         if s is None or s.exchange is None:
             return
         status = 0
-        lines = [b""]
+        fields: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name == b":status":
                 status = int(value)
             elif name[:1] != b":":
-                lines.append(name + b": " + value)
+                fields.append((name, value))
+        lines = [b""]
+        lines.extend(name + b": " + value for name, value in fields)
         lines.append(b"\r\n")
+        s.head_fields = fields
         touched.add(s.exchange)
         # A HEAD response ends with END_STREAM like any other, so unlike HTTP/1.1 nothing special.
         s.exchange.up_head(status, b"\r\n".join(lines), True)
