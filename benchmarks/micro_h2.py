@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import h2.config
 import h2.connection
@@ -25,6 +26,7 @@ REQUEST_HEADERS = [
 ]  # fmt: skip
 RESPONSE_HEADERS = [(":status", "200"), ("content-type", "text/plain"), ("content-length", "100")]
 BODY = b"x" * 100
+Fields = list[tuple[str, str]]
 # The gRPC shape: a unary call with a 10-byte message each way and grpc-status in trailers.
 GRPC_REQUEST = [
     (":method", "POST"), (":scheme", "http"), (":path", "/bench.Echo/Unary"), (":authority", "service.local"),
@@ -54,30 +56,35 @@ def connections(relaxed: bool) -> tuple[h2.connection.H2Connection, h2.connectio
 
 def run(n: int, relaxed: bool, grpc: bool = False) -> tuple[float, float]:
     """Seconds per request spent in (client, server)."""
+    if grpc:
+        return _measure(n, relaxed, lambda _i: GRPC_REQUEST, GRPC_RESPONSE, GRPC_MESSAGE, GRPC_MESSAGE,
+                        GRPC_TRAILERS)
+    return _measure(n, relaxed, lambda _i: REQUEST_HEADERS, RESPONSE_HEADERS, b"", BODY, [])
+
+
+def _measure(n: int, relaxed: bool, request: Callable[[int], Fields], response: Fields, body: bytes,
+             answer: bytes, trailers: Fields) -> tuple[float, float]:
+    """Seconds per request in (client, server): request `i` is `request(i)` with `body`; the answer is
+    `response`, `answer` and, when there are any, `trailers`."""
     client, server = connections(relaxed)
     in_client = in_server = 0.0
     clock = time.perf_counter
-    for _ in range(n):
+    for i in range(n):
         t0 = clock()
         sid = client.get_next_available_stream_id()
-        if grpc:
-            client.send_headers(sid, GRPC_REQUEST)
-            client.send_data(sid, GRPC_MESSAGE, end_stream=True)
-        else:
-            client.send_headers(sid, REQUEST_HEADERS, end_stream=True)
+        client.send_headers(sid, request(i), end_stream=not body)
+        if body:
+            client.send_data(sid, body, end_stream=True)
         wire = client.data_to_send()
         t1 = clock()
         for event in server.receive_data(wire):
             if isinstance(event, h2.events.DataReceived):
                 server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
-                if grpc:
-                    server.send_headers(event.stream_id, GRPC_RESPONSE)
-                    server.send_data(event.stream_id, GRPC_MESSAGE)
-                    server.send_headers(event.stream_id, GRPC_TRAILERS, end_stream=True)
-                else:
-                    server.send_headers(event.stream_id, RESPONSE_HEADERS)
-                    server.send_data(event.stream_id, BODY, end_stream=True)
+                server.send_headers(event.stream_id, response)
+                server.send_data(event.stream_id, answer, end_stream=not trailers)
+                if trailers:
+                    server.send_headers(event.stream_id, trailers, end_stream=True)
         wire = server.data_to_send()
         t2 = clock()
         done = False
@@ -99,7 +106,6 @@ def run(n: int, relaxed: bool, grpc: bool = False) -> tuple[float, float]:
 _H2LOAD = [(":scheme", "http"), (":authority", "127.0.0.1:10000"), ("accept", "*/*"),
            ("accept-encoding", "gzip, deflate"), ("user-agent", "h2load nghttp2/1.52.0")]
 _NGINX = [("server", "nginx/1.22.1"), ("date", "Tue, 01 Dec 2026 04:00:00 GMT")]
-Fields = list[tuple[str, str]]
 _SHAPES: dict[str, tuple[Fields, Fields, bytes, bytes, Fields]] = {
     # name: (request headers, response headers, request body, response body, trailers)
     "h2-get": ([(":method", "GET"), (":path", "/hello"), *_H2LOAD],
@@ -115,40 +121,14 @@ _SHAPES: dict[str, tuple[Fields, Fields, bytes, bytes, Fields]] = {
 def _exchange(n: int, relaxed: bool, shape: str, upstream: bool) -> tuple[float, float]:
     """Seconds per request in (client, server) for one of the proxy's sides in `shape`."""
     request, response, body, answer, trailers = _SHAPES[shape]
-    client, server = connections(relaxed)
-    in_client = in_server = 0.0
-    clock = time.perf_counter
-    for i in range(n):
-        headers = [*request, ("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
-                   ("x-request-id", f"5e1a9c3e-0b7d-4c2f-9a55-{i:012x}")] if upstream else request
-        t0 = clock()
-        sid = client.get_next_available_stream_id()
-        client.send_headers(sid, headers, end_stream=not body)
-        if body:
-            client.send_data(sid, body, end_stream=True)
-        wire = client.data_to_send()
-        t1 = clock()
-        for event in server.receive_data(wire):
-            if isinstance(event, h2.events.DataReceived):
-                server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded):
-                server.send_headers(event.stream_id, response)
-                server.send_data(event.stream_id, answer, end_stream=not trailers)
-                if trailers:
-                    server.send_headers(event.stream_id, trailers, end_stream=True)
-        wire = server.data_to_send()
-        t2 = clock()
-        done = False
-        for event in client.receive_data(wire):
-            if isinstance(event, h2.events.DataReceived):
-                client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            done = done or isinstance(event, h2.events.StreamEnded)
-        server.receive_data(client.data_to_send())
-        t3 = clock()
-        assert done, "the response did not end"
-        in_client += (t1 - t0) + (t3 - t2)
-        in_server += t2 - t1
-    return in_client / n, in_server / n
+
+    def headers(i: int) -> Fields:
+        if not upstream:
+            return request
+        return [*request, ("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
+                ("x-request-id", f"5e1a9c3e-0b7d-4c2f-9a55-{i:012x}")]
+
+    return _measure(n, relaxed, headers, response, body, answer, trailers)
 
 
 def proxy_ceiling(shape: str, n: int) -> float:
