@@ -301,3 +301,20 @@ def test_upstream_goaway_lets_streams_finish_and_new_ones_use_a_new_connection()
     finally:
         front.stop()
         back.stop()
+
+
+def test_more_connections_when_the_streams_are_full() -> None:
+    """The upstream allows 2 streams per connection: 6 requests at once need 3 connections."""
+    back_port, back_admin, port, admin = free_port(), free_port(), free_port(), free_port()
+    back = Proxy(GOAWAY_BACK.format(admin=back_admin, port=back_port)
+                 .replace("protocol: http2", "protocol: http2\n    http2: {max_concurrent_streams: 2}"),
+                 back_admin).start()
+    front = Proxy(GOAWAY_FRONT.format(admin=admin, port=port, back=back_port), admin).start()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _i: http(port, path="/slow"), range(6)))
+        assert [r.body for r in results] == [b"slow"] * 6
+        assert front.metric("meshpy_upstream_cx_total", cluster="back") == 3
+    finally:
+        front.stop()
+        back.stop()
