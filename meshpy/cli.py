@@ -1,4 +1,4 @@
-"""Command line: argv -> run / validate / demo-upstream. Nothing else lives here."""
+"""Command line: argv -> run / validate / control / iptables / demo-upstream. Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -54,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--admin", default="127.0.0.1:18001",
                      help="address of the admin listener (/ready, /metrics, /nodes)")
     ctl.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    ipt = sub.add_parser("iptables", help="install the nat rules that send a pod's TCP through its sidecar "
+                                          "(run by an init container, as root)")
+    ipt.add_argument("--dry-run", action="store_true", help="print the rules instead of installing them")
+    ipt.add_argument("--cleanup", action="store_true", help="remove the rules this command installs")
+    ipt.add_argument("--proxy-uid", type=int, default=10001,
+                     help="the proxy's UID: its traffic is not captured")
+    ipt.add_argument("--proxy-gid", type=int, default=None, help="the proxy's GID, also not captured")
+    ipt.add_argument("--outbound-port", type=int, default=15001, help="the outbound listener's port")
+    ipt.add_argument("--inbound-port", type=int, default=15006, help="the inbound listener's port")
+    ipt.add_argument("--inbound-ports", default="*",
+                     help="ports whose inbound connections are captured: '*' (all), '' (none) or a list")
+    ipt.add_argument("--exclude-inbound-ports", default="15000", help="ports never captured inbound")
+    ipt.add_argument("--exclude-outbound-ports", default="", help="destination ports never captured")
+    ipt.add_argument("--exclude-cidrs", default="", help="destination CIDRs never captured (comma-separated)")
+    ipt.add_argument("--ipv6", action="store_true", help="install the same rules with ip6tables too")
 
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to put meshpy in front of")
     demo.add_argument("--listen", default="127.0.0.1:18080", help="address to listen on")
@@ -134,6 +150,48 @@ def _run(args: argparse.Namespace) -> int:
     return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin))
 
 
+def _ports(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.replace(" ", "").split(",") if p)
+
+
+def _iptables(args: argparse.Namespace) -> int:
+    from meshpy.sidecar import iptables
+
+    try:
+        if args.cleanup:
+            if not args.dry_run:
+                for v6 in (False, True) if args.ipv6 else (False,):
+                    iptables.cleanup(v6)
+            else:
+                print("\n".join(" ".join(c) for c in iptables.cleanup_commands()))
+            return 0
+        plan = iptables.InterceptPlan(
+            proxy_uid=args.proxy_uid, proxy_gid=args.proxy_gid, outbound_port=args.outbound_port,
+            inbound_port=args.inbound_port,
+            inbound_ports=None if args.inbound_ports.strip() == "*" else _ports(args.inbound_ports),
+            exclude_inbound_ports=_ports(args.exclude_inbound_ports),
+            exclude_outbound_ports=_ports(args.exclude_outbound_ports),
+            exclude_cidrs=tuple(c for c in args.exclude_cidrs.replace(" ", "").split(",") if c),
+            ipv6=args.ipv6)
+    except ValueError as err:
+        print(f"meshpy iptables: {err}", file=sys.stderr)
+        return 2
+    except iptables.InterceptError as err:
+        print(f"meshpy iptables: {err}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print(iptables.dry_run(plan), end="")
+        return 0
+    try:
+        iptables.apply(plan)
+    except iptables.InterceptError as err:
+        print(f"meshpy iptables: {err}", file=sys.stderr)
+        return 1
+    print(f"meshpy iptables: outbound TCP -> :{plan.outbound_port}, inbound TCP -> :{plan.inbound_port} "
+          f"(uid {plan.proxy_uid} passes)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
@@ -156,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         meshpy_format = args.meshpy_dir is not None
         control = serve_control(args.listen, source, args.admin, args.poll_interval, meshpy_format)
         return _run_loop("uvloop", lambda: control)
+    if args.command == "iptables":
+        return _iptables(args)
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 
