@@ -51,7 +51,7 @@ class RefusedStream(ConnectionError):
 
 class UpstreamHttp2(asyncio.Protocol):
     __slots__ = ("_extra_window", "_flush_due", "_ka_timer", "_keepalive", "closed", "goaway", "h2",
-                 "idle_since", "max_streams", "pool", "streams", "streams_total", "transport")
+                 "idle_since", "max_streams", "pool", "settled", "streams", "streams_total", "transport")
 
     def __init__(self, pool: StreamPool, opts: Http2Options) -> None:
         self.pool = pool
@@ -66,6 +66,9 @@ class UpstreamHttp2(asyncio.Protocol):
         self.streams_total = 0
         # Streams this side opens at most at once: ours, until the upstream's SETTINGS say less.
         self.max_streams = opts.max_concurrent_streams
+        # No stream is opened before the server's SETTINGS arrive: until then its stream limit is
+        # unknown, and a server that allows fewer may refuse the whole connection.
+        self.settled = False
         self.closed = False
         self.goaway = False  # the upstream sent GOAWAY: no new streams here
         self.idle_since = 0.0
@@ -145,6 +148,7 @@ class UpstreamHttp2(asyncio.Protocol):
                 changed = cast(h2.events.RemoteSettingsChanged, ev).changed_settings
                 if codes.MAX_CONCURRENT_STREAMS in changed:
                     self.max_streams = min(self.max_streams, changed[codes.MAX_CONCURRENT_STREAMS].new_value)
+                self.settled = True
                 self._window(0)
                 self.pool.capacity_freed(self)
             elif kind is h2.events.ConnectionTerminated:
@@ -262,7 +266,7 @@ class UpstreamHttp2(asyncio.Protocol):
         return not self.closed and not self.goaway and t is not None and not t.is_closing()
 
     def has_room(self) -> bool:
-        return self.usable() and len(self.streams) < self.max_streams
+        return self.settled and self.usable() and len(self.streams) < self.max_streams
 
     def new_stream(self) -> UpstreamStream:
         s = UpstreamStream(self)

@@ -74,10 +74,15 @@ class Http2HostPool:
             waiter(_PENDING_FULL)
             return None
         self._waiters.append(waiter)
-        # One connect at a time is enough: a new connection has room for many streams.
-        if not self._connecting and len(self._conns) < self.max_connections:
-            self._start_connect()
+        self._maybe_connect()
         return None
+
+    def _maybe_connect(self) -> None:
+        """Another connection, for requests that wait, only when every connection is full: one connect
+        at a time, and none while a connection has not yet said how many streams it takes."""
+        if self._waiters and not self._connecting and not self.closed \
+                and len(self._conns) < self.max_connections and all(c.settled for c in self._conns):
+            self._start_connect()
 
     def _take(self, conn: UpstreamHttp2) -> UpstreamStream:
         self.busy += 1
@@ -126,12 +131,20 @@ class Http2HostPool:
             self.stats.cx_active -= 1
         if conn in self._conns:
             self._conns.remove(conn)
-        if self._waiters and not self._connecting and not self.closed:
-            self._start_connect()
+        if lost and not conn.settled:
+            # It died before saying a word: the requests waiting for it fail now (retries decide),
+            # rather than reconnecting in a loop to a peer that does not speak HTTP/2.
+            waiters, self._waiters = self._waiters, deque()
+            err = ConnectionResetError("the upstream closed the connection before its HTTP/2 SETTINGS")
+            for w in waiters:
+                w(err)
+            return
+        self._maybe_connect()
 
     def capacity_freed(self, conn: UpstreamHttp2) -> None:
         while self._waiters and conn.has_room():
             self._waiters.popleft()(self._take(conn))
+        self._maybe_connect()
         if self.closed and not conn.streams:
             conn.close()
 
@@ -152,9 +165,7 @@ class Http2HostPool:
                 return
             conn = t.result()
             self._conns.append(conn)
-            self.capacity_freed(conn)
-            if self._waiters and len(self._conns) < self.max_connections:
-                self._start_connect()
+            self.capacity_freed(conn)  # (its SETTINGS may have arrived with the connect)
 
         task.add_done_callback(done)
 
