@@ -100,11 +100,13 @@ class Bulk(Recorder):
         # Far longer than the test's look at 0.8 s: on a loaded machine a sleep overshoots, and a
         # stall that ended before the look would let everything through and fail a correct proxy.
         self.stall = 3.0
+        self.modes: list[bytes] = []  # the first bytes of each connection, for a failure's message
 
     def __call__(self, conn: socket.socket) -> None:
         s = self.new()
         try:
             mode = conn.recv(5)
+            self.modes.append(mode)
             if mode == b"DOWN\n":
                 chunk = b"d" * MiB
                 for _ in range(BULK // MiB):
@@ -367,7 +369,9 @@ def test_backpressure_upload_to_slow_upstream(env: Env) -> None:
         pusher = threading.Thread(target=push, args=(s,), daemon=True)
         pusher.start()
         time.sleep(0.8)  # the upstream reads nothing for 3 s
-        assert sent[0] < MAX_IN_FLIGHT, f"{sent[0] / MiB:.0f} MiB accepted for an upstream that reads nothing"
+        assert sent[0] < MAX_IN_FLIGHT, (
+            f"{sent[0] / MiB:.0f} MiB accepted for an upstream that reads nothing (the upstream saw "
+            f"{env.bulk.modes[-1:]!r}; the proxy grew by {p.rss_kb() - base_kb} KiB)")
         assert p.rss_kb() - base_kb < MAX_RSS_GROWTH_KB
         assert recv_all(s, timeout=30) == b"%d" % BULK
         pusher.join(5)
