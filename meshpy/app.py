@@ -335,8 +335,7 @@ class App:
         for slot in self._slots():
             slot.draining = True
             for conn in list(slot.connections):
-                if isinstance(conn, Http2Downstream):
-                    conn.start_drain()
+                conn.begin_drain()
 
     def _stop_accepting(self) -> None:
         for bound in self.listeners.values():

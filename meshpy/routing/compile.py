@@ -23,7 +23,8 @@ from meshpy.upstream.cluster import ClusterRuntime
 
 
 class Drainable(Protocol):
-    def start_drain(self) -> None: ...
+    def begin_drain(self) -> None: ...  # draining begins: say so to the client if the protocol can
+    def start_drain(self) -> None: ...  # the listener stops: finish what is under way, then close
     def close(self) -> None: ...
 
 

@@ -53,13 +53,13 @@ class H2Exchange(Exchange):
         self.target = head.path
         headers = self.headers = head.fields
         facts = self.facts
-        self._scan(headers)
+        grpc_timeout = self._scan(headers)
         if facts.expect_continue:
             # Answered here at once, as Envoy does: the upstream never sees the expectation.
             self.stream.send_head(_CONTINUE, False)
             headers = self.headers = [h for h in headers if h[0] != b"expect"]
             facts = self.facts = RequestFacts()
-            self._scan(headers)
+            grpc_timeout = self._scan(headers)
         try:
             if facts.content_length is not None and facts.content_length < 0:
                 raise BadRequest("invalid content-length")
@@ -75,7 +75,7 @@ class H2Exchange(Exchange):
             if head.protocol is not None:
                 self._accept_upgrade(head.protocol.lower())
                 self.keep_alive = True  # (a stream: nothing to close)
-            self._grpc_request()
+            self._grpc_deadline_from(grpc_timeout)
         except BadRequest as err:
             if not self.method:  # not counted by head_complete
                 cfg.stats.request_started()
@@ -133,19 +133,16 @@ class H2Exchange(Exchange):
             self._tunnel.close()
         super().downstream_lost()
 
-    def _grpc_request(self) -> None:
-        """A gRPC call: its errors are answered as gRPC statuses, and grpc-timeout is its deadline."""
-        for name, value in self.headers:
-            if name == b"content-type" and value.startswith(b"application/grpc"):
-                self._grpc = True
-            elif name == b"grpc-timeout":
-                seconds = grpc.timeout_seconds(value)
-                if seconds is None:
-                    raise BadRequest("invalid grpc-timeout")
-                self._grpc_deadline = self.stream.loop.time() + seconds
-        if self._grpc_deadline:
-            self._deadline = self._grpc_deadline
-            self._schedule(self._deadline, self.stream.loop.time())
+    def _grpc_deadline_from(self, value: bytes | None) -> None:
+        """grpc-timeout is a gRPC call's deadline (its errors are answered as gRPC statuses)."""
+        if value is None:
+            return
+        seconds = grpc.timeout_seconds(value)
+        if seconds is None:
+            raise BadRequest("invalid grpc-timeout")
+        now = self.stream.loop.time()
+        self._grpc_deadline = self._deadline = now + seconds
+        self._schedule(self._deadline, now)
 
     def is_grpc(self) -> bool:
         return self._grpc
@@ -156,14 +153,22 @@ class H2Exchange(Exchange):
             self._deadline = self._grpc_deadline
             self._schedule(self._deadline, self.stream.loop.time())
 
-    def _scan(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def _scan(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The headers the proxy reads, in one pass: RequestFacts, and whether this is a gRPC call;
+        returns the grpc-timeout value, checked later where a BadRequest can be answered."""
         facts = self.facts
+        grpc_timeout = None
         for i, (name, value) in enumerate(headers):
             if name in SCANNED:
                 try:
                     facts.note(name, value, i)
                 except ValueError:
                     facts.content_length = -1
+            elif name == b"content-type":
+                self._grpc = value.startswith(b"application/grpc")
+            elif name == b"grpc-timeout":
+                grpc_timeout = value
+        return grpc_timeout
 
     def request_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """Request trailers: an HTTP/1.1 upstream gets the body's end without them."""

@@ -72,6 +72,9 @@ class DetectingDownstream(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def begin_drain(self) -> None:
+        """Not yet speaking any protocol: what takes over reads slot.draining."""
+
     def start_drain(self) -> None:
         self.close()
 

@@ -325,6 +325,9 @@ class Http1Downstream(asyncio.Protocol):
             return
         self._schedule_timer()
 
+    def begin_drain(self) -> None:
+        """Nothing to send now: every answer from here on carries `Connection: close` (slot.draining)."""
+
     def start_drain(self) -> None:
         """Listener draining: idle keep-alive connections close now; busy ones after this answer."""
         if self.active is None and self._parsing is None and not self._pending:

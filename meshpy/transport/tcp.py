@@ -160,6 +160,9 @@ class TcpDownstream(asyncio.Protocol):
             logger.log(self.wall0, "", "", "", "TCP", 0, self.flag, self.bytes_in, self.bytes_out,
                        seconds, self.host.label if self.host is not None else "", "", self.peer)
 
+    def begin_drain(self) -> None:
+        """TCP has no in-band way to ask a client to leave."""
+
     def start_drain(self) -> None:
         """TCP has no in-band way to ask a client to leave: pairs run on until the grace time ends."""
 

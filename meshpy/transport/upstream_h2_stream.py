@@ -32,15 +32,14 @@ class UpstreamStream:
     """One request on an HTTP/2 upstream connection; flow control as meshpy.transport.upstream_http2 says."""
 
     multiplexed = True
-    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head_fields", "head_request", "pending",
-                 "pool", "sid", "used")
+    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head_fields", "pending", "pool", "sid",
+                 "used")
 
     def __init__(self, conn: UpstreamHttp2) -> None:
         self.conn = conn
         self.pool = conn.pool
         self.sid = 0
         self.exchange: UpstreamSink | None = None
-        self.head_request = False
         self.used = conn.streams_total > 0
         self.pending: deque[bytes] = deque()
         # The response head's fields as a list (set before up_head), so that an HTTP/2 client's
@@ -51,8 +50,8 @@ class UpstreamStream:
         self._unacked = 0
 
     def attach(self, exchange: UpstreamSink, head_request: bool) -> None:
+        # A HEAD answer ends with END_STREAM like any other: unlike HTTP/1.1, nothing to remember.
         self.exchange = exchange
-        self.head_request = head_request
 
     def detach(self) -> None:
         self.exchange = None

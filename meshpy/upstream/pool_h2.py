@@ -102,9 +102,6 @@ class Http2HostPool:
         """(HTTP/1.1 pools only: there is no 101 in HTTP/2.)"""
         self.discard(conn)
 
-    def forget_idle(self, conn: object) -> None:
-        """(HTTP/1.1 pools only: an HTTP/2 connection reports through connection_gone.)"""
-
     def cancel_waiter(self, waiter: Waiter) -> None:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
