@@ -67,6 +67,10 @@ _PAUSE_BODY_BUFFER = 4
 
 class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
     PROTOCOL = "HTTP/1.1"  # for the access log
+    # The upstream request head as a list, for an HTTP/2 upstream (no serialize-then-parse there);
+    # set by _dispatch before any upstream sees it, so not in __init__ (a list less per request).
+    up_fields: list[tuple[bytes, bytes]]
+    up_target: bytes
     __slots__ = (
         "_buffered",
         "_buffered_bytes",
@@ -134,9 +138,6 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         self.host: Host | None = None
         self.conn: UpstreamConn | None = None
         self.up_head_bytes = b""
-        # The same request head as a list, for an HTTP/2 upstream (no serialize-then-parse there).
-        self.up_fields: list[tuple[bytes, bytes]] = []
-        self.up_target = b""
         self._head_base = b""  # the upstream head without x-envoy-attempt-count (retry routes only)
         self.retry: RetryState | None = None
         self._buffered: list[bytes] | None = None
@@ -322,7 +323,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             self._send_local()
             return
         conn = self.conn
-        if conn is not None:
+        if conn is not None and (self.facts.chunked or conn.multiplexed):  # else nothing marks the end
             conn.end_body(self.facts.chunked)
         if self.host is not None:
             self._request_timers()
