@@ -8,10 +8,12 @@ pushed: clients keep the last good one.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from pathlib import Path
 
 import grpc
@@ -116,3 +118,17 @@ async def serve(listen: str, source: Path, admin: str | None = None,
             admin_server.close()
         await server.stop(grace=1.0)
     return 0
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """`meshpy control` with its parsed options."""
+    import uvloop
+
+    if not (args.envoy_dir or args.meshpy_dir):
+        print("meshpy control: a source is needed: --envoy-dir or --meshpy-dir", file=sys.stderr)
+        return 2
+    # On uvloop, as the proxy: the scale benchmark measured ~8% less CPU per push than on asyncio's
+    # own loop (grpc.aio works on either).
+    source = Path(args.envoy_dir or args.meshpy_dir)
+    meshpy_format = args.meshpy_dir is not None
+    return int(uvloop.run(serve(args.listen, source, args.admin, args.poll_interval, meshpy_format)))

@@ -1,4 +1,5 @@
-"""Command line: argv -> run / validate / control / iptables / demo-upstream. Nothing else lives here."""
+"""Command line: argv -> run / validate / control / iptables / inject / wait / drain / demo-upstream.
+Nothing else lives here: each subcommand's options and work belong to the module it names."""
 
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ def _parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser("control", help="the control plane: serve xDS (ADS) from a source of resources")
     ctl.add_argument("--listen", default="127.0.0.1:18000", help="address of the gRPC ADS server")
-    source = ctl.add_mutually_exclusive_group(required=True)
+    source = ctl.add_mutually_exclusive_group()
     source.add_argument("--envoy-dir",
                         help="directory of Envoy-native resources (Listener, RouteConfiguration, Cluster, "
                              "ClusterLoadAssignment) in YAML, each with its @type")
     source.add_argument("--meshpy-dir",
                         help="directory of meshpy YAML (listeners and clusters, across any number of files)")
+    # The Kubernetes source (Services and EndpointSlices), alone or beside a directory.
+    from control.sources import kubernetes_cli
+
+    kubernetes_cli.add_arguments(ctl)
     ctl.add_argument("--poll-interval", type=float, default=0.5,
                      help="seconds between looks at the source for changes")
     ctl.add_argument("--admin", default="127.0.0.1:18001",
@@ -70,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     ipt.add_argument("--exclude-outbound-ports", default="", help="destination ports never captured")
     ipt.add_argument("--exclude-cidrs", default="", help="destination CIDRs never captured (comma-separated)")
     ipt.add_argument("--ipv6", action="store_true", help="install the same rules with ip6tables too")
+
+    from meshpy.sidecar import inject_cli, lifecycle_cli
+
+    inj = sub.add_parser("inject", help="add the meshpy sidecar to the Pod templates of Kubernetes manifests")
+    inject_cli.add_arguments(inj)
+    wait = sub.add_parser("wait", help="wait until the proxy is ready (a postStart hook, a readiness probe)")
+    lifecycle_cli.add_wait_arguments(wait)
+    drain = sub.add_parser("drain", help="ask the proxy to start draining (a preStop hook)")
+    lifecycle_cli.add_drain_arguments(drain)
 
     demo = sub.add_parser("demo-upstream", help="a small HTTP server to put meshpy in front of")
     demo.add_argument("--listen", default="127.0.0.1:18080", help="address to listen on")
@@ -204,18 +218,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "control":
-        from pathlib import Path
+        from control.server import run_cli
 
-        from control.server import serve as serve_control
-
-        # On uvloop, as the proxy: the scale benchmark measured ~8% less CPU per push than on asyncio's
-        # own loop (grpc.aio works on either).
-        source = Path(args.envoy_dir or args.meshpy_dir)
-        meshpy_format = args.meshpy_dir is not None
-        control = serve_control(args.listen, source, args.admin, args.poll_interval, meshpy_format)
-        return _run_loop("uvloop", lambda: control)
+        return run_cli(args)
     if args.command == "iptables":
         return _iptables(args)
+    if args.command == "inject":
+        from meshpy.sidecar import inject_cli
+
+        return inject_cli.run(args)
+    if args.command == "wait":
+        from meshpy.sidecar import lifecycle_cli
+
+        return lifecycle_cli.run_wait(args)
+    if args.command == "drain":
+        from meshpy.sidecar import lifecycle_cli
+
+        return lifecycle_cli.run_drain(args)
     if args.command == "demo-upstream":
         from meshpy.demo_upstream import serve_demo
 
