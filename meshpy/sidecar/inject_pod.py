@@ -1,0 +1,305 @@
+"""The sidecar added to one Pod template: the proxy container, the iptables init container, and what the
+template's annotations change about them.
+
+The shape follows Istio's injection: an init container (`meshpy-init`, root with NET_ADMIN) installs the
+redirection rules, then the proxy (`meshpy-proxy`, UID 10001, whose own traffic the rules let through)
+runs beside the app. As a native sidecar (Kubernetes 1.29+) the proxy is an init container with
+`restartPolicy: Always`: it starts before the app and the other init containers, and stops after them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+ANNOTATION_INJECT = "sidecar.meshpy.io/inject"
+ANNOTATION_STATUS = "sidecar.meshpy.io/status"
+ANNOTATION_NATIVE = "sidecar.meshpy.io/nativeSidecar"
+ANNOTATION_CPU = "sidecar.meshpy.io/proxyCPU"
+ANNOTATION_CPU_LIMIT = "sidecar.meshpy.io/proxyCPULimit"
+ANNOTATION_MEMORY = "sidecar.meshpy.io/proxyMemory"
+ANNOTATION_MEMORY_LIMIT = "sidecar.meshpy.io/proxyMemoryLimit"
+ANNOTATION_EXCLUDE_INBOUND = "traffic.meshpy.io/excludeInboundPorts"
+ANNOTATION_INCLUDE_INBOUND = "traffic.meshpy.io/includeInboundPorts"
+ANNOTATION_EXCLUDE_OUTBOUND = "traffic.meshpy.io/excludeOutboundPorts"
+ANNOTATION_EXCLUDE_CIDRS = "traffic.meshpy.io/excludeOutboundIPRanges"
+STATUS_INJECTED = "injected"
+
+PROXY_NAME = "meshpy-proxy"
+INIT_NAME = "meshpy-init"
+PROXY_UID = 10001
+ADMIN_ADDRESS = "127.0.0.1:15000"
+ADMIN_PORT = 15000
+INBOUND_PORT = 15006
+OUTBOUND_PORT = 15001
+DEFAULT_CONTROL_PLANE = "meshpy-control.meshpy-system.svc:18000"
+
+# A Kubernetes resource quantity ("100m", "128Mi", "1.5", "2e3"): checked here so that a typo in an
+# annotation is reported by `meshpy inject`, naming the document, not later by the API server.
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+_FALSE = frozenset({"false", "no", "off", "0"})
+_TRUE = frozenset({"true", "yes", "on", "1"})
+
+
+class InjectError(Exception):
+    """A manifest that cannot be injected; the message names the document and the reason."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InjectOptions:
+    image: str
+    control_plane: str = DEFAULT_CONTROL_PLANE
+    native: bool = True
+    proxy_cpu: str = "100m"
+    proxy_cpu_limit: str | None = None
+    proxy_memory: str = "128Mi"
+    proxy_memory_limit: str | None = "512Mi"
+
+
+class Outcome(Enum):
+    INJECTED = "injected"
+    OPTED_OUT = "opted out"
+    ALREADY_INJECTED = "already injected"
+    HOST_NETWORK = "hostNetwork"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateResult:
+    outcome: Outcome
+    native: bool = False
+
+
+def _flag(value: Any) -> bool | None:
+    """An annotation's yes/no; None when it says neither."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _FALSE:
+        return False
+    if text in _TRUE:
+        return True
+    return None
+
+
+def _ports(value: Any, where: str, allow_all: bool = False) -> str:
+    text = str(value).replace(" ", "")
+    if allow_all and text == "*":
+        return text
+    ports = [p for p in text.split(",") if p]
+    for port in ports:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise InjectError(f"{where}: {port!r} is not a port (a comma-separated list of 1-65535)")
+    return ",".join(ports)
+
+
+def _cidrs(value: Any, where: str) -> str:
+    cidrs = [c for c in str(value).replace(" ", "").split(",") if c]
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise InjectError(f"{where}: {cidr!r} is not an IP range (CIDR)") from None
+    return ",".join(cidrs)
+
+
+def check_quantity(value: Any, where: str) -> str:
+    text = str(value).strip()
+    if not _QUANTITY.match(text):
+        raise InjectError(f"{where}: {text!r} is not a Kubernetes quantity (like 100m, 128Mi)")
+    return text
+
+
+def _mapping(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """parent[key] as a mapping, created when absent."""
+    value = parent.get(key)
+    if value is None:
+        value = parent[key] = {}
+    if not isinstance(value, dict):
+        raise InjectError(f"{where}.{key}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _containers(spec: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = spec.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise InjectError(f"{where}.{key}: expected a list of containers")
+    return value
+
+
+def init_container(image: str, annotations: dict[str, Any], where: str) -> dict[str, Any]:
+    def annotation(name: str) -> str:
+        return f"{where}.metadata.annotations[{name}]"
+
+    excluded_inbound = [str(ADMIN_PORT)]
+    if ANNOTATION_EXCLUDE_INBOUND in annotations:
+        more = _ports(annotations[ANNOTATION_EXCLUDE_INBOUND], annotation(ANNOTATION_EXCLUDE_INBOUND))
+        excluded_inbound += [p for p in more.split(",") if p and p not in excluded_inbound]
+    args = [
+        "iptables",
+        "--proxy-uid", str(PROXY_UID),
+        "--inbound-port", str(INBOUND_PORT),
+        "--outbound-port", str(OUTBOUND_PORT),
+        "--exclude-inbound-ports", ",".join(excluded_inbound),
+    ]  # fmt: skip
+    if ANNOTATION_INCLUDE_INBOUND in annotations:
+        value = annotations[ANNOTATION_INCLUDE_INBOUND]
+        args += ["--inbound-ports", _ports(value, annotation(ANNOTATION_INCLUDE_INBOUND), allow_all=True)]
+    if ANNOTATION_EXCLUDE_OUTBOUND in annotations:
+        value = annotations[ANNOTATION_EXCLUDE_OUTBOUND]
+        args += ["--exclude-outbound-ports", _ports(value, annotation(ANNOTATION_EXCLUDE_OUTBOUND))]
+    if ANNOTATION_EXCLUDE_CIDRS in annotations:
+        value = annotations[ANNOTATION_EXCLUDE_CIDRS]
+        args += ["--exclude-cidrs", _cidrs(value, annotation(ANNOTATION_EXCLUDE_CIDRS))]
+    return {
+        "name": INIT_NAME,
+        "image": image,
+        "args": args,
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+        # Root with NET_ADMIN only for the nat rules; iptables writes its lock under /run, so the root
+        # filesystem stays writable here (the proxy's is read-only).
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    }
+
+
+def proxy_container(
+    options: InjectOptions, annotations: dict[str, Any], service: str, where: str, native: bool
+) -> dict[str, Any]:
+    def setting(name: str, default: str | None) -> str | None:
+        if name not in annotations:
+            return default
+        return check_quantity(annotations[name], f"{where}.metadata.annotations[{name}]")
+
+    requests = {"cpu": setting(ANNOTATION_CPU, options.proxy_cpu),
+                "memory": setting(ANNOTATION_MEMORY, options.proxy_memory)}
+    limits = {"cpu": setting(ANNOTATION_CPU_LIMIT, options.proxy_cpu_limit),
+              "memory": setting(ANNOTATION_MEMORY_LIMIT, options.proxy_memory_limit)}
+    resources = {key: {k: v for k, v in values.items() if v is not None}
+                 for key, values in (("requests", requests), ("limits", limits))}
+    container: dict[str, Any] = {
+        "name": PROXY_NAME,
+        "image": options.image,
+        "args": [
+            "run",
+            "--xds", options.control_plane,
+            "--node-id", "$(POD_NAME).$(POD_NAMESPACE)",
+            "--node-cluster", service,
+            "--admin", ADMIN_ADDRESS,
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        "resources": {key: values for key, values in resources.items() if values},
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # The admin listener is on 127.0.0.1 only, out of the kubelet's reach: the probe runs inside.
+        "readinessProbe": {
+            "exec": {"command": ["meshpy", "wait", "--timeout", "2"]},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+        },
+        "lifecycle": {
+            # The kubelet starts the next container only when this hook returns: the app (and, for a
+            # native sidecar, the init containers after it) starts once the proxy is ready.
+            "postStart": {"exec": {"command": ["meshpy", "wait", "--timeout", "120"]}},
+            "preStop": {"exec": {"command": ["meshpy", "drain", "--inbound-only"]}},
+        },
+    }
+    if native:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def service_name(template: dict[str, Any], workload: dict[str, Any]) -> str | None:
+    """The workload's service, as the control plane knows it: the usual name labels, else its name."""
+    for metadata in (template.get("metadata"), workload.get("metadata")):
+        labels = metadata.get("labels") if isinstance(metadata, dict) else None
+        if isinstance(labels, dict):
+            for key in ("app.kubernetes.io/name", "app"):
+                if labels.get(key):
+                    return str(labels[key])
+    metadata = workload.get("metadata")
+    if isinstance(metadata, dict):
+        if metadata.get("name"):
+            return str(metadata["name"])
+        if metadata.get("generateName"):
+            return str(metadata["generateName"]).rstrip("-.") or None
+    return None
+
+
+def inject_template(
+    template: dict[str, Any], workload: dict[str, Any], options: InjectOptions, where: str
+) -> TemplateResult:
+    """Add the sidecar to one Pod template (a Pod's own metadata and spec, for a bare Pod), in place.
+
+    `where` is the template's path for messages ("document 2 (Deployment web): spec.template")."""
+    metadata = template.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    if not isinstance(annotations, dict):
+        annotations = {}
+    if _flag(annotations.get(ANNOTATION_INJECT, True)) is False:
+        return TemplateResult(Outcome.OPTED_OUT)
+    spec = template.get("spec")
+    if not isinstance(spec, dict):
+        raise InjectError(f"{where}.spec: missing (a Pod template needs a spec with containers)")
+    containers = _containers(spec, "containers", f"{where}.spec")
+    if not containers:
+        raise InjectError(f"{where}.spec.containers: missing or empty")
+    init_containers = _containers(spec, "initContainers", f"{where}.spec")
+    names = {c.get("name") for c in containers + init_containers}
+    if PROXY_NAME in names:
+        return TemplateResult(Outcome.ALREADY_INJECTED)
+    if INIT_NAME in names:
+        raise InjectError(f"{where}.spec: has a container named {INIT_NAME} but no {PROXY_NAME}")
+    if spec.get("hostNetwork") is True:
+        return TemplateResult(Outcome.HOST_NETWORK)
+    native = options.native
+    if ANNOTATION_NATIVE in annotations:
+        said = _flag(annotations[ANNOTATION_NATIVE])
+        if said is None:
+            where_native = f"{where}.metadata.annotations[{ANNOTATION_NATIVE}]"
+            raise InjectError(f'{where_native}: expected "true" or "false"')
+        native = said
+    service = service_name(template, workload)
+    if service is None:
+        raise InjectError(f"{where}: no service name (label app.kubernetes.io/name or app, or a name)")
+
+    init = init_container(options.image, annotations, where)
+    proxy = proxy_container(options, annotations, service, where, native)
+    if "initContainers" not in spec:
+        # A new key goes before `containers`, where people write it (dicts keep insertion order).
+        items = list(spec.items())
+        at = next(i for i, (key, _) in enumerate(items) if key == "containers")
+        spec.clear()
+        spec.update([*items[:at], ("initContainers", []), *items[at:]])
+    if native:
+        # The proxy right after the rules, before the workload's own init containers, so that their
+        # traffic, once captured, has a proxy to go to.
+        spec["initContainers"] = [init, proxy, *init_containers]
+    else:
+        # The rules last among the init containers (those before them are not captured, with no proxy
+        # running yet), the proxy first among the containers: its postStart hook holds the app back.
+        spec["initContainers"] = [*init_containers, init]
+        spec["containers"] = [proxy, *containers]
+    if not isinstance(metadata, dict):
+        metadata = template["metadata"] = {}
+    _mapping(metadata, "annotations", f"{where}.metadata")[ANNOTATION_STATUS] = STATUS_INJECTED
+    return TemplateResult(Outcome.INJECTED, native=native)
