@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -66,10 +66,14 @@ def nodes_view(ads: AdsServer) -> list[dict[str, Any]]:
 
 
 class ControlAdmin:
-    def __init__(self, ads: AdsServer, cache: SnapshotCache, loads: dict[str, int]) -> None:
+    def __init__(self, ads: AdsServer, cache: SnapshotCache, loads: dict[str, int],
+                 collectors: Sequence[Collector] = ()) -> None:
+        """`collectors`: the sources' own metrics (the Kubernetes watches', for one)."""
         self.ads, self.cache = ads, cache
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(ads, loads))
+        for collector in collectors:
+            self.registry.register(collector)
 
     def answer(self, path: str) -> tuple[int, str, bytes]:
         path = path.split("?", 1)[0]

@@ -1,7 +1,8 @@
 """`meshpy control`: the control plane process.
 
-It watches its source (a directory of Envoy-native resources, or of meshpy YAML exported to them),
-turns each good version of it into a checked snapshot and serves it over ADS. A bad version (a YAML or
+It watches its sources (a directory of Envoy-native resources, or of meshpy YAML exported to them; the
+Kubernetes API's Services and EndpointSlices; or a directory beside Kubernetes), turns each good version
+of them into a checked snapshot and serves it over ADS. A bad version (a YAML or
 proto error, or a snapshot that fails the consistency check) is logged with every error and not
 pushed: clients keep the last good one.
 """
@@ -15,105 +16,207 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
+from prometheus_client.registry import Collector
 
 from control.admin import MAX_HEAD, ControlAdmin
 from control.ads import AdsServer, add_to_server
-from control.cache import InconsistentSnapshot, NodeSelector, SnapshotCache, make_snapshot
+from control.cache import (
+    InconsistentSnapshot,
+    NodeSelector,
+    Resources,
+    Snapshot,
+    SnapshotCache,
+    make_snapshot,
+)
+from control.sources import kubernetes_cli
 from control.sources.envoy_dir import SourceError
+from control.sources.kubernetes_cli import KubernetesOptions
+from control.sources.kubernetes_meshpy import meshpy_dir_beside_kubernetes
 from control.sources.meshpy_dir import load_meshpy_dir
-from control.sources.nodes import Loader, envoy_layer, layered_fingerprint, load_layers
+from control.sources.nodes import Layers, Loader, envoy_layer, layered_fingerprint, load_layers
+
+if TYPE_CHECKING:
+    from control.sources.kubernetes import KubernetesSource
 
 log = logging.getLogger("meshpy.control")
 
 POLL_INTERVAL = 0.5  # seconds between looks at the source directory
 
 
+class Publisher:
+    """The one place that publishes: the directory's layers, each merged with the Kubernetes source's
+    clusters and endpoints when there is one.
+
+    A name in both is the directory's: a team can replace a generated cluster (to give it a circuit
+    breaker, say) without the generator knowing. A directory version that does not fit (a route naming a
+    Service that does not exist yet) is kept and tried again at each Kubernetes change, while the last
+    one that fitted goes on serving with the new endpoints: one bad file never freezes the endpoints of
+    the whole mesh.
+    """
+
+    def __init__(self, cache: SnapshotCache, loads: dict[str, int] | None = None,
+                 kubernetes: bool = False, directory: bool = True) -> None:
+        self.cache, self.loads = cache, loads if loads is not None else {}
+        self.layers: Layers | None = None if directory else Layers({})  # last published
+        self.pending: Layers | None = None  # read, not published yet
+        self.kube: Resources | None = None if kubernetes else {}  # None until the first complete list
+        self._replaced: set[tuple[str, str]] = set()
+
+    def load_directory(self, source: Path, loader: Loader = envoy_layer) -> bool:
+        """Read and publish the directory; False (and the old snapshot stays) if it is not good."""
+        try:
+            self.pending = load_layers(source, loader)
+        except SourceError as err:
+            for line in err.errors:
+                log.error("%s: %s", source, line)
+            return self._count(False)
+        return self._count(self._publish(str(source)))
+
+    def kubernetes(self, resources: Resources) -> None:
+        self.kube = resources
+        self._publish("kubernetes")
+
+    def _count(self, ok: bool) -> bool:
+        key = "accepted" if ok else "rejected"
+        self.loads[key] = self.loads.get(key, 0) + 1
+        return ok
+
+    def _publish(self, origin: str) -> bool:
+        if self.kube is None:
+            log.info("%s: read; published once Kubernetes is listed", origin)
+            return True
+        failures = []
+        for layers, is_pending in ((self.pending, True), (self.layers, False)):
+            if layers is None:
+                continue
+            try:
+                snap = self._publish_layers(layers, self.kube)
+            except InconsistentSnapshot as err:
+                failures.append(err)
+                continue
+            if is_pending:
+                self.layers, self.pending = layers, None
+            extra = len(layers.by_node) + len(layers.by_cluster)
+            more = f" and {extra} per-node sets" if extra else ""
+            older = " (with the last directory version that fits)" if failures else ""
+            log.info("%s: published version %s%s%s", origin, snap.version, more, older)
+            break
+        # The errors of a directory version are said when it is read, not again at each retry.
+        if failures and origin != "kubernetes":
+            for line in failures[0].errors:
+                log.error("%s: not pushed: %s", origin, line)
+        return not failures
+
+    def _publish_layers(self, layers: Layers, kube: Resources) -> Snapshot:
+        snap = make_snapshot(self._merge(layers.shared, kube))
+        self.cache.publish(
+            snap,
+            {node: make_snapshot(self._merge(r, kube)) for node, r in layers.by_node.items()},
+            {NodeSelector(cluster=name): make_snapshot(self._merge(r, kube))
+             for name, r in layers.by_cluster.items()},
+        )
+        return snap
+
+    def _merge(self, directory: Resources, kube: Resources) -> Resources:
+        if not kube:
+            return directory
+        for url in kube.keys() & directory.keys():
+            for name in kube[url].keys() & directory[url].keys():
+                if (url, name) not in self._replaced:
+                    self._replaced.add((url, name))
+                    log.info("the directory's %s %r replaces the one from Kubernetes", url.rsplit(".", 1)[-1],
+                             name)
+        return {url: {**kube.get(url, {}), **directory.get(url, {})} for url in {*kube, *directory}}
+
+
 def load_once(cache: SnapshotCache, source: Path, loads: dict[str, int] | None = None,
               loader: Loader = envoy_layer) -> bool:
     """Publish the directory's resources; False (and the old snapshot stays) if they are not good.
     `loads` counts the outcomes for /metrics."""
-    ok = _load(cache, source, loader)
-    if loads is not None:
-        key = "accepted" if ok else "rejected"
-        loads[key] = loads.get(key, 0) + 1
-    return ok
+    return Publisher(cache, loads).load_directory(source, loader)
 
 
-def _load(cache: SnapshotCache, source: Path, loader: Loader) -> bool:
-    try:
-        layers = load_layers(source, loader)
-        snap = make_snapshot(layers.shared)
-        cache.publish(
-            snap,
-            {node: make_snapshot(r) for node, r in layers.by_node.items()},
-            {NodeSelector(cluster=name): make_snapshot(r) for name, r in layers.by_cluster.items()},
-        )
-    except SourceError as err:
-        for line in err.errors:
-            log.error("%s: %s", source, line)
-        return False
-    except InconsistentSnapshot as err:
-        for line in err.errors:
-            log.error("%s: not pushed: %s", source, line)
-        return False
-    extra = len(layers.by_node) + len(layers.by_cluster)
-    more = f" and {extra} per-node sets" if extra else ""
-    log.info("%s: published version %s%s", source, snap.version, more)
-    return True
-
-
-async def watch_dir(cache: SnapshotCache, source: Path, loads: dict[str, int],
-                    interval: float = POLL_INTERVAL, loader: Loader = envoy_layer) -> None:
+async def watch_dir(publisher: Publisher, source: Path, interval: float = POLL_INTERVAL,
+                    loader: Loader = envoy_layer) -> None:
     seen = layered_fingerprint(source)
     while True:
         await asyncio.sleep(interval)
         now = layered_fingerprint(source)
         if now != seen:
             seen = now
-            load_once(cache, source, loads, loader)
+            publisher.load_directory(source, loader)
 
 
-async def serve(listen: str, source: Path, admin: str | None = None,
-                poll_interval: float = POLL_INTERVAL, meshpy_format: bool = False) -> int:
-    """`source` is a directory of Envoy-native resources, or of meshpy YAML when `meshpy_format`."""
+async def serve(listen: str, source: Path | None, admin: str | None = None,
+                poll_interval: float = POLL_INTERVAL, meshpy_format: bool = False,
+                kubernetes: KubernetesOptions | None = None) -> int:
+    """`source` is a directory of Envoy-native resources, or of meshpy YAML when `meshpy_format`;
+    `kubernetes` adds (or with no directory, is) the Kubernetes source."""
     loader: Loader = load_meshpy_dir if meshpy_format else envoy_layer
+    if meshpy_format and kubernetes is not None:
+        loader = meshpy_dir_beside_kubernetes(kubernetes.cluster_domain)
     cache = SnapshotCache()
     loads: dict[str, int] = {}
-    if not load_once(cache, source, loads, loader):
+    publisher = Publisher(cache, loads, kubernetes is not None, source is not None)
+    if source is not None and not publisher.load_directory(source, loader):
         log.error("%s: no good initial config; serving nothing until the source is fixed", source)
+    collectors: list[Collector] = []
+    kube: KubernetesSource | None = None
+    if kubernetes is not None:
+        # Imported here: only this source needs the Kubernetes client, which is slow to import.
+        from control.sources import kubernetes as k8s
+
+        try:
+            api = await k8s.api_client(kubernetes.kubeconfig)
+        except Exception as err:  # the client's config errors have no common base but Exception
+            log.error("kubernetes: cannot load the client configuration: %s", err)
+            return 1
+        kube = k8s.KubernetesSource(api, publisher.kubernetes, namespaces=kubernetes.namespaces,
+                                    cluster_domain=kubernetes.cluster_domain)
+        collectors.append(k8s.KubernetesCollector(kube.counters))
     ads = AdsServer(cache)
     # grpc sheds streams beyond 1,000 waiting to be picked up (3,000 hard): a fleet reconnecting at
     # once (a control-plane restart) would see a storm of CANCELLED; these only lift the shedding.
     server = grpc.aio.server(options=[("grpc.server.max_pending_requests", 20_000),
                                       ("grpc.server.max_pending_requests_hard_limit", 40_000)])
     add_to_server(ads, server)
-    if server.add_insecure_port(listen) == 0:
-        log.error("cannot listen on %s", listen)
-        return 1
+    tasks: list[asyncio.Task[None]] = []
     admin_server = None
-    if admin is not None:
-        host, _, port = admin.rpartition(":")
-        try:
-            admin_server = await asyncio.start_server(ControlAdmin(ads, cache, loads).handle, host, int(port),
-                                                      limit=MAX_HEAD)
-        except (OSError, ValueError) as err:
-            log.error("cannot listen on %s for the admin: %s", admin, err)
-            return 1
-    await server.start()
-    log.info("ADS on %s, admin on %s, source %s", listen, admin or "-", source)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(watch_dir(cache, source, loads, poll_interval, loader))
     try:
+        if server.add_insecure_port(listen) == 0:
+            log.error("cannot listen on %s", listen)
+            return 1
+        if admin is not None:
+            host, _, port = admin.rpartition(":")
+            try:
+                handler = ControlAdmin(ads, cache, loads, collectors).handle
+                admin_server = await asyncio.start_server(handler, host, int(port), limit=MAX_HEAD)
+            except (OSError, ValueError) as err:
+                log.error("cannot listen on %s for the admin: %s", admin, err)
+                return 1
+        await server.start()
+        names = [str(source)] * (source is not None) + ["kubernetes"] * (kubernetes is not None)
+        log.info("ADS on %s, admin on %s, source %s", listen, admin or "-", " and ".join(names))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if source is not None:
+            tasks.append(asyncio.create_task(watch_dir(publisher, source, poll_interval, loader)))
+        if kube is not None:
+            tasks.append(asyncio.create_task(kube.run()))
         await stop.wait()
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if kube is not None:
+            await kube.close()
         if admin_server is not None:
             admin_server.close()
         await server.stop(grace=1.0)
@@ -124,11 +227,18 @@ def run_cli(args: argparse.Namespace) -> int:
     """`meshpy control` with its parsed options."""
     import uvloop
 
-    if not (args.envoy_dir or args.meshpy_dir):
-        print("meshpy control: a source is needed: --envoy-dir or --meshpy-dir", file=sys.stderr)
+    kubernetes = kubernetes_cli.options(args)
+    if not (args.envoy_dir or args.meshpy_dir or kubernetes):
+        print("meshpy control: a source is needed: --envoy-dir, --meshpy-dir or --kubernetes",
+              file=sys.stderr)
         return 2
+    if kubernetes is None and (args.kubeconfig or args.namespace):
+        print("meshpy control: --kubeconfig and --namespace are options of --kubernetes", file=sys.stderr)
+        return 2
+    directory = args.envoy_dir or args.meshpy_dir
+    source = Path(directory) if directory else None
+    meshpy_format = args.meshpy_dir is not None
     # On uvloop, as the proxy: the scale benchmark measured ~8% less CPU per push than on asyncio's
     # own loop (grpc.aio works on either).
-    source = Path(args.envoy_dir or args.meshpy_dir)
-    meshpy_format = args.meshpy_dir is not None
-    return int(uvloop.run(serve(args.listen, source, args.admin, args.poll_interval, meshpy_format)))
+    return int(uvloop.run(serve(args.listen, source, args.admin, args.poll_interval, meshpy_format,
+                                kubernetes)))
