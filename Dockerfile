@@ -25,6 +25,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
+# iptables: the same image runs the pod's init step (`meshpy iptables`, as root), which feeds the nat
+# rules to iptables-restore. Pinned to the Debian release of the base image.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables=1.8.9-2 \
+    && rm -rf /var/lib/apt/lists/*
+
 COPY --from=build /wheels /tmp/wheels
 # The wheel's own requirements (uvloop, httptools, ...) come as binary wheels from the index.
 RUN pip install /tmp/wheels/*.whl \
