@@ -46,10 +46,20 @@ class InjectResult:
 
 def split_documents(text: str) -> list[str]:
     """The stream cut before each separator line: joining the pieces gives the text back."""
-    starts = [m.start() for m in _SEPARATOR.finditer(text)]
+    starts = [_before_directives(text, m.start()) for m in _SEPARATOR.finditer(text)]
     if not starts or starts[0] != 0:
         starts.insert(0, 0)
     return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+def _before_directives(text: str, start: int) -> int:
+    """Where a document begins: its directives (`%YAML 1.2`) come before its separator line."""
+    while start > 0:
+        line_start = text.rfind("\n", 0, start - 1) + 1
+        if not text.startswith("%", line_start):
+            break
+        start = line_start
+    return start
 
 
 def _label(index: int, doc: dict[str, Any]) -> str:
@@ -111,6 +121,8 @@ def _redump(piece: str, obj: Any) -> str:
     """A changed document: its separator line and outer comment lines kept, its content dumped anew."""
     lines = piece.splitlines(keepends=True)
     head: list[str] = []
+    while lines and lines[0].startswith("%"):
+        head.append(lines.pop(0))
     if lines and _SEPARATOR.match(lines[0]):
         # Kept as written unless content follows it on the same line (`--- {kind: Pod, ...}`).
         head.append(lines[0] if _BARE_SEPARATOR.match(lines[0]) else "---\n")

@@ -326,3 +326,22 @@ def test_cli_bad_input_writes_nothing(args: tuple[str, ...]) -> None:
     assert proc.returncode != 0
     assert proc.stdout == ""
     assert proc.stderr.startswith("meshpy inject: ")
+
+
+POD_TEXT = "kind: Pod\napiVersion: v1\nmetadata: {name: p}\nspec: {containers: [{name: a, image: 'a:1'}]}\n"
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("", ""),
+    ("# nothing but a comment\n", "# nothing but a comment\n"),
+    ("kind: Service\n--- # the pod\n" + POD_TEXT, "kind: Service\n--- # the pod\nkind: Pod\n"),
+    ("%YAML 1.1\n---\n" + POD_TEXT, "%YAML 1.1\n---\nkind: Pod\n"),
+    ("kind: Service\n...\n%YAML 1.1\n---\n" + POD_TEXT, "kind: Service\n...\n%YAML 1.1\n---\nkind: Pod\n"),
+    ("--- {kind: Pod, apiVersion: v1, metadata: {name: p}, spec: {containers: [{name: a, image: 'a:1'}]}}\n",
+     "---\nkind: Pod\n"),
+])  # fmt: skip
+def test_separators_directives_and_empty_streams(text: str, kept: str) -> None:
+    out = inject_text(text, NATIVE).text
+    assert out.startswith(kept)
+    assert len(list(yaml.safe_load_all(out))) == len(list(yaml.safe_load_all(text)))
+    assert inject_text(out, NATIVE).text == out
