@@ -103,6 +103,7 @@ def _inject_object(obj: dict[str, Any], where: str, options: InjectOptions, resu
     if outcome.outcome is not Outcome.INJECTED:
         return False
     result.injected += 1
+    result.notes.extend(outcome.notes)
     restart = _template_spec(template).get("restartPolicy", "Always")
     if not outcome.native and (kind in ("Job", "CronJob") or restart != "Always"):
         result.notes.append(

@@ -70,6 +70,7 @@ class Outcome(Enum):
 class TemplateResult:
     outcome: Outcome
     native: bool = False
+    notes: tuple[str, ...] = ()
 
 
 def _flag(value: Any) -> bool | None:
@@ -302,4 +303,18 @@ def inject_template(
     if not isinstance(metadata, dict):
         metadata = template["metadata"] = {}
     _mapping(metadata, "annotations", f"{where}.metadata")[ANNOTATION_STATUS] = STATUS_INJECTED
-    return TemplateResult(Outcome.INJECTED, native=native)
+    return TemplateResult(Outcome.INJECTED, native=native, notes=_uid_notes(spec, containers, where))
+
+
+def _uid_notes(spec: dict[str, Any], containers: list[dict[str, Any]], where: str) -> tuple[str, ...]:
+    """The rules let the proxy's UID through uncaptured: a container running as that UID bypasses the mesh."""
+    pod_context = spec.get("securityContext")
+    pod_uid = pod_context.get("runAsUser") if isinstance(pod_context, dict) else None
+    notes = []
+    for container in containers:
+        context = container.get("securityContext")
+        uid = context.get("runAsUser", pod_uid) if isinstance(context, dict) else pod_uid
+        if uid == PROXY_UID:
+            notes.append(f"{where}: container {container.get('name')} runs as UID {PROXY_UID}, the proxy's: "
+                         "its outbound traffic is not captured")
+    return tuple(notes)

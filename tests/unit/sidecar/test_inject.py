@@ -345,3 +345,17 @@ def test_separators_directives_and_empty_streams(text: str, kept: str) -> None:
     assert out.startswith(kept)
     assert len(list(yaml.safe_load_all(out))) == len(list(yaml.safe_load_all(text)))
     assert inject_text(out, NATIVE).text == out
+
+
+@pytest.mark.parametrize("where", ["pod", "container"])
+def test_an_app_running_as_the_proxys_uid_is_noted(where: str) -> None:
+    doc = copy.deepcopy(WORKLOADS["Deployment"])
+    spec = doc["spec"]["template"]["spec"]
+    if where == "pod":
+        spec["securityContext"] = {"runAsUser": 10001}
+    else:
+        spec["containers"] = [{**APP, "securityContext": {"runAsUser": 10001}}]
+    result = inject_text(yaml.safe_dump(doc), NATIVE)
+    assert result.injected == 1
+    assert any("container app runs as UID 10001" in note for note in result.notes), result.notes
+    assert not inject_text(yaml.safe_dump(WORKLOADS["Deployment"]), NATIVE).notes
