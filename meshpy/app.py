@@ -24,10 +24,7 @@ from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, c
 from meshpy.stack.deadlines import Deadlines
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import Metrics
-from meshpy.transport.detect import DetectingDownstream
-from meshpy.transport.downstream_http1 import Http1Downstream
-from meshpy.transport.downstream_http2 import Http2Downstream
-from meshpy.transport.tcp import TcpDownstream
+from meshpy.transport.listen import OriginalDstDispatch, protocol_for
 from meshpy.upstream.cluster import ClusterManager
 
 log = logging.getLogger("meshpy")
@@ -38,10 +35,11 @@ INITIAL_RESOLVE_TIMEOUT = 5.0
 class BoundListener:
     """One listening socket and the slot its new connections get."""
 
-    __slots__ = ("address", "port", "server", "slot")
+    __slots__ = ("address", "bound", "port", "server", "slot")
 
-    def __init__(self, address: Address, slot: ListenerSlot) -> None:
+    def __init__(self, address: Address, slot: ListenerSlot, bound: bool = True) -> None:
         self.address = address
+        self.bound = bound  # False: no socket; it serves connections an intercepting listener hands it
         self.slot = slot
         self.server: asyncio.Server | None = None
         self.port = address.port
@@ -70,6 +68,7 @@ class App:
         self._loggers: dict[str | None, AccessLogger] = {}
         self._state = "PRE_INITIALIZING"
         self._plan: dict[str, BoundListener] = {}
+        self._virtual: dict[tuple[str, int], ListenerSlot] = {}  # listeners without a socket, by address
         self._old_slots: list[ListenerSlot] = []  # drained slots whose connections still run
         # Command-line overrides win over the config's values, field by field.
         self._drain_time = drain_time
@@ -151,15 +150,15 @@ class App:
         claimed: set[int] = set()
         for lm in config.listeners:  # listeners that keep their name and address keep their socket
             cur = self.listeners.get(lm.name)
-            if cur is not None and cur.address == lm.address:
+            if cur is not None and cur.address == lm.address and cur.bound == lm.bind:
                 plan[lm.name] = cur
                 claimed.add(id(cur))
-        by_address = {b.address: b for b in self.listeners.values() if b.address.port != 0}
+        by_address = {b.address: b for b in self.listeners.values() if b.address.port != 0 and b.bound}
         try:
             for i, lm in enumerate(config.listeners):
                 if lm.name in plan:
                     continue
-                other = by_address.get(lm.address)
+                other = by_address.get(lm.address) if lm.bind else None
                 if other is not None and id(other) not in claimed:
                     plan[lm.name] = other
                     claimed.add(id(other))
@@ -179,21 +178,17 @@ class App:
         self._plan = plan
 
     async def _bind(self, lm: Listener, cfg: HttpListenerConfig) -> BoundListener:
-        bound = BoundListener(lm.address, ListenerSlot(current=cfg, deadlines=self.deadlines))
+        bound = BoundListener(lm.address, ListenerSlot(current=cfg, deadlines=self.deadlines), lm.bind)
         loop = self.loop
 
+        if not lm.bind:  # served only through an intercepting listener: no socket of its own
+            return bound
+
         def factory() -> asyncio.Protocol:
-            # Read at accept time: a reload may have given this socket to a listener of another kind.
             slot = bound.slot
-            cfg = slot.current
-            if cfg.tcp is not None:
-                return TcpDownstream(slot, loop)
-            codec = cfg.options.codec
-            if codec == "http1":
-                return Http1Downstream(slot, loop)
-            if codec == "http2":
-                return Http2Downstream(slot, loop)
-            return DetectingDownstream(slot, loop)
+            if slot.current.model.original_destination:
+                return OriginalDstDispatch(slot, loop, self._route_original)
+            return protocol_for(slot, loop)
 
         host = lm.address.host or None
         family = socket.AF_INET6 if host and ":" in host else socket.AF_UNSPEC
@@ -231,8 +226,18 @@ class App:
             if name not in snap.listeners:
                 self.metrics.forget_listener(name)
         self.listeners = new
+        self._virtual = {(b.address.host, b.address.port): b.slot for b in new.values() if not b.bound}
         # Drained slots are kept until their last connection ends, so shutdown waits for them too.
         self._old_slots = [slot for slot in self._old_slots + retired if slot.connections]
+
+    def _route_original(self, slot: ListenerSlot, dst: tuple[str, int]) -> ListenerSlot:
+        """The listener for a connection going to `dst`: one without a socket of its own at that
+        exact address, else at the wildcard address on that port, else the intercepting one."""
+        virtual = self._virtual
+        found = virtual.get(dst)
+        if found is None:
+            found = virtual.get(("::" if ":" in dst[0] else "0.0.0.0", dst[1]))
+        return found or slot
 
     def _drain_slot(self, slot: ListenerSlot) -> None:
         """Connections of a listener that is gone finish their current request, then close."""

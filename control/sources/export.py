@@ -33,11 +33,15 @@ from meshpy.model.types import (
     RouteConfig,
     RouteMatch,
     StringMatch,
+    TcpOptions,
 )
 
 ADS = {"ads": {}, "resource_api_version": "V3"}
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
+HTTP_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
@@ -257,20 +261,40 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
         name = "envoy.filters.network.http_connection_manager"
     else:
         assert lis.tcp is not None
-        t = lis.tcp
-        config = {
-            "@type": TCP_PROXY,
-            "stat_prefix": lis.name,
-            "cluster": t.cluster,
-            "idle_timeout": duration(t.idle_timeout),
-            "access_log": _logs(t.access_logs),
-        }
-        name = "envoy.filters.network.tcp_proxy"
-    return {
+        config, name = _tcp_proxy(lis.name, lis.tcp), TCP_PROXY_NAME
+    out: dict[str, Any] = {
         "@type": LISTENER,
         "name": lis.name,
         "address": _address(lis.address.host, lis.address.port),
         "filter_chains": [{"filters": [{"name": name, "typed_config": config}]}],
+    }
+    if lis.http is not None and lis.tcp is not None:
+        # Protocol sniffing, as Envoy spells it: the http_inspector tells HTTP from the rest, the HTTP
+        # chain matches its verdict, and everything else takes the TCP proxy of the default chain.
+        out["filter_chains"][0]["filter_chain_match"] = {"application_protocols": ["http/1.0", "http/1.1",
+                                                                                   "h2c"]}
+        out["default_filter_chain"] = {"filters": [{"name": TCP_PROXY_NAME,
+                                                    "typed_config": _tcp_proxy(lis.name, lis.tcp)}]}
+        out["listener_filters"] = [{"name": "envoy.filters.listener.http_inspector",
+                                    "typed_config": {"@type": HTTP_INSPECTOR}}]
+    if lis.original_destination:
+        out["use_original_dst"] = True
+        out.setdefault("listener_filters", []).insert(0, {"name": "envoy.filters.listener.original_dst",
+                                                          "typed_config": {"@type": ORIGINAL_DST}})
+    if not lis.bind:
+        out["bind_to_port"] = False
+    if lis.direction != "unspecified":
+        out["traffic_direction"] = lis.direction.upper()
+    return out
+
+
+def _tcp_proxy(name: str, t: TcpOptions) -> dict[str, Any]:
+    return {
+        "@type": TCP_PROXY,
+        "stat_prefix": name,
+        "cluster": t.cluster,
+        "idle_timeout": duration(t.idle_timeout),
+        "access_log": _logs(t.access_logs),
     }
 
 
@@ -319,6 +343,12 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         out["circuit_breakers"] = {"thresholds": [{
             "max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests,
             "max_requests": cb.max_requests, "max_retries": cb.max_retries}]}
+    if c.discovery == "original_dst":
+        out.update(type="ORIGINAL_DST", lb_policy="CLUSTER_PROVIDED")
+        for key in ("dns_refresh_rate", "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
+                    "round_robin_lb_config"):
+            out.pop(key, None)
+        return out, None
     if c.discovery == "static":
         out.update(type="EDS", eds_cluster_config={"eds_config": ADS})
         del out["dns_refresh_rate"]

@@ -52,8 +52,17 @@ def _address_clashes(config: Config) -> list[ConfigIssue]:
     ]
     if config.admin.address is not None:
         sockets.append(("admin.address", config.admin.address, "admin"))
+    # A listener without a socket of its own (bind off) is keyed apart: it may share its address with
+    # a bound one (it only serves connections handed to it), not with another unbound one.
+    virtual = {f"listeners[{i}].address" for i, x in enumerate(config.listeners) if not x.bind}
     for path, address, owner in sockets:
         if address.port == 0:
+            continue
+        if path in virtual:
+            key = Address(host=f"virtual {address.host}", port=address.port)
+            if key in bound:
+                issues.append(ConfigIssue(path, f"{address} is already used by {bound[key]}"))
+            bound[key] = owner
             continue
         if address in bound:
             issues.append(ConfigIssue(path, f"{address} is already used by {bound[address]}"))
@@ -72,6 +81,11 @@ def _listener(listener: Listener, path: str, known: list[str] | None) -> list[Co
         if listener.http is None:
             return [ConfigIssue(path, "an http listener needs http options")]
         issues += _route_config(listener.http.route_config, path, known)
+        if listener.tcp is not None:  # the fallback for bytes that are not HTTP
+            issues += _cluster_ref(listener.tcp.cluster, f"{path}.tcp.cluster", known)
+    if listener.original_destination and not listener.bind:
+        issues.append(ConfigIssue(f"{path}.bind", "a listener that hands connections on by their original "
+                                  "destination needs its own socket"))
     return issues
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
@@ -38,6 +38,7 @@ from meshpy.model.types import (
     Admin,
     Cluster,
     Config,
+    Direction,
     DiscoveryType,
     Endpoint,
     HttpCodec,
@@ -65,7 +66,8 @@ from meshpy.model.yaml_reader import (
 from meshpy.model.yaml_values import is_ip_literal, parse_address, parse_size, yaml_kind
 
 _TOP_KEYS = ("admin", "drain_time", "grace_time", "listeners", "clusters")
-_LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout")
+_LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout", "original_destination", "bind",
+                  "direction")
 _HTTP_KEYS = (
     "use_remote_address",
     "xff_num_trusted_hops",
@@ -86,6 +88,7 @@ _HTTP_KEYS = (
     "rate_limit",
     "http2",
     "upgrades",
+    "tcp_fallback",
 )
 _TCP_KEYS = ("cluster",)
 # `protocol:` of a listener; http is the same as auto (HTTP/1.1 or HTTP/2, by the first bytes).
@@ -107,7 +110,7 @@ _CLUSTER_KEYS = (
     "protocol",
     "http2",
 )
-_DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns")
+_DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns", "original_dst")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
 
 
@@ -188,6 +191,10 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
     # Unnamed listeners are named like Istio names them, after where they listen.
     name = f.get("name", as_name, f"{address.host}_{address.port}")
     logs = _access_logs(r, f.raw("access_log"), f.at("access_log")) if "access_log" in f else ()
+    interception = Listener(name=name, address=address, kind="tcp",
+                            original_destination=f.get("original_destination", as_bool, False),
+                            bind=f.get("bind", as_bool, True),
+                            direction=f.get("direction", _direction, "unspecified"))
     if protocol == "tcp":
         r.alias(child(path, "tcp"), path)
         tcp = TcpOptions(
@@ -195,11 +202,33 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
             idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT),
             access_logs=logs,
         )
-        return Listener(name=name, address=address, kind="tcp", tcp=tcp)
+        return replace(interception, tcp=tcp)
     http = _http_options(r, f, path, name, logs)
     http = replace(http, codec=_CODECS[protocol], upgrades=f.get("upgrades", upgrade_types, ("websocket",)),
                    http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2)
-    return Listener(name=name, address=address, kind="http", http=http)
+    fallback = None
+    if "tcp_fallback" in f:
+        r.alias(child(path, "tcp"), f.at("tcp_fallback"))
+        fallback = _tcp_fallback(r, f.raw("tcp_fallback"), f.at("tcp_fallback"), logs)
+    return replace(interception, kind="http", http=http, tcp=fallback)
+
+
+def _direction(value: object) -> Direction:
+    text = as_str(value).lower()
+    if text not in ("inbound", "outbound", "unspecified"):
+        raise ValueError(f"must be inbound, outbound or unspecified, got {text!r}")
+    return cast(Direction, text)
+
+
+def _tcp_fallback(r: Reader, node: object, path: str, logs: tuple[AccessLog, ...]) -> TcpOptions | None:
+    """`tcp_fallback: cluster` or `{cluster, idle_timeout}`: where bytes that are not HTTP go."""
+    if isinstance(node, str):
+        node = {"cluster": node}
+    f = r.mapping(node, path, ("cluster", "idle_timeout"))
+    if f is None:
+        return None
+    return TcpOptions(cluster=f.require("cluster", as_name, ""), access_logs=logs,
+                      idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT))
 
 
 def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[AccessLog, ...]) -> HttpOptions:
@@ -322,9 +351,12 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
                 f"{endpoint.address.host!r} is a host name; static clusters need IP addresses "
                 "(use type: strict_dns)",
             )
+    if discovery == "original_dst" and endpoints:
+        r.error(f.at("endpoints"), "an original_dst cluster has no endpoints: each connection goes where "
+                "it was going before it was redirected")
     if discovery == "logical_dns" and len(endpoints) > 1:
         r.error(f.at("endpoints"), "a logical_dns cluster has exactly one endpoint")
-    if discovery == "static" and "dns_refresh_rate" in f:
+    if discovery in ("static", "original_dst") and "dns_refresh_rate" in f:
         r.error(f.at("dns_refresh_rate"), "only applies to strict_dns and logical_dns clusters")
     return Cluster(
         name=name,
@@ -350,7 +382,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
 def _endpoints(r: Reader, f: Fields) -> list[tuple[Endpoint, str]]:
     """The endpoints with the path each was written at (for errors found once the type is known)."""
     if "endpoints" not in f:
-        r.error(f.path, "missing required key 'endpoints'")
+        if f.get("type", _discovery, None) != "original_dst":
+            r.error(f.path, "missing required key 'endpoints'")
         return []
     node = f.raw("endpoints")
     values = r.sequence(node, f.at("endpoints"), allow_single=isinstance(node, str | Mapping))

@@ -13,10 +13,12 @@ from typing import Literal
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 PathMatchKind = Literal["prefix", "path", "regex"]
 HeaderAppend = Literal["append", "add_if_absent", "overwrite", "overwrite_if_exists"]
-DiscoveryType = Literal["static", "strict_dns", "logical_dns"]
+DiscoveryType = Literal["static", "strict_dns", "logical_dns", "original_dst"]
 LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma"]
 HASHED_POLICIES = ("ring_hash", "maglev")
 ListenerKind = Literal["http", "tcp"]
+# Envoy's traffic_direction: a sidecar drains its inbound listeners first (see App._shutdown).
+Direction = Literal["unspecified", "inbound", "outbound"]
 
 DEFAULT_ROUTE_TIMEOUT = 15.0  # Envoy's route timeout default
 DEFAULT_CONNECT_TIMEOUT = 5.0  # Envoy's cluster connect_timeout default
@@ -297,11 +299,23 @@ class TcpOptions:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Listener:
+    """`kind` says what the listener speaks. An http listener may have `tcp` too: its fallback for
+    connections whose first bytes are not HTTP (sniffed, as Istio's protocol detection).
+
+    Transparent interception (a sidecar): a listener with `original_destination` hands each connection
+    to the listener whose address is where the connection was going before iptables redirected it
+    (exact address first, then 0.0.0.0 or [::] on that port), and keeps it when none matches (Envoy's
+    use_original_dst). Such target listeners usually have `bind` off (Envoy's bind_to_port): they
+    own no socket and only serve connections handed to them."""
+
     name: str
     address: Address
     kind: ListenerKind
     http: HttpOptions | None = None
     tcp: TcpOptions | None = None
+    original_destination: bool = False
+    bind: bool = True
+    direction: Direction = "unspecified"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -60,6 +60,7 @@ class HttpListenerConfig:
         "stream_idle_timeout",
         "table",
         "tcp",
+        "tcp_fallback",
         "timer_interval",
         "upgrades",
         "use_remote_address",
@@ -78,6 +79,8 @@ class HttpListenerConfig:
         self.stats = stats
         self.loggers = loggers
         self.tcp: TcpListenerConfig | None = None
+        # An http listener's TCP proxy for connections that turn out not to speak HTTP (sniffed).
+        self.tcp_fallback: TcpListenerConfig | None = None
         opts = model.http
         if opts is None:
             assert model.tcp is not None
@@ -92,6 +95,8 @@ class HttpListenerConfig:
             self.generate_rid = self.replace_rid = self.use_remote_address = self.forwarded_proto = False
             return
         self.options = opts
+        if model.tcp is not None:
+            self.tcp_fallback = TcpListenerConfig(model.tcp.cluster, model.tcp.idle_timeout, loggers)
         self.table = RouteTable(opts.route_config, rate_limit=opts.rate_limit)
         self.max_headers = opts.max_request_headers_count
         self.max_header_bytes = opts.max_request_headers_kb * 1024

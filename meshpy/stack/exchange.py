@@ -238,6 +238,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         balancer = cluster.balancer
         if balancer is None:
             host = cluster.round_robin()
+        elif balancer.by_destination:
+            host = cluster.host_for(self.down.original_dst)
         else:
             key = request_hash(route.hash_policy, self.headers, self.down.peer) if balancer.hashed else None
             host = balancer.pick(key)

@@ -30,6 +30,7 @@ class Downstream(Protocol):
     loop: asyncio.AbstractEventLoop
     slot: ListenerSlot
     peer: str
+    original_dst: tuple[str, int] | None  # where an intercepted client was connecting
     out: list[bytes]
     write_paused: bool
 

@@ -121,7 +121,8 @@ class RetryingMixin(ExchangeParts):
         self._release_budget()
         if old is not None:
             rs.tried.append(old)  # the host that just failed (or is still busy, when hedging)
-        host = rs.next_host(cluster)
+        # An original_dst cluster has one place to go: where the connection was going.
+        host = cluster.host_for(self.down.original_dst) if cluster.by_destination else rs.next_host(cluster)
         if host is None:
             from meshpy.errors import NoHealthyUpstream
 

@@ -2,6 +2,9 @@
 
 A connection that starts with the HTTP/2 client preface (prior knowledge, RFC 9113 3.3) is HTTP/2;
 anything else is HTTP/1.1 (an `Upgrade: h2c` request among it is answered as HTTP/1.1, as Envoy does).
+A listener with a `tcp_fallback` sniffs harder, as Istio's protocol detection does: bytes that do not
+start with an HTTP/1 method and a space (nor the preface) are not HTTP, and the connection is proxied
+as TCP to the fallback's cluster.
 The detector is the connection's protocol only until those first bytes arrive; then it hands the
 transport and the bytes to the real one, so nothing of it stays on the request path.
 """
@@ -14,13 +17,14 @@ from typing import TYPE_CHECKING, cast
 from meshpy.codec.http2 import PREFACE
 from meshpy.transport.downstream_http1 import Http1Downstream
 from meshpy.transport.downstream_http2 import Http2Downstream
+from meshpy.transport.tcp import TcpDownstream
 
 if TYPE_CHECKING:
     from meshpy.routing.compile import ListenerSlot
 
 
 class DetectingDownstream(asyncio.Protocol):
-    __slots__ = ("_buf", "_timer", "loop", "slot", "stats", "transport")
+    __slots__ = ("_buf", "_timer", "loop", "original_dst", "slot", "stats", "transport")
 
     def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
         self.slot = slot
@@ -28,6 +32,7 @@ class DetectingDownstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buf = b""
         self._timer: asyncio.TimerHandle | None = None
+        self.original_dst: tuple[str, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -47,16 +52,28 @@ class DetectingDownstream(asyncio.Protocol):
         if len(buf) < len(PREFACE) and PREFACE.startswith(buf):
             self._buf = buf  # could still be the preface: wait for the rest of it
             return
+        fallback = self.slot.current.tcp_fallback
+        is_http = True
+        if fallback is not None and not buf.startswith(PREFACE):
+            verdict = sniff_http1(buf)
+            if verdict is None:
+                self._buf = buf  # could still be a request line: wait for more
+                return
+            is_http = verdict
         self._buf = b""
         self._stop()
         self.stats.cx_total -= 1
         transport = self.transport
         assert transport is not None
-        proto: Http1Downstream | Http2Downstream
-        if buf.startswith(PREFACE):
+        proto: Http1Downstream | Http2Downstream | TcpDownstream
+        if not is_http:
+            assert fallback is not None
+            proto = TcpDownstream(self.slot, self.loop, fallback)
+        elif buf.startswith(PREFACE):
             proto = Http2Downstream(self.slot, self.loop)
         else:
             proto = Http1Downstream(self.slot, self.loop)
+        proto.original_dst = self.original_dst
         transport.set_protocol(proto)
         proto.connection_made(transport)
         proto.data_received(buf)
@@ -82,3 +99,19 @@ class DetectingDownstream(asyncio.Protocol):
         self._stop()
         if self.transport is not None:
             self.transport.close()
+
+
+# Request methods a sniffed connection may start with (RFC 9110 9.3, RFC 5789), longest 7 letters.
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
+                      b"PATCH"})
+_LONGEST = max(len(m) for m in _METHODS)
+
+
+def sniff_http1(buf: bytes) -> bool | None:
+    """Whether `buf` starts an HTTP/1 request: True, False, or None while too short to say."""
+    space = buf.find(b" ", 0, _LONGEST + 1)
+    if space > 0:
+        return buf[:space] in _METHODS
+    if len(buf) <= _LONGEST and any(m.startswith(buf) for m in _METHODS):
+        return None
+    return False

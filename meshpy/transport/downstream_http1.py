@@ -48,6 +48,7 @@ class Http1Downstream(asyncio.Protocol):
         "head_started",
         "idle_since",
         "loop",
+        "original_dst",
         "out",
         "parser",
         "peer",
@@ -63,6 +64,8 @@ class Http1Downstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
+        # Set by an intercepting listener: where the client was connecting (see transport/listen.py).
+        self.original_dst: tuple[str, int] | None = None
         self.active: Exchange | None = None
         self._parsing: Exchange | None = None
         self._pending: deque[Exchange] = deque()

@@ -54,6 +54,7 @@ class Http2Downstream(asyncio.Protocol):
         "h2",
         "idle_since",
         "loop",
+        "original_dst",
         "peer",
         "slot",
         "stats",
@@ -71,6 +72,8 @@ class Http2Downstream(asyncio.Protocol):
         self.blocked: set[H2Stream] = set()  # streams with response data waiting for a window
         self.dirty: set[H2Stream] = set()  # streams with something to send at the next flush
         self.peer = ""
+        # Set by an intercepting listener: where the client was connecting (see transport/listen.py).
+        self.original_dst: tuple[str, int] | None = None
         self.closing = False
         self.write_paused = False
         self.idle_since = 0.0

@@ -35,6 +35,7 @@ class H2Stream:
         "ex",
         "loop",
         "opened",
+        "original_dst",
         "out",
         "peer",
         "pending",
@@ -53,6 +54,7 @@ class H2Stream:
         self.loop: asyncio.AbstractEventLoop = conn.loop
         self.slot: ListenerSlot = conn.slot
         self.peer = conn.peer
+        self.original_dst = conn.original_dst
         self.out: list[bytes] = []  # never written: H2Exchange writes through the methods below
         self.ex: H2Exchange | None = None
         self.write_paused = conn.write_paused

@@ -20,14 +20,21 @@ if TYPE_CHECKING:
 
 class TcpDownstream(asyncio.Protocol):
     __slots__ = ("_buf", "_eof_down", "_eof_up", "_timer", "activity", "bytes_in", "bytes_out", "cfg",
-                 "closed", "flag", "host", "loop", "peer", "slot", "stats", "t0", "transport", "up", "wall0")
+                 "closed", "flag", "host", "loop", "original_dst", "peer", "slot", "stats", "t0", "transport",
+                 "up", "wall0")
 
-    def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop,
+                 cfg: TcpListenerConfig | None = None) -> None:
+        """`cfg`: an http listener's fallback for a connection that did not speak HTTP."""
         self.slot = slot
         self.loop = loop
-        cfg = slot.current
-        assert cfg.tcp is not None
-        self.cfg: TcpListenerConfig = cfg.tcp
+        if cfg is None:
+            cfg = slot.current.tcp
+            assert cfg is not None
+        self.cfg: TcpListenerConfig = cfg
+        # Where the client was connecting before iptables redirected it (set by the listener that
+        # looked it up; None when not intercepted): an original_dst cluster connects there.
+        self.original_dst: tuple[str, int] | None = None
         self.transport: asyncio.Transport | None = None
         self.up: TcpUpstream | None = None
         self.host: Host | None = None
@@ -48,7 +55,12 @@ class TcpDownstream(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.peer, self.stats = accepted(self, self.slot, transport)
         cluster = self.slot.current.clusters.get(self.cfg.cluster)
-        host = cluster.pick() if cluster is not None else None
+        if cluster is None:
+            host = None
+        elif cluster.by_destination:
+            host = cluster.host_for(self.original_dst)
+        else:
+            host = cluster.pick()
         if host is None or cluster is None:
             self.flag = "UH" if cluster is not None else "NC"
             transport.close()

@@ -33,6 +33,7 @@ def hash64(data: bytes) -> int:
 
 class Balancer(ABC):
     hashed = False  # whether pick() wants a request hash
+    by_destination = False  # original_dst: the host is where the connection was going, not a choice
     measures = False  # whether done() wants each answer's latency
 
     def __init__(self, config: LoadBalancing) -> None:
@@ -198,6 +199,16 @@ class MaglevBalancer(Balancer):
 class SlowStartRoundRobin(RandomBalancer):
     """round_robin with slow start: while an endpoint warms up the pick is by weight at random, so
     that its share can grow smoothly; with no endpoint warming it is plain weighted random."""
+
+
+class DestinationBalancer(Balancer):
+    """An original_dst cluster's: there is nothing to choose (ClusterRuntime.host_for finds the host);
+    being a balancer keeps the round-robin fast path of other clusters free of a check for it."""
+
+    by_destination = True
+
+    def pick(self, key: int | None = None) -> Host | None:
+        return None
 
 
 def make_balancer(config: LoadBalancing) -> Balancer | None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from meshpy.model.types import Cluster
 from meshpy.telemetry.metrics import ClusterStats, Metrics
-from meshpy.upstream.balancers import make_balancer
+from meshpy.upstream.balancers import DestinationBalancer, make_balancer
 from meshpy.upstream.gauges import cluster_gauges
 from meshpy.upstream.health import HealthChecker
 from meshpy.upstream.outlier import OutlierDetector
@@ -85,8 +85,9 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 class ClusterRuntime:
     __slots__ = (
-        "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "cx_limit", "health", "hosts",
-        "model", "outlier", "pending_limit", "resolved", "retries_active", "retry_limit", "rq_limit", "stats",
+        "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "by_destination", "cx_limit",
+        "health", "hosts", "model", "outlier", "pending_limit", "resolved", "retries_active", "retry_limit",
+        "rq_limit", "stats",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
@@ -111,8 +112,15 @@ class ClusterRuntime:
         self.resolved = asyncio.Event()
         od = model.outlier_detection
         self.outlier = OutlierDetector(self, od, loop) if od is not None else None
-        self.balancer = make_balancer(model.load_balancing)  # None: the round robin below
+        self.by_destination = model.discovery == "original_dst"
+        # None: the round robin below
+        self.balancer = DestinationBalancer(model.load_balancing) if self.by_destination else \
+            make_balancer(model.load_balancing)
         self.health: HealthChecker | None = None  # started by start()
+        # original_dst (Envoy's ORIGINAL_DST): no endpoints of its own; a host per destination seen,
+        # made on first use and dropped once it holds no connection (see evict_idle).
+        if self.by_destination:
+            self.resolved.set()
         if model.discovery == "static":
             self.resolved.set()
             self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host)
@@ -122,7 +130,7 @@ class ClusterRuntime:
         hc = self.model.health_check
         if hc is not None and self.health is None:
             self.health = HealthChecker(self, hc, self._loop)
-        if self.model.discovery != "static" and self._task is None:
+        if self.model.discovery in ("strict_dns", "logical_dns") and self._task is None:
             self._task = self._loop.create_task(self._dns_loop(), name=f"dns:{self.model.name}")
 
     def retarget(self, model: Cluster) -> None:
@@ -162,6 +170,18 @@ class ClusterRuntime:
             return self.balancer.pick(key)
         return self.round_robin()
 
+    def host_for(self, destination: tuple[str, int] | None) -> Host | None:
+        """An original_dst cluster's host for a connection's original destination (None: the
+        connection was not redirected, so there is nowhere to send it but back to this proxy)."""
+        if destination is None:
+            return None
+        for h in self.hosts:  # few at a time: the destinations this pod is talking to right now
+            if h.address == destination:
+                return h
+        self._set_hosts([*((h.address[0], h.address[1], 1, h.hostname) for h in self.hosts),
+                         (destination[0], destination[1], 1, destination[0])])
+        return self.hosts[-1]
+
     def round_robin(self) -> Host | None:
         """Smooth weighted round robin: the order list holds each host `weight` times. The request path
         calls this itself when the cluster has no other balancer."""
@@ -189,6 +209,10 @@ class ClusterRuntime:
         timeout = self.model.pool_idle_timeout
         for h in self.hosts:
             h.pool.evict_idle(now, timeout if timeout is not None else float("inf"))
+        if self.by_destination:  # forget destinations nothing is connected to any more
+            kept = [h for h in self.hosts if h.pool.total or h.pool.pending or h.active_requests]
+            if len(kept) != len(self.hosts):
+                self._set_hosts([(h.address[0], h.address[1], 1, h.hostname) for h in kept])
 
     def _set_hosts(self, entries: Iterable[tuple[str, int, int, str]]) -> None:
         old = {h.pool.address: h for h in self.hosts}

@@ -17,6 +17,7 @@ from meshpy.model.types import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH,
     DEFAULT_HTTP2,
+    DEFAULT_LB,
     Cluster,
     DiscoveryType,
     Endpoint,
@@ -62,6 +63,7 @@ _CLUSTER = frozenset(
 # Cluster.DiscoveryType numbers, in proto order.
 _DISCOVERY: dict[int, DiscoveryType] = {0: "static", 1: "strict_dns", 2: "logical_dns"}
 _EDS = 3
+_ORIGINAL_DST, _CLUSTER_PROVIDED = 4, 6  # Cluster.DiscoveryType and Cluster.LbPolicy numbers
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HTTP_OPTIONS_TYPES = {
     _HTTP_OPTIONS_KEY: http_protocol_options_pb2.HttpProtocolOptions,
@@ -85,7 +87,14 @@ def cluster(
     if msg.HasField("load_assignment"):
         endpoints = endpoints_from(issues, msg.load_assignment, child(path, "load_assignment"))
     discovery = _DISCOVERY.get(msg.type)
-    if msg.type == _EDS:
+    if msg.type == _ORIGINAL_DST:
+        # Envoy's rule: the destination is the cluster's choice, so the policy must say so.
+        discovery = "original_dst"
+        if msg.lb_policy != _CLUSTER_PROVIDED:
+            issues.add(child(path, "lb_policy"), "an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED")
+        if msg.HasField("load_assignment"):
+            issues.add(child(path, "load_assignment"), "an ORIGINAL_DST cluster has no endpoints")
+    elif msg.type == _EDS:
         discovery = "static"
         if msg.HasField("load_assignment"):
             issues.add(child(path, "load_assignment"), "cannot be used with type EDS")
@@ -103,7 +112,8 @@ def cluster(
         endpoints=endpoints,
         connect_timeout=positive_duration(issues, msg, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
         dns_refresh_rate=positive_duration(issues, msg, "dns_refresh_rate", path, DEFAULT_DNS_REFRESH),
-        load_balancing=translate_policies.load_balancing(issues, msg, path),
+        load_balancing=DEFAULT_LB if discovery == "original_dst"
+        else translate_policies.load_balancing(issues, msg, path),
         pool_idle_timeout=idle,
         protocol="http2" if http2 is not None else "http1",
         http2=http2 or DEFAULT_HTTP2,

@@ -1,4 +1,6 @@
-"""Envoy Listener -> model Listener: one filter chain holding an HTTP connection manager or a TCP proxy.
+"""Envoy Listener -> model Listener: one filter chain holding an HTTP connection manager or a TCP proxy,
+or (protocol sniffing) an HTTP chain matching the http_inspector's application protocols beside a TCP
+proxy chain; use_original_dst, bind_to_port and traffic_direction for a sidecar's interception.
 
 Defaults follow Envoy, not meshpy's own YAML: `use_remote_address` and `preserve_external_request_id`
 are false, `request_headers_timeout` is off, and the `server` header says "envoy" unless
@@ -15,6 +17,8 @@ from typing import Any
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
@@ -24,6 +28,7 @@ from meshpy.model.types import (
     DEFAULT_TCP_IDLE_TIMEOUT,
     AccessLog,
     Address,
+    Direction,
     Fault,
     HttpOptions,
     Listener,
@@ -49,11 +54,18 @@ def _by_name(*classes: Any) -> dict[str, Any]:
 
 
 NETWORK_FILTERS = _by_name(HttpConnectionManager, TcpProxy)
+OriginalDst = original_dst_pb2.OriginalDst
+HttpInspector = http_inspector_pb2.HttpInspector
+LISTENER_FILTERS = _by_name(OriginalDst, HttpInspector)
 HTTP_FILTERS = _by_name(Router, HTTPFault, LocalRateLimitConfig)
 ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
 
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
-_LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metadata"})
+_LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metadata", "use_original_dst",
+                       "bind_to_port", "traffic_direction", "listener_filters", "default_filter_chain"})
+_DIRECTIONS: dict[int, Direction] = {1: "inbound", 2: "outbound"}
+# What the http_inspector reports for HTTP: the application_protocols an HTTP chain may match on.
+_HTTP_PROTOCOLS = frozenset({"http/1.0", "http/1.1", "h2c"})
 _HCM = frozenset(
     {
         "codec_type",
@@ -94,31 +106,85 @@ def listener(
     # Envoy names an unnamed listener itself; the address is a stable, readable stand-in.
     name = msg.name or str(address)
     placeholder = Listener(name=name, address=address, kind="tcp", tcp=TcpOptions(cluster=""))
-    chains_path = child(path, "filter_chains")
-    if len(msg.filter_chains) != 1:
-        issues.add(chains_path, f"exactly one filter chain is supported, got {len(msg.filter_chains)}")
+    interception = dataclasses.replace(
+        placeholder, original_destination=wrapped(msg, "use_original_dst", False),
+        bind=wrapped(msg, "bind_to_port", True),
+        direction=_DIRECTIONS.get(msg.traffic_direction, "unspecified"))
+    sniffing = listener_filters(issues, msg, path)
+    chains = [(c, item(child(path, "filter_chains"), i)) for i, c in enumerate(msg.filter_chains)]
+    if msg.HasField("default_filter_chain"):
+        chains.append((msg.default_filter_chain, child(path, "default_filter_chain")))
+    if len(chains) == 2:
+        # An HTTP chain for what the http_inspector finds to be HTTP, and a TCP chain for the rest
+        # (Istio's protocol sniffing): an http listener with a tcp fallback.
+        (first, first_path), (second, second_path) = chains
+        if not sniffing:
+            issues.add(child(path, "listener_filters"), "two filter chains need the http_inspector to "
+                       "pick one")
+        found = [_chain(issues, first, first_path, routes, True), _chain(issues, second, second_path, routes)]
+        http = next((f for f in found if isinstance(f, HttpOptions)), None)
+        tcp = next((f for f in found if isinstance(f, TcpOptions)), None)
+        if http is None or tcp is None:
+            issues.add(child(path, "filter_chains"), "two chains must be one HTTP chain matching "
+                       "application_protocols and one TCP proxy chain")
+            return placeholder
+        return dataclasses.replace(interception, kind="http", http=http, tcp=tcp)
+    if len(chains) != 1:
+        issues.add(child(path, "filter_chains"), f"exactly one filter chain (or an HTTP chain and a TCP "
+                   f"default_filter_chain) is supported, got {len(chains)}")
         return placeholder
-    chain, chain_path = msg.filter_chains[0], item(chains_path, 0)
-    issues.fields(chain, chain_path, {"name", "filters"})
+    one = _chain(issues, chains[0][0], chains[0][1], routes)
+    if isinstance(one, HttpOptions):
+        return dataclasses.replace(interception, kind="http", http=one, tcp=None)
+    if isinstance(one, TcpOptions):
+        return dataclasses.replace(interception, tcp=one)
+    return placeholder
+
+
+def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, RouteConfig] | None,
+           sniffed: bool = False) -> HttpOptions | TcpOptions | None:
+    """One filter chain's HTTP or TCP options. `sniffed`: the chain may match HTTP application
+    protocols (what the http_inspector reports), its only supported filter_chain_match."""
+    issues.fields(chain, chain_path, {"name", "filters", "filter_chain_match"})
+    if chain.HasField("filter_chain_match"):
+        m, m_path = chain.filter_chain_match, child(chain_path, "filter_chain_match")
+        issues.fields(m, m_path, {"application_protocols"} if sniffed else ())
+        wanted = set(m.application_protocols)
+        if sniffed and not wanted <= _HTTP_PROTOCOLS:
+            issues.add(child(m_path, "application_protocols"), f"only {sorted(_HTTP_PROTOCOLS)} are known")
     filters_path = child(chain_path, "filters")
     if len(chain.filters) != 1:
         reason = "exactly one filter (http_connection_manager or tcp_proxy) is supported"
         issues.add(filters_path, f"{reason}, got {len(chain.filters)}")
-        return placeholder
+        return None
     network_filter, filter_path = chain.filters[0], item(filters_path, 0)
     issues.fields(network_filter, filter_path, {"name", "typed_config"})
     config_path = child(filter_path, "typed_config")
     if not network_filter.HasField("typed_config"):
         issues.add(config_path, "is required")
-        return placeholder
+        return None
     # The type of typed_config picks the extension (as in Envoy 1.40); the filter's name is a label.
     config = unpack(issues, network_filter.typed_config, config_path, NETWORK_FILTERS)
     if isinstance(config, HttpConnectionManager):
-        http = _http_options(issues, config, config_path, routes)
-        return Listener(name=name, address=address, kind="http", http=http)
+        return _http_options(issues, config, config_path, routes)
     if isinstance(config, TcpProxy):
-        return Listener(name=name, address=address, kind="tcp", tcp=_tcp_options(issues, config, config_path))
-    return placeholder
+        return _tcp_options(issues, config, config_path)
+    return None
+
+
+def listener_filters(issues: Issues, msg: Any, path: str) -> bool:
+    """Check the listener filters; True if the http_inspector is among them. original_dst is what
+    meshpy does for every use_original_dst listener, so it is accepted and needs no setting."""
+    sniffing = False
+    for i, lf in enumerate(msg.listener_filters):
+        at = item(child(path, "listener_filters"), i)
+        issues.fields(lf, at, {"name", "typed_config"})
+        if lf.HasField("typed_config"):
+            config = unpack(issues, lf.typed_config, child(at, "typed_config"), LISTENER_FILTERS)
+            sniffing = sniffing or isinstance(config, HttpInspector)
+        else:
+            issues.add(child(at, "typed_config"), "is required")
+    return sniffing
 
 
 def _http_options(

@@ -118,7 +118,7 @@ def test_listener_and_top_level_errors(text: str, expected: str) -> None:
         ),
         (
             "[{name: a, type: eds, endpoints: ['127.0.0.1:1']}]",
-            "clusters[0].type: must be one of static, strict_dns, logical_dns, got 'eds'",
+            "clusters[0].type: must be one of static, strict_dns, logical_dns, original_dst, got 'eds'",
         ),
         (
             "[{name: a, type: logical_dns, endpoints: ['a:1', 'b:1']}]",

@@ -1,0 +1,95 @@
+"""What a listener does with a new connection: the protocol it gets, and for a sidecar's intercepting
+listeners, the listener it belongs to by where it was going.
+
+iptables REDIRECT rewrites a connection's destination to the proxy's port; the kernel keeps the
+address the client dialled, and SO_ORIGINAL_DST gives it back (IPv4: a sockaddr_in from SOL_IP;
+IPv6: a sockaddr_in6 from SOL_IPV6, option 80 in both). A listener with `original_destination` looks
+it up once per connection and hands the connection to the listener bound to that address (Envoy's
+use_original_dst); the protocol that serves it keeps the address for original_dst clusters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from meshpy.transport.detect import DetectingDownstream
+from meshpy.transport.downstream_http1 import Http1Downstream
+from meshpy.transport.downstream_http2 import Http2Downstream
+from meshpy.transport.tcp import TcpDownstream
+
+if TYPE_CHECKING:
+    from meshpy.routing.compile import ListenerSlot
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST (netfilter_ipv6) has the same value
+
+Downstream = Http1Downstream | Http2Downstream | DetectingDownstream | TcpDownstream
+# (the listener's slot, the original destination) -> the slot of the listener that serves it
+Router = Callable[["ListenerSlot", "tuple[str, int]"], "ListenerSlot"]
+
+
+def protocol_for(slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> Downstream:
+    """The protocol a new connection of `slot` starts with, read at accept time: a reload may have
+    given the socket to a listener of another kind."""
+    cfg = slot.current
+    if cfg.tcp is not None:
+        return TcpDownstream(slot, loop)
+    codec = cfg.options.codec
+    if codec == "http1" and cfg.tcp_fallback is None:
+        return Http1Downstream(slot, loop)
+    if codec == "http2" and cfg.tcp_fallback is None:
+        return Http2Downstream(slot, loop)
+    return DetectingDownstream(slot, loop)
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+    """Where a redirected connection was going; None if the kernel has no record of a redirect."""
+    if sock.family == socket.AF_INET6:
+        try:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big")
+        except OSError:
+            pass  # an IPv4 connection on a dual-stack socket: asked below as IPv4
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
+
+
+def _plain(address: object) -> tuple[str, int] | None:
+    """(host, port) of a socket address, with an IPv4-mapped IPv6 host written as IPv4."""
+    if not isinstance(address, tuple) or len(address) < 2:
+        return None
+    host = str(address[0])
+    return (host[7:] if host.startswith("::ffff:") and "." in host else host), int(address[1])
+
+
+class OriginalDstDispatch(asyncio.Protocol):
+    """The first protocol of an intercepting listener's connection: it finds where the connection was
+    going, hands it to the protocol of the listener that serves that address, and is gone."""
+
+    __slots__ = ("loop", "router", "slot")
+
+    def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop, router: Router) -> None:
+        self.slot = slot
+        self.loop = loop
+        self.router = router
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        dst = original_destination(sock) if sock is not None else None
+        if dst is not None:
+            dst = _plain(dst)
+        # The address the client reached is this listener's own when nothing redirected it (a direct
+        # connection, or one from the proxy itself): there is no other destination to go to, and
+        # sending it "back where it was going" would loop into this proxy for ever.
+        if dst is not None and dst == _plain(transport.get_extra_info("sockname")):
+            dst = None
+        slot = self.router(self.slot, dst) if dst is not None else self.slot
+        proto = protocol_for(slot, self.loop)
+        proto.original_dst = dst
+        cast(asyncio.Transport, transport).set_protocol(proto)
+        proto.connection_made(transport)
