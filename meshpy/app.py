@@ -14,7 +14,7 @@ import hashlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from meshpy.admin.server import AdminServer, start_admin
 from meshpy.errors import ConfigError, ConfigIssue
@@ -30,6 +30,8 @@ from meshpy.upstream.cluster import ClusterManager
 log = logging.getLogger("meshpy")
 
 INITIAL_RESOLVE_TIMEOUT = 5.0
+# Which listeners a drain step touches: a sidecar drains inbound before outbound (see _shutdown).
+Which = Literal["all", "inbound", "not outbound"]
 
 
 class BoundListener:
@@ -306,9 +308,12 @@ class App:
             )
         return out
 
-    def drain_listeners(self) -> None:
+    def drain_listeners(self, inbound_only: bool = False, graceful: bool = True) -> None:
+        """Envoy's /drain_listeners: every listener, or only those of inbound traffic; stop accepting at
+        once, or (`graceful`) after the drain time. A sidecar's preStop hook drains inbound first, so
+        callers move away while the app can still make its own calls outbound."""
         if self._drain_task is None:
-            self._drain_task = self.loop.create_task(self._drain())
+            self._drain_task = self.loop.create_task(self._drain(inbound_only, graceful))
 
     def quit(self) -> None:
         self.shutdown(drain=False)
@@ -329,35 +334,46 @@ class App:
         if self._shutdown_task is None:
             self._shutdown_task = self.loop.create_task(self._shutdown(drain))
 
-    def _slots(self) -> list[ListenerSlot]:
-        return [b.slot for b in self.listeners.values()] + self._old_slots
+    def _slots(self, which: Which = "all") -> list[ListenerSlot]:
+        slots = [b.slot for b in self.listeners.values()] + self._old_slots
+        if which == "inbound":
+            return [slot for slot in slots if slot.current.model.direction == "inbound"]
+        if which == "not outbound":
+            return [slot for slot in slots if slot.current.model.direction != "outbound"]
+        return slots
 
-    def _begin_drain(self) -> None:
+    def _begin_drain(self, which: Which = "all") -> None:
         """/ready turns 503; every HTTP/1.1 answer from now on carries `Connection: close`, and every
         HTTP/2 connection gets a GOAWAY now (new ones after their first request): the same message,
         that the client should go elsewhere, while the listeners still accept for drain_time."""
         self._state = "DRAINING"
-        for slot in self._slots():
+        for slot in self._slots(which):
             slot.draining = True
             for conn in list(slot.connections):
                 conn.begin_drain()
 
-    def _stop_accepting(self) -> None:
+    def _stop_accepting(self, which: Which = "all") -> None:
+        slots = self._slots(which)
+        chosen = {id(slot) for slot in slots}
         for bound in self.listeners.values():
-            if bound.server is not None:
+            if bound.server is not None and id(bound.slot) in chosen:
                 bound.server.close()
-        for slot in self._slots():
+        for slot in slots:
             self._drain_slot(slot)
 
-    async def _drain(self) -> None:
-        self._begin_drain()
-        await asyncio.sleep(self.lifecycle.drain_time)
-        self._stop_accepting()
+    async def _drain(self, inbound_only: bool, graceful: bool) -> None:
+        which: Which = "inbound" if inbound_only else "all"
+        self._begin_drain(which)
+        if graceful:
+            await asyncio.sleep(self.lifecycle.drain_time)
+        self._stop_accepting(which)
 
     async def _shutdown(self, drain: bool) -> None:
         lc = self.lifecycle
         log.info("shutting down: drain %.1fs, grace %.1fs", lc.drain_time if drain else 0.0, lc.grace_time)
-        self._begin_drain()
+        # A sidecar's outbound listeners are its app's way out: they serve as usual through the drain
+        # time, for the calls an app makes while it shuts down; everything else starts draining now.
+        self._begin_drain("not outbound" if drain else "all")
         if drain:
             await asyncio.sleep(lc.drain_time)
         self._stop_accepting()

@@ -47,7 +47,7 @@ class AdminHost(Protocol):
         ({resource: {`in_use`, `limit`}})."""
         ...
 
-    def drain_listeners(self) -> None: ...
+    def drain_listeners(self, inbound_only: bool = False, graceful: bool = True) -> None: ...
 
     def quit(self) -> None:
         """Start an orderly shutdown. Called after the `OK` answer has been handed to the transport."""
@@ -137,7 +137,9 @@ def clusters(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
 
 
 def drain_listeners(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
-    host.drain_listeners()
+    # Envoy's flags: `inboundonly` (listeners of traffic_direction INBOUND), `graceful` (after the
+    # drain time; without it listeners stop accepting at once).
+    host.drain_listeners(inbound_only="inboundonly" in query, graceful="graceful" in query)
     return text("OK\n")
 
 
@@ -166,6 +168,6 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/metrics": Endpoint(_GET, prometheus, "same as /stats/prometheus"),
     "/config_dump": Endpoint(_GET, config_dump, "the live config (JSON)"),
     "/clusters": Endpoint(_GET, clusters, "upstream hosts and their state (JSON; ?format=text for Envoy's)"),
-    "/drain_listeners": Endpoint(_POST, drain_listeners, "stop accepting on every listener"),
+    "/drain_listeners": Endpoint(_POST, drain_listeners, "stop accepting (?inboundonly, ?graceful)"),
     "/quitquitquit": Endpoint(_POST, quitquitquit, "shut down gracefully"),
 }

@@ -1,24 +1,101 @@
-"""`meshpy wait` and `meshpy drain`: the sidecar's hooks, talking to the admin listener."""
+"""`meshpy wait` and `meshpy drain`: the sidecar's hooks, talking to its admin listener.
+
+`meshpy wait` is the postStart hook of the injected sidecar (kubelet starts the app's container only
+after it returns, so the app never starts before its proxy: Istio's holdApplicationUntilProxyStarts)
+and its readiness probe. `meshpy drain --inbound-only` is the preStop hook: callers are turned away
+while the app still finishes its own outbound calls. Plain HTTP/1.1 over a socket: the hooks run in
+the proxy's image, and a probe that forks a process every few seconds should start fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
+import time
+
+DEFAULT_ADMIN = "127.0.0.1:15000"
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin", default="127.0.0.1:15000", help="the proxy's admin address")
+    parser.add_argument("--admin", default=DEFAULT_ADMIN, help=f"the proxy's admin address ({DEFAULT_ADMIN})")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for /ready to answer 200 (default 60)")
+    parser.add_argument("--interval", type=float, default=0.2, help="seconds between two looks (0.2)")
 
 
 def add_drain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin", default="127.0.0.1:15000", help="the proxy's admin address")
+    parser.add_argument("--admin", default=DEFAULT_ADMIN, help=f"the proxy's admin address ({DEFAULT_ADMIN})")
+    parser.add_argument("--inbound-only", action="store_true",
+                        help="drain only the listeners of inbound traffic (the app's callers)")
+    parser.add_argument("--now", action="store_true",
+                        help="stop accepting at once instead of after the drain time")
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--admin: expected HOST:PORT, got {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def request(address: tuple[str, int], method: str, target: str, timeout: float) -> tuple[int, str]:
+    """One HTTP/1.1 request to the admin listener: (status, body)."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: meshpy-admin\r\nConnection: close\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise OSError("not an HTTP answer")
+    return int(status_line[1]), body.decode("utf-8", "replace")
 
 
 def run_wait(args: argparse.Namespace) -> int:
-    print("meshpy wait: not available yet", file=sys.stderr)
-    return 2
+    try:
+        address = _split(args.admin)
+    except ValueError as err:
+        print(f"meshpy wait: {err}", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.timeout
+    last = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            status, body = request(address, "GET", "/ready", max(0.1, min(left, 2.0)))
+            if status == 200:
+                print(f"meshpy wait: ready ({body.strip()})")
+                return 0
+            last = f"{status} {body.strip()}"
+        except OSError as err:
+            last = err.strerror or str(err) or type(err).__name__
+        if time.monotonic() + args.interval > deadline:
+            print(f"meshpy wait: not ready within {args.timeout:g}s ({args.admin}: {last})", file=sys.stderr)
+            return 1
+        time.sleep(args.interval)
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    print("meshpy drain: not available yet", file=sys.stderr)
-    return 2
+    try:
+        address = _split(args.admin)
+    except ValueError as err:
+        print(f"meshpy drain: {err}", file=sys.stderr)
+        return 2
+    flags = [f for f, on in (("inboundonly", args.inbound_only), ("graceful", not args.now)) if on]
+    target = "/drain_listeners" + ("?" + "&".join(flags) if flags else "")
+    try:
+        status, body = request(address, "POST", target, 5.0)
+    except OSError as err:
+        print(f"meshpy drain: {args.admin}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"meshpy drain: {args.admin} answered {status} {body.strip()}", file=sys.stderr)
+        return 1
+    print(f"meshpy drain: {'inbound listeners' if args.inbound_only else 'listeners'} draining")
+    return 0

@@ -28,6 +28,7 @@ class FakeHost:
         self.metrics = Metrics()
         self.current_state = "LIVE"
         self.drained = 0
+        self.drain_flags = (False, False)
         self.quit_calls = 0
         self.fail_clusters = False
         self.admin: AdminServer | None = None
@@ -53,8 +54,9 @@ class FakeHost:
         }
         return [{"name": "web", "endpoints": [endpoint]}]
 
-    def drain_listeners(self) -> None:
+    def drain_listeners(self, inbound_only: bool = False, graceful: bool = True) -> None:
         self.drained += 1
+        self.drain_flags = (inbound_only, graceful)
         self.current_state = "DRAINING"
 
     def quit(self) -> None:
@@ -204,7 +206,10 @@ def test_drain_listeners_is_post_only(run: Callable[..., None]) -> None:
         assert ctx.host.drained == 0
         assert (await fetch(ctx, "POST", "/drain_listeners"))[::2] == (200, "OK\n")
         assert ctx.host.drained == 1
+        assert ctx.host.drain_flags == (False, False)  # Envoy's defaults: every listener, at once
         assert (await fetch(ctx, "GET", "/ready"))[::2] == (503, "DRAINING\n")
+        assert (await fetch(ctx, "POST", "/drain_listeners?inboundonly&graceful"))[::2] == (200, "OK\n")
+        assert ctx.host.drain_flags == (True, True)
 
     run(scenario)
 

@@ -370,7 +370,7 @@ def test_drain_listeners_turns_ready_503(demo: DemoUpstream) -> None:
     admin, port = free_port(), free_port()
     with running(cfg(admin, demo.port, {"web": port}, drain="1s"), admin) as p:
         assert p.admin("/ready") == (200, "LIVE\n")
-        assert p.admin("/drain_listeners", method="POST") == (200, "OK\n")
+        assert p.admin("/drain_listeners?graceful", method="POST") == (200, "OK\n")
         assert p.admin("/ready") == (503, "DRAINING\n")
         r = http(port, path="/hello")  # still accepting during the drain time, asking clients to leave
         assert r.status == 200 and r.header("connection") == "close"
