@@ -105,7 +105,9 @@ class Reflector:
                     continue
                 gone_before = False
                 await self._failed(f"API error {err.status} {err.reason}")
-            except (aiohttp.ClientError, OSError, TimeoutError, WatchError, ValueError, KeyError) as err:
+            except Exception as err:
+                # Anything else (refused, reset, a malformed object) waits and lists again: one bad answer
+                # must not end the watch for good. Cancellation is not an Exception and still ends it.
                 gone_before = False
                 await self._failed(f"{type(err).__name__}: {err}")
 
