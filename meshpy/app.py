@@ -70,7 +70,8 @@ class App:
         self._loggers: dict[str | None, AccessLogger] = {}
         self._state = "PRE_INITIALIZING"
         self._plan: dict[str, BoundListener] = {}
-        self._virtual: dict[tuple[str, int], ListenerSlot] = {}  # listeners without a socket, by address
+        # Listeners without a socket (served through an intercepting one), by address.
+        self._virtual: dict[tuple[str, int], list[ListenerSlot]] = {}
         self._old_slots: list[ListenerSlot] = []  # drained slots whose connections still run
         # Command-line overrides win over the config's values, field by field.
         self._drain_time = drain_time
@@ -228,18 +229,25 @@ class App:
             if name not in snap.listeners:
                 self.metrics.forget_listener(name)
         self.listeners = new
-        self._virtual = {(b.address.host, b.address.port): b.slot for b in new.values() if not b.bound}
+        self._virtual = {}
+        for b in new.values():
+            if not b.bound:
+                self._virtual.setdefault((b.address.host, b.address.port), []).append(b.slot)
         # Drained slots are kept until their last connection ends, so shutdown waits for them too.
         self._old_slots = [slot for slot in self._old_slots + retired if slot.connections]
 
     def _route_original(self, slot: ListenerSlot, dst: tuple[str, int]) -> ListenerSlot:
         """The listener for a connection going to `dst`: one without a socket of its own at that
-        exact address, else at the wildcard address on that port, else the intercepting one."""
-        virtual = self._virtual
-        found = virtual.get(dst)
-        if found is None:
-            found = virtual.get(("::" if ":" in dst[0] else "0.0.0.0", dst[1]))
-        return found or slot
+        exact address, else at the wildcard address on that port, else the intercepting one. Only
+        listeners of the same traffic direction (or of none) qualify, so an outbound listener for port
+        8080 of other services never takes the calls coming in to this pod's own port 8080."""
+        want = slot.current.model.direction
+        for key in (dst, ("::" if ":" in dst[0] else "0.0.0.0", dst[1])):
+            for found in self._virtual.get(key, ()):
+                direction = found.current.model.direction
+                if direction == want or "unspecified" in (direction, want):
+                    return found
+        return slot
 
     def _drain_slot(self, slot: ListenerSlot) -> None:
         """Connections of a listener that is gone finish their current request, then close."""

@@ -54,12 +54,13 @@ def _address_clashes(config: Config) -> list[ConfigIssue]:
         sockets.append(("admin.address", config.admin.address, "admin"))
     # A listener without a socket of its own (bind off) is keyed apart: it may share its address with
     # a bound one (it only serves connections handed to it), not with another unbound one.
-    virtual = {f"listeners[{i}].address" for i, x in enumerate(config.listeners) if not x.bind}
+    # Listeners of other traffic directions are told apart (see App._route_original).
+    virtual = {f"listeners[{i}].address": x.direction for i, x in enumerate(config.listeners) if not x.bind}
     for path, address, owner in sockets:
         if address.port == 0:
             continue
         if path in virtual:
-            key = Address(host=f"virtual {address.host}", port=address.port)
+            key = Address(host=f"{virtual[path]} {address.host}", port=address.port)
             if key in bound:
                 issues.append(ConfigIssue(path, f"{address} is already used by {bound[key]}"))
             bound[key] = owner

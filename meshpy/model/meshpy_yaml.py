@@ -387,8 +387,11 @@ def _endpoints(r: Reader, f: Fields) -> list[tuple[Endpoint, str]]:
         return []
     node = f.raw("endpoints")
     values = r.sequence(node, f.at("endpoints"), allow_single=isinstance(node, str | Mapping))
-    if node == []:
-        r.error(f.at("endpoints"), "needs at least one endpoint")
+    # An empty list is a mistake, unless the type says it is meant: a static cluster without
+    # endpoints refuses everything sent to it (Istio's BlackHoleCluster, for REGISTRY_ONLY).
+    if node == [] and f.get("type", _discovery, None) != "static":
+        r.error(f.at("endpoints"), "needs at least one endpoint (a cluster meant to refuse everything "
+                "says type: static)")
     found: list[tuple[Endpoint, str]] = []
     for i, value in enumerate(values):
         at = item(f.at("endpoints"), i) if isinstance(node, list) else f.at("endpoints")

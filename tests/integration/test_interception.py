@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kit import ROOT
 
 MESHPY = [sys.executable, "-m", "meshpy"]
 NS = f"meshpy-t{os.getpid()}"
@@ -126,3 +127,43 @@ def test_outbound_capture_exclusions_and_cleanup(netns: str) -> None:
     assert "MESHPY" not in ns("iptables-save", "-t", "nat").stdout
     time.sleep(0.1)
     assert connect("10.77.0.1", 7070) == "direct"
+
+
+# Inside the namespace, on IPv6: what meshpy's own lookup recovers for each accepted connection.
+V6_SERVER = """
+import socket, sys
+from meshpy.transport.listen import original_destination
+srv = socket.socket(socket.AF_INET6); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+srv.bind(("::", 15001)); srv.listen(16)
+print("ready", flush=True)
+while True:
+    conn, _ = srv.accept()
+    dst = original_destination(conn)
+    conn.sendall(f"{dst[0]}:{dst[1]}".encode() if dst else b"none"); conn.close()
+"""
+
+
+def test_ipv6_original_destination(netns: str) -> None:
+    if shutil.which("ip6tables-restore") is None:
+        pytest.skip("ip6tables-restore is not installed")
+    if ns("ip", "-6", "addr", "add", "fd77::1/64", "dev", "v0", "nodad").returncode != 0:
+        pytest.skip("IPv6 is not available in the test namespace")
+    ns("ip", "-6", "route", "add", "default", "dev", "v0")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", V6_SERVER],
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        applied = ns(*MESHPY, "iptables", "--ipv6", "--inbound-ports", "")
+        assert applied.returncode == 0, applied.stderr
+        assert "-j MESHPY_OUTPUT" in ns("ip6tables-save", "-t", "nat").stdout
+        assert connect("fd77::9", 443) == "fd77::9:443"
+        assert connect("fd77::1", 8443) == "fd77::1:8443"
+    finally:
+        ns(*MESHPY, "iptables", "--cleanup", "--ipv6")
+        server.kill()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+    assert "MESHPY" not in ns("ip6tables-save", "-t", "nat").stdout

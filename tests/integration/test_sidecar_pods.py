@@ -1,0 +1,292 @@
+"""Two "pods" on this machine, end to end: network namespaces joined by a bridge, each running an app
+and meshpy as its sidecar (the iptables rules of `meshpy iptables` applied inside it), both following
+`meshpy control` over ADS.
+
+    namespace net  (10.78.0.254, the bridge): the control plane; a server outside the mesh (:9090)
+    namespace a    (10.78.0.1): curl, the client app; sidecar node-cluster "client"
+    namespace b    (10.78.0.2): apps v1 (:8080) and v2 (:8081); sidecar node-cluster "server"
+
+The client calls the server by its plain address; the rules send the call through a's outbound
+listener (which finds the listener for 10.78.0.2:8080 by the original destination) and b's inbound
+listener (which sends it on to where it was going, an original_dst cluster). The sidecars run with the
+proxy's GID, which the rules let through, so their own connections are not captured again. Skipped,
+with the reason, where the machine does not allow namespaces or has no iptables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kit import ROOT, eventually
+
+TAG = f"mp{os.getpid() % 100000}"
+NET, POD_A, POD_B = f"{TAG}-net", f"{TAG}-a", f"{TAG}-b"
+IP = {POD_A: "10.78.0.1", POD_B: "10.78.0.2"}
+GATEWAY = "10.78.0.254"
+PROXY_GID = 10001  # the sidecar's group: `meshpy iptables --proxy-gid` lets its traffic through
+MESHPY = [sys.executable, "-m", "meshpy"]
+
+SHARED = """
+clusters:
+  - {name: server, endpoints: [10.78.0.2:8080]}
+  - {name: server_v2, endpoints: [10.78.0.2:8081]}
+  - {name: passthrough, type: original_dst}        # ALLOW_ANY: out of the mesh, to where it was going
+  - {name: blackhole, type: static, endpoints: []}  # REGISTRY_ONLY: nowhere
+  - {name: inbound_app, type: original_dst}        # inbound: on to the app port the caller dialled
+"""
+
+
+def pod_listeners(logs: Path, pod: str, outbound_default: str = "passthrough", routes: str = "") -> str:
+    """A sidecar's listeners: outbound (intercepting, with its own default for unknown destinations),
+    the server's address as a listener of its own (a service in the registry), and inbound."""
+    log = logs / f"{pod}.log"
+    return f"""
+listeners:
+  - name: outbound
+    address: 0.0.0.0:15001
+    original_destination: true
+    direction: outbound
+    protocol: tcp
+    cluster: {outbound_default}
+    access_log: {log}
+  - name: server_8080
+    address: 10.78.0.2:8080
+    bind: false
+    direction: outbound
+    access_log: {log}
+    tcp_fallback: server
+    routes:{routes}
+      - match: /
+        cluster: server
+  - name: inbound
+    address: 0.0.0.0:15006
+    original_destination: true
+    direction: inbound
+    access_log: {log}
+    tcp_fallback: inbound_app
+    routes:
+      - match: /
+        cluster: inbound_app
+"""
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done
+
+
+def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, *argv, check=check)
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces and iptables)"
+    for tool in ("ip", "iptables-restore", "curl"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+@dataclass
+class Mesh:
+    control_dir: Path
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]]
+
+    def curl(self, url: str, *args: str) -> tuple[int, str]:
+        """(status, body) of a call made by the client app in pod a; status 0 if it failed."""
+        done = in_ns(POD_A, "curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", *args, url, check=False)
+        body, _, code = done.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def metric(self, pod: str, name: str, **labels: str) -> float:
+        text = in_ns(pod, "curl", "-s", "-m", "5", "http://127.0.0.1:15000/stats/prometheus").stdout
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def log_lines(self, pod: str) -> list[dict[str, object]]:
+        path = self.logs / f"{pod}.log"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def push(self, pod_cluster: str, text: str) -> None:
+        target = self.control_dir / "node-cluster" / pod_cluster / "listeners.yaml"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(target)
+
+    def proxy_logs(self) -> str:
+        return "\n".join(f"--- {name}\n{(self.logs / f'{name}.out').read_text(errors='replace')}"
+                         for name in self.procs if (self.logs / f"{name}.out").exists())
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    reason = _why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    made: list[str] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = tmp_path_factory.mktemp("pods")
+    control_dir = logs / "control"
+    try:
+        for ns in (NET, POD_A, POD_B):
+            done = sh("ip", "netns", "add", ns, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"this machine does not allow network namespaces: {done.stderr.strip()}")
+            made.append(ns)
+        try:
+            _wire(made)
+        except RuntimeError as err:
+            pytest.skip(f"cannot build the test network: {err}")
+        # The control plane's directory: clusters for every node, listeners per node cluster.
+        for pod, name in ((POD_A, "client"), (POD_B, "server")):
+            (control_dir / "node-cluster" / name).mkdir(parents=True)
+            (control_dir / "node-cluster" / name / "listeners.yaml").write_text(pod_listeners(logs, pod))
+        (control_dir / "clusters.yaml").write_text(SHARED)
+
+        def start(name: str, ns: str, *argv: str, gid: int | None = None) -> None:
+            out = open(logs / f"{name}.out", "wb")  # noqa: SIM115 - the process owns it
+            procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out,
+                                           stderr=subprocess.STDOUT, cwd=ROOT, group=gid,
+                                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            out.close()
+
+        start("control", NET, *MESHPY, "control", "--listen", f"{GATEWAY}:18000", "--admin",
+              "127.0.0.1:18001", "--meshpy-dir", str(control_dir), "--poll-interval", "0.2")
+        start("outside", NET, *MESHPY, "demo-upstream", "--listen", f"{GATEWAY}:9090", "--name", "outside")
+        start("v1", POD_B, *MESHPY, "demo-upstream", "--listen", "0.0.0.0:8080", "--name", "v1")
+        start("v2", POD_B, *MESHPY, "demo-upstream", "--listen", "0.0.0.0:8081", "--name", "v2")
+        for pod, node_cluster in ((POD_A, "client"), (POD_B, "server")):
+            rules = in_ns(pod, *MESHPY, "iptables", "--proxy-gid", str(PROXY_GID), "--exclude-inbound-ports",
+                          "15000", check=False)
+            if rules.returncode != 0:
+                pytest.skip(f"cannot install the interception rules: {rules.stderr.strip()}")
+            start(pod, pod, *MESHPY, "run", "--xds", f"{GATEWAY}:18000", "--node-id", pod, "--node-cluster",
+                  node_cluster, "--admin", "127.0.0.1:15000", "--drain-time", "0", "--grace-time", "1",
+                  gid=PROXY_GID)
+        m = Mesh(control_dir, logs, procs)
+        for pod in (POD_A, POD_B):
+            ready = in_ns(pod, *MESHPY, "wait", "--timeout", "30", check=False)
+            assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{m.proxy_logs()}"
+        eventually(lambda: m.curl("http://10.78.0.2:8080/")[0] == 200, "the first call gets through", 20)
+        yield m
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for ns in made:
+            sh("ip", "netns", "delete", ns, check=False)
+
+
+def _wire(namespaces: list[str]) -> None:
+    in_ns(NET, "ip", "link", "set", "lo", "up")
+    in_ns(NET, "ip", "link", "add", "br0", "type", "bridge")
+    in_ns(NET, "ip", "addr", "add", f"{GATEWAY}/24", "dev", "br0")
+    in_ns(NET, "ip", "link", "set", "br0", "up")
+    for i, pod in enumerate((POD_A, POD_B)):
+        in_ns(NET, "ip", "link", "add", f"veth{i}", "type", "veth", "peer", "name", "eth0", "netns", pod)
+        in_ns(NET, "ip", "link", "set", f"veth{i}", "master", "br0")
+        in_ns(NET, "ip", "link", "set", f"veth{i}", "up")
+        in_ns(pod, "ip", "link", "set", "lo", "up")
+        in_ns(pod, "ip", "addr", "add", f"{IP[pod]}/24", "dev", "eth0")
+        in_ns(pod, "ip", "link", "set", "eth0", "up")
+        in_ns(pod, "ip", "route", "add", "default", "via", GATEWAY)
+
+
+def served_by(body: str) -> str:
+    """The demo app's name from its JSON echo ("" if the body is something else)."""
+    try:
+        return str(json.loads(body).get("upstream", ""))
+    except ValueError:
+        return ""
+
+
+def test_call_goes_through_both_sidecars(mesh: Mesh) -> None:
+    before_a = mesh.metric(POD_A, "meshpy_downstream_rq_total", listener="server_8080")
+    before_b = mesh.metric(POD_B, "meshpy_downstream_rq_total", listener="inbound")
+    status, body = mesh.curl("http://10.78.0.2:8080/through-both")
+    assert status == 200, (body, mesh.proxy_logs())
+    assert served_by(body) == "v1"
+    assert mesh.metric(POD_A, "meshpy_downstream_rq_total", listener="server_8080") == before_a + 1
+    assert mesh.metric(POD_B, "meshpy_downstream_rq_total", listener="inbound") == before_b + 1
+    eventually(lambda: any(e["path"] == "/through-both" for e in mesh.log_lines(POD_A)), "a's access log")
+    eventually(lambda: any(e["path"] == "/through-both" for e in mesh.log_lines(POD_B)), "b's access log")
+    (line_a,) = [e for e in mesh.log_lines(POD_A) if e["path"] == "/through-both"]
+    (line_b,) = [e for e in mesh.log_lines(POD_B) if e["path"] == "/through-both"]
+    assert line_a["upstream_host"] == "10.78.0.2:8080"  # a's sidecar dialled b ...
+    assert line_b["downstream_remote_address"] == "10.78.0.1"  # ... and b's saw pod a calling
+    assert line_b["upstream_host"] == "10.78.0.2:8080"  # and sent it on where it was going
+    assert line_a["x_request_id"] == line_b["x_request_id"]  # one request, traced across both
+
+
+def test_pushed_header_route_and_abort_fault(mesh: Mesh) -> None:
+    canary = """
+      - match: {prefix: /, headers: {x-canary: "1"}}
+        cluster: server_v2"""
+    mesh.push("client", pod_listeners(mesh.logs, POD_A, routes=canary))
+    eventually(lambda: served_by(mesh.curl("http://10.78.0.2:8080/", "-H", "x-canary: 1")[1]) == "v2",
+               "the pushed header route takes effect", 20)
+    assert served_by(mesh.curl("http://10.78.0.2:8080/")[1]) == "v1"  # without the header: as before
+    abort = """
+      - match: /
+        cluster: server
+        fault: {abort: 418, abort_percent: 100}"""
+    mesh.push("client", pod_listeners(mesh.logs, POD_A, routes=abort))
+    eventually(lambda: mesh.curl("http://10.78.0.2:8080/")[0] == 418, "the pushed abort takes effect", 20)
+    reached = mesh.metric(POD_B, "meshpy_downstream_rq_total", listener="inbound")
+    assert [mesh.curl("http://10.78.0.2:8080/aborted")[0] for _ in range(5)] == [418] * 5
+    assert mesh.metric(POD_B, "meshpy_downstream_rq_total", listener="inbound") == reached  # none left a
+    eventually(lambda: any(e["path"] == "/aborted" and e["response_flags"] == "FI"
+                           for e in mesh.log_lines(POD_A)), "the aborts logged with FI")
+    mesh.push("client", pod_listeners(mesh.logs, POD_A))
+    eventually(lambda: mesh.curl("http://10.78.0.2:8080/")[0] == 200, "back to plain routing", 20)
+
+
+def test_outside_the_mesh_passes_through_or_is_blocked(mesh: Mesh) -> None:
+    outside = f"http://{GATEWAY}:9090/outside"
+    status, body = mesh.curl(outside)
+    assert (status, served_by(body)) == (200, "outside")
+    eventually(lambda: any(e["upstream_host"] == f"{GATEWAY}:9090" and e["protocol"] == "TCP"
+                           for e in mesh.log_lines(POD_A)), "the passthrough logged by a's sidecar")
+    # REGISTRY_ONLY: the outbound listener's default goes nowhere; the mesh's own service still works.
+    mesh.push("client", pod_listeners(mesh.logs, POD_A, outbound_default="blackhole"))
+    eventually(lambda: mesh.curl(outside)[0] == 0, "destinations outside the registry blocked", 20)
+    assert served_by(mesh.curl("http://10.78.0.2:8080/")[1]) == "v1"
+    eventually(lambda: any(e["protocol"] == "TCP" and e["response_flags"] == "UH"
+                           for e in mesh.log_lines(POD_A)), "the refusal logged (UH: no upstream)")
+    mesh.push("client", pod_listeners(mesh.logs, POD_A))
+    eventually(lambda: mesh.curl(outside)[0] == 200, "ALLOW_ANY again", 20)
+
+
+def test_not_http_is_proxied_as_tcp_inbound(mesh: Mesh) -> None:
+    """Both sidecars sniff: bytes that are not HTTP go on as TCP (a's to the service, b's on to where
+    they were going), and reach the app untouched."""
+    probe = ("import socket; s = socket.create_connection(('10.78.0.2', 8080), timeout=5); "
+             "s.sendall(b'\\x16\\x03\\x01 not http\\r\\n\\r\\n'); print(s.recv(200)[:12])")
+    before = mesh.metric(POD_B, "meshpy_downstream_cx_total", listener="inbound")
+    out = in_ns(POD_A, sys.executable, "-c", probe).stdout
+    assert "HTTP/1.1 400" in out  # the app's own parser answered: the bytes reached it untouched
+    assert mesh.metric(POD_B, "meshpy_downstream_cx_total", listener="inbound") >= before + 1
+    eventually(lambda: any(e["protocol"] == "TCP" and e["upstream_host"] == "10.78.0.2:8080"
+                           for e in mesh.log_lines(POD_B)), "b logged a TCP session to the app")
+    eventually(lambda: any(e["protocol"] == "TCP" and e["upstream_host"] == "10.78.0.2:8080"
+                           for e in mesh.log_lines(POD_A)), "a logged a TCP session to the service")
