@@ -106,7 +106,8 @@ class Mesh:
 
     def curl(self, url: str, *args: str) -> tuple[int, str]:
         """(status, body) of a call made by the client app in pod a; status 0 if it failed."""
-        done = in_ns(POD_A, "curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", *args, url, check=False)
+        done = in_ns(POD_A, "curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", *args, url,
+                     check=False)
         body, _, code = done.stdout.rpartition("\n")
         return int(code or 0), body
 
