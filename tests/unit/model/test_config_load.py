@@ -171,10 +171,15 @@ def test_dev_config_shape() -> None:
 
 def test_sidecar_config_shape() -> None:
     config = load_file(str(REPO / "config" / "sidecar.yaml"))
-    assert {listener.name: str(listener.address) for listener in config.listeners} == {
-        "inbound": "0.0.0.0:15006",
-        "outbound": "127.0.0.1:15001",
-    }
+    by_name = {listener.name: listener for listener in config.listeners}
+    bound = {name: str(lis.address) for name, lis in by_name.items() if lis.bind}
+    assert bound == {"inbound": "0.0.0.0:15006", "outbound": "127.0.0.1:15001"}
+    assert by_name["inbound"].original_destination and by_name["inbound"].direction == "inbound"
+    assert by_name["outbound"].original_destination and by_name["outbound"].direction == "outbound"
+    services = [lis for lis in by_name.values() if not lis.bind]
+    assert services and all(lis.direction == "outbound" and lis.http is not None for lis in services)
+    kinds = {c.name: c.discovery for c in config.clusters}
+    assert kinds["passthrough"] == kinds["inbound_app"] == "original_dst"
     assert str(config.admin.address) == "127.0.0.1:15000"
     assert config.lifecycle.drain_time <= 5.0
 
