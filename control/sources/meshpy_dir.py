@@ -10,21 +10,25 @@ directory is refused when any file is wrong: nothing half-checked is pushed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from control.sources.envoy_dir import Resources, SourceError, yaml_files
 from control.sources.export import ExportError, export
 from meshpy.errors import ConfigError
-from meshpy.model.load import load_data, parse_yaml
+from meshpy.model.load import parse_yaml
+from meshpy.model.meshpy_yaml import load_meshpy
 
 SECTIONS = ("listeners", "clusters")
 _INDEXED = re.compile(r"^(listeners|clusters)\[(\d+)\](.*)$")
 
 
-def load_meshpy_dir(path: Path, overlay: Path | None = None) -> Resources:
+def load_meshpy_dir(path: Path, overlay: Path | None = None,
+                    external: Callable[[str], object] | None = None) -> Resources:
     """The directory's config; with `overlay` (a per-node subdirectory), its files are joined too and
-    a listener or cluster of theirs replaces the directory's one of the same name."""
+    a listener or cluster of theirs replaces the directory's one of the same name. Routes may name the
+    clusters `external` accepts without defining them (another source brings those)."""
     if not path.is_dir():
         raise SourceError([f"{path}: not a directory"])
     errors: list[str] = []
@@ -60,7 +64,8 @@ def load_meshpy_dir(path: Path, overlay: Path | None = None) -> Resources:
     if errors:
         raise SourceError(errors)
     try:
-        return export(load_data(merged, str(path)))
+        # The sections are meshpy YAML whatever they hold (the format is not detected here).
+        return export(load_meshpy(merged, external))
     except ConfigError as err:
         raise SourceError([_locate(str(issue), origin) for issue in err.issues]) from None
     except ExportError as err:

@@ -9,22 +9,37 @@ that would bind the same address. Paths are model paths (`listeners[0].virtual_h
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from meshpy.errors import ConfigIssue
 from meshpy.model.types import Address, Config, ForwardAction, Listener, RouteConfig
 
 
-def check_references(config: Config, clusters_required: bool = True) -> list[ConfigIssue]:
+class _Clusters(list[str]):
+    """The clusters a route may name: those defined, and any name `external` accepts."""
+
+    def __init__(self, names: Iterable[str], external: Callable[[str], object] | None) -> None:
+        super().__init__(names)
+        self.external = external
+
+    def __contains__(self, name: object) -> bool:
+        if super().__contains__(name):
+            return True
+        return self.external is not None and isinstance(name, str) and bool(self.external(name))
+
+
+def check_references(config: Config, clusters_required: bool = True,
+                     external: Callable[[str], object] | None = None) -> list[ConfigIssue]:
     """Every cross-reference problem in `config`, in model order; empty when the config is consistent.
 
     `clusters_required=False` is the xDS rule (Envoy's): a route may name a cluster that has not
-    arrived yet, and answers 503 until it does."""
+    arrived yet, and answers 503 until it does. `external` accepts cluster names defined elsewhere
+    (the control plane's Kubernetes source, beside a directory of YAML naming its clusters)."""
     issues: list[ConfigIssue] = []
     issues += _duplicates(((f"listeners[{i}]", x.name) for i, x in enumerate(config.listeners)), "listener")
     issues += _duplicates(((f"clusters[{i}]", x.name) for i, x in enumerate(config.clusters)), "cluster")
     issues += _address_clashes(config)
-    known = [cluster.name for cluster in config.clusters] if clusters_required else None
+    known = _Clusters((c.name for c in config.clusters), external) if clusters_required else None
     for i, listener in enumerate(config.listeners):
         issues += _listener(listener, f"listeners[{i}]", known)
     return issues

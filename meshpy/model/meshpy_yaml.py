@@ -8,7 +8,7 @@ as a name -> endpoints mapping) and turns each into the same model the long form
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
@@ -114,11 +114,12 @@ _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns", 
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
 
 
-def load_meshpy(data: Mapping[str, Any]) -> Config:
-    """The model for a parsed meshpy YAML document; raises ConfigError listing every issue."""
+def load_meshpy(data: Mapping[str, Any], external: Callable[[str], object] | None = None) -> Config:
+    """The model for a parsed meshpy YAML document; raises ConfigError listing every issue.
+    `external` accepts cluster names that routes may use without defining them (see check.py)."""
     r = Reader()
     config = _read_config(r, data)
-    for issue in check_references(config):
+    for issue in check_references(config, external=external):
         path = r.to_yaml(issue.path)
         if not r.reported_near(path):
             r.error(path, issue.reason)

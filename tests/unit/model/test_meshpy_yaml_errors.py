@@ -97,7 +97,9 @@ def test_listener_and_top_level_errors(text: str, expected: str) -> None:
     [
         ("[{endpoints: ['127.0.0.1:1']}]", "clusters[0]: missing required key 'name'"),
         ("[{name: a}]", "clusters[0]: missing required key 'endpoints'"),
-        ("[{name: a, endpoints: []}]", "clusters[0].endpoints: needs at least one endpoint (a cluster meant"),
+        ("[{name: a, endpoints: []}]",
+         "clusters[0].endpoints: needs at least one endpoint (a cluster meant to refuse everything says "
+         "type: static)"),
         (
             "[{name: a, endpoints: ['127.0.0.1:70000']}]",
             "clusters[0].endpoints[0]: port 70000 is out of range",
