@@ -9,6 +9,7 @@
 #   make bench-xds     the control plane with up to 5,000 simulated xDS clients
 #   make bench-policies what retries, a breaker and outlier detection cost a route (req/s ratio)
 #   make bench-h2       HTTP/2 and gRPC through meshpy and Envoy (h2load), CPU against h2 alone
+#   make bench-sidecar  a call between two pods: direct, through meshpy sidecars, through Envoy ones (root)
 #   make clean   remove the virtualenv and caches
 #
 # The first run creates .venv and installs the project into it; later runs reuse it until
@@ -34,6 +35,7 @@ help:
 	@echo 'make bench-h2      HTTP/2 and gRPC: meshpy and Envoy with h2load, CPU against h2 alone'
 	@echo 'make bench-xds     the control plane with up to 5,000 simulated xDS clients'
 	@echo 'make bench-policies the cost of retries, a breaker and outlier detection on a route'
+	@echo 'make bench-sidecar  two pods (network namespaces): direct, meshpy sidecars, Envoy sidecars'
 	@echo 'make clean   remove $(VENV) and caches'
 
 $(STAMP): pyproject.toml
@@ -106,6 +108,10 @@ bench-xds: $(STAMP)
 bench-policies: bench-deps
 	$(BIN)/python benchmarks/policies.py
 
+# Two pods as network namespaces (root): direct, through two meshpy sidecars, through two Envoy ones.
+bench-sidecar: bench-deps
+	$(BIN)/python benchmarks/sidecar_bench.py
+
 # HTTP/2 and gRPC through meshpy and Envoy (h2load), and meshpy's CPU per request against h2's own.
 bench-h2: bench-deps
 	$(BIN)/python benchmarks/h2_bench.py
@@ -117,4 +123,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 clean
+.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar clean

@@ -7,6 +7,7 @@ stopped, tools parsed, results written, report rendered); the figures themselves
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -75,6 +76,28 @@ def test_policies_benchmark_runs_and_writes_its_figure(tmp_path: Path) -> None:
     assert result["ratio"] == round(result["guarded_rps"] / result["plain_rps"], 3)
     assert result["met"] == (result["guarded_rps"] / result["plain_rps"] >= 0.9)
     assert "of plain" in proc.stdout
+
+
+def test_sidecar_benchmark_runs_through_two_sidecars(tmp_path: Path) -> None:
+    """The sidecar benchmark builds its two pods, measures direct and through sidecar pairs, and cleans up
+    after itself (no namespace of its own left behind)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("iptables-restore") is None:
+        pytest.skip("needs root, ip and iptables (network namespaces)")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sidecar_bench.py"), "--duration", "1", "--rounds", "1",
+         "--connections", "4", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [path] = tmp_path.glob("sidecar-*.json")
+    result = json.loads(path.read_text())
+    summary = result["summary"]
+    assert summary["direct"]["rps"] > 0 and summary["meshpy"]["rps"] > 0
+    assert summary["meshpy"]["sidecar_cpu_us_per_rq"] > 0  # the sidecars did the work
+    assert summary["direct"]["sidecar_cpu_us_per_rq"] == 0
+    assert "of direct" in proc.stdout
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    assert not re.search(r"^mpb\d+-", namespaces, re.MULTILINE), namespaces
 
 
 def test_h2_ceiling_benchmark_reports_both_sides() -> None:
