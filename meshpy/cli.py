@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     ipt.add_argument("--exclude-outbound-ports", default="", help="destination ports never captured")
     ipt.add_argument("--exclude-cidrs", default="", help="destination CIDRs never captured (comma-separated)")
     ipt.add_argument("--ipv6", action="store_true", help="install the same rules with ip6tables too")
+    ipt.add_argument("--backend", choices=("auto", "nft", "legacy"), default="auto",
+                     help="iptables-nft or iptables-legacy (auto: the system's iptables)")
 
     from meshpy.sidecar import inject_cli, lifecycle_cli
 
@@ -175,9 +177,9 @@ def _iptables(args: argparse.Namespace) -> int:
         if args.cleanup:
             if not args.dry_run:
                 for v6 in (False, True) if args.ipv6 else (False,):
-                    iptables.cleanup(v6)
+                    iptables.cleanup(v6, args.backend)
             else:
-                print("\n".join(" ".join(c) for c in iptables.cleanup_commands()))
+                print("\n".join(" ".join(c) for c in iptables.cleanup_commands(False, args.backend)))
             return 0
         plan = iptables.InterceptPlan(
             proxy_uid=args.proxy_uid, proxy_gid=args.proxy_gid, outbound_port=args.outbound_port,
@@ -197,7 +199,7 @@ def _iptables(args: argparse.Namespace) -> int:
         print(iptables.dry_run(plan), end="")
         return 0
     try:
-        iptables.apply(plan)
+        iptables.apply(plan, args.backend)
     except iptables.InterceptError as err:
         print(f"meshpy iptables: {err}", file=sys.stderr)
         return 1

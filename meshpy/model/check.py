@@ -68,9 +68,9 @@ def _address_clashes(config: Config) -> list[ConfigIssue]:
     if config.admin.address is not None:
         sockets.append(("admin.address", config.admin.address, "admin"))
     # A listener without a socket of its own (bind off) is keyed apart: it may share its address with
-    # a bound one (it only serves connections handed to it), not with another unbound one.
-    # Listeners of other traffic directions are told apart (see App._route_original).
-    virtual = {f"listeners[{i}].address": x.direction for i, x in enumerate(config.listeners) if not x.bind}
+    # a bound one (it only serves connections handed to it), not with another unbound one, whatever
+    # their directions (Envoy refuses two listeners at one address, and the config must carry to it).
+    virtual = {f"listeners[{i}].address": "virtual" for i, x in enumerate(config.listeners) if not x.bind}
     for path, address, owner in sockets:
         if address.port == 0:
             continue

@@ -339,8 +339,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
             name = ""
     else:
         name = f.require("name", as_name, "")
-    endpoints = _endpoints(r, f)
     discovery = f.get("type", _discovery, None)
+    endpoints = _endpoints(r, f, discovery)
     if discovery is None:
         # No type given: a cluster of IP addresses is static, anything with a host name resolves DNS.
         all_ips = all(is_ip_literal(e.address.host) for e, _ in endpoints)
@@ -352,9 +352,12 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
                 f"{endpoint.address.host!r} is a host name; static clusters need IP addresses "
                 "(use type: strict_dns)",
             )
-    if discovery == "original_dst" and endpoints:
+    if discovery == "original_dst" and "endpoints" in f:
         r.error(f.at("endpoints"), "an original_dst cluster has no endpoints: each connection goes where "
                 "it was going before it was redirected")
+    if discovery == "original_dst" and "lb_policy" in f:
+        r.error(f.at("lb_policy"), "does not apply to original_dst clusters (the destination is the "
+                "connection's own)")
     if discovery == "logical_dns" and len(endpoints) > 1:
         r.error(f.at("endpoints"), "a logical_dns cluster has exactly one endpoint")
     if discovery in ("static", "original_dst") and "dns_refresh_rate" in f:
@@ -380,17 +383,19 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
     )
 
 
-def _endpoints(r: Reader, f: Fields) -> list[tuple[Endpoint, str]]:
-    """The endpoints with the path each was written at (for errors found once the type is known)."""
+def _endpoints(r: Reader, f: Fields, discovery: DiscoveryType | None) -> list[tuple[Endpoint, str]]:
+    """The endpoints with the path each was written at (for errors found once the type is known).
+    `discovery`: the type as written (None if not written, or not valid: reported already)."""
     if "endpoints" not in f:
-        if f.get("type", _discovery, None) != "original_dst":
+        if discovery != "original_dst":
             r.error(f.path, "missing required key 'endpoints'")
         return []
     node = f.raw("endpoints")
     values = r.sequence(node, f.at("endpoints"), allow_single=isinstance(node, str | Mapping))
     # An empty list is a mistake, unless the type says it is meant: a static cluster without
-    # endpoints refuses everything sent to it (Istio's BlackHoleCluster, for REGISTRY_ONLY).
-    if node == [] and f.get("type", _discovery, None) != "static":
+    # endpoints refuses everything sent to it (Istio's BlackHoleCluster, for REGISTRY_ONLY); an
+    # original_dst one has none to list (said below).
+    if node == [] and discovery not in ("static", "original_dst"):
         r.error(f.at("endpoints"), "needs at least one endpoint (a cluster meant to refuse everything "
                 "says type: static)")
     found: list[tuple[Endpoint, str]] = []

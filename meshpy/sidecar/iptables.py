@@ -83,10 +83,23 @@ def restore_input(plan: InterceptPlan, v6: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cleanup_commands(v6: bool = False) -> list[list[str]]:
+# Which iptables: the system's choice (Debian's alternatives), or nf_tables or the legacy x_tables
+# explicitly. A node whose kube-proxy writes legacy rules needs the pod's rules in the same backend.
+BACKENDS = ("auto", "nft", "legacy")
+
+
+def tool_name(v6: bool = False, backend: str = "auto", suffix: str = "") -> str:
+    """`iptables`, `ip6tables-nft-restore`, ...: the command for this family, backend and job."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    base = "ip6tables" if v6 else "iptables"
+    return base + ("" if backend == "auto" else f"-{backend}") + suffix
+
+
+def cleanup_commands(v6: bool = False, backend: str = "auto") -> list[list[str]]:
     """The commands that remove every rule and chain `restore_input` adds (each may fail harmlessly
     when there is nothing to remove)."""
-    tool = "ip6tables" if v6 else "iptables"
+    tool = tool_name(v6, backend)
     cmds = [[tool, "-t", "nat", "-D", builtin, "-p", "tcp", "-j", ours] for builtin, ours in _HOOKS]
     cmds += [[tool, "-t", "nat", "-F", chain] for chain in CHAINS]
     cmds += [[tool, "-t", "nat", "-X", chain] for chain in CHAINS]
@@ -97,11 +110,11 @@ def _run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedP
     return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30, check=False)
 
 
-def cleanup(v6: bool = False) -> None:
-    tool = "ip6tables" if v6 else "iptables"
+def cleanup(v6: bool = False, backend: str = "auto") -> None:
+    tool = tool_name(v6, backend)
     if shutil.which(tool) is None:
         raise InterceptError(f"{tool} is not installed")
-    for argv in cleanup_commands(v6):
+    for argv in cleanup_commands(v6, backend):
         if argv[3] == "-D":
             # A hook may have been added more than once by hand: remove every copy.
             while _run(argv).returncode == 0:
@@ -110,13 +123,13 @@ def cleanup(v6: bool = False) -> None:
             _run(argv)
 
 
-def apply(plan: InterceptPlan) -> None:
+def apply(plan: InterceptPlan, backend: str = "auto") -> None:
     """Remove any previous MESHPY_* rules, then install the plan's (IPv6 too when asked)."""
     for v6 in (False, True) if plan.ipv6 else (False,):
-        tool = "ip6tables-restore" if v6 else "iptables-restore"
+        tool = tool_name(v6, backend, "-restore")
         if shutil.which(tool) is None:
             raise InterceptError(f"{tool} is not installed")
-        cleanup(v6)
+        cleanup(v6, backend)
         done = _run([tool, "--noflush"], restore_input(plan, v6))
         if done.returncode != 0:
             raise InterceptError(f"{tool} --noflush failed: {done.stderr.strip() or done.stdout.strip()}")

@@ -221,7 +221,7 @@ def config_from_bootstrap(msg: Any) -> Config:
     # With xDS, a static route may name a cluster that CDS will bring (Envoy allows it).
     problems = check_references(config, clusters_required=xds is None)
     if problems:
-        raise ConfigError(ConfigIssue(_envoy_path(p.path), p.reason) for p in problems)
+        raise ConfigError(ConfigIssue(_envoy_path(p.path, config), p.reason) for p in problems)
     return config
 
 
@@ -239,14 +239,16 @@ def _admin(issues: Issues, msg: Any) -> Admin:
 
 
 # check_references speaks in model paths; these rewrite them to where the bootstrap says the same
-# thing. Only one filter chain with one filter is accepted, so that part of the path is fixed.
+# thing. A chain has one filter; a listener has one chain, or (sniffing) an HTTP chain and a TCP one.
 _FILTER = "filter_chains[0].filters[0].typed_config"
+_FALLBACK = re.compile(r"^listeners\[(\d+)\]\.tcp\b")
 _MODEL_TO_ENVOY = [
     (
         re.compile(r"^listeners\[(\d+)\]\.virtual_hosts"),
         rf"listeners[\1].{_FILTER}.route_config.virtual_hosts",
     ),
     (re.compile(r"^listeners\[(\d+)\]\.(?:tcp|http)\b"), rf"listeners[\1].{_FILTER}"),
+    (re.compile(r"^listeners\[(\d+)\]\.bind\b"), r"listeners[\1].bind_to_port"),
     (re.compile(r"\.routes\[(\d+)\]\.cluster$"), r".routes[\1].route.cluster"),
     (
         re.compile(r"\.routes\[(\d+)\]\.weighted\[(\d+)\]"),
@@ -256,7 +258,14 @@ _MODEL_TO_ENVOY = [
 ]
 
 
-def _envoy_path(model_path: str) -> str:
+def _envoy_path(model_path: str, config: Config | None = None) -> str:
+    fallback = _FALLBACK.match(model_path)
+    if fallback is not None and config is not None:
+        i = int(fallback.group(1))
+        if i < len(config.listeners) and config.listeners[i].http is not None:
+            # An http listener's tcp options are its TCP chain (written as default_filter_chain).
+            rest = model_path[fallback.end():]
+            return f"static_resources.listeners[{i}].default_filter_chain.filters[0].typed_config{rest}"
     for pattern, replacement in _MODEL_TO_ENVOY:
         model_path = pattern.sub(replacement, model_path)
     return model_path

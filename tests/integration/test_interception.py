@@ -167,3 +167,24 @@ def test_ipv6_original_destination(netns: str) -> None:
         if server.stdout is not None:
             server.stdout.close()
     assert "MESHPY" not in ns("ip6tables-save", "-t", "nat").stdout
+
+
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_either_iptables_backend(netns: str, backend: str) -> None:
+    """The same rules through iptables-nft and iptables-legacy: each lands in its own backend only."""
+    other = {"nft": "legacy", "legacy": "nft"}[backend]
+    if shutil.which(f"iptables-{backend}-restore") is None:
+        pytest.skip(f"iptables-{backend} is not installed")
+    applied = ns(*MESHPY, "iptables", "--backend", backend, "--inbound-ports", "")
+    if applied.returncode != 0 and "not installed" not in applied.stderr:
+        pytest.skip(f"this kernel has no {backend} backend here: {applied.stderr.strip()}")
+    try:
+        assert applied.returncode == 0, applied.stderr
+        assert "-j MESHPY_OUTPUT" in ns(f"iptables-{backend}-save", "-t", "nat").stdout
+        assert "MESHPY" not in ns(f"iptables-{other}-save", "-t", "nat").stdout
+        assert connect("10.77.9.9", 80) == "10.77.9.9:80"  # captured
+    finally:
+        assert ns(*MESHPY, "iptables", "--backend", backend, "--cleanup").returncode == 0
+    assert "MESHPY" not in ns(f"iptables-{backend}-save", "-t", "nat").stdout
+    time.sleep(0.1)
+    assert connect("10.77.0.1", 7070) == "direct"
