@@ -175,7 +175,7 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
             log.error("kubernetes: cannot load the client configuration: %s", err)
             return 1
         kube = k8s.KubernetesSource(api, publisher.kubernetes, namespaces=kubernetes.namespaces,
-                                    cluster_domain=kubernetes.cluster_domain)
+                                    cluster_domain=kubernetes.cluster_domain, listeners=kubernetes.listeners)
         collectors.append(k8s.KubernetesCollector(kube.counters))
     ads = AdsServer(cache)
     # grpc sheds streams beyond 1,000 waiting to be picked up (3,000 hard): a fleet reconnecting at
@@ -232,8 +232,9 @@ def run_cli(args: argparse.Namespace) -> int:
         print("meshpy control: a source is needed: --envoy-dir, --meshpy-dir or --kubernetes",
               file=sys.stderr)
         return 2
-    if kubernetes is None and (args.kubeconfig or args.namespace):
-        print("meshpy control: --kubeconfig and --namespace are options of --kubernetes", file=sys.stderr)
+    if kubernetes is None and (args.kubeconfig or args.namespace or not args.kubernetes_listeners):
+        print("meshpy control: --kubeconfig, --namespace and --no-kubernetes-listeners are options of "
+              "--kubernetes", file=sys.stderr)
         return 2
     directory = args.envoy_dir or args.meshpy_dir
     source = Path(directory) if directory else None

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,10 @@ def service(name: str, namespace: str = "shop", ports: list[dict[str, Any]] | No
             **spec: Any) -> dict[str, Any]:
     svc = copy.deepcopy(RECORDED_SERVICE)
     svc["metadata"].update(name=name, namespace=namespace, labels={"app": name})
+    # An address of its own, as the API allocates them (listeners are named after it); `spec` may say one.
+    h = zlib.crc32(f"{namespace}/{name}".encode())
+    ip = f"10.96.{h >> 8 & 255}.{h & 255 or 1}"
+    svc["spec"].update(clusterIP=ip, clusterIPs=[ip])
     svc["spec"]["selector"] = {"app": name}
     if ports is not None:
         svc["spec"]["ports"] = ports

@@ -1,4 +1,5 @@
-"""The Kubernetes source of the control plane: Services and EndpointSlices, as clusters and endpoints.
+"""The Kubernetes source of the control plane: Services and EndpointSlices, as clusters and endpoints
+(and, unless turned off, the outbound listeners and routes of the Services' addresses).
 
 One reflector (list, then watch) per kind and namespace keeps a copy of the objects; every change marks
 the set dirty, and one task translates the whole set after a short quiet time (`debounce`), so a burst
@@ -18,6 +19,7 @@ from kubernetes_asyncio import client, config
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from control.sources.kubernetes_listeners import Memo
 from control.sources.kubernetes_resources import Object, translate
 from control.sources.kubernetes_watch import WATCH_SECONDS, Backoff, Counters, Reflector
 
@@ -42,13 +44,15 @@ async def api_client(kubeconfig: str | None) -> client.ApiClient:
 
 
 class KubernetesSource:
-    """Calls `publish` with the Clusters and ClusterLoadAssignments (by type URL and name) once every
-    reflector has listed, then after each change that alters them."""
+    """Calls `publish` with the Clusters and ClusterLoadAssignments, and with `listeners` the Listeners
+    and RouteConfigurations (by type URL and name), once every reflector has listed, then after each
+    change that alters them."""
 
     def __init__(self, api: client.ApiClient, publish: Publish, *, namespaces: Sequence[str] = (),
-                 cluster_domain: str = "cluster.local", debounce: float = DEBOUNCE,
+                 cluster_domain: str = "cluster.local", listeners: bool = True, debounce: float = DEBOUNCE,
                  watch_seconds: int = WATCH_SECONDS, backoff: Callable[[], Backoff] = Backoff) -> None:
         self.api, self.publish, self.cluster_domain, self.debounce = api, publish, cluster_domain, debounce
+        self.listeners, self._memo = listeners, Memo()
         self.counters = Counters()
         self._dirty = asyncio.Event()
         self._last: dict[str, dict[str, Any]] | None = None
@@ -94,7 +98,8 @@ class KubernetesSource:
 
     def publish_now(self) -> bool:
         """Translate and publish if the result differs from the last one; whether it did."""
-        result = translate(self.objects(SERVICES), self.objects(SLICES), self.cluster_domain)
+        result = translate(self.objects(SERVICES), self.objects(SLICES), self.cluster_domain, self.listeners,
+                           self._memo)
         for line in result.skipped:
             if line not in self._logged:
                 self._logged.add(line)

@@ -15,6 +15,7 @@ class KubernetesOptions:
     kubeconfig: str | None = None
     namespaces: tuple[str, ...] = ()  # empty: all of them
     cluster_domain: str = "cluster.local"
+    listeners: bool = True  # the outbound listeners and routes of the Services' cluster IPs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="namespace to watch (repeatable; default: all)")
     group.add_argument("--cluster-domain", default="cluster.local",
                        help="the cluster's DNS domain, in cluster names (default cluster.local)")
+    group.add_argument("--no-kubernetes-listeners", dest="kubernetes_listeners", action="store_false",
+                       help="serve the Services' clusters and endpoints only, not the outbound listeners "
+                            "<clusterIP>_<port> (and their routes) that sidecars hand the app's calls to")
 
 
 def options(args: argparse.Namespace) -> KubernetesOptions | None:
     """The source's options when --kubernetes is given, else None."""
     if not args.kubernetes:
         return None
-    return KubernetesOptions(args.kubeconfig, tuple(args.namespace), args.cluster_domain)
+    return KubernetesOptions(args.kubeconfig, tuple(args.namespace), args.cluster_domain,
+                             args.kubernetes_listeners)

@@ -3,7 +3,9 @@
 Pure: objects in (the API's JSON, as dicts), resources out. Each TCP port of a Service becomes one EDS
 Cluster named as Istio names it, `outbound|<port>||<service>.<namespace>.svc.<domain>`, so dashboards and
 route configs written for Istio find the same names; its ClusterLoadAssignment has the same name and holds
-the ready endpoints of the Service's EndpointSlices.
+the ready endpoints of the Service's EndpointSlices. Unless turned off, each port with a cluster IP also
+gets the outbound listener (and routes) a sidecar hands the app's calls to that address to (see
+kubernetes_listeners).
 
 The objects stay dicts rather than kubernetes_asyncio models: a big cluster has thousands of slices, and
 building a model object per field on every list and event costs more than the whole translation.
@@ -21,7 +23,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
-from control.cache import CLUSTER, ENDPOINT
+from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control.sources.kubernetes_listeners import Memo, cluster_ips, listener_name, port_protocol
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -57,12 +60,16 @@ def speaks_http2(port: Object) -> bool:
 
 @dataclass(frozen=True)
 class Translation:
-    resources: dict[str, dict[str, Message]]  # CLUSTER and ENDPOINT, by name
+    resources: dict[str, dict[str, Message]]  # CLUSTER and ENDPOINT (and LISTENER and ROUTE), by name
     # Why a Service or port has no cluster, one line each (the source logs each line once).
     skipped: tuple[str, ...] = field(default=())
 
 
-def translate(services: Iterable[Object], slices: Iterable[Object], domain: str) -> Translation:
+def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
+              listeners: bool = True, memo: Memo | None = None) -> Translation:
+    """The clusters and assignments of `services`; with `listeners`, their outbound listeners and routes
+    too (built again unless a `memo` kept from the last call has them)."""
+    memo = memo or Memo()
     by_service: dict[Key, list[Object]] = {}
     for s in slices:
         namespace, _ = key_of(s)
@@ -72,6 +79,9 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str)
             by_service.setdefault((namespace, str(owner)), []).append(s)
     clusters: dict[str, Message] = {}
     assignments: dict[str, Message] = {}
+    lis: dict[str, Message] = {}
+    routes: dict[str, Message] = {}
+    owners: dict[str, str] = {}  # listener name -> the Service port that has it
     skipped: list[str] = []
     for svc in sorted(services, key=key_of):
         namespace, name = key_of(svc)
@@ -88,9 +98,28 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str)
             if not isinstance(number, int):
                 continue
             cname = cluster_name(number, name, namespace, domain)
-            clusters[cname] = _cluster(cname, speaks_http2(port))
+            http2 = speaks_http2(port)
+            clusters[cname] = _cluster(cname, http2)
             assignments[cname] = _assignment(cname, str(port.get("name") or ""), own_slices)
-    return Translation({CLUSTER: clusters, ENDPOINT: assignments}, tuple(skipped))
+            if not listeners:
+                continue
+            protocol = port_protocol(port, http2)
+            for ip in cluster_ips(spec):
+                lname, owner = listener_name(ip, number), f"service {namespace}/{name} port {number}"
+                if lname in owners:
+                    # The API never gives one address to two Services, but a copy restored from a backup
+                    # might: the first in name order keeps it, and the result stays independent of order.
+                    skipped.append(f"{owner}: no listener, {ip}:{number} is {owners[lname]}'s already")
+                    continue
+                owners[lname] = owner
+                lis[lname], rc = memo.outbound(ip, number, protocol, cname, name, namespace, domain)
+                if rc is not None:
+                    routes[lname] = rc
+    memo.done()
+    resources: dict[str, dict[str, Message]] = {CLUSTER: clusters, ENDPOINT: assignments}
+    if listeners:
+        resources.update({LISTENER: lis, ROUTE: routes})
+    return Translation(resources, tuple(skipped))
 
 
 def _cluster(name: str, http2: bool) -> cluster_pb2.Cluster:

@@ -221,6 +221,11 @@ listeners:
 """
 
 
+def proxy_config(proxy: Proxy) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(proxy.admin("/config_dump")[1])["config"]
+    return config
+
+
 def upstream(host: str, port: int, name: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "meshpy", "demo-upstream", "--listen", f"{host}:{port}",
                              "--name", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -256,7 +261,8 @@ def test_meshpy_control_kubernetes_beside_a_meshpy_dir_routes_traffic_to_pods(
         control = subprocess.Popen(
             [sys.executable, "-m", "meshpy", "control", "--listen", f"127.0.0.1:{ads}", "--admin",
              f"127.0.0.1:{admin}", "--kubernetes", "--kubeconfig", str(kubeconfig), "--meshpy-dir",
-             str(source), "--poll-interval", "0.1"], stdout=log, stderr=subprocess.STDOUT)
+             str(source), "--poll-interval", "0.1", "--no-kubernetes-listeners"], stdout=log,
+            stderr=subprocess.STDOUT)
         log.close()
         proxy = Proxy("", proxy_admin, extra_args=[
             "--xds", f"127.0.0.1:{ads}", "--node-id", "k8s-1", "--node-cluster", "web",
@@ -270,6 +276,8 @@ def test_meshpy_control_kubernetes_beside_a_meshpy_dir_routes_traffic_to_pods(
                 return list(dump["xds"]["resources"]["Cluster"])
 
             assert sorted(clusters()) == [BILLING, ORDERS]
+            # --no-kubernetes-listeners: the directory's listener only, none for the Services' addresses.
+            assert [lis["name"] for lis in proxy_config(proxy)["listeners"]] == ["web"]
             # pod-b turns ready and pod-a goes away: the proxy follows the slice.
             kube.call(kube.api.apply, SLICES,
                       endpoint_slice("orders", [endpoint("127.0.0.3")], ports=slice_ports))
@@ -287,6 +295,52 @@ def test_meshpy_control_kubernetes_beside_a_meshpy_dir_routes_traffic_to_pods(
                 metrics = r.read().decode()
             assert re.search(r'kubernetes_events_total\{kind="endpointslices"\} [1-9]', metrics), metrics
             assert re.search(r"meshpy_control_kubernetes_resyncs_total [1-9]", metrics), metrics
+            assert proxy.metric("meshpy_xds_updates_total", result="rejected") == 0
+        finally:
+            proxy.stop()
+            control.terminate()
+            assert control.wait(10) == 0, (tmp_path / "control.log").read_text()
+
+
+def test_a_proxy_following_meshpy_control_kubernetes_gets_the_listeners_of_service_addresses(
+        tmp_path: Path) -> None:
+    ads, proxy_admin = free_port(), free_port()
+    orders = service("orders")
+    cache = service("cache", ports=[{"name": "redis", "port": 6379, "protocol": "TCP"}])
+    orders_lis = f"{orders['spec']['clusterIP']}_8080"
+    cache_lis = f"{cache['spec']['clusterIP']}_6379"
+    with ThreadedKubeApi() as kube:
+        kube.call(kube.api.apply, SERVICES, orders)
+        kube.call(kube.api.apply, SERVICES, cache)
+        kube.call(kube.api.apply, SLICES, endpoint_slice("orders", [endpoint("127.0.0.2")]))
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.port)
+        log = open(tmp_path / "control.log", "wb")  # noqa: SIM115 - the process writes to it
+        control = subprocess.Popen(
+            [sys.executable, "-m", "meshpy", "control", "--listen", f"127.0.0.1:{ads}", "--kubernetes",
+             "--kubeconfig", str(kubeconfig)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        proxy = Proxy("", proxy_admin, extra_args=[
+            "--xds", f"127.0.0.1:{ads}", "--node-id", "k8s-2", "--node-cluster", "web",
+            "--admin", f"127.0.0.1:{proxy_admin}"])
+        try:
+            proxy.start()
+
+            def listeners() -> dict[str, dict[str, Any]]:
+                return {lis["name"]: lis for lis in proxy_config(proxy)["listeners"]}
+
+            eventually(lambda: set(listeners()) == {orders_lis, cache_lis}, "the Services' listeners")
+            lis = listeners()
+            # Bound to nothing (the proxy cannot bind 10.96.x.x here, so a socket would fail the update).
+            assert {n: (x["address"], x["bind"], x["direction"]) for n, x in lis.items()} == {
+                orders_lis: ({"host": orders["spec"]["clusterIP"], "port": 8080}, False, "outbound"),
+                cache_lis: ({"host": cache["spec"]["clusterIP"], "port": 6379}, False, "outbound")}
+            assert lis[orders_lis]["kind"] == "http" and lis[orders_lis]["tcp"] is None
+            assert lis[cache_lis]["kind"] == "tcp" and lis[cache_lis]["http"] is None
+            [vh] = lis[orders_lis]["http"]["route_config"]["virtual_hosts"]
+            assert "orders.shop.svc.cluster.local:8080" in vh["domains"]
+            assert vh["routes"][0]["action"]["cluster"] == ORDERS
+            kube.call(kube.api.delete, SERVICES, "shop", "cache")
+            eventually(lambda: set(listeners()) == {orders_lis}, "the deleted Service's listener leaves")
             assert proxy.metric("meshpy_xds_updates_total", result="rejected") == 0
         finally:
             proxy.stop()
