@@ -30,7 +30,6 @@ from typing import Any
 import tools
 import yaml
 from contenders import nginx_build_options, nginx_origin_conf, nginx_proc, python_env
-from google.protobuf import json_format
 from tools import Proc, Procs
 
 TAG = f"mpb{os.getpid() % 100000}"
@@ -107,31 +106,13 @@ def envoy_bootstrap(meshpy_yaml: str) -> dict[str, Any]:
     """The meshpy config as an Envoy bootstrap: the control plane's export, with each listener's routes
     inline and each cluster's endpoints in a load_assignment (no xDS server in this run)."""
     sys.path.insert(0, str(tools.ROOT))
-    from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
     from control.sources.export import export
+    from control.sources.export_static import static_bootstrap
     from meshpy.model.meshpy_yaml import load_meshpy
 
     data = yaml.safe_load(meshpy_yaml)
-    resources = export(load_meshpy(data))
-    as_dict = {url: {name: json_format.MessageToDict(msg) for name, msg in items.items()}
-               for url, items in resources.items()}
-    listeners = []
-    for listener in as_dict[LISTENER].values():
-        for chain in listener["filterChains"]:
-            hcm = chain["filters"][0]["typedConfig"]
-            if "rds" in hcm:
-                hcm["routeConfig"] = as_dict[ROUTE][hcm.pop("rds")["routeConfigName"]]
-        listeners.append(listener)
-    clusters = []
-    for cluster in as_dict[CLUSTER].values():
-        if cluster.get("type") == "EDS":
-            del cluster["edsClusterConfig"]
-            cluster["type"] = "STATIC"
-            cluster["loadAssignment"] = as_dict[ENDPOINT][cluster["name"]]
-        clusters.append(cluster)
-    admin = data["admin"].split(":")
-    return {"admin": {"address": {"socketAddress": {"address": admin[0], "portValue": int(admin[1])}}},
-            "staticResources": {"listeners": listeners, "clusters": clusters}}
+    host, port = data["admin"].rsplit(":", 1)
+    return static_bootstrap(export(load_meshpy(data)), (host, int(port)))
 
 
 def start_sidecars(procs: Procs, work: Path, kind: str) -> list[Proc]:

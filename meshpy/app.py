@@ -284,7 +284,7 @@ class App:
             "source": snap.source,
             "config": dump_config(snap.config),
             "listeners": [
-                {"name": n, "address": str(b.address), "bound_port": b.port}
+                {"name": n, "address": str(b.address), "bound_port": b.port if b.bound else None}
                 for n, b in self.listeners.items()
             ],
             # The live state beside the config: health, ejections and circuit breakers per endpoint.

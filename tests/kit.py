@@ -355,6 +355,15 @@ def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         return out
 
 
+def refuses(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on the port any more (a connect is refused)."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
 def is_closed(sock: socket.socket, timeout: float = 2.0) -> bool:
     sock.settimeout(timeout)
     try:

@@ -19,10 +19,11 @@ ENVOY_GRPC = "{ envoy_grpc: { cluster_name: xds } }"
 
 
 def bootstrap(admin: int, ads_port: int, api_type: str, node: str = "envoy-1", node_extra: str = "",
-              grpc_service: str = ENVOY_GRPC, cds_extra: str = "") -> str:
-    """An ADS bootstrap; the static cluster `xds` reaches the control plane on `ads_port`."""
+              grpc_service: str = ENVOY_GRPC, cds_extra: str = "", node_cluster: str = "web",
+              ads_host: str = "127.0.0.1") -> str:
+    """An ADS bootstrap; the static cluster `xds` reaches the control plane on `ads_host:ads_port`."""
     return f"""
-node: {{ id: {node}, cluster: web{node_extra} }}
+node: {{ id: {node}, cluster: {node_cluster}{node_extra} }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 dynamic_resources:
@@ -45,7 +46,7 @@ static_resources:
       cluster_name: xds
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {ads_port} }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: {ads_host}, port_value: {ads_port} }} }} }}
 """
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kit import ROOT, DemoUpstream, Proxy, Response, free_port, http, is_closed
+from kit import ROOT, DemoUpstream, Proxy, Response, free_port, http, is_closed, refuses
 
 NEW_ROUTE = """
       - match: {path: /new}
@@ -52,14 +52,6 @@ def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
             return time.monotonic() - t0
         time.sleep(0.05)
     raise AssertionError(f"not within {timeout}s: {what}")
-
-
-def refuses(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 def serves(port: int, path: str = "/hello") -> bool:

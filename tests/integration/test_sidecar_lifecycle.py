@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-from kit import ROOT, DemoUpstream, Proxy, eventually, free_port, http
+from kit import ROOT, DemoUpstream, Proxy, eventually, free_port, http, refuses
 
 
 def sidecar(admin: int, inbound: int, outbound: int, demo: int, drain: str = "2s") -> str:
@@ -32,14 +31,6 @@ listeners:
 clusters:
   app: 127.0.0.1:{demo}
 """
-
-
-def refuses(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 def meshpy(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from kit import ROOT, envoy_binary, eventually
+from xds_world import bootstrap
 
 TAG = f"mp{os.getpid() % 100000}"
 NET, POD_A, POD_B, POD_C = f"{TAG}-net", f"{TAG}-a", f"{TAG}-b", f"{TAG}-c"
@@ -79,31 +80,8 @@ listeners:
 """
 
 
-ENVOY_BOOTSTRAP = f"""
-node: {{id: {POD_C}, cluster: envoy-client}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {GATEWAY}, port_value: 18000}}}}}}
-"""
+# Envoy's own ADS bootstrap, its admin where `meshpy wait` looks (a sidecar's admin port).
+ENVOY_BOOTSTRAP = bootstrap(15000, 18000, "GRPC", node=POD_C, node_cluster="envoy-client", ads_host=GATEWAY)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:

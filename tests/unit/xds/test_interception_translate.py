@@ -20,6 +20,7 @@ from google.protobuf import json_format  # type: ignore[import-untyped, unused-i
 from kit import envoy_binary
 
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, check, make_snapshot
+from control.sources import export_static
 from control.sources.export import export
 from meshpy.cli import main
 from meshpy.errors import ConfigError
@@ -385,25 +386,7 @@ def test_export_spells_it_as_envoy_does() -> None:
 
 def static_bootstrap(config: Config) -> dict[str, Any]:
     """The exported resources as one static bootstrap: routes inline, assignments in the clusters."""
-    res = export(config)
-    listeners = []
-    for lis in res[LISTENER].values():
-        data = json_format.MessageToDict(lis, preserving_proto_field_name=True)
-        hcm = data["filter_chains"][0]["filters"][0]["typed_config"]
-        if "rds" in hcm:
-            hcm["route_config"] = json_format.MessageToDict(res[ROUTE][hcm.pop("rds")["route_config_name"]],
-                                                            preserving_proto_field_name=True)
-        listeners.append(data)
-    out = []
-    for name, cluster in res[CLUSTER].items():
-        data = json_format.MessageToDict(cluster, preserving_proto_field_name=True)
-        if data.get("type") == "EDS":
-            data.pop("eds_cluster_config")
-            data["type"] = "STATIC"
-            data["load_assignment"] = json_format.MessageToDict(res[ENDPOINT][name],
-                                                                preserving_proto_field_name=True)
-        out.append(data)
-    return {"static_resources": {"listeners": listeners, "clusters": out}}
+    return export_static.static_bootstrap(export(config))
 
 
 def envoy_validate(data: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
