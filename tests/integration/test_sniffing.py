@@ -390,6 +390,8 @@ def test_unbound_listener_has_no_socket(env: Env) -> None:
     assert dumped["hidden"]["bind"] is False
     assert dumped["hidden"]["direction"] == "outbound"
     assert dumped["od-tcp"]["original_destination"] is True
+    bound = {x["name"]: x["bound_port"] for x in live["listeners"]}
+    assert bound["hidden"] is None and bound["od-tcp"] == env.ports["od-tcp"]
 
 
 def test_reload_flips_bind_off_and_on(loop_name: str, demo: DemoUpstream, tmp_path: Path) -> None:
