@@ -292,29 +292,7 @@ class App:
         }
 
     def clusters_view(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for name, rt in self.clusters.clusters.items():
-            out.append(
-                {
-                    "name": name,
-                    "type": rt.model.discovery,
-                "circuit_breakers": {k: {"in_use": used, "limit": limit}
-                                     for k, (used, limit) in rt.breaker_state().items()},
-                    "endpoints": [
-                        {
-                            "address": h.label,
-                            "hostname": h.hostname,
-                            "weight": h.weight,
-                            "health": h.health,
-                            "active_requests": h.active_requests,
-                            "active_connections": h.pool.total,
-                            "idle_connections": h.pool.idle_count,
-                        }
-                        for h in rt.hosts
-                    ],
-                }
-            )
-        return out
+        return self.clusters.view()
 
     def drain_listeners(self, inbound_only: bool = False, graceful: bool = True) -> None:
         """Envoy's /drain_listeners: every listener, or only those of inbound traffic; stop accepting at

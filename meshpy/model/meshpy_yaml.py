@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
@@ -21,7 +21,13 @@ from meshpy.model.meshpy_yaml_policies import (
     outlier_detection,
     rate_limit,
 )
-from meshpy.model.meshpy_yaml_protocols import http2_options, upgrade_types, upstream_protocol
+from meshpy.model.meshpy_yaml_protocols import (
+    direction,
+    http2_options,
+    tcp_fallback,
+    upgrade_types,
+    upstream_protocol,
+)
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -38,7 +44,6 @@ from meshpy.model.types import (
     Admin,
     Cluster,
     Config,
-    Direction,
     DiscoveryType,
     Endpoint,
     HttpCodec,
@@ -195,7 +200,7 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
     interception = Listener(name=name, address=address, kind="tcp",
                             original_destination=f.get("original_destination", as_bool, False),
                             bind=f.get("bind", as_bool, True),
-                            direction=f.get("direction", _direction, "unspecified"))
+                            direction=f.get("direction", direction, "unspecified"))
     if protocol == "tcp":
         r.alias(child(path, "tcp"), path)
         tcp = TcpOptions(
@@ -210,26 +215,8 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
     fallback = None
     if "tcp_fallback" in f:
         r.alias(child(path, "tcp"), f.at("tcp_fallback"))
-        fallback = _tcp_fallback(r, f.raw("tcp_fallback"), f.at("tcp_fallback"), logs)
+        fallback = tcp_fallback(r, f.raw("tcp_fallback"), f.at("tcp_fallback"), logs)
     return replace(interception, kind="http", http=http, tcp=fallback)
-
-
-def _direction(value: object) -> Direction:
-    text = as_str(value).lower()
-    if text not in ("inbound", "outbound", "unspecified"):
-        raise ValueError(f"must be inbound, outbound or unspecified, got {text!r}")
-    return cast(Direction, text)
-
-
-def _tcp_fallback(r: Reader, node: object, path: str, logs: tuple[AccessLog, ...]) -> TcpOptions | None:
-    """`tcp_fallback: cluster` or `{cluster, idle_timeout}`: where bytes that are not HTTP go."""
-    if isinstance(node, str):
-        node = {"cluster": node}
-    f = r.mapping(node, path, ("cluster", "idle_timeout"))
-    if f is None:
-        return None
-    return TcpOptions(cluster=f.require("cluster", as_name, ""), access_logs=logs,
-                      idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT))
 
 
 def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[AccessLog, ...]) -> HttpOptions:

@@ -1,4 +1,5 @@
-"""Wire-protocol options in meshpy YAML: a listener's codec and HTTP/2 settings.
+"""Wire-protocol options in meshpy YAML: a listener's codec, HTTP/2 settings, and how it takes part in
+interception (its traffic direction, the TCP fallback of a sniffing listener).
 
     listeners:
       - address: 0.0.0.0:8080
@@ -14,8 +15,27 @@
 
 from __future__ import annotations
 
-from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options, UpstreamProtocol
-from meshpy.model.yaml_reader import Reader, as_positive_duration, as_positive_int
+from typing import cast
+
+from meshpy.model.types import (
+    DEFAULT_HTTP2,
+    DEFAULT_TCP_IDLE_TIMEOUT,
+    H2_MAX_WINDOW,
+    H2_MIN_WINDOW,
+    AccessLog,
+    Direction,
+    Http2Options,
+    TcpOptions,
+    UpstreamProtocol,
+)
+from meshpy.model.yaml_reader import (
+    Reader,
+    as_name,
+    as_optional_timeout,
+    as_positive_duration,
+    as_positive_int,
+    as_str,
+)
 from meshpy.model.yaml_values import parse_size
 
 _HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
@@ -68,3 +88,21 @@ def http2_options(r: Reader, node: object, path: str) -> Http2Options:
         initial_connection_window_size=f.get(
             "initial_connection_window_size", _window, d.initial_connection_window_size),
     )
+
+
+def direction(value: object) -> Direction:
+    text = as_str(value).lower()
+    if text not in ("inbound", "outbound", "unspecified"):
+        raise ValueError(f"must be inbound, outbound or unspecified, got {text!r}")
+    return cast(Direction, text)
+
+
+def tcp_fallback(r: Reader, node: object, path: str, logs: tuple[AccessLog, ...]) -> TcpOptions | None:
+    """`tcp_fallback: cluster` or `{cluster, idle_timeout}`: where bytes that are not HTTP go."""
+    if isinstance(node, str):
+        node = {"cluster": node}
+    f = r.mapping(node, path, ("cluster", "idle_timeout"))
+    if f is None:
+        return None
+    return TcpOptions(cluster=f.require("cluster", as_name, ""), access_logs=logs,
+                      idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT))

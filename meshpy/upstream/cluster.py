@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 from meshpy.model.types import Cluster
 from meshpy.telemetry.metrics import ClusterStats, Metrics
@@ -349,6 +350,26 @@ class ClusterManager:
             now = self._loop.time()
             for rt in self.clusters.values():
                 rt.evict_idle(now)
+
+    def view(self) -> list[dict[str, Any]]:
+        """Every cluster's live state (health, ejections, breakers per endpoint), for /clusters."""
+        return [
+            {
+                "name": name,
+                "type": rt.model.discovery,
+                "circuit_breakers": {k: {"in_use": used, "limit": limit}
+                                     for k, (used, limit) in rt.breaker_state().items()},
+                "endpoints": [
+                    {
+                        "address": h.label, "hostname": h.hostname, "weight": h.weight, "health": h.health,
+                        "active_requests": h.active_requests, "active_connections": h.pool.total,
+                        "idle_connections": h.pool.idle_count,
+                    }
+                    for h in rt.hosts
+                ],
+            }
+            for name, rt in self.clusters.items()
+        ]
 
     def close(self) -> None:
         if self._sweeper is not None:
