@@ -277,6 +277,11 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
                                                     "typed_config": _tcp_proxy(lis.name, lis.tcp)}]}
         out["listener_filters"] = [{"name": "envoy.filters.listener.http_inspector",
                                     "typed_config": {"@type": HTTP_INSPECTOR}}]
+        # meshpy waits for a silent client, or proxies it as TCP after detect_timeout; Envoy's default
+        # (close it after 15 s) would differ, so the wait is always written out.
+        out["listener_filters_timeout"] = duration(lis.tcp.detect_timeout)
+        if lis.tcp.detect_timeout is not None:
+            out["continue_on_listener_filters_timeout"] = True
     if lis.original_destination:
         out["use_original_dst"] = True
         out.setdefault("listener_filters", []).insert(0, {"name": "envoy.filters.listener.original_dst",

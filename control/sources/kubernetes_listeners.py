@@ -154,6 +154,8 @@ def outbound(ip: str, port: int, protocol: str, cluster: str, service: str, name
         out["default_filter_chain"] = {"filters": [tcp]}
         out["listener_filters"] = [{"name": "envoy.filters.listener.http_inspector",
                                     "typed_config": {"@type": HTTP_INSPECTOR}}]
+        # Wait for the client's first bytes, as meshpy does (Envoy's default closes after 15 s).
+        out["listener_filters_timeout"] = "0s"
     hosts = [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
              f"{service}.{namespace}.svc.{domain}", _host(ip)]
     routes = {

@@ -98,11 +98,13 @@ def direction(value: object) -> Direction:
 
 
 def tcp_fallback(r: Reader, node: object, path: str, logs: tuple[AccessLog, ...]) -> TcpOptions | None:
-    """`tcp_fallback: cluster` or `{cluster, idle_timeout}`: where bytes that are not HTTP go."""
+    """`tcp_fallback: cluster` or `{cluster, idle_timeout, detect_timeout}`: where bytes that are not
+    HTTP go (and, with `detect_timeout`, connections that stay silent that long)."""
     if isinstance(node, str):
         node = {"cluster": node}
-    f = r.mapping(node, path, ("cluster", "idle_timeout"))
+    f = r.mapping(node, path, ("cluster", "idle_timeout", "detect_timeout"))
     if f is None:
         return None
     return TcpOptions(cluster=f.require("cluster", as_name, ""), access_logs=logs,
-                      idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT))
+                      idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT),
+                      detect_timeout=f.get("detect_timeout", as_optional_timeout, None))

@@ -295,6 +295,9 @@ class TcpOptions:
     cluster: str
     idle_timeout: float | None = DEFAULT_TCP_IDLE_TIMEOUT
     access_logs: tuple[AccessLog, ...] = ()
+    # As an http listener's fallback: a client that has sent nothing after this long is taken for one
+    # whose server speaks first (MySQL, SMTP) and proxied as TCP (None: wait for its first bytes).
+    detect_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,12 +29,14 @@ class Drainable(Protocol):
 
 
 class TcpListenerConfig:
-    __slots__ = ("cluster", "idle_timeout", "loggers")
+    __slots__ = ("cluster", "detect_timeout", "idle_timeout", "loggers")
 
-    def __init__(self, cluster: str, idle_timeout: float | None, loggers: tuple[AccessLogger, ...]) -> None:
+    def __init__(self, cluster: str, idle_timeout: float | None, loggers: tuple[AccessLogger, ...],
+                 detect_timeout: float | None = None) -> None:
         self.cluster = cluster
         self.idle_timeout = idle_timeout
         self.loggers = loggers
+        self.detect_timeout = detect_timeout  # as a sniffing listener's fallback (see TcpOptions)
 
 
 class HttpListenerConfig:
@@ -96,7 +98,8 @@ class HttpListenerConfig:
             return
         self.options = opts
         if model.tcp is not None:
-            self.tcp_fallback = TcpListenerConfig(model.tcp.cluster, model.tcp.idle_timeout, loggers)
+            self.tcp_fallback = TcpListenerConfig(model.tcp.cluster, model.tcp.idle_timeout, loggers,
+                                                  model.tcp.detect_timeout)
         self.table = RouteTable(opts.route_config, rate_limit=opts.rate_limit)
         self.max_headers = opts.max_request_headers_count
         self.max_header_bytes = opts.max_request_headers_kb * 1024

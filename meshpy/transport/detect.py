@@ -42,7 +42,12 @@ class DetectingDownstream(asyncio.Protocol):
         self.stats = stats = self.slot.current.stats
         stats.cx_total += 1
         stats.cx_active += 1
-        # A client that connects and says nothing is closed like an idle HTTP/1.1 connection.
+        # A client that connects and says nothing is closed like an idle HTTP/1.1 connection, or, where
+        # the listener says so, taken for the client of a server that speaks first and proxied as TCP.
+        fallback = self.slot.current.tcp_fallback
+        if fallback is not None and fallback.detect_timeout is not None:
+            self._timer = self.loop.call_later(fallback.detect_timeout, self._silent)
+            return
         wait = self.slot.current.idle_timeout
         if wait is not None:
             self._timer = self.loop.call_later(wait, self.close)
@@ -60,6 +65,16 @@ class DetectingDownstream(asyncio.Protocol):
                 self._buf = buf  # could still be a request line: wait for more
                 return
             is_http = verdict
+        self._hand_over(buf, is_http)
+
+    def _silent(self) -> None:
+        """Nothing decided within the fallback's detect_timeout: TCP, with what has come so far."""
+        self._timer = None
+        buf, self._buf = self._buf, b""
+        self._hand_over(buf, False)
+
+    def _hand_over(self, buf: bytes, is_http: bool) -> None:
+        fallback = self.slot.current.tcp_fallback
         self._buf = b""
         self._stop()
         self.stats.cx_total -= 1
@@ -67,7 +82,9 @@ class DetectingDownstream(asyncio.Protocol):
         assert transport is not None
         proto: Http1Downstream | Http2Downstream | TcpDownstream
         if not is_http:
-            assert fallback is not None
+            if fallback is None:  # a reload took the fallback away while this one was being sniffed
+                transport.close()
+                return
             proto = TcpDownstream(self.slot, self.loop, fallback)
         elif buf.startswith(PREFACE):
             proto = Http2Downstream(self.slot, self.loop)
@@ -76,7 +93,8 @@ class DetectingDownstream(asyncio.Protocol):
         proto.original_dst = self.original_dst
         transport.set_protocol(proto)
         proto.connection_made(transport)
-        proto.data_received(buf)
+        if buf:
+            proto.data_received(buf)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()

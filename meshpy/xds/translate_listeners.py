@@ -62,7 +62,8 @@ ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
 
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
 _LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metadata", "use_original_dst",
-                       "bind_to_port", "traffic_direction", "listener_filters", "default_filter_chain"})
+                       "bind_to_port", "traffic_direction", "listener_filters", "default_filter_chain",
+                       "listener_filters_timeout", "continue_on_listener_filters_timeout"})
 _DIRECTIONS: dict[int, Direction] = {1: "inbound", 2: "outbound"}
 # What the http_inspector reports for HTTP: the application_protocols an HTTP chain may match on.
 _HTTP_PROTOCOLS = frozenset({"http/1.0", "http/1.1", "h2c"})
@@ -128,7 +129,12 @@ def listener(
             issues.add(child(path, "filter_chains"), "two chains must be one HTTP chain matching "
                        "application_protocols and one TCP proxy chain")
             return placeholder
-        return dataclasses.replace(interception, kind="http", http=http, tcp=tcp)
+        detect = _detect_timeout(issues, msg, path)
+        return dataclasses.replace(interception, kind="http", http=http,
+                                   tcp=dataclasses.replace(tcp, detect_timeout=detect))
+    if msg.HasField("listener_filters_timeout") or msg.continue_on_listener_filters_timeout:
+        issues.add(child(path, "listener_filters_timeout"), "only applies to a listener that sniffs (an "
+                   "HTTP chain and a TCP chain with the http_inspector)")
     if len(chains) != 1:
         issues.add(child(path, "filter_chains"), f"exactly one filter chain (or an HTTP chain and a TCP "
                    f"default_filter_chain) is supported, got {len(chains)}")
@@ -139,6 +145,20 @@ def listener(
     if isinstance(one, TcpOptions):
         return dataclasses.replace(interception, tcp=one)
     return placeholder
+
+
+def _detect_timeout(issues: Issues, msg: Any, path: str) -> float | None:
+    """A sniffing listener's wait for the client's first bytes. meshpy then proxies the connection as
+    TCP (Envoy's continue_on_listener_filters_timeout); 0s or unset waits (Envoy closes at 15 s)."""
+    if not msg.HasField("listener_filters_timeout"):
+        return None
+    seconds = timeout(msg, "listener_filters_timeout", None)
+    if seconds is None:
+        return None
+    if not msg.continue_on_listener_filters_timeout:
+        issues.add(child(path, "continue_on_listener_filters_timeout"), "must be true: meshpy proxies a "
+                   "connection still silent at listener_filters_timeout as TCP (or set 0s to wait)")
+    return seconds
 
 
 def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, RouteConfig] | None,

@@ -427,3 +427,54 @@ clusters:
         assert p.alive()
     finally:
         assert p.stop() == 0, p.logs()
+
+
+# -- a server that speaks first ---------------------------------------------------------------------------
+
+def banner(conn: socket.socket) -> None:
+    """A server-first protocol (SMTP, MySQL): greets, then echoes one line."""
+    conn.sendall(b"220 banner ready\r\n")
+    line = conn.recv(1024)
+    conn.sendall(b"250 " + line)
+    conn.shutdown(socket.SHUT_WR)
+
+
+def test_detect_timeout_serves_a_server_that_speaks_first(loop_name: str, demo: DemoUpstream) -> None:
+    """With `detect_timeout`, a client that waits for the server's greeting is proxied as TCP once the
+    time is up; without it the sniffing listener waits for the client's bytes, as Istio does by default
+    (such ports should be declared as TCP)."""
+    with RawUpstream(banner) as up:
+        admin, waiting, patient = free_port(), free_port(), free_port()
+        text = f"""
+admin: 127.0.0.1:{admin}
+drain_time: 0s
+listeners:
+  - name: detect
+    address: 127.0.0.1:{patient}
+    routes: [{{match: /, cluster: demo}}]
+    tcp_fallback: {{cluster: banner, detect_timeout: 200ms}}
+  - name: wait
+    address: 127.0.0.1:{waiting}
+    routes: [{{match: /, cluster: demo}}]
+    tcp_fallback: banner
+clusters:
+  demo: 127.0.0.1:{demo.port}
+  banner: 127.0.0.1:{up.port}
+"""
+        p = Proxy(text, admin, loop=loop_name).start()
+        try:
+            with connect(patient) as s:
+                t0 = time.monotonic()
+                assert s.recv(100) == b"220 banner ready\r\n"
+                assert 0.15 < time.monotonic() - t0 < 3.0
+                s.sendall(b"HELO me\r\n")
+                assert s.recv(100) == b"250 HELO me\r\n"
+            # HTTP within the time is still routed on the same listener.
+            assert demo_json(http(patient, path="/quick").body)["path"] == "/quick"
+            with connect(waiting) as s:
+                s.settimeout(1.0)
+                with pytest.raises(TimeoutError):
+                    s.recv(100)
+            assert p.alive()
+        finally:
+            assert p.stop() == 0, p.logs()

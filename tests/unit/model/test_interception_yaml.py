@@ -109,6 +109,16 @@ def test_tcp_fallback_idle_timeout_off(value: str) -> None:
     assert config.listeners[0].tcp == TcpOptions(cluster="b", idle_timeout=None)
 
 
+def test_tcp_fallback_detect_timeout() -> None:
+    config = load("listeners: [{address: 127.0.0.1:1, cluster: b, tcp_fallback: {cluster: b, "
+                  "detect_timeout: 150ms}}]\n", BACKEND)
+    assert config.listeners[0].tcp == TcpOptions(cluster="b", detect_timeout=0.15)
+    assert issues("listeners: [{address: 127.0.0.1:1, cluster: b, tcp_fallback: {cluster: b, "
+                  "detect_timeout: soon}}]\n" + BACKEND) == [
+        "listeners[0].tcp_fallback.detect_timeout: 'soon' is not a duration; use seconds or a string like "
+        "250ms, 1.5s, 2m, 1h30m"]
+
+
 @pytest.mark.parametrize("protocol", ["http", "auto", "http1", "http2"])
 def test_every_http_protocol_may_have_a_fallback(protocol: str) -> None:
     config = load(f"listeners: [{{address: 127.0.0.1:1, protocol: {protocol}, cluster: b, "

@@ -178,6 +178,16 @@ def test_tcp_proxy_options_of_the_fallback() -> None:
     assert listener_from_proto(listener_msg(data)).tcp == TcpOptions(cluster="passthrough", idle_timeout=None)
 
 
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"listener_filters_timeout": "0.2s", "continue_on_listener_filters_timeout": True}, 0.2),
+    ({"listener_filters_timeout": "0s"}, None),  # 0s: wait for the first bytes
+    ({}, None),
+])
+def test_detect_timeout_from_listener_filters_timeout(fields: dict[str, Any], expected: float | None) -> None:
+    lis = listener_from_proto(listener_msg(sniff(**fields)))
+    assert lis.tcp is not None and lis.tcp.detect_timeout == expected
+
+
 def test_original_dst_cluster() -> None:
     msg = json_format.ParseDict(clusters()[1], cluster_pb2.Cluster())
     c = cluster_from_proto(msg)
@@ -260,7 +270,12 @@ def sniff(**changes: Any) -> dict[str, Any]:
                      f"{L0}.listener_filters[0].filter_disabled: not supported by meshpy",
                      id="filter-disabled"),
         pytest.param(sniff(listener_filters_timeout="1s"),
-                     f"{L0}.listener_filters_timeout: not supported by meshpy", id="filters-timeout"),
+                     f"{L0}.continue_on_listener_filters_timeout: must be true: meshpy proxies a connection "
+                     "still silent at listener_filters_timeout as TCP (or set 0s to wait)",
+                     id="filters-timeout"),
+        pytest.param({**outbound_listener(), "listener_filters_timeout": "1s"},
+                     f"{L0}.listener_filters_timeout: only applies to a listener that sniffs (an HTTP chain "
+                     "and a TCP chain with the http_inspector)", id="filters-timeout-no-sniffing"),
         pytest.param(sniff(use_original_dst=True),
                      f"{L0}.bind_to_port: a listener that hands connections on by their original "
                      "destination needs "
@@ -325,7 +340,8 @@ listeners:
   - {name: web, address: 0.0.0.0:8080, bind: false, direction: outbound, routes: [{cluster: backend}],
      tcp_fallback: passthrough}
   - {name: web-in, address: 0.0.0.0:8082, bind: false, direction: inbound, protocol: http1,
-     access_log: stdout, routes: [{cluster: backend}], tcp_fallback: {cluster: blackhole, idle_timeout: 30s}}
+     access_log: stdout, routes: [{cluster: backend}],
+     tcp_fallback: {cluster: blackhole, idle_timeout: 30s, detect_timeout: 200ms}}
   - {name: h2-only, address: 0.0.0.0:8081, bind: false, protocol: http2, routes: [{cluster: backend}],
      tcp_fallback: {cluster: passthrough, idle_timeout: off}}
   - {name: http-sniffing-direct, address: 127.0.0.1:18082, original_destination: true,
