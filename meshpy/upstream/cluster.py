@@ -86,9 +86,9 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 
 class ClusterRuntime:
     __slots__ = (
-        "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "by_destination", "cx_limit",
-        "health", "hosts", "model", "outlier", "pending_limit", "resolved", "retries_active", "retry_limit",
-        "rq_limit", "stats",
+        "_by_address", "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "by_destination",
+        "cx_limit", "health", "hosts", "model", "outlier", "pending_limit", "resolved", "retries_active",
+        "retry_limit", "rq_limit", "stats",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
@@ -120,6 +120,7 @@ class ClusterRuntime:
         self.health: HealthChecker | None = None  # started by start()
         # original_dst (Envoy's ORIGINAL_DST): no endpoints of its own; a host per destination seen,
         # made on first use and dropped once it holds no connection (see evict_idle).
+        self._by_address: dict[tuple[str, int], Host] = {}
         if self.by_destination:
             self.resolved.set()
         if model.discovery == "static":
@@ -176,12 +177,12 @@ class ClusterRuntime:
         connection was not redirected, so there is nowhere to send it but back to this proxy)."""
         if destination is None:
             return None
-        for h in self.hosts:  # few at a time: the destinations this pod is talking to right now
-            if h.address == destination:
-                return h
-        self._set_hosts([*((h.address[0], h.address[1], 1, h.hostname) for h in self.hosts),
-                         (destination[0], destination[1], 1, destination[0])])
-        return self.hosts[-1]
+        host = self._by_address.get(destination)
+        if host is None:
+            self._set_hosts([*((h.address[0], h.address[1], 1, h.hostname) for h in self.hosts),
+                             (destination[0], destination[1], 1, destination[0])])
+            host = self.hosts[-1]
+        return host
 
     def round_robin(self) -> Host | None:
         """Smooth weighted round robin: the order list holds each host `weight` times. The request path
@@ -238,6 +239,8 @@ class ClusterRuntime:
         for gone in old.values():
             gone.pool.close()
         self.hosts = hosts
+        if self.by_destination:
+            self._by_address = {h.address: h for h in hosts}
         self.rebuild_order()
 
     # Below this share of endpoints in service the balancer uses them all (Envoy's panic threshold):
