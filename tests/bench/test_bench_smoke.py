@@ -81,8 +81,8 @@ def test_policies_benchmark_runs_and_writes_its_figure(tmp_path: Path) -> None:
 def test_sidecar_benchmark_runs_through_two_sidecars(tmp_path: Path) -> None:
     """The sidecar benchmark builds its two pods, measures direct and through sidecar pairs, and cleans up
     after itself (no namespace of its own left behind)."""
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("iptables-restore") is None:
-        pytest.skip("needs root, ip and iptables (network namespaces)")
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables-restore", "setpriv")):
+        pytest.skip("needs root, ip, iptables and setpriv (network namespaces)")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "sidecar_bench.py"), "--duration", "1", "--rounds", "1",
          "--connections", "4", "--out", str(tmp_path)],
