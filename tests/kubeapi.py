@@ -21,7 +21,7 @@ import copy
 import json
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,8 +147,9 @@ class FakeKubeApi:
         self._site: web.TCPSite | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
-    async def start(self, port: int = 0) -> FakeKubeApi:
+    async def start(self, port: int = 0, extra_routes: Sequence[web.RouteDef] = ()) -> FakeKubeApi:
         app = web.Application()
+        app.router.add_routes(extra_routes)
         for prefix in ("/api/v1", "/apis/discovery.k8s.io/v1"):
             kind = SERVICES if prefix == "/api/v1" else SLICES
             app.router.add_get(f"{prefix}/{kind}", self._handler(kind))
@@ -332,3 +333,76 @@ class ThreadedKubeApi:
             result = fn(*args)
             return await result if asyncio.iscoroutine(result) else result
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+
+# -- as a process of its own ----------------------------------------------------------------------
+# `python tests/kubeapi.py serve --port P --objects FILE.json` serves the objects in FILE (a JSON list of
+# {"kind": "services"|"endpointslices", "object": {...}}) on 127.0.0.1:P, for a control plane in another
+# network namespace than the test's. The same port takes the test's changes:
+#   POST /_test/apply   {"kind": ..., "object": {...}}         -> the object as stored (ADDED or MODIFIED)
+#   POST /_test/delete  {"kind": ..., "namespace": ..., "name": ...}  (DELETED; 404 if there is none)
+# It prints "serving on 127.0.0.1:P" once it listens, and stops on SIGTERM or SIGINT.
+_KINDS = {SERVICES: SERVICES, SLICES: SLICES, "Service": SERVICES, "EndpointSlice": SLICES}
+
+
+def control_routes(api: FakeKubeApi) -> list[web.RouteDef]:
+    """The test-control routes of the serve mode, changing `api`'s objects as the methods above do."""
+
+    async def body(request: web.Request) -> tuple[str, dict[str, Any]]:
+        try:
+            data = await request.json()
+            return _KINDS[data["kind"]], data
+        except (ValueError, KeyError, TypeError) as err:
+            raise web.HTTPBadRequest(text=f"bad request: {err!r}\n") from err
+
+    async def apply(request: web.Request) -> web.Response:
+        kind, data = await body(request)
+        try:
+            return web.json_response(api.apply(kind, data["object"]))
+        except (KeyError, TypeError) as err:
+            raise web.HTTPBadRequest(text=f"bad object: {err!r}\n") from err
+
+    async def delete(request: web.Request) -> web.Response:
+        kind, data = await body(request)
+        try:
+            api.delete(kind, data["namespace"], data["name"])
+        except KeyError as err:
+            raise web.HTTPNotFound(text=f"no such object: {err!r}\n") from err
+        return web.json_response({"deleted": [kind, data["namespace"], data["name"]]})
+
+    return [web.post("/_test/apply", apply), web.post("/_test/delete", delete)]
+
+
+async def serve(port: int, objects: list[dict[str, Any]]) -> None:
+    import signal
+
+    api = FakeKubeApi()
+    for item in objects:
+        api.apply(_KINDS[item["kind"]], item["object"])
+    await api.start(port, extra_routes=control_routes(api))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"serving on 127.0.0.1:{api.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await api.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="kubeapi.py", description="the fake Kubernetes API, as a process")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("serve", help="serve objects on 127.0.0.1, with /_test/apply and /_test/delete")
+    run.add_argument("--port", type=int, default=0)
+    run.add_argument("--objects", type=Path, help="JSON list of {kind, object}")
+    args = parser.parse_args(argv)
+    objects = json.loads(args.objects.read_text()) if args.objects else []
+    asyncio.run(serve(args.port, objects))
+
+
+if __name__ == "__main__":
+    main()

