@@ -39,6 +39,15 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _admin(args: argparse.Namespace, command: str) -> tuple[str, int] | None:
+    """The --admin address, or None after saying what is wrong with it (a usage error)."""
+    try:
+        return _split(args.admin)
+    except ValueError as err:
+        print(f"meshpy {command}: {err}", file=sys.stderr)
+        return None
+
+
 def request(address: tuple[str, int], method: str, target: str, timeout: float) -> tuple[int, str]:
     """One HTTP/1.1 request to the admin listener: (status, body)."""
     with socket.create_connection(address, timeout=timeout) as sock:
@@ -58,10 +67,8 @@ def request(address: tuple[str, int], method: str, target: str, timeout: float) 
 
 
 def run_wait(args: argparse.Namespace) -> int:
-    try:
-        address = _split(args.admin)
-    except ValueError as err:
-        print(f"meshpy wait: {err}", file=sys.stderr)
+    address = _admin(args, "wait")
+    if address is None:
         return 2
     deadline = time.monotonic() + args.timeout
     last = "no answer"
@@ -82,10 +89,8 @@ def run_wait(args: argparse.Namespace) -> int:
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    try:
-        address = _split(args.admin)
-    except ValueError as err:
-        print(f"meshpy drain: {err}", file=sys.stderr)
+    address = _admin(args, "drain")
+    if address is None:
         return 2
     flags = [f for f, on in (("inboundonly", args.inbound_only), ("graceful", not args.now)) if on]
     target = "/drain_listeners" + ("?" + "&".join(flags) if flags else "")
