@@ -35,6 +35,7 @@ from meshpy.model.types import (
     StringMatch,
     TcpOptions,
 )
+from meshpy.xds.translate_listeners import SNIFFED_HTTP
 
 ADS = {"ads": {}, "resource_api_version": "V3"}
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -258,30 +259,19 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
         }
         if h.server_name is not None:
             config["server_name"] = h.server_name
-        name = "envoy.filters.network.http_connection_manager"
-    else:
-        assert lis.tcp is not None
-        config, name = _tcp_proxy(lis.name, lis.tcp), TCP_PROXY_NAME
     out: dict[str, Any] = {
         "@type": LISTENER,
         "name": lis.name,
         "address": _address(lis.address.host, lis.address.port),
-        "filter_chains": [{"filters": [{"name": name, "typed_config": config}]}],
     }
-    if lis.http is not None and lis.tcp is not None:
-        # Protocol sniffing, as Envoy spells it: the http_inspector tells HTTP from the rest, the HTTP
-        # chain matches its verdict, and everything else takes the TCP proxy of the default chain.
-        out["filter_chains"][0]["filter_chain_match"] = {"application_protocols": ["http/1.0", "http/1.1",
-                                                                                   "h2c"]}
-        out["default_filter_chain"] = {"filters": [{"name": TCP_PROXY_NAME,
-                                                    "typed_config": _tcp_proxy(lis.name, lis.tcp)}]}
-        out["listener_filters"] = [{"name": "envoy.filters.listener.http_inspector",
-                                    "typed_config": {"@type": HTTP_INSPECTOR}}]
-        # meshpy waits for a silent client, or proxies it as TCP after detect_timeout; Envoy's default
-        # (close it after 15 s) would differ, so the wait is always written out.
-        out["listener_filters_timeout"] = duration(lis.tcp.detect_timeout)
-        if lis.tcp.detect_timeout is not None:
-            out["continue_on_listener_filters_timeout"] = True
+    if lis.http is None:
+        assert lis.tcp is not None
+        out["filter_chains"] = [{"filters": [tcp_proxy(lis.name, lis.tcp)]}]
+    else:
+        out["filter_chains"] = [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                              "typed_config": config}]}]
+        if lis.tcp is not None:
+            sniffing(out, tcp_proxy(lis.name, lis.tcp), lis.tcp.detect_timeout)
     if lis.original_destination:
         out["use_original_dst"] = True
         out.setdefault("listener_filters", []).insert(0, {"name": "envoy.filters.listener.original_dst",
@@ -293,14 +283,29 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
     return out
 
 
-def _tcp_proxy(name: str, t: TcpOptions) -> dict[str, Any]:
-    return {
+def sniffing(listener: dict[str, Any], tcp_filter: dict[str, Any], detect_timeout: float | None) -> None:
+    """Make a listener of one HTTP chain sniff, as Envoy spells it: the http_inspector tells HTTP from
+    the rest, the HTTP chain matches its verdict, and everything else takes `tcp_filter` in the default
+    chain. meshpy waits for a silent client, or proxies it as TCP after `detect_timeout`; Envoy's
+    default (close it after 15 s) would differ, so the wait is always written out."""
+    listener["filter_chains"][0]["filter_chain_match"] = {"application_protocols": list(SNIFFED_HTTP)}
+    listener["default_filter_chain"] = {"filters": [tcp_filter]}
+    listener["listener_filters"] = [{"name": "envoy.filters.listener.http_inspector",
+                                     "typed_config": {"@type": HTTP_INSPECTOR}}]
+    listener["listener_filters_timeout"] = duration(detect_timeout)
+    if detect_timeout is not None:
+        listener["continue_on_listener_filters_timeout"] = True
+
+
+def tcp_proxy(name: str, t: TcpOptions) -> dict[str, Any]:
+    """A tcp_proxy network filter for the listener `name`."""
+    return {"name": TCP_PROXY_NAME, "typed_config": {
         "@type": TCP_PROXY,
         "stat_prefix": name,
         "cluster": t.cluster,
         "idle_timeout": duration(t.idle_timeout),
         "access_log": _logs(t.access_logs),
-    }
+    }}
 
 
 def _endpoints(c: Cluster) -> dict[str, Any]:

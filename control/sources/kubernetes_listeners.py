@@ -26,11 +26,10 @@ from typing import Any
 
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
-from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
+
+from control.sources.export import ADS, HCM, ROUTER, sniffing, tcp_proxy
+from meshpy.model.types import TcpOptions
 
 HTTP, TCP, UNKNOWN = "http", "tcp", "unknown"
 # appProtocol values (lower-cased) and Istio's port-name prefixes (`<prefix>` or `<prefix>-<anything>`,
@@ -42,15 +41,6 @@ TCP_APP_PROTOCOLS = frozenset({"tcp", "tls", "https", "kubernetes.io/wss", "mysq
                                "redis", "postgres", "postgresql"})
 HTTP_NAME_PREFIXES = ("http", "http2", "grpc", "grpc-web")
 TCP_NAME_PREFIXES = ("tcp", "tls", "https", "mysql", "mongo", "redis", "postgres")
-# What the http_inspector reports for HTTP, as meshpy's translator and the export write it.
-SNIFFED_HTTP = ("http/1.0", "http/1.1", "h2c")
-
-_TYPE = "type.googleapis.com/"
-HCM = _TYPE + http_connection_manager_pb2.HttpConnectionManager.DESCRIPTOR.full_name
-TCP_PROXY = _TYPE + tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name
-ROUTER = _TYPE + router_pb2.Router.DESCRIPTOR.full_name
-HTTP_INSPECTOR = _TYPE + http_inspector_pb2.HttpInspector.DESCRIPTOR.full_name
-ADS = {"ads": {}, "resource_api_version": "V3"}
 
 
 def _named(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -125,8 +115,7 @@ def outbound(ip: str, port: int, protocol: str, cluster: str, service: str, name
              domain: str) -> Built:
     """The listener for `ip:port`, and its routes unless the port is TCP."""
     name = listener_name(ip, port)
-    tcp = {"name": "envoy.filters.network.tcp_proxy",
-           "typed_config": {"@type": TCP_PROXY, "stat_prefix": name, "cluster": cluster}}
+    tcp = tcp_proxy(name, TcpOptions(cluster=cluster))
     out: dict[str, Any] = {
         "name": name,
         "address": {"socket_address": {"address": ip, "port_value": port}},
@@ -149,13 +138,8 @@ def outbound(ip: str, port: int, protocol: str, cluster: str, service: str, name
     if protocol == HTTP:
         out["filter_chains"] = [{"filters": [hcm]}]
     else:
-        out["filter_chains"] = [{"filter_chain_match": {"application_protocols": list(SNIFFED_HTTP)},
-                                 "filters": [hcm]}]
-        out["default_filter_chain"] = {"filters": [tcp]}
-        out["listener_filters"] = [{"name": "envoy.filters.listener.http_inspector",
-                                    "typed_config": {"@type": HTTP_INSPECTOR}}]
-        # Wait for the client's first bytes, as meshpy does (Envoy's default closes after 15 s).
-        out["listener_filters_timeout"] = "0s"
+        out["filter_chains"] = [{"filters": [hcm]}]
+        sniffing(out, tcp, None)  # waits for the client's first bytes
     hosts = [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
              f"{service}.{namespace}.svc.{domain}", _host(ip)]
     routes = {

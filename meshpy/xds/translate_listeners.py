@@ -65,8 +65,10 @@ _LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metad
                        "bind_to_port", "traffic_direction", "listener_filters", "default_filter_chain",
                        "listener_filters_timeout", "continue_on_listener_filters_timeout"})
 _DIRECTIONS: dict[int, Direction] = {1: "inbound", 2: "outbound"}
-# What the http_inspector reports for HTTP: the application_protocols an HTTP chain may match on.
-_HTTP_PROTOCOLS = frozenset({"http/1.0", "http/1.1", "h2c"})
+# What the http_inspector reports for HTTP: the application_protocols an HTTP chain may match on (and
+# what the control plane writes for a sniffing listener).
+SNIFFED_HTTP = ("http/1.0", "http/1.1", "h2c")
+_HTTP_PROTOCOLS = frozenset(SNIFFED_HTTP)
 _HCM = frozenset(
     {
         "codec_type",
