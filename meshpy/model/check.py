@@ -58,32 +58,25 @@ def _duplicates(named: Iterable[tuple[str, str]], what: str) -> list[ConfigIssue
 
 def _address_clashes(config: Config) -> list[ConfigIssue]:
     # Only identical host:port pairs are flagged: 0.0.0.0:80 beside 127.0.0.1:80 is legal (the more
-    # specific socket wins), and port 0 asks the kernel for a fresh port every time.
-    bound: dict[Address, str] = {}
+    # specific socket wins), and port 0 asks the kernel for a fresh port every time. A listener without
+    # a socket of its own (bind off) is keyed apart: it may share its address with a bound one (it only
+    # serves connections handed to it), not with another unbound one, whatever their directions (Envoy
+    # refuses two listeners at one address, and the config must carry to it).
+    taken: dict[tuple[bool, Address], str] = {}
     issues: list[ConfigIssue] = []
     sockets = [
-        (f"listeners[{i}].address", listener.address, f"listeners[{i}] ({listener.name})")
+        (f"listeners[{i}].address", listener.bind, listener.address, f"listeners[{i}] ({listener.name})")
         for i, listener in enumerate(config.listeners)
     ]
     if config.admin.address is not None:
-        sockets.append(("admin.address", config.admin.address, "admin"))
-    # A listener without a socket of its own (bind off) is keyed apart: it may share its address with
-    # a bound one (it only serves connections handed to it), not with another unbound one, whatever
-    # their directions (Envoy refuses two listeners at one address, and the config must carry to it).
-    virtual = {f"listeners[{i}].address": "virtual" for i, x in enumerate(config.listeners) if not x.bind}
-    for path, address, owner in sockets:
+        sockets.append(("admin.address", True, config.admin.address, "admin"))
+    for path, bound, address, owner in sockets:
         if address.port == 0:
             continue
-        if path in virtual:
-            key = Address(host=f"{virtual[path]} {address.host}", port=address.port)
-            if key in bound:
-                issues.append(ConfigIssue(path, f"{address} is already used by {bound[key]}"))
-            bound[key] = owner
-            continue
-        if address in bound:
-            issues.append(ConfigIssue(path, f"{address} is already used by {bound[address]}"))
+        if (bound, address) in taken:
+            issues.append(ConfigIssue(path, f"{address} is already used by {taken[bound, address]}"))
         else:
-            bound[address] = owner
+            taken[bound, address] = owner
     return issues
 
 

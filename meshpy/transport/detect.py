@@ -20,7 +20,7 @@ from meshpy.transport.downstream_http2 import Http2Downstream
 from meshpy.transport.tcp import TcpDownstream
 
 if TYPE_CHECKING:
-    from meshpy.routing.compile import ListenerSlot
+    from meshpy.routing.compile import ListenerSlot, TcpListenerConfig
 
 
 class DetectingDownstream(asyncio.Protocol):
@@ -57,35 +57,35 @@ class DetectingDownstream(asyncio.Protocol):
         if len(buf) < len(PREFACE) and PREFACE.startswith(buf):
             self._buf = buf  # could still be the preface: wait for the rest of it
             return
-        fallback = self.slot.current.tcp_fallback
-        is_http = True
-        if fallback is not None and not buf.startswith(PREFACE):
-            verdict = sniff_http1(buf)
-            if verdict is None:
-                self._buf = buf  # could still be a request line: wait for more
-                return
-            is_http = verdict
-        self._hand_over(buf, is_http)
+        tcp = self.slot.current.tcp_fallback
+        if tcp is None or buf.startswith(PREFACE):
+            return self._hand_over(buf, None)
+        verdict = sniff_http1(buf)
+        if verdict is None:
+            self._buf = buf  # could still be a request line: wait for more
+            return None
+        return self._hand_over(buf, None if verdict else tcp)
 
     def _silent(self) -> None:
-        """Nothing decided within the fallback's detect_timeout: TCP, with what has come so far."""
+        """Nothing decided within the fallback's detect_timeout: TCP, with what has come so far. The
+        fallback is read again: a reload may have taken it away meanwhile."""
         self._timer = None
-        buf, self._buf = self._buf, b""
-        self._hand_over(buf, False)
-
-    def _hand_over(self, buf: bytes, is_http: bool) -> None:
         fallback = self.slot.current.tcp_fallback
+        if fallback is None:
+            self.close()
+            return
+        self._hand_over(self._buf, fallback)
+
+    def _hand_over(self, buf: bytes, tcp: TcpListenerConfig | None) -> None:
+        """To the protocol the first bytes asked for: TCP to `tcp`'s cluster, else HTTP/2 or HTTP/1.1."""
         self._buf = b""
         self._stop()
         self.stats.cx_total -= 1
         transport = self.transport
         assert transport is not None
         proto: Http1Downstream | Http2Downstream | TcpDownstream
-        if not is_http:
-            if fallback is None:  # a reload took the fallback away while this one was being sniffed
-                transport.close()
-                return
-            proto = TcpDownstream(self.slot, self.loop, fallback)
+        if tcp is not None:
+            proto = TcpDownstream(self.slot, self.loop, tcp)
         elif buf.startswith(PREFACE):
             proto = Http2Downstream(self.slot, self.loop)
         else:
