@@ -70,8 +70,9 @@ class App:
         self._loggers: dict[str | None, AccessLogger] = {}
         self._state = "PRE_INITIALIZING"
         self._plan: dict[str, BoundListener] = {}
-        # Listeners without a socket (served through an intercepting one), by address.
-        self._virtual: dict[tuple[str, int], list[ListenerSlot]] = {}
+        # Listeners without a socket (served through an intercepting one), by address (one per address:
+        # the config check refuses two).
+        self._virtual: dict[tuple[str, int], ListenerSlot] = {}
         self._old_slots: list[ListenerSlot] = []  # drained slots whose connections still run
         # Command-line overrides win over the config's values, field by field.
         self._drain_time = drain_time
@@ -229,10 +230,7 @@ class App:
             if name not in snap.listeners:
                 self.metrics.forget_listener(name)
         self.listeners = new
-        self._virtual = {}
-        for b in new.values():
-            if not b.bound:
-                self._virtual.setdefault((b.address.host, b.address.port), []).append(b.slot)
+        self._virtual = {(b.address.host, b.address.port): b.slot for b in new.values() if not b.bound}
         # Drained slots are kept until their last connection ends, so shutdown waits for them too.
         self._old_slots = [slot for slot in self._old_slots + retired if slot.connections]
 
@@ -243,10 +241,10 @@ class App:
         8080 of other services never takes the calls coming in to this pod's own port 8080."""
         want = slot.current.model.direction
         for key in (dst, ("::" if ":" in dst[0] else "0.0.0.0", dst[1])):
-            for found in self._virtual.get(key, ()):
-                direction = found.current.model.direction
-                if direction == want or "unspecified" in (direction, want):
-                    return found
+            found = self._virtual.get(key)
+            if found is not None and (found.current.model.direction == want or "unspecified" in (
+                    found.current.model.direction, want)):
+                return found
         return slot
 
     def _drain_slot(self, slot: ListenerSlot) -> None:
