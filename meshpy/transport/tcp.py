@@ -67,7 +67,9 @@ class TcpDownstream(asyncio.Protocol):
             return
         self.host = host
         host.active_requests += 1
-        self.transport.pause_reading()  # nothing is read until the upstream side is there
+        # Nothing is read until the upstream side is there. (uvloop starts reading after
+        # connection_made returns, whatever it said: data_received pauses again, see there.)
+        self.transport.pause_reading()
         task = self.loop.create_task(self._connect(host, cluster.model.connect_timeout))
         task.add_done_callback(self._connected)
         if self.cfg.idle_timeout is not None:
@@ -97,7 +99,9 @@ class TcpDownstream(asyncio.Protocol):
             self._buf = []
         if self._eof_down:
             up.write_eof()
-        elif self.transport is not None:
+        elif self.transport is not None and not up.write_paused:
+            # Not while the bytes held so far fill the upstream's buffer: its pause_writing came and
+            # went in the write above, and only its resume_writing may start the reading again.
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -107,6 +111,8 @@ class TcpDownstream(asyncio.Protocol):
             self.up.write(data)
         else:
             self._buf.append(data)
+            if self.transport is not None:  # hold what came early, no more (see connection_made)
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self._eof_down = True
@@ -180,7 +186,7 @@ class TcpDownstream(asyncio.Protocol):
 
 
 class TcpUpstream(asyncio.Protocol):
-    __slots__ = ("closed", "down", "stats", "transport")
+    __slots__ = ("closed", "down", "stats", "transport", "write_paused")
 
     def __init__(self, down: TcpDownstream) -> None:
         self.down = down
@@ -188,6 +194,7 @@ class TcpUpstream(asyncio.Protocol):
         self.stats = down.host.pool.stats
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.write_paused = False  # between pause_writing and resume_writing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -204,10 +211,12 @@ class TcpUpstream(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.down.transport is not None:
             self.down.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.down.transport is not None and not self.down._eof_down:
             self.down.transport.resume_reading()
 
