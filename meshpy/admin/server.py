@@ -71,7 +71,7 @@ class AdminProtocol(asyncio.Protocol):
         self._body_bytes = 0
         self._closing = False
         self._last_activity = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.Handle | None = None
 
     # asyncio.Protocol
 

@@ -86,6 +86,40 @@ def check_transfer_encoding(value: bytes) -> None:
         raise BadRequest("unsupported transfer-encoding")
 
 
+# RFC 3986 host characters (reg-name, IPv4, IP-literal) and the port's colon. Left out though 3986
+# allows them: `,` (two Host lines merged read as one) and `@` (userinfo: RFC 9110 4.2.4 forbids it
+# in http URIs). Anything else (space, `/`, `?`, `#`, `\\`) makes the Host mean something different
+# to each hop that reads it.
+_AUTHORITY_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    b"-._~!$&'()*+;=%:[]")
+
+
+def valid_authority(value: bytes) -> bool:
+    """Whether `value` is a Host header or :authority that every reader sees the same way (RFC 9112
+    3.2: otherwise 400). Empty is valid: a target with no authority (RFC 9112 3.2). bytes.translate
+    deletes the allowed characters in C: whatever is left is not allowed (~0.1 µs)."""
+    return not value.translate(None, _AUTHORITY_CHARS)
+
+
+def split_absolute_form(target: bytes) -> tuple[bytes, bytes]:
+    """`http://host:port/path?q` as (authority, path-and-query); BadRequest unless an http or https
+    URI (RFC 9112 3.2.2). The authority ends at the first `/`, `?` or `#` (RFC 3986 3.2)."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise BadRequest("invalid request target")
+    end = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        i = rest.find(stop, 0, end)
+        if i >= 0:
+            end = i
+    authority, path = rest[:end], rest[end:]
+    if not authority or not valid_authority(authority):
+        raise BadRequest("invalid authority in request target")
+    if path[:1] != b"/":
+        path = b"/" + path  # `http://h?q` is the path `/` with the query `q`
+    return authority, path
+
+
 def is_token(name: bytes) -> bool:
     return bool(name) and all(c in _TCHAR for c in name)
 

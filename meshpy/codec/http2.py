@@ -20,6 +20,7 @@ from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, Event
 from hyperframe.frame import Frame, GoAwayFrame
 
+from meshpy.codec.http1 import valid_authority
 from meshpy.model.types import Http2Options
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -30,6 +31,16 @@ CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connectio
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
 # The characters RFC 9113 8.2.1 forbids in a field value (h2's validation would have refused them).
 _BAD_VALUE = (b"\r", b"\n", b"\x00")
+_WHITESPACE = (0x20, 0x09)  # a value must not start or end with one (RFC 9113 8.2.1)
+# RFC 9110 5.6.2 token characters, lowercase letters only (RFC 9113 8.2.1): what a field name and a
+# method may hold. Anything else could end a line or a name when written as HTTP/1.1 (a name holding
+# CRLF smuggles headers; `transfer-encoding ` with a space becomes `transfer-encoding : chunked`).
+_TCHAR_LOWER = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_TCHAR = _TCHAR_LOWER + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# What an HTTP/1.1 request line can carry as its target: visible ASCII, without `#` (a fragment is
+# never sent; Envoy refuses it).
+_PATH_CHARS = bytes(c for c in range(0x21, 0x7F) if c != 0x23)
+_SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
 
 
 class _QuietLog:
@@ -81,7 +92,10 @@ class RequestHead:
         self.size = 0  # the bytes of names and values, for max_request_headers
 
 
-def read_request(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+def read_request(headers: list[tuple[bytes, bytes]], ended: bool = False) -> RequestHead:
+    """The checked head of a request; Malformed (a stream error) for anything RFC 9113 8.2 and 8.3 do
+    not allow, and for anything that would mean something else once written as HTTP/1.1. `ended`: the
+    HEADERS frame ended the stream, so the request has no body."""
     head = RequestHead()
     fields = head.fields
     append = fields.append
@@ -91,8 +105,9 @@ def read_request(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     regular = False
     for name, value in headers:
         size += len(name) + len(value)
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            raise Malformed(f"invalid character in {name.decode('latin-1')!r}")
+        if b"\r" in value or b"\n" in value or b"\x00" in value or \
+                (value and (value[0] in _WHITESPACE or value[-1] in _WHITESPACE)):
+            raise Malformed(f"invalid value of {name.decode('latin-1')!r}")
         if name[:1] == b":":
             if regular:
                 raise Malformed("pseudo-header after a regular header")
@@ -104,11 +119,13 @@ def read_request(headers: list[tuple[bytes, bytes]]) -> RequestHead:
             setattr(head, attr, value)
             continue
         regular = True
+        if not name or name.translate(None, _TCHAR_LOWER):
+            raise Malformed(f"invalid header name {name.decode('latin-1')!r}")
         if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
             raise Malformed(f"connection-specific header {name.decode('latin-1')!r}")
-        if name.lower() != name or not name:
-            raise Malformed("header names must be lowercase")
         if name == b"host":
+            if host is not None:
+                raise Malformed("repeated host header")
             host = value  # used when there is no :authority, else dropped (RFC 9113 8.3.1)
             continue
         if name == b"cookie":
@@ -116,22 +133,41 @@ def read_request(headers: list[tuple[bytes, bytes]]) -> RequestHead:
                 cookies = []
             cookies.append(value)
             continue
+        if name == b"content-length" and (not value.isdigit() or (ended and int(value))):
+            raise Malformed("content-length invalid, or with no body (RFC 9113 8.1.1)")
         append((name, value))
     head.size = size
-    if not head.method:
-        raise Malformed("missing :method")
-    if head.method == b"CONNECT" and head.protocol is None:
-        if head.scheme or head.path or not head.authority:
-            raise Malformed("CONNECT takes :authority only")
-    elif not head.scheme or not head.path:
-        raise Malformed("missing :scheme or :path")
-    if head.authority is None:
-        head.authority = host
-    if head.authority is not None:
-        append((b"host", head.authority))  # the HTTP/1.1 side's Host
+    _check_pseudo(head)
+    authority = head.authority if head.authority is not None else host
+    if authority is not None:
+        if not authority or not valid_authority(authority):  # (no userinfo: RFC 9113 8.3.1)
+            raise Malformed("invalid :authority")
+        head.authority = authority
+        append((b"host", authority))  # the HTTP/1.1 side's Host
     if cookies is not None:
         append((b"cookie", b"; ".join(cookies)))
     return head
+
+
+def _check_pseudo(head: RequestHead) -> None:
+    method = head.method
+    if not method:
+        raise Malformed("missing :method")
+    if method.translate(None, _TCHAR):
+        raise Malformed("invalid :method")
+    if head.protocol is not None and method != b"CONNECT":
+        raise Malformed(":protocol on a request that is not CONNECT (RFC 8441 4)")
+    if method == b"CONNECT" and head.protocol is None:
+        if head.scheme or head.path or not head.authority:
+            raise Malformed("CONNECT takes :authority only")
+        return
+    path, scheme = head.path, head.scheme
+    if not scheme or not path:
+        raise Malformed("missing :scheme or :path")
+    if scheme.translate(None, _SCHEME_CHARS):
+        raise Malformed("invalid :scheme")
+    if path.translate(None, _PATH_CHARS) or (path[:1] != b"/" and (path != b"*" or method != b"OPTIONS")):
+        raise Malformed("invalid :path")
 
 
 def read_trailers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

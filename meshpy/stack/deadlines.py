@@ -27,7 +27,7 @@ class Deadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.active: set[Timed] = set()
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
 
     def add(self, item: Timed) -> None:
         self.active.add(item)

@@ -22,7 +22,9 @@ from meshpy.codec.http1 import (
     no_body_status,
     response_head,
     serialize_headers,
+    split_absolute_form,
     status_text,
+    valid_authority,
 )
 from meshpy.codec.raw_head import parse_fields, passthrough
 from meshpy.errors import (
@@ -83,6 +85,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         "_retried",
         "_reused",
         "_timer",
+        "_timer_at",
         "_too_large",
         "_upgraded",
         "authority",
@@ -143,8 +146,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         self._buffered: list[bytes] | None = None
         self._buffered_bytes = 0
         self._local: bytes | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._fault_timer: asyncio.TimerHandle | None = None  # an injected delay under way
+        self._timer: asyncio.Handle | None = None  # a plain Handle when uvloop runs it at once
+        self._fault_timer: asyncio.Handle | None = None  # an injected delay under way
         self.next_check = 0.0  # when the coarse sweep looks at this exchange next (0: not enrolled)
         self._deadline = 0.0
         self._last_activity = 0.0
@@ -167,8 +170,10 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         self.wall0 = time.time() if cfg.loggers else 0.0
 
     # -- request side ----------------------------------------------------------------------------
-    def head_complete(self, method: bytes, version: str, keep_alive: bool) -> None:
-        """Runs inside the parser callback: a BadRequest raised here becomes a 400 for the client."""
+    def head_complete(self, method: bytes, version: str, keep_alive: bool, upgrading: bool = False) -> None:
+        """Runs inside the parser callback: a BadRequest raised here becomes a 400 for the client.
+        `upgrading`: the HTTP/1.1 parser takes what follows the head as another protocol (llhttp's
+        upgrade flag), so no body of this request will be parsed."""
         self.method = method
         self.http10 = version == "1.0"
         self.keep_alive = keep_alive
@@ -181,9 +186,15 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             for name, value in self.headers:
                 if name == b"transfer-encoding":
                     check_transfer_encoding(value)
+            if self.http10:
+                self.keep_alive = False  # RFC 9112 6.1: the framing of such a message is suspect
         target = self.target
+        if b"#" in target:
+            raise BadRequest("fragment in request target")  # as Envoy: never sent, never routed on
         if target[:1] != b"/":
             if method == b"CONNECT":
+                if self._has_body():
+                    raise BadRequest("CONNECT with a body")  # it would be read as tunnel bytes
                 return self._connect_request(target)
             target = self._absolute_form(target)
             self.target = target
@@ -191,23 +202,37 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             if not self.http10:
                 raise BadRequest("missing host header")
         else:
+            if not valid_authority(facts.authority):
+                raise BadRequest("invalid host header")
             self.authority = facts.authority.decode("latin-1")
         self.path = target.decode("latin-1")
-        if facts.upgrade is not None and facts.upgrade.lower() in self.cfg.upgrades and \
-                facts.connection is not None and b"upgrade" in facts.connection.lower():
-            self._accept_upgrade(facts.upgrade)
+        if upgrading:
+            self._upgrade_asked()
         limit = self.cfg.body_limit
         if limit is not None and facts.content_length is not None and facts.content_length > limit:
             self._too_large = True  # answered 413 by start(), in turn with any pipelined request
 
+    def _upgrade_asked(self) -> None:
+        """The parser will read no body and hand on every byte after the head: a tunnel if the listener
+        allows the type; 403 for other types, as Envoy; `h2c` alone is served as a plain request (its
+        upgrade headers dropped as hop-by-hop), its Content-Length body read by the connection."""
+        facts = self.facts
+        kind = (facts.upgrade or b"").lower()
+        if kind in self.cfg.upgrades and kind != b"connect":
+            if self._has_body():
+                raise BadRequest("upgrade request with a body")
+            assert facts.upgrade is not None
+            self._accept_upgrade(facts.upgrade)
+        elif kind != b"h2c":
+            raise BadRequest("upgrade not allowed", 403)
+        elif facts.chunked:
+            raise BadRequest("h2c upgrade with a chunked body")
+
     def _absolute_form(self, target: bytes) -> bytes:
         # "GET http://host/path": the authority comes from the target (RFC 9112 3.2.2).
-        if target == b"*" or b"://" not in target:
-            raise BadRequest("invalid request target")
-        rest = target.split(b"://", 1)[1]
-        host, slash, path = rest.partition(b"/")
+        host, path = split_absolute_form(target)
         self.facts_set_authority(host)
-        return slash + path if slash else b"/"
+        return path
 
     def facts_set_authority(self, host: bytes) -> None:
         self.facts.authority = host

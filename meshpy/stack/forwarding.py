@@ -1,6 +1,7 @@
 """Header rewriting between the two sides of an HTTP/1.1 exchange, each in one pass over the list.
 
-Request: hop-by-hop headers out (and the ones Connection names), x-forwarded-for/-proto and
+Request: hop-by-hop headers out (and the ones Connection names, but never the framing, Host or
+forwarding headers: see NEVER_NOMINATED), x-forwarded-for/-proto and
 x-request-id in, Host rewritten, framing re-stated. Response: hop-by-hop out, framing chosen for the
 client. Fused into single loops because this runs for every request and a pass per concern costs more.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import itertools
 import random
 
-from meshpy.stack.headers import HOP_BY_HOP, strip_hop_by_hop
+from meshpy.errors import BadRequest
+from meshpy.stack.headers import HOP_BY_HOP, NEVER_NOMINATED, strip_hop_by_hop
 
 
 def _rid_prefix() -> bytes:
@@ -60,6 +62,10 @@ class RequestFacts:
     def note(self, name: bytes, value: bytes, index: int) -> None:
         """`index`: the header's position in the request's header list."""
         if name == b"host":
+            if self.authority is not None:
+                # RFC 9112 3.2: 400. Envoy joins the two; readers that take the first or the last
+                # would route one request two ways.
+                raise BadRequest("duplicate host header")
             self.authority = value
         elif name == b"content-length":
             self.content_length = int(value)
@@ -92,7 +98,7 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
     """Headers as sent upstream. `host` replaces the Host header (rewrite or absolute-form target)."""
     drop = HOP_BY_HOP
     if facts.connection is not None:
-        drop = drop | connection_tokens(facts.connection)
+        drop = drop | (connection_tokens(facts.connection) - NEVER_NOMINATED)
     out: list[tuple[bytes, bytes]] = []
     append = out.append
     proto_seen = False

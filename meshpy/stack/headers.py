@@ -160,6 +160,16 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 _TE_TRAILERS: Final = (b"te", b"trailers")
+# Never removed because a Connection header names them (RFC 9110 7.6.1 lets a sender nominate any
+# field): the framing, the Host and the proxy's own forwarding headers. Dropping Content-Length while
+# forwarding the body makes the next hop read that body as another request; dropping Host or
+# X-Forwarded-For lets a client hide where a request goes or comes from.
+NEVER_NOMINATED: Final = frozenset(
+    {
+        b"content-length", b"transfer-encoding", b"host", b"x-forwarded-for", b"x-forwarded-proto",
+        b"x-forwarded-host", b"x-forwarded-port", b"x-request-id",
+    }
+)
 
 
 def strip_hop_by_hop(headers: list[Header]) -> list[Header]:
@@ -183,6 +193,7 @@ def strip_hop_by_hop(headers: list[Header]) -> list[Header]:
             te_trailers = any(t.split(b";")[0].strip().lower() == b"trailers" for t in value.split(b","))
     # `close` and `keep-alive` are by far the most common Connection values: nothing more to drop.
     nominated.discard(b"close")
+    nominated -= NEVER_NOMINATED
     if nominated:
         kept = [h for h in kept if h[0] not in nominated]
     if te_trailers:

@@ -71,8 +71,9 @@ class ExchangeParts:
         _head_base: bytes
         _deadline: float
         _last_activity: float
-        _timer: asyncio.TimerHandle | None
-        _fault_timer: asyncio.TimerHandle | None
+        _timer: asyncio.Handle | None
+        _timer_at: float
+        _fault_timer: asyncio.Handle | None
         _local: bytes | None
         upgrade: bytes | None
         early: bytes

@@ -60,7 +60,7 @@ class RetryState:
         self.body_bytes = 0
         self.replayable = True
         self.budgeted = False  # holds one of the cluster's retries in flight (during its back-off)
-        self.timer: asyncio.TimerHandle | None = None  # the back-off before the next attempt
+        self.timer: asyncio.Handle | None = None  # the back-off before the next attempt
         self.try_deadline = 0.0  # when the attempt under way times out (0: no per-try timeout running)
         self.standbys: list[Standby] = []  # earlier attempts still running beside a hedged one
 

@@ -43,12 +43,16 @@ class TimersMixin(ExchangeParts):
 
     def _schedule(self, when: float, now: float) -> None:
         if self._timer is not None:
-            if self._timer.when() <= when:
+            # The time is kept beside the handle, not read back with `.when()`: for a moment already
+            # past (under ~0.5 ms away), uvloop's call_at returns a plain Handle, which has no
+            # `when`, and an AttributeError here would end the whole client connection.
+            if self._timer_at <= when:
                 return
             self._timer.cancel()
             self._timer = None
         if when - now < PRECISE_BELOW:
             self.down.slot.deadlines.discard(self)
+            self._timer_at = when
             self._timer = self.down.loop.call_at(when, self.on_deadline)
         elif not self.next_check or when < self.next_check:
             self.next_check = when

@@ -31,7 +31,7 @@ class DetectingDownstream(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._buf = b""
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self.original_dst: tuple[str, int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

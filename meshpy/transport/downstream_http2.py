@@ -9,7 +9,8 @@ beside what h2 checks itself (frame syntax, stream states, HPACK, the stream lim
   they are over half of the streams opened, GOAWAY ENHANCE_YOUR_CALM (Envoy's rule, its numbers);
 - PING and SETTINGS floods: more than 1,000 such frames in a second, the same;
 - a header list over the listener's limits: 431 on that stream; more than twice over, h2's HPACK
-  decoder refuses it and the connection goes (ENHANCE_YOUR_CALM).
+  decoder refuses it and the connection goes (ENHANCE_YOUR_CALM); a header block is bounded while its
+  CONTINUATION frames arrive, in size and by the request headers timeout.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CONTROL_FLOOD = 1000  # PING + SETTINGS frames per second (Envoy: max_outbound_c
 
 class Http2Downstream(asyncio.Protocol):
     __slots__ = (
+        "_block_timer",
         "_control",
         "_control_since",
         "_flush_due",
@@ -82,7 +84,8 @@ class Http2Downstream(asyncio.Protocol):
         self._premature = 0
         self._control = 0
         self._control_since = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._block_timer: asyncio.Handle | None = None  # a header block left incomplete
         self._flush_due = False
 
     # -- connection ------------------------------------------------------------------------------
@@ -113,6 +116,9 @@ class Http2Downstream(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         streams = list(self.streams.values())
         self.streams.clear()
         self.blocked.clear()
@@ -132,6 +138,15 @@ class Http2Downstream(asyncio.Protocol):
             self.flush()
             self.close()
             return
+        # A header block still waiting for its END_HEADERS is held whole by h2 (up to 64
+        # CONTINUATION frames of 16 KiB): bound it as it grows, and in time.
+        if self.h2.incoming_buffer._headers_buffer:
+            self._header_block_pending()
+            if self.closing:
+                return
+        elif self._block_timer is not None:
+            self._block_timer.cancel()
+            self._block_timer = None
         for ev in events:
             kind = type(ev)
             if kind is h2.events.DataReceived:
@@ -216,7 +231,7 @@ class Http2Downstream(asyncio.Protocol):
         if self.slot.draining and not self._goaway_sent:
             self.start_drain()  # a connection opened while draining: this request, then go elsewhere
         try:
-            head = read_request(ev.headers or [])
+            head = read_request(ev.headers or [], ev.stream_ended is not None)
         except Malformed as err:
             log.debug("malformed request from %s: %s", self.peer, err)
             cfg.stats.request_started()
@@ -349,6 +364,26 @@ class Http2Downstream(asyncio.Protocol):
             log.warning("http2: PING/SETTINGS flood from %s: closing", self.peer)
             self.slot.current.stats.h2_abuse += 1
             self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _header_block_pending(self) -> None:
+        """More compressed bytes than the HPACK decoder would ever accept decoded (twice the header
+        limit: see connection_made) end the connection at once; a block still incomplete after the
+        request headers timeout ends it then (Envoy closes such floods within the size limit too)."""
+        block = self.h2.incoming_buffer._headers_buffer
+        if sum(len(f.data) for f in block) > self.h2.decoder.max_header_list_size:
+            log.warning("http2: header block over the limit from %s: closing", self.peer)
+            self.slot.current.stats.h2_abuse += 1
+            self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+            return
+        timeout = self.slot.current.headers_timeout
+        if self._block_timer is None and timeout is not None:
+            self._block_timer = self.loop.call_later(timeout, self._block_timed_out)
+
+    def _block_timed_out(self) -> None:
+        self._block_timer = None
+        if not self.closing and self.h2.incoming_buffer._headers_buffer:
+            log.debug("http2: header block from %s incomplete after the headers timeout", self.peer)
+            self.go_away(ErrorCodes.PROTOCOL_ERROR)
 
     def go_away(self, code: ErrorCodes) -> None:
         """A connection error of our own: GOAWAY with `code`, then close; streams in flight end."""

@@ -41,7 +41,7 @@ class TcpDownstream(asyncio.Protocol):
         self._buf: list[bytes] = []
         self._eof_down = False
         self._eof_up = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self.activity = 0
         self.bytes_in = 0
         self.bytes_out = 0

@@ -76,7 +76,7 @@ class UpstreamHttp2(asyncio.Protocol):
         # (interval, timeout) of PING keepalive, or None; one timer: the next PING, or its deadline.
         self._keepalive = (opts.keepalive_interval, opts.keepalive_timeout) \
             if opts.keepalive_interval is not None else None
-        self._ka_timer: asyncio.TimerHandle | None = None
+        self._ka_timer: asyncio.Handle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -47,7 +47,7 @@ class Host:
         self.rq_ok = self.rq_fail = 0
         self.ejected = False
         self.eject_count = 0
-        self.uneject: asyncio.TimerHandle | None = None
+        self.uneject: asyncio.Handle | None = None
         self.joined: float | None = None  # when it joined, while in a slow-start window
         self.hc_healthy = True  # active health checking's verdict (healthy until a check says not)
         self.hc_fails = self.hc_passes = 0

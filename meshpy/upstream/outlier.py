@@ -37,7 +37,7 @@ class OutlierDetector:
         self.config = config
         self._loop = loop
         self.ejections: dict[str, int] = {}  # reason -> ejections so far, for /metrics
-        self._ticker: asyncio.TimerHandle | None = loop.call_later(config.interval, self._tick)
+        self._ticker: asyncio.Handle | None = loop.call_later(config.interval, self._tick)
 
     def close(self) -> None:
         if self._ticker is not None:

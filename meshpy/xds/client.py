@@ -74,7 +74,7 @@ class AdsClient:
         self._warming: dict[str, float] = {}  # listener name -> when it started waiting for routes
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         app.metrics.add_callback_collector(self._collect)
 
     # -- life ----------------------------------------------------------------------------------------
