@@ -12,7 +12,8 @@ from meshpy.codec.http1 import request_head
 from meshpy.codec.http2 import Malformed, read_request
 
 Headers = list[tuple[bytes, bytes]]
-METHOD, SCHEME, PATH, AUTH = (b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")
+METHOD, SCHEME, PATH = (b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")
+AUTH = (b":authority", b"a")
 
 
 def _with(*extra: tuple[bytes, bytes], method: bytes = b"GET", path: bytes = b"/",
