@@ -284,9 +284,10 @@ class Http1Downstream(asyncio.Protocol):
             raise BadRequest("request header fields too large", 431)
         self.head_started = 0.0
         p = self.parser
+        method = p.get_method()
         # should_upgrade() only where an Upgrade header or CONNECT can have set llhttp's flag.
-        upgrading = (ex.facts.upgrade is not None or ex.target[:1] != b"/") and p.should_upgrade()
-        ex.head_complete(p.get_method(), p.get_http_version(), p.should_keep_alive(), upgrading)
+        upgrading = (ex.facts.upgrade is not None or method == b"CONNECT") and p.should_upgrade()
+        ex.head_complete(method, p.get_http_version(), p.should_keep_alive(), upgrading)
         if upgrading and ex.upgrade is None and ex.facts.content_length:
             self._raw_body = ex  # h2c: llhttp skips the body (see _feed_raw_body)
             self._raw_left = ex.facts.content_length

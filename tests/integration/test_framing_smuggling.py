@@ -186,6 +186,7 @@ def test_h2c_upgrade_body_across_reads(env: Env) -> None:
     b"GET ftp://a.example/h HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /h#fragment HTTP/1.1\r\nHost: a\r\n\r\n",
     b"CONNECT a.example:443 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+    b"CONNECT /h HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
 ])
 def test_ambiguous_requests_get_400(env: Env, head: bytes) -> None:
     before = len(env.rec.all_urls())
