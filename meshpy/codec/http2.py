@@ -18,7 +18,8 @@ import h2.settings
 import hpack.hpack
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, Event
-from hyperframe.frame import Frame, GoAwayFrame
+from h2.exceptions import InvalidBodyLengthError
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 from meshpy.codec.http1 import valid_authority
 from meshpy.model.types import Http2Options
@@ -188,12 +189,21 @@ def response_fields(status: int, headers: list[tuple[bytes, bytes]]) -> list[tup
     return out
 
 
+class BodyLengthMismatch(Event):
+    """A request's DATA went past its content-length, or ended short of it: h2 has reset the stream
+    (PROTOCOL_ERROR); the proxy ends its exchange."""
+
+    stream_id: int = 0
+
+
 class Connection(h2.connection.H2Connection):
-    """h2's connection, except for one thing. h2 treats every GOAWAY, sent or received, as the end of
+    """h2's connection, except for two things. h2 treats every GOAWAY, sent or received, as the end of
     the connection, while RFC 9113 6.8 lets the streams up to the frame's last stream id run to their
     end: that is how a graceful shutdown drains. So a GOAWAY received with NO_ERROR is reported
     (ConnectionTerminated) without closing h2's state machine, and the proxy sends its own graceful
-    GOAWAY as a raw frame (`goaway_frame`) for the same reason."""
+    GOAWAY as a raw frame (`goaway_frame`) for the same reason. And on the server side, a request body
+    that does not match its content-length is a stream error (RFC 9113 8.1.1), as from Envoy, not the
+    end of every other stream on the connection (BodyLengthMismatch)."""
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config)
@@ -202,6 +212,20 @@ class Connection(h2.connection.H2Connection):
         # some 20% more header bytes, which between a sidecar and its neighbours costs nothing.
         encoder = self.encoder
         encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
+
+    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
+        try:
+            return super()._receive_data_frame(frame)
+        except InvalidBodyLengthError:
+            if self.config.client_side:
+                raise  # a response: the upstream connection goes, as before
+        # h2 took the frame into its windows before the check: give the connection window back.
+        sid = frame.stream_id
+        self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        self.acknowledge_received_data(frame.flow_controlled_length, sid)
+        event = BodyLengthMismatch()
+        event.stream_id = sid
+        return [], [event]
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
         if frame.error_code != ErrorCodes.NO_ERROR:

@@ -4,10 +4,13 @@ become one byte stream (meshpy.transport.tunnel) until either side closes. CONNE
 allows `connect` and a route matches with `connect: true`) is terminated here: meshpy connects to the
 route's cluster itself, answers 200, and tunnels. A mixin of `Exchange`.
 
-An upgrade type the listener does not allow is not an error: the request is proxied as a plain one,
-its Upgrade header dropped as hop-by-hop (so `Upgrade: h2c` gets an HTTP/1.1 answer, as from Envoy).
-A handshake the upstream refuses (any answer but 101) is passed on and the connection is closed after
-it, since the client may already have sent bytes of the other protocol.
+An upgrade type the listener does not allow gets 403 and the connection closes, as from Envoy: the
+HTTP/1.1 parser hands on every byte after an upgrade head, so nothing after it can be read as HTTP.
+`Upgrade: h2c` alone is served as a plain request, its upgrade headers dropped as hop-by-hop (as Envoy
+does), its Content-Length body counted by the connection (Http1Downstream._feed_raw_body). An allowed
+upgrade, or CONNECT, whose request declares a body gets 400. A handshake the upstream refuses (any
+answer but 101) is passed on and the connection is closed after it, since the client may already have
+sent bytes of the other protocol.
 """
 
 from __future__ import annotations

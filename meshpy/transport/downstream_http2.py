@@ -25,7 +25,15 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from meshpy.codec.http2 import Connection, Malformed, config, goaway_frame, local_settings, read_request
+from meshpy.codec.http2 import (
+    BodyLengthMismatch,
+    Connection,
+    Malformed,
+    config,
+    goaway_frame,
+    local_settings,
+    read_request,
+)
 from meshpy.stack.exchange_h2 import H2Exchange
 from meshpy.transport.accept import accepted
 from meshpy.transport.h2_stream import H2Stream
@@ -172,6 +180,8 @@ class Http2Downstream(asyncio.Protocol):
                 self._trailers(cast(h2.events.TrailersReceived, ev))
             elif kind is h2.events.ConnectionTerminated:
                 self._goaway_received()
+            elif kind is BodyLengthMismatch:
+                self._malformed_body(cast(BodyLengthMismatch, ev).stream_id)
             if self.closing:
                 return
         self.flush()
@@ -275,6 +285,17 @@ class Http2Downstream(asyncio.Protocol):
                     self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
             ex.downstream_lost()
         self._maybe_idle()
+
+    def _malformed_body(self, sid: int) -> None:
+        """h2 reset the stream: its body did not match its content-length (RFC 9113 8.1.1)."""
+        s = self.streams.get(sid)
+        if s is None:
+            return
+        self.reset(s, ErrorCodes.PROTOCOL_ERROR)
+        ex = s.ex
+        if ex is not None and not ex.done:
+            ex.flag = "DPE"
+            ex.downstream_lost()
 
     def reset(self, s: H2Stream, code: ErrorCodes) -> None:
         self.streams.pop(s.sid, None)
