@@ -2,15 +2,12 @@
 h2 for the framing, one H2Stream and one H2Exchange per request stream.
 
 Everything a read produces goes out in one write at its end (`flush`). The defences are here too,
-beside what h2 checks itself (frame syntax, stream states, HPACK, the stream limit):
-- a malformed request (RFC 9113 8.1.1) resets its stream with PROTOCOL_ERROR; a connection error
-  gets GOAWAY with h2's code and the connection is closed;
-- rapid reset (CVE-2023-44487): once 100 streams were reset by the client before their answer, and
-  they are over half of the streams opened, GOAWAY ENHANCE_YOUR_CALM (Envoy's rule, its numbers);
-- PING and SETTINGS floods: more than 1,000 such frames in a second, the same;
-- a header list over the listener's limits: 431 on that stream; more than twice over, h2's HPACK
-  decoder refuses it and the connection goes (ENHANCE_YOUR_CALM); a header block is bounded while its
-  CONTINUATION frames arrive, in size and by the request headers timeout.
+beside what h2 checks itself (frame syntax, stream states, HPACK, the stream limit): a malformed
+request (RFC 9113 8.1.1) resets its stream with PROTOCOL_ERROR; a connection error gets GOAWAY with
+h2's code and the connection is closed; a header list over the listener's limits gets 431 on its
+stream (more than twice over, h2's HPACK decoder refuses it and the connection goes); rapid resets,
+control-frame floods and header blocks that grow without end get GOAWAY ENHANCE_YOUR_CALM
+(meshpy.transport.h2_abuse), and a block still incomplete after the request headers timeout closes.
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ from meshpy.codec.http2 import (
 )
 from meshpy.stack.exchange_h2 import H2Exchange
 from meshpy.transport.accept import accepted
+from meshpy.transport.h2_abuse import H2Abuse
 from meshpy.transport.h2_stream import H2Stream
 
 if TYPE_CHECKING:
@@ -43,20 +41,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREMATURE_RESETS = 100  # Envoy's premature_reset_total_stream_count is 500; 100 is enough evidence
-PREMATURE_AGE = 1.0  # a stream reset by the client younger than this, and unanswered, is premature
-CONTROL_FLOOD = 1000  # PING + SETTINGS frames per second (Envoy: max_outbound_control_frames 1000)
-
 
 class Http2Downstream(asyncio.Protocol):
     __slots__ = (
+        "_abuse",
         "_block_timer",
-        "_control",
-        "_control_since",
         "_flush_due",
         "_goaway_sent",
         "_opened",
-        "_premature",
         "_timer",
         "blocked",
         "closing",
@@ -89,9 +81,7 @@ class Http2Downstream(asyncio.Protocol):
         self.idle_since = 0.0
         self._goaway_sent = 0  # last stream id of a graceful GOAWAY sent (0: none)
         self._opened = 0
-        self._premature = 0
-        self._control = 0
-        self._control_since = 0.0
+        self._abuse = H2Abuse()
         self._timer: asyncio.Handle | None = None
         self._block_timer: asyncio.Handle | None = None  # a header block left incomplete
         self._flush_due = False
@@ -276,13 +266,8 @@ class Http2Downstream(asyncio.Protocol):
         s.resp_ended = True
         ex = s.ex
         if ex is not None and not ex.done:
-            if self.loop.time() - s.opened < PREMATURE_AGE:
-                self._premature += 1
-                if self._premature >= PREMATURE_RESETS and 2 * self._premature > self._opened:
-                    log.warning("http2: rapid reset from %s (%d of %d streams): closing", self.peer,
-                                self._premature, self._opened)
-                    self.slot.current.stats.h2_abuse += 1
-                    self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+            if self._abuse.reset_by_client(self.loop.time() - s.opened, self._opened):
+                self._abusive(f"rapid reset ({self._opened} streams opened)")
             ex.downstream_lost()
         self._maybe_idle()
 
@@ -376,25 +361,14 @@ class Http2Downstream(asyncio.Protocol):
 
     # -- defences, drain, timers -----------------------------------------------------------------
     def _control_frame(self) -> None:
-        now = self.loop.time()
-        if now - self._control_since > 1.0:
-            self._control_since = now
-            self._control = 0
-        self._control += 1
-        if self._control > CONTROL_FLOOD:
-            log.warning("http2: PING/SETTINGS flood from %s: closing", self.peer)
-            self.slot.current.stats.h2_abuse += 1
-            self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+        if self._abuse.control_frame(self.loop.time()):
+            self._abusive("PING/SETTINGS flood")
 
     def _header_block_pending(self) -> None:
-        """More compressed bytes than the HPACK decoder would ever accept decoded (twice the header
-        limit: see connection_made) end the connection at once; a block still incomplete after the
-        request headers timeout ends it then (Envoy closes such floods within the size limit too)."""
-        block = self.h2.incoming_buffer._headers_buffer
-        if sum(len(f.data) for f in block) > self.h2.decoder.max_header_list_size:
-            log.warning("http2: header block over the limit from %s: closing", self.peer)
-            self.slot.current.stats.h2_abuse += 1
-            self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+        """A header block waits for its END_HEADERS: the connection ends once the block is larger than
+        the decoder would take, or when it is still incomplete after the request headers timeout."""
+        if self._abuse.header_block_too_large(self.h2):
+            self._abusive("header block over the limit")
             return
         timeout = self.slot.current.headers_timeout
         if self._block_timer is None and timeout is not None:
@@ -405,6 +379,11 @@ class Http2Downstream(asyncio.Protocol):
         if not self.closing and self.h2.incoming_buffer._headers_buffer:
             log.debug("http2: header block from %s incomplete after the headers timeout", self.peer)
             self.go_away(ErrorCodes.PROTOCOL_ERROR)
+
+    def _abusive(self, what: str) -> None:
+        log.warning("http2: %s from %s: closing", what, self.peer)
+        self.slot.current.stats.h2_abuse += 1
+        self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
 
     def go_away(self, code: ErrorCodes) -> None:
         """A connection error of our own: GOAWAY with `code`, then close; streams in flight end."""
