@@ -96,9 +96,31 @@ AUTHORITY_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 
 def valid_authority(value: bytes) -> bool:
     """Whether `value` is a Host header or :authority that every reader sees the same way (RFC 9112
-    3.2: otherwise 400). Empty is valid: a target with no authority (RFC 9112 3.2). bytes.translate
-    deletes the allowed characters in C: whatever is left is not allowed (~0.1 µs)."""
-    return not value.translate(None, AUTHORITY_CHARS)
+    3.2: otherwise 400): `uri-host [ ":" port ]`. Empty is valid: a target with no authority. The
+    character check is bytes.translate, which deletes the allowed characters in C: whatever is left
+    is not allowed (~0.1 µs); the port and IP-literal checks run only where a `:` or `[` is."""
+    if value.translate(None, AUTHORITY_CHARS):
+        return False
+    if 0x3A in value or 0x5B in value or 0x5D in value:  # `:` `[` `]` (ints: faster than b":")
+        return host_and_port(value)
+    return True
+
+
+def host_and_port(value: bytes) -> bool:
+    """The `host:port` and `[IPv6]:port` forms: a numeric port (maybe empty, RFC 3986 3.2.3), brackets
+    only around an IPv6 literal."""
+    if value[:1] == b"[":
+        end = value.find(b"]")
+        literal, rest = value[1:end], value[end + 1:]
+        if end < 0 or literal.count(b":") < 2 or literal.translate(None, _IPV6_CHARS):
+            return False
+        return not rest or (rest[:1] == b":" and (rest[1:].isdigit() or rest == b":"))
+    host, _, port = value.rpartition(b":")
+    return bool(host) and 0x3A not in host and 0x5B not in value and 0x5D not in value and \
+        (port.isdigit() or not port)
+
+
+_IPV6_CHARS = b"0123456789abcdefABCDEF:."
 
 
 def split_absolute_form(target: bytes) -> tuple[bytes, bytes]:

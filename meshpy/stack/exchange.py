@@ -20,6 +20,7 @@ from meshpy.codec.http1 import (
     LAST_CHUNK,
     check_transfer_encoding,
     chunk,
+    host_and_port,
     no_body_status,
     response_head,
     serialize_headers,
@@ -202,7 +203,11 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             if not self.http10:
                 raise BadRequest("missing host header")
         else:
-            if facts.authority.translate(None, AUTHORITY_CHARS):  # valid_authority, inlined
+            authority = facts.authority
+            # valid_authority, its common case inlined: a name without port, or a port to check.
+            if authority.translate(None, AUTHORITY_CHARS) or \
+                    ((0x3A in authority or 0x5B in authority or 0x5D in authority) and
+                     not host_and_port(authority)):
                 raise BadRequest("invalid host header")
             self.authority = facts.authority.decode("latin-1")
         self.path = target.decode("latin-1")
@@ -215,7 +220,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
     def _upgrade_asked(self) -> None:
         """The parser will read no body and hand on every byte after the head: a tunnel if the listener
         allows the type; 403 for other types, as Envoy; `h2c` alone is served as a plain request (its
-        upgrade headers dropped as hop-by-hop), its Content-Length body read by the connection."""
+        upgrade headers dropped as hop-by-hop), its body read by a relay parser (see h1_body_relay)."""
         facts = self.facts
         kind = (facts.upgrade or b"").lower()
         if kind in self.cfg.upgrades and kind != b"connect":
@@ -225,8 +230,6 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             self._accept_upgrade(facts.upgrade)
         elif kind != b"h2c":
             raise BadRequest("upgrade not allowed", 403)
-        elif facts.chunked:
-            raise BadRequest("h2c upgrade with a chunked body")
 
     def _absolute_form(self, target: bytes) -> bytes:
         # "GET http://host/path": the authority comes from the target (RFC 9112 3.2.2).

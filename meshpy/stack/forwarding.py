@@ -123,8 +123,10 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
         elif name == b"x-request-id" and request_id is not None:
             value = request_id
         append((name, value))
-    if host is not None and facts.authority is None:
-        append((b"host", host))
+    if facts.authority is None:
+        # An HTTP/1.0 request without Host (or an HTTP/2 one without :authority) goes out as HTTP/1.1,
+        # which needs the field: empty when nothing names the host (RFC 9112 3.2).
+        append((b"host", host if host is not None else b""))
     if use_remote_address and peer and facts.xff_index < 0:
         append((b"x-forwarded-for", peer.encode()))
     if forwarded_proto and not proto_seen:

@@ -20,6 +20,7 @@ from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
 from meshpy.stack.forwarding import SCANNED
 from meshpy.transport.accept import accepted
+from meshpy.transport.h1_body_relay import relay_parser
 from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ class Http1Downstream(asyncio.Protocol):
         "_paused",
         "_pending",
         "_raw_body",
-        "_raw_left",
         "_timer",
         "active",
         "closing",
@@ -71,10 +71,9 @@ class Http1Downstream(asyncio.Protocol):
         self.active: Exchange | None = None
         self._parsing: Exchange | None = None
         self._pending: deque[Exchange] = deque()
-        # An `Upgrade: h2c` request served as plain HTTP/1.1 whose Content-Length body llhttp skipped
-        # (it hands on everything after an upgrade head): its bytes, counted here (see _feed_raw_body).
+        # An `Upgrade: h2c` request served as plain HTTP/1.1 whose body llhttp skipped (it hands on
+        # everything after an upgrade head): read by a relay parser (meshpy.transport.h1_body_relay).
         self._raw_body: Exchange | None = None
-        self._raw_left = 0
         self._paused = 0
         self.write_paused = False
         self.closing = False
@@ -118,11 +117,6 @@ class Http1Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.fatal is not None:
             return
-        if self._raw_body is not None:
-            data = self._feed_raw_body(data)
-            if not data:
-                self.flush()
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -136,7 +130,12 @@ class Http1Downstream(asyncio.Protocol):
             else:
                 # An `Upgrade: h2c` served as a plain request (other types were refused with 403 by
                 # the exchange, before this): its body, if any, then a fresh parse of what follows.
-                self.parser = httptools.HttpRequestParser(self)
+                ex = self._raw_body
+                if ex is None:
+                    self.parser = httptools.HttpRequestParser(self)
+                else:
+                    self._parsing = ex  # (the body is still to come: a bad chunk breaks this request)
+                    self.parser = relay_parser(self, ex)
                 if offset < len(data):
                     self.data_received(data[offset:])
                     return  # that call counted and flushed
@@ -148,22 +147,6 @@ class Http1Downstream(asyncio.Protocol):
         if self.head_started and self.fatal is None and not self.closing:
             self._count_head_bytes(len(data))
         self.flush()
-
-    def _feed_raw_body(self, data: bytes) -> bytes:
-        """Content-Length bytes of the h2c request in _raw_body; returns what follows its end."""
-        ex = self._raw_body
-        assert ex is not None
-        n = self._raw_left
-        if len(data) < n:
-            self._raw_left = n - len(data)
-            ex.request_body(data)
-            return b""
-        self._raw_body = None
-        self._raw_left = 0
-        if n:
-            ex.request_body(data[:n])
-        ex.request_end()
-        return data[n:]
 
     def _count_head_bytes(self, n: int) -> None:
         """httptools holds a header line until it ends and on_header only sees complete lines, so a head
@@ -192,7 +175,7 @@ class Http1Downstream(asyncio.Protocol):
         # A client half-close after its request: keep the socket open to send the answer.
         if self.active is None and not self._pending:
             return None
-        if self._parsing is not None or self._raw_body is not None:
+        if self._parsing is not None:
             # EOF in the middle of a request (its body): it can never complete, so this is no
             # half-close but an abort; closing resets the exchanges (connection_lost).
             return None
@@ -288,9 +271,8 @@ class Http1Downstream(asyncio.Protocol):
         # should_upgrade() only where an Upgrade header or CONNECT can have set llhttp's flag.
         upgrading = (ex.facts.upgrade is not None or method == b"CONNECT") and p.should_upgrade()
         ex.head_complete(method, p.get_http_version(), p.should_keep_alive(), upgrading)
-        if upgrading and ex.upgrade is None and ex.facts.content_length:
-            self._raw_body = ex  # h2c: llhttp skips the body (see _feed_raw_body)
-            self._raw_left = ex.facts.content_length
+        if upgrading and ex.upgrade is None and ex._has_body():
+            self._raw_body = ex  # h2c: llhttp skips the body (see meshpy.transport.h1_body_relay)
         if self.active is None:
             self.active = ex
             ex.start()
@@ -306,8 +288,14 @@ class Http1Downstream(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self._parsing
         self._parsing = None
-        if ex is not None and ex is not self._raw_body:  # (that one ends after its counted body)
+        if ex is not None and ex is not self._raw_body:  # (that one ends after its relayed body)
             ex.request_end()
+
+    def body_relayed(self, ex: Exchange) -> None:
+        """The relay parser read the whole body of the h2c request `ex`."""
+        self._raw_body = None
+        self._parsing = None
+        ex.request_end()
 
     # -- errors and timers -----------------------------------------------------------------------
     def _protocol_error(self, err: BadRequest) -> None:

@@ -30,6 +30,7 @@ from meshpy.codec.http2 import (
     goaway_frame,
     local_settings,
     read_request,
+    read_trailers,
 )
 from meshpy.stack.exchange_h2 import H2Exchange
 from meshpy.transport.accept import accepted
@@ -171,7 +172,7 @@ class Http2Downstream(asyncio.Protocol):
             elif kind is h2.events.ConnectionTerminated:
                 self._goaway_received()
             elif kind is BodyLengthMismatch:
-                self._malformed_body(cast(BodyLengthMismatch, ev).stream_id)
+                self._malformed(cast(BodyLengthMismatch, ev).stream_id)
             if self.closing:
                 return
         self.flush()
@@ -254,9 +255,18 @@ class Http2Downstream(asyncio.Protocol):
         s.received(ev.data or b"", n)
 
     def _trailers(self, ev: h2.events.TrailersReceived) -> None:
-        s = self.streams.get(ev.stream_id or 0)
-        if s is not None and s.ex is not None:
-            s.ex.request_trailers(ev.headers or [])
+        sid = ev.stream_id or 0
+        s = self.streams.get(sid)
+        if s is None:
+            return
+        try:
+            trailers = read_trailers(ev.headers or [])  # checked even where an HTTP/1.1 upstream drops them
+        except Malformed as err:
+            log.debug("malformed trailers from %s: %s", self.peer, err)
+            self._malformed(sid)
+            return
+        if s.ex is not None:
+            s.ex.request_trailers(trailers)
 
     def _reset_by_peer(self, ev: h2.events.StreamReset) -> None:
         s = self.streams.pop(ev.stream_id or 0, None)
@@ -271,8 +281,8 @@ class Http2Downstream(asyncio.Protocol):
             ex.downstream_lost()
         self._maybe_idle()
 
-    def _malformed_body(self, sid: int) -> None:
-        """h2 reset the stream: its body did not match its content-length (RFC 9113 8.1.1)."""
+    def _malformed(self, sid: int) -> None:
+        """A stream whose body or trailers are malformed (RFC 9113 8.1.1): reset, its exchange ended."""
         s = self.streams.get(sid)
         if s is None:
             return

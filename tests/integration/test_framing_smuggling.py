@@ -8,6 +8,7 @@ victim on a fresh connection is answered by its own request."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -163,6 +164,39 @@ def test_h2c_upgrade_is_a_plain_request_with_its_body(env: Env) -> None:
     assert b"upgrade" not in forwarded(env, marker).lower()
 
 
+def test_h2c_upgrade_with_a_chunked_body(env: Env) -> None:
+    """llhttp leaves a chunked body after an upgrade head unparsed too: a relay parser reads it."""
+    marker = b"/h2c-chunked-%d" % time.monotonic_ns()
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
+    req = b"POST " + marker + b" HTTP/1.1\r\nHost: t.local\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n" \
+        b"Transfer-Encoding: chunked\r\n\r\n" + body + b"GET " + marker + b"-next HTTP/1.1\r\nHost: t\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", env.port), timeout=5) as s:
+        for i in range(0, len(req), 23):  # in pieces: the relay keeps its place across reads
+            s.sendall(req[i:i + 23])
+            time.sleep(0.002)
+        assert [read_response(s).status for _ in range(2)] == [200, 200]
+        s.sendall(b"GET " + marker + b"-third HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(s).status == 200
+    assert env.rec.all_urls()[-3:] == [marker, marker + b"-next", marker + b"-third"]
+    # The POST's body, re-chunked by the proxy piece by piece as it came: joined, it is all there.
+    assert SMUGGLED in re.sub(rb"\r\n[0-9a-f]+\r\n", b"", forwarded(env, marker))
+
+
+def test_h2c_upgrade_with_a_bad_chunk(env: Env) -> None:
+    req = b"POST /h2c-bad HTTP/1.1\r\nHost: t.local\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n" \
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + SMUGGLED
+    statuses, closed = exchange(env, req)
+    assert statuses[0] in (400, 502, 503) and closed
+
+
+def test_http10_without_host_goes_out_with_an_empty_one(env: Env) -> None:
+    marker = b"/h10-%d" % time.monotonic_ns()
+    assert exchange(env, b"GET " + marker + b" HTTP/1.0\r\n\r\n") == ([200], True)
+    seen = forwarded(env, marker)
+    head = seen[seen.index(b"GET " + marker):]
+    assert head.startswith(b"GET " + marker + b" HTTP/1.1\r\n") and b"\r\nhost: \r\n" in head.lower()
+
+
 def test_h2c_upgrade_body_across_reads(env: Env) -> None:
     marker = b"/h2c-split-%d" % time.monotonic_ns()
     with socket.create_connection(("127.0.0.1", env.port), timeout=5) as s:
@@ -182,6 +216,8 @@ def test_h2c_upgrade_body_across_reads(env: Env) -> None:
     b"GET /h HTTP/1.1\r\nHost: a example\r\n\r\n",
     b"GET /h HTTP/1.1\r\nHost: a.example#x\r\n\r\n",
     b"GET /h HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+    b"GET /h HTTP/1.1\r\nHost: a.example:80x\r\n\r\n",
+    b"GET /h HTTP/1.1\r\nHost: [zz]\r\n\r\n",
     b"GET http://user@a.example/h HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET ftp://a.example/h HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /h#fragment HTTP/1.1\r\nHost: a\r\n\r\n",
