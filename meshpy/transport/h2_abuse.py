@@ -1,8 +1,9 @@
 """What one HTTP/2 client connection does that only an attacker does, counted with no I/O: the
 connection (meshpy.transport.downstream_http2) asks after each event and sends GOAWAY on a yes.
 
-- rapid reset (CVE-2023-44487): once PREMATURE_RESETS streams were reset by the client before their
-  answer, and they are over half of the streams opened (Envoy's rule, its numbers);
+- rapid reset (CVE-2023-44487): once the client opened PREMATURE_STREAMS streams and reset at least
+  half of them before their answer and within PREMATURE_AGE of opening them (Envoy's rule and numbers:
+  a client whose gRPC deadlines expire resets streams too, and must not be taken for an attacker);
 - PING and SETTINGS floods: more than CONTROL_FLOOD such frames in a second;
 - a header block that grows past what the HPACK decoder would ever accept (CONTINUATION floods: h2
   holds a block whole until END_HEADERS, up to 64 frames of 16 KiB).
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import h2.connection
 
-PREMATURE_RESETS = 100  # Envoy's premature_reset_total_stream_count is 500; 100 is enough evidence
-PREMATURE_AGE = 1.0  # a stream reset by the client younger than this, and unanswered, is premature
+PREMATURE_STREAMS = 500  # Envoy's premature_reset_total_stream_count
+PREMATURE_AGE = 1.0  # Envoy's premature_reset_min_stream_lifetime_seconds
 CONTROL_FLOOD = 1000  # PING + SETTINGS frames per second (Envoy: max_outbound_control_frames 1000)
 
 
@@ -37,7 +38,7 @@ class H2Abuse:
         if age >= PREMATURE_AGE:
             return False
         self._premature += 1
-        return self._premature >= PREMATURE_RESETS and 2 * self._premature > opened
+        return opened >= PREMATURE_STREAMS and 2 * self._premature >= opened
 
     @staticmethod
     def header_block_too_large(conn: h2.connection.H2Connection) -> bool:
