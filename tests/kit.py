@@ -431,11 +431,13 @@ class Envoy:
 
 
 def envoy_http_bootstrap(admin: int, port: int, upstream: int, *, route: str = "",
-                         vhost: str = "", cluster: str = "") -> str:
+                         vhost: str = "", cluster: str = "", hcm: str = "") -> str:
     """An Envoy bootstrap with one HTTP listener on `port` whose one route sends everything to the
     cluster `backend` (one endpoint, `upstream`). `route` adds RouteAction fields, `vhost` virtual host
-    fields, `cluster` Cluster fields, each as YAML lines (a flow mapping's entries for `route`)."""
+    fields, `cluster` Cluster fields, each as YAML lines (a flow mapping's entries for `route`); `hcm`
+    HttpConnectionManager fields, one per line."""
     extra = f", {route}" if route else ""
+    hcm = "\n          ".join(hcm.strip().splitlines())
     return f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -450,6 +452,7 @@ static_resources:
           "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
 HttpConnectionManager"
           stat_prefix: web
+          {hcm}
           route_config:
             virtual_hosts:
             - name: all

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import socket
-import string
 import threading
 import time
 from collections import defaultdict
@@ -40,7 +39,7 @@ from pathlib import Path
 import httptools
 import pytest
 from desync_corpus import SMUGGLED_PREFIX, SOURCES, TAG, Probe, corpus, tag_of
-from kit import ROOT, Envoy, Proxy, RawUpstream, envoy_binary, free_port
+from kit import ROOT, Envoy, Proxy, RawUpstream, envoy_binary, envoy_http_bootstrap, free_port
 from strict_origin import OriginRequest, StrictOrigin
 
 pytestmark = pytest.mark.envoy
@@ -64,50 +63,6 @@ SETTLE = 0.8  # s after the last exchange before the origins' records are read
 
 TAG_RE = re.compile(rb"q(\d{4})z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-# ---------------------------------------------------------------------------------------------------
-# The bootstrap, once; only the ports differ between the proxies. websocket is the one allowed upgrade.
-# ---------------------------------------------------------------------------------------------------
-
-BOOTSTRAP = string.Template("""
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
-static_resources:
-  listeners:
-  - name: web
-    address: {socket_address: {address: 127.0.0.1, port_value: $port}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": $hcm_type
-          stat_prefix: web
-          codec_type: HTTP1
-          upgrade_configs: [{upgrade_type: websocket}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-          route_config:
-            name: desync
-            request_headers_to_add:
-            - header: {key: x-proxied, value: "1"}
-              append_action: OVERWRITE_IF_EXISTS_OR_ADD
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: /}
-                route: {cluster: origin, timeout: 3s}
-  clusters:
-  - name: origin
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: origin
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $origin}}}
-""")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -452,12 +407,13 @@ class Run:
     seconds: float
 
 
-HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager")
-
-
 def _bootstrap(admin: int, port: int, origin: int) -> str:
-    return BOOTSTRAP.substitute(admin=admin, port=port, origin=origin, hcm_type=HCM_TYPE)
+    # websocket is the one allowed upgrade; every request the proxy sends carries x-proxied.
+    return envoy_http_bootstrap(
+        admin, port, origin, route="timeout: 3s",
+        hcm="codec_type: HTTP1\nupgrade_configs: [{upgrade_type: websocket}]",
+        vhost='request_headers_to_add: [{header: {key: x-proxied, value: "1"}, '
+              'append_action: OVERWRITE_IF_EXISTS_OR_ADD}]')
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import re
 import socket
-import string
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +45,7 @@ import h2frames as f
 import httptools
 import pytest
 from h2frames import Fields, RawH2, error_name
-from kit import Envoy, Proxy, envoy_binary, free_port, read_response
+from kit import Envoy, Proxy, envoy_binary, envoy_http_bootstrap, free_port, read_response
 from strict_origin import OriginRequest, StrictOrigin
 
 pytestmark = pytest.mark.envoy
@@ -109,51 +108,6 @@ EXPECTED_DIFFERENCES: tuple[Difference, ...] = (
 )
 
 
-# ---------------------------------------------------------------------------------------------------
-# The bootstrap, once: only the ports differ between the two proxies.
-# ---------------------------------------------------------------------------------------------------
-
-BOOTSTRAP = string.Template("""
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
-static_resources:
-  listeners:
-  - name: web
-    address: {socket_address: {address: 127.0.0.1, port_value: $port}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": $hcm_type
-          stat_prefix: web
-          codec_type: AUTO
-          request_headers_timeout: ${headers_timeout}s
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            name: all
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {prefix: /}
-                route: {cluster: origin, timeout: 5s}
-  clusters:
-  - name: origin
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: origin
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $origin}}}
-""")
-HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-            ".HttpConnectionManager")
-
-
 @dataclass
 class Side:
     name: str  # "meshpy" or "envoy"
@@ -169,8 +123,8 @@ class Side:
 
 
 def bootstrap(admin: int, port: int, origin: int) -> str:
-    return BOOTSTRAP.substitute(admin=admin, port=port, origin=origin, headers_timeout=HEADERS_TIMEOUT,
-                                hcm_type=HCM_TYPE)
+    return envoy_http_bootstrap(admin, port, origin, route="timeout: 5s",
+                                hcm=f"codec_type: AUTO\nrequest_headers_timeout: {HEADERS_TIMEOUT}s")
 
 
 def start_meshpy(origin: StrictOrigin) -> Proxy:
