@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from kit import Proxy, RawUpstream, free_port, http, read_response
+from kit import Proxy, RawUpstream, fleet_config, free_port, http, read_response
 from recorder import Recorder
 
 SMUGGLED = b"GET /SMUGGLED HTTP/1.1\r\nHost: t.local\r\n\r\n"
@@ -33,17 +33,7 @@ def env(loop_name: str) -> Iterator[Env]:
     rec = Recorder()
     with RawUpstream(rec) as up:
         admin, port = free_port(), free_port()
-        cfg = f"""
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners:
-  - name: web
-    address: 127.0.0.1:{port}
-    routes: [{{match: /, cluster: rec}}]
-clusters:
-  - name: rec
-    endpoints: [127.0.0.1:{up.port}]
-"""
+        cfg = fleet_config(admin, port, [up.port])
         p = Proxy(cfg, admin, loop=loop_name).start()
         yield Env(p, port, rec)
         assert p.stop() == 0
@@ -121,12 +111,7 @@ def test_response_framing_survives_its_connection_header(env: Env) -> None:
 
     with RawUpstream(handler) as up:
         admin, port = free_port(), free_port()
-        cfg = f"""
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners: [{{name: w, address: "127.0.0.1:{port}", routes: [{{match: /, cluster: u}}]}}]
-clusters: [{{name: u, endpoints: ["127.0.0.1:{up.port}"]}}]
-"""
+        cfg = fleet_config(admin, port, [up.port])
         p = Proxy(cfg, admin, loop=env.proxy.loop).start()
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:

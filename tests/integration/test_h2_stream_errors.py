@@ -13,7 +13,7 @@ import h2.events
 import pytest
 from h2peer import H2Peer, request_headers
 from hyperframe.frame import ContinuationFrame, HeadersFrame
-from kit import DemoUpstream, Proxy, free_port
+from kit import DemoUpstream, Proxy, fleet_config, free_port
 
 PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
 
@@ -21,19 +21,8 @@ PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
 @pytest.fixture(scope="module")
 def proxy(loop_name: str, demo: DemoUpstream) -> Iterator[tuple[Proxy, int]]:
     port, admin = free_port(), free_port()
-    cfg = f"""
-admin: 127.0.0.1:{admin}
-drain_time: 0s
-listeners:
-  - name: web
-    address: 127.0.0.1:{port}
-    request_headers_timeout: 1s
-    max_request_headers: 16KiB
-    routes: [{{match: /, cluster: demo}}]
-clusters:
-  - name: demo
-    endpoints: [127.0.0.1:{demo.port}]
-"""
+    limits = "request_headers_timeout: 1s\n    max_request_headers: 16KiB"
+    cfg = fleet_config(admin, port, [demo.port], listener=limits)
     p = Proxy(cfg, admin, loop=loop_name).start()
     yield p, port
     assert p.stop() == 0
