@@ -30,9 +30,11 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                  b"upgrade"})
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
-# The characters RFC 9113 8.2.1 forbids in a field value (h2's validation would have refused them).
-_BAD_VALUE = (b"\r", b"\n", b"\x00")
 _WHITESPACE = (0x20, 0x09)  # a value must not start or end with one (RFC 9113 8.2.1)
+# What a field value may hold (RFC 9110 5.5: VCHAR, obs-text, SP and HTAB). RFC 9113 8.2.1 requires
+# refusing NUL, CR and LF only, but the other controls are refused by HTTP/1.1 parsers (llhttp among
+# them) downstream of a downgrade: refusing them here keeps the two sides in step.
+_VALUE_CHARS = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 # RFC 9110 5.6.2 token characters, lowercase letters only (RFC 9113 8.2.1): what a field name and a
 # method may hold. Anything else could end a line or a name when written as HTTP/1.1 (a name holding
 # CRLF smuggles headers; `transfer-encoding ` with a space becomes `transfer-encoding : chunked`).
@@ -106,7 +108,7 @@ def read_request(headers: list[tuple[bytes, bytes]], ended: bool = False) -> Req
     regular = False
     for name, value in headers:
         size += len(name) + len(value)
-        if b"\r" in value or b"\n" in value or b"\x00" in value or \
+        if value.translate(None, _VALUE_CHARS) or \
                 (value and (value[0] in _WHITESPACE or value[-1] in _WHITESPACE)):
             raise Malformed(f"invalid value of {name.decode('latin-1')!r}")
         if name[:1] == b":":
@@ -176,9 +178,8 @@ def read_trailers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes
     for name, value in headers:
         if name[:1] == b":" or name in CONNECTION_SPECIFIC or name.lower() != name:
             raise Malformed(f"field {name.decode('latin-1')!r} not allowed in trailers")
-        for bad in _BAD_VALUE:
-            if bad in value:
-                raise Malformed(f"invalid character in {name.decode('latin-1')!r}")
+        if value.translate(None, _VALUE_CHARS):
+            raise Malformed(f"invalid character in {name.decode('latin-1')!r}")
     return headers
 
 

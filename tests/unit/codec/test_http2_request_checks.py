@@ -34,7 +34,8 @@ def test_names_must_be_lowercase_tokens(name: bytes) -> None:
         read_request(_with((name, b"1")))
 
 
-@pytest.mark.parametrize("value", [b"a\r\nb", b"a\nb", b"a\x00", b" a", b"a ", b"\ta", b"a\t"])
+@pytest.mark.parametrize("value", [b"a\r\nb", b"a\nb", b"a\x00", b" a", b"a ", b"\ta", b"a\t", b"a\x01b",
+                                   b"a\x7fb", b"\x1b[31m"])
 def test_values_without_line_ends_nul_or_edge_whitespace(value: bytes) -> None:
     with pytest.raises(Malformed):
         read_request(_with((b"x-v", value)))
