@@ -90,8 +90,8 @@ def check_transfer_encoding(value: bytes) -> None:
 # allows them: `,` (two Host lines merged read as one) and `@` (userinfo: RFC 9110 4.2.4 forbids it
 # in http URIs). Anything else (space, `/`, `?`, `#`, `\\`) makes the Host mean something different
 # to each hop that reads it.
-AUTHORITY_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                    b"-._~!$&'()*+;=%:[]")
+HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+;=%"
+AUTHORITY_CHARS = HOST_CHARS + b":[]"  # a port, an IP literal: their form is checked by host_and_port
 
 
 def valid_authority(value: bytes) -> bool:

@@ -15,17 +15,17 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from meshpy.codec.http1 import (
-    AUTHORITY_CHARS,
     CONTINUE_100,
+    HOST_CHARS,
     LAST_CHUNK,
     check_transfer_encoding,
     chunk,
-    host_and_port,
     no_body_status,
     response_head,
     serialize_headers,
     split_absolute_form,
     status_text,
+    valid_authority,
 )
 from meshpy.codec.raw_head import parse_fields, passthrough
 from meshpy.errors import (
@@ -203,11 +203,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
             if not self.http10:
                 raise BadRequest("missing host header")
         else:
-            authority = facts.authority
-            # valid_authority, its common case inlined: a name without port, or a port to check.
-            if authority.translate(None, AUTHORITY_CHARS) or \
-                    ((0x3A in authority or 0x5B in authority or 0x5D in authority) and
-                     not host_and_port(authority)):
+            # A name without a port passes with one translate; anything else takes the whole check.
+            if facts.authority.translate(None, HOST_CHARS) and not valid_authority(facts.authority):
                 raise BadRequest("invalid host header")
             self.authority = facts.authority.decode("latin-1")
         self.path = target.decode("latin-1")

@@ -268,11 +268,16 @@ class Http1Downstream(asyncio.Protocol):
         self.head_started = 0.0
         p = self.parser
         method = p.get_method()
-        # should_upgrade() only where an Upgrade header or CONNECT can have set llhttp's flag.
-        upgrading = (ex.facts.upgrade is not None or method == b"CONNECT") and p.should_upgrade()
-        ex.head_complete(method, p.get_http_version(), p.should_keep_alive(), upgrading)
-        if upgrading and ex.upgrade is None and ex._has_body():
-            self._raw_body = ex  # h2c: llhttp skips the body (see meshpy.transport.h1_body_relay)
+        if ex.facts.upgrade is None and method != b"CONNECT":
+            ex.head_complete(method, p.get_http_version(), p.should_keep_alive())
+        else:  # where llhttp may take what follows the head as another protocol
+            upgrading = p.should_upgrade()
+            ex.head_complete(method, p.get_http_version(), p.should_keep_alive(), upgrading)
+            if upgrading and ex.upgrade is None and ex._has_body():
+                # h2c with a body, which llhttp skips: read by a relay parser (h1_body_relay), and
+                # its request ends there, not at this message's end (hence no _parsing).
+                self._raw_body = ex
+                self._parsing = None
         if self.active is None:
             self.active = ex
             ex.start()
@@ -288,7 +293,7 @@ class Http1Downstream(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self._parsing
         self._parsing = None
-        if ex is not None and ex is not self._raw_body:  # (that one ends after its relayed body)
+        if ex is not None:
             ex.request_end()
 
     def body_relayed(self, ex: Exchange) -> None:
