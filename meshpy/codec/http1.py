@@ -7,6 +7,7 @@ chunk sizes; what it lets through and a proxy must still refuse is checked in `c
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -91,36 +92,26 @@ def check_transfer_encoding(value: bytes) -> None:
 # in http URIs). Anything else (space, `/`, `?`, `#`, `\\`) makes the Host mean something different
 # to each hop that reads it.
 HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+;=%"
-AUTHORITY_CHARS = HOST_CHARS + b":[]"  # a port, an IP literal: their form is checked by host_and_port
+# A name and a numeric port (maybe empty, RFC 3986 3.2.3), in one C call (~0.13 µs; the same checks as
+# Python code took ~0.35 µs, on every request of a client that sends `Host: 10.0.0.1:8080`).
+_NAME_AND_PORT = re.compile(rb"[A-Za-z0-9\-._~!$&'()*+;=%]+:[0-9]*").fullmatch
+_IP_LITERAL = re.compile(rb"\[[0-9A-Fa-f:.]+\](?::[0-9]*)?").fullmatch
 
 
 def valid_authority(value: bytes) -> bool:
     """Whether `value` is a Host header or :authority that every reader sees the same way (RFC 9112
-    3.2: otherwise 400): `uri-host [ ":" port ]`. Empty is valid: a target with no authority. The
-    character check is bytes.translate, which deletes the allowed characters in C: whatever is left
-    is not allowed (~0.1 µs); the port and IP-literal checks run only where a `:` or `[` is."""
-    if value.translate(None, AUTHORITY_CHARS):
-        return False
-    if 0x3A in value or 0x5B in value or 0x5D in value:  # `:` `[` `]` (ints: faster than b":")
-        return host_and_port(value)
-    return True
+    3.2: otherwise 400): `uri-host [ ":" port ]`. Empty is valid: a target with no authority. A name
+    without a port passes with bytes.translate, which deletes the allowed characters in C: whatever is
+    left is not allowed (~0.07 µs)."""
+    return not value.translate(None, HOST_CHARS) or authority_with_port(value)
 
 
-def host_and_port(value: bytes) -> bool:
-    """The `host:port` and `[IPv6]:port` forms: a numeric port (maybe empty, RFC 3986 3.2.3), brackets
-    only around an IPv6 literal."""
-    if value[:1] == b"[":
-        end = value.find(b"]")
-        literal, rest = value[1:end], value[end + 1:]
-        if end < 0 or literal.count(b":") < 2 or literal.translate(None, _IPV6_CHARS):
-            return False
-        return not rest or (rest[:1] == b":" and (rest[1:].isdigit() or rest == b":"))
-    host, _, port = value.rpartition(b":")
-    return bool(host) and 0x3A not in host and 0x5B not in value and 0x5D not in value and \
-        (port.isdigit() or not port)
-
-
-_IPV6_CHARS = b"0123456789abcdefABCDEF:."
+def authority_with_port(value: bytes) -> bool:
+    """The `host:port` and `[IPv6]:port` forms (brackets only around an IPv6 literal, which has two
+    colons at least)."""
+    if _NAME_AND_PORT(value) is not None:
+        return True
+    return _IP_LITERAL(value) is not None and value.count(b":", 0, value.find(b"]")) >= 2
 
 
 def split_absolute_form(target: bytes) -> tuple[bytes, bytes]:

@@ -18,6 +18,7 @@ from meshpy.codec.http1 import (
     CONTINUE_100,
     HOST_CHARS,
     LAST_CHUNK,
+    authority_with_port,
     check_transfer_encoding,
     chunk,
     no_body_status,
@@ -25,7 +26,6 @@ from meshpy.codec.http1 import (
     serialize_headers,
     split_absolute_form,
     status_text,
-    valid_authority,
 )
 from meshpy.codec.raw_head import parse_fields, passthrough
 from meshpy.errors import (
@@ -204,7 +204,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
                 raise BadRequest("missing host header")
         else:
             # A name without a port passes with one translate; anything else takes the whole check.
-            if facts.authority.translate(None, HOST_CHARS) and not valid_authority(facts.authority):
+            if facts.authority.translate(None, HOST_CHARS) and not authority_with_port(facts.authority):
                 raise BadRequest("invalid host header")
             self.authority = facts.authority.decode("latin-1")
         self.path = target.decode("latin-1")
