@@ -22,6 +22,7 @@ from meshpy.model.dump import dump_config
 from meshpy.model.types import AccessLog, Address, Config, Lifecycle, Listener
 from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, compile_snapshot
 from meshpy.stack.deadlines import Deadlines
+from meshpy.stack.policy_runtime import PolicyRuntime
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import Metrics
 from meshpy.transport.listen import OriginalDstDispatch, protocol_for
@@ -62,6 +63,7 @@ class App:
         self.loop = loop
         self.metrics = Metrics()
         self.clusters = ClusterManager(self.metrics, loop)
+        self.policies = PolicyRuntime()  # rate-limit buckets and fault state, across compiles
         self.deadlines = Deadlines(loop)
         self.snapshot: Snapshot | None = None
         self.listeners: dict[str, BoundListener] = {}
@@ -97,9 +99,10 @@ class App:
 
     async def _apply(self, config: Config, source: str) -> Snapshot:
         new_clusters = self.clusters.reconcile(config.clusters)
+        claims = self.policies.claims()
         try:
             snap = compile_snapshot(
-                config, new_clusters, self.metrics, self._logger_for, config_version(config), source
+                config, new_clusters, self.metrics, self._logger_for, config_version(config), source, claims
             )
             await self._bind_new(config, snap)
         except BaseException:
@@ -107,6 +110,7 @@ class App:
             raise
         old_clusters = self.clusters.clusters
         self.clusters.commit(new_clusters)
+        self.policies.commit(claims)  # rate-limit buckets and fault state kept where unchanged
         self._swap_listeners(snap)
         self.snapshot = snap
         await self._ensure_admin(config)

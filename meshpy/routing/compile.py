@@ -17,6 +17,7 @@ from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.table import RouteTable
 from meshpy.stack.deadlines import Deadlines
+from meshpy.stack.policy_runtime import PolicyClaims
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import ListenerStats, Metrics
 from meshpy.upstream.cluster import ClusterRuntime
@@ -74,6 +75,7 @@ class HttpListenerConfig:
         clusters: Mapping[str, ClusterRuntime],
         stats: ListenerStats,
         loggers: tuple[AccessLogger, ...],
+        policies: PolicyClaims | None = None,
     ) -> None:
         self.model = model
         self.name = model.name
@@ -100,7 +102,8 @@ class HttpListenerConfig:
         if model.tcp is not None:
             self.tcp_fallback = TcpListenerConfig(model.tcp.cluster, model.tcp.idle_timeout, loggers,
                                                   model.tcp.detect_timeout)
-        self.table = RouteTable(opts.route_config, rate_limit=opts.rate_limit)
+        self.table = RouteTable(opts.route_config, rate_limit=opts.rate_limit, policies=policies,
+                                scope=model.name)
         self.max_headers = opts.max_request_headers_count
         self.max_header_bytes = opts.max_request_headers_kb * 1024
         self.headers_timeout = opts.request_headers_timeout
@@ -153,8 +156,11 @@ def compile_snapshot(
     loggers: LoggerFactory,
     version: str,
     source: str = "",
+    policies: PolicyClaims | None = None,
 ) -> Snapshot:
-    """Compile every listener; raise ConfigError with all problems found (paths as in the model)."""
+    """Compile every listener; raise ConfigError with all problems found (paths as in the model).
+    `policies`: the live policy state to claim from (meshpy.stack.policy_runtime); the caller commits
+    it once the Snapshot is live."""
     issues: list[ConfigIssue] = []
     listeners: dict[str, HttpListenerConfig] = {}
     for i, lm in enumerate(config.listeners):
@@ -165,7 +171,7 @@ def compile_snapshot(
                 else (lm.tcp.access_logs if lm.tcp is not None else ())
             )
             bound = tuple(loggers(a) for a in logs)
-            listeners[lm.name] = HttpListenerConfig(lm, clusters, metrics.listener(lm.name), bound)
+            listeners[lm.name] = HttpListenerConfig(lm, clusters, metrics.listener(lm.name), bound, policies)
         except ConfigError as err:
             where = f"listeners[{i}]"
             base = f"{where}.route_config" if lm.http is not None else where

@@ -43,8 +43,8 @@ from meshpy.routing.matchers import (
     redirect_host,
     split_path,
 )
-from meshpy.stack.guards import CompiledFault, TokenBucket
 from meshpy.stack.headers import HeaderOps, compile_edits
+from meshpy.stack.policy_runtime import PolicyClaims, Scope, route_places
 
 # Path match kinds. Envoy 1.40 tests every kind against the path with query and fragment removed
 # (`PathMatcher::match`; checked against the binary: prefix "/p?x" does not match "/p?x=1"). For a
@@ -68,11 +68,12 @@ _BLOCK_MIN_ROUTES: Final = 4
 class CompiledVirtualHost:
     __slots__ = ("_connect", "_steps", "limiter", "name", "routes", "virtual_host")
 
-    def __init__(self, virtual_host: VirtualHost | None) -> None:
+    def __init__(self, virtual_host: VirtualHost | None, policies: PolicyClaims | None = None,
+                 scope: Scope = ()) -> None:
         self.virtual_host = virtual_host
         self.name = virtual_host.name if virtual_host is not None else ""
         limit = virtual_host.rate_limit if virtual_host is not None else None
-        self.limiter = TokenBucket(limit) if limit is not None else None
+        self.limiter = policies.bucket(scope, limit) if limit is not None and policies is not None else None
         self.routes: tuple[CompiledRoute, ...] = ()
         self._steps: tuple[CompiledRoute | PrefixIndex[CompiledRoute], ...] = ()
         self._connect: tuple[CompiledRoute, ...] = ()  # the routes for CONNECT requests, apart
@@ -122,8 +123,12 @@ class CompiledRoute:
         rc: RouteConfig,
         where: str,
         rand: Callable[[], float],
+        policies: PolicyClaims | None = None,
+        scope: Scope = (),
     ) -> None:
         self.route = route
+        if policies is None:
+            policies = PolicyClaims()  # (a route compiled alone: state of its own)
         self.virtual_host = vhost
         self.action: RouteAction = route.action
         # Flattened for the request path, which reads them on every forwarded request.
@@ -134,8 +139,9 @@ class CompiledRoute:
         self.retry = fwd.retry if fwd is not None else None
         self.hash_policy = fwd.hash_policy if fwd is not None else ()
         # The route's own token bucket, else its virtual host's (shared by its routes); faults.
-        self.limiter = TokenBucket(route.rate_limit) if route.rate_limit is not None else vhost.limiter
-        self.fault = CompiledFault(route.fault) if route.fault is not None else None
+        limit = route.rate_limit
+        self.limiter = policies.bucket(scope, limit) if limit is not None else vhost.limiter
+        self.fault = policies.fault(scope, route.fault) if route.fault is not None else None
         self.guarded = self.limiter is not None or self.fault is not None
         self.host_rewrite = fwd.host_rewrite.encode("latin-1") if fwd and fwd.host_rewrite else None
         self.rewrites = fwd is not None and (fwd.prefix_rewrite is not None or fwd.regex_rewrite is not None)
@@ -336,19 +342,27 @@ class RouteTable:
     __slots__ = ("_domains", "_host_memo", "_no_vhost", "route_config", "virtual_hosts")
 
     def __init__(self, rc: RouteConfig, *, rand: Callable[[], float] = random.random,
-                 rate_limit: LocalRateLimit | None = None) -> None:
+                 rate_limit: LocalRateLimit | None = None, policies: PolicyClaims | None = None,
+                 scope: str = "") -> None:
+        """`policies`: where rate-limit buckets and fault state come from (meshpy.stack.policy_runtime),
+        so that they outlive this table when their place and config are unchanged; `scope` names this
+        table's place there (its listener)."""
         self.route_config = rc
         self._domains: DomainIndex[CompiledVirtualHost] = DomainIndex(rc.ignore_port_in_host)
+        if policies is None:
+            policies = PolicyClaims()
         compiled = []
         # The listener's bucket, shared by every virtual host without one of its own.
-        shared = TokenBucket(rate_limit) if rate_limit is not None else None
+        shared = policies.bucket((scope,), rate_limit) if rate_limit is not None else None
         for i, vh in enumerate(rc.virtual_hosts):
-            cvh = CompiledVirtualHost(vh)
+            vscope = (scope, rc.name, vh.name or f"#{i}")
+            cvh = CompiledVirtualHost(vh, policies, vscope)
             if cvh.limiter is None:
                 cvh.limiter = shared
             where = f"virtual_hosts[{i}]"
             cvh.routes = tuple(
-                CompiledRoute(r, cvh, rc, f"{where}.routes[{j}]", rand) for j, r in enumerate(vh.routes)
+                CompiledRoute(r, cvh, rc, f"{where}.routes[{j}]", rand, policies, (*vscope, place))
+                for j, (r, place) in enumerate(zip(vh.routes, route_places(vh.routes), strict=True))
             )
             cvh._steps = _steps([r for r in cvh.routes if not r.connect])
             cvh._connect = tuple(r for r in cvh.routes if r.connect)
@@ -428,3 +442,4 @@ class RouteTable:
             if step.matches_rest(req):
                 return step
         return None
+

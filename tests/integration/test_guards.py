@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kit import DemoUpstream, Proxy, eventually, free_port, http
+from kit import DemoUpstream, Proxy, eventually, fleet_config, free_port, http
 
 CONFIG = """
 admin: 127.0.0.1:{admin}
@@ -107,3 +107,26 @@ def test_requests_ask_for_their_own_faults(proxy: tuple[Proxy, int]) -> None:
                                                 ("x-envoy-fault-abort-request-percentage", "0")]).status
             for _ in range(10)]
     assert none == [200] * 10
+
+
+def test_a_reload_that_keeps_the_limit_keeps_its_bucket(demo: DemoUpstream, demo_b: DemoUpstream) -> None:
+    """In a cluster, endpoints change all the time: a reload or push that changes only them must not
+    refill the rate limits (the bucket belongs to the route and its limit, not to the Snapshot)."""
+    port, admin = free_port(), free_port()
+    limited = "rate_limit: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}"
+    p = Proxy(fleet_config(admin, port, [demo.port], route=limited), admin).start()
+    try:
+        def accepted() -> float:
+            return p.metric("meshpy_config_loads_total", result="accepted")
+
+        assert [http(port, path="/").status for _ in range(3)] == [200, 200, 429]
+        loads = accepted()
+        p.rewrite(fleet_config(admin, port, [demo.port, demo_b.port], route=limited))  # endpoints only
+        eventually(lambda: accepted() > loads, "the new endpoints live")
+        assert http(port, path="/").status == 429  # still empty: no refill by the reload
+        loads = accepted()
+        p.rewrite(fleet_config(admin, port, [demo.port, demo_b.port], route=limited.replace("2,", "3,")))
+        eventually(lambda: accepted() > loads, "the new limit live")
+        assert http(port, path="/").status == 200  # a changed limit is a new bucket
+    finally:
+        p.stop()
