@@ -23,6 +23,7 @@ from meshpy.model.types import AccessLog, Address, Config, Lifecycle, Listener
 from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, compile_snapshot
 from meshpy.stack.deadlines import Deadlines
 from meshpy.stack.policy_runtime import PolicyRuntime
+from meshpy.tasks import TaskOwner
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import Metrics
 from meshpy.transport.listen import OriginalDstDispatch, protocol_for
@@ -62,7 +63,8 @@ class App:
     ) -> None:
         self.loop = loop
         self.metrics = Metrics()
-        self.clusters = ClusterManager(self.metrics, loop)
+        self.tasks = TaskOwner(loop)  # every background task, stopped by close()
+        self.clusters = ClusterManager(self.metrics, loop, self.tasks)
         self.policies = PolicyRuntime()  # rate-limit buckets and fault state, across compiles
         self.deadlines = Deadlines(loop)
         self.snapshot: Snapshot | None = None
@@ -301,7 +303,7 @@ class App:
         once, or (`graceful`) after the drain time. A sidecar's preStop hook drains inbound first, so
         callers move away while the app can still make its own calls outbound."""
         if self._drain_task is None:
-            self._drain_task = self.loop.create_task(self._drain(inbound_only, graceful))
+            self._drain_task = self.tasks.spawn(self._drain(inbound_only, graceful), name="drain")
 
     def quit(self) -> None:
         self.shutdown(drain=False)
@@ -320,7 +322,7 @@ class App:
 
     def shutdown(self, drain: bool = True) -> None:
         if self._shutdown_task is None:
-            self._shutdown_task = self.loop.create_task(self._shutdown(drain))
+            self._shutdown_task = self.tasks.spawn(self._shutdown(drain), name="shutdown")
 
     def _slots(self, which: Which = "all") -> list[ListenerSlot]:
         slots = [b.slot for b in self.listeners.values()] + self._old_slots
@@ -390,6 +392,7 @@ class App:
             self._drain_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain_task
+        await self.tasks.stop()  # what is left: connects in flight, the xDS client, config watching
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

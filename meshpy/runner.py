@@ -121,8 +121,8 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
     if path:
         source = FileSource(app, path, client.set_static if client is not None else None, config.xds,
                             xds_from_flags=xds is not None)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(source.reload("SIGHUP")))
-        watcher = loop.create_task(source.watch(), name="config-watch")
+        loop.add_signal_handler(signal.SIGHUP, lambda: app.tasks.spawn(source.reload("SIGHUP"), "reload"))
+        watcher = app.tasks.spawn(source.watch(), name="config-watch")
     try:
         await app.wait_stopped()
     finally:

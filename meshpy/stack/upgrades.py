@@ -67,7 +67,7 @@ class UpgradesMixin(ExchangeParts):
         assert cluster is not None
         loop = self.down.loop
         ip, port = host.pool.address
-        task = loop.create_task(_connect(loop, ip, port, cluster.model.connect_timeout))
+        task = cluster.tasks.spawn(_connect(loop, ip, port, cluster.model.connect_timeout))
 
         def done(t: asyncio.Task[tuple[asyncio.Transport, Pending]]) -> None:
             if self.done:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from meshpy.model.types import Cluster
+from meshpy.tasks import TaskOwner
 from meshpy.telemetry.metrics import ClusterStats, Metrics
 from meshpy.upstream.balancers import DestinationBalancer, make_balancer
 from meshpy.upstream.gauges import cluster_gauges
@@ -88,11 +89,14 @@ class ClusterRuntime:
     __slots__ = (
         "_by_address", "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "by_destination",
         "cx_limit", "health", "hosts", "model", "outlier", "pending_limit", "resolved", "retries_active",
-        "retry_limit", "rq_limit", "stats",
+        "retry_limit", "rq_limit", "stats", "tasks",
     )  # fmt: skip
 
-    def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop,
+                 tasks: TaskOwner | None = None) -> None:
         self.model = model
+        # Its DNS loop, health checks and its pools' connects (a runtime alone owns its own).
+        self.tasks = tasks if tasks is not None else TaskOwner(loop)
         self.stats = stats
         # The circuit breakers, as plain attributes: the request path reads rq_limit on every request.
         breakers = model.circuit_breakers
@@ -131,9 +135,9 @@ class ClusterRuntime:
     def start(self) -> None:
         hc = self.model.health_check
         if hc is not None and self.health is None:
-            self.health = HealthChecker(self, hc, self._loop)
+            self.health = HealthChecker(self, hc)
         if self.model.discovery in ("strict_dns", "logical_dns") and self._task is None:
-            self._task = self._loop.create_task(self._dns_loop(), name=f"dns:{self.model.name}")
+            self._task = self.tasks.spawn(self._dns_loop(), name=f"dns:{self.model.name}")
 
     def retarget(self, model: Cluster) -> None:
         """A static cluster's new endpoints. Hosts kept keep their pools; the pools of hosts gone
@@ -228,10 +232,10 @@ class ClusterRuntime:
                 pool: ConnPool
                 if m.protocol == "http2":
                     pool = Http2HostPool(self._loop, (ip, port), self.stats, m.connect_timeout,
-                                         m.max_connections_per_endpoint, m.http2, self)
+                                         m.max_connections_per_endpoint, m.http2, self, self.tasks)
                 else:
                     pool = HostPool(self._loop, (ip, port), self.stats, m.connect_timeout,
-                                    m.max_connections_per_endpoint, self)
+                                    m.max_connections_per_endpoint, self, self.tasks)
                 h = Host(pool, weight, name)
                 if self.hosts and self.model.load_balancing.slow_start is not None:
                     h.joined = time.monotonic()  # joined a running cluster: it warms up
@@ -296,9 +300,11 @@ class ClusterRuntime:
 class ClusterManager:
     """Owns every ClusterRuntime; `reconcile` swaps in a new set of cluster definitions."""
 
-    def __init__(self, metrics: Metrics, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, metrics: Metrics, loop: asyncio.AbstractEventLoop,
+                 tasks: TaskOwner | None = None) -> None:
         self._metrics = metrics
         self._loop = loop
+        self._tasks = tasks if tasks is not None else TaskOwner(loop)
         metrics.add_callback_collector(lambda: cluster_gauges(self.clusters))
         self.clusters: dict[str, ClusterRuntime] = {}
         self._retargets: dict[str, Cluster] = {}  # endpoint-only changes, done by `commit`
@@ -321,7 +327,7 @@ class ClusterManager:
                 new[m.name] = cur
                 self._retargets[m.name] = m
             else:
-                rt = ClusterRuntime(m, self._metrics.cluster(m.name), self._loop)
+                rt = ClusterRuntime(m, self._metrics.cluster(m.name), self._loop, self._tasks)
                 rt.start()
                 new[m.name] = rt
         return new
@@ -337,7 +343,7 @@ class ClusterManager:
                     self._metrics.forget_cluster(name)
         self.clusters = new
         if self._sweeper is None:
-            self._sweeper = self._loop.create_task(self._sweep(), name="pool-sweeper")
+            self._sweeper = self._tasks.spawn(self._sweep(), name="pool-sweeper")
 
     def discard(self, new: dict[str, ClusterRuntime]) -> None:
         """Undo `reconcile` for a config that was not committed."""

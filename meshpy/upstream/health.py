@@ -33,11 +33,12 @@ _USER_AGENT = b"meshpy-health-check"
 class HealthChecker:
     __slots__ = ("_task", "cluster", "config", "transitions")
 
-    def __init__(self, cluster: ClusterRuntime, config: HealthCheck, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cluster: ClusterRuntime, config: HealthCheck) -> None:
         self.cluster = cluster
         self.config = config
         self.transitions: dict[str, int] = {}  # "healthy" / "unhealthy" -> count, for /metrics
-        self._task: asyncio.Task[None] | None = loop.create_task(self._run(), name=f"hc:{cluster.model.name}")
+        self._task: asyncio.Task[None] | None = cluster.tasks.spawn(self._run(),
+                                                                    name=f"hc:{cluster.model.name}")
 
     def close(self) -> None:
         if self._task is not None:

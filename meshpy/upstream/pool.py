@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from meshpy.transport.upstream_http1 import UpstreamHttp1
 
 if TYPE_CHECKING:
+    from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import ClusterStats
     from meshpy.transport.upstream_http1 import UpstreamConn
 
@@ -93,6 +94,7 @@ class HostPool:
         "_connecting",
         "_idle",
         "_loop",
+        "_spawn",
         "_waiters",
         "address",
         "busy",
@@ -111,8 +113,10 @@ class HostPool:
         connect_timeout: float,
         max_connections: int,
         limits: Limits | None = None,
+        tasks: TaskOwner | None = None,
     ) -> None:
         self._loop = loop
+        self._spawn = tasks.spawn if tasks is not None else loop.create_task  # connects
         self.limits = limits if limits is not None else no_limits()
         self.address = address  # may be replaced by LOGICAL_DNS re-resolution; new connects use it
         self.stats = stats
@@ -254,7 +258,7 @@ class HostPool:
 
     def _start_connect(self, waiter: Waiter) -> None:
         self._connecting += 1
-        task = self._loop.create_task(self._connect())
+        task = self._spawn(self._connect())
 
         def done(t: asyncio.Task[UpstreamHttp1]) -> None:
             self._connecting -= 1

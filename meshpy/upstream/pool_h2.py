@@ -20,6 +20,7 @@ from meshpy.upstream.pool import Limits, PoolOverflow, no_limits
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
+    from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import ClusterStats
     from meshpy.transport.upstream_http1 import UpstreamConn
     from meshpy.upstream.pool import Waiter
@@ -29,13 +30,14 @@ _REQUESTS_FULL = PoolOverflow("max_requests")
 
 
 class Http2HostPool:
-    __slots__ = ("_connecting", "_conns", "_loop", "_waiters", "address", "busy", "closed", "connect_timeout",
-                 "limits", "max_connections", "opts", "stats")
+    __slots__ = ("_connecting", "_conns", "_loop", "_spawn", "_waiters", "address", "busy", "closed",
+                 "connect_timeout", "limits", "max_connections", "opts", "stats")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
                  connect_timeout: float, max_connections: int, opts: Http2Options,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, tasks: TaskOwner | None = None) -> None:
         self._loop = loop
+        self._spawn = tasks.spawn if tasks is not None else loop.create_task  # connects
         self.address = address
         self.stats = stats
         self.connect_timeout = connect_timeout
@@ -148,7 +150,7 @@ class Http2HostPool:
     # -- connecting --------------------------------------------------------------------------------
     def _start_connect(self) -> None:
         self._connecting += 1
-        task = self._loop.create_task(self._connect())
+        task = self._spawn(self._connect())
 
         def done(t: asyncio.Task[UpstreamHttp2]) -> None:
             self._connecting -= 1

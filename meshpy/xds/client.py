@@ -79,11 +79,11 @@ class AdsClient:
 
     # -- life ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        loop = self.app.loop
-        self._task = loop.create_task(self._run(), name="xds")
+        loop, tasks = self.app.loop, self.app.tasks
+        self._task = tasks.spawn(self._run(), name="xds")
         timeout = self.source.initial_fetch_timeout
         if timeout is not None:
-            self._timer = loop.call_later(timeout, lambda: loop.create_task(self._fetch_timed_out()))
+            self._timer = loop.call_later(timeout, lambda: tasks.spawn(self._fetch_timed_out()))
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -178,8 +178,8 @@ class AdsClient:
         new = warming - self._warming.keys()
         self._warming = {n: self._warming.get(n, now) for n in warming}
         if new and timeout is not None:
-            loop = self.app.loop
-            loop.call_later(timeout, lambda: loop.create_task(self._rewarm()))
+            tasks = self.app.tasks
+            self.app.loop.call_later(timeout, lambda: tasks.spawn(self._rewarm()))
         if not self.initialized.is_set():
             self.initialized.set()
             if self._timer is not None:
