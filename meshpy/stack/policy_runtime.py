@@ -12,12 +12,15 @@ keeps its state. Like the cluster manager's runtimes, reconciled by identity.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import TypeVar, cast
 
 from meshpy.model.types import Fault, LocalRateLimit, Route
 from meshpy.stack.guards import CompiledFault, TokenBucket
 
 Scope = tuple[str, ...]  # (listener, route config, virtual host, route): where a policy sits
+C = TypeVar("C", bound=Hashable)  # a policy's config
+S = TypeVar("S")  # its state
 
 
 class PolicyClaims:
@@ -30,18 +33,18 @@ class PolicyClaims:
         self.claimed: dict[Hashable, object] = {}
 
     def bucket(self, scope: Scope, limit: LocalRateLimit) -> TokenBucket:
-        key = ("bucket", scope, limit)
-        found = self.claimed.get(key) or self._live.get(key)
-        bucket = found if isinstance(found, TokenBucket) else TokenBucket(limit)
-        self.claimed[key] = bucket
-        return bucket
+        return self._claim(TokenBucket, scope, limit)
 
     def fault(self, scope: Scope, fault: Fault) -> CompiledFault:
-        key = ("fault", scope, fault)
+        return self._claim(CompiledFault, scope, fault)
+
+    def _claim(self, kind: Callable[[C], S], scope: Scope, config: C) -> S:
+        """The state of `kind` for `config` at `scope`: the live one if there is one, else new."""
+        key = (kind, scope, config)
         found = self.claimed.get(key) or self._live.get(key)
-        compiled = found if isinstance(found, CompiledFault) else CompiledFault(fault)
-        self.claimed[key] = compiled
-        return compiled
+        state = cast(S, found) if found is not None else kind(config)
+        self.claimed[key] = state
+        return state
 
 
 class PolicyRuntime:
