@@ -106,16 +106,25 @@ def _run_loop(loop_name: str, coro_factory: object) -> int:
 def _validate(files: Sequence[str]) -> int:
     from meshpy.model.load import load_file
     from meshpy.routing.table import RouteTable
+    from meshpy.stack.filter_chain import ChainBuilder
+    from meshpy.stack.policy_runtime import PolicyClaims
 
     failed = False
     for path in files:
         try:
             config = load_file(path)
-            # Compile the route tables too: a regex or rewrite that only fails there is still an error.
+            # Compile the route tables and load the filters too: a regex, a rewrite or a filter class
+            # that only fails there is still an error.
             for i, lm in enumerate(config.listeners):
                 if lm.http is not None:
                     try:
-                        RouteTable(lm.http.route_config)
+                        claims = PolicyClaims()
+                        chain = ChainBuilder(lm.http.filters, claims, lm.name)
+                    except ConfigError as err:
+                        raise ConfigError([type(x)(f"listeners[{i}].{x.path}", x.reason)
+                                           for x in err.issues]) from err
+                    try:
+                        RouteTable(lm.http.route_config, policies=claims, chain=chain)
                     except ConfigError as err:
                         raise ConfigError(
                             [type(x)(f"listeners[{i}].route_config.{x.path}", x.reason) for x in err.issues]

@@ -14,6 +14,7 @@ from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
+from meshpy.model.meshpy_yaml_filters import read_filters
 from meshpy.model.meshpy_yaml_policies import (
     circuit_breakers,
     health_check,
@@ -94,6 +95,7 @@ _HTTP_KEYS = (
     "http2",
     "upgrades",
     "tcp_fallback",
+    "filters",
 )
 _TCP_KEYS = ("cluster",)
 # `protocol:` of a listener; http is the same as auto (HTTP/1.1 or HTTP/2, by the first bytes).
@@ -245,6 +247,7 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
         access_logs=logs,
         server_name=f.get("server_name", _server_name, None),
         rate_limit=rate_limit(r, f.raw("rate_limit"), f.at("rate_limit")) if "rate_limit" in f else None,
+        filters=read_filters(r, f.raw("filters"), f.at("filters")) if "filters" in f else (),
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
+
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 PathMatchKind = Literal["prefix", "path", "regex"]
 HeaderAppend = Literal["append", "add_if_absent", "overwrite", "overwrite_if_exists"]
@@ -212,6 +214,7 @@ class Route:
     response_headers: HeaderEdits = NO_EDITS
     rate_limit: LocalRateLimit | None = None  # this route's own bucket
     fault: Fault | None = None
+    filters: tuple[FilterOverride, ...] = ()  # what this route says of the listener's filters
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -222,6 +225,7 @@ class VirtualHost:
     request_headers: HeaderEdits = NO_EDITS
     response_headers: HeaderEdits = NO_EDITS
     rate_limit: LocalRateLimit | None = None  # one bucket for every route of the host without its own
+    filters: tuple[FilterOverride, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,6 +292,9 @@ class HttpOptions:
     http2: Http2Options = DEFAULT_HTTP2
     # Upgrade types (lowercase) proxied as tunnels after a 101; others are proxied as plain requests.
     upgrades: tuple[str, ...] = ("websocket",)
+    # The HTTP filters in order, before the router. The built-in ones not listed run first, in the
+    # order of BUILTIN_FILTERS: rate limit, then faults.
+    filters: tuple[HttpFilterSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,7 @@ from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.table import RouteTable
 from meshpy.stack.deadlines import Deadlines
+from meshpy.stack.filter_chain import ChainBuilder
 from meshpy.stack.policy_runtime import PolicyClaims
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import ListenerStats, Metrics
@@ -102,8 +103,14 @@ class HttpListenerConfig:
         if model.tcp is not None:
             self.tcp_fallback = TcpListenerConfig(model.tcp.cluster, model.tcp.idle_timeout, loggers,
                                                   model.tcp.detect_timeout)
-        self.table = RouteTable(opts.route_config, rate_limit=opts.rate_limit, policies=policies,
-                                scope=model.name)
+        claims = policies if policies is not None else PolicyClaims()
+        chain = ChainBuilder(opts.filters, claims, model.name)  # errors: listeners[i].filters[j]
+        try:
+            self.table = RouteTable(opts.route_config, rate_limit=opts.rate_limit, policies=claims,
+                                    scope=model.name, chain=chain)
+        except ConfigError as err:
+            raise ConfigError([ConfigIssue(f"route_config.{x.path}" if x.path else "route_config", x.reason)
+                               for x in err.issues]) from err
         self.max_headers = opts.max_request_headers_count
         self.max_header_bytes = opts.max_request_headers_kb * 1024
         self.headers_timeout = opts.request_headers_timeout
@@ -174,8 +181,7 @@ def compile_snapshot(
             listeners[lm.name] = HttpListenerConfig(lm, clusters, metrics.listener(lm.name), bound, policies)
         except ConfigError as err:
             where = f"listeners[{i}]"
-            base = f"{where}.route_config" if lm.http is not None else where
-            issues.extend(ConfigIssue(f"{base}.{x.path}" if x.path else base, x.reason) for x in err.issues)
+            issues.extend(ConfigIssue(f"{where}.{x.path}" if x.path else where, x.reason) for x in err.issues)
         except OSError as err:
             issues.append(ConfigIssue(f"listeners[{i}].access_log", f"cannot open: {err}"))
     if issues:

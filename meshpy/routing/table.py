@@ -43,6 +43,7 @@ from meshpy.routing.matchers import (
     redirect_host,
     split_path,
 )
+from meshpy.stack.filter_chain import ChainBuilder
 from meshpy.stack.headers import HeaderOps, compile_edits
 from meshpy.stack.policy_runtime import PolicyClaims, Scope, route_places
 
@@ -66,11 +67,12 @@ _BLOCK_MIN_ROUTES: Final = 4
 
 @final
 class CompiledVirtualHost:
-    __slots__ = ("_connect", "_steps", "limiter", "name", "routes", "virtual_host")
+    __slots__ = ("_connect", "_steps", "filters", "limiter", "name", "routes", "virtual_host")
 
     def __init__(self, virtual_host: VirtualHost | None, policies: PolicyClaims | None = None,
                  scope: Scope = ()) -> None:
         self.virtual_host = virtual_host
+        self.filters = virtual_host.filters if virtual_host is not None else ()
         self.name = virtual_host.name if virtual_host is not None else ""
         limit = virtual_host.rate_limit if virtual_host is not None else None
         self.limiter = policies.bucket(scope, limit) if limit is not None and policies is not None else None
@@ -98,17 +100,20 @@ class CompiledRoute:
         "_total_weight",
         "_value",
         "action",
+        "complete_filters",
         "connect",
         "fault",
+        "filters",
         "forward",
-        "guarded",
         "hash_policy",
         "host_rewrite",
         "idle_timeout",
         "limiter",
         "never_matches",
         "request_edits",
+        "response_changes",
         "response_edits",
+        "response_filters",
         "retry",
         "rewrites",
         "route",
@@ -125,10 +130,13 @@ class CompiledRoute:
         rand: Callable[[], float],
         policies: PolicyClaims | None = None,
         scope: Scope = (),
+        chain: ChainBuilder | None = None,
     ) -> None:
         self.route = route
         if policies is None:
             policies = PolicyClaims()  # (a route compiled alone: state of its own)
+        if chain is None:
+            chain = ChainBuilder((), policies, "")
         self.virtual_host = vhost
         self.action: RouteAction = route.action
         # Flattened for the request path, which reads them on every forwarded request.
@@ -142,7 +150,9 @@ class CompiledRoute:
         limit = route.rate_limit
         self.limiter = policies.bucket(scope, limit) if limit is not None else vhost.limiter
         self.fault = policies.fault(scope, route.fault) if route.fault is not None else None
-        self.guarded = self.limiter is not None or self.fault is not None
+        # The filters between routing and the router, in the listener's order (empty: no cost).
+        self.filters, self.response_filters, self.complete_filters = chain.build(
+            self.limiter, self.fault, (*vhost.filters, *route.filters), where)
         self.host_rewrite = fwd.host_rewrite.encode("latin-1") if fwd and fwd.host_rewrite else None
         self.rewrites = fwd is not None and (fwd.prefix_rewrite is not None or fwd.regex_rewrite is not None)
         vh_model = vhost.virtual_host
@@ -153,6 +163,8 @@ class CompiledRoute:
         self.response_edits: HeaderOps = compile_edits(
             route.response_headers, vh_model.response_headers, rc.response_headers
         )
+        # One flag for the response path: the head passes through untouched unless this is set.
+        self.response_changes = bool(self.response_edits) or bool(self.response_filters)
         m = route.match
         self.connect = m.connect
         self._value = m.path
@@ -343,14 +355,17 @@ class RouteTable:
 
     def __init__(self, rc: RouteConfig, *, rand: Callable[[], float] = random.random,
                  rate_limit: LocalRateLimit | None = None, policies: PolicyClaims | None = None,
-                 scope: str = "") -> None:
+                 scope: str = "", chain: ChainBuilder | None = None) -> None:
         """`policies`: where rate-limit buckets and fault state come from (meshpy.stack.policy_runtime),
         so that they outlive this table when their place and config are unchanged; `scope` names this
-        table's place there (its listener)."""
+        table's place there (its listener); `chain`: the listener's HTTP filters (the built-in ones
+        alone when None)."""
         self.route_config = rc
         self._domains: DomainIndex[CompiledVirtualHost] = DomainIndex(rc.ignore_port_in_host)
         if policies is None:
             policies = PolicyClaims()
+        if chain is None:
+            chain = ChainBuilder((), policies, scope)
         compiled = []
         # The listener's bucket, shared by every virtual host without one of its own.
         shared = policies.bucket((scope,), rate_limit) if rate_limit is not None else None
@@ -361,7 +376,7 @@ class RouteTable:
                 cvh.limiter = shared
             where = f"virtual_hosts[{i}]"
             cvh.routes = tuple(
-                CompiledRoute(r, cvh, rc, f"{where}.routes[{j}]", rand, policies, (*vscope, place))
+                CompiledRoute(r, cvh, rc, f"{where}.routes[{j}]", rand, policies, (*vscope, place), chain)
                 for j, (r, place) in enumerate(zip(vh.routes, route_places(vh.routes), strict=True))
             )
             cvh._steps = _steps([r for r in cvh.routes if not r.connect])

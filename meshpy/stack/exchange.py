@@ -38,6 +38,7 @@ from meshpy.errors import (
     UpstreamProtocolError,
     UpstreamReset,
 )
+from meshpy.stack.filtering import FilteringMixin
 from meshpy.stack.forwarding import (
     RequestFacts,
     downstream_response_headers,
@@ -68,7 +69,7 @@ _PAUSE_UPSTREAM = 2
 _PAUSE_BODY_BUFFER = 4
 
 
-class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
+class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, FilteringMixin):
     PROTOCOL = "HTTP/1.1"  # for the access log
     # The upstream request head as a list, for an HTTP/2 upstream (no serialize-then-parse there);
     # set by _dispatch before any upstream sees it, so not in __init__ (a list less per request).
@@ -80,6 +81,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         "_close_delimited",
         "_deadline",
         "_fault_timer",
+        "_filter_req",
         "_head_base",
         "_last_activity",
         "_local",
@@ -248,8 +250,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         if route is None:
             return self._error(NoRoute())
         self.route = route
-        if route.guarded and self._guard(route):
-            return  # rate limited, aborted, or held by a delay that calls _dispatch later
+        if route.filters and self._run_filters(route, 0):
+            return  # answered (rate limited, aborted, a filter's reply) or held (resume_filters)
         self._dispatch(route)
 
     def _dispatch(self, route: CompiledRoute) -> None:
@@ -459,7 +461,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         """The final response head, to the client."""
         down = self.down
         route = self.route
-        if self.cfg.server_name is None and (route is None or not route.response_edits) and \
+        if self.cfg.server_name is None and (route is None or not route.response_changes) and \
                 not self.http10 and not (self.keep_alive and down.slot.draining):
             fast = passthrough(fields)
             if fast is not None:
@@ -481,8 +483,11 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         if not has_date:
             out_headers.append((b"date", down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1
         route = self.route
-        if route is not None and route.response_edits:
-            route.response_edits.apply(out_headers)
+        if route is not None and route.response_changes:
+            if route.response_edits:
+                route.response_edits.apply(out_headers)
+            if route.response_filters and not self._filter_response(route, status, out_headers):
+                return
         if self.cfg.server_name is not None:
             out_headers = [(n, v) for n, v in out_headers if n != b"server"]
             out_headers.append((b"server", self.cfg.server_name))
@@ -633,6 +638,9 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin):
         status = self.resp_status
         cfg = self.cfg
         cfg.stats.request_done(status, seconds)
+        route = self.route
+        if route is not None and route.complete_filters:
+            self._filter_complete(route)
         if self.host is not None:
             self.host.active_requests -= 1
         cluster = self.cluster

@@ -186,8 +186,11 @@ class H2Exchange(Exchange):
         if not has_date:
             headers.append((b"date", self.stream.slot.date.now()))
         route = self.route
-        if route is not None and route.response_edits:
-            route.response_edits.apply(headers)
+        if route is not None and route.response_changes:
+            if route.response_edits:
+                route.response_edits.apply(headers)
+            if route.response_filters and not self._filter_response(route, status, headers):
+                return
         server = self.cfg.server_name
         if server is not None:
             headers = [(n, v) for n, v in headers if n != b"server"]

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from meshpy.errors import ProxyError
+    from meshpy.filters import Request
     from meshpy.routing.compile import HttpListenerConfig, ListenerSlot
     from meshpy.routing.table import CompiledRoute
     from meshpy.stack.exchange import Exchange
@@ -56,6 +57,8 @@ class ExchangeParts:
         method: bytes
         authority: str
         path: str
+        _filter_req: Request
+        PROTOCOL: str
         headers: list[tuple[bytes, bytes]]
         up_head_bytes: bytes
         req_done: bool
@@ -79,7 +82,6 @@ class ExchangeParts:
         early: bytes
         bytes_in: int
         _upgraded: tuple[Http1Downstream, UpstreamHttp1 | None]
-        PROTOCOL: str
 
         def _attach(self, conn: UpstreamConn) -> None: ...
         def _on_pool(self, result: UpstreamConn | BaseException) -> None: ...
@@ -101,5 +103,7 @@ class ExchangeParts:
         def _timeout(self, err: ProxyError, flag: str) -> None: ...
         def _error(self, err: ProxyError) -> None: ...
         def _abort(self, flag: str) -> None: ...
+        def _filter_response(self, route: CompiledRoute, status: int,
+                             headers: list[tuple[bytes, bytes]]) -> bool: ...
         def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
                          extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None: ...

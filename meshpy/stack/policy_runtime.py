@@ -33,12 +33,12 @@ class PolicyClaims:
         self.claimed: dict[Hashable, object] = {}
 
     def bucket(self, scope: Scope, limit: LocalRateLimit) -> TokenBucket:
-        return self._claim(TokenBucket, scope, limit)
+        return self.claim(TokenBucket, scope, limit)
 
     def fault(self, scope: Scope, fault: Fault) -> CompiledFault:
-        return self._claim(CompiledFault, scope, fault)
+        return self.claim(CompiledFault, scope, fault)
 
-    def _claim(self, kind: Callable[[C], S], scope: Scope, config: C) -> S:
+    def claim(self, kind: Callable[[C], S], scope: Scope, config: C) -> S:
         """The state of `kind` for `config` at `scope`: the live one if there is one, else new."""
         key = (kind, scope, config)
         found = self.claimed.get(key) or self._live.get(key)

@@ -1,5 +1,5 @@
-"""Answers the exchange makes itself: direct responses and redirects, errors, injected faults and the
-local rate limit, and the end of an exchange that cannot be answered any more (abort).
+"""Answers the exchange makes itself: direct responses and redirects, errors, and the answers of
+filters (meshpy.stack.filter_chain), and the end of an exchange that cannot be answered any more.
 
 A mixin of `Exchange`, kept apart so that the exchange module holds the request and upstream flow.
 """
@@ -21,45 +21,6 @@ if TYPE_CHECKING:
 class RepliesMixin(ExchangeParts):
     if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
-
-    def _guard(self, route: CompiledRoute) -> bool:
-        """The local rate limit, then injected faults. True when the request was answered or delayed."""
-        limiter = route.limiter
-        stats = self.cfg.stats
-        if limiter is not None and not limiter.take(self.down.loop.time()):
-            stats.rq_rate_limited += 1
-            self._local_reply(limiter.status, b"local_rate_limited", "RL", route=route,
-                              close=not self.req_done and self._has_body())
-            return True
-        fault = route.fault
-        plan = fault.plan(self.headers) if fault is not None else None
-        if plan is None or fault is None:
-            return False
-        if plan.delay is not None:
-            stats.fault_delays += 1
-            fault.active += 1
-            self.flag = "DI"
-            self._fault_timer = self.down.loop.call_later(plan.delay, self._after_delay, plan.abort)
-            return True
-        return self._fault_abort(plan.abort)
-
-    def _after_delay(self, abort: int | None) -> None:
-        self._fault_timer = None
-        route = self.route
-        if route is not None and route.fault is not None:
-            route.fault.active -= 1
-        if self.done or route is None:
-            return
-        if not self._fault_abort(abort):
-            self._dispatch(route)
-
-    def _fault_abort(self, status: int | None) -> bool:
-        if status is None:
-            return False
-        self.cfg.stats.fault_aborts += 1
-        self._local_reply(status, b"fault filter abort", "FI", route=self.route,
-                          close=not self.req_done and self._has_body())
-        return True
 
     def _answer_here(self, route: CompiledRoute) -> None:
         """Direct responses and redirects."""
@@ -90,8 +51,11 @@ class RepliesMixin(ExchangeParts):
         headers.append((b"date", self.down.slot.date.now()))
         if body:
             headers.append((b"content-type", b"text/plain"))
-        if route is not None and route.response_edits:
-            route.response_edits.apply(headers)
+        if route is not None and route.response_changes:
+            if route.response_edits:
+                route.response_edits.apply(headers)
+            if route.response_filters and not self._filter_response(route, status, headers):
+                return  # a filter raised: filter_failed answered 500 (with no route: no loop)
         server = self.cfg.server_name
         if server is not None:  # as on proxied responses (up_head)
             headers = [(n, v) for n, v in headers if n != b"server"]

@@ -124,7 +124,8 @@ class ListenerStats(_RequestStats):
     `istio_requests_total`, since the code is only known then.
     """
 
-    __slots__ = ("cx_http2_total", "fault_aborts", "fault_delays", "grpc", "h2_abuse", "rq_rate_limited")
+    __slots__ = ("cx_http2_total", "fault_aborts", "fault_delays", "grpc", "h2_abuse", "rq_filter_errors",
+                 "rq_rate_limited")
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         super().__init__(name, buckets)
@@ -133,6 +134,7 @@ class ListenerStats(_RequestStats):
         self.fault_aborts = 0  # answered by an injected abort (FI)
         self.cx_http2_total = 0  # connections that spoke HTTP/2
         self.h2_abuse = 0  # HTTP/2 connections closed for abuse (rapid reset, PING/SETTINGS flood)
+        self.rq_filter_errors = 0  # a user filter's hook raised (500, FE)
         self.grpc = GrpcStats(Histogram, buckets)  # gRPC calls by service and method (exported apart)
 
 
@@ -201,6 +203,8 @@ _SIDES: tuple[tuple[str, str, str, tuple[_Scalar, ...]], ...] = (
          "cx_http2_total"),
         ("meshpy_downstream_http2_abuse_total", "counter",
          "HTTP/2 connections closed for abuse (rapid reset, PING or SETTINGS flood).", "h2_abuse"),
+        ("meshpy_downstream_rq_filter_errors_total", "counter",
+         "Requests on which a user HTTP filter raised (answered 500, flag FE).", "rq_filter_errors"),
     )),
     ("upstream", "cluster", "Upstream", (
         ("meshpy_upstream_rq_active", "gauge", "Upstream requests in flight.", "rq_active"),

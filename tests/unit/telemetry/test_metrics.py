@@ -54,6 +54,7 @@ def test_empty_metrics_have_every_family() -> None:
         "meshpy_downstream_fault_aborts": "counter",
         "meshpy_downstream_cx_http2": "counter",
         "meshpy_downstream_http2_abuse": "counter",
+        "meshpy_downstream_rq_filter_errors": "counter",
         "meshpy_grpc_requests": "counter",
         "meshpy_grpc_request_duration_seconds": "histogram",
         "meshpy_downstream_rq_duration_seconds": "histogram",

@@ -1,0 +1,180 @@
+"""The API of user-written HTTP filters (docs/filters.md has the guide).
+
+A filter is a class named by import path in a listener's `filters:`; meshpy makes one instance per
+listener and config and keeps it across reloads while its class and config are unchanged (so state it
+holds, a cache or counters, survives them). It runs on the routes where it is on, after routing and
+before the request goes upstream, in the listener's order:
+
+    from meshpy.filters import CONTINUE, HttpFilter, Request, Verdict
+
+    class ApiKey(HttpFilter):
+        def __init__(self, config):
+            super().__init__(config)
+            self.keys = set(config["keys"])       # raise ValueError here to refuse a config
+
+        def on_request(self, request: Request) -> Verdict:
+            if request.headers.get("x-api-key") in self.keys:
+                return CONTINUE
+            return request.reply(401, b"missing or unknown API key\\n")
+
+Hooks are plain functions called on the event loop: they must not block. A filter that needs to wait
+(an outside check) returns HOLD and later calls `request.resume()` or `request.reply(...)`, from a
+callback or a task of its own. A hook that raises gives the client a 500 with the response flag `FE`;
+it is logged and counted (`meshpy_downstream_rq_filter_errors_total`), and the proxy goes on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, final
+
+if TYPE_CHECKING:
+    from meshpy.stack.exchange import Exchange
+
+
+@final
+class Verdict:
+    """What `on_request` decided: CONTINUE, HOLD, or the REPLIED that `request.reply` returns."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+CONTINUE: Final = Verdict("CONTINUE")  # on to the next filter, then upstream
+HOLD: Final = Verdict("HOLD")  # wait: the filter calls request.resume() or request.reply() later
+REPLIED: Final = Verdict("REPLIED")  # answered by request.reply(): nothing more runs
+
+# Framing and the routing key are the proxy's: a filter that changed them would make the request mean
+# something else to the upstream than it did to the proxy.
+_PROTECTED: Final = frozenset({"content-length", "transfer-encoding", "host", "connection", "upgrade"})
+
+
+class Headers:
+    """A request's or response's header fields, changed in place. Names are case-insensitive; values
+    are str (latin-1 on the wire)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self._fields = fields
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("latin-1")
+        for n, v in self._fields:
+            if n == key:
+                return v.decode("latin-1")
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for n, v in self._fields if n == key]
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._fields]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field `name` by one with `value`."""
+        self.remove(name)
+        self.add(name, value)
+
+    def add(self, name: str, value: str) -> None:
+        key = _checked(name)
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise ValueError(f"invalid character in the value of {name!r}")
+        self._fields.append((key, value.encode("latin-1")))
+
+    def remove(self, name: str) -> None:
+        key = _checked(name)
+        self._fields[:] = [h for h in self._fields if h[0] != key]
+
+
+def _checked(name: str) -> bytes:
+    lowered = name.lower()
+    if lowered in _PROTECTED:
+        raise ValueError(f"{name!r} belongs to the proxy: a filter may read it, not change it")
+    key = lowered.encode("latin-1")
+    if not key or key.translate(None, b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"):
+        raise ValueError(f"{name!r} is not a header name")
+    return key
+
+
+class Request:
+    """The request a filter sees: read it, change its headers, answer it, or hold and resume it."""
+
+    __slots__ = ("_ex", "_resume_at", "headers", "state")
+
+    def __init__(self, ex: Exchange) -> None:
+        self._ex = ex
+        self._resume_at = 0  # where the chain goes on after HOLD (0: not held)
+        self.headers = Headers(ex.headers)
+        self.state: dict[str, Any] = {}  # per request, shared by the filters of its chain
+
+    @property
+    def method(self) -> str:
+        return self._ex.method.decode("latin-1")
+
+    @property
+    def path(self) -> str:
+        """The path and query, as the client sent them."""
+        return self._ex.path
+
+    @property
+    def authority(self) -> str:
+        return self._ex.authority
+
+    @property
+    def peer(self) -> str:
+        """The client's address (the connection's, not X-Forwarded-For)."""
+        return self._ex.down.peer
+
+    @property
+    def protocol(self) -> str:
+        return self._ex.PROTOCOL
+
+    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Verdict:
+        """Answer here; the request goes no further. Return what this returns from on_request."""
+        if not 200 <= status <= 599:
+            raise ValueError(f"status must be from 200 to 599, got {status}")
+        extra = [(_checked(n), v.encode("latin-1")) for n, v in (headers or {}).items()]
+        self._ex.filter_reply(status, body, extra)
+        return REPLIED
+
+    def resume(self) -> None:
+        """Go on after HOLD: the next filter, then upstream. Does nothing once the request has ended
+        (the client left) or was answered."""
+        self._ex.filter_resume()
+
+
+class Response:
+    """The response head a filter sees in on_response: its status, and its headers to change."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers = Headers(fields)
+
+
+class HttpFilter:
+    """Subclass it and override the hooks you need; a hook not overridden costs nothing."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        """`config`: the filter's `config:` mapping (the route's own where a route gives one). Raise
+        ValueError (or any exception) to refuse it: the config is then not loaded, naming this filter."""
+        self.config = config
+
+    def on_request(self, request: Request) -> Verdict:
+        return CONTINUE
+
+    def on_response(self, request: Request, response: Response) -> None:
+        """The response head, before it goes to the client (upstream answers and the proxy's own)."""
+
+    def on_complete(self, request: Request) -> None:
+        """The exchange is over (answered, failed or abandoned by the client): release what you hold."""

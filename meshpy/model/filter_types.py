@@ -1,0 +1,34 @@
+"""The HTTP filter chain in the config model: a listener's filters in order (Envoy's http_filters), and
+what a virtual host or a route says of one of them (Envoy's typed_per_filter_config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Built in: the local rate limit and fault injection, whose configs sit on routes, virtual hosts and
+# the listener (`rate_limit:`, `fault:`); python: a user's class, named by import path.
+FilterKind = Literal["rate_limit", "fault", "python"]
+BUILTIN_FILTERS: tuple[FilterKind, ...] = ("rate_limit", "fault")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpFilterSpec:
+    """One filter of a listener's chain. `config` is canonical JSON text (sorted keys), so that specs
+    compare and hash by value: a filter whose class and config are unchanged keeps its instance."""
+
+    name: str  # unique in the chain; per-route overrides name it
+    kind: FilterKind
+    python_class: str = ""  # "package.module:Class" (kind python)
+    config: str = "{}"
+    disabled: bool = False  # off unless a virtual host or route turns it on (Envoy's `disabled`)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilterOverride:
+    """A virtual host's or route's word on the filter `name`: on or off here, and (python filters) a
+    config of its own here. The route's word wins over its virtual host's."""
+
+    name: str
+    disabled: bool | None = None  # None: as the listener (or the virtual host) says
+    config: str | None = None  # canonical JSON; None: the listener's

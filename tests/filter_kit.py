@@ -1,0 +1,67 @@
+"""HTTP filters for the filter tests (imported by meshpy as tests.filter_kit:<Class>): ones that
+raise, hold and resume, count across reloads, refuse their config, and edit responses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from meshpy.filters import CONTINUE, HOLD, HttpFilter, Request, Response, Verdict
+
+
+class Boom(HttpFilter):
+    """Raises where the request's `x-boom` header says: request, response or complete."""
+
+    def on_request(self, request: Request) -> Verdict:
+        if request.headers.get("x-boom") == "request":
+            raise RuntimeError("boom on the request")
+        return CONTINUE
+
+    def on_response(self, request: Request, response: Response) -> None:
+        if request.headers.get("x-boom") == "response":
+            raise RuntimeError("boom on the response")
+
+    def on_complete(self, request: Request) -> None:
+        if request.headers.get("x-boom") == "complete":
+            raise RuntimeError("boom at completion")
+
+
+class Later(HttpFilter):
+    """Holds every request `delay` seconds, then resumes it (or answers 403 for `x-deny: 1`)."""
+
+    def on_request(self, request: Request) -> Verdict:
+        deny = request.headers.get("x-deny") == "1"
+        loop = asyncio.get_running_loop()
+        if deny:
+            loop.call_later(self.config.get("delay", 0.05), request.reply, 403, b"denied later\n")
+        else:
+            loop.call_later(self.config.get("delay", 0.05), request.resume)
+        return HOLD
+
+
+class Counter(HttpFilter):
+    """Counts the requests it saw since it was made; the count goes out as `x-seen`."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.seen = 0
+
+    def on_request(self, request: Request) -> Verdict:
+        self.seen += 1
+        request.state["seen"] = self.seen
+        return CONTINUE
+
+    def on_response(self, request: Request, response: Response) -> None:
+        response.headers.set("x-seen", str(request.state.get("seen", 0)))
+        response.headers.set("x-label", str(self.config.get("label", "")))
+
+
+class Picky(HttpFilter):
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        if "must" not in config:
+            raise ValueError("`must` is required")
+
+
+class NotAFilter:
+    pass

@@ -1,0 +1,208 @@
+"""HTTP filters written in Python (meshpy.filters), through a real meshpy process on both loops: the
+shipped examples (config/filters), per-route on and off and configs of their own, a filter that holds
+and resumes, one that raises (500, FE, counted, the proxy goes on), state that survives a reload with
+an unchanged config, HTTP/2 clients, and configs refused with their path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kit import ROOT, DemoUpstream, Proxy, eventually, free_port, http
+
+KEY = ("x-api-key", "k1")
+
+CONFIG = """
+admin: 127.0.0.1:{admin}
+drain_time: 0s
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    access_log: stdout
+    filters:
+      - name: api_key
+        python: {{class: "config.filters.api_key:ApiKeyFilter", config: {{keys: [k1]}}}}
+      - name: boom
+        python: {{class: "tests.filter_kit:Boom"}}
+      - name: later
+        python: {{class: "tests.filter_kit:Later", config: {{delay: 0.2}}}}
+        disabled: true
+      - name: counter
+        python: {{class: "tests.filter_kit:Counter", config: {{label: {label}}}}}
+    routes:
+      - match: /later
+        filters: {{later: {{disabled: false}}}}
+        cluster: demo
+      - match: /open
+        filters: {{api_key: {{disabled: true}}}}
+        cluster: demo
+      - match: /own
+        filters: {{counter: {{config: {{label: own}}}}}}
+        cluster: demo
+      - match: /
+        cluster: {cluster}
+clusters:
+  - name: demo
+    endpoints: [127.0.0.1:{upstream}]
+  - name: demo2
+    endpoints: [127.0.0.1:{upstream}]
+"""
+
+
+def _config(admin: int, port: int, upstream: int, label: str = "a", cluster: str = "demo") -> str:
+    return CONFIG.format(admin=admin, port=port, upstream=upstream, label=label, cluster=cluster)
+
+
+@pytest.fixture(scope="module")
+def proxy(loop_name: str, demo: DemoUpstream) -> Iterator[tuple[Proxy, int]]:
+    admin, port = free_port(), free_port()
+    p = Proxy(_config(admin, port, demo.port), admin, loop=loop_name).start()
+    yield p, port
+    assert p.stop() == 0
+
+
+def test_the_api_key_example(proxy: tuple[Proxy, int]) -> None:
+    _, port = proxy
+    refused = http(port, path="/echo")
+    assert refused.status == 401 and refused.header("www-authenticate") == 'ApiKey header="x-api-key"'
+    ok = http(port, path="/echo", headers=[KEY, ("x-request-id", "r1")])
+    assert ok.status == 200
+    seen = json.loads(ok.body)["headers"]
+    assert "x-api-key" not in seen  # the key goes no further than the proxy
+    assert http(port, path="/open/echo").status == 200  # off on this route
+
+
+def test_response_hooks_and_a_route_config_of_its_own(proxy: tuple[Proxy, int]) -> None:
+    _, port = proxy
+    first = http(port, path="/echo", headers=[KEY])
+    second = http(port, path="/echo", headers=[KEY])
+    assert int(second.header("x-seen") or 0) == int(first.header("x-seen") or 0) + 1
+    assert second.header("x-label") == "a"
+    own = http(port, path="/own/echo", headers=[KEY])
+    assert own.header("x-label") == "own"  # its own instance, with its own count
+    # The proxy's own answers pass the response hooks too (401 from the api key filter: none later).
+    assert http(port, path="/open/echo").header("x-label") == "a"
+
+
+def test_hold_then_resume_or_reply(proxy: tuple[Proxy, int]) -> None:
+    _, port = proxy
+    t0 = time.monotonic()
+    assert http(port, path="/later/echo", headers=[KEY]).status == 200
+    assert time.monotonic() - t0 >= 0.18
+    denied = http(port, path="/later/echo", headers=[KEY, ("x-deny", "1")])
+    assert denied.status == 403 and denied.body == b"denied later\n"
+
+
+@pytest.mark.parametrize("where", ["request", "response", "complete"])
+def test_a_filter_that_raises(proxy: tuple[Proxy, int], where: str) -> None:
+    p, port = proxy
+    before = p.metric("meshpy_downstream_rq_filter_errors_total", listener="web")
+    r = http(port, path="/echo", headers=[KEY, ("x-boom", where)])
+    assert r.status == (200 if where == "complete" else 500)
+    eventually(lambda: p.metric("meshpy_downstream_rq_filter_errors_total", listener="web") == before + 1,
+               "the error counted")
+    if where != "complete":
+        eventually(lambda: '"response_flags": "FE"' in p.logs() or '"FE"' in p.logs(), "flag FE logged")
+    assert http(port, path="/echo", headers=[KEY]).status == 200  # and the proxy goes on
+    assert p.alive()
+
+
+def test_http2_clients_pass_the_same_filters(proxy: tuple[Proxy, int]) -> None:
+    _, port = proxy
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                          "--http2-prior-knowledge", f"http://127.0.0.1:{port}/echo"],
+                         capture_output=True, text=True, timeout=10).stdout
+    assert out == "401 2"
+    out = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "--http2-prior-knowledge", "-H",
+                          "x-api-key: k1", f"http://127.0.0.1:{port}/echo"],
+                         capture_output=True, text=True, timeout=10).stdout
+    assert out.startswith("HTTP/2 200") and "x-label: a" in out
+
+
+def test_state_survives_a_reload_with_an_unchanged_config(demo: DemoUpstream) -> None:
+    admin, port = free_port(), free_port()
+    p = Proxy(_config(admin, port, demo.port), admin).start()
+    try:
+        def loads() -> float:
+            return p.metric("meshpy_config_loads_total", result="accepted")
+
+        seen = [int(http(port, path="/echo", headers=[KEY]).header("x-seen") or 0) for _ in range(3)]
+        assert seen == [1, 2, 3]
+        n = loads()
+        p.rewrite(_config(admin, port, demo.port, cluster="demo2"))  # the filters unchanged
+        eventually(lambda: loads() > n, "the reload")
+        assert http(port, path="/echo", headers=[KEY]).header("x-seen") == "4"
+        n = loads()
+        p.rewrite(_config(admin, port, demo.port, label="b", cluster="demo2"))  # a new config: a new one
+        eventually(lambda: loads() > n, "the second reload")
+        r = http(port, path="/echo", headers=[KEY])
+        assert (r.header("x-seen"), r.header("x-label")) == ("1", "b")
+    finally:
+        p.stop()
+
+
+BAD = [
+    ('filters: [{python: {class: "no.such.module:X"}}]', "listeners[0].filters[0]", "No module named"),
+    ('filters: [{python: {class: "tests.filter_kit:NotAFilter"}}]', "listeners[0].filters[0]", "HttpFilter"),
+    ('filters: [{python: {class: "tests.filter_kit:Picky"}}]', "listeners[0].filters[0]",
+     "`must` is required"),
+    ('filters: [{python: {class: "not a path"}}]', "filters[0].python.class", "package.module:Class"),
+    ("filters: [gzip]", "filters[0]", "unknown filter 'gzip'"),
+]
+
+
+@pytest.mark.parametrize(("lines", "where", "why"), BAD)
+def test_bad_filter_configs_are_refused_with_their_path(tmp_path: Path, lines: str, where: str,
+                                                       why: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"""
+listeners:
+  - name: web
+    address: 127.0.0.1:{free_port()}
+    {lines}
+    routes: [{{match: /, cluster: c}}]
+clusters: [{{name: c, endpoints: ["127.0.0.1:9"]}}]
+""")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for args in (["validate", str(cfg)], ["run", "-c", str(cfg)]):
+        out = subprocess.run([sys.executable, "-m", "meshpy", *args], capture_output=True, text=True,
+                             timeout=30, cwd=ROOT, env=env)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and where in text and why in text, text
+
+
+def test_a_route_naming_an_unknown_filter(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("""
+listeners:
+  - name: web
+    address: 127.0.0.1:1
+    routes: [{match: /, cluster: c, filters: {nosuch: {disabled: true}}}]
+clusters: [{name: c, endpoints: ["127.0.0.1:9"]}]
+""")
+    out = subprocess.run([sys.executable, "-m", "meshpy", "validate", str(cfg)], capture_output=True,
+                         text=True, timeout=30, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 1 and "routes[0].filters.nosuch: no such filter on the listener" in out.stdout
+
+
+def test_the_sample_config(demo: DemoUpstream) -> None:
+    """config/filters/filters.yaml, its ports moved, in front of the demo upstream."""
+    admin, port = free_port(), free_port()
+    text = (ROOT / "config" / "filters" / "filters.yaml").read_text()
+    for old, new in (("9901", admin), ("10000", port), ("18080", demo.port)):
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    p = Proxy(text, admin).start()
+    try:
+        assert http(port, path="/echo").status == 401
+        r = http(port, path="/echo", headers=[("x-api-key", "demo-key"), ("x-canary", "always")])
+        assert r.status == 200 and r.header("x-canary") == "1"
+        assert json.loads(r.body)["headers"]["x-canary"] == "1"
+        assert http(port, path="/public/x", headers=[("x-canary", "never")]).header("x-canary") == "0"
+    finally:
+        p.stop()
