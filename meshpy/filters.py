@@ -50,7 +50,9 @@ REPLIED: Final = Verdict("REPLIED")  # answered by request.reply(): nothing more
 
 # Framing and the routing key are the proxy's: a filter that changed them would make the request mean
 # something else to the upstream than it did to the proxy.
-_PROTECTED: Final = frozenset({"content-length", "transfer-encoding", "host", "connection", "upgrade"})
+_PROTECTED: Final = frozenset({"content-length", "transfer-encoding", "host", "connection", "upgrade",
+                               # read by the proxy as the request arrived: a change would be lost
+                               "x-request-id", "x-forwarded-for", "x-forwarded-proto", "expect"})
 
 
 class Headers:
@@ -85,14 +87,17 @@ class Headers:
         self.add(name, value)
 
     def add(self, name: str, value: str) -> None:
-        key = _checked(name)
-        if "\r" in value or "\n" in value or "\0" in value:
-            raise ValueError(f"invalid character in the value of {name!r}")
-        self._fields.append((key, value.encode("latin-1")))
+        self._fields.append((_checked(name), _value(name, value)))
 
     def remove(self, name: str) -> None:
         key = _checked(name)
         self._fields[:] = [h for h in self._fields if h[0] != key]
+
+
+def _value(name: str, value: str) -> bytes:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"invalid character in the value of {name!r}")
+    return value.encode("latin-1")
 
 
 def _checked(name: str) -> bytes:
@@ -108,11 +113,13 @@ def _checked(name: str) -> bytes:
 class Request:
     """The request a filter sees: read it, change its headers, answer it, or hold and resume it."""
 
-    __slots__ = ("_ex", "_resume_at", "headers", "state")
+    __slots__ = ("_ex", "_responding", "_resume_at", "headers", "state")
 
     def __init__(self, ex: Exchange) -> None:
         self._ex = ex
-        self._resume_at = 0  # where the chain goes on after HOLD (0: not held)
+        # Where the chain goes on after HOLD: 0 not held, -1 resume() came before HOLD was returned.
+        self._resume_at = 0
+        self._responding = False  # in on_response: reply() is for on_request
         self.headers = Headers(ex.headers)
         self.state: dict[str, Any] = {}  # per request, shared by the filters of its chain
 
@@ -136,13 +143,16 @@ class Request:
 
     @property
     def protocol(self) -> str:
-        return self._ex.PROTOCOL
+        """HTTP/1.0, HTTP/1.1 or HTTP/2, as the client spoke."""
+        return "HTTP/1.0" if self._ex.http10 else self._ex.PROTOCOL
 
     def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Verdict:
         """Answer here; the request goes no further. Return what this returns from on_request."""
+        if self._responding:
+            raise RuntimeError("reply() answers a request: call it from on_request (or after HOLD)")
         if not 200 <= status <= 599:
             raise ValueError(f"status must be from 200 to 599, got {status}")
-        extra = [(_checked(n), v.encode("latin-1")) for n, v in (headers or {}).items()]
+        extra = [(_checked(n), _value(n, v)) for n, v in (headers or {}).items()]
         self._ex.filter_reply(status, body, extra)
         return REPLIED
 

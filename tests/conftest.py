@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The repository root too: HTTP filter classes are named by import path (tests.filter_kit:Boom,
+# config.filters.api_key:ApiKeyFilter), as meshpy processes started by the tests find them.
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from kit import LOOPS, DemoUpstream, free_port
 

@@ -65,3 +65,26 @@ class Picky(HttpFilter):
 
 class NotAFilter:
     pass
+
+
+class Tricky(HttpFilter):
+    """Misuses of the API, chosen by the request's `x-mode` header."""
+
+    def on_request(self, request: Request) -> Verdict:
+        mode = request.headers.get("x-mode")
+        if mode == "inject":
+            return request.reply(200, b"x", {"x-a": "a\r\nx-injected: yes"})
+        if mode == "ctype":
+            return request.reply(200, b"{}", {"content-type": "application/json"})
+        if mode == "early-resume":
+            request.resume()  # before HOLD is even returned
+            return HOLD
+        if mode == "forever":
+            return HOLD
+        if mode == "rid":
+            request.headers.set("x-request-id", "mine")
+        return CONTINUE
+
+    def on_response(self, request: Request, response: Response) -> None:
+        if request.headers.get("x-mode") == "reply-late":
+            request.reply(418, b"too late")

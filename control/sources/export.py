@@ -178,7 +178,7 @@ def _route(r: Route) -> dict[str, Any]:
             "status": a.status,
             **({"body": {"inline_string": a.body}} if a.body else {}),
         }
-    out.update(policies.per_filter(r.fault, r.rate_limit, r.name or "route"))
+    out.update(policies.per_filter(r.fault, r.rate_limit, r.name or "route", r.filters))
     return out
 
 
@@ -201,7 +201,7 @@ def route_configuration(rc: RouteConfig, name: str) -> dict[str, Any]:
                 "domains": list(vh.domains),
                 "routes": [_route(r) for r in vh.routes],
                 **_both_edits(vh.request_headers, vh.response_headers),
-                **policies.per_filter(None, vh.rate_limit, vh.name),
+                **policies.per_filter(None, vh.rate_limit, vh.name, vh.filters),
             }
             for vh in rc.virtual_hosts
         ],
@@ -241,7 +241,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
             "http2_protocol_options": http2_options(h.http2),
             "upgrade_configs": [{"upgrade_type": u} for u in h.upgrades],
             "rds": {"route_config_name": rds_name, "config_source": ADS},
-            "http_filters": [*policies.guard_filters(h, lis.name),
+            "http_filters": [*policies.chain_filters(h, lis.name),
                              {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
             "use_remote_address": h.use_remote_address,
             "xff_num_trusted_hops": h.xff_num_trusted_hops,

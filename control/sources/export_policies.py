@@ -9,8 +9,10 @@ filter's own config. What Envoy has no field for travels as route metadata in th
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
+from meshpy.model.filter_types import FilterOverride, effective_chain
 from meshpy.model.types import (
     Fault,
     HashPolicy,
@@ -23,10 +25,13 @@ from meshpy.model.types import (
     Route,
     VirtualHost,
 )
+from meshpy.xds.translate_filters import PYTHON_FILTER, python_filter_entry
 
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 LIMIT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 FAULT_FILTER = "envoy.filters.http.fault"
+FILTER_CONFIG_TYPE = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+TYPED_STRUCT_TYPE = "type.googleapis.com/xds.type.v3.TypedStruct"
 LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 _ALWAYS = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
 
@@ -100,28 +105,61 @@ def rate_limit(limit: LocalRateLimit, prefix: str) -> dict[str, Any]:
     }
 
 
-def per_filter(fault_: Fault | None, limit: LocalRateLimit | None, prefix: str) -> dict[str, Any]:
+def per_filter(fault_: Fault | None, limit: LocalRateLimit | None, prefix: str,
+               given: tuple[FilterOverride, ...] = ()) -> dict[str, Any]:
     """A route's or virtual host's `typed_per_filter_config` (nothing when it has neither)."""
     configs: dict[str, Any] = {}
     if fault_ is not None:
         configs[FAULT_FILTER] = fault(fault_)
     if limit is not None:
         configs[LIMIT_FILTER] = rate_limit(limit, prefix)
+    configs.update(overrides(given))
     return {"typed_per_filter_config": configs} if configs else {}
 
 
-def guard_filters(h: HttpOptions, prefix: str) -> list[dict[str, Any]]:
-    """The fault and rate limit filters a listener needs before its router, if any route uses them."""
+def chain_filters(h: HttpOptions, prefix: str) -> list[dict[str, Any]]:
+    """A listener's http_filters before its router, in the order meshpy runs them: the fault and rate
+    limit filters where some route uses them, and Python filters as meshpy reads them back."""
     hosts: tuple[VirtualHost, ...] = h.route_config.virtual_hosts
     routes: list[Route] = [r for vh in hosts for r in vh.routes]
-    filters = []
-    if any(r.fault is not None for r in routes):
-        filters.append({"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}})
-    if h.rate_limit is not None or any(vh.rate_limit for vh in hosts) or any(r.rate_limit for r in routes):
-        own = rate_limit(h.rate_limit, prefix) if h.rate_limit is not None else {"@type": LIMIT_TYPE,
-                                                                                  "stat_prefix": prefix}
-        filters.append({"name": LIMIT_FILTER, "typed_config": own})
+    filters: list[dict[str, Any]] = []
+    listed = {s.name for s in h.filters}
+    for spec in effective_chain(h.filters):
+        entry: dict[str, Any] | None = None
+        if spec.kind == "fault" and any(r.fault is not None for r in routes):
+            entry = {"name": FAULT_FILTER, "typed_config": {"@type": FAULT_TYPE}}
+        elif spec.kind == "rate_limit" and (h.rate_limit is not None or any(vh.rate_limit for vh in hosts)
+                                            or any(r.rate_limit for r in routes)):
+            own = rate_limit(h.rate_limit, prefix) if h.rate_limit is not None else {"@type": LIMIT_TYPE,
+                                                                                      "stat_prefix": prefix}
+            entry = {"name": LIMIT_FILTER, "typed_config": own}
+        elif spec.kind == "python":
+            entry = python_filter_entry(spec.name, spec.python_class, spec.config)
+        if entry is None:
+            continue
+        if spec.name in listed:  # a listed built-in keeps its name: routes may name it
+            entry["name"] = spec.name
+        if spec.disabled:
+            entry["disabled"] = True
+        filters.append(entry)
     return filters
+
+
+def overrides(given: tuple[FilterOverride, ...]) -> dict[str, Any]:
+    """A virtual host's or route's word on filters by name, as typed_per_filter_config entries."""
+    out: dict[str, Any] = {}
+    for o in given:
+        # is_optional: Envoy has no such filter config; it passes over what it does not know.
+        fc: dict[str, Any] = {"@type": FILTER_CONFIG_TYPE, "is_optional": True}
+        if o.disabled is not None:
+            fc["disabled"] = o.disabled
+        if o.config is not None or o.disabled is False:
+            # Envoy refuses a FilterConfig that turns a filter on with no config: an empty value says
+            # "on, with the listener's config" to meshpy.
+            value = {"config": json.loads(o.config)} if o.config is not None else {}
+            fc["config"] = {"@type": TYPED_STRUCT_TYPE, "type_url": PYTHON_FILTER, "value": value}
+        out[o.name] = fc
+    return out
 
 
 def outlier_detection(od: OutlierDetection) -> dict[str, Any]:

@@ -10,6 +10,10 @@ from typing import Literal
 # the listener (`rate_limit:`, `fault:`); python: a user's class, named by import path.
 FilterKind = Literal["rate_limit", "fault", "python"]
 BUILTIN_FILTERS: tuple[FilterKind, ...] = ("rate_limit", "fault")
+# The names Envoy configs give them, which a route's per-filter config may use for an unlisted one.
+ENVOY_NAMES: dict[str, FilterKind] = {"envoy.filters.http.local_ratelimit": "rate_limit",
+                                      "envoy.filters.http.fault": "fault"}
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,3 +36,12 @@ class FilterOverride:
     name: str
     disabled: bool | None = None  # None: as the listener (or the virtual host) says
     config: str | None = None  # canonical JSON; None: the listener's
+
+
+def effective_chain(specs: tuple[HttpFilterSpec, ...]) -> tuple[HttpFilterSpec, ...]:
+    """The chain a listener runs: the built-ins it does not list first, in the order of
+    BUILTIN_FILTERS (so `rate_limit:` and `fault:` on routes work with no `filters:` at all), then its
+    own list in order."""
+    listed = {s.kind for s in specs}
+    implicit = tuple(HttpFilterSpec(name=k, kind=k) for k in BUILTIN_FILTERS if k not in listed)
+    return (*implicit, *specs)

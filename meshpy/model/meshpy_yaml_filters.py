@@ -32,15 +32,27 @@ _OVERRIDE_KEYS = ("disabled", "config")
 
 
 def canonical_config(value: object) -> str:
-    """A filter config as JSON with sorted keys: equal configs give equal text."""
+    """A filter config as JSON with sorted keys: equal configs give equal text. Whole floats are
+    written as integers (5.0 as 5): an Envoy config's Struct has only doubles, and the same config must
+    read the same from either form."""
     if value is None:
         return "{}"
     if not isinstance(value, dict):
         raise ValueError(f"must be a mapping, got {type(value).__name__}")
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return json.dumps(_whole(value), sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as err:
         raise ValueError(f"cannot be written as JSON: {err}") from err
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
 
 
 def python_class(value: object) -> str:
@@ -106,7 +118,7 @@ def read_overrides(r: Reader, f: Fields) -> tuple[FilterOverride, ...]:
         out.append(FilterOverride(
             name=str(name), disabled=o.get("disabled", as_bool, None),
             config=o.get("config", canonical_config, None)))
-    return tuple(out)
+    return tuple(sorted(out, key=lambda o: o.name))  # one per name: the order says nothing
 
 
 def data_of(config: str) -> Any:

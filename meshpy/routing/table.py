@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, final
 
 from meshpy.errors import ConfigError
+from meshpy.model.filter_types import FilterOverride
 from meshpy.model.types import (
     DirectResponseAction,
     ForwardAction,
@@ -72,7 +73,7 @@ class CompiledVirtualHost:
     def __init__(self, virtual_host: VirtualHost | None, policies: PolicyClaims | None = None,
                  scope: Scope = ()) -> None:
         self.virtual_host = virtual_host
-        self.filters = virtual_host.filters if virtual_host is not None else ()
+        self.filters: tuple[FilterOverride, ...] = ()  # checked by the table (ChainBuilder.check)
         self.name = virtual_host.name if virtual_host is not None else ""
         limit = virtual_host.rate_limit if virtual_host is not None else None
         self.limiter = policies.bucket(scope, limit) if limit is not None and policies is not None else None
@@ -152,7 +153,7 @@ class CompiledRoute:
         self.fault = policies.fault(scope, route.fault) if route.fault is not None else None
         # The filters between routing and the router, in the listener's order (empty: no cost).
         self.filters, self.response_filters, self.complete_filters = chain.build(
-            self.limiter, self.fault, (*vhost.filters, *route.filters), where)
+            self.limiter, self.fault, vhost.filters, route.filters, where)
         self.host_rewrite = fwd.host_rewrite.encode("latin-1") if fwd and fwd.host_rewrite else None
         self.rewrites = fwd is not None and (fwd.prefix_rewrite is not None or fwd.regex_rewrite is not None)
         vh_model = vhost.virtual_host
@@ -375,6 +376,7 @@ class RouteTable:
             if cvh.limiter is None:
                 cvh.limiter = shared
             where = f"virtual_hosts[{i}]"
+            cvh.filters = chain.check(vh.filters, where)
             cvh.routes = tuple(
                 CompiledRoute(r, cvh, rc, f"{where}.routes[{j}]", rand, policies, (*vscope, place), chain)
                 for j, (r, place) in enumerate(zip(vh.routes, route_places(vh.routes), strict=True))

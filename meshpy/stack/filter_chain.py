@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.filters import CONTINUE, HOLD, REPLIED, HttpFilter
-from meshpy.model.filter_types import BUILTIN_FILTERS, FilterOverride, HttpFilterSpec
+from meshpy.model.filter_types import ENVOY_NAMES, FilterOverride, HttpFilterSpec, effective_chain
 from meshpy.stack.guards import CompiledFault, TokenBucket
 from meshpy.stack.policy_runtime import PolicyClaims
 
@@ -97,8 +97,7 @@ class PythonFilter:
             ex.filter_failed()
             return True
         if verdict is HOLD:
-            ex.filter_hold(index + 1)
-            return True
+            return ex.filter_hold(index + 1)  # (False: it resumed before returning HOLD)
         if verdict is REPLIED or ex._local is not None or ex.done:
             return True
         if verdict is CONTINUE or verdict is None:
@@ -128,14 +127,13 @@ class ChainBuilder:
     """A listener's filters, ready to compile into each route's chain. Python filters are made (or
     taken over from the live Snapshot, config unchanged) through the policy claims."""
 
-    __slots__ = ("_claims", "_listener", "_made", "specs")
+    __slots__ = ("_aliases", "_claims", "_listener", "_made", "specs")
 
     def __init__(self, specs: tuple[HttpFilterSpec, ...], claims: PolicyClaims, listener: str) -> None:
-        listed = {s.name for s in specs}
-        # Built-ins a listener does not list run first, in their usual order: so `rate_limit:` and
-        # `fault:` on routes keep working with no `filters:` at all.
-        implicit = tuple(HttpFilterSpec(name=k, kind=k) for k in BUILTIN_FILTERS if k not in listed)
-        self.specs = (*implicit, *specs)
+        self.specs = effective_chain(specs)
+        # A route may name an unlisted built-in the way Envoy configs do (envoy.filters.http.fault).
+        self._aliases = {alias: kind for alias, kind in ENVOY_NAMES.items()
+                         if any(s.name == kind for s in self.specs)}
         self._claims = claims
         self._listener = listener
         self._made: dict[int, PythonFilter] = {}
@@ -159,16 +157,31 @@ class ChainBuilder:
             adapter = self._made[id(user)] = PythonFilter(spec.name, user)
         return adapter
 
+    def check(self, overrides: tuple[FilterOverride, ...], where: str) -> tuple[FilterOverride, ...]:
+        """A virtual host's or route's overrides, checked (a filter of the listener's; a config only
+        for Python filters) and with Envoy's names of built-ins resolved."""
+        kinds = {s.name: s.kind for s in self.specs}
+        out = []
+        for given in overrides:
+            if given.name in self._aliases and given.name not in kinds:
+                given = FilterOverride(name=self._aliases[given.name], disabled=given.disabled,
+                                       config=given.config)
+            if given.name not in kinds:
+                raise ConfigError.at(f"{where}.filters.{given.name}", "no such filter on the listener")
+            if given.config is not None and kinds[given.name] != "python":
+                raise ConfigError.at(f"{where}.filters.{given.name}.config",
+                                     "only Python filters take a config here (the built-ins are configured "
+                                     "by rate_limit: and fault: on the route)")
+            out.append(given)
+        return tuple(out)
+
     def build(self, limiter: TokenBucket | None, fault: CompiledFault | None,
-              overrides: tuple[FilterOverride, ...], where: str) -> tuple[
+              vhost: tuple[FilterOverride, ...], route: tuple[FilterOverride, ...], where: str) -> tuple[
                   tuple[Any, ...], tuple[PythonFilter, ...], tuple[PythonFilter, ...]]:
         """One route's chain: (request filters, filters with on_response, filters with on_complete).
-        `overrides`: the virtual host's, then the route's (a later one wins)."""
-        said: dict[str, FilterOverride] = {}
-        known = {s.name for s in self.specs}
-        for given in overrides:
-            if given.name not in known:
-                raise ConfigError.at(f"{where}.filters.{given.name}", "no such filter on the listener")
+        `vhost`: its virtual host's overrides, already checked; `route`: its own, which win."""
+        said: dict[str, FilterOverride] = {o.name: o for o in vhost}
+        for given in self.check(route, where):
             prev = said.get(given.name)
             said[given.name] = given if prev is None else FilterOverride(
                 name=given.name, disabled=given.disabled if given.disabled is not None else prev.disabled,
@@ -178,7 +191,10 @@ class ChainBuilder:
         complete: list[PythonFilter] = []
         for spec in self.specs:
             o = said.get(spec.name)
-            if (o.disabled if o is not None and o.disabled is not None else spec.disabled):
+            # As in Envoy, a config of its own here turns a filter on here, unless it says disabled.
+            on_here = None if o is None else (not o.disabled if o.disabled is not None else
+                                              (True if o.config is not None else None))
+            if not (on_here if on_here is not None else not spec.disabled):
                 continue
             if spec.kind == "rate_limit":
                 if limiter is not None:

@@ -53,15 +53,25 @@ class FilteringMixin(ExchangeParts):
             self._filter_req = req = Request(self)  # type: ignore[arg-type]  # (a mixin of Exchange)
             return req
 
-    def filter_hold(self, resume_at: int) -> None:
-        self.filter_request()._resume_at = resume_at
+    def filter_hold(self, resume_at: int) -> bool:
+        """The filter at `resume_at - 1` returned HOLD; False when it had already resumed (go on now).
+        A held request is bounded by the stream idle timeout, as one waiting for its upstream is."""
+        req = self.filter_request()
+        if req._resume_at == -1:
+            req._resume_at = 0
+            return False
+        req._resume_at = resume_at
+        self._arm_idle()
+        return True
 
     def filter_resume(self) -> None:
         req = self.filter_request()
         at = req._resume_at
-        if at:
+        if at > 0:
             req._resume_at = 0
             self.resume_filters(at)
+        elif at == 0 and not self.done and self._local is None:
+            req._resume_at = -1  # called in on_request before it returned HOLD
 
     def filter_reply(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
         if self.done or self._local is not None:
@@ -93,13 +103,17 @@ class FilteringMixin(ExchangeParts):
         caller answers nothing more, filter_failed has."""
         request = self.filter_request()
         response = Response(status, headers)
-        for f in route.response_filters:
-            try:
-                f.user.on_response(request, response)
-            except Exception:
-                log.exception("http filter %s failed on a response", f.name)
-                self.filter_failed()
-                return False
+        request._responding = True
+        try:
+            for f in route.response_filters:
+                try:
+                    f.user.on_response(request, response)
+                except Exception:
+                    log.exception("http filter %s failed on a response", f.name)
+                    self.filter_failed()
+                    return False
+        finally:
+            request._responding = False
         return True
 
     def _filter_complete(self, route: CompiledRoute) -> None:

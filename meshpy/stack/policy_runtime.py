@@ -41,7 +41,9 @@ class PolicyClaims:
     def claim(self, kind: Callable[[C], S], scope: Scope, config: C) -> S:
         """The state of `kind` for `config` at `scope`: the live one if there is one, else new."""
         key = (kind, scope, config)
-        found = self.claimed.get(key) or self._live.get(key)
+        found = self.claimed.get(key)
+        if found is None:
+            found = self._live.get(key)  # (not `or`: a filter instance may well be falsy)
         state = cast(S, found) if found is not None else kind(config)
         self.claimed[key] = state
         return state

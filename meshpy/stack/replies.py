@@ -49,7 +49,7 @@ class RepliesMixin(ExchangeParts):
                      extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None:
         headers: list[tuple[bytes, bytes]] = [] if extra is None else extra
         headers.append((b"date", self.down.slot.date.now()))
-        if body:
+        if body and (extra is None or all(h[0] != b"content-type" for h in extra)):
             headers.append((b"content-type", b"text/plain"))
         if route is not None and route.response_changes:
             if route.response_edits:

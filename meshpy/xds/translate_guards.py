@@ -15,7 +15,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 
 from meshpy.model.types import Fault, LocalRateLimit
-from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, positive_duration, seconds, wrapped
+from meshpy.xds.translate_base import Issues, child, positive_duration, seconds, wrapped
 
 HTTPFault = fault_pb2.HTTPFault
 LocalRateLimitConfig = local_rate_limit_pb2.LocalRateLimit
@@ -86,23 +86,3 @@ def _runtime_percent(issues: Issues, msg: Any, name: str, path: str) -> float:
     if value not in (0.0, 100.0):
         issues.add(child(path, name), f"only 0% or 100% are supported by meshpy, got {value:g}%")
     return value
-
-
-def per_filter(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, LocalRateLimit | None]:
-    """The fault and rate limit a virtual host's or route's `typed_per_filter_config` gives it."""
-    found_fault: Fault | None = None
-    found_limit: LocalRateLimit | None = None
-    for key, any_msg in msg.typed_per_filter_config.items():
-        where = child(path, f"typed_per_filter_config[{key}]")
-        type_name = any_msg.TypeName()
-        if type_name == FAULT:
-            config = HTTPFault()
-            any_msg.Unpack(config)
-            found_fault = fault(issues, config, where)
-        elif type_name == RATE_LIMIT:
-            config = LocalRateLimitConfig()
-            any_msg.Unpack(config)
-            found_limit = rate_limit(issues, config, where)
-        else:
-            issues.add(where, f"{type_name or 'an empty config'} is {UNSUPPORTED}")
-    return found_fault, found_limit

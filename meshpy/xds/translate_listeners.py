@@ -32,13 +32,12 @@ from meshpy.model.types import (
     Fault,
     HttpOptions,
     Listener,
-    LocalRateLimit,
     RouteConfig,
     TcpOptions,
 )
-from meshpy.xds import translate_guards
 from meshpy.xds import translate_protocols as protocols
 from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
+from meshpy.xds.translate_filters import http_filters
 from meshpy.xds.translate_guards import HTTPFault, LocalRateLimitConfig
 from meshpy.xds.translate_routes import route_config
 
@@ -215,7 +214,7 @@ def _http_options(
     issues.fields(msg, path, _HCM)
     codec = protocols.codec(issues, msg, path)
     http2 = protocols.http2_options(issues, msg.http2_protocol_options, child(path, "http2_protocol_options"))
-    listener_fault, listener_limit = _http_filters(issues, msg, child(path, "http_filters"))
+    filters, listener_fault, listener_limit = http_filters(issues, msg, child(path, "http_filters"))
     max_kb = wrapped(msg, "max_request_headers_kb", 60)
     if not 0 < max_kb <= _MAX_HEADERS_KB:
         issues.add(child(path, "max_request_headers_kb"), f"must be from 1 to {_MAX_HEADERS_KB}")
@@ -245,6 +244,7 @@ def _http_options(
         codec=codec,
         http2=http2,
         upgrades=protocols.upgrades(issues, msg, path),
+        filters=filters,
     )
 
 
@@ -266,36 +266,6 @@ def _routes(issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfi
     elif kind is None:
         issues.add(path, "route_config is required")
     return RouteConfig(name="", virtual_hosts=())
-
-
-def _http_filters(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, LocalRateLimit | None]:
-    """meshpy's HTTP stack is fixed: the filter chain it accepts is the router, after at most a fault
-    filter and a local rate limit filter (whose own configs are returned). Each other filter is
-    reported by its type; a missing router only when nothing else explains it."""
-    routers = 0
-    found_fault: Fault | None = None
-    found_limit: LocalRateLimit | None = None
-    for i, http_filter in enumerate(msg.http_filters):
-        filter_path = item(path, i)
-        config_path = child(filter_path, "typed_config")
-        issues.fields(http_filter, filter_path, {"name", "typed_config"})
-        if not http_filter.HasField("typed_config"):
-            issues.add(config_path, "is required")
-            continue
-        config = unpack(issues, http_filter.typed_config, config_path, HTTP_FILTERS)
-        if config is not None and routers:
-            issues.add(config_path, "comes after the router, so it would never run")
-        if isinstance(config, HTTPFault):
-            found_fault = translate_guards.fault(issues, config, config_path)
-        elif isinstance(config, LocalRateLimitConfig):
-            found_limit = translate_guards.rate_limit(issues, config, config_path)
-        elif config is not None:
-            routers += 1
-            # Every Router option (suppress_envoy_headers, upstream_log, ...) changes behaviour.
-            issues.fields(config, config_path, ())
-    if not routers and not issues.items:
-        issues.add(path, "the router filter (envoy.extensions.filters.http.router.v3.Router) is required")
-    return found_fault, found_limit
 
 
 def with_fault(rc: RouteConfig, fault: Fault) -> RouteConfig:

@@ -24,7 +24,7 @@ from meshpy.model.types import (
     WeightedCluster,
 )
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout
-from meshpy.xds.translate_guards import per_filter
+from meshpy.xds.translate_filters import per_filter
 from meshpy.xds.translate_matchers import header_edits, route_match
 from meshpy.xds.translate_policies import RetryContext, hash_policies, retry_context, route_retry
 
@@ -156,7 +156,7 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
         _route(issues, route, item(child(path, "routes"), i), max_body, ctx)
         for i, route in enumerate(msg.routes)
     )
-    vhost_fault, vhost_limit = per_filter(issues, msg, path)
+    vhost_fault, vhost_limit, vhost_filters = per_filter(issues, msg, path)
     if vhost_fault is not None:  # a fault on the host is every route's that has none of its own
         routes = tuple(r if r.fault else dataclasses.replace(r, fault=vhost_fault) for r in routes)
     return VirtualHost(
@@ -167,6 +167,7 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
         request_headers=header_edits(issues, msg, path, "request"),
         response_headers=header_edits(issues, msg, path, "response"),
         rate_limit=vhost_limit,
+        filters=vhost_filters,
     )
 
 
@@ -194,7 +195,7 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
         if kind is None:  # a set but unsupported action was already reported by `fields`
             issues.add(path, "one of route, redirect or direct_response is required")
         action = DirectResponseAction(status=404)
-    route_fault, route_limit = per_filter(issues, msg, path)
+    route_fault, route_limit, route_filters = per_filter(issues, msg, path)
     return Route(
         name=msg.name,
         match=match,
@@ -203,6 +204,7 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
         response_headers=header_edits(issues, msg, path, "response"),
         rate_limit=route_limit,
         fault=route_fault,
+        filters=route_filters,
     )
 
 

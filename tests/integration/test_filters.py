@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit import ROOT, DemoUpstream, Proxy, eventually, free_port, http
+from kit import ROOT, DemoUpstream, Envoy, Proxy, envoy_binary, eventually, free_port, http
 
 KEY = ("x-api-key", "k1")
 
@@ -35,7 +35,14 @@ listeners:
         disabled: true
       - name: counter
         python: {{class: "tests.filter_kit:Counter", config: {{label: {label}}}}}
+      - name: tricky
+        python: {{class: "tests.filter_kit:Tricky"}}
+        disabled: true
     routes:
+      - match: /tricky
+        filters: {{tricky: {{disabled: false}}}}
+        idle_timeout: 1s
+        cluster: demo
       - match: /later
         filters: {{later: {{disabled: false}}}}
         cluster: demo
@@ -111,6 +118,30 @@ def test_a_filter_that_raises(proxy: tuple[Proxy, int], where: str) -> None:
         eventually(lambda: '"response_flags": "FE"' in p.logs() or '"FE"' in p.logs(), "flag FE logged")
     assert http(port, path="/echo", headers=[KEY]).status == 200  # and the proxy goes on
     assert p.alive()
+
+
+@pytest.mark.parametrize(("mode", "status"), [
+    ("inject", 500),  # a CR/LF in a reply header's value: refused, never written
+    ("rid", 500),  # x-request-id is the proxy's: a change would be lost, so it is refused
+    ("reply-late", 500),  # reply() from on_response: refused, and no loop through the hooks again
+    ("early-resume", 200),  # resume() before returning HOLD: goes on at once
+])
+def test_misuses_of_the_api(proxy: tuple[Proxy, int], mode: str, status: int) -> None:
+    p, port = proxy
+    r = http(port, path="/tricky/echo", headers=[KEY, ("x-mode", mode)])
+    assert r.status == status and r.header("x-injected") is None, r
+    assert p.alive() and http(port, path="/echo", headers=[KEY]).status == 200
+
+
+def test_a_reply_with_its_own_content_type(proxy: tuple[Proxy, int]) -> None:
+    r = http(proxy[1], path="/tricky/echo", headers=[KEY, ("x-mode", "ctype")])
+    assert r.status == 200 and r.all("content-type") == ["application/json"] and r.body == b"{}"
+
+
+def test_a_request_held_forever_ends_with_the_idle_timeout(proxy: tuple[Proxy, int]) -> None:
+    t0 = time.monotonic()
+    r = http(proxy[1], path="/tricky/echo", headers=[KEY, ("x-mode", "forever")])
+    assert r.status in (408, 504) and 0.9 < time.monotonic() - t0 < 5
 
 
 def test_http2_clients_pass_the_same_filters(proxy: tuple[Proxy, int]) -> None:
@@ -206,3 +237,69 @@ def test_the_sample_config(demo: DemoUpstream) -> None:
         assert http(port, path="/public/x", headers=[("x-canary", "never")]).header("x-canary") == "0"
     finally:
         p.stop()
+
+
+ENVOY_FORM = """
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: web
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
+HttpConnectionManager"
+          stat_prefix: web
+          http_filters:
+          - name: api_key
+            is_optional: true
+            typed_config:
+              "@type": type.googleapis.com/xds.type.v3.TypedStruct
+              type_url: type.googleapis.com/meshpy.filters.v1.Python
+              value: {{class: "config.filters.api_key:ApiKeyFilter", config: {{keys: [k1]}}}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /open}}
+                route: {{cluster: demo}}
+                typed_per_filter_config:
+                  api_key:
+                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    disabled: true
+              - match: {{prefix: /}}
+                route: {{cluster: demo}}
+  clusters:
+  - name: demo
+    load_assignment:
+      cluster_name: demo
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1,
+                                                                          port_value: {upstream}}}}}}}}}]}}]
+"""
+
+
+def test_the_envoy_form(demo: DemoUpstream) -> None:
+    """A Python filter in an Envoy bootstrap (an optional TypedStruct filter): meshpy runs it, turned
+    off on one route by a FilterConfig; real Envoy, which has no such filter, passes over it."""
+    admin, port = free_port(), free_port()
+    p = Proxy(ENVOY_FORM.format(admin=admin, port=port, upstream=demo.port), admin).start()
+    try:
+        assert http(port, path="/echo").status == 401
+        assert http(port, path="/echo", headers=[KEY]).status == 200
+        assert http(port, path="/open/echo").status == 200
+    finally:
+        p.stop()
+    if envoy_binary() is None:
+        return
+    admin, port = free_port(), free_port()
+    envoy = Envoy(ENVOY_FORM.format(admin=admin, port=port, upstream=demo.port), admin).start()
+    try:
+        assert http(port, path="/echo").status == 200  # (no such filter in Envoy: passed over)
+    finally:
+        envoy.stop()
