@@ -431,13 +431,16 @@ class Envoy:
 
 
 def envoy_http_bootstrap(admin: int, port: int, upstream: int, *, route: str = "",
-                         vhost: str = "", cluster: str = "", hcm: str = "") -> str:
+                         vhost: str = "", cluster: str = "", hcm: str = "", filters: str = "",
+                         routes: str = "") -> str:
     """An Envoy bootstrap with one HTTP listener on `port` whose one route sends everything to the
     cluster `backend` (one endpoint, `upstream`). `route` adds RouteAction fields, `vhost` virtual host
     fields, `cluster` Cluster fields, each as YAML lines (a flow mapping's entries for `route`); `hcm`
-    HttpConnectionManager fields, one per line."""
+    HttpConnectionManager fields, one per line; `filters` http_filters entries before the router (YAML
+    list items at column 0); `routes` routes before the catch-all one (flow mappings, each ending ", ")."""
     extra = f", {route}" if route else ""
     hcm = "\n          ".join(hcm.strip().splitlines())
+    filters = "".join(f"\n          {line}" for line in filters.strip("\n").splitlines())
     return f"""
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -458,8 +461,8 @@ HttpConnectionManager"
             - name: all
               domains: ["*"]
               {vhost}
-              routes: [{{ match: {{ prefix: / }}, route: {{ cluster: backend{extra} }} }}]
-          http_filters:
+              routes: [{routes}{{ match: {{ prefix: / }}, route: {{ cluster: backend{extra} }} }}]
+          http_filters:{filters}
           - name: envoy.filters.http.router
             typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
   clusters:

@@ -14,7 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit import ROOT, DemoUpstream, Envoy, Proxy, envoy_binary, eventually, free_port, http
+from kit import (
+    ROOT,
+    DemoUpstream,
+    Envoy,
+    Proxy,
+    envoy_binary,
+    envoy_http_bootstrap,
+    eventually,
+    free_port,
+    http,
+)
 
 KEY = ("x-api-key", "k1")
 
@@ -239,56 +249,24 @@ def test_the_sample_config(demo: DemoUpstream) -> None:
         p.stop()
 
 
-ENVOY_FORM = """
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
-HttpConnectionManager"
-          stat_prefix: web
-          http_filters:
-          - name: api_key
-            is_optional: true
-            typed_config:
-              "@type": type.googleapis.com/xds.type.v3.TypedStruct
-              type_url: type.googleapis.com/meshpy.filters.v1.Python
-              value: {{class: "config.filters.api_key:ApiKeyFilter", config: {{keys: [k1]}}}}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /open}}
-                route: {{cluster: demo}}
-                typed_per_filter_config:
-                  api_key:
-                    "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
-                    disabled: true
-              - match: {{prefix: /}}
-                route: {{cluster: demo}}
-  clusters:
-  - name: demo
-    load_assignment:
-      cluster_name: demo
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1,
-                                                                          port_value: {upstream}}}}}}}}}]}}]
+PYTHON_FILTER = """
+- name: api_key
+  is_optional: true
+  typed_config:
+    "@type": type.googleapis.com/xds.type.v3.TypedStruct
+    type_url: type.googleapis.com/meshpy.filters.v1.Python
+    value: {class: "config.filters.api_key:ApiKeyFilter", config: {keys: [k1]}}
 """
+OFF_HERE = ('{ match: { prefix: /open }, route: { cluster: backend }, typed_per_filter_config: { api_key: {'
+            ' "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true } } }, ')
 
 
 def test_the_envoy_form(demo: DemoUpstream) -> None:
     """A Python filter in an Envoy bootstrap (an optional TypedStruct filter): meshpy runs it, turned
     off on one route by a FilterConfig; real Envoy, which has no such filter, passes over it."""
     admin, port = free_port(), free_port()
-    p = Proxy(ENVOY_FORM.format(admin=admin, port=port, upstream=demo.port), admin).start()
+    bootstrap = envoy_http_bootstrap(admin, port, demo.port, filters=PYTHON_FILTER, routes=OFF_HERE)
+    p = Proxy(bootstrap, admin).start()
     try:
         assert http(port, path="/echo").status == 401
         assert http(port, path="/echo", headers=[KEY]).status == 200
@@ -298,7 +276,8 @@ def test_the_envoy_form(demo: DemoUpstream) -> None:
     if envoy_binary() is None:
         return
     admin, port = free_port(), free_port()
-    envoy = Envoy(ENVOY_FORM.format(admin=admin, port=port, upstream=demo.port), admin).start()
+    bootstrap = envoy_http_bootstrap(admin, port, demo.port, filters=PYTHON_FILTER, routes=OFF_HERE)
+    envoy = Envoy(bootstrap, admin).start()
     try:
         assert http(port, path="/echo").status == 200  # (no such filter in Envoy: passed over)
     finally:
