@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 from meshpy.codec.http1 import (
     CONTINUE_100,
-    HOST_CHARS,
     LAST_CHUNK,
-    authority_with_port,
     check_transfer_encoding,
     chunk,
     no_body_status,
@@ -204,10 +202,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         if facts.authority is None:
             if not self.http10:
                 raise BadRequest("missing host header")
-        else:
-            # A name without a port passes with one translate; anything else takes the whole check.
-            if facts.authority.translate(None, HOST_CHARS) and not authority_with_port(facts.authority):
-                raise BadRequest("invalid host header")
+        else:  # (checked by the connection: Http1Downstream.on_headers_complete, or read_request)
             self.authority = facts.authority.decode("latin-1")
         self.path = target.decode("latin-1")
         if upgrading:
