@@ -4,6 +4,7 @@ raise, hold and resume, count across reloads, refuse their config, and edit resp
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from meshpy.filters import CONTINUE, HOLD, HttpFilter, Request, Response, Verdict
@@ -88,3 +89,14 @@ class Tricky(HttpFilter):
     def on_response(self, request: Request, response: Response) -> None:
         if request.headers.get("x-mode") == "reply-late":
             request.reply(418, b"too late")
+
+
+class WhoAmI(HttpFilter):
+    """Answers with what it knows of the client connection, as JSON."""
+
+    def on_request(self, request: Request) -> Verdict:
+        c = request.connection
+        body = {"peer": c.peer, "peer_port": c.peer_port, "local": c.local, "local_port": c.local_port,
+                "original_destination": c.original_destination, "listener": c.listener,
+                "direction": c.direction, "protocol": request.protocol}
+        return request.reply(200, json.dumps(body).encode(), {"content-type": "application/json"})

@@ -48,7 +48,13 @@ listeners:
       - name: tricky
         python: {{class: "tests.filter_kit:Tricky"}}
         disabled: true
+      - name: whoami
+        python: {{class: "tests.filter_kit:WhoAmI"}}
+        disabled: true
     routes:
+      - match: /whoami
+        filters: {{whoami: {{disabled: false}}}}
+        cluster: demo
       - match: /tricky
         filters: {{tricky: {{disabled: false}}}}
         idle_timeout: 1s
@@ -152,6 +158,20 @@ def test_a_request_held_forever_ends_with_the_idle_timeout(proxy: tuple[Proxy, i
     t0 = time.monotonic()
     r = http(proxy[1], path="/tricky/echo", headers=[KEY, ("x-mode", "forever")])
     assert r.status in (408, 504) and 0.9 < time.monotonic() - t0 < 5
+
+
+def test_the_client_connection(proxy: tuple[Proxy, int]) -> None:
+    _, port = proxy
+    r = http(port, path="/whoami", headers=[KEY])
+    seen = json.loads(r.body)
+    assert seen["peer"] == "127.0.0.1" and seen["peer_port"] > 0 and seen["local_port"] == port
+    assert (seen["listener"], seen["direction"], seen["original_destination"], seen["protocol"]) == \
+        ("web", "unspecified", None, "HTTP/1.1")
+    out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-H", "x-api-key: k1",
+                          f"http://127.0.0.1:{port}/whoami"],
+                         capture_output=True, text=True, timeout=10).stdout
+    h2 = json.loads(out)
+    assert (h2["local_port"], h2["protocol"], h2["peer"]) == (port, "HTTP/2", "127.0.0.1")
 
 
 def test_http2_clients_pass_the_same_filters(proxy: tuple[Proxy, int]) -> None:
