@@ -77,8 +77,8 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
             limit_config = _unpacked(f.typed_config, type_name)
             found_limit = translate_guards.rate_limit(issues, limit_config, config_path)
             kind = "rate_limit"
-        elif type_name in TYPED_STRUCTS and _typed_struct(f.typed_config)[0] == PYTHON_FILTER:
-            cls, config = _python(issues, _typed_struct(f.typed_config)[1], config_path)
+        elif (python := _python_value(f.typed_config)) is not None:
+            cls, config = _python(issues, python, config_path)
             specs.append(HttpFilterSpec(name=f.name or cls, kind="python", python_class=cls, config=config,
                                         disabled=f.disabled))
             continue
@@ -136,8 +136,7 @@ def per_filter(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, Local
             found_fault = translate_guards.fault(issues, _unpacked(any_msg, type_name), where)
         elif type_name == translate_guards.RATE_LIMIT:
             found_limit = translate_guards.rate_limit(issues, _unpacked(any_msg, type_name), where)
-        elif type_name in TYPED_STRUCTS and _typed_struct(any_msg)[0] == PYTHON_FILTER:
-            value = _typed_struct(any_msg)[1]
+        elif (value := _python_value(any_msg)) is not None:
             if set(value) - {"config"}:
                 issues.add(child(where, "value"), "only config may be given here (the class is the filter's)")
             if "config" in value:
@@ -165,6 +164,14 @@ def _unpacked(any_msg: Any, type_name: str) -> Any:
     msg = _MESSAGES[type_name]()
     any_msg.Unpack(msg)
     return msg
+
+
+def _python_value(any_msg: Any) -> dict[str, Any] | None:
+    """The value of a TypedStruct that holds a Python filter's config; None for anything else."""
+    if any_msg.TypeName() not in TYPED_STRUCTS:
+        return None
+    type_url, value = _typed_struct(any_msg)
+    return value if type_url == PYTHON_FILTER else None
 
 
 def _typed_struct(any_msg: Any) -> tuple[str, dict[str, Any]]:

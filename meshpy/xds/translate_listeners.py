@@ -16,7 +16,6 @@ from typing import Any
 
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
@@ -38,12 +37,10 @@ from meshpy.model.types import (
 from meshpy.xds import translate_protocols as protocols
 from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
 from meshpy.xds.translate_filters import http_filters
-from meshpy.xds.translate_guards import HTTPFault, LocalRateLimitConfig
 from meshpy.xds.translate_routes import route_config
 
 HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
 TcpProxy = tcp_proxy_pb2.TcpProxy
-Router = router_pb2.Router
 FileAccessLog = file_pb2.FileAccessLog
 StdoutAccessLog = stream_pb2.StdoutAccessLog
 
@@ -56,7 +53,6 @@ NETWORK_FILTERS = _by_name(HttpConnectionManager, TcpProxy)
 OriginalDst = original_dst_pb2.OriginalDst
 HttpInspector = http_inspector_pb2.HttpInspector
 LISTENER_FILTERS = _by_name(OriginalDst, HttpInspector)
-HTTP_FILTERS = _by_name(Router, HTTPFault, LocalRateLimitConfig)
 ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
 
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.

@@ -39,7 +39,16 @@ from pathlib import Path
 import httptools
 import pytest
 from desync_corpus import SMUGGLED_PREFIX, SOURCES, TAG, Probe, corpus, tag_of
-from kit import ROOT, Envoy, Proxy, RawUpstream, envoy_binary, envoy_http_bootstrap, free_port
+from kit import (
+    ROOT,
+    Envoy,
+    Proxy,
+    RawUpstream,
+    envoy_binary,
+    envoy_http_bootstrap,
+    free_port,
+    read_request_head,
+)
 from strict_origin import OriginRequest, StrictOrigin
 
 pytestmark = pytest.mark.envoy
@@ -671,12 +680,9 @@ class NaiveRelay:
         self.port = self.relay.port
 
     def _serve(self, client: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = client.recv(65536)
-            if not data:
-                return
-            head += data
+        head = read_request_head(client)
+        if b"\r\n\r\n" not in head:
+            return
         head, _, rest = head.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         named = {t.strip().lower() for line in lines[1:] if line.lower().startswith(b"connection:")
