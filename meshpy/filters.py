@@ -217,5 +217,19 @@ class HttpFilter:
     def on_response(self, request: Request, response: Response) -> None:
         """The response head, before it goes to the client (upstream answers and the proxy's own)."""
 
+    def on_request_body(self, request: Request, chunk: bytes, end: bool) -> bytes | None:
+        """A piece of the request body as it arrives, before it goes upstream; once more with `end`
+        True (and `chunk` empty) when the body is over. Return None to pass `chunk` on unchanged, or
+        the bytes to send in its place (b"" drops it; at the end, bytes to add). It may answer with
+        `request.reply()` while no response has started; it cannot hold. On a route where this hook
+        is on, the request goes upstream without its Content-Length (chunked to HTTP/1.1), since its
+        length may change."""
+        return None
+
+    def on_response_body(self, request: Request, chunk: bytes, end: bool) -> bytes | None:
+        """A piece of the response body (upstream answers and the proxy's own), as `on_request_body`;
+        the response goes to the client without its Content-Length where this hook is on."""
+        return None
+
     def on_complete(self, request: Request) -> None:
         """The exchange is over (answered, failed or abandoned by the client): release what you hold."""

@@ -100,3 +100,25 @@ class WhoAmI(HttpFilter):
                 "original_destination": c.original_destination, "listener": c.listener,
                 "direction": c.direction, "protocol": request.protocol}
         return request.reply(200, json.dumps(body).encode(), {"content-type": "application/json"})
+
+
+class Upper(HttpFilter):
+    """Upper-cases request and response bodies, and adds `config["suffix"]` (bytes as text) at each end;
+    `x-boom: request-body` or `response-body` makes it raise there, `x-body-reply` answers from the
+    request body hook. Counts what it saw in `request.state`."""
+
+    def on_request_body(self, request: Request, chunk: bytes, end: bool) -> bytes | None:
+        if request.headers.get("x-boom") == "request-body":
+            raise RuntimeError("boom on the request body")
+        if request.headers.get("x-body-reply") and b"STOP" in chunk:
+            request.reply(422, b"stopped by the body\n")
+            return None
+        request.state["in"] = request.state.get("in", 0) + len(chunk)
+        return (chunk.upper() + self.config.get("suffix", "").encode()) if end else chunk.upper()
+
+    def on_response_body(self, request: Request, chunk: bytes, end: bool) -> bytes | None:
+        if request.headers.get("x-boom") == "response-body":
+            raise RuntimeError("boom on the response body")
+        if end:
+            return self.config.get("suffix", "").encode()
+        return chunk.upper()

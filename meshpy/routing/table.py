@@ -45,7 +45,7 @@ from meshpy.routing.matchers import (
     split_path,
 )
 from meshpy.stack.filter_chain import ChainBuilder
-from meshpy.stack.headers import HeaderOps, compile_edits
+from meshpy.stack.headers import compile_edits
 from meshpy.stack.policy_runtime import PolicyClaims, Scope, route_places
 
 # Path match kinds. Envoy 1.40 tests every kind against the path with query and fragment removed
@@ -111,14 +111,15 @@ class CompiledRoute:
         "idle_timeout",
         "limiter",
         "never_matches",
-        "request_edits",
+        "request_body_filters",
+        "response_body_filters",
         "response_changes",
-        "response_edits",
         "response_filters",
         "retry",
         "rewrites",
         "route",
         "timeout",
+        "upstream_filters",
         "virtual_host",
     )
 
@@ -151,21 +152,25 @@ class CompiledRoute:
         limit = route.rate_limit
         self.limiter = policies.bucket(scope, limit) if limit is not None else vhost.limiter
         self.fault = policies.fault(scope, route.fault) if route.fault is not None else None
-        # The filters between routing and the router, in the listener's order (empty: no cost).
-        self.filters, self.response_filters, self.complete_filters = chain.build(
-            self.limiter, self.fault, vhost.filters, route.filters, where)
         self.host_rewrite = fwd.host_rewrite.encode("latin-1") if fwd and fwd.host_rewrite else None
         self.rewrites = fwd is not None and (fwd.prefix_rewrite is not None or fwd.regex_rewrite is not None)
         vh_model = vhost.virtual_host
         assert vh_model is not None
-        self.request_edits: HeaderOps = compile_edits(
-            route.request_headers, vh_model.request_headers, rc.request_headers
-        )
-        self.response_edits: HeaderOps = compile_edits(
-            route.response_headers, vh_model.response_headers, rc.response_headers
-        )
+        # The filters between routing and the router, in the listener's order, one tuple per hook
+        # (empty: no cost); the route's header edits are filters of the chain too.
+        chain_ = chain.build(
+            self.limiter, self.fault,
+            compile_edits(route.request_headers, vh_model.request_headers, rc.request_headers),
+            compile_edits(route.response_headers, vh_model.response_headers, rc.response_headers),
+            vhost.filters, route.filters, where)
+        self.filters = chain_.request
+        self.upstream_filters = chain_.upstream
+        self.response_filters = chain_.response
+        self.request_body_filters = chain_.request_body
+        self.response_body_filters = chain_.response_body
+        self.complete_filters = chain_.complete
         # One flag for the response path: the head passes through untouched unless this is set.
-        self.response_changes = bool(self.response_edits) or bool(self.response_filters)
+        self.response_changes = bool(self.response_filters) or bool(self.response_body_filters)
         m = route.match
         self.connect = m.connect
         self._value = m.path

@@ -73,6 +73,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
     # set by _dispatch before any upstream sees it, so not in __init__ (a list less per request).
     up_fields: list[tuple[bytes, bytes]]
     up_target: bytes
+    up_chunked: bool  # the request body goes upstream chunked (its own framing, or re-framed)
     __slots__ = (
         "_buffered",
         "_buffered_bytes",
@@ -117,6 +118,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         "started",
         "t0",
         "target",
+        "up_chunked",
         "up_fields",
         "up_head_bytes",
         "up_target",
@@ -245,6 +247,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         if route is None:
             return self._error(NoRoute())
         self.route = route
+        if route.request_body_filters and (self._buffered or self.req_done) and self._early_body(route):
+            return
         if route.filters and self._run_filters(route, 0):
             return  # answered (rate limited, aborted, a filter's reply) or held (resume_filters)
         self._dispatch(route)
@@ -277,8 +281,16 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             self.headers, facts, peer=self.down.peer, host=route.host_rewrite,
             use_remote_address=cfg.use_remote_address, forwarded_proto=cfg.forwarded_proto,
             request_id=new_rid)
-        if route.request_edits:
-            route.request_edits.apply(headers)
+        self.up_chunked = facts.chunked
+        if route.upstream_filters:
+            for f in route.upstream_filters:
+                f.on_upstream(self, headers)
+        if route.request_body_filters and self._has_body():
+            # The filters may change the body's length: it goes upstream chunked.
+            headers = [h for h in headers if h[0] != b"content-length"]
+            if not facts.chunked:
+                headers.append((b"transfer-encoding", b"chunked"))
+                self.up_chunked = True
         if self.upgrade is not None:  # hop-by-hop, dropped above; this hop carries them on
             headers += [(b"connection", b"upgrade"), (b"upgrade", self.upgrade)]
         target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
@@ -324,12 +336,21 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             return
         if self._local is not None:
             return
+        route = self.route
+        if route is not None and route.request_body_filters:
+            out = self._filter_request_body(route, data, False)
+            if not out:
+                return  # answered, failed, or nothing to send
+            data = out
         self._last_activity = self.down.loop.time()
+        self._forward_body(data)
+
+    def _forward_body(self, data: bytes) -> None:
         if self.retry is not None:
             self.retry.keep(data)
         conn = self.conn
         if conn is not None:
-            conn.write_body(data, self.facts.chunked)
+            conn.write_body(data, self.up_chunked)
             return
         buf = self._buffered
         if buf is None:
@@ -346,11 +367,35 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         if self._local is not None:
             self._send_local()
             return
+        route = self.route
+        if route is not None and route.request_body_filters and not self._body_end(route):
+            return
         conn = self.conn
-        if conn is not None and (self.facts.chunked or conn.multiplexed):  # else nothing marks the end
-            conn.end_body(self.facts.chunked)
+        if conn is not None and (self.up_chunked or conn.multiplexed):  # else nothing marks the end
+            conn.end_body(self.up_chunked)
         if self.host is not None:
             self._request_timers()
+
+    def _body_end(self, route: CompiledRoute) -> bool:
+        """The request body filters' end hook, and what they add; False when one answered or failed."""
+        tail = self._filter_request_body(route, b"", True)
+        if tail is None:
+            return False
+        if tail:
+            self._forward_body(tail)
+        return True
+
+    def _early_body(self, route: CompiledRoute) -> bool:
+        """A pipelined request's body came before it was routed: it passes the body filters now.
+        True when one answered or failed."""
+        buffered, self._buffered, self._buffered_bytes = self._buffered, None, 0
+        for data in buffered or ():
+            out = self._filter_request_body(route, data, False)
+            if out is None:
+                return True
+            if out:
+                self._forward_body(out)
+        return self.req_done and not self._body_end(route)
 
     def _request_timers(self) -> None:
         timeout = self.route.timeout if self.route is not None else None
@@ -419,11 +464,11 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
                                                       list(buf) if buf else [], self.req_done)
             return
         if buf:
-            if self.facts.chunked:
+            if self.up_chunked:
                 out.extend(chunk(b) for b in buf)
             else:
                 out.extend(buf)
-        if self.req_done and self.facts.chunked:
+        if self.req_done and self.up_chunked:
             out.append(LAST_CHUNK)
         transport = cast("UpstreamHttp1", conn).transport
         assert transport is not None
@@ -474,18 +519,15 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
     def _head_from_list(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """The general path: header edits, a server name, new framing, HTTP/1.0 clients, draining."""
         down = self.down
-        out_headers, length, chunked, has_date = downstream_response_headers(headers)
+        listed, length, chunked, has_date = downstream_response_headers(headers)
         if not has_date:
-            out_headers.append((b"date", down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1
-        route = self.route
-        if route is not None and route.response_changes:
-            if route.response_edits:
-                route.response_edits.apply(out_headers)
-            if route.response_filters and not self._filter_response(route, status, out_headers):
-                return
-        if self.cfg.server_name is not None:
-            out_headers = [(n, v) for n, v in out_headers if n != b"server"]
-            out_headers.append((b"server", self.cfg.server_name))
+            listed.append((b"date", down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1
+        out_headers = self._response_headers(status, listed)
+        if out_headers is None:
+            return
+        if out_headers is not listed and length is not None and not any(
+                h[0] == b"content-length" for h in out_headers):
+            length = None  # re-framed for the response body filters
         has_body = not self.head_request and not no_body_status(status)
         if has_body and length is None:
             self._close_delimited = not chunked
@@ -504,10 +546,21 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         self.started = True
 
     def up_body(self, data: bytes) -> None:
+        route = self.route
+        if route is not None and route.response_body_filters:
+            out = None if self.done else self._filter_response_body(route, data, False)
+            if not out:
+                return  # failed (the exchange was reset), or nothing to send
+            data = out
         self.bytes_out += len(data)
         self.down.out.append(chunk(data) if self.down_chunked else data)
         if self._deadline or self._timer is not None:
             self._last_activity = self.down.loop.time()
+
+    def _write_body(self, data: bytes) -> None:
+        """A piece of response body that no upstream read brought (a body filter's)."""
+        self.bytes_out += len(data)
+        self.down.out.append(chunk(data) if self.down_chunked else data)
 
     def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
         """Response trailers (an HTTP/2 upstream): an HTTP/1.1 client gets the body's end without them,
@@ -521,6 +574,13 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
                 self.host.pool.release(conn)
             else:
                 self.host.pool.discard(conn)
+        route = self.route
+        if route is not None and route.response_body_filters:
+            tail = self._filter_response_body(route, b"", True)
+            if tail is None:
+                return  # a filter failed: the exchange was reset
+            if tail:
+                self._write_body(tail)
         if self.down_chunked:
             self.down.out.append(LAST_CHUNK)
         if not self.req_done:
@@ -634,7 +694,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         cfg = self.cfg
         cfg.stats.request_done(status, seconds)
         route = self.route
-        if route is not None and route.complete_filters:
+        if route is not None and route.complete_filters:  # (on_complete hooks)
             self._filter_complete(route)
         if self.host is not None:
             self.host.active_requests -= 1

@@ -185,16 +185,10 @@ class H2Exchange(Exchange):
             parse_fields(fields) if listed is None else listed)
         if not has_date:
             headers.append((b"date", self.stream.slot.date.now()))
-        route = self.route
-        if route is not None and route.response_changes:
-            if route.response_edits:
-                route.response_edits.apply(headers)
-            if route.response_filters and not self._filter_response(route, status, headers):
-                return
-        server = self.cfg.server_name
-        if server is not None:
-            headers = [(n, v) for n, v in headers if n != b"server"]
-            headers.append((b"server", server))
+        final = self._response_headers(status, headers)
+        if final is None:
+            return
+        headers = final
         self.started = True
         out = response_fields(status, headers)
         if self._grpc:
@@ -240,12 +234,23 @@ class H2Exchange(Exchange):
         super()._complete()
 
     def up_body(self, data: bytes) -> None:
+        route = self.route
+        if route is not None and route.response_body_filters:
+            out = None if self.done else self._filter_response_body(route, data, False)
+            if not out:
+                return  # failed (the stream was reset), or nothing to send
+            data = out
         self.bytes_out += len(data)
         if self._held is not None:
             self._send_held(False)
         self.stream.send_data(data)
         if self._deadline or self._timer is not None:
             self._last_activity = self.stream.loop.time()
+
+    def _write_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self._send_held(False)
+        self.stream.send_data(data)
 
     def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
         if self._grpc:

@@ -1,12 +1,20 @@
 """The HTTP filter chain, compiled per route: what runs between routing and the router, in the
 listener's order (Envoy's http_filters), as each virtual host and route turn filters on or off.
 
-Every filter here has one internal hook, `on_request(ex, index) -> bool`: True when it answered the
-request or holds it (a held request goes on with `Exchange.resume_filters(index + 1)`). The built-in
-ones, the local rate limit and fault injection, read the exchange directly; a user's filter
-(meshpy.filters.HttpFilter) is wrapped by PythonFilter, which gives it the public Request and turns
-an exception into a 500 with the flag FE. A route with no filter on has an empty chain: the request
-path pays one attribute check, as before filters existed.
+A route's chain (RouteChain) is one tuple per hook, holding only the filters that have that hook, so
+a hook no filter has costs the request path one attribute check. The internal hooks are:
+- `on_request(ex, index) -> bool`: the request head; True when the filter answered the request or
+  holds it (a held request goes on with `Exchange.resume_filters(index + 1)`);
+- `on_upstream(ex, headers)`: the request head as it goes upstream (the route's header edits: Envoy's
+  router applies them there, after x-forwarded-for and x-request-id);
+- `on_response(ex, status, headers) -> bool`: the response head; False when the filter failed (the
+  exchange has answered for it);
+- `on_request_body(ex, chunk, end)` and `on_response_body(...)` -> bytes, or None when the filter
+  answered or failed;
+- `on_complete(ex)`.
+The local rate limit and fault injection read the exchange directly; the route's header edits are
+HeaderEditsFilter filters; a user's filter (meshpy.filters.HttpFilter) is wrapped by PythonFilter, which
+gives it the public Request and turns an exception into a 500 with the flag FE.
 """
 
 from __future__ import annotations
@@ -17,9 +25,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from meshpy.errors import ConfigError, ConfigIssue
-from meshpy.filters import CONTINUE, HOLD, REPLIED, HttpFilter
+from meshpy.filters import CONTINUE, HOLD, REPLIED, HttpFilter, Response
 from meshpy.model.filter_types import ENVOY_NAMES, FilterOverride, HttpFilterSpec, effective_chain
 from meshpy.stack.guards import CompiledFault, TokenBucket
+from meshpy.stack.headers import HeaderOps
 from meshpy.stack.policy_runtime import PolicyClaims
 
 if TYPE_CHECKING:
@@ -79,8 +88,26 @@ def _abort(ex: Exchange, status: int | None) -> bool:
     return True
 
 
+class HeaderEditsFilter:
+    """The route's header edits (route, virtual host and route config levels, merged): on the upstream
+    request head, or on the response head before any user filter sees it (as in Envoy, where the
+    router, last to decode, is first to encode)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self, ops: HeaderOps) -> None:
+        self.ops = ops
+
+    def on_upstream(self, ex: Exchange, headers: list[tuple[bytes, bytes]]) -> None:
+        self.ops.apply(headers)
+
+    def on_response(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        self.ops.apply(headers)
+        return True
+
+
 class PythonFilter:
-    """A user's filter on the request path: the public Request, errors contained."""
+    """A user's filter: the public Request, errors contained."""
 
     __slots__ = ("name", "user")
 
@@ -106,6 +133,60 @@ class PythonFilter:
         ex.filter_failed()
         return True
 
+    def on_response(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        request = ex.filter_request()
+        request._responding = True  # reply() is for the request side
+        try:
+            self.user.on_response(request, Response(status, headers))
+        except Exception:
+            log.exception("http filter %s failed on a response", self.name)
+            ex.filter_failed()
+            return False
+        finally:
+            request._responding = False
+        return True
+
+    def on_request_body(self, ex: Exchange, chunk: bytes, end: bool) -> bytes | None:
+        try:
+            out = self.user.on_request_body(ex.filter_request(), chunk, end)
+        except Exception:
+            log.exception("http filter %s failed on a request body", self.name)
+            ex.filter_failed()
+            return None
+        if ex.done or ex._local is not None:
+            return None  # it answered
+        return self._checked(ex, chunk if out is None else out)
+
+    def on_response_body(self, ex: Exchange, chunk: bytes, end: bool) -> bytes | None:
+        request = ex.filter_request()
+        request._responding = True
+        try:
+            out = self.user.on_response_body(request, chunk, end)
+        except Exception:
+            log.exception("http filter %s failed on a response body", self.name)
+            ex.filter_failed()
+            return None
+        finally:
+            request._responding = False
+        return self._checked(ex, chunk if out is None else out)
+
+    def _checked(self, ex: Exchange, out: object) -> bytes | None:
+        if isinstance(out, bytes):
+            return out
+        if isinstance(out, (bytearray, memoryview)):
+            return bytes(out)
+        log.error("http filter %s returned %s for a body piece, not bytes or None", self.name,
+                  type(out).__name__)
+        ex.filter_failed()
+        return None
+
+    def on_complete(self, ex: Exchange) -> None:
+        try:
+            self.user.on_complete(ex.filter_request())
+        except Exception:
+            ex.cfg.stats.rq_filter_errors += 1
+            log.exception("http filter %s failed at completion", self.name)
+
 
 def load_filter(spec: tuple[str, str]) -> HttpFilter:
     """A new instance of the class at `spec[0]` ("package.module:Class") with the config `spec[1]`."""
@@ -118,9 +199,26 @@ def load_filter(spec: tuple[str, str]) -> HttpFilter:
     return cls(json.loads(config))
 
 
-def _overrides(cls: type[HttpFilter]) -> tuple[bool, bool]:
-    """Whether the class has on_response and on_complete of its own (else they cost nothing)."""
-    return cls.on_response is not HttpFilter.on_response, cls.on_complete is not HttpFilter.on_complete
+_HOOKS = ("on_response", "on_request_body", "on_response_body", "on_complete")
+
+
+def _hooks(cls: type[HttpFilter]) -> tuple[bool, ...]:
+    """Which of _HOOKS the class overrides (a hook it does not costs nothing)."""
+    return tuple(getattr(cls, hook) is not getattr(HttpFilter, hook) for hook in _HOOKS)
+
+
+class RouteChain:
+    """One route's filters, a tuple per hook, each in the order that hook runs."""
+
+    __slots__ = ("complete", "request", "request_body", "response", "response_body", "upstream")
+
+    def __init__(self) -> None:
+        self.request: tuple[Any, ...] = ()
+        self.upstream: tuple[HeaderEditsFilter, ...] = ()
+        self.response: tuple[Any, ...] = ()
+        self.request_body: tuple[PythonFilter, ...] = ()
+        self.response_body: tuple[PythonFilter, ...] = ()
+        self.complete: tuple[PythonFilter, ...] = ()
 
 
 class ChainBuilder:
@@ -175,20 +273,19 @@ class ChainBuilder:
             out.append(given)
         return tuple(out)
 
-    def build(self, limiter: TokenBucket | None, fault: CompiledFault | None,
-              vhost: tuple[FilterOverride, ...], route: tuple[FilterOverride, ...], where: str) -> tuple[
-                  tuple[Any, ...], tuple[PythonFilter, ...], tuple[PythonFilter, ...]]:
-        """One route's chain: (request filters, filters with on_response, filters with on_complete).
-        `vhost`: its virtual host's overrides, already checked; `route`: its own, which win."""
+    def build(self, limiter: TokenBucket | None, fault: CompiledFault | None, request_edits: HeaderOps,
+              response_edits: HeaderOps, vhost: tuple[FilterOverride, ...], route: tuple[FilterOverride, ...],
+              where: str) -> RouteChain:
+        """One route's chain. `vhost`: its virtual host's overrides, already checked; `route`: its own,
+        which win."""
         said: dict[str, FilterOverride] = {o.name: o for o in vhost}
         for given in self.check(route, where):
             prev = said.get(given.name)
             said[given.name] = given if prev is None else FilterOverride(
                 name=given.name, disabled=given.disabled if given.disabled is not None else prev.disabled,
                 config=given.config if given.config is not None else prev.config)
-        chain: list[Any] = []
-        respond: list[PythonFilter] = []
-        complete: list[PythonFilter] = []
+        request: list[Any] = []
+        users: list[PythonFilter] = []
         for spec in self.specs:
             o = said.get(spec.name)
             # As in Envoy, a config of its own here turns a filter on here, unless it says disabled.
@@ -198,20 +295,27 @@ class ChainBuilder:
                 continue
             if spec.kind == "rate_limit":
                 if limiter is not None:
-                    chain.append(RateLimitFilter(limiter))
+                    request.append(RateLimitFilter(limiter))
             elif spec.kind == "fault":
                 if fault is not None:
-                    chain.append(FaultFilter(fault))
+                    request.append(FaultFilter(fault))
             else:
                 config = o.config if o is not None and o.config is not None else spec.config
                 try:
                     f = self._python(spec, config)
                 except ConfigError as err:
                     raise ConfigError.at(f"{where}.filters.{spec.name}", err.issues[0].reason) from err
-                chain.append(f)
-                has_response, has_complete = _overrides(type(f.user))
-                if has_response:
-                    respond.append(f)
-                if has_complete:
-                    complete.append(f)
-        return tuple(chain), tuple(respond), tuple(complete)
+                request.append(f)
+                users.append(f)
+        chain = RouteChain()
+        chain.request = tuple(request)
+        if request_edits:
+            chain.upstream = (HeaderEditsFilter(request_edits),)
+        has = [_hooks(type(f.user)) for f in users]
+        # Responses run the chain backwards (Envoy's encoder order), the route's edits first.
+        chain.response = ((HeaderEditsFilter(response_edits),) if response_edits else ()) + tuple(
+            f for f, h in zip(reversed(users), reversed(has), strict=True) if h[0])
+        chain.request_body = tuple(f for f, h in zip(users, has, strict=True) if h[1])
+        chain.response_body = tuple(f for f, h in zip(reversed(users), reversed(has), strict=True) if h[2])
+        chain.complete = tuple(f for f, h in zip(users, has, strict=True) if h[3])
+        return chain

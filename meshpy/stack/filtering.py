@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from meshpy.filters import Request, Response
+from meshpy.filters import Request
 from meshpy.stack.parts import ExchangeParts
 
 if TYPE_CHECKING:
@@ -97,30 +97,48 @@ class FilteringMixin(ExchangeParts):
         self._local_reply(500, FILTER_ERROR, "FE", route=None, close=not self.req_done and self._has_body())
         self.down.flush()
 
-    # -- response head and completion ----------------------------------------------------------------
-    def _filter_response(self, route: CompiledRoute, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        """The filters with on_response see (and may change) the head; False when one raised: the
-        caller answers nothing more, filter_failed has."""
-        request = self.filter_request()
-        response = Response(status, headers)
-        request._responding = True
-        try:
+    # -- response head, bodies and completion -------------------------------------------------------
+    def _response_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[
+            tuple[bytes, bytes]] | None:
+        """What every final response head passes before it is written, whoever made it (an upstream
+        or the proxy) and whatever the client speaks: the route's response filters (its header edits
+        first), then the server name. None when a filter failed: filter_failed has answered."""
+        route = self.route
+        if route is not None and route.response_changes:
             for f in route.response_filters:
-                try:
-                    f.user.on_response(request, response)
-                except Exception:
-                    log.exception("http filter %s failed on a response", f.name)
-                    self.filter_failed()
-                    return False
-        finally:
-            request._responding = False
-        return True
+                if not f.on_response(self, status, headers):
+                    return None
+            if route.response_body_filters and not self.head_request:
+                # The body may change length on its way: re-framed (chunked, or DATA frames).
+                headers = [h for h in headers if h[0] != b"content-length"]
+        server = self.cfg.server_name
+        if server is not None:
+            headers = [(n, v) for n, v in headers if n != b"server"]
+            headers.append((b"server", server))
+        return headers
+
+    def _filter_request_body(self, route: CompiledRoute, chunk: bytes, end: bool) -> bytes | None:
+        for f in route.request_body_filters:
+            out = f.on_request_body(self, chunk, end)  # type: ignore[arg-type]  # (a mixin of Exchange)
+            if out is None:
+                return None
+            chunk = out
+        return chunk
+
+    def _filter_response_body(self, route: CompiledRoute, chunk: bytes, end: bool) -> bytes | None:
+        for f in route.response_body_filters:
+            out = f.on_response_body(self, chunk, end)  # type: ignore[arg-type]
+            if out is None:
+                return None
+            chunk = out
+        return chunk
+
+    def _whole_body(self, route: CompiledRoute, body: bytes) -> bytes | None:
+        """An answer of the proxy's own, through the response body filters in one piece."""
+        first = self._filter_response_body(route, body, False)
+        tail = None if first is None else self._filter_response_body(route, b"", True)
+        return None if first is None or tail is None else first + tail
 
     def _filter_complete(self, route: CompiledRoute) -> None:
-        request = self.filter_request()
         for f in route.complete_filters:
-            try:
-                f.user.on_complete(request)
-            except Exception:
-                self.cfg.stats.rq_filter_errors += 1
-                log.exception("http filter %s failed at completion", f.name)
+            f.on_complete(self)  # type: ignore[arg-type]

@@ -51,15 +51,22 @@ class RepliesMixin(ExchangeParts):
         headers.append((b"date", self.down.slot.date.now()))
         if body and (extra is None or all(h[0] != b"content-type" for h in extra)):
             headers.append((b"content-type", b"text/plain"))
-        if route is not None and route.response_changes:
-            if route.response_edits:
-                route.response_edits.apply(headers)
-            if route.response_filters and not self._filter_response(route, status, headers):
+        if route is not None and route.response_body_filters and not self.head_request and \
+                not no_body_status(status):
+            whole = self._whole_body(route, body)
+            if whole is None:
+                return  # a filter raised: filter_failed answered 500
+            body = whole
+        if route is None:
+            server = self.cfg.server_name
+            if server is not None:
+                headers = [(n, v) for n, v in headers if n != b"server"]
+                headers.append((b"server", server))
+        else:
+            final = self._response_headers(status, headers)
+            if final is None:
                 return  # a filter raised: filter_failed answered 500 (with no route: no loop)
-        server = self.cfg.server_name
-        if server is not None:  # as on proxied responses (up_head)
-            headers = [(n, v) for n, v in headers if n != b"server"]
-            headers.append((b"server", server))
+            headers = final
         if close or self.down.slot.draining:
             self.keep_alive = False
         if not self.keep_alive:
