@@ -25,8 +25,9 @@ it is logged and counted (`meshpy_downstream_rq_filter_errors_total`), and the p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
+
+from meshpy.ports import ConnectionInfo
 
 if TYPE_CHECKING:
     from meshpy.stack.exchange import Exchange
@@ -111,22 +112,9 @@ def _checked(name: str) -> bytes:
     return key
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """The client connection a request came on."""
-
-    peer: str  # the client's address (the connection's, not X-Forwarded-For)
-    peer_port: int
-    local: str  # the address the proxy accepted it on
-    local_port: int
-    # Where the client was connecting before interception redirected it (a sidecar); None otherwise.
-    original_destination: tuple[str, int] | None
-    listener: str  # the listener serving it
-    direction: str  # the listener's traffic direction: inbound, outbound or unspecified
-
-
-def _address(value: object) -> tuple[str, int]:
-    return (str(value[0]), int(value[1])) if isinstance(value, tuple) and len(value) >= 2 else ("", 0)
+# The client connection a request came on (peer, local and original destination addresses, the
+# listener and its direction): the one every downstream connection carries.
+Connection = ConnectionInfo
 
 
 class Request:
@@ -162,15 +150,8 @@ class Request:
 
     @property
     def connection(self) -> Connection:
-        """The client connection (made when asked: a filter that never asks pays nothing)."""
-        down: Any = self._ex.down
-        transport = down.transport if hasattr(down, "transport") else down.conn.transport  # HTTP/2: a stream
-        peer = _address(transport.get_extra_info("peername") if transport is not None else None)
-        local = _address(transport.get_extra_info("sockname") if transport is not None else None)
-        listener = down.slot.current
-        return Connection(peer=peer[0], peer_port=peer[1], local=local[0], local_port=local[1],
-                          original_destination=down.original_dst, listener=listener.name,
-                          direction=listener.model.direction)
+        """The client connection (described when first asked, then kept for the connection)."""
+        return self._ex.down.connection_info()
 
     @property
     def protocol(self) -> str:

@@ -6,7 +6,8 @@ import httptools
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from meshpy.stack.forwarding import scan_request, upstream_request_headers
+from meshpy.codec.request_facts import scan_request
+from meshpy.stack.forwarding import upstream_request_headers
 
 pytestmark = pytest.mark.benchmark(group="codec")
 

@@ -9,6 +9,7 @@ from micro_stack import FakeTransport
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from meshpy.telemetry.metrics import ClusterStats
+from meshpy.transport.connector import Connector
 from meshpy.transport.upstream_http1 import UpstreamHttp1
 from meshpy.upstream.pool import HostPool
 
@@ -22,7 +23,7 @@ def _no_wait(result: UpstreamHttp1 | BaseException) -> None:
 
 def bench_checkout_release(benchmark: BenchmarkFixture, loop: asyncio.AbstractEventLoop) -> None:
     stats = ClusterStats("up")
-    pool = HostPool(loop, ("127.0.0.1", 2), stats, connect_timeout=1.0, max_connections=100)
+    pool = HostPool(loop, ("127.0.0.1", 2), stats, Connector(loop, 1.0), max_connections=100)
     conn = UpstreamHttp1(pool)
     conn.connection_made(FakeTransport())  # type: ignore[arg-type]
     pool.busy += 1  # as if it had just been connected for a request

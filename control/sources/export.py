@@ -348,6 +348,10 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         out.update(policies.health_checks(c.health_check))
     if c.outlier_detection is not None:
         out["outlier_detection"] = policies.outlier_detection(c.outlier_detection)
+    if (ka := c.tcp_keepalive) is not None:
+        given = {"keepalive_probes": ka.probes, "keepalive_time": ka.time, "keepalive_interval": ka.interval}
+        keepalive = {name: int(value) for name, value in given.items() if value is not None}
+        out["upstream_connection_options"] = {"tcp_keepalive": keepalive}
     if c.circuit_breakers != DEFAULT_BREAKERS:
         cb = c.circuit_breakers
         out["circuit_breakers"] = {"thresholds": [{

@@ -26,6 +26,7 @@ from meshpy.model.meshpy_yaml_protocols import (
     direction,
     http2_options,
     tcp_fallback,
+    tcp_keepalive,
     upgrade_types,
     upstream_protocol,
 )
@@ -116,6 +117,7 @@ _CLUSTER_KEYS = (
     "health_check",
     "protocol",
     "http2",
+    "tcp_keepalive",
 )
 _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns", "original_dst")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
@@ -362,6 +364,8 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         pool_idle_timeout=f.get("pool_idle_timeout", as_optional_timeout, 60.0),
         protocol=f.get("protocol", upstream_protocol, "http1"),
         http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2,
+        tcp_keepalive=tcp_keepalive(r, f.raw("tcp_keepalive"), f.at("tcp_keepalive"))
+        if "tcp_keepalive" in f else None,
         circuit_breakers=circuit_breakers(r, f.raw("circuit_breakers"), f.at("circuit_breakers"))
         if "circuit_breakers" in f else DEFAULT_BREAKERS,
         outlier_detection=outlier_detection(r, f.raw("outlier_detection"), f.at("outlier_detection"))

@@ -11,6 +11,7 @@ interception (its traffic direction, the TCP fallback of a sniffing listener).
       - name: grpc-backend
         protocol: http2           # http1 (the default) or http2
         http2: {max_concurrent_streams: 100, connection_keepalive: {interval: 30s, timeout: 5s}}
+        tcp_keepalive: {probes: 3, time: 30s, interval: 5s}   # SO_KEEPALIVE on upstream connections
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from meshpy.model.types import (
     DEFAULT_TCP_IDLE_TIMEOUT,
     H2_MAX_WINDOW,
     H2_MIN_WINDOW,
+    KEEPALIVE_MAX_PROBES,
+    KEEPALIVE_MAX_SECONDS,
     AccessLog,
     Direction,
     Http2Options,
+    TcpKeepalive,
     TcpOptions,
     UpstreamProtocol,
 )
@@ -41,6 +45,7 @@ from meshpy.model.yaml_values import parse_size
 _HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
                "connection_keepalive")
 _KEEPALIVE_KEYS = ("interval", "timeout")
+_TCP_KEEPALIVE_KEYS = ("probes", "time", "interval")
 
 
 def _window(value: object) -> int:
@@ -88,6 +93,32 @@ def http2_options(r: Reader, node: object, path: str) -> Http2Options:
         initial_connection_window_size=f.get(
             "initial_connection_window_size", _window, d.initial_connection_window_size),
     )
+
+
+def tcp_keepalive(r: Reader, node: object, path: str) -> TcpKeepalive | None:
+    """A cluster's `tcp_keepalive: {probes: 3, time: 30s, interval: 5s}`: a key left out keeps the
+    kernel's default, so `tcp_keepalive: {}` only turns keepalive on."""
+    f = r.mapping(node, path, _TCP_KEEPALIVE_KEYS)
+    if f is None:
+        return None
+    return TcpKeepalive(probes=f.get("probes", _probes, None), time=f.get("time", _keepalive_seconds, None),
+                        interval=f.get("interval", _keepalive_seconds, None))
+
+
+def _probes(value: object) -> int:
+    count = as_positive_int(value)
+    if count > KEEPALIVE_MAX_PROBES:
+        raise ValueError(f"must be at most {KEEPALIVE_MAX_PROBES}, got {count}")
+    return count
+
+
+def _keepalive_seconds(value: object) -> float:
+    seconds = as_positive_duration(value)
+    if seconds != int(seconds):
+        raise ValueError(f"must be a whole number of seconds (as TCP keepalive counts), got {seconds}")
+    if seconds > KEEPALIVE_MAX_SECONDS:
+        raise ValueError(f"must be at most {KEEPALIVE_MAX_SECONDS}s, got {seconds:.0f}s")
+    return seconds
 
 
 def direction(value: object) -> Direction:

@@ -451,6 +451,23 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TcpKeepalive:
+    """TCP keepalive on upstream connections (Envoy's upstream_connection_options.tcp_keepalive): when a
+    cluster has one, SO_KEEPALIVE is on and each field given sets its socket option (TCP_KEEPCNT,
+    TCP_KEEPIDLE, TCP_KEEPINTVL); a field left None keeps the kernel's default. Whole seconds, as in
+    Envoy."""
+
+    probes: int | None = None
+    time: float | None = None  # idle seconds before the first probe
+    interval: float | None = None  # seconds between probes
+
+
+# Linux refuses larger values (MAX_TCP_KEEPCNT, MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL): a config must not
+# load only to fail every connect.
+KEEPALIVE_MAX_PROBES, KEEPALIVE_MAX_SECONDS = 127, 32767
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     name: str
     discovery: DiscoveryType = "static"
@@ -465,6 +482,7 @@ class Cluster:
     health_check: HealthCheck | None = None
     protocol: UpstreamProtocol = "http1"  # what meshpy speaks to the endpoints
     http2: Http2Options = DEFAULT_HTTP2
+    tcp_keepalive: TcpKeepalive | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,18 +10,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meshpy.codec.http1 import HttpDate
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.table import RouteTable
 from meshpy.stack.deadlines import Deadlines
+from meshpy.stack.exchange import Exchange
+from meshpy.stack.exchange_h2 import H2Exchange
 from meshpy.stack.filter_chain import ChainBuilder
 from meshpy.stack.policy_runtime import PolicyClaims
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import ListenerStats, Metrics
 from meshpy.upstream.cluster import ClusterRuntime
+
+if TYPE_CHECKING:
+    from meshpy.ports import Http1Exchange, ResponseWriter, StreamExchange
+    from meshpy.transport.h2_stream import H2Stream
 
 
 class Drainable(Protocol):
@@ -51,6 +57,8 @@ class HttpListenerConfig:
         "forwarded_proto",
         "generate_rid",
         "headers_timeout",
+        "http1_exchange",
+        "http2_exchange",
         "idle_timeout",
         "loggers",
         "max_header_bytes",
@@ -83,6 +91,10 @@ class HttpListenerConfig:
         self.clusters = clusters
         self.stats = stats
         self.loggers = loggers
+        # The exchange classes that serve the listener's requests: handed to the transports here, so
+        # that they never import the stack (meshpy.ports).
+        self.http1_exchange: Callable[[ResponseWriter, HttpListenerConfig], Http1Exchange] = Exchange
+        self.http2_exchange: Callable[[H2Stream, HttpListenerConfig], StreamExchange] = H2Exchange
         self.tcp: TcpListenerConfig | None = None
         # An http listener's TCP proxy for connections that turn out not to speak HTTP (sniffed).
         self.tcp_fallback: TcpListenerConfig | None = None

@@ -12,7 +12,7 @@ makes itself (meshpy.stack.replies) and retries (meshpy.stack.retrying).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from meshpy.codec.http1 import (
     CONTINUE_100,
@@ -26,6 +26,7 @@ from meshpy.codec.http1 import (
     status_text,
 )
 from meshpy.codec.raw_head import parse_fields, passthrough
+from meshpy.codec.request_facts import RequestFacts
 from meshpy.errors import (
     BadRequest,
     ClusterNotFound,
@@ -38,7 +39,6 @@ from meshpy.errors import (
 )
 from meshpy.stack.filtering import FilteringMixin
 from meshpy.stack.forwarding import (
-    RequestFacts,
     downstream_response_headers,
     request_id,
     upstream_request_headers,
@@ -49,17 +49,14 @@ from meshpy.stack.retry import CONNECT, RESET, RetryState
 from meshpy.stack.retrying import RetryingMixin
 from meshpy.stack.timers import TimersMixin
 from meshpy.stack.upgrades import UpgradesMixin
-from meshpy.transport.writes import send
 from meshpy.upstream.pool import PoolOverflow
 
 if TYPE_CHECKING:
     import asyncio
 
+    from meshpy.ports import ResponseWriter, UpstreamStream
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.routing.table import CompiledRoute
-    from meshpy.stack.parts import Downstream
-    from meshpy.transport.upstream_h2_stream import UpstreamStream
-    from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 BODY_BUFFER_HIGH = 256 * 1024  # request body held while the upstream connection opens
@@ -126,7 +123,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         "wall0",
     )
 
-    def __init__(self, down: Downstream, cfg: HttpListenerConfig) -> None:
+    def __init__(self, down: ResponseWriter, cfg: HttpListenerConfig) -> None:
         self.down = down
         self.cfg = cfg
         self.target = b""
@@ -142,7 +139,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         self.route: CompiledRoute | None = None
         self.cluster: ClusterRuntime | None = None
         self.host: Host | None = None
-        self.conn: UpstreamConn | None = None
+        self.conn: UpstreamStream | None = None
         self.up_head_bytes = b""
         self._head_base = b""  # the upstream head without x-envoy-attempt-count (retry routes only)
         self.retry: RetryState | None = None
@@ -196,7 +193,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             raise BadRequest("fragment in request target")  # as Envoy: never sent, never routed on
         if target[:1] != b"/":
             if method == b"CONNECT":
-                if self._has_body():
+                if self.has_body():
                     raise BadRequest("CONNECT with a body")  # it would be read as tunnel bytes
                 return self._connect_request(target)
             target = self._absolute_form(target)
@@ -220,7 +217,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         facts = self.facts
         kind = (facts.upgrade or b"").lower()
         if kind in self.cfg.upgrades and kind != b"connect":
-            if self._has_body():
+            if self.has_body():
                 raise BadRequest("upgrade request with a body")
             assert facts.upgrade is not None
             self._accept_upgrade(facts.upgrade)
@@ -285,7 +282,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         if route.upstream_filters:
             for f in route.upstream_filters:
                 f.on_upstream(self, headers)
-        if route.request_body_filters and self._has_body():
+        if route.request_body_filters and self.has_body():
             # The filters may change the body's length: it goes upstream chunked.
             headers = [h for h in headers if h[0] != b"content-length"]
             if not facts.chunked:
@@ -309,7 +306,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         cstats.rq_active += 1
         if self.req_done:
             self._request_timers()
-        elif self._has_body():
+        elif self.has_body():
             self._arm_idle()  # guards a slow upload until the request ends
         if self.upgrade == b"connect":
             return self._open_tunnel(host)  # CONNECT: a TCP connection of its own, not from the pool
@@ -320,7 +317,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
     def is_grpc(self) -> bool:
         return False  # gRPC needs HTTP/2: see H2Exchange
 
-    def _has_body(self) -> bool:
+    def has_body(self) -> bool:
         return self.facts.chunked or bool(self.facts.content_length)
 
     def request_body(self, data: bytes) -> None:
@@ -413,7 +410,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             self._abort("DPE")
 
     # -- upstream connection -----------------------------------------------------------------------
-    def _on_pool(self, result: UpstreamConn | BaseException) -> None:
+    def _on_pool(self, result: UpstreamStream | BaseException) -> None:
         if isinstance(result, BaseException):
             if not self.done:
                 if isinstance(result, PoolOverflow):
@@ -429,7 +426,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             return
         self._attach(result)
 
-    def _attach(self, conn: UpstreamConn) -> None:
+    def _attach(self, conn: UpstreamStream) -> None:
         self.conn = conn
         self._reused = conn.used
         conn.attach(self, self.head_request)
@@ -437,7 +434,6 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             # The client is still behind on an earlier answer, and the transport signals a pause
             # only once: hold this upstream back from the start.
             conn.pause_reading()
-        out = [self.up_head_bytes]
         buf = self._buffered
         rs = self.retry
         if rs is not None:
@@ -456,23 +452,15 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             self._buffered = None
             self._buffered_bytes = 0
             self.down.resume_reading(_PAUSE_BODY_BUFFER)
-        if conn.multiplexed:  # an HTTP/2 stream: it frames the head and body itself
-            fields = self.up_fields
-            if self._head_base and rs is not None:  # the attempt count, as the HTTP/1.1 head has it
-                fields = [*fields, (b"x-envoy-attempt-count", b"%d" % rs.attempt)]
-            cast("UpstreamStream", conn).send_request(self.method, self.up_target, fields,
-                                                      list(buf) if buf else [], self.req_done)
-            return
-        if buf:
-            if self.up_chunked:
-                out.extend(chunk(b) for b in buf)
-            else:
-                out.extend(buf)
-        if self.req_done and self.up_chunked:
-            out.append(LAST_CHUNK)
-        transport = cast("UpstreamHttp1", conn).transport
-        assert transport is not None
-        send(transport, out)
+        conn.send_request(self, buf, self.req_done)
+
+    def upstream_fields(self) -> list[tuple[bytes, bytes]]:
+        """The upstream head as a header list (an HTTP/2 upstream frames it itself), with the attempt
+        count as the HTTP/1.1 head has it."""
+        rs = self.retry
+        if self._head_base and rs is not None:
+            return [*self.up_fields, (b"x-envoy-attempt-count", b"%d" % rs.attempt)]
+        return self.up_fields
 
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
         """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""
@@ -612,7 +600,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             return self._error(UpstreamProtocolError())
         if self.retry is not None and self._try_again(RESET):
             return
-        if conn is not None and self._reused and not self._retried and not self._has_body() and \
+        if conn is not None and self._reused and not self._retried and not self.has_body() and \
                 self.host is not None:
             # A keep-alive connection the upstream closed just as we reused it: nothing was received,
             # and a bodiless request can be sent again safely on a fresh connection, once.

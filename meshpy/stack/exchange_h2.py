@@ -14,15 +14,15 @@ from meshpy.codec import grpc
 from meshpy.codec.http1 import no_body_status
 from meshpy.codec.http2 import CONNECTION_SPECIFIC, RequestHead, response_fields
 from meshpy.codec.raw_head import parse_fields
+from meshpy.codec.request_facts import SCANNED, RequestFacts
 from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
-from meshpy.stack.forwarding import SCANNED, RequestFacts, downstream_response_headers
-from meshpy.stack.h2_tunnel import H2TunnelUp, websocket_key
+from meshpy.stack.forwarding import downstream_response_headers
+from meshpy.transport.h2_tunnel import H2TunnelUp, websocket_key
 
 if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.transport.h2_stream import H2Stream
-    from meshpy.transport.upstream_h2_stream import UpstreamStream
     from meshpy.transport.upstream_http1 import UpstreamHttp1
 
 _CONTINUE = [(b":status", b"100")]
@@ -180,9 +180,8 @@ class H2Exchange(Exchange):
 
     def _respond(self, status: int, fields: bytes) -> None:
         conn = self.conn
-        listed = cast("UpstreamStream", conn).head_fields if conn is not None and conn.multiplexed else None
         headers, _length, _chunked, has_date = downstream_response_headers(
-            parse_fields(fields) if listed is None else listed)
+            parse_fields(fields) if conn is None else conn.response_fields(fields))
         if not has_date:
             headers.append((b"date", self.stream.slot.date.now()))
         final = self._response_headers(status, headers)

@@ -49,7 +49,7 @@ class RateLimitFilter:
             return False
         ex.cfg.stats.rq_rate_limited += 1
         ex._local_reply(bucket.status, b"local_rate_limited", "RL", route=ex.route,
-                        close=not ex.req_done and ex._has_body())
+                        close=not ex.req_done and ex.has_body())
         return True
 
 
@@ -84,7 +84,7 @@ def _abort(ex: Exchange, status: int | None) -> bool:
         return False
     ex.cfg.stats.fault_aborts += 1
     ex._local_reply(status, b"fault filter abort", "FI", route=ex.route,
-                    close=not ex.req_done and ex._has_body())
+                    close=not ex.req_done and ex.has_body())
     return True
 
 

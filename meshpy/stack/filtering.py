@@ -77,7 +77,7 @@ class FilteringMixin(ExchangeParts):
         if self.done or self._local is not None:
             return
         self._local_reply(status, body, "", route=self.route, extra=extra,
-                          close=not self.req_done and self._has_body())
+                          close=not self.req_done and self.has_body())
         self.down.flush()
 
     def filter_failed(self) -> None:
@@ -94,7 +94,7 @@ class FilteringMixin(ExchangeParts):
             conn.detach()
             if self.host is not None:
                 self.host.pool.discard(conn)
-        self._local_reply(500, FILTER_ERROR, "FE", route=None, close=not self.req_done and self._has_body())
+        self._local_reply(500, FILTER_ERROR, "FE", route=None, close=not self.req_done and self.has_body())
         self.down.flush()
 
     # -- response head, bodies and completion -------------------------------------------------------

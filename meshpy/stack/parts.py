@@ -6,40 +6,20 @@ may touch, once, and adds nothing at run time (no slots: Exchange holds them all
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncio
 
     from meshpy.errors import ProxyError
     from meshpy.filters import Request
-    from meshpy.routing.compile import HttpListenerConfig, ListenerSlot
+    from meshpy.ports import ResponseWriter, UpstreamStream
+    from meshpy.routing.compile import HttpListenerConfig
     from meshpy.routing.table import CompiledRoute
-    from meshpy.stack.exchange import Exchange
     from meshpy.stack.retry import RetryState
     from meshpy.transport.downstream_http1 import Http1Downstream
-    from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamHttp1
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
-
-
-class Downstream(Protocol):
-    """The client side an exchange answers to: an HTTP/1.1 connection, or one HTTP/2 stream.
-
-    `out` collects HTTP/1.1 bytes and is used by the HTTP/1.1 exchange only; the HTTP/2 exchange
-    overrides every method that writes to it."""
-
-    loop: asyncio.AbstractEventLoop
-    slot: ListenerSlot
-    peer: str
-    original_dst: tuple[str, int] | None  # where an intercepted client was connecting
-    out: list[bytes]
-    write_paused: bool
-
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
-    def pause_reading(self, reason: int) -> None: ...
-    def resume_reading(self, reason: int) -> None: ...
-    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None: ...
 
 
 class ExchangeParts:
@@ -48,11 +28,11 @@ class ExchangeParts:
 
     if TYPE_CHECKING:
         cfg: HttpListenerConfig
-        down: Downstream
+        down: ResponseWriter
         route: CompiledRoute | None
         cluster: ClusterRuntime | None
         host: Host | None
-        conn: UpstreamConn | None
+        conn: UpstreamStream | None
         retry: RetryState | None
         method: bytes
         authority: str
@@ -83,11 +63,11 @@ class ExchangeParts:
         bytes_in: int
         _upgraded: tuple[Http1Downstream, UpstreamHttp1 | None]
 
-        def _attach(self, conn: UpstreamConn) -> None: ...
-        def _on_pool(self, result: UpstreamConn | BaseException) -> None: ...
+        def _attach(self, conn: UpstreamStream) -> None: ...
+        def _on_pool(self, result: UpstreamStream | BaseException) -> None: ...
         def _complete(self) -> None: ...
         def _finish(self) -> None: ...
-        def _has_body(self) -> bool: ...
+        def has_body(self) -> bool: ...
         def _host_failed(self) -> None: ...
         def _dispatch(self, route: CompiledRoute) -> None: ...
         def _open_tunnel(self, host: Host) -> None: ...

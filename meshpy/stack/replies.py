@@ -43,7 +43,7 @@ class RepliesMixin(ExchangeParts):
         # As Envoy, an answer of a full circuit breaker says so, for clients that back off on it.
         extra = [(b"x-envoy-overloaded", b"true")] if err.flag == "UO" else None
         self._local_reply(err.status, err.body, err.flag, route=self.route, extra=extra,
-                          close=not self.req_done and self._has_body())
+                          close=not self.req_done and self.has_body())
 
     def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
                      extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None:

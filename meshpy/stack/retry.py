@@ -17,12 +17,12 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from meshpy.model.types import IDEMPOTENT_METHODS, RetryPolicy
-from meshpy.transport.upstream_http1 import UpstreamSink
+from meshpy.ports import UpstreamSink
 
 if TYPE_CHECKING:
     import asyncio
 
-    from meshpy.transport.upstream_http1 import UpstreamConn
+    from meshpy.ports import UpstreamStream
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 # What went wrong with an attempt, as retry_on speaks of it.
@@ -139,7 +139,7 @@ class Standby:
 
     __slots__ = ("conn", "exchange", "host", "promoted")
 
-    def __init__(self, exchange: Hedging, conn: UpstreamConn, host: Host) -> None:
+    def __init__(self, exchange: Hedging, conn: UpstreamStream, host: Host) -> None:
         self.exchange = exchange
         self.conn = conn
         self.host = host

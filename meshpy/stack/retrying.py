@@ -157,14 +157,14 @@ class RetryingMixin(ExchangeParts):
             return False
         self.conn = None
         standby = Standby(self, conn, host)  # type: ignore[arg-type]
-        conn.exchange = standby
+        conn.attach(standby, self.head_request)
         rs.standbys.append(standby)
         if self._try_again(TIMEOUT, delay=0.0):
             host.active_requests += 1  # the standby still holds its host; _retry_now moves one
             return True
         # No retry allowed: the late attempt is all there is, and may still answer.
         rs.standbys.remove(standby)
-        conn.exchange = self  # type: ignore[assignment]
+        conn.attach(self, self.head_request)  # type: ignore[arg-type]  # (a mixin of Exchange)
         self.conn = conn
         return True
 
@@ -202,7 +202,7 @@ class RetryingMixin(ExchangeParts):
             rs.standbys.remove(standby)
         standby.host.active_requests -= 1
         standby.conn.detach()
-        standby.conn.pool.discard(standby.conn)
+        standby.host.pool.discard(standby.conn)
 
     def _end_retries(self) -> None:
         """When the exchange completes: timers stop, the budget slot is given back, success counted."""

@@ -31,13 +31,6 @@ if TYPE_CHECKING:
     from meshpy.upstream.cluster import Host
 
 
-async def _connect(loop: asyncio.AbstractEventLoop, ip: str, port: int,
-                   timeout: float) -> tuple[asyncio.Transport, Pending]:
-    async with asyncio.timeout(timeout):
-        transport, pending = await loop.create_connection(Pending, ip, port)
-    return transport, pending
-
-
 class UpgradesMixin(ExchangeParts):
     if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
@@ -65,14 +58,12 @@ class UpgradesMixin(ExchangeParts):
         client to it. The bytes of the tunnel are the client's business: no HTTP goes upstream."""
         cluster = self.cluster
         assert cluster is not None
-        loop = self.down.loop
-        ip, port = host.pool.address
-        task = cluster.tasks.spawn(_connect(loop, ip, port, cluster.model.connect_timeout))
+        task = cluster.tasks.spawn(cluster.connector.open(host.pool.address, Pending))
 
-        def done(t: asyncio.Task[tuple[asyncio.Transport, Pending]]) -> None:
+        def done(t: asyncio.Task[Pending]) -> None:
             if self.done:
                 if not t.cancelled() and t.exception() is None:
-                    t.result()[0].close()
+                    t.result().close()
                 return
             if t.cancelled() or t.exception() is not None:
                 cluster.stats.connect_failed()
@@ -80,8 +71,9 @@ class UpgradesMixin(ExchangeParts):
                 self._error(UpstreamConnectFailure())
                 self.down.flush()
                 return
-            transport, pending = t.result()
-            self._connected(transport, pending)
+            pending = t.result()
+            assert pending.transport is not None
+            self._connected(pending.transport, pending)
 
         task.add_done_callback(done)
 

@@ -2,8 +2,9 @@
 
 Requests are handled one at a time per connection. A pipelined request parsed while another is active
 is queued and reading pauses until its turn, so answers go out in order and at most one read's worth of
-bytes is held. Per-request state lives in `Exchange` (meshpy.stack.exchange); this class owns the
-connection: parsing, limits, the slowloris and keep-alive timers, read pausing, writes and draining.
+bytes is held. Per-request state lives in its exchange (meshpy.stack.exchange, seen through
+meshpy.ports); this class owns the connection: parsing, limits, the slowloris and keep-alive timers,
+read pausing, writes and draining.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from meshpy.codec.http1 import HOST_CHARS, authority_with_port, format_response
+from meshpy.codec.request_facts import SCANNED
 from meshpy.errors import BadRequest
-from meshpy.stack.exchange import Exchange
-from meshpy.stack.forwarding import SCANNED
-from meshpy.transport.accept import accepted
+from meshpy.transport.accept import accepted, connection_info
 from meshpy.transport.h1_body_relay import relay_parser
 from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
+    from meshpy.ports import ConnectionInfo, DownstreamExchange, Http1Exchange
     from meshpy.routing.compile import ListenerSlot
 
 # Reasons reading may be paused; reading resumes only when none is left.
@@ -38,6 +39,7 @@ class Http1Downstream(asyncio.Protocol):
         "_hdr_bytes",
         "_head_fresh",
         "_head_raw",
+        "_info",
         "_parsing",
         "_paused",
         "_pending",
@@ -65,16 +67,17 @@ class Http1Downstream(asyncio.Protocol):
         self.slot = slot
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        self._info: ConnectionInfo | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
         # Set by an intercepting listener: where the client was connecting (see transport/listen.py).
         self.original_dst: tuple[str, int] | None = None
-        self.active: Exchange | None = None
-        self._parsing: Exchange | None = None
-        self._pending: deque[Exchange] = deque()
+        self.active: Http1Exchange | None = None
+        self._parsing: Http1Exchange | None = None
+        self._pending: deque[Http1Exchange] = deque()
         # An `Upgrade: h2c` request served as plain HTTP/1.1 whose body llhttp skipped (it hands on
         # everything after an upgrade head): read by a relay parser (meshpy.transport.h1_body_relay).
-        self._raw_body: Exchange | None = None
+        self._raw_body: Http1Exchange | None = None
         self._valid_host = b""  # the last Host header found valid on this connection
         self._paused = 0
         self.write_paused = False
@@ -97,6 +100,12 @@ class Http1Downstream(asyncio.Protocol):
         self.peer, self.stats = accepted(self, self.slot, transport)
         self.idle_since = self.loop.time()
         self._schedule_timer()
+
+    def connection_info(self) -> ConnectionInfo:
+        info = self._info
+        if info is None:
+            info = self._info = connection_info(self.transport, self.slot, self.original_dst)
+        return info
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -210,7 +219,7 @@ class Http1Downstream(asyncio.Protocol):
             self.transport.close()
 
     # -- exchange bookkeeping --------------------------------------------------------------------
-    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+    def exchange_done(self, ex: DownstreamExchange, keep_alive: bool) -> None:
         """Called by the active exchange once its response is fully written."""
         if ex is not self.active:
             return
@@ -240,7 +249,8 @@ class Http1Downstream(asyncio.Protocol):
         self._hdr_bytes = 0
         self._head_raw = 0
         self._head_fresh = True
-        self._parsing = ex = Exchange(self, self.slot.current)
+        cfg = self.slot.current
+        self._parsing = ex = cfg.http1_exchange(self, cfg)
         self._hdr_append = ex.headers.append
 
     def on_url(self, url: bytes) -> None:
@@ -282,7 +292,7 @@ class Http1Downstream(asyncio.Protocol):
         else:  # where llhttp may take what follows the head as another protocol
             upgrading = p.should_upgrade()
             ex.head_complete(method, p.get_http_version(), p.should_keep_alive(), upgrading)
-            if upgrading and ex.upgrade is None and ex._has_body():
+            if upgrading and ex.upgrade is None and ex.has_body():
                 # h2c with a body, which llhttp skips: read by a relay parser (h1_body_relay), and
                 # its request ends there, not at this message's end (hence no _parsing).
                 self._raw_body = ex
@@ -305,7 +315,7 @@ class Http1Downstream(asyncio.Protocol):
         if ex is not None:
             ex.request_end()
 
-    def body_relayed(self, ex: Exchange) -> None:
+    def body_relayed(self, ex: Http1Exchange) -> None:
         """The relay parser read the whole body of the h2c request `ex`."""
         self._raw_body = None
         self._parsing = None

@@ -32,12 +32,12 @@ from meshpy.codec.http2 import (
     read_request,
     read_trailers,
 )
-from meshpy.stack.exchange_h2 import H2Exchange
-from meshpy.transport.accept import accepted
+from meshpy.transport.accept import accepted, connection_info
 from meshpy.transport.h2_abuse import H2Abuse
 from meshpy.transport.h2_stream import H2Stream
 
 if TYPE_CHECKING:
+    from meshpy.ports import ConnectionInfo
     from meshpy.routing.compile import ListenerSlot
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Http2Downstream(asyncio.Protocol):
         "_block_timer",
         "_flush_due",
         "_goaway_sent",
+        "_info",
         "_opened",
         "_timer",
         "blocked",
@@ -70,6 +71,7 @@ class Http2Downstream(asyncio.Protocol):
         self.slot = slot
         self.loop = loop
         self.transport: asyncio.Transport | None = None
+        self._info: ConnectionInfo | None = None
         self.h2 = Connection(config(client_side=False))
         self.streams: dict[int, H2Stream] = {}
         self.blocked: set[H2Stream] = set()  # streams with response data waiting for a window
@@ -107,6 +109,12 @@ class Http2Downstream(asyncio.Protocol):
         h2c.decoder.max_header_list_size = 2 * cfg.max_header_bytes + 32 * cfg.max_headers
         self.flush()
         self._schedule_timer()
+
+    def connection_info(self) -> ConnectionInfo:
+        info = self._info
+        if info is None:
+            info = self._info = connection_info(self.transport, self.slot, self.original_dst)
+        return info
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -227,7 +235,7 @@ class Http2Downstream(asyncio.Protocol):
         s = H2Stream(self, sid)
         self.streams[sid] = s
         cfg = self.slot.current
-        ex = H2Exchange(s, cfg)
+        ex = cfg.http2_exchange(s, cfg)
         s.ex = ex
         if self.slot.draining and not self._goaway_sent:
             self.start_drain()  # a connection opened while draining: this request, then go elsewhere

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import httptools
 
 if TYPE_CHECKING:
-    from meshpy.stack.exchange import Exchange
+    from meshpy.ports import Http1Exchange
     from meshpy.transport.downstream_http1 import Http1Downstream
 
 
-def relay_parser(down: Http1Downstream, ex: Exchange) -> httptools.HttpRequestParser:
+def relay_parser(down: Http1Downstream, ex: Http1Exchange) -> httptools.HttpRequestParser:
     """A request parser that delivers the body of `ex` first, then the connection's next requests."""
     parser = httptools.HttpRequestParser(_BodyRelay(down, ex))
     framing = b"transfer-encoding: chunked" if ex.facts.chunked else \
@@ -32,9 +32,9 @@ def relay_parser(down: Http1Downstream, ex: Exchange) -> httptools.HttpRequestPa
 class _BodyRelay:
     __slots__ = ("down", "ex")
 
-    def __init__(self, down: Http1Downstream, ex: Exchange) -> None:
+    def __init__(self, down: Http1Downstream, ex: Http1Exchange) -> None:
         self.down = down
-        self.ex: Exchange | None = ex  # None once the body has ended: all goes to the connection
+        self.ex: Http1Exchange | None = ex  # None once the body has ended: all goes to the connection
 
     def on_message_begin(self) -> None:
         if self.ex is None:

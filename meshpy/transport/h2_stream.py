@@ -18,10 +18,8 @@ from h2.errors import ErrorCodes
 if TYPE_CHECKING:
     import asyncio
 
+    from meshpy.ports import ConnectionInfo, DownstreamExchange, StreamExchange, StreamTunnel
     from meshpy.routing.compile import ListenerSlot
-    from meshpy.stack.exchange import Exchange
-    from meshpy.stack.exchange_h2 import H2Exchange
-    from meshpy.stack.h2_tunnel import H2TunnelUp
     from meshpy.transport.downstream_http2 import Http2Downstream
 
 
@@ -56,7 +54,7 @@ class H2Stream:
         self.peer = conn.peer
         self.original_dst = conn.original_dst
         self.out: list[bytes] = []  # never written: H2Exchange writes through the methods below
-        self.ex: H2Exchange | None = None
+        self.ex: StreamExchange | None = None
         self.write_paused = conn.write_paused
         self.blocked = False  # response data waits for the client's window
         self.pending: deque[bytes] = deque()
@@ -65,7 +63,7 @@ class H2Stream:
         self.req_ended = False
         self.resp_ended = False
         self.opened = conn.loop.time()
-        self.tunnel: H2TunnelUp | None = None  # after an extended CONNECT became a WebSocket tunnel
+        self.tunnel: StreamTunnel | None = None  # after an extended CONNECT became a WebSocket tunnel
         self._held = 0
         self._unacked = 0
 
@@ -102,7 +100,10 @@ class H2Stream:
         """The exchange gave up on a response under way: reset this stream only."""
         self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
 
-    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+    def connection_info(self) -> ConnectionInfo:
+        return self.conn.connection_info()
+
+    def exchange_done(self, ex: DownstreamExchange, keep_alive: bool) -> None:
         self.end_response(self.ex.trailers if self.ex is not None else None)
 
     # -- the response, from H2Exchange ------------------------------------------------------------

@@ -11,17 +11,19 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, cast
 
-from meshpy.transport.accept import accepted
+from meshpy.transport.accept import accepted, connection_info
 
 if TYPE_CHECKING:
+    from meshpy.ports import ConnectionInfo
     from meshpy.routing.compile import ListenerSlot, TcpListenerConfig
+    from meshpy.transport.connector import Connector
     from meshpy.upstream.cluster import Host
 
 
 class TcpDownstream(asyncio.Protocol):
-    __slots__ = ("_buf", "_eof_down", "_eof_up", "_timer", "activity", "bytes_in", "bytes_out", "cfg",
-                 "closed", "flag", "host", "loop", "original_dst", "peer", "slot", "stats", "t0", "transport",
-                 "up", "wall0")
+    __slots__ = ("_buf", "_eof_down", "_eof_up", "_info", "_timer", "activity", "bytes_in", "bytes_out",
+                 "cfg", "closed", "flag", "host", "loop", "original_dst", "peer", "slot", "stats", "t0",
+                 "transport", "up", "wall0")
 
     def __init__(self, slot: ListenerSlot, loop: asyncio.AbstractEventLoop,
                  cfg: TcpListenerConfig | None = None) -> None:
@@ -36,6 +38,7 @@ class TcpDownstream(asyncio.Protocol):
         # looked it up; None when not intercepted): an original_dst cluster connects there.
         self.original_dst: tuple[str, int] | None = None
         self.transport: asyncio.Transport | None = None
+        self._info: ConnectionInfo | None = None
         self.up: TcpUpstream | None = None
         self.host: Host | None = None
         self._buf: list[bytes] = []
@@ -50,6 +53,12 @@ class TcpDownstream(asyncio.Protocol):
         self.peer = ""
         self.t0 = loop.time()
         self.wall0 = time.time()
+
+    def connection_info(self) -> ConnectionInfo:
+        info = self._info
+        if info is None:
+            info = self._info = connection_info(self.transport, self.slot, self.original_dst)
+        return info
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -70,17 +79,13 @@ class TcpDownstream(asyncio.Protocol):
         # Nothing is read until the upstream side is there. (uvloop starts reading after
         # connection_made returns, whatever it said: data_received pauses again, see there.)
         self.transport.pause_reading()
-        task = cluster.tasks.spawn(self._connect(host, cluster.model.connect_timeout))
+        task = cluster.tasks.spawn(self._connect(cluster.connector, host))
         task.add_done_callback(self._connected)
         if self.cfg.idle_timeout is not None:
             self._timer = self.loop.call_later(self.cfg.idle_timeout, self._on_timer, 0)
 
-    async def _connect(self, host: Host, timeout: float) -> TcpUpstream:
-        ip, port = host.pool.address
-        up = TcpUpstream(self)
-        async with asyncio.timeout(timeout):
-            await self.loop.create_connection(lambda: up, ip, port)
-        return up
+    async def _connect(self, connector: Connector, host: Host) -> TcpUpstream:
+        return await connector.open(host.pool.address, lambda: TcpUpstream(self))
 
     def _connected(self, task: asyncio.Task[TcpUpstream]) -> None:
         if task.cancelled() or task.exception() is not None:

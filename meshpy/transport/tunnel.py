@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 
 class Pending(asyncio.Protocol):
@@ -17,9 +18,17 @@ class Pending(asyncio.Protocol):
     the client goes first): what arrives meanwhile is kept and handed over."""
 
     def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.kept: list[bytes] = []
         self.eof = False
         self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.kept.append(data)

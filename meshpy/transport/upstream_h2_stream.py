@@ -7,9 +7,10 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from meshpy.codec.http2 import CONNECTION_SPECIFIC
+from meshpy.codec.raw_head import parse_fields
 
 if TYPE_CHECKING:
-    from meshpy.transport.upstream_http1 import UpstreamSink
+    from meshpy.ports import OutgoingRequest, UpstreamSink
     from meshpy.transport.upstream_http2 import UpstreamHttp2
 
 
@@ -28,7 +29,7 @@ def h2_request_headers(method: bytes, target: bytes, fields: list[tuple[bytes, b
             *rest]
 
 
-class UpstreamStream:
+class Http2UpstreamStream:
     """One request on an HTTP/2 upstream connection; flow control as meshpy.transport.upstream_http2 says."""
 
     multiplexed = True
@@ -59,9 +60,9 @@ class UpstreamStream:
     def is_usable(self) -> bool:
         return self.conn.usable()
 
-    def send_request(self, method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
-                     body: list[bytes], end: bool) -> None:
-        self.conn.open(self, h2_request_headers(method, target, fields), not body and end)
+    def send_request(self, req: OutgoingRequest, body: list[bytes] | None, end: bool) -> None:
+        fields = h2_request_headers(req.method, req.up_target, req.upstream_fields())
+        self.conn.open(self, fields, not body and end)
         if body:
             self.pending.extend(body)
             self.ended = end
@@ -77,6 +78,12 @@ class UpstreamStream:
         self.ended = True
         self.conn.pump(self)
         self.conn.flush_soon()
+
+    def response_fields(self, fields: bytes) -> list[tuple[bytes, bytes]]:
+        """The head as the frames brought it: nothing to parse back from `fields`."""
+        if self.head_fields is not None:
+            return self.head_fields
+        return parse_fields(fields)
 
     def pause_reading(self) -> None:
         self._held = True

@@ -7,40 +7,22 @@ queued request down with it). Parser callbacks go straight to the attached excha
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from meshpy.codec.http1 import LAST_CHUNK, chunk
-from meshpy.codec.raw_head import MAX_HEAD, split_head
+from meshpy.codec.raw_head import MAX_HEAD, parse_fields, split_head
 from meshpy.errors import UpstreamProtocolError
+from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
-    from meshpy.transport.upstream_h2_stream import UpstreamStream
+    from meshpy.ports import OutgoingRequest, TunnelFeed, UpstreamSink
     from meshpy.upstream.pool import HostPool
 
 
-class UpstreamSink(Protocol):
-    """What an exchange offers its upstream connection."""
-
-    def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
-    def up_body(self, data: bytes) -> None: ...
-    def up_end(self, keep_alive: bool) -> None: ...
-    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None: ...
-    def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
-    def up_pause_writing(self) -> None: ...
-    def up_resume_writing(self) -> None: ...
-    def flush(self) -> None: ...
-
-
-class TunnelFeed(Protocol):
-    """A tunnel this connection became part of: it takes the bytes read together with the 101 head."""
-
-    def from_upstream(self, data: bytes) -> None: ...
-
-
 class UpstreamHttp1(asyncio.Protocol):
-    multiplexed = False  # one exchange at a time (see UpstreamStream for HTTP/2)
+    multiplexed = False  # one exchange at a time (see Http2UpstreamStream for HTTP/2)
     __slots__ = (
         "_head_buf",
         "_in_head",
@@ -149,6 +131,27 @@ class UpstreamHttp1(asyncio.Protocol):
     def detach(self) -> None:
         self.exchange = None
 
+    def send_request(self, req: OutgoingRequest, body: list[bytes] | None, done: bool) -> None:
+        """The head the exchange serialized, what of the body it holds, and the end if it came."""
+        transport = self.transport
+        assert transport is not None
+        if not body and not done:
+            transport.write(req.up_head_bytes)
+            return
+        out = [req.up_head_bytes]
+        chunked = req.up_chunked
+        if body:
+            if chunked:
+                out.extend(chunk(b) for b in body)
+            else:
+                out.extend(body)
+        if done and chunked:
+            out.append(LAST_CHUNK)
+        send(transport, out)
+
+    def response_fields(self, fields: bytes) -> list[tuple[bytes, bytes]]:
+        return parse_fields(fields)
+
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
@@ -219,7 +222,3 @@ class UpstreamHttp1(asyncio.Protocol):
             return
         self.exchange = None
         ex.up_end(self.parser.should_keep_alive())
-
-
-# What an exchange holds while it has an upstream: a connection, or a stream of one (HTTP/2).
-UpstreamConn: TypeAlias = "UpstreamHttp1 | UpstreamStream"

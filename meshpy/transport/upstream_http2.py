@@ -1,6 +1,6 @@
 """The upstream side over HTTP/2: one connection carries many exchanges, one stream each.
 
-An exchange holds an `UpstreamStream` where it would hold an HTTP/1.1 connection, with the same
+An exchange holds an `Http2UpstreamStream` where it would hold an HTTP/1.1 connection, with the same
 methods, so routing, retries and hedging do not know which protocol the cluster speaks. The request
 head arrives as the HTTP/1.1 head the exchange built (its retries edit that one form); it is turned
 into an HTTP/2 header list here. The response head goes back as a fields block (meshpy.codec.raw_head),
@@ -25,13 +25,14 @@ from h2.errors import ErrorCodes
 
 from meshpy.codec.http2 import Connection, config
 from meshpy.errors import UpstreamProtocolError
-from meshpy.transport.upstream_h2_stream import UpstreamStream
+from meshpy.transport.upstream_h2_stream import Http2UpstreamStream
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
-    from meshpy.transport.upstream_http1 import UpstreamConn, UpstreamSink
+    from meshpy.ports import UpstreamSink, UpstreamStream
+    from meshpy.telemetry.metrics import ClusterStats
 
-__all__ = ["RefusedStream", "UpstreamHttp2", "UpstreamStream"]
+__all__ = ["Http2UpstreamStream", "RefusedStream", "UpstreamHttp2"]
 
 
 log = logging.getLogger("meshpy.upstream")
@@ -39,8 +40,10 @@ log = logging.getLogger("meshpy.upstream")
 
 class StreamPool(Protocol):
     address: tuple[str, int]
+    stats: ClusterStats
 
-    def discard(self, conn: UpstreamConn) -> None: ...
+    def release(self, conn: UpstreamStream) -> None: ...
+    def discard(self, conn: UpstreamStream) -> None: ...
     def connection_gone(self, conn: UpstreamHttp2, lost: bool) -> None: ...
     def capacity_freed(self, conn: UpstreamHttp2) -> None: ...
 
@@ -62,7 +65,7 @@ class UpstreamHttp2(asyncio.Protocol):
             codes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size, codes.ENABLE_PUSH: 0,
             codes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams})
         self._extra_window = opts.initial_connection_window_size - 65535
-        self.streams: dict[int, UpstreamStream] = {}
+        self.streams: dict[int, Http2UpstreamStream] = {}
         self.streams_total = 0
         # Streams this side opens at most at once: ours, until the upstream's SETTINGS say less.
         self.max_streams = opts.max_concurrent_streams
@@ -81,6 +84,11 @@ class UpstreamHttp2(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # Counted here, where connection_lost (the pool's connection_gone) uncounts it, even for a
+        # connection closed before the pool ever got it.
+        stats = self.pool.stats
+        stats.cx_total += 1
+        stats.cx_active += 1
         self.h2.initiate_connection()
         if self._extra_window > 0:
             self.h2.increment_flow_control_window(self._extra_window)
@@ -268,18 +276,18 @@ class UpstreamHttp2(asyncio.Protocol):
     def has_room(self) -> bool:
         return self.settled and self.usable() and len(self.streams) < self.max_streams
 
-    def new_stream(self) -> UpstreamStream:
-        s = UpstreamStream(self)
+    def new_stream(self) -> Http2UpstreamStream:
+        s = Http2UpstreamStream(self)
         self.streams_total += 1
         return s
 
-    def open(self, s: UpstreamStream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+    def open(self, s: Http2UpstreamStream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         sid = self.h2.get_next_available_stream_id()
         s.sid = sid
         self.streams[sid] = s
         self.h2.send_headers(sid, headers, end_stream=end)
 
-    def pump(self, s: UpstreamStream) -> None:
+    def pump(self, s: Http2UpstreamStream) -> None:
         if self.closed or s.sid not in self.streams:
             return
         h2c = self.h2
@@ -318,12 +326,12 @@ class UpstreamHttp2(asyncio.Protocol):
             if s.pending:
                 self.pump(s)
 
-    def ack(self, s: UpstreamStream, n: int) -> None:
+    def ack(self, s: Http2UpstreamStream, n: int) -> None:
         if not self.closed and s.sid:
             self.h2.acknowledge_received_data(n, s.sid)
             self.flush_soon()
 
-    def cancel(self, s: UpstreamStream) -> None:
+    def cancel(self, s: Http2UpstreamStream) -> None:
         s.exchange = None
         if self.streams.pop(s.sid, None) is None:
             return

@@ -18,6 +18,7 @@ from typing import Any
 from meshpy.model.types import Cluster
 from meshpy.tasks import TaskOwner
 from meshpy.telemetry.metrics import ClusterStats, Metrics
+from meshpy.transport.connector import Connector
 from meshpy.upstream.balancers import DestinationBalancer, make_balancer
 from meshpy.upstream.gauges import cluster_gauges
 from meshpy.upstream.health import HealthChecker
@@ -88,8 +89,8 @@ def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
 class ClusterRuntime:
     __slots__ = (
         "_by_address", "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "by_destination",
-        "cx_limit", "health", "hosts", "model", "outlier", "pending_limit", "resolved", "retries_active",
-        "retry_limit", "rq_limit", "stats", "tasks",
+        "connector", "cx_limit", "health", "hosts", "model", "outlier", "pending_limit", "resolved",
+        "retries_active", "retry_limit", "rq_limit", "stats", "tasks",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop,
@@ -98,6 +99,9 @@ class ClusterRuntime:
         # Its DNS loop, health checks and its pools' connects (a runtime alone owns its own).
         self.tasks = tasks if tasks is not None else TaskOwner(loop)
         self.stats = stats
+        # Opens every connection to the endpoints: pools, TCP proxy, CONNECT tunnels, health checks.
+        # (A change of connect timeout or socket options makes a new runtime: see ClusterManager.)
+        self.connector = Connector(loop, model.connect_timeout, model.tcp_keepalive)
         # The circuit breakers, as plain attributes: the request path reads rq_limit on every request.
         breakers = model.circuit_breakers
         self.cx_limit = breakers.max_connections
@@ -231,10 +235,10 @@ class ClusterRuntime:
                 m = self.model
                 pool: ConnPool
                 if m.protocol == "http2":
-                    pool = Http2HostPool(self._loop, (ip, port), self.stats, m.connect_timeout,
+                    pool = Http2HostPool(self._loop, (ip, port), self.stats, self.connector,
                                          m.max_connections_per_endpoint, m.http2, self, self.tasks)
                 else:
-                    pool = HostPool(self._loop, (ip, port), self.stats, m.connect_timeout,
+                    pool = HostPool(self._loop, (ip, port), self.stats, self.connector,
                                     m.max_connections_per_endpoint, self, self.tasks)
                 h = Host(pool, weight, name)
                 if self.hosts and self.model.load_balancing.slow_start is not None:

@@ -80,12 +80,11 @@ class HealthChecker:
         return True
 
     async def _check(self, host: Host) -> bool:
-        ip, port = host.pool.address
         cfg = self.config
         writer = None
         try:
             async with asyncio.timeout(cfg.timeout):
-                reader, writer = await asyncio.open_connection(ip, port)
+                reader, writer = await self.cluster.connector.streams(host.pool.address)
                 if cfg.kind == "tcp":
                     return True
                 if cfg.kind == "grpc":

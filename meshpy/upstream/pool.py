@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from meshpy.transport.upstream_http1 import UpstreamHttp1
-
 if TYPE_CHECKING:
+    from meshpy.ports import UpstreamStream
     from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import ClusterStats
-    from meshpy.transport.upstream_http1 import UpstreamConn
+    from meshpy.transport.connector import Connector
+    from meshpy.transport.upstream_http1 import UpstreamHttp1
 
 # A waiter gets either a live connection (or HTTP/2 stream) or the exception that stopped the connect.
-Waiter = Callable[["UpstreamConn | BaseException"], None]
+Waiter = Callable[["UpstreamStream | BaseException"], None]
 
 
 class ConnPool(Protocol):
@@ -40,11 +39,11 @@ class ConnPool(Protocol):
     def pending(self) -> int: ...
     @property
     def idle_count(self) -> int: ...
-    def checkout(self, waiter: Waiter) -> UpstreamConn | None: ...
-    def release(self, conn: UpstreamConn) -> None: ...
-    def discard(self, conn: UpstreamConn) -> None: ...
+    def checkout(self, waiter: Waiter) -> UpstreamStream | None: ...
+    def release(self, conn: UpstreamStream) -> None: ...
+    def discard(self, conn: UpstreamStream) -> None: ...
     def cancel_waiter(self, waiter: Waiter) -> None: ...
-    def hand_over(self, conn: UpstreamConn) -> None: ...
+    def hand_over(self, conn: UpstreamStream) -> None: ...
     def evict_idle(self, now: float, idle_timeout: float) -> None: ...
     def close(self) -> None: ...
 
@@ -99,7 +98,7 @@ class HostPool:
         "address",
         "busy",
         "closed",
-        "connect_timeout",
+        "connector",
         "limits",
         "max_connections",
         "stats",
@@ -110,7 +109,7 @@ class HostPool:
         loop: asyncio.AbstractEventLoop,
         address: tuple[str, int],
         stats: ClusterStats,
-        connect_timeout: float,
+        connector: Connector,
         max_connections: int,
         limits: Limits | None = None,
         tasks: TaskOwner | None = None,
@@ -120,7 +119,7 @@ class HostPool:
         self.limits = limits if limits is not None else no_limits()
         self.address = address  # may be replaced by LOGICAL_DNS re-resolution; new connects use it
         self.stats = stats
-        self.connect_timeout = connect_timeout
+        self.connector = connector
         self.max_connections = max_connections
         self._idle: list[UpstreamHttp1] = []
         self.busy = 0
@@ -141,7 +140,7 @@ class HostPool:
     def total(self) -> int:
         return len(self._idle) + self.busy + self._connecting
 
-    def checkout(self, waiter: Waiter) -> UpstreamConn | None:
+    def checkout(self, waiter: Waiter) -> UpstreamStream | None:
         """An idle live connection at once, or None and `waiter` is called later with one, or with
         an error (PoolOverflow at once when a circuit breaker is full)."""
         idle = self._idle
@@ -176,9 +175,9 @@ class HostPool:
         self._waiters.append(waiter)
         return None
 
-    def release(self, given: UpstreamConn) -> None:
+    def release(self, given: UpstreamStream) -> None:
         """Return a connection after a complete exchange; it must be reusable."""
-        conn = cast(UpstreamHttp1, given)  # this pool gives out nothing else
+        conn = cast("UpstreamHttp1", given)  # this pool gives out nothing else
         self.busy -= 1
         self.limits.busy -= 1
         if not conn.is_usable():
@@ -202,14 +201,14 @@ class HostPool:
         self._idle.append(conn)
         self.stats.pool_idle += 1
 
-    def discard(self, conn: UpstreamConn) -> None:
+    def discard(self, conn: UpstreamStream) -> None:
         """A busy connection that must not be reused (error, timeout, `Connection: close`)."""
         self.busy -= 1
         self.limits.busy -= 1
         conn.close()
         self._serve_waiter()
 
-    def hand_over(self, conn: UpstreamConn) -> None:
+    def hand_over(self, conn: UpstreamStream) -> None:
         """A busy connection leaves the pool for good (an upgrade made it a tunnel): no longer counted
         as busy; the caller closes it, and its close is still counted (connection_lost)."""
         self.busy -= 1
@@ -258,7 +257,7 @@ class HostPool:
 
     def _start_connect(self, waiter: Waiter) -> None:
         self._connecting += 1
-        task = self._spawn(self._connect())
+        task = self._spawn(self.connector.http1(self))
 
         def done(t: asyncio.Task[UpstreamHttp1]) -> None:
             self._connecting -= 1
@@ -283,13 +282,3 @@ class HostPool:
             waiter(conn)
 
         task.add_done_callback(done)
-
-    async def _connect(self) -> UpstreamHttp1:
-        host, port = self.address
-        conn = UpstreamHttp1(self)
-        async with asyncio.timeout(self.connect_timeout):
-            await self._loop.create_connection(lambda: conn, host, port)
-        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
-from meshpy.transport.upstream_http2 import UpstreamHttp2, UpstreamStream
 from meshpy.upstream.pool import Limits, PoolOverflow, no_limits
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
+    from meshpy.ports import UpstreamStream
     from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import ClusterStats
-    from meshpy.transport.upstream_http1 import UpstreamConn
+    from meshpy.transport.connector import Connector
+    from meshpy.transport.upstream_h2_stream import Http2UpstreamStream
+    from meshpy.transport.upstream_http2 import UpstreamHttp2
     from meshpy.upstream.pool import Waiter
 
 _PENDING_FULL = PoolOverflow("max_pending_requests")
@@ -31,16 +32,16 @@ _REQUESTS_FULL = PoolOverflow("max_requests")
 
 class Http2HostPool:
     __slots__ = ("_connecting", "_conns", "_loop", "_spawn", "_waiters", "address", "busy", "closed",
-                 "connect_timeout", "limits", "max_connections", "opts", "stats")
+                 "connector", "limits", "max_connections", "opts", "stats")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
-                 connect_timeout: float, max_connections: int, opts: Http2Options,
+                 connector: Connector, max_connections: int, opts: Http2Options,
                  limits: Limits | None = None, tasks: TaskOwner | None = None) -> None:
         self._loop = loop
         self._spawn = tasks.spawn if tasks is not None else loop.create_task  # connects
         self.address = address
         self.stats = stats
-        self.connect_timeout = connect_timeout
+        self.connector = connector
         self.max_connections = max_connections
         self.opts = opts
         self.limits = limits if limits is not None else no_limits()
@@ -62,7 +63,7 @@ class Http2HostPool:
     def total(self) -> int:
         return len(self._conns) + self._connecting
 
-    def checkout(self, waiter: Waiter) -> UpstreamConn | None:
+    def checkout(self, waiter: Waiter) -> UpstreamStream | None:
         limits = self.limits
         if limits.busy >= limits.rq_limit:
             self.stats.rq_pending_overflow += 1
@@ -86,21 +87,21 @@ class Http2HostPool:
                 and len(self._conns) < self.max_connections and all(c.settled for c in self._conns):
             self._start_connect()
 
-    def _take(self, conn: UpstreamHttp2) -> UpstreamStream:
+    def _take(self, conn: UpstreamHttp2) -> Http2UpstreamStream:
         self.busy += 1
         self.limits.busy += 1
         return conn.new_stream()
 
-    def release(self, s: UpstreamConn) -> None:
+    def release(self, s: UpstreamStream) -> None:
         self.busy -= 1
         self.limits.busy -= 1
 
-    def discard(self, s: UpstreamConn) -> None:
+    def discard(self, s: UpstreamStream) -> None:
         self.busy -= 1
         self.limits.busy -= 1
         s.close()
 
-    def hand_over(self, conn: UpstreamConn) -> None:
+    def hand_over(self, conn: UpstreamStream) -> None:
         """(HTTP/1.1 pools only: there is no 101 in HTTP/2.)"""
         self.discard(conn)
 
@@ -150,7 +151,7 @@ class Http2HostPool:
     # -- connecting --------------------------------------------------------------------------------
     def _start_connect(self) -> None:
         self._connecting += 1
-        task = self._spawn(self._connect())
+        task = self._spawn(self.connector.http2(self, self.opts))
 
         def done(t: asyncio.Task[UpstreamHttp2]) -> None:
             self._connecting -= 1
@@ -167,15 +168,3 @@ class Http2HostPool:
             self.capacity_freed(conn)  # (its SETTINGS may have arrived with the connect)
 
         task.add_done_callback(done)
-
-    async def _connect(self) -> UpstreamHttp2:
-        host, port = self.address
-        conn = UpstreamHttp2(self, self.opts)
-        async with asyncio.timeout(self.connect_timeout):
-            await self._loop.create_connection(lambda: conn, host, port)
-        self.stats.cx_total += 1
-        self.stats.cx_active += 1
-        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn

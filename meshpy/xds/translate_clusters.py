@@ -18,10 +18,13 @@ from meshpy.model.types import (
     DEFAULT_DNS_REFRESH,
     DEFAULT_HTTP2,
     DEFAULT_LB,
+    KEEPALIVE_MAX_PROBES,
+    KEEPALIVE_MAX_SECONDS,
     Cluster,
     DiscoveryType,
     Endpoint,
     Http2Options,
+    TcpKeepalive,
 )
 from meshpy.xds import translate_policies
 from meshpy.xds import translate_protocols as protocols
@@ -34,6 +37,7 @@ from meshpy.xds.translate_base import (
     socket_address,
     timeout,
     unpack,
+    wrapped,
 )
 
 # `alt_stat_name` only renames stats; `metadata` is only read by filters and subset balancing.
@@ -58,6 +62,7 @@ _CLUSTER = frozenset(
         "circuit_breakers",
         "outlier_detection",
         "health_checks",
+        "upstream_connection_options",
     }
 )
 # Cluster.DiscoveryType numbers, in proto order.
@@ -120,6 +125,7 @@ def cluster(
         circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
         outlier_detection=translate_policies.outlier_detection(issues, msg, path),
         health_check=translate_policies.health_check(issues, msg, path),
+        tcp_keepalive=_tcp_keepalive(issues, msg, path),
     )
 
 
@@ -220,6 +226,29 @@ def _http_options(issues: Issues, msg: Any, path: str) -> tuple[Any | None, Http
 
 def _check_common_options(issues: Issues, msg: Any, path: str) -> None:
     issues.fields(msg, path, {"idle_timeout"})
+
+
+def _tcp_keepalive(issues: Issues, msg: Any, path: str) -> TcpKeepalive | None:
+    """upstream_connection_options.tcp_keepalive; the other connection options (a local interface
+    name, happy eyeballs) are refused. Envoy takes any uint32 and then fails each connect whose
+    setsockopt the kernel refuses; meshpy refuses such values here instead."""
+    if not msg.HasField("upstream_connection_options"):
+        return None
+    options, where = msg.upstream_connection_options, child(path, "upstream_connection_options")
+    issues.fields(options, where, {"tcp_keepalive"})
+    if not options.HasField("tcp_keepalive"):
+        return None
+    ka, where = options.tcp_keepalive, child(where, "tcp_keepalive")
+    values: list[int | None] = []
+    for name, limit in (("keepalive_probes", KEEPALIVE_MAX_PROBES), ("keepalive_time", KEEPALIVE_MAX_SECONDS),
+                        ("keepalive_interval", KEEPALIVE_MAX_SECONDS)):
+        value = wrapped(ka, name, None)
+        if value is not None and not 1 <= value <= limit:
+            issues.add(child(where, name), f"must be from 1 to {limit}, got {value}")
+        values.append(value)
+    probes, time, interval = values
+    return TcpKeepalive(probes=probes, time=None if time is None else float(time),
+                        interval=None if interval is None else float(interval))
 
 
 def endpoints_from(issues: Issues, cla: Any, path: str) -> tuple[Endpoint, ...]:

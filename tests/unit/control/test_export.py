@@ -90,9 +90,11 @@ clusters:
     health_check: {path: /healthz, interval: 2s, timeout: 500ms, expected_statuses: [200, [300, 400]],
                    host: api.internal, unhealthy_threshold: 2, healthy_threshold: 2, interval_jitter: 100ms}
     lb_policy: {policy: least_request, choice_count: 3, slow_start: {window: 30s, aggression: 2}}
+    tcp_keepalive: {probes: 3, time: 30s, interval: 5s}
   - name: api-v2
     type: strict_dns
     endpoints: [localhost:18082]
+    tcp_keepalive: {time: 1m}
     health_check: {type: tcp, interval: 1s}
     lb_policy: {policy: ring_hash, ring_size: 2048}
   - name: grpc-api

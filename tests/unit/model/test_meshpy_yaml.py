@@ -36,6 +36,7 @@ from meshpy.model.types import (
     Route,
     RouteMatch,
     StringMatch,
+    TcpKeepalive,
     VirtualHost,
     WeightedCluster,
 )
@@ -492,6 +493,22 @@ def test_cluster_list_form_with_every_key() -> None:
             pool_idle_timeout=None,
         ),
     )
+
+
+def test_cluster_tcp_keepalive() -> None:
+    config = load("""
+        clusters:
+          full: {endpoints: [127.0.0.1:9000], tcp_keepalive: {probes: 3, time: 2m, interval: 5}}
+          some: {endpoints: [127.0.0.1:9001], tcp_keepalive: {time: 30s}}
+          bare: {endpoints: [127.0.0.1:9002], tcp_keepalive: {}}
+          none: 127.0.0.1:9003
+    """)
+    assert [c.tcp_keepalive for c in config.clusters] == [
+        TcpKeepalive(probes=3, time=120.0, interval=5.0),
+        TcpKeepalive(time=30.0),
+        TcpKeepalive(),  # SO_KEEPALIVE with the kernel's timings
+        None,
+    ]
 
 
 def test_cluster_mapping_short_forms() -> None:

@@ -144,6 +144,35 @@ def test_listener_and_top_level_errors(text: str, expected: str) -> None:
             "clusters[0].max_connections_per_endpoint: must be a positive integer, got 0",
         ),
         (
+            "[{name: a, endpoints: ['127.0.0.1:1'], tcp_keepalive: {probes: 200}}]",
+            "clusters[0].tcp_keepalive.probes: must be at most 127, got 200",
+        ),
+        (
+            "[{name: a, endpoints: ['127.0.0.1:1'], tcp_keepalive: {probes: 0}}]",
+            "clusters[0].tcp_keepalive.probes: must be a positive integer, got 0",
+        ),
+        (
+            "[{name: a, endpoints: ['127.0.0.1:1'], tcp_keepalive: {time: 1500ms}}]",
+            "clusters[0].tcp_keepalive.time: must be a whole number of seconds (as TCP keepalive counts), "
+            "got 1.5",
+        ),
+        (
+            "[{name: a, endpoints: ['127.0.0.1:1'], tcp_keepalive: {interval: 10h}}]",
+            "clusters[0].tcp_keepalive.interval: must be at most 32767s, got 36000s",
+        ),
+        (
+            "[{name: a, endpoints: ['127.0.0.1:1'], tcp_keepalive: {interval: 0}}]",
+            "clusters[0].tcp_keepalive.interval: must be greater than 0",
+        ),
+        (
+            "[{name: a, endpoints: ['127.0.0.1:1'], tcp_keepalive: {idle: 30s}}]",
+            "clusters[0].tcp_keepalive.idle: unknown key",
+        ),
+        (
+            "{a: {endpoints: ['127.0.0.1:1'], tcp_keepalive: true}}",
+            "clusters.a.tcp_keepalive: expected a mapping, got a boolean",
+        ),
+        (
             "[{name: a, endpoints: ['127.0.0.1:1']}, {name: a, endpoints: ['127.0.0.1:2']}]",
             "clusters[1].name: duplicate cluster name 'a' (also clusters[0])",
         ),

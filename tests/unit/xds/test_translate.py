@@ -47,6 +47,7 @@ from meshpy.model.types import (
     RouteConfig,
     RouteMatch,
     StringMatch,
+    TcpKeepalive,
     TcpOptions,
     WeightedCluster,
 )
@@ -299,6 +300,37 @@ def test_cluster_http2_from_the_extension_and_the_legacy_field() -> None:
     for source, streams in ((UPSTREAM_HTTP2, 50), (UPSTREAM_HTTP2_LEGACY, 100)):
         c = load_bootstrap(source).clusters[0]
         assert c.name == "demo" and c.protocol == "http2" and c.http2.max_concurrent_streams == streams
+
+
+UPSTREAM_KEEPALIVE = cluster_bootstrap("upstream_keepalive", """
+    upstream_connection_options:
+      tcp_keepalive: {keepalive_probes: 3, keepalive_time: 30, keepalive_interval: 5}
+    """)
+UPSTREAM_KEEPALIVE_DEFAULTS = cluster_bootstrap("upstream_keepalive_defaults", """
+    upstream_connection_options: {tcp_keepalive: {keepalive_time: 45}}
+    """)
+BAD_KEEPALIVE = cluster_bootstrap("bad_keepalive", """
+    upstream_connection_options:
+      tcp_keepalive: {keepalive_probes: 0, keepalive_interval: 40000}
+      set_local_interface_name_on_upstream_connections: true
+      happy_eyeballs_config: {first_address_family_version: V6}
+    """)
+
+
+def test_cluster_tcp_keepalive() -> None:
+    assert load_bootstrap(UPSTREAM_KEEPALIVE).clusters[0].tcp_keepalive == TcpKeepalive(
+        probes=3, time=30.0, interval=5.0)
+    assert load_bootstrap(UPSTREAM_KEEPALIVE_DEFAULTS).clusters[0].tcp_keepalive == TcpKeepalive(time=45.0)
+    assert load_bootstrap(cluster_bootstrap(None, "upstream_connection_options: {}")).clusters[0] \
+        .tcp_keepalive is None
+    assert load_bootstrap(MINIMAL_HTTP).clusters[0].tcp_keepalive is None
+    options = f"{CLUSTER0}.upstream_connection_options"
+    assert issues_of(BAD_KEEPALIVE) == [
+        ConfigIssue(f"{options}.set_local_interface_name_on_upstream_connections", "not supported by meshpy"),
+        ConfigIssue(f"{options}.happy_eyeballs_config", "not supported by meshpy"),
+        ConfigIssue(f"{options}.tcp_keepalive.keepalive_probes", "must be from 1 to 127, got 0"),
+        ConfigIssue(f"{options}.tcp_keepalive.keepalive_interval", "must be from 1 to 32767, got 40000"),
+    ]
 
 
 CONNECT_ROUTE = http_bootstrap(

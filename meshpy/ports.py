@@ -1,0 +1,182 @@
+"""The interfaces between layers: what a transport offers the stack and the stack offers a transport.
+
+A leaf module: it imports nothing of meshpy at run time, and transports, the stack and the upstream
+side all import it (transports never import the stack; meshpy.routing.compile, which builds a
+listener's config, is where the stack's exchange classes are handed to the transports). Each port is a
+typing Protocol: nothing here runs on the request path, and no class has to inherit from one.
+
+    client ─ transport (downstream_http1, h2_stream) ──ResponseWriter──┐
+                  │ DownstreamExchange / StreamExchange                │
+                  v                                                    │
+             stack (Exchange) ────── UpstreamStream ──> transport (upstream_http1, upstream_h2_stream)
+                  ^                                                    │
+                  └──────────────────── UpstreamSink <─────────────────┘
+    pools and the TCP proxy open connections through a Connector (one per cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from meshpy.codec.http2 import RequestHead
+    from meshpy.codec.request_facts import RequestFacts
+    from meshpy.errors import BadRequest
+    from meshpy.routing.compile import HttpListenerConfig, ListenerSlot
+
+Header = tuple[bytes, bytes]
+P = TypeVar("P", bound="asyncio.BaseProtocol")
+
+
+# -- downstream: the client side -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """A client connection, as every downstream connection describes itself (made when first asked,
+    then kept): what filters read as `request.connection`, and where the TLS identity goes next."""
+
+    peer: str  # the client's address (the connection's, not X-Forwarded-For)
+    peer_port: int
+    local: str  # the address the proxy accepted it on
+    local_port: int
+    # Where the client was connecting before interception redirected it (a sidecar); None otherwise.
+    original_destination: tuple[str, int] | None
+    listener: str  # the listener serving it
+    direction: str  # the listener's traffic direction: inbound, outbound or unspecified
+
+
+class ResponseWriter(Protocol):
+    """The client side an exchange answers to: an HTTP/1.1 connection, or one HTTP/2 stream.
+
+    `out` collects HTTP/1.1 bytes and is used by the HTTP/1.1 exchange only; the HTTP/2 exchange
+    writes frames through its stream (meshpy.transport.h2_stream.H2Stream)."""
+
+    loop: asyncio.AbstractEventLoop
+    slot: ListenerSlot
+    peer: str
+    original_dst: tuple[str, int] | None  # where an intercepted client was connecting
+    out: list[bytes]
+    write_paused: bool
+
+    def connection_info(self) -> ConnectionInfo: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def pause_reading(self, reason: int) -> None: ...
+    def resume_reading(self, reason: int) -> None: ...
+    def exchange_done(self, ex: DownstreamExchange, keep_alive: bool) -> None: ...
+
+
+class DownstreamExchange(Protocol):
+    """One request as a downstream transport drives it."""
+
+    cfg: HttpListenerConfig
+    done: bool
+    flag: str  # the access log's response flags
+
+    def request_body(self, data: bytes) -> None: ...
+    def request_end(self) -> None: ...
+    def downstream_lost(self) -> None: ...
+    def down_pause_writing(self) -> None: ...
+    def down_resume_writing(self) -> None: ...
+
+
+class Http1Exchange(DownstreamExchange, Protocol):
+    """What the HTTP/1.1 connection fills in from its parser's callbacks, and then calls."""
+
+    target: bytes
+    headers: list[Header]
+    facts: RequestFacts
+    upgrade: bytes | None  # an Upgrade the listener allows and the request asks for
+    early: bytes  # bytes after an upgrade request's head, for the tunnel
+
+    def head_complete(self, method: bytes, version: str, keep_alive: bool, upgrading: bool = False) -> None:
+        ...
+    def start(self) -> None: ...
+    def has_body(self) -> bool: ...
+    def request_broken(self, err: BadRequest) -> None: ...
+
+
+class StreamExchange(DownstreamExchange, Protocol):
+    """What an HTTP/2 stream calls: the request head comes checked, in one piece."""
+
+    trailers: list[Header] | None  # the response's, sent as the stream's end
+
+    def begin(self, head: RequestHead, ended: bool) -> None: ...
+    def request_trailers(self, trailers: list[Header]) -> None: ...
+
+
+class TunnelFeed(Protocol):
+    """A tunnel a connection became part of: it takes the bytes read together with the 101 head."""
+
+    def from_upstream(self, data: bytes) -> None: ...
+
+
+class StreamTunnel(TunnelFeed, Protocol):
+    """A tunnel over one HTTP/2 stream (WebSocket over HTTP/2, RFC 8441)."""
+
+    def to_upstream(self, data: bytes) -> None: ...  # the client's DATA
+    def pause_upstream(self, paused: bool) -> None: ...  # the stream's window is full (or not)
+    def client_ended(self) -> None: ...
+    def close(self) -> None: ...
+
+
+# -- upstream: the server side ---------------------------------------------------------------------
+class UpstreamSink(Protocol):
+    """What an exchange offers its upstream connection or stream."""
+
+    def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
+    def up_body(self, data: bytes) -> None: ...
+    def up_end(self, keep_alive: bool) -> None: ...
+    def up_trailers(self, trailers: list[Header]) -> None: ...
+    def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None: ...
+    def up_pause_writing(self) -> None: ...
+    def up_resume_writing(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+class OutgoingRequest(Protocol):
+    """The request head an exchange built for its upstream, in the two forms the protocols take."""
+
+    method: bytes
+    up_target: bytes
+    up_head_bytes: bytes  # the HTTP/1.1 head, serialized once
+    up_chunked: bool
+
+    def upstream_fields(self) -> list[Header]: ...  # the header list (Host in it), for HTTP/2
+
+
+class ConnectionPool(Protocol):
+    """Where an upstream stream goes back when its exchange is done with it."""
+
+    def release(self, conn: UpstreamStream) -> None: ...  # reusable
+    def discard(self, conn: UpstreamStream) -> None: ...  # not reusable: closed (HTTP/2: cancelled)
+
+
+class UpstreamStream(Protocol):
+    """One request's way to an upstream: an HTTP/1.1 connection or a stream of an HTTP/2 one."""
+
+    multiplexed: bool
+    used: bool  # carried an exchange before (a failure may be a stale keep-alive)
+
+    @property
+    def pool(self) -> ConnectionPool: ...
+
+    def attach(self, exchange: UpstreamSink, head_request: bool) -> None: ...
+    def detach(self) -> None: ...
+    def send_request(self, req: OutgoingRequest, body: list[bytes] | None, done: bool) -> None: ...
+    def write_body(self, data: bytes, chunked: bool) -> None: ...
+    def end_body(self, chunked: bool) -> None: ...
+    def response_fields(self, fields: bytes) -> list[Header]: ...  # the head up_head gave, as a list
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def is_usable(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class Connector(Protocol):
+    """Opens a cluster's upstream connections: its timeout, socket options and, next, TLS."""
+
+    async def open(self, address: tuple[str, int], factory: Callable[[], P]) -> P: ...
