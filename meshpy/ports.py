@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig, ListenerSlot
 
 Header = tuple[bytes, bytes]
+
+# What an exchange tells a writer of a response body it is about to send (ResponseWriter.respond_head).
+NO_BODY = 0  # a HEAD answer, a 1xx, 204 or 304
+SIZED = 1  # its content-length is among the headers
+UNSIZED = 2  # no length: chunked upstream, or delimited by the upstream connection's end
 P = TypeVar("P", bound="asyncio.BaseProtocol")
 
 
@@ -62,11 +67,29 @@ class ResponseWriter(Protocol):
     write_paused: bool
 
     def connection_info(self) -> ConnectionInfo: ...
+    # The answer. The exchange decides what it is (status, final headers, body pieces); the writer
+    # how it goes on the wire (HTTP/1.1 framing and Connection; HTTP/2 frames). A writer may set
+    # `ex.keep_alive` (HTTP/1.1: a connection-delimited body, draining).
+    def respond_raw(self, ex: Responding, status: int, fields: bytes) -> bool: ...
+    def respond_interim(self, ex: Responding, status: int, headers: list[Header]) -> None: ...
+    def respond_head(self, ex: Responding, status: int, headers: list[Header], body: int) -> None: ...
+    def respond_body(self, ex: Responding, data: bytes) -> None: ...
+    def respond_end(self, ex: Responding) -> None: ...
+    def respond_whole(self, ex: Responding, status: int, headers: list[Header], body: bytes) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
     def pause_reading(self, reason: int) -> None: ...
     def resume_reading(self, reason: int) -> None: ...
     def exchange_done(self, ex: DownstreamExchange, keep_alive: bool) -> None: ...
+
+
+class Responding(Protocol):
+    """The state of an exchange's answer that its writer reads, and for HTTP/1.1 framing sets."""
+
+    http10: bool
+    keep_alive: bool
+    head_request: bool
+    down_chunked: bool
 
 
 class DownstreamExchange(Protocol):

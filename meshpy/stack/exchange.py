@@ -16,16 +16,13 @@ from typing import TYPE_CHECKING
 
 from meshpy.codec.http1 import (
     CONTINUE_100,
-    LAST_CHUNK,
     check_transfer_encoding,
-    chunk,
     no_body_status,
-    response_head,
     serialize_headers,
     split_absolute_form,
-    status_text,
 )
-from meshpy.codec.raw_head import parse_fields, passthrough
+from meshpy.codec.http2 import CONNECTION_SPECIFIC
+from meshpy.codec.raw_head import parse_fields
 from meshpy.codec.request_facts import RequestFacts
 from meshpy.errors import (
     BadRequest,
@@ -37,6 +34,7 @@ from meshpy.errors import (
     UpstreamProtocolError,
     UpstreamReset,
 )
+from meshpy.ports import NO_BODY, SIZED, UNSIZED
 from meshpy.stack.filtering import FilteringMixin
 from meshpy.stack.forwarding import (
     downstream_response_headers,
@@ -78,6 +76,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         "_deadline",
         "_fault_timer",
         "_filter_req",
+        "_grpc",
+        "_grpc_status",
         "_head_base",
         "_last_activity",
         "_local",
@@ -115,6 +115,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         "started",
         "t0",
         "target",
+        "trailers",
         "up_chunked",
         "up_fields",
         "up_head_bytes",
@@ -145,7 +146,9 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         self.retry: RetryState | None = None
         self._buffered: list[bytes] | None = None
         self._buffered_bytes = 0
-        self._local: bytes | None = None
+        self._local: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # a reply of its own
+        self._grpc = False  # a gRPC call (HTTP/2 only): errors are answered as gRPC statuses
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # the response's, for an HTTP/2 client
         self._timer: asyncio.Handle | None = None  # a plain Handle when uvloop runs it at once
         self._fault_timer: asyncio.Handle | None = None  # an injected delay under way
         self.next_check = 0.0  # when the coarse sweep looks at this exchange next (0: not enrolled)
@@ -315,7 +318,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             self._attach(conn)
 
     def is_grpc(self) -> bool:
-        return False  # gRPC needs HTTP/2: see H2Exchange
+        return self._grpc
 
     def has_body(self) -> bool:
         return self.facts.chunked or bool(self.facts.content_length)
@@ -481,57 +484,44 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
 
     def _interim(self, status: int, fields: bytes) -> None:
         """A 1xx answer other than 100 (e.g. 103 Early Hints), for clients that can take one."""
-        if not self.http10:
-            headers = downstream_response_headers(parse_fields(fields))[0]
-            self.down.out.append(response_head(status, headers))
+        conn = self.conn
+        listed = conn.response_fields(fields) if conn is not None else parse_fields(fields)
+        self.down.respond_interim(self, status, downstream_response_headers(listed)[0])
 
     def _respond(self, status: int, fields: bytes) -> None:
-        """The final response head, to the client."""
-        down = self.down
+        """The final response head, to the client: the upstream's bytes when nothing changes them and
+        the writer can pass them on (HTTP/1.1), else rebuilt from the fields."""
         route = self.route
         if self.cfg.server_name is None and (route is None or not route.response_changes) and \
-                not self.http10 and not (self.keep_alive and down.slot.draining):
-            fast = passthrough(fields)
-            if fast is not None:
-                block, has_date = fast
-                # The block ends with the blank line: extra headers go in before its last CRLF.
-                if not has_date:
-                    block = block[:-2] + b"date: " + down.slot.date.now() + b"\r\n\r\n"
-                if not self.keep_alive:
-                    block = block[:-2] + b"connection: close\r\n\r\n"
-                down.out.append(status_text(status) + block)
-                self.started = True
-                return
-        self._head_from_list(status, parse_fields(fields))
+                self.down.respond_raw(self, status, fields):
+            self.started = True
+            return
+        conn = self.conn
+        listed = conn.response_fields(fields) if conn is not None else parse_fields(fields)
+        self._head_from_list(status, listed)
 
     def _head_from_list(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """The general path: header edits, a server name, new framing, HTTP/1.0 clients, draining."""
-        down = self.down
+        """The general path: hop-by-hop fields out, a Date, the route's response filters and the
+        server name (_response_headers), then the writer frames it for its client."""
         listed, length, chunked, has_date = downstream_response_headers(headers)
         if not has_date:
-            listed.append((b"date", down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1
-        out_headers = self._response_headers(status, listed)
-        if out_headers is None:
+            listed.append((b"date", self.down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1
+        final = self._response_headers(status, listed)
+        if final is None:
             return
-        if out_headers is not listed and length is not None and not any(
-                h[0] == b"content-length" for h in out_headers):
+        if final is not listed and length is not None and not any(h[0] == b"content-length" for h in final):
             length = None  # re-framed for the response body filters
-        has_body = not self.head_request and not no_body_status(status)
-        if has_body and length is None:
+        if self.head_request or no_body_status(status):
+            body = NO_BODY
+        elif length is not None:
+            body = SIZED
+        else:
+            body = UNSIZED
             self._close_delimited = not chunked
-            if self.http10:
-                self.keep_alive = False  # close-delimited for an HTTP/1.0 client
-            else:
-                self.down_chunked = True
-                out_headers.append((b"transfer-encoding", b"chunked"))
-        if self.keep_alive and down.slot.draining:
-            self.keep_alive = False
-        if not self.keep_alive:
-            out_headers.append((b"connection", b"close"))
-        elif self.http10:
-            out_headers.append((b"connection", b"keep-alive"))
-        down.out.append(response_head(status, out_headers))
+        if self._grpc:
+            self._note_grpc_status(final)  # a trailers-only answer carries it in its head
         self.started = True
+        self.down.respond_head(self, status, final, body)
 
     def up_body(self, data: bytes) -> None:
         route = self.route
@@ -541,18 +531,26 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
                 return  # failed (the exchange was reset), or nothing to send
             data = out
         self.bytes_out += len(data)
-        self.down.out.append(chunk(data) if self.down_chunked else data)
+        self.down.respond_body(self, data)
         if self._deadline or self._timer is not None:
             self._last_activity = self.down.loop.time()
 
     def _write_body(self, data: bytes) -> None:
         """A piece of response body that no upstream read brought (a body filter's)."""
         self.bytes_out += len(data)
-        self.down.out.append(chunk(data) if self.down_chunked else data)
+        self.down.respond_body(self, data)
 
     def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        """Response trailers (an HTTP/2 upstream): an HTTP/1.1 client gets the body's end without them,
-        as from Envoy by default."""
+        """Response trailers (an HTTP/2 upstream's, gRPC's grpc-status among them): the end of an HTTP/2
+        client's stream; an HTTP/1.1 client gets the body's end without them, as from Envoy by default."""
+        self.trailers = [t for t in trailers if t[0] not in CONNECTION_SPECIFIC]
+        if self._grpc:
+            self._note_grpc_status(self.trailers)
+
+    def _note_grpc_status(self, fields: list[tuple[bytes, bytes]]) -> None:
+        for name, value in fields:
+            if name == b"grpc-status" and value.isdigit():
+                self._grpc_status = int(value)
 
     def up_end(self, keep_alive: bool) -> None:
         conn = self.conn
@@ -569,8 +567,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
                 return  # a filter failed: the exchange was reset
             if tail:
                 self._write_body(tail)
-        if self.down_chunked:
-            self.down.out.append(LAST_CHUNK)
+        self.down.respond_end(self)
         if not self.req_done:
             self.keep_alive = False  # the rest of the request body would be read as a new request
         self._finish()

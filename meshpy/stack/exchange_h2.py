@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from meshpy.codec import grpc
-from meshpy.codec.http1 import no_body_status
-from meshpy.codec.http2 import CONNECTION_SPECIFIC, RequestHead, response_fields
+from meshpy.codec.http2 import RequestHead, response_fields
 from meshpy.codec.raw_head import parse_fields
 from meshpy.codec.request_facts import SCANNED, RequestFacts
 from meshpy.errors import BadRequest
@@ -30,18 +29,11 @@ _CONTINUE = [(b":status", b"100")]
 
 class H2Exchange(Exchange):
     PROTOCOL = "HTTP/2"
-    __slots__ = ("_grpc", "_grpc_deadline", "_grpc_status", "_held", "_reply", "_tunnel", "_upgraded_up",
-                 "stream", "trailers")
+    __slots__ = ("_grpc_deadline", "_tunnel", "_upgraded_up", "stream")
 
     def __init__(self, stream: H2Stream, cfg: HttpListenerConfig) -> None:
         super().__init__(stream, cfg)
         self.stream = stream
-        self._reply: tuple[list[tuple[bytes, bytes]], bytes] | None = None
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        # The response head waits for the end of the upstream read that brought it (see flush), so a
-        # response that ends in its head goes out as one HEADERS frame: gRPC's trailers-only form.
-        self._held: list[tuple[bytes, bytes]] | None = None
-        self._grpc = False
         self._grpc_deadline = 0.0
         self._grpc_status = -1  # from the answer's grpc-status (trailers, or a trailers-only head)
         self._tunnel: H2TunnelUp | None = None
@@ -144,9 +136,6 @@ class H2Exchange(Exchange):
         self._grpc_deadline = self._deadline = now + seconds
         self._schedule(self._deadline, now)
 
-    def is_grpc(self) -> bool:
-        return self._grpc
-
     def _request_timers(self) -> None:
         super()._request_timers()
         if self._grpc_deadline and (not self._deadline or self._grpc_deadline < self._deadline):
@@ -174,54 +163,6 @@ class H2Exchange(Exchange):
         """Request trailers: an HTTP/1.1 upstream gets the body's end without them."""
 
     # -- response side ---------------------------------------------------------------------------
-    def _interim(self, status: int, fields: bytes) -> None:
-        headers = downstream_response_headers(parse_fields(fields))[0]
-        self.stream.send_head(response_fields(status, headers), False)
-
-    def _respond(self, status: int, fields: bytes) -> None:
-        conn = self.conn
-        headers, _length, _chunked, has_date = downstream_response_headers(
-            parse_fields(fields) if conn is None else conn.response_fields(fields))
-        if not has_date:
-            headers.append((b"date", self.stream.slot.date.now()))
-        final = self._response_headers(status, headers)
-        if final is None:
-            return
-        headers = final
-        self.started = True
-        out = response_fields(status, headers)
-        if self._grpc:
-            self._note_grpc_status(headers)  # a trailers-only answer carries it in its head
-        if self.head_request or no_body_status(status):
-            self.stream.send_head(out, True)
-        else:
-            self._held = out
-
-    def _send_held(self, end: bool) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self.stream.send_head(held, end)
-
-    def flush(self) -> None:
-        self._send_held(False)
-        self.stream.flush()
-
-    def _finish(self) -> None:
-        self._send_held(not self.trailers)
-        super()._finish()
-
-    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        """Response trailers (gRPC's grpc-status among them): sent as the stream's end."""
-        self.trailers = [t for t in trailers if t[0] not in CONNECTION_SPECIFIC]
-        if self._grpc:
-            self._note_grpc_status(self.trailers)
-
-    def _note_grpc_status(self, fields: list[tuple[bytes, bytes]]) -> None:
-        for name, value in fields:
-            if name == b"grpc-status" and value.isdigit():
-                self._grpc_status = int(value)
-
     def _complete(self) -> None:
         if self._grpc and not self.done:
             super()._complete()
@@ -232,51 +173,3 @@ class H2Exchange(Exchange):
             return
         super()._complete()
 
-    def up_body(self, data: bytes) -> None:
-        route = self.route
-        if route is not None and route.response_body_filters:
-            out = None if self.done else self._filter_response_body(route, data, False)
-            if not out:
-                return  # failed (the stream was reset), or nothing to send
-            data = out
-        self.bytes_out += len(data)
-        if self._held is not None:
-            self._send_held(False)
-        self.stream.send_data(data)
-        if self._deadline or self._timer is not None:
-            self._last_activity = self.stream.loop.time()
-
-    def _write_body(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        self._send_held(False)
-        self.stream.send_data(data)
-
-    def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-        if self._grpc:
-            # As Envoy: HTTP 200 with the error as a gRPC status, in one HEADERS frame (trailers-only).
-            code = self._grpc_status = grpc.status_for(status, self.flag)
-            headers = [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code),
-                       (b"grpc-message", grpc.percent_encode(body)),
-                       *(h for h in headers if h[0] not in (b"content-type", b"content-length"))]
-            status, body = 200, b""
-            self.resp_status = 200  # logged as sent, as Envoy logs it
-        if no_body_status(status) or self.head_request:
-            body = b""
-        else:
-            headers.append((b"content-length", b"%d" % len(body)))
-        self.bytes_out = len(body)
-        fields = [(b":status", b"%d" % status)]
-        fields.extend(h for h in headers if h[0] not in CONNECTION_SPECIFIC)
-        self._reply = (fields, body)
-        return b""  # the marker that an answer is ready; the parts are in _reply
-
-    def _send_local(self) -> None:
-        reply = self._reply
-        if reply is None or self.done:
-            return
-        self.started = True
-        fields, body = reply
-        self.stream.send_head(fields, not body)
-        if body:
-            self.stream.send_data(body)
-        self._finish()

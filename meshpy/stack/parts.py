@@ -47,6 +47,7 @@ class ExchangeParts:
         keep_alive: bool
         http10: bool
         head_request: bool
+        down_chunked: bool
         flag: str
         resp_status: int
         bytes_out: int
@@ -57,7 +58,9 @@ class ExchangeParts:
         _timer: asyncio.Handle | None
         _timer_at: float
         _fault_timer: asyncio.Handle | None
-        _local: bytes | None
+        _local: tuple[int, list[tuple[bytes, bytes]], bytes] | None
+        _grpc: bool
+        _grpc_status: int
         upgrade: bytes | None
         early: bytes
         bytes_in: int
@@ -74,7 +77,6 @@ class ExchangeParts:
         def _connect_request(self, target: bytes) -> None: ...
         def _stop_timers(self) -> None: ...
         def is_grpc(self) -> bool: ...
-        def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes: ...
         def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None: ...
         # Provided by the mixins to one another:
         def on_deadline(self) -> None: ...

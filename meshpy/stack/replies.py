@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from meshpy.codec.http1 import format_response, no_body_status, response_head
+from meshpy.codec import grpc
+from meshpy.codec.http1 import no_body_status
 from meshpy.model.types import DirectResponseAction, RedirectAction
 from meshpy.stack.parts import ExchangeParts
 
@@ -67,34 +68,35 @@ class RepliesMixin(ExchangeParts):
             if final is None:
                 return  # a filter raised: filter_failed answered 500 (with no route: no loop)
             headers = final
-        if close or self.down.slot.draining:
+        if close:
             self.keep_alive = False
-        if not self.keep_alive:
-            headers.append((b"connection", b"close"))
-        elif self.http10:
-            headers.append((b"connection", b"keep-alive"))
         self.resp_status = status
         self.flag = flag
-        self._local = self._encode_local(status, body, headers)
+        if self._grpc:
+            status, headers, body = self._grpc_answer(status, headers, body)
+        self.bytes_out = 0 if self.head_request or no_body_status(status) else len(body)
+        self._local = (status, headers, body)
         # Otherwise the answer waits for request_end: a bodiless request completes in the same parser
         # pass, and a small body is read and dropped so the connection stays usable.
         if close or self.req_done:
             self._send_local()
 
-    def _encode_local(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-        if no_body_status(status):
-            # No body, and as in Envoy no content-length either (RFC 9110 8.6 forbids it on a 204).
-            self.bytes_out = 0
-            return response_head(status, headers)
-        self.bytes_out = len(body)
-        return format_response(status, body, headers, head_only=self.head_request)
+    def _grpc_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[
+            int, list[tuple[bytes, bytes]], bytes]:
+        """As Envoy: HTTP 200 with the error as a gRPC status, in one HEADERS frame (trailers-only)."""
+        code = self._grpc_status = grpc.status_for(status, self.flag)
+        headers = [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code),
+                   (b"grpc-message", grpc.percent_encode(body)),
+                   *(h for h in headers if h[0] not in (b"content-type", b"content-length"))]
+        self.resp_status = 200  # logged as sent, as Envoy logs it
+        return 200, headers, b""
 
     def _send_local(self) -> None:
         local = self._local
         if local is None or self.done:
             return
         self.started = True
-        self.down.out.append(local)
+        self.down.respond_whole(self, *local)
         self._finish()
 
     def _abort(self, flag: str) -> None:

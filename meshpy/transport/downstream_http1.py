@@ -21,6 +21,7 @@ from meshpy.codec.request_facts import SCANNED
 from meshpy.errors import BadRequest
 from meshpy.transport.accept import accepted, connection_info
 from meshpy.transport.h1_body_relay import relay_parser
+from meshpy.transport.h1_response import Http1Responses
 from meshpy.transport.writes import send
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ PAUSE_UPSTREAM = 2
 PAUSE_BODY_BUFFER = 4
 
 
-class Http1Downstream(asyncio.Protocol):
+class Http1Downstream(Http1Responses, asyncio.Protocol):
     __slots__ = (
         "_hdr_append",
         "_hdr_bytes",

@@ -15,10 +15,21 @@ from typing import TYPE_CHECKING
 
 from h2.errors import ErrorCodes
 
+from meshpy.codec.http1 import no_body_status
+from meshpy.codec.http2 import CONNECTION_SPECIFIC, response_fields
+from meshpy.ports import NO_BODY
+
 if TYPE_CHECKING:
     import asyncio
 
-    from meshpy.ports import ConnectionInfo, DownstreamExchange, StreamExchange, StreamTunnel
+    from meshpy.ports import (
+        ConnectionInfo,
+        DownstreamExchange,
+        Header,
+        Responding,
+        StreamExchange,
+        StreamTunnel,
+    )
     from meshpy.routing.compile import ListenerSlot
     from meshpy.transport.downstream_http2 import Http2Downstream
 
@@ -31,6 +42,7 @@ class H2Stream:
         "conn",
         "end_wanted",
         "ex",
+        "held",
         "loop",
         "opened",
         "original_dst",
@@ -55,6 +67,9 @@ class H2Stream:
         self.original_dst = conn.original_dst
         self.out: list[bytes] = []  # never written: H2Exchange writes through the methods below
         self.ex: StreamExchange | None = None
+        # The response head waits for the end of the upstream read that brought it (see flush), so a
+        # response that ends in its head goes out as one HEADERS frame: gRPC's trailers-only form.
+        self.held: list[tuple[bytes, bytes]] | None = None
         self.write_paused = conn.write_paused
         self.blocked = False  # response data waits for the client's window
         self.pending: deque[bytes] = deque()
@@ -94,6 +109,8 @@ class H2Stream:
                 self.conn.flush_soon()
 
     def flush(self) -> None:
+        if self.held is not None:
+            self._send_held(False)
         self.conn.flush_soon()
 
     def close(self) -> None:
@@ -104,7 +121,49 @@ class H2Stream:
         return self.conn.connection_info()
 
     def exchange_done(self, ex: DownstreamExchange, keep_alive: bool) -> None:
-        self.end_response(self.ex.trailers if self.ex is not None else None)
+        trailers = self.ex.trailers if self.ex is not None else None
+        if self.held is not None:
+            self._send_held(not trailers)
+        self.end_response(trailers)
+
+    # -- the answer, from its exchange (meshpy.ports.ResponseWriter) ------------------------------
+    def respond_raw(self, ex: Responding, status: int, fields: bytes) -> bool:
+        return False  # HTTP/1.1 bytes: nothing to pass on as they are
+
+    def respond_interim(self, ex: Responding, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.send_head(response_fields(status, headers), False)
+
+    def respond_head(self, ex: Responding, status: int, headers: list[Header], body: int) -> None:
+        out = response_fields(status, headers)
+        if body == NO_BODY:
+            self.send_head(out, True)
+        else:
+            self.held = out
+
+    def respond_body(self, ex: Responding, data: bytes) -> None:
+        if self.held is not None:
+            self._send_held(False)
+        self.send_data(data)
+
+    def respond_end(self, ex: Responding) -> None:
+        """(The end goes out with the trailers, if any, when the exchange is done: exchange_done.)"""
+
+    def respond_whole(self, ex: Responding, status: int, headers: list[Header], body: bytes) -> None:
+        fields = [(b":status", b"%d" % status)]
+        fields.extend(h for h in headers if h[0] not in CONNECTION_SPECIFIC)
+        if no_body_status(status) or ex.head_request:
+            body = b""
+        else:
+            fields.append((b"content-length", b"%d" % len(body)))
+        self.send_head(fields, not body)
+        if body:
+            self.send_data(body)
+
+    def _send_held(self, end: bool) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.send_head(held, end)
 
     # -- the response, from H2Exchange ------------------------------------------------------------
     def send_head(self, headers: list[tuple[bytes, bytes]], end: bool) -> None:
