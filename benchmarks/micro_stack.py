@@ -5,6 +5,7 @@ upstream write, response parse, response write, metrics, timers) without sockets
 before/after figures of a hot-path change are stable even on a noisy machine.
 
     python benchmarks/micro_stack.py [--requests 200000] [--loop uvloop|asyncio] [--profile]
+                                     [--policies | --filter]
 
 The pytest-benchmark suite in benchmarks/micro/ reuses `build` (bench_stack.py), with and without an
 access log; this script stays as the quick before/after figure and the profiler entry point.
@@ -56,6 +57,22 @@ clusters:
     endpoints: [127.0.0.1:2]
     circuit_breakers: {max_connections: 512, max_pending_requests: 512, max_requests: 512}
     outlier_detection: {consecutive_5xx: 5, interval: 1s}
+"""
+
+# The same with one Python filter on the route that does nothing (the base class: on_request returns
+# CONTINUE): the cost of the filter chain itself, against CONFIG's route without one.
+FILTER_CONFIG = """
+listeners:
+  - name: web
+    address: 127.0.0.1:1
+    filters:
+      - name: noop
+        python: {class: "meshpy.filters:HttpFilter"}
+    routes:
+      - match: /
+        cluster: up
+clusters:
+  up: 127.0.0.1:2
 """
 
 REQUEST = (b"GET /hello HTTP/1.1\r\nHost: service.local\r\nUser-Agent: wrk\r\n"
@@ -167,8 +184,9 @@ def main() -> None:
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--policies", action="store_true", help="retries, breakers, outlier detection")
+    ap.add_argument("--filter", action="store_true", help="one Python filter that does nothing")
     args = ap.parse_args()
-    config = POLICY_CONFIG if args.policies else CONFIG
+    config = POLICY_CONFIG if args.policies else FILTER_CONFIG if args.filter else CONFIG
     loop: asyncio.AbstractEventLoop
     if args.loop == "uvloop":
         import uvloop
@@ -186,7 +204,8 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
     best = min(run(args.requests // 5, loop, config) for _ in range(5))
-    what = " with retries, breakers and outlier detection" if args.policies else ""
+    what = " with retries, breakers and outlier detection" if args.policies else \
+        " with a Python filter that does nothing" if args.filter else ""
     print(f"full request through the stack{what} ({args.loop}): {best * 1e6:.2f} us")
 
 

@@ -8,35 +8,31 @@ written: HEADERS and DATA frames on one stream, through H2Stream, instead of byt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from meshpy.codec import grpc
-from meshpy.codec.http2 import RequestHead, response_fields
-from meshpy.codec.raw_head import parse_fields
+from meshpy.codec.http2 import RequestHead
 from meshpy.codec.request_facts import SCANNED, RequestFacts
 from meshpy.errors import BadRequest
 from meshpy.stack.exchange import Exchange
-from meshpy.stack.forwarding import downstream_response_headers
-from meshpy.transport.h2_tunnel import H2TunnelUp, websocket_key
+from meshpy.transport.h2_tunnel import websocket_key
 
 if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.transport.h2_stream import H2Stream
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
 
 _CONTINUE = [(b":status", b"100")]
 
 
 class H2Exchange(Exchange):
     PROTOCOL = "HTTP/2"
-    __slots__ = ("_grpc_deadline", "_tunnel", "_upgraded_up", "stream")
+    __slots__ = ("_grpc_deadline", "stream")
 
     def __init__(self, stream: H2Stream, cfg: HttpListenerConfig) -> None:
         super().__init__(stream, cfg)
         self.stream = stream
         self._grpc_deadline = 0.0
         self._grpc_status = -1  # from the answer's grpc-status (trailers, or a trailers-only head)
-        self._tunnel: H2TunnelUp | None = None
 
     # -- request side ----------------------------------------------------------------------------
     def begin(self, head: RequestHead, ended: bool) -> None:
@@ -86,43 +82,17 @@ class H2Exchange(Exchange):
             self.headers.append((b"sec-websocket-key", websocket_key()))
         return b"GET"
 
-    def _switch(self, fields: bytes) -> None:
-        """The upstream accepted the upgrade (101): 200 on the stream, then a tunnel (RFC 8441 5)."""
-        conn, host, stream = self.conn, self.host, self.stream
-        assert conn is not None and host is not None and not conn.multiplexed
-        up = cast("UpstreamHttp1", conn)
-        headers = [h for h in downstream_response_headers(parse_fields(fields))[0]
-                   if h[0] != b"sec-websocket-accept"]  # an HTTP/1.1 handshake detail
-        self.started = True
-        self.resp_status = 200
-        self._stop_timers()
-        self.conn = None
-        host.pool.hand_over(up)
-        up.exchange = None
-        stream.send_head(response_fields(200, headers), False)
-        assert up.transport is not None
-        self._tunnel = tunnel = H2TunnelUp(stream, up.transport, self._tunnel_done)
-        up.tunnel = tunnel
-        stream.tunnel = tunnel
-        self._upgraded_up = up
-
-    def _tunnel_done(self, from_client: int, from_upstream: int) -> None:
-        self.bytes_in += from_client
-        self.bytes_out += from_upstream
-        self._upgraded_up.connection_lost(None)  # the pool's bookkeeping of a closed connection
-        if not self.done:
-            self._complete()
-
     def request_end(self) -> None:
-        if self._tunnel is not None:
+        tunnel = self.stream.tunnel
+        if tunnel is not None:
             self.req_done = True
-            self._tunnel.client_ended()
+            tunnel.client_ended()
             return
         super().request_end()
 
     def downstream_lost(self) -> None:
-        if self._tunnel is not None:
-            self._tunnel.close()
+        if self.stream.tunnel is not None:
+            self.stream.tunnel.close()
         super().downstream_lost()
 
     def _grpc_deadline_from(self, value: bytes | None) -> None:

@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from meshpy.routing.compile import HttpListenerConfig
     from meshpy.routing.table import CompiledRoute
     from meshpy.stack.retry import RetryState
-    from meshpy.transport.downstream_http1 import Http1Downstream
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
 
@@ -64,7 +62,7 @@ class ExchangeParts:
         upgrade: bytes | None
         early: bytes
         bytes_in: int
-        _upgraded: tuple[Http1Downstream, UpstreamHttp1 | None]
+        _upgraded: UpstreamStream | None  # the upstream side of a tunnel (None: CONNECT's own)
 
         def _attach(self, conn: UpstreamStream) -> None: ...
         def _on_pool(self, result: UpstreamStream | BaseException) -> None: ...

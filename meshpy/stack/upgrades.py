@@ -16,18 +16,15 @@ sent bytes of the other protocol.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from meshpy.codec.http1 import response_head
-from meshpy.codec.raw_head import parse_fields
 from meshpy.errors import BadRequest, UpstreamConnectFailure
 from meshpy.stack.forwarding import downstream_response_headers
 from meshpy.stack.parts import ExchangeParts
-from meshpy.transport.tunnel import Pending, Tunnel
+from meshpy.transport.tunnel import Pending
 
 if TYPE_CHECKING:
-    from meshpy.transport.downstream_http1 import Http1Downstream
-    from meshpy.transport.upstream_http1 import UpstreamHttp1
+    from meshpy.ports import TunnelFeed
     from meshpy.upstream.cluster import Host
 
 
@@ -78,49 +75,35 @@ class UpgradesMixin(ExchangeParts):
         task.add_done_callback(done)
 
     def _connected(self, transport: asyncio.Transport, pending: Pending) -> None:
-        down = cast("Http1Downstream", self.down)
         stats = self.cluster.stats if self.cluster is not None else None
         if stats is not None:
             stats.cx_total += 1
             stats.cx_active += 1
-        headers = [(b"date", down.slot.date.now())]
+        headers = [(b"date", self.down.slot.date.now())]
         if self.cfg.server_name is not None:
             headers.append((b"server", self.cfg.server_name))
-        down.out.append(response_head(200, headers))
-        down.flush()
-        self.started = True
-        self.resp_status = 200
-        self._stop_timers()
-        assert down.transport is not None
-        tunnel = Tunnel(down.transport, transport, self._tunnel_closed)
-        down.transport.resume_reading()
-        tunnel.from_client(self.early)
-        self.early = b""
-        pending.hand_over(tunnel)
-        self._upgraded = (down, None)
+        self._upgraded = None
+        pending.hand_over(self._join(headers, transport))
 
     def _switch(self, fields: bytes) -> None:
-        """The upstream said 101: answer the client, then join the two connections."""
-        down = cast("Http1Downstream", self.down)
-        conn = cast("UpstreamHttp1", self.conn)
-        assert self.upgrade is not None and conn is not None and self.host is not None
-        headers = downstream_response_headers(parse_fields(fields))[0]
-        headers += [(b"connection", b"upgrade"), (b"upgrade", self.upgrade)]
-        down.out.append(response_head(101, headers))
-        down.flush()
-        self.started = True
-        self.resp_status = 101
-        self._stop_timers()
+        """The upstream said 101: answer the client (101, or 200 on an HTTP/2 stream), then join the
+        two connections."""
+        conn = self.conn
+        assert self.upgrade is not None and conn is not None
+        headers = downstream_response_headers(conn.response_fields(fields))[0]
         self.conn = None
-        self.host.pool.hand_over(conn)
-        conn.exchange = None
-        assert down.transport is not None and conn.transport is not None
-        tunnel = Tunnel(down.transport, conn.transport, self._tunnel_closed)
-        conn.tunnel = tunnel  # the bytes after the 101 head, in this same read, go through it
-        down.transport.resume_reading()  # paused since the handshake's end
-        tunnel.from_client(self.early)
+        transport = conn.hand_over()
+        self._upgraded = conn
+        conn.feed(self._join(headers, transport))
+
+    def _join(self, headers: list[tuple[bytes, bytes]], transport: asyncio.Transport) -> TunnelFeed:
+        """The handshake's answer and the tunnel, through the client's writer."""
+        self.started = True
+        self._stop_timers()
+        self.resp_status, tunnel = self.down.join_tunnel(self, headers, transport, self.early,
+                                                         self._tunnel_closed)
         self.early = b""
-        self._upgraded = (down, conn)
+        return tunnel
 
     def _stop_timers(self) -> None:
         """A tunnel lives as long as its peers want: the request's timeouts end with the handshake."""
@@ -135,11 +118,10 @@ class UpgradesMixin(ExchangeParts):
     def _tunnel_closed(self, from_client: int, from_upstream: int) -> None:
         self.bytes_in += from_client
         self.bytes_out += from_upstream
-        down, conn = self._upgraded
+        conn = self._upgraded
         if conn is not None:
-            conn.connection_lost(None)  # the pool's bookkeeping of a closed connection
+            conn.tunnel_closed()
         elif self.cluster is not None:
             self.cluster.stats.cx_active -= 1  # a CONNECT tunnel's own connection
-        down.active = None
-        down.connection_lost(None)  # the listener's
         self._complete()
+

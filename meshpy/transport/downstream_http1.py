@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from meshpy.codec.http1 import HOST_CHARS, authority_with_port, format_response
+from meshpy.codec.http1 import HOST_CHARS, authority_with_port
 from meshpy.codec.request_facts import SCANNED
 from meshpy.errors import BadRequest
 from meshpy.transport.accept import accepted, connection_info
@@ -342,8 +342,7 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         stats.request_started()  # the request that broke was never counted as started
         stats.request_done(err.status, 0.0)
         if self.transport is not None and not self.transport.is_closing():
-            headers = [(b"date", self.slot.date.now()), (b"content-type", b"text/plain")]
-            self.out.append(format_response(err.status, err.body + b"\n", headers, close=True))
+            self.respond_error(err.status, err.body + b"\n")
         self.close()
 
     def _schedule_timer(self) -> None:

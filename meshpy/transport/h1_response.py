@@ -7,14 +7,18 @@ Connection header for keep-alive, HTTP/1.0 clients and draining.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshpy.codec.http1 import LAST_CHUNK, chunk, format_response, no_body_status, response_head, status_text
 from meshpy.codec.raw_head import passthrough
 from meshpy.ports import UNSIZED
+from meshpy.transport.tunnel import Tunnel
 
 if TYPE_CHECKING:
-    from meshpy.ports import Header, Responding
+    import asyncio
+
+    from meshpy.ports import Header, Http1Exchange, Responding, TunnelFeed
     from meshpy.routing.compile import ListenerSlot
 
 
@@ -26,6 +30,11 @@ class Http1Responses:
     if TYPE_CHECKING:
         out: list[bytes]
         slot: ListenerSlot
+        transport: asyncio.Transport | None
+        active: Http1Exchange | None
+
+        def flush(self) -> None: ...
+        def connection_lost(self, exc: Exception | None) -> None: ...
 
     def respond_raw(self, ex: Responding, status: int, fields: bytes) -> bool:
         """The upstream's head passed on as bytes when nothing about it changes (the common case: no
@@ -72,6 +81,35 @@ class Http1Responses:
             self.out.append(response_head(status, headers))
         else:
             self.out.append(format_response(status, body, headers, head_only=ex.head_request))
+
+    def join_tunnel(self, ex: Responding, headers: list[Header], upstream: asyncio.Transport, early: bytes,
+                    on_close: Callable[[int, int], None]) -> tuple[int, TunnelFeed]:
+        if ex.upgrade == b"connect":
+            status = 200
+        else:
+            status = 101
+            assert ex.upgrade is not None
+            headers += [(b"connection", b"upgrade"), (b"upgrade", ex.upgrade)]
+        self.out.append(response_head(status, headers))
+        self.flush()
+        transport = self.transport
+        assert transport is not None
+
+        def closed(from_client: int, from_upstream: int) -> None:
+            self.active = None
+            on_close(from_client, from_upstream)
+            self.connection_lost(None)  # the listener's bookkeeping
+
+        tunnel = Tunnel(transport, upstream, closed)
+        transport.resume_reading()  # paused since the handshake's end
+        tunnel.from_client(early)
+        return status, tunnel
+
+    def respond_error(self, status: int, body: bytes) -> None:
+        """The answer to bytes that broke HTTP before an exchange could take them (400, 408, 431); the
+        connection closes after it."""
+        headers = [(b"date", self.slot.date.now()), (b"content-type", b"text/plain")]
+        self.out.append(format_response(status, body, headers, close=True))
 
     def _connection_header(self, ex: Responding, headers: list[tuple[bytes, bytes]]) -> None:
         if ex.keep_alive and self.slot.draining:

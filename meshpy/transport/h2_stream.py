@@ -18,9 +18,11 @@ from h2.errors import ErrorCodes
 from meshpy.codec.http1 import no_body_status
 from meshpy.codec.http2 import CONNECTION_SPECIFIC, response_fields
 from meshpy.ports import NO_BODY
+from meshpy.transport.h2_tunnel import H2TunnelUp
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     from meshpy.ports import (
         ConnectionInfo,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
         Responding,
         StreamExchange,
         StreamTunnel,
+        TunnelFeed,
     )
     from meshpy.routing.compile import ListenerSlot
     from meshpy.transport.downstream_http2 import Http2Downstream
@@ -158,6 +161,15 @@ class H2Stream:
         self.send_head(fields, not body)
         if body:
             self.send_data(body)
+
+    def join_tunnel(self, ex: Responding, headers: list[Header], upstream: asyncio.Transport, early: bytes,
+                    on_close: Callable[[int, int], None]) -> tuple[int, TunnelFeed]:
+        """RFC 8441 5: the upstream's 101 is a 200 on the stream, then the stream's DATA and the
+        upstream's bytes are one tunnel. (`early`: nothing comes before the 200 on a stream.)"""
+        fields = [h for h in headers if h[0] != b"sec-websocket-accept"]  # an HTTP/1.1 handshake detail
+        self.send_head(response_fields(200, fields), False)
+        self.tunnel = tunnel = H2TunnelUp(self, upstream, on_close)
+        return 200, tunnel
 
     def _send_held(self, end: bool) -> None:
         held = self.held

@@ -63,6 +63,9 @@ class H2TunnelUp(asyncio.Protocol):
         self.close()
         return None
 
+    def upstream_eof(self) -> None:
+        self.eof_received()
+
     def pause_writing(self) -> None:
         self.stream.pause_reading(PAUSE_TUNNEL)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from meshpy.ports import TunnelFeed
 
 
 class Pending(asyncio.Protocol):
@@ -40,12 +43,12 @@ class Pending(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
 
-    def hand_over(self, tunnel: Tunnel) -> None:
+    def hand_over(self, tunnel: TunnelFeed) -> None:
         tunnel.from_upstream(b"".join(self.kept))
         if self.lost:
             tunnel.close()
         elif self.eof:
-            tunnel.up.eof_received()
+            tunnel.upstream_eof()
 
 
 class TunnelEnd(asyncio.Protocol):
@@ -109,6 +112,9 @@ class Tunnel:
         """Bytes the upstream sent right after its 101 head, in the same read."""
         if data:
             self.up.data_received(data)
+
+    def upstream_eof(self) -> None:
+        self.up.eof_received()
 
     def close(self) -> None:
         if self.closed:

@@ -10,7 +10,9 @@ from meshpy.codec.http2 import CONNECTION_SPECIFIC
 from meshpy.codec.raw_head import parse_fields
 
 if TYPE_CHECKING:
-    from meshpy.ports import OutgoingRequest, UpstreamSink
+    import asyncio
+
+    from meshpy.ports import OutgoingRequest, TunnelFeed, UpstreamSink
     from meshpy.transport.upstream_http2 import UpstreamHttp2
 
 
@@ -84,6 +86,15 @@ class Http2UpstreamStream:
         if self.head_fields is not None:
             return self.head_fields
         return parse_fields(fields)
+
+    def hand_over(self) -> asyncio.Transport:
+        raise RuntimeError("an HTTP/2 stream does not become a tunnel")  # (no 101 comes on one)
+
+    def feed(self, tunnel: TunnelFeed) -> None:
+        raise RuntimeError("an HTTP/2 stream does not become a tunnel")
+
+    def tunnel_closed(self) -> None:
+        """(Never a tunnel: see hand_over.)"""
 
     def pause_reading(self) -> None:
         self._held = True

@@ -152,6 +152,18 @@ class UpstreamHttp1(asyncio.Protocol):
     def response_fields(self, fields: bytes) -> list[tuple[bytes, bytes]]:
         return parse_fields(fields)
 
+    def hand_over(self) -> asyncio.Transport:
+        self.pool.hand_over(self)
+        self.exchange = None
+        assert self.transport is not None
+        return self.transport
+
+    def feed(self, tunnel: TunnelFeed) -> None:
+        self.tunnel = tunnel  # the bytes after the 101 head, in this same read, go through it
+
+    def tunnel_closed(self) -> None:
+        self.connection_lost(None)  # the pool's bookkeeping of a closed connection
+
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
