@@ -1,12 +1,16 @@
-"""One HTTP/1.1 request and its response, through routing, an upstream connection and back.
+"""One HTTP request and its response, through routing, an upstream connection and back (HTTP/2 requests
+are read by meshpy.stack.exchange_h2; the rest is this one core for both).
 
 The exchange is a callback-driven state machine, not a coroutine: the downstream parser, the upstream
 parser and the pool call into it. That keeps the per-request cost to a handful of method calls (a task
 per request costs more than the whole routing step). Everything it needs was compiled ahead into the
 listener config it captured at its start, so a reload never changes a request in flight.
 
-Parts of it live in mixins, each in its own module: its timers (meshpy.stack.timers), the answers it
-makes itself (meshpy.stack.replies) and retries (meshpy.stack.retrying).
+Parts of it live in mixins, each in its own module: the answer on its way to the client
+(meshpy.stack.responding), the request body on its way upstream (meshpy.stack.request_body), its
+timers (meshpy.stack.timers), the answers it makes itself (meshpy.stack.replies), retries
+(meshpy.stack.retrying), upgrades and CONNECT (meshpy.stack.upgrades) and the filter chain
+(meshpy.stack.filtering); meshpy.stack.parts tells mypy what they share.
 """
 
 from __future__ import annotations
@@ -17,12 +21,9 @@ from typing import TYPE_CHECKING
 from meshpy.codec.http1 import (
     CONTINUE_100,
     check_transfer_encoding,
-    no_body_status,
     serialize_headers,
     split_absolute_form,
 )
-from meshpy.codec.http2 import CONNECTION_SPECIFIC
-from meshpy.codec.raw_head import parse_fields
 from meshpy.codec.request_facts import RequestFacts
 from meshpy.errors import (
     BadRequest,
@@ -31,19 +32,17 @@ from meshpy.errors import (
     NoRoute,
     UpstreamConnectFailure,
     UpstreamOverflow,
-    UpstreamProtocolError,
-    UpstreamReset,
 )
-from meshpy.ports import NO_BODY, SIZED, UNSIZED
 from meshpy.stack.filtering import FilteringMixin
 from meshpy.stack.forwarding import (
-    downstream_response_headers,
     request_id,
     upstream_request_headers,
 )
 from meshpy.stack.guards import request_hash
 from meshpy.stack.replies import RepliesMixin
-from meshpy.stack.retry import CONNECT, RESET, RetryState
+from meshpy.stack.request_body import PAUSE_BODY_BUFFER, PAUSE_UPSTREAM, RequestBodyMixin
+from meshpy.stack.responding import RespondingMixin
+from meshpy.stack.retry import CONNECT, RetryState
 from meshpy.stack.retrying import RetryingMixin
 from meshpy.stack.timers import TimersMixin
 from meshpy.stack.upgrades import UpgradesMixin
@@ -57,12 +56,10 @@ if TYPE_CHECKING:
     from meshpy.routing.table import CompiledRoute
     from meshpy.upstream.cluster import ClusterRuntime, Host
 
-BODY_BUFFER_HIGH = 256 * 1024  # request body held while the upstream connection opens
-_PAUSE_UPSTREAM = 2
-_PAUSE_BODY_BUFFER = 4
 
 
-class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, FilteringMixin):
+class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin,
+               FilteringMixin):
     PROTOCOL = "HTTP/1.1"  # for the access log
     # The upstream request head as a list, for an HTTP/2 upstream (no serialize-then-parse there);
     # set by _dispatch before any upstream sees it, so not in __init__ (a list less per request).
@@ -323,95 +320,6 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
     def has_body(self) -> bool:
         return self.facts.chunked or bool(self.facts.content_length)
 
-    def request_body(self, data: bytes) -> None:
-        if self.done:
-            return  # the answer went out already (local reply, error): the rest is discarded
-        self.bytes_in += len(data)
-        limit = self.cfg.body_limit
-        if limit is not None and self.bytes_in > limit:
-            if not self.started:
-                self._local_reply(413, b"payload too large", "", close=True)
-            else:
-                self._abort("")
-            return
-        if self._local is not None:
-            return
-        route = self.route
-        if route is not None and route.request_body_filters:
-            out = self._filter_request_body(route, data, False)
-            if not out:
-                return  # answered, failed, or nothing to send
-            data = out
-        self._last_activity = self.down.loop.time()
-        self._forward_body(data)
-
-    def _forward_body(self, data: bytes) -> None:
-        if self.retry is not None:
-            self.retry.keep(data)
-        conn = self.conn
-        if conn is not None:
-            conn.write_body(data, self.up_chunked)
-            return
-        buf = self._buffered
-        if buf is None:
-            buf = self._buffered = []
-        buf.append(data)
-        self._buffered_bytes += len(data)
-        if self._buffered_bytes > BODY_BUFFER_HIGH:
-            self.down.pause_reading(_PAUSE_BODY_BUFFER)
-
-    def request_end(self) -> None:
-        self.req_done = True
-        if self.done:
-            return
-        if self._local is not None:
-            self._send_local()
-            return
-        route = self.route
-        if route is not None and route.request_body_filters and not self._body_end(route):
-            return
-        conn = self.conn
-        if conn is not None and (self.up_chunked or conn.multiplexed):  # else nothing marks the end
-            conn.end_body(self.up_chunked)
-        if self.host is not None:
-            self._request_timers()
-
-    def _body_end(self, route: CompiledRoute) -> bool:
-        """The request body filters' end hook, and what they add; False when one answered or failed."""
-        tail = self._filter_request_body(route, b"", True)
-        if tail is None:
-            return False
-        if tail:
-            self._forward_body(tail)
-        return True
-
-    def _early_body(self, route: CompiledRoute) -> bool:
-        """A pipelined request's body came before it was routed: it passes the body filters now.
-        True when one answered or failed."""
-        buffered, self._buffered, self._buffered_bytes = self._buffered, None, 0
-        for data in buffered or ():
-            out = self._filter_request_body(route, data, False)
-            if out is None:
-                return True
-            if out:
-                self._forward_body(out)
-        return self.req_done and not self._body_end(route)
-
-    def _request_timers(self) -> None:
-        timeout = self.route.timeout if self.route is not None else None
-        if timeout is not None:
-            self._deadline = self.down.loop.time() + timeout
-        self._arm_idle()
-
-    def request_broken(self, err: BadRequest) -> None:
-        """The client's bytes went bad in the middle of this request's body."""
-        if self.done:
-            return
-        if not self.started:
-            self._local_reply(err.status, err.body, "DPE", close=True)
-        else:
-            self._abort("DPE")
-
     # -- upstream connection -----------------------------------------------------------------------
     def _on_pool(self, result: UpstreamStream | BaseException) -> None:
         if isinstance(result, BaseException):
@@ -445,7 +353,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
                 if self._buffered is not None:
                     self._buffered = None
                     self._buffered_bytes = 0
-                    self.down.resume_reading(_PAUSE_BODY_BUFFER)
+                    self.down.resume_reading(PAUSE_BODY_BUFFER)
             if rs.policy.per_try_timeout is not None:
                 # Folded into the exchange's one timer (a coarse sweep for long ones), not a timer of its own.
                 now = self.down.loop.time()
@@ -454,7 +362,7 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         if buf and self._buffered is not None:
             self._buffered = None
             self._buffered_bytes = 0
-            self.down.resume_reading(_PAUSE_BODY_BUFFER)
+            self.down.resume_reading(PAUSE_BODY_BUFFER)
         conn.send_request(self, buf, self.req_done)
 
     def upstream_fields(self) -> list[tuple[bytes, bytes]]:
@@ -464,152 +372,6 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
         if self._head_base and rs is not None:
             return [*self.up_fields, (b"x-envoy-attempt-count", b"%d" % rs.attempt)]
         return self.up_fields
-
-    def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
-        """`fields`: the upstream head after its status line (see meshpy.codec.raw_head)."""
-        if status >= 200:
-            cluster = self.cluster
-            if cluster is not None and cluster.outlier is not None and self.host is not None:
-                cluster.outlier.result(self.host, status)
-            if self.retry is not None and self._retry_on_status(status, fields):
-                return
-        if status < 200:
-            if status == 101 and self.upgrade is not None:
-                return self._switch(fields)
-            if status != 100:  # 100 was answered by the proxy itself
-                self._interim(status, fields)
-            return
-        self.resp_status = status
-        self._respond(status, fields)
-
-    def _interim(self, status: int, fields: bytes) -> None:
-        """A 1xx answer other than 100 (e.g. 103 Early Hints), for clients that can take one."""
-        conn = self.conn
-        listed = conn.response_fields(fields) if conn is not None else parse_fields(fields)
-        self.down.respond_interim(self, status, downstream_response_headers(listed)[0])
-
-    def _respond(self, status: int, fields: bytes) -> None:
-        """The final response head, to the client: the upstream's bytes when nothing changes them and
-        the writer can pass them on (HTTP/1.1), else rebuilt from the fields."""
-        route = self.route
-        if self.cfg.server_name is None and (route is None or not route.response_changes) and \
-                self.down.respond_raw(self, status, fields):
-            self.started = True
-            return
-        conn = self.conn
-        listed = conn.response_fields(fields) if conn is not None else parse_fields(fields)
-        self._head_from_list(status, listed)
-
-    def _head_from_list(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """The general path: hop-by-hop fields out, a Date, the route's response filters and the
-        server name (_response_headers), then the writer frames it for its client."""
-        listed, length, chunked, has_date = downstream_response_headers(headers)
-        if not has_date:
-            listed.append((b"date", self.down.slot.date.now()))  # as Envoy: RFC 9110 6.6.1
-        final = self._response_headers(status, listed)
-        if final is None:
-            return
-        if final is not listed and length is not None and not any(h[0] == b"content-length" for h in final):
-            length = None  # re-framed for the response body filters
-        if self.head_request or no_body_status(status):
-            body = NO_BODY
-        elif length is not None:
-            body = SIZED
-        else:
-            body = UNSIZED
-            self._close_delimited = not chunked
-        if self._grpc:
-            self._note_grpc_status(final)  # a trailers-only answer carries it in its head
-        self.started = True
-        self.down.respond_head(self, status, final, body)
-
-    def up_body(self, data: bytes) -> None:
-        route = self.route
-        if route is not None and route.response_body_filters:
-            out = None if self.done else self._filter_response_body(route, data, False)
-            if not out:
-                return  # failed (the exchange was reset), or nothing to send
-            data = out
-        self.bytes_out += len(data)
-        self.down.respond_body(self, data)
-        if self._deadline or self._timer is not None:
-            self._last_activity = self.down.loop.time()
-
-    def _write_body(self, data: bytes) -> None:
-        """A piece of response body that no upstream read brought (a body filter's)."""
-        self.bytes_out += len(data)
-        self.down.respond_body(self, data)
-
-    def up_trailers(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        """Response trailers (an HTTP/2 upstream's, gRPC's grpc-status among them): the end of an HTTP/2
-        client's stream; an HTTP/1.1 client gets the body's end without them, as from Envoy by default."""
-        self.trailers = [t for t in trailers if t[0] not in CONNECTION_SPECIFIC]
-        if self._grpc:
-            self._note_grpc_status(self.trailers)
-
-    def _note_grpc_status(self, fields: list[tuple[bytes, bytes]]) -> None:
-        for name, value in fields:
-            if name == b"grpc-status" and value.isdigit():
-                self._grpc_status = int(value)
-
-    def up_end(self, keep_alive: bool) -> None:
-        conn = self.conn
-        self.conn = None
-        if conn is not None and self.host is not None:
-            if keep_alive and self.req_done:
-                self.host.pool.release(conn)
-            else:
-                self.host.pool.discard(conn)
-        route = self.route
-        if route is not None and route.response_body_filters:
-            tail = self._filter_response_body(route, b"", True)
-            if tail is None:
-                return  # a filter failed: the exchange was reset
-            if tail:
-                self._write_body(tail)
-        self.down.respond_end(self)
-        if not self.req_done:
-            self.keep_alive = False  # the rest of the request body would be read as a new request
-        self._finish()
-
-    def _host_failed(self) -> None:
-        """No answer from the current host (connect failure, reset, timeout), for outlier detection."""
-        cluster = self.cluster
-        if cluster is not None and cluster.outlier is not None and self.host is not None:
-            cluster.outlier.local_failure(self.host)
-
-    def up_failed(self, exc: BaseException | None, protocol_error: bool) -> None:
-        conn = self.conn
-        if not self.done:
-            self._host_failed()
-        self.conn = None
-        if conn is not None and self.host is not None:
-            self.host.pool.discard(conn)
-        if self.done:
-            return
-        if self.started:
-            if not protocol_error and self._close_delimited:
-                self.up_end(False)  # a close-delimited body ends with the connection
-            else:
-                self._abort("UPE" if protocol_error else "UC")
-            return
-        if protocol_error:
-            return self._error(UpstreamProtocolError())
-        if self.retry is not None and self._try_again(RESET):
-            return
-        if conn is not None and self._reused and not self._retried and not self.has_body() and \
-                self.host is not None:
-            # A keep-alive connection the upstream closed just as we reused it: nothing was received,
-            # and a bodiless request can be sent again safely on a fresh connection, once.
-            self._retried = True
-            fresh = self.host.pool.checkout(self._on_pool)
-            if fresh is not None:
-                self._attach(fresh)
-            return
-        self._error(UpstreamReset())
-
-    def flush(self) -> None:
-        self.down.flush()
 
     # -- flow control ------------------------------------------------------------------------------
     def down_pause_writing(self) -> None:
@@ -621,10 +383,10 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
             self.conn.resume_reading()
 
     def up_pause_writing(self) -> None:
-        self.down.pause_reading(_PAUSE_UPSTREAM)
+        self.down.pause_reading(PAUSE_UPSTREAM)
 
     def up_resume_writing(self) -> None:
-        self.down.resume_reading(_PAUSE_UPSTREAM)
+        self.down.resume_reading(PAUSE_UPSTREAM)
 
     def downstream_lost(self) -> None:
         if self.done:
@@ -671,8 +433,8 @@ class Exchange(RetryingMixin, TimersMixin, RepliesMixin, UpgradesMixin, Filterin
                 self.host.pool.discard(conn)
         if self._buffered is not None:
             self._buffered = None
-            self.down.resume_reading(_PAUSE_BODY_BUFFER)
-        self.down.resume_reading(_PAUSE_UPSTREAM)
+            self.down.resume_reading(PAUSE_BODY_BUFFER)
+        self.down.resume_reading(PAUSE_UPSTREAM)
         now = self.down.loop.time()
         seconds = now - self.t0
         status = self.resp_status

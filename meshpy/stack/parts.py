@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
+    from meshpy.codec.request_facts import RequestFacts
     from meshpy.errors import ProxyError
     from meshpy.filters import Request
     from meshpy.ports import ResponseWriter, UpstreamStream
@@ -57,6 +58,14 @@ class ExchangeParts:
         _timer_at: float
         _fault_timer: asyncio.Handle | None
         _local: tuple[int, list[tuple[bytes, bytes]], bytes] | None
+        _buffered: list[bytes] | None
+        _buffered_bytes: int
+        _reused: bool
+        _retried: bool
+        _close_delimited: bool
+        trailers: list[tuple[bytes, bytes]] | None
+        up_chunked: bool
+        facts: RequestFacts
         _grpc: bool
         _grpc_status: int
         upgrade: bytes | None
@@ -87,5 +96,14 @@ class ExchangeParts:
         def _response_headers(self, status: int, headers: list[tuple[bytes, bytes]]) -> list[
                 tuple[bytes, bytes]] | None: ...
         def _whole_body(self, route: CompiledRoute, body: bytes) -> bytes | None: ...
+        def _filter_request_body(self, route: CompiledRoute, chunk: bytes, end: bool) -> bytes | None: ...
+        def _filter_response_body(self, route: CompiledRoute, chunk: bytes, end: bool) -> bytes | None: ...
+        def _send_local(self) -> None: ...
+        def _switch(self, fields: bytes) -> None: ...
+        def _retry_on_status(self, status: int, fields: bytes) -> bool: ...
+        def _try_again(self, kind: str, status: int = 0, grpc_status: int | None = None,
+                       retry_after: float | None = None, delay: float | None = None) -> bool: ...
+        def _request_timers(self) -> None: ...
+        def _respond(self, status: int, fields: bytes) -> None: ...
         def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
                          extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None: ...
