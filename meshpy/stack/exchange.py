@@ -244,9 +244,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if route is None:
             return self._error(NoRoute())
         self.route = route
-        if route.request_body_filters and (self._buffered or self.req_done) and self._early_body(route):
-            return
-        if route.filters and self._run_filters(route, 0):
+        if route.filters and self._filtered(route):
             return  # answered (rate limited, aborted, a filter's reply) or held (resume_filters)
         self._dispatch(route)
 
@@ -441,8 +439,12 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         cfg = self.cfg
         cfg.stats.request_done(status, seconds)
         route = self.route
-        if route is not None and route.complete_filters:  # (on_complete hooks)
-            self._filter_complete(route)
+        if route is not None and route.filters:
+            if route.complete_filters:
+                self._filter_complete(route)
+            # The exchange and its filters' Request refer to each other: let go, so that both are
+            # freed at once rather than by the cycle collector (which cost ~3 µs per request).
+            self._filter_req = None
         if self.host is not None:
             self.host.active_requests -= 1
         cluster = self.cluster

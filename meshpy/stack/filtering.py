@@ -3,7 +3,8 @@ in order, holding and resuming, the hooks on the response head and at the end, a
 filter's exception becomes (500, flag FE, counted). A mixin of `Exchange`.
 
 Nothing here runs for a route whose chain is empty; the public Request a user filter sees is made on
-first use and kept on the exchange (`_filter_req`, a slot left unset until then).
+first use and kept on the exchange (`_filter_req`: None from routing on, on routes with filters; a slot
+left unset on routes without, so they pay no store for it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ class FilteringMixin(ExchangeParts):
     if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
 
+    def _filtered(self, route: CompiledRoute) -> bool:
+        """A routed request whose route has filters: a body that came before routing (pipelined)
+        through the body hooks, then the request filters; True when one answered or holds it."""
+        self._filter_req = None  # (set here, not for every request: routes without filters never pay)
+        if route.request_body_filters and (self._buffered or self.req_done) and self._early_body(route):
+            return True
+        return self._run_filters(route, 0)
+
     def _run_filters(self, route: CompiledRoute, index: int) -> bool:
         """The route's filters from `index` on; True when one answered the request or holds it."""
         filters = route.filters
@@ -47,11 +56,10 @@ class FilteringMixin(ExchangeParts):
 
     # -- for meshpy.filters.Request ----------------------------------------------------------------
     def filter_request(self) -> Request:
-        try:
-            return self._filter_req
-        except AttributeError:
+        req = self._filter_req
+        if req is None:
             self._filter_req = req = Request(self)  # type: ignore[arg-type]  # (a mixin of Exchange)
-            return req
+        return req
 
     def filter_hold(self, resume_at: int) -> bool:
         """The filter at `resume_at - 1` returned HOLD; False when it had already resumed (go on now).
