@@ -238,6 +238,11 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     directory = args.envoy_dir or args.meshpy_dir
     source = Path(directory) if directory else None
+    if source is not None and not source.is_dir():
+        # Else it would run on serving nothing, and every proxy would wait for a first config.
+        flag = "--envoy-dir" if args.envoy_dir else "--meshpy-dir"
+        print(f"meshpy control: {flag} {directory}: no such directory", file=sys.stderr)
+        return 2
     meshpy_format = args.meshpy_dir is not None
     # On uvloop, as the proxy: the scale benchmark measured ~8% less CPU per push than on asyncio's
     # own loop (grpc.aio works on either).

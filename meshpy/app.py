@@ -271,6 +271,11 @@ class App:
             try:
                 self.admin = await start_admin(self, addr, self.loop)
             except OSError as err:
+                if self._state == "PRE_INITIALIZING":
+                    # At start, as Envoy: no proxy without its admin. Running on would leave its /ready,
+                    # drain and stats to whatever holds the port (another proxy answering for it).
+                    raise ConfigError.at("admin.address", f"cannot listen on {addr}: "
+                                                          f"{err.strerror or err}") from err
                 log.error("admin: cannot listen on %s: %s", addr, err)
 
     # -- AdminHost ---------------------------------------------------------------------------------

@@ -477,6 +477,33 @@ def test_run_with_bad_config_exits_nonzero(tmp_path: Path) -> None:
     assert f"{bad}: listeners[0].protocl: unknown key (did you mean 'protocol'?)" in output
 
 
+def test_run_exits_when_its_admin_port_is_taken(demo: DemoUpstream) -> None:
+    # As Envoy: exit 1. Running on without an admin would leave /ready to whatever holds the port (a
+    # second proxy beside a first answered with the first one's state).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        admin = taken.getsockname()[1]
+        web = free_port()
+        p = Proxy(cfg(admin, demo.port, {"web": web}), admin).start(wait_ready=False)
+        try:
+            assert p.proc is not None
+            assert p.proc.wait(20) == 1
+            assert f"{p.path}: admin.address: cannot listen on 127.0.0.1:{admin}: " in p.logs()
+            assert refuses(web)  # nothing was left listening
+        finally:
+            p.stop()
+
+
+@pytest.mark.parametrize("flag", ["--envoy-dir", "--meshpy-dir"])
+def test_control_refuses_a_directory_that_is_not_there(tmp_path: Path, flag: str) -> None:
+    # Else it ran on serving nothing, and every proxy waited for a first config that never came.
+    missing = tmp_path / "nope"
+    out = run_meshpy("control", flag, str(missing), "--listen", f"127.0.0.1:{free_port()}", timeout=20)
+    assert out.returncode == 2
+    assert f"meshpy control: {flag} {missing}: no such directory" in out.stderr
+
+
 def test_run_exits_nonzero_when_a_listener_cannot_bind(demo: DemoUpstream) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
