@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import meshpy
 from meshpy.errors import ConfigError
+from meshpy.model.types import DEFAULT_ADMIN
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     xds.add_argument("--node-cluster", default="", help="this proxy's node cluster (its service)")
     xds.add_argument("--xds-delta", action="store_true", help="incremental (delta) ADS")
     xds.add_argument("--admin", metavar="HOST:PORT",
-                     help="admin listener when no config file is given (default 127.0.0.1:9901)")
+                     help=f"admin listener when no config file is given (default {DEFAULT_ADMIN})")
 
     val = sub.add_parser("validate", help="check config files; print every error as `path: reason`")
     val.add_argument("files", nargs="+")

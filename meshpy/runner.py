@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from meshpy.app import App
 from meshpy.errors import ConfigError
 from meshpy.model.load import load_file
-from meshpy.model.types import Address, Admin, Config, XdsSource
+from meshpy.model.types import DEFAULT_ADMIN, Address, Admin, Config, XdsSource
 
 if TYPE_CHECKING:
     from meshpy.xds.client import AdsClient
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshpy")
 
 WATCH_INTERVAL = 1.0
-DEFAULT_ADMIN = Address(host="127.0.0.1", port=9901)  # the short form's admin address, Envoy's usual one
 
 
 Apply = Callable[[Config], Awaitable[object]]

@@ -40,6 +40,12 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+# The admin address of a proxy whose config does not say (`meshpy run --xds ...` without a file), and
+# the one `meshpy wait` and `meshpy drain` ask by default: the sidecar's (config/sidecar.yaml, the
+# image's health check, `meshpy inject`), as Istio's sidecars have it.
+DEFAULT_ADMIN = Address(host="127.0.0.1", port=15000)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StringMatch:
     """Match a header or query value. `present` ignores `value`."""

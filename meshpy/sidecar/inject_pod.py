@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from meshpy.model.types import DEFAULT_ADMIN
+
 ANNOTATION_INJECT = "sidecar.meshpy.io/inject"
 ANNOTATION_STATUS = "sidecar.meshpy.io/status"
 ANNOTATION_NATIVE = "sidecar.meshpy.io/nativeSidecar"
@@ -31,8 +33,8 @@ STATUS_INJECTED = "injected"
 PROXY_NAME = "meshpy-proxy"
 INIT_NAME = "meshpy-init"
 PROXY_UID = 10001
-ADMIN_ADDRESS = "127.0.0.1:15000"
-ADMIN_PORT = 15000
+ADMIN_ADDRESS = str(DEFAULT_ADMIN)  # what `meshpy wait` and `meshpy drain` ask by default
+ADMIN_PORT = DEFAULT_ADMIN.port
 INBOUND_PORT = 15006
 OUTBOUND_PORT = 15001
 DEFAULT_CONTROL_PLANE = "meshpy-control.meshpy-system.svc:18000"

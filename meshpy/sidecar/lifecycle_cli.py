@@ -14,7 +14,9 @@ import socket
 import sys
 import time
 
-DEFAULT_ADMIN = "127.0.0.1:15000"
+from meshpy.model.types import DEFAULT_ADMIN as RUN_DEFAULT
+
+DEFAULT_ADMIN = str(RUN_DEFAULT)  # as `meshpy run` without a config file
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser) -> None:

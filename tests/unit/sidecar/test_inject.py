@@ -359,3 +359,21 @@ def test_an_app_running_as_the_proxys_uid_is_noted(where: str) -> None:
     assert result.injected == 1
     assert any("container app runs as UID 10001" in note for note in result.notes), result.notes
     assert not inject_text(yaml.safe_dump(WORKLOADS["Deployment"]), NATIVE).notes
+
+
+
+def test_one_admin_address_by_default() -> None:
+    """`meshpy run` without a config file opens the admin that `meshpy wait` and `meshpy drain` ask by
+    default, and an injected sidecar is given that one (they once disagreed: 9901 and 15000), so its
+    probes and hooks, which name no address, reach it."""
+    import meshpy.runner
+    from meshpy.cli import _parser
+    from meshpy.model.types import DEFAULT_ADMIN
+
+    parser = _parser()
+    wait, drain = parser.parse_args(["wait"]), parser.parse_args(["drain"])
+    assert wait.admin == drain.admin == str(DEFAULT_ADMIN) == "127.0.0.1:15000"
+    assert meshpy.runner.DEFAULT_ADMIN is DEFAULT_ADMIN  # the short form's admin, when none is given
+    spec = template_of(inject_one(WORKLOADS["Deployment"]))["spec"]
+    args = by_name(spec["initContainers"], "meshpy-proxy")["args"]
+    assert args[args.index("--admin") + 1] == str(DEFAULT_ADMIN)
