@@ -3,6 +3,7 @@ and the command its ENTRYPOINT and CMD run, with its HEALTHCHECK, run here again
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -194,3 +195,37 @@ def test_the_container_command_serves_is_healthy_and_stops_cleanly_on_sigterm(tm
 def test_the_stop_signal_is_the_one_that_drains() -> None:
     signals = [i.args for i in final_stage() if i.word == "STOPSIGNAL"]
     assert signals in ([], ["SIGTERM"]), signals
+
+
+def _in_context(path: str) -> bool:
+    """Whether .dockerignore lets `path` into the build context (the last pattern that matches wins)."""
+    included = True
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern.removeprefix("**/")):
+            included = negated
+    return included
+
+
+def test_every_file_the_build_copies_is_in_the_context() -> None:
+    # .dockerignore is an allowlist: a source COPY names and it leaves out stops the build (it once
+    # left out control/, so `meshpy control` could not be in the image).
+    sources = []
+    for i in instructions():
+        if i.word == "COPY" and "--from=" not in i.args:
+            sources.extend(i.args.split()[:-1])
+    assert sources and "control" in sources
+    left_out = [s for s in sources if not _in_context(s.rstrip("/"))]
+    assert left_out == [], f".dockerignore leaves out {left_out}"
+    assert not _in_context("tests") and not _in_context("meshpy/__pycache__")
+
+
+def test_the_readme_builds_the_tag_meshpy_inject_uses() -> None:
+    import meshpy
+
+    built = re.findall(r"docker build -t (\S+)", (ROOT / "README.md").read_text())
+    assert built == [f"meshpy:{meshpy.__version__}"]  # inject's default image (inject_cli --image)
