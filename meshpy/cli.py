@@ -105,7 +105,7 @@ def _run_loop(loop_name: str, coro_factory: object) -> int:
 
 
 def _validate(files: Sequence[str]) -> int:
-    from meshpy.model.load import load_file
+    from meshpy.model.load import NOTHING_TO_SERVE, load_file
     from meshpy.routing.table import RouteTable
     from meshpy.stack.filter_chain import ChainBuilder
     from meshpy.stack.policy_runtime import PolicyClaims
@@ -142,6 +142,8 @@ def _validate(files: Sequence[str]) -> int:
             if config.xds is not None:
                 kinds += f", xDS from {config.xds.server} ({'delta' if config.xds.delta else 'sotw'})"
             print(f"{path}: ok ({config.source_format} format, {kinds})")
+            if not config.listeners and config.xds is None:
+                print(f"{path}: warning: {NOTHING_TO_SERVE}")
     return 1 if failed else 0
 
 

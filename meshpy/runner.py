@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from meshpy.app import App
 from meshpy.errors import ConfigError
-from meshpy.model.load import load_file
+from meshpy.model.load import NOTHING_TO_SERVE, load_file
 from meshpy.model.types import DEFAULT_ADMIN, Address, Admin, Config, XdsSource
 
 if TYPE_CHECKING:
@@ -107,6 +107,8 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
             print(f"{origin}: {issue}", flush=True)
         await app.close()
         return 1
+    if not config.listeners and config.xds is None:
+        log.warning("%s: %s", origin, NOTHING_TO_SERVE)
     client: AdsClient | None = None
     if config.xds is not None:
         from meshpy.xds.client import AdsClient

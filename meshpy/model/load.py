@@ -60,6 +60,11 @@ class StrictLoader(_SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# A config that loads but makes a proxy that does nothing: said (by validate and run), not refused, since
+# a placeholder config is legitimate; a silent one was a mistake found late.
+NOTHING_TO_SERVE = "no listeners, and no xDS to bring any: a proxy with this config serves nothing"
+
+
 def detect_format(data: Mapping[str, Any]) -> Literal["meshpy", "envoy"]:
     """`envoy` for an Envoy v3 bootstrap, `meshpy` for everything else (which then fails loudly on
     anything it does not know, so a misdetected file still gets a clear error)."""

@@ -418,6 +418,22 @@ def test_validate_accepts_every_shipped_config() -> None:
         assert line.startswith(f"{f}: ok (")
 
 
+def test_a_config_that_serves_nothing_is_said(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    admin = free_port()
+    empty.write_text(f"admin: 127.0.0.1:{admin}\nlisteners: []\n")
+    out = run_meshpy("validate", str(empty))
+    assert out.returncode == 0  # a warning, not an error: a placeholder config is legitimate
+    assert out.stdout.splitlines() == [
+        f"{empty}: ok (meshpy format, 0 listeners, 0 clusters)",
+        f"{empty}: warning: no listeners, and no xDS to bring any: a proxy with this config serves nothing"]
+    p = Proxy(empty.read_text(), admin).start()
+    try:
+        eventually(lambda: "serves nothing" in p.logs(), 10, "the warning logged by meshpy run")
+    finally:
+        assert p.stop() == 0
+
+
 MULTI_ERRORS = """\
 admin: 127.0.0.1:9901
 listeners:
