@@ -83,6 +83,7 @@ class App:
         self._grace_time = grace_time
         self._stopped = asyncio.Event()
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # a second stop signal: no more waiting
         self._drain_task: asyncio.Task[None] | None = None
         # An xDS client holds the server in PRE_INITIALIZING until its initial fetch is done.
         self._hold_initialization = False
@@ -328,6 +329,20 @@ class App:
     def shutdown(self, drain: bool = True) -> None:
         if self._shutdown_task is None:
             self._shutdown_task = self.tasks.spawn(self._shutdown(drain), name="shutdown")
+        elif not self._hurry.is_set():
+            # A second Ctrl-C or SIGTERM: whoever sends it does not want to wait.
+            log.warning("second stop signal: stopping now (%s)", self._in_flight())
+            self._hurry.set()
+
+    def _in_flight(self) -> str:
+        slots = self._slots()
+        connections = sum(len(slot.connections) for slot in slots)
+        requests = sum(slot.current.stats.rq_active for slot in slots)
+        return f"{connections} connections open, {requests} requests in flight"
+
+    async def _wait_or_hurry(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), seconds)
 
     def _slots(self, which: Which = "all") -> list[ListenerSlot]:
         slots = [b.slot for b in self.listeners.values()] + self._old_slots
@@ -365,15 +380,19 @@ class App:
 
     async def _shutdown(self, drain: bool) -> None:
         lc = self.lifecycle
-        log.info("shutting down: drain %.1fs, grace %.1fs", lc.drain_time if drain else 0.0, lc.grace_time)
+        log.info("shutting down: drain %.1fs, grace %.1fs (%s; a second signal stops at once)",
+                 lc.drain_time if drain else 0.0, lc.grace_time, self._in_flight())
         # A sidecar's outbound listeners are its app's way out: they serve as usual through the drain
         # time, for the calls an app makes while it shuts down; everything else starts draining now.
         self._begin_drain("not outbound" if drain else "all")
         if drain:
-            await asyncio.sleep(lc.drain_time)
+            await self._wait_or_hurry(lc.drain_time)
         self._stop_accepting()
+        if any(slot.connections for slot in self._slots()) and not self._hurry.is_set():
+            log.info("listeners closed; waiting up to %.1fs for %s", lc.grace_time, self._in_flight())
         deadline = self.loop.time() + lc.grace_time
-        while self.loop.time() < deadline and any(slot.connections for slot in self._slots()):
+        while self.loop.time() < deadline and any(slot.connections for slot in self._slots()) and \
+                not self._hurry.is_set():
             await asyncio.sleep(0.05)
         for slot in self._slots():
             for conn in list(slot.connections):

@@ -159,6 +159,27 @@ def test_sigterm_drains_then_exits(loop_name: str, demo: DemoUpstream) -> None:
         p.stop()
 
 
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_stops_at_once(demo: DemoUpstream, second: int) -> None:
+    admin, port = free_port(), free_port()
+    p = Proxy(cfg(admin, demo.port, {"web": port}, drain="30s", grace="30s"), admin).start()
+    try:
+        slow = InFlight(port, "/delay/20000")
+        wait_in_flight(p, "web")
+        p.signal(signal.SIGINT)  # Ctrl-C: drain 30 s, then up to 30 s for the slow request
+        eventually(lambda: p.admin("/ready")[0] == 503, 5, "draining")
+        assert "(1 connections open, 1 requests in flight; a second signal stops at once)" in p.logs()
+        t0 = time.monotonic()
+        p.signal(second)
+        assert p.proc is not None and p.proc.wait(10) == 0, p.logs()
+        assert time.monotonic() - t0 < 5
+        assert "second stop signal: stopping now (1 connections open, 1 requests in flight)" in p.logs()
+        slow.join(5)
+        assert not slow.is_alive() and slow.response is None and slow.error is not None  # cut, not waited for
+    finally:
+        p.stop()
+
+
 def test_sigterm_grace_time_ends_requests_still_running(demo: DemoUpstream) -> None:
     admin, port = free_port(), free_port()
     p = Proxy(cfg(admin, demo.port, {"web": port}, drain="0s", grace="0.5s"), admin).start()
