@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         "--grace-time", type=float, default=None, help="seconds requests in flight get after the drain"
     )
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--pid-file", metavar="FILE", help="write the process id here, for meshpy reload")
     xds = run.add_argument_group("xDS short form (instead of, or beside, a bootstrap's dynamic_resources)")
     xds.add_argument("--xds", metavar="HOST:PORT", help="the ADS server to follow")
     xds.add_argument("--node-id", help="this proxy's node id, as the control plane knows it")
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     xds.add_argument("--xds-delta", action="store_true", help="incremental (delta) ADS")
     xds.add_argument("--admin", metavar="HOST:PORT",
                      help=f"admin listener when no config file is given (default {DEFAULT_ADMIN})")
+
+    rel = sub.add_parser("reload", help="a running proxy reloads its config file (SIGHUP, by its pid file)")
+    rel.add_argument("--pid-file", metavar="FILE", required=True, help="the file meshpy run --pid-file wrote")
 
     val = sub.add_parser("validate", help="check config files; print every error as `path: reason`")
     val.add_argument("files", nargs="+")
@@ -175,7 +179,15 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"meshpy run: {err}", file=sys.stderr)
         return 2
-    return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin))
+    if args.pid_file:
+        from meshpy import pidfile
+
+        pidfile.write(args.pid_file)
+    try:
+        return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin))
+    finally:
+        if args.pid_file:
+            pidfile.remove(args.pid_file)
 
 
 def _ports(text: str) -> tuple[int, ...]:
@@ -224,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args.files)
+    if args.command == "reload":
+        from meshpy import pidfile
+
+        return pidfile.reload(args.pid_file)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

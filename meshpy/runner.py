@@ -124,6 +124,8 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
                             xds_from_flags=xds is not None)
         loop.add_signal_handler(signal.SIGHUP, lambda: app.tasks.spawn(source.reload("SIGHUP"), "reload"))
         watcher = app.tasks.spawn(source.watch(), name="config-watch")
+    else:  # (SIGHUP's default action would end the process)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning("SIGHUP: no config file to reload"))
     try:
         await app.wait_stopped()
     finally:

@@ -237,6 +237,47 @@ def test_reload_on_sighup(demo: DemoUpstream) -> None:
         assert "reload (file changed)" not in logs
 
 
+def test_meshpy_reload_by_pid_file(demo: DemoUpstream, tmp_path: Path) -> None:
+    admin, port = free_port(), free_port()
+    pid_file = tmp_path / "meshpy.pid"
+    old = cfg(admin, demo.port, {"web": port}, routes=NEW_ROUTE)
+    p = Proxy(old, admin, extra_args=["--pid-file", str(pid_file)]).start()
+    try:
+        assert p.proc is not None and pid_file.read_text().strip() == str(p.proc.pid)
+        assert p.path is not None
+        new = old.replace("new route", "NEW ROUTE")
+        st = p.path.stat()  # same size and time: only the signal can tell the proxy (see above)
+        tmp = p.path.with_suffix(".reload")
+        tmp.write_text(new)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(tmp, p.path)
+        out = run_meshpy("reload", "--pid-file", str(pid_file))
+        assert out.returncode == 0 and f"asked process {p.proc.pid} to reload" in out.stdout
+        eventually(lambda: http(port, path="/new").body == b"NEW ROUTE\n", 2.0, "meshpy reload reloads")
+    finally:
+        assert p.stop() == 0
+    assert not pid_file.exists()  # removed at exit
+    out = run_meshpy("reload", "--pid-file", str(pid_file))
+    assert out.returncode == 1 and f"meshpy reload: {pid_file}: no such file" in out.stderr
+    pid_file.write_text("999999999\n")
+    out = run_meshpy("reload", "--pid-file", str(pid_file))
+    assert out.returncode == 1 and "no process 999999999" in out.stderr
+
+
+def test_sighup_without_a_config_file_is_not_the_end(demo: DemoUpstream) -> None:
+    admin = free_port()
+    p = Proxy("", admin, extra_args=["--xds", f"127.0.0.1:{free_port()}", "--node-id", "n1",
+                                     "--admin", f"127.0.0.1:{admin}"]).start(wait_ready=False)
+    try:
+        eventually(lambda: " live: 0 listeners" in p.logs(), 10, "serving")
+        time.sleep(0.3)  # (the signal handlers are set just after the first config is live)
+        p.signal(signal.SIGHUP)
+        eventually(lambda: "SIGHUP: no config file to reload" in p.logs(), 5, "SIGHUP said")
+        assert p.alive()
+    finally:
+        p.stop()
+
+
 @pytest.fixture(scope="module")
 def steady(demo: DemoUpstream) -> Iterator[tuple[Proxy, int, int]]:
     """A proxy whose file gets one bad config after another; its running config must never change."""
