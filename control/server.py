@@ -180,14 +180,21 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
     ads = AdsServer(cache)
     # grpc sheds streams beyond 1,000 waiting to be picked up (3,000 hard): a fleet reconnecting at
     # once (a control-plane restart) would see a storm of CANCELLED; these only lift the shedding.
+    # No SO_REUSEPORT (gRPC's default): a second control plane on a running one's port must fail, not
+    # share it and leave each proxy to whichever of the two it reaches.
     server = grpc.aio.server(options=[("grpc.server.max_pending_requests", 20_000),
-                                      ("grpc.server.max_pending_requests_hard_limit", 40_000)])
+                                      ("grpc.server.max_pending_requests_hard_limit", 40_000),
+                                      ("grpc.so_reuseport", 0)])
     add_to_server(ads, server)
     tasks: list[asyncio.Task[None]] = []
     admin_server = None
     try:
-        if server.add_insecure_port(listen) == 0:
-            log.error("cannot listen on %s", listen)
+        try:
+            bound = server.add_insecure_port(listen)
+        except RuntimeError:  # (grpcio raises where it once returned 0)
+            bound = 0
+        if bound == 0:
+            log.error("cannot listen on %s (in use, or not an address of this host)", listen)
             return 1
         if admin is not None:
             host, _, port = admin.rpartition(":")

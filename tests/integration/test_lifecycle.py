@@ -582,6 +582,25 @@ def test_control_refuses_a_directory_that_is_not_there(tmp_path: Path, flag: str
     assert f"meshpy control: {flag} {missing}: no such directory" in out.stderr
 
 
+def test_control_refuses_the_port_of_a_running_one(tmp_path: Path) -> None:
+    # gRPC sets SO_REUSEPORT by default: a second control plane used to share the port, and each proxy
+    # followed whichever of the two it reached.
+    port = free_port()
+    args = [sys.executable, "-m", "meshpy", "control", "--envoy-dir", str(tmp_path), "--listen",
+            f"127.0.0.1:{port}"]
+    first = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eventually(lambda: not refuses(port), 10, "the first control plane listens")
+        second = run_meshpy(*args[3:], timeout=20)
+        assert second.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+        assert first.poll() is None
+    finally:
+        first.terminate()
+        first.wait(10)
+
+
 def test_run_exits_nonzero_when_a_listener_cannot_bind(demo: DemoUpstream) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
