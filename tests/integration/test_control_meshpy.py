@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -132,6 +133,7 @@ def test_meshpy_short_form_follows_a_meshpy_yaml_directory(tmp_path: Path, demo:
         control.stop()
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
 def test_fifty_pushes_under_load_fail_no_request(world: tuple[Path, Control, Proxy, int],
                                                   demo: DemoUpstream, demo_b: DemoUpstream) -> None:
     source, _control, proxy, port = world

@@ -6,6 +6,7 @@ route without the filter that keeps its framing untouched."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 from kit import Proxy, eventually, free_port, http, read_response, request_bytes
 from strict_origin import StrictOrigin
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 CONFIG = """
 admin: 127.0.0.1:{admin}
@@ -89,6 +92,7 @@ def test_pipelined_bodies_pass_the_filter_too(fresh: tuple[Proxy, int, StrictOri
     assert [q.body for q in origin.requests] == [b"ONE!", b"TWO!"] and origin.errors == []
 
 
+@needs_curl
 def test_http2_client(fresh: tuple[Proxy, int, StrictOrigin]) -> None:
     _, port, origin = fresh
     out = subprocess.run(["curl", "-s", "-i", "--http2-prior-knowledge", "--data-binary", "hello",
@@ -130,6 +134,7 @@ def test_a_request_body_hook_that_raises(fresh: tuple[Proxy, int, StrictOrigin])
     assert http(port, "POST", "/up", body=b"ok").body == b"POST /UP!" and p.alive()
 
 
+@needs_curl
 def test_a_response_body_hook_that_raises_cuts_the_response(fresh: tuple[Proxy, int, StrictOrigin]) -> None:
     # The head is on its way: the only honest signal left is to end the connection (HTTP/1.1) or
     # reset the stream (HTTP/2), never a body that looks whole.

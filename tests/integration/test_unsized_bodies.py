@@ -5,6 +5,7 @@ reset stream: the end of such a body is its connection's close, not a failure)."
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import pytest
 from kit import Proxy, RawUpstream, free_port, http, read_request_head
 
 BODY = b"said until the upstream closed\n" * 50
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 CONFIG = """
 admin: 127.0.0.1:{admin}
@@ -60,6 +63,7 @@ def test_http10_client_gets_it_until_the_close(port: int) -> None:
     assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower() and body == BODY
 
 
+@needs_curl
 def test_http2_client_gets_a_whole_stream(port: int) -> None:
     out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", f"http://127.0.0.1:{port}/c"],
                          capture_output=True, timeout=10)
