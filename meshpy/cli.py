@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument("--pid-file", metavar="FILE", required=True, help="the file meshpy run --pid-file wrote")
 
     val = sub.add_parser("validate", help="check config files; print every error as `path: reason`")
-    val.add_argument("files", nargs="+")
+    val.add_argument("files", nargs="*")
+    val.add_argument("--envoy-dir", action="append", default=[], metavar="DIR",
+                     help="a directory of Envoy resources, checked as meshpy control --envoy-dir loads it")
+    val.add_argument("--meshpy-dir", action="append", default=[], metavar="DIR",
+                     help="a directory of meshpy YAML, checked as meshpy control --meshpy-dir loads it")
 
     ctl = sub.add_parser("control", help="the control plane: serve xDS (ADS) from a source of resources")
     ctl.add_argument("--listen", default="127.0.0.1:18000", help="address of the gRPC ADS server")
@@ -235,7 +239,18 @@ def _iptables(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
-        return _validate(args.files)
+        if not (args.files or args.envoy_dir or args.meshpy_dir):
+            print("meshpy validate: config files, or --envoy-dir / --meshpy-dir DIR", file=sys.stderr)
+            return 2
+        failed = bool(args.files) and _validate(args.files) != 0
+        if args.envoy_dir or args.meshpy_dir:
+            from control.validate import validate_dir
+
+            for directory in args.envoy_dir:
+                failed = not validate_dir(directory, meshpy_format=False) or failed
+            for directory in args.meshpy_dir:
+                failed = not validate_dir(directory, meshpy_format=True) or failed
+        return 1 if failed else 0
     if args.command == "reload":
         from meshpy import pidfile
 
