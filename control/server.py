@@ -96,18 +96,22 @@ class Publisher:
                 snap = self._publish_layers(layers, self.kube)
             except InconsistentSnapshot as err:
                 failures.append(err)
+                # Said first, before what is published instead; and when the directory version is
+                # read, not again at each Kubernetes change that retries it.
+                if origin != "kubernetes":
+                    for line in err.errors:
+                        log.error("%s: not pushed: %s", origin, line)
                 continue
             if is_pending:
                 self.layers, self.pending = layers, None
             extra = len(layers.by_node) + len(layers.by_cluster)
             more = f" and {extra} per-node sets" if extra else ""
-            older = " (with the last directory version that fits)" if failures else ""
-            log.info("%s: published version %s%s%s", origin, snap.version, more, older)
+            if failures:
+                log.warning("%s: published version %s%s with the last directory version that fits (the new "
+                            "one was not pushed: see above)", origin, snap.version, more)
+            else:
+                log.info("%s: published version %s%s", origin, snap.version, more)
             break
-        # The errors of a directory version are said when it is read, not again at each retry.
-        if failures and origin != "kubernetes":
-            for line in failures[0].errors:
-                log.error("%s: not pushed: %s", origin, line)
         return not failures
 
     def _publish_layers(self, layers: Layers, kube: Resources) -> Snapshot:
