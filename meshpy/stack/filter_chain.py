@@ -147,27 +147,27 @@ class PythonFilter:
         return True
 
     def on_request_body(self, ex: Exchange, chunk: bytes, end: bool) -> bytes | None:
-        try:
-            out = self.user.on_request_body(ex.filter_request(), chunk, end)
-        except Exception:
-            log.exception("http filter %s failed on a request body", self.name)
-            ex.filter_failed()
-            return None
-        if ex.done or ex._local is not None:
-            return None  # it answered
-        return self._checked(ex, chunk if out is None else out)
+        return self._body(ex, chunk, end, response=False)
 
     def on_response_body(self, ex: Exchange, chunk: bytes, end: bool) -> bytes | None:
+        return self._body(ex, chunk, end, response=True)
+
+    def _body(self, ex: Exchange, chunk: bytes, end: bool, response: bool) -> bytes | None:
+        """A body hook: the piece to send on, or None when it answered (request side) or failed."""
         request = ex.filter_request()
-        request._responding = True
+        request._responding = response  # reply() is for the request side
         try:
-            out = self.user.on_response_body(request, chunk, end)
+            hook = self.user.on_response_body if response else self.user.on_request_body
+            out = hook(request, chunk, end)
         except Exception:
-            log.exception("http filter %s failed on a response body", self.name)
+            log.exception("http filter %s failed on a %s body", self.name,
+                          "response" if response else "request")
             ex.filter_failed()
             return None
         finally:
             request._responding = False
+        if not response and (ex.done or ex._local is not None):
+            return None  # it answered
         return self._checked(ex, chunk if out is None else out)
 
     def _checked(self, ex: Exchange, out: object) -> bytes | None:
