@@ -12,6 +12,7 @@ mistake in one go instead of fixing them one reload at a time. Each says where i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,19 @@ from google.protobuf.message import Message  # type: ignore[import-untyped, unus
 # translator's import of the HCM, router and other extension modules is what lets `@type` inside a
 # resource resolve; `import_type` covers the extensions it does not import.
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from meshpy.errors import ConfigError
 from meshpy.model.load import StrictLoader
 from meshpy.model.yaml_values import yaml_kind
-from meshpy.xds.translate import MISSING_TYPE, import_type
+from meshpy.xds.deps import any_routes, endpoints_or_none
+from meshpy.xds.translate import (
+    MISSING_TYPE,
+    cluster_from_proto,
+    endpoints_from_cla,
+    import_type,
+    listener_from_proto,
+    route_config_from_proto,
+)
+from meshpy.xds.translate_base import UNSUPPORTED
 
 __all__ = [
     "CLUSTER",
@@ -55,6 +66,11 @@ _CLASSES: dict[str, Any] = {
 # A ClusterLoadAssignment is keyed by the cluster it serves; it has no `name` of its own.
 _NAME_FIELD = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name"}
 _SUFFIXES = (".yaml", ".yml")
+
+log = logging.getLogger(__name__)
+# What the translator says of a feature meshpy lacks ("not supported by meshpy", "only DEFAULT is
+# supported by meshpy"), as against a value no proxy takes.
+_MESHPY_ONLY = UNSUPPORTED.removeprefix("not ")
 
 Resources = dict[str, dict[str, Message]]
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -193,7 +209,36 @@ def _resource(where: str, data: object, errors: list[str]) -> tuple[str, str, Me
     if not name:
         errors.append(f"{where}: missing {_NAME_FIELD[url]}")
         return None
+    wrong = []
+    try:
+        proxy_check(url, msg)
+    except ConfigError as err:
+        for issue in err.issues:
+            if _MESHPY_ONLY in issue.reason:
+                # Envoy proxies take it (a Lua filter, say): served, and said once per file change.
+                log.warning("%s: %s (meshpy proxies will refuse it; Envoy ones take it)", where, issue)
+            else:
+                wrong.append(f"{where}: {issue}")
+    if wrong:
+        errors.extend(wrong)
+        return None
     return url, name, msg
+
+
+def proxy_check(url: str, msg: Message) -> None:
+    """The checks a proxy makes of the resource when it arrives (meshpy's translator, the same code that
+    NACKs it), so that a value Envoy's schema lets through but no proxy takes (`connect_timeout: 0s`)
+    is refused here, named by file, instead of by every proxy it is pushed to. What only meshpy lacks
+    (an extension, a field) is the caller's to weigh: the fleet may be Envoy. References to other
+    resources are not resolved: a listener's RDS name or a cluster's EDS name may be served later."""
+    if url == LISTENER:
+        listener_from_proto(msg, "", any_routes())
+    elif url == CLUSTER:
+        cluster_from_proto(msg, "", endpoints_or_none({}))
+    elif url == ROUTE:
+        route_config_from_proto(msg, "")
+    else:
+        endpoints_from_cla(msg, "")
 
 
 def _parse(body: dict[str, Any], cls: Any) -> Message:

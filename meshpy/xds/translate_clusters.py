@@ -116,7 +116,7 @@ def cluster(
         discovery=discovery,
         endpoints=endpoints,
         connect_timeout=positive_duration(issues, msg, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
-        dns_refresh_rate=positive_duration(issues, msg, "dns_refresh_rate", path, DEFAULT_DNS_REFRESH),
+        dns_refresh_rate=_dns_refresh_rate(issues, msg, path),
         load_balancing=DEFAULT_LB if discovery == "original_dst"
         else translate_policies.load_balancing(issues, msg, path),
         pool_idle_timeout=idle,
@@ -292,3 +292,12 @@ def _lb_endpoint(issues: Issues, msg: Any, path: str) -> Endpoint | None:
             issues.add(child(path, "load_balancing_weight"), "must be at least 1")
             weight = 1
     return Endpoint(address=address, weight=weight)
+
+
+def _dns_refresh_rate(issues: Issues, msg: Any, path: str) -> float:
+    """Envoy's rule is `gt: 1ms`, not just positive: a refresh every microsecond is a DNS flood."""
+    rate: float = positive_duration(issues, msg, "dns_refresh_rate", path, DEFAULT_DNS_REFRESH)
+    if 0 < rate <= 0.001:
+        issues.add(child(path, "dns_refresh_rate"), "must be greater than 1ms")
+        return DEFAULT_DNS_REFRESH
+    return rate

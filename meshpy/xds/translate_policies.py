@@ -239,6 +239,9 @@ def load_balancing(issues: Issues, msg: Any, path: str) -> LoadBalancing:
         # keeps keys on hosts; meshpy's own is a stable 64-bit blake2b.
         issues.fields(c, where, {"minimum_ring_size", "maximum_ring_size", "hash_function"})
         ring = wrapped(c, "minimum_ring_size", ring)
+        most = wrapped(c, "maximum_ring_size", 8 * 1024 * 1024)
+        if ring > most:  # Envoy refuses the cluster, with these words
+            issues.add(where, f"minimum_ring_size ({ring}) > maximum_ring_size ({most})")
     if msg.HasField("maglev_lb_config"):
         c, where = msg.maglev_lb_config, child(path, "maglev_lb_config")
         issues.fields(c, where, {"table_size"})

@@ -109,15 +109,31 @@ def test_bad_yaml_is_reported_and_not_pushed(world: tuple[Path, Control, Envoy, 
 
 def test_nack_keeps_envoy_on_its_last_config(world: tuple[Path, Control, Envoy, int]) -> None:
     source, control, envoy, port = world
-    # Valid proto, refused by Envoy's own validation: a connect timeout must be positive.
-    (source / "cluster.yaml").write_text(CLUSTER.replace("connect_timeout: 1s", "connect_timeout: -1s"))
+    # Valid proto that meshpy's checks let through (it lacks common_lb_config, and a fleet of Envoy
+    # proxies may use it, so the control plane warns and pushes) and Envoy's validation refuses.
+    panic = "common_lb_config: { healthy_panic_threshold: { value: 150 } }\n"
+    (source / "cluster.yaml").write_text(CLUSTER + panic)
     eventually(lambda: "rejected" in control.logs(), "the NACK is logged")
     assert "envoy-1" in control.logs()
+    assert "cluster.yaml: common_lb_config: not supported by meshpy" in control.logs()
     [node] = json.loads(control.get("/nodes")[1])
     assert node["last_nack"].startswith("type.googleapis.com/envoy.config.cluster.v3.Cluster version ")
-    assert "positive duration" in node["last_nack"]  # Envoy's own words (matched in part: they vary)
+    assert "healthy_panic_threshold" in node["last_nack"]  # Envoy's own words (matched in part: they vary)
     assert re.search(r"meshpy_control_nacks_total [1-9]", control.get("/metrics")[1])
     assert stat(envoy.admin_port, "cluster_manager.cds.update_rejected") >= 1
+    assert http(port, path="/hello").status == 200
+
+
+def test_control_plane_refuses_what_every_proxy_would(world: tuple[Path, Control, Envoy, int]) -> None:
+    """A connect timeout must be positive: proto JSON takes -1s, Envoy and meshpy NACK it. The control
+    plane runs the proxy's own checks, names the file and pushes nothing: no proxy sees it."""
+    source, control, envoy, port = world
+    (source / "cluster.yaml").write_text(CLUSTER.replace("connect_timeout: 1s", "connect_timeout: -1s"))
+    eventually(lambda: "cluster.yaml: connect_timeout: must be greater than 0" in control.logs(),
+               "the refusal is logged with the file")
+    assert "ERROR" in control.logs()
+    assert stat(envoy.admin_port, "cluster_manager.cds.update_rejected") == 0
+    assert not re.search(r"meshpy_control_nacks_total [1-9]", control.get("/metrics")[1])
     assert http(port, path="/hello").status == 200
 
 

@@ -317,3 +317,23 @@ def test_fingerprint_follows_changes(tmp_path: Path) -> None:
 
     (tmp_path / "0.yml").unlink()
     assert fingerprint(tmp_path) == touched
+
+
+def test_the_proxy_checks_run_at_the_control_plane(tmp_path: Path) -> None:
+    """Proto JSON takes a zero connect timeout; every proxy refuses it. Refused here, by file and path,
+    with the same words a meshpy proxy's NACK would carry, and the rest of the file still checked."""
+    write(tmp_path, "clusters.yaml", cluster("ok") + cluster("zero").replace("timeout: 1s", "timeout: 0s")
+          + cluster("dns", "  dns_refresh_rate: 0.0005s\n"))
+    assert errors_of(tmp_path) == [
+        "clusters.yaml[1]: connect_timeout: must be greater than 0",
+        "clusters.yaml[2]: dns_refresh_rate: must be greater than 1ms",
+    ]
+
+
+def test_what_only_meshpy_lacks_is_served_with_a_warning(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """An Envoy fleet may use what meshpy lacks: served, and said once, naming the file."""
+    write(tmp_path, "clusters.yaml", cluster("web", "  common_lb_config: {}\n"))
+    assert "web" in load_envoy_dir(tmp_path)[CLUSTER]
+    said = "clusters.yaml[0]: common_lb_config: not supported by meshpy (meshpy proxies will refuse it"
+    assert said in caplog.text

@@ -302,6 +302,13 @@ def test_listener_error(listener: dict[str, Any], expected: str) -> None:
         ({"name": "p", "type": "STATIC", "lb_policy": "CLUSTER_PROVIDED",
           "load_assignment": {"cluster_name": "p"}},
          "static_resources.clusters[0].lb_policy: CLUSTER_PROVIDED is not supported by meshpy"),
+        # Envoy's own rules, which a control plane checks before it pushes.
+        ({"name": "p", "type": "STATIC", "lb_policy": "RING_HASH", "load_assignment": {"cluster_name": "p"},
+          "ring_hash_lb_config": {"minimum_ring_size": 10, "maximum_ring_size": 5}},
+         "static_resources.clusters[0].ring_hash_lb_config: minimum_ring_size (10) > maximum_ring_size (5)"),
+        ({"name": "p", "type": "STRICT_DNS", "dns_refresh_rate": "0.001s",
+          "load_assignment": {"cluster_name": "p"}},
+         "static_resources.clusters[0].dns_refresh_rate: must be greater than 1ms"),
     ],
 )
 def test_cluster_error(cluster: dict[str, Any], expected: str) -> None:
