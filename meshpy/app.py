@@ -321,6 +321,7 @@ class App:
         return Lifecycle(
             drain_time=base.drain_time if self._drain_time is None else self._drain_time,
             grace_time=base.grace_time if self._grace_time is None else self._grace_time,
+            exit_when_idle=base.exit_when_idle,
         )
 
     def bound_port(self, listener: str) -> int:
@@ -339,6 +340,29 @@ class App:
         connections = sum(len(slot.connections) for slot in slots)
         requests = sum(slot.current.stats.rq_active for slot in slots)
         return f"{connections} connections open, {requests} requests in flight"
+
+    async def _drain_wait(self, lc: Lifecycle) -> None:
+        """drain_time, or less: once nothing is in flight there is nothing to drain, unless the config
+        says to wait (exit_when_idle: false, for a gateway whose balancer needs the whole time to
+        notice) or it is a sidecar, whose app may still make calls through it while it stops."""
+        exit_when_idle = lc.exit_when_idle
+        if exit_when_idle is None:
+            exit_when_idle = not any(s.current.model.direction == "outbound" for s in self._slots())
+        if not exit_when_idle:
+            log.info("draining for %.1fs (%s)", lc.drain_time, "exit_when_idle is false"
+                     if lc.exit_when_idle is False else "a sidecar: its app may still call out through it")
+            await self._wait_or_hurry(lc.drain_time)
+            return
+        deadline = self.loop.time() + lc.drain_time
+        while not self._idle():
+            left = deadline - self.loop.time()
+            if left <= 0 or self._hurry.is_set():
+                return
+            await self._wait_or_hurry(min(left, 0.05))
+        log.info("nothing in flight: stopping now")
+
+    def _idle(self) -> bool:
+        return all(conn.idle() for slot in self._slots() for conn in slot.connections)
 
     async def _wait_or_hurry(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -386,7 +410,7 @@ class App:
         # time, for the calls an app makes while it shuts down; everything else starts draining now.
         self._begin_drain("not outbound" if drain else "all")
         if drain:
-            await self._wait_or_hurry(lc.drain_time)
+            await self._drain_wait(lc)
         self._stop_accepting()
         if any(slot.connections for slot in self._slots()) and not self._hurry.is_set():
             log.info("listeners closed; waiting up to %.1fs for %s", lc.grace_time, self._in_flight())

@@ -72,7 +72,7 @@ from meshpy.model.yaml_reader import (
 )
 from meshpy.model.yaml_values import is_ip_literal, parse_address, parse_size, yaml_kind
 
-_TOP_KEYS = ("admin", "drain_time", "grace_time", "listeners", "clusters")
+_TOP_KEYS = ("admin", "drain_time", "grace_time", "exit_when_idle", "listeners", "clusters")
 _LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout", "original_destination", "bind",
                   "direction")
 _HTTP_KEYS = (
@@ -153,6 +153,7 @@ def _read_config(r: Reader, data: object) -> Config:
         lifecycle=Lifecycle(
             drain_time=f.get("drain_time", as_duration, Lifecycle().drain_time),
             grace_time=f.get("grace_time", as_duration, Lifecycle().grace_time),
+            exit_when_idle=f.get("exit_when_idle", as_bool, None),
         ),
         source_format="meshpy",
     )

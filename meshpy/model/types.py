@@ -500,6 +500,9 @@ class Admin:
 class Lifecycle:
     drain_time: float = 5.0  # after SIGTERM: listeners keep accepting this long, keep-alives get closed
     grace_time: float = 30.0  # then requests in flight get at most this long to finish
+    # Stop before drain_time ends once nothing is in flight. None: yes, unless an outbound listener is
+    # there (a sidecar: its app may still call out while it shuts down, after the proxy went idle).
+    exit_when_idle: bool | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

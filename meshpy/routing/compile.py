@@ -34,6 +34,7 @@ class Drainable(Protocol):
     def begin_drain(self) -> None: ...  # draining begins: say so to the client if the protocol can
     def start_drain(self) -> None: ...  # the listener stops: finish what is under way, then close
     def close(self) -> None: ...
+    def idle(self) -> bool: ...  # nothing in flight: no request open, no tunnel, no TCP pair
 
 
 class TcpListenerConfig:

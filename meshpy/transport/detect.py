@@ -107,6 +107,9 @@ class DetectingDownstream(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def idle(self) -> bool:
+        return True  # no byte yet, so no request: a client that sends one now finds the proxy going
+
     def begin_drain(self) -> None:
         """Not yet speaking any protocol: what takes over reads slot.draining."""
 

@@ -376,6 +376,10 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
     def begin_drain(self) -> None:
         """Nothing to send now: every answer from here on carries `Connection: close` (slot.draining)."""
 
+    def idle(self) -> bool:
+        """No request read, waiting or answered (a tunnel keeps `active` set until it ends)."""
+        return self.active is None and self._parsing is None and not self._pending and self._raw_body is None
+
     def start_drain(self) -> None:
         """Listener draining: idle keep-alive connections close now; busy ones after this answer."""
         if self.active is None and self._parsing is None and not self._pending:

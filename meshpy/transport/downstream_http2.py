@@ -416,6 +416,9 @@ class Http2Downstream(asyncio.Protocol):
         self._goaway_sent = self._goaway_sent or self.h2.highest_inbound_stream_id or 1
         self._maybe_idle()
 
+    def idle(self) -> bool:
+        return not self.streams
+
     def begin_drain(self) -> None:
         """HTTP/2 says it at once: GOAWAY, while the listener still accepts (see App._begin_drain)."""
         self.start_drain()

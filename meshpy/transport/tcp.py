@@ -186,6 +186,9 @@ class TcpDownstream(asyncio.Protocol):
     def begin_drain(self) -> None:
         """TCP has no in-band way to ask a client to leave."""
 
+    def idle(self) -> bool:
+        return False  # a pair is open: bytes may be on their way either way
+
     def start_drain(self) -> None:
         """TCP has no in-band way to ask a client to leave: pairs run on until the grace time ends."""
 

@@ -197,6 +197,56 @@ def test_sigterm_grace_time_ends_requests_still_running(demo: DemoUpstream) -> N
         p.stop()
 
 
+def stop_time(config: str, admin: int, port: int, request: str | None = None) -> tuple[float, Proxy]:
+    """Seconds from SIGTERM to exit, with `request` in flight when the signal comes, if any."""
+    p = Proxy(config, admin).start()
+    try:
+        slow = InFlight(port, request) if request else None
+        if slow is not None:
+            wait_in_flight(p, "web")
+        t0 = time.monotonic()
+        p.signal(signal.SIGTERM)
+        assert p.proc is not None and p.proc.wait(15) == 0, p.logs()
+        took = time.monotonic() - t0
+        if slow is not None:
+            assert slow.result().status == 200
+        return took, p
+    finally:
+        p.stop()
+
+
+def test_an_idle_proxy_stops_at_once(demo: DemoUpstream) -> None:
+    admin, port = free_port(), free_port()
+    took, p = stop_time(cfg(admin, demo.port, {"web": port}, drain="10s"), admin, port)
+    assert took < 2.0
+    assert "nothing in flight: stopping now" in p.logs()
+
+
+def test_the_drain_ends_with_the_last_request(demo: DemoUpstream) -> None:
+    admin, port = free_port(), free_port()
+    took, p = stop_time(cfg(admin, demo.port, {"web": port}, drain="10s"), admin, port, "/delay/1500")
+    assert 1.0 < took < 4.0  # the request's own time, not the ten seconds
+    assert "nothing in flight: stopping now" in p.logs()
+
+
+@pytest.mark.parametrize("case", ["exit_when_idle false", "sidecar"])
+def test_the_whole_drain_time_when_asked_or_a_sidecar(demo: DemoUpstream, case: str) -> None:
+    """A gateway whose balancer needs the whole drain time to notice says exit_when_idle: false; a
+    sidecar (an outbound listener) waits by default: its app may still call out while it stops."""
+    admin, port = free_port(), free_port()
+    config = cfg(admin, demo.port, {"web": port}, drain="1.5s")
+    if case == "sidecar":
+        config = config.replace("  - name: web\n", "  - name: web\n    direction: outbound\n")
+        said = "draining for 1.5s (a sidecar: its app may still call out through it)"
+    else:
+        config += "exit_when_idle: false\n"
+        said = "draining for 1.5s (exit_when_idle is false)"
+    took, p = stop_time(config, admin, port)
+    assert took >= 1.4
+    assert said in p.logs()
+    assert "nothing in flight" not in p.logs()
+
+
 # -- reload ------------------------------------------------------------------------------------------
 
 
