@@ -14,32 +14,33 @@ import hashlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from meshpy.admin.server import AdminServer, start_admin
+from meshpy.app_stop import Stopping
 from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.listener_pause import close_spares, pause, resume
 from meshpy.model.dump import dump_config
-from meshpy.model.types import AccessLog, Address, Config, Lifecycle, Listener
+from meshpy.model.types import AccessLog, Address, Config, Listener
 from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, compile_snapshot
 from meshpy.stack.deadlines import Deadlines
 from meshpy.stack.policy_runtime import PolicyRuntime
 from meshpy.tasks import TaskOwner
 from meshpy.telemetry.accesslog import AccessLogger
 from meshpy.telemetry.metrics import Metrics
+from meshpy.transport.admission import Gate, Overload
 from meshpy.transport.listen import OriginalDstDispatch, protocol_for
 from meshpy.upstream.cluster import ClusterManager
 
 log = logging.getLogger("meshpy")
 
 INITIAL_RESOLVE_TIMEOUT = 5.0
-# Which listeners a drain step touches: a sidecar drains inbound before outbound (see _shutdown).
-Which = Literal["all", "inbound", "not outbound"]
 
 
 class BoundListener:
     """One listening socket and the slot its new connections get."""
 
-    __slots__ = ("address", "bound", "port", "server", "slot")
+    __slots__ = ("address", "bound", "extra_servers", "factory", "port", "server", "slot", "spare")
 
     def __init__(self, address: Address, slot: ListenerSlot, bound: bool = True) -> None:
         self.address = address
@@ -47,13 +48,18 @@ class BoundListener:
         self.slot = slot
         self.server: asyncio.Server | None = None
         self.port = address.port
+        # While paused by the overload manager (meshpy.listener_pause): the kept sockets, and how to
+        # serve them again.
+        self.factory: Callable[[], asyncio.BaseProtocol] | None = None
+        self.spare: list[socket.socket] = []
+        self.extra_servers: list[asyncio.Server] = []
 
 
 def config_version(config: Config) -> str:
     return hashlib.sha256(repr(config).encode()).hexdigest()[:12]
 
 
-class App:
+class App(Stopping):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -88,6 +94,10 @@ class App:
         # An xDS client holds the server in PRE_INITIALIZING until its initial fetch is done.
         self._hold_initialization = False
         self.xds_status: Callable[[], dict[str, Any]] | None = None
+        self.overload = Overload()  # connection counts and the memory actions (transport/admission.py)
+        self.overload.pause = self._pause_accepting
+        self._watch: asyncio.Task[None] | None = None
+        self.metrics.add_callback_collector(self.overload.families)
 
     # -- config ------------------------------------------------------------------------------------
     async def apply(self, config: Config, source: str = "") -> Snapshot:
@@ -111,6 +121,7 @@ class App:
         except BaseException:
             self.clusters.discard(new_clusters)
             raise
+        self._overload(config, snap)
         old_clusters = self.clusters.clusters
         self.clusters.commit(new_clusters)
         self.policies.commit(claims)  # rate-limit buckets and fault state kept where unchanged
@@ -124,6 +135,29 @@ class App:
             "config %s live: %d listeners, %d clusters", snap.version, len(snap.listeners), len(snap.clusters)
         )
         return snap
+
+    def _overload(self, config: Config, snap: Snapshot) -> None:
+        """The new config's limits: the proxy-wide ones now, the memory monitor running while there
+        are actions, and the listeners reading the flags per request only where an action needs it."""
+        state = self.overload
+        state.configure(config.overload)
+        per_request = state if state.per_request() else None
+        for cfg in snap.listeners.values():
+            cfg.with_overload(per_request)
+        wanted = config.overload.max_memory is not None and bool(config.overload.actions)
+        if wanted and self._watch is None:
+            self._watch = self.tasks.spawn(state.watch(), name="overload monitor")
+        elif not wanted and self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def _pause_accepting(self, paused: bool) -> None:
+        bound = [b for b in self.listeners.values() if b.bound]
+        if paused:
+            log.warning("overload: listeners stop accepting (%d paused)", pause(bound))
+        elif self._shutdown_task is None:
+            log.warning("overload: listeners accept again")
+            self.tasks.spawn(resume(self.loop, bound), name="listeners resume")
 
     def hold_initialization(self) -> None:
         """Stay PRE_INITIALIZING (/ready 503) through config loads until `initialized` is called."""
@@ -189,7 +223,8 @@ class App:
         self._plan = plan
 
     async def _bind(self, lm: Listener, cfg: HttpListenerConfig) -> BoundListener:
-        bound = BoundListener(lm.address, ListenerSlot(current=cfg, deadlines=self.deadlines), lm.bind)
+        slot = ListenerSlot(current=cfg, deadlines=self.deadlines, gate=Gate(self.overload))
+        bound = BoundListener(lm.address, slot, lm.bind)
         loop = self.loop
 
         if not lm.bind:  # served only through an intercepting listener: no socket of its own
@@ -206,6 +241,7 @@ class App:
         bound.server = await loop.create_server(
             factory, host, lm.address.port, family=family, reuse_address=True, backlog=1024
         )
+        bound.factory = factory
         sockets: list[socket.socket] = list(bound.server.sockets or [])
         bound.port = sockets[0].getsockname()[1] if sockets else lm.address.port
         log.info("listener %s (%s) on %s:%d", lm.name, lm.kind, lm.address.host, bound.port)
@@ -221,10 +257,12 @@ class App:
                 # Same socket, other protocol: old connections drain on their old slot.
                 self._drain_slot(bound.slot)
                 retired.append(bound.slot)
-                bound.slot = ListenerSlot(current=cfg, deadlines=self.deadlines)
+                bound.slot = ListenerSlot(current=cfg, deadlines=self.deadlines, gate=Gate(self.overload))
             else:
                 bound.slot.current = cfg  # requests already started keep the config they captured
             bound.address = cfg.model.address
+            if bound.slot.gate is not None:
+                bound.slot.gate.configure(cfg.model.limits)
             new[name] = bound
         kept = {id(b) for b in new.values()}
         for name, old in self.listeners.items():
@@ -304,125 +342,8 @@ class App:
     def clusters_view(self) -> list[dict[str, Any]]:
         return self.clusters.view()
 
-    def drain_listeners(self, inbound_only: bool = False, graceful: bool = True) -> None:
-        """Envoy's /drain_listeners: every listener, or only those of inbound traffic; stop accepting at
-        once, or (`graceful`) after the drain time. A sidecar's preStop hook drains inbound first, so
-        callers move away while the app can still make its own calls outbound."""
-        if self._drain_task is None:
-            self._drain_task = self.tasks.spawn(self._drain(inbound_only, graceful), name="drain")
-
-    def quit(self) -> None:
-        self.shutdown(drain=False)
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-    @property
-    def lifecycle(self) -> Lifecycle:
-        base = self.snapshot.config.lifecycle if self.snapshot is not None else Lifecycle()
-        return Lifecycle(
-            drain_time=base.drain_time if self._drain_time is None else self._drain_time,
-            grace_time=base.grace_time if self._grace_time is None else self._grace_time,
-            exit_when_idle=base.exit_when_idle,
-        )
-
     def bound_port(self, listener: str) -> int:
         return self.listeners[listener].port
-
-    def shutdown(self, drain: bool = True) -> None:
-        if self._shutdown_task is None:
-            self._shutdown_task = self.tasks.spawn(self._shutdown(drain), name="shutdown")
-        elif not self._hurry.is_set():
-            # A second Ctrl-C or SIGTERM: whoever sends it does not want to wait.
-            log.warning("second stop signal: stopping now (%s)", self._in_flight())
-            self._hurry.set()
-
-    def _in_flight(self) -> str:
-        slots = self._slots()
-        connections = sum(len(slot.connections) for slot in slots)
-        requests = sum(slot.current.stats.rq_active for slot in slots)
-        return f"{connections} connections open, {requests} requests in flight"
-
-    async def _drain_wait(self, lc: Lifecycle) -> None:
-        """drain_time, or less: once nothing is in flight there is nothing to drain, unless the config
-        says to wait (exit_when_idle: false, for a gateway whose balancer needs the whole time to
-        notice) or it is a sidecar, whose app may still make calls through it while it stops."""
-        exit_when_idle = lc.exit_when_idle
-        if exit_when_idle is None:
-            exit_when_idle = not any(s.current.model.direction == "outbound" for s in self._slots())
-        if not exit_when_idle:
-            log.info("draining for %.1fs (%s)", lc.drain_time, "exit_when_idle is false"
-                     if lc.exit_when_idle is False else "a sidecar: its app may still call out through it")
-            await self._wait_or_hurry(lc.drain_time)
-            return
-        deadline = self.loop.time() + lc.drain_time
-        while not self._idle():
-            left = deadline - self.loop.time()
-            if left <= 0 or self._hurry.is_set():
-                return
-            await self._wait_or_hurry(min(left, 0.05))
-        log.info("nothing in flight: stopping now")
-
-    def _idle(self) -> bool:
-        return all(conn.idle() for slot in self._slots() for conn in slot.connections)
-
-    async def _wait_or_hurry(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._hurry.wait(), seconds)
-
-    def _slots(self, which: Which = "all") -> list[ListenerSlot]:
-        slots = [b.slot for b in self.listeners.values()] + self._old_slots
-        if which == "inbound":
-            return [slot for slot in slots if slot.current.model.direction == "inbound"]
-        if which == "not outbound":
-            return [slot for slot in slots if slot.current.model.direction != "outbound"]
-        return slots
-
-    def _begin_drain(self, which: Which = "all") -> None:
-        """/ready turns 503; every HTTP/1.1 answer from now on carries `Connection: close`, and every
-        HTTP/2 connection gets a GOAWAY now (new ones after their first request): the same message,
-        that the client should go elsewhere, while the listeners still accept for drain_time."""
-        self._state = "DRAINING"
-        for slot in self._slots(which):
-            slot.draining = True
-            for conn in list(slot.connections):
-                conn.begin_drain()
-
-    def _stop_accepting(self, which: Which = "all") -> None:
-        slots = self._slots(which)
-        chosen = {id(slot) for slot in slots}
-        for bound in self.listeners.values():
-            if bound.server is not None and id(bound.slot) in chosen:
-                bound.server.close()
-        for slot in slots:
-            self._drain_slot(slot)
-
-    async def _drain(self, inbound_only: bool, graceful: bool) -> None:
-        which: Which = "inbound" if inbound_only else "all"
-        self._begin_drain(which)
-        if graceful:
-            await asyncio.sleep(self.lifecycle.drain_time)
-        self._stop_accepting(which)
-
-    async def _shutdown(self, drain: bool) -> None:
-        lc = self.lifecycle
-        log.info("shutting down: drain %.1fs, grace %.1fs (%s; a second signal stops at once)",
-                 lc.drain_time if drain else 0.0, lc.grace_time, self._in_flight())
-        # A sidecar's outbound listeners are its app's way out: they serve as usual through the drain
-        # time, for the calls an app makes while it shuts down; everything else starts draining now.
-        self._begin_drain("not outbound" if drain else "all")
-        if drain:
-            await self._drain_wait(lc)
-        self._stop_accepting()
-        if any(slot.connections for slot in self._slots()) and not self._hurry.is_set():
-            log.info("listeners closed; waiting up to %.1fs for %s", lc.grace_time, self._in_flight())
-        deadline = self.loop.time() + lc.grace_time
-        while self.loop.time() < deadline and any(slot.connections for slot in self._slots()) and \
-                not self._hurry.is_set():
-            await asyncio.sleep(0.05)
-        for slot in self._slots():
-            for conn in list(slot.connections):
-                conn.close()
-        await self.close()
-        self._stopped.set()
 
     async def close(self) -> None:
         self.deadlines.close()
@@ -436,6 +357,7 @@ class App:
         for bound in self.listeners.values():
             if bound.server is not None:
                 bound.server.close()
+        close_spares(self.listeners.values())
         if self._drain_task is not None:
             self._drain_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

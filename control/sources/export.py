@@ -18,6 +18,7 @@ import meshpy.xds.translate  # noqa: F401  (registers the extension types that `
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control.sources import export_policies as policies
 from control.sources.envoy_dir import message_class
+from control.sources.export_limits import common_options, limit_listener
 from control.sources.export_policies import duration
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -252,6 +253,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
             "common_http_protocol_options": {
                 "idle_timeout": duration(h.idle_timeout),
                 "max_headers_count": h.max_request_headers_count,
+                **common_options(h.limits),
             },
             "max_request_headers_kb": h.max_request_headers_kb,
             "server_header_transformation": "PASS_THROUGH" if h.server_name is None else "OVERWRITE",
@@ -280,6 +282,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
         out["bind_to_port"] = False
     if lis.direction != "unspecified":
         out["traffic_direction"] = lis.direction.upper()
+    limit_listener(out, lis.limits, lis.name, errors, where)
     return out
 
 

@@ -14,7 +14,15 @@ from typing import Any
 
 from meshpy.errors import ConfigError
 from meshpy.model.check import check_references
+from meshpy.model.limits import NO_OVERLOAD
 from meshpy.model.meshpy_yaml_filters import read_filters
+from meshpy.model.meshpy_yaml_limits import (
+    HTTP_LIMIT_KEYS,
+    LISTENER_LIMIT_KEYS,
+    http_limits,
+    listener_limits,
+    overload,
+)
 from meshpy.model.meshpy_yaml_policies import (
     circuit_breakers,
     health_check,
@@ -72,9 +80,9 @@ from meshpy.model.yaml_reader import (
 )
 from meshpy.model.yaml_values import is_ip_literal, parse_address, parse_size, yaml_kind
 
-_TOP_KEYS = ("admin", "drain_time", "grace_time", "exit_when_idle", "listeners", "clusters")
+_TOP_KEYS = ("admin", "drain_time", "grace_time", "exit_when_idle", "overload", "listeners", "clusters")
 _LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout", "original_destination", "bind",
-                  "direction")
+                  "direction", *LISTENER_LIMIT_KEYS)
 _HTTP_KEYS = (
     "use_remote_address",
     "xff_num_trusted_hops",
@@ -97,6 +105,7 @@ _HTTP_KEYS = (
     "upgrades",
     "tcp_fallback",
     "filters",
+    *HTTP_LIMIT_KEYS,
 )
 _TCP_KEYS = ("cluster",)
 # `protocol:` of a listener; http is the same as auto (HTTP/1.1 or HTTP/2, by the first bytes).
@@ -155,6 +164,7 @@ def _read_config(r: Reader, data: object) -> Config:
             grace_time=f.get("grace_time", as_duration, Lifecycle().grace_time),
             exit_when_idle=f.get("exit_when_idle", as_bool, None),
         ),
+        overload=overload(r, f.raw("overload"), "overload") if "overload" in f else NO_OVERLOAD,
         source_format="meshpy",
     )
 
@@ -205,7 +215,8 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
     interception = Listener(name=name, address=address, kind="tcp",
                             original_destination=f.get("original_destination", as_bool, False),
                             bind=f.get("bind", as_bool, True),
-                            direction=f.get("direction", direction, "unspecified"))
+                            direction=f.get("direction", direction, "unspecified"),
+                            limits=listener_limits(f))
     if protocol == "tcp":
         r.alias(child(path, "tcp"), path)
         tcp = TcpOptions(
@@ -221,7 +232,7 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
     if "tcp_fallback" in f:
         r.alias(child(path, "tcp"), f.at("tcp_fallback"))
         fallback = tcp_fallback(r, f.raw("tcp_fallback"), f.at("tcp_fallback"), logs)
-    return replace(interception, kind="http", http=http, tcp=fallback)
+    return replace(interception, kind="http", http=replace(http, limits=http_limits(f)), tcp=fallback)
 
 
 def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[AccessLog, ...]) -> HttpOptions:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
+from meshpy.model.limits import NO_HTTP_LIMITS, NO_LIMITS, NO_OVERLOAD, ConnectionLimits, HttpLimits, Overload
 
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 PathMatchKind = Literal["prefix", "path", "regex"]
@@ -301,6 +302,7 @@ class HttpOptions:
     # The HTTP filters in order, before the router. The built-in ones not listed run first, in the
     # order of BUILTIN_FILTERS: rate limit, then faults.
     filters: tuple[HttpFilterSpec, ...] = ()
+    limits: HttpLimits = NO_HTTP_LIMITS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,6 +334,7 @@ class Listener:
     original_destination: bool = False
     bind: bool = True
     direction: Direction = "unspecified"
+    limits: ConnectionLimits = NO_LIMITS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -531,5 +534,6 @@ class Config:
     clusters: tuple[Cluster, ...] = ()
     admin: Admin = field(default_factory=Admin)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    overload: Overload = NO_OVERLOAD
     source_format: Literal["meshpy", "envoy"] = "meshpy"
     xds: XdsSource | None = None  # static parts above are served beside what the ADS server sends

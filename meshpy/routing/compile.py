@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from meshpy.codec.http1 import HttpDate
 from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.limits import NO_HTTP_LIMITS, HttpLimits
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.table import RouteTable
 from meshpy.stack.deadlines import Deadlines
@@ -27,6 +28,7 @@ from meshpy.upstream.cluster import ClusterRuntime
 
 if TYPE_CHECKING:
     from meshpy.ports import Http1Exchange, ResponseWriter, StreamExchange
+    from meshpy.transport.admission import Gate, Overload
     from meshpy.transport.h2_stream import H2Stream
 
 
@@ -55,11 +57,14 @@ class HttpListenerConfig:
     __slots__ = (
         "body_limit",
         "clusters",
+        "conn_limited",
         "forwarded_proto",
         "generate_rid",
+        "guarded",
         "headers_timeout",
         "http1_exchange",
         "http2_exchange",
+        "http_limits",
         "idle_timeout",
         "loggers",
         "max_header_bytes",
@@ -67,6 +72,7 @@ class HttpListenerConfig:
         "model",
         "name",
         "options",
+        "overload",
         "replace_rid",
         "server_name",
         "stats",
@@ -99,6 +105,12 @@ class HttpListenerConfig:
         self.tcp: TcpListenerConfig | None = None
         # An http listener's TCP proxy for connections that turn out not to speak HTTP (sniffed).
         self.tcp_fallback: TcpListenerConfig | None = None
+        # Limits (meshpy.model.limits), None when the listener sets none, and the proxy's overload
+        # state when its actions reach requests (set by the app: see with_overload).
+        self.http_limits: HttpLimits | None = None
+        self.overload: Overload | None = None
+        self.conn_limited = False  # count requests per connection (transport.admission.keep_alive_allowed)
+        self.guarded = False  # the exchange asks stack.admission_guard.guard before routing
         opts = model.http
         if opts is None:
             assert model.tcp is not None
@@ -130,6 +142,9 @@ class HttpListenerConfig:
         self.idle_timeout = opts.idle_timeout
         self.stream_idle_timeout = opts.stream_idle_timeout
         self.body_limit = opts.max_request_body_bytes
+        if opts.limits != NO_HTTP_LIMITS:
+            self.http_limits = opts.limits
+        self.with_overload(None)
         self.server_name = opts.server_name.encode() if opts.server_name else None
         self.upgrades = frozenset(u.encode() for u in opts.upgrades)
         # As in Envoy: a client's x-request-id is replaced only on an edge request (use_remote_address)
@@ -143,6 +158,15 @@ class HttpListenerConfig:
         limits = [t for t in (self.headers_timeout, self.idle_timeout) if t is not None]
         self.timer_interval = min(limits) if limits else None
 
+    def with_overload(self, overload: Overload | None) -> None:
+        """`overload`: the proxy's state, when one of its actions reaches requests (else None)."""
+        self.overload = overload
+        limits = self.http_limits
+        self.conn_limited = overload is not None or (limits is not None and (
+            limits.max_requests_per_connection is not None or limits.max_connection_duration is not None))
+        self.guarded = overload is not None or (
+            limits is not None and limits.headers_with_underscores != "allow")
+
 
 @dataclass(eq=False)
 class ListenerSlot:
@@ -153,6 +177,7 @@ class ListenerSlot:
     draining: bool = False
     date: HttpDate = field(default_factory=HttpDate)
     connections: set[Drainable] = field(default_factory=set)
+    gate: Gate | None = None  # admission (meshpy.transport.admission); None admits everything
 
 
 @dataclass(frozen=True, eq=False)

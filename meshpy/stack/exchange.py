@@ -33,6 +33,7 @@ from meshpy.errors import (
     UpstreamConnectFailure,
     UpstreamOverflow,
 )
+from meshpy.stack.admission_guard import guard
 from meshpy.stack.filtering import FilteringMixin
 from meshpy.stack.forwarding import (
     request_id,
@@ -240,6 +241,8 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if self._too_large:
             return self._local_reply(413, b"payload too large", "", close=True)
         cfg = self.cfg
+        if cfg.guarded and guard(self):
+            return  # shed under overload, or a header name refused
         route = cfg.table.match(self.authority, self.path, self.method.decode("latin-1"), self.headers)
         if route is None:
             return self._error(NoRoute())

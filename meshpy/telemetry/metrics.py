@@ -124,8 +124,10 @@ class ListenerStats(_RequestStats):
     `istio_requests_total`, since the code is only known then.
     """
 
-    __slots__ = ("cx_http2_total", "fault_aborts", "fault_delays", "grpc", "h2_abuse", "rq_filter_errors",
-                 "rq_rate_limited")
+    __slots__ = ("cx_http2_total", "cx_max_duration", "cx_max_requests", "cx_overflow",
+                 "cx_overload_rejected", "cx_source_overflow", "fault_aborts", "fault_delays", "grpc",
+                 "h2_abuse", "headers_dropped", "rq_filter_errors", "rq_overload", "rq_rate_limited",
+                 "rq_rejected_headers")
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         super().__init__(name, buckets)
@@ -135,6 +137,13 @@ class ListenerStats(_RequestStats):
         self.cx_http2_total = 0  # connections that spoke HTTP/2
         self.h2_abuse = 0  # HTTP/2 connections closed for abuse (rapid reset, PING/SETTINGS flood)
         self.rq_filter_errors = 0  # a user filter's hook raised (500, FE)
+        # Limits (meshpy.model.limits): connections closed at accept by the listener's max_connections,
+        # by max_connections_per_source_ip, by the proxy's overload state; connections ended by
+        # max_connection_duration and max_requests_per_connection; requests shed (503 OM); requests
+        # refused and header fields dropped for an underscore in the name.
+        self.cx_overflow = self.cx_source_overflow = self.cx_overload_rejected = 0
+        self.cx_max_duration = self.cx_max_requests = 0
+        self.rq_overload = self.rq_rejected_headers = self.headers_dropped = 0
         self.grpc = GrpcStats(Histogram, buckets)  # gRPC calls by service and method (exported apart)
 
 
@@ -205,6 +214,22 @@ _SIDES: tuple[tuple[str, str, str, tuple[_Scalar, ...]], ...] = (
          "HTTP/2 connections closed for abuse (rapid reset, PING or SETTINGS flood).", "h2_abuse"),
         ("meshpy_downstream_rq_filter_errors_total", "counter",
          "Requests on which a user HTTP filter raised (answered 500, flag FE).", "rq_filter_errors"),
+        ("meshpy_downstream_cx_overflow_total", "counter",
+         "Connections closed at accept: the listener's max_connections.", "cx_overflow"),
+        ("meshpy_downstream_cx_source_overflow_total", "counter",
+         "Connections closed at accept: max_connections_per_source_ip.", "cx_source_overflow"),
+        ("meshpy_downstream_cx_overload_rejected_total", "counter",
+         "Connections closed at accept: the proxy-wide limit or reject_connections.", "cx_overload_rejected"),
+        ("meshpy_downstream_cx_max_duration_reached_total", "counter",
+         "Connections drained at max_connection_duration.", "cx_max_duration"),
+        ("meshpy_downstream_cx_max_requests_reached_total", "counter",
+         "Connections drained at max_requests_per_connection.", "cx_max_requests"),
+        ("meshpy_downstream_rq_overload_total", "counter",
+         "Requests shed under overload (503, flag OM).", "rq_overload"),
+        ("meshpy_downstream_rq_rejected_underscore_headers_total", "counter",
+         "Requests refused for a header name with an underscore (400).", "rq_rejected_headers"),
+        ("meshpy_downstream_dropped_underscore_headers_total", "counter",
+         "Header fields dropped for an underscore in the name.", "headers_dropped"),
     )),
     ("upstream", "cluster", "Upstream", (
         ("meshpy_upstream_rq_active", "gauge", "Upstream requests in flight.", "rq_active"),

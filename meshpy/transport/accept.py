@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from meshpy.ports import ConnectionInfo
 
@@ -13,17 +13,43 @@ if TYPE_CHECKING:
     from meshpy.telemetry.metrics import ListenerStats
 
 
+# Why a connection was closed at accept -> the listener's counter.
+_REFUSED = {"listener": "cx_overflow", "source": "cx_source_overflow", "overload": "cx_overload_rejected"}
+
+
 def accepted(conn: Drainable, slot: ListenerSlot,
              transport: asyncio.BaseTransport) -> tuple[str, ListenerStats]:
     """(the peer's address, the listener's stats): `conn` joins the listener's connections (for
     draining) and is counted. The stats are bound here, at accept time: a reload may rename the
-    listener later, and the gauge must go down where it went up."""
-    slot.connections.add(conn)
+    listener later, and the gauge must go down where it went up. A connection over a limit is
+    counted, closed, and does not join: its protocol sees `transport.is_closing()` and stops there."""
     stats = slot.current.stats
     stats.cx_total += 1
+    address = transport.get_extra_info("peername")
+    peer = str(address[0]) if isinstance(address, tuple) else ""
+    gate = slot.gate
+    if gate is not None:
+        refused = gate.admit(len(slot.connections), peer)
+        if refused:
+            attr = _REFUSED[refused]
+            setattr(stats, attr, getattr(stats, attr) + 1)
+            transport.close()
+            return peer, stats
+        limit = gate.limits.buffer_limit
+        if limit is not None:
+            cast("asyncio.Transport", transport).set_write_buffer_limits(high=limit)
+    slot.connections.add(conn)
     stats.cx_active += 1
-    peer = transport.get_extra_info("peername")
-    return (str(peer[0]) if isinstance(peer, tuple) else ""), stats
+    return peer, stats
+
+
+def released(conn: Drainable, slot: ListenerSlot, stats: ListenerStats, peer: str) -> None:
+    """The other end of `accepted`, from the protocol's connection_lost (once, whatever calls it)."""
+    if conn in slot.connections:
+        slot.connections.discard(conn)
+        stats.cx_active -= 1
+        if slot.gate is not None:
+            slot.gate.release(peer)
 
 
 def _address(value: object) -> tuple[str, int]:

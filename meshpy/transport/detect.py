@@ -93,7 +93,7 @@ class DetectingDownstream(asyncio.Protocol):
         proto.original_dst = self.original_dst
         transport.set_protocol(proto)
         proto.connection_made(transport)
-        if buf:
+        if buf and not transport.is_closing():
             proto.data_received(buf)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -19,7 +19,8 @@ import httptools
 from meshpy.codec.http1 import HOST_CHARS, authority_with_port
 from meshpy.codec.request_facts import SCANNED
 from meshpy.errors import BadRequest
-from meshpy.transport.accept import accepted, connection_info
+from meshpy.transport.accept import accepted, connection_info, released
+from meshpy.transport.admission import keep_alive_allowed
 from meshpy.transport.h1_body_relay import relay_parser
 from meshpy.transport.h1_response import Http1Responses
 from meshpy.transport.writes import send
@@ -41,6 +42,7 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         "_head_fresh",
         "_head_raw",
         "_info",
+        "_life",
         "_parsing",
         "_paused",
         "_pending",
@@ -48,6 +50,7 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         "_timer",
         "_valid_host",
         "active",
+        "born",
         "closing",
         "fatal",
         "half_closed",
@@ -58,6 +61,7 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         "out",
         "parser",
         "peer",
+        "served",
         "slot",
         "stats",
         "transport",
@@ -94,13 +98,21 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         self.head_started = 0.0
         self.idle_since = 0.0
         self._timer: asyncio.Handle | None = None
+        self.served = 0  # requests taken, and since when: counted only with limits (cfg.conn_limited)
+        self.born = 0.0
+        self._life: asyncio.TimerHandle | None = None  # max_connection_duration
 
     # -- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.peer, self.stats = accepted(self, self.slot, transport)
-        self.idle_since = self.loop.time()
+        if self.transport.is_closing():
+            return  # over a limit (transport/admission.py)
+        self.idle_since = self.born = self.loop.time()
         self._schedule_timer()
+        limits = self.slot.current.http_limits
+        if limits is not None and limits.max_connection_duration is not None:
+            self._life = self.loop.call_later(limits.max_connection_duration, self._lived)
 
     def connection_info(self) -> ConnectionInfo:
         info = self._info
@@ -110,8 +122,9 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.slot.connections.discard(self)
-        self.stats.cx_active -= 1
+        released(self, self.slot, self.stats, self.peer)
+        if self._life is not None:
+            self._life.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -288,11 +301,15 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
             self._valid_host = host
         p = self.parser
         method = p.get_method()
+        keep = p.should_keep_alive()
+        if cfg.conn_limited and keep:
+            self.served += 1
+            keep = keep_alive_allowed(cfg, self.stats, self.served, self.born, self.loop.time())
         if ex.facts.upgrade is None and method != b"CONNECT":
-            ex.head_complete(method, p.get_http_version(), p.should_keep_alive())
+            ex.head_complete(method, p.get_http_version(), keep)
         else:  # where llhttp may take what follows the head as another protocol
             upgrading = p.should_upgrade()
-            ex.head_complete(method, p.get_http_version(), p.should_keep_alive(), upgrading)
+            ex.head_complete(method, p.get_http_version(), keep, upgrading)
             if upgrading and ex.upgrade is None and ex.has_body():
                 # h2c with a body, which llhttp skips: read by a relay parser (h1_body_relay), and
                 # its request ends there, not at this message's end (hence no _parsing).
@@ -375,6 +392,19 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
 
     def begin_drain(self) -> None:
         """Nothing to send now: every answer from here on carries `Connection: close` (slot.draining)."""
+
+    def _lived(self) -> None:
+        """max_connection_duration: an idle connection closes now; a busy one is looked at again soon,
+        and closes when its answer is out (a request that comes first is answered with
+        `Connection: close`: keep_alive_allowed sees the age)."""
+        self._life = None
+        if self.closing:
+            return
+        if self.idle():
+            self.stats.cx_max_duration += 1
+            self.close()
+        else:
+            self._life = self.loop.call_later(0.2, self._lived)
 
     def idle(self) -> bool:
         """No request read, waiting or answered (a tunnel keeps `active` set until it ends)."""

@@ -32,7 +32,8 @@ from meshpy.codec.http2 import (
     read_request,
     read_trailers,
 )
-from meshpy.transport.accept import accepted, connection_info
+from meshpy.transport.accept import accepted, connection_info, released
+from meshpy.transport.admission import keep_alive_allowed
 from meshpy.transport.h2_abuse import H2Abuse
 from meshpy.transport.h2_stream import H2Stream
 
@@ -50,9 +51,11 @@ class Http2Downstream(asyncio.Protocol):
         "_flush_due",
         "_goaway_sent",
         "_info",
+        "_life",
         "_opened",
         "_timer",
         "blocked",
+        "born",
         "closing",
         "dirty",
         "h2",
@@ -84,6 +87,8 @@ class Http2Downstream(asyncio.Protocol):
         self.idle_since = 0.0
         self._goaway_sent = 0  # last stream id of a graceful GOAWAY sent (0: none)
         self._opened = 0
+        self.born = 0.0
+        self._life: asyncio.TimerHandle | None = None  # max_connection_duration
         self._abuse = H2Abuse()
         self._timer: asyncio.Handle | None = None
         self._block_timer: asyncio.Handle | None = None  # a header block left incomplete
@@ -93,8 +98,13 @@ class Http2Downstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.peer, self.stats = accepted(self, self.slot, transport)
+        if self.transport.is_closing():
+            return  # over a limit (transport/admission.py)
         self.stats.cx_http2_total += 1
-        self.idle_since = self.loop.time()
+        self.idle_since = self.born = self.loop.time()
+        limits = self.slot.current.http_limits
+        if limits is not None and limits.max_connection_duration is not None:
+            self._life = self.loop.call_later(limits.max_connection_duration, self._lived)
         cfg = self.slot.current
         opts = cfg.options.http2
         h2c = self.h2
@@ -118,8 +128,9 @@ class Http2Downstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.slot.connections.discard(self)
-        self.stats.cx_active -= 1
+        released(self, self.slot, self.stats, self.peer)
+        if self._life is not None:
+            self._life.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -239,6 +250,9 @@ class Http2Downstream(asyncio.Protocol):
         s.ex = ex
         if self.slot.draining and not self._goaway_sent:
             self.start_drain()  # a connection opened while draining: this request, then go elsewhere
+        elif cfg.conn_limited and not self._goaway_sent and not keep_alive_allowed(
+                cfg, self.stats, self._opened, self.born, self.loop.time()):
+            self.start_drain()  # this stream is the last one taken
         try:
             head = read_request(ev.headers or [], ev.stream_ended is not None)
         except Malformed as err:
@@ -418,6 +432,13 @@ class Http2Downstream(asyncio.Protocol):
 
     def idle(self) -> bool:
         return not self.streams
+
+    def _lived(self) -> None:
+        """max_connection_duration: GOAWAY; streams open finish, then the connection closes."""
+        self._life = None
+        if not self._goaway_sent and not self.closing:
+            self.stats.cx_max_duration += 1
+            self.start_drain()
 
     def begin_drain(self) -> None:
         """HTTP/2 says it at once: GOAWAY, while the listener still accepts (see App._begin_drain)."""

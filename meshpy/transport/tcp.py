@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, cast
 
-from meshpy.transport.accept import accepted, connection_info
+from meshpy.transport.accept import accepted, connection_info, released
 
 if TYPE_CHECKING:
     from meshpy.ports import ConnectionInfo
@@ -63,6 +63,8 @@ class TcpDownstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.peer, self.stats = accepted(self, self.slot, transport)
+        if self.transport.is_closing():
+            return  # over a limit (transport/admission.py)
         cluster = self.slot.current.clusters.get(self.cfg.cluster)
         if cluster is None:
             host = None
@@ -170,12 +172,11 @@ class TcpDownstream(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        self.slot.connections.discard(self)
+        released(self, self.slot, self.stats, self.peer)
         if self._timer is not None:
             self._timer.cancel()
         if self.up is not None:
             self.up.close()
-        self.stats.cx_active -= 1  # the listener's stats as at accept (a reload may have renamed it)
         if self.host is not None:
             self.host.active_requests -= 1
         seconds = self.loop.time() - self.t0

@@ -21,6 +21,7 @@ from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from meshpy.model.limits import ConnectionLimits
 from meshpy.model.types import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_STREAM_IDLE_TIMEOUT,
@@ -37,6 +38,7 @@ from meshpy.model.types import (
 from meshpy.xds import translate_protocols as protocols
 from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
 from meshpy.xds.translate_filters import http_filters
+from meshpy.xds.translate_limits import COMMON_LIMIT_FIELDS, ConnectionLimit, connection_limit, http_limits
 from meshpy.xds.translate_routes import route_config
 
 HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
@@ -58,7 +60,8 @@ ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
 _LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metadata", "use_original_dst",
                        "bind_to_port", "traffic_direction", "listener_filters", "default_filter_chain",
-                       "listener_filters_timeout", "continue_on_listener_filters_timeout"})
+                       "listener_filters_timeout", "continue_on_listener_filters_timeout",
+                       "per_connection_buffer_limit_bytes"})
 _DIRECTIONS: dict[int, Direction] = {1: "inbound", 2: "outbound"}
 # What the http_inspector reports for HTTP: the application_protocols an HTTP chain may match on (and
 # what the control plane writes for a sniffing listener).
@@ -108,7 +111,10 @@ def listener(
         placeholder, original_destination=wrapped(msg, "use_original_dst", False),
         bind=wrapped(msg, "bind_to_port", True),
         direction=_DIRECTIONS.get(msg.traffic_direction, "unspecified"))
+    limits = ConnectionLimits(buffer_limit=wrapped(msg, "per_connection_buffer_limit_bytes", None) or None)
+    interception = dataclasses.replace(interception, limits=limits)
     sniffing = listener_filters(issues, msg, path)
+    limited: list[int] = []  # connection_limit filters' max_connections, one per chain at most
     chains = [(c, item(child(path, "filter_chains"), i)) for i, c in enumerate(msg.filter_chains)]
     if msg.HasField("default_filter_chain"):
         chains.append((msg.default_filter_chain, child(path, "default_filter_chain")))
@@ -119,7 +125,8 @@ def listener(
         if not sniffing:
             issues.add(child(path, "listener_filters"), "two filter chains need the http_inspector to "
                        "pick one")
-        found = [_chain(issues, first, first_path, routes, True), _chain(issues, second, second_path, routes)]
+        found = [_chain(issues, first, first_path, routes, limited, True),
+                 _chain(issues, second, second_path, routes, limited)]
         http = next((f for f in found if isinstance(f, HttpOptions)), None)
         tcp = next((f for f in found if isinstance(f, TcpOptions)), None)
         if http is None or tcp is None:
@@ -127,6 +134,7 @@ def listener(
                        "application_protocols and one TCP proxy chain")
             return placeholder
         detect = _detect_timeout(issues, msg, path)
+        interception = _limited(interception, limited)
         return dataclasses.replace(interception, kind="http", http=http,
                                    tcp=dataclasses.replace(tcp, detect_timeout=detect))
     if msg.HasField("listener_filters_timeout") or msg.continue_on_listener_filters_timeout:
@@ -136,7 +144,8 @@ def listener(
         issues.add(child(path, "filter_chains"), f"exactly one filter chain (or an HTTP chain and a TCP "
                    f"default_filter_chain) is supported, got {len(chains)}")
         return placeholder
-    one = _chain(issues, chains[0][0], chains[0][1], routes)
+    one = _chain(issues, chains[0][0], chains[0][1], routes, limited)
+    interception = _limited(interception, limited)
     if isinstance(one, HttpOptions):
         return dataclasses.replace(interception, kind="http", http=one, tcp=None)
     if isinstance(one, TcpOptions):
@@ -158,8 +167,17 @@ def _detect_timeout(issues: Issues, msg: Any, path: str) -> float | None:
     return seconds
 
 
+def _limited(listener: Listener, limits: list[int]) -> Listener:
+    """With a connection_limit filter, the listener's limit (one count for the listener: the smallest
+    of its chains' limits, where Envoy would count each chain's connections apart)."""
+    if not limits:
+        return listener
+    limited = dataclasses.replace(listener.limits, max_connections=min(limits))
+    return dataclasses.replace(listener, limits=limited)
+
+
 def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, RouteConfig] | None,
-           sniffed: bool = False) -> HttpOptions | TcpOptions | None:
+           max_connections: list[int], sniffed: bool = False) -> HttpOptions | TcpOptions | None:
     """One filter chain's HTTP or TCP options. `sniffed`: the chain may match HTTP application
     protocols (what the http_inspector reports), its only supported filter_chain_match."""
     issues.fields(chain, chain_path, {"name", "filters", "filter_chain_match"})
@@ -170,11 +188,19 @@ def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, Rou
         if sniffed and not wanted <= _HTTP_PROTOCOLS:
             issues.add(child(m_path, "application_protocols"), f"only {sorted(_HTTP_PROTOCOLS)} are known")
     filters_path = child(chain_path, "filters")
-    if len(chain.filters) != 1:
-        reason = "exactly one filter (http_connection_manager or tcp_proxy) is supported"
+    filters = list(enumerate(chain.filters))
+    while len(filters) > 1 and filters[0][1].typed_config.TypeName() == ConnectionLimit.DESCRIPTOR.full_name:
+        i, first = filters.pop(0)
+        limit = connection_limit(issues, first, item(filters_path, i))
+        if limit is not None:
+            max_connections.append(limit)
+    if len(filters) != 1:
+        reason = ("exactly one filter (http_connection_manager or tcp_proxy), after any connection_limit, "
+                  "is supported")
         issues.add(filters_path, f"{reason}, got {len(chain.filters)}")
         return None
-    network_filter, filter_path = chain.filters[0], item(filters_path, 0)
+    index, network_filter = filters[0]
+    filter_path = item(filters_path, index)
     issues.fields(network_filter, filter_path, {"name", "typed_config"})
     config_path = child(filter_path, "typed_config")
     if not network_filter.HasField("typed_config"):
@@ -216,7 +242,7 @@ def _http_options(
         issues.add(child(path, "max_request_headers_kb"), f"must be from 1 to {_MAX_HEADERS_KB}")
     common = msg.common_http_protocol_options
     common_path = child(path, "common_http_protocol_options")
-    issues.fields(common, common_path, {"max_headers_count", "idle_timeout"})
+    issues.fields(common, common_path, {"max_headers_count", "idle_timeout", *COMMON_LIMIT_FIELDS})
     max_count = wrapped(common, "max_headers_count", 100)
     if max_count < 1:
         issues.add(child(common_path, "max_headers_count"), "must be at least 1")
@@ -241,6 +267,7 @@ def _http_options(
         http2=http2,
         upgrades=protocols.upgrades(issues, msg, path),
         filters=filters,
+        limits=http_limits(issues, common, msg, common_path),
     )
 
 

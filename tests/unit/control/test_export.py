@@ -234,3 +234,42 @@ def test_envoy_accepts_exported_python_filters(tmp_path: Path) -> None:
     result = subprocess.run([binary, "--mode", "validate", "--disable-hot-restart", "-c", str(path)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+LIMITED = """
+listeners:
+- name: edge
+  address: 0.0.0.0:8080
+  max_connections: 100
+  buffer_limit: 64KiB
+  max_connection_duration: 10m
+  max_requests_per_connection: 50
+  headers_with_underscores: drop
+  routes: [{match: /, cluster: web}]
+  tcp_fallback: {cluster: web}
+- name: db
+  address: 0.0.0.0:5432
+  protocol: tcp
+  cluster: web
+  max_connections: 7
+clusters:
+  web: {endpoints: [127.0.0.1:8000]}
+"""
+
+
+def test_connection_limits_round_trip() -> None:
+    """Every chain gets the connection_limit filter (a sniffing listener's TCP chain too)."""
+    config = load_text(LIMITED)
+    res = export(config)
+    edge = res[LISTENER]["edge"]
+    assert edge.per_connection_buffer_limit_bytes.value == 65536
+    assert [c.filters[0].name for c in (*edge.filter_chains, edge.default_filter_chain)] == [
+        "envoy.filters.network.connection_limit"] * 2
+    back = round_trip(config)
+    assert back.listeners == named_routes(config).listeners
+
+
+def test_a_per_source_limit_cannot_be_exported() -> None:
+    config = load_text(LIMITED.replace("  max_connections: 7", "  max_connections_per_source_ip: 7"))
+    with pytest.raises(ExportError, match=r"listeners\[1\].max_connections_per_source_ip: Envoy"):
+        export(config)

@@ -777,9 +777,9 @@ def test_virtual_hosts_and_port_matching() -> None:
 UNSUPPORTED = "not supported by meshpy"
 REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
     (
-        "listener_buffer_limit",
-        http_bootstrap("listener_buffer_limit", listener="per_connection_buffer_limit_bytes: 1024"),
-        "static_resources.listeners[0].per_connection_buffer_limit_bytes",
+        "listener_backlog",
+        http_bootstrap("listener_backlog", listener="tcp_backlog_size: 100"),
+        "static_resources.listeners[0].tcp_backlog_size",
         UNSUPPORTED,
     ),
     ("hcm_via", http_bootstrap("hcm_via", hcm="via: meshpy"), f"{FILTER}.via", UNSUPPORTED),
