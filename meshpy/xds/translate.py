@@ -27,9 +27,17 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import descriptor_pool, json_format  # type: ignore[import-untyped, unused-ignore]
 
 from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.limits import NO_OVERLOAD
 from meshpy.model.types import Admin, Config, Endpoint, Listener, RouteConfig
 from meshpy.model.types import Cluster as ClusterModel
-from meshpy.xds import bootstrap, deps, translate_clusters, translate_listeners, translate_routes
+from meshpy.xds import (
+    bootstrap,
+    deps,
+    translate_clusters,
+    translate_limits,
+    translate_listeners,
+    translate_routes,
+)
 from meshpy.xds.translate_base import Issues, child, item, socket_address
 
 __all__ = [
@@ -106,16 +114,53 @@ def parse_bootstrap(data: Mapping[str, Any]) -> Any:
     """
     if not isinstance(data, Mapping):
         raise ConfigError.at("", f"an Envoy bootstrap must be a mapping, got {type(data).__name__}")
+    bad_any = _bad_any(data, "")
+    if bad_any is not None:
+        raise ConfigError([bad_any])
     tried: set[str] = set()
     while True:
         try:
             return json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
+        except (AttributeError, KeyError, TypeError, IndexError) as exc:
+            # json_format's own bugs on shapes it does not expect (found by fuzzing); _bad_any catches
+            # the known ones with their path, this the rest.
+            reason = f"cannot be read as an Envoy bootstrap ({type(exc).__name__}: {exc})"
+            raise ConfigError.at("", reason) from None
         except json_format.ParseError as exc:
             text = str(exc)
             missing = MISSING_TYPE.search(text)
             if missing is None or missing.group(1) in tried or not import_type(missing.group(1)):
                 raise ConfigError([_parse_issue(text)]) from None
             tried.add(missing.group(1))
+
+
+# Well-known types that json_format reads from an Any's `value` key (the others' fields sit beside @type).
+_WELL_KNOWN = frozenset(f"google.protobuf.{n}" for n in (
+    "Any", "Duration", "FieldMask", "ListValue", "Struct", "Timestamp", "Value", "BoolValue", "BytesValue",
+    "DoubleValue", "FloatValue", "Int32Value", "Int64Value", "StringValue", "UInt32Value", "UInt64Value"))
+
+
+def _bad_any(node: Any, path: str) -> ConfigIssue | None:
+    """The first Any json_format would fail on with an AttributeError or KeyError rather than a
+    ParseError: an `@type` that is not a string, or a well-known type without its `value`."""
+    if isinstance(node, Mapping):
+        if "@type" in node:
+            url = node["@type"]
+            if not isinstance(url, str):
+                return ConfigIssue(child(path, "@type"), f"must be a type URL, got a {type(url).__name__}")
+            name = url.rsplit("/", 1)[-1]
+            if name in _WELL_KNOWN and "value" not in node:
+                return ConfigIssue(path, f"an Any holding {name} needs its JSON under `value`")
+        for key, value in node.items():
+            found = _bad_any(value, child(path, str(key)))
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _bad_any(value, item(path, i))
+            if found is not None:
+                return found
+    return None
 
 
 def import_type(type_url: str) -> bool:
@@ -176,7 +221,7 @@ def _suggest(message: str, field: str) -> str:
 # Translating the bootstrap --------------------------------------------------------------------------
 
 # `node` identifies this proxy to a control plane: nothing to act on in a static bootstrap.
-_BOOTSTRAP = frozenset({"admin", "static_resources", "dynamic_resources", "node"})
+_BOOTSTRAP = frozenset({"admin", "static_resources", "dynamic_resources", "node", "overload_manager"})
 
 
 def config_from_bootstrap(msg: Any) -> Config:
@@ -211,6 +256,8 @@ def config_from_bootstrap(msg: Any) -> Config:
         listeners=tuple(listeners),
         clusters=tuple(clusters),
         admin=_admin(issues, msg),
+        overload=translate_limits.overload_manager(issues, msg.overload_manager)
+        if msg.HasField("overload_manager") else NO_OVERLOAD,
         source_format="envoy",
         xds=xds,
     )
