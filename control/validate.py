@@ -14,17 +14,20 @@ _KINDS = ((LISTENER, "listeners"), (ROUTE, "route configurations"), (CLUSTER, "c
           (ENDPOINT, "endpoint assignments"))
 
 
-def validate_dir(directory: str, meshpy_format: bool) -> bool:
-    """Prints what it found; True when the control plane would serve the directory."""
-    loader: Loader = load_meshpy_dir if meshpy_format else envoy_layer
+def validate_dir(directory: str, meshpy_format: bool, loader: Loader | None = None, label: str = "") -> bool:
+    """Prints what it found (naming it `label`, by default the directory); True when the control plane
+    would serve the directory."""
+    if loader is None:
+        loader = load_meshpy_dir if meshpy_format else envoy_layer
     try:
         layers = load_layers(Path(directory), loader)
     except SourceError as err:
         for line in err.errors:
-            print(f"{directory}: {line}" if not line.startswith(directory) else line)
+            line = line.removeprefix(directory).removeprefix("/").removeprefix(": ")
+            print(f"{label or directory}: {line}")
         return False
     counts = ", ".join(f"{len(layers.shared.get(url, {}))} {name}" for url, name in _KINDS)
     extra = len(layers.by_cluster) + len(layers.by_node)
-    print(f"{directory}: ok ({'meshpy' if meshpy_format else 'Envoy'} resources: {counts}"
+    print(f"{label or directory}: ok ({'meshpy' if meshpy_format else 'Envoy'} resources: {counts}"
           f"{f'; {extra} per-node sets' if extra else ''})")
     return True

@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="a directory of Envoy resources, checked as meshpy control --envoy-dir loads it")
     val.add_argument("--meshpy-dir", action="append", default=[], metavar="DIR",
                      help="a directory of meshpy YAML, checked as meshpy control --meshpy-dir loads it")
+    val.add_argument("--kubernetes", action="extend", nargs="+", default=[], metavar="FILE",
+                     help="Kubernetes manifests: what meshpy control --kubernetes makes of their Services "
+                          "and EndpointSlices, checked as a proxy checks it")
+    val.add_argument("--cluster-domain", default="cluster.local", help="for --kubernetes cluster names")
 
     ctl = sub.add_parser("control", help="the control plane: serve xDS (ADS) from a source of resources")
     ctl.add_argument("--listen", default="127.0.0.1:18000", help="address of the gRPC ADS server")
@@ -239,8 +243,9 @@ def _iptables(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
-        if not (args.files or args.envoy_dir or args.meshpy_dir):
-            print("meshpy validate: config files, or --envoy-dir / --meshpy-dir DIR", file=sys.stderr)
+        if not (args.files or args.envoy_dir or args.meshpy_dir or args.kubernetes):
+            print("meshpy validate: config files, --envoy-dir / --meshpy-dir DIR or --kubernetes FILE",
+                  file=sys.stderr)
             return 2
         failed = bool(args.files) and _validate(args.files) != 0
         if args.envoy_dir or args.meshpy_dir:
@@ -250,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed = not validate_dir(directory, meshpy_format=False) or failed
             for directory in args.meshpy_dir:
                 failed = not validate_dir(directory, meshpy_format=True) or failed
+        if args.kubernetes:
+            from control.validate_kubernetes import validate_kubernetes
+
+            failed = not validate_kubernetes(args.kubernetes, args.cluster_domain) or failed
         return 1 if failed else 0
     if args.command == "reload":
         from meshpy import pidfile

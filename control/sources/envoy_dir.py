@@ -232,6 +232,8 @@ def proxy_check(url: str, msg: Message) -> None:
     (an extension, a field) is the caller's to weigh: the fleet may be Envoy. References to other
     resources are not resolved: a listener's RDS name or a cluster's EDS name may be served later."""
     if url == LISTENER:
+        if msg.HasField("api_listener"):
+            return  # a proxyless gRPC client's listener: no proxy serves it, nothing of theirs to check
         listener_from_proto(msg, "", any_routes())
     elif url == CLUSTER:
         cluster_from_proto(msg, "", endpoints_or_none({}))

@@ -337,3 +337,21 @@ def test_what_only_meshpy_lacks_is_served_with_a_warning(tmp_path: Path,
     assert "web" in load_envoy_dir(tmp_path)[CLUSTER]
     said = "clusters.yaml[0]: common_lb_config: not supported by meshpy (meshpy proxies will refuse it"
     assert said in caplog.text
+
+
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def test_a_proxyless_grpc_listener_is_not_a_proxys(tmp_path: Path) -> None:
+    """An api_listener serves gRPC clients (no address, no filter chains): no proxy check applies."""
+    write(tmp_path, "grpc.yaml", f"""
+"@type": {LISTENER}
+name: greeter
+api_listener:
+  api_listener:
+    "@type": {HCM}
+    stat_prefix: greeter
+    rds: {{route_config_name: greeter, config_source: {{ads: {{}}}}}}
+    http_filters: [{{name: router, typed_config: {{"@type": {ROUTER}}}}}]
+""")
+    assert "greeter" in load_envoy_dir(tmp_path)[LISTENER]
