@@ -1,9 +1,13 @@
 # meshpy container image: the proxy as a sidecar, with config/sidecar.yaml as its default config.
 #
-#   docker build -t meshpy .
-#   docker run --rm -p 15006:15006 meshpy
-#   docker run --rm -v "$PWD/my.yaml:/etc/meshpy/meshpy.yaml:ro" meshpy     # your own config
-#   docker run --rm meshpy validate /etc/meshpy/meshpy.yaml
+#   docker build -t meshpy:0.1.0 .
+#   docker run --rm -p 15006:15006 meshpy:0.1.0
+#   docker run --rm -v "$PWD/my.yaml:/etc/meshpy/meshpy.yaml:ro" meshpy:0.1.0     # your own config
+#   docker run --rm meshpy:0.1.0 validate /etc/meshpy/meshpy.yaml
+#
+# `make image` builds it with podman (tests/image/build.sh), on a Debian bookworm base made with
+# debootstrap where no registry is reachable (PYTHON_IMAGE=meshpy-base:bookworm: Debian's python3 with
+# pip, python-is-python3 and ca-certificates); `make test-image` runs it (tests/image/).
 #
 # Build stage: turn the source into a wheel. Runtime stage: that wheel and its runtime
 # dependencies only, no compiler, no source tree, no test or dev tools.

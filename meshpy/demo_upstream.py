@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from typing import cast
 
 import httptools
@@ -138,6 +139,11 @@ async def serve_demo(listen: str, name: str) -> int:
     host, _, port = listen.rpartition(":")
     server = await start_demo(host.strip("[]") or "127.0.0.1", int(port), name)
     log.info("demo upstream %s listening on %s", name, listen)
+    # As a container's PID 1 no default handler ends the process on SIGTERM: stop serving and exit 0.
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
     async with server:
-        await server.serve_forever()
+        await stopped.wait()
     return 0

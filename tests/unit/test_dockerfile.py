@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import signal
@@ -229,3 +230,15 @@ def test_the_readme_builds_the_tag_meshpy_inject_uses() -> None:
 
     built = re.findall(r"docker build -t (\S+)", (ROOT / "README.md").read_text())
     assert built == [f"meshpy:{meshpy.__version__}"]  # inject's default image (inject_cli --image)
+
+
+def test_make_image_builds_the_tag_meshpy_inject_uses() -> None:
+    import meshpy
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^image:.*\n\tbash tests/image/build\.sh$", makefile, re.MULTILINE), "make image"
+    env = {k: v for k, v in os.environ.items() if k != "MESHPY_IMAGE"}
+    done = subprocess.run(["bash", str(ROOT / "tests/image/build.sh"), "--print-tag"], capture_output=True,
+                          text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"meshpy:{meshpy.__version__}"  # inject_cli --image's default
