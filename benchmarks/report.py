@@ -30,6 +30,9 @@ MAIN, LATENCY = "http1-100B-c50", "http1-100B-c1"  # what the targets and the ch
 SUBJECT, ENVOY, DIRECT = "meshpy-uvloop", "envoy", "direct"
 PERCENTILES = (("p50_us", "p50"), ("p90_us", "p90"), ("p99_us", "p99"), ("p999_us", "p99.9"))
 FIGURES = ("rps", "mib_per_s", "cpu_us_per_req", "rss_load_kb", *(key for key, _ in PERCENTILES))
+# The per-run figures of benchmarks/conn_bench.py whose median over rounds the Connections table shows.
+CONN_FIGURES = ("idle_connections", "kib_per_conn_served", "kib_per_conn_bare", "conn_per_s",
+                "cpu_us_per_conn", "cpu_busy", "normal_p50_us", "normal_p99_us")
 SIZES = {"http1-100B-c50": "~100 B", "http1-64KiB-c50": "64 KiB"}
 COLOURS = {
     DIRECT: "#9e9e9e",
@@ -195,8 +198,110 @@ def targets(results: Results) -> list[dict[str, Any]]:
     return out
 
 
+def summarize_connections(results: Results) -> dict[str, Any] | None:
+    """results["connections"] (benchmarks/conn_bench.py) as medians over ok runs; None when it is absent.
+
+    - "config": what conn_bench.py ran with (idle connections, churn, the normal client's rate...)
+    - "cells": contender -> "rounds" (ok runs), the medians of CONN_FIGURES, "conn_per_s_min"/"_max",
+      and the sums over those rounds of "churn_errors", "normal_errors" and "normal_requests"
+    - "failed": [{"round", "contender", "error"}] for runs without ok: true
+    """
+    conns = results.get("connections")
+    if not conns:
+        return None
+    ok: dict[str, list[dict[str, Any]]] = {}
+    for run in conns.get("runs", []):
+        if run.get("ok") is True:
+            ok.setdefault(run["contender"], []).append(run)
+    cells: dict[str, dict[str, Any]] = {}
+    listed = _contenders(results)
+    for name in [n for n in listed if n in ok] + [n for n in ok if n not in listed]:
+        runs = ok[name]
+        cell: dict[str, Any] = {"rounds": len(runs)}
+        cell.update({key: _median(r.get(key) for r in runs) for key in CONN_FIGURES})
+        rates = [r["conn_per_s"] for r in runs if r.get("conn_per_s") is not None]
+        cell["conn_per_s_min"], cell["conn_per_s_max"] = (min(rates), max(rates)) if rates else (None, None)
+        for key in ("churn_errors", "normal_errors", "normal_requests"):
+            cell[key] = sum(int(r.get(key) or 0) for r in runs)
+        cells[name] = cell
+    failed = [{k: run.get(k) for k in ("round", "contender", "error")}
+              for run in conns.get("runs", []) if run.get("ok") is not True]
+    return {"config": conns.get("config", {}), "cells": cells, "failed": failed}
+
+
+def _connections_section(results: Results, labels: dict[str, str], h: str) -> list[str]:
+    """The "Connections" table (benchmarks/conn_bench.py); nothing when the results have no such runs."""
+    s = summarize_connections(results)
+    if s is None:
+        return []
+    cfg, cells = s["config"], s["cells"]
+    n = cfg.get("connections")
+    nginx = f" (nginx at most {_n(cfg['nginx_max_idle'])})" if "nginx" in cells and cfg.get(
+        "nginx_max_idle") and n and n > cfg["nginx_max_idle"] else ""
+    caption = (
+        f"{_n(n)} idle HTTP/1.1 connections held open at once{nginx}: the proxy's RSS added per connection "
+        f"once each has served one ~100 B GET (a keep-alive client between requests) and, before that, "
+        f"while none has sent a byte. New connections/s: {cfg.get('churn', 'a churn client')}, "
+        f"{_n(cfg.get('churn_connections'))} at a time "
+        f"for {cfg.get('duration', 0):g} s from the load CPU, while a keep-alive client sends "
+        f"{_n(cfg.get('normal_rate'))} req/s over {_n(cfg.get('normal_connections'))} connections "
+        f"(`benchmarks/openloop.py`) and measures its latency and errors (`benchmarks/conn_bench.py`). "
+        f"A proxy CPU well short of 100% busy means the load CPU set the rate, not the proxy."
+    )
+    head = [
+        "proxy",
+        "KiB per idle connection",
+        "KiB, no request yet",
+        f"new connections/s (min{EN_DASH}max)",
+        "CPU µs per new connection",
+        "proxy CPU busy",
+        "keep-alive client p50 µs",
+        "p99 µs",
+        "errors",
+        "churn errors",
+    ]
+    rows = [
+        [
+            labels.get(name, name),
+            _kib(c["kib_per_conn_served"]),
+            _kib(c["kib_per_conn_bare"]),
+            _spread({"rps": c["conn_per_s"], "rps_min": c["conn_per_s_min"], "rps_max": c["conn_per_s_max"]}),
+            _n(c["cpu_us_per_conn"]),
+            DASH if c["cpu_busy"] is None else f"{c['cpu_busy']:.0%}",
+            _n(c["normal_p50_us"]),
+            _n(c["normal_p99_us"]),
+            f"{c['normal_errors']:,} of {c['normal_requests']:,}",
+            f"{c['churn_errors']:,}",
+        ]
+        for name, c in cells.items()
+    ]
+    out = [f"{h} Connections", "", caption, ""]
+    out += _table(head, rows) if rows else ["No connection run succeeded.", ""]
+    if s["failed"]:
+        out += ["Failed connection runs, left out of every median:", ""]
+        out += [
+            f"- {f['contender']}, round {f['round']}: "
+            f"{' '.join(str(f['error'] or 'no error given').split())[:160]}"
+            for f in s["failed"]
+        ]
+        out.append("")
+    return out
+
+
+def render_connections(results: Results) -> str:
+    """The Markdown report of a results JSON written by benchmarks/conn_bench.py on its own."""
+    labels = {c["name"]: c.get("label", c["name"]) for c in results.get("contenders", [])}
+    lines = [f"# meshpy connection benchmarks, {results.get('date', '?')}", "", _header(results), ""]
+    lines += _connections_section(results, labels, "##")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def _n(v: float | None) -> str:
     return DASH if v is None else f"{v:,.0f}"
+
+
+def _kib(v: float | None) -> str:
+    return DASH if v is None else f"{v:,.1f}"
 
 
 def _signed(v: float | None) -> str:
@@ -323,6 +428,7 @@ def _tables(results: Results, s: dict[str, Any], h: str) -> list[str]:
             [labels.get(n, n), _n(v["ready_ms"]), _mib(v["rss_idle_kb"])] for n, v in s["startup"].items()
         ]
         out += [f"{h} Startup", "", *_table(["proxy", "ready (ms)", "idle RSS (MiB)"], rows)]
+    out += _connections_section(results, labels, h)
     verdicts = {True: "met", False: "NOT met", None: "not measured"}
     rows = [[f"{t['name']}: {t['description']}", verdicts[t["met"]], t["measured"]] for t in targets(results)]
     out += [f"{h} Targets", "", *_table(["target", "result", "measured"], rows, numbers=False)]

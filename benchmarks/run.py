@@ -1,6 +1,6 @@
 """The benchmark suite: every contender against the same origin, interleaved over rounds, in one run.
 
-    python benchmarks/run.py             # the full suite (make bench), about 12 minutes
+    python benchmarks/run.py             # the full suite (make bench), about 15 minutes
     python benchmarks/run.py --quick     # direct, meshpy and Envoy, two scenarios (make bench-quick), < 2 min
     python benchmarks/run.py --smoke     # direct and meshpy, every scenario for 1 s (the test suite's check)
 
@@ -8,6 +8,10 @@ Placement: each proxy runs alone on the proxy CPU (default 1); the origin, the T
 generators share the load CPU (default 0). Contenders run interleaved (A B C D, A B C D, ...) so that
 the machine's drift over the run hits them alike, and each one is started afresh every round, which also
 gives its time to /ready and its idle RSS once per round.
+
+The full suite then measures connection capacity (benchmarks/conn_bench.py): each proxy's RSS per idle
+downstream connection and the new connections per second it accepts while a keep-alive client is served,
+interleaved over the same number of rounds, each proxy started afresh again (--no-conns leaves it out).
 
 Writes benchmarks/results/<date>-<commit>.json (machine, versions, every raw run) and, through report.py,
 the Markdown table and PNG chart beside it.
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import conn_bench
 import openloop
 import tcp_bench
 from contenders import Contender, Origin, all_contenders, nginx_build_options, start_origin, start_tcp_source
@@ -219,11 +224,33 @@ def run(args: argparse.Namespace) -> Path:
                     one_contender(results, rnd, contender, procs, workdir, origin, tcp_source, chosen,
                                   proxy_cpu, load_cpu)
                     path.write_text(json.dumps(results, indent=1))  # a crash later keeps what was measured
+            if mode == "full" and not args.no_conns:
+                connections(results, path, args, contenders, procs, workdir, origin, rounds, proxy_cpu,
+                            load_cpu)
         finally:
             procs.stop_all()
     path.write_text(json.dumps(results, indent=1))
     print(f"benchmarks: results in {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return path
+
+
+def connections(results: dict[str, Any], path: Path, args: argparse.Namespace, contenders: list[Contender],
+                procs: Procs, workdir: Path, origin: Origin, rounds: int, proxy_cpu: int | None,
+                load_cpu: int | None) -> None:
+    """conn_bench.py's measurements into results["connections"]: the proxies it measures by default
+    (meshpy on uvloop, Envoy, nginx), or every proxy named with --only."""
+    chosen = [c for c in contenders if c.is_proxy and (args.only or c.name in conn_bench.DEFAULT_CONTENDERS)]
+    if not chosen:
+        return
+    settings = conn_bench.Settings() if args.duration is None else conn_bench.Settings(duration=args.duration)
+    print(f"benchmarks: connections, {settings.connections:,} idle ones and {settings.duration:g} s of "
+          f"connection churn per proxy (benchmarks/conn_bench.py)", flush=True)
+
+    def save(conns: dict[str, Any]) -> None:
+        results["connections"] = conns
+        path.write_text(json.dumps(results, indent=1))
+
+    save(conn_bench.run_rounds(settings, chosen, procs, workdir, origin, rounds, proxy_cpu, load_cpu, save))
 
 
 def one_contender(results: dict[str, Any], rnd: int, contender: Contender, procs: Procs, workdir: Path,
@@ -281,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-missing", action="store_true", help="leave out contenders whose tool is missing")
     ap.add_argument("--out", help=f"directory for the results (default {RESULTS.relative_to(ROOT)})")
     ap.add_argument("--no-report", action="store_true", help="write the JSON only")
+    ap.add_argument("--no-conns", action="store_true",
+                    help="leave out the connection capacity figures of full runs (benchmarks/conn_bench.py)")
     ap.add_argument("--readme", action="store_true",
                     help="put the tables and chart into README.md too (full runs only)")
     args = ap.parse_args(argv)
