@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httptools
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPS = ("uvloop", "asyncio")
@@ -509,3 +510,7 @@ def eventually(check: Callable[[], object], what: str, timeout: float = 10.0) ->
             return
         time.sleep(0.05)
     raise AssertionError(f"not within {timeout}s: {what}")
+
+
+# For the tests that drive curl: `make test` installs it as root, and says it is missing otherwise.
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed (Debian: curl)")

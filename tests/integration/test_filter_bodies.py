@@ -6,16 +6,13 @@ route without the filter that keeps its framing untouched."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
 
 import pytest
-from kit import Proxy, eventually, free_port, http, read_response, request_bytes
+from kit import Proxy, eventually, free_port, http, needs_curl, read_response, request_bytes
 from strict_origin import StrictOrigin
-
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 CONFIG = """
 admin: 127.0.0.1:{admin}

@@ -24,6 +24,7 @@ from kit import (
     eventually,
     free_port,
     http,
+    needs_curl,
 )
 
 KEY = ("x-api-key", "k1")
@@ -160,6 +161,7 @@ def test_a_request_held_forever_ends_with_the_idle_timeout(proxy: tuple[Proxy, i
     assert r.status in (408, 504) and 0.9 < time.monotonic() - t0 < 5
 
 
+@needs_curl
 def test_the_client_connection(proxy: tuple[Proxy, int]) -> None:
     _, port = proxy
     r = http(port, path="/whoami", headers=[KEY])
@@ -174,6 +176,7 @@ def test_the_client_connection(proxy: tuple[Proxy, int]) -> None:
     assert (h2["local_port"], h2["protocol"], h2["peer"]) == (port, "HTTP/2", "127.0.0.1")
 
 
+@needs_curl
 def test_http2_clients_pass_the_same_filters(proxy: tuple[Proxy, int]) -> None:
     _, port = proxy
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",

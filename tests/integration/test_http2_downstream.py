@@ -15,7 +15,7 @@ import h2.events
 import h2.settings
 import pytest
 from h2peer import H2Peer, request_headers
-from kit import DemoUpstream, Proxy, eventually, free_port, http
+from kit import DemoUpstream, Proxy, eventually, free_port, http, needs_curl
 
 CONFIG = """
 admin: 127.0.0.1:{admin}
@@ -38,7 +38,6 @@ clusters:
 """
 
 Peers = Callable[[int], H2Peer]
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 
 def start(demo: DemoUpstream, protocol: str = "auto") -> tuple[Proxy, int]:

@@ -9,7 +9,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kit import DemoUpstream, Proxy, RawUpstream, free_port, http, is_closed, read_request_head, read_response
+from kit import (
+    DemoUpstream,
+    Proxy,
+    RawUpstream,
+    free_port,
+    http,
+    is_closed,
+    needs_curl,
+    read_request_head,
+    read_response,
+)
 
 
 def config(demo_port: int, raw_port: int, admin: int, port: int) -> str:
@@ -268,6 +278,7 @@ def test_metrics_count_requests(proxy: tuple[Proxy, int]) -> None:
     assert p.metric("meshpy_upstream_rq_total", cluster="demo", response_code_class="2xx") > 0
 
 
+@needs_curl
 def test_curl_through_proxy(proxy: tuple[Proxy, int]) -> None:
     _, port = proxy
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",

@@ -22,7 +22,17 @@ from pathlib import Path
 
 import pytest
 from h2peer import H2Peer, request_headers
-from kit import DemoUpstream, Proxy, RawUpstream, eventually, free_port, http, read_response, request_bytes
+from kit import (
+    DemoUpstream,
+    Proxy,
+    RawUpstream,
+    eventually,
+    free_port,
+    http,
+    needs_curl,
+    read_response,
+    request_bytes,
+)
 
 from meshpy.codec.http2 import PREFACE
 
@@ -173,6 +183,7 @@ def test_http2_prior_knowledge_is_routed(env: Env) -> None:
         peer.close()
 
 
+@needs_curl
 def test_http2_prior_knowledge_with_curl(env: Env) -> None:
     out = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}",
                           f"http://127.0.0.1:{env.ports['sniff']}/curl"],
