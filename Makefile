@@ -3,13 +3,18 @@
 #   make run     the proxy on config/dev.yaml in front of the demo upstream (Ctrl-C stops both)
 #   make test    the whole test suite
 #   make lint    ruff, mypy --strict (meshpy, benchmarks), hadolint, import direction (lint-imports)
-#   make bench   the benchmark suite against direct, Envoy and nginx (~12 min; updates README's figures)
+#   make bench   the benchmark suite against direct, Envoy and nginx (~15 min; updates README's figures)
 #   make bench-quick   direct, meshpy and Envoy in under 2 minutes, for before/after checks
 #   make bench-micro   the micro-benchmarks of the hot path (pytest-benchmark)
 #   make bench-xds     the control plane with up to 5,000 simulated xDS clients
 #   make bench-policies what retries, a breaker and outlier detection cost a route (req/s ratio)
 #   make bench-h2       HTTP/2 and gRPC through meshpy and Envoy (h2load), CPU against h2 alone
 #   make bench-sidecar  a call between two pods: direct, through meshpy sidecars, through Envoy ones (root)
+#   make bench-conns    RSS per idle connection and new connections/s, meshpy against Envoy and nginx
+#   make soak    30 minutes of mixed traffic under chaos: no lost request, RSS and fds steady (docs/soak.md)
+#   make image   the container image meshpy:<version> with podman (tests/image/build.sh; root)
+#   make test-image   that image run with podman: user, CLI, serve and drain, read-only root, a pod
+#   make fuzz    the long fuzzing run: each target for FUZZ_SECONDS (600), atheris (docs/fuzzing.md)
 #   make clean   remove the virtualenv and caches
 #
 # The first run creates .venv and installs the project into it; later runs reuse it until
@@ -31,13 +36,18 @@ help:
 	@echo 'make run     meshpy on $(DEV_CONFIG) in front of the demo upstream on $(DEMO_LISTEN)'
 	@echo 'make test    the whole test suite (pytest)'
 	@echo 'make lint    ruff check, mypy --strict meshpy, hadolint Dockerfile, lint-imports'
-	@echo 'make bench   the benchmark suite: direct, meshpy, Envoy, nginx (about 12 minutes)'
+	@echo 'make bench   the benchmark suite: direct, meshpy, Envoy, nginx (about 15 minutes)'
 	@echo 'make bench-quick   a before/after check in under 2 minutes'
 	@echo 'make bench-micro   micro-benchmarks of the hot path'
 	@echo 'make bench-h2      HTTP/2 and gRPC: meshpy and Envoy with h2load, CPU against h2 alone'
 	@echo 'make bench-xds     the control plane with up to 5,000 simulated xDS clients'
 	@echo 'make bench-policies the cost of retries, a breaker and outlier detection on a route'
 	@echo 'make bench-sidecar  two pods (network namespaces): direct, meshpy sidecars, Envoy sidecars'
+	@echo 'make bench-conns    RSS per idle connection, new connections/s beside a keep-alive client'
+	@echo 'make soak    30-minute soak under chaos: lost requests, RSS growth, fds (SOAK_ARGS=--duration 300)'
+	@echo 'make image   the container image meshpy:<version>, built with podman (installs it as root)'
+	@echo 'make test-image   run that image with podman: serve, drain, read-only root, a pod with interception'
+	@echo 'make fuzz    fuzz every target for FUZZ_SECONDS (default 600) each; findings in .fuzz/findings'
 	@echo 'make clean   remove $(VENV) and caches'
 
 $(STAMP): pyproject.toml
@@ -144,8 +154,46 @@ bench-h2: bench-deps
 bench-micro: $(STAMP)
 	$(BIN)/pytest benchmarks/micro --benchmark-only -q
 
+# RSS per idle downstream connection (5,000 of them) and new connections/s while a keep-alive client is
+# served, meshpy against Envoy and nginx (about 2.5 minutes; `make bench` measures the same).
+bench-conns: bench-deps
+	$(BIN)/python benchmarks/conn_bench.py
+
+# A soak under chaos (docs/soak.md): 30 minutes of HTTP/1.1, HTTP/2, gRPC, WebSocket and TCP at 200 req/s
+# through one meshpy on a file and xDS while origins restart, the file reloads, the control plane pushes
+# and restarts and clients reset; the report goes to benchmarks/results/soak-<date>-<commit>.{json,md},
+# and the exit code is 1 when a requirement fails. SOAK_ARGS passes options (--duration, --rate, ...).
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
+
+.PHONY: soak
+
+# The container image, tagged meshpy:<version> as `meshpy inject` expects. As root the script installs
+# podman, runc and debootstrap when missing and, with no registry at hand, makes the Debian base itself.
+image:
+	bash tests/image/build.sh
+
+# Not part of `make test`: tests/image is collected only with MESHPY_TEST_IMAGE=1.
+test-image: $(STAMP) image
+	MESHPY_TEST_IMAGE=1 $(BIN)/pytest -q tests/image
+
+# The long fuzzing run (docs/fuzzing.md): every target in a process of its own for FUZZ_SECONDS (600)
+# each, or only FUZZ_TARGETS; coverage-guided with atheris (the `fuzz` extra), or fuzzkit's mutation
+# loop where atheris does not install. New crashing inputs go to .fuzz/findings/<target>/ and fail it.
+FUZZ_STAMP = $(VENV)/.installed-fuzz
+
+$(FUZZ_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[fuzz]' || \
+	    echo 'fuzz: atheris did not install; the runs use the mutation loop instead'
+	touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP)
+	$(BIN)/python tests/fuzz/fuzz_run.py $(FUZZ_TARGETS)
+
+.PHONY: fuzz
+
 clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-deps lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar clean
+.PHONY: help install run test test-deps lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar bench-conns image test-image clean
