@@ -32,10 +32,24 @@ class TaskOwner:
         task.add_done_callback(self._done)
         return task
 
+    def spawn_connect(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        """An upstream connect, whose caller handles a refused or timed-out connect itself (counted,
+        answered 503 UF, retried): only an unexpected error is logged here, not every refused port."""
+        task = self._loop.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._connect_done)
+        return task
+
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _connect_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or isinstance(task.exception(), OSError | TimeoutError):
+            self._tasks.discard(task)
+        else:
+            self._done(task)
 
     def __len__(self) -> int:
         return len(self._tasks)

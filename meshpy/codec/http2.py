@@ -206,6 +206,11 @@ class Connection(h2.connection.H2Connection):
     that does not match its content-length is a stream error (RFC 9113 8.1.1), as from Envoy, not the
     end of every other stream on the connection (BodyLengthMismatch)."""
 
+    # h2 remembers up to 2**16 closed streams per connection (to tell a frame for a closed stream from
+    # one for a stream never opened): some 10 MiB on a connection that lives long enough, the soak's RSS
+    # growth. A peer's late frames after 512 newer streams are rare, and harmless as a protocol error.
+    MAX_CLOSED_STREAMS = 512
+
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config)
         # Header values are sent without Huffman coding: it saves the encoder about a fifth of its

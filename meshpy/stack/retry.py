@@ -6,7 +6,8 @@ jittered exponential back-off (full jitter: uniform in [0, min(max, base * 2^n)]
 `Retry-After` when it sends one, and a retry is refused when the cluster's retry budget is spent (or,
 with the budget off, `max_retries` retries are in flight). What meshpy adds by default: a request whose
 body outgrew the replay buffer, or (unless the policy says otherwise) a method that is not idempotent,
-is never retried, since the upstream may already have acted on it.
+is never retried once it may have reached the upstream, which may have acted on it; a failed connect
+is retried for any method.
 """
 
 from __future__ import annotations
@@ -42,18 +43,23 @@ def retry_state(policy: RetryPolicy | None, method: bytes, grpc: bool = False) -
     if policy is None or not policy.retry_on:
         return None
     if method not in _IDEMPOTENT and not policy.retry_non_idempotent and not grpc:
-        return None
+        # A connect that failed sent nothing: that much is safe to try again whatever the method (and
+        # Envoy, which knows no idempotency rule, retries it too).
+        if not any(c in _CONNECT for c in policy.retry_on):
+            return None
+        return RetryState(policy, unsent_only=True)
     return RetryState(policy)
 
 
 class RetryState:
     __slots__ = (
         "attempt", "body", "body_bytes", "budgeted", "policy", "replayable", "standbys", "timer", "tried",
-        "try_deadline",
+        "try_deadline", "unsent_only",
     )  # fmt: skip
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, unsent_only: bool = False) -> None:
         self.policy = policy
+        self.unsent_only = unsent_only  # a method that is not idempotent: only a failed connect
         self.attempt = 1  # the attempt under way (1: the first, not a retry)
         self.tried: list[Host] = []
         self.body: list[bytes] = []  # the request body so far, to send again
@@ -78,6 +84,8 @@ class RetryState:
     def covers(self, kind: str, status: int = 0, grpc_status: int | None = None) -> bool:
         """Whether retry_on asks for a retry after this failure."""
         on = self.policy.retry_on
+        if self.unsent_only and kind != CONNECT:
+            return False
         if kind == STATUS:
             if status >= 500 and "5xx" in on:
                 return True

@@ -135,7 +135,8 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         for ex in self._pending:
             ex.downstream_lost()
         self._pending.clear()
-        if self._parsing is not None and self._parsing is not active:
+        if self._parsing is not None and self._parsing is not active and not self.head_started:
+            # (a head cut short never started a request: nothing to end, nothing to count)
             self._parsing.downstream_lost()
         self._parsing = None
 

@@ -81,7 +81,7 @@ class TcpDownstream(asyncio.Protocol):
         # Nothing is read until the upstream side is there. (uvloop starts reading after
         # connection_made returns, whatever it said: data_received pauses again, see there.)
         self.transport.pause_reading()
-        task = cluster.tasks.spawn(self._connect(cluster.connector, host))
+        task = cluster.tasks.spawn_connect(self._connect(cluster.connector, host))
         task.add_done_callback(self._connected)
         if self.cfg.idle_timeout is not None:
             self._timer = self.loop.call_later(self.cfg.idle_timeout, self._on_timer, 0)

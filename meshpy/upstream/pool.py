@@ -115,7 +115,7 @@ class HostPool:
         tasks: TaskOwner | None = None,
     ) -> None:
         self._loop = loop
-        self._spawn = tasks.spawn if tasks is not None else loop.create_task  # connects
+        self._spawn = tasks.spawn_connect if tasks is not None else loop.create_task  # connects
         self.limits = limits if limits is not None else no_limits()
         self.address = address  # may be replaced by LOGICAL_DNS re-resolution; new connects use it
         self.stats = stats

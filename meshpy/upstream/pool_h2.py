@@ -38,7 +38,7 @@ class Http2HostPool:
                  connector: Connector, max_connections: int, opts: Http2Options,
                  limits: Limits | None = None, tasks: TaskOwner | None = None) -> None:
         self._loop = loop
-        self._spawn = tasks.spawn if tasks is not None else loop.create_task  # connects
+        self._spawn = tasks.spawn_connect if tasks is not None else loop.create_task  # connects
         self.address = address
         self.stats = stats
         self.connector = connector

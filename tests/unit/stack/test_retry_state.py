@@ -34,8 +34,13 @@ def test_conditions() -> None:
 
 
 def test_methods_and_empty_policies() -> None:
-    assert retry_state(RetryPolicy(retry_on=("5xx",)), b"POST") is None
-    assert retry_state(RetryPolicy(retry_on=("5xx",), retry_non_idempotent=True), b"POST") is not None
+    # A POST: only a failed connect (nothing sent) is retried, unless the policy takes every failure.
+    post = retry_state(RetryPolicy(retry_on=("5xx",)), b"POST")
+    assert post is not None and post.covers(CONNECT)
+    assert not post.covers(RESET) and not post.covers(TIMEOUT) and not post.covers(STATUS, 503)
+    assert retry_state(RetryPolicy(retry_on=("retriable-4xx",)), b"POST") is None  # no connect condition
+    every = retry_state(RetryPolicy(retry_on=("5xx",), retry_non_idempotent=True), b"POST")
+    assert every is not None and every.covers(STATUS, 503)
     assert retry_state(RetryPolicy(retry_on=()), b"GET") is None
     assert retry_state(None, b"GET") is None
 

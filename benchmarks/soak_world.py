@@ -1,0 +1,238 @@
+"""The soak's processes and configs: the origins, `meshpy control` on a directory of meshpy YAML, and one
+`meshpy run` that takes half its config from a file (reloaded) and half from the control plane (ADS).
+
+    origins o1..oN (soak_origin.py): HTTP/1.1+WebSocket, TCP echo, gRPC ports each
+          ^                    ^
+    file-http, file-tcp        xds-http, xds-tcp         <- meshpy run (one process, uvloop)
+    (static file, SIGHUP /     (meshpy control --meshpy-dir, pushes rewrite the directory)
+     meshpy reload / watch)
+
+Both halves have the same shape: an HTTP listener (HTTP/1.1 and HTTP/2 on one port) whose route to the
+web cluster retries idempotent requests on connect-failure, reset, 5xx and refused-stream (3 retries),
+a gRPC route (HTTP/2 cluster, retrying the gRPC `unavailable`/`cancelled` statuses too), and a TCP
+listener. Every cluster has every origin as an endpoint, so a retry can land on a live one while another
+origin restarts. Every version of either half sets its own response header (`x-soak-file`,
+`x-soak-xds`) and rotates the endpoint weights, so the clients see each change arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contenders import python_env
+from tools import ROOT, Proc, Procs, free_port, http_status, port_open
+
+HERE = Path(__file__).resolve().parent
+POOL_IDLE_S = 5  # upstream connections idle this long close: the fd check waits for it after the traffic
+
+# The retry budget's floor raised from 3 to 10 retries at once: an origin killed under load fails every
+# request in flight on it at the same moment, and on a 2-core machine shared with the load generators
+# more than 3 may wait out their back-off together. The soak asks whether retries save every request,
+# not whether the budget sheds (an exploratory run with the default lost 2 GETs in 100,000 that way).
+BREAKERS = "{retry_budget: {percent: 20, min_concurrency: 10}}"
+RETRY_WEB = "{retry_on: [connect-failure, reset, 5xx, refused-stream], num_retries: 3, per_try_timeout: 3s}"
+# gRPC calls are POSTs: `retry_non_idempotent` says this service's calls may be repeated (from the
+# control plane it is implied: Envoy config retries every method).
+RETRY_GRPC = ("{retry_on: [connect-failure, reset, 5xx, refused-stream, unavailable, cancelled], "
+              "num_retries: 3, per_try_timeout: 3s, retry_non_idempotent: true}")
+
+
+@dataclass
+class Origin:
+    name: str
+    http: int
+    tcp: int
+    grpc: int
+    proc: Proc | None = None
+
+    def ports(self) -> tuple[int, int, int]:
+        return self.http, self.tcp, self.grpc
+
+
+@dataclass
+class Ports:
+    admin: int = field(default_factory=free_port)
+    file_http: int = field(default_factory=free_port)
+    file_tcp: int = field(default_factory=free_port)
+    xds_http: int = field(default_factory=free_port)
+    xds_tcp: int = field(default_factory=free_port)
+    ads: int = field(default_factory=free_port)
+    control_admin: int = field(default_factory=free_port)
+
+
+def _endpoints(origins: list[Origin], kind: str, version: int) -> str:
+    """The origins' `kind` ports, weights rotating with the version (1, 2, 3, ...)."""
+    items = []
+    for i, o in enumerate(origins):
+        port = {"http": o.http, "tcp": o.tcp, "grpc": o.grpc}[kind]
+        items.append(f"{{address: 127.0.0.1:{port}, weight: {1 + (version + i) % 3}}}")
+    return "[" + ", ".join(items) + "]"
+
+
+def _half(prefix: str, header: str, http_port: int, tcp_port: int, origins: list[Origin],
+          version: int) -> tuple[str, str]:
+    """(listeners YAML, clusters YAML) of one half; cluster names start with `prefix`."""
+    listeners = f"""\
+  - name: {prefix}http
+    address: 127.0.0.1:{http_port}
+    response_headers: {{set: {{{header}: "{version}"}}}}
+    routes:
+      - name: grpc
+        match: {{prefix: /soak.Echo/}}
+        cluster: {prefix}grpc
+        timeout: 10s
+        retry: {RETRY_GRPC}
+      - name: web
+        match: /
+        cluster: {prefix}web
+        timeout: 10s
+        retry: {RETRY_WEB}
+  - name: {prefix}tcp
+    address: 127.0.0.1:{tcp_port}
+    protocol: tcp
+    cluster: {prefix}tcp
+"""
+    clusters = f"""\
+  - name: {prefix}web
+    endpoints: {_endpoints(origins, "http", version)}
+    connect_timeout: 1s
+    pool_idle_timeout: {POOL_IDLE_S}s
+    circuit_breakers: {BREAKERS}
+  - name: {prefix}grpc
+    protocol: http2
+    endpoints: {_endpoints(origins, "grpc", version)}
+    connect_timeout: 1s
+    pool_idle_timeout: {POOL_IDLE_S}s
+    circuit_breakers: {BREAKERS}
+  - name: {prefix}tcp
+    endpoints: {_endpoints(origins, "tcp", version)}
+    connect_timeout: 1s
+"""
+    return listeners, clusters
+
+
+def file_config(ports: Ports, origins: list[Origin], version: int) -> str:
+    listeners, clusters = _half("file-", "x-soak-file", ports.file_http, ports.file_tcp, origins, version)
+    return (f"# Generated by benchmarks/soak_world.py, version {version}: the static half of the soak.\n"
+            f"admin: 127.0.0.1:{ports.admin}\ndrain_time: 0s\ngrace_time: 5s\n"
+            f"listeners:\n{listeners}clusters:\n{clusters}")
+
+
+def control_config(ports: Ports, origins: list[Origin], version: int) -> str:
+    listeners, clusters = _half("xds-", "x-soak-xds", ports.xds_http, ports.xds_tcp, origins, version)
+    return (f"# Generated by benchmarks/soak_world.py, version {version}: what meshpy control serves.\n"
+            f"listeners:\n{listeners}clusters:\n{clusters}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (the proxy's file watch, the control plane's poll) never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class World:
+    """Every process of the soak, started and stopped by PID only."""
+
+    def __init__(self, workdir: Path, n_origins: int, loop: str = "uvloop", probe: bool = False,
+                 tracemalloc: bool = False) -> None:
+        self.workdir = workdir
+        self.procs = Procs()
+        self.ports = Ports()
+        self.origins = [Origin(f"o{i + 1}", free_port(), free_port(), free_port()) for i in range(n_origins)]
+        self.loop = loop
+        # With the probe the proxy runs under soak_memprobe.py, which dumps object counts on SIGUSR2.
+        self.probe = workdir / "objects" if probe or tracemalloc else None
+        self.tracemalloc = tracemalloc
+        self.file_version = 1
+        self.xds_version = 1
+        self.config_file = workdir / "meshpy.yaml"
+        self.control_dir = workdir / "control"
+        self.pid_file = workdir / "meshpy.pid"
+        self.proxy: Proc | None = None
+        self.control: Proc | None = None
+
+    # --- configs ---
+
+    def write_file_config(self) -> None:
+        write_atomic(self.config_file, file_config(self.ports, self.origins, self.file_version))
+
+    def write_control_config(self) -> None:
+        self.control_dir.mkdir(exist_ok=True)
+        text = control_config(self.ports, self.origins, self.xds_version)
+        write_atomic(self.control_dir / "soak.yaml", text)
+
+    # --- origins ---
+
+    def start_origin(self, origin: Origin) -> None:
+        argv = [sys.executable, str(HERE / "soak_origin.py"), "--name", origin.name,
+                "--http", str(origin.http), "--tcp", str(origin.tcp), "--grpc", str(origin.grpc)]
+        log = self.workdir / f"{origin.name}.log"
+        origin.proc = self.procs.start(Proc(f"origin-{origin.name}", argv, log, env=python_env()))
+        origin.proc.wait_until(lambda: all(port_open(p) for p in origin.ports()), timeout=20, interval=0.02)
+
+    def stop_origin(self, origin: Origin, sig: int) -> None:
+        """SIGKILL (every connection reset) or SIGTERM (the origin's graceful stop)."""
+        if origin.proc is not None:
+            self._stop(origin.proc, sig)
+            origin.proc = None
+
+    def _stop(self, proc: Proc, sig: int) -> None:
+        proc.stop(sig, timeout=5)
+        if proc in self.procs.items:
+            self.procs.items.remove(proc)
+
+    # --- control plane ---
+
+    def start_control(self) -> None:
+        argv = [sys.executable, "-m", "meshpy", "control", "--listen", f"127.0.0.1:{self.ports.ads}",
+                "--admin", f"127.0.0.1:{self.ports.control_admin}", "--meshpy-dir", str(self.control_dir),
+                "--poll-interval", "0.5", "--log-level", "warning"]
+        self.control = self.procs.start(Proc("control", argv, self.workdir / "control.log", env=python_env()))
+        self.control.wait_until(lambda: port_open(self.ports.ads), timeout=30, interval=0.05)
+
+    def stop_control(self, sig: int) -> None:
+        if self.control is not None:
+            self._stop(self.control, sig)
+            self.control = None
+
+    # --- the proxy ---
+
+    def start_proxy(self) -> Proc:
+        command = [sys.executable, "-m", "meshpy"] if self.probe is None else \
+            [sys.executable, str(HERE / "soak_memprobe.py"), str(self.probe),
+             *(["--tracemalloc"] if self.tracemalloc else [])]
+        argv = [*command, "run", "-c", str(self.config_file), "--loop", self.loop,
+                "--xds", f"127.0.0.1:{self.ports.ads}", "--node-id", "soak-1", "--node-cluster", "soak",
+                "--pid-file", str(self.pid_file), "--log-level", "info"]
+        self.proxy = self.procs.start(Proc("meshpy", argv, self.workdir / "meshpy.log", env=python_env()))
+        self.proxy.wait_until(lambda: http_status(self.ports.admin, "/ready") == 200, timeout=60,
+                              interval=0.1)
+        return self.proxy
+
+    def reload_proxy(self, how: str) -> None:
+        """`sighup` (kill -HUP), `command` (meshpy reload --pid-file) or `watch` (the proxy's file watch)."""
+        assert self.proxy is not None
+        if how == "sighup":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proxy.pid, signal.SIGHUP)
+        elif how == "command":
+            subprocess.run([sys.executable, "-m", "meshpy", "reload", "--pid-file", str(self.pid_file)],
+                           env=python_env(), cwd=ROOT, capture_output=True, timeout=30, check=True)
+
+    def start_all(self) -> None:
+        self.write_file_config()
+        self.write_control_config()
+        for origin in self.origins:
+            self.start_origin(origin)
+        self.start_control()
+        self.start_proxy()
+
+    def stop_all(self) -> None:
+        self.procs.stop_all()
