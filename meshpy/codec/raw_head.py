@@ -27,11 +27,17 @@ _CONN_PLAIN = re.compile(rb"\r\nconnection:[ \t]*(?:keep-alive|close)[ \t]*(?=\r
 
 def split_head(buf: bytes) -> tuple[bytes, bytes] | None:
     """(fields block, bytes after the head) when `buf` starts with a complete head, else None.
-    llhttp refuses bare LF line ends in responses, so a head always ends with CRLF CRLF here."""
-    end = buf.find(b"\r\n\r\n")
+    llhttp refuses bare LF line ends in responses, so a head always ends with CRLF CRLF here. It does
+    skip empty lines before the status line (a stray CRLF after the previous response's body is a
+    common upstream bug), and so must this: else the status line would be read as a header, or the
+    first blank line as the end of the head (found by fuzzing)."""
+    start = 0
+    while buf[start:start + 1] in (b"\r", b"\n"):
+        start += 1
+    end = buf.find(b"\r\n\r\n", start)
     if end < 0:
         return None
-    return buf[buf.find(b"\r\n"):end + 4], buf[end + 4:]
+    return buf[buf.find(b"\r\n", start):end + 4], buf[end + 4:]
 
 
 def passthrough(fields: bytes) -> tuple[bytes, bool] | None:

@@ -104,12 +104,53 @@ def _syntax_reason(exc: yaml.MarkedYAMLError, text: str, origin: str) -> str:
     return f"invalid YAML{where}: {problem}"
 
 
+# What a document may grow to once its YAML aliases are expanded: far beyond any real config (a large
+# generated bootstrap has some 10^5 values), far below what would take the readers minutes (10^9 from
+# ten lines of nested aliases, the "billion laughs").
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def check_aliases(data: object) -> None:
+    """ConfigError for a document that contains itself (`&a [*a]`: every reader of it would recurse
+    until RecursionError) or that aliases expand past MAX_EXPANDED_VALUES. Each container is visited
+    once, so a document with aliases costs no more than one without (found by fuzzing)."""
+    sizes: dict[int, int] = {}  # containers done: their expanded size
+    open_: set[int] = set()  # containers on the current path
+    stack: list[tuple[object, str, bool]] = [(data, "", False)]
+    while stack:
+        node, path, leaving = stack.pop()
+        children = list(node.items()) if isinstance(node, Mapping) else \
+            list(enumerate(node)) if isinstance(node, list) else None
+        if children is None:
+            continue
+        key = id(node)
+        if leaving:
+            open_.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(v), 1) for _, v in children)
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise ConfigError.at(path, "contains itself (a YAML alias inside its own anchor)")
+        open_.add(key)
+        stack.append((node, path, True))
+        in_list = isinstance(node, list)
+        for k, v in reversed(children):
+            where = f"{path}[{k}]" if in_list else f"{path}.{k}" if path else str(k)
+            stack.append((v, where, False))
+    total = sizes.get(id(data), 1)
+    if total > MAX_EXPANDED_VALUES:
+        raise ConfigError(f"the document expands to {total} values through its YAML aliases "
+                          f"(at most {MAX_EXPANDED_VALUES})")
+
+
 def load_data(data: object, origin: str = "") -> Config:
     """Load an already parsed document in either format."""
     if data is None:
         raise ConfigError(f"{origin or 'the config'} is empty")
     if not isinstance(data, Mapping):
         raise ConfigError(f"the top level must be a mapping, got a {yaml_kind(data)}")
+    check_aliases(data)
     if detect_format(data) == "envoy":
         # Imported here, by name: the translator pulls in the Envoy protos, which a meshpy config never
         # needs, and imports this package itself; importing it by name also keeps `mypy meshpy/model`

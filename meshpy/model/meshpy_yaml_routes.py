@@ -42,6 +42,7 @@ from meshpy.model.yaml_reader import (
     child,
     item,
 )
+from meshpy.model.yaml_values import is_authority
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
 _DOMAIN_CHARS = re.compile(r"[a-z0-9.\-_:\[\]*]+")
@@ -126,6 +127,16 @@ def _editable(name: object) -> str:
     if text == "host":
         raise ValueError("'host' cannot be edited (use host_rewrite on a route to change the host)")
     return header_name(text)
+
+
+def _host(value: object) -> str:
+    """A host_rewrite: written into the Host header as it is, so a host or host:port and nothing else
+    (a fuzzed `h€st` crashed the route table's latin-1 encoding; `a b` would be a Host no reader
+    agrees on)."""
+    host = as_name(value)
+    if not is_authority(host):
+        raise ValueError(f"{host!r} is not a host or host:port")
+    return host
 
 
 def _header_value(value: object) -> str:
@@ -301,7 +312,7 @@ def _forward(r: Reader, f: Fields, model_path: str) -> ForwardAction:
         regex_rewrite=_regex_rewrite(r, f.raw("regex_rewrite"), f.at("regex_rewrite"))
         if "regex_rewrite" in f
         else None,
-        host_rewrite=f.get("host_rewrite", as_name, None),
+        host_rewrite=f.get("host_rewrite", _host, None),
         timeout=f.get("timeout", as_optional_timeout, DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=f.get("idle_timeout", as_route_idle_timeout, None),
         retry=retry_policy(r, f.raw("retry"), f.at("retry")) if "retry" in f else _UNSET_RETRY,

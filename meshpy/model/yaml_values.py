@@ -42,6 +42,23 @@ _SIZE_HINT = "use bytes or a string like 64KiB, 10MiB, 1MB"
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
+# What a Host header or :authority may be (RFC 3986 reg-name, IPv4 or IP-literal, an optional port),
+# the rule meshpy.codec.http1.valid_authority applies to requests: for a host that config writes into
+# requests (host_rewrite), so that the proxy never sends a Host its own checks would refuse.
+_AUTHORITY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+;=%]+(?::[0-9]*)?|\[[0-9A-Fa-f:.]+\](?::[0-9]*)?")
+# An RFC 9110 field name (a token).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def is_authority(text: str) -> bool:
+    return _AUTHORITY.fullmatch(text) is not None
+
+
+def is_field_name(text: str) -> bool:
+    """An RFC 9110 token; a pseudo-header (`:method`) when it starts with one colon."""
+    return _TOKEN.fullmatch(text[1:] if text.startswith(":") else text) is not None
+
+
 def yaml_kind(value: object) -> str:
     """The YAML name of a parsed value's type, for messages like `expected a string, got a list`."""
     if value is None:

@@ -26,6 +26,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped, unused-ignore]
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 import meshpy
@@ -135,7 +136,13 @@ class AdsClient:
             if any_msg.type_url != type_url:
                 raise Rejected(f"resources[{i}]: a {any_msg.type_url} in a {short_type(type_url)} response")
             msg = MESSAGES[type_url]()
-            if not any_msg.Unpack(msg):
+            try:
+                decoded = any_msg.Unpack(msg)
+            except DecodeError as err:
+                # Bytes that are no such message: a NACK, as for any bad resource. Uncaught, this broke
+                # the stream, and the reconnect got the same bytes again (found by fuzzing).
+                raise Rejected(f"resources[{i}]: cannot decode a {short_type(type_url)}: {err}") from None
+            if not decoded:
                 raise Rejected(f"resources[{i}]: cannot decode a {short_type(type_url)}")
             msgs.append(msg)
         async with self._lock:

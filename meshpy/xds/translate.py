@@ -114,14 +114,14 @@ def parse_bootstrap(data: Mapping[str, Any]) -> Any:
     """
     if not isinstance(data, Mapping):
         raise ConfigError.at("", f"an Envoy bootstrap must be a mapping, got {type(data).__name__}")
-    bad_any = _bad_any(data, "")
+    bad_any = _bad_any(data)
     if bad_any is not None:
         raise ConfigError([bad_any])
     tried: set[str] = set()
     while True:
         try:
             return json_format.ParseDict(data, bootstrap_pb2.Bootstrap())
-        except (AttributeError, KeyError, TypeError, IndexError) as exc:
+        except (AttributeError, KeyError, TypeError, IndexError, RecursionError) as exc:
             # json_format's own bugs on shapes it does not expect (found by fuzzing); _bad_any catches
             # the known ones with their path, this the rest.
             reason = f"cannot be read as an Envoy bootstrap ({type(exc).__name__}: {exc})"
@@ -140,10 +140,21 @@ _WELL_KNOWN = frozenset(f"google.protobuf.{n}" for n in (
     "DoubleValue", "FloatValue", "Int32Value", "Int64Value", "StringValue", "UInt32Value", "UInt64Value"))
 
 
-def _bad_any(node: Any, path: str) -> ConfigIssue | None:
-    """The first Any json_format would fail on with an AttributeError or KeyError rather than a
-    ParseError: an `@type` that is not a string, or a well-known type without its `value`."""
-    if isinstance(node, Mapping):
+def _bad_any(data: Any) -> ConfigIssue | None:
+    """The first Any json_format would fail on with an exception other than ParseError: an `@type`
+    that is not a string, or a well-known type without its `value`. Walked with a stack and each
+    container once: YAML aliases can share a node many times or put one inside itself (the loader
+    refuses that, meshpy.model.load.check_aliases, but this may be called on any mapping)."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    seen: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, Mapping | list) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, list):
+            stack.extend((v, item(path, i)) for i, v in reversed(list(enumerate(node))))
+            continue
         if "@type" in node:
             url = node["@type"]
             if not isinstance(url, str):
@@ -151,15 +162,7 @@ def _bad_any(node: Any, path: str) -> ConfigIssue | None:
             name = url.rsplit("/", 1)[-1]
             if name in _WELL_KNOWN and "value" not in node:
                 return ConfigIssue(path, f"an Any holding {name} needs its JSON under `value`")
-        for key, value in node.items():
-            found = _bad_any(value, child(path, str(key)))
-            if found is not None:
-                return found
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found = _bad_any(value, item(path, i))
-            if found is not None:
-                return found
+        stack.extend((v, child(path, str(k))) for k, v in reversed(list(node.items())))
     return None
 
 

@@ -35,6 +35,14 @@ def item(path: str, index: int) -> str:
     return f"{path}[{index}]"
 
 
+def enum_name(msg: Any, field: str) -> str:
+    """The name of an enum field's value, or its number: proto3 enums are open, so a control plane (or
+    a fuzzer) may send a number the enum does not define, and that must be an issue, not a KeyError."""
+    number = getattr(msg, field)
+    value = msg.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number.get(number)
+    return str(value.name) if value is not None else f"value {number}"
+
+
 class Issues:
     """Every problem found while translating one config or resource."""
 

@@ -32,6 +32,7 @@ from meshpy.xds.translate_base import (
     UNSUPPORTED,
     Issues,
     child,
+    enum_name,
     item,
     positive_duration,
     socket_address,
@@ -130,7 +131,7 @@ def cluster(
 
 
 def _type_name(msg: Any) -> str:
-    return str(msg.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[msg.type].name)
+    return enum_name(msg, "type")
 
 
 def _eds_endpoints(

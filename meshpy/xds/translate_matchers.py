@@ -21,6 +21,7 @@ from meshpy.model.types import (
     StringMatch,
     StringMatchKind,
 )
+from meshpy.model.yaml_values import is_field_name
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, wrapped
 
 _ROUTE_MATCH = frozenset({"prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters",
@@ -126,6 +127,8 @@ def header_match(issues: Issues, msg: Any, path: str) -> HeaderMatch:
     name = msg.name.lower()
     if not name:
         issues.add(child(path, "name"), "must not be empty")
+    elif not is_field_name(name):  # (matched as latin-1 bytes: `x€` crashed the route table)
+        issues.add(child(path, "name"), f"{name!r} is not a valid header name")
     kind = msg.WhichOneof("header_match_specifier")
     invert = msg.invert_match
     if kind == "string_match":
@@ -224,11 +227,18 @@ def _check_editable(issues: Issues, name: str, path: str) -> None:
         issues.add(path, "must not be empty")
     elif name.startswith(":") or name.lower() == "host":
         issues.add(path, f"{name} cannot be edited")
+    elif not is_field_name(name):
+        # As meshpy's YAML: a name that is no RFC 9110 token would not survive HTTP/1.1 (`x b:` makes
+        # another field of the line) and one beyond latin-1 cannot be written at all (found by fuzzing).
+        issues.add(path, f"{name!r} is not a valid header name")
 
 
 def _literal(issues: Issues, value: str, path: str) -> str:
     """Envoy runs header values through its substitution formatter, where `%...%` is a command and
     `%%` a literal percent sign. meshpy has no formatter: plain values only, `%%` unescaped."""
+    if "\r" in value or "\n" in value or "\x00" in value:
+        # Envoy's HTTP_HEADER_VALUE rule refuses them too; written out, CRLF would add a header line.
+        issues.add(path, "header values must not contain CR, LF or NUL")
     if "%" not in value:
         return value
     if "%" in value.replace("%%", ""):

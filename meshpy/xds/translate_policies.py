@@ -25,10 +25,12 @@ from meshpy.model.types import (
     RetryPolicy,
     SlowStart,
 )
+from meshpy.model.yaml_values import is_field_name
 from meshpy.xds.translate_base import (
     UNSUPPORTED,
     Issues,
     child,
+    enum_name,
     item,
     positive_duration,
     seconds,
@@ -219,7 +221,7 @@ def load_balancing(issues: Issues, msg: Any, path: str) -> LoadBalancing:
     """A Cluster's lb_policy and its *_lb_config (peak_ewma has no Envoy counterpart)."""
     policy = _LB_POLICIES.get(msg.lb_policy)
     if policy is None:
-        name = msg.DESCRIPTOR.fields_by_name["lb_policy"].enum_type.values_by_number[msg.lb_policy].name
+        name = enum_name(msg, "lb_policy")
         issues.add(child(path, "lb_policy"), f"{name} is {UNSUPPORTED}")
         return DEFAULT_LB
     d = DEFAULT_LB
@@ -272,7 +274,10 @@ def hash_policies(issues: Issues, action: Any, path: str) -> tuple[HashPolicy, .
         issues.fields(hp, where, {"header", "cookie", "connection_properties"})
         if hp.HasField("header"):
             issues.fields(hp.header, child(where, "header"), {"header_name"})
-            out.append(HashPolicy(header=hp.header.header_name.lower()))
+            name = hp.header.header_name.lower()
+            if not is_field_name(name):  # (read as latin-1 bytes from requests)
+                issues.add(child(where, "header.header_name"), f"{name!r} is not a valid header name")
+            out.append(HashPolicy(header=name))
         elif hp.HasField("cookie"):
             # A ttl would make Envoy set the cookie when it is missing: not done by meshpy.
             issues.fields(hp.cookie, child(where, "cookie"), {"name"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshpy.model.types import DEFAULT_HTTP2, H2_MAX_WINDOW, H2_MIN_WINDOW, Http2Options, HttpCodec
-from meshpy.xds.translate_base import Issues, child, positive_duration, wrapped
+from meshpy.xds.translate_base import Issues, child, enum_name, positive_duration, wrapped
 
 _HTTP2_FIELDS = frozenset({"max_concurrent_streams", "initial_stream_window_size",
                            "initial_connection_window_size", "connection_keepalive"})
@@ -20,7 +20,7 @@ _CODECS: dict[int, HttpCodec] = {0: "auto", 1: "http1", 2: "http2"}
 def codec(issues: Issues, msg: Any, path: str) -> HttpCodec:
     found = _CODECS.get(msg.codec_type)
     if found is None:
-        name = msg.DESCRIPTOR.fields_by_name["codec_type"].enum_type.values_by_number[msg.codec_type].name
+        name = enum_name(msg, "codec_type")
         issues.add(child(path, "codec_type"), f"{name} is not supported (AUTO, HTTP1 and HTTP2 are)")
         return "auto"
     return found

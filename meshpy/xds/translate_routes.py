@@ -23,6 +23,7 @@ from meshpy.model.types import (
     VirtualHost,
     WeightedCluster,
 )
+from meshpy.model.yaml_values import is_authority
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout
 from meshpy.xds.translate_filters import per_filter
 from meshpy.xds.translate_matchers import header_edits, route_match
@@ -239,6 +240,10 @@ def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardA
     idle = timeout(msg, "idle_timeout", None)
     if msg.HasField("idle_timeout") and idle is None:
         idle = 0.0  # Envoy's 0 turns the stream idle timeout off for this route; so does the model's
+    if msg.host_rewrite_literal and not is_authority(msg.host_rewrite_literal):
+        # Written into Host as it is (a fuzzed `h€st` crashed the route table's latin-1 encoding).
+        host = msg.host_rewrite_literal
+        issues.add(child(path, "host_rewrite_literal"), f"{host!r} is not a host or host:port")
     return ForwardAction(
         cluster=cluster,
         weighted=weighted,

@@ -5,17 +5,15 @@ reset stream: the end of such a body is its connection's close, not a failure)."
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
 
 import pytest
-from kit import Proxy, RawUpstream, free_port, http, read_request_head
+from kit import Proxy, RawUpstream, free_port, http, needs_curl, read_request_head
 
 BODY = b"said until the upstream closed\n" * 50
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 CONFIG = """
 admin: 127.0.0.1:{admin}
