@@ -199,7 +199,7 @@ def _admin(r: Reader, node: object) -> Admin:
 def _listener(r: Reader, node: object, path: str) -> Listener | None:
     protocol = node.get("protocol", "http") if isinstance(node, Mapping) else "http"
     protocol = protocol.lower() if isinstance(protocol, str) else protocol
-    if protocol not in _CODECS:
+    if not isinstance(protocol, str) or protocol not in _CODECS:
         r.error(child(path, "protocol"), f"must be http, auto, http1, http2 or tcp, got {protocol!r}")
         protocol = "http"
     if protocol != "tcp":

@@ -182,34 +182,42 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         stats = self.cfg.stats
         stats.rq_total += 1
         stats.rq_active += 1
-        facts = self.facts
-        if facts.chunked:
-            for name, value in self.headers:
-                if name == b"transfer-encoding":
-                    check_transfer_encoding(value)
-            if self.http10:
-                self.keep_alive = False  # RFC 9112 6.1: the framing of such a message is suspect
-        target = self.target
-        if 0x23 in target:  # `#` (an int: ~13 ns against ~95 ns for the bytes b"#")
-            raise BadRequest("fragment in request target")  # as Envoy: never sent, never routed on
-        if target[:1] != b"/":
-            if method == b"CONNECT":
-                if self.has_body():
-                    raise BadRequest("CONNECT with a body")  # it would be read as tunnel bytes
-                return self._connect_request(target)
-            target = self._absolute_form(target)
-            self.target = target
-        if facts.authority is None:
-            if not self.http10:
-                raise BadRequest("missing host header")
-        else:  # (checked by the connection: Http1Downstream.on_headers_complete, or read_request)
-            self.authority = facts.authority.decode("latin-1")
-        self.path = target.decode("latin-1")
-        if upgrading:
-            self._upgrade_asked()
-        limit = self.cfg.body_limit
-        if limit is not None and facts.content_length is not None and facts.content_length > limit:
-            self._too_large = True  # answered 413 by start(), in turn with any pipelined request
+        try:
+            facts = self.facts
+            if facts.chunked:
+                for name, value in self.headers:
+                    if name == b"transfer-encoding":
+                        check_transfer_encoding(value)
+                if self.http10:
+                    self.keep_alive = False  # RFC 9112 6.1: the framing of such a message is suspect
+            target = self.target
+            if 0x23 in target:  # `#` (an int: ~13 ns against ~95 ns for the bytes b"#")
+                raise BadRequest("fragment in request target")  # as Envoy: never sent, never routed on
+            if target[:1] != b"/":
+                if method == b"CONNECT":
+                    if self.has_body():
+                        raise BadRequest("CONNECT with a body")  # it would be read as tunnel bytes
+                    return self._connect_request(target)
+                target = self._absolute_form(target)
+                self.target = target
+            if facts.authority is None:
+                if not self.http10:
+                    raise BadRequest("missing host header")
+            else:  # (checked by the connection: Http1Downstream.on_headers_complete, or read_request)
+                self.authority = facts.authority.decode("latin-1")
+            self.path = target.decode("latin-1")
+            if upgrading:
+                self._upgrade_asked()
+            limit = self.cfg.body_limit
+            if limit is not None and facts.content_length is not None and facts.content_length > limit:
+                self._too_large = True  # answered 413 by start(), in turn with any pipelined request
+        except BadRequest:
+            # Not a request that started: whoever answers the error counts it (Http1Downstream's
+            # _send_fatal, H2Exchange for a method left empty), once.
+            stats.rq_total -= 1
+            stats.rq_active -= 1
+            self.method = b""
+            raise
 
     def _upgrade_asked(self) -> None:
         """The parser will read no body and hand on every byte after the head: a tunnel if the listener

@@ -65,7 +65,7 @@ class H2Exchange(Exchange):
                 self.keep_alive = True  # (a stream: nothing to close)
             self._grpc_deadline_from(grpc_timeout)
         except BadRequest as err:
-            if not self.method:  # not counted by head_complete
+            if not self.method:  # not counted by head_complete (not reached, or refused there)
                 cfg.stats.request_started()
             self.req_done = ended
             self._local_reply(err.status, err.body, "DPE", close=True)

@@ -17,6 +17,8 @@ from meshpy.stack.forwarding import downstream_response_headers
 from meshpy.stack.parts import ExchangeParts
 from meshpy.stack.retry import RESET
 
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
 
 class RespondingMixin(ExchangeParts):
     if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
@@ -31,7 +33,9 @@ class RespondingMixin(ExchangeParts):
             if self.retry is not None and self._retry_on_status(status, fields):
                 return
         if status < 200:
-            if status == 101 and self.upgrade is not None:
+            if status == 101:
+                if self.upgrade is None:  # raised into the parser: the connection's protocol error, 502
+                    raise UpstreamProtocolError("protocol switch not asked for")
                 return self._switch(fields)
             if status != 100:  # 100 was answered by the proxy itself
                 self._interim(status, fields)
@@ -43,7 +47,9 @@ class RespondingMixin(ExchangeParts):
         """A 1xx answer other than 100 (e.g. 103 Early Hints), for clients that can take one."""
         conn = self.conn
         listed = conn.response_fields(fields) if conn is not None else parse_fields(fields)
-        self.down.respond_interim(self, status, downstream_response_headers(listed)[0])
+        # A 1xx has no body (RFC 9110 15.2): framing fields in one would misframe the client's next read.
+        kept = [h for h in downstream_response_headers(listed)[0] if h[0] not in _FRAMING]
+        self.down.respond_interim(self, status, kept)
 
     def _respond(self, status: int, fields: bytes) -> None:
         """The final response head, to the client: the upstream's bytes when nothing changes them and

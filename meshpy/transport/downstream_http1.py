@@ -347,9 +347,15 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         self.pause_reading(PAUSE_PIPELINE)
         parsing = self._parsing
         self._parsing = None
-        if parsing is not None and (parsing is self.active or parsing in self._pending):
+        if parsing is not None and parsing is self.active:
             # The bad bytes were inside an accepted request's body: it cannot complete.
             parsing.request_broken(err)
+        elif parsing is not None and parsing in self._pending:
+            # A queued request, not started: it goes, and its 400 comes in turn, after the answers
+            # before it (_send_fatal, from exchange_done), which counts it as the request that broke.
+            self._pending.remove(parsing)
+            parsing.cfg.stats.rq_total -= 1
+            parsing.cfg.stats.rq_active -= 1
         if self.active is None:
             self._send_fatal()
 

@@ -319,7 +319,9 @@ class Http2Downstream(asyncio.Protocol):
         self.blocked.discard(s)
         s.resp_ended = True
         if not self.closing:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):  # closed both ways already
+            # The stream closed both ways already, or the whole connection did (a GOAWAY with an error
+            # read with the frames this reset answers): nothing to send.
+            with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(s.sid, code)
         self._maybe_idle()
 
@@ -379,7 +381,7 @@ class Http2Downstream(asyncio.Protocol):
                     h2c.end_stream(sid)
                 s.resp_ended = True
                 self.stream_finished(s)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # the stream (or the connection) closed meanwhile
             self.reset(s, ErrorCodes.STREAM_CLOSED)
 
     def _window(self, sid: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+import h2.exceptions
 from h2.errors import ErrorCodes
 
 from meshpy.codec.http1 import no_body_status
@@ -182,7 +183,13 @@ class H2Stream:
         conn = self.conn
         if conn.closing or self.resp_ended:
             return
-        conn.h2.send_headers(self.sid, headers, end_stream=end)
+        try:
+            conn.h2.send_headers(self.sid, headers, end_stream=end)
+        except h2.exceptions.ProtocolError:
+            # h2 closed the stream (or the connection) while reading the same bytes as the request
+            # this answers, e.g. a second HEADERS on it: the answer has nowhere to go.
+            conn.reset(self, ErrorCodes.STREAM_CLOSED)
+            return
         if end:
             self.resp_ended = True
             conn.stream_finished(self)

@@ -202,6 +202,8 @@ class UpstreamHttp1(asyncio.Protocol):
         if len(fields) > MAX_HEAD:
             raise UpstreamProtocolError("response head too large")
         status = self.parser.get_status_code()
+        if status < 100:  # llhttp takes any three digits
+            raise UpstreamProtocolError(f"status {status} below 100")
         if status >= 200:
             self._in_head = False
             rest = b""
@@ -223,6 +225,8 @@ class UpstreamHttp1(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
         if ex is not None:
+            if self._in_head:  # after an interim (1xx) head, which has no body
+                raise UpstreamProtocolError("a body after an interim response")
             ex.up_body(body)
 
     def on_message_complete(self) -> None:

@@ -48,10 +48,17 @@ def run(data: bytes) -> None:
         w.script[:] = [b""]
     w.check_errors()
     check_answer(got, upstream_500=b"500" in data)
-    low = re.search(rb"HTTP/1\.1 (\d{1,2}) ", got)
-    if low is not None:
+    # The status lines of the answer's heads: any interim ones, then the final one (not a body's bytes,
+    # which may say anything).
+    statuses, at = [], 0
+    while (end := got.find(b"\r\n\r\n", at)) >= 0:
+        statuses.append(got[at:got.find(b"\r\n", at)])
+        if not re.match(rb"HTTP/1\.1 1\d\d ", statuses[-1]):
+            break
+        at = end + 4
+    if any(re.match(rb"HTTP/1\.1 \d{1,2} ", line) for line in statuses):
         raise Finding(f"status below 100 forwarded (not refused as a protocol error): {got[:300]!r}")
-    if b"HTTP/1.1 101 " in got:  # the request asked for no upgrade: a 101 switches the client for nothing
+    if any(line.startswith(b"HTTP/1.1 101 ") for line in statuses):  # the request asked for no upgrade
         raise Finding(f"unsolicited 101 forwarded to a client that asked for no upgrade: {got[:300]!r}")
     pos = 0
     while re.match(rb"HTTP/1\.1 1\d\d ", got[pos:pos + 13]):  # the interim heads the answer starts with

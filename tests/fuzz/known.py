@@ -35,23 +35,7 @@ class Known:
         return bool(frames) and f"{Path(frames[-1].filename).name}:{frames[-1].name}" == self.where
 
 
-KNOWN = (
-    Known("test_listener_protocol_of_the_wrong_type_is_a_config_error", "TypeError",
-          "meshpy_yaml.py:_listener", "unhashable"),
-    Known("test_request_refused_in_its_head_leaves_no_active_request", "Finding", "", "request gauge off",
-          ("http1_e2e", "http1_upstream")),  # (HTTP/1.1 only: a gauge off after HTTP/2 would be new)
-    Known("test_unsolicited_101_is_not_forwarded", "Finding", "", "unsolicited 101"),
-    Known("test_status_below_100_is_an_upstream_protocol_error", "Finding", "", "status below 100"),
-    Known("test_goaway_with_an_error_after_a_request_in_one_read", "Finding", "",
-          "in state ConnectionState.CLOSED"),
-    Known("test_local_answer_on_a_stream_h2_closed_in_the_same_read", "Finding", "",
-          r"StreamClosedError\(\d+\)"),
-    Known("test_interim_answers_carry_no_body_and_no_framing", "Finding", "",
-          r"(interim answer forwarded with framing|client cannot parse the proxy's answer)"
-          r".*HTTP/1\.1 1\d\d "),
-    Known("test_broken_body_of_a_pipelined_request_is_answered_in_turn", "Finding", "",
-          r"(hang|out of order).*400 Bad Request.*connection: close.*HTTP/1\.1 \d{3} "),
-)
+KNOWN: tuple[Known, ...] = ()  # every finding so far is fixed (test_fuzz_regressions.py)
 
 
 def known(exc: BaseException, target: str = "") -> Known | None:

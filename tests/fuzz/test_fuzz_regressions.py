@@ -1,6 +1,6 @@
 """What fuzzing found, one test each, beside the `regress-*` corpus input that test_fuzz_targets replays.
 The tests say what the right behaviour is, so that a fix is checked directly and not only by "no
-crash". Findings whose fix lies in code another change owns are strict xfails (listed in known.py):
+crash". A finding not fixed yet is a strict xfail here, listed in known.py (none today):
 they turn into failures (XPASS) once fixed, and then the mark and the known.py entry go.
 """
 
@@ -14,7 +14,7 @@ import fuzz_world
 import pytest
 from fuzz_http2 import PREFACE
 from fuzz_xds import TYPES
-from fuzzkit import CORPUS, Finding
+from fuzzkit import CORPUS
 from google.protobuf import any_pb2, text_format
 
 from meshpy.app import App
@@ -139,9 +139,6 @@ def test_resource_bytes_that_do_not_decode_are_nacked() -> None:
 
 
 # -- known, fixes owned elsewhere -------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "meshpy/model/meshpy_yaml.py _listener: `protocol not in _CODECS` with a mapping or list raises "
-    "TypeError (unhashable); needs `not isinstance(protocol, str) or protocol not in _CODECS`"))
 def test_listener_protocol_of_the_wrong_type_is_a_config_error() -> None:
     assert issues(corpus_text("meshpy_yaml", "regress-listener-protocol-a-mapping")) == [
         "listeners[0].protocol: must be http, auto, http1, http2 or tcp, got {'http': 1}"]
@@ -169,11 +166,6 @@ def test_regression_inputs_are_in_the_corpus() -> None:
     assert all(p.stat().st_size < 16 * 1024 for p in found)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a request refused by Exchange.head_complete (no Host, HTTP/0.9 line, fragment, bad Transfer-Encoding"
-    "...): head_complete counts rq_total/rq_active before its checks raise BadRequest; the exchange is "
-    "then dropped by Http1Downstream._protocol_error without _complete(), and _send_fatal counts the "
-    "request again (request_started + request_done): rq_active stays +1, rq_total counts it twice"))
 @pytest.mark.parametrize("name", ["regress-http09-request-line", "regress-no-host-refused-in-head"])
 def test_request_refused_in_its_head_leaves_no_active_request(name: str) -> None:
     data = (CORPUS / "http1_request" / name).read_bytes()
@@ -187,11 +179,6 @@ def test_request_refused_in_its_head_leaves_no_active_request(name: str) -> None
         assert (stats.rq_active, stats.rq_total) == (0, total + 1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "an upstream's 101 to a request that asked for no upgrade: RespondingMixin.up_head "
-    "(meshpy/stack/responding.py) sends every 1xx but 100 on as an interim answer, so the client gets "
-    "`101 Switching Protocols`, then the 502 for the protocol error that follows; a 101 without "
-    "self.upgrade should be an upstream protocol error (502, flag UPE) with nothing sent before it"))
 def test_unsolicited_101_is_not_forwarded() -> None:
     with fuzz_world.world() as w:
         w.script[:] = [(CORPUS / "http1_response" / "regress-unsolicited-101").read_bytes()]
@@ -199,13 +186,6 @@ def test_unsolicited_101_is_not_forwarded() -> None:
         assert got.startswith(b"HTTP/1.1 502 "), got
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a read holding a request the proxy resets (malformed) and then a GOAWAY with an error code: h2 "
-    "closes its state machine while parsing the read, and Http2Downstream.reset() (meshpy/transport/"
-    "downstream_http2.py), handling the earlier RequestReceived afterwards, calls h2's reset_stream, "
-    "which raises ProtocolError (SEND_RST_STREAM in state CLOSED) out of data_received: 'Fatal error on "
-    "transport' logged, the connection aborted. Sends after h2 closed must be skipped (suppress "
-    "h2.exceptions.ProtocolError there, or check h2's state)"))
 def test_goaway_with_an_error_after_a_request_in_one_read() -> None:
     data = (CORPUS / "http2" / "regress-goaway-after-malformed-request-in-one-read").read_bytes()
     with fuzz_world.world() as w:
@@ -213,13 +193,6 @@ def test_goaway_with_an_error_after_a_request_in_one_read() -> None:
         assert not w.errors, w.errors
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "llhttp accepts `HTTP/1.1 099` (status 99) from an upstream; UpstreamHttp1.on_headers_complete "
-    "(meshpy/transport/upstream_http1.py) passes it on and RespondingMixin.up_head takes every status "
-    "below 200 for an interim answer: the client gets `HTTP/1.1 99 Unknown` (no client parses it), then "
-    "llhttp reads what follows as that message's body until the close, which the exchange forwards raw "
-    "(here a whole `200 OK` response), and then a 503. A status below 100 must be an "
-    "UpstreamProtocolError (502) in on_headers_complete, before ex.up_head"))
 def test_status_below_100_is_an_upstream_protocol_error() -> None:
     with fuzz_world.world() as w:
         w.script[:] = [(CORPUS / "http1_response" / "regress-status-below-100").read_bytes()]
@@ -244,14 +217,6 @@ def test_empty_lines_before_an_upstream_status_line_are_skipped() -> None:
     assert b"\r\nX-A: b" in head and body == b"ok"
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, Finding), reason=(
-    "a pipelined request whose chunked body breaks while the request before it is still being "
-    "answered: Http1Downstream._protocol_error calls request_broken() on the queued exchange, which "
-    "replies 400 (Connection: close) at once, before the first request's answer (the client takes the "
-    "400 for its first request and the 200 for its second); then exchange_done() starts the broken, "
-    "already answered exchange, and the connection stays open past the client's EOF. A queued "
-    "exchange must be answered in turn: _protocol_error should call request_broken() only on the "
-    "active exchange and drop a pending one so that _send_fatal() answers 400 after the active one"))
 def test_broken_body_of_a_pipelined_request_is_answered_in_turn() -> None:
     data = (CORPUS / "http1_request" / "regress-pipelined-request-with-a-broken-chunk").read_bytes()
     with fuzz_world.world() as w:
@@ -260,14 +225,6 @@ def test_broken_body_of_a_pipelined_request_is_answered_in_turn() -> None:
     assert b"ok" + b"HTTP/1.1 400 Bad Request\r\n" in got, got
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "interim (1xx) answers from an upstream: the client gets them with their Content-Length (RFC 9110 "
-    "8.6 forbids it in a 1xx; a client that honours it takes the start of the next answer for a body), "
-    "and where llhttp reads a body after a 1xx head (`199` with Content-Length) the exchange forwards "
-    "that body raw after the interim head. Needed: UpstreamHttp1.on_body (meshpy/transport/"
-    "upstream_http1.py) refuses a body while the status is below 200 (UpstreamProtocolError, 502), "
-    "and RespondingMixin._interim (meshpy/stack/responding.py) drops Content-Length and "
-    "Transfer-Encoding from what it forwards"))
 @pytest.mark.parametrize("name", ["regress-interim-with-content-length", "regress-interim-with-a-body"])
 def test_interim_answers_carry_no_body_and_no_framing(name: str) -> None:
     with fuzz_world.world() as w:
@@ -280,14 +237,6 @@ def test_interim_answers_carry_no_body_and_no_framing(name: str) -> None:
     assert got[:final].endswith(b"\r\n\r\n") or final == 0, got  # nothing raw between the heads
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "HTTP/2: HEADERS twice on stream 1 in one read, the request without :authority. h2 resets the "
-    "stream for the second HEADERS while parsing the read; then Http2Downstream handles the first "
-    "RequestReceived, the exchange answers 400 locally and H2Stream.send_head (meshpy/transport/"
-    "h2_stream.py) calls h2's send_headers on the closed stream: StreamClosedError out of "
-    "data_received ('Fatal error on transport', the connection aborted with every other stream). "
-    "H2Stream's sends must skip a stream h2 has closed (suppress StreamClosedError, as "
-    "Http2Downstream.reset does)"))
 def test_local_answer_on_a_stream_h2_closed_in_the_same_read() -> None:
     data = (CORPUS / "http2" / "regress-headers-twice-on-a-stream-answered-locally").read_bytes()
     with fuzz_world.world() as w:
@@ -296,13 +245,16 @@ def test_local_answer_on_a_stream_h2_closed_in_the_same_read() -> None:
 
 
 def test_every_known_finding_has_its_strict_xfail() -> None:
-    """known.py silences a finding in fuzz runs only while a strict xfail here waits for its fix."""
+    """known.py silences a finding in fuzz runs only while a strict xfail here waits for its fix, and
+    an xfail here is always a known finding: the two lists are the same."""
     import sys
 
     import known
 
     this = sys.modules[__name__]
-    for entry in known.KNOWN:
-        for name in entry.test.split(", "):
-            marks = [m for m in getattr(getattr(this, name), "pytestmark", []) if m.name == "xfail"]
-            assert marks and marks[0].kwargs.get("strict") is True, name
+    expected = {name for entry in known.KNOWN for name in entry.test.split(", ")}
+    tests = [name for name in dir(this) if name.startswith("test_")]
+    marks = {name: getattr(getattr(this, name), "pytestmark", []) for name in tests}
+    marked = {name for name, ms in marks.items()
+              if any(m.name == "xfail" and m.kwargs.get("strict") is True for m in ms)}
+    assert marked == expected
