@@ -191,16 +191,21 @@ class Traffic:
                     return
             await ws.close()
         except (ConnectionClosed, OSError, TimeoutError) as exc:
-            expected = bool(origin) and self.stats.origin_cut(origin, start, clock.now())
-            where = "after the greeting" if origin else "before the greeting"
-            self.stats.failure(tally, f"session cut {where}" + ("" if expected else f": {_kind(exc)}"),
-                               f"{origin or '?'}: {exc!r}", listener, expected=expected)
+            self._session_cut(tally, listener, origin, start, _kind(exc), exc)
             return
         finally:
             await ws.close()
         headers = {k.lower(): v for k, v in ws.response.headers.raw_items()} if ws.response else {}
         tally.success(self._elapsed_ms(start))
         self.stats.saw(headers)
+
+    def _session_cut(self, tally: Tally, listener: str, origin: str, start: float, kind: str,
+                     exc: BaseException) -> None:
+        """A WebSocket session that ended early: expected when its origin was cut meanwhile."""
+        expected = bool(origin) and self.stats.origin_cut(origin, start, self.stats.clock.now())
+        where = "after the greeting" if origin else "before the greeting"
+        self.stats.failure(tally, f"session cut {where}" + ("" if expected else f": {kind}"),
+                           f"{origin or '?'}: {exc!r}", listener, expected=expected)
 
     async def websocket_h2(self, tally: Tally, listener: str) -> None:
         """The same session as `websocket`, over HTTP/2 (RFC 8441), which the proxy turns into an
@@ -224,10 +229,7 @@ class Traffic:
                     self.stats.failure(tally, "wrong echo", f"{opcode} {echo!r}", listener)
                     return
         except H2Failure as exc:
-            expected = bool(origin) and self.stats.origin_cut(origin, start, clock.now())
-            where = "after the greeting" if origin else "before the greeting"
-            self.stats.failure(tally, f"session cut {where}" + ("" if expected else f": {exc.kind}"),
-                               f"{origin or '?'}: {exc!r}", listener, expected=expected)
+            self._session_cut(tally, listener, origin, start, exc.kind, exc)
             return
         finally:
             await ws.close()
