@@ -57,9 +57,13 @@ def _control_dirs(where: str, obj: dict[str, Any], maps: dict[tuple[str, str], d
                 ok = validate_dir(tmp, meshpy_format, loader, label) and ok
                 checked = True
     if not checked:
-        notes.append(f"{where}: {obj.get('kind')} {(obj.get('metadata') or {}).get('name', '')}: not read by "
-                     f"the control plane (it reads {' and '.join(_FED)})")
+        notes.append(_not_read(where, obj))
     return ok
+
+
+def _not_read(where: str, obj: dict[str, Any]) -> str:
+    return (f"{where}: {obj.get('kind')} {(obj.get('metadata') or {}).get('name', '')}: not read by the "
+            f"control plane (it reads {' and '.join(_FED)})")
 
 
 def _objects(path: str, problems: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -131,8 +135,7 @@ def validate_kubernetes(files: list[str], domain: str = "cluster.local") -> bool
                 obj.setdefault("metadata", {}).setdefault("namespace", "default")
                 slices.append(obj)
             elif kind not in ("ConfigMap", *_WORKLOADS):
-                notes.append(f"{where}: {kind} {(obj.get('metadata') or {}).get('name', '')}: not read by "
-                             f"the control plane (it reads {' and '.join(_FED)})")
+                notes.append(_not_read(where, obj))
     result = translate(services, slices, domain)
     notes += result.skipped
     for url, named in result.resources.items():

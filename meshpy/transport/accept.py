@@ -13,10 +13,6 @@ if TYPE_CHECKING:
     from meshpy.telemetry.metrics import ListenerStats
 
 
-# Why a connection was closed at accept -> the listener's counter.
-_REFUSED = {"listener": "cx_overflow", "source": "cx_source_overflow", "overload": "cx_overload_rejected"}
-
-
 def accepted(conn: Drainable, slot: ListenerSlot,
              transport: asyncio.BaseTransport) -> tuple[str, ListenerStats]:
     """(the peer's address, the listener's stats): `conn` joins the listener's connections (for
@@ -31,8 +27,7 @@ def accepted(conn: Drainable, slot: ListenerSlot,
     if gate is not None:
         refused = gate.admit(len(slot.connections), peer)
         if refused:
-            attr = _REFUSED[refused]
-            setattr(stats, attr, getattr(stats, attr) + 1)
+            setattr(stats, refused, getattr(stats, refused) + 1)
             transport.close()
             return peer, stats
         limit = gate.limits.buffer_limit

@@ -124,7 +124,8 @@ class Overload:
 
 
 class Gate:
-    """One listener's admission. `admit` returns "" when the connection may stay, else why not."""
+    """One listener's admission. `admit` returns "" when the connection may stay, else the listener
+    counter of why not (ListenerStats: cx_overflow, cx_source_overflow, cx_overload_rejected)."""
 
     __slots__ = ("by_source", "limits", "overload")
 
@@ -141,17 +142,17 @@ class Gate:
     def admit(self, open_here: int, peer: str) -> str:
         limits = self.limits
         if limits.max_connections is not None and open_here >= limits.max_connections:
-            return "listener"
+            return "cx_overflow"
         per_source = limits.max_connections_per_source_ip
         if per_source is not None:
             n = self.by_source.get(peer, 0)
             if n >= per_source:
-                return "source"
+                return "cx_source_overflow"
             self.by_source[peer] = n + 1
         if not self.overload.admit():
             if per_source is not None:
                 self._forget(peer)
-            return "overload"
+            return "cx_overload_rejected"
         return ""
 
     def release(self, peer: str) -> None:

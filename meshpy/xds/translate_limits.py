@@ -120,9 +120,9 @@ def connection_limit(issues: Issues, msg: Any, path: str) -> int | None:
 def http_limits(issues: Issues, common: Any, hcm: Any, path: str) -> HttpLimits:
     """common_http_protocol_options' connection limits, and the HCM's underscore rule."""
     count = wrapped(common, "max_requests_per_connection", 0)
-    action = hcm_underscores = common.headers_with_underscores_action
+    action = common.headers_with_underscores_action
     if not 0 <= action < len(_UNDERSCORES):
-        issues.add(child(path, "headers_with_underscores_action"), f"unknown action {hcm_underscores}")
+        issues.add(child(path, "headers_with_underscores_action"), f"unknown action {action}")
         action = 0
     return HttpLimits(
         max_connection_duration=timeout(common, "max_connection_duration", None),

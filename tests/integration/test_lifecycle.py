@@ -605,13 +605,19 @@ def test_run_with_bad_config_exits_nonzero(tmp_path: Path) -> None:
     assert f"{bad}: listeners[0].protocl: unknown key (did you mean 'protocol'?)" in output
 
 
-def test_run_exits_when_its_admin_port_is_taken(demo: DemoUpstream) -> None:
-    # As Envoy: exit 1. Running on without an admin would leave /ready to whatever holds the port (a
-    # second proxy beside a first answered with the first one's state).
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A port something else listens on while the block runs."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        admin = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_run_exits_when_its_admin_port_is_taken(demo: DemoUpstream) -> None:
+    # As Envoy: exit 1. Running on without an admin would leave /ready to whatever holds the port (a
+    # second proxy beside a first answered with the first one's state).
+    with taken_port() as admin:
         web = free_port()
         p = Proxy(cfg(admin, demo.port, {"web": web}), admin).start(wait_ready=False)
         try:
@@ -652,10 +658,7 @@ def test_control_refuses_the_port_of_a_running_one(tmp_path: Path) -> None:
 
 
 def test_run_exits_nonzero_when_a_listener_cannot_bind(demo: DemoUpstream) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         admin = free_port()
         p = Proxy(cfg(admin, demo.port, {"web": port}), admin).start(wait_ready=False)
         try:
