@@ -260,6 +260,7 @@ class App(Stopping):
                 bound.slot = ListenerSlot(current=cfg, deadlines=self.deadlines, gate=Gate(self.overload))
             else:
                 bound.slot.current = cfg  # requests already started keep the config they captured
+                bound.slot.refresh_chains()
             bound.address = cfg.model.address
             if bound.slot.gate is not None:
                 bound.slot.gate.configure(cfg.model.limits)
@@ -294,7 +295,7 @@ class App(Stopping):
 
     def _drain_slot(self, slot: ListenerSlot) -> None:
         """Connections of a listener that is gone finish their current request, then close."""
-        slot.draining = True
+        slot.set_draining()
         for conn in list(slot.connections):
             conn.start_drain()
 

@@ -118,7 +118,7 @@ class Stopping:
         that the client should go elsewhere, while the listeners still accept for drain_time."""
         self._state = "DRAINING"
         for slot in self._slots(which):
-            slot.draining = True
+            slot.set_draining()
             for conn in list(slot.connections):
                 conn.begin_drain()
 

@@ -51,6 +51,26 @@ class ConnectionInfo:
     original_destination: tuple[str, int] | None
     listener: str  # the listener serving it
     direction: str  # the listener's traffic direction: inbound, outbound or unspecified
+    tls: TlsInfo | None = None  # None: plaintext
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """What a downstream TLS handshake established: the connection's TLS facts and, when the client
+    presented a certificate that was verified, its identity (what authorization and
+    x-forwarded-client-cert read)."""
+
+    version: str  # "TLSv1.3", "TLSv1.2"
+    cipher: str  # OpenSSL's name of the negotiated cipher suite
+    sni: str  # the server name the client asked for ("" when it sent none)
+    alpn: str  # the application protocol agreed on ("" when none)
+    # The verified client certificate's subject alternative names by kind (a SPIFFE ID is a URI SAN),
+    # its subject (RFC 4514) and its DER bytes; all empty when the client sent no certificate.
+    peer_uris: tuple[str, ...] = ()
+    peer_dns: tuple[str, ...] = ()
+    peer_subject: str = ""
+    peer_certificate: bytes = b""
+    resumed: bool = False  # the session was resumed (a ticket), not a full handshake
 
 
 class ResponseWriter(Protocol):

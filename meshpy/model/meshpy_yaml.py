@@ -39,6 +39,7 @@ from meshpy.model.meshpy_yaml_protocols import (
     upstream_protocol,
 )
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
+from meshpy.model.meshpy_yaml_tls import LISTENER_TLS_KEYS, client_tls, with_listener_tls
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     DEFAULT_CONNECT_TIMEOUT,
@@ -82,7 +83,7 @@ from meshpy.model.yaml_values import is_ip_literal, parse_address, parse_size, y
 
 _TOP_KEYS = ("admin", "drain_time", "grace_time", "exit_when_idle", "overload", "listeners", "clusters")
 _LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout", "original_destination", "bind",
-                  "direction", *LISTENER_LIMIT_KEYS)
+                  "direction", *LISTENER_LIMIT_KEYS, *LISTENER_TLS_KEYS)
 _HTTP_KEYS = (
     "use_remote_address",
     "xff_num_trusted_hops",
@@ -127,6 +128,7 @@ _CLUSTER_KEYS = (
     "protocol",
     "http2",
     "tcp_keepalive",
+    "tls",
 )
 _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns", "original_dst")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
@@ -220,11 +222,11 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
     if protocol == "tcp":
         r.alias(child(path, "tcp"), path)
         tcp = TcpOptions(
-            cluster=f.require("cluster", as_name, ""),
+            cluster=f.get("cluster", as_name, "") if "sni" in f else f.require("cluster", as_name, ""),
             idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT),
             access_logs=logs,
         )
-        return replace(interception, tcp=tcp)
+        return with_listener_tls(r, f, replace(interception, tcp=tcp))
     http = _http_options(r, f, path, name, logs)
     http = replace(http, codec=_CODECS[protocol], upgrades=f.get("upgrades", upgrade_types, ("websocket",)),
                    http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2)
@@ -232,7 +234,8 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
     if "tcp_fallback" in f:
         r.alias(child(path, "tcp"), f.at("tcp_fallback"))
         fallback = tcp_fallback(r, f.raw("tcp_fallback"), f.at("tcp_fallback"), logs)
-    return replace(interception, kind="http", http=replace(http, limits=http_limits(f)), tcp=fallback)
+    listener = replace(interception, kind="http", http=replace(http, limits=http_limits(f)), tcp=fallback)
+    return with_listener_tls(r, f, listener)
 
 
 def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[AccessLog, ...]) -> HttpOptions:
@@ -378,6 +381,7 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2,
         tcp_keepalive=tcp_keepalive(r, f.raw("tcp_keepalive"), f.at("tcp_keepalive"))
         if "tcp_keepalive" in f else None,
+        tls=client_tls(r, f.raw("tls"), f.at("tls"), f.raw("protocol")) if "tls" in f else None,
         circuit_breakers=circuit_breakers(r, f.raw("circuit_breakers"), f.at("circuit_breakers"))
         if "circuit_breakers" in f else DEFAULT_BREAKERS,
         outlier_detection=outlier_detection(r, f.raw("outlier_detection"), f.at("outlier_detection"))

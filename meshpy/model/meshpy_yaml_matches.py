@@ -180,3 +180,7 @@ def _string_match(r: Reader, spec: object, path: str, *, allow_invert: bool) -> 
     if kind in ("prefix", "suffix", "contains") and kind in f and value == "":
         r.error(f.at(kind), "must not be empty")
     return StringMatch(kind=kind, value=value, ignore_case=ignore_case), invert
+
+
+# For other readers of string matches (SAN matchers in meshpy.model.meshpy_yaml_tls).
+string_match = _string_match

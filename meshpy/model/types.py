@@ -12,6 +12,7 @@ from typing import Literal
 
 from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
 from meshpy.model.limits import NO_HTTP_LIMITS, NO_LIMITS, NO_OVERLOAD, ConnectionLimits, HttpLimits, Overload
+from meshpy.model.tls import ANY_CONNECTION, ChainMatch, ClientTls, FilterChain, ServerTls
 
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 PathMatchKind = Literal["prefix", "path", "regex"]
@@ -335,6 +336,22 @@ class Listener:
     bind: bool = True
     direction: Direction = "unspecified"
     limits: ConnectionLimits = NO_LIMITS
+    # TLS and filter chains (meshpy.model.tls). The fields above are the listener's own chain, which
+    # terminates `tls` and serves what `match` allows; `chains` are more, and a connection goes to the
+    # most specific match among all of them (closed when none matches).
+    tls: ServerTls | None = None
+    match: ChainMatch = ANY_CONNECTION
+    chains: tuple[FilterChain, ...] = ()
+    inspect_tls: bool = False  # Envoy's tls_inspector: SNI and ALPN read before a chain is chosen
+    default_chain: bool = False  # the last of `chains` is Envoy's default_filter_chain (may repeat a match)
+
+    def own_chain(self) -> FilterChain:
+        """The listener's own chain as a FilterChain, to walk all chains alike."""
+        return FilterChain(name=self.name, match=self.match, tls=self.tls, kind=self.kind, http=self.http,
+                           tcp=self.tcp)
+
+    def all_chains(self) -> tuple[FilterChain, ...]:
+        return (self.own_chain(), *self.chains)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -492,6 +509,7 @@ class Cluster:
     protocol: UpstreamProtocol = "http1"  # what meshpy speaks to the endpoints
     http2: Http2Options = DEFAULT_HTTP2
     tcp_keepalive: TcpKeepalive | None = None
+    tls: ClientTls | None = None  # TLS to the endpoints (Envoy's UpstreamTlsContext)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ from meshpy.codec.http1 import HttpDate
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.limits import NO_HTTP_LIMITS, HttpLimits
 from meshpy.model.types import AccessLog, Config, Listener
+from meshpy.routing.compile_chains import compile_chains
 from meshpy.routing.table import RouteTable
 from meshpy.stack.deadlines import Deadlines
 from meshpy.stack.exchange import Exchange
@@ -29,6 +30,7 @@ from meshpy.upstream.cluster import ClusterRuntime
 if TYPE_CHECKING:
     from meshpy.ports import Http1Exchange, ResponseWriter, StreamExchange
     from meshpy.transport.admission import Gate, Overload
+    from meshpy.transport.chain_dispatch import ListenerChains
     from meshpy.transport.h2_stream import H2Stream
 
 
@@ -58,6 +60,7 @@ class HttpListenerConfig:
         "body_limit",
         "clusters",
         "conn_limited",
+        "dispatch",
         "forwarded_proto",
         "generate_rid",
         "guarded",
@@ -74,6 +77,7 @@ class HttpListenerConfig:
         "options",
         "overload",
         "replace_rid",
+        "scheme",
         "server_name",
         "stats",
         "stream_idle_timeout",
@@ -103,6 +107,10 @@ class HttpListenerConfig:
         self.http1_exchange: Callable[[ResponseWriter, HttpListenerConfig], Http1Exchange] = Exchange
         self.http2_exchange: Callable[[H2Stream, HttpListenerConfig], StreamExchange] = H2Exchange
         self.tcp: TcpListenerConfig | None = None
+        self.scheme = b"https" if model.tls is not None else b"http"  # x-forwarded-proto
+        # TLS or several filter chains: what picks a chain and terminates TLS for a new connection
+        # (meshpy.transport.chain_dispatch); None for a plaintext listener of one chain.
+        self.dispatch: ListenerChains | None = None
         # An http listener's TCP proxy for connections that turn out not to speak HTTP (sniffed).
         self.tcp_fallback: TcpListenerConfig | None = None
         # Limits (meshpy.model.limits), None when the listener sets none, and the proxy's overload
@@ -170,7 +178,11 @@ class HttpListenerConfig:
 
 @dataclass(eq=False)
 class ListenerSlot:
-    """One bound listener. `current` is swapped by a reload; connections read it per request."""
+    """One bound listener. `current` is swapped by a reload; connections read it per request.
+
+    A listener with more filter chains than its own has a slot per further chain (`chain_slot`),
+    whose `current` is that chain's config; they share the listener's connections, gate and clock, so
+    limits and draining see the listener whole."""
 
     current: HttpListenerConfig
     deadlines: Deadlines  # shared by every slot of one loop
@@ -178,6 +190,33 @@ class ListenerSlot:
     date: HttpDate = field(default_factory=HttpDate)
     connections: set[Drainable] = field(default_factory=set)
     gate: Gate | None = None  # admission (meshpy.transport.admission); None admits everything
+    chains: dict[str, ListenerSlot] = field(default_factory=dict)
+
+    def chain_slot(self, name: str, cfg: HttpListenerConfig) -> ListenerSlot:
+        slot = self.chains.get(name)
+        if slot is None:
+            slot = ListenerSlot(current=cfg, deadlines=self.deadlines, draining=self.draining, date=self.date,
+                                connections=self.connections, gate=self.gate)
+            self.chains[name] = slot
+        return slot
+
+    def refresh_chains(self) -> None:
+        """After a reload: each chain slot takes its chain's new config; the slot of a chain that is
+        gone drains (its connections finish what they are doing on the old config)."""
+        dispatch = self.current.dispatch
+        new = {c.name: c.cfg for c in dispatch.chains[1:]} if dispatch is not None else {}
+        for name, slot in list(self.chains.items()):
+            cfg = new.get(name)
+            if cfg is None:
+                slot.draining = True
+                del self.chains[name]
+            else:
+                slot.current = cfg
+
+    def set_draining(self) -> None:
+        self.draining = True
+        for slot in self.chains.values():
+            slot.draining = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,15 +247,18 @@ def compile_snapshot(
     it once the Snapshot is live."""
     issues: list[ConfigIssue] = []
     listeners: dict[str, HttpListenerConfig] = {}
+
+    def listener_config(model: Listener) -> HttpListenerConfig:
+        """A listener's own chain, or (with the listener's name) one of its further chains."""
+        logs = model.http.access_logs if model.http is not None else (
+            model.tcp.access_logs if model.tcp is not None else ())
+        bound = tuple(loggers(a) for a in logs)
+        return HttpListenerConfig(model, clusters, metrics.listener(model.name), bound, policies)
+
     for i, lm in enumerate(config.listeners):
         try:
-            logs = (
-                lm.http.access_logs
-                if lm.http is not None
-                else (lm.tcp.access_logs if lm.tcp is not None else ())
-            )
-            bound = tuple(loggers(a) for a in logs)
-            listeners[lm.name] = HttpListenerConfig(lm, clusters, metrics.listener(lm.name), bound, policies)
+            own = listeners[lm.name] = listener_config(lm)
+            own.dispatch = compile_chains(lm, own, listener_config, metrics.tls)
         except ConfigError as err:
             where = f"listeners[{i}]"
             issues.extend(ConfigIssue(f"{where}.{x.path}" if x.path else where, x.reason) for x in err.issues)

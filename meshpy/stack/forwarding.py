@@ -37,8 +37,9 @@ def request_id() -> bytes:
 
 def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestFacts, *, peer: str,
                              host: bytes | None, use_remote_address: bool, forwarded_proto: bool,
-                             request_id: bytes | None) -> list[tuple[bytes, bytes]]:
-    """Headers as sent upstream. `host` replaces the Host header (rewrite or absolute-form target)."""
+                             request_id: bytes | None, scheme: bytes = b"http") -> list[tuple[bytes, bytes]]:
+    """Headers as sent upstream. `host` replaces the Host header (rewrite or absolute-form target);
+    `scheme`: the client connection's, https over TLS (what x-forwarded-proto says)."""
     drop = HOP_BY_HOP
     if facts.connection is not None:
         drop = drop | (connection_tokens(facts.connection) - NEVER_NOMINATED)
@@ -60,7 +61,7 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
         elif name == b"x-forwarded-proto":
             proto_seen = True
             if use_remote_address:
-                value = b"http"
+                value = scheme
         elif name == b"expect" and facts.expect_continue:
             continue  # the proxy answers 100 Continue itself
         elif name == b"x-request-id" and request_id is not None:
@@ -73,7 +74,7 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
     if use_remote_address and peer and facts.xff_index < 0:
         append((b"x-forwarded-for", peer.encode()))
     if forwarded_proto and not proto_seen:
-        append((b"x-forwarded-proto", b"http"))
+        append((b"x-forwarded-proto", scheme))
     if request_id is not None and facts.request_id is None:
         append((b"x-request-id", request_id))
     if facts.chunked:

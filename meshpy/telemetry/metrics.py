@@ -34,6 +34,7 @@ from prometheus_client.utils import floatToGoString
 import meshpy
 from meshpy.telemetry.grpc_stats import GrpcStats
 from meshpy.telemetry.grpc_stats import families as grpc_families
+from meshpy.telemetry.tls_stats import TlsRegistry
 
 __all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "ClusterStats", "Histogram", "ListenerStats", "Metrics"]
 
@@ -359,6 +360,8 @@ class Metrics:
         self.config_version = ""
         self.registry.register(_StatsCollector(self))
         self.add_callback_collector(lambda: grpc_families(self._listeners.copy().values(), self._le_labels))
+        self.tls = TlsRegistry()  # TLS counters and certificates in use (meshpy.telemetry.tls_stats)
+        self.add_callback_collector(self.tls.families)
         if process_collector:
             # CPU seconds, RSS, open fds from /proc, read at scrape time; registered here, not globally.
             from prometheus_client import ProcessCollector

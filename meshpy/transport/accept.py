@@ -59,4 +59,5 @@ def connection_info(transport: asyncio.BaseTransport | None, slot: ListenerSlot,
     listener = slot.current
     return ConnectionInfo(peer=peer[0], peer_port=peer[1], local=local[0], local_port=local[1],
                           original_destination=original_dst, listener=listener.name,
-                          direction=listener.model.direction)
+                          direction=listener.model.direction,
+                          tls=transport.get_extra_info("tls") if transport is not None else None)

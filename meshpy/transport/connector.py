@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from meshpy.transport.tls_contexts import ClientContext, peer_info
+from meshpy.transport.tls_layer import failure_reason
 from meshpy.transport.upstream_http1 import UpstreamHttp1
 from meshpy.transport.upstream_http2 import UpstreamHttp2
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options, TcpKeepalive
+    from meshpy.telemetry.tls_stats import TlsStats
     from meshpy.transport.upstream_http2 import StreamPool
     from meshpy.upstream.pool import HostPool
 
@@ -50,13 +54,15 @@ class Connector:
     """Connects to any address it is given: a host's address can change (LOGICAL_DNS re-resolution),
     so callers pass the current one on every connect."""
 
-    __slots__ = ("_loop", "options", "timeout")
+    __slots__ = ("_loop", "options", "timeout", "tls", "tls_stats")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float,
-                 keepalive: TcpKeepalive | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, keepalive: TcpKeepalive | None = None,
+                 tls: ClientContext | None = None, tls_stats: TlsStats | None = None) -> None:
         self._loop = loop
         self.timeout = timeout
         self.options = socket_options(keepalive)
+        self.tls = tls  # TLS to every endpoint (the cluster's UpstreamTlsContext), with its counters
+        self.tls_stats = tls_stats
 
     async def open(self, address: tuple[str, int], factory: Callable[[], P]) -> P:
         """A connection to `address` speaking `factory`'s protocol (which has its transport from
@@ -81,8 +87,12 @@ class Connector:
     async def _connect(self, address: tuple[str, int],
                        factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
         host, port = address
+        tls = self.tls
         async with asyncio.timeout(self.timeout):
-            transport, protocol = await self._loop.create_connection(factory, host, port)
+            if tls is None:
+                transport, protocol = await self._loop.create_connection(factory, host, port)
+            else:
+                transport, protocol = await self._tls_connect(tls, factory, host, port)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in _TCP_FAMILIES:
             try:
@@ -91,4 +101,29 @@ class Connector:
             except OSError:
                 transport.abort()  # as Envoy closes a connection whose options could not be set
                 raise
+        return transport, protocol
+
+    async def _tls_connect(self, tls: ClientContext, factory: Callable[[], P], host: str,
+                           port: int) -> tuple[asyncio.Transport, P]:
+        """TLS by the loop's own implementation (nothing was read before it starts, unlike the
+        downstream side), then the checks OpenSSL does not make: the SAN matchers."""
+        stats = self.tls_stats
+        try:
+            transport, protocol = await self._loop.create_connection(
+                factory, host, port, ssl=tls.ctx, server_hostname=tls.sni or "")
+        except ssl.SSLError as err:
+            if stats is not None:
+                stats.failures[failure_reason(err)] += 1
+            raise
+        obj = transport.get_extra_info("ssl_object")
+        if obj is not None:
+            info = peer_info(obj, tls.sni)
+            if tls.san is not None and not tls.san(info):
+                if stats is not None:
+                    stats.failures["fail_verify_san"] += 1
+                transport.abort()
+                raise ssl.SSLCertVerificationError(f"the certificate of {host}:{port} has no SAN that "
+                                                   f"the cluster's matchers accept")
+            if stats is not None:
+                stats.handshake(info.version, info.cipher, info.resumed, bool(info.peer_certificate))
         return transport, protocol

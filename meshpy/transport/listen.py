@@ -15,33 +15,23 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from meshpy.transport.detect import DetectingDownstream
-from meshpy.transport.downstream_http1 import Http1Downstream
-from meshpy.transport.downstream_http2 import Http2Downstream
-from meshpy.transport.tcp import TcpDownstream
+from meshpy.transport.chain_dispatch import ChainDispatch, Downstream, plain_protocol
 
 if TYPE_CHECKING:
     from meshpy.routing.compile import ListenerSlot
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST (netfilter_ipv6) has the same value
 
-Downstream = Http1Downstream | Http2Downstream | DetectingDownstream | TcpDownstream
 # (the listener's slot, the original destination) -> the slot of the listener that serves it
 Router = Callable[["ListenerSlot", "tuple[str, int]"], "ListenerSlot"]
 
 
-def protocol_for(slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> Downstream:
+def protocol_for(slot: ListenerSlot, loop: asyncio.AbstractEventLoop) -> Downstream | ChainDispatch:
     """The protocol a new connection of `slot` starts with, read at accept time: a reload may have
     given the socket to a listener of another kind."""
-    cfg = slot.current
-    if cfg.tcp is not None:
-        return TcpDownstream(slot, loop)
-    codec = cfg.options.codec
-    if codec == "http1" and cfg.tcp_fallback is None:
-        return Http1Downstream(slot, loop)
-    if codec == "http2" and cfg.tcp_fallback is None:
-        return Http2Downstream(slot, loop)
-    return DetectingDownstream(slot, loop)
+    if slot.current.dispatch is not None:
+        return ChainDispatch(slot, loop)
+    return plain_protocol(slot, loop)
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int] | None:

@@ -15,10 +15,13 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import Cluster
 from meshpy.tasks import TaskOwner
 from meshpy.telemetry.metrics import ClusterStats, Metrics
+from meshpy.telemetry.tls_stats import TlsStats
 from meshpy.transport.connector import Connector
+from meshpy.transport.tls_contexts import client_context
 from meshpy.upstream.balancers import DestinationBalancer, make_balancer
 from meshpy.upstream.gauges import cluster_gauges
 from meshpy.upstream.health import HealthChecker
@@ -94,14 +97,15 @@ class ClusterRuntime:
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop,
-                 tasks: TaskOwner | None = None) -> None:
+                 tasks: TaskOwner | None = None, tls_stats: TlsStats | None = None) -> None:
         self.model = model
         # Its DNS loop, health checks and its pools' connects (a runtime alone owns its own).
         self.tasks = tasks if tasks is not None else TaskOwner(loop)
         self.stats = stats
         # Opens every connection to the endpoints: pools, TCP proxy, CONNECT tunnels, health checks.
         # (A change of connect timeout or socket options makes a new runtime: see ClusterManager.)
-        self.connector = Connector(loop, model.connect_timeout, model.tcp_keepalive)
+        tls = client_context(model.tls, "tls") if model.tls is not None else None
+        self.connector = Connector(loop, model.connect_timeout, model.tcp_keepalive, tls, tls_stats)
         # The circuit breakers, as plain attributes: the request path reads rq_limit on every request.
         breakers = model.circuit_breakers
         self.cx_limit = breakers.max_connections
@@ -319,7 +323,8 @@ class ClusterManager:
         the caller publishes it with the Snapshot, then calls `retire` for the old ones."""
         new: dict[str, ClusterRuntime] = {}
         self._retargets = {}
-        for m in models:
+        issues: list[ConfigIssue] = []
+        for i, m in enumerate(models):
             cur = self.clusters.get(m.name)
             if cur is not None and cur.model == m:
                 new[m.name] = cur
@@ -331,9 +336,17 @@ class ClusterManager:
                 new[m.name] = cur
                 self._retargets[m.name] = m
             else:
-                rt = ClusterRuntime(m, self._metrics.cluster(m.name), self._loop, self._tasks)
+                try:
+                    rt = ClusterRuntime(m, self._metrics.cluster(m.name), self._loop, self._tasks,
+                                        self._metrics.tls.cluster(m.name) if m.tls is not None else None)
+                except ConfigError as err:  # TLS material that cannot be used
+                    issues.extend(ConfigIssue(f"clusters[{i}].{x.path}", x.reason) for x in err.issues)
+                    continue
                 rt.start()
                 new[m.name] = rt
+        if issues:
+            self.discard(new)
+            raise ConfigError(issues)
         return new
 
     def commit(self, new: dict[str, ClusterRuntime]) -> None:

@@ -234,7 +234,8 @@ def config_from_bootstrap(msg: Any) -> Config:
     xds = bootstrap.xds_source(issues, msg)
     ads_cluster = bootstrap.ads_cluster_name(msg)  # read by xds_source, not served as data plane cluster
     static = msg.static_resources
-    issues.fields(static, "static_resources", {"listeners", "clusters"})
+    issues.fields(static, "static_resources", {"listeners", "clusters", "secrets"})
+    secrets = {secret.name: secret for secret in static.secrets}  # TLS material named by SDS configs
     listeners_path = "static_resources.listeners"
     clusters_path = "static_resources.clusters"
     listeners, clusters, held = [], [], []
@@ -244,7 +245,8 @@ def config_from_bootstrap(msg: Any) -> Config:
             translate_listeners.listener(issues, listener, item(listeners_path, i), deps.any_routes())
             held.append((_LISTENER_URL, json_format.MessageToJson(listener, indent=None)))
         else:
-            listeners.append(translate_listeners.listener(issues, listener, item(listeners_path, i)))
+            listeners.append(translate_listeners.listener(issues, listener, item(listeners_path, i),
+                                                          secrets=secrets))
     for i, cluster in enumerate(static.clusters):
         if cluster.name == ads_cluster:
             continue
@@ -252,7 +254,8 @@ def config_from_bootstrap(msg: Any) -> Config:
             translate_clusters.cluster(issues, cluster, item(clusters_path, i), deps.endpoints_or_none({}))
             held.append((_CLUSTER_URL, json_format.MessageToJson(cluster, indent=None)))
         else:
-            clusters.append(translate_clusters.cluster(issues, cluster, item(clusters_path, i)))
+            at = item(clusters_path, i)
+            clusters.append(translate_clusters.cluster(issues, cluster, at, secrets=secrets))
     if xds is not None and held:
         xds = dataclasses.replace(xds, static_resources=tuple(held))
     config = Config(

@@ -13,6 +13,7 @@ from typing import Any
 
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from meshpy.model.tls import ClientTls
 from meshpy.model.types import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH,
@@ -40,6 +41,7 @@ from meshpy.xds.translate_base import (
     unpack,
     wrapped,
 )
+from meshpy.xds.translate_tls import Secrets, UpstreamTlsContext, client_tls, transport_socket
 
 # `alt_stat_name` only renames stats; `metadata` is only read by filters and subset balancing.
 _CLUSTER = frozenset(
@@ -64,6 +66,7 @@ _CLUSTER = frozenset(
         "outlier_detection",
         "health_checks",
         "upstream_connection_options",
+        "transport_socket",
     }
 )
 # Cluster.DiscoveryType numbers, in proto order.
@@ -83,9 +86,11 @@ def cluster(
     msg: Any,
     path: str,
     eds_endpoints: Mapping[str, tuple[Endpoint, ...]] | None = None,
+    secrets: Secrets | None = None,
 ) -> Cluster:
     """A Cluster. An EDS cluster needs `eds_endpoints` (ClusterLoadAssignments received over xDS,
-    by service name) and becomes a static cluster holding those endpoints."""
+    by service name) and becomes a static cluster holding those endpoints. A TLS transport socket may
+    name the bootstrap's static `secrets`."""
     issues.fields(msg, path, _CLUSTER)
     if not msg.name:
         issues.add(child(path, "name"), "must not be empty")
@@ -127,7 +132,21 @@ def cluster(
         outlier_detection=translate_policies.outlier_detection(issues, msg, path),
         health_check=translate_policies.health_check(issues, msg, path),
         tcp_keepalive=_tcp_keepalive(issues, msg, path),
+        tls=_tls(issues, msg, path, secrets or {}),
     )
+
+
+def _tls(issues: Issues, msg: Any, path: str, secrets: Secrets) -> ClientTls | None:
+    if not msg.HasField("transport_socket"):
+        return None
+    at = child(path, "transport_socket")
+    config = transport_socket(issues, msg.transport_socket, at)
+    if config is None:
+        return None
+    if not isinstance(config, UpstreamTlsContext):
+        issues.add(at, "a cluster's TLS is an UpstreamTlsContext")
+        return None
+    return client_tls(issues, config, child(at, "typed_config"), secrets)
 
 
 def _type_name(msg: Any) -> str:

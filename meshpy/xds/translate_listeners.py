@@ -18,10 +18,12 @@ from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshpy.model.limits import ConnectionLimits
+from meshpy.model.tls import ANY_CONNECTION, FilterChain
 from meshpy.model.types import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_STREAM_IDLE_TIMEOUT,
@@ -40,6 +42,16 @@ from meshpy.xds.translate_base import Issues, child, item, socket_address, timeo
 from meshpy.xds.translate_filters import http_filters
 from meshpy.xds.translate_limits import COMMON_LIMIT_FIELDS, ConnectionLimit, connection_limit, http_limits
 from meshpy.xds.translate_routes import route_config
+from meshpy.xds.translate_tls import (
+    DownstreamTlsContext,
+    Secrets,
+    connect_timeout,
+    server_tls,
+    transport_socket,
+)
+from meshpy.xds.translate_tls import (
+    chain_match as tls_match,
+)
 
 HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
 TcpProxy = tcp_proxy_pb2.TcpProxy
@@ -54,7 +66,8 @@ def _by_name(*classes: Any) -> dict[str, Any]:
 NETWORK_FILTERS = _by_name(HttpConnectionManager, TcpProxy)
 OriginalDst = original_dst_pb2.OriginalDst
 HttpInspector = http_inspector_pb2.HttpInspector
-LISTENER_FILTERS = _by_name(OriginalDst, HttpInspector)
+TlsInspector = tls_inspector_pb2.TlsInspector
+LISTENER_FILTERS = _by_name(OriginalDst, HttpInspector, TlsInspector)
 ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
 
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
@@ -95,9 +108,11 @@ _MAX_HEADERS_KB = 8192  # Envoy's upper bound for max_request_headers_kb
 
 
 def listener(
-    issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfig] | None = None
+    issues: Issues, msg: Any, path: str, routes: Mapping[str, RouteConfig] | None = None,
+    secrets: Secrets | None = None,
 ) -> Listener:
-    """A Listener. An HCM using RDS needs `routes` (RouteConfigurations received over xDS, by name)."""
+    """A Listener. An HCM using RDS needs `routes` (RouteConfigurations received over xDS, by name);
+    TLS contexts may name the bootstrap's static `secrets`."""
     issues.fields(msg, path, _LISTENER)
     if msg.HasField("address"):
         address = socket_address(issues, msg.address, child(path, "address"))
@@ -113,11 +128,17 @@ def listener(
         direction=_DIRECTIONS.get(msg.traffic_direction, "unspecified"))
     limits = ConnectionLimits(buffer_limit=wrapped(msg, "per_connection_buffer_limit_bytes", None) or None)
     interception = dataclasses.replace(interception, limits=limits)
-    sniffing = listener_filters(issues, msg, path)
+    sniffing, inspecting = listener_filters(issues, msg, path)
     limited: list[int] = []  # connection_limit filters' max_connections, one per chain at most
     chains = [(c, item(child(path, "filter_chains"), i)) for i, c in enumerate(msg.filter_chains)]
     if msg.HasField("default_filter_chain"):
         chains.append((msg.default_filter_chain, child(path, "default_filter_chain")))
+    if inspecting or any(_general(c) for c, _ in chains) or len(chains) > 2:
+        listener = _chains(issues, msg, path, chains, routes, secrets or {}, limited, inspecting)
+        return _limited(dataclasses.replace(interception, kind=listener.kind, http=listener.http,
+                                            tcp=listener.tcp, tls=listener.tls, match=listener.match,
+                                            chains=listener.chains, inspect_tls=inspecting,
+                                            default_chain=listener.default_chain), limited)
     if len(chains) == 2:
         # An HTTP chain for what the http_inspector finds to be HTTP, and a TCP chain for the rest
         # (Istio's protocol sniffing): an http listener with a tcp fallback.
@@ -176,12 +197,62 @@ def _limited(listener: Listener, limits: list[int]) -> Listener:
     return dataclasses.replace(listener, limits=limited)
 
 
+def _general(chain: Any) -> bool:
+    """Whether a chain needs the general path (chains chosen by match, TLS): a transport socket, or a
+    filter_chain_match on more than the application protocols the http_inspector reports."""
+    if chain.HasField("transport_socket"):
+        return True
+    m = chain.filter_chain_match
+    return any(f.name != "application_protocols" for f, _ in m.ListFields()) if chain.HasField(
+        "filter_chain_match") else False
+
+
+def _chains(issues: Issues, msg: Any, path: str, chains: list[tuple[Any, str]],
+            routes: Mapping[str, RouteConfig] | None, secrets: Secrets, limited: list[int],
+            inspecting: bool) -> Listener:
+    """Chains chosen by filter_chain_match, each with its own TLS (or none): the first is the
+    listener's own, the rest go to `chains`."""
+    found: list[FilterChain] = []
+    for i, (chain, at) in enumerate(chains):
+        options = _chain(issues, chain, at, routes, limited, general=True)
+        match = ANY_CONNECTION
+        if chain.HasField("filter_chain_match"):
+            match = tls_match(issues, chain.filter_chain_match, child(at, "filter_chain_match"))
+        tls = None
+        if chain.HasField("transport_socket"):
+            config = transport_socket(issues, chain.transport_socket, child(at, "transport_socket"))
+            if config is not None and not isinstance(config, DownstreamTlsContext):
+                issues.add(child(at, "transport_socket"), "a listener's TLS is a DownstreamTlsContext")
+            elif config is not None:
+                tls = server_tls(issues, config, child(at, "transport_socket.typed_config"), secrets,
+                                 connect_timeout(chain))
+        elif chain.HasField("transport_socket_connect_timeout"):
+            issues.add(child(at, "transport_socket_connect_timeout"), "only applies with TLS")
+        name = chain.name or f"{msg.name or 'listener'}#{i}"
+        if isinstance(options, HttpOptions):
+            found.append(FilterChain(name=name, match=match, tls=tls, kind="http", http=options))
+        elif isinstance(options, TcpOptions):
+            found.append(FilterChain(name=name, match=match, tls=tls, kind="tcp", tcp=options))
+        else:
+            found.append(FilterChain(name=name, match=match, kind="tcp", tcp=TcpOptions(cluster="")))
+    first = found[0] if found else FilterChain(name="", kind="tcp", tcp=TcpOptions(cluster=""))
+    return Listener(name=msg.name, address=Address(host="", port=0), kind=first.kind, http=first.http,
+                    tcp=first.tcp, tls=first.tls, match=first.match, chains=tuple(found[1:]),
+                    inspect_tls=inspecting, default_chain=msg.HasField("default_filter_chain"))
+
+
 def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, RouteConfig] | None,
-           max_connections: list[int], sniffed: bool = False) -> HttpOptions | TcpOptions | None:
+           max_connections: list[int], sniffed: bool = False,
+           general: bool = False) -> HttpOptions | TcpOptions | None:
     """One filter chain's HTTP or TCP options. `sniffed`: the chain may match HTTP application
-    protocols (what the http_inspector reports), its only supported filter_chain_match."""
-    issues.fields(chain, chain_path, {"name", "filters", "filter_chain_match"})
-    if chain.HasField("filter_chain_match"):
+    protocols (what the http_inspector reports), its only supported filter_chain_match; `general`:
+    the caller reads the match and the transport socket."""
+    if general:
+        issues.fields(chain, chain_path, {"name", "filters", "filter_chain_match", "transport_socket",
+                                          "transport_socket_connect_timeout"})
+    else:
+        issues.fields(chain, chain_path, {"name", "filters", "filter_chain_match"})
+    if chain.HasField("filter_chain_match") and not general:
         m, m_path = chain.filter_chain_match, child(chain_path, "filter_chain_match")
         issues.fields(m, m_path, {"application_protocols"} if sniffed else ())
         wanted = set(m.application_protocols)
@@ -215,19 +286,21 @@ def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, Rou
     return None
 
 
-def listener_filters(issues: Issues, msg: Any, path: str) -> bool:
-    """Check the listener filters; True if the http_inspector is among them. original_dst is what
-    meshpy does for every use_original_dst listener, so it is accepted and needs no setting."""
-    sniffing = False
+def listener_filters(issues: Issues, msg: Any, path: str) -> tuple[bool, bool]:
+    """Check the listener filters; whether the http_inspector and the tls_inspector are among them.
+    original_dst is what meshpy does for every use_original_dst listener, so it is accepted and needs
+    no setting."""
+    sniffing = inspecting = False
     for i, lf in enumerate(msg.listener_filters):
         at = item(child(path, "listener_filters"), i)
         issues.fields(lf, at, {"name", "typed_config"})
         if lf.HasField("typed_config"):
             config = unpack(issues, lf.typed_config, child(at, "typed_config"), LISTENER_FILTERS)
             sniffing = sniffing or isinstance(config, HttpInspector)
+            inspecting = inspecting or isinstance(config, TlsInspector)
         else:
             issues.add(child(at, "typed_config"), "is required")
-    return sniffing
+    return sniffing, inspecting
 
 
 def _http_options(

@@ -39,6 +39,7 @@ MODULES = {
     "meshpy_yaml": "fuzz_meshpy_yaml",
     "bootstrap": "fuzz_bootstrap",
     "xds": "fuzz_xds",
+    "tls_hello": "fuzz_tls_hello",
 }
 
 

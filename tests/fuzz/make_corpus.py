@@ -1,8 +1,8 @@
 """Rebuild the committed seed corpus (tests/fuzz/corpus/<target>/) from the project's own test inputs:
 the desync probe corpus, hand-written requests, responses and HTTP/2 frame sequences, config/*.yaml,
 the config/control resources, the YAML strings of the unit and integration tests, and every loadable
-meshpy config exported to xDS resources (control.sources.export). Regression inputs (`regress-*`) are
-kept as they are.
+meshpy config exported to xDS resources (control.sources.export), and TLS ClientHellos made by the ssl
+module (fuzz_tls_hello.seeds). Regression inputs (`regress-*`) are kept as they are.
 
     .venv/bin/python tests/fuzz/make_corpus.py
 
@@ -228,6 +228,12 @@ def _export(export: object, config: object) -> dict[str, dict[str, object]]:
         return {}
 
 
+def tls_hellos() -> list[bytes]:
+    from fuzz_tls_hello import seeds
+
+    return seeds()
+
+
 def main() -> None:
     meshpy, envoy, loaded = configs()
     counts = {
@@ -237,6 +243,7 @@ def main() -> None:
         "meshpy_yaml": write("meshpy_yaml", meshpy),
         "bootstrap": write("bootstrap", bootstraps(envoy, loaded)),
         "xds": write("xds", xds_resources(loaded)),
+        "tls_hello": write("tls_hello", tls_hellos()),
     }
     for target, n in counts.items():
         print(f"{target}: {n} seeds")

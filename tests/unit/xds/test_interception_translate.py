@@ -237,18 +237,12 @@ def sniff(**changes: Any) -> dict[str, Any]:
         pytest.param(sniff(filter_chains=[hcm_chain({"application_protocols": ["h2", "http/1.1"]})]),
                      f"{L0}.filter_chains[0].filter_chain_match.application_protocols: only "
                      "['h2c', 'http/1.0', 'http/1.1'] are known", id="alpn-h2"),
-        pytest.param(sniff(filter_chains=[hcm_chain({"destination_port": 80})]),
-                     f"{L0}.filter_chains[0].filter_chain_match.destination_port: not supported by meshpy",
-                     id="other-match"),
         pytest.param(sniff(default_filter_chain=hcm_chain()),
                      f"{L0}.filter_chains: two chains must be one HTTP chain matching "
                      "application_protocols and one TCP proxy chain", id="two-http"),
         pytest.param(sniff(filter_chains=[tcp_chain()]),
                      f"{L0}.filter_chains: two chains must be one HTTP chain matching "
                      "application_protocols and one TCP proxy chain", id="two-tcp"),
-        pytest.param(sniff(filter_chains=[hcm_chain(HTTP_MATCH), tcp_chain()]),
-                     f"{L0}.filter_chains: exactly one filter chain (or an HTTP chain and a TCP "
-                     "default_filter_chain) is supported, got 3", id="three-chains"),
         pytest.param(sniff(filter_chains=[tcp_chain(), hcm_chain(HTTP_MATCH)], default_filter_chain=None),
                      f"{L0}.filter_chains[1].filter_chain_match.application_protocols: "
                      "not supported by meshpy",
@@ -257,11 +251,6 @@ def sniff(**changes: Any) -> dict[str, Any]:
                      f"{L0}.filter_chains[0].filter_chain_match.application_protocols: "
                      "not supported by meshpy",
                      id="one-matching-chain"),
-        pytest.param(sniff(listener_filters=[{"name": "tls", "typed_config": {"@type": TLS_INSPECTOR}}],
-                           default_filter_chain=None, filter_chains=[tcp_chain()]),
-                     f"{L0}.listener_filters[0].typed_config: envoy.extensions.filters.listener."
-                     "tls_inspector.v3.TlsInspector is not supported by meshpy",
-                     id="tls-inspector"),
         pytest.param(sniff(listener_filters=[{"name": "envoy.filters.listener.original_dst"}],
                            filter_chains=[tcp_chain()], default_filter_chain=None),
                      f"{L0}.listener_filters[0].typed_config: is required", id="filter-without-config"),
@@ -284,6 +273,21 @@ def sniff(**changes: Any) -> dict[str, Any]:
 )
 def test_listener_error(listener: dict[str, Any], expected: str) -> None:
     assert errors(bootstrap(listener)) == [expected]
+
+
+def test_chains_beyond_the_sniffing_shape_are_chosen_by_match() -> None:
+    """A match on more than the HTTP application protocols, a third chain or a tls_inspector: the
+    chains are chosen connection by connection (meshpy.routing.chains), as in Envoy."""
+    by_port_config = load_bootstrap(bootstrap(sniff(filter_chains=[hcm_chain({"destination_port": 80})])))
+    by_port = by_port_config.listeners[0]
+    assert by_port.match.destination_port == 80 and by_port.kind == "http"
+    assert by_port.default_chain and [c.kind for c in by_port.chains] == ["tcp"]
+    three = load_bootstrap(bootstrap(sniff(filter_chains=[hcm_chain(HTTP_MATCH), tcp_chain()]))).listeners[0]
+    assert [c.kind for c in three.all_chains()] == ["http", "tcp", "tcp"]
+    assert three.match.application_protocols == tuple(HTTP_MATCH["application_protocols"])
+    inspected = load_bootstrap(bootstrap(sniff(listener_filters=[{"name": "tls", "typed_config": {
+        "@type": TLS_INSPECTOR}}], default_filter_chain=None, filter_chains=[tcp_chain()]))).listeners[0]
+    assert inspected.inspect_tls and inspected.kind == "tcp" and not inspected.chains
 
 
 @pytest.mark.parametrize(

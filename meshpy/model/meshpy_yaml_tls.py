@@ -1,0 +1,277 @@
+"""meshpy YAML for TLS: `tls:` on a listener (terminate) and on a cluster (originate), and `sni:` on a
+TCP listener (TLS passthrough: route by the server name without terminating).
+
+    listeners:
+      - address: 0.0.0.0:10443
+        tls:
+          certificates: [{cert: certs/edge.pem, key: certs/edge.key}]
+          client_certificates: {ca: certs/clients-ca.pem, subject_alt_names: [{uri: spiffe://shop/orders}]}
+          plaintext: allow        # PERMISSIVE: plaintext clients too, told apart by their first bytes
+      - address: 0.0.0.0:8443
+        protocol: tcp
+        sni:
+          - {server_names: [api.example.com, "*.api.example.com"], cluster: api}
+        cluster: fallback         # optional: what no name matched
+    clusters:
+      payments: {endpoints: [10.0.0.7:443], tls: {sni: payments.internal}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from meshpy.model.meshpy_yaml_matches import string_match
+from meshpy.model.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    TLS_VERSIONS,
+    Certificate,
+    ChainMatch,
+    ClientTls,
+    FilterChain,
+    Pem,
+    SanMatch,
+    ServerTls,
+    TlsParams,
+    TlsVersion,
+    Validation,
+)
+from meshpy.model.types import HttpCodec, Listener
+from meshpy.model.yaml_reader import (
+    Fields,
+    Reader,
+    as_bool,
+    as_name,
+    as_optional_timeout,
+    as_str,
+    child,
+    item,
+)
+
+LISTENER_TLS_KEYS = ("tls", "sni")
+_SERVER_KEYS = (
+    "certificates",
+    "cert",
+    "key",
+    "client_certificates",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "curves",
+    "alpn",
+    "session_tickets",
+    "handshake_timeout",
+    "plaintext",
+)
+_CLIENT_KEYS = (
+    "sni",
+    "ca",
+    "verify",
+    "verify_hostname",
+    "subject_alt_names",
+    "cert",
+    "key",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "curves",
+    "alpn",
+)
+_ALPN = {"auto": ("h2", "http/1.1"), "http1": ("http/1.1",), "http2": ("h2",)}
+_SAN_KINDS = ("uri", "dns", "email", "ip")
+
+
+def _version(value: object) -> TlsVersion:
+    text = as_str(value).strip()
+    name = text if text.startswith("TLSv") else f"TLSv{text}"
+    if name not in TLS_VERSIONS:
+        raise ValueError(f"must be one of 1.0, 1.1, 1.2, 1.3, got {value!r}")
+    return name
+
+
+def _names(value: object) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    return tuple(as_str(v).strip() for v in items)
+
+
+def _params(f: Fields) -> TlsParams:
+    return TlsParams(
+        min_version=f.get("min_version", _version, "TLSv1.2"),
+        max_version=f.get("max_version", _version, "TLSv1.3"),
+        ciphers=f.get("ciphers", _names, ()),
+        curves=f.get("curves", _names, ()),
+    )
+
+
+def _pem(value: object) -> Pem:
+    text = as_str(value)
+    if "-----BEGIN" in text:
+        return Pem(inline=text.encode())
+    return Pem(path=text)
+
+
+def _certificate(r: Reader, node: object, path: str) -> Certificate | None:
+    f = r.mapping(node, path, ("cert", "key"))
+    if f is None:
+        return None
+    return Certificate(chain=f.require("cert", _pem, Pem()), key=f.require("key", _pem, Pem()))
+
+
+def _sans(r: Reader, node: object, path: str) -> tuple[SanMatch, ...]:
+    found = []
+    for i, entry in enumerate(r.sequence(node, path, allow_single=True)):
+        at = item(path, i)
+        if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in _SAN_KINDS:
+            r.error(
+                at, f"expected one of {{uri: ...}}, {{dns: ...}}, {{email: ...}}, {{ip: ...}}, got {entry!r}"
+            )
+            continue
+        kind, spec = next(iter(entry.items()))
+        match, _ = string_match(r, spec, child(at, kind), allow_invert=False)
+        found.append(SanMatch(kind=kind, match=match))
+    return tuple(found)
+
+
+def server_tls(r: Reader, node: object, path: str, codec: HttpCodec | None) -> ServerTls | None:
+    """A listener's `tls:`; `codec`: the listener's (None for TCP), which picks the default ALPN."""
+    f = r.mapping(node, path, _SERVER_KEYS)
+    if f is None:
+        return None
+    certs: list[Certificate] = []
+    if "certificates" in f:
+        for i, entry in enumerate(r.sequence(f.raw("certificates"), f.at("certificates"), allow_single=True)):
+            cert = _certificate(r, entry, item(f.at("certificates"), i))
+            if cert is not None:
+                certs.append(cert)
+        for key in f.present("cert", "key"):
+            r.error(f.at(key), "give either certificates: [...] or cert and key")
+    elif "cert" in f or "key" in f:
+        certs.append(Certificate(chain=f.require("cert", _pem, Pem()), key=f.require("key", _pem, Pem())))
+    else:
+        r.error(path, "missing required key 'certificates' (or cert and key)")
+    validation, required = None, False
+    if "client_certificates" in f:
+        c = r.mapping(
+            f.raw("client_certificates"), f.at("client_certificates"), ("ca", "required", "subject_alt_names")
+        )
+        if c is not None:
+            validation = Validation(
+                ca=c.require("ca", _pem, Pem()),
+                san=_sans(r, c.raw("subject_alt_names"), c.at("subject_alt_names"))
+                if "subject_alt_names" in c
+                else (),
+            )
+            required = c.get("required", as_bool, True)
+    return ServerTls(
+        certificates=tuple(certs),
+        validation=validation,
+        require_client_certificate=required,
+        params=_params(f),
+        alpn=f.get("alpn", _names, _ALPN.get(codec or "", ())),
+        session_tickets=f.get("session_tickets", as_bool, True),
+        handshake_timeout=f.get("handshake_timeout", as_optional_timeout, DEFAULT_HANDSHAKE_TIMEOUT),
+    )
+
+
+def plaintext_allowed(r: Reader, f: Fields) -> bool:
+    raw = f.raw("tls")
+    value = raw.get("plaintext", "refuse") if isinstance(raw, dict) else "refuse"
+    if value not in ("refuse", "allow"):
+        r.error(child(f.at("tls"), "plaintext"), f"must be refuse or allow, got {value!r}")
+        return False
+    return value == "allow"
+
+
+def with_listener_tls(r: Reader, f: Fields, listener: Listener) -> Listener:
+    """`tls:` and `sni:` applied to a listener read without them."""
+    if "sni" in f:
+        listener = _sni_routes(r, f.raw("sni"), f.at("sni"), listener, "cluster" in f)
+    if "tls" not in f:
+        return listener
+    codec = listener.http.codec if listener.http is not None else None
+    tls = server_tls(r, f.raw("tls"), f.at("tls"), codec)
+    if tls is None:
+        return listener
+    if not plaintext_allowed(r, f):
+        return replace(listener, tls=tls)
+    # PERMISSIVE: the same service for plaintext, picked by the client's first bytes.
+    plain = FilterChain(
+        name=f"{listener.name}-plaintext",
+        match=ChainMatch(transport_protocol="raw_buffer"),
+        kind=listener.kind,
+        http=listener.http,
+        tcp=listener.tcp,
+    )
+    return replace(
+        listener, tls=tls, match=ChainMatch(transport_protocol="tls"), chains=(plain,), inspect_tls=True
+    )
+
+
+def _sni_routes(r: Reader, node: object, path: str, listener: Listener, has_default: bool) -> Listener:
+    if listener.kind != "tcp" or listener.tcp is None:
+        r.error(path, "only applies to tcp listeners (TLS passthrough by server name)")
+        return listener
+    chains: list[FilterChain] = []
+    for i, entry in enumerate(r.sequence(node, path)):
+        at = item(path, i)
+        e = r.mapping(entry, at, ("server_names", "cluster", "idle_timeout"))
+        if e is None:
+            continue
+        names = e.require("server_names", _server_names, ())
+        tcp = replace(listener.tcp, cluster=e.require("cluster", as_name, ""))
+        if "idle_timeout" in e:
+            tcp = replace(tcp, idle_timeout=e.get("idle_timeout", as_optional_timeout, tcp.idle_timeout))
+        chains.append(
+            FilterChain(
+                name=f"{listener.name}-sni-{i}", match=ChainMatch(server_names=names), kind="tcp", tcp=tcp
+            )
+        )
+    if not chains:
+        return listener
+    if has_default:
+        return replace(listener, chains=tuple(chains), inspect_tls=True)
+    first = chains[0]
+    return replace(listener, tcp=first.tcp, match=first.match, chains=tuple(chains[1:]), inspect_tls=True)
+
+
+def _server_names(value: object) -> tuple[str, ...]:
+    names = _names(value)
+    for name in names:
+        if not name or (name.startswith("*") and not name.startswith("*.")) or "*" in name[1:]:
+            raise ValueError(f"{name!r}: a server name is exact or *.suffix")
+    return tuple(n.lower() for n in names)
+
+
+def client_tls(r: Reader, node: object, path: str, protocol: object) -> ClientTls | None:
+    """A cluster's `tls:` (true: TLS with every default: the system's CAs, no SNI); `protocol`: the
+    cluster's, which ALPN offers unless `alpn` says otherwise."""
+    if node is True:
+        node = {}
+    f = r.mapping(node, path, _CLIENT_KEYS)
+    if f is None:
+        return None
+    sni = f.get("sni", as_name, "")
+    verify = f.get("verify", as_bool, True)
+    validation = None
+    if verify:
+        sans = (
+            _sans(r, f.raw("subject_alt_names"), f.at("subject_alt_names"))
+            if "subject_alt_names" in f
+            else ()
+        )
+        validation = Validation(ca=f.get("ca", _pem, None), system="ca" not in f, san=sans)
+    elif "ca" in f or "subject_alt_names" in f:
+        r.error(f.at("verify"), "verify: false checks nothing: drop ca and subject_alt_names")
+    certificate = None
+    if "cert" in f or "key" in f:
+        certificate = Certificate(chain=f.require("cert", _pem, Pem()), key=f.require("key", _pem, Pem()))
+    hostname = f.get("verify_hostname", as_bool, bool(sni) and verify)
+    if hostname and not sni:
+        r.error(f.at("verify_hostname"), "needs sni: the name the certificate must carry")
+    return ClientTls(
+        sni=sni,
+        certificate=certificate,
+        validation=validation,
+        params=_params(f),
+        alpn=f.get("alpn", _names, ("h2",) if protocol == "http2" else ("http/1.1",)),
+        verify_hostname=hostname,
+    )
