@@ -9,6 +9,7 @@
 #   make bench-xds     the control plane with up to 5,000 simulated xDS clients
 #   make bench-policies what retries, a breaker and outlier detection cost a route (req/s ratio)
 #   make bench-h2       HTTP/2 and gRPC through meshpy and Envoy (h2load), CPU against h2 alone
+#   make bench-tls      HTTPS through meshpy and Envoy: keep-alive, full and resumed handshakes, HTTP/2
 #   make bench-sidecar  a call between two pods: direct, through meshpy sidecars, through Envoy ones (root)
 #   make bench-conns    RSS per idle connection and new connections/s, meshpy against Envoy and nginx
 #   make soak    30 minutes of mixed traffic under chaos: no lost request, RSS and fds steady (docs/soak.md)
@@ -40,6 +41,7 @@ help:
 	@echo 'make bench-quick   a before/after check in under 2 minutes'
 	@echo 'make bench-micro   micro-benchmarks of the hot path'
 	@echo 'make bench-h2      HTTP/2 and gRPC: meshpy and Envoy with h2load, CPU against h2 alone'
+	@echo 'make bench-tls     HTTPS: meshpy and Envoy, keep-alive, full and resumed handshakes, HTTP/2 over TLS'
 	@echo 'make bench-xds     the control plane with up to 5,000 simulated xDS clients'
 	@echo 'make bench-policies the cost of retries, a breaker and outlier detection on a route'
 	@echo 'make bench-sidecar  two pods (network namespaces): direct, meshpy sidecars, Envoy sidecars'
@@ -151,6 +153,12 @@ bench-sidecar: bench-deps
 bench-h2: bench-deps
 	$(BIN)/python benchmarks/h2_bench.py
 
+# HTTPS through meshpy and Envoy with ECDSA and RSA certificates: keep-alive requests, full and resumed
+# handshakes per second and CPU per handshake, HTTP/2 over TLS (about 5 minutes; docs/tls-benchmarks.md).
+# The handshake client is benchmarks/tls_client.c, built with cc against libssl-dev when they are there.
+bench-tls: bench-deps
+	$(BIN)/python benchmarks/tls_bench.py
+
 bench-micro: $(STAMP)
 	$(BIN)/pytest benchmarks/micro --benchmark-only -q
 
@@ -196,4 +204,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-deps lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-sidecar bench-conns image test-image clean
+.PHONY: help install run test test-deps lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-tls bench-sidecar bench-conns image test-image clean

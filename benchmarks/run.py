@@ -12,6 +12,9 @@ gives its time to /ready and its idle RSS once per round.
 The full suite then measures connection capacity (benchmarks/conn_bench.py): each proxy's RSS per idle
 downstream connection and the new connections per second it accepts while a keep-alive client is served,
 interleaved over the same number of rounds, each proxy started afresh again (--no-conns leaves it out).
+And it measures HTTPS through meshpy and Envoy (benchmarks/tls_bench.py's suite: keep-alive, full and resumed
+handshakes, HTTP/2 over TLS, 3 s per run, about 2 minutes), into results["tls"] and tls-<date>-<commit>.json
+and .md beside the suite's results (--no-tls leaves it out).
 
 Writes benchmarks/results/<date>-<commit>.json (machine, versions, every raw run) and, through report.py,
 the Markdown table and PNG chart beside it.
@@ -32,6 +35,7 @@ from typing import Any
 import conn_bench
 import openloop
 import tcp_bench
+import tls_bench
 from contenders import Contender, Origin, all_contenders, nginx_build_options, start_origin, start_tcp_source
 from tools import (
     ROOT,
@@ -227,6 +231,9 @@ def run(args: argparse.Namespace) -> Path:
             if mode == "full" and not args.no_conns:
                 connections(results, path, args, contenders, procs, workdir, origin, rounds, proxy_cpu,
                             load_cpu)
+            if mode == "full" and not args.no_tls:
+                tls(results, path, out_dir, args, contenders, procs, workdir, origin, rounds, proxy_cpu,
+                    load_cpu)
         finally:
             procs.stop_all()
     path.write_text(json.dumps(results, indent=1))
@@ -251,6 +258,28 @@ def connections(results: dict[str, Any], path: Path, args: argparse.Namespace, c
         path.write_text(json.dumps(results, indent=1))
 
     save(conn_bench.run_rounds(settings, chosen, procs, workdir, origin, rounds, proxy_cpu, load_cpu, save))
+
+
+def tls(results: dict[str, Any], path: Path, out_dir: Path, args: argparse.Namespace,
+        contenders: list[Contender], procs: Procs, workdir: Path, origin: Origin, rounds: int,
+        proxy_cpu: int | None, load_cpu: int | None) -> None:
+    """tls_bench.py's suite into results["tls"], and its own JSON and Markdown beside the results: meshpy
+    on uvloop, and Envoy when it is one of the contenders."""
+    names = [c.name for c in contenders]
+    if "meshpy-uvloop" not in names:
+        return
+    envoy = envoy_binary() if "envoy" in names else None
+    print("benchmarks: TLS, meshpy and Envoy over HTTPS (benchmarks/tls_bench.py)", flush=True)
+
+    def save(part: dict[str, Any]) -> None:
+        results["tls"] = part
+        path.write_text(json.dumps(results, indent=1))
+
+    save(tls_bench.suite(procs, workdir, origin, envoy, proxy_cpu, load_cpu, rounds, args.duration, save))
+    keys = ("started", "date", "commit", "dirty", "machine", "versions", "cpus", "tls")
+    own = {"benchmark": "tls", "schema": 1, **{k: results[k] for k in keys}}
+    _, md = tls_bench.write_outputs(own, out_dir)
+    print(md.read_text(), flush=True)
 
 
 def one_contender(results: dict[str, Any], rnd: int, contender: Contender, procs: Procs, workdir: Path,
@@ -310,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-report", action="store_true", help="write the JSON only")
     ap.add_argument("--no-conns", action="store_true",
                     help="leave out the connection capacity figures of full runs (benchmarks/conn_bench.py)")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="leave out the HTTPS figures of full runs (benchmarks/tls_bench.py)")
     ap.add_argument("--readme", action="store_true",
                     help="put the tables and chart into README.md too (full runs only)")
     args = ap.parse_args(argv)

@@ -21,8 +21,12 @@ from typing import TYPE_CHECKING
 import grpc
 from prometheus_client.registry import Collector
 
+from control import ca_cli
 from control.admin import MAX_HEAD, ControlAdmin
 from control.ads import AdsServer, add_to_server
+from control.ca_cli import CaOptions
+from control.ca_files import CaSetupError
+from control.ca_service import CaCollector
 from control.cache import (
     InconsistentSnapshot,
     NodeSelector,
@@ -156,9 +160,9 @@ async def watch_dir(publisher: Publisher, source: Path, interval: float = POLL_I
 
 async def serve(listen: str, source: Path | None, admin: str | None = None,
                 poll_interval: float = POLL_INTERVAL, meshpy_format: bool = False,
-                kubernetes: KubernetesOptions | None = None) -> int:
+                kubernetes: KubernetesOptions | None = None, ca: CaOptions | None = None) -> int:
     """`source` is a directory of Envoy-native resources, or of meshpy YAML when `meshpy_format`;
-    `kubernetes` adds (or with no directory, is) the Kubernetes source."""
+    `kubernetes` adds (or with no directory, is) the Kubernetes source. The CA (`ca`) always runs."""
     loader: Loader = load_meshpy_dir if meshpy_format else envoy_layer
     if meshpy_format and kubernetes is not None:
         loader = meshpy_dir_beside_kubernetes(kubernetes.cluster_domain)
@@ -167,6 +171,12 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
     publisher = Publisher(cache, loads, kubernetes is not None, source is not None)
     if source is not None and not publisher.load_directory(source, loader):
         log.error("%s: no good initial config; serving nothing until the source is fixed", source)
+    ca = ca or CaOptions()
+    try:
+        authority = ca_cli.open_ca(ca)  # before the Kubernetes client, which must be closed once made
+    except CaSetupError as err:
+        log.error("ca: %s", err)
+        return 1
     collectors: list[Collector] = []
     kube: KubernetesSource | None = None
     if kubernetes is not None:
@@ -190,6 +200,10 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
                                       ("grpc.server.max_pending_requests_hard_limit", 40_000),
                                       ("grpc.so_reuseport", 0)])
     add_to_server(ads, server)
+    # The CA's services share the ADS port; with the Kubernetes source, pods' tokens go to TokenReview.
+    identity = ca_cli.identity_service(authority, ca, kube.api if kube is not None else None)
+    identity.add_to_server(server)
+    collectors.append(CaCollector(identity))
     tasks: list[asyncio.Task[None]] = []
     admin_server = None
     try:
@@ -210,7 +224,7 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
                 return 1
         await server.start()
         names = [str(source)] * (source is not None) + ["kubernetes"] * (kubernetes is not None)
-        log.info("ADS on %s, admin on %s, source %s", listen, admin or "-", " and ".join(names))
+        log.info("ADS and CA on %s, admin on %s, source %s", listen, admin or "-", " and ".join(names))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -255,7 +269,12 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"meshpy control: {flag} {directory}: no such directory", file=sys.stderr)
         return 2
     meshpy_format = args.meshpy_dir is not None
+    try:
+        ca = ca_cli.options(args)
+    except ValueError as err:
+        print(f"meshpy control: {err}", file=sys.stderr)
+        return 2
     # On uvloop, as the proxy: the scale benchmark measured ~8% less CPU per push than on asyncio's
     # own loop (grpc.aio works on either).
     return int(uvloop.run(serve(args.listen, source, args.admin, args.poll_interval, meshpy_format,
-                                kubernetes)))
+                                kubernetes, ca)))

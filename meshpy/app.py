@@ -18,6 +18,7 @@ from typing import Any
 
 from meshpy.admin.server import AdminServer, start_admin
 from meshpy.app_stop import Stopping
+from meshpy.app_tls import TlsReloading
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.listener_pause import close_spares, pause, resume
 from meshpy.model.dump import dump_config
@@ -59,7 +60,7 @@ def config_version(config: Config) -> str:
     return hashlib.sha256(repr(config).encode()).hexdigest()[:12]
 
 
-class App(Stopping):
+class App(Stopping, TlsReloading):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -100,18 +101,19 @@ class App(Stopping):
         self.metrics.add_callback_collector(self.overload.families)
 
     # -- config ------------------------------------------------------------------------------------
-    async def apply(self, config: Config, source: str = "") -> Snapshot:
-        """Make `config` live, or raise ConfigError and keep the old one serving."""
+    async def apply(self, config: Config, source: str = "", refresh_tls: bool = False) -> Snapshot:
+        """Make `config` live, or raise ConfigError and keep the old one serving. `refresh_tls`: read
+        the TLS files again even where the config is unchanged (they changed)."""
         try:
-            snap = await self._apply(config, source)
+            snap = await self._apply(config, source, refresh_tls)
         except ConfigError:
             self.metrics.config_load(False)
             raise
         self.metrics.config_load(True, snap.version)
         return snap
 
-    async def _apply(self, config: Config, source: str) -> Snapshot:
-        new_clusters = self.clusters.reconcile(config.clusters)
+    async def _apply(self, config: Config, source: str, refresh_tls: bool = False) -> Snapshot:
+        new_clusters = self.clusters.reconcile(config.clusters, refresh_tls)
         claims = self.policies.claims()
         try:
             snap = compile_snapshot(
@@ -127,6 +129,7 @@ class App(Stopping):
         self.policies.commit(claims)  # rate-limit buckets and fault state kept where unchanged
         self._swap_listeners(snap)
         self.snapshot = snap
+        self._tls_live(config, snap)
         await self._ensure_admin(config)
         del old_clusters
         if self._state == "PRE_INITIALIZING" and not self._hold_initialization:

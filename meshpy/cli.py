@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import meshpy
 from meshpy.errors import ConfigError
-from meshpy.model.types import DEFAULT_ADMIN
+from meshpy.model.types import DEFAULT_ADMIN, Config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     from control.sources import kubernetes_cli
 
     kubernetes_cli.add_arguments(ctl)
+    from control import ca_cli
+
+    ca_cli.add_arguments(ctl)
     ctl.add_argument("--poll-interval", type=float, default=0.5,
                      help="seconds between looks at the source for changes")
     ctl.add_argument("--admin", default="127.0.0.1:18001",
@@ -116,6 +119,20 @@ def _run_loop(loop_name: str, coro_factory: object) -> int:
     return int(asyncio.run(coro_factory()))
 
 
+def _check_tls(config: Config) -> None:
+    """Read every certificate, key and CA the config names, as the proxy will: a missing file, a key
+    others may replace or one that does not match its certificate fails validation too."""
+    from meshpy.transport.tls_contexts import client_context, server_contexts
+
+    for i, lm in enumerate(config.listeners):
+        for j, chain in enumerate(lm.all_chains()):
+            if chain.tls is not None:
+                server_contexts(chain.tls, f"listeners[{i}]." + ("tls" if j == 0 else f"chains[{j - 1}].tls"))
+    for i, c in enumerate(config.clusters):
+        if c.tls is not None:
+            client_context(c.tls, f"clusters[{i}].tls")
+
+
 def _validate(files: Sequence[str]) -> int:
     from meshpy.model.load import NOTHING_TO_SERVE, load_file
     from meshpy.routing.table import RouteTable
@@ -142,6 +159,7 @@ def _validate(files: Sequence[str]) -> int:
                         raise ConfigError(
                             [type(x)(f"listeners[{i}].route_config.{x.path}", x.reason) for x in err.issues]
                         ) from err
+            _check_tls(config)
         except ConfigError as err:
             failed = True
             for issue in err.issues:

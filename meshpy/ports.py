@@ -65,12 +65,18 @@ class TlsInfo:
     sni: str  # the server name the client asked for ("" when it sent none)
     alpn: str  # the application protocol agreed on ("" when none)
     # The verified client certificate's subject alternative names by kind (a SPIFFE ID is a URI SAN),
-    # its subject (RFC 4514) and its DER bytes; all empty when the client sent no certificate.
+    # its subject (RFC 2253 as OpenSSL prints it, Envoy's spelling: meshpy.codec.x509_text) and its
+    # DER bytes; all empty when the client sent no certificate.
     peer_uris: tuple[str, ...] = ()
     peer_dns: tuple[str, ...] = ()
     peer_subject: str = ""
     peer_certificate: bytes = b""
     resumed: bool = False  # the session was resumed (a ticket), not a full handshake
+    # The certificates the client sent after its own (intermediates, DER, in its order): with
+    # peer_certificate, x-forwarded-client-cert's Chain. Empty when it sent its certificate alone.
+    peer_chain: tuple[bytes, ...] = ()
+    # The URI SANs of the certificate this proxy presented (x-forwarded-client-cert's By).
+    local_uris: tuple[str, ...] = ()
 
 
 class ResponseWriter(Protocol):

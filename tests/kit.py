@@ -391,6 +391,7 @@ class Envoy:
     admin_port: int
     proc: subprocess.Popen[bytes] | None = None
     files: list[Path] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)  # e.g. --file-flush-interval-msec for its logs
 
     def start(self) -> Envoy:
         envoy = envoy_binary()
@@ -403,7 +404,7 @@ class Envoy:
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [envoy, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                 "--base-id", str(os.getpid() % 60000 + 1000), "--log-level", "warning"],
+                 "--base-id", str(os.getpid() % 60000 + 1000), "--log-level", "warning", *self.extra_args],
                 stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -7,6 +7,8 @@
   `timeoutSeconds`;
 - a watch from a version older than the history gets what the real server sends: a 200 with an ERROR
   event carrying a Status of code 410 (or, with `gone_as_status`, an HTTP 410);
+- TokenReview (POST, as the control plane's CA checks a pod's token): tokens the test registered with
+  `add_token` belong to that service account; any other is `status.authenticated: false`;
 - the test changes objects (`apply`, `delete`), expires every watch (`expire`), cuts every connection
   (`drop`), refuses connections for a while (`refuse` / `accept`) and answers errors (`fail_next`).
 
@@ -142,6 +144,7 @@ class FakeKubeApi:
         self.watches: set[_Watch] = set()
         self.requests: list[tuple[str, dict[str, str], str]] = []  # (path, query, authorization)
         self.failures: list[int] = []
+        self.tokens: dict[str, tuple[str, str]] = {}  # for TokenReview: token -> (namespace, account)
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -154,6 +157,7 @@ class FakeKubeApi:
             kind = SERVICES if prefix == "/api/v1" else SLICES
             app.router.add_get(f"{prefix}/{kind}", self._handler(kind))
             app.router.add_get(f"{prefix}/namespaces/{{ns}}/{kind}", self._handler(kind))
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         await self.accept(port)
@@ -225,6 +229,10 @@ class FakeKubeApi:
                 w.request.transport.abort()
             w.queue.put_nowait(_END)
 
+    def add_token(self, token: str, namespace: str, service_account: str) -> None:
+        """`token` is this service account's, as a projected token would be."""
+        self.tokens[token] = (namespace, service_account)
+
     def fail_next(self, *statuses: int) -> None:
         """The next requests are answered with these HTTP statuses (and a Status body), in order."""
         self.failures.extend(statuses)
@@ -258,6 +266,28 @@ class FakeKubeApi:
                 return await self._watch(request, kind, namespace, query)
             return self._list(kind, namespace, query)
         return handle
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, dict(request.query), request.headers.get("Authorization", "")))
+        if self.failures:
+            code = self.failures.pop(0)
+            return web.json_response(status(code, "InternalError", "injected failure"), status=code)
+        review = await request.json()
+        spec = review.get("spec") or {}
+        owner = self.tokens.get(spec.get("token", ""))
+        # As the real server answers: 201 with the review's status; a bad token is not an HTTP error.
+        if owner is None:
+            result: dict[str, Any] = {"authenticated": False, "error": "invalid bearer token"}
+        else:
+            ns, sa = owner
+            audiences = spec.get("audiences") or ["https://kubernetes.default.svc"]
+            result = {"authenticated": True, "audiences": audiences,
+                      "user": {"username": f"system:serviceaccount:{ns}:{sa}", "uid": f"uid-{ns}-{sa}",
+                               "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                                          "system:authenticated"]}}
+        return web.json_response({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                                  "metadata": {"creationTimestamp": None}, "spec": spec, "status": result},
+                                 status=201)
 
     def _list(self, kind: str, namespace: str | None, query: dict[str, str]) -> web.Response:
         items = [o for (ns, _), o in sorted(self.store[kind].items()) if namespace in (None, ns)]

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 import meshpy.xds.translate  # noqa: F401  (registers the extension types that `@type` below names)
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control.sources import export_authz, export_tls
 from control.sources import export_policies as policies
 from control.sources.envoy_dir import message_class
 from control.sources.export_limits import common_options, limit_listener
@@ -33,7 +34,6 @@ from meshpy.model.types import (
     Route,
     RouteConfig,
     RouteMatch,
-    StringMatch,
     TcpOptions,
 )
 from meshpy.xds.translate_listeners import SNIFFED_HTTP
@@ -61,6 +61,7 @@ REDIRECT_CODES = {
     307: "TEMPORARY_REDIRECT",
     308: "PERMANENT_REDIRECT",
 }
+_string = export_authz.string_matcher
 DEFAULT_POOL_SIZE = 1024  # Cluster.max_connections_per_endpoint's default: nothing in Envoy carries it
 
 
@@ -72,12 +73,6 @@ class ExportError(ValueError):
 
 def _address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
-
-
-def _string(m: StringMatch) -> dict[str, Any]:
-    if m.kind == "regex":
-        return {"safe_regex": {"regex": m.value}}
-    return {m.kind: m.value, "ignore_case": m.ignore_case}
 
 
 def _match(m: RouteMatch) -> dict[str, Any]:
@@ -230,7 +225,9 @@ def http2_options(o: Http2Options) -> dict[str, Any]:
     return out
 
 
-def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dict[str, Any]:
+def listener(lis: Listener, rds_name: str, errors: list[str], where: str,
+             chain_rds: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Listener; `chain_rds`: the route configuration name of each further HTTP chain."""
     if lis.http is not None:
         h = lis.http
         if h.max_request_body_bytes is not None:
@@ -261,6 +258,10 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
         }
         if h.server_name is not None:
             config["server_name"] = h.server_name
+        if h.forward_client_cert != "sanitize":  # (Envoy's default)
+            config["forward_client_cert_details"] = h.forward_client_cert.upper()
+        if h.client_cert_details:
+            config["set_current_client_cert_details"] = dict.fromkeys(h.client_cert_details, True)
     out: dict[str, Any] = {
         "@type": LISTENER,
         "name": lis.name,
@@ -283,6 +284,8 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str) -> dic
     if lis.direction != "unspecified":
         out["traffic_direction"] = lis.direction.upper()
     limit_listener(out, lis.limits, lis.name, errors, where)
+    rds = chain_rds or {}
+    export_tls.with_chains(out, lis, lambda one, chain: listener(one, rds.get(chain, ""), errors, where))
     return out
 
 
@@ -360,6 +363,8 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         out["circuit_breakers"] = {"thresholds": [{
             "max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests,
             "max_requests": cb.max_requests, "max_retries": cb.max_retries}]}
+    if c.tls is not None:
+        out["transport_socket"] = export_tls.upstream(c.tls)
     if c.discovery == "original_dst":
         out.update(type="ORIGINAL_DST", lb_policy="CLUSTER_PROVIDED")
         for key in ("dns_refresh_rate", "ring_hash_lb_config", "maglev_lb_config", "least_request_lb_config",
@@ -379,14 +384,16 @@ def export(config: Config) -> dict[str, dict[str, Message]]:
     errors: list[str] = []
     dicts: dict[str, dict[str, dict[str, Any]]] = {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
     for i, lis in enumerate(config.listeners):
-        rds = ""
-        if lis.http is not None:
-            rds = lis.http.route_config.name or f"{lis.name}-routes"
-            rc = route_configuration(lis.http.route_config, rds)
-            if rds in dicts[ROUTE] and dicts[ROUTE][rds] != rc:
-                errors.append(f"listeners[{i}].routes: another listener has different routes named {rds!r}")
-            dicts[ROUTE][rds] = rc
-        dicts[LISTENER][lis.name] = listener(lis, rds, errors, f"listeners[{i}]")
+        rds: dict[str, str] = {}  # chain name -> its route configuration's name
+        for fc in lis.all_chains():
+            if fc.http is not None:
+                name = fc.http.route_config.name or f"{lis.name}-routes"
+                rc = route_configuration(fc.http.route_config, name)
+                if name in dicts[ROUTE] and dicts[ROUTE][name] != rc:
+                    errors.append(f"listeners[{i}].routes: another listener has other routes named {name!r}")
+                dicts[ROUTE][name] = rc
+                rds[fc.name] = name
+        dicts[LISTENER][lis.name] = listener(lis, rds.get(lis.name, ""), errors, f"listeners[{i}]", rds)
     for i, c in enumerate(config.clusters):
         cdict, cla = cluster(c, errors, f"clusters[{i}]")
         dicts[CLUSTER][c.name] = cdict

@@ -12,6 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
+from control.sources import export_authz
 from meshpy.model.filter_types import FilterOverride, effective_chain
 from meshpy.model.types import (
     Fault,
@@ -135,6 +136,10 @@ def chain_filters(h: HttpOptions, prefix: str) -> list[dict[str, Any]]:
             entry = {"name": LIMIT_FILTER, "typed_config": own}
         elif spec.kind == "python":
             entry = python_filter_entry(spec.name, spec.python_class, spec.config)
+        elif spec.kind == "authz":
+            names = export_authz.names_of(spec)
+            said = [o for vh in hosts for o in vh.filters] + [o for r in routes for o in r.filters]
+            entry = export_authz.rbac_filter_entry(spec, any(o.name in names for o in said))
         if entry is None:
             continue
         if spec.name in listed:  # a listed built-in keeps its name: routes may name it
@@ -149,6 +154,9 @@ def overrides(given: tuple[FilterOverride, ...]) -> dict[str, Any]:
     """A virtual host's or route's word on filters by name, as typed_per_filter_config entries."""
     out: dict[str, Any] = {}
     for o in given:
+        if (replacement := export_authz.per_route(o)) is not None:
+            out[o.name] = replacement
+            continue
         # is_optional: Envoy has no such filter config; it passes over what it does not know.
         fc: dict[str, Any] = {"@type": FILTER_CONFIG_TYPE, "is_optional": True}
         if o.disabled is not None:

@@ -49,6 +49,10 @@ class AdminHost(Protocol):
 
     def drain_listeners(self, inbound_only: bool = False, graceful: bool = True) -> None: ...
 
+    def certs_view(self) -> dict[str, Any]:
+        """Envoy's /certs: {"certificates": [{"ca_cert": [...], "cert_chain": [...]}, ...]}."""
+        ...
+
     def quit(self) -> None:
         """Start an orderly shutdown. Called after the `OK` answer has been handed to the transport."""
         ...
@@ -136,6 +140,10 @@ def clusters(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
     return _json({"clusters": view})
 
 
+def certs(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
+    return _json(host.certs_view())
+
+
 def drain_listeners(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
     # Envoy's flags: `inboundonly` (listeners of traffic_direction INBOUND), `graceful` (after the
     # drain time; without it listeners stop accepting at once).
@@ -168,6 +176,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/metrics": Endpoint(_GET, prometheus, "same as /stats/prometheus"),
     "/config_dump": Endpoint(_GET, config_dump, "the live config (JSON)"),
     "/clusters": Endpoint(_GET, clusters, "upstream hosts and their state (JSON; ?format=text for Envoy's)"),
+    "/certs": Endpoint(_GET, certs, "TLS certificates in use: names, serials, days until expiry (JSON)"),
     "/drain_listeners": Endpoint(_POST, drain_listeners, "stop accepting (?inboundonly, ?graceful)"),
     "/quitquitquit": Endpoint(_POST, quitquitquit, "shut down gracefully"),
 }

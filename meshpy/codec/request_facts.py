@@ -17,14 +17,14 @@ def connection_tokens(value: bytes) -> set[bytes]:
 # The request headers the proxy itself reads. The downstream parser's header callback notes them as
 # they arrive, so a common header (user-agent, accept...) costs one set lookup and no later pass.
 SCANNED = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding", b"expect",
-                     b"x-request-id", b"x-forwarded-for", b"upgrade"})
+                     b"x-request-id", b"x-forwarded-for", b"upgrade", b"x-forwarded-client-cert"})
 
 
 class RequestFacts:
     """What the request headers say that the proxy needs to know; `note` takes one header of SCANNED."""
 
     __slots__ = ("authority", "chunked", "connection", "content_length", "expect_continue", "request_id",
-                 "upgrade", "xff_index")
+                 "upgrade", "xfcc", "xff_index")
 
     def __init__(self) -> None:
         self.authority: bytes | None = None
@@ -35,6 +35,7 @@ class RequestFacts:
         self.request_id: bytes | None = None
         self.xff_index = -1
         self.upgrade: bytes | None = None
+        self.xfcc = 0  # how many x-forwarded-client-cert headers (meshpy.stack.client_cert)
 
     def note(self, name: bytes, value: bytes, index: int) -> None:
         """`index`: the header's position in the request's header list."""
@@ -59,6 +60,8 @@ class RequestFacts:
             self.xff_index = index
         elif name == b"upgrade":
             self.upgrade = value
+        elif name == b"x-forwarded-client-cert":
+            self.xfcc += 1
 
 
 def scan_request(headers: list[tuple[bytes, bytes]]) -> RequestFacts:

@@ -13,9 +13,11 @@ from dataclasses import replace
 from typing import Any
 
 from meshpy.errors import ConfigError
+from meshpy.model.authz_yaml import read_network_authz
 from meshpy.model.check import check_references
 from meshpy.model.limits import NO_OVERLOAD
-from meshpy.model.meshpy_yaml_filters import read_filters
+from meshpy.model.meshpy_yaml_client_cert import CLIENT_CERT_KEYS, client_cert
+from meshpy.model.meshpy_yaml_filters import read_filters, with_listener_authz
 from meshpy.model.meshpy_yaml_limits import (
     HTTP_LIMIT_KEYS,
     LISTENER_LIMIT_KEYS,
@@ -106,13 +108,15 @@ _HTTP_KEYS = (
     "upgrades",
     "tcp_fallback",
     "filters",
+    "authz",
     *HTTP_LIMIT_KEYS,
+    *CLIENT_CERT_KEYS,
 )
-_TCP_KEYS = ("cluster",)
+_TCP_KEYS = ("cluster", "authz")
 # `protocol:` of a listener; http is the same as auto (HTTP/1.1 or HTTP/2, by the first bytes).
 _CODECS: dict[str, HttpCodec] = {"http": "auto", "auto": "auto", "http1": "http1", "http2": "http2",
                                  "tcp": "auto"}
-_HTTP_ONLY = dict.fromkeys(_HTTP_KEYS, "only applies to http listeners")
+_HTTP_ONLY = dict.fromkeys((k for k in _HTTP_KEYS if k != "authz"), "only applies to http listeners")
 _CLUSTER_KEYS = (
     "name",
     "endpoints",
@@ -226,7 +230,8 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
             idle_timeout=f.get("idle_timeout", as_optional_timeout, DEFAULT_TCP_IDLE_TIMEOUT),
             access_logs=logs,
         )
-        return with_listener_tls(r, f, replace(interception, tcp=tcp))
+        network = read_network_authz(r, f.raw("authz"), f.at("authz"), name) if "authz" in f else None
+        return with_listener_tls(r, f, replace(interception, tcp=tcp, authz=network))
     http = _http_options(r, f, path, name, logs)
     http = replace(http, codec=_CODECS[protocol], upgrades=f.get("upgrades", upgrade_types, ("websocket",)),
                    http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2)
@@ -246,6 +251,7 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
         response_headers=edits_at(r, f, "response_headers"),
         ignore_port_in_host=f.get("ignore_port_in_host", as_bool, True),
     )
+    xfcc, xfcc_details = client_cert(r, f)
     return HttpOptions(
         route_config=route_config,
         use_remote_address=f.get("use_remote_address", as_bool, True),
@@ -263,8 +269,11 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
         max_request_body_bytes=f.get("max_request_body", _body_limit, None),
         access_logs=logs,
         server_name=f.get("server_name", _server_name, None),
+        forward_client_cert=xfcc,
+        client_cert_details=xfcc_details,
         rate_limit=rate_limit(r, f.raw("rate_limit"), f.at("rate_limit")) if "rate_limit" in f else None,
-        filters=read_filters(r, f.raw("filters"), f.at("filters")) if "filters" in f else (),
+        filters=with_listener_authz(r, f, read_filters(r, f.raw("filters"), f.at("filters")) if "filters" in f
+                                    else ()),
     )
 
 

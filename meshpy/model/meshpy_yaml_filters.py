@@ -9,9 +9,11 @@ one of its filters.
           - name: canary
             python: {class: "mypkg.canary:Canary", config: {percent: 10}}
             disabled: true                               # on only where a route turns it on
+          - authz: {action: deny, policies: {...}}       # authorization (meshpy.model.authz_yaml)
         routes:
           - match: /beta
             filters: {canary: {disabled: false, config: {percent: 50}}, rate_limit: {disabled: true}}
+            authz: off                                   # or a block of its own for this route
 
 A python filter is named by its `name`, else by its class path. The config is any YAML mapping; it is
 kept as canonical JSON, so an unchanged config is recognised across reloads (the filter instance, and
@@ -23,10 +25,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from meshpy.model.authz_yaml import read_authz, route_authz
 from meshpy.model.filter_types import BUILTIN_FILTERS, FilterOverride, HttpFilterSpec
 from meshpy.model.yaml_reader import Fields, Reader, as_bool, as_name, as_str, child, item
 
-_SPEC_KEYS = ("name", "python", "disabled")
+_SPEC_KEYS = ("name", "python", "authz", "disabled")
+AUTHZ = "authz"  # the name of the authz filter that `authz:` on a listener, host or route speaks of
 _PYTHON_KEYS = ("class", "config")
 _OVERRIDE_KEYS = ("disabled", "config")
 
@@ -89,9 +93,16 @@ def _spec(r: Reader, entry: object, at: str) -> HttpFilterSpec | None:
     f = r.mapping(entry, at, _SPEC_KEYS)
     if f is None:
         return None
+    if "authz" in f and "python" not in f:
+        return HttpFilterSpec(name=f.get("name", as_name, AUTHZ), kind="authz",
+                              rbac=read_authz(r, f.raw("authz"), f.at("authz")),
+                              disabled=f.get("disabled", as_bool, False))
     if "python" not in f:
-        r.error(at, "needs python: {class: 'package.module:Class', config: {...}} (or a built-in name)")
+        r.error(at, "needs python: {class: 'package.module:Class', config: {...}}, authz: {...} "
+                    "(or a built-in name)")
         return None
+    if "authz" in f:
+        r.error(f.at("authz"), "a filter is python or authz, not both")
     p = r.mapping(f.raw("python"), f.at("python"), _PYTHON_KEYS)
     if p is None:
         return None
@@ -119,6 +130,37 @@ def read_overrides(r: Reader, f: Fields) -> tuple[FilterOverride, ...]:
             name=str(name), disabled=o.get("disabled", as_bool, None),
             config=o.get("config", canonical_config, None)))
     return tuple(sorted(out, key=lambda o: o.name))  # one per name: the order says nothing
+
+
+def with_listener_authz(r: Reader, f: Fields,
+                        specs: tuple[HttpFilterSpec, ...]) -> tuple[HttpFilterSpec, ...]:
+    """A listener's `authz:` block: its authz filter, where `filters:` places `authz` (a bare name),
+    else first."""
+    if "authz" not in f:
+        return specs
+    rbac = read_authz(r, f.raw("authz"), f.at("authz"))
+    for i, spec in enumerate(specs):
+        if spec.name == AUTHZ:
+            if spec.kind != "authz" or spec.rbac is not None:
+                r.error(f.at("authz"), "filters: has an authz filter with a config of its own; give one")
+                return specs
+            return (*specs[:i], HttpFilterSpec(name=AUTHZ, kind="authz", rbac=rbac), *specs[i + 1:])
+    return (HttpFilterSpec(name=AUTHZ, kind="authz", rbac=rbac), *specs)
+
+
+def with_route_authz(r: Reader, f: Fields,
+                     overrides: tuple[FilterOverride, ...]) -> tuple[FilterOverride, ...]:
+    """A virtual host's or route's `authz:` (`off`, or a block that replaces the listener's here), as
+    the override of the filter named authz."""
+    if "authz" not in f:
+        return overrides
+    if any(o.name == AUTHZ for o in overrides):
+        r.error(f.at("authz"), "filters: speaks of authz here too; say it once")
+        return overrides
+    rbac = route_authz(r, f.raw("authz"), f.at("authz"))
+    given = FilterOverride(name=AUTHZ, rbac=rbac) if rbac is not None else \
+        FilterOverride(name=AUTHZ, disabled=True)
+    return tuple(sorted((*overrides, given), key=lambda o: o.name))
 
 
 def data_of(config: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from meshpy.model.meshpy_yaml_filters import read_overrides
+from meshpy.model.meshpy_yaml_filters import read_overrides, with_route_authz
 from meshpy.model.meshpy_yaml_matches import absolute_path, compile_regex, header_name, read_match
 from meshpy.model.meshpy_yaml_policies import fault, hash_policy, rate_limit, retry_policy
 from meshpy.model.types import (
@@ -62,7 +62,7 @@ _FORWARD_ONLY = (
 )  # fmt: skip
 _ROUTE_KEYS = (
     "name", "match", *_ACTIONS, *_FORWARD_ONLY, "request_headers", "response_headers", "rate_limit", "fault",
-    "filters",
+    "filters", "authz",
 )  # fmt: skip
 _MATCH_ONLY = "belongs under match: (e.g. match: {prefix: /api})"
 _ROUTE_MISPLACED = {
@@ -75,7 +75,7 @@ _ROUTE_MISPLACED = {
 }
 _VHOST_KEYS = (
     "name", "domains", "routes", "cluster", "request_headers", "response_headers", "retry", "rate_limit",
-    "filters",
+    "filters", "authz",
 )  # fmt: skip
 _PLACEHOLDER_ACTION = DirectResponseAction(status=500)
 
@@ -196,7 +196,7 @@ def _virtual_host(r: Reader, node: object, path: str, model_path: str) -> Virtua
         request_headers=edits_at(r, f, "request_headers"),
         response_headers=edits_at(r, f, "response_headers"),
         rate_limit=rate_limit(r, f.raw("rate_limit"), f.at("rate_limit")) if "rate_limit" in f else None,
-        filters=read_overrides(r, f),
+        filters=with_route_authz(r, f, read_overrides(r, f)),
     )
 
 
@@ -285,7 +285,7 @@ def read_route(r: Reader, node: object, path: str, model_path: str) -> Route | N
         response_headers=edits_at(r, f, "response_headers"),
         rate_limit=rate_limit(r, f.raw("rate_limit"), f.at("rate_limit")) if "rate_limit" in f else None,
         fault=fault(r, f.raw("fault"), f.at("fault")) if "fault" in f else None,
-        filters=read_overrides(r, f),
+        filters=with_route_authz(r, f, read_overrides(r, f)),
     )
 
 

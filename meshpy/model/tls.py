@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from meshpy.model.authz import NetworkRbac
     from meshpy.model.types import HttpOptions, ListenerKind, StringMatch, TcpOptions
 
 TlsVersion = Literal["TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
@@ -137,3 +138,4 @@ class FilterChain:
     kind: ListenerKind
     http: HttpOptions | None = None
     tcp: TcpOptions | None = None
+    authz: NetworkRbac | None = None  # Envoy's network RBAC filter: who may connect at all

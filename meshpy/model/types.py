@@ -8,11 +8,14 @@ in seconds; `None` means "no limit" where Envoy uses 0 for that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
 from meshpy.model.limits import NO_HTTP_LIMITS, NO_LIMITS, NO_OVERLOAD, ConnectionLimits, HttpLimits, Overload
 from meshpy.model.tls import ANY_CONNECTION, ChainMatch, ClientTls, FilterChain, ServerTls
+
+if TYPE_CHECKING:
+    from meshpy.model.authz import NetworkRbac
 
 StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
 PathMatchKind = Literal["prefix", "path", "regex"]
@@ -269,6 +272,14 @@ H2_MIN_WINDOW, H2_MAX_WINDOW = 65535, 2**31 - 1  # RFC 9113 6.9.2; smaller start
 
 # Which wire protocol a listener speaks: auto decides per connection from its first bytes.
 HttpCodec = Literal["auto", "http1", "http2"]
+# x-forwarded-client-cert: Envoy's forward_client_cert_details, lower case (meshpy.stack.client_cert).
+ForwardClientCert = Literal["sanitize", "forward_only", "append_forward", "sanitize_set",
+                            "always_forward_only"]
+FORWARD_CLIENT_CERT: tuple[ForwardClientCert, ...] = (
+    "sanitize", "forward_only", "append_forward", "sanitize_set", "always_forward_only")  # Envoy's enum order
+# What set_current_client_cert_details adds to an element, in the order Envoy writes them.
+ClientCertDetail = Literal["cert", "chain", "subject", "uri", "dns"]
+CLIENT_CERT_DETAILS: tuple[ClientCertDetail, ...] = ("cert", "chain", "subject", "uri", "dns")
 UpstreamProtocol = Literal["http1", "http2"]
 
 
@@ -304,6 +315,9 @@ class HttpOptions:
     # order of BUILTIN_FILTERS: rate limit, then faults.
     filters: tuple[HttpFilterSpec, ...] = ()
     limits: HttpLimits = NO_HTTP_LIMITS
+    forward_client_cert: ForwardClientCert = "sanitize"  # a client's x-forwarded-client-cert, by mode
+    # What an adding mode (append_forward, sanitize_set) writes besides By and Hash, in Envoy's order.
+    client_cert_details: tuple[ClientCertDetail, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -344,11 +358,12 @@ class Listener:
     chains: tuple[FilterChain, ...] = ()
     inspect_tls: bool = False  # Envoy's tls_inspector: SNI and ALPN read before a chain is chosen
     default_chain: bool = False  # the last of `chains` is Envoy's default_filter_chain (may repeat a match)
+    authz: NetworkRbac | None = None  # the own chain's network RBAC filter (connections, not requests)
 
     def own_chain(self) -> FilterChain:
         """The listener's own chain as a FilterChain, to walk all chains alike."""
         return FilterChain(name=self.name, match=self.match, tls=self.tls, kind=self.kind, http=self.http,
-                           tcp=self.tcp)
+                           tcp=self.tcp, authz=self.authz)
 
     def all_chains(self) -> tuple[FilterChain, ...]:
         return (self.own_chain(), *self.chains)

@@ -18,6 +18,8 @@ from meshpy.model.limits import NO_HTTP_LIMITS, HttpLimits
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.compile_chains import compile_chains
 from meshpy.routing.table import RouteTable
+from meshpy.stack.authz import NetworkAuthz
+from meshpy.stack.client_cert import ClientCertPolicy
 from meshpy.stack.deadlines import Deadlines
 from meshpy.stack.exchange import Exchange
 from meshpy.stack.exchange_h2 import H2Exchange
@@ -58,7 +60,9 @@ class HttpListenerConfig:
 
     __slots__ = (
         "body_limit",
+        "client_cert",
         "clusters",
+        "conn_authz",
         "conn_limited",
         "dispatch",
         "forwarded_proto",
@@ -108,6 +112,16 @@ class HttpListenerConfig:
         self.http2_exchange: Callable[[H2Stream, HttpListenerConfig], StreamExchange] = H2Exchange
         self.tcp: TcpListenerConfig | None = None
         self.scheme = b"https" if model.tls is not None else b"http"  # x-forwarded-proto
+        # The chain's network RBAC filter: checked once per connection, once its TLS identity is known.
+        self.conn_authz: NetworkAuthz | None = None
+        if model.authz is not None:
+            if model.authz.delay_deny is not None:
+                raise ConfigError.at("authz.delay_deny", "not supported: a denied connection closes at once")
+            self.conn_authz = NetworkAuthz(model.authz, "authz")
+            self.conn_authz.bind(stats)
+        # x-forwarded-client-cert: clients present certificates only where a validation context asks
+        mutual = model.tls is not None and model.tls.validation is not None
+        self.client_cert = ClientCertPolicy.of(model.http, mutual)
         # TLS or several filter chains: what picks a chain and terminates TLS for a new connection
         # (meshpy.transport.chain_dispatch); None for a plaintext listener of one chain.
         self.dispatch: ListenerChains | None = None

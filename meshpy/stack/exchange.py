@@ -251,6 +251,12 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         cfg = self.cfg
         if cfg.guarded and guard(self):
             return  # shed under overload, or a header name refused
+        facts = self.facts
+        if facts.xfcc or cfg.client_cert.adds:
+            # Before routing and filters, as Envoy: what they see is what goes upstream.
+            xfcc = cfg.client_cert.rewrite(self.headers, facts.xfcc, self.down)
+            if xfcc is not None:
+                self.headers = xfcc
         route = cfg.table.match(self.authority, self.path, self.method.decode("latin-1"), self.headers)
         if route is None:
             return self._error(NoRoute())
@@ -466,7 +472,9 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if cfg.loggers:
             upstream = self.host.label if self.host is not None else ""
             rid = (self.rid or b"").decode("latin-1")
+            # (plaintext connections are not asked: describing one costs a ConnectionInfo)
+            tls = self.down.connection_info().tls if cfg.scheme == b"https" else None
             for logger in cfg.loggers:
                 logger.log(self.wall0, self.method.decode("latin-1"), self.authority, self.path,
                            "HTTP/1.0" if self.http10 else self.PROTOCOL, status, self.flag, self.bytes_in,
-                           self.bytes_out, seconds, upstream, rid, self.down.peer)
+                           self.bytes_out, seconds, upstream, rid, self.down.peer, tls)

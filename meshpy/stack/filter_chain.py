@@ -12,9 +12,10 @@ a hook no filter has costs the request path one attribute check. The internal ho
 - `on_request_body(ex, chunk, end)` and `on_response_body(...)` -> bytes, or None when the filter
   answered or failed;
 - `on_complete(ex)`.
-The local rate limit and fault injection read the exchange directly; the route's header edits are
-HeaderEditsFilter filters; a user's filter (meshpy.filters.HttpFilter) is wrapped by PythonFilter, which
-gives it the public Request and turns an exception into a 500 with the flag FE.
+Authorization (meshpy.stack.authz_filter), the local rate limit and fault injection read the exchange
+directly; the route's header edits are HeaderEditsFilter filters; a user's filter
+(meshpy.filters.HttpFilter) is wrapped by PythonFilter, which gives it the public Request and turns an
+exception into a 500 with the flag FE.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.filters import CONTINUE, HOLD, REPLIED, HttpFilter, Response
+from meshpy.model.authz import RbacFilter
 from meshpy.model.filter_types import ENVOY_NAMES, FilterOverride, HttpFilterSpec, effective_chain
+from meshpy.stack.authz_filter import AuthzFilter
 from meshpy.stack.guards import CompiledFault, TokenBucket
 from meshpy.stack.headers import HeaderOps
 from meshpy.stack.policy_runtime import PolicyClaims
@@ -225,7 +228,7 @@ class ChainBuilder:
     """A listener's filters, ready to compile into each route's chain. Python filters are made (or
     taken over from the live Snapshot, config unchanged) through the policy claims."""
 
-    __slots__ = ("_aliases", "_claims", "_listener", "_made", "specs")
+    __slots__ = ("_aliases", "_authz", "_claims", "_listener", "_made", "specs")
 
     def __init__(self, specs: tuple[HttpFilterSpec, ...], claims: PolicyClaims, listener: str) -> None:
         self.specs = effective_chain(specs)
@@ -235,13 +238,16 @@ class ChainBuilder:
         self._claims = claims
         self._listener = listener
         self._made: dict[int, PythonFilter] = {}
+        self._authz: dict[tuple[str, RbacFilter], AuthzFilter] = {}
         issues = []
         for i, spec in enumerate(specs):  # (disabled ones too: a broken one is an error anywhere)
-            if spec.kind == "python":
-                try:
+            try:
+                if spec.kind == "python":
                     self._python(spec, spec.config)
-                except ConfigError as err:
-                    issues.append(ConfigIssue(f"filters[{i}]", err.issues[0].reason))
+                elif spec.kind == "authz" and spec.rbac is not None:
+                    self._authz_filter(spec, spec.rbac, f"filters[{i}].authz")
+            except ConfigError as err:
+                issues.append(ConfigIssue(err.issues[0].path or f"filters[{i}]", err.issues[0].reason))
         if issues:
             raise ConfigError(issues)
 
@@ -255,6 +261,16 @@ class ChainBuilder:
             adapter = self._made[id(user)] = PythonFilter(spec.name, user)
         return adapter
 
+    def _authz_filter(self, spec: HttpFilterSpec, config: RbacFilter, where: str) -> AuthzFilter:
+        """One compiled filter per (filter, config): the routes that share a config share it."""
+        key = (spec.name, config)
+        made = self._authz.get(key)
+        if made is None:
+            counted = spec.rbac if spec.rbac is not None else config  # Envoy counts under the listener's
+            prefixes = (counted.rules_stat_prefix, counted.shadow_rules_stat_prefix)
+            made = self._authz[key] = AuthzFilter(config, prefixes, where)
+        return made
+
     def check(self, overrides: tuple[FilterOverride, ...], where: str) -> tuple[FilterOverride, ...]:
         """A virtual host's or route's overrides, checked (a filter of the listener's; a config only
         for Python filters) and with Envoy's names of built-ins resolved."""
@@ -263,13 +279,16 @@ class ChainBuilder:
         for given in overrides:
             if given.name in self._aliases and given.name not in kinds:
                 given = FilterOverride(name=self._aliases[given.name], disabled=given.disabled,
-                                       config=given.config)
+                                       config=given.config, rbac=given.rbac)
             if given.name not in kinds:
                 raise ConfigError.at(f"{where}.filters.{given.name}", "no such filter on the listener")
             if given.config is not None and kinds[given.name] != "python":
                 raise ConfigError.at(f"{where}.filters.{given.name}.config",
                                      "only Python filters take a config here (the built-ins are configured "
-                                     "by rate_limit: and fault: on the route)")
+                                     "by authz:, rate_limit: and fault: on the route)")
+            if given.rbac is not None and kinds[given.name] != "authz":
+                raise ConfigError.at(f"{where}.filters.{given.name}",
+                                     f"an authorization config, for a {kinds[given.name]} filter")
             out.append(given)
         return tuple(out)
 
@@ -283,17 +302,23 @@ class ChainBuilder:
             prev = said.get(given.name)
             said[given.name] = given if prev is None else FilterOverride(
                 name=given.name, disabled=given.disabled if given.disabled is not None else prev.disabled,
-                config=given.config if given.config is not None else prev.config)
+                config=given.config if given.config is not None else prev.config,
+                rbac=given.rbac if given.rbac is not None else prev.rbac)
         request: list[Any] = []
         users: list[PythonFilter] = []
         for spec in self.specs:
             o = said.get(spec.name)
             # As in Envoy, a config of its own here turns a filter on here, unless it says disabled.
             on_here = None if o is None else (not o.disabled if o.disabled is not None else
-                                              (True if o.config is not None else None))
+                                              (True if o.config is not None or o.rbac is not None else None))
             if not (on_here if on_here is not None else not spec.disabled):
                 continue
-            if spec.kind == "rate_limit":
+            if spec.kind == "authz":
+                rbac = o.rbac if o is not None and o.rbac is not None else spec.rbac
+                if rbac is not None:  # (none: an unlisted authz, on routes that give no config)
+                    at = f"{where}.filters.{spec.name}" if rbac is not spec.rbac else where
+                    request.append(self._authz_filter(spec, rbac, at))
+            elif spec.kind == "rate_limit":
                 if limiter is not None:
                     request.append(RateLimitFilter(limiter))
             elif spec.kind == "fault":

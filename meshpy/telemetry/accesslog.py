@@ -20,6 +20,15 @@ when none), bytes_received, bytes_sent, duration_ms (whole milliseconds, truncat
 upstream_host, x_request_id, downstream_remote_address. A string field passed empty is written as
 `null`, which is what Envoy's JSON formatter writes for an operator with no value; TCP sessions pass
 method, authority and path as "" (so null) and protocol "-" or "TCP" as the caller sees fit.
+
+A TLS connection's lines (HTTP and TCP) go on with what its handshake established, named after Envoy's
+command operators: downstream_tls_version (%DOWNSTREAM_TLS_VERSION%, "TLSv1.3"),
+downstream_tls_cipher (%DOWNSTREAM_TLS_CIPHER%), requested_server_name (%REQUESTED_SERVER_NAME%, the
+SNI), downstream_tls_alpn (the protocol ALPN agreed on), and the client certificate's identity:
+downstream_peer_uri_san (%DOWNSTREAM_PEER_URI_SAN%: its URI SANs, comma-separated) and
+downstream_peer_subject (%DOWNSTREAM_PEER_SUBJECT%, as OpenSSL prints it), null without a certificate.
+A plaintext connection's lines stay as they were, without these keys: the request path passes one
+None, and neither the formatting nor the bytes written grow.
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ import logging
 import sys
 import time
 from json.encoder import encode_basestring_ascii  # C implementation when available, as json.dumps uses
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from meshpy.ports import TlsInfo
 
 __all__ = ["DEFAULT_MAX_PENDING", "AccessLogger", "format_entry", "rfc3339_ms"]
 
@@ -42,13 +54,17 @@ DEFAULT_MAX_PENDING = 1024
 _STDOUT_PATHS = (None, "", "-", "stdout", "/dev/stdout")
 
 # One entry as log() receives it: (start_time, method, authority, path, protocol, status, flags,
-# bytes_in, bytes_out, duration_s, upstream_host, request_id, downstream_remote).
-Entry = tuple[float, str, str, str, str, int, str, int, int, float, str, str, str]
+# bytes_in, bytes_out, duration_s, upstream_host, request_id, downstream_remote, tls).
+Entry = tuple[float, str, str, str, str, int, str, int, int, float, str, str, str, "TlsInfo | None"]
 
 _TEMPLATE = (
     '{"start_time":"%s","method":%s,"authority":%s,"path":%s,"protocol":%s,"response_code":%d,'
     '"response_flags":%s,"bytes_received":%d,"bytes_sent":%d,"duration_ms":%d,"upstream_host":%s,'
     '"x_request_id":%s,"downstream_remote_address":%s}\n'
+)
+_TLS_TEMPLATE = (
+    ',"downstream_tls_version":%s,"downstream_tls_cipher":%s,"requested_server_name":%s,'
+    '"downstream_tls_alpn":%s,"downstream_peer_uri_san":%s,"downstream_peer_subject":%s}\n'
 )
 
 
@@ -78,10 +94,22 @@ def _js(s: str) -> str:
     return encode_basestring_ascii(s) if s else "null"
 
 
+def _tls_fields(tls: TlsInfo) -> str:
+    return _TLS_TEMPLATE % (
+        _js(tls.version),
+        _js(tls.cipher),
+        _js(tls.sni),
+        _js(tls.alpn),
+        _js(",".join(tls.peer_uris)),
+        _js(tls.peer_subject),
+    )
+
+
 def format_entry(entry: Entry, clock: _SecondCache | None = None) -> str:
     """One entry as one JSON line (with its trailing newline)."""
-    (start, method, authority, path, protocol, status, flags, b_in, b_out, dur, upstream, rid, remote) = entry
-    return _TEMPLATE % (
+    (start, method, authority, path, protocol, status, flags, b_in, b_out, dur, upstream, rid, remote,
+     tls) = entry
+    line = _TEMPLATE % (
         (clock or _SecondCache()).format(start),
         _js(method),
         _js(authority),
@@ -96,6 +124,7 @@ def format_entry(entry: Entry, clock: _SecondCache | None = None) -> str:
         _js(rid),
         _js(remote),
     )
+    return line if tls is None else line[:-2] + _tls_fields(tls)
 
 
 class AccessLogger:
@@ -154,13 +183,15 @@ class AccessLogger:
         upstream_host: str,
         request_id: str,
         downstream_remote: str,
+        tls: TlsInfo | None = None,
     ) -> None:
-        """Queue one line. Hot path: one tuple, one append, and one call_soon per batch."""
+        """Queue one line. Hot path: one tuple, one append, and one call_soon per batch. `tls`: the
+        connection's TLS facts (None for plaintext)."""
         pending = self._pending
         pending.append(
             (
                 start_time, method, authority, path, protocol, status, flags,
-                bytes_in, bytes_out, duration_s, upstream_host, request_id, downstream_remote,
+                bytes_in, bytes_out, duration_s, upstream_host, request_id, downstream_remote, tls,
             )
         )  # fmt: skip
         if len(pending) == 1:

@@ -34,6 +34,8 @@ from prometheus_client.utils import floatToGoString
 import meshpy
 from meshpy.telemetry.grpc_stats import GrpcStats
 from meshpy.telemetry.grpc_stats import families as grpc_families
+from meshpy.telemetry.rbac_stats import RbacCounters
+from meshpy.telemetry.rbac_stats import families as rbac_families
 from meshpy.telemetry.tls_stats import TlsRegistry
 
 __all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "ClusterStats", "Histogram", "ListenerStats", "Metrics"]
@@ -127,7 +129,7 @@ class ListenerStats(_RequestStats):
 
     __slots__ = ("cx_http2_total", "cx_max_duration", "cx_max_requests", "cx_overflow",
                  "cx_overload_rejected", "cx_source_overflow", "fault_aborts", "fault_delays", "grpc",
-                 "h2_abuse", "headers_dropped", "rq_filter_errors", "rq_overload", "rq_rate_limited",
+                 "h2_abuse", "headers_dropped", "rbac", "rq_filter_errors", "rq_overload", "rq_rate_limited",
                  "rq_rejected_headers")
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
@@ -146,6 +148,14 @@ class ListenerStats(_RequestStats):
         self.cx_max_duration = self.cx_max_requests = 0
         self.rq_overload = self.rq_rejected_headers = self.headers_dropped = 0
         self.grpc = GrpcStats(Histogram, buckets)  # gRPC calls by service and method (exported apart)
+        self.rbac: dict[str, RbacCounters] = {}  # authorization, by stat prefix (exported apart)
+
+    def rbac_counters(self, prefix: str) -> RbacCounters:
+        """The authorization counters of `prefix` here, made on first use (a filter binds them once)."""
+        counters = self.rbac.get(prefix)
+        if counters is None:
+            counters = self.rbac[prefix] = RbacCounters()
+        return counters
 
 
 class ClusterStats(_RequestStats):
@@ -360,6 +370,7 @@ class Metrics:
         self.config_version = ""
         self.registry.register(_StatsCollector(self))
         self.add_callback_collector(lambda: grpc_families(self._listeners.copy().values(), self._le_labels))
+        self.add_callback_collector(lambda: rbac_families(self._listeners.copy().values()))
         self.tls = TlsRegistry()  # TLS counters and certificates in use (meshpy.telemetry.tls_stats)
         self.add_callback_collector(self.tls.families)
         if process_collector:

@@ -13,12 +13,13 @@ if TYPE_CHECKING:
     from meshpy.telemetry.metrics import ListenerStats
 
 
-def accepted(conn: Drainable, slot: ListenerSlot,
-             transport: asyncio.BaseTransport) -> tuple[str, ListenerStats]:
+def accepted(conn: Drainable, slot: ListenerSlot, transport: asyncio.BaseTransport,
+             authorize: bool = True) -> tuple[str, ListenerStats]:
     """(the peer's address, the listener's stats): `conn` joins the listener's connections (for
     draining) and is counted. The stats are bound here, at accept time: a reload may rename the
-    listener later, and the gauge must go down where it went up. A connection over a limit is
-    counted, closed, and does not join: its protocol sees `transport.is_closing()` and stops there."""
+    listener later, and the gauge must go down where it went up. A connection over a limit, or one
+    the chain's network RBAC denies (`authorize`: its TLS identity is known by now), is counted,
+    closed, and does not join: its protocol sees `transport.is_closing()` and stops there."""
     stats = slot.current.stats
     stats.cx_total += 1
     address = transport.get_extra_info("peername")
@@ -33,6 +34,12 @@ def accepted(conn: Drainable, slot: ListenerSlot,
         limit = gate.limits.buffer_limit
         if limit is not None:
             cast("asyncio.Transport", transport).set_write_buffer_limits(high=limit)
+    authz = slot.current.conn_authz
+    if authz is not None and authorize:
+        decision = authz.check(connection_info(transport, slot, getattr(conn, "original_dst", None)))
+        if not decision.allowed:
+            transport.close()
+            return peer, stats
     slot.connections.add(conn)
     stats.cx_active += 1
     return peer, stats

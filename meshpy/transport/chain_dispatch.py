@@ -111,7 +111,9 @@ class ChainDispatch(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.peer, self.stats = accepted(self, self.slot, transport)
+        # Admission now (limits hold before any handshake); authorization once the chain's protocol
+        # takes over, when the TLS identity is known.
+        self.peer, self.stats = accepted(self, self.slot, transport, authorize=False)
         if transport.is_closing():
             return  # over a limit
         chains = self.slot.current.dispatch
@@ -206,8 +208,11 @@ class ChainDispatch(asyncio.Protocol):
         contexts = chain.tls
         timeout = contexts.tls.handshake_timeout
         slot = self._slot(index, chain)
+        ctx = contexts.for_name(sni)
+        local_uris = contexts.local_uris(ctx)
 
         def ready(conn: TlsConnection, info: TlsInfo) -> asyncio.BaseProtocol | None:
+            info = conn.info = contexts.completed(info, local_uris)
             stats = self.chains.stats
             if contexts.san is not None and info.peer_certificate and not contexts.san(info):
                 stats.failures["fail_verify_san"] += 1
@@ -224,7 +229,7 @@ class ChainDispatch(asyncio.Protocol):
                 self.chains.stats.failures[reason] += 1
             self._release()
 
-        self.tls = TlsConnection(self.loop, contexts.for_name(sni), sni, ready, failed, timeout)
+        self.tls = TlsConnection(self.loop, ctx, sni, ready, failed, timeout)
         self.tls.start(transport, buf)
 
     def _slot(self, index: int, chain: ChainRuntime) -> ListenerSlot:

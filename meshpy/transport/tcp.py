@@ -180,9 +180,13 @@ class TcpDownstream(asyncio.Protocol):
         if self.host is not None:
             self.host.active_requests -= 1
         seconds = self.loop.time() - self.t0
-        for logger in self.cfg.loggers:
-            logger.log(self.wall0, "", "", "", "TCP", 0, self.flag, self.bytes_in, self.bytes_out,
-                       seconds, self.host.label if self.host is not None else "", "", self.peer)
+        loggers = self.cfg.loggers
+        if loggers:
+            # TLS terminated ahead of this proxying (TlsConnection) says what its handshake agreed.
+            tls = self.transport.get_extra_info("tls") if self.transport is not None else None
+            for logger in loggers:
+                logger.log(self.wall0, "", "", "", "TCP", 0, self.flag, self.bytes_in, self.bytes_out,
+                           seconds, self.host.label if self.host is not None else "", "", self.peer, tls)
 
     def begin_drain(self) -> None:
         """TCP has no in-band way to ask a client to leave."""

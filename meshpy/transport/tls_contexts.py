@@ -11,13 +11,15 @@ for TLS 1.2, no renegotiation, no hostname check on upstream certificates (SAN m
 
 from __future__ import annotations
 
+import _ssl
 import functools
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 
+from meshpy.codec.x509_text import openssl_name
 from meshpy.model.tls import ClientTls, ServerTls, TlsParams, Validation
 from meshpy.ports import TlsInfo
 from meshpy.routing.matchers import compile_string_match
@@ -42,6 +44,7 @@ ENVOY_CIPHERS = (
 ENVOY_CURVES = ("X25519", "P-256")
 _CURVE_NAMES = {"P-256": "prime256v1", "P-384": "secp384r1", "P-521": "secp521r1", "X25519": "X25519"}
 SecretMaterial = Mapping[str, tuple[bytes, bytes]]
+_SENT_CHAINS = 1024  # client certificates whose intermediates are kept for resumed sessions
 SanTest = Callable[[TlsInfo], bool]
 
 
@@ -152,6 +155,10 @@ class ServerContexts:
     trust: tuple[CertInfo, ...]
     san: SanTest | None
     tls: ServerTls
+    # The intermediates each client certificate came with at a full handshake: a session ticket from
+    # OpenSSL keeps the client's own certificate only (Envoy's BoringSSL keeps them all), and tickets
+    # live as long as these contexts, so a resumed session's are here.
+    sent_chains: dict[bytes, tuple[bytes, ...]] = field(default_factory=dict, compare=False)
 
     def for_name(self, sni: str) -> ssl.SSLContext:
         if sni and len(self.contexts) > 1:
@@ -164,6 +171,27 @@ class ServerContexts:
                     ):
                         return ctx
         return self.contexts[0][1]
+
+    def local_uris(self, ctx: ssl.SSLContext) -> tuple[str, ...]:
+        """The URI SANs of the certificate `ctx` presents (x-forwarded-client-cert's By)."""
+        for (_, made), pair in zip(self.contexts, self.pairs, strict=True):
+            if made is ctx:
+                return pair.leaf.uris
+        return ()
+
+    def completed(self, info: TlsInfo, local_uris: tuple[str, ...]) -> TlsInfo:
+        """`info` with what peer_info cannot know: this proxy's certificate's URI SANs, and a resumed
+        session's intermediates (see sent_chains)."""
+        chain = info.peer_chain
+        if chain:
+            if len(self.sent_chains) >= _SENT_CHAINS:
+                self.sent_chains.clear()
+            self.sent_chains[info.peer_certificate] = chain
+        elif info.resumed and info.peer_certificate:
+            chain = self.sent_chains.get(info.peer_certificate, ())
+        if not local_uris and chain is info.peer_chain:
+            return info
+        return replace(info, local_uris=local_uris, peer_chain=chain)
 
 
 def server_contexts(tls: ServerTls, path: str, secrets: SecretMaterial | None = None) -> ServerContexts:
@@ -253,7 +281,19 @@ def peer_info(obj: ssl.SSLObject, sni: str) -> TlsInfo:
         peer_subject=subject,
         peer_certificate=der or b"",
         resumed=obj.session_reused,
+        peer_chain=_intermediates(obj) if der else (),
     )
+
+
+def _intermediates(obj: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The certificates the peer sent after its own, as sent. Python 3.13 has this as
+    SSLObject.get_unverified_chain(); 3.10 to 3.12 have it on the C object only (a server's list
+    starts with the peer's own certificate there too)."""
+    get = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
+    sent = get() if get is not None else None
+    if not sent or len(sent) < 2:
+        return ()
+    return tuple(c.public_bytes(_ssl.ENCODING_DER) for c in sent[1:])
 
 
 @functools.lru_cache(maxsize=256)
@@ -267,4 +307,4 @@ def _names(der: bytes) -> tuple[tuple[str, ...], tuple[str, ...], str]:
         dns = tuple(sans.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         uris, dns = (), ()
-    return uris, dns, cert.subject.rfc4514_string()
+    return uris, dns, openssl_name(cert.subject)  # as Envoy spells it, for RBAC, XFCC and access logs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import re
 import ssl
@@ -23,8 +24,12 @@ from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.tls import Certificate, Pem
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-# Unsafe: a key that users other than its owner may read or replace.
-_UNSAFE_KEY_MODE = stat.S_IRWXO | stat.S_IWGRP
+# A key that users other than its owner (and its group) may replace: refused. One that anybody may
+# read: served with a warning, since that is how a Kubernetes secret volume mounts files by default
+# (defaultMode 0644); docs/tls.md says to mount keys 0400.
+_WRITABLE = stat.S_IWOTH | stat.S_IWGRP
+_READABLE = stat.S_IROTH
+log = logging.getLogger("meshpy")
 
 
 class MaterialError(ConfigError):
@@ -44,14 +49,13 @@ def read_pem(pem: Pem, path: str, key: bool = False) -> bytes:
     try:
         if key:
             mode = os.stat(pem.path).st_mode
-            if mode & _UNSAFE_KEY_MODE:
-                raise MaterialError(
-                    path,
-                    f"{pem.path}: the private key is readable or writable by other "
-                    f"users (mode {stat.S_IMODE(mode):04o}); allow its owner only (0600, or "
-                    f"0640 for a group)",
-                    "ssl_key_permissions",
-                )
+            if mode & _WRITABLE:
+                raise MaterialError(path, f"{pem.path}: other users may replace the private key (mode "
+                                    f"{stat.S_IMODE(mode):04o}); only its owner may write it (0600 or 0400)",
+                                    "ssl_key_permissions")
+            if mode & _READABLE:
+                log.warning("%s: %s: any user may read the private key (mode %04o); 0600 or 0400 is safer",
+                            path, pem.path, stat.S_IMODE(mode))
         with open(pem.path, "rb") as f:
             return f.read()
     except OSError as err:
@@ -126,6 +130,7 @@ class KeyPair:
     leaf: CertInfo
     chain_info: tuple[CertInfo, ...]
     source: str  # for /certs: the file, "<inline>" or "sds:<name>"
+    sni_names: tuple[str, ...] = ()
 
     def load_into(self, ctx: ssl.SSLContext, path: str) -> None:
         chain_fd, key_fd = _memfd("meshpy-chain", self.chain), _memfd("meshpy-key", self.key)
@@ -143,7 +148,7 @@ class KeyPair:
 
     def names(self) -> tuple[str, ...]:
         """The DNS names this certificate serves (its SANs; its CN when it has none), lower case."""
-        return tuple(n.lower() for n in self.leaf.dns)
+        return self.sni_names
 
 
 def key_pair(cert: Certificate, path: str, sds: dict[str, tuple[bytes, bytes]] | None = None) -> KeyPair:
@@ -160,20 +165,15 @@ def key_pair(cert: Certificate, path: str, sds: dict[str, tuple[bytes, bytes]] |
         chain = read_pem(cert.chain, f"{path}.certificate_chain")
         key = read_pem(cert.key, f"{path}.private_key", key=True)
         source = cert.chain.describe()
+    if b"PRIVATE KEY-----" not in key:
+        raise MaterialError(f"{path}.private_key", "no PEM private key found")
     parsed = certificates(chain, f"{path}.certificate_chain")
     infos = tuple(describe(c) for c in parsed)
     leaf = infos[0]
-    if not leaf.dns and common_name(parsed[0]):
-        leaf = CertInfo(
-            subject=leaf.subject,
-            serial=leaf.serial,
-            dns=(common_name(parsed[0]),),
-            uris=leaf.uris,
-            ips=leaf.ips,
-            not_before=leaf.not_before,
-            not_after=leaf.not_after,
-        )
-    pair = KeyPair(chain=chain, key=key, leaf=leaf, chain_info=infos, source=source)
+    # The names SNI picks this certificate by: its DNS SANs, else (an old-style certificate) its CN.
+    cn = common_name(parsed[0])
+    names = tuple(n.lower() for n in leaf.dns) or ((cn.lower(),) if cn else ())
+    pair = KeyPair(chain=chain, key=key, leaf=leaf, chain_info=infos, source=source, sni_names=names)
     pair.load_into(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), path)
     return pair
 

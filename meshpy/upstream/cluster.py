@@ -21,7 +21,7 @@ from meshpy.tasks import TaskOwner
 from meshpy.telemetry.metrics import ClusterStats, Metrics
 from meshpy.telemetry.tls_stats import TlsStats
 from meshpy.transport.connector import Connector
-from meshpy.transport.tls_contexts import client_context
+from meshpy.transport.tls_contexts import ClientContext, client_context
 from meshpy.upstream.balancers import DestinationBalancer, make_balancer
 from meshpy.upstream.gauges import cluster_gauges
 from meshpy.upstream.health import HealthChecker
@@ -316,18 +316,26 @@ class ClusterManager:
         metrics.add_callback_collector(lambda: cluster_gauges(self.clusters))
         self.clusters: dict[str, ClusterRuntime] = {}
         self._retargets: dict[str, Cluster] = {}  # endpoint-only changes, done by `commit`
+        self._tls_updates: dict[str, ClientContext] = {}  # contexts made again from changed files
         self._sweeper: asyncio.Task[None] | None = None
 
-    def reconcile(self, models: Iterable[Cluster]) -> dict[str, ClusterRuntime]:
+    def reconcile(self, models: Iterable[Cluster], refresh_tls: bool = False) -> dict[str, ClusterRuntime]:
         """Build the runtime set for `models`, reusing unchanged clusters. Returns the new mapping;
-        the caller publishes it with the Snapshot, then calls `retire` for the old ones."""
+        the caller publishes it with the Snapshot, then calls `retire` for the old ones. `refresh_tls`:
+        clusters kept get TLS contexts made again from their files (used from `commit` on)."""
         new: dict[str, ClusterRuntime] = {}
         self._retargets = {}
+        self._tls_updates = {}
         issues: list[ConfigIssue] = []
         for i, m in enumerate(models):
             cur = self.clusters.get(m.name)
             if cur is not None and cur.model == m:
                 new[m.name] = cur
+                if refresh_tls and m.tls is not None:
+                    try:
+                        self._tls_updates[m.name] = client_context(m.tls, "tls")
+                    except ConfigError as err:
+                        issues.extend(ConfigIssue(f"clusters[{i}].{x.path}", x.reason) for x in err.issues)
             elif cur is not None and cur.model.discovery == m.discovery == "static" and replace(
                 cur.model, endpoints=m.endpoints
             ) == m:
@@ -350,6 +358,9 @@ class ClusterManager:
         return new
 
     def commit(self, new: dict[str, ClusterRuntime]) -> None:
+        updates, self._tls_updates = self._tls_updates, {}
+        for name, ctx in updates.items():
+            new[name].connector.tls = ctx  # new connections only: the pooled ones keep theirs
         retargets, self._retargets = self._retargets, {}
         for name, model in retargets.items():
             new[name].retarget(model)
@@ -365,6 +376,7 @@ class ClusterManager:
     def discard(self, new: dict[str, ClusterRuntime]) -> None:
         """Undo `reconcile` for a config that was not committed."""
         self._retargets = {}
+        self._tls_updates = {}
         for name, rt in new.items():
             if self.clusters.get(name) is not rt:
                 rt.close()

@@ -31,10 +31,26 @@ from google.protobuf import json_format
 from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct_pb2
 from xds.type.v3 import typed_struct_pb2
 
-from meshpy.model.filter_types import BUILTIN_FILTERS, ENVOY_NAMES, FilterKind, FilterOverride, HttpFilterSpec
+from meshpy.model.authz import RbacFilter
+from meshpy.model.filter_types import (
+    BUILTIN_FILTERS,
+    ENVOY_NAMES,
+    FilterKind,
+    FilterOverride,
+    HttpFilterSpec,
+    leading_authz,
+)
 from meshpy.model.meshpy_yaml_filters import canonical_config, python_class
 from meshpy.model.types import Fault, LocalRateLimit
 from meshpy.xds import translate_guards
+from meshpy.xds.translate_authz import (
+    HTTP_RBAC,
+    HTTP_RBAC_PER_ROUTE,
+    HttpRbac,
+    HttpRbacPerRoute,
+    rbac_filter,
+    rbac_per_route,
+)
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item
 
 PYTHON_FILTER = "type.googleapis.com/meshpy.filters.v1.Python"
@@ -77,6 +93,10 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
             limit_config = _unpacked(f.typed_config, type_name)
             found_limit = translate_guards.rate_limit(issues, limit_config, config_path)
             kind = "rate_limit"
+        elif type_name == HTTP_RBAC:
+            rbac = rbac_filter(issues, _unpacked(f.typed_config, type_name), config_path)
+            specs.append(HttpFilterSpec(name=f.name or "authz", kind="authz", rbac=rbac, disabled=f.disabled))
+            continue
         elif (python := _python_value(f.typed_config)) is not None:
             cls, config = _python(issues, python, config_path)
             specs.append(HttpFilterSpec(name=f.name or cls, kind="python", python_class=cls, config=config,
@@ -95,18 +115,22 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
 def _plain(specs: tuple[HttpFilterSpec, ...]) -> tuple[HttpFilterSpec, ...]:
     """The built-ins at the head of the chain, on and in their usual order, are what a listener runs
     without listing them (meshpy.model.filter_types.effective_chain): left out, so that the model is
-    the same as the same listener's in meshpy YAML."""
+    the same as the same listener's in meshpy YAML. Authz filters with a config that open the chain
+    run ahead of those in either case, and stay."""
+    lead = leading_authz(specs)
+    head, rest = specs[:lead], specs[lead:]
     n = 0
     usual = list(BUILTIN_FILTERS)
-    while n < len(specs):
-        s = specs[n]
-        if s.kind not in usual or s.disabled or s.name not in (s.kind, *_envoy_names(s.kind)):
+    while n < len(rest):
+        s = rest[n]
+        if s.kind not in usual or s.disabled or s.name not in (s.kind, *_envoy_names(s.kind)) or \
+                s.rbac is not None:
             break
         usual = usual[usual.index(s.kind) + 1:]
         n += 1
-    if any(s.kind in BUILTIN_FILTERS for s in specs[n:]):
+    if any(s.kind in BUILTIN_FILTERS for s in rest[n:]):
         return specs  # a built-in listed again further on: the order is the listener's own
-    return specs[n:]
+    return (*head, *rest[n:])
 
 
 def per_filter(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, LocalRateLimit | None,
@@ -132,10 +156,15 @@ def per_filter(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, Local
             any_msg, where = fc.config, child(where, "config")
         type_name = any_msg.TypeName()
         config: str | None = None
+        rbac: RbacFilter | None = None
         if type_name == translate_guards.FAULT:
             found_fault = translate_guards.fault(issues, _unpacked(any_msg, type_name), where)
         elif type_name == translate_guards.RATE_LIMIT:
             found_limit = translate_guards.rate_limit(issues, _unpacked(any_msg, type_name), where)
+        elif type_name == HTTP_RBAC_PER_ROUTE:
+            rbac = rbac_per_route(issues, _unpacked(any_msg, type_name), where)
+            if rbac is None:
+                disabled = True  # RBACPerRoute without rules: the filter is off here
         elif (value := _python_value(any_msg)) is not None:
             if set(value) - {"config"}:
                 issues.add(child(where, "value"), "only config may be given here (the class is the filter's)")
@@ -147,13 +176,14 @@ def per_filter(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, Local
             if not optional:
                 issues.add(where, f"{_describe(any_msg)} is {UNSUPPORTED}")
             continue
-        if disabled is not None or config is not None:
-            overrides.append(FilterOverride(name=key, disabled=disabled, config=config))
+        if disabled is not None or config is not None or rbac is not None:
+            overrides.append(FilterOverride(name=key, disabled=disabled, config=config, rbac=rbac))
     return found_fault, found_limit, tuple(sorted(overrides, key=lambda o: o.name))
 
 
 _MESSAGES = {translate_guards.FAULT: translate_guards.HTTPFault,
-             translate_guards.RATE_LIMIT: translate_guards.LocalRateLimitConfig, ROUTER: router_pb2.Router}
+             translate_guards.RATE_LIMIT: translate_guards.LocalRateLimitConfig, ROUTER: router_pb2.Router,
+             HTTP_RBAC: HttpRbac, HTTP_RBAC_PER_ROUTE: HttpRbacPerRoute}
 
 
 def _envoy_names(kind: str) -> list[str]:

@@ -22,6 +22,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from meshpy.model.authz import NetworkRbac
 from meshpy.model.limits import ConnectionLimits
 from meshpy.model.tls import ANY_CONNECTION, FilterChain
 from meshpy.model.types import (
@@ -38,7 +39,10 @@ from meshpy.model.types import (
     TcpOptions,
 )
 from meshpy.xds import translate_protocols as protocols
+from meshpy.xds.translate_authz import NETWORK_RBAC, NetworkRbacConfig, network_rbac
 from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
+from meshpy.xds.translate_client_cert import HCM_FIELDS as CLIENT_CERT_FIELDS
+from meshpy.xds.translate_client_cert import client_cert
 from meshpy.xds.translate_filters import http_filters
 from meshpy.xds.translate_limits import COMMON_LIMIT_FIELDS, ConnectionLimit, connection_limit, http_limits
 from meshpy.xds.translate_routes import route_config
@@ -69,6 +73,7 @@ HttpInspector = http_inspector_pb2.HttpInspector
 TlsInspector = tls_inspector_pb2.TlsInspector
 LISTENER_FILTERS = _by_name(OriginalDst, HttpInspector, TlsInspector)
 ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
+_RBAC = {NETWORK_RBAC: NetworkRbacConfig}
 
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
 _LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metadata", "use_original_dst",
@@ -100,6 +105,7 @@ _HCM = frozenset(
         "access_log",
         "http2_protocol_options",
         "upgrade_configs",
+        *CLIENT_CERT_FIELDS,
     }
 )
 _TCP_PROXY = frozenset({"stat_prefix", "cluster", "idle_timeout", "access_log"})
@@ -134,11 +140,8 @@ def listener(
     if msg.HasField("default_filter_chain"):
         chains.append((msg.default_filter_chain, child(path, "default_filter_chain")))
     if inspecting or any(_general(c) for c, _ in chains) or len(chains) > 2:
-        listener = _chains(issues, msg, path, chains, routes, secrets or {}, limited, inspecting)
-        return _limited(dataclasses.replace(interception, kind=listener.kind, http=listener.http,
-                                            tcp=listener.tcp, tls=listener.tls, match=listener.match,
-                                            chains=listener.chains, inspect_tls=inspecting,
-                                            default_chain=listener.default_chain), limited)
+        listener = _chains(issues, msg, path, chains, routes, secrets or {}, limited, interception)
+        return _limited(dataclasses.replace(listener, inspect_tls=inspecting), limited)
     if len(chains) == 2:
         # An HTTP chain for what the http_inspector finds to be HTTP, and a TCP chain for the rest
         # (Istio's protocol sniffing): an http listener with a tcp fallback.
@@ -146,7 +149,8 @@ def listener(
         if not sniffing:
             issues.add(child(path, "listener_filters"), "two filter chains need the http_inspector to "
                        "pick one")
-        found = [_chain(issues, first, first_path, routes, limited, True),
+        rbac: list[NetworkRbac] = []
+        found = [_chain(issues, first, first_path, routes, limited, True, authz=rbac),
                  _chain(issues, second, second_path, routes, limited)]
         http = next((f for f in found if isinstance(f, HttpOptions)), None)
         tcp = next((f for f in found if isinstance(f, TcpOptions)), None)
@@ -156,7 +160,7 @@ def listener(
             return placeholder
         detect = _detect_timeout(issues, msg, path)
         interception = _limited(interception, limited)
-        return dataclasses.replace(interception, kind="http", http=http,
+        return dataclasses.replace(interception, kind="http", http=http, authz=rbac[0] if rbac else None,
                                    tcp=dataclasses.replace(tcp, detect_timeout=detect))
     if msg.HasField("listener_filters_timeout") or msg.continue_on_listener_filters_timeout:
         issues.add(child(path, "listener_filters_timeout"), "only applies to a listener that sniffs (an "
@@ -165,8 +169,11 @@ def listener(
         issues.add(child(path, "filter_chains"), f"exactly one filter chain (or an HTTP chain and a TCP "
                    f"default_filter_chain) is supported, got {len(chains)}")
         return placeholder
-    one = _chain(issues, chains[0][0], chains[0][1], routes, limited)
+    rbac = []
+    one = _chain(issues, chains[0][0], chains[0][1], routes, limited, authz=rbac)
     interception = _limited(interception, limited)
+    if rbac:
+        interception = dataclasses.replace(interception, authz=rbac[0])
     if isinstance(one, HttpOptions):
         return dataclasses.replace(interception, kind="http", http=one, tcp=None)
     if isinstance(one, TcpOptions):
@@ -209,12 +216,13 @@ def _general(chain: Any) -> bool:
 
 def _chains(issues: Issues, msg: Any, path: str, chains: list[tuple[Any, str]],
             routes: Mapping[str, RouteConfig] | None, secrets: Secrets, limited: list[int],
-            inspecting: bool) -> Listener:
-    """Chains chosen by filter_chain_match, each with its own TLS (or none): the first is the
-    listener's own, the rest go to `chains`."""
+            base: Listener) -> Listener:
+    """`base` with chains chosen by filter_chain_match, each with its own TLS (or none): the first
+    is the listener's own, the rest go to `chains`."""
     found: list[FilterChain] = []
     for i, (chain, at) in enumerate(chains):
-        options = _chain(issues, chain, at, routes, limited, general=True)
+        rbac: list[NetworkRbac] = []
+        options = _chain(issues, chain, at, routes, limited, general=True, authz=rbac)
         match = ANY_CONNECTION
         if chain.HasField("filter_chain_match"):
             match = tls_match(issues, chain.filter_chain_match, child(at, "filter_chain_match"))
@@ -229,24 +237,25 @@ def _chains(issues: Issues, msg: Any, path: str, chains: list[tuple[Any, str]],
         elif chain.HasField("transport_socket_connect_timeout"):
             issues.add(child(at, "transport_socket_connect_timeout"), "only applies with TLS")
         name = chain.name or f"{msg.name or 'listener'}#{i}"
-        if isinstance(options, HttpOptions):
-            found.append(FilterChain(name=name, match=match, tls=tls, kind="http", http=options))
-        elif isinstance(options, TcpOptions):
-            found.append(FilterChain(name=name, match=match, tls=tls, kind="tcp", tcp=options))
-        else:
-            found.append(FilterChain(name=name, match=match, kind="tcp", tcp=TcpOptions(cluster="")))
+        http = options if isinstance(options, HttpOptions) else None
+        tcp = options if isinstance(options, TcpOptions) else None
+        if http is None and tcp is None:
+            tcp = TcpOptions(cluster="")  # the chain's filters were refused: the issues say why
+        found.append(FilterChain(name=name, match=match, tls=tls, kind="http" if http is not None else "tcp",
+                                 http=http, tcp=tcp, authz=rbac[0] if rbac else None))
     first = found[0] if found else FilterChain(name="", kind="tcp", tcp=TcpOptions(cluster=""))
-    return Listener(name=msg.name, address=Address(host="", port=0), kind=first.kind, http=first.http,
-                    tcp=first.tcp, tls=first.tls, match=first.match, chains=tuple(found[1:]),
-                    inspect_tls=inspecting, default_chain=msg.HasField("default_filter_chain"))
+    return dataclasses.replace(base, kind=first.kind, http=first.http, tcp=first.tcp, tls=first.tls,
+                               match=first.match, chains=tuple(found[1:]), authz=first.authz,
+                               default_chain=msg.HasField("default_filter_chain"))
 
 
 def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, RouteConfig] | None,
-           max_connections: list[int], sniffed: bool = False,
-           general: bool = False) -> HttpOptions | TcpOptions | None:
+           max_connections: list[int], sniffed: bool = False, general: bool = False,
+           authz: list[NetworkRbac] | None = None) -> HttpOptions | TcpOptions | None:
     """One filter chain's HTTP or TCP options. `sniffed`: the chain may match HTTP application
     protocols (what the http_inspector reports), its only supported filter_chain_match; `general`:
-    the caller reads the match and the transport socket."""
+    the caller reads the match and the transport socket. A network RBAC filter before the last
+    filter goes to `authz`, a connection_limit's limit to `max_connections`."""
     if general:
         issues.fields(chain, chain_path, {"name", "filters", "filter_chain_match", "transport_socket",
                                           "transport_socket_connect_timeout"})
@@ -260,14 +269,24 @@ def _chain(issues: Issues, chain: Any, chain_path: str, routes: Mapping[str, Rou
             issues.add(child(m_path, "application_protocols"), f"only {sorted(_HTTP_PROTOCOLS)} are known")
     filters_path = child(chain_path, "filters")
     filters = list(enumerate(chain.filters))
-    while len(filters) > 1 and filters[0][1].typed_config.TypeName() == ConnectionLimit.DESCRIPTOR.full_name:
+    leading = {ConnectionLimit.DESCRIPTOR.full_name, NETWORK_RBAC}
+    while len(filters) > 1 and filters[0][1].typed_config.TypeName() in leading:
         i, first = filters.pop(0)
+        if first.typed_config.TypeName() == NETWORK_RBAC:
+            at = item(filters_path, i)
+            issues.fields(first, at, {"name", "typed_config"})
+            config = unpack(issues, first.typed_config, child(at, "typed_config"), _RBAC)
+            if authz is None or authz:
+                issues.add(at, "one network RBAC filter per chain is supported")
+            elif config is not None:
+                authz.append(network_rbac(issues, config, child(at, "typed_config")))
+            continue
         limit = connection_limit(issues, first, item(filters_path, i))
         if limit is not None:
             max_connections.append(limit)
     if len(filters) != 1:
-        reason = ("exactly one filter (http_connection_manager or tcp_proxy), after any connection_limit, "
-                  "is supported")
+        reason = ("exactly one filter (http_connection_manager or tcp_proxy), after any connection_limit "
+                  "and rbac, is supported")
         issues.add(filters_path, f"{reason}, got {len(chain.filters)}")
         return None
     index, network_filter = filters[0]
@@ -320,6 +339,7 @@ def _http_options(
     if max_count < 1:
         issues.add(child(common_path, "max_headers_count"), "must be at least 1")
     rc = _routes(issues, msg, path, routes)
+    xfcc, xfcc_details = client_cert(issues, msg, path)
     if listener_fault is not None:  # the filter's own config: every route's that has none
         rc = with_fault(rc, listener_fault)
     return HttpOptions(
@@ -336,6 +356,8 @@ def _http_options(
         max_request_headers_count=max_count,
         access_logs=_access_logs(issues, msg.access_log, child(path, "access_log")),
         server_name=_server_name(issues, msg, path),
+        forward_client_cert=xfcc,
+        client_cert_details=xfcc_details,
         codec=codec,
         http2=http2,
         upgrades=protocols.upgrades(issues, msg, path),

@@ -54,6 +54,9 @@ class FakeHost:
         }
         return [{"name": "web", "endpoints": [endpoint]}]
 
+    def certs_view(self) -> dict[str, Any]:
+        return {"certificates": []}
+
     def drain_listeners(self, inbound_only: bool = False, graceful: bool = True) -> None:
         self.drained += 1
         self.drain_flags = (inbound_only, graceful)

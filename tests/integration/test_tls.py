@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from kit import DemoUpstream, Proxy, eventually, free_port, http, needs_curl
-from pki import Ca, Issued, make_ca
+from pki import Ca, Issued, make_ca, write
 
 pytestmark = needs_curl
 ORDERS = "spiffe://test.local/ns/shop/sa/orders"
-NAMES = ("edge", "mtls", "modern", "permissive", "passthrough", "outbound", "no-tickets")
+NAMES = ("edge", "mtls", "modern", "permissive", "passthrough", "outbound", "no-tickets", "rotating")
 
 
 @dataclass
@@ -32,6 +34,10 @@ class Env:
     ca: Ca
     other_ca: Ca
     certs: dict[str, Issued]
+
+    @property
+    def directory(self) -> Path:
+        return self.ca.directory.parent
 
     def curl(
         self,
@@ -109,6 +115,11 @@ listeners:
     address: 127.0.0.1:{ports["no-tickets"]}
     tls: {{certificates: [{pair("a")}], session_tickets: false}}
     routes: [{{match: /, cluster: demo}}]
+  - name: rotating
+    address: 127.0.0.1:{ports["rotating"]}
+    protocol: http1
+    tls: {{cert: {d / "rotating.pem"}, key: {d / "rotating.key"}}}
+    routes: [{{match: /, cluster: demo}}]
   - name: permissive
     address: 127.0.0.1:{ports["permissive"]}
     tls: {{certificates: [{pair("a")}], plaintext: allow}}
@@ -157,6 +168,9 @@ def env(loop_name: str, demo: DemoUpstream, tmp_path_factory: pytest.TempPathFac
         "expired": ca.issue("orders-old", uris=(ORDERS,), expired=True),
         "stranger": other.issue("stranger", uris=(ORDERS,)),
     }
+    rotating = certs["rotating"] = ca.issue("rotating-1", dns=("a.example.com",))
+    write(d / "rotating.pem", rotating.cert_pem, 0o644)
+    write(d / "rotating.key", rotating.key_pem)
     admin = free_port()
     ports = {n: free_port() for n in NAMES}
     p = Proxy(config(admin, ports, demo.port, d, certs, ca), admin, loop=loop_name).start()
@@ -305,3 +319,54 @@ def test_bad_input_is_refused_and_harms_no_one(env: Env) -> None:
     )
     garbage.close()
     held.close()
+
+
+def serial(env: Env, name: str) -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial"],
+        input=s_client(env.ports[name]).encode(),
+        capture_output=True,
+        check=False,
+    ).stdout.decode()
+    return out.strip().removeprefix("serial=").lower().lstrip("0")
+
+
+def test_certs_endpoint_and_expiry_gauges(env: Env) -> None:
+    status, body_text = env.proxy.admin("/certs")
+    assert status == 200
+    contexts = {c["context"]: c for c in json.loads(body_text)["certificates"]}
+    edge = contexts["listener edge"]
+    assert [c["subject_alt_names"] for c in edge["cert_chain"]] == [
+        [{"dns": "a.example.com"}],
+        [{"dns": "b.example.com"}, {"dns": "*.b.example.com"}],
+    ]
+    assert edge["cert_chain"][0]["days_until_expiration"] == "0" and edge["ca_cert"] == []
+    assert contexts["listener mtls"]["ca_cert"][0]["subject"] == "CN=meshpy test CA"
+    assert contexts["cluster mutual"]["cert_chain"][0]["subject_alt_names"] == [{"uri": ORDERS}]
+    assert (
+        env.proxy.metric("meshpy_tls_certificate_expiration_timestamp_seconds", context="listener edge")
+        > time.time()
+    )
+
+
+def test_certificate_files_reload_without_dropping_connections(env: Env) -> None:
+    d = env.directory
+    before = serial(env, "rotating")
+    held = socket.create_connection(("127.0.0.1", env.ports["rotating"]))
+    ctx = ssl.create_default_context(cafile=str(env.ca.path))
+    tls = ctx.wrap_socket(held, server_hostname="a.example.com")
+    assert http(0, path="/", host="a.example.com", sock=tls).status == 200
+    # A key that does not match its certificate (written first, as a careless copy would): refused.
+    bad = env.ca.issue("rotating-bad", dns=("a.example.com",))
+    write(d / "rotating.key", bad.key_pem)
+    eventually(lambda: "cannot be used" in env.proxy.logs(), "the unusable files logged")
+    assert serial(env, "rotating") == before
+    write(d / "rotating.pem", bad.cert_pem, 0o644)  # now the pair matches
+    eventually(lambda: serial(env, "rotating") != before, "the new certificate served")
+    assert serial(env, "rotating") == format(_serial_of(bad.cert_pem), "x")
+    assert http(0, path="/", host="a.example.com", sock=tls).status == 200
+    tls.close()
+
+
+def _serial_of(pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(pem).serial_number

@@ -22,7 +22,7 @@ from pki import Ca, Issued, make_ca
 
 pytestmark = [needs_curl, pytest.mark.skipif(envoy_binary() is None, reason="envoy is not installed")]
 ORDERS = "spiffe://test.local/ns/shop/sa/orders"
-PORTS = ("sni", "mtls", "modern", "passthrough", "outbound")
+PORTS = ("sni", "mtls", "modern", "passthrough", "outbound", "conn-rbac")
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 Json = dict[str, Any]
 
@@ -200,6 +200,16 @@ def bootstrap(admin: int, p: dict[str, int], certs: dict[str, Issued], ca: Ca) -
             {"filters": [tcp("to-modern")]},
         ),
         listener("outbound", [{"filters": [hcm("outbound", routes)]}], inspect=False),
+        # Who may connect at all: Envoy's network RBAC on the verified client certificate.
+        listener("conn-rbac", [{"transport_socket": socket(
+            "DownstreamTlsContext", require_client_certificate=True, common_tls_context={
+                "tls_certificates": [pair("a")], "validation_context": trusted}),
+            "filters": [{"name": "envoy.filters.network.rbac", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                "stat_prefix": "conn_rbac.", "rules": {"action": "ALLOW", "policies": {"orders": {
+                    "permissions": [{"any": True}],
+                    "principals": [{"authenticated": {"principal_name": {"exact": ORDERS}}}]}}}}},
+                hcm("conn-rbac")]}], inspect=False),
     ]
     clusters = [
         cluster("to-sni", p["sni"]),
@@ -304,6 +314,8 @@ CASES = {
     "TLS 1.2 to a TLS 1.3 listener": ("modern", "a.example.com", ("--tls-max", "1.2"), None, "https", "/"),
     "passthrough by SNI": ("passthrough", "a.example.com", (), None, "https", "/"),
     "passthrough default": ("passthrough", "x.b.example.com", ("-k",), None, "https", "/"),
+    "network RBAC allows a principal": ("conn-rbac", "a.example.com", (), "orders", "https", "/"),
+    "network RBAC denies another": ("conn-rbac", "a.example.com", (), "payments", "https", "/"),
     "upstream mTLS": ("outbound", "a.example.com", (), None, "http", "/up"),
     "upstream SAN mismatch": ("outbound", "a.example.com", (), None, "http", "/wrong-san"),
     "upstream unknown CA": ("outbound", "a.example.com", (), None, "http", "/untrusted"),

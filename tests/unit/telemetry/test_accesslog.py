@@ -209,7 +209,29 @@ async def test_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
 
 
 def test_format_entry_matches_json_dumps_semantics() -> None:
-    entry = (T0, "POST", "h", "/p", "HTTP/1.1", 201, "-", 1, 2, 1.5, "u:1", "rid", "r:2")
+    entry = (T0, "POST", "h", "/p", "HTTP/1.1", 201, "-", 1, 2, 1.5, "u:1", "rid", "r:2", None)
     line = format_entry(entry)
     assert line.endswith("\n")
     assert json.loads(line)["duration_ms"] == 1500
+
+
+TLS_FIELDS = ["downstream_tls_version", "downstream_tls_cipher", "requested_server_name",
+              "downstream_tls_alpn", "downstream_peer_uri_san", "downstream_peer_subject"]
+
+
+def test_a_tls_connection_says_what_its_handshake_agreed() -> None:
+    from meshpy.ports import TlsInfo
+
+    mtls = TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", sni="a.example.com", alpn="h2",
+                   peer_uris=("spiffe://a/orders", "spiffe://a/alias"), peer_subject="CN=orders",
+                   peer_certificate=b"0")
+    base = (T0, "GET", "h", "/p", "HTTP/2", 200, "", 1, 2, 0.5, "u:1", "rid", "r:2")
+    line = json.loads(format_entry((*base, mtls)))
+    assert list(line) == FIELDS + TLS_FIELDS
+    assert [line[k] for k in TLS_FIELDS] == ["TLSv1.3", "TLS_AES_256_GCM_SHA384", "a.example.com", "h2",
+                                             "spiffe://a/orders,spiffe://a/alias", "CN=orders"]
+    one_way = TlsInfo(version="TLSv1.2", cipher="ECDHE-ECDSA-AES128-GCM-SHA256", sni="", alpn="")
+    line = json.loads(format_entry((*base, one_way)))
+    expected = ["TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", None, None, None, None]
+    assert [line[k] for k in TLS_FIELDS] == expected
+    assert list(json.loads(format_entry((*base, None)))) == FIELDS  # plaintext: the line as it was

@@ -28,8 +28,8 @@ def test_a_good_pair_is_described(tmp_path: Path) -> None:
     assert inline.source == "<inline>" and inline.leaf.serial == pair.leaf.serial
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o604, 0o620, 0o666])
-def test_keys_others_may_read_or_write_are_refused(tmp_path: Path, mode: int) -> None:
+@pytest.mark.parametrize("mode", [0o602, 0o620, 0o666, 0o622])
+def test_keys_others_may_replace_are_refused(tmp_path: Path, mode: int) -> None:
     leaf = make_ca(tmp_path).issue("a")
     os.chmod(leaf.key, mode)
     with pytest.raises(MaterialError) as info:
@@ -38,10 +38,16 @@ def test_keys_others_may_read_or_write_are_refused(tmp_path: Path, mode: int) ->
     assert info.value.counter == "ssl_key_permissions"
 
 
-def test_group_readable_keys_are_accepted(tmp_path: Path) -> None:
+def test_readable_keys_are_served_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """As a Kubernetes secret volume mounts them by default (0644)."""
     leaf = make_ca(tmp_path).issue("a")
+    os.chmod(leaf.key, 0o644)
+    assert key_pair(files(leaf.cert, leaf.key), "tls").leaf
+    assert "any user may read the private key (mode 0644)" in caplog.text
+    caplog.clear()
     os.chmod(leaf.key, 0o640)
     assert key_pair(files(leaf.cert, leaf.key), "tls").leaf
+    assert "private key" not in caplog.text
 
 
 def test_a_key_that_does_not_match_is_refused(tmp_path: Path) -> None:
