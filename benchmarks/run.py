@@ -13,8 +13,8 @@ The full suite then measures connection capacity (benchmarks/conn_bench.py): eac
 downstream connection and the new connections per second it accepts while a keep-alive client is served,
 interleaved over the same number of rounds, each proxy started afresh again (--no-conns leaves it out).
 And it measures HTTPS through meshpy and Envoy (benchmarks/tls_bench.py's suite: keep-alive, full and resumed
-handshakes, HTTP/2 over TLS, 3 s per run, about 2 minutes), into results["tls"] and tls-<date>-<commit>.json
-and .md beside the suite's results (--no-tls leaves it out).
+handshakes, HTTP/2 over TLS, 3 s per run, about 2 minutes), into results["tls"] and
+tls-<date>-<commit>-suite.json and .md beside the suite's results (--no-tls leaves it out).
 
 Writes benchmarks/results/<date>-<commit>.json (machine, versions, every raw run) and, through report.py,
 the Markdown table and PNG chart beside it.
@@ -278,7 +278,7 @@ def tls(results: dict[str, Any], path: Path, out_dir: Path, args: argparse.Names
     save(tls_bench.suite(procs, workdir, origin, envoy, proxy_cpu, load_cpu, rounds, args.duration, save))
     keys = ("started", "date", "commit", "dirty", "machine", "versions", "cpus", "tls")
     own = {"benchmark": "tls", "schema": 1, **{k: results[k] for k in keys}}
-    _, md = tls_bench.write_outputs(own, out_dir)
+    _, md = tls_bench.write_outputs(own, out_dir, suffix="-suite")
     print(md.read_text(), flush=True)
 
 

@@ -18,9 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from control.ads import AdsServer, NodeStatus
-from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
+from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SnapshotCache
 
-SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds"}
+SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds", SECRET: "sds"}
 PUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MAX_HEAD = 8 * 1024
 
@@ -56,7 +56,9 @@ class _Collector(Collector):
 def nodes_view(ads: AdsServer) -> list[dict[str, Any]]:
     def current(status: NodeStatus) -> dict[str, str]:
         snap = ads.snapshot_for(status)
-        return {} if snap is None else {SHORT[t]: v for t, v in sorted(snap.type_versions.items())}
+        # Secrets only when there are some: most nodes subscribe to none, and never ACK that type.
+        return {} if snap is None else {SHORT[t]: v for t, v in sorted(snap.type_versions.items())
+                                        if t != SECRET or snap.of(SECRET)}
 
     return [{"node": s.node_id, "cluster": s.cluster, "snapshot": current(s),
              "connected_seconds": round(time.time() - s.connected_at, 1),

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
@@ -24,6 +25,10 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
 
 from control.cache import PUSH_ORDER, WILDCARD_TYPES, Snapshot, SnapshotCache
 from control.delta import delta_stream
+
+if TYPE_CHECKING:
+    from control.node_identity import NodeIdentities
+    from meshpy.identity.spiffe import SpiffeId
 
 log = logging.getLogger("meshpy.control")
 
@@ -86,6 +91,10 @@ class AdsServer:
         # Serialized responses without their nonce, shared by every client that gets the same type,
         # version and names: the scale benchmark found a response built per client ~11% of the CPU.
         self._encoded: dict[tuple[str, str, frozenset[str] | None], bytes] = {}
+        # Key pairs for nodes that cannot send a CSR, served over SDS (control/node_identity.py), and
+        # the identity each stream proved with its bearer token.
+        self.identities: NodeIdentities | None = None
+        self.who: dict[int, SpiffeId] = {}
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Request], context: grpc.aio.ServicerContext
@@ -94,6 +103,7 @@ class AdsServer:
         wake = asyncio.Event()
         types: dict[str, _TypeState] = {}
         key = id(wake)
+        await self.identify(key, context)
         self.cache.watch(wake)
         reader = asyncio.create_task(self._read(request_iterator, types, wake, key))
         try:
@@ -103,7 +113,7 @@ class AdsServer:
                 if reader.done():
                     return  # the client closed its side, or sent garbage
                 status = self.nodes.get(key)
-                snap = self.snapshot_for(status)
+                snap = self.snapshot_for(status, key)
                 if snap is None:
                     continue
                 for type_url in PUSH_ORDER:
@@ -149,10 +159,22 @@ class AdsServer:
             wake.set()  # lets the writer see that the stream is over
 
     # -- shared with the delta protocol (control/delta.py) ------------------------------------------
-    def snapshot_for(self, status: NodeStatus | None) -> Snapshot | None:
+    def snapshot_for(self, status: NodeStatus | None, key: int = 0) -> Snapshot | None:
         if status is None:
             return None
-        return self.cache.get(status.node_id, status.cluster, status.metadata)
+        snap = self.cache.get(status.node_id, status.cluster, status.metadata)
+        who = self.who.get(key)
+        if snap is not None and who is not None and self.identities is not None:
+            return self.identities.overlay(snap, who)
+        return snap
+
+    async def identify(self, key: int, context: grpc.aio.ServicerContext[Any, Any] | None) -> None:
+        """The identity a stream's bearer token proves (none without one)."""
+        if self.identities is None or context is None:
+            return
+        who = await self.identities.identify(context.invocation_metadata(), str(key))
+        if who is not None:
+            self.who[key] = who
 
     def node_status(self, key: int, node: Node) -> NodeStatus:
         status = self.nodes.get(key)
@@ -180,6 +202,7 @@ class AdsServer:
         log.warning("node %s rejected %s version %s: %s", status.node_id, type_url, version, message)
 
     def disconnected(self, key: int) -> None:
+        self.who.pop(key, None)
         status = self.nodes.pop(key, None)
         if status is not None:
             log.info("node %s disconnected", status.node_id)
@@ -187,7 +210,7 @@ class AdsServer:
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for resp in delta_stream(self, request_iterator):
+        async for resp in delta_stream(self, request_iterator, context):
             yield resp
 
     def _on_request(self, req: Request, types: dict[str, _TypeState], key: int) -> bool:

@@ -1,6 +1,7 @@
 """Versioned, consistency-checked snapshots of xDS resources, per node, and the wake-ups that push them.
 
-A snapshot is one complete set of Listeners, RouteConfigurations, Clusters and ClusterLoadAssignments.
+A snapshot is one complete set of Listeners, RouteConfigurations, Clusters, ClusterLoadAssignments and
+Secrets.
 It is checked before it is published (every route's cluster exists, every EDS cluster has its
 assignment, every listener's RDS name has its route configuration), so a client never receives a
 half-wired set. Its version is a content hash: the same resources always get the same version, also
@@ -25,8 +26,10 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-# A client must know a cluster before its endpoints, and both before the routes that use them.
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+# A client must know a cluster before its endpoints, and both before the routes that use them; secrets
+# are asked for by name once a listener or cluster names them.
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 # Types whose empty subscription means "everything" (state of the world).
 WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
 
@@ -209,6 +212,11 @@ class SnapshotCache:
 
     def watch(self, event: asyncio.Event) -> None:
         self._watchers.add(event)
+
+    def poke(self) -> None:
+        """Every stream looks again (something beside the snapshots changed: an identity's key pair)."""
+        for event in self._watchers:
+            event.set()
 
     def unwatch(self, event: asyncio.Event) -> None:
         self._watchers.discard(event)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -113,10 +113,11 @@ class DeltaStream:
 
 
 async def delta_stream(ads: AdsServer, requests: AsyncIterator[DeltaDiscoveryRequest],
-                       ) -> AsyncIterator[DeltaDiscoveryResponse]:
+                       context: Any = None) -> AsyncIterator[DeltaDiscoveryResponse]:
     wake = asyncio.Event()
     key = id(wake)
     stream = DeltaStream(ads, key)
+    await ads.identify(key, context)
 
     async def read() -> None:
         try:
@@ -135,7 +136,7 @@ async def delta_stream(ads: AdsServer, requests: AsyncIterator[DeltaDiscoveryReq
             if reader.done():
                 return
             status = ads.nodes.get(key)
-            snap = ads.snapshot_for(status)
+            snap = ads.snapshot_for(status, key)
             if snap is not None:
                 for resp in stream.responses(snap):
                     yield resp

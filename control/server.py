@@ -35,6 +35,7 @@ from control.cache import (
     SnapshotCache,
     make_snapshot,
 )
+from control.node_identity import NodeIdentities
 from control.sources import kubernetes_cli
 from control.sources.envoy_dir import SourceError
 from control.sources.kubernetes_cli import KubernetesOptions
@@ -203,6 +204,8 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
     # The CA's services share the ADS port; with the Kubernetes source, pods' tokens go to TokenReview.
     identity = ca_cli.identity_service(authority, ca, kube.api if kube is not None else None)
     identity.add_to_server(server)
+    # Envoy nodes cannot send a CSR: their key pairs are made here and go out over SDS (the same tokens).
+    ads.identities = NodeIdentities(authority, identity.authenticator)
     collectors.append(CaCollector(identity))
     tasks: list[asyncio.Task[None]] = []
     admin_server = None
@@ -233,6 +236,7 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
             tasks.append(asyncio.create_task(watch_dir(publisher, source, poll_interval, loader)))
         if kube is not None:
             tasks.append(asyncio.create_task(kube.run()))
+        tasks.append(asyncio.create_task(ads.identities.renew(cache.poke)))
         await stop.wait()
     finally:
         for task in tasks:

@@ -113,6 +113,7 @@ class App(Stopping, TlsReloading):
         return snap
 
     async def _apply(self, config: Config, source: str, refresh_tls: bool = False) -> Snapshot:
+        given, config = config, self._with_local_secrets(config)
         new_clusters = self.clusters.reconcile(config.clusters, refresh_tls)
         claims = self.policies.claims()
         try:
@@ -129,6 +130,7 @@ class App(Stopping, TlsReloading):
         self.policies.commit(claims)  # rate-limit buckets and fault state kept where unchanged
         self._swap_listeners(snap)
         self.snapshot = snap
+        self.given_config = given
         self._tls_live(config, snap)
         await self._ensure_admin(config)
         del old_clusters

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshpy.errors import ConfigError
+from meshpy.model.types import Config
 from meshpy.telemetry.tls_stats import InUse
 from meshpy.tls_watch import TlsFileWatch, tls_files
 from meshpy.transport.tls_material import CertInfo
+from meshpy.xds.secrets import SecretMaterial, fill_config
 
 if TYPE_CHECKING:
-    from meshpy.model.types import Config
     from meshpy.routing.compile import Snapshot
     from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import Metrics
@@ -55,6 +57,26 @@ class TlsReloading:
 
     _tls_watch: TlsFileWatch | None = None
     _tls_task: asyncio.Task[None] | None = None
+    # Secrets the proxy holds itself (its own identity from the mesh's CA: meshpy.identity.local), by
+    # name; a config naming them gets them filled in here. `given_config` is the live config as it was
+    # given, before that: what a new identity is filled into.
+    local_secrets: Mapping[str, SecretMaterial] = {}
+    given_config: Config | None = None
+
+    def _with_local_secrets(self, config: Config) -> Config:
+        return fill_config(config, self.local_secrets)
+
+    async def set_local_secrets(self, secrets: Mapping[str, SecretMaterial]) -> None:
+        """New material for the proxy's own secrets: the live config is made again with it."""
+        self.local_secrets = dict(secrets)
+        given = self.given_config
+        if given is None or self.snapshot is None:
+            return
+        try:
+            await self.apply(given, self.snapshot.source, refresh_tls=True)
+        except ConfigError as err:
+            log.error("a new identity cannot be used; the one before stays:\n%s",
+                      "\n".join(f"  {i}" for i in err.issues))
 
     def _tls_live(self, config: Config, snap: Snapshot) -> None:
         """After a config went live: watch its certificate files, publish its certificates."""

@@ -8,10 +8,14 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import meshpy
 from meshpy.errors import ConfigError
 from meshpy.model.types import DEFAULT_ADMIN, Config
+
+if TYPE_CHECKING:
+    from meshpy.identity.local import IdentityOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     xds.add_argument("--xds-delta", action="store_true", help="incremental (delta) ADS")
     xds.add_argument("--admin", metavar="HOST:PORT",
                      help=f"admin listener when no config file is given (default {DEFAULT_ADMIN})")
+
+    ident = run.add_argument_group("mesh identity (a certificate from the mesh's CA, as secrets default and "
+                                   "ROOTCA)")
+    ident.add_argument("--identity", metavar="SPIFFE_ID",
+                       help="this workload's SPIFFE ID: spiffe://<trust-domain>/ns/<namespace>/sa/<account>")
+    ident.add_argument("--ca", metavar="HOST:PORT", help="the CA (default: the --xds server)")
+    ident.add_argument("--ca-token", metavar="FILE", help="the token that proves the identity (read on each "
+                       "request: a Kubernetes service-account token, or a bootstrap token)")
+    ident.add_argument("--identity-ttl", type=float, metavar="SECONDS", help="the lifetime to ask for")
 
     rel = sub.add_parser("reload", help="a running proxy reloads its config file (SIGHUP, by its pid file)")
     rel.add_argument("--pid-file", metavar="FILE", required=True, help="the file meshpy run --pid-file wrote")
@@ -123,13 +136,17 @@ def _check_tls(config: Config) -> None:
     """Read every certificate, key and CA the config names, as the proxy will: a missing file, a key
     others may replace or one that does not match its certificate fails validation too."""
     from meshpy.transport.tls_contexts import client_context, server_contexts
+    from meshpy.xds.secrets import names
 
+    # Contexts that name secrets (SDS, the proxy's own identity) are built when those arrive.
     for i, lm in enumerate(config.listeners):
+        if names(lm):
+            continue
         for j, chain in enumerate(lm.all_chains()):
             if chain.tls is not None:
                 server_contexts(chain.tls, f"listeners[{i}]." + ("tls" if j == 0 else f"chains[{j - 1}].tls"))
     for i, c in enumerate(config.clusters):
-        if c.tls is not None:
+        if c.tls is not None and not names(c):
             client_context(c.tls, f"clusters[{i}].tls")
 
 
@@ -202,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
             if path:
                 raise ValueError("--admin is for the short form; a config file sets its own admin address")
             admin = parse_address(args.admin)
+        identity = _identity(args)
     except ValueError as err:
         print(f"meshpy run: {err}", file=sys.stderr)
         return 2
@@ -210,10 +228,33 @@ def _run(args: argparse.Namespace) -> int:
 
         pidfile.write(args.pid_file)
     try:
-        return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin))
+        return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin,
+                                                  identity))
     finally:
         if args.pid_file:
             pidfile.remove(args.pid_file)
+
+
+def _identity(args: argparse.Namespace) -> IdentityOptions | None:
+    """The mesh identity flags, checked (ValueError says what is wrong)."""
+    if not args.identity:
+        if args.ca or args.ca_token or args.identity_ttl is not None:
+            raise ValueError("--ca, --ca-token and --identity-ttl go with --identity")
+        return None
+    from meshpy.identity.local import IdentityOptions
+    from meshpy.identity.spiffe import SpiffeId
+    from meshpy.model.yaml_values import parse_address
+
+    spiffe_id = SpiffeId.parse(args.identity)
+    ca = args.ca or args.xds
+    if not ca:
+        raise ValueError("--identity needs --ca HOST:PORT (or --xds, whose server is then the CA)")
+    parse_address(ca)
+    if not args.ca_token:
+        raise ValueError("--identity needs --ca-token FILE")
+    if args.identity_ttl is not None and args.identity_ttl <= 0:
+        raise ValueError("--identity-ttl must be > 0")
+    return IdentityOptions(spiffe_id, ca, args.ca_token, args.identity_ttl)
 
 
 def _ports(text: str) -> tuple[int, ...]:

@@ -21,11 +21,13 @@ from meshpy.model.load import NOTHING_TO_SERVE, load_file
 from meshpy.model.types import DEFAULT_ADMIN, Address, Admin, Config, XdsSource
 
 if TYPE_CHECKING:
+    from meshpy.identity.local import IdentityOptions, LocalIdentity
     from meshpy.xds.client import AdsClient
 
 log = logging.getLogger("meshpy")
 
 WATCH_INTERVAL = 1.0
+IDENTITY_WAIT = 30.0  # seconds to get the first certificate before giving up at start
 
 
 Apply = Callable[[Config], Awaitable[object]]
@@ -85,8 +87,10 @@ class FileSource:
 
 
 async def serve(path: str | None, drain_time: float | None = None, grace_time: float | None = None,
-                xds: XdsSource | None = None, admin: Address | None = None) -> int:
-    """Serve `path` (may be None with `xds`); `xds` from the command line replaces the file's."""
+                xds: XdsSource | None = None, admin: Address | None = None,
+                identity: IdentityOptions | None = None) -> int:
+    """Serve `path` (may be None with `xds`); `xds` from the command line replaces the file's.
+    `identity`: get this workload's certificate from the mesh's CA first, and keep it renewed."""
     loop = asyncio.get_running_loop()
     origin = path or "--xds"
     try:
@@ -98,6 +102,18 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
     if xds is not None:
         config = replace(config, xds=xds)
     app = App(loop, drain_time=drain_time, grace_time=grace_time)
+    local: LocalIdentity | None = None
+    if identity is not None:
+        from meshpy.identity.local import LocalIdentity
+
+        # The certificate comes first: a config that names `default` or `ROOTCA` is served with it.
+        local = LocalIdentity(app, identity)
+        if not await local.start(IDENTITY_WAIT):
+            print(f"{origin}: no certificate from the CA at {identity.ca} within {IDENTITY_WAIT:g} s "
+                  f"(see the log)", flush=True)
+            await local.close()
+            await app.close()
+            return 1
     if config.xds is not None:
         app.hold_initialization()  # /ready waits for the control plane's initial config
     try:
@@ -129,6 +145,8 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
     try:
         await app.wait_stopped()
     finally:
+        if local is not None:
+            await local.close()
         if client is not None:
             await client.close()
         if watcher is not None:

@@ -63,9 +63,10 @@ def _sleep(request: bytes, context: Any) -> bytes:
     return b"slept"
 
 
-def start(port: int, health: dict[str, int] | None = None) -> grpc.Server:
-    """`health`: service name -> grpc.health.v1 status (1 SERVING, 2 NOT_SERVING) answered by
-    /grpc.health.v1.Health/Check; a test may change it while the server runs."""
+def add_handlers(server: grpc.Server, health: dict[str, int] | None = None) -> None:
+    """The echo service (and grpc.health.v1.Health) on `server`. `health`: service name -> status
+    (1 SERVING, 2 NOT_SERVING) answered by /grpc.health.v1.Health/Check; a test may change it while
+    the server runs."""
     states = health if health is not None else {}
 
     def check(request: bytes, context: Any) -> bytes:
@@ -81,14 +82,19 @@ def start(port: int, health: dict[str, int] | None = None) -> grpc.Server:
         "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
         "Flaky": grpc.unary_unary_rpc_method_handler(_flaky),
     }
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                         options=[("grpc.max_receive_message_length", 8 << 20),
-                                  ("grpc.max_send_message_length", 8 << 20)])
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler(SERVICE, handlers),
         grpc.method_handlers_generic_handler(
             "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)}),
     ))
+
+
+def start(port: int, health: dict[str, int] | None = None) -> grpc.Server:
+    """The echo service in the clear on 127.0.0.1:`port` (see add_handlers for `health`)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         options=[("grpc.max_receive_message_length", 8 << 20),
+                                  ("grpc.max_send_message_length", 8 << 20)])
+    add_handlers(server, health)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server

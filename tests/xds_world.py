@@ -146,13 +146,14 @@ class Control:
         self.poll_interval = poll_interval
         self.admin = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []  # more flags (the CA's)
 
     def start(self) -> Control:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshpy", "control", "--listen", f"127.0.0.1:{self.port}",
                  "--admin", f"127.0.0.1:{self.admin}", self.flag, str(self.source),
-                 "--poll-interval", str(self.poll_interval)],
+                 "--poll-interval", str(self.poll_interval), *self.extra],
                 stdout=out, stderr=subprocess.STDOUT)
         return self
 

@@ -29,11 +29,12 @@ from google.protobuf.message import Message  # type: ignore[import-untyped, unus
 # The strict loader refuses duplicate keys, which in a resource would silently drop a field. The
 # translator's import of the HCM, router and other extension modules is what lets `@type` inside a
 # resource resolve; `import_type` covers the extensions it does not import.
-from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshpy.errors import ConfigError
 from meshpy.model.load import StrictLoader
 from meshpy.model.yaml_values import yaml_kind
 from meshpy.xds.deps import any_routes, endpoints_or_none
+from meshpy.xds.secrets import SecretMessage, material
 from meshpy.xds.translate import (
     MISSING_TYPE,
     cluster_from_proto,
@@ -49,22 +50,24 @@ __all__ = [
     "ENDPOINT",
     "LISTENER",
     "ROUTE",
+    "SECRET",
     "TYPE_URLS",
     "SourceError",
     "fingerprint",
     "load_envoy_dir",
 ]
 
-TYPE_URLS = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
+TYPE_URLS = (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET)
 
 _CLASSES: dict[str, Any] = {
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SECRET: SecretMessage,
 }
 # A ClusterLoadAssignment is keyed by the cluster it serves; it has no `name` of its own.
-_NAME_FIELD = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name"}
+_NAME_FIELD = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name", SECRET: "name"}
 _SUFFIXES = (".yaml", ".yml")
 
 log = logging.getLogger(__name__)
@@ -85,14 +88,14 @@ class SourceError(Exception):
 
 
 def message_class(type_url: str) -> Any:
-    """The generated message class of one of the four resource types."""
+    """The generated message class of one of the resource types."""
     return _CLASSES[type_url]
 
 
 def load_envoy_dir(path: Path) -> Resources:
     """Type URL -> resource name -> parsed message for every YAML file directly in `path`.
 
-    All four type URLs are always present as keys, so a caller can serve an empty set for a type
+    All type URLs are always present as keys, so a caller can serve an empty set for a type
     rather than treat a missing key as "unknown".
     """
     if not path.is_dir():
@@ -239,6 +242,8 @@ def proxy_check(url: str, msg: Message) -> None:
         cluster_from_proto(msg, "", endpoints_or_none({}))
     elif url == ROUTE:
         route_config_from_proto(msg, "")
+    elif url == SECRET:
+        material(msg)
     else:
         endpoints_from_cla(msg, "")
 

@@ -5,15 +5,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from meshpy.model.tls import Certificate, Pem
 from meshpy.model.types import Config
+
+# A private key given inline (or delivered over SDS) is never shown: Envoy's config dump redacts it too.
+REDACTED = "[redacted]"
 
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {"@kind": type(value).__name__} if type(value).__name__.endswith("Action") else {}
+        kind = type(value).__name__
+        out: dict[str, Any] = {"@kind": kind} if kind.endswith("Action") else {}
         for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if isinstance(value, Certificate) and f.name == "key" and isinstance(item, Pem) and item.inline:
+                out[f.name] = {"path": None, "inline": REDACTED}
+                continue
             out[f.name] = _plain(getattr(value, f.name))
         return out
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value

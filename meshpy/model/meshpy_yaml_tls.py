@@ -52,6 +52,7 @@ _SERVER_KEYS = (
     "certificates",
     "cert",
     "key",
+    "secret",
     "client_certificates",
     "min_version",
     "max_version",
@@ -65,6 +66,8 @@ _SERVER_KEYS = (
 _CLIENT_KEYS = (
     "sni",
     "ca",
+    "ca_secret",
+    "secret",
     "verify",
     "verify_hostname",
     "subject_alt_names",
@@ -142,20 +145,26 @@ def server_tls(r: Reader, node: object, path: str, codec: HttpCodec | None) -> S
             cert = _certificate(r, entry, item(f.at("certificates"), i))
             if cert is not None:
                 certs.append(cert)
+        for key in f.present("cert", "key", "secret"):
+            r.error(f.at(key), "give either certificates: [...], cert and key, or secret")
+    elif "secret" in f:
+        certs.append(Certificate(secret=f.require("secret", as_name, "")))
         for key in f.present("cert", "key"):
-            r.error(f.at(key), "give either certificates: [...] or cert and key")
+            r.error(f.at(key), "give either cert and key or secret")
     elif "cert" in f or "key" in f:
         certs.append(Certificate(chain=f.require("cert", _pem, Pem()), key=f.require("key", _pem, Pem())))
     else:
-        r.error(path, "missing required key 'certificates' (or cert and key)")
+        r.error(path, "missing required key 'certificates' (or cert and key, or secret)")
     validation, required = None, False
     if "client_certificates" in f:
-        c = r.mapping(
-            f.raw("client_certificates"), f.at("client_certificates"), ("ca", "required", "subject_alt_names")
-        )
+        c = r.mapping(f.raw("client_certificates"), f.at("client_certificates"),
+                      ("ca", "ca_secret", "required", "subject_alt_names"))
         if c is not None:
+            if "ca_secret" in c and "ca" in c:
+                r.error(c.at("ca_secret"), "give either ca or ca_secret")
             validation = Validation(
-                ca=c.require("ca", _pem, Pem()),
+                ca=None if "ca_secret" in c else c.require("ca", _pem, Pem()),
+                ca_secret=c.get("ca_secret", as_name, None),
                 san=_sans(r, c.raw("subject_alt_names"), c.at("subject_alt_names"))
                 if "subject_alt_names" in c
                 else (),
@@ -258,11 +267,18 @@ def client_tls(r: Reader, node: object, path: str, protocol: object) -> ClientTl
             if "subject_alt_names" in f
             else ()
         )
-        validation = Validation(ca=f.get("ca", _pem, None), system="ca" not in f, san=sans)
-    elif "ca" in f or "subject_alt_names" in f:
-        r.error(f.at("verify"), "verify: false checks nothing: drop ca and subject_alt_names")
+        if "ca_secret" in f and "ca" in f:
+            r.error(f.at("ca_secret"), "give either ca or ca_secret")
+        validation = Validation(ca=f.get("ca", _pem, None), ca_secret=f.get("ca_secret", as_name, None),
+                                system=not f.present("ca", "ca_secret"), san=sans)
+    elif f.present("ca", "ca_secret", "subject_alt_names"):
+        r.error(f.at("verify"), "verify: false checks nothing: drop ca, ca_secret and subject_alt_names")
     certificate = None
-    if "cert" in f or "key" in f:
+    if "secret" in f:
+        certificate = Certificate(secret=f.require("secret", as_name, ""))
+        for key in f.present("cert", "key"):
+            r.error(f.at(key), "give either cert and key or secret")
+    elif "cert" in f or "key" in f:
         certificate = Certificate(chain=f.require("cert", _pem, Pem()), key=f.require("key", _pem, Pem()))
     hostname = f.get("verify_hostname", as_bool, bool(sni) and verify)
     if hostname and not sni:

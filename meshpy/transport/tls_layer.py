@@ -96,10 +96,30 @@ class TlsConnection(asyncio.Protocol, asyncio.Transport):
 
     def data_received(self, data: bytes) -> None:
         self._in.write(data)
-        if self._handshaken:
-            self._read()
-        else:
+        if not self._handshaken:
             self._handshake()
+            return
+        # The common case, one whole record (a request): one read, no exception, nothing left over.
+        # Anything else (a partial record, several, an alert, paused reading) takes the loop in _read.
+        if self._paused or self._closing:
+            return
+        try:
+            plain = self._obj.read(_READ)
+        except ssl.SSLWantReadError:
+            return  # a partial record: the rest is on its way
+        except ssl.SSLError as err:
+            self._read_failed(err)  # the client's close_notify, or a broken record
+            return
+        if not plain:  # the ssl module reads a close_notify as b"": the client's EOF
+            self._read_failed(ssl.SSLZeroReturnError())
+            return
+        inner = self.inner
+        assert isinstance(inner, asyncio.Protocol)
+        inner.data_received(plain)
+        if self._in.pending or self._obj.pending():
+            self._read()
+        elif self._out.pending:
+            self._flush()
 
     def eof_received(self) -> bool | None:
         inner = self.inner
@@ -155,20 +175,24 @@ class TlsConnection(asyncio.Protocol, asyncio.Transport):
                 data = obj.read(_READ)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # the client's close_notify: its EOF
-                self._flush()
-                if not inner.eof_received():
-                    self.close()
+            except ssl.SSLError as err:
+                self._read_failed(err)
                 break
-            except ssl.SSLError:
-                self._flush()
-                self.abort()
-                break
-            if not data:
+            if not data:  # close_notify (see data_received)
+                self._read_failed(ssl.SSLZeroReturnError())
                 break
             inner.data_received(data)
         if self._out.pending:
             self._flush()
+
+    def _read_failed(self, err: ssl.SSLError) -> None:
+        self._flush()
+        inner = self.inner
+        if isinstance(err, ssl.SSLZeroReturnError) and isinstance(inner, asyncio.Protocol):
+            if not inner.eof_received():  # the client's close_notify: its EOF
+                self.close()
+        else:
+            self.abort()
 
     def _flush(self) -> None:
         if self._out.pending and self.raw is not None and not self.raw.is_closing():

@@ -33,7 +33,18 @@ import meshpy
 from meshpy.errors import ConfigError
 from meshpy.model.types import Config, XdsSource
 from meshpy.xds.client_streams import Rejected, delta_stream, sotw_stream
-from meshpy.xds.store import CLUSTER, ENDPOINT, KIND, LISTENER, MESSAGES, ORDER, ROUTE, WILDCARD, XdsStore
+from meshpy.xds.secrets import SECRET
+from meshpy.xds.store import (
+    CLUSTER,
+    ENDPOINT,
+    KIND,
+    LISTENER,
+    MESSAGES,
+    ORDER,
+    ROUTE,
+    WILDCARD,
+    XdsStore,
+)
 
 if TYPE_CHECKING:
     from meshpy.app import App
@@ -61,8 +72,9 @@ class AdsClient:
         self.app = app
         self.source = source
         self.node = node_proto(source)
-        self.store = XdsStore.start(static, source.static_resources)
-        wanted = ((CLUSTER, ENDPOINT) if source.cds else ()) + ((LISTENER, ROUTE) if source.lds else ())
+        self.store = XdsStore.start(static, source.static_resources, frozenset(app.local_secrets))
+        wanted = ((CLUSTER, ENDPOINT) if source.cds else ()) + ((LISTENER, ROUTE) if source.lds else ()) + (
+            (SECRET,) if source.cds or source.lds else ())
         self.types = tuple(t for t in ORDER if t in wanted)
         self.versions: dict[str, str] = {}  # state of the world: last accepted version per type
         self.resource_versions: dict[str, dict[str, str]] = {t: {} for t in ORDER}  # delta
@@ -178,8 +190,8 @@ class AdsClient:
             expired = frozenset(n for n, since in self._warming.items()
                                 if timeout is not None and now - since >= timeout)
         config, store, warming = store.assemble(expired)
-        snap = self.app.snapshot
-        if snap is None or snap.config != config:  # a reconnect re-sends what is already served
+        # A reconnect re-sends what is already served: applied only when something changed.
+        if self.app.snapshot is None or self.app.given_config != config:
             await self.app.apply(config, source=f"xds {self.source.server}")
         self.store = store
         new = warming - self._warming.keys()

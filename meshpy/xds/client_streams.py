@@ -25,13 +25,14 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 from google.rpc import status_pb2
 
+from meshpy.xds.secrets import SECRET
 from meshpy.xds.store import CLUSTER, ENDPOINT, LISTENER, ROUTE, WILDCARD
 
 if TYPE_CHECKING:
     from meshpy.xds.client import AdsClient
 
 _INVALID_ARGUMENT = 3  # google.rpc.Code, what a NACK carries (gRPC's own client says the same)
-_DEPENDENT = {LISTENER: ROUTE, CLUSTER: ENDPOINT}
+_DEPENDENT = {LISTENER: (ROUTE, SECRET), CLUSTER: (ENDPOINT, SECRET)}
 _END = object()
 
 
@@ -64,12 +65,10 @@ class _Outbox:
         self.queue.put_nowait(_END)
 
 
-def _dependent(client: AdsClient, type_url: str) -> tuple[str, frozenset[str]] | None:
-    """The type that follows `type_url` (RDS after LDS, EDS after CDS) and the names it needs now."""
-    dep = _DEPENDENT.get(type_url)
-    if dep is None or dep not in client.types:
-        return None
-    return dep, client.store.wanted(dep)
+def _dependent(client: AdsClient, type_url: str) -> list[tuple[str, frozenset[str]]]:
+    """The types that follow `type_url` (RDS after LDS, EDS after CDS, SDS after either) and the
+    names each needs now."""
+    return [(dep, client.store.wanted(dep)) for dep in _DEPENDENT.get(type_url, ()) if dep in client.types]
 
 
 async def sotw_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
@@ -90,12 +89,12 @@ async def sotw_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
 
     def follow(type_url: str) -> None:
         """Subscribe RDS or EDS to what the listeners or clusters now need."""
-        found = _dependent(client, type_url)
         # An empty name list would mean "everything" to the server: when nothing is needed any more,
         # the old subscription stays and what it brings is dropped by the store.
-        if found is not None and found[1] and found[1] != subscribed.get(found[0]):
-            subscribed[found[0]] = found[1]
-            send(found[0])
+        for dep, names in _dependent(client, type_url):
+            if names and names != subscribed.get(dep):
+                subscribed[dep] = names
+                send(dep)
 
     for type_url in client.types:
         if type_url in WILDCARD:
@@ -137,15 +136,12 @@ async def delta_stream(client: AdsClient, stub: Any) -> AsyncIterator[None]:
     subscribed: dict[str, frozenset[str]] = {}
 
     def follow(type_url: str) -> None:
-        found = _dependent(client, type_url)
-        if found is None:
-            return
-        dep, names = found
-        old = subscribed.get(dep, frozenset())
-        if names != old:
-            subscribed[dep] = names
-            send(DeltaDiscoveryRequest(type_url=dep, resource_names_subscribe=sorted(names - old),
-                                       resource_names_unsubscribe=sorted(old - names)))
+        for dep, names in _dependent(client, type_url):
+            old = subscribed.get(dep, frozenset())
+            if names != old:
+                subscribed[dep] = names
+                send(DeltaDiscoveryRequest(type_url=dep, resource_names_subscribe=sorted(names - old),
+                                           resource_names_unsubscribe=sorted(old - names)))
 
     for type_url in client.types:
         held = client.resource_versions[type_url]

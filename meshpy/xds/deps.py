@@ -1,6 +1,7 @@
 """What a Listener or Cluster needs from xDS before it can serve: the RouteConfiguration names its
-connection manager asks for over RDS, the ClusterLoadAssignment an EDS cluster asks for. Shared by the
-bootstrap reader (static resources that depend on xDS) and the xDS client's store."""
+connection manager asks for over RDS, the ClusterLoadAssignment an EDS cluster asks for, the Secrets its
+TLS contexts ask for over SDS. Shared by the bootstrap reader (static resources that depend on xDS)
+and the xDS client's store."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from meshpy.model.types import Endpoint, RouteConfig
 
@@ -27,6 +29,38 @@ def rds_names(msg: Any) -> list[str]:
                 if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
                     names.append(str(hcm.rds.route_config_name))
     return names
+
+
+_TLS = {"envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext": tls_pb2.DownstreamTlsContext,
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext": tls_pb2.UpstreamTlsContext}
+
+
+def _sds_in(socket: Any) -> list[str]:
+    cls = _TLS.get(socket.typed_config.TypeName())
+    if cls is None:
+        return []
+    context = cls()
+    if not socket.typed_config.Unpack(context):
+        return []
+    common = context.common_tls_context
+    refs = [*common.tls_certificate_sds_secret_configs]
+    if common.HasField("validation_context_sds_secret_config"):
+        refs.append(common.validation_context_sds_secret_config)
+    combined = common.combined_validation_context
+    if combined.HasField("validation_context_sds_secret_config"):
+        refs.append(combined.validation_context_sds_secret_config)
+    return [str(r.name) for r in refs if r.HasField("sds_config")]
+
+
+def sds_names(msg: Any) -> list[str]:
+    """The Secret names a Listener's or Cluster's TLS contexts ask for over SDS (static secrets, named
+    without an sds_config, are the bootstrap's own)."""
+    if hasattr(msg, "filter_chains"):
+        chains = [*msg.filter_chains]
+        if msg.HasField("default_filter_chain"):
+            chains.append(msg.default_filter_chain)
+        return [n for c in chains if c.HasField("transport_socket") for n in _sds_in(c.transport_socket)]
+    return _sds_in(msg.transport_socket) if msg.HasField("transport_socket") else []
 
 
 def eds_name(msg: Any) -> str | None:

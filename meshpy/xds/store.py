@@ -28,7 +28,8 @@ from google.protobuf import json_format  # type: ignore[import-untyped, unused-i
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.check import check_references
 from meshpy.model.types import Cluster, Config, Endpoint, Listener, RouteConfig
-from meshpy.xds.deps import NO_ROUTES, any_routes, eds_name, endpoints_or_none, rds_names
+from meshpy.xds.deps import NO_ROUTES, any_routes, eds_name, endpoints_or_none, rds_names, sds_names
+from meshpy.xds.secrets import SECRET, SecretMaterial, SecretMessage, filled, material
 from meshpy.xds.translate import (
     cluster_from_proto,
     endpoints_from_cla,
@@ -41,16 +42,18 @@ LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-WILDCARD = (CLUSTER, LISTENER)  # subscribed as a whole; RDS and EDS by name
-ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)  # Envoy's: what a type depends on comes first
+WILDCARD = (CLUSTER, LISTENER)  # subscribed as a whole; RDS, EDS and SDS by name
+ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)  # Envoy's: what a type depends on comes first
 KIND = {
-    LISTENER: "Listener", ROUTE: "RouteConfiguration", CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment"
+    LISTENER: "Listener", ROUTE: "RouteConfiguration", CLUSTER: "Cluster", ENDPOINT: "ClusterLoadAssignment",
+    SECRET: "Secret",
 }
 MESSAGES: dict[str, Any] = {
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
     CLUSTER: cluster_pb2.Cluster,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SECRET: SecretMessage,
 }
 def resource_name(type_url: str, msg: Any) -> str:
     return str(msg.cluster_name if type_url == ENDPOINT else msg.name)
@@ -83,20 +86,28 @@ class XdsStore:
     protos: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     routes: Mapping[str, RouteConfig] = dataclasses.field(default_factory=dict)
     endpoints: Mapping[str, tuple[Endpoint, ...]] = dataclasses.field(default_factory=dict)
+    secrets: Mapping[str, SecretMaterial] = dataclasses.field(default_factory=dict)
+    # The last cluster models served, by name: a cluster whose new secrets have not arrived keeps these.
+    served_clusters: Mapping[str, Cluster] = dataclasses.field(default_factory=dict)
+    # Secrets the proxy holds itself (its own identity, meshpy.identity.local): never asked of SDS, and
+    # filled in by the app.
+    local: frozenset[str] = frozenset()
     # The last listener models served, by name: a listener whose new routes have not arrived keeps these.
     served: Mapping[str, Listener] = dataclasses.field(default_factory=dict)
     # Static resources that depend on xDS (held among the protos): never replaced or removed by it.
     pinned: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def start(cls, static: Config, held: Iterable[tuple[str, str]] = ()) -> XdsStore:
-        """A store with the bootstrap's static resources that wait for RDS or EDS (proto JSON)."""
+    def start(cls, static: Config, held: Iterable[tuple[str, str]] = (),
+              local: frozenset[str] = frozenset()) -> XdsStore:
+        """A store with the bootstrap's static resources that wait for RDS, EDS or SDS (proto JSON);
+        `local`: the secrets the proxy holds itself."""
         protos: dict[str, dict[str, Any]] = {}
         for type_url, text in held:
             msg = json_format.Parse(text, MESSAGES[type_url]())
             protos.setdefault(type_url, {})[resource_name(type_url, msg)] = msg
         pinned = {t: frozenset(names) for t, names in protos.items()}
-        return cls(static=static, protos=protos, pinned=pinned)
+        return cls(static=static, protos=protos, pinned=pinned, local=local)
 
     def of(self, type_url: str) -> Mapping[str, Any]:
         return self.protos.get(type_url, {})
@@ -107,12 +118,16 @@ class XdsStore:
             return frozenset(n for msg in self.of(LISTENER).values() for n in rds_names(msg))
         if type_url == ENDPOINT:
             return frozenset(n for msg in self.of(CLUSTER).values() if (n := eds_name(msg)) is not None)
+        if type_url == SECRET:
+            protos = [*self.of(LISTENER).values(), *self.of(CLUSTER).values()]
+            return frozenset(n for msg in protos for n in sds_names(msg) if n not in self.local)
         raise ValueError(f"{type_url} is subscribed by wildcard")
 
     def missing(self) -> frozenset[str]:
         """Names subscribed but not received yet, as `Kind name` (what keeps initialization waiting)."""
         gone = {f"RouteConfiguration {n}" for n in self.wanted(ROUTE) - self.routes.keys()}
         gone |= {f"ClusterLoadAssignment {n}" for n in self.wanted(ENDPOINT) - self.endpoints.keys()}
+        gone |= {f"Secret {n}" for n in self.wanted(SECRET) - self.secrets.keys()}
         return frozenset(gone)
 
     def update(
@@ -135,11 +150,13 @@ class XdsStore:
             elif name in fresh:
                 issues.append(ConfigIssue(f"{KIND[type_url]} {name}", "sent twice in one response"))
             fresh[name] = msg
-        routes, endpoints = self.routes, self.endpoints
+        routes, endpoints, secrets = self.routes, self.endpoints, self.secrets
         if type_url == ROUTE:
             routes = _translated(type_url, fresh, removed, dict(routes), route_config_from_proto, issues)
         elif type_url == ENDPOINT:
             endpoints = _translated(type_url, fresh, removed, dict(endpoints), endpoints_from_cla, issues)
+        elif type_url == SECRET:
+            secrets = _translated(type_url, fresh, removed, dict(secrets), material, issues)
         else:
             for name, msg in fresh.items():
                 try:
@@ -152,13 +169,15 @@ class XdsStore:
             raise ConfigError(issues)
         current.update(fresh)
         protos = {**self.protos, type_url: current}
-        store = dataclasses.replace(self, protos=protos, routes=routes, endpoints=endpoints)
+        store = dataclasses.replace(self, protos=protos, routes=routes, endpoints=endpoints, secrets=secrets)
         # Resources nothing asks for any more are dropped, as an unsubscribe does in Envoy.
         routes_wanted, eds_wanted = store.wanted(ROUTE), store.wanted(ENDPOINT)
+        sds_wanted = store.wanted(SECRET)
         return dataclasses.replace(
             store,
             routes={n: r for n, r in store.routes.items() if n in routes_wanted},
             endpoints={n: e for n, e in store.endpoints.items() if n in eds_wanted},
+            secrets={n: m for n, m in store.secrets.items() if n in sds_wanted},
         )
 
 
@@ -185,14 +204,20 @@ class XdsStore:
         waited out its fetch time and serves without the routes that did not come. Raises ConfigError
         (a NACK's detail) when the whole does not hold together, e.g. two listeners on one port."""
         eds = endpoints_or_none(self.endpoints)
-        clusters = [cluster_from_proto(msg, "", eds) for _, msg in sorted(self.of(CLUSTER).items())]
+        clusters: dict[str, Cluster] = {}
+        for name, msg in sorted(self.of(CLUSTER).items()):
+            if all(n in self.secrets or n in self.local for n in sds_names(msg)):
+                clusters[name] = filled(cluster_from_proto(msg, "", eds), self.secrets)
+            elif name in self.served_clusters:
+                clusters[name] = self.served_clusters[name]  # warming on its secrets, as in Envoy
         listeners: dict[str, Listener] = {}
         warming: set[str] = set()
         for name, msg in sorted(self.of(LISTENER).items()):
             needs = rds_names(msg)
-            if all(n in self.routes for n in needs) or name in expired:
+            has_secrets = all(n in self.secrets or n in self.local for n in sds_names(msg))
+            if has_secrets and (all(n in self.routes for n in needs) or name in expired):
                 routes = {n: self.routes.get(n, NO_ROUTES) for n in needs}
-                listeners[name] = listener_from_proto(msg, "", routes)
+                listeners[name] = filled(listener_from_proto(msg, "", routes), self.secrets)
                 continue
             warming.add(name)
             if name in self.served:
@@ -200,12 +225,13 @@ class XdsStore:
         config = dataclasses.replace(
             self.static,
             listeners=self.static.listeners + tuple(listeners.values()),
-            clusters=self.static.clusters + tuple(clusters),
+            clusters=self.static.clusters + tuple(clusters.values()),
         )
         problems = check_references(config, clusters_required=False)
         if problems:
             raise ConfigError(_name_paths(config, problems))
-        return config, dataclasses.replace(self, served=listeners), frozenset(warming)
+        store = dataclasses.replace(self, served=listeners, served_clusters=clusters)
+        return config, store, frozenset(warming)
 
 
 def _name_paths(config: Config, problems: list[ConfigIssue]) -> list[ConfigIssue]:

@@ -224,6 +224,7 @@ def _suggest(message: str, field: str) -> str:
 # Translating the bootstrap --------------------------------------------------------------------------
 
 # `node` identifies this proxy to a control plane: nothing to act on in a static bootstrap.
+_NO_SDS = "names secrets to fetch over SDS: that needs dynamic_resources (ADS)"
 _BOOTSTRAP = frozenset({"admin", "static_resources", "dynamic_resources", "node", "overload_manager"})
 
 
@@ -240,9 +241,12 @@ def config_from_bootstrap(msg: Any) -> Config:
     clusters_path = "static_resources.clusters"
     listeners, clusters, held = [], [], []
     for i, listener in enumerate(static.listeners):
-        if xds is not None and deps.rds_names(listener):
-            # Routes over RDS: checked now, built by the xDS client once they arrive.
-            translate_listeners.listener(issues, listener, item(listeners_path, i), deps.any_routes())
+        if xds is None and deps.sds_names(listener):
+            issues.add(item(listeners_path, i), _NO_SDS)
+        if xds is not None and (deps.rds_names(listener) or deps.sds_names(listener)):
+            # Routes over RDS, secrets over SDS: checked now, built by the xDS client once they arrive.
+            at = item(listeners_path, i)
+            translate_listeners.listener(issues, listener, at, deps.any_routes(), secrets)
             held.append((_LISTENER_URL, json_format.MessageToJson(listener, indent=None)))
         else:
             listeners.append(translate_listeners.listener(issues, listener, item(listeners_path, i),
@@ -250,7 +254,9 @@ def config_from_bootstrap(msg: Any) -> Config:
     for i, cluster in enumerate(static.clusters):
         if cluster.name == ads_cluster:
             continue
-        if xds is not None and deps.eds_name(cluster) is not None:
+        if xds is None and deps.sds_names(cluster):
+            issues.add(item(clusters_path, i), _NO_SDS)
+        if xds is not None and (deps.eds_name(cluster) is not None or deps.sds_names(cluster)):
             translate_clusters.cluster(issues, cluster, item(clusters_path, i), deps.endpoints_or_none({}))
             held.append((_CLUSTER_URL, json_format.MessageToJson(cluster, indent=None)))
         else:

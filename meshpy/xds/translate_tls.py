@@ -4,9 +4,9 @@ filter_chain_match -> ChainMatch.
 Read as Envoy reads them: servers default to TLS 1.2-1.3, clients to TLS 1.2 (Envoy's defaults); no
 ALPN unless the context lists it; a validation context without SAN matchers checks the CA only. A
 certificate or CA may be a file, inline, or a secret by name: one of the bootstrap's static
-`secrets` (resolved here) or one that SDS delivers (kept by name). What meshpy cannot do is an error
-naming the field: OCSP stapling, CRLs, certificate hashes and SPKI pins, session ticket keys, private
-key providers and passwords, custom handshakers and validators.
+`secrets` (resolved here) or one that SDS delivers over ADS (kept by name; meshpy.xds.secrets fills it
+in). What meshpy cannot do is an error naming the field: OCSP stapling, CRLs, certificate hashes and
+SPKI pins, session ticket keys, private key providers and passwords, custom handshakers and validators.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _data(issues: Issues, msg: Any, path: str) -> Pem:
     return Pem()
 
 
-def _certificate(issues: Issues, msg: Any, path: str) -> Certificate:
+def certificate(issues: Issues, msg: Any, path: str) -> Certificate:
     issues.fields(msg, path, {"certificate_chain", "private_key"})
     for name in ("certificate_chain", "private_key"):
         if not msg.HasField(name):
@@ -110,24 +110,27 @@ def _certificate(issues: Issues, msg: Any, path: str) -> Certificate:
 
 
 def _sds(issues: Issues, msg: Any, path: str, secrets: Secrets) -> tuple[str, Any | None]:
-    """(the secret's name, the static Secret when the bootstrap holds it, else None: SDS sends it)."""
+    """(the secret's name, the static Secret when the bootstrap holds it, else None: SDS sends it
+    over the ADS stream)."""
     issues.fields(msg, path, {"name", "sds_config"})
     if not msg.name:
         issues.add(child(path, "name"), "is required")
+    if msg.HasField("sds_config"):
+        source = msg.sds_config
+        if not source.HasField("ads"):
+            issues.add(
+                child(path, "sds_config"), "secrets come over the ADS stream only (sds_config: {ads: {}})"
+            )
+        return msg.name, None
     static = secrets.get(msg.name)
-    if static is None and not msg.HasField("sds_config"):
+    if static is None:
         issues.add(
             child(path, "name"), f"no static secret named {msg.name!r} (and no sds_config to fetch it)"
-        )
-    if static is None and msg.HasField("sds_config"):
-        issues.add(
-            child(path, "sds_config"),
-            "secrets fetched over SDS are not supported yet: use a static secret or files",
         )
     return msg.name, static
 
 
-def _validation(issues: Issues, msg: Any, path: str) -> Validation:
+def validation(issues: Issues, msg: Any, path: str) -> Validation:
     issues.fields(msg, path, _VALIDATION)
     sans: list[SanMatch] = []
     for i, m in enumerate(msg.match_typed_subject_alt_names):
@@ -151,20 +154,21 @@ def _common(
     issues.fields(msg, path, _COMMON)
     params = _params(issues, msg.tls_params, child(path, "tls_params"), max_default)
     certs = [
-        _certificate(issues, c, item(child(path, "tls_certificates"), i))
+        certificate(issues, c, item(child(path, "tls_certificates"), i))
         for i, c in enumerate(msg.tls_certificates)
     ]
     for i, ref in enumerate(msg.tls_certificate_sds_secret_configs):
         at = item(child(path, "tls_certificate_sds_secret_configs"), i)
         name, static = _sds(issues, ref, at, secrets)
-        if static is not None:
-            if not static.HasField("tls_certificate"):
-                issues.add(child(at, "name"), f"secret {name!r} holds no tls_certificate")
-                continue
-            certs.append(_certificate(issues, static.tls_certificate, f"secrets[{name}].tls_certificate"))
-    validation = None
+        if static is None:
+            certs.append(Certificate(secret=name))  # SDS sends it (or the name is reported missing)
+        elif not static.HasField("tls_certificate"):
+            issues.add(child(at, "name"), f"secret {name!r} holds no tls_certificate")
+        else:
+            certs.append(certificate(issues, static.tls_certificate, f"secrets[{name}].tls_certificate"))
+    checked = None
     if msg.HasField("validation_context"):
-        validation = _validation(issues, msg.validation_context, child(path, "validation_context"))
+        checked = validation(issues, msg.validation_context, child(path, "validation_context"))
     sds_ref = None
     if msg.HasField("validation_context_sds_secret_config"):
         sds_ref = (
@@ -174,7 +178,7 @@ def _common(
     if msg.HasField("combined_validation_context"):
         combined, at = msg.combined_validation_context, child(path, "combined_validation_context")
         issues.fields(combined, at, {"default_validation_context", "validation_context_sds_secret_config"})
-        validation = _validation(
+        checked = validation(
             issues, combined.default_validation_context, child(at, "default_validation_context")
         )
         if combined.HasField("validation_context_sds_secret_config"):
@@ -184,20 +188,16 @@ def _common(
             )
     if sds_ref is not None:
         name, static = _sds(issues, sds_ref[0], sds_ref[1], secrets)
-        if static is not None:
-            if not static.HasField("validation_context"):
-                issues.add(child(sds_ref[1], "name"), f"secret {name!r} holds no validation_context")
-            else:
-                trusted = _validation(
-                    issues, static.validation_context, f"secrets[{name}].validation_context"
-                )
-                # The secret gives the CA; SAN matchers may come from the default context beside it.
-                validation = Validation(
-                    ca=trusted.ca,
-                    system=trusted.system,
-                    san=(validation.san if validation is not None else ()) + trusted.san,
-                )
-    return params, certs, validation, tuple(msg.alpn_protocols)
+        beside = checked.san if checked is not None else ()
+        if static is None:
+            # SDS sends the CA; the SAN matchers of the default context beside it stay.
+            checked = Validation(ca_secret=name, system=checked.system if checked else False, san=beside)
+        elif not static.HasField("validation_context"):
+            issues.add(child(sds_ref[1], "name"), f"secret {name!r} holds no validation_context")
+        else:
+            trusted = validation(issues, static.validation_context, f"secrets[{name}].validation_context")
+            checked = Validation(ca=trusted.ca, system=trusted.system, san=beside + trusted.san)
+    return params, certs, checked, tuple(msg.alpn_protocols)
 
 
 def server_tls(

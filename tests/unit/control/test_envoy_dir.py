@@ -13,12 +13,14 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from control.sources.envoy_dir import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
+    SECRET,
     TYPE_URLS,
     SourceError,
     fingerprint,
@@ -95,8 +97,9 @@ def test_type_urls_match_the_message_classes() -> None:
         route_pb2.RouteConfiguration,
         cluster_pb2.Cluster,
         endpoint_pb2.ClusterLoadAssignment,
+        secret_pb2.Secret,
     )
-    assert (LISTENER, ROUTE, CLUSTER, ENDPOINT) == TYPE_URLS
+    assert (LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET) == TYPE_URLS
     assert [f"type.googleapis.com/{c.DESCRIPTOR.full_name}" for c in classes] == list(TYPE_URLS)
 
 
@@ -116,6 +119,7 @@ def test_full_set_parses_into_typed_messages(tmp_path: Path) -> None:
         ROUTE: ["local_route"],
         CLUSTER: ["web"],
         ENDPOINT: ["web"],
+        SECRET: [],
     }
     listener = got[LISTENER]["ingress"]
     assert isinstance(listener, listener_pb2.Listener)
@@ -168,11 +172,11 @@ def test_list_and_multi_document_files(tmp_path: Path) -> None:
     assert all(got[url] == {} for url in (LISTENER, ROUTE, ENDPOINT))
 
 
-def test_empty_directory_and_empty_files_give_four_empty_dicts(tmp_path: Path) -> None:
-    assert load_envoy_dir(tmp_path) == {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
+def test_empty_directory_and_empty_files_give_empty_dicts(tmp_path: Path) -> None:
+    assert load_envoy_dir(tmp_path) == {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}, SECRET: {}}
     write(tmp_path, "empty.yaml", "")
     write(tmp_path, "comment.yml", "# nothing yet\n---\n")
-    assert load_envoy_dir(tmp_path) == {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
+    assert load_envoy_dir(tmp_path) == {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}, SECRET: {}}
 
 
 def test_missing_directory(tmp_path: Path) -> None:

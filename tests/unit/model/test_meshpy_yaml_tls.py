@@ -130,3 +130,13 @@ clusters:
 listeners: [{address: 127.0.0.1:8080, routes: [{match: /, cluster: a}]}]
 clusters: {a: {endpoints: [127.0.0.1:9443], tls: {verify: false, ca: ca.pem}}}
 """)
+
+
+def test_config_dump_never_shows_an_inline_key() -> None:
+    from meshpy.model.dump import dump_config
+
+    config = load_text(EDGE.format(protocol="auto", tls='{cert: "-----BEGIN CERTIFICATE-----\\nAAAA\\n'
+                                   '-----END CERTIFICATE-----", key: "-----BEGIN PRIVATE KEY-----\\nhush\\n'
+                                   '-----END PRIVATE KEY-----"}'))
+    text = str(dump_config(config))
+    assert "hush" not in text and "[redacted]" in text and "AAAA" in text

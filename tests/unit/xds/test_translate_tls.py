@@ -237,7 +237,7 @@ REFUSED = [
                 }
             )
         ),
-        "over SDS are not supported",
+        "needs dynamic_resources (ADS)",
     ),
     (
         "missing secret",
