@@ -41,7 +41,8 @@ from meshpy.model.meshpy_yaml_protocols import (
     upstream_protocol,
 )
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
-from meshpy.model.meshpy_yaml_tls import LISTENER_TLS_KEYS, client_tls, with_listener_tls
+from meshpy.model.meshpy_yaml_tls import LISTENER_TLS_KEYS, client_tls, mesh_client, with_listener_tls
+from meshpy.model.tls import ClientTls
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     DEFAULT_CONNECT_TIMEOUT,
@@ -133,6 +134,7 @@ _CLUSTER_KEYS = (
     "http2",
     "tcp_keepalive",
     "tls",
+    "mtls",
 )
 _DISCOVERY: tuple[DiscoveryType, ...] = ("static", "strict_dns", "logical_dns", "original_dst")
 _MAX_HEADERS_KIB = 8192  # Envoy's upper bound for max_request_headers_kb
@@ -390,7 +392,7 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2,
         tcp_keepalive=tcp_keepalive(r, f.raw("tcp_keepalive"), f.at("tcp_keepalive"))
         if "tcp_keepalive" in f else None,
-        tls=client_tls(r, f.raw("tls"), f.at("tls"), f.raw("protocol")) if "tls" in f else None,
+        tls=_cluster_tls(r, f),
         circuit_breakers=circuit_breakers(r, f.raw("circuit_breakers"), f.at("circuit_breakers"))
         if "circuit_breakers" in f else DEFAULT_BREAKERS,
         outlier_detection=outlier_detection(r, f.raw("outlier_detection"), f.at("outlier_detection"))
@@ -442,3 +444,11 @@ def _discovery(value: object) -> DiscoveryType:
         if text == kind:
             return kind
     raise ValueError(f"must be one of {', '.join(_DISCOVERY)}, got {text!r}")
+
+
+def _cluster_tls(r: Reader, f: Fields) -> ClientTls | None:
+    if "mtls" in f:
+        if "tls" in f:
+            r.error(f.at("mtls"), "give either tls: or mtls:")
+        return mesh_client(r, f.raw("mtls"), f.at("mtls"), f.raw("protocol"))
+    return client_tls(r, f.raw("tls"), f.at("tls"), f.raw("protocol")) if "tls" in f else None

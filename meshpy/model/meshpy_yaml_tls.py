@@ -35,7 +35,7 @@ from meshpy.model.tls import (
     TlsVersion,
     Validation,
 )
-from meshpy.model.types import HttpCodec, Listener
+from meshpy.model.types import HttpCodec, Listener, StringMatch
 from meshpy.model.yaml_reader import (
     Fields,
     Reader,
@@ -47,7 +47,9 @@ from meshpy.model.yaml_reader import (
     item,
 )
 
-LISTENER_TLS_KEYS = ("tls", "sni")
+LISTENER_TLS_KEYS = ("tls", "sni", "mtls")
+# The sidecar's own identity from the mesh's CA (meshpy run --identity): the secrets it offers.
+MESH_CERTIFICATE, MESH_ROOTS = "default", "ROOTCA"
 _SERVER_KEYS = (
     "certificates",
     "cert",
@@ -190,17 +192,40 @@ def plaintext_allowed(r: Reader, f: Fields) -> bool:
     return value == "allow"
 
 
+def _mesh_server(r: Reader, f: Fields, codec: HttpCodec | None) -> tuple[ServerTls, bool] | None:
+    """`mtls: strict | permissive`: mutual TLS with the mesh's identities (the secrets `default` and
+    `ROOTCA`); permissive takes plaintext clients too, as Istio's PeerAuthentication modes."""
+    mode = f.raw("mtls")
+    if mode not in ("strict", "permissive"):
+        r.error(f.at("mtls"), f"must be strict or permissive, got {mode!r}")
+        return None
+    if "tls" in f:
+        r.error(f.at("mtls"), "give either tls: or mtls:")
+        return None
+    tls = ServerTls(certificates=(Certificate(secret=MESH_CERTIFICATE),),
+                    validation=Validation(ca_secret=MESH_ROOTS), require_client_certificate=True,
+                    alpn=_ALPN.get(codec or "", ()), handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT)
+    return tls, mode == "permissive"
+
+
 def with_listener_tls(r: Reader, f: Fields, listener: Listener) -> Listener:
-    """`tls:` and `sni:` applied to a listener read without them."""
+    """`tls:`, `mtls:` and `sni:` applied to a listener read without them."""
     if "sni" in f:
         listener = _sni_routes(r, f.raw("sni"), f.at("sni"), listener, "cluster" in f)
-    if "tls" not in f:
-        return listener
     codec = listener.http.codec if listener.http is not None else None
-    tls = server_tls(r, f.raw("tls"), f.at("tls"), codec)
-    if tls is None:
+    if "mtls" in f:
+        mesh = _mesh_server(r, f, codec)
+        if mesh is None:
+            return listener
+        tls, plaintext = mesh
+    elif "tls" in f:
+        found = server_tls(r, f.raw("tls"), f.at("tls"), codec)
+        if found is None:
+            return listener
+        tls, plaintext = found, plaintext_allowed(r, f)
+    else:
         return listener
-    if not plaintext_allowed(r, f):
+    if not plaintext:
         return replace(listener, tls=tls)
     # PERMISSIVE: the same service for plaintext, picked by the client's first bytes.
     plain = FilterChain(
@@ -248,6 +273,26 @@ def _server_names(value: object) -> tuple[str, ...]:
         if not name or (name.startswith("*") and not name.startswith("*.")) or "*" in name[1:]:
             raise ValueError(f"{name!r}: a server name is exact or *.suffix")
     return tuple(n.lower() for n in names)
+
+
+def mesh_client(r: Reader, node: object, path: str, protocol: object) -> ClientTls | None:
+    """A cluster's `mtls:`: mutual TLS with the mesh's identities, to endpoints that must prove one of
+    the SPIFFE IDs given (`true`: any identity the mesh's CA signed)."""
+    if node is True:
+        ids: list[str] = []
+    else:
+        ids = []
+        for i, value in enumerate(r.sequence(node, path, allow_single=True)):
+            text = str(value) if isinstance(value, str) else ""
+            if not text.startswith("spiffe://"):
+                r.error(item(path, i) if isinstance(node, list) else path,
+                        f"expected true or SPIFFE IDs (spiffe://...), got {value!r}")
+                continue
+            ids.append(text)
+    sans = tuple(SanMatch(kind="uri", match=StringMatch(kind="exact", value=x)) for x in ids)
+    return ClientTls(certificate=Certificate(secret=MESH_CERTIFICATE),
+                     validation=Validation(ca_secret=MESH_ROOTS, san=sans),
+                     alpn=("h2",) if protocol == "http2" else ("http/1.1",))
 
 
 def client_tls(r: Reader, node: object, path: str, protocol: object) -> ClientTls | None:

@@ -106,7 +106,11 @@ class TlsConnection(asyncio.Protocol, asyncio.Transport):
         try:
             plain = self._obj.read(_READ)
         except ssl.SSLWantReadError:
-            return  # a partial record: the rest is on its way
+            # A partial record, or a handshake message after the handshake (a renegotiation attempt, a
+            # TLS 1.3 KeyUpdate): what OpenSSL answered, if anything, goes out now.
+            if self._out.pending:
+                self._flush()
+            return
         except ssl.SSLError as err:
             self._read_failed(err)  # the client's close_notify, or a broken record
             return

@@ -40,9 +40,7 @@ listeners:
   - name: inbound
     address: 127.0.0.1:{inbound}
     access_log: stdout
-    tls:
-      secret: default
-      client_certificates: {{ca_secret: ROOTCA}}
+    mtls: strict                      # the mesh's identities: secret default, peers checked against ROOTCA
     authz:
       policies:
         payments: {{from: [{{principal: "{TRUST}/ns/shop/sa/payments"}}]}}
@@ -63,10 +61,7 @@ listeners:
 clusters:
   orders:
     endpoints: [127.0.0.1:{inbound}]
-    tls:
-      secret: default
-      ca_secret: ROOTCA
-      subject_alt_names: [{{uri: "{ORDERS}"}}]     # the server must be the orders service
+    mtls: "{ORDERS}"                  # the server must prove it is the orders service
 """
 
 

@@ -180,6 +180,13 @@ def env(loop_name: str, demo: DemoUpstream, tmp_path_factory: pytest.TempPathFac
         assert p.stop() == 0, p.logs()
 
 
+def failures(env: Env, name: str, reason: str | None = None, upstream: bool = False) -> float:
+    """meshpy's TLS failure counter for a listener (or a cluster), by reason or all of them."""
+    labels = {"cluster" if upstream else "listener": name} | ({"reason": reason} if reason else {})
+    side = "upstream" if upstream else "downstream"
+    return env.proxy.metric(f"meshpy_{side}_tls_failures_total", **labels)
+
+
 def body(done: subprocess.CompletedProcess[str]) -> tuple[dict[str, object], str]:
     text, _, status = done.stdout.rpartition("\n")
     return (json.loads(text) if text.startswith("{") else {}), status
@@ -211,27 +218,13 @@ def test_tls_versions(env: Env) -> None:
 
 def test_client_certificates(env: Env) -> None:
     assert body(env.curl("mtls", cert="orders"))[1] == "2 200"
-    before = env.proxy.metric("meshpy_downstream_tls_failures_total", listener="mtls")
+    before = failures(env, "mtls")
     for cert in (None, "stranger", "expired", "payments"):  # none, unknown CA, expired, wrong SAN
         assert body(env.curl("mtls", cert=cert))[1].endswith(" 000"), cert
-    eventually(
-        lambda: env.proxy.metric("meshpy_downstream_tls_failures_total", listener="mtls") >= before + 4,
-        "four refused handshakes counted",
-    )
-    assert (
-        env.proxy.metric("meshpy_downstream_tls_failures_total", listener="mtls", reason="fail_verify_san")
-        >= 1
-    )
-    assert (
-        env.proxy.metric(
-            "meshpy_downstream_tls_failures_total", listener="mtls", reason="fail_verify_no_cert"
-        )
-        >= 1
-    )
-    assert (
-        env.proxy.metric("meshpy_downstream_tls_failures_total", listener="mtls", reason="fail_verify_error")
-        >= 2
-    )  # unknown CA, expired
+    eventually(lambda: failures(env, "mtls") >= before + 4, "four refused handshakes counted")
+    assert failures(env, "mtls", "fail_verify_san") >= 1
+    assert failures(env, "mtls", "fail_verify_no_cert") >= 1
+    assert failures(env, "mtls", "fail_verify_error") >= 2  # unknown CA, expired
 
 
 def test_permissive_takes_plaintext_and_tls(env: Env) -> None:
@@ -279,16 +272,8 @@ def test_upstream_tls(env: Env) -> None:
     for path in ("/wrong-san", "/untrusted"):
         answer = http(out, path=path)
         assert answer.status == 503 and answer.header("x-envoy-response-flags") in (None, "UF"), path
-    assert (
-        env.proxy.metric("meshpy_upstream_tls_failures_total", cluster="wrong-san", reason="fail_verify_san")
-        >= 1
-    )
-    assert (
-        env.proxy.metric(
-            "meshpy_upstream_tls_failures_total", cluster="untrusted", reason="fail_verify_error"
-        )
-        >= 1
-    )
+    assert failures(env, "wrong-san", "fail_verify_san", upstream=True) >= 1
+    assert failures(env, "untrusted", "fail_verify_error", upstream=True) >= 1
     assert env.proxy.metric("meshpy_upstream_tls_handshakes_total", cluster="secure") >= 1
 
 
@@ -309,12 +294,7 @@ def test_bad_input_is_refused_and_harms_no_one(env: Env) -> None:
     assert held.recv(100) == b""  # closed at the 1 s handshake timeout
     assert time.monotonic() - t0 < 3
     eventually(
-        lambda: (
-            env.proxy.metric(
-                "meshpy_downstream_tls_failures_total", listener="mtls", reason="handshake_timeout"
-            )
-            >= 1
-        ),
+        lambda: failures(env, "mtls", "handshake_timeout") >= 1,
         "the stalled handshake counted",
     )
     garbage.close()
@@ -370,3 +350,56 @@ def test_certificate_files_reload_without_dropping_connections(env: Env) -> None
 
 def _serial_of(pem: bytes) -> int:
     return x509.load_pem_x509_certificate(pem).serial_number
+
+
+def test_renegotiation_is_refused(env: Env) -> None:
+    """A TLS 1.2 client that asks to renegotiate (openssl s_client's `R`) gets no new handshake: the
+    server never renegotiates (OpenSSL's no_renegotiation alert), and serves everyone else meanwhile."""
+    client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{env.ports['edge']}", "-tls1_2",
+                               "-servername", "a.example.com"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    assert client.stdin is not None
+    time.sleep(1.0)  # connected and handshaken
+    client.stdin.write(b"R\n")
+    client.stdin.flush()
+    time.sleep(1.0)  # the renegotiation asked and answered
+    out = client.communicate(timeout=10)[0].decode("latin-1")
+    assert "RENEGOTIATING" in out and out.count("Cipher is") == 1, out  # one handshake, not two
+    assert "no renegotiation" in out.lower() or "alert" in out.lower(), out
+    assert body(env.curl("edge"))[1] == "2 200" and env.proxy.alive()
+
+
+def test_a_huge_client_certificate_chain_is_refused(env: Env, tmp_path: Path) -> None:
+    """A client sending a chain of many large certificates: refused (OpenSSL's limit on the handshake
+    message), counted, and nobody else is harmed."""
+    chain = b"".join(
+        env.other_ca.issue(f"filler-{i}", dns=tuple(f"n{j}.filler{i}.example" for j in range(200))).cert_pem
+        for i in range(40)
+    )
+    stranger = env.certs["stranger"]
+    bundle = tmp_path / "huge.pem"
+    bundle.write_bytes(stranger.cert_pem + chain)
+    done = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            "--cacert",
+            str(env.ca.path),
+            "--resolve",
+            f"a.example.com:{env.ports['mtls']}:127.0.0.1",
+            "--cert",
+            str(bundle),
+            "--key",
+            str(stranger.key),
+            "-w",
+            " %{http_code}",
+            f"https://a.example.com:{env.ports['mtls']}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.endswith(" 000"), done.stdout
+    assert body(env.curl("mtls", cert="orders"))[1] == "2 200"

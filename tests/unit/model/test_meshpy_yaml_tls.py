@@ -140,3 +140,31 @@ def test_config_dump_never_shows_an_inline_key() -> None:
                                    '-----END PRIVATE KEY-----"}'))
     text = str(dump_config(config))
     assert "hush" not in text and "[redacted]" in text and "AAAA" in text
+
+
+def test_mesh_mtls_shorthand() -> None:
+    config = load_text("""
+listeners:
+  - {name: strict, address: 127.0.0.1:15006, mtls: strict, routes: [{match: /, cluster: app}]}
+  - {name: permissive, address: 127.0.0.1:15007, mtls: permissive, routes: [{match: /, cluster: app}]}
+clusters:
+  app: {endpoints: [127.0.0.1:9000], mtls: "spiffe://cluster.local/ns/shop/sa/orders"}
+  any: {endpoints: [127.0.0.1:9001], mtls: true}
+""")
+    strict, permissive = config.listeners
+    assert strict.tls is not None and strict.tls.certificates[0].secret == "default"
+    assert strict.tls.validation is not None and strict.tls.validation.ca_secret == "ROOTCA"
+    assert strict.tls.require_client_certificate and not strict.chains
+    assert permissive.tls == strict.tls and permissive.inspect_tls
+    assert [c.match for c in permissive.chains] == [ChainMatch(transport_protocol="raw_buffer")]
+    app, anyone = config.clusters
+    assert app.tls is not None and app.tls.certificate is not None and app.tls.certificate.secret == "default"
+    assert app.tls.validation is not None and [s.match.value for s in app.tls.validation.san] == [
+        "spiffe://cluster.local/ns/shop/sa/orders"]
+    assert anyone.tls is not None and anyone.tls.validation is not None and anyone.tls.validation.san == ()
+    assert "must be strict or permissive" in errors(EDGE.format(protocol="auto", tls="{}").replace(
+        "    tls: {}", "    mtls: loose"))
+    assert "expected true or SPIFFE IDs" in errors("""
+listeners: [{address: 127.0.0.1:8080, routes: [{match: /, cluster: a}]}]
+clusters: {a: {endpoints: [127.0.0.1:9000], mtls: [orders]}}
+""")
