@@ -33,10 +33,21 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOPS = ("uvloop", "asyncio")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and not one this process handed out before: the kernel may give
+    a port back as soon as its probe socket closes, and a test asking for several before it binds any
+    would get two of the same (seen once, with other suites running beside it)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    return port
 
 
 def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:

@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="native: an init container with restartPolicy Always (Kubernetes 1.29+); "
                              "classic: the first container. The annotation "
                              "sidecar.meshpy.io/nativeSidecar overrides it per workload (default native)")
+    parser.add_argument("--trust-domain", default=None, metavar="DOMAIN",
+                        help="give each sidecar its pod's identity (spiffe://DOMAIN/ns/<ns>/sa/<account>) "
+                             "from the control plane's CA, proved by a projected service-account token "
+                             "(default: none)")
     parser.add_argument("--proxy-cpu", default="100m", help="the proxy's CPU request (default %(default)s)")
     parser.add_argument("--proxy-cpu-limit", default=None, help="the proxy's CPU limit (default none)")
     parser.add_argument("--proxy-memory", default="128Mi",
@@ -41,6 +45,7 @@ def _options(args: argparse.Namespace) -> InjectOptions:
         proxy_cpu_limit=args.proxy_cpu_limit,
         proxy_memory=args.proxy_memory,
         proxy_memory_limit=args.proxy_memory_limit,
+        trust_domain=args.trust_domain,
     )
 
 

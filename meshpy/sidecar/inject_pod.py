@@ -59,6 +59,9 @@ class InjectOptions:
     proxy_cpu_limit: str | None = None
     proxy_memory: str = "128Mi"
     proxy_memory_limit: str | None = "512Mi"
+    # The mesh's trust domain: each sidecar gets the identity of its pod's service account from the
+    # control plane's CA (docs/identity.md), proved by a projected service-account token. None: no identity.
+    trust_domain: str | None = None
 
 
 class Outcome(Enum):
@@ -226,9 +229,31 @@ def proxy_container(
             "preStop": {"exec": {"command": ["meshpy", "drain", "--inbound-only"]}},
         },
     }
+    if options.trust_domain is not None:
+        with_identity(container, options.trust_domain)
     if native:
         container["restartPolicy"] = "Always"
     return container
+
+
+TOKEN_VOLUME = "meshpy-token"
+TOKEN_DIR = "/var/run/secrets/meshpy"
+
+
+def with_identity(container: dict[str, Any], trust_domain: str) -> None:
+    """The sidecar asks the CA for its pod's identity (namespace and service account, from the downward
+    API), with the pod's own service-account token (a projected volume, renewed by the kubelet, which
+    the control plane checks with TokenReview)."""
+    container["env"].append({"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {
+        "fieldPath": "spec.serviceAccountName"}}})
+    container["args"] += ["--identity", f"spiffe://{trust_domain}/ns/$(POD_NAMESPACE)/sa/$(SERVICE_ACCOUNT)",
+                          "--ca-token", f"{TOKEN_DIR}/token"]
+    container["volumeMounts"] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}]
+
+
+def token_volume() -> dict[str, Any]:
+    return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "path": "token", "expirationSeconds": 3600}}]}}
 
 
 def service_name(template: dict[str, Any], workload: dict[str, Any]) -> str | None:
@@ -302,6 +327,11 @@ def inject_template(
         # running yet), the proxy first among the containers: its postStart hook holds the app back.
         spec["initContainers"] = [*init_containers, init]
         spec["containers"] = [proxy, *containers]
+    if options.trust_domain is not None:
+        volumes = spec.setdefault("volumes", [])
+        if not isinstance(volumes, list):
+            raise InjectError(f"{where}.spec.volumes: expected a list")
+        volumes.append(token_volume())
     if not isinstance(metadata, dict):
         metadata = template["metadata"] = {}
     _mapping(metadata, "annotations", f"{where}.metadata")[ANNOTATION_STATUS] = STATUS_INJECTED

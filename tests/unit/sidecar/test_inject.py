@@ -13,6 +13,7 @@ import pytest
 import yaml
 from kube_schema import validate
 
+from meshpy.cli import _parser
 from meshpy.sidecar.inject import InjectError, InjectOptions, inject_text, split_documents
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -377,3 +378,28 @@ def test_one_admin_address_by_default() -> None:
     spec = template_of(inject_one(WORKLOADS["Deployment"]))["spec"]
     args = by_name(spec["initContainers"], "meshpy-proxy")["args"]
     assert args[args.index("--admin") + 1] == str(DEFAULT_ADMIN)
+
+
+def test_mesh_identity_from_the_pods_service_account() -> None:
+    """With a trust domain, the sidecar asks the CA for its pod's identity with a projected token; the
+    flags are real options of `meshpy run` (the kubelet expands $(VAR) before they reach it)."""
+    options = InjectOptions(image="meshpy:9.9.9", trust_domain="cluster.local")
+    spec = template_of(inject_one(WORKLOADS["Deployment"], options))["spec"]
+    proxy = by_name(spec["initContainers"], "meshpy-proxy")
+    args = proxy["args"]
+    at = args.index("--identity")
+    assert args[at + 1] == "spiffe://cluster.local/ns/$(POD_NAMESPACE)/sa/$(SERVICE_ACCOUNT)"
+    assert args[args.index("--ca-token") + 1] == "/var/run/secrets/meshpy/token"
+    assert {"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}} \
+        in proxy["env"]
+    assert proxy["volumeMounts"] == [{"name": "meshpy-token", "mountPath": "/var/run/secrets/meshpy",
+                                      "readOnly": True}]
+    (volume,) = spec["volumes"]
+    assert volume["projected"]["sources"][0]["serviceAccountToken"]["path"] == "token"
+    expanded = [a.replace("$(POD_NAMESPACE)", "shop").replace("$(SERVICE_ACCOUNT)", "orders") for a in args]
+    parsed = _parser().parse_args(expanded)
+    assert parsed.identity == "spiffe://cluster.local/ns/shop/sa/orders" and parsed.ca_token
+    # Without a trust domain nothing of it is there.
+    plain_spec = template_of(inject_one(WORKLOADS["Deployment"]))["spec"]
+    plain = by_name(plain_spec["initContainers"], "meshpy-proxy")
+    assert "--identity" not in plain["args"] and "volumeMounts" not in plain
