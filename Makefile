@@ -10,7 +10,7 @@
 #   make bench-policies what retries, a breaker and outlier detection cost a route (req/s ratio)
 #   make bench-h2       HTTP/2 and gRPC through meshpy and Envoy (h2load), CPU against h2 alone
 #   make bench-tls      HTTPS through meshpy and Envoy: keep-alive, full and resumed handshakes, HTTP/2
-#   make bench-sidecar  a call between two pods: direct, through meshpy sidecars, through Envoy ones (root)
+#   make bench-sidecar  two pods: direct, meshpy and Envoy sidecar pairs, plaintext and mTLS; p90 at 1k/s (root)
 #   make bench-conns    RSS per idle connection and new connections/s, meshpy against Envoy and nginx
 #   make soak    30 minutes of mixed traffic under chaos: no lost request, RSS and fds steady (docs/soak.md)
 #   make image   the container image meshpy:<version> with podman (tests/image/build.sh; root)
@@ -44,7 +44,7 @@ help:
 	@echo 'make bench-tls     HTTPS: meshpy and Envoy, keep-alive, full and resumed handshakes, HTTP/2 over TLS'
 	@echo 'make bench-xds     the control plane with up to 5,000 simulated xDS clients'
 	@echo 'make bench-policies the cost of retries, a breaker and outlier detection on a route'
-	@echo 'make bench-sidecar  two pods (network namespaces): direct, meshpy sidecars, Envoy sidecars'
+	@echo 'make bench-sidecar  two pods (network namespaces): direct, meshpy and Envoy sidecar pairs, plaintext and mTLS'
 	@echo 'make bench-conns    RSS per idle connection, new connections/s beside a keep-alive client'
 	@echo 'make soak    30-minute soak under chaos: lost requests, RSS growth, fds (SOAK_ARGS=--duration 300)'
 	@echo 'make image   the container image meshpy:<version>, built with podman (installs it as root)'

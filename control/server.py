@@ -190,7 +190,8 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
             log.error("kubernetes: cannot load the client configuration: %s", err)
             return 1
         kube = k8s.KubernetesSource(api, publisher.kubernetes, namespaces=kubernetes.namespaces,
-                                    cluster_domain=kubernetes.cluster_domain, listeners=kubernetes.listeners)
+                                    cluster_domain=kubernetes.cluster_domain, listeners=kubernetes.listeners,
+                                    trust_domain=ca.trust_domain)
         collectors.append(k8s.KubernetesCollector(kube.counters))
     ads = AdsServer(cache)
     # grpc sheds streams beyond 1,000 waiting to be picked up (3,000 hard): a fleet reconnecting at

@@ -50,8 +50,10 @@ class KubernetesSource:
 
     def __init__(self, api: client.ApiClient, publish: Publish, *, namespaces: Sequence[str] = (),
                  cluster_domain: str = "cluster.local", listeners: bool = True, debounce: float = DEBOUNCE,
-                 watch_seconds: int = WATCH_SECONDS, backoff: Callable[[], Backoff] = Backoff) -> None:
+                 watch_seconds: int = WATCH_SECONDS, backoff: Callable[[], Backoff] = Backoff,
+                 trust_domain: str = "cluster.local") -> None:
         self.api, self.publish, self.cluster_domain, self.debounce = api, publish, cluster_domain, debounce
+        self.trust_domain = trust_domain  # the mesh CA's: the SPIFFE IDs mutual TLS checks
         self.listeners, self._memo = listeners, Memo()
         self.counters = Counters()
         self._dirty = asyncio.Event()
@@ -99,7 +101,7 @@ class KubernetesSource:
     def publish_now(self) -> bool:
         """Translate and publish if the result differs from the last one; whether it did."""
         result = translate(self.objects(SERVICES), self.objects(SLICES), self.cluster_domain, self.listeners,
-                           self._memo)
+                           self._memo, self.trust_domain)
         for line in result.skipped:
             if line not in self._logged:
                 self._logged.add(line)

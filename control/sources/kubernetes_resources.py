@@ -21,6 +21,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf.message import Message
 
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -66,9 +67,12 @@ class Translation:
 
 
 def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
-              listeners: bool = True, memo: Memo | None = None) -> Translation:
+              listeners: bool = True, memo: Memo | None = None,
+              trust_domain: str = "cluster.local") -> Translation:
     """The clusters and assignments of `services`; with `listeners`, their outbound listeners and routes
-    too (built again unless a `memo` kept from the last call has them)."""
+    too (built again unless a `memo` kept from the last call has them). A Service whose pods take mutual
+    TLS (annotation security.meshpy.io/mtls) is called over it, with the identity of the mesh's CA in
+    `trust_domain` (see mtls_socket)."""
     memo = memo or Memo()
     by_service: dict[Key, list[Object]] = {}
     for s in slices:
@@ -100,6 +104,9 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
             cname = cluster_name(number, name, namespace, domain)
             http2 = speaks_http2(port)
             clusters[cname] = _cluster(cname, http2)
+            socket = mtls_socket(svc, trust_domain, skipped)
+            if socket is not None:
+                clusters[cname].transport_socket.CopyFrom(socket)
             assignments[cname] = _assignment(cname, str(port.get("name") or ""), own_slices)
             if not listeners:
                 continue
@@ -120,6 +127,42 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
     if listeners:
         resources.update({LISTENER: lis, ROUTE: routes})
     return Translation(resources, tuple(skipped))
+
+
+MTLS_ANNOTATION = "security.meshpy.io/mtls"
+IDENTITY_ANNOTATION = "security.meshpy.io/serviceAccount"
+_MTLS_MODES = ("strict", "permissive", "disable")
+
+
+def mtls_socket(svc: Object, trust_domain: str, skipped: list[str]) -> Any | None:
+    """The UpstreamTlsContext for calling a Service whose pods take mutual TLS (`strict` or
+    `permissive`: Istio's auto mTLS sends mTLS to both): the caller's own identity (the SDS secrets
+    `default` and `ROOTCA`, which sidecars hold themselves and Envoy nodes get from the control plane),
+    and, when the Service names its pods' service account, that SPIFFE ID must answer."""
+    metadata = svc.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    mode = str(annotations.get(MTLS_ANNOTATION, "disable")).lower()
+    namespace, name = key_of(svc)
+    if mode not in _MTLS_MODES:
+        skipped.append(f"service {namespace}/{name}: {MTLS_ANNOTATION} must be strict, permissive or "
+                       f"disable, not {mode!r}: called in the clear")
+        return None
+    if mode == "disable":
+        return None
+    sds = {"sds_config": {"ads": {}, "resource_api_version": "V3"}}
+    validation: dict[str, Any] = {}
+    account = annotations.get(IDENTITY_ANNOTATION)
+    if account:
+        validation["match_typed_subject_alt_names"] = [{"san_type": "URI", "matcher": {
+            "exact": f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}"}}]
+    context = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+               "common_tls_context": {
+                   "tls_certificate_sds_secret_configs": [{"name": "default", **sds}],
+                   "combined_validation_context": {
+                       "default_validation_context": validation,
+                       "validation_context_sds_secret_config": {"name": "ROOTCA", **sds}}}}
+    return json_format.ParseDict({"name": "envoy.transport_sockets.tls", "typed_config": context},
+                                 cluster_pb2.Cluster().transport_socket)
 
 
 def _cluster(name: str, http2: bool) -> cluster_pb2.Cluster:

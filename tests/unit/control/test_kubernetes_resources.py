@@ -186,3 +186,30 @@ clusters:
     snap = cache.get("any")
     assert snap is not None and hosts(dict(snap.resources), ORDERS) == ["127.0.0.9:7000"]
     assert f"the directory's Cluster '{ORDERS}' replaces the one from Kubernetes" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["strict", "permissive", "STRICT"])
+def test_services_that_take_mutual_tls_are_called_over_it(mode: str) -> None:
+    """A Service annotated as taking mutual TLS is called with the caller's mesh identity (the SDS
+    secrets default and ROOTCA), and the service account it names must answer (a SAN matcher)."""
+    svc = service("orders")
+    svc["metadata"]["annotations"] = {"security.meshpy.io/mtls": mode,
+                                      "security.meshpy.io/serviceAccount": "orders-sa"}
+    out = translate([svc], [endpoint_slice("orders", [endpoint("10.0.0.1")])], "cluster.local",
+                    trust_domain="mesh.example")
+    model = cluster_from_proto(out.resources[CLUSTER][ORDERS], "c", {ORDERS: ()})
+    assert model.tls is not None and model.tls.certificate is not None
+    assert model.tls.certificate.secret == "default"
+    assert model.tls.validation is not None and model.tls.validation.ca_secret == "ROOTCA"
+    assert [s.match.value for s in model.tls.validation.san] == ["spiffe://mesh.example/ns/shop/sa/orders-sa"]
+
+
+def test_services_without_mutual_tls_or_with_a_bad_mode() -> None:
+    plain = translate([service("orders")], [], "cluster.local")
+    assert not plain.resources[CLUSTER][ORDERS].HasField("transport_socket")
+    svc = service("orders")
+    svc["metadata"]["annotations"] = {"security.meshpy.io/mtls": "sometimes"}
+    out = translate([svc], [], "cluster.local")
+    assert not out.resources[CLUSTER][ORDERS].HasField("transport_socket")
+    assert out.skipped == ("service shop/orders: security.meshpy.io/mtls must be strict, permissive or "
+                           "disable, not 'sometimes': called in the clear",)
