@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from meshpy.errors import ConfigError
+from meshpy.model.secrets import SecretMaterial, fill_config
 from meshpy.model.types import Config
 from meshpy.telemetry.tls_stats import InUse
 from meshpy.tls_watch import TlsFileWatch, tls_files
 from meshpy.transport.tls_material import CertInfo
-from meshpy.xds.secrets import SecretMaterial, fill_config
 
 if TYPE_CHECKING:
     from meshpy.routing.compile import Snapshot

@@ -135,8 +135,8 @@ def _run_loop(loop_name: str, coro_factory: object) -> int:
 def _check_tls(config: Config) -> None:
     """Read every certificate, key and CA the config names, as the proxy will: a missing file, a key
     others may replace or one that does not match its certificate fails validation too."""
+    from meshpy.model.secrets import names
     from meshpy.transport.tls_contexts import client_context, server_contexts
-    from meshpy.xds.secrets import names
 
     # Contexts that name secrets (SDS, the proxy's own identity) are built when those arrive.
     for i, lm in enumerate(config.listeners):

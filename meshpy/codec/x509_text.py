@@ -8,8 +8,10 @@ A codec module: text in, text out. Envoy's own spellings are kept because what r
 
 from __future__ import annotations
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # cryptography is loaded when a certificate is read: ~14 MiB a proxy without TLS never pays
+    from cryptography import x509
 
 # OpenSSL's short names (OBJ_nid2sn), which XN_FLAG_FN_SN prints; other OIDs print dotted, with
 # their value dumped as #hex of its DER (XN_FLAG_DUMP_UNKNOWN_FIELDS).
@@ -102,7 +104,10 @@ def openssl_name(name: x509.Name) -> str:
 def url_encoded_pem(*ders: bytes) -> str:
     """Certificates as PEM, one after the other, percent-encoded for a header value (Envoy's
     urlEncodedPemEncodedPeerCertificate and ...Chain)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509 import load_der_x509_certificate
+
     return "".join(
-        x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
+        load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode("ascii")
         for der in ders
     ).translate(_URL)

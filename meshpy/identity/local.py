@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from meshpy.identity.csr import CaClient
 from meshpy.identity.rotation import Material, Rotation
 from meshpy.identity.spiffe import SpiffeId
+from meshpy.model.secrets import SecretMaterial
 from meshpy.model.tls import Pem
-from meshpy.xds.secrets import SecretMaterial
 
 if TYPE_CHECKING:
     from meshpy.app import App

@@ -17,8 +17,6 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from cryptography import x509
-
 from meshpy.codec.x509_text import openssl_name
 from meshpy.model.tls import ClientTls, ServerTls, TlsParams, Validation
 from meshpy.ports import TlsInfo
@@ -114,6 +112,8 @@ def info_extra(info: TlsInfo, kind: str) -> tuple[str, ...]:
     """SANs TlsInfo does not carry as fields (email, IP), read from the certificate itself."""
     if not info.peer_certificate:
         return ()
+    from cryptography import x509  # (loaded by the first TLS peer, not by every proxy: see tls_material)
+
     cert = x509.load_der_x509_certificate(info.peer_certificate)
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -300,6 +300,8 @@ def _intermediates(obj: ssl.SSLObject) -> tuple[bytes, ...]:
 def _names(der: bytes) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     """A peer certificate's URI and DNS SANs and subject. Kept per certificate: a sidecar's peers
     present the same few certificates on every connection, and parsing one costs more than a lookup."""
+    from cryptography import x509
+
     cert = x509.load_der_x509_certificate(der)
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

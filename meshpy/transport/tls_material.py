@@ -16,12 +16,13 @@ import re
 import ssl
 import stat
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.tls import Certificate, Pem
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 # A key that users other than its owner (and its group) may replace: refused. One that anybody may
@@ -80,6 +81,9 @@ class CertInfo:
 
 
 def describe(cert: x509.Certificate) -> CertInfo:
+    # cryptography is imported where a certificate is read, never at start: it is ~14 MiB of memory a
+    # proxy without TLS would carry for nothing.
+    from cryptography import x509
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns = tuple(sans.get_values_for_type(x509.DNSName))
@@ -100,6 +104,8 @@ def describe(cert: x509.Certificate) -> CertInfo:
 
 def certificates(pem: bytes, path: str) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle (at least one)."""
+    from cryptography import x509
+
     blocks = _PEM_CERT.findall(pem)
     if not blocks:
         raise MaterialError(path, "no PEM certificate found")
@@ -110,6 +116,8 @@ def certificates(pem: bytes, path: str) -> list[x509.Certificate]:
 
 
 def common_name(cert: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = names[0].value if names else ""
     return value if isinstance(value, str) else value.decode("latin-1")

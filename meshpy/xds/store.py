@@ -27,9 +27,10 @@ from google.protobuf import json_format  # type: ignore[import-untyped, unused-i
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.check import check_references
+from meshpy.model.secrets import SecretMaterial, filled
 from meshpy.model.types import Cluster, Config, Endpoint, Listener, RouteConfig
 from meshpy.xds.deps import NO_ROUTES, any_routes, eds_name, endpoints_or_none, rds_names, sds_names
-from meshpy.xds.secrets import SECRET, SecretMaterial, SecretMessage, filled, material
+from meshpy.xds.secrets import SECRET, SecretMessage, material
 from meshpy.xds.translate import (
     cluster_from_proto,
     endpoints_from_cla,
