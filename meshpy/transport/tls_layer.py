@@ -233,10 +233,17 @@ class TlsConnection(asyncio.Protocol, asyncio.Transport):
         self.write(b"".join(list_of_data))
 
     def can_write_eof(self) -> bool:
-        return False  # TLS has no half-close: close_notify ends both directions
+        # Callers (the TCP proxy) ask before they half-close: a peer may read close_notify as the end of
+        # both directions, so the proxy closes the pair instead, as over the loop's own TLS.
+        return False
 
     def write_eof(self) -> None:
-        raise NotImplementedError("TLS connections cannot half-close")
+        """Our close_notify, reading left open (TLS 1.3 half-close): for a caller that asks anyway."""
+        if self._closing or not self._handshaken:
+            return
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self._obj.unwrap()  # writes close_notify; waiting for the peer's raises, which is fine here
+        self._flush()
 
     def close(self) -> None:
         if self._closing:

@@ -175,3 +175,18 @@ def test_a_failed_handshake_is_counted_and_closed(contexts: tuple[ssl.SSLContext
         assert fail == ["connection_error"] and pair.raw.closed and pair.info is None
     finally:
         pair.close()
+
+
+def test_write_eof_sends_close_notify_and_keeps_reading(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    pair = Pair(*contexts, [])
+    try:
+        pair.shuttle()
+        assert not pair.conn.can_write_eof()
+        pair.conn.write_eof()
+        pair.cin.write(bytes(pair.raw.out))
+        assert pair.client.read(10) == b""  # the client sees our close_notify as its EOF
+        pair.conn.data_received(pair.records(b"still read"))
+        assert pair.app.got == b"still read" and not pair.raw.closed
+    finally:
+        pair.close()
