@@ -18,7 +18,7 @@ from meshpy.codec.http2 import PREFACE
 from meshpy.codec.tls_hello import NotClientHello, looks_like_tls, parse_client_hello
 from meshpy.routing.chains import ChainSelector, Facts
 from meshpy.transport.accept import accepted, released
-from meshpy.transport.detect import DetectingDownstream, sniff_http1
+from meshpy.transport.detect import DetectingDownstream, sniff_http1, switch_to
 from meshpy.transport.downstream_http1 import Http1Downstream
 from meshpy.transport.downstream_http2 import Http2Downstream
 from meshpy.transport.tcp import TcpDownstream
@@ -200,10 +200,7 @@ class ChainDispatch(asyncio.Protocol):
         chain = self.chains.chains[index]
         if chain.tls is None:
             self._release()
-            proto = plain_protocol(self._slot(index, chain), self.loop)
-            self._start(proto, transport)
-            if buf and not transport.is_closing():
-                proto.data_received(buf)
+            switch_to(plain_protocol(self._slot(index, chain), self.loop), transport, self.original_dst, buf)
             return
         contexts = chain.tls
         timeout = contexts.tls.handshake_timeout
@@ -221,7 +218,7 @@ class ChainDispatch(asyncio.Protocol):
             stats.handshake(info.version, info.cipher, info.resumed, bool(info.peer_certificate))
             self._release()
             proto = plain_protocol(slot, self.loop, info.alpn)
-            self._start(proto, conn)
+            switch_to(proto, conn, self.original_dst)
             return proto
 
         def failed(reason: str | None) -> None:
@@ -234,11 +231,6 @@ class ChainDispatch(asyncio.Protocol):
 
     def _slot(self, index: int, chain: ChainRuntime) -> ListenerSlot:
         return self.slot if index == 0 else self.slot.chain_slot(chain.name, chain.cfg)
-
-    def _start(self, proto: Downstream, transport: asyncio.Transport) -> None:
-        proto.original_dst = self.original_dst
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
 
     def _release(self) -> None:
         """Leave the listener's connections: the protocol taking over joins them (and counts the

@@ -23,6 +23,20 @@ if TYPE_CHECKING:
     from meshpy.routing.compile import ListenerSlot, TcpListenerConfig
 
 
+Downstream = Http1Downstream | Http2Downstream | TcpDownstream
+
+
+def switch_to(proto: Downstream | DetectingDownstream, transport: asyncio.Transport,
+              original_dst: tuple[str, int] | None, buf: bytes = b"") -> None:
+    """Hand a connection whose first bytes (`buf`) have been read to the protocol that serves it: the
+    one way every first-bytes reader (this detector, ChainDispatch) gives a connection on."""
+    proto.original_dst = original_dst
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
+    if buf and not transport.is_closing():
+        proto.data_received(buf)
+
+
 class DetectingDownstream(asyncio.Protocol):
     __slots__ = ("_buf", "_timer", "loop", "original_dst", "slot", "stats", "transport")
 
@@ -83,18 +97,14 @@ class DetectingDownstream(asyncio.Protocol):
         self.stats.cx_total -= 1
         transport = self.transport
         assert transport is not None
-        proto: Http1Downstream | Http2Downstream | TcpDownstream
+        proto: Downstream
         if tcp is not None:
             proto = TcpDownstream(self.slot, self.loop, tcp)
         elif buf.startswith(PREFACE):
             proto = Http2Downstream(self.slot, self.loop)
         else:
             proto = Http1Downstream(self.slot, self.loop)
-        proto.original_dst = self.original_dst
-        transport.set_protocol(proto)
-        proto.connection_made(transport)
-        if buf and not transport.is_closing():
-            proto.data_received(buf)
+        switch_to(proto, transport, self.original_dst, buf)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop()

@@ -21,7 +21,15 @@ from meshpy.codec.x509_text import openssl_name
 from meshpy.model.tls import ClientTls, ServerTls, TlsParams, Validation
 from meshpy.ports import TlsInfo
 from meshpy.routing.matchers import compile_string_match
-from meshpy.transport.tls_material import CertInfo, KeyPair, MaterialError, ca_bundle, key_pair, read_pem
+from meshpy.transport.tls_material import (
+    CertInfo,
+    KeyPair,
+    MaterialError,
+    ca_bundle,
+    key_pair,
+    read_pem,
+    sans_of,
+)
 
 _VERSIONS = {
     "TLSv1.0": ssl.TLSVersion.TLSv1,
@@ -114,14 +122,8 @@ def info_extra(info: TlsInfo, kind: str) -> tuple[str, ...]:
         return ()
     from cryptography import x509  # (loaded by the first TLS peer, not by every proxy: see tls_material)
 
-    cert = x509.load_der_x509_certificate(info.peer_certificate)
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ()
-    if kind == "email":
-        return tuple(sans.get_values_for_type(x509.RFC822Name))
-    return tuple(str(v) for v in sans.get_values_for_type(x509.IPAddress))
+    sans = sans_of(x509.load_der_x509_certificate(info.peer_certificate))
+    return sans.emails if kind == "email" else sans.ips
 
 
 def _trust(
@@ -303,10 +305,5 @@ def _names(der: bytes) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     from cryptography import x509
 
     cert = x509.load_der_x509_certificate(der)
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = tuple(sans.get_values_for_type(x509.UniformResourceIdentifier))
-        dns = tuple(sans.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        uris, dns = (), ()
-    return uris, dns, openssl_name(cert.subject)  # as Envoy spells it, for RBAC, XFCC and access logs
+    sans = sans_of(cert)
+    return sans.uris, sans.dns, openssl_name(cert.subject)  # as Envoy spells it, for RBAC, XFCC, access logs

@@ -80,23 +80,45 @@ class CertInfo:
         return max(0, (self.not_after - now).days)
 
 
-def describe(cert: x509.Certificate) -> CertInfo:
+@dataclass(frozen=True, slots=True)
+class Sans:
+    """A certificate's subject alternative names, by kind."""
+
+    dns: tuple[str, ...] = ()
+    uris: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+
+_NO_SANS = Sans()
+
+
+def sans_of(cert: x509.Certificate) -> Sans:
+    """The one place SANs are read: /certs, the peer's names in TlsInfo, RBAC and XFCC all use it."""
     # cryptography is imported where a certificate is read, never at start: it is ~14 MiB of memory a
     # proxy without TLS would carry for nothing.
     from cryptography import x509
+
     try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = tuple(sans.get_values_for_type(x509.DNSName))
-        uris = tuple(sans.get_values_for_type(x509.UniformResourceIdentifier))
-        ips = tuple(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        dns, uris, ips = (), (), ()
+        return _NO_SANS
+    return Sans(
+        dns=tuple(ext.get_values_for_type(x509.DNSName)),
+        uris=tuple(ext.get_values_for_type(x509.UniformResourceIdentifier)),
+        ips=tuple(str(ip) for ip in ext.get_values_for_type(x509.IPAddress)),
+        emails=tuple(ext.get_values_for_type(x509.RFC822Name)),
+    )
+
+
+def describe(cert: x509.Certificate) -> CertInfo:
+    sans = sans_of(cert)
     return CertInfo(
         subject=cert.subject.rfc4514_string(),
         serial=format(cert.serial_number, "x"),
-        dns=dns,
-        uris=uris,
-        ips=ips,
+        dns=sans.dns,
+        uris=sans.uris,
+        ips=sans.ips,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
     )
