@@ -39,6 +39,8 @@ def _pems(tls: ServerTls | ClientTls | None) -> Iterable[Pem | None]:
     validation: Validation | None = tls.validation
     if validation is not None:
         yield validation.ca
+    if isinstance(tls, ServerTls):
+        yield from tls.ticket_keys  # a new key file (rotation) reaches new connections as a certificate does
 
 
 def tls_files(config: Config) -> frozenset[str]:

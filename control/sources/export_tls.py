@@ -8,6 +8,7 @@ SAN matcher on the SNI; a secret named for SDS goes out by name with an ADS conf
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -108,6 +109,11 @@ def downstream(tls: ServerTls) -> dict[str, Any]:
         context["require_client_certificate"] = True
     if not tls.session_tickets:
         context["disable_stateless_session_resumption"] = True
+    elif tls.ticket_keys:
+        # Raw bytes, not PEM: inline ones go as inline_bytes (base64 in the JSON form of the proto).
+        context["session_ticket_keys"] = {"keys": [
+            {"inline_bytes": base64.b64encode(k.inline).decode()} if k.inline is not None else _pem(k)
+            for k in tls.ticket_keys]}
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from meshpy.model.tls import Certificate, Pem
+from meshpy.model.tls import Certificate, Pem, ServerTls
 from meshpy.model.types import Config
 
-# A private key given inline (or delivered over SDS) is never shown: Envoy's config dump redacts it too.
+# A private key or session ticket key given inline (or delivered over SDS) is never shown: Envoy's config
+# dump redacts them too.
 REDACTED = "[redacted]"
 
 
@@ -20,6 +21,9 @@ def _plain(value: Any) -> Any:
             item = getattr(value, f.name)
             if isinstance(value, Certificate) and f.name == "key" and isinstance(item, Pem) and item.inline:
                 out[f.name] = {"path": None, "inline": REDACTED}
+                continue
+            if isinstance(value, ServerTls) and f.name == "ticket_keys":  # as secret as a private key
+                out[f.name] = [{"path": k.path, "inline": REDACTED if k.inline else None} for k in item]
                 continue
             out[f.name] = _plain(getattr(value, f.name))
         return out

@@ -62,6 +62,7 @@ _SERVER_KEYS = (
     "curves",
     "alpn",
     "session_tickets",
+    "session_ticket_keys",
     "handshake_timeout",
     "plaintext",
 )
@@ -172,13 +173,20 @@ def server_tls(r: Reader, node: object, path: str, codec: HttpCodec | None) -> S
                 else (),
             )
             required = c.get("required", as_bool, True)
+    tickets = f.get("session_tickets", as_bool, True)
+    # Files of 80 random bytes (`openssl rand 80`), as Envoy's session_ticket_keys: replicas given the
+    # same files resume each other's sessions; the first encrypts new tickets, the others still decrypt.
+    keys = tuple(Pem(path=name) for name in f.get("session_ticket_keys", _names, ()))
+    if keys and not tickets:
+        r.error(f.at("session_ticket_keys"), "cannot be used with session_tickets: false")
     return ServerTls(
         certificates=tuple(certs),
         validation=validation,
         require_client_certificate=required,
         params=_params(f),
         alpn=f.get("alpn", _names, _ALPN.get(codec or "", ())),
-        session_tickets=f.get("session_tickets", as_bool, True),
+        session_tickets=tickets,
+        ticket_keys=keys,
         handshake_timeout=f.get("handshake_timeout", as_optional_timeout, DEFAULT_HANDSHAKE_TIMEOUT),
     )
 

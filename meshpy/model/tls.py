@@ -83,6 +83,8 @@ class ServerTls:
     # ALPN the server agrees to, preferred first; empty: what the chain's codec speaks.
     alpn: tuple[str, ...] = ()
     session_tickets: bool = True  # stateless resumption (Envoy: disable_stateless_session_resumption)
+    # 80-byte keys (Envoy's session_ticket_keys): the first encrypts, any decrypts; empty: made here.
+    ticket_keys: tuple[Pem, ...] = ()
     handshake_timeout: float | None = None
 
 

@@ -21,6 +21,7 @@ from meshpy.codec.x509_text import openssl_name
 from meshpy.model.tls import ClientTls, ServerTls, TlsParams, Validation
 from meshpy.ports import TlsInfo
 from meshpy.routing.matchers import compile_string_match
+from meshpy.transport import tls_native
 from meshpy.transport.tls_material import (
     CertInfo,
     KeyPair,
@@ -79,15 +80,18 @@ def _params(ctx: ssl.SSLContext, params: TlsParams, path: str) -> None:
         ) from err
     curves = params.curves
     if curves and tuple(curves) != ENVOY_CURVES:
-        if len(curves) != 1:  # Python's ssl sets one group, or leaves OpenSSL's list
-            raise MaterialError(
-                f"{path}.tls_params.ecdh_curves",
-                f"one curve, or the default {list(ENVOY_CURVES)}, is supported; got {list(curves)}",
-            )
-        try:
-            ctx.set_ecdh_curve(_CURVE_NAMES.get(curves[0], curves[0]))
-        except ValueError as err:
-            raise MaterialError(f"{path}.tls_params.ecdh_curves", f"unknown curve {curves[0]!r}") from err
+        # One group goes through Python's own API; a list needs OpenSSL's (tls_native).
+        why = tls_native.set_groups(ctx, tuple(curves)) if len(curves) > 1 else _one_curve(ctx, curves[0])
+        if why is not None:
+            raise MaterialError(f"{path}.tls_params.ecdh_curves", why)
+
+
+def _one_curve(ctx: ssl.SSLContext, name: str) -> str | None:
+    try:
+        ctx.set_ecdh_curve(_CURVE_NAMES.get(name, name))
+    except ValueError:
+        return f"unknown curve {name!r}"
+    return None
 
 
 def _san_test(validation: Validation | None, path: str) -> SanTest | None:
@@ -203,6 +207,8 @@ def server_contexts(tls: ServerTls, path: str, secrets: SecretMaterial | None = 
     made = []
     pairs = []
     trust: tuple[CertInfo, ...] = ()
+    ticket_keys = tuple(read_pem(k, f"{path}.session_ticket_keys.keys[{i}]", key=True)
+                        for i, k in enumerate(tls.ticket_keys))
     for i, cert in enumerate(tls.certificates):
         at = f"{path}.tls_certificates[{i}]"
         pair = key_pair(cert, at, dict(secrets or {}))
@@ -223,6 +229,10 @@ def server_contexts(tls: ServerTls, path: str, secrets: SecretMaterial | None = 
         if not tls.session_tickets:
             ctx.options |= ssl.OP_NO_TICKET
             ctx.num_tickets = 0
+        elif ticket_keys:
+            why = tls_native.set_ticket_keys(ctx, ticket_keys)
+            if why is not None:
+                raise MaterialError(f"{path}.session_ticket_keys", why)
         made.append((pair.names(), ctx))
         pairs.append(pair)
     return ServerContexts(

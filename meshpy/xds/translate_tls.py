@@ -6,7 +6,8 @@ ALPN unless the context lists it; a validation context without SAN matchers chec
 certificate or CA may be a file, inline, or a secret by name: one of the bootstrap's static
 `secrets` (resolved here) or one that SDS delivers over ADS (kept by name; meshpy.xds.secrets fills it
 in). What meshpy cannot do is an error naming the field: OCSP stapling, CRLs, certificate hashes and
-SPKI pins, session ticket keys, private key providers and passwords, custom handshakers and validators.
+SPKI pins, session ticket keys from SDS, private key providers and passwords, custom handshakers and
+validators.
 """
 
 from __future__ import annotations
@@ -214,6 +215,7 @@ def server_tls(
             "prefer_client_ciphers",
             "full_scan_certs_on_sni_mismatch",
             "ocsp_staple_policy",
+            "session_ticket_keys",
         },
     )
     if enum_name(msg, "ocsp_staple_policy") not in ("LENIENT_STAPLING", ""):
@@ -227,6 +229,14 @@ def server_tls(
     )
     if not certs:
         issues.add(child(path, "common_tls_context.tls_certificates"), "a server needs a certificate")
+    keys: tuple[Pem, ...] = ()
+    if msg.HasField("session_ticket_keys"):
+        where = child(path, "session_ticket_keys")
+        issues.fields(msg.session_ticket_keys, where, {"keys"})
+        keys = tuple(_data(issues, k, f"{child(where, 'keys')}[{i}]")
+                     for i, k in enumerate(msg.session_ticket_keys.keys))
+        if not keys:
+            issues.add(child(where, "keys"), "needs at least one key")
     return ServerTls(
         certificates=tuple(certs),
         validation=validation,
@@ -234,6 +244,7 @@ def server_tls(
         params=params,
         alpn=alpn,
         session_tickets=not msg.disable_stateless_session_resumption,
+        ticket_keys=keys,
         handshake_timeout=handshake_timeout,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -287,6 +288,14 @@ listeners:
       session_tickets: false
       plaintext: allow
     routes: [{match: /, cluster: app}]
+  - name: replicated
+    address: 127.0.0.1:8444
+    tls:
+      cert: /certs/a.pem
+      key: /certs/a.key
+      session_ticket_keys: [/certs/t1.key, /certs/t2.key]
+      curves: [P-384, X25519, P-256]
+    routes: [{match: /, cluster: app}]
   - name: passthrough
     address: 127.0.0.1:9443
     protocol: tcp
@@ -317,8 +326,11 @@ def test_envoy_accepts_exported_tls(tmp_path: Path) -> None:
     text = TLS
     for old, new in (("/certs/a.pem", leaf.cert), ("/certs/a.key", leaf.key), ("/certs/b.pem", leaf.cert),
                      ("/certs/b.key", leaf.key), ("/certs/ca.pem", ca.path), ("/c.pem", leaf.cert),
-                     ("/k.pem", leaf.key)):
+                     ("/k.pem", leaf.key), ("/certs/t1.key", tmp_path / "t1.key"),
+                     ("/certs/t2.key", tmp_path / "t2.key")):
         text = text.replace(old, str(new))
+    for name in ("t1.key", "t2.key"):
+        (tmp_path / name).write_bytes(os.urandom(80))
     data = static_bootstrap(export(load_text(text)))
     path = tmp_path / "bootstrap.yaml"
     path.write_text(json.dumps(data))

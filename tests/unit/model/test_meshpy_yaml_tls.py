@@ -168,3 +168,14 @@ clusters:
 listeners: [{address: 127.0.0.1:8080, routes: [{match: /, cluster: a}]}]
 clusters: {a: {endpoints: [127.0.0.1:9000], mtls: [orders]}}
 """)
+
+
+def test_session_ticket_keys_and_groups() -> None:
+    tls = load_text(EDGE.format(protocol="auto", tls="""{cert: c.pem, key: k.pem,
+        session_ticket_keys: [t1.key, t2.key], curves: [P-384, X25519]}""")).listeners[0].tls
+    assert tls is not None
+    assert [k.path for k in tls.ticket_keys] == ["t1.key", "t2.key"]
+    assert tls.params.curves == ("P-384", "X25519")
+    error = errors(EDGE.format(protocol="auto", tls="{cert: c.pem, key: k.pem, session_tickets: false, "
+                                                    "session_ticket_keys: [t.key]}"))
+    assert "session_ticket_keys: cannot be used with session_tickets: false" in error

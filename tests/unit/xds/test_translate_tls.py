@@ -198,14 +198,14 @@ REFUSED = [
         "ocsp_staple_policy",
     ),
     (
-        "ticket keys",
+        "ticket keys over SDS",
         lambda b: b["static_resources"]["listeners"][0]["filter_chains"][0].update(
             transport_socket=downstream(
-                session_ticket_keys={"keys": [{"inline_bytes": "YQ==" * 20}]},
+                session_ticket_keys_sds_secret_config={"name": "tickets"},
                 common_tls_context={"tls_certificates": [PAIR]},
             )
         ),
-        "session_ticket_keys",
+        "session_ticket_keys_sds_secret_config",
     ),
     (
         "crl",
@@ -268,3 +268,12 @@ def test_refused_by_name(name: str, edit: Any, error: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_bootstrap(copy.deepcopy(data))
     assert error in str(info.value)
+
+
+def test_session_ticket_keys_inline_and_from_files() -> None:
+    keys = {"keys": [{"inline_bytes": "a2V5"}, {"filename": "/keys/previous.key"}]}
+    config = load_bootstrap(bootstrap([chain(transport_socket=downstream(
+        common_tls_context={"tls_certificates": [PAIR]}, session_ticket_keys=keys))]))
+    tls = config.listeners[0].tls
+    assert tls is not None
+    assert [(k.inline, k.path) for k in tls.ticket_keys] == [(b"key", None), (None, "/keys/previous.key")]
