@@ -21,6 +21,7 @@ from control.sources import export_policies as policies
 from control.sources.envoy_dir import message_class
 from control.sources.export_limits import common_options, limit_listener
 from control.sources.export_policies import duration
+from control.sources.export_protocols import cluster_protocol, http2_options
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     Cluster,
@@ -28,7 +29,6 @@ from meshpy.model.types import (
     DirectResponseAction,
     ForwardAction,
     HeaderEdits,
-    Http2Options,
     Listener,
     RedirectAction,
     Route,
@@ -214,17 +214,6 @@ def _logs(logs: tuple[Any, ...]) -> list[dict[str, Any]]:
     ]
 
 
-def http2_options(o: Http2Options) -> dict[str, Any]:
-    """Always stated in full: Envoy's defaults differ from meshpy's (see Http2Options)."""
-    out: dict[str, Any] = {"max_concurrent_streams": o.max_concurrent_streams,
-                           "initial_stream_window_size": o.initial_stream_window_size,
-                           "initial_connection_window_size": o.initial_connection_window_size}
-    if o.keepalive_interval is not None:
-        out["connection_keepalive"] = {"interval": duration(o.keepalive_interval),
-                                       "timeout": duration(o.keepalive_timeout)}
-    return out
-
-
 def listener(lis: Listener, rds_name: str, errors: list[str], where: str,
              chain_rds: dict[str, str] | None = None) -> dict[str, Any]:
     """A Listener; `chain_rds`: the route configuration name of each further HTTP chain."""
@@ -343,8 +332,7 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         "typed_extension_protocol_options": {
             HTTP_OPTIONS_KEY: {
                 "@type": "type.googleapis.com/" + HTTP_OPTIONS_KEY,
-                "explicit_http_config": {"http2_protocol_options": http2_options(c.http2)}
-                if c.protocol == "http2" else {"http_protocol_options": {}},
+                **cluster_protocol(c, errors, where),
                 "common_http_protocol_options": {"idle_timeout": duration(c.pool_idle_timeout)},
             }
         },

@@ -66,6 +66,7 @@ from meshpy.model.types import (
     Listener,
     RouteConfig,
     TcpOptions,
+    UpstreamProtocol,
 )
 from meshpy.model.yaml_reader import (
     Fields,
@@ -380,6 +381,10 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         r.error(f.at("endpoints"), "a logical_dns cluster has exactly one endpoint")
     if discovery in ("static", "original_dst") and "dns_refresh_rate" in f:
         r.error(f.at("dns_refresh_rate"), "only applies to strict_dns and logical_dns clusters")
+    protocol: UpstreamProtocol = f.get("protocol", upstream_protocol, "http1")
+    if protocol == "auto" and not f.present("tls", "mtls"):
+        r.error(f.at("protocol"), "auto lets TLS's ALPN choose HTTP/2 or HTTP/1.1, so the cluster needs "
+                "tls: or mtls: (without TLS, say http1 or http2)")
     return Cluster(
         name=name,
         discovery=discovery,
@@ -388,7 +393,7 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         dns_refresh_rate=f.get("dns_refresh_rate", as_positive_duration, DEFAULT_DNS_REFRESH),
         max_connections_per_endpoint=f.get("max_connections_per_endpoint", as_positive_int, 1024),
         pool_idle_timeout=f.get("pool_idle_timeout", as_optional_timeout, 60.0),
-        protocol=f.get("protocol", upstream_protocol, "http1"),
+        protocol=protocol,
         http2=http2_options(r, f.raw("http2"), f.at("http2")) if "http2" in f else DEFAULT_HTTP2,
         tcp_keepalive=tcp_keepalive(r, f.raw("tcp_keepalive"), f.at("tcp_keepalive"))
         if "tcp_keepalive" in f else None,

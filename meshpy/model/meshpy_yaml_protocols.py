@@ -9,9 +9,20 @@ interception (its traffic direction, the TCP fallback of a sniffing listener).
                 initial_connection_window_size: 1MiB}
     clusters:
       - name: grpc-backend
-        protocol: http2           # http1 (the default) or http2
+        protocol: http2           # http1 (the default), http2 or auto (below)
         http2: {max_concurrent_streams: 100, connection_keepalive: {interval: 30s, timeout: 5s}}
         tcp_keepalive: {probes: 3, time: 30s, interval: 5s}   # SO_KEEPALIVE on upstream connections
+
+A cluster's `protocol:`, and what its connections speak:
+
+    | protocol | connections speak                                 | needs TLS | ALPN offered by default |
+    |----------|---------------------------------------------------|-----------|-------------------------|
+    | http1    | HTTP/1.1                                          | no        | http/1.1 (with tls:)    |
+    | http2    | HTTP/2 (prior knowledge without TLS)              | no        | h2 (with tls:)          |
+    | auto     | what ALPN agrees on: h2 is HTTP/2, else HTTP/1.1  | yes       | h2, http/1.1            |
+
+(auto is Envoy's auto_config; `http2:` configures its HTTP/2 connections. Its TLS may list its own
+`alpn:`, as Envoy's transport socket may.)
 """
 
 from __future__ import annotations
@@ -65,12 +76,15 @@ def upgrade_types(value: object) -> tuple[str, ...]:
 
 
 def upstream_protocol(value: object) -> UpstreamProtocol:
-    """A cluster's `protocol: http1 | http2` (HTTP/2 with prior knowledge, as gRPC servers expect)."""
+    """A cluster's `protocol: http1 | http2 | auto` (http2: prior knowledge, as gRPC servers expect;
+    auto: ALPN decides, which the cluster's loader checks has TLS to decide it)."""
     if value == "http1":
         return "http1"
     if value == "http2":
         return "http2"
-    raise ValueError(f"must be http1 or http2, got {value!r}")
+    if value == "auto":
+        return "auto"
+    raise ValueError(f"must be http1, http2 or auto, got {value!r}")
 
 
 def http2_options(r: Reader, node: object, path: str) -> Http2Options:

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from meshpy.model.meshpy_yaml_matches import string_match
 from meshpy.model.tls import (
+    AUTO_ALPN,
     DEFAULT_HANDSHAKE_TIMEOUT,
     TLS_VERSIONS,
     Certificate,
@@ -82,7 +83,7 @@ _CLIENT_KEYS = (
     "curves",
     "alpn",
 )
-_ALPN = {"auto": ("h2", "http/1.1"), "http1": ("http/1.1",), "http2": ("h2",)}
+_ALPN = {"auto": AUTO_ALPN, "http1": ("http/1.1",), "http2": ("h2",)}
 _SAN_KINDS = ("uri", "dns", "email", "ip")
 
 
@@ -299,8 +300,13 @@ def mesh_client(r: Reader, node: object, path: str, protocol: object) -> ClientT
             ids.append(text)
     sans = tuple(SanMatch(kind="uri", match=StringMatch(kind="exact", value=x)) for x in ids)
     return ClientTls(certificate=Certificate(secret=MESH_CERTIFICATE),
-                     validation=Validation(ca_secret=MESH_ROOTS, san=sans),
-                     alpn=("h2",) if protocol == "http2" else ("http/1.1",))
+                     validation=Validation(ca_secret=MESH_ROOTS, san=sans), alpn=_client_alpn(protocol))
+
+
+def _client_alpn(protocol: object) -> tuple[str, ...]:
+    """What a cluster offers by default: what its `protocol:` speaks (auto: both, HTTP/2 first).
+    `protocol` is as written (checked where it is read): anything else gets HTTP/1.1's."""
+    return _ALPN.get(protocol if isinstance(protocol, str) else "http1", _ALPN["http1"])
 
 
 def client_tls(r: Reader, node: object, path: str, protocol: object) -> ClientTls | None:
@@ -341,6 +347,17 @@ def client_tls(r: Reader, node: object, path: str, protocol: object) -> ClientTl
         certificate=certificate,
         validation=validation,
         params=_params(f),
-        alpn=f.get("alpn", _names, ("h2",) if protocol == "http2" else ("http/1.1",)),
+        alpn=_auto_alpn(r, f) if protocol == "auto" else f.get("alpn", _names, _client_alpn(protocol)),
         verify_hostname=hostname,
     )
+
+
+def _auto_alpn(r: Reader, f: Fields) -> tuple[str, ...]:
+    """An auto cluster's `alpn:`: the answer picks the protocol, so the offer cannot be empty (Envoy
+    would offer its default then, where meshpy would offer nothing)."""
+    alpn = f.get("alpn", _names, AUTO_ALPN)
+    if not alpn or not all(alpn):
+        r.error(f.at("alpn"), "protocol: auto lets ALPN choose, so offer h2 and/or http/1.1 (or leave "
+                "alpn out for both)")
+        return AUTO_ALPN
+    return alpn

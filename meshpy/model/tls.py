@@ -100,6 +100,10 @@ class ClientTls:
     verify_hostname: bool = False  # the certificate must name `sni` (as a browser checks; wildcards too)
 
 
+# What a cluster of protocol auto offers when its TLS lists no ALPN of its own (Envoy's default for
+# auto_config): HTTP/2 preferred; a server that picks neither, or no ALPN at all, gets HTTP/1.1.
+AUTO_ALPN: tuple[str, ...] = ("h2", "http/1.1")
+
 TransportProtocol = Literal["", "tls", "raw_buffer"]
 
 

@@ -280,7 +280,10 @@ FORWARD_CLIENT_CERT: tuple[ForwardClientCert, ...] = (
 # What set_current_client_cert_details adds to an element, in the order Envoy writes them.
 ClientCertDetail = Literal["cert", "chain", "subject", "uri", "dns"]
 CLIENT_CERT_DETAILS: tuple[ClientCertDetail, ...] = ("cert", "chain", "subject", "uri", "dns")
-UpstreamProtocol = Literal["http1", "http2"]
+# What a cluster speaks to its endpoints: auto is whichever of HTTP/2 and HTTP/1.1 TLS's ALPN agrees
+# on with each connection (Envoy's auto_config), so it needs TLS; the loaders then offer AUTO_ALPN
+# (meshpy.model.tls) unless the cluster's TLS lists its own.
+UpstreamProtocol = Literal["http1", "http2", "auto"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -522,7 +525,7 @@ class Cluster:
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
     protocol: UpstreamProtocol = "http1"  # what meshpy speaks to the endpoints
-    http2: Http2Options = DEFAULT_HTTP2
+    http2: Http2Options = DEFAULT_HTTP2  # for http2, and for auto's connections that agree on h2
     tcp_keepalive: TcpKeepalive | None = None
     tls: ClientTls | None = None  # TLS to the endpoints (Envoy's UpstreamTlsContext)
 

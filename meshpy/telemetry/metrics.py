@@ -166,8 +166,9 @@ class ClusterStats(_RequestStats):
     """
 
     __slots__ = (
-        "cx_connect_fail", "cx_overflow", "pool_idle", "rq_pending_overflow", "rq_retry",
-        "rq_retry_limit_exceeded", "rq_retry_overflow", "rq_retry_success", "rq_timeout",
+        "cx_connect_fail", "cx_http1_total", "cx_http2_total", "cx_overflow", "pool_idle",
+        "rq_pending_overflow", "rq_retry", "rq_retry_limit_exceeded", "rq_retry_overflow", "rq_retry_success",
+        "rq_timeout",
     )  # fmt: skip
 
     def __init__(self, name: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
@@ -180,6 +181,9 @@ class ClusterStats(_RequestStats):
         self.rq_retry_overflow = 0  # retries refused by the retry budget (or max_retries)
         self.rq_retry_limit_exceeded = 0  # requests that failed with no retries left
         self.cx_connect_fail = 0
+        # Connections by the protocol they speak (Envoy's upstream_cx_http1_total and _http2_total):
+        # for a cluster of protocol auto, what ALPN agreed on.
+        self.cx_http1_total = self.cx_http2_total = 0
         self.pool_idle = 0
 
     def connect_failed(self) -> None:
@@ -247,6 +251,10 @@ _SIDES: tuple[tuple[str, str, str, tuple[_Scalar, ...]], ...] = (
         ("meshpy_upstream_cx_total", "counter", "Upstream connections opened.", "cx_total"),
         ("meshpy_upstream_cx_active", "gauge", "Upstream connections open, busy or idle.", "cx_active"),
         ("meshpy_upstream_cx_connect_fail_total", "counter", "Failed upstream connects.", "cx_connect_fail"),
+        ("meshpy_upstream_cx_http1_total", "counter", "Upstream connections that spoke HTTP/1.1.",
+         "cx_http1_total"),
+        ("meshpy_upstream_cx_http2_total", "counter", "Upstream connections that spoke HTTP/2.",
+         "cx_http2_total"),
         ("meshpy_upstream_rq_timeout_total", "counter", "Upstream requests timed out.", "rq_timeout"),
         ("meshpy_upstream_rq_retry_total", "counter", "Upstream request retries.", "rq_retry"),
         ("meshpy_upstream_rq_retry_success_total", "counter", "Requests that succeeded after retries.",

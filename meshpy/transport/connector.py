@@ -6,7 +6,8 @@ It owns what all of them share: the cluster's connect timeout and the socket opt
 every TCP connection, as Envoy sets it: asyncio and uvloop set it on their own too, but that is the
 loop's choice, not meshpy's; SO_KEEPALIVE with the cluster's `tcp_keepalive` timings when it has one).
 Upstream TLS and ALPN (Envoy's transport_socket) belong here too, so that every kind of
-upstream connection gets them at once; a pool will then ask for the protocol ALPN agreed on.
+upstream connection gets them at once; the pool of a cluster of protocol auto asks for a connection
+whose codec ALPN chose (`negotiated`).
 
 The options are set once the connect completes, before the caller gets the connection. A protocol's
 connection_made has written at most its first flight by then (the HTTP/2 preface), and Nagle never
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from meshpy.transport.tls_contexts import ClientContext, peer_info
 from meshpy.transport.tls_layer import failure_reason
+from meshpy.transport.upstream_alpn import AlpnChoice
 from meshpy.transport.upstream_http1 import UpstreamHttp1
 from meshpy.transport.upstream_http2 import UpstreamHttp2
 
@@ -77,6 +79,14 @@ class Connector:
     async def http2(self, pool: StreamPool, opts: Http2Options) -> UpstreamHttp2:
         """A new HTTP/2 connection (prior knowledge) for `pool`, to its current address."""
         return await self.open(pool.address, lambda: UpstreamHttp2(pool, opts))
+
+    async def negotiated(self, address: tuple[str, int], h1_pool: HostPool, h2_pool: StreamPool,
+                         opts: Http2Options) -> UpstreamHttp1 | UpstreamHttp2:
+        """A new connection speaking what ALPN agreed on: HTTP/2 for `h2_pool` on `h2`, HTTP/1.1 for
+        `h1_pool` otherwise (meshpy.transport.upstream_alpn)."""
+        choice = await self.open(address, lambda: AlpnChoice(h1_pool, h2_pool, opts))
+        assert choice.real is not None  # connection_made ran: the connect completed
+        return choice.real
 
     async def streams(self, address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection as asyncio streams (what asyncio.open_connection gives), for health checks."""

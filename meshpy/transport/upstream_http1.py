@@ -60,6 +60,7 @@ class UpstreamHttp1(asyncio.Protocol):
         stats = self.pool.stats
         stats.cx_total += 1
         stats.cx_active += 1
+        stats.cx_http1_total += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

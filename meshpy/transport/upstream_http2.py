@@ -89,6 +89,7 @@ class UpstreamHttp2(asyncio.Protocol):
         stats = self.pool.stats
         stats.cx_total += 1
         stats.cx_active += 1
+        stats.cx_http2_total += 1
         self.h2.initiate_connection()
         if self._extra_window > 0:
             self.h2.increment_flow_control_window(self._extra_window)

@@ -26,8 +26,8 @@ from meshpy.upstream.balancers import DestinationBalancer, make_balancer
 from meshpy.upstream.gauges import cluster_gauges
 from meshpy.upstream.health import HealthChecker
 from meshpy.upstream.outlier import OutlierDetector
-from meshpy.upstream.pool import ConnPool, HostPool
-from meshpy.upstream.pool_h2 import Http2HostPool
+from meshpy.upstream.pool import ConnPool
+from meshpy.upstream.pool_alpn import AlpnHostPool, host_pool
 
 log = logging.getLogger("meshpy.upstream")
 
@@ -102,6 +102,8 @@ class ClusterRuntime:
         # Its DNS loop, health checks and its pools' connects (a runtime alone owns its own).
         self.tasks = tasks if tasks is not None else TaskOwner(loop)
         self.stats = stats
+        if model.protocol == "auto" and model.tls is None:  # (the loaders refuse it where it is written)
+            raise ConfigError([ConfigIssue("protocol", "auto needs TLS: ALPN chooses HTTP/2 or HTTP/1.1")])
         # Opens every connection to the endpoints: pools, TCP proxy, CONNECT tunnels, health checks.
         # (A change of connect timeout or socket options makes a new runtime: see ClusterManager.)
         tls = client_context(model.tls, "tls") if model.tls is not None else None
@@ -236,15 +238,8 @@ class ClusterRuntime:
             if h is not None:
                 h.weight = weight
             else:
-                m = self.model
-                pool: ConnPool
-                if m.protocol == "http2":
-                    pool = Http2HostPool(self._loop, (ip, port), self.stats, self.connector,
-                                         m.max_connections_per_endpoint, m.http2, self, self.tasks)
-                else:
-                    pool = HostPool(self._loop, (ip, port), self.stats, self.connector,
-                                    m.max_connections_per_endpoint, self, self.tasks)
-                h = Host(pool, weight, name)
+                h = Host(host_pool(self.model, self._loop, (ip, port), self.stats, self.connector, self,
+                                   self.tasks), weight, name)
                 if self.hosts and self.model.load_balancing.slow_start is not None:
                     h.joined = time.monotonic()  # joined a running cluster: it warms up
             hosts.append(h)
@@ -395,6 +390,7 @@ class ClusterManager:
             {
                 "name": name,
                 "type": rt.model.discovery,
+                "protocol": rt.model.protocol,
                 "circuit_breakers": {k: {"in_use": used, "limit": limit}
                                      for k, (used, limit) in rt.breaker_state().items()},
                 "endpoints": [
@@ -402,6 +398,8 @@ class ClusterManager:
                         "address": h.label, "hostname": h.hostname, "weight": h.weight, "health": h.health,
                         "active_requests": h.active_requests, "active_connections": h.pool.total,
                         "idle_connections": h.pool.idle_count,
+                        # auto: what ALPN agreed on last (None before the first connection)
+                        **({"protocol": h.pool.protocol} if isinstance(h.pool, AlpnHostPool) else {}),
                     }
                     for h in rt.hosts
                 ],

@@ -1,6 +1,8 @@
 """Active health checks: each endpoint of a cluster is asked every interval whether it is well.
 
-Checks are HTTP/1.1 GET, TCP connect, or gRPC (grpc.health.v1). One task per cluster checks all its
+Checks are HTTP GET, TCP connect, or gRPC (grpc.health.v1). An HTTP check is HTTP/1.1 unless TLS's ALPN
+agreed on h2 (a cluster of protocol auto or http2 over TLS offers it): then it is HTTP/2, since a server
+that said h2 expects nothing else. One task per cluster checks all its
 endpoints at once, each on a fresh connection (a check must not
 wait behind a request, nor keep a pooled connection busy). An endpoint that fails
 `unhealthy_threshold` checks in a row leaves the balancer; `healthy_threshold` passes in a row bring
@@ -22,6 +24,7 @@ import h2.exceptions
 
 from meshpy.codec.http2 import Connection, config
 from meshpy.model.types import HealthCheck
+from meshpy.transport.upstream_alpn import agreed_protocol
 
 if TYPE_CHECKING:
     from meshpy.upstream.cluster import ClusterRuntime, Host
@@ -91,6 +94,9 @@ class HealthChecker:
                     return await grpc_health(reader, writer, (cfg.host or self.cluster.model.name).encode(),
                                              cfg.service)
                 hostname = (cfg.host or self.cluster.model.name).encode()
+                if agreed_protocol(writer.transport) == "h2":
+                    status = await http2_status(reader, writer, hostname, cfg.path.encode())
+                    return any(start <= status < end for start, end in cfg.expected_statuses)
                 writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: %s\r\nconnection: close\r\n\r\n"
                              % (cfg.path.encode(), hostname, _USER_AGENT))
                 line = await reader.readline()
@@ -147,6 +153,26 @@ async def grpc_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 return grpc_status == b"0" and body[5:] == _SERVING
             elif isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
                 return False
+        writer.write(conn.data_to_send())
+
+
+async def http2_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: bytes,
+                       path: bytes) -> int:
+    """The status of one GET over a fresh HTTP/2 connection (0: no answer came)."""
+    conn = Connection(config(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", path),
+                          (b":authority", authority), (b"user-agent", _USER_AGENT)], end_stream=True)
+    writer.write(conn.data_to_send())
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return 0
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                return next((int(v) for k, v in ev.headers or [] if k == b":status"), 0)
+            if isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                return 0
         writer.write(conn.data_to_send())
 
 

@@ -25,14 +25,16 @@ Waiter = Callable[["UpstreamStream | BaseException"], None]
 
 
 class ConnPool(Protocol):
-    """What a cluster and its exchanges use of a host's pool: HostPool here (HTTP/1.1) or
-    Http2HostPool (meshpy.upstream.pool_h2). Each only ever gets back what it gave out."""
+    """What a cluster and its exchanges use of a host's pool: HostPool here (HTTP/1.1),
+    Http2HostPool (meshpy.upstream.pool_h2) or AlpnHostPool (meshpy.upstream.pool_alpn, both by
+    ALPN). Each only ever gets back what it gave out."""
 
     address: tuple[str, int]
     stats: ClusterStats
-    busy: int
     closed: bool
 
+    @property
+    def busy(self) -> int: ...
     @property
     def total(self) -> int: ...
     @property
@@ -266,19 +268,44 @@ class HostPool:
                 return
             exc = t.exception()
             if exc is not None:
-                self.stats.cx_connect_fail += 1
-                waiter(exc)
-                self._serve_waiter()
+                self._connect_failed(exc, waiter)
                 return
-            conn = t.result()
-            limits = self.limits
-            if limits.busy >= limits.rq_limit:  # max_requests filled up while this one connected
-                self.stats.rq_pending_overflow += 1
-                self._keep_idle(conn)
-                waiter(_REQUESTS_FULL)
-                return
-            self.busy += 1
-            limits.busy += 1
-            waiter(conn)
+            self._connected(t.result(), waiter)
 
         task.add_done_callback(done)
+
+    # The two ends of a connect, apart so that the pool of an auto cluster (meshpy.upstream.pool_alpn),
+    # which connects for this pool, ends its connects the same way.
+    def _connect_failed(self, exc: BaseException, waiter: Waiter) -> None:
+        self.stats.cx_connect_fail += 1
+        waiter(exc)
+        self._serve_waiter()
+
+    def _connected(self, conn: UpstreamHttp1, waiter: Waiter) -> None:
+        limits = self.limits
+        if limits.busy >= limits.rq_limit:  # max_requests filled up while this one connected
+            self.stats.rq_pending_overflow += 1
+            self._keep_idle(conn)
+            waiter(_REQUESTS_FULL)
+            return
+        self.busy += 1
+        limits.busy += 1
+        waiter(conn)
+
+    def adopt(self, conn: UpstreamHttp1, waiter: Waiter | None = None) -> None:
+        """A connection this pool did not open itself (an auto cluster's, which ALPN made HTTP/1.1):
+        it goes to `waiter` as a connect of its own would; without one it serves a request waiting
+        here, or waits idle, as if it had just been released."""
+        if waiter is not None:
+            self._connected(conn, waiter)
+            return
+        self.busy += 1
+        self.limits.busy += 1
+        self.release(conn)
+
+    def take_waiters(self) -> list[Waiter]:
+        """Every request waiting here, which the caller now owns (an auto cluster moves them to the
+        protocol its upstream speaks now)."""
+        waiters = list(self._waiters)
+        self._waiters.clear()
+        return waiters

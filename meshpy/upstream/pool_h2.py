@@ -157,14 +157,26 @@ class Http2HostPool:
             self._connecting -= 1
             exc = ConnectionAbortedError("connect cancelled") if t.cancelled() else t.exception()
             if exc is not None:
-                self.stats.cx_connect_fail += 1
-                # Every waiter was waiting on this connect; each gets the error (retries decide).
-                waiters, self._waiters = self._waiters, deque()
-                for w in waiters:
-                    w(exc)
+                self._connect_failed(exc)
                 return
-            conn = t.result()
-            self._conns.append(conn)
-            self.capacity_freed(conn)  # (its SETTINGS may have arrived with the connect)
+            self.adopt(t.result())
 
         task.add_done_callback(done)
+
+    def _connect_failed(self, exc: BaseException) -> None:
+        self.stats.cx_connect_fail += 1
+        # Every waiter was waiting on this connect; each gets the error (retries decide).
+        for w in self.take_waiters():
+            w(exc)
+
+    def adopt(self, conn: UpstreamHttp2) -> None:
+        """A new connection joins the pool: its own connect's, or an auto cluster's that ALPN made
+        HTTP/2 (meshpy.upstream.pool_alpn)."""
+        self._conns.append(conn)
+        self.capacity_freed(conn)  # (its SETTINGS may have arrived with the connect)
+
+    def take_waiters(self) -> list[Waiter]:
+        """Every request waiting here, which the caller now owns."""
+        waiters = list(self._waiters)
+        self._waiters.clear()
+        return waiters

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from meshpy.model.tls import ClientTls
+from meshpy.model.tls import AUTO_ALPN, ClientTls
 from meshpy.model.types import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DNS_REFRESH,
@@ -116,7 +117,15 @@ def cluster(
     elif msg.HasField("eds_cluster_config"):
         issues.add(child(path, "eds_cluster_config"), "only allowed with type EDS")
     _check_endpoints(issues, msg, path, discovery, endpoints)
-    idle, http2 = _protocol_options(issues, msg, path)
+    idle, http2, auto_at = _protocol_options(issues, msg, path)
+    tls = _tls(issues, msg, path, secrets or {})
+    if auto_at is not None:
+        if tls is None:
+            # Envoy's words: "ALPN configured for cluster ... which has a non-ALPN transport socket".
+            issues.add(auto_at, "ALPN chooses the protocol, so the cluster needs a transport_socket that "
+                       "negotiates it (an UpstreamTlsContext)")
+        elif not tls.alpn:
+            tls = replace(tls, alpn=AUTO_ALPN)  # no alpn_protocols: Envoy offers both, HTTP/2 first
     return Cluster(
         name=msg.name,
         discovery=discovery,
@@ -126,13 +135,13 @@ def cluster(
         load_balancing=DEFAULT_LB if discovery == "original_dst"
         else translate_policies.load_balancing(issues, msg, path),
         pool_idle_timeout=idle,
-        protocol="http2" if http2 is not None else "http1",
+        protocol="auto" if auto_at is not None else "http2" if http2 is not None else "http1",
         http2=http2 or DEFAULT_HTTP2,
         circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
         outlier_detection=translate_policies.outlier_detection(issues, msg, path),
         health_check=translate_policies.health_check(issues, msg, path),
         tcp_keepalive=_tcp_keepalive(issues, msg, path),
-        tls=_tls(issues, msg, path, secrets or {}),
+        tls=tls,
     )
 
 
@@ -184,12 +193,14 @@ def _check_endpoints(
                 issues.add(where, f"a STATIC cluster needs IP addresses, got {endpoint.address.host!r}")
 
 
-def _protocol_options(issues: Issues, msg: Any, path: str) -> tuple[float | None, Http2Options | None]:
-    """(pool idle timeout, HTTP/2 settings when the cluster speaks HTTP/2), from the cluster's
-    protocol options extension or from the deprecated fields on the cluster itself (Envoy refuses
-    both at once)."""
+def _protocol_options(issues: Issues, msg: Any,
+                      path: str) -> tuple[float | None, Http2Options | None, str | None]:
+    """(pool idle timeout, HTTP/2 settings when the cluster may speak HTTP/2, the path of its
+    auto_config when ALPN chooses), from the cluster's protocol options extension or from the
+    deprecated fields on the cluster itself (Envoy refuses both at once)."""
     options = None
     http2: Http2Options | None = None
+    auto_at: str | None = None
     legacy = msg.common_http_protocol_options if msg.HasField("common_http_protocol_options") else None
     if legacy is not None:
         _check_common_options(issues, legacy, child(path, "common_http_protocol_options"))
@@ -207,6 +218,8 @@ def _protocol_options(issues: Issues, msg: Any, path: str) -> tuple[float | None
         if http is None:
             continue
         common, h2 = _http_options(issues, http, key_path)
+        if http.HasField("auto_config"):
+            auto_at = child(key_path, "auto_config")
         if common is not None:
             if legacy is not None:
                 issues.add(child(path, "common_http_protocol_options"), f"cannot be used with {key}")
@@ -216,16 +229,18 @@ def _protocol_options(issues: Issues, msg: Any, path: str) -> tuple[float | None
                 issues.add(child(path, "http2_protocol_options"), f"cannot be used with {key}")
             http2 = h2
     if options is None:
-        return _ENVOY_POOL_IDLE_TIMEOUT, http2
-    return timeout(options, "idle_timeout", _ENVOY_POOL_IDLE_TIMEOUT), http2
+        return _ENVOY_POOL_IDLE_TIMEOUT, http2, auto_at
+    return timeout(options, "idle_timeout", _ENVOY_POOL_IDLE_TIMEOUT), http2, auto_at
 
 
 def _http_options(issues: Issues, msg: Any, path: str) -> tuple[Any | None, Http2Options | None]:
     """An upstreams.http.v3.HttpProtocolOptions: (its common options if set, HTTP/2 settings if the
-    explicit protocol is HTTP/2)."""
-    issues.fields(msg, path, {"common_http_protocol_options", "explicit_http_config"})
+    explicit protocol is HTTP/2 or ALPN may choose it). use_downstream_protocol_config is refused."""
+    issues.fields(msg, path, {"common_http_protocol_options", "explicit_http_config", "auto_config"})
     http2 = None
-    if msg.HasField("explicit_http_config"):
+    if msg.HasField("auto_config"):
+        http2 = _auto_config(issues, msg.auto_config, child(path, "auto_config"))
+    elif msg.HasField("explicit_http_config"):
         explicit_path = child(path, "explicit_http_config")
         explicit = msg.explicit_http_config
         kind = explicit.WhichOneof("protocol_config")
@@ -242,6 +257,17 @@ def _http_options(issues: Issues, msg: Any, path: str) -> tuple[Any | None, Http
     common = msg.common_http_protocol_options
     _check_common_options(issues, common, child(path, "common_http_protocol_options"))
     return common, http2
+
+
+def _auto_config(issues: Issues, msg: Any, path: str) -> Http2Options:
+    """An AutoHttpConfig: HTTP/2 or HTTP/1.1 by ALPN. HTTP/3 (and the alternate protocols cache that
+    finds it) are refused by field; the HTTP/1 options only empty, as in explicit_http_config."""
+    issues.fields(msg, path, {"http_protocol_options", "http2_protocol_options"})
+    if msg.HasField("http_protocol_options"):
+        issues.fields(msg.http_protocol_options, child(path, "http_protocol_options"), ())
+    if not msg.HasField("http2_protocol_options"):
+        return DEFAULT_HTTP2
+    return protocols.http2_options(issues, msg.http2_protocol_options, child(path, "http2_protocol_options"))
 
 
 def _check_common_options(issues: Issues, msg: Any, path: str) -> None:

@@ -304,16 +304,42 @@ listeners:
 clusters:
   app: {endpoints: [127.0.0.1:9000], tls: {sni: api.internal, ca: /certs/ca.pem, verify_hostname: false}}
   other: {endpoints: [127.0.0.1:9001], protocol: http2, tls: {verify: false, cert: /c.pem, key: /k.pem}}
+  auto: {endpoints: [127.0.0.1:9002], protocol: auto,
+         tls: {sni: api.internal, ca: /certs/ca.pem, verify_hostname: false},
+         http2: {max_concurrent_streams: 7, connection_keepalive: {interval: 20s}}}
+  auto-h1-first: {endpoints: [127.0.0.1:9003], protocol: auto, tls: {verify: false, alpn: [http/1.1, h2]}}
 """
 
 
 def test_tls_and_chains_round_trip() -> None:
-    """TLS contexts, PERMISSIVE's two chains, SNI passthrough chains and a network RBAC filter come
-    back from Envoy's form as they went."""
+    """TLS contexts, PERMISSIVE's two chains, SNI passthrough chains, a network RBAC filter and clusters
+    of protocol auto (Envoy's auto_config) come back from Envoy's form as they went."""
     config = load_text(TLS)
+    assert [c.protocol for c in config.clusters] == ["http1", "http2", "auto", "auto"]
     back = round_trip(config)
     assert back.listeners == named_routes(config).listeners
     assert back.clusters == config.clusters
+
+
+def test_auto_is_exported_as_auto_config() -> None:
+    from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+
+    options = HttpProtocolOptions()
+    export(load_text(TLS))[CLUSTER]["auto"].typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(options)
+    assert options.WhichOneof("upstream_protocol_options") == "auto_config"
+    assert options.auto_config.http2_protocol_options.max_concurrent_streams.value == 7
+
+
+def test_auto_without_alpn_cannot_be_exported() -> None:
+    """Only the Python API makes one (the loaders refuse it): Envoy would offer h2 and http/1.1."""
+    config = load_text(TLS)
+    auto = config.clusters[2]
+    assert auto.tls is not None
+    bare = dataclasses.replace(auto, tls=dataclasses.replace(auto.tls, alpn=()))
+    with pytest.raises(ExportError) as err:
+        export(dataclasses.replace(config, clusters=(*config.clusters[:2], bare)))
+    assert err.value.errors == ["clusters[2].protocol: auto needs TLS with ALPN to carry it to Envoy"]
 
 
 @pytest.mark.envoy

@@ -72,6 +72,8 @@ def test_empty_metrics_have_every_family() -> None:
         "meshpy_upstream_cx_active": "gauge",
         "meshpy_upstream_rq_duration_seconds": "histogram",
         "meshpy_upstream_cx_connect_fail": "counter",
+        "meshpy_upstream_cx_http1": "counter",
+        "meshpy_upstream_cx_http2": "counter",
         "meshpy_upstream_rq_timeout": "counter",
         "meshpy_upstream_rq_retry": "counter",
         "meshpy_upstream_rq_retry_success": "counter",
