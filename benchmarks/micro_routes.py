@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import timeit
 
-from meshpy.model.types import (
+from meshpy.model.routes import (
     ForwardAction,
     HeaderMatch,
     Route,

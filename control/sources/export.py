@@ -22,20 +22,16 @@ from control.sources.envoy_dir import message_class
 from control.sources.export_limits import common_options, limit_listener
 from control.sources.export_policies import duration
 from control.sources.export_protocols import cluster_protocol, http2_options
-from meshpy.model.types import (
-    DEFAULT_BREAKERS,
-    Cluster,
-    Config,
+from meshpy.model.routes import (
     DirectResponseAction,
     ForwardAction,
     HeaderEdits,
-    Listener,
     RedirectAction,
     Route,
     RouteConfig,
     RouteMatch,
-    TcpOptions,
 )
+from meshpy.model.types import DEFAULT_BREAKERS, Cluster, Config, Listener, TcpOptions
 from meshpy.xds.translate_listeners import SNIFFED_HTTP
 
 ADS = {"ads": {}, "resource_api_version": "V3"}

@@ -26,7 +26,7 @@ from meshpy.model.authz import (
     ServerNameRule,
 )
 from meshpy.model.filter_types import ENVOY_NAMES, FilterOverride, HttpFilterSpec
-from meshpy.model.types import HeaderMatch, StringMatch
+from meshpy.model.routes import HeaderMatch, StringMatch
 
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"

@@ -14,18 +14,8 @@ from typing import Any
 
 from control.sources import export_authz
 from meshpy.model.filter_types import FilterOverride, effective_chain
-from meshpy.model.types import (
-    Fault,
-    HashPolicy,
-    HealthCheck,
-    HttpOptions,
-    LoadBalancing,
-    LocalRateLimit,
-    OutlierDetection,
-    RetryPolicy,
-    Route,
-    VirtualHost,
-)
+from meshpy.model.routes import Fault, HashPolicy, LocalRateLimit, RetryPolicy, Route, VirtualHost
+from meshpy.model.types import HealthCheck, HttpOptions, LoadBalancing, OutlierDetection
 from meshpy.xds.translate_filters import PYTHON_FILTER, python_filter_entry
 
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"

@@ -15,6 +15,7 @@ from typing import Any
 
 from control.sources import export_authz
 from meshpy.model.authz import NetworkRbac
+from meshpy.model.routes import StringMatch
 from meshpy.model.tls import (
     Certificate,
     ChainMatch,
@@ -26,7 +27,7 @@ from meshpy.model.tls import (
     TlsParams,
     Validation,
 )
-from meshpy.model.types import Listener, StringMatch
+from meshpy.model.types import Listener
 
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
 TLS_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"

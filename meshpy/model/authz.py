@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from meshpy.model.types import HeaderMatch, StringMatch
+from meshpy.model.routes import HeaderMatch, StringMatch
 
 Action = Literal["allow", "deny", "log"]
 # Where an address rule looks: the local address the client connected to (its original destination in

@@ -45,7 +45,7 @@ from meshpy.model.authz import (
     sorted_policies,
 )
 from meshpy.model.meshpy_yaml_matches import TOKEN, header_name
-from meshpy.model.types import HeaderMatch, StringMatch
+from meshpy.model.routes import HeaderMatch, StringMatch
 from meshpy.model.yaml_reader import Fields, Reader, as_name, as_str, child, is_off, item
 from meshpy.model.yaml_values import yaml_kind
 

@@ -12,7 +12,8 @@ import difflib
 from collections.abc import Callable, Iterable
 
 from meshpy.errors import ConfigIssue
-from meshpy.model.types import Address, Config, ForwardAction, Listener, RouteConfig
+from meshpy.model.routes import ForwardAction, RouteConfig
+from meshpy.model.types import Address, Config, Listener
 
 
 class _Clusters(list[str]):

@@ -42,6 +42,7 @@ from meshpy.model.meshpy_yaml_protocols import (
 )
 from meshpy.model.meshpy_yaml_routes import edits_at, read_virtual_hosts
 from meshpy.model.meshpy_yaml_tls import LISTENER_TLS_KEYS, client_tls, mesh_client, with_listener_tls
+from meshpy.model.routes import RouteConfig
 from meshpy.model.tls import ClientTls
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
@@ -64,7 +65,6 @@ from meshpy.model.types import (
     HttpOptions,
     Lifecycle,
     Listener,
-    RouteConfig,
     TcpOptions,
     UpstreamProtocol,
 )

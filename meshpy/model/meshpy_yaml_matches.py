@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from meshpy.model.types import (
+from meshpy.model.routes import (
     HeaderMatch,
     PathMatchKind,
     QueryMatch,

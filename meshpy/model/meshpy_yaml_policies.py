@@ -11,21 +11,17 @@ from __future__ import annotations
 import difflib
 from typing import Literal, cast, get_args
 
+from meshpy.model.routes import RETRY_ON, Fault, HashPolicy, LocalRateLimit, RetryPolicy
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     DEFAULT_BUDGET,
     DEFAULT_LB,
-    RETRY_ON,
     CircuitBreakers,
-    Fault,
-    HashPolicy,
     HealthCheck,
     LbPolicy,
     LoadBalancing,
-    LocalRateLimit,
     OutlierDetection,
     RetryBudget,
-    RetryPolicy,
     SlowStart,
 )
 from meshpy.model.yaml_reader import (

@@ -13,7 +13,7 @@ import re
 from meshpy.model.meshpy_yaml_filters import read_overrides, with_route_authz
 from meshpy.model.meshpy_yaml_matches import absolute_path, compile_regex, header_name, read_match
 from meshpy.model.meshpy_yaml_policies import fault, hash_policy, rate_limit, retry_policy
-from meshpy.model.types import (
+from meshpy.model.routes import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
     ForwardAction,

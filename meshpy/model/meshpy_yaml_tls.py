@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from meshpy.model.meshpy_yaml_matches import string_match
+from meshpy.model.routes import StringMatch
 from meshpy.model.tls import (
     AUTO_ALPN,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -36,7 +37,7 @@ from meshpy.model.tls import (
     TlsVersion,
     Validation,
 )
-from meshpy.model.types import HttpCodec, Listener, StringMatch
+from meshpy.model.types import HttpCodec, Listener
 from meshpy.model.yaml_reader import (
     Fields,
     Reader,

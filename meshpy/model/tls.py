@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from meshpy.model.authz import NetworkRbac
-    from meshpy.model.types import HttpOptions, ListenerKind, StringMatch, TcpOptions
+    from meshpy.model.routes import StringMatch
+    from meshpy.model.types import HttpOptions, ListenerKind, TcpOptions
 
 TlsVersion = Literal["TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 TLS_VERSIONS: tuple[TlsVersion, ...] = ("TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")

@@ -10,16 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
+from meshpy.model.filter_types import HttpFilterSpec
 from meshpy.model.limits import NO_HTTP_LIMITS, NO_LIMITS, NO_OVERLOAD, ConnectionLimits, HttpLimits, Overload
+from meshpy.model.routes import LocalRateLimit, RouteConfig
 from meshpy.model.tls import ANY_CONNECTION, ChainMatch, ClientTls, FilterChain, ServerTls
 
 if TYPE_CHECKING:
     from meshpy.model.authz import NetworkRbac
 
-StringMatchKind = Literal["exact", "prefix", "suffix", "contains", "regex", "present"]
-PathMatchKind = Literal["prefix", "path", "regex"]
-HeaderAppend = Literal["append", "add_if_absent", "overwrite", "overwrite_if_exists"]
 DiscoveryType = Literal["static", "strict_dns", "logical_dns", "original_dst"]
 LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma"]
 HASHED_POLICIES = ("ring_hash", "maglev")
@@ -27,7 +25,6 @@ ListenerKind = Literal["http", "tcp"]
 # Envoy's traffic_direction: a sidecar drains its inbound listeners first (see App._shutdown).
 Direction = Literal["unspecified", "inbound", "outbound"]
 
-DEFAULT_ROUTE_TIMEOUT = 15.0  # Envoy's route timeout default
 DEFAULT_CONNECT_TIMEOUT = 5.0  # Envoy's cluster connect_timeout default
 DEFAULT_STREAM_IDLE_TIMEOUT = 300.0  # Envoy's HCM stream_idle_timeout default (5 minutes)
 DEFAULT_TCP_IDLE_TIMEOUT = 3600.0  # Envoy's tcp_proxy idle_timeout default (1 hour)
@@ -49,203 +46,6 @@ class Address:
 # the one `meshpy wait` and `meshpy drain` ask by default: the sidecar's (config/sidecar.yaml, the
 # image's health check, `meshpy inject`), as Istio's sidecars have it.
 DEFAULT_ADMIN = Address(host="127.0.0.1", port=15000)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StringMatch:
-    """Match a header or query value. `present` ignores `value`."""
-
-    kind: StringMatchKind
-    value: str = ""
-    ignore_case: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeaderMatch:
-    name: str  # lower case; pseudo-headers `:method`, `:authority`, `:path`, `:scheme` are allowed
-    match: StringMatch
-    invert: bool = False
-    # Envoy's `present_match: false` means "must be absent": modelled as present + invert.
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QueryMatch:
-    name: str
-    match: StringMatch
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RouteMatch:
-    """Path semantics follow Envoy 1.40: `prefix`, `path` and `regex` all see the path with the query
-    string removed (a prefix holding `?` never matches), and a regex must match the path whole."""
-
-    path_kind: PathMatchKind = "prefix"
-    path: str = "/"
-    case_sensitive: bool = True
-    headers: tuple[HeaderMatch, ...] = ()
-    query: tuple[QueryMatch, ...] = ()
-    methods: tuple[str, ...] = ()  # upper case; empty means any method
-    # CONNECT requests (Envoy's connect_matcher): they match only such routes, and such routes only
-    # them; the path fields do not apply (a CONNECT request has none).
-    connect: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeaderValue:
-    name: str  # lower case
-    value: str
-    append: HeaderAppend = "append"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeaderEdits:
-    """Headers removed, then added or set. Levels apply in the order route, virtual host, route
-    config, so for `overwrite` the route-config level wins (Envoy's default,
-    most_specific_header_mutations_wins: false). Values are literal: no %VAR% substitution."""
-
-    add: tuple[HeaderValue, ...] = ()
-    remove: tuple[str, ...] = ()  # lower case
-
-    def __bool__(self) -> bool:
-        return bool(self.add or self.remove)
-
-
-NO_EDITS = HeaderEdits()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WeightedCluster:
-    name: str
-    weight: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RegexRewrite:
-    pattern: str
-    substitution: str
-
-
-# Envoy's retry_on conditions meshpy implements. HTTP/1: 5xx, gateway-error, reset, connect-failure,
-# retriable-4xx (409), retriable-status-codes; refused-stream is an HTTP/2 reset (never seen on HTTP/1);
-# the gRPC ones look at a grpc-status in the response head (a trailers-only gRPC answer).
-RETRY_ON = (
-    "5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream",
-    "retriable-status-codes", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
-    "unavailable",
-)  # fmt: skip
-IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE")  # RFC 9110 9.2.2
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
-    """When and how a forwarded request is tried again (Envoy's RetryPolicy, with safer defaults where
-    the text says so). Retries go to another host than the last attempt when there is one, wait a
-    jittered exponential back-off (or the upstream's Retry-After), stay within the cluster's retry
-    budget, and all fit in the route timeout."""
-
-    retry_on: tuple[str, ...]  # from RETRY_ON
-    num_retries: int = 1  # Envoy's default
-    per_try_timeout: float | None = None
-    retriable_status_codes: tuple[int, ...] = ()
-    backoff_base: float = 0.025
-    backoff_max: float = 0.25  # Envoy: 10 x base
-    # meshpy: POST, PATCH (anything not idempotent) is not retried unless this says so.
-    retry_non_idempotent: bool = False
-    hedge_on_per_try_timeout: bool = False  # start another attempt at a per-try timeout, keep both
-    buffer_limit: int = 64 * 1024  # a request body larger than this is not kept, and not retried
-    attempt_count_header: bool = True  # x-envoy-attempt-count on upstream requests
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ForwardAction:
-    """Send to one cluster, or split by weight between several (exactly one of the two is set)."""
-
-    cluster: str | None = None
-    weighted: tuple[WeightedCluster, ...] = ()
-    prefix_rewrite: str | None = None
-    regex_rewrite: RegexRewrite | None = None
-    host_rewrite: str | None = None
-    timeout: float | None = DEFAULT_ROUTE_TIMEOUT  # None: no timeout (Envoy's 0s)
-    # Per-route stream idle timeout. None: the listener's; 0: none for this route (Envoy's 0s).
-    idle_timeout: float | None = None
-    retry: RetryPolicy | None = None
-    hash_policy: tuple[HashPolicy, ...] = ()  # for ring_hash and maglev clusters
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RedirectAction:
-    scheme: str | None = None
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-    prefix_rewrite: str | None = None
-    response_code: int = 301
-    strip_query: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DirectResponseAction:
-    status: int
-    body: str = ""
-
-
-RouteAction = ForwardAction | RedirectAction | DirectResponseAction
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LocalRateLimit:
-    """A token bucket (Envoy's local rate limit): `max_tokens` at most, `tokens_per_fill` added every
-    `fill_interval`. A request that finds it empty is answered `status` (429) with flag RL."""
-
-    max_tokens: int
-    tokens_per_fill: int
-    fill_interval: float
-    status: int = 429
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Fault:
-    """Faults injected into a share of requests (Envoy's fault filter): a delay, then an abort. With
-    `header_controlled`, a request may ask for its own through Envoy's x-envoy-fault-* headers."""
-
-    delay: float | None = None
-    delay_percent: float = 100.0
-    abort_status: int | None = None
-    abort_percent: float = 100.0
-    header_controlled: bool = False
-    max_active: int | None = None  # faults in progress at once (None: no limit)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Route:
-    name: str = ""
-    match: RouteMatch = field(default_factory=RouteMatch)
-    action: RouteAction
-    request_headers: HeaderEdits = NO_EDITS
-    response_headers: HeaderEdits = NO_EDITS
-    rate_limit: LocalRateLimit | None = None  # this route's own bucket
-    fault: Fault | None = None
-    filters: tuple[FilterOverride, ...] = ()  # what this route says of the listener's filters
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VirtualHost:
-    name: str
-    domains: tuple[str, ...]
-    routes: tuple[Route, ...]
-    request_headers: HeaderEdits = NO_EDITS
-    response_headers: HeaderEdits = NO_EDITS
-    rate_limit: LocalRateLimit | None = None  # one bucket for every route of the host without its own
-    filters: tuple[FilterOverride, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RouteConfig:
-    name: str
-    virtual_hosts: tuple[VirtualHost, ...]
-    request_headers: HeaderEdits = NO_EDITS
-    response_headers: HeaderEdits = NO_EDITS
-    ignore_port_in_host: bool = True  # strip ":port" from Host before matching domains
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -434,16 +234,6 @@ class LoadBalancing:
 
 
 DEFAULT_LB = LoadBalancing()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HashPolicy:
-    """What a request is hashed on for ring_hash and maglev (Envoy's route hash_policy): the first
-    of these the request has. `header` and `cookie` name one; `source_ip` uses the client address."""
-
-    header: str | None = None
-    cookie: str | None = None
-    source_ip: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

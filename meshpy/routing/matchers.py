@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, Generic, TypeVar, final
 
 from meshpy.errors import ConfigError
-from meshpy.model.types import HeaderMatch, QueryMatch, StringMatch
+from meshpy.model.routes import HeaderMatch, QueryMatch, StringMatch
 
 StringTest = Callable[[str], bool]
 T = TypeVar("T")

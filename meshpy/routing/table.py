@@ -23,7 +23,7 @@ from typing import Final, final
 
 from meshpy.errors import ConfigError
 from meshpy.model.filter_types import FilterOverride
-from meshpy.model.types import (
+from meshpy.model.routes import (
     DirectResponseAction,
     ForwardAction,
     LocalRateLimit,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from meshpy.model.types import Fault, HashPolicy, LocalRateLimit
+from meshpy.model.routes import Fault, HashPolicy, LocalRateLimit
 from meshpy.upstream.balancers import hash64
 
 DELAY_HEADER = b"x-envoy-fault-delay-request"  # milliseconds

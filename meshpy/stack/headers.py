@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Final, final
 
 from meshpy.errors import ConfigError
-from meshpy.model.types import HeaderEdits
+from meshpy.model.routes import HeaderEdits
 
 Header = tuple[bytes, bytes]
 

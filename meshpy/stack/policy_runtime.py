@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TypeVar, cast
 
-from meshpy.model.types import Fault, LocalRateLimit, Route
+from meshpy.model.routes import Fault, LocalRateLimit, Route
 from meshpy.stack.guards import CompiledFault, TokenBucket
 
 Scope = tuple[str, ...]  # (listener, route config, virtual host, route): where a policy sits

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from meshpy.codec import grpc
 from meshpy.codec.http1 import no_body_status
-from meshpy.model.types import DirectResponseAction, RedirectAction
+from meshpy.model.routes import DirectResponseAction, RedirectAction
 from meshpy.stack.parts import ExchangeParts
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import random
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from meshpy.model.types import IDEMPOTENT_METHODS, RetryPolicy
+from meshpy.model.routes import IDEMPOTENT_METHODS, RetryPolicy
 from meshpy.ports import UpstreamSink
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from meshpy.codec.raw_head import parse_fields
 from meshpy.errors import UpstreamReset, UpstreamTimeout
-from meshpy.model.types import RetryPolicy
+from meshpy.model.routes import RetryPolicy
 from meshpy.stack.parts import ExchangeParts
 from meshpy.stack.retry import (
     RESET,

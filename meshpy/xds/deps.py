@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from meshpy.model.types import Endpoint, RouteConfig
+from meshpy.model.routes import RouteConfig
+from meshpy.model.types import Endpoint
 
 V = TypeVar("V")
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

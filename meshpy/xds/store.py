@@ -27,8 +27,9 @@ from google.protobuf import json_format  # type: ignore[import-untyped, unused-i
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.check import check_references
+from meshpy.model.routes import RouteConfig
 from meshpy.model.secrets import SecretMaterial, filled
-from meshpy.model.types import Cluster, Config, Endpoint, Listener, RouteConfig
+from meshpy.model.types import Cluster, Config, Endpoint, Listener
 from meshpy.xds.deps import NO_ROUTES, any_routes, eds_name, endpoints_or_none, rds_names, sds_names
 from meshpy.xds.secrets import SECRET, SecretMessage, material
 from meshpy.xds.translate import (

@@ -28,7 +28,8 @@ from google.protobuf import descriptor_pool, json_format  # type: ignore[import-
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.limits import NO_OVERLOAD
-from meshpy.model.types import Admin, Config, Endpoint, Listener, RouteConfig
+from meshpy.model.routes import RouteConfig
+from meshpy.model.types import Admin, Config, Endpoint, Listener
 from meshpy.model.types import Cluster as ClusterModel
 from meshpy.xds import (
     bootstrap,

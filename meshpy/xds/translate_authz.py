@@ -36,7 +36,7 @@ from meshpy.model.authz import (
     ServerNameRule,
     sorted_policies,
 )
-from meshpy.model.types import StringMatch
+from meshpy.model.routes import StringMatch
 from meshpy.xds.translate_base import Issues, child, enum_name, item, seconds
 from meshpy.xds.translate_matchers import header_match, string_match
 

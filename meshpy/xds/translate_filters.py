@@ -41,7 +41,7 @@ from meshpy.model.filter_types import (
     leading_authz,
 )
 from meshpy.model.meshpy_yaml_filters import canonical_config, python_class
-from meshpy.model.types import Fault, LocalRateLimit
+from meshpy.model.routes import Fault, LocalRateLimit
 from meshpy.xds import translate_guards
 from meshpy.xds.translate_authz import (
     HTTP_RBAC,

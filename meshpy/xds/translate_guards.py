@@ -14,7 +14,7 @@ from typing import Any
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 
-from meshpy.model.types import Fault, LocalRateLimit
+from meshpy.model.routes import Fault, LocalRateLimit
 from meshpy.xds.translate_base import Issues, child, positive_duration, seconds, wrapped
 
 HTTPFault = fault_pb2.HTTPFault

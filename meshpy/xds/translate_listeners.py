@@ -24,6 +24,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshpy.model.authz import NetworkRbac
 from meshpy.model.limits import ConnectionLimits
+from meshpy.model.routes import Fault, RouteConfig
 from meshpy.model.tls import ANY_CONNECTION, FilterChain
 from meshpy.model.types import (
     DEFAULT_IDLE_TIMEOUT,
@@ -32,10 +33,8 @@ from meshpy.model.types import (
     AccessLog,
     Address,
     Direction,
-    Fault,
     HttpOptions,
     Listener,
-    RouteConfig,
     TcpOptions,
 )
 from meshpy.xds import translate_protocols as protocols

@@ -10,19 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from meshpy.model.routes import RETRY_ON, HashPolicy, RetryPolicy
 from meshpy.model.types import (
     DEFAULT_BREAKERS,
     DEFAULT_BUDGET,
     DEFAULT_LB,
-    RETRY_ON,
     CircuitBreakers,
-    HashPolicy,
     HealthCheck,
     LbPolicy,
     LoadBalancing,
     OutlierDetection,
     RetryBudget,
-    RetryPolicy,
     SlowStart,
 )
 from meshpy.model.yaml_values import is_field_name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from meshpy.model.types import (
+from meshpy.model.routes import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
     ForwardAction,

@@ -12,7 +12,8 @@ from typing import Any
 from fuzzkit import Finding
 
 from meshpy.errors import ConfigError
-from meshpy.model.types import Config, RouteConfig
+from meshpy.model.routes import RouteConfig
+from meshpy.model.types import Config
 from meshpy.routing.table import RouteTable
 from meshpy.stack.filter_chain import ChainBuilder
 from meshpy.stack.policy_runtime import PolicyClaims

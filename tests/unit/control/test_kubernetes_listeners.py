@@ -23,7 +23,8 @@ from control.sources.kubernetes_listeners import HTTP, TCP, UNKNOWN, Memo, port_
 from control.sources.kubernetes_resources import speaks_http2, translate
 from control.sources.nodes import envoy_layer
 from meshpy.cli import main
-from meshpy.model.types import ForwardAction, Listener
+from meshpy.model.routes import ForwardAction
+from meshpy.model.types import Listener
 from meshpy.xds.translate import listener_from_proto, route_config_from_proto
 
 ORDERS = "outbound|8080||orders.shop.svc.cluster.local"

@@ -22,7 +22,7 @@ from meshpy.model.authz import (
 )
 from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
 from meshpy.model.meshpy_yaml_filters import with_listener_authz
-from meshpy.model.types import HeaderMatch, StringMatch
+from meshpy.model.routes import HeaderMatch, StringMatch
 from meshpy.model.yaml_reader import Reader
 
 

@@ -13,32 +13,34 @@ from hypothesis import strategies as st
 
 from meshpy.model.load import load_text
 from meshpy.model.meshpy_yaml import load_meshpy
-from meshpy.model.types import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_HEADERS_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
+from meshpy.model.routes import (
     DEFAULT_ROUTE_TIMEOUT,
-    DEFAULT_STREAM_IDLE_TIMEOUT,
-    DEFAULT_TCP_IDLE_TIMEOUT,
-    AccessLog,
-    Address,
-    Cluster,
-    Config,
     DirectResponseAction,
-    Endpoint,
     ForwardAction,
     HeaderMatch,
     HeaderValue,
-    HttpOptions,
     QueryMatch,
     RedirectAction,
     RegexRewrite,
     Route,
     RouteMatch,
     StringMatch,
-    TcpKeepalive,
     VirtualHost,
     WeightedCluster,
+)
+from meshpy.model.types import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HEADERS_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
+    DEFAULT_TCP_IDLE_TIMEOUT,
+    AccessLog,
+    Address,
+    Cluster,
+    Config,
+    Endpoint,
+    HttpOptions,
+    TcpKeepalive,
 )
 
 CLUSTERS = "clusters: {backend: 127.0.0.1:9000, v1: 127.0.0.1:9001, v2: 127.0.0.1:9002}\n"

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from meshpy.errors import ConfigIssue
 from meshpy.model.check import check_references
-from meshpy.model.types import (
-    Address,
-    Admin,
-    Cluster,
-    Config,
+from meshpy.model.routes import (
     DirectResponseAction,
-    Endpoint,
     ForwardAction,
-    HttpOptions,
-    Listener,
     Route,
     RouteConfig,
-    TcpOptions,
     VirtualHost,
     WeightedCluster,
 )
+from meshpy.model.types import Address, Admin, Cluster, Config, Endpoint, HttpOptions, Listener, TcpOptions
 
 BACKEND = Cluster(name="backend", endpoints=(Endpoint(address=Address(host="127.0.0.1", port=9000)),))
 

@@ -8,7 +8,8 @@ import pytest
 
 from meshpy.errors import ConfigError
 from meshpy.model.load import load_text
-from meshpy.model.types import DEFAULT_BREAKERS, CircuitBreakers, Fault, LocalRateLimit
+from meshpy.model.routes import Fault, LocalRateLimit
+from meshpy.model.types import DEFAULT_BREAKERS, CircuitBreakers
 
 YAML = """
 clusters:

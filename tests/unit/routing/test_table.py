@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from meshpy.errors import ConfigError
-from meshpy.model.types import (
+from meshpy.model.routes import (
     DirectResponseAction,
     ForwardAction,
     HeaderEdits,

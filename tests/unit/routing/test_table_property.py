@@ -11,7 +11,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshpy.model.types import (
+from meshpy.model.routes import (
     ForwardAction,
     HeaderMatch,
     PathMatchKind,

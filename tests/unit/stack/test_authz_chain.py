@@ -9,7 +9,7 @@ import pytest
 from meshpy.errors import ConfigError
 from meshpy.model.authz import Always, HeaderRule, Policy, Rbac, RbacFilter
 from meshpy.model.filter_types import FilterOverride, HttpFilterSpec, effective_chain
-from meshpy.model.types import Fault, HeaderMatch, LocalRateLimit, StringMatch
+from meshpy.model.routes import Fault, HeaderMatch, LocalRateLimit, StringMatch
 from meshpy.stack.authz_filter import AuthzFilter
 from meshpy.stack.filter_chain import ChainBuilder, PythonFilter, RouteChain
 from meshpy.stack.guards import CompiledFault, TokenBucket

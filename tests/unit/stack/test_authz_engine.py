@@ -29,7 +29,7 @@ from meshpy.model.authz import (
     ServerNameRule,
     sorted_policies,
 )
-from meshpy.model.types import HeaderMatch, StringMatch
+from meshpy.model.routes import HeaderMatch, StringMatch
 from meshpy.ports import ConnectionInfo, TlsInfo
 from meshpy.stack.authz import CompiledRbac, Facts, NetworkAuthz, denial_details, remote_address
 from meshpy.telemetry.metrics import ListenerStats

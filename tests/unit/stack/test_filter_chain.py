@@ -8,7 +8,7 @@ import pytest
 
 from meshpy.errors import ConfigError
 from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
-from meshpy.model.types import Fault, HeaderEdits, HeaderValue, LocalRateLimit
+from meshpy.model.routes import Fault, HeaderEdits, HeaderValue, LocalRateLimit
 from meshpy.stack.filter_chain import (
     ChainBuilder,
     FaultFilter,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshpy.errors import ConfigError
-from meshpy.model.types import HeaderAppend, HeaderEdits, HeaderValue
+from meshpy.model.routes import HeaderAppend, HeaderEdits, HeaderValue
 from meshpy.stack.headers import HOP_BY_HOP, HeaderOps, compile_edits, strip_hop_by_hop
 
 Headers = list[tuple[bytes, bytes]]

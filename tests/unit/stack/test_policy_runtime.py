@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from meshpy.model.types import Fault, ForwardAction, LocalRateLimit, Route, RouteConfig, VirtualHost
+from meshpy.model.routes import Fault, ForwardAction, LocalRateLimit, Route, RouteConfig, VirtualHost
 from meshpy.routing.table import CompiledRoute, RouteTable
 from meshpy.stack.policy_runtime import PolicyRuntime, route_places
 

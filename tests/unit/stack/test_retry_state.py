@@ -7,7 +7,7 @@ import email.utils
 
 import pytest
 
-from meshpy.model.types import RetryPolicy
+from meshpy.model.routes import RetryPolicy
 from meshpy.stack.retry import CONNECT, RESET, STATUS, TIMEOUT, RetryState, retry_after_seconds, retry_state
 
 

@@ -11,7 +11,8 @@ from google.protobuf import json_format
 from control.sources.export import export
 from meshpy.errors import ConfigError
 from meshpy.model.load import load_text
-from meshpy.model.types import Config, DirectResponseAction, ForwardAction
+from meshpy.model.routes import DirectResponseAction, ForwardAction
+from meshpy.model.types import Config
 from meshpy.xds.store import CLUSTER, ENDPOINT, LISTENER, MESSAGES, ROUTE, XdsStore
 
 MESHPY = """

@@ -25,21 +25,13 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 
 from meshpy.errors import ConfigError, ConfigIssue
-from meshpy.model.types import (
+from meshpy.model.routes import (
     NO_EDITS,
-    AccessLog,
-    Address,
-    Admin,
-    Cluster,
     DirectResponseAction,
-    Endpoint,
     ForwardAction,
     HeaderEdits,
     HeaderMatch,
     HeaderValue,
-    Http2Options,
-    HttpOptions,
-    Listener,
     QueryMatch,
     RedirectAction,
     RegexRewrite,
@@ -47,9 +39,19 @@ from meshpy.model.types import (
     RouteConfig,
     RouteMatch,
     StringMatch,
+    WeightedCluster,
+)
+from meshpy.model.types import (
+    AccessLog,
+    Address,
+    Admin,
+    Cluster,
+    Endpoint,
+    Http2Options,
+    HttpOptions,
+    Listener,
     TcpKeepalive,
     TcpOptions,
-    WeightedCluster,
 )
 from meshpy.xds.translate import (
     cluster_from_proto,

@@ -35,7 +35,7 @@ from meshpy.model.authz import (
 )
 from meshpy.model.filter_types import FilterOverride, HttpFilterSpec
 from meshpy.model.load import load_text
-from meshpy.model.types import HeaderMatch, StringMatch
+from meshpy.model.routes import HeaderMatch, StringMatch
 from meshpy.xds.translate_authz import HttpRbac, NetworkRbacConfig, network_rbac, rbac_filter, rules
 from meshpy.xds.translate_base import UNSUPPORTED, Issues
 
