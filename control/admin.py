@@ -1,4 +1,5 @@
-"""The control plane's admin listener: /ready, /metrics (Prometheus) and /nodes (JSON).
+"""The control plane's admin listener: /ready, /metrics (Prometheus), /nodes (JSON), and the CA's
+/ca paths (control/ca_admin.py: its status, and a root rotation's steps).
 
 A few requests a minute from probes and scrapers, off any data path: plain asyncio streams, one request
 per connection, are enough here.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -18,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from control.ads import AdsServer, NodeStatus
+from control.ca_admin import CaAdmin
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SnapshotCache
 
 SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds", SECRET: "sds"}
@@ -54,30 +57,45 @@ class _Collector(Collector):
 
 
 def nodes_view(ads: AdsServer) -> list[dict[str, Any]]:
-    def current(status: NodeStatus) -> dict[str, str]:
-        snap = ads.snapshot_for(status)
+    def current(key: int, status: NodeStatus) -> dict[str, str]:
+        snap = ads.snapshot_for(status, key)  # with the stream's key: a node's own SDS secrets count too
         # Secrets only when there are some: most nodes subscribe to none, and never ACK that type.
         return {} if snap is None else {SHORT[t]: v for t, v in sorted(snap.type_versions.items())
                                         if t != SECRET or snap.of(SECRET)}
 
-    return [{"node": s.node_id, "cluster": s.cluster, "snapshot": current(s),
+    return [{"node": s.node_id, "cluster": s.cluster, "snapshot": current(key, s),
              "connected_seconds": round(time.time() - s.connected_at, 1),
              "acked": {SHORT.get(t, t): v for t, v in sorted(s.acked.items())},
              "last_nack": s.last_nack}
-            for s in sorted(ads.nodes.values(), key=lambda s: s.node_id)]
+            for key, s in sorted(ads.nodes.items(), key=lambda item: item[1].node_id)]
+
+
+def is_loopback(peername: object) -> bool:
+    """Whether a peer address (as asyncio gives it) is on loopback; anything unreadable is not."""
+    if not isinstance(peername, tuple) or not peername:
+        return False
+    try:
+        return ipaddress.ip_address(str(peername[0]).split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class ControlAdmin:
     def __init__(self, ads: AdsServer, cache: SnapshotCache, loads: dict[str, int],
-                 collectors: Sequence[Collector] = ()) -> None:
-        """`collectors`: the sources' own metrics (the Kubernetes watches', for one)."""
-        self.ads, self.cache = ads, cache
+                 collectors: Sequence[Collector] = (), ca: CaAdmin | None = None) -> None:
+        """`collectors`: the sources' own metrics (the Kubernetes watches', for one); `ca`: the /ca paths."""
+        self.ads, self.cache, self.ca = ads, cache, ca
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(ads, loads))
         for collector in collectors:
             self.registry.register(collector)
 
-    def answer(self, path: str) -> tuple[int, str, bytes]:
+    def answer(self, path: str, method: str = "GET", local: bool = True) -> tuple[int, str, bytes]:
+        """`local`: the peer is on loopback (changes to the CA are taken from there only)."""
+        if self.ca is not None:
+            answer = self.ca.answer(method, path, local)
+            if answer is not None:
+                return answer
         path = path.split("?", 1)[0]
         if path == "/ready":
             ok = self.cache.ready
@@ -86,14 +104,15 @@ class ControlAdmin:
             return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
         if path == "/nodes":
             return 200, "application/json", json.dumps(nodes_view(self.ads), indent=1).encode() + b"\n"
-        return 404, "text/plain", b"not found: try /ready, /metrics, /nodes\n"
+        return 404, "text/plain", b"not found: try /ready, /metrics, /nodes, /ca\n"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             parts = head[:MAX_HEAD].split(b" ", 2)
-            status, ctype, body = self.answer(parts[1].decode("latin-1")) if len(parts) == 3 else \
-                (400, "text/plain", b"bad request\n")
+            local = is_loopback(writer.get_extra_info("peername"))
+            status, ctype, body = self.answer(parts[1].decode("latin-1"), parts[0].decode("latin-1"), local) \
+                if len(parts) == 3 else (400, "text/plain", b"bad request\n")
             reason = b"OK" if status == 200 else b"Error"
             writer.write(b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n"
                          b"\r\n%s" % (status, reason, ctype.encode(), len(body), body))

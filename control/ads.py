@@ -23,6 +23,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Request
 
+from control.ca_auth import in_the_clear
 from control.cache import PUSH_ORDER, WILDCARD_TYPES, Snapshot, SnapshotCache
 from control.delta import delta_stream
 
@@ -172,7 +173,7 @@ class AdsServer:
         """The identity a stream's bearer token proves (none without one)."""
         if self.identities is None or context is None:
             return
-        who = await self.identities.identify(context.invocation_metadata(), str(key))
+        who = await self.identities.identify(context.invocation_metadata(), str(key), in_the_clear(context))
         if who is not None:
             self.who[key] = who
 

@@ -119,10 +119,26 @@ class CertificateAuthority:
         self._issuer = issuer
         self._staged: Issuer | None = None
         self._retiring: list[tuple[x509.Certificate, float]] = []  # old roots, and when they leave
+        # The latest notAfter signed under each root (by fingerprint), in this process: what an operator
+        # weighs before ending an overlap early.
+        self.last_leaf_expiry: dict[bytes, float] = {}
 
     @property
     def issuer(self) -> Issuer:
         return self._issuer
+
+    @property
+    def staged(self) -> Issuer | None:
+        return self._staged
+
+    def retiring(self) -> list[tuple[x509.Certificate, float]]:
+        """Old roots still in the bundle, and when each leaves it."""
+        self.trust_bundle()  # drops those whose time is up
+        return list(self._retiring)
+
+    def keep_retiring(self, root: x509.Certificate, until: float) -> None:
+        """Keep an old root in the bundle until `until` (a rotation's overlap, restored after a restart)."""
+        self._retiring.append((root, until))
 
     # -- the trust bundle and its rotation --------------------------------------------------------------
     def trust_bundle(self) -> list[x509.Certificate]:
@@ -152,6 +168,8 @@ class CertificateAuthority:
         if new is None:
             raise ValueError("nothing to rotate to: stage an issuer or give one")
         old, self._issuer, self._staged = self._issuer, new, None
+        # A root signing again (a rollback) is no longer on its way out.
+        self._retiring = [(r, u) for r, u in self._retiring if fingerprint(r) != fingerprint(new.root)]
         if fingerprint(old.root) != fingerprint(new.root):
             # A leaf signed just before now expires within max_ttl; a minute more for clock skew.
             keep = self.max_ttl + BACKDATE if overlap is None else overlap
@@ -257,6 +275,8 @@ class CertificateAuthority:
                            critical=False)
         )
         leaf = builder.sign(issuer.key, signature_hash(issuer.key))
+        root = fingerprint(issuer.root)
+        self.last_leaf_expiry[root] = max(self.last_leaf_expiry.get(root, 0.0), float(int(not_after)))
         return [pem(leaf), *(pem(c) for c in issuer.chain)]
 
 

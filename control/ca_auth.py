@@ -27,6 +27,30 @@ TOKENREVIEW_TIMEOUT = 5.0
 SA_PREFIX = "system:serviceaccount:"
 
 
+def in_the_clear(context: Any) -> bool:
+    """Whether a gRPC call came over a plaintext port (no `--grpc-tls-names`): its token crossed the
+    network readable by anyone on the way."""
+    try:
+        security = context.auth_context().get("transport_security_type")
+    except (AttributeError, RuntimeError):  # no auth context: not a call we can tell about
+        return False
+    return bool(security != [b"ssl"])
+
+
+class ClearTokens:
+    """Says once, at WARNING, that tokens arrive in the clear; counts them for /metrics."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def seen(self, what: str, peer: str) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning("%s from %s came over a plaintext gRPC port: bearer tokens (and the key pairs "
+                        "sent to Envoy nodes) cross the network unencrypted; serve it over TLS with "
+                        "--grpc-tls-names (said once)", what, peer)
+
+
 @dataclass(frozen=True)
 class Caller:
     namespace: str
@@ -95,7 +119,8 @@ class BootstrapTokens:
 
 class TokenReviewer:
     """Asks the Kubernetes API (TokenReview) who owns a service-account token, with the control plane's
-    own client. `audiences`: when given, the token must be meant for one of them."""
+    own client. `audiences`: when given, the token must be meant for one of them (`meshpy control
+    --token-audiences`); empty: for the API server itself, as a pod's default token is."""
 
     def __init__(self, api: Any, audiences: Sequence[str] = (),
                  timeout: float = TOKENREVIEW_TIMEOUT) -> None:
@@ -124,9 +149,15 @@ class TokenReviewer:
         status = review.status
         if status is None or not status.authenticated:
             why = getattr(status, "error", None) or "not authenticated"
-            log.debug("TokenReview: %s", why)
+            # A token made for another audience is refused by the API server itself (the intersection
+            # of the token's and the review's audiences is empty): said, as the likely mistake.
+            log.log(logging.INFO if "audience" in why else logging.DEBUG, "TokenReview: %s", why)
             return None
+        # The API server answers the audiences the token is good for among those asked. One that ignored
+        # spec.audiences (or a token for none of them) must not pass: checked here too.
         if self.audiences and not set(status.audiences or ()) & set(self.audiences):
+            log.info("TokenReview: the token is for %s, not for %s", list(status.audiences or ()),
+                     list(self.audiences))
             return None
         username = status.user.username if status.user is not None else ""
         parts = username.split(":") if username.startswith(SA_PREFIX) else []

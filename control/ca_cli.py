@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshpy.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError
+from meshpy.identity.spiffe import DEFAULT_TOKEN_AUDIENCE, DEFAULT_TRUST_DOMAIN, SpiffeId, SpiffeIdError
 
 if TYPE_CHECKING:
     from control.ca import CertificateAuthority
@@ -32,6 +32,11 @@ class CaOptions:
     ca_dir: Path | None = None
     svid_ttl: float | None = None  # None: the CA's default (control.ca.DEFAULT_TTL)
     bootstrap_tokens: BootstrapTokens | None = None
+    # DNS names and IPs of the gRPC port's own certificate; empty: the port is plaintext (docs/identity.md)
+    grpc_tls_names: tuple[str, ...] = ()
+    # What a Kubernetes token must be made for (TokenReview's spec.audiences); empty: the API server's own
+    # audiences, so that any token of the pod's, its API token too, proves its identity.
+    token_audiences: tuple[str, ...] = (DEFAULT_TOKEN_AUDIENCE,)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bootstrap-tokens", metavar="FILE",
                        help="YAML `tokens: [{token, namespace, service_account}]`: tokens that stand for an "
                             "identity outside Kubernetes (with --kubernetes, pods' tokens go to TokenReview)")
+    group.add_argument("--grpc-tls-names", metavar="NAMES",
+                       help="serve the gRPC port (--listen: ADS and the CA) over TLS, with a certificate "
+                            "from this CA for these comma-separated DNS names and IP addresses, as clients "
+                            "reach it (e.g. meshpy-control.meshpy-system.svc,127.0.0.1); default: plaintext")
+    group.add_argument("--token-audiences", metavar="LIST", default=DEFAULT_TOKEN_AUDIENCE,
+                       help="with --kubernetes: a pod's token proves its identity only if it was made for "
+                            "one of these comma-separated audiences (a projected token's `audience`, as "
+                            "meshpy inject asks for); '' accepts tokens for the API server, such as a pod's "
+                            "default one (default %(default)s)")
 
 
 def options(args: argparse.Namespace) -> CaOptions:
@@ -59,8 +73,26 @@ def options(args: argparse.Namespace) -> CaOptions:
         raise ValueError("--svid-ttl: must be > 0")
     from control.ca_auth import BootstrapTokens
 
+    names: tuple[str, ...] = ()
+    if args.grpc_tls_names is not None:
+        from control.serving_tls import parse_names
+
+        names = parse_names(args.grpc_tls_names)
     tokens = BootstrapTokens.from_file(Path(args.bootstrap_tokens)) if args.bootstrap_tokens else None
-    return CaOptions(args.trust_domain, Path(args.ca_dir) if args.ca_dir else None, args.svid_ttl, tokens)
+    return CaOptions(args.trust_domain, Path(args.ca_dir) if args.ca_dir else None, args.svid_ttl, tokens,
+                     names, token_audiences(args.token_audiences))
+
+
+def token_audiences(text: str) -> tuple[str, ...]:
+    """--token-audiences: comma-separated, each once; '' (or only commas and spaces) for none."""
+    found: list[str] = []
+    for entry in text.split(","):
+        audience = entry.strip()
+        if any(c.isspace() for c in audience):
+            raise ValueError(f"--token-audiences: {audience!r} has a space in it")
+        if audience and audience not in found:
+            found.append(audience)
+    return tuple(found)
 
 
 def open_ca(opts: CaOptions) -> CertificateAuthority:
@@ -94,7 +126,12 @@ def identity_service(ca: CertificateAuthority, opts: CaOptions,
     if opts.bootstrap_tokens is not None:
         chain.append(opts.bootstrap_tokens)
     if kubernetes_api is not None:
-        chain.append(TokenReviewer(kubernetes_api))
+        chain.append(TokenReviewer(kubernetes_api, opts.token_audiences))
+        if opts.token_audiences:
+            log.info("TokenReview: a pod's token must be made for %s", ", ".join(opts.token_audiences))
+        else:
+            log.warning("--token-audiences '': any token of a pod's, its API token too, proves its "
+                        "identity, and a token sent to the CA is good for the API server")
     if not chain:
         log.warning("no --bootstrap-tokens and no --kubernetes: every certificate request will be "
                     "refused")

@@ -39,8 +39,13 @@ def self_signed_root(trust_domain: str, *, lifetime: float = ROOT_LIFETIME,
     """A new EC P-256 root for `trust_domain`, signing leaves directly."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = time.time() if now is None else now
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    # Two roots side by side during a rotation: each named apart (its date and key id), for operators
+    # reading a bundle, and for verifiers that look issuers up by name before checking key ids.
+    made = dt.datetime.fromtimestamp(int(start), dt.UTC).strftime("%Y-%m-%d")
+    common_name = f"meshpy root CA {made} {ski.digest[:4].hex()}"
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "meshpy root CA")])
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -52,7 +57,11 @@ def self_signed_root(trust_domain: str, *, lifetime: float = ROOT_LIFETIME,
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, encipher_only=False,
                                      decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(ski, critical=False)
+        # The trust domain it vouches for, as the SPIFFE ID of the trust domain itself (what SPIRE's CAs
+        # carry): a root meant for another mesh is told apart before it is staged.
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]),
+                       critical=False)
         .sign(key, signature_hash(key))
     )
     return Issuer(cert, key)

@@ -12,13 +12,16 @@ CA signs only the SPIFFE ID of that namespace and service account. Answers:
 Every refusal is logged at WARNING with its reason and counted by reason for /metrics.
 
 `meshpy.identity.v1.TrustBundle/Get` returns the roots (the trust bundle, two of them while a rotation
-overlaps). They are public, so it asks for no token.
+overlaps); `Watch` returns them at once and again whenever they change (`bundle_changed`), so that a
+sidecar trusts a staged root before any peer presents a leaf it signed. The roots are public, so neither
+asks for a token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from control.ca import CaError, CertificateAuthority, CsrError
-from control.ca_auth import Authenticator, AuthError, Caller
+from control.ca_auth import Authenticator, AuthError, Caller, ClearTokens, in_the_clear
 from meshpy.identity import ca_proto
 from meshpy.identity.spiffe import SpiffeId, SpiffeIdError
 
@@ -52,6 +55,8 @@ class IdentityService:
     def __init__(self, ca: CertificateAuthority, authenticator: Authenticator) -> None:
         self.ca, self.authenticator = ca, authenticator
         self.counters = CaCounters()
+        self._watchers: set[asyncio.Event] = set()  # one per open TrustBundle/Watch stream
+        self.clear_tokens = ClearTokens()  # shared with the ADS streams' tokens (control/ca_plane.py)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         create = grpc.unary_unary_rpc_method_handler(
@@ -60,14 +65,26 @@ class IdentityService:
         bundle = grpc.unary_unary_rpc_method_handler(
             self.GetTrustBundle, request_deserializer=ca_proto.TrustBundleRequest.FromString,
             response_serializer=ca_proto.TrustBundleResponse.SerializeToString)
+        watch = grpc.unary_stream_rpc_method_handler(
+            self.WatchTrustBundle, request_deserializer=ca_proto.TrustBundleRequest.FromString,
+            response_serializer=ca_proto.TrustBundleResponse.SerializeToString)
         server.add_generic_rpc_handlers((
             grpc.method_handlers_generic_handler(ca_proto.ISTIO_SERVICE, {"CreateCertificate": create}),
-            grpc.method_handlers_generic_handler(ca_proto.BUNDLE_SERVICE, {"Get": bundle})))
+            grpc.method_handlers_generic_handler(ca_proto.BUNDLE_SERVICE, {"Get": bundle, "Watch": watch})))
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    def bundle_changed(self, *_: object) -> None:
+        """Every Watch stream sends the bundle again (a RootRotation listener)."""
+        for event in self._watchers:
+            event.set()
 
     async def CreateCertificate(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         caller: Caller | None = None
         try:
-            caller = await self._caller(context.invocation_metadata() or ())
+            caller = await self._caller(context)
             entitled = SpiffeId(self.ca.trust_domain, caller.namespace, caller.service_account)
             chain = self.ca.sign_csr(request.csr, entitled, float(request.validity_duration) or None)
         except _Refusal as err:
@@ -99,8 +116,24 @@ class IdentityService:
         return ca_proto.TrustBundleResponse(trust_domain=self.ca.trust_domain,
                                             roots=self.ca.trust_bundle_pem())
 
-    async def _caller(self, metadata: Any) -> Caller:
-        values = [v for k, v in metadata if k.lower() == "authorization"]
+    async def WatchTrustBundle(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                               ) -> AsyncIterator[Any]:
+        wake = asyncio.Event()
+        self._watchers.add(wake)
+        try:
+            sent: list[str] | None = None
+            while True:
+                roots = self.ca.trust_bundle_pem()
+                if roots != sent:
+                    sent = roots
+                    yield ca_proto.TrustBundleResponse(trust_domain=self.ca.trust_domain, roots=roots)
+                await wake.wait()
+                wake.clear()
+        finally:
+            self._watchers.discard(wake)
+
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        values = [v for k, v in context.invocation_metadata() or () if k.lower() == "authorization"]
         if len(values) != 1:
             raise _Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token",
                                 "no `authorization: Bearer <token>` metadata" if not values
@@ -110,6 +143,8 @@ class IdentityService:
         if scheme.lower() != "bearer" or not token:
             raise _Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token",
                                 "the authorization metadata is not `Bearer <token>`")
+        if in_the_clear(context):
+            self.clear_tokens.seen("a certificate request's bearer token", context.peer())
         caller = await self.authenticator.authenticate(token)
         if caller is None:
             raise _Refusal(grpc.StatusCode.UNAUTHENTICATED, "bad_token",
@@ -138,6 +173,12 @@ class CaCollector(Collector):
         expiry = self.service.ca.issuer.cert.not_valid_after_utc.timestamp()
         yield GaugeMetricFamily("meshpy_control_ca_expiry_timestamp_seconds",
                                 "when the CA's signing certificate expires (Unix time)", value=expiry)
+        yield CounterMetricFamily("meshpy_control_tokens_in_the_clear",
+                                  "bearer tokens received over a plaintext gRPC port (no --grpc-tls-names)",
+                                  value=self.service.clear_tokens.count)
+        yield GaugeMetricFamily("meshpy_control_ca_bundle_watchers",
+                                "sidecars watching the trust bundle (TrustBundle/Watch streams open)",
+                                value=self.service.watchers)
         yield GaugeMetricFamily("meshpy_control_ca_trust_bundle_roots",
                                 "roots in the published trust bundle (2 while a rotation overlaps)",
                                 value=len(self.service.ca.trust_bundle()))

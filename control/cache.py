@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -59,29 +59,51 @@ class Snapshot:
     # A version per type: a change of endpoints re-sends EDS alone, not all four types to every node
     # (the scale benchmark measured 4 pushes and ACKs per node per change before this).
     type_versions: Mapping[str, str]
+    # The snapshot this one was made `like` (see make_snapshot), and the types it took from it whole:
+    # what `check` need not look at again.
+    like: Snapshot | None = field(default=None, compare=False, repr=False)
+    same_types: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    checked: list[list[str]] = field(default_factory=list, compare=False, repr=False)  # check's answer
 
     def of(self, type_url: str) -> Mapping[str, Message]:
         return self.resources.get(type_url, {})
 
 
-def make_snapshot(resources: Resources) -> Snapshot:
-    digest = hashlib.sha256()
-    packed: dict[str, dict[str, any_pb2.Any]] = {}
-    versions: dict[str, dict[str, str]] = {}
+def make_snapshot(resources: Resources, like: Snapshot | None = None) -> Snapshot:
+    """The snapshot of `resources`. With `like`, a snapshot whose resources are mostly the same message
+    objects (a node set that adds a listener to every node's): what they share is neither packed nor
+    checked again, which makes a set per workload cost what it adds, not what every node has."""
+    packed: dict[str, Mapping[str, any_pb2.Any]] = {}
+    versions: dict[str, Mapping[str, str]] = {}
     type_versions: dict[str, str] = {}
+    same: set[str] = set()
     for type_url in PUSH_ORDER:
-        packed[type_url], versions[type_url] = {}, {}
+        items = resources.get(type_url, {})
+        before = like.resources.get(type_url, {}) if like is not None else {}
+        if like is not None and (items is before or (len(items) == len(before) and all(
+                before.get(n) is m for n, m in items.items()))):
+            packed[type_url], versions[type_url] = like.packed[type_url], like.versions[type_url]
+            type_versions[type_url] = like.type_versions[type_url]
+            same.add(type_url)
+            continue
+        packed_here: dict[str, any_pb2.Any] = {}
+        versions_here: dict[str, str] = {}
         type_digest = hashlib.sha256()
-        for name, msg in sorted(resources.get(type_url, {}).items()):
-            data = msg.SerializeToString(deterministic=True)
-            entry = type_url.encode() + b"\0" + name.encode() + b"\0" + data
-            digest.update(entry)
-            type_digest.update(entry)
-            packed[type_url][name] = any_pb2.Any(type_url=type_url, value=data)
-            versions[type_url][name] = hashlib.sha256(data).hexdigest()[:16]
+        for name, msg in sorted(items.items()):
+            if like is not None and before.get(name) is msg:
+                any_msg, version = like.packed[type_url][name], like.versions[type_url][name]
+            else:
+                data = msg.SerializeToString(deterministic=True)
+                any_msg = any_pb2.Any(type_url=type_url, value=data)
+                version = hashlib.sha256(data).hexdigest()[:16]
+            packed_here[name], versions_here[name] = any_msg, version
+            # The type's version hashes each resource's, not its bytes again.
+            type_digest.update(name.encode() + b"\0" + version.encode() + b"\0")
+        packed[type_url], versions[type_url] = packed_here, versions_here
         type_versions[type_url] = type_digest.hexdigest()[:16]
+    digest = hashlib.sha256("".join(f"{t}\0{v}\0" for t, v in type_versions.items()).encode())
     full = {t: dict(resources.get(t, {})) for t in PUSH_ORDER}
-    return Snapshot(digest.hexdigest()[:16], full, packed, versions, type_versions)
+    return Snapshot(digest.hexdigest()[:16], full, packed, versions, type_versions, like, frozenset(same))
 
 
 def _route_clusters(rc: route_pb2.RouteConfiguration) -> Iterable[tuple[str, str]]:
@@ -113,45 +135,70 @@ def _listener_rds(lis: listener_pb2.Listener) -> Iterable[str]:
 
 
 def check(snap: Snapshot) -> list[str]:
-    """Why `snap` cannot be published; empty when it can."""
+    """Why `snap` cannot be published; empty when it can. For a snapshot made like a good one, only what
+    differs from it is looked at (the rest was found good there, against the same resources)."""
+    if snap.checked:
+        return list(snap.checked[0])
+    like = snap.like if snap.like is not None and not check(snap.like) else None
+    same = snap.same_types if like is not None else frozenset()
     errors: list[str] = []
     for type_url, packed in snap.packed.items():
+        if type_url in same:
+            continue  # as big as in `like`
         size = sum(len(a.value) for a in packed.values())
         if size > MAX_TYPE_BYTES:
             kind = type_url.rsplit(".", 1)[-1]
             errors.append(f"{kind} resources total {size / 2**20:.1f} MiB, over the "
                           f"{MAX_TYPE_BYTES / 2**20:.2f} MiB one response may carry")
     clusters = snap.of(CLUSTER)
-    for rc in snap.of(ROUTE).values():
-        assert isinstance(rc, route_pb2.RouteConfiguration)
-        for where, name in _route_clusters(rc):
-            if name not in clusters:
-                errors.append(f"{where}: cluster '{name}' does not exist")
-    for name, c in clusters.items():
-        assert isinstance(c, cluster_pb2.Cluster)
-        if c.type == cluster_pb2.Cluster.EDS:
-            wanted = c.eds_cluster_config.service_name or name
-            if wanted not in snap.of(ENDPOINT):
-                errors.append(f"Cluster '{name}': no ClusterLoadAssignment '{wanted}' for its endpoints")
+    if not {ROUTE, CLUSTER} <= same:
+        for rc in snap.of(ROUTE).values():
+            assert isinstance(rc, route_pb2.RouteConfiguration)
+            for where, name in _route_clusters(rc):
+                if name not in clusters:
+                    errors.append(f"{where}: cluster '{name}' does not exist")
+    if not {CLUSTER, ENDPOINT} <= same:
+        for name, c in clusters.items():
+            assert isinstance(c, cluster_pb2.Cluster)
+            if c.type == cluster_pb2.Cluster.EDS:
+                wanted = c.eds_cluster_config.service_name or name
+                if wanted not in snap.of(ENDPOINT):
+                    errors.append(f"Cluster '{name}': no ClusterLoadAssignment '{wanted}' for its endpoints")
+    known = like.of(LISTENER) if like is not None and ROUTE in same else {}
     for name, lis in snap.of(LISTENER).items():
         assert isinstance(lis, listener_pb2.Listener)
+        if known.get(name) is lis:
+            continue  # the same listener, checked against the same routes
         for rds in _listener_rds(lis):
             if rds not in snap.of(ROUTE):
                 errors.append(f"Listener '{name}': no RouteConfiguration '{rds}'")
-    return errors
+    snap.checked.append(errors)
+    return list(errors)
 
 
 @dataclass(frozen=True)
 class NodeSelector:
-    """Nodes of one Envoy `node.cluster` (when set) whose `node.metadata` holds all of `metadata`."""
+    """Nodes of one Envoy `node.cluster` (when set) whose `node.metadata` holds all of `metadata`, and
+    (when `namespace` is set) whose `node.id` ends in `.<namespace>`: `meshpy inject` names a sidecar
+    `<pod>.<namespace>`, and a Kubernetes namespace has no dot, so this tells apart the workloads of two
+    namespaces that share a name."""
 
     cluster: str | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    namespace: str | None = None
 
-    def matches(self, cluster: str, metadata: Mapping[str, str]) -> bool:
+    def matches(self, cluster: str, metadata: Mapping[str, str], node_id: str = "") -> bool:
         if self.cluster is not None and cluster != self.cluster:
             return False
+        if self.namespace is not None:
+            _, dot, namespace = node_id.rpartition(".")
+            if not dot or namespace != self.namespace:
+                return False
         return all(metadata.get(k) == v for k, v in self.metadata)
+
+    def describe(self) -> str:
+        where = f" in namespace {self.namespace}" if self.namespace is not None else ""
+        return f"node cluster {self.cluster}{where}"
 
 
 class SnapshotCache:
@@ -186,7 +233,7 @@ class SnapshotCache:
         for node, snap in (by_node or {}).items():
             errors += [f"node {node}: {e}" for e in check(snap)]
         for selector, snap in (by_selector or {}).items():
-            errors += [f"node cluster {selector.cluster}: {e}" for e in check(snap)]
+            errors += [f"{selector.describe()}: {e}" for e in check(snap)]
         if errors:
             raise InconsistentSnapshot(errors)
         self._default = shared
@@ -206,7 +253,7 @@ class SnapshotCache:
         if found is not None:
             return found
         for selector, snap in self._by_selector.items():
-            if selector.matches(cluster, metadata or {}):
+            if selector.matches(cluster, metadata or {}, node_id):
                 return snap
         return self._default
 

@@ -6,8 +6,10 @@ The stream proves whose it is with `authorization: Bearer <token>` in its gRPC m
 `grpc_services[].initial_metadata`), checked like a CSR's (bootstrap tokens, Kubernetes TokenReview):
 a stream without a valid token gets no identity secrets, and asking for them is logged. Each identity's
 pair is made once and made again at half its life; then every stream is woken, and those of that
-identity get the new one. meshpy sidecars do not need this: they make their own keys (a CSR), and a
-key made here crosses the network, which is why the ADS port should be on a trusted network or TLS.
+identity get the new one. A change of the trust bundle (control/ca_rotation.py) reaches every node the
+same way: a new ROOTCA, and after a rotation new pairs from the new CA at once. meshpy sidecars do not
+need this: they make their own keys (a CSR), and a key made here crosses the network, which is why the
+ADS port should be on loopback or serve TLS (control/serving_tls.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 
 from control.ca import CertificateAuthority
-from control.ca_auth import Authenticator
+from control.ca_auth import Authenticator, ClearTokens
+from control.ca_rotation import BundleChange
 from control.cache import SECRET, Snapshot, make_snapshot
 from meshpy.identity.spiffe import SpiffeId
 from meshpy.xds.secrets import SecretMessage
@@ -60,12 +63,16 @@ class NodeIdentities:
         self._issued: dict[SpiffeId, _Issued] = {}
         self._overlays: dict[tuple[str, SpiffeId, float], Snapshot] = {}
         self.issued = 0
+        self.clear_tokens = ClearTokens()  # the CA service's, when both run (one warning per process)
 
-    async def identify(self, metadata: Any, node: str) -> SpiffeId | None:
-        """The identity a stream's metadata proves, or None (no token, or one that is not valid)."""
+    async def identify(self, metadata: Any, node: str, clear: bool = False) -> SpiffeId | None:
+        """The identity a stream's metadata proves, or None (no token, or one that is not valid). `clear`:
+        the stream came over a plaintext port."""
         token = bearer(metadata)
         if token is None:
             return None
+        if clear:
+            self.clear_tokens.seen("an ADS stream's bearer token", f"node {node}")
         caller = await self.authenticator.authenticate(token)
         if caller is None:
             log.warning("node %s: the ADS stream's bearer token is not valid: no identity for it", node)
@@ -102,6 +109,14 @@ class NodeIdentities:
                 self._overlays.clear()
             found = self._overlays[key] = make_snapshot(resources)
         return found
+
+    def bundle_changed(self, change: BundleChange, wake: Callable[[], None]) -> None:
+        """A new trust bundle for every node; after a rotation (`change.signing`) new pairs too, signed by
+        the new CA (its root is already trusted: it was staged first). `wake` pushes them."""
+        self._overlays.clear()
+        if change.signing:
+            self._issued.clear()
+        wake()
 
     def due(self) -> bool:
         """Whether some pair is past half its life (streams must be woken to get a new one)."""

@@ -26,7 +26,7 @@ from control.admin import MAX_HEAD, ControlAdmin
 from control.ads import AdsServer, add_to_server
 from control.ca_cli import CaOptions
 from control.ca_files import CaSetupError
-from control.ca_service import CaCollector
+from control.ca_plane import CaPlane
 from control.cache import (
     InconsistentSnapshot,
     NodeSelector,
@@ -35,16 +35,17 @@ from control.cache import (
     SnapshotCache,
     make_snapshot,
 )
-from control.node_identity import NodeIdentities
 from control.sources import kubernetes_cli
 from control.sources.envoy_dir import SourceError
 from control.sources.kubernetes_cli import KubernetesOptions
+from control.sources.kubernetes_inbound import InboundSets, Workloads
 from control.sources.kubernetes_meshpy import meshpy_dir_beside_kubernetes
 from control.sources.meshpy_dir import load_meshpy_dir
 from control.sources.nodes import Layers, Loader, envoy_layer, layered_fingerprint, load_layers
 
 if TYPE_CHECKING:
     from control.sources.kubernetes import KubernetesSource
+    from control.sources.kubernetes_rootcert import RootCertWriter
 
 log = logging.getLogger("meshpy.control")
 
@@ -69,6 +70,7 @@ class Publisher:
         self.pending: Layers | None = None  # read, not published yet
         self.kube: Resources | None = None if kubernetes else {}  # None until the first complete list
         self._replaced: set[tuple[str, str]] = set()
+        self.inbound = InboundSets()  # the Kubernetes source's per-workload inbound listeners
 
     def load_directory(self, source: Path, loader: Loader = envoy_layer) -> bool:
         """Read and publish the directory; False (and the old snapshot stays) if it is not good."""
@@ -80,8 +82,8 @@ class Publisher:
             return self._count(False)
         return self._count(self._publish(str(source)))
 
-    def kubernetes(self, resources: Resources) -> None:
-        self.kube = resources
+    def kubernetes(self, resources: Resources, workloads: Workloads | None = None) -> None:
+        self.kube, self.inbound.workloads = resources, workloads or {}
         self._publish("kubernetes")
 
     def _count(self, ok: bool) -> bool:
@@ -121,11 +123,13 @@ class Publisher:
 
     def _publish_layers(self, layers: Layers, kube: Resources) -> Snapshot:
         snap = make_snapshot(self._merge(layers.shared, kube))
+        by_selector = self.inbound.snapshots(layers, kube, self._merge, snap)  # first: more specific
+        by_selector.update({NodeSelector(cluster=name): make_snapshot(self._merge(r, kube))
+                            for name, r in layers.by_cluster.items()})
         self.cache.publish(
             snap,
             {node: make_snapshot(self._merge(r, kube)) for node, r in layers.by_node.items()},
-            {NodeSelector(cluster=name): make_snapshot(self._merge(r, kube))
-             for name, r in layers.by_cluster.items()},
+            by_selector,
         )
         return snap
 
@@ -174,12 +178,13 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
         log.error("%s: no good initial config; serving nothing until the source is fixed", source)
     ca = ca or CaOptions()
     try:
-        authority = ca_cli.open_ca(ca)  # before the Kubernetes client, which must be closed once made
+        plane = CaPlane(ca)  # before the Kubernetes client, which must be closed once made
     except CaSetupError as err:
         log.error("ca: %s", err)
         return 1
     collectors: list[Collector] = []
     kube: KubernetesSource | None = None
+    roots: RootCertWriter | None = None
     if kubernetes is not None:
         # Imported here: only this source needs the Kubernetes client, which is slow to import.
         from control.sources import kubernetes as k8s
@@ -191,8 +196,15 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
             return 1
         kube = k8s.KubernetesSource(api, publisher.kubernetes, namespaces=kubernetes.namespaces,
                                     cluster_domain=kubernetes.cluster_domain, listeners=kubernetes.listeners,
-                                    trust_domain=ca.trust_domain)
+                                    trust_domain=ca.trust_domain, inbound=kubernetes.inbound)
         collectors.append(k8s.KubernetesCollector(kube.counters))
+        if kubernetes.root_cert:  # the roots for injected sidecars, in every namespace (same client)
+            from control.sources import kubernetes_rootcert as rc
+
+            roots = rc.RootCertWriter(api, plane.authority.trust_bundle_pem, namespaces=kubernetes.namespaces,
+                                      counters=kube.counters)
+            plane.rotation.listeners.append(roots.bundle_changed)
+            collectors.append(rc.RootCertCollector(roots))
     ads = AdsServer(cache)
     # grpc sheds streams beyond 1,000 waiting to be picked up (3,000 hard): a fleet reconnecting at
     # once (a control-plane restart) would see a storm of CANCELLED; these only lift the shedding.
@@ -203,32 +215,27 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
                                       ("grpc.so_reuseport", 0)])
     add_to_server(ads, server)
     # The CA's services share the ADS port; with the Kubernetes source, pods' tokens go to TokenReview.
-    identity = ca_cli.identity_service(authority, ca, kube.api if kube is not None else None)
-    identity.add_to_server(server)
-    # Envoy nodes cannot send a CSR: their key pairs are made here and go out over SDS (the same tokens).
-    ads.identities = NodeIdentities(authority, identity.authenticator)
-    collectors.append(CaCollector(identity))
+    collectors.append(plane.attach(server, ads, cache, kube.api if kube is not None else None))
     tasks: list[asyncio.Task[None]] = []
     admin_server = None
     try:
-        try:
-            bound = server.add_insecure_port(listen)
-        except RuntimeError:  # (grpcio raises where it once returned 0)
-            bound = 0
+        bound = plane.add_port(server, listen)
         if bound == 0:
             log.error("cannot listen on %s (in use, or not an address of this host)", listen)
             return 1
         if admin is not None:
             host, _, port = admin.rpartition(":")
             try:
-                handler = ControlAdmin(ads, cache, loads, collectors).handle
+                handler = ControlAdmin(ads, cache, loads, collectors, plane.admin).handle
                 admin_server = await asyncio.start_server(handler, host, int(port), limit=MAX_HEAD)
             except (OSError, ValueError) as err:
                 log.error("cannot listen on %s for the admin: %s", admin, err)
                 return 1
         await server.start()
         names = [str(source)] * (source is not None) + ["kubernetes"] * (kubernetes is not None)
-        log.info("ADS and CA on %s, admin on %s, source %s", listen, admin or "-", " and ".join(names))
+        tls = f"TLS as {', '.join(ca.grpc_tls_names)}" if ca.grpc_tls_names else "plaintext"
+        log.info("ADS and CA on %s (%s), admin on %s, source %s", listen, tls, admin or "-",
+                 " and ".join(names))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -237,7 +244,9 @@ async def serve(listen: str, source: Path | None, admin: str | None = None,
             tasks.append(asyncio.create_task(watch_dir(publisher, source, poll_interval, loader)))
         if kube is not None:
             tasks.append(asyncio.create_task(kube.run()))
-        tasks.append(asyncio.create_task(ads.identities.renew(cache.poke)))
+        if roots is not None:
+            tasks.append(asyncio.create_task(roots.run()))
+        tasks.extend(asyncio.create_task(job) for job in plane.tasks(cache))
         await stop.wait()
     finally:
         for task in tasks:
@@ -262,9 +271,10 @@ def run_cli(args: argparse.Namespace) -> int:
         print("meshpy control: a source is needed: --envoy-dir, --meshpy-dir or --kubernetes",
               file=sys.stderr)
         return 2
-    if kubernetes is None and (args.kubeconfig or args.namespace or not args.kubernetes_listeners):
-        print("meshpy control: --kubeconfig, --namespace and --no-kubernetes-listeners are options of "
-              "--kubernetes", file=sys.stderr)
+    if kubernetes is None and (args.kubeconfig or args.namespace or not args.kubernetes_listeners
+                               or not args.kubernetes_inbound or not args.kubernetes_root_cert):
+        print("meshpy control: --kubeconfig, --namespace, --no-kubernetes-listeners, --no-kubernetes-inbound "
+              "and --no-kubernetes-root-cert are options of --kubernetes", file=sys.stderr)
         return 2
     directory = args.envoy_dir or args.meshpy_dir
     source = Path(directory) if directory else None

@@ -1,7 +1,8 @@
 """`meshpy validate --kubernetes FILE`: Kubernetes manifests checked for what `meshpy control
 --kubernetes` would make of them: the Services and EndpointSlices in the files become the clusters,
-endpoint assignments and outbound listeners the control plane would push, each put through the proxy's
-own checks; what it would leave out is said, and so is every object that does not feed it."""
+endpoint assignments and outbound listeners the control plane would push (and the inbound listeners of
+the workloads of Services annotated security.meshpy.io/mtls), each put through the proxy's own checks;
+what it would leave out is said, and so is every object that does not feed it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import Any
 
 import yaml
 
+from control.cache import CLUSTER, LISTENER
 from control.sources.envoy_dir import proxy_check
+from control.sources.kubernetes_identity import IDENTITY_ANNOTATION, annotated_accounts
+from control.sources.kubernetes_inbound import inbound
 from control.sources.kubernetes_meshpy import meshpy_dir_beside_kubernetes
-from control.sources.kubernetes_resources import IP_ADDRESS_TYPES, SERVICE_NAME_LABEL, translate
+from control.sources.kubernetes_resources import IP_ADDRESS_TYPES, SERVICE_NAME_LABEL, mtls_mode, translate
 from control.validate import validate_dir
 from meshpy.errors import ConfigError
 
@@ -125,6 +129,10 @@ def validate_kubernetes(files: list[str], domain: str = "cluster.local") -> bool
                                  "listeners come with it")
                 obj.setdefault("metadata", {}).setdefault("namespace", "default")
                 services.append(obj)
+                if mtls_mode(obj, []) in ("strict", "permissive") and annotated_accounts(obj) is None:
+                    notes.append(f"{where}: its callers will expect the service accounts of its pods, which "
+                                 f"only the API knows: checked here without ({IDENTITY_ANNOTATION} names "
+                                 "them instead)")
             elif kind == "EndpointSlice":
                 meta = obj.get("metadata") or {}
                 if not (meta.get("labels") or {}).get(SERVICE_NAME_LABEL):
@@ -137,7 +145,12 @@ def validate_kubernetes(files: list[str], domain: str = "cluster.local") -> bool
             elif kind not in ("ConfigMap", *_WORKLOADS):
                 notes.append(_not_read(where, obj))
     result = translate(services, slices, domain)
-    notes += result.skipped
+    found = inbound(services, slices)
+    result.resources[CLUSTER].update(found.clusters)
+    for selector, generated in found.workloads.items():
+        for name, msg in generated[LISTENER].items():
+            result.resources[LISTENER][f"{name} ({selector.describe()})"] = msg
+    notes += (*result.skipped, *found.skipped)
     for url, named in result.resources.items():
         for name, msg in named.items():
             try:

@@ -37,6 +37,7 @@ def _cert(info: CertInfo, source: str) -> dict[str, Any]:
         "path": source,
         "serial_number": info.serial,
         "subject": info.subject,
+        "issuer": info.issuer,  # not in Envoy's /certs: which root signed it, during a rotation
         "subject_alt_names": sans,
         "days_until_expiration": str(info.days_until_expiry(now)),
         "valid_from": info.not_before.isoformat(),

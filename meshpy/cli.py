@@ -1,4 +1,4 @@
-"""Command line: argv -> run / validate / control / iptables / inject / wait / drain / demo-upstream.
+"""Command line: argv -> run / validate / control / ca / iptables / inject / wait / drain / demo-upstream.
 Nothing else lives here: each subcommand's options and work belong to the module it names."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from meshpy.errors import ConfigError
 from meshpy.model.types import DEFAULT_ADMIN, Config
 
 if TYPE_CHECKING:
+    from meshpy.identity.control_trust import ControlPlaneTrust
     from meshpy.identity.local import IdentityOptions
 
 
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     xds.add_argument("--node-id", help="this proxy's node id, as the control plane knows it")
     xds.add_argument("--node-cluster", default="", help="this proxy's node cluster (its service)")
     xds.add_argument("--xds-delta", action="store_true", help="incremental (delta) ADS")
+    xds.add_argument("--xds-ca", metavar="FILE",
+                     help="the control plane serves TLS (meshpy control --grpc-tls-names): its root "
+                          "certificates (PEM), to check it with; xDS and the CA are then reached over TLS")
     xds.add_argument("--admin", metavar="HOST:PORT",
                      help=f"admin listener when no config file is given (default {DEFAULT_ADMIN})")
 
@@ -88,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--admin", default="127.0.0.1:18001",
                      help="address of the admin listener (/ready, /metrics, /nodes)")
     ctl.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    from control import ca_command
+
+    ca_cmd = sub.add_parser("ca", help="rotate the mesh's root: stage, rotate, retire, status (through the "
+                                       "control plane's admin)")
+    ca_command.add_arguments(ca_cmd)
 
     ipt = sub.add_parser("iptables", help="install the nat rules that send a pod's TCP through its sidecar "
                                           "(run by an init container, as root)")
@@ -148,6 +158,10 @@ def _check_tls(config: Config) -> None:
     for i, c in enumerate(config.clusters):
         if c.tls is not None and not names(c):
             client_context(c.tls, f"clusters[{i}].tls")
+    if config.xds is not None and config.xds.tls is not None:
+        from meshpy.xds.ads_tls import WHERE
+
+        client_context(config.xds.tls, WHERE)  # the bootstrap's ADS cluster: its files are read at start
 
 
 def _validate(files: Sequence[str]) -> int:
@@ -187,7 +201,8 @@ def _validate(files: Sequence[str]) -> int:
         else:
             kinds = f"{len(config.listeners)} listeners, {len(config.clusters)} clusters"
             if config.xds is not None:
-                kinds += f", xDS from {config.xds.server} ({'delta' if config.xds.delta else 'sotw'})"
+                kinds += (f", xDS from {config.xds.server} ({'delta' if config.xds.delta else 'sotw'}"
+                          f"{', TLS' if config.xds.tls is not None else ''})")
             print(f"{path}: ok ({config.source_format} format, {kinds})")
             if not config.listeners and config.xds is None:
                 print(f"{path}: warning: {NOTHING_TO_SERVE}")
@@ -220,6 +235,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise ValueError("--admin is for the short form; a config file sets its own admin address")
             admin = parse_address(args.admin)
         identity = _identity(args)
+        control_trust = _control_trust(args)
     except ValueError as err:
         print(f"meshpy run: {err}", file=sys.stderr)
         return 2
@@ -229,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         pidfile.write(args.pid_file)
     try:
         return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin,
-                                                  identity))
+                                                  identity, control_trust))
     finally:
         if args.pid_file:
             pidfile.remove(args.pid_file)
@@ -255,6 +271,17 @@ def _identity(args: argparse.Namespace) -> IdentityOptions | None:
     if args.identity_ttl is not None and args.identity_ttl <= 0:
         raise ValueError("--identity-ttl must be > 0")
     return IdentityOptions(spiffe_id, ca, args.ca_token, args.identity_ttl)
+
+
+def _control_trust(args: argparse.Namespace) -> ControlPlaneTrust | None:
+    """--xds-ca, read and checked now (ValueError says what is wrong)."""
+    if not args.xds_ca:
+        return None
+    from meshpy.identity.control_trust import ControlPlaneTrust
+
+    trust = ControlPlaneTrust(args.xds_ca)
+    trust.check()
+    return trust
 
 
 def _ports(text: str) -> tuple[int, ...]:
@@ -334,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from control.server import run_cli
 
         return run_cli(args)
+    if args.command == "ca":
+        from control import ca_command
+
+        return ca_command.run(args)
     if args.command == "iptables":
         return _iptables(args)
     if args.command == "inject":

@@ -21,7 +21,9 @@ from meshpy.model.load import NOTHING_TO_SERVE, load_file
 from meshpy.model.types import DEFAULT_ADMIN, Address, Admin, Config, XdsSource
 
 if TYPE_CHECKING:
+    from meshpy.identity.control_trust import ControlPlaneTls
     from meshpy.identity.local import IdentityOptions, LocalIdentity
+    from meshpy.xds.ads_tls import AdsClusterTls
     from meshpy.xds.client import AdsClient
 
 log = logging.getLogger("meshpy")
@@ -88,9 +90,12 @@ class FileSource:
 
 async def serve(path: str | None, drain_time: float | None = None, grace_time: float | None = None,
                 xds: XdsSource | None = None, admin: Address | None = None,
-                identity: IdentityOptions | None = None) -> int:
+                identity: IdentityOptions | None = None,
+                control_trust: ControlPlaneTls | None = None) -> int:
     """Serve `path` (may be None with `xds`); `xds` from the command line replaces the file's.
-    `identity`: get this workload's certificate from the mesh's CA first, and keep it renewed."""
+    `identity`: get this workload's certificate from the mesh's CA first, and keep it renewed.
+    `control_trust`: the control plane (xDS and the CA) serves TLS, checked with those roots (--xds-ca);
+    a bootstrap's ADS cluster may say it instead (its transport_socket: meshpy.xds.ads_tls)."""
     loop = asyncio.get_running_loop()
     origin = path or "--xds"
     try:
@@ -101,18 +106,46 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
         return 1
     if xds is not None:
         config = replace(config, xds=xds)
+    ads_tls: AdsClusterTls | None = None
+    if config.xds is not None and config.xds.tls is not None:
+        if control_trust is not None:
+            print(f"{origin}: --xds-ca and the ADS cluster's transport_socket both say how to check the "
+                  "control plane: give one (or --xds, which replaces the bootstrap's ADS server)", flush=True)
+            return 1
+        from meshpy.xds.ads_tls import AdsClusterTls
+
+        try:
+            ads_tls = AdsClusterTls(config.xds.server, config.xds.tls, config.xds.connect_timeout)
+            ads_tls.check()
+        except ValueError as err:
+            print(f"{origin}: {err}", flush=True)
+            return 1
     app = App(loop, drain_time=drain_time, grace_time=grace_time)
+    xds_trust: ControlPlaneTls | None = control_trust
+    ca_trust: ControlPlaneTls | None = control_trust
+    if ads_tls is not None:
+        try:
+            await ads_tls.start(app.tasks)
+        except OSError as err:
+            print(f"{origin}: no private socket for the ADS stream's TLS in the temporary directory "
+                  f"(TMPDIR): {err}", flush=True)
+            await _close(app, ads_tls)
+            return 1
+        xds_trust = ads_tls
+        # The CA on the ADS server (meshpy control) is reached the same way, and the bundle it sends is
+        # trusted for both, as with --xds-ca.
+        ca_trust = ads_tls if identity is not None and identity.ca == ads_tls.server else None
     local: LocalIdentity | None = None
     if identity is not None:
         from meshpy.identity.local import LocalIdentity
 
         # The certificate comes first: a config that names `default` or `ROOTCA` is served with it.
-        local = LocalIdentity(app, identity)
+        local = LocalIdentity(app, identity, ca_trust)
         if not await local.start(IDENTITY_WAIT):
             print(f"{origin}: no certificate from the CA at {identity.ca} within {IDENTITY_WAIT:g} s "
                   f"(see the log)", flush=True)
             await local.close()
-            await app.close()
+            await _close(app, ads_tls)
             return 1
     if config.xds is not None:
         app.hold_initialization()  # /ready waits for the control plane's initial config
@@ -121,7 +154,7 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
     except ConfigError as err:
         for issue in err.issues:
             print(f"{origin}: {issue}", flush=True)
-        await app.close()
+        await _close(app, ads_tls)
         return 1
     if not config.listeners and config.xds is None:
         log.warning("%s: %s", origin, NOTHING_TO_SERVE)
@@ -129,7 +162,7 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
     if config.xds is not None:
         from meshpy.xds.client import AdsClient
 
-        client = AdsClient(app, config, config.xds)
+        client = AdsClient(app, config, config.xds, xds_trust)
         app.xds_status = client.status
         client.start()
     loop.add_signal_handler(signal.SIGTERM, app.shutdown)
@@ -153,5 +186,13 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if ads_tls is not None:
+            await ads_tls.close()
     log.info("stopped")
     return 0
+
+
+async def _close(app: App, ads_tls: AdsClusterTls | None) -> None:
+    if ads_tls is not None:
+        await ads_tls.close()
+    await app.close()

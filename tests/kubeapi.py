@@ -1,18 +1,26 @@
-"""A Kubernetes API server for tests: list and watch of Services and EndpointSlices over real HTTP on
-127.0.0.1, as the real one speaks them, with the faults a control plane must survive.
+"""A Kubernetes API server for tests: list and watch of Services, EndpointSlices, Pods, ConfigMaps and
+Namespaces over real HTTP on 127.0.0.1, as the real one speaks them, with the faults a control plane must
+survive; ConfigMaps are also created, read and replaced (tests/kubeapi_writes.py).
 
-- list: `{kind}List` with `metadata.resourceVersion`, paged with `limit` / `continue`;
+- list: `{kind}List` with `metadata.resourceVersion`, paged with `limit` / `continue`, filtered by a
+  `fieldSelector` on `metadata.name` / `metadata.namespace`;
 - watch (`?watch=1&resourceVersion=N`): the events after N from the history, then live ones, one JSON
   line each (`{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}`), ended after
   `timeoutSeconds`;
 - a watch from a version older than the history gets what the real server sends: a 200 with an ERROR
   event carrying a Status of code 410 (or, with `gone_as_status`, an HTTP 410);
 - TokenReview (POST, as the control plane's CA checks a pod's token): tokens the test registered with
-  `add_token` belong to that service account; any other is `status.authenticated: false`;
+  `add_token` belong to that service account and carry their audiences (by default `meshpy-ca`, what
+  `meshpy inject`'s projected token asks for); a review's audiences (none: the API server's own) are
+  intersected with the token's, and an empty intersection, or any other token, is
+  `status.authenticated: false`, as the real server answers; `ignores_audiences` plays an API server
+  that answers as if none had been asked, and `reviews` keeps every review's spec;
 - the test changes objects (`apply`, `delete`), expires every watch (`expire`), cuts every connection
-  (`drop`), refuses connections for a while (`refuse` / `accept`) and answers errors (`fail_next`).
+  (`drop`), refuses connections for a while (`refuse` / `accept`), answers errors (`fail_next`) and
+  refuses writes in a namespace (`deny` / `allow`).
 
-`ThreadedKubeApi` runs one in a thread of its own, for tests that drive processes synchronously.
+`ThreadedKubeApi` runs one in a thread of its own, for tests that drive processes synchronously; the
+objects tests give it are built by tests/kubeobjects.py.
 """
 
 from __future__ import annotations
@@ -22,108 +30,38 @@ import contextlib
 import copy
 import json
 import threading
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from kubeapi_writes import (
+    CONFIGMAPS,
+    NAMESPACES,
+    PODS,
+    SERVICES,
+    SLICES,
+    Writes,
+    selects,
+    status,
+    write_kubeconfig,
+)
 
-SERVICES, SLICES = "services", "endpointslices"
-_LIST_KIND = {SERVICES: ("ServiceList", "v1"), SLICES: ("EndpointSliceList", "discovery.k8s.io/v1")}
+from meshpy.identity.spiffe import DEFAULT_TOKEN_AUDIENCE
+
+__all__ = ["CONFIGMAPS", "NAMESPACES", "PODS", "SERVICES", "SLICES", "FakeKubeApi", "ThreadedKubeApi",
+           "status", "write_kubeconfig"]
+_LIST_KIND = {SERVICES: ("ServiceList", "v1"), SLICES: ("EndpointSliceList", "discovery.k8s.io/v1"),
+              PODS: ("PodList", "v1"), CONFIGMAPS: ("ConfigMapList", "v1"),
+              NAMESPACES: ("NamespaceList", "v1")}
+_KIND = {SERVICES: "Service", SLICES: "EndpointSlice", PODS: "Pod", CONFIGMAPS: "ConfigMap",
+         NAMESPACES: "Namespace"}
+_PREFIX = {SERVICES: "/api/v1", SLICES: "/apis/discovery.k8s.io/v1", PODS: "/api/v1", CONFIGMAPS: "/api/v1",
+           NAMESPACES: "/api/v1"}
+_CLUSTER_SCOPED = {NAMESPACES}
+API_AUDIENCE = "https://kubernetes.default.svc"  # what the API server takes a token without audience for
 _END = object()
-
-# Recorded from a real cluster (`kubectl get -o json`, uid and times kept as they were): the shapes the
-# builders below copy, with every field the API sends, not only those the translation reads.
-RECORDED_SERVICE: dict[str, Any] = {
-    "apiVersion": "v1", "kind": "Service",
-    "metadata": {
-        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
-        "creationTimestamp": "2024-05-02T09:14:31Z", "labels": {"app": "orders"}, "name": "orders",
-        "namespace": "shop", "resourceVersion": "48213", "uid": "3f0b7b5e-6f8e-4c55-9a63-0c6b1d2c1f8e"},
-    "spec": {
-        "clusterIP": "10.96.112.7", "clusterIPs": ["10.96.112.7"], "internalTrafficPolicy": "Cluster",
-        "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "targetPort": "http"}],
-        "selector": {"app": "orders"}, "sessionAffinity": "None", "type": "ClusterIP"},
-    "status": {"loadBalancer": {}},
-}
-RECORDED_SLICE: dict[str, Any] = {
-    "addressType": "IPv4", "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-    "endpoints": [{
-        "addresses": ["10.244.1.17"],
-        "conditions": {"ready": True, "serving": True, "terminating": False},
-        "nodeName": "worker-1", "zone": "eu-west-1a",
-        "targetRef": {"kind": "Pod", "name": "orders-7d9c8b6f4-xk2lp", "namespace": "shop",
-                      "uid": "9a1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"}}],
-    "metadata": {
-        "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2024-05-02T09:15:02Z"},
-        "creationTimestamp": "2024-05-02T09:14:31Z", "generateName": "orders-", "generation": 3,
-        "labels": {"app": "orders",
-                   "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-                   "kubernetes.io/service-name": "orders"},
-        "name": "orders-x7q2m", "namespace": "shop",
-        "ownerReferences": [{"apiVersion": "v1", "blockOwnerDeletion": True, "controller": True,
-                             "kind": "Service", "name": "orders",
-                             "uid": "3f0b7b5e-6f8e-4c55-9a63-0c6b1d2c1f8e"}],
-        "resourceVersion": "48240", "uid": "b2d4f6a8-1c3e-4a5b-8d7f-9e0a1b2c3d4e"},
-    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-}
-
-
-def service(name: str, namespace: str = "shop", ports: list[dict[str, Any]] | None = None,
-            **spec: Any) -> dict[str, Any]:
-    svc = copy.deepcopy(RECORDED_SERVICE)
-    svc["metadata"].update(name=name, namespace=namespace, labels={"app": name})
-    # An address of its own, as the API allocates them (listeners are named after it); `spec` may say one.
-    h = zlib.crc32(f"{namespace}/{name}".encode())
-    ip = f"10.96.{h >> 8 & 255}.{h & 255 or 1}"
-    svc["spec"].update(clusterIP=ip, clusterIPs=[ip])
-    svc["spec"]["selector"] = {"app": name}
-    if ports is not None:
-        svc["spec"]["ports"] = ports
-    svc["spec"].update(spec)
-    return svc
-
-
-def endpoint(address: str, ready: bool | None = True, zone: str = "eu-west-1a") -> dict[str, Any]:
-    ep = copy.deepcopy(RECORDED_SLICE["endpoints"][0])
-    ep.update(addresses=[address], zone=zone)
-    if ready is None:
-        del ep["conditions"]["ready"]
-    else:
-        ep["conditions"].update(ready=ready, serving=ready, terminating=False)
-    return ep
-
-
-def endpoint_slice(service_name: str, endpoints: list[dict[str, Any]], namespace: str = "shop",
-                   name: str | None = None, ports: list[dict[str, Any]] | None = None,
-                   address_type: str = "IPv4") -> dict[str, Any]:
-    s = copy.deepcopy(RECORDED_SLICE)
-    s["metadata"].update(name=name or f"{service_name}-abcde", namespace=namespace,
-                         generateName=f"{service_name}-")
-    s["metadata"]["labels"].update({"app": service_name, "kubernetes.io/service-name": service_name})
-    s["metadata"]["ownerReferences"][0]["name"] = service_name
-    s.update(endpoints=endpoints, addressType=address_type)
-    if ports is not None:
-        s["ports"] = ports
-    return s
-
-
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
-
-
-def write_kubeconfig(path: Path, port: int, token: str = "test-token") -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "tester", "user": {"token": token}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester"}}],
-    }))
-    return path
 
 
 @dataclass(eq=False)  # kept in a set, by identity
@@ -131,20 +69,26 @@ class _Watch:
     kind: str
     namespace: str | None
     request: web.Request
+    fields: str = ""  # its fieldSelector
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
 
-class FakeKubeApi:
+class FakeKubeApi(Writes):
     def __init__(self) -> None:
         self.version = 1000
-        self.store: dict[str, dict[tuple[str, str], dict[str, Any]]] = {SERVICES: {}, SLICES: {}}
+        self.store: dict[str, dict[tuple[str, str], dict[str, Any]]] = {kind: {} for kind in _LIST_KIND}
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # (version, kind, type, object)
         self.oldest = 0  # a watch from a version below this is too old (410 Gone)
         self.gone_as_status = False
         self.watches: set[_Watch] = set()
         self.requests: list[tuple[str, dict[str, str], str]] = []  # (path, query, authorization)
         self.failures: list[int] = []
-        self.tokens: dict[str, tuple[str, str]] = {}  # for TokenReview: token -> (namespace, account)
+        # For TokenReview: token -> (namespace, account, the audiences it was made for).
+        self.tokens: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+        self.ignores_audiences = False
+        self.reviews: list[dict[str, Any]] = []
+        self.denied: dict[str, int] = {}  # namespace -> the status every write there gets
+        self.writes: list[tuple[str, str]] = []
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -153,10 +97,11 @@ class FakeKubeApi:
     async def start(self, port: int = 0, extra_routes: Sequence[web.RouteDef] = ()) -> FakeKubeApi:
         app = web.Application()
         app.router.add_routes(extra_routes)
-        for prefix in ("/api/v1", "/apis/discovery.k8s.io/v1"):
-            kind = SERVICES if prefix == "/api/v1" else SLICES
+        for kind, prefix in _PREFIX.items():
             app.router.add_get(f"{prefix}/{kind}", self._handler(kind))
-            app.router.add_get(f"{prefix}/namespaces/{{ns}}/{kind}", self._handler(kind))
+            if kind not in _CLUSTER_SCOPED:
+                app.router.add_get(f"{prefix}/namespaces/{{ns}}/{kind}", self._handler(kind))
+        app.router.add_routes(self.write_routes())
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -187,7 +132,7 @@ class FakeKubeApi:
     # -- what tests do ----------------------------------------------------------------------------
     def apply(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        key = (meta["namespace"], meta["name"])
+        key = (meta.get("namespace", ""), meta["name"])  # a Namespace is in none
         self.version += 1
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self.version)
@@ -219,7 +164,7 @@ class FakeKubeApi:
     def bookmark(self) -> None:
         for w in list(self.watches):
             w.queue.put_nowait({"type": "BOOKMARK", "object": {
-                "kind": "Service" if w.kind == SERVICES else "EndpointSlice",
+                "kind": _KIND[w.kind],
                 "metadata": {"resourceVersion": str(self.version)}}})
 
     def drop(self) -> None:
@@ -229,9 +174,10 @@ class FakeKubeApi:
                 w.request.transport.abort()
             w.queue.put_nowait(_END)
 
-    def add_token(self, token: str, namespace: str, service_account: str) -> None:
-        """`token` is this service account's, as a projected token would be."""
-        self.tokens[token] = (namespace, service_account)
+    def add_token(self, token: str, namespace: str, service_account: str,
+                  audiences: Sequence[str] = (DEFAULT_TOKEN_AUDIENCE,)) -> None:
+        """`token` is this service account's, made for `audiences`, as a projected token would be."""
+        self.tokens[token] = (namespace, service_account, tuple(audiences))
 
     def fail_next(self, *statuses: int) -> None:
         """The next requests are answered with these HTTP statuses (and a Status body), in order."""
@@ -249,9 +195,9 @@ class FakeKubeApi:
 
     def _record(self, kind: str, event: str, obj: dict[str, Any]) -> None:
         self.history.append((self.version, kind, event, obj))
-        namespace = obj["metadata"]["namespace"]
+        namespace = obj["metadata"].get("namespace", "")
         for w in list(self.watches):
-            if w.kind == kind and w.namespace in (None, namespace):
+            if w.kind == kind and w.namespace in (None, namespace) and selects(obj, w.fields):
                 w.queue.put_nowait({"type": event, "object": obj})
 
     def _handler(self, kind: str) -> Callable[[web.Request], Any]:
@@ -274,14 +220,19 @@ class FakeKubeApi:
             return web.json_response(status(code, "InternalError", "injected failure"), status=code)
         review = await request.json()
         spec = review.get("spec") or {}
+        self.reviews.append(spec)
         owner = self.tokens.get(spec.get("token", ""))
+        wanted = [API_AUDIENCE] if self.ignores_audiences else (spec.get("audiences") or [API_AUDIENCE])
+        granted = [a for a in wanted if owner is not None and a in owner[2]]
         # As the real server answers: 201 with the review's status; a bad token is not an HTTP error.
         if owner is None:
             result: dict[str, Any] = {"authenticated": False, "error": "invalid bearer token"}
+        elif not granted:
+            result = {"authenticated": False, "error": f"invalid bearer token, token audiences "
+                      f"{list(owner[2])} is invalid for the target audiences {wanted}"}
         else:
-            ns, sa = owner
-            audiences = spec.get("audiences") or ["https://kubernetes.default.svc"]
-            result = {"authenticated": True, "audiences": audiences,
+            ns, sa, _ = owner
+            result = {"authenticated": True, "audiences": granted,
                       "user": {"username": f"system:serviceaccount:{ns}:{sa}", "uid": f"uid-{ns}-{sa}",
                                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
                                           "system:authenticated"]}}
@@ -290,7 +241,8 @@ class FakeKubeApi:
                                  status=201)
 
     def _list(self, kind: str, namespace: str | None, query: dict[str, str]) -> web.Response:
-        items = [o for (ns, _), o in sorted(self.store[kind].items()) if namespace in (None, ns)]
+        items = [o for (ns, _), o in sorted(self.store[kind].items())
+                 if namespace in (None, ns) and selects(o, query.get("fieldSelector", ""))]
         start = int(query.get("continue") or 0)
         limit = int(query.get("limit") or 0) or len(items)
         page = items[start:start + limit]
@@ -307,7 +259,7 @@ class FakeKubeApi:
             return web.json_response(self._gone(), status=410)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
-        w = _Watch(kind, namespace, request)
+        w = _Watch(kind, namespace, request, query.get("fieldSelector", ""))
         if since < self.oldest:
             w.queue.put_nowait({"type": "ERROR", "object": self._gone()})
             w.queue.put_nowait(_END)
@@ -315,7 +267,8 @@ class FakeKubeApi:
             # Registered and replayed in one step (no await between): no event is lost or sent twice.
             self.watches.add(w)
             for version, k, event, obj in self.history:
-                if version > since and k == kind and namespace in (None, obj["metadata"]["namespace"]):
+                where = obj["metadata"].get("namespace", "")
+                if version > since and k == kind and namespace in (None, where) and selects(obj, w.fields):
                     w.queue.put_nowait({"type": event, "object": obj})
         seconds = float(query.get("timeoutSeconds") or 1800)
         try:
@@ -367,12 +320,14 @@ class ThreadedKubeApi:
 
 # -- as a process of its own ----------------------------------------------------------------------
 # `python tests/kubeapi.py serve --port P --objects FILE.json` serves the objects in FILE (a JSON list of
-# {"kind": "services"|"endpointslices", "object": {...}}) on 127.0.0.1:P, for a control plane in another
-# network namespace than the test's. The same port takes the test's changes:
+# {"kind": "services"|"endpointslices"|"pods"|"configmaps"|"namespaces", "object": {...}}) on
+# 127.0.0.1:P, for a control plane in another network namespace than the test's. The same port takes
+# the test's changes:
 #   POST /_test/apply   {"kind": ..., "object": {...}}         -> the object as stored (ADDED or MODIFIED)
 #   POST /_test/delete  {"kind": ..., "namespace": ..., "name": ...}  (DELETED; 404 if there is none)
+#   POST /_test/token   {"token": ..., "namespace": ..., "service_account": ..., "audiences": [...]?}
 # It prints "serving on 127.0.0.1:P" once it listens, and stops on SIGTERM or SIGINT.
-_KINDS = {SERVICES: SERVICES, SLICES: SLICES, "Service": SERVICES, "EndpointSlice": SLICES}
+_KINDS = {**{kind: kind for kind in _KIND}, **{name: kind for kind, name in _KIND.items()}}
 
 
 def control_routes(api: FakeKubeApi) -> list[web.RouteDef]:
@@ -400,7 +355,17 @@ def control_routes(api: FakeKubeApi) -> list[web.RouteDef]:
             raise web.HTTPNotFound(text=f"no such object: {err!r}\n") from err
         return web.json_response({"deleted": [kind, data["namespace"], data["name"]]})
 
-    return [web.post("/_test/apply", apply), web.post("/_test/delete", delete)]
+    async def token(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            audiences = [str(a) for a in data.get("audiences", [DEFAULT_TOKEN_AUDIENCE])]
+            api.add_token(str(data["token"]), str(data["namespace"]), str(data["service_account"]), audiences)
+        except (ValueError, KeyError, TypeError) as err:
+            raise web.HTTPBadRequest(text=f"bad request: {err!r}\n") from err
+        return web.json_response({"token": "added"})
+
+    return [web.post("/_test/apply", apply), web.post("/_test/delete", delete),
+            web.post("/_test/token", token)]
 
 
 async def serve(port: int, objects: list[dict[str, Any]]) -> None:
@@ -426,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="kubeapi.py", description="the fake Kubernetes API, as a process")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("serve", help="serve objects on 127.0.0.1, with /_test/apply and /_test/delete")
+    run = sub.add_parser("serve", help="serve objects on 127.0.0.1, with /_test/apply, /_test/delete and "
+                                       "/_test/token")
     run.add_argument("--port", type=int, default=0)
     run.add_argument("--objects", type=Path, help="JSON list of {kind, object}")
     args = parser.parse_args(argv)

@@ -115,15 +115,17 @@ class Pods:
         out.close()
         return self.procs[name]
 
-    def sidecar(self, pod: str, node_cluster: str, xds: str, *run_args: str) -> None:
-        """The pod's interception rules, then meshpy as its sidecar (admin 127.0.0.1:15000), following xds."""
+    def sidecar(self, pod: str, node_cluster: str, xds: str, *run_args: str,
+                node_id: str | None = None) -> None:
+        """The pod's interception rules, then meshpy as its sidecar (admin 127.0.0.1:15000), following xds
+        as the node `node_id` (default: the pod's namespace name)."""
         rules = in_ns(pod, *MESHPY, "iptables", "--proxy-gid", str(PROXY_GID), "--exclude-inbound-ports",
                       "15000", check=False)
         if rules.returncode != 0:
             pytest.skip(f"cannot install the interception rules: {rules.stderr.strip()}")
-        self.start(pod, pod, *MESHPY, "run", "--xds", xds, "--node-id", pod, "--node-cluster", node_cluster,
-                   "--admin", "127.0.0.1:15000", "--drain-time", "0", "--grace-time", "1", *run_args,
-                   gid=PROXY_GID)
+        self.start(pod, pod, *MESHPY, "run", "--xds", xds, "--node-id", node_id or pod, "--node-cluster",
+                   node_cluster, "--admin", "127.0.0.1:15000", "--drain-time", "0", "--grace-time", "1",
+                   *run_args, gid=PROXY_GID)
 
     def proxy_logs(self) -> str:
         return "\n".join(f"--- {name}\n{(self.logs / f'{name}.out').read_text(errors='replace')}"

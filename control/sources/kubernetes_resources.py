@@ -5,7 +5,8 @@ Cluster named as Istio names it, `outbound|<port>||<service>.<namespace>.svc.<do
 route configs written for Istio find the same names; its ClusterLoadAssignment has the same name and holds
 the ready endpoints of the Service's EndpointSlices. Unless turned off, each port with a cluster IP also
 gets the outbound listener (and routes) a sidecar hands the app's calls to that address to (see
-kubernetes_listeners).
+kubernetes_listeners). A Service annotated security.meshpy.io/mtls is called over mutual TLS, its server
+checked against the service accounts of its pods (see kubernetes_identity).
 
 The objects stay dicts rather than kubernetes_asyncio models: a big cluster has thousands of slices, and
 building a model object per field on every list and event costs more than the whole translation.
@@ -21,10 +22,17 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf.message import Message
 
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from control.sources.kubernetes_identity import (
+    WAITING,
+    Account,
+    PodIndex,
+    annotated_accounts,
+    mtls_socket,
+    spiffe_ids,
+)
 from control.sources.kubernetes_listeners import Memo, cluster_ips, listener_name, port_protocol
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -68,11 +76,13 @@ class Translation:
 
 def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
               listeners: bool = True, memo: Memo | None = None,
-              trust_domain: str = "cluster.local") -> Translation:
+              trust_domain: str = "cluster.local", pods: Iterable[Object] | None = None) -> Translation:
     """The clusters and assignments of `services`; with `listeners`, their outbound listeners and routes
     too (built again unless a `memo` kept from the last call has them). A Service whose pods take mutual
     TLS (annotation security.meshpy.io/mtls) is called over it, with the identity of the mesh's CA in
-    `trust_domain` (see mtls_socket)."""
+    `trust_domain`, its server expected to prove the service account of one of its `pods` (the API's
+    Pods, or what pod_shape keeps of them; see kubernetes_identity). Without `pods` (None: not known, as
+    for files checked offline) only the annotation security.meshpy.io/serviceAccount names one."""
     memo = memo or Memo()
     by_service: dict[Key, list[Object]] = {}
     for s in slices:
@@ -87,6 +97,7 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
     routes: dict[str, Message] = {}
     owners: dict[str, str] = {}  # listener name -> the Service port that has it
     skipped: list[str] = []
+    index: PodIndex | None = None  # built when the first Service needs it
     for svc in sorted(services, key=key_of):
         namespace, name = key_of(svc)
         spec = svc.get("spec") or {}
@@ -94,6 +105,12 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
             skipped.append(f"service {namespace}/{name}: type ExternalName (a DNS alias) is not served")
             continue
         own_slices = by_service.get((namespace, name), [])
+        # Istio's auto mTLS sends mTLS to permissive pods too.
+        secure = mtls_mode(svc, skipped) in ("strict", "permissive")
+        named = annotated_accounts(svc) if secure else None
+        if secure and pods is not None and index is None:
+            index = PodIndex(pods)
+        by_pods = index if secure and named is None else None
         for port in spec.get("ports") or ():
             number, protocol = port.get("port"), port.get("protocol") or "TCP"
             if protocol != "TCP":
@@ -104,10 +121,11 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
             cname = cluster_name(number, name, namespace, domain)
             http2 = speaks_http2(port)
             clusters[cname] = _cluster(cname, http2)
-            socket = mtls_socket(svc, trust_domain, skipped)
-            if socket is not None:
-                clusters[cname].transport_socket.CopyFrom(socket)
-            assignments[cname] = _assignment(cname, str(port.get("name") or ""), own_slices)
+            port_name = str(port.get("name") or "")
+            assignments[cname], accounts = _assignment(cname, port_name, own_slices, by_pods)
+            if secure:
+                expected = spiffe_ids(trust_domain, ((namespace, a) for a in named) if named else accounts)
+                clusters[cname].transport_socket.CopyFrom(mtls_socket(expected))
             if not listeners:
                 continue
             protocol = port_protocol(port, http2)
@@ -130,39 +148,22 @@ def translate(services: Iterable[Object], slices: Iterable[Object], domain: str,
 
 
 MTLS_ANNOTATION = "security.meshpy.io/mtls"
-IDENTITY_ANNOTATION = "security.meshpy.io/serviceAccount"
-_MTLS_MODES = ("strict", "permissive", "disable")
+MTLS_MODES = ("strict", "permissive", "disable")  # the least strict last
 
 
-def mtls_socket(svc: Object, trust_domain: str, skipped: list[str]) -> Any | None:
-    """The UpstreamTlsContext for calling a Service whose pods take mutual TLS (`strict` or
-    `permissive`: Istio's auto mTLS sends mTLS to both): the caller's own identity (the SDS secrets
-    `default` and `ROOTCA`, which sidecars hold themselves and Envoy nodes get from the control plane),
-    and, when the Service names its pods' service account, that SPIFFE ID must answer."""
-    metadata = svc.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    mode = str(annotations.get(MTLS_ANNOTATION, "disable")).lower()
-    namespace, name = key_of(svc)
-    if mode not in _MTLS_MODES:
+def mtls_mode(svc: Object, skipped: list[str]) -> str | None:
+    """The Service's security.meshpy.io/mtls (lower-cased), None when it has none. A value that is none
+    of the modes is reported in `skipped` and read as `disable`, the mode of a Service without it."""
+    annotations = (svc.get("metadata") or {}).get("annotations") or {}
+    if MTLS_ANNOTATION not in annotations:
+        return None
+    mode = str(annotations[MTLS_ANNOTATION]).lower()
+    if mode not in MTLS_MODES:
+        namespace, name = key_of(svc)
         skipped.append(f"service {namespace}/{name}: {MTLS_ANNOTATION} must be strict, permissive or "
                        f"disable, not {mode!r}: called in the clear")
-        return None
-    if mode == "disable":
-        return None
-    sds = {"sds_config": {"ads": {}, "resource_api_version": "V3"}}
-    validation: dict[str, Any] = {}
-    account = annotations.get(IDENTITY_ANNOTATION)
-    if account:
-        validation["match_typed_subject_alt_names"] = [{"san_type": "URI", "matcher": {
-            "exact": f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}"}}]
-    context = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-               "common_tls_context": {
-                   "tls_certificate_sds_secret_configs": [{"name": "default", **sds}],
-                   "combined_validation_context": {
-                       "default_validation_context": validation,
-                       "validation_context_sds_secret_config": {"name": "ROOTCA", **sds}}}}
-    return json_format.ParseDict({"name": "envoy.transport_sockets.tls", "typed_config": context},
-                                 cluster_pb2.Cluster().transport_socket)
+        return "disable"
+    return mode
 
 
 def _cluster(name: str, http2: bool) -> cluster_pb2.Cluster:
@@ -179,7 +180,7 @@ def _cluster(name: str, http2: bool) -> cluster_pb2.Cluster:
     return c
 
 
-def _slice_port(slice_: Object, port_name: str) -> int | None:
+def slice_port(slice_: Object, port_name: str) -> int | None:
     """The slice's number for the Service port named `port_name`: matched by name, as kube-proxy does
     (the Service's targetPort may be a name that each pod resolves to its own number)."""
     for p in slice_.get("ports") or ():
@@ -189,12 +190,17 @@ def _slice_port(slice_: Object, port_name: str) -> int | None:
     return None
 
 
-def _assignment(name: str, port_name: str, slices: Iterable[Object]) -> endpoint_pb2.ClusterLoadAssignment:
+def _assignment(name: str, port_name: str, slices: Iterable[Object],
+                pods: PodIndex | None) -> tuple[endpoint_pb2.ClusterLoadAssignment, set[Account]]:
+    """The assignment of the ready endpoints; with `pods`, the accounts of their pods too (an endpoint
+    whose pod is not known yet is held back, see kubernetes_identity)."""
     by_zone: dict[str, set[tuple[str, int]]] = {}
+    accounts: set[Account] = set()
     for s in slices:
-        number = _slice_port(s, port_name)
+        number = slice_port(s, port_name)
         if number is None:
             continue
+        namespace, _ = key_of(s)
         for ep in s.get("endpoints") or ():
             addresses = ep.get("addresses") or ()
             # Not-ready endpoints (starting, failing readiness, terminating) are left out rather than sent
@@ -203,6 +209,12 @@ def _assignment(name: str, port_name: str, slices: Iterable[Object]) -> endpoint
             # A missing `ready` means unknown, which the API says to treat as ready.
             if not addresses or (ep.get("conditions") or {}).get("ready") is False:
                 continue
+            if pods is not None:
+                owner = pods.owner(ep, namespace)
+                if owner is WAITING:
+                    continue
+                if isinstance(owner, tuple):
+                    accounts.add(owner)
             # The addresses of one endpoint are the same pod; the API lets consumers use the first only.
             by_zone.setdefault(str(ep.get("zone") or ""), set()).add((str(addresses[0]), number))
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
@@ -220,4 +232,4 @@ def _assignment(name: str, port_name: str, slices: Iterable[Object]) -> endpoint
         for host, number in hosts:
             address = group.lb_endpoints.add().endpoint.address.socket_address
             address.address, address.port_value = host, number
-    return cla
+    return cla, accounts

@@ -33,6 +33,7 @@ REQUEST_TIMEOUT = 30.0  # a list page, or connecting a watch; and how long past 
 QUICK_END = 1.0  # a watch that ends sooner than this with nothing in it counts as a failure (no busy loop)
 
 Lister = Callable[..., Awaitable[Any]]
+Shape = Callable[[Object], Object]
 
 
 class Backoff:
@@ -58,6 +59,7 @@ class Counters:
     """For /metrics; shared by the watchers of one source."""
 
     events: dict[str, int] = field(default_factory=dict)  # by kind
+    unchanged: dict[str, int] = field(default_factory=dict)  # of those, the ones that changed nothing kept
     resyncs: int = 0
     errors: int = 0
 
@@ -68,22 +70,31 @@ class WatchError(Exception):
 
 class Reflector:
     """`objects` mirrors one kind (in one namespace, or all); `on_change` is called after each change
-    of it, and `synced` is true from the first complete list on."""
+    of it, and `synced` is true from the first complete list on. With `shape`, each object is kept as
+    `shape` makes it (what the source reads of it), and an event that leaves that as it was is counted
+    but changes nothing: no `on_change`, so no translation. With `field_selector` (as the API takes it,
+    `metadata.name=x`), only the objects it selects are listed and watched."""
 
     def __init__(self, kind: str, lister: Lister, on_change: Callable[[], None], counters: Counters, *,
                  namespace: str | None = None, watch_seconds: int = WATCH_SECONDS,
-                 request_timeout: float = REQUEST_TIMEOUT, backoff: Backoff | None = None) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, backoff: Backoff | None = None,
+                 shape: Shape | None = None, field_selector: str | None = None) -> None:
         self.kind, self.lister, self.on_change, self.counters = kind, lister, on_change, counters
+        self.shape, self.field_selector = shape, field_selector
         self.namespace = namespace
         self.watch_seconds, self.request_timeout = watch_seconds, request_timeout
         self.backoff = backoff or Backoff()
         self.objects: dict[Key, Object] = {}
         self.synced = False
         self._fresh = False  # listed, and no watch event since
-        self.what = f"{kind} in {namespace}" if namespace else f"{kind} (all namespaces)"
+        which = f"{kind} {field_selector}" if field_selector else kind
+        self.what = f"{which} in {namespace}" if namespace else f"{which} (all namespaces)"
 
     def _args(self) -> dict[str, Any]:
-        return {"namespace": self.namespace} if self.namespace else {}
+        args: dict[str, Any] = {"namespace": self.namespace} if self.namespace else {}
+        if self.field_selector:
+            args["field_selector"] = self.field_selector
+        return args
 
     async def run(self) -> None:
         """Forever; only cancellation ends it."""
@@ -124,7 +135,7 @@ class Reflector:
         while True:
             body = await self._list_page(page)
             for item in body.get("items") or ():
-                items[key_of(item)] = item
+                items[key_of(item)] = self.shape(item) if self.shape is not None else item
             meta = body.get("metadata") or {}
             page = meta.get("continue")
             if not page:
@@ -183,11 +194,17 @@ class Reflector:
         if kind == "BOOKMARK":
             return  # only its resourceVersion matters, which the Watch keeps
         obj = event["raw_object"]
-        if kind in ("ADDED", "MODIFIED"):
-            self.objects[key_of(obj)] = obj
-        elif kind == "DELETED":
-            self.objects.pop(key_of(obj), None)
-        else:
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
             raise WatchError(f"unknown watch event type {kind!r}")
         self.counters.events[self.kind] = self.counters.events.get(self.kind, 0) + 1
+        if kind == "DELETED":
+            self.objects.pop(key_of(obj), None)
+        else:
+            kept = self.shape(obj) if self.shape is not None else obj
+            key = key_of(kept)
+            if self.shape is not None and self.objects.get(key) == kept:
+                # Most of a pod's events are its status (probes, restarts): nothing kept changed.
+                self.counters.unchanged[self.kind] = self.counters.unchanged.get(self.kind, 0) + 1
+                return
+            self.objects[key] = kept
         self.on_change()

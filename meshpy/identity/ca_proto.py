@@ -2,9 +2,11 @@
 
 `istio.v1.auth.IstioCertificateService/CreateCertificate` is Istio's CSR API (istio/api
 security/v1alpha1/ca.proto), field for field, so that Istio's agent can ask our CA and our client can ask
-istiod. `meshpy.identity.v1.TrustBundle/Get` is ours: Istio has no RPC for the roots (its agent reads them
+istiod. `meshpy.identity.v1.TrustBundle` is ours: Istio has no RPC for the roots (its agent reads them
 from a mounted ConfigMap), and the last certificate of a chain shows one root only, not the two a
-rotation publishes side by side.
+rotation publishes side by side. `Get` answers once; `Watch` answers at once and again at each change
+of the bundle (a root staged, rotated, retired), which is how sidecars learn a new root before they
+renew (Istio pushes its ROOTCA over SDS for the same reason).
 
 There is no generated package for either, and no build step: the messages are declared here as a
 FileDescriptorProto and their classes made by protobuf's message_factory, in a descriptor pool of this
@@ -21,6 +23,7 @@ ISTIO_SERVICE = "istio.v1.auth.IstioCertificateService"
 CREATE_CERTIFICATE = f"/{ISTIO_SERVICE}/CreateCertificate"
 BUNDLE_SERVICE = "meshpy.identity.v1.TrustBundle"
 GET_BUNDLE = f"/{BUNDLE_SERVICE}/Get"
+WATCH_BUNDLE = f"/{BUNDLE_SERVICE}/Watch"
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -60,10 +63,13 @@ def _bundle_file() -> descriptor_pb2.FileDescriptorProto:
     f.message_type.add(name="TrustBundleRequest")
     response = f.message_type.add(name="TrustBundleResponse")
     _field(response, "trust_domain", 1, _F.TYPE_STRING)
-    _field(response, "roots", 2, _F.TYPE_STRING, repeated=True)  # PEM each; newest first
+    # PEM each: the root signing now first, then a staged one, then old ones until they retire.
+    _field(response, "roots", 2, _F.TYPE_STRING, repeated=True)
     service = f.service.add(name="TrustBundle")
     service.method.add(name="Get", input_type=".meshpy.identity.v1.TrustBundleRequest",
                        output_type=".meshpy.identity.v1.TrustBundleResponse")
+    service.method.add(name="Watch", input_type=".meshpy.identity.v1.TrustBundleRequest",
+                       output_type=".meshpy.identity.v1.TrustBundleResponse", server_streaming=True)
     return f
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,13 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from meshpy.errors import MeshError
 from meshpy.identity import ca_proto
+from meshpy.identity.control_trust import ControlPlaneTls, tls_hint
 from meshpy.identity.spiffe import SpiffeId
 
 REQUEST_TIMEOUT = 10.0  # seconds for one RPC, connecting included
+# A bundle watch is a long stream: cut and opened again this often, so that a control plane that vanished
+# without a word (no RST) is noticed; a missed change waits for the next renewal at worst.
+WATCH_TIMEOUT = 300.0
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -94,13 +99,14 @@ class Svid:
 
 class CaClient:
     """Asks the CA at `address` (host:port) for SVIDs of `spiffe_id`, with the token in `token_file`.
-    `credentials`: TLS for the channel (default plaintext, for a CA on the same host or network)."""
+    `trust`: TLS for the channel (meshpy run --xds-ca, or a bootstrap's ADS cluster's); `credentials`: any
+    other TLS (istiod's); neither: plaintext."""
 
     def __init__(self, address: str, token_file: Path | str, spiffe_id: SpiffeId, *,
-                 credentials: grpc.ChannelCredentials | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, trust: ControlPlaneTls | None = None,
                  timeout: float = REQUEST_TIMEOUT) -> None:
         self.address, self.token_file, self.spiffe_id = address, Path(token_file), spiffe_id
-        self.credentials, self.timeout = credentials, timeout
+        self.credentials, self.trust, self.timeout = credentials, trust, timeout
         self._channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> CaClient:
@@ -117,9 +123,15 @@ class CaClient:
     def _open(self) -> grpc.aio.Channel:
         # Made on first use, inside the running loop that grpc.aio binds it to.
         if self._channel is None:
-            self._channel = (grpc.aio.insecure_channel(self.address) if self.credentials is None
-                             else grpc.aio.secure_channel(self.address, self.credentials))
+            self._channel = self._new_channel()
         return self._channel
+
+    def _new_channel(self) -> grpc.aio.Channel:
+        if self.trust is not None:
+            return self.trust.channel(self.address)  # the roots as they are now (a rotation adds one)
+        if self.credentials is not None:
+            return grpc.aio.secure_channel(self.address, self.credentials)
+        return grpc.aio.insecure_channel(self.address)
 
     def _token(self) -> str:
         try:
@@ -152,14 +164,32 @@ class CaClient:
             if err.code == grpc.StatusCode.UNIMPLEMENTED.name:
                 return None
             raise
+        return parse_bundle(response)
+
+    async def watch_bundle(self, timeout: float = WATCH_TIMEOUT) -> AsyncIterator[list[x509.Certificate]]:
+        """The CA's roots now, then at each change, for `timeout` seconds at most (then it ends). On a
+        channel of its own: a failed certificate request closes the shared one. Raises CaUnreachable, or
+        CertificateRefused (UNIMPLEMENTED: a CA without the watch, such as istiod)."""
+        channel = self._new_channel()
         try:
-            roots = [x509.load_pem_x509_certificate(r.encode()) for r in response.roots]
-        except ValueError as err:
-            raise BadCertificate(f"the trust bundle holds something that is not a PEM certificate: "
-                                 f"{err}") from err
-        if not roots:
-            raise BadCertificate("the trust bundle is empty")
-        return roots
+            call = channel.unary_stream(ca_proto.WATCH_BUNDLE,
+                                        request_serializer=ca_proto.TrustBundleRequest.SerializeToString,
+                                        response_deserializer=ca_proto.TrustBundleResponse.FromString)
+            stream = call(ca_proto.TrustBundleRequest(), timeout=timeout)
+            try:
+                async for response in stream:
+                    yield parse_bundle(response)
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    return
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # CANCELLED: it stopped
+                    details = err.details() or ""
+                    raise CaUnreachable(f"the CA at {self.address}: {code.name}: {details}"
+                                        f"{tls_hint(details, self.trust)}") from None
+                raise CertificateRefused(code.name, err.details() or "") from None
+        finally:
+            await channel.close()
 
     async def _call(self, call: Any, request: Any, metadata: tuple[tuple[str, str], ...]) -> Any:
         try:
@@ -171,11 +201,23 @@ class CaClient:
             code = err.code()
             if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise CertificateRefused(code.name, err.details() or "") from None
-            unreachable = f"the CA at {self.address}: {code.name}: {err.details()}"
+            details = err.details() or ""
+            unreachable = f"the CA at {self.address}: {code.name}: {details}{tls_hint(details, self.trust)}"
         # A new channel for the next try: the caller's back-off (Rotation's) decides when that is, not
         # grpc's reconnect back-off, which would fail the next tries at once while it waits.
         await self.close()
         raise CaUnreachable(unreachable)
+
+
+def parse_bundle(response: Any) -> list[x509.Certificate]:
+    try:
+        roots = [x509.load_pem_x509_certificate(r.encode()) for r in response.roots]
+    except ValueError as err:
+        raise BadCertificate(f"the trust bundle holds something that is not a PEM certificate: "
+                             f"{err}") from err
+    if not roots:
+        raise BadCertificate("the trust bundle is empty")
+    return roots
 
 
 def check_chain(pems: Any, key: ec.EllipticCurvePrivateKey,

@@ -3,8 +3,10 @@
 
 The sidecar makes its key itself and gets the certificate from the mesh's CA over a CSR
 (meshpy.identity.csr); `Rotation` renews it at about half its life, and each new one reaches the live
-config here (App.set_local_secrets): new connections get it, open ones keep theirs. The key never
-leaves the process and is never asked of the control plane over SDS.
+config here (App.set_local_secrets): new connections get it, open ones keep theirs. A new trust
+bundle (a root rotation's steps) comes between renewals from the CA's bundle watch
+(meshpy.identity.bundle_watch) and reaches the config the same way. The key never leaves the process
+and is never asked of the control plane over SDS.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from meshpy.identity.bundle_watch import watch_bundle
 from meshpy.identity.csr import CaClient
 from meshpy.identity.rotation import Material, Rotation
 from meshpy.identity.spiffe import SpiffeId
@@ -22,6 +25,7 @@ from meshpy.model.tls import Pem
 
 if TYPE_CHECKING:
     from meshpy.app import App
+    from meshpy.identity.control_trust import ControlPlaneTls
 
 log = logging.getLogger("meshpy.identity")
 
@@ -47,15 +51,17 @@ def secrets_of(material: Material) -> dict[str, SecretMaterial]:
 class LocalIdentity:
     """Owns the rotation task and hands each new material to `app`."""
 
-    def __init__(self, app: App, options: IdentityOptions) -> None:
-        self.app = app
-        self.client = CaClient(options.ca, options.token_file, options.spiffe_id)
+    def __init__(self, app: App, options: IdentityOptions, trust: ControlPlaneTls | None = None) -> None:
+        """`trust`: the CA serves TLS, checked with those roots; each trust bundle joins them."""
+        self.app, self.trust = app, trust
+        self.client = CaClient(options.ca, options.token_file, options.spiffe_id, trust=trust)
         self.rotation = Rotation(self.client, self._update, ttl=options.ttl)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, wait: float) -> bool:
         """Start renewing; True once the first certificate is in (within `wait` seconds)."""
-        self._task = self.app.tasks.spawn(self.rotation.run(), name="identity")
+        self._tasks = [self.app.tasks.spawn(self.rotation.run(), name="identity"),
+                       self.app.tasks.spawn(watch_bundle(self.rotation), name="identity bundle")]
         try:
             async with asyncio.timeout(wait):
                 await self.rotation.ready.wait()
@@ -64,9 +70,11 @@ class LocalIdentity:
         return True
 
     async def _update(self, material: Material) -> None:
+        if self.trust is not None:
+            self.trust.learn(material.bundle)  # the control plane's next root, before it serves with it
         await self.app.set_local_secrets(secrets_of(material))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
         await self.client.close()

@@ -7,6 +7,11 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+# The audience of the service-account tokens that prove a workload's identity to the mesh's CA (Istio's
+# is `istio-ca`): `meshpy inject` asks the kubelet for tokens made for it, and `meshpy control` accepts
+# no other (`--token-audiences`), so neither a pod's API token gets a certificate nor a mesh token
+# reaches the API server.
+DEFAULT_TOKEN_AUDIENCE = "meshpy-ca"
 
 # A trust domain is a DNS-like name (lowercase letters, digits, dots, dashes, underscores: the SPIFFE ID
 # spec); namespaces and service accounts are Kubernetes DNS labels and subdomains.

@@ -349,6 +349,10 @@ class XdsSource:
     initial_fetch_timeout: float | None = 15.0  # Envoy's default; None waits for ever (Envoy's 0s)
     backoff_base: float = 0.5  # reconnect back-off (Envoy's xDS defaults), jittered, doubling to the cap
     backoff_max: float = 30.0
+    # TLS to the server, as the bootstrap's ADS cluster says it (its UpstreamTlsContext; no SDS secrets),
+    # and that cluster's connect timeout. None: plaintext, or `meshpy run --xds-ca`.
+    tls: ClientTls | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     # Static listeners whose routes come over RDS and static EDS clusters: they can only be built once
     # the ADS server has sent what they need, so the xDS client holds them, as (type URL, proto JSON).
     static_resources: tuple[tuple[str, str], ...] = ()

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import meshpy
+from meshpy.identity.spiffe import DEFAULT_TOKEN_AUDIENCE
 from meshpy.sidecar.inject import inject_text
 from meshpy.sidecar.inject_pod import DEFAULT_CONTROL_PLANE, InjectError, InjectOptions, check_quantity
 
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give each sidecar its pod's identity (spiffe://DOMAIN/ns/<ns>/sa/<account>) "
                              "from the control plane's CA, proved by a projected service-account token "
                              "(default: none)")
+    parser.add_argument("--token-audience", default=DEFAULT_TOKEN_AUDIENCE, metavar="AUDIENCE",
+                        help="the audience of that token: one of meshpy control --token-audiences "
+                             "(default %(default)s)")
     parser.add_argument("--proxy-cpu", default="100m", help="the proxy's CPU request (default %(default)s)")
     parser.add_argument("--proxy-cpu-limit", default=None, help="the proxy's CPU limit (default none)")
     parser.add_argument("--proxy-memory", default="128Mi",
@@ -46,6 +50,7 @@ def _options(args: argparse.Namespace) -> InjectOptions:
         proxy_memory=args.proxy_memory,
         proxy_memory_limit=args.proxy_memory_limit,
         trust_domain=args.trust_domain,
+        token_audience=args.token_audience,
     )
 
 

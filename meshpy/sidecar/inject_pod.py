@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from meshpy.identity.spiffe import DEFAULT_TOKEN_AUDIENCE
 from meshpy.model.types import DEFAULT_ADMIN
 
 ANNOTATION_INJECT = "sidecar.meshpy.io/inject"
@@ -62,6 +63,8 @@ class InjectOptions:
     # The mesh's trust domain: each sidecar gets the identity of its pod's service account from the
     # control plane's CA (docs/identity.md), proved by a projected service-account token. None: no identity.
     trust_domain: str | None = None
+    # What the projected token is made for: the control plane's --token-audiences must name it.
+    token_audience: str = DEFAULT_TOKEN_AUDIENCE
 
 
 class Outcome(Enum):
@@ -238,22 +241,35 @@ def proxy_container(
 
 TOKEN_VOLUME = "meshpy-token"
 TOKEN_DIR = "/var/run/secrets/meshpy"
+# The mesh's root, to check the control plane's TLS port with: a ConfigMap in each namespace, as Istio's
+# istio-ca-root-cert, which `meshpy control --kubernetes` writes and keeps current
+# (control/sources/kubernetes_rootcert.py).
+ROOT_CONFIG_MAP = "meshpy-ca-root-cert"
+ROOT_FILE = "root-cert.pem"
 
 
 def with_identity(container: dict[str, Any], trust_domain: str) -> None:
     """The sidecar asks the CA for its pod's identity (namespace and service account, from the downward
     API), with the pod's own service-account token (a projected volume, renewed by the kubelet, which
-    the control plane checks with TokenReview)."""
+    the control plane checks with TokenReview), over TLS checked with the mesh's root (a ConfigMap in the
+    same volume): a token is never sent in the clear."""
     container["env"].append({"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {
         "fieldPath": "spec.serviceAccountName"}}})
     container["args"] += ["--identity", f"spiffe://{trust_domain}/ns/$(POD_NAMESPACE)/sa/$(SERVICE_ACCOUNT)",
-                          "--ca-token", f"{TOKEN_DIR}/token"]
+                          "--ca-token", f"{TOKEN_DIR}/token", "--xds-ca", f"{TOKEN_DIR}/{ROOT_FILE}"]
     container["volumeMounts"] = [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}]
 
 
-def token_volume() -> dict[str, Any]:
-    return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
-        "path": "token", "expirationSeconds": 3600}}]}}
+def token_volume(audience: str = DEFAULT_TOKEN_AUDIENCE) -> dict[str, Any]:
+    """The token, made for the mesh's CA only (`audience`): the API server refuses it, and the CA refuses
+    the pod's other tokens (its default one is the API server's). "": the API server's own audience, for
+    a control plane run with `--token-audiences ''`."""
+    token: dict[str, Any] = {"path": "token", "expirationSeconds": 3600}
+    if audience:
+        token["audience"] = audience
+    return {"name": TOKEN_VOLUME, "projected": {"sources": [
+        {"serviceAccountToken": token},
+        {"configMap": {"name": ROOT_CONFIG_MAP, "items": [{"key": ROOT_FILE, "path": ROOT_FILE}]}}]}}
 
 
 def service_name(template: dict[str, Any], workload: dict[str, Any]) -> str | None:
@@ -331,7 +347,7 @@ def inject_template(
         volumes = spec.setdefault("volumes", [])
         if not isinstance(volumes, list):
             raise InjectError(f"{where}.spec.volumes: expected a list")
-        volumes.append(token_volume())
+        volumes.append(token_volume(options.token_audience))
     if not isinstance(metadata, dict):
         metadata = template["metadata"] = {}
     _mapping(metadata, "annotations", f"{where}.metadata")[ANNOTATION_STATUS] = STATUS_INJECTED

@@ -74,6 +74,7 @@ class CertInfo:
     ips: tuple[str, ...]
     not_before: datetime.datetime
     not_after: datetime.datetime
+    issuer: str = ""  # which CA signed it: during a root rotation, whether a leaf is from the old or new
 
     def days_until_expiry(self, now: datetime.datetime | None = None) -> int:
         now = now or datetime.datetime.now(datetime.UTC)
@@ -121,6 +122,7 @@ def describe(cert: x509.Certificate) -> CertInfo:
         ips=sans.ips,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
+        issuer=cert.issuer.rfc4514_string(),
     )
 
 

@@ -48,6 +48,7 @@ from meshpy.xds.store import (
 
 if TYPE_CHECKING:
     from meshpy.app import App
+    from meshpy.identity.control_trust import ControlPlaneTls
 
 log = logging.getLogger("meshpy.xds")
 
@@ -59,6 +60,12 @@ def node_proto(source: XdsSource) -> base_pb2.Node:
     return node
 
 
+def _tls_hint(details: str, trust: ControlPlaneTls | None) -> str:
+    from meshpy.identity.control_trust import tls_hint  # grpc only: no cryptography at start
+
+    return tls_hint(details, trust)
+
+
 def _detail(err: ConfigError) -> str:
     return "; ".join(str(i) for i in err.issues)
 
@@ -68,9 +75,13 @@ def short_type(type_url: str) -> str:
 
 
 class AdsClient:
-    def __init__(self, app: App, static: Config, source: XdsSource) -> None:
+    def __init__(self, app: App, static: Config, source: XdsSource,
+                 trust: ControlPlaneTls | None = None) -> None:
+        """`trust`: the control plane serves TLS, reached with it (meshpy run --xds-ca, or the bootstrap's
+        ADS cluster's UpstreamTlsContext: meshpy.xds.ads_tls)."""
         self.app = app
         self.source = source
+        self.trust = trust
         self.node = node_proto(source)
         self.store = XdsStore.start(static, source.static_resources, frozenset(app.local_secrets))
         wanted = ((CLUSTER, ENDPOINT) if source.cds else ()) + ((LISTENER, ROUTE) if source.lds else ()) + (
@@ -109,7 +120,8 @@ class AdsClient:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            channel = grpc.aio.insecure_channel(self.source.server)
+            channel = (grpc.aio.insecure_channel(self.source.server) if self.trust is None
+                       else self.trust.channel(self.source.server))  # the roots as they are now
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             got_response = False
             try:
@@ -123,8 +135,9 @@ class AdsClient:
             except grpc.aio.AioRpcError as err:
                 # Said once per outage; the retries that follow are debug noise.
                 level = logging.WARNING if attempt == 0 else logging.DEBUG
-                log.log(level, "xds: stream to %s failed: %s %s", self.source.server, err.code().name,
-                        err.details() or "")
+                details = err.details() or ""
+                log.log(level, "xds: stream to %s failed: %s %s%s", self.source.server, err.code().name,
+                        details, _tls_hint(details, self.trust))
             except Exception:  # a bug must not end xDS for the life of the process
                 log.exception("xds: stream to %s broke", self.source.server)
             finally:

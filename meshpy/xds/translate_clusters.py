@@ -118,7 +118,7 @@ def cluster(
         issues.add(child(path, "eds_cluster_config"), "only allowed with type EDS")
     _check_endpoints(issues, msg, path, discovery, endpoints)
     idle, http2, auto_at = _protocol_options(issues, msg, path)
-    tls = _tls(issues, msg, path, secrets or {})
+    tls = upstream_tls(issues, msg, path, secrets or {})
     if auto_at is not None:
         if tls is None:
             # Envoy's words: "ALPN configured for cluster ... which has a non-ALPN transport socket".
@@ -145,7 +145,8 @@ def cluster(
     )
 
 
-def _tls(issues: Issues, msg: Any, path: str, secrets: Secrets) -> ClientTls | None:
+def upstream_tls(issues: Issues, msg: Any, path: str, secrets: Secrets) -> ClientTls | None:
+    """A cluster's transport_socket (at `path`, the cluster's): its UpstreamTlsContext, None for plaintext."""
     if not msg.HasField("transport_socket"):
         return None
     at = child(path, "transport_socket")

@@ -18,21 +18,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from kit import Proxy, eventually, free_port, http, wait_port
-from kubeapi import (
-    SERVICES,
-    SLICES,
-    FakeKubeApi,
-    ThreadedKubeApi,
-    endpoint,
-    endpoint_slice,
-    service,
-    write_kubeconfig,
-)
+from kubeapi import PODS, SERVICES, SLICES, FakeKubeApi, ThreadedKubeApi, write_kubeconfig
+from kubeobjects import endpoint, endpoint_slice, pod, restarted, service
 
-from control.cache import CLUSTER, ENDPOINT
+from control.cache import CLUSTER, ENDPOINT, LISTENER, NodeSelector
 from control.sources import kubernetes_watch
-from control.sources.kubernetes import KubernetesSource, api_client
+from control.sources.kubernetes import KubernetesCollector, KubernetesSource, api_client
+from control.sources.kubernetes_inbound import INBOUND_LISTENER, Workloads, inbound
 from control.sources.kubernetes_resources import translate
 from control.sources.kubernetes_watch import Backoff
 
@@ -48,8 +42,9 @@ def hosts(resources: Resources, name: str) -> list[str]:
 
 
 class World:
-    def __init__(self, api: FakeKubeApi, source: KubernetesSource, published: list[Resources]) -> None:
-        self.api, self.source, self.published = api, source, published
+    def __init__(self, api: FakeKubeApi, source: KubernetesSource, published: list[Resources],
+                 workloads: list[Workloads]) -> None:
+        self.api, self.source, self.published, self.workloads = api, source, published, workloads
 
     @property
     def last(self) -> Resources:
@@ -58,8 +53,10 @@ class World:
 
     def expected(self) -> Resources:
         """What the API holds now, translated: the source must converge to exactly this."""
-        return translate(self.api.store[SERVICES].values(), self.api.store[SLICES].values(),
-                         "cluster.local").resources
+        services, slices = self.api.store[SERVICES].values(), self.api.store[SLICES].values()
+        resources = translate(services, slices, "cluster.local", pods=self.api.store[PODS].values()).resources
+        resources[CLUSTER].update(inbound(services, slices).clusters)
+        return resources
 
     async def until(self, check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -80,10 +77,16 @@ async def start_world(tmp_path: Path, namespaces: tuple[str, ...] = ()) -> Async
     api.apply(SLICES, endpoint_slice("billing", [endpoint("10.0.1.1")]))
     client = await api_client(str(write_kubeconfig(tmp_path / "kubeconfig", api.port)))
     published: list[Resources] = []
-    source = KubernetesSource(client, published.append, namespaces=namespaces, debounce=0.05,
+    workloads: list[Workloads] = []
+
+    def publish(resources: Resources, inbound: Workloads) -> None:
+        published.append(resources)
+        workloads.append(inbound)
+
+    source = KubernetesSource(client, publish, namespaces=namespaces, debounce=0.05,
                               watch_seconds=30, backoff=lambda: Backoff(0.05, 0.4))
     task = asyncio.create_task(source.run())
-    world = World(api, source, published)
+    world = World(api, source, published, workloads)
     try:
         await world.until(lambda: bool(published), "the first publish")
         yield world
@@ -161,12 +164,12 @@ async def test_dropped_and_refused_connections_back_off_and_recover_without_loss
     world.api.delete(SERVICES, "shop", "billing")  # changes while nobody can list or watch
     world.api.apply(SERVICES, service("payments"))
     world.api.apply(SLICES, endpoint_slice("payments", [endpoint("10.0.3.1")]))
-    await world.until(lambda: world.source.counters.errors >= errors + 8, "failed attempts")
-    # Eight failures of two watchers: one of them failed four times in a row, after delays of at least
-    # half of 0.05 s, 0.1 s and 0.2 s (not a busy loop).
+    await world.until(lambda: world.source.counters.errors >= errors + 12, "failed attempts")
+    # Twelve failures of three watchers (services, slices, pods): one of them failed four times in a row,
+    # after delays of at least half of 0.05 s, 0.1 s and 0.2 s (not a busy loop).
     assert time.monotonic() - started >= 0.025 + 0.05 + 0.1
     await asyncio.sleep(1.0)
-    assert world.source.counters.errors <= errors + 8 + 2 * 5  # delays capped at 0.4 s, at least 0.2 s
+    assert world.source.counters.errors <= errors + 12 + 3 * 5  # delays capped at 0.4 s, at least 0.2 s
     assert BILLING in world.last[CLUSTER]  # the last state stands while the API is away
     await world.api.accept()
     await world.converged("after the API is back")
@@ -192,13 +195,77 @@ async def test_lists_come_in_pages_and_a_namespace_is_watched_alone(tmp_path: Pa
         await world.until(lambda: search in world.last[CLUSTER], "search")  # noqa: B023 - awaited here
         assert sorted(world.last[CLUSTER]) == [BILLING, ORDERS, search]
         paths = {path for path, _, _ in world.api.requests}
-        assert paths == {"/api/v1/namespaces/shop/services",
+        assert paths == {"/api/v1/namespaces/shop/services", "/api/v1/namespaces/shop/pods",
                          "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"}
         pages = world.api.list_requests(SERVICES)
         assert [q.get("continue") for q in pages] == [None, "1"] and pages[0]["limit"] == "1"
         watch = world.api.watch_requests(SERVICES)[0]
         assert watch["allowWatchBookmarks"].lower() == "true" and watch["timeoutSeconds"] == "30"
         assert {auth for _, _, auth in world.api.requests} == {"Bearer test-token"}
+
+
+async def test_an_annotated_service_gives_its_workload_an_inbound_listener_that_follows_it(
+        world: World) -> None:
+    shop = NodeSelector(cluster="orders", namespace="shop")
+
+    def chains() -> list[str]:
+        found = world.workloads[-1].get(shop)
+        lis = found[LISTENER][INBOUND_LISTENER] if found is not None else None
+        return [] if lis is None else sorted(c.name for c in lis.filter_chains)
+
+    assert world.workloads[-1] == {}  # nothing annotated
+    orders = service("orders")
+    orders["metadata"]["annotations"]["security.meshpy.io/mtls"] = "strict"
+    world.api.apply(SERVICES, orders)
+    await world.until(lambda: chains() == ["inbound|8080|mtls", "passthrough|mtls"], "a strict listener")
+    assert "inbound|8080||" in world.last[CLUSTER]  # the port named in the slice, its cluster every node's
+    orders["metadata"]["annotations"]["security.meshpy.io/mtls"] = "permissive"
+    world.api.apply(SERVICES, orders)
+    await world.until(lambda: chains() == ["inbound|8080|mtls", "inbound|8080|plaintext", "passthrough|mtls",
+                                           "passthrough|plaintext"], "a permissive one")
+    await world.converged("the API's state, inbound clusters included")
+    del orders["metadata"]["annotations"]["security.meshpy.io/mtls"]
+    world.api.apply(SERVICES, orders)
+    await world.until(lambda: world.workloads[-1] == {}, "no listener without the annotation")
+
+
+async def test_callers_expect_the_pods_accounts_and_a_pods_status_makes_no_version(world: World) -> None:
+    def expected() -> list[str]:
+        context = tls_pb2.UpstreamTlsContext()
+        world.last[CLUSTER][ORDERS].transport_socket.typed_config.Unpack(context)
+        validation = context.common_tls_context.combined_validation_context.default_validation_context
+        return [m.matcher.exact for m in validation.match_typed_subject_alt_names]
+
+    orders = service("orders")
+    orders["metadata"]["annotations"]["security.meshpy.io/mtls"] = "strict"
+    first = pod("orders-1", "10.0.0.1", "orders")
+    world.api.apply(PODS, first)
+    world.api.apply(SERVICES, orders)
+    world.api.apply(SLICES, endpoint_slice("orders", [endpoint("10.0.0.1", pod="orders-1")]))
+    await world.until(lambda: expected() == ["spiffe://cluster.local/ns/shop/sa/orders"], "the pod's account")
+    # A new pod's endpoint before the pod itself: held back, then in with its account.
+    world.api.apply(SLICES, endpoint_slice("orders", [endpoint("10.0.0.1", pod="orders-1"),
+                                                      endpoint("10.0.0.2", pod="orders-2")]))
+    await world.until(lambda: world.source.counters.events.get(SLICES, 0) >= 2, "the slice's event")
+    await asyncio.sleep(0.2)
+    assert hosts(world.last, ORDERS) == ["10.0.0.1:8080"]
+    world.api.apply(PODS, pod("orders-2", "10.0.0.2", "orders-v2"))
+    await world.until(lambda: hosts(world.last, ORDERS) == ["10.0.0.1:8080", "10.0.0.2:8080"], "the pod in")
+    assert expected() == [f"spiffe://cluster.local/ns/shop/sa/{sa}" for sa in ("orders", "orders-v2")]
+    await world.converged("the API's state, pods included")
+    # A pod's status (a restart, probes): the watch brings it, and the reflector drops it (counted as
+    # unchanged, which it is only without a change to translate); nothing is published.
+    before = len(world.published)
+    world.api.apply(PODS, restarted(first))
+    await world.until(lambda: world.source.counters.unchanged.get(PODS) == 1, "the status event")
+    await asyncio.sleep(0.2)
+    assert len(world.published) == before and world.source.counters.events[PODS] == 3
+    [unchanged] = [f for f in KubernetesCollector(world.source.counters).collect()
+                   if f.name == "meshpy_control_kubernetes_events_unchanged"]
+    assert [(s.labels, s.value) for s in unchanged.samples] == [({"kind": PODS}, 1)]
+    # The account changes (the pod is replaced under the same name): the callers follow.
+    world.api.apply(PODS, pod("orders-1", "10.0.0.1", "orders-v2"))
+    await world.until(lambda: expected() == ["spiffe://cluster.local/ns/shop/sa/orders-v2"], "one account")
 
 
 def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:

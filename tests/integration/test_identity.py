@@ -35,7 +35,7 @@ from control.sources.kubernetes import api_client
 from meshpy.identity import ca_proto
 from meshpy.identity.csr import CaClient, CaUnreachable, CertificateRefused, IdentityError
 from meshpy.identity.rotation import Material, Rotation
-from meshpy.identity.spiffe import SpiffeId
+from meshpy.identity.spiffe import DEFAULT_TOKEN_AUDIENCE, SpiffeId
 
 ORDERS = SpiffeId("cluster.local", "shop", "orders")
 ORDERS_TOKEN = "orders-bootstrap-token-0123456789"
@@ -150,7 +150,11 @@ async def test_refusals_carry_their_code_and_reason(control: ControlPlane, tmp_p
                                                 "malformed": 1, "no_token": 1}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("shop/billing (bootstrap token)" in w and "[identity]" in w for w in warnings), warnings
-    assert len(warnings) == 5
+    refusals = [w for w in warnings if w.startswith("refused a certificate")]
+    assert len(refusals) == 5
+    # Over this plaintext port the tokens went in the clear: said once, not at each request.
+    assert [w for w in warnings if w not in refusals] == [w for w in warnings if "plaintext gRPC port" in w]
+    assert len(warnings) == 6 and control.service.clear_tokens.count == 4
 
 
 async def test_a_pods_token_is_checked_with_tokenreview(tmp_path: Path) -> None:
@@ -159,7 +163,8 @@ async def test_a_pods_token_is_checked_with_tokenreview(tmp_path: Path) -> None:
     kube.add_token("pod-token-of-payments", "pay", "payments")
     api = await api_client(str(write_kubeconfig(tmp_path / "kubeconfig", kube.port)))
     ca = CertificateAuthority(self_signed_root("cluster.local"))
-    plane = await start(ca, [bootstrap_tokens(), TokenReviewer(api, timeout=2)])
+    # The audience `meshpy control` asks for by default (--token-audiences), as the pods' tokens are made.
+    plane = await start(ca, [bootstrap_tokens(), TokenReviewer(api, (DEFAULT_TOKEN_AUDIENCE,), timeout=2)])
     try:
         async with CaClient(plane.address, token_file(tmp_path, "pod-token-of-orders"), ORDERS) as client:
             assert (await client.fetch_svid()).spiffe_id == ORDERS
@@ -305,6 +310,7 @@ def test_meshpy_control_runs_the_ca_with_its_options(tmp_path: Path) -> None:
     (["--svid-ttl", "0"], "--svid-ttl: must be > 0"),
     (["--trust-domain", "Not A Domain"], "--trust-domain: bad trust domain"),
     (["--bootstrap-tokens", "/nonexistent/tokens.yaml"], "/nonexistent/tokens.yaml"),
+    (["--grpc-tls-names", "not a name!"], "--grpc-tls-names: 'not a name!' is neither a DNS name"),
 ])
 def test_bad_ca_options_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "meshpy", "control", "--envoy-dir", str(tmp_path), *args],

@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 import yaml
 from kit import ROOT, eventually
-from kubeapi import SERVICES, SLICES, endpoint, endpoint_slice, service, write_kubeconfig
+from kubeapi import SERVICES, SLICES, write_kubeconfig
+from kubeobjects import endpoint, endpoint_slice, service
 from netns_pods import MESHPY, Pods, curl, in_ns, metric, served_by, why_not
 
 TAG = f"mk{os.getpid() % 100000}"

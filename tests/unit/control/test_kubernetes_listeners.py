@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 from kit import envoy_binary
-from kubeapi import RECORDED_SERVICE, endpoint, endpoint_slice, service
+from kubeobjects import RECORDED_SERVICE, endpoint, endpoint_slice, service
 
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache, check, make_snapshot
 from control.server import Publisher
@@ -171,7 +171,8 @@ def test_the_option_turns_them_off_and_belongs_to_kubernetes(capsys: pytest.Capt
     off = kubernetes_cli.options(parser.parse_args(["--kubernetes", "--no-kubernetes-listeners"]))
     assert on is not None and on.listeners and off is not None and not off.listeners
     assert main(["control", "--envoy-dir", ".", "--no-kubernetes-listeners"]) == 2
-    assert "--no-kubernetes-listeners are options of --kubernetes" in capsys.readouterr().err
+    assert "--no-kubernetes-listeners, --no-kubernetes-inbound and --no-kubernetes-root-cert are options " \
+        "of --kubernetes" in capsys.readouterr().err
 
 
 ROUTES_YAML = """

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubeapi import RECORDED_SERVICE, RECORDED_SLICE, endpoint, endpoint_slice, service
+from kubeobjects import RECORDED_SERVICE, RECORDED_SLICE, endpoint, endpoint_slice, service
 
 from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
 from control.server import Publisher

@@ -72,3 +72,18 @@ def test_bad_objects_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert f"{f}:doc 0: spec.ports[0].port: must be a port number, got 80800" in out
     assert f"note: {f}:doc 1: no kubernetes.io/service-name label: belongs to no Service, not served" in out
     assert f"{f}:doc 2: not a Kubernetes object (no kind)" in out
+
+
+def test_a_service_called_over_mutual_tls_says_where_its_identity_comes_from(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "svc.yaml"
+    f.write_text(SERVICE.replace("metadata: {name: orders, namespace: shop}", "metadata: {name: orders, "
+                                 "namespace: shop, annotations: {security.meshpy.io/mtls: strict}}"))
+    rc, out = run(capsys, str(f))
+    assert rc == 0, out
+    assert f"note: {f}:doc 0: its callers will expect the service accounts of its pods" in out
+    f.write_text(SERVICE.replace("metadata: {name: orders, namespace: shop}", "metadata: {name: orders, "
+                                 "namespace: shop, annotations: {security.meshpy.io/mtls: strict, "
+                                 "security.meshpy.io/serviceAccount: orders}}"))
+    rc, out = run(capsys, str(f))
+    assert rc == 0 and "service accounts of its pods" not in out, out

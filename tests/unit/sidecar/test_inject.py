@@ -310,6 +310,20 @@ def test_cli_reads_standard_input() -> None:
     assert proxy["resources"]["requests"]["cpu"] == "50m"
 
 
+def test_cli_token_audience() -> None:
+    """--token-audience matches a control plane run with --token-audiences; '' asks for none (the API
+    server's audience)."""
+    for given, expected in (("istio-ca", "istio-ca"), ("", None)):
+        proc = meshpy_inject("--trust-domain", "cluster.local", "--token-audience", given,
+                             stdin=yaml.safe_dump(WORKLOADS["Pod"]))
+        assert proc.returncode == 0, proc.stderr
+        pod = yaml.safe_load(proc.stdout)
+        validate(pod)
+        (volume,) = pod["spec"]["volumes"]
+        token = volume["projected"]["sources"][0]["serviceAccountToken"]
+        assert token.get("audience") == expected and token["path"] == "token"
+
+
 def test_cli_classic_jobs_are_told_how_to_finish(tmp_path: Path) -> None:
     path = tmp_path / "shop.yaml"
     path.write_text(SHOP.read_text())
@@ -395,11 +409,22 @@ def test_mesh_identity_from_the_pods_service_account() -> None:
     assert proxy["volumeMounts"] == [{"name": "meshpy-token", "mountPath": "/var/run/secrets/meshpy",
                                       "readOnly": True}]
     (volume,) = spec["volumes"]
-    assert volume["projected"]["sources"][0]["serviceAccountToken"]["path"] == "token"
+    token, root = volume["projected"]["sources"]
+    assert token["serviceAccountToken"]["path"] == "token"
+    # Made for the mesh's CA only: the API server refuses it, and the CA refuses the pod's API token
+    # (meshpy control --token-audiences, whose default is the same).
+    assert token["serviceAccountToken"]["audience"] == "meshpy-ca"
+    assert _parser().parse_args(["control"]).token_audiences == "meshpy-ca"
+    # The control plane is checked with the mesh's root, from a ConfigMap as Istio's istio-ca-root-cert.
+    assert root == {"configMap": {"name": "meshpy-ca-root-cert",
+                                  "items": [{"key": "root-cert.pem", "path": "root-cert.pem"}]}}
+    assert args[args.index("--xds-ca") + 1] == "/var/run/secrets/meshpy/root-cert.pem"
     expanded = [a.replace("$(POD_NAMESPACE)", "shop").replace("$(SERVICE_ACCOUNT)", "orders") for a in args]
     parsed = _parser().parse_args(expanded)
     assert parsed.identity == "spiffe://cluster.local/ns/shop/sa/orders" and parsed.ca_token
+    assert parsed.xds_ca == "/var/run/secrets/meshpy/root-cert.pem"
     # Without a trust domain nothing of it is there.
     plain_spec = template_of(inject_one(WORKLOADS["Deployment"]))["spec"]
     plain = by_name(plain_spec["initContainers"], "meshpy-proxy")
-    assert "--identity" not in plain["args"] and "volumeMounts" not in plain
+    assert "--identity" not in plain["args"] and "--xds-ca" not in plain["args"]
+    assert "volumeMounts" not in plain

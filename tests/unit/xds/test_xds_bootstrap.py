@@ -188,3 +188,85 @@ def test_static_resources_that_wait_for_xds_are_held_for_the_client() -> None:
     # Without dynamic_resources they stay errors: nothing would ever bring their routes.
     static_only = "static_resources:" + RDS_LISTENER
     assert "rds is not supported in a static bootstrap yet" in " ".join(issues(static_only))
+
+
+TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def with_ads_tls(context: str, secrets: str = "") -> str:
+    """The bootstrap with `context` (an UpstreamTlsContext's fields, YAML flow) on the ADS cluster."""
+    socket = (f"    connect_timeout: 1s\n    transport_socket:\n      name: envoy.transport_sockets.tls\n"
+              f"      typed_config: {{ '@type': {TLS_CONTEXT}, {context} }}\n")
+    return bootstrap().replace("    connect_timeout: 1s\n", socket, 1) + secrets
+
+
+def test_the_ads_clusters_upstream_tls_context_is_read_for_the_stream() -> None:
+    from meshpy.model.routes import StringMatch
+    from meshpy.model.tls import Certificate, ClientTls, Pem, SanMatch, TlsParams, Validation
+
+    config = load_text(with_ads_tls(
+        "sni: control.mesh, common_tls_context: { "
+        "tls_certificates: [{ certificate_chain: { filename: /etc/mesh/cert.pem }, "
+        "private_key: { filename: /etc/mesh/key.pem } }], "
+        "validation_context: { trusted_ca: { filename: /etc/mesh/root-cert.pem }, "
+        "match_typed_subject_alt_names: [{ san_type: DNS, matcher: { exact: control.mesh } }] } }"))
+    assert config.xds is not None and config.xds.server == "127.0.0.1:18000"
+    assert config.xds.tls == ClientTls(
+        sni="control.mesh",
+        certificate=Certificate(chain=Pem(path="/etc/mesh/cert.pem"), key=Pem(path="/etc/mesh/key.pem")),
+        validation=Validation(ca=Pem(path="/etc/mesh/root-cert.pem"), san=(
+            SanMatch(kind="dns", match=StringMatch(kind="exact", value="control.mesh")),)),
+        params=TlsParams(max_version="TLSv1.2"))  # Envoy's client default
+    assert config.xds.connect_timeout == 1.0
+    assert [c.name for c in config.clusters] == ["local"]  # still not a data plane cluster
+    # Without a transport_socket: plaintext (or --xds-ca), as before.
+    plain = load_text(bootstrap())
+    assert plain.xds is not None and plain.xds.tls is None
+
+
+def test_a_static_secret_serves_the_ads_cluster_and_sds_cannot() -> None:
+    secrets = ("  secrets:\n  - name: mesh-root\n"
+               "    validation_context: { trusted_ca: { inline_string: 'PEM' } }\n")
+    config = load_text(with_ads_tls(
+        "common_tls_context: { validation_context_sds_secret_config: { name: mesh-root } }", secrets))
+    assert config.xds is not None and config.xds.tls is not None
+    assert config.xds.tls.validation is not None and config.xds.tls.validation.ca is not None
+    assert config.xds.tls.validation.ca.inline == b"PEM"
+    sds = "{ ads: {}, resource_api_version: V3 }"
+    found = issues(with_ads_tls(
+        f"common_tls_context: {{ "
+        f"tls_certificate_sds_secret_configs: [{{ name: default, sds_config: {sds} }}], "
+        f"combined_validation_context: {{ default_validation_context: {{}}, "
+        f"validation_context_sds_secret_config: {{ name: ROOTCA, sds_config: {sds} }} }} }}"))
+    at = "static_resources.clusters[0].transport_socket.typed_config.common_tls_context"
+    reason = ("the ADS cluster's secrets cannot come over SDS: SDS comes over the stream this cluster "
+              "carries (give files, inline PEM or a static secret)")
+    assert found == [f"{at}.tls_certificate_sds_secret_configs[0].sds_config: {reason}",
+                     f"{at}.combined_validation_context.validation_context_sds_secret_config.sds_config: "
+                     f"{reason}"]
+
+
+def test_what_the_ads_clusters_tls_cannot_be_is_named() -> None:
+    at = "static_resources.clusters[0].transport_socket"
+    assert issues(with_ads_tls("allow_renegotiation: true")) == [
+        f"{at}.typed_config.allow_renegotiation: is not supported: meshpy never renegotiates"]
+    downstream = with_ads_tls("common_tls_context: {}").replace(
+        "UpstreamTlsContext", "DownstreamTlsContext")
+    assert f"{at}: a cluster's TLS is an UpstreamTlsContext" in issues(downstream)
+
+
+def test_a_reload_cannot_change_the_ads_clusters_tls(tmp_path: Path) -> None:
+    import asyncio
+
+    from meshpy.app import App
+    from meshpy.runner import FileSource
+
+    started = load_text(with_ads_tls("sni: a.mesh"))
+    loop = asyncio.new_event_loop()
+    try:
+        source = FileSource(App(loop), str(tmp_path / "b.yaml"), xds=started.xds)
+        assert source._checked(load_text(with_ads_tls("sni: a.mesh"))) == started
+        with pytest.raises(ConfigError, match="xDS settings change only with a restart"):
+            source._checked(load_text(with_ads_tls("sni: b.mesh")))
+    finally:
+        loop.close()
