@@ -87,3 +87,14 @@ def test_readme_names_the_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme
     assert "make test" in readme
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test files by basename (the test directories are not packages): two files of one
+    name in different directories stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if ".venv" in path.parts:
+            continue
+        assert path.name not in seen, f"{path.relative_to(ROOT)} and {seen[path.name].relative_to(ROOT)}"
+        seen[path.name] = path
