@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:
     from meshpy.ports import UpstreamStream
@@ -259,9 +259,8 @@ class HostPool:
 
     def _start_connect(self, waiter: Waiter) -> None:
         self._connecting += 1
-        task = self._spawn(self.connector.http1(self))
 
-        def done(t: asyncio.Task[UpstreamHttp1]) -> None:
+        def done(t: asyncio.Future[Any]) -> None:
             self._connecting -= 1
             if t.cancelled():
                 waiter(ConnectionAbortedError("connect cancelled"))
@@ -270,12 +269,19 @@ class HostPool:
             if exc is not None:
                 self._connect_failed(exc, waiter)
                 return
-            self._connected(t.result(), waiter)
+            self._opened(t.result(), waiter)
 
-        task.add_done_callback(done)
+        self._open().add_done_callback(done)
 
-    # The two ends of a connect, apart so that the pool of an auto cluster (meshpy.upstream.pool_alpn),
-    # which connects for this pool, ends its connects the same way.
+    # What a connect opens and what becomes of it, apart so that the pool of an auto cluster
+    # (meshpy.upstream.pool_alpn), whose connects may come back HTTP/2, replaces just these two.
+    def _open(self) -> asyncio.Future[Any]:
+        return self._spawn(self.connector.http1(self))
+
+    def _opened(self, conn: Any, waiter: Waiter) -> None:
+        self._connected(conn, waiter)
+
+    # The two ends of a connect, which the auto cluster's pool ends its connects with too.
     def _connect_failed(self, exc: BaseException, waiter: Waiter) -> None:
         self.stats.cx_connect_fail += 1
         waiter(exc)

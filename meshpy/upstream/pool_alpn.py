@@ -30,7 +30,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshpy.transport.upstream_http2 import UpstreamHttp2
 from meshpy.upstream.pool import ConnPool, HostPool, Limits, PoolOverflow, Waiter, no_limits
@@ -212,27 +212,16 @@ class _Http1Side(HostPool):
         super().__init__(loop, address, stats, connector, max_connections, limits, tasks)
         self.auto = auto
 
-    def _start_connect(self, waiter: Waiter) -> None:
-        self._connecting += 1
+    def _open(self) -> asyncio.Future[Any]:
+        return self.auto.open()
 
-        def done(t: asyncio.Task[UpstreamHttp1 | UpstreamHttp2]) -> None:
-            self._connecting -= 1
-            if t.cancelled():
-                waiter(ConnectionAbortedError("connect cancelled"))
-                return
-            exc = t.exception()
-            if exc is not None:
-                self._connect_failed(exc, waiter)
-                return
-            conn = t.result()
-            if isinstance(conn, UpstreamHttp2):
-                # The host speaks HTTP/2 now: this request and those waiting here go there with it.
-                self.auto.adopt(conn, [waiter, *self.take_waiters()])
-                return
-            self.auto.learn(self)
-            self._connected(conn, waiter)
-
-        self.auto.open().add_done_callback(done)
+    def _opened(self, conn: UpstreamHttp1 | UpstreamHttp2, waiter: Waiter) -> None:
+        if isinstance(conn, UpstreamHttp2):
+            # The host speaks HTTP/2 now: this request and those waiting here go there with it.
+            self.auto.adopt(conn, [waiter, *self.take_waiters()])
+            return
+        self.auto.learn(self)
+        self._connected(conn, waiter)
 
 
 class _Http2Side(Http2HostPool):
@@ -246,21 +235,13 @@ class _Http2Side(Http2HostPool):
         super().__init__(loop, address, stats, connector, max_connections, opts, limits, tasks)
         self.auto = auto
 
-    def _start_connect(self) -> None:
-        self._connecting += 1
+    def _open(self) -> asyncio.Future[Any]:
+        return self.auto.open()
 
-        def done(t: asyncio.Task[UpstreamHttp1 | UpstreamHttp2]) -> None:
-            self._connecting -= 1
-            exc = ConnectionAbortedError("connect cancelled") if t.cancelled() else t.exception()
-            if exc is not None:
-                self._connect_failed(exc)
-                return
-            conn = t.result()
-            if not isinstance(conn, UpstreamHttp2):
-                # The host speaks HTTP/1.1 now: the requests waiting here go there with it.
-                self.auto.adopt(conn, self.take_waiters())
-                return
-            self.auto.learn(self)
-            self.adopt(conn)
-
-        self.auto.open().add_done_callback(done)
+    def _opened(self, conn: UpstreamHttp1 | UpstreamHttp2) -> None:
+        if not isinstance(conn, UpstreamHttp2):
+            # The host speaks HTTP/1.1 now: the requests waiting here go there with it.
+            self.auto.adopt(conn, self.take_waiters())
+            return
+        self.auto.learn(self)
+        self.adopt(conn)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshpy.upstream.pool import Limits, PoolOverflow, no_limits
 
@@ -151,17 +151,24 @@ class Http2HostPool:
     # -- connecting --------------------------------------------------------------------------------
     def _start_connect(self) -> None:
         self._connecting += 1
-        task = self._spawn(self.connector.http2(self, self.opts))
 
-        def done(t: asyncio.Task[UpstreamHttp2]) -> None:
+        def done(t: asyncio.Future[Any]) -> None:
             self._connecting -= 1
             exc = ConnectionAbortedError("connect cancelled") if t.cancelled() else t.exception()
             if exc is not None:
                 self._connect_failed(exc)
                 return
-            self.adopt(t.result())
+            self._opened(t.result())
 
-        task.add_done_callback(done)
+        self._open().add_done_callback(done)
+
+    # What a connect opens and what becomes of it: an auto cluster's pool (meshpy.upstream.pool_alpn)
+    # replaces these two, since its connects may come back HTTP/1.1.
+    def _open(self) -> asyncio.Future[Any]:
+        return self._spawn(self.connector.http2(self, self.opts))
+
+    def _opened(self, conn: Any) -> None:
+        self.adopt(conn)
 
     def _connect_failed(self, exc: BaseException) -> None:
         self.stats.cx_connect_fail += 1
