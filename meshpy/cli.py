@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from meshpy.model.types import DEFAULT_ADMIN, Config
 if TYPE_CHECKING:
     from meshpy.identity.control_trust import ControlPlaneTrust
     from meshpy.identity.local import IdentityOptions
+    from meshpy.sidecar.probes import ProbeServer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     ident.add_argument("--ca-token", metavar="FILE", help="the token that proves the identity (read on each "
                        "request: a Kubernetes service-account token, or a bootstrap token)")
     ident.add_argument("--identity-ttl", type=float, metavar="SECONDS", help="the lifetime to ask for")
+
+    from meshpy.sidecar.inject_probes import PROBE_PORT
+
+    probes = run.add_argument_group("the app's kubelet probes, made by the proxy (meshpy inject sets them)")
+    probes.add_argument("--app-probes", metavar="JSON", help="path -> original probe, as meshpy inject "
+                        "writes it (default: $MESHPY_APP_PROBES); nothing listens without it")
+    probes.add_argument("--probe-listen", metavar="HOST:PORT", default=f"0.0.0.0:{PROBE_PORT}",
+                        help="where the kubelet asks for them (default %(default)s)")
 
     rel = sub.add_parser("reload", help="a running proxy reloads its config file (SIGHUP, by its pid file)")
     rel.add_argument("--pid-file", metavar="FILE", required=True, help="the file meshpy run --pid-file wrote")
@@ -236,6 +246,7 @@ def _run(args: argparse.Namespace) -> int:
             admin = parse_address(args.admin)
         identity = _identity(args)
         control_trust = _control_trust(args)
+        probes = _probes(args)
     except ValueError as err:
         print(f"meshpy run: {err}", file=sys.stderr)
         return 2
@@ -245,7 +256,7 @@ def _run(args: argparse.Namespace) -> int:
         pidfile.write(args.pid_file)
     try:
         return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin,
-                                                  identity, control_trust))
+                                                  identity, control_trust, probes))
     finally:
         if args.pid_file:
             pidfile.remove(args.pid_file)
@@ -271,6 +282,19 @@ def _identity(args: argparse.Namespace) -> IdentityOptions | None:
     if args.identity_ttl is not None and args.identity_ttl <= 0:
         raise ValueError("--identity-ttl must be > 0")
     return IdentityOptions(spiffe_id, ca, args.ca_token, args.identity_ttl)
+
+
+def _probes(args: argparse.Namespace) -> ProbeServer | None:
+    """The probe port, when the app's probes are given (ValueError says what is wrong with them)."""
+    from meshpy.sidecar.inject_probes import PROBES_ENV
+
+    text = args.app_probes if args.app_probes is not None else os.environ.get(PROBES_ENV)
+    if not text:
+        return None
+    from meshpy.sidecar.probes import probe_server
+
+    source = "--app-probes" if args.app_probes is not None else PROBES_ENV
+    return probe_server(text, source, args.probe_listen)
 
 
 def _control_trust(args: argparse.Namespace) -> ControlPlaneTrust | None:

@@ -23,6 +23,7 @@ from meshpy.model.types import DEFAULT_ADMIN, Address, Admin, Config, XdsSource
 if TYPE_CHECKING:
     from meshpy.identity.control_trust import ControlPlaneTls
     from meshpy.identity.local import IdentityOptions, LocalIdentity
+    from meshpy.sidecar.probes import ProbeServer
     from meshpy.xds.ads_tls import AdsClusterTls
     from meshpy.xds.client import AdsClient
 
@@ -91,11 +92,12 @@ class FileSource:
 async def serve(path: str | None, drain_time: float | None = None, grace_time: float | None = None,
                 xds: XdsSource | None = None, admin: Address | None = None,
                 identity: IdentityOptions | None = None,
-                control_trust: ControlPlaneTls | None = None) -> int:
+                control_trust: ControlPlaneTls | None = None, probes: ProbeServer | None = None) -> int:
     """Serve `path` (may be None with `xds`); `xds` from the command line replaces the file's.
     `identity`: get this workload's certificate from the mesh's CA first, and keep it renewed.
     `control_trust`: the control plane (xDS and the CA) serves TLS, checked with those roots (--xds-ca);
-    a bootstrap's ADS cluster may say it instead (its transport_socket: meshpy.xds.ads_tls)."""
+    a bootstrap's ADS cluster may say it instead (its transport_socket: meshpy.xds.ads_tls).
+    `probes`: the app's kubelet probes, served once the config is live, until the proxy stops."""
     loop = asyncio.get_running_loop()
     origin = path or "--xds"
     try:
@@ -158,6 +160,15 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
         return 1
     if not config.listeners and config.xds is None:
         log.warning("%s: %s", origin, NOTHING_TO_SERVE)
+    if probes is not None:
+        try:
+            await probes.start()
+        except OSError as err:
+            print(f"{origin}: cannot listen on {probes.address} for the app's probes: {err}", flush=True)
+            if local is not None:
+                await local.close()
+            await _close(app, ads_tls)
+            return 1
     client: AdsClient | None = None
     if config.xds is not None:
         from meshpy.xds.client import AdsClient
@@ -178,6 +189,8 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
     try:
         await app.wait_stopped()
     finally:
+        if probes is not None:
+            await probes.close()
         if local is not None:
             await local.close()
         if client is not None:

@@ -106,26 +106,27 @@ class Pods:
         except RuntimeError as err:
             pytest.skip(f"cannot build the test network: {err}")
 
-    def start(self, name: str, ns: str, *argv: str, gid: int | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, ns: str, *argv: str, gid: int | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Run argv in `ns` (output to <logs>/<name>.out); `ip netns exec` execs it, so the PID is its."""
         out = open(self.logs / f"{name}.out", "wb")  # noqa: SIM115 - the process owns it
         self.procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out,
                                             stderr=subprocess.STDOUT, cwd=ROOT, group=gid,
-                                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                            env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
         out.close()
         return self.procs[name]
 
-    def sidecar(self, pod: str, node_cluster: str, xds: str, *run_args: str,
-                node_id: str | None = None) -> None:
+    def sidecar(self, pod: str, node_cluster: str, xds: str, *run_args: str, node_id: str | None = None,
+                exclude_inbound: str = "15000", env: dict[str, str] | None = None) -> None:
         """The pod's interception rules, then meshpy as its sidecar (admin 127.0.0.1:15000), following xds
-        as the node `node_id` (default: the pod's namespace name)."""
+        as the node `node_id` (default: the pod's namespace name), with `env` added to its environment."""
         rules = in_ns(pod, *MESHPY, "iptables", "--proxy-gid", str(PROXY_GID), "--exclude-inbound-ports",
-                      "15000", check=False)
+                      exclude_inbound, check=False)
         if rules.returncode != 0:
             pytest.skip(f"cannot install the interception rules: {rules.stderr.strip()}")
         self.start(pod, pod, *MESHPY, "run", "--xds", xds, "--node-id", node_id or pod, "--node-cluster",
                    node_cluster, "--admin", "127.0.0.1:15000", "--drain-time", "0", "--grace-time", "1",
-                   *run_args, gid=PROXY_GID)
+                   *run_args, gid=PROXY_GID, env=env)
 
     def proxy_logs(self) -> str:
         return "\n".join(f"--- {name}\n{(self.logs / f'{name}.out').read_text(errors='replace')}"

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-audience", default=DEFAULT_TOKEN_AUDIENCE, metavar="AUDIENCE",
                         help="the audience of that token: one of meshpy control --token-audiences "
                              "(default %(default)s)")
+    parser.add_argument("--no-probe-rewrite", dest="probe_rewrite", action="store_false",
+                        help="keep the app's httpGet, tcpSocket and grpc probes as they are, instead of "
+                             "sending them through the sidecar's probe port (which mutual TLS only, STRICT, "
+                             "needs). The annotation sidecar.meshpy.io/rewriteAppHTTPProbers overrides it "
+                             "per workload")
     parser.add_argument("--proxy-cpu", default="100m", help="the proxy's CPU request (default %(default)s)")
     parser.add_argument("--proxy-cpu-limit", default=None, help="the proxy's CPU limit (default none)")
     parser.add_argument("--proxy-memory", default="128Mi",
@@ -51,6 +56,7 @@ def _options(args: argparse.Namespace) -> InjectOptions:
         proxy_memory_limit=args.proxy_memory_limit,
         trust_domain=args.trust_domain,
         token_audience=args.token_audience,
+        rewrite_probes=args.probe_rewrite,
     )
 
 

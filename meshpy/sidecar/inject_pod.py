@@ -17,6 +17,7 @@ from typing import Any
 
 from meshpy.identity.spiffe import DEFAULT_TOKEN_AUDIENCE
 from meshpy.model.types import DEFAULT_ADMIN
+from meshpy.sidecar.inject_probes import PROBE_PORT, probes_env, rewrite_probes
 
 ANNOTATION_INJECT = "sidecar.meshpy.io/inject"
 ANNOTATION_STATUS = "sidecar.meshpy.io/status"
@@ -29,6 +30,7 @@ ANNOTATION_EXCLUDE_INBOUND = "traffic.meshpy.io/excludeInboundPorts"
 ANNOTATION_INCLUDE_INBOUND = "traffic.meshpy.io/includeInboundPorts"
 ANNOTATION_EXCLUDE_OUTBOUND = "traffic.meshpy.io/excludeOutboundPorts"
 ANNOTATION_EXCLUDE_CIDRS = "traffic.meshpy.io/excludeOutboundIPRanges"
+ANNOTATION_REWRITE_PROBES = "sidecar.meshpy.io/rewriteAppHTTPProbers"  # Istio's name, under our prefix
 STATUS_INJECTED = "injected"
 
 PROXY_NAME = "meshpy-proxy"
@@ -65,6 +67,8 @@ class InjectOptions:
     trust_domain: str | None = None
     # What the projected token is made for: the control plane's --token-audiences must name it.
     token_audience: str = DEFAULT_TOKEN_AUDIENCE
+    # The app's httpGet, tcpSocket and grpc probes go through the sidecar's probe port (inject_probes).
+    rewrite_probes: bool = True
 
 
 class Outcome(Enum):
@@ -140,11 +144,14 @@ def _containers(spec: dict[str, Any], key: str, where: str) -> list[Any]:
     return value
 
 
-def init_container(image: str, annotations: dict[str, Any], where: str) -> dict[str, Any]:
+def init_container(image: str, annotations: dict[str, Any], where: str,
+                   probes: bool = False) -> dict[str, Any]:
+    """`probes`: the kubelet probes the sidecar's probe port, which must reach it uncaptured."""
+
     def annotation(name: str) -> str:
         return f"{where}.metadata.annotations[{name}]"
 
-    excluded_inbound = [str(ADMIN_PORT)]
+    excluded_inbound = [str(ADMIN_PORT)] + [str(PROBE_PORT)] * probes
     if ANNOTATION_EXCLUDE_INBOUND in annotations:
         more = _ports(annotations[ANNOTATION_EXCLUDE_INBOUND], annotation(ANNOTATION_EXCLUDE_INBOUND))
         excluded_inbound += [p for p in more.split(",") if p and p not in excluded_inbound]
@@ -315,19 +322,27 @@ def inject_template(
         raise InjectError(f"{where}.spec: has a container named {INIT_NAME} but no {PROXY_NAME}")
     if spec.get("hostNetwork") is True:
         return TemplateResult(Outcome.HOST_NETWORK)
-    native = options.native
-    if ANNOTATION_NATIVE in annotations:
-        said = _flag(annotations[ANNOTATION_NATIVE])
-        if said is None:
-            where_native = f"{where}.metadata.annotations[{ANNOTATION_NATIVE}]"
-            raise InjectError(f'{where_native}: expected "true" or "false"')
-        native = said
+    native = _setting(annotations, ANNOTATION_NATIVE, options.native, where)
     service = service_name(template, workload)
     if service is None:
         raise InjectError(f"{where}: no service name (label app.kubernetes.io/name or app, or a name)")
 
-    init = init_container(options.image, annotations, where)
+    probes: dict[str, dict[str, Any]] = {}
+    if _setting(annotations, ANNOTATION_REWRITE_PROBES, options.rewrite_probes, where):
+        targets = [(f"{where}.spec.containers[{i}]", c) for i, c in enumerate(containers)]
+        if native:
+            # The workload's own native sidecars too, which start after the proxy and the rules (a
+            # classic proxy starts after every init container: their probes could not reach it).
+            targets += [(f"{where}.spec.initContainers[{i}]", c) for i, c in enumerate(init_containers)
+                        if c.get("restartPolicy") == "Always"]
+        try:
+            probes = rewrite_probes(targets)
+        except ValueError as err:
+            raise InjectError(str(err)) from None
+    init = init_container(options.image, annotations, where, probes=bool(probes))
     proxy = proxy_container(options, annotations, service, where, native)
+    if probes:
+        proxy["env"].append(probes_env(probes))
     if "initContainers" not in spec:
         # A new key goes before `containers`, where people write it (dicts keep insertion order).
         items = list(spec.items())
@@ -352,6 +367,16 @@ def inject_template(
         metadata = template["metadata"] = {}
     _mapping(metadata, "annotations", f"{where}.metadata")[ANNOTATION_STATUS] = STATUS_INJECTED
     return TemplateResult(Outcome.INJECTED, native=native, notes=_uid_notes(spec, containers, where))
+
+
+def _setting(annotations: dict[str, Any], name: str, default: bool, where: str) -> bool:
+    """A yes/no annotation, else the command line's `default`."""
+    if name not in annotations:
+        return default
+    said = _flag(annotations[name])
+    if said is None:
+        raise InjectError(f'{where}.metadata.annotations[{name}]: expected "true" or "false"')
+    return said
 
 
 def _uid_notes(spec: dict[str, Any], containers: list[dict[str, Any]], where: str) -> tuple[str, ...]:

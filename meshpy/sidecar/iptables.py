@@ -65,6 +65,10 @@ def restore_input(plan: InterceptPlan, v6: bool = False) -> str:
             add(f"-A MESHPY_INBOUND -p tcp --dport {port} -j MESHPY_IN_REDIRECT")
     add(f"-A MESHPY_IN_REDIRECT -p tcp -j REDIRECT --to-ports {plan.inbound_port}")
     # Outbound: the proxy's own traffic and loopback pass, then the exclusions, then the rest is captured.
+    # So the checks the proxy makes for the app's kubelet probes (meshpy/sidecar/probes.py, to
+    # 127.0.0.1:<app port> from its UID) reach the app itself: either rule alone lets them through, and
+    # being made in this pod they never pass PREROUTING's nat (nat sees a connection's first packet once,
+    # in OUTPUT for a local one), so the inbound redirect does not take them either.
     add(f"-A MESHPY_OUTPUT -m owner --uid-owner {plan.proxy_uid} -j RETURN")
     if plan.proxy_gid is not None:
         add(f"-A MESHPY_OUTPUT -m owner --gid-owner {plan.proxy_gid} -j RETURN")

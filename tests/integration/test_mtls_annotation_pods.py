@@ -11,6 +11,10 @@ token that the (fake) Kubernetes API's TokenReview knows:
                                is installed
     namespace e   (10.82.0.5): a pod outside the mesh (curl, no sidecar)
 
+b's sidecar is set up as `meshpy inject` sets up the orders Pod's (its probe port excluded from capture,
+the app's original probes in MESHPY_APP_PROBES): the node (the net namespace) probes it as the kubelet
+would probe the rewritten probes, while its plaintext calls to the app's port are refused.
+
 Service shop/orders (cluster IP 10.96.61.10, no pod's address) selects app=orders and says
 `security.meshpy.io/mtls: strict`. Nothing else says how b takes its calls: the control plane generates
 the inbound listener of b (and b2) from the annotation, and a's sidecar calls it over mutual TLS,
@@ -31,12 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kit import ROOT, envoy_binary, eventually
 from kubeapi import PODS, SERVICES, SLICES, write_kubeconfig
 from kubeobjects import endpoint, endpoint_slice, service
 from kubeobjects import pod as pod_object
 from netns_pods import MESHPY, PROXY_GID, Pods, curl, in_ns, metric, served_by, why_not
 from test_kubernetes_pods import shipped_mesh_yaml
+
+from meshpy.sidecar.inject import InjectOptions, inject_text
 
 TAG = f"ma{os.getpid() % 100000}"
 NET, POD_A, POD_B, POD_B2, POD_E = (f"{TAG}-{x}" for x in ("net", "a", "b", "b2", "e"))
@@ -77,6 +84,22 @@ def orders_service(mode: str | None, account: str | None = None) -> dict[str, An
 def orders_pods(account: str) -> list[dict[str, Any]]:
     """The Pods of the Service's endpoints (b, and b2), as the API says they run."""
     return [pod_object(name, ip, account) for p, (name, ip) in API_PODS.items() if p != POD_A]
+
+
+def injected_probes() -> dict[str, Any]:
+    """What `meshpy inject` gives the orders Pod's sidecar for the app's probes: a readiness probe of the
+    app's named port, and a liveness probe of a port nothing listens on. Its `meshpy-init` args (for the
+    ports left uncaptured) and its proxy's env."""
+    app = {"name": "orders", "image": "orders:1", "ports": [{"name": "http", "containerPort": 8080}],
+           "readinessProbe": {"httpGet": {"path": "/hello", "port": "http"}},
+           "livenessProbe": {"tcpSocket": {"port": 9100}, "timeoutSeconds": 2}}
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orders-1", "namespace": "shop"},
+                "spec": {"containers": [app]}}
+    injected = yaml.safe_load(inject_text(yaml.safe_dump(manifest), InjectOptions(image="meshpy")).text)
+    init, proxy = injected["spec"]["initContainers"]
+    args = init["args"]
+    return {"exclude_inbound": args[args.index("--exclude-inbound-ports") + 1],
+            "env": {e["name"]: e["value"] for e in proxy["env"] if "value" in e}}
 
 
 def san_failures() -> float:
@@ -213,7 +236,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             start_envoy(pods, logs, (logs / f"{POD_B2}.token").read_text())
         for pod, (node_id, account) in NODES.items():
             pods.sidecar(pod, account, f"{GATEWAY}:18000", "--identity", spiffe(account), "--ca-token",
-                         str(logs / f"{pod}.token"), node_id=node_id)
+                         str(logs / f"{pod}.token"), node_id=node_id,
+                         **(injected_probes() if pod == POD_B else {}))
         for pod in NODES:
             ready = in_ns(pod, *MESHPY, "wait", "--timeout", "40", check=False)
             assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{pods.proxy_logs()}"
@@ -278,6 +302,19 @@ def test_the_caller_expects_the_service_account_the_services_pods_run_as(mesh: M
     refused = san_failures()
     assert [curl(POD_A, VIA_SERVICE, timeout=2)[0] for _ in range(5)] == [200] * 5
     assert san_failures() == refused
+
+
+def test_the_kubelets_probes_reach_a_strict_pod_through_its_probe_port(mesh: Mesh) -> None:
+    """The node (the net namespace, the pods' gateway) plays the kubelet: the rewritten probes reach b's
+    sidecar uncaptured, which makes the original checks of the app inside the pod (its connection to
+    127.0.0.1 is its group's, which the rules let through); the node's plaintext call of the app's own
+    port is refused, as anyone's is under strict."""
+    probe_port = f"http://{IP[POD_B]}:15021"
+    assert curl(NET, f"{probe_port}/app-health/orders/readyz") == (200, "the app answered 200\n"), mesh.logs()
+    status, body = curl(NET, f"{probe_port}/app-health/orders/livez")
+    assert status == 503 and "127.0.0.1:9100: Connection refused" in body, body
+    assert curl(NET, f"{probe_port}/stats/prometheus")[0] == 404  # nothing but the probes there
+    assert curl(NET, TO_POD)[0] == 0
 
 
 def test_strict_refuses_a_pod_outside_the_mesh(mesh: Mesh) -> None:

@@ -3,6 +3,7 @@ ConfigMap are ones meshpy accepts, and the sample app injects into valid objects
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from control.sources.meshpy_dir import load_meshpy_dir
 from meshpy.cli import _parser
 from meshpy.sidecar.inject import InjectOptions, inject_text
 from meshpy.sidecar.inject_pod import DEFAULT_CONTROL_PLANE, PROXY_UID, ROOT_CONFIG_MAP
+from meshpy.sidecar.inject_probes import PROBE_PORT, PROBES_ENV
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = sorted((ROOT / "config" / "kubernetes").glob("*.yaml"))
@@ -159,3 +161,13 @@ def test_the_sample_app_injects_into_valid_objects() -> None:
     # The proxy's UID is let through uncaptured: an app with the same UID would bypass the mesh.
     (app,) = pod["containers"]
     assert app["securityContext"]["runAsUser"] != PROXY_UID
+    # Its readiness probe goes through the proxy's probe port, which the kubelet reaches uncaptured; the
+    # proxy makes the original check of port `http` (8080) inside the pod.
+    assert app["readinessProbe"] == {"httpGet": {"path": "/app-health/web/readyz", "port": PROBE_PORT,
+                                                 "scheme": "HTTP"}, "periodSeconds": 5}
+    proxy = pod["initContainers"][1]
+    (probes,) = [json.loads(e["value"]) for e in proxy["env"] if e["name"] == PROBES_ENV]
+    assert probes == {"/app-health/web/readyz": {"httpGet": {"path": "/", "port": 8080, "scheme": "HTTP"},
+                                                 "timeoutSeconds": 1}}
+    init_args = pod["initContainers"][0]["args"]
+    assert init_args[init_args.index("--exclude-inbound-ports") + 1] == f"15000,{PROBE_PORT}"
