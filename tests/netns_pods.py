@@ -11,15 +11,18 @@ the calls a pod's app makes. Importing it does nothing; `Pods` makes and removes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kit import ROOT
+from kit import ROOT, eventually
 
 PROXY_GID = 10001  # the sidecar's group: `meshpy iptables --proxy-gid` lets its traffic through
 MESHPY = [sys.executable, "-m", "meshpy"]
@@ -128,6 +131,25 @@ class Pods:
                    node_cluster, "--admin", "127.0.0.1:15000", "--drain-time", "0", "--grace-time", "1",
                    *run_args, gid=PROXY_GID, env=env)
 
+    def wait_ready(self, *pods: str, timeout: int = 40) -> None:
+        """Every one of `pods`' sidecars has its config live (`meshpy wait`), or the test fails with the
+        logs."""
+        for pod in pods:
+            ready = in_ns(pod, *MESHPY, "wait", "--timeout", str(timeout), check=False)
+            assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{self.proxy_logs()}"
+
+    def kube_api(self, net: str, port: int, objects: list[dict[str, Any]]) -> str:
+        """The fake Kubernetes API (tests/kubeapi.py) in `net` on `port`, holding `objects`
+        ([{kind, object}]): its URL, once it answers."""
+        path = self.logs / "objects.json"
+        path.write_text(json.dumps(objects))
+        self.start("kubeapi", net, sys.executable, str(ROOT / "tests" / "kubeapi.py"), "serve", "--port",
+                   str(port), "--objects", str(path))
+        api = f"http://127.0.0.1:{port}"
+        eventually(lambda: in_ns(net, "curl", "-s", "-f", "-m", "2", f"{api}/api/v1/services",
+                                 check=False).returncode == 0, "the Kubernetes API listens")
+        return api
+
     def proxy_logs(self) -> str:
         return "\n".join(f"--- {name}\n{(self.logs / f'{name}.out').read_text(errors='replace')}"
                          for name in self.procs if (self.logs / f"{name}.out").exists())
@@ -143,3 +165,21 @@ class Pods:
                     p.wait()
         for ns in self.namespaces:
             sh("ip", "netns", "delete", ns, check=False)
+
+
+@contextlib.contextmanager
+def pod_network(factory: pytest.TempPathFactory, name: str, net: str, gateway: str,
+                ips: dict[str, str]) -> Iterator[tuple[Pods, Path]]:
+    """The pods of `ips` (network namespaces) wired to a bridge in `net` at `gateway`, and a directory for
+    their logs; skipped where namespaces cannot be made, and everything removed afterwards."""
+    reason = why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    logs = factory.mktemp(name)
+    pods = Pods(logs)
+    try:
+        pods.add(net, *ips)
+        pods.wire(net, gateway, ips)
+        yield pods, logs
+    finally:
+        pods.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import yaml
 from kit import ROOT, eventually
 from kubeapi import SERVICES, SLICES, write_kubeconfig
 from kubeobjects import endpoint, endpoint_slice, service
-from netns_pods import MESHPY, Pods, curl, in_ns, metric, served_by, why_not
+from netns_pods import MESHPY, Pods, curl, in_ns, metric, pod_network, served_by
 
 TAG = f"mk{os.getpid() % 100000}"
 NET, POD_A, POD_B1, POD_B2 = f"{TAG}-net", f"{TAG}-a", f"{TAG}-b1", f"{TAG}-b2"
@@ -103,24 +102,13 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    reason = why_not()
-    if reason is not None:
-        pytest.skip(reason)
-    logs = tmp_path_factory.mktemp("kubepods")
-    pods = Pods(logs)
-    try:
-        pods.add(NET, POD_A, POD_B1, POD_B2)
-        pods.wire(NET, GATEWAY, IP)
+    with pod_network(tmp_path_factory, "kubepods", NET, GATEWAY, IP) as (pods, logs):
         control_dir = logs / "control"
         control_dir.mkdir()
         (control_dir / "mesh.yaml").write_text(shipped_mesh_yaml())
         objects = [{"kind": SERVICES, "object": orders_service()}, {"kind": SLICES, "object": orders_slice()}]
-        (logs / "objects.json").write_text(json.dumps(objects))
         kubeconfig = write_kubeconfig(logs / "kubeconfig", KUBE_PORT)
-        pods.start("kubeapi", NET, sys.executable, str(ROOT / "tests" / "kubeapi.py"), "serve", "--port",
-                   str(KUBE_PORT), "--objects", str(logs / "objects.json"))
-        eventually(lambda: in_ns(NET, "curl", "-s", "-f", "-m", "2", f"http://127.0.0.1:{KUBE_PORT}/api/v1/services",
-                                 check=False).returncode == 0, "the Kubernetes API listens")
+        pods.kube_api(NET, KUBE_PORT, objects)
         pods.start("control", NET, *MESHPY, "control", "--kubernetes", "--kubeconfig", str(kubeconfig),
                    "--meshpy-dir", str(control_dir), "--listen", f"{GATEWAY}:18000", "--admin",
                    "127.0.0.1:18001", "--poll-interval", "0.2")
@@ -128,14 +116,10 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             pods.start(name, pod, *MESHPY, "demo-upstream", "--listen", "0.0.0.0:8080", "--name", name)
         for pod, node_cluster in ((POD_A, "client"), (POD_B1, "orders"), (POD_B2, "orders")):
             pods.sidecar(pod, node_cluster, f"{GATEWAY}:18000")
-        for pod in (POD_A, POD_B1, POD_B2):
-            ready = in_ns(pod, *MESHPY, "wait", "--timeout", "30", check=False)
-            assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{pods.proxy_logs()}"
+        pods.wait_ready(POD_A, POD_B1, POD_B2, timeout=30)
         c = Cluster(pods)
         eventually(lambda: curl(POD_A, URL, timeout=2)[0] == 200, "the first call gets through", 20)
         yield c
-    finally:
-        pods.close()
 
 
 def test_the_cluster_ip_is_balanced_over_the_slice(k8s: Cluster) -> None:

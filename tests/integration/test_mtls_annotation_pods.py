@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,11 @@ from typing import Any
 
 import pytest
 import yaml
-from kit import ROOT, envoy_binary, eventually
+from kit import envoy_binary, eventually
 from kubeapi import PODS, SERVICES, SLICES, write_kubeconfig
 from kubeobjects import endpoint, endpoint_slice, service
 from kubeobjects import pod as pod_object
-from netns_pods import MESHPY, PROXY_GID, Pods, curl, in_ns, metric, served_by, why_not
+from netns_pods import MESHPY, PROXY_GID, Pods, curl, in_ns, metric, pod_network, served_by
 from test_kubernetes_pods import shipped_mesh_yaml
 
 from meshpy.sidecar.inject import InjectOptions, inject_text
@@ -196,14 +195,7 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    reason = why_not()
-    if reason is not None:
-        pytest.skip(reason)
-    logs = tmp_path_factory.mktemp("mtls-annotation")
-    pods = Pods(logs)
-    try:
-        pods.add(NET, *IP)
-        pods.wire(NET, GATEWAY, IP)
+    with pod_network(tmp_path_factory, "mtls-annotation", NET, GATEWAY, IP) as (pods, logs):
         control_dir = logs / "control"
         control_dir.mkdir()
         (control_dir / "mesh.yaml").write_text(shipped_mesh_yaml())  # no word of mTLS in it
@@ -212,12 +204,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         objects = [{"kind": SERVICES, "object": orders_service("strict")}, {"kind": SLICES, "object": slice_},
                    *({"kind": PODS, "object": p} for p in [pod_object("payments-1", IP[POD_A], "payments"),
                                                            *orders_pods("orders")])]
-        (logs / "objects.json").write_text(json.dumps(objects))
-        pods.start("kubeapi", NET, sys.executable, str(ROOT / "tests" / "kubeapi.py"), "serve", "--port",
-                   str(KUBE_PORT), "--objects", str(logs / "objects.json"))
-        api = f"http://127.0.0.1:{KUBE_PORT}"
-        eventually(lambda: in_ns(NET, "curl", "-s", "-f", "-m", "2", f"{api}/api/v1/services",
-                                 check=False).returncode == 0, "the Kubernetes API listens")
+        api = pods.kube_api(NET, KUBE_PORT, objects)
         for pod, (_, account) in (*NODES.items(), (POD_B2, ("", "orders"))):
             token = logs / f"{pod}.token"
             token.write_text(f"{account}-projected-token")
@@ -238,15 +225,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             pods.sidecar(pod, account, f"{GATEWAY}:18000", "--identity", spiffe(account), "--ca-token",
                          str(logs / f"{pod}.token"), node_id=node_id,
                          **(injected_probes() if pod == POD_B else {}))
-        for pod in NODES:
-            ready = in_ns(pod, *MESHPY, "wait", "--timeout", "40", check=False)
-            assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{pods.proxy_logs()}"
+        pods.wait_ready(*NODES)
         eventually(lambda: curl(POD_A, VIA_SERVICE, timeout=2)[0] == 200, "the first call gets through", 30)
         if ENVOY is not None:
             eventually(envoy_serves_inbound, "Envoy serves the generated listener with its identity", 30)
         yield Mesh(pods)
-    finally:
-        pods.close()
 
 
 def test_strict_from_the_annotation_lets_the_meshed_caller_in_and_tells_the_app_who_it_is(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from kit import eventually
-from netns_pods import MESHPY, Pods, curl, in_ns, why_not
+from netns_pods import MESHPY, Pods, curl, in_ns, pod_network
 
 TAG = f"mt{os.getpid() % 100000}"
 NET, POD_A, POD_B, POD_D, POD_E = (f"{TAG}-{x}" for x in ("net", "a", "b", "d", "e"))
@@ -77,15 +77,8 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    reason = why_not()
-    if reason is not None:
-        pytest.skip(reason)
-    logs = tmp_path_factory.mktemp("mtls-pods")
-    control_dir = logs / "control"
-    pods = Pods(logs)
-    try:
-        pods.add(NET, *IP)
-        pods.wire(NET, GATEWAY, IP)
+    with pod_network(tmp_path_factory, "mtls-pods", NET, GATEWAY, IP) as (pods, logs):
+        control_dir = logs / "control"
         for name, text in (("client", CLIENT), ("server", SERVER)):
             (control_dir / "node-cluster" / name).mkdir(parents=True)
             (control_dir / "node-cluster" / name / "config.yaml").write_text(text)
@@ -104,13 +97,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             pods.sidecar(pod, cluster, f"{GATEWAY}:18000", "--identity", spiffe(ACCOUNTS[pod]),
                          "--ca-token", str(token))
         m = Mesh(pods, logs)
-        for pod in (POD_A, POD_B, POD_D):
-            ready = in_ns(pod, *MESHPY, "wait", "--timeout", "40", check=False)
-            assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{pods.proxy_logs()}"
+        pods.wait_ready(POD_A, POD_B, POD_D)
         eventually(lambda: curl(POD_A, "http://10.79.0.2:8080/")[0] == 200, "the first call gets through", 30)
         yield m
-    finally:
-        pods.close()
 
 
 def test_the_allowed_identity_gets_through_and_the_app_sees_it(mesh: Mesh) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from kit import envoy_binary, eventually
-from netns_pods import MESHPY, PROXY_GID, Pods, curl, in_ns, metric, served_by, why_not
+from netns_pods import MESHPY, PROXY_GID, Pods, curl, in_ns, metric, pod_network, served_by
 from xds_world import bootstrap
 
 TAG = f"mp{os.getpid() % 100000}"
@@ -111,15 +111,8 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    reason = why_not()
-    if reason is not None:
-        pytest.skip(reason)
-    logs = tmp_path_factory.mktemp("pods")
-    control_dir = logs / "control"
-    pods = Pods(logs)
-    try:
-        pods.add(NET, POD_A, POD_B, POD_C)
-        pods.wire(NET, GATEWAY, IP)
+    with pod_network(tmp_path_factory, "pods", NET, GATEWAY, IP) as (pods, logs):
+        control_dir = logs / "control"
         # The control plane's directory: clusters for every node, listeners per node cluster.
         for pod, name in ((POD_A, "client"), (POD_B, "server"), (POD_C, "envoy-client")):
             (control_dir / "node-cluster" / name).mkdir(parents=True)
@@ -142,13 +135,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                   "--disable-hot-restart", "--log-level", "warning", gid=PROXY_GID)
             why = ""
         m = Mesh(control_dir, logs, pods, why or None)
-        for pod in (POD_A, POD_B, *((POD_C,) if envoy else ())):
-            ready = in_ns(pod, *MESHPY, "wait", "--timeout", "30", check=False)
-            assert ready.returncode == 0, f"{pod}: {ready.stderr}\n{m.proxy_logs()}"
+        pods.wait_ready(POD_A, POD_B, *((POD_C,) if envoy else ()), timeout=30)
         eventually(lambda: m.curl("http://10.78.0.2:8080/")[0] == 200, "the first call gets through", 20)
         yield m
-    finally:
-        pods.close()
 
 
 def test_call_goes_through_both_sidecars(mesh: Mesh) -> None:
