@@ -9,6 +9,7 @@
 #   make bench-xds     the control plane with up to 5,000 simulated xDS clients
 #   make bench-policies what retries, a breaker and outlier detection cost a route (req/s ratio)
 #   make bench-h2       HTTP/2 and gRPC through meshpy and Envoy (h2load), CPU against h2 alone
+#   make bench-h2-codecs  a gRPC unary call and an h2 GET through each HTTP/2 codec candidate, in memory
 #   make bench-tls      HTTPS through meshpy and Envoy: keep-alive, full and resumed handshakes, HTTP/2
 #   make bench-sidecar  two pods: direct, meshpy and Envoy sidecar pairs, plaintext and mTLS; p90 at 1k/s (root)
 #   make bench-conns    RSS per idle connection and new connections/s, meshpy against Envoy and nginx
@@ -41,6 +42,7 @@ help:
 	@echo 'make bench-quick   a before/after check in under 2 minutes'
 	@echo 'make bench-micro   micro-benchmarks of the hot path'
 	@echo 'make bench-h2      HTTP/2 and gRPC: meshpy and Envoy with h2load, CPU against h2 alone'
+	@echo 'make bench-h2-codecs  the HTTP/2 codec candidates in memory: us per gRPC call and h2 GET'
 	@echo 'make bench-tls     HTTPS: meshpy and Envoy, keep-alive, full and resumed handshakes, HTTP/2 over TLS'
 	@echo 'make bench-xds     the control plane with up to 5,000 simulated xDS clients'
 	@echo 'make bench-policies the cost of retries, a breaker and outlier detection on a route'
@@ -153,6 +155,11 @@ bench-sidecar: bench-deps
 bench-h2: bench-deps
 	$(BIN)/python benchmarks/h2_bench.py
 
+# What one gRPC unary call and one h2 GET cost a proxy's two HTTP/2 sides in each candidate codec (h2,
+# libnghttp2 through cffi, a pure-Python prototype), codecs talking in memory (~25 s; docs/http2-codec.md).
+bench-h2-codecs: $(STAMP)
+	$(BIN)/python -m benchmarks.micro_h2codecs.bench
+
 # HTTPS through meshpy and Envoy with ECDSA and RSA certificates: keep-alive requests, full and resumed
 # handshakes per second and CPU per handshake, HTTP/2 over TLS (about 5 minutes; docs/tls-benchmarks.md).
 # The handshake client is benchmarks/tls_client.c, built with cc against libssl-dev when they are there.
@@ -204,4 +211,4 @@ clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-deps lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-tls bench-sidecar bench-conns image test-image clean
+.PHONY: help install run test test-deps lint lint-ruff lint-mypy lint-docker lint-imports bench bench-deps bench-quick bench-micro bench-xds bench-policies bench-h2 bench-h2-codecs bench-tls bench-sidecar bench-conns image test-image clean

@@ -1,0 +1,1 @@
+"""HTTP/2 codec candidates measured in memory for issue 16 (benchmarks only; meshpy never imports this)."""
