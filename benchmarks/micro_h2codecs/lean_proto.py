@@ -1,13 +1,16 @@
 """PROTOTYPE, for measuring only: a lean pure-Python HTTP/2 frame and HPACK codec. meshpy never uses it.
 
 It gives an idea of what a codec of our own, specialised for proxying, could cost. It implements just
-enough for the benchmark's exchanges against a real peer (libnghttp2): the preface, SETTINGS and their
-ACK, HEADERS without CONTINUATION, DATA, WINDOW_UPDATE and PING. Frames are parsed with `struct`.
+enough to carry exchanges against a real peer (libnghttp2, h2): the preface, SETTINGS and their ACK
+(a smaller HPACK table the peer asks for included), HEADERS with CONTINUATION both ways, DATA split
+into frames and held back while the connection's send window is short, WINDOW_UPDATE and PING.
+Frames are parsed with `struct`.
 HPACK has a fast path for fields fully indexed in the static or dynamic table, and a cache of decoded
 Huffman literals; a literal seen for the first time is decoded with the hpack library's pure-Python
 decoder. The encoder writes literals without Huffman coding (legal HPACK, a few more bytes on the
 wire). There are none of the defences a real codec needs (limits, GOAWAY, RST_STREAM, stream states,
-flow-control enforcement), which is why its figure is a lower bound and not a candidate's cost.
+enforcement of the peer's flow control), which is why its figure is a lower bound and not a candidate's
+cost.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ F_DATA, F_HEADERS, F_SETTINGS, F_PING, F_WINDOW_UPDATE, F_CONTINUATION = 0, 1, 4
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 TABLE_SIZE = 4096  # the HPACK default; the prototype announces no other
 WINDOW = 65535
+MAX_FRAME = 16384  # the default SETTINGS_MAX_FRAME_SIZE, which the prototype never raises
 STATIC: list[tuple[bytes, bytes]] = list(HeaderTable.STATIC_TABLE)
 _STATIC_FULL = {field: i + 1 for i, field in reversed(list(enumerate(STATIC)))}
 _STATIC_NAME = {name: i + 1 for i, (name, _) in reversed(list(enumerate(STATIC)))}
@@ -146,9 +150,12 @@ class Encoder:
         self.where: dict[tuple[bytes, bytes], int] = {}
         self.inserted = 0
         self.size = 0
+        self.limit = TABLE_SIZE
+        self.update = b""  # a table size update the next block must start with
 
     def encode(self, fields: Fields) -> bytes:
-        out = []
+        out = [self.update] if self.update else []
+        self.update = b""
         for field in fields:
             index = _STATIC_FULL.get(field)
             if index is None:
@@ -172,7 +179,17 @@ class Encoder:
         self.where[field] = self.inserted
         self.inserted += 1
         self.size += len(field[0]) + len(field[1]) + 32
-        while self.size > TABLE_SIZE:
+        self._evict()
+
+    def resize(self, limit: int) -> None:
+        """The peer's SETTINGS_HEADER_TABLE_SIZE: the table shrinks now, and the next block says so
+        first (a dynamic table size update, RFC 7541 6.3)."""
+        self.limit = limit
+        self.update = _enc_int(limit, 5, 0x20)
+        self._evict()
+
+    def _evict(self) -> None:
+        while self.size > self.limit:
             old, seq = self.entries.popleft()
             self.size -= len(old[0]) + len(old[1]) + 32
             if self.where.get(old) == seq:
@@ -193,6 +210,9 @@ class Connection:
         self._out.append(_frame(F_SETTINGS, 0, 0, b""))
         self._send_window = WINDOW
         self._unacked = 0  # connection-level bytes consumed and not yet given back
+        self._queued: deque[tuple[int, bytes]] = deque()  # (window it takes, frame) held for the window
+        self._fragments: tuple[int, int, list[bytes]] | None = None  # a header block still arriving
+        self._stream_unacked: dict[int, int] = {}  # per stream, as _unacked
 
     def send_request(self, headers: Fields, body: bytes = b"", trailers: Fields | None = None) -> int:
         sid = self._next_id
@@ -205,29 +225,48 @@ class Connection:
         self._send(stream_id, headers, body, trailers)
 
     def _send(self, sid: int, headers: Fields, body: bytes, trailers: Fields | None) -> None:
-        out = self._out
-        last = not body and trailers is None
-        out.append(self._headers(sid, headers, last))
-        if body:
-            if len(body) > min(self._send_window, 16384):
-                raise NotImplementedError("prototype: no flow-control queueing or DATA splitting")
-            self._send_window -= len(body)
-            out.append(_frame(F_DATA, END_STREAM if trailers is None else 0, sid, body))
+        self._out.append(self._headers(sid, headers, not body and trailers is None))
+        # DATA (and the trailers after it, whose order must hold) go through the queue that the
+        # connection's send window lets out; stream windows are not tracked (see the module's text).
+        queue = self._queued
+        for start in range(0, len(body), MAX_FRAME):
+            chunk = body[start:start + MAX_FRAME]
+            last = start + MAX_FRAME >= len(body) and trailers is None
+            queue.append((len(chunk), _frame(F_DATA, END_STREAM if last else 0, sid, chunk)))
         if trailers is not None:
-            out.append(self._headers(sid, trailers, True))
+            queue.append((0, self._headers(sid, trailers, True)))
+        self._flush()
+
+    def _flush(self) -> None:
+        queue = self._queued
+        while queue and queue[0][0] <= self._send_window:
+            cost, frame = queue.popleft()
+            self._send_window -= cost
+            self._out.append(frame)
 
     def _headers(self, sid: int, fields: Fields, end_stream: bool) -> bytes:
         block = self._encoder.encode(fields)
-        if len(block) > 16384:
-            raise NotImplementedError("prototype: no CONTINUATION")
-        return _frame(F_HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), sid, block)
+        flags = END_STREAM if end_stream else 0
+        if len(block) <= MAX_FRAME:
+            return _frame(F_HEADERS, END_HEADERS | flags, sid, block)
+        pieces = [block[i:i + MAX_FRAME] for i in range(0, len(block), MAX_FRAME)]
+        frames = [_frame(F_HEADERS, flags, sid, pieces[0])]
+        frames += [_frame(F_CONTINUATION, 0, sid, piece) for piece in pieces[1:-1]]
+        frames.append(_frame(F_CONTINUATION, END_HEADERS, sid, pieces[-1]))
+        return b"".join(frames)
 
     def consume(self, stream_id: int, length: int) -> None:
-        # Only the connection window is given back: the streams here end with their only DATA frame.
+        # Given back in batches of half a window, as nghttp2 and h2 do: the connection's, and the
+        # stream's once a body is larger than the benchmark's (a stream's table entry only then).
         self._unacked += length
         if self._unacked >= WINDOW // 2:
             self._out.append(_frame(F_WINDOW_UPDATE, 0, 0, _U32.pack(self._unacked)))
             self._unacked = 0
+        held = self._stream_unacked.get(stream_id, 0) + length
+        if held >= WINDOW // 2:
+            self._out.append(_frame(F_WINDOW_UPDATE, 0, stream_id, _U32.pack(held)))
+            held = 0
+        self._stream_unacked[stream_id] = held
 
     def receive(self, data: bytes) -> list[Event]:
         buf = self._buffer + data if self._buffer else data
@@ -251,16 +290,29 @@ class Connection:
             payload = buf[pos + 9:pos + 9 + length]
             pos += 9 + length
             sid &= 0x7FFFFFFF
+            if self._fragments is not None:
+                # Inside a header block only its CONTINUATIONs may come (RFC 9113 6.10).
+                fsid, fflags, parts = self._fragments
+                if kind != F_CONTINUATION or sid != fsid:
+                    raise ProtocolError("a header block interrupted")
+                parts.append(payload)
+                if flags & END_HEADERS:
+                    self._fragments = None
+                    events.append((HEADERS, sid, self._decoder.decode(b"".join(parts))))
+                    if fflags & END_STREAM:
+                        events.append((END, sid, None))
+                continue
             if kind in (F_HEADERS, F_DATA):
                 if flags & PADDED:
                     payload = payload[1:len(payload) - payload[0]]
                 if kind == F_DATA:
                     events.append((DATA, sid, payload))
                 else:
-                    if not flags & END_HEADERS:
-                        raise NotImplementedError("prototype: no CONTINUATION")
                     if flags & PRIORITY:
                         payload = payload[5:]
+                    if not flags & END_HEADERS:
+                        self._fragments = (sid, flags, [payload])
+                        continue
                     events.append((HEADERS, sid, self._decoder.decode(payload)))
                 if flags & END_STREAM:
                     events.append((END, sid, None))
@@ -273,15 +325,16 @@ class Connection:
         if kind == F_SETTINGS and not flags & ACK:
             for i in range(0, len(payload), 6):
                 ident, value = _SETTING.unpack_from(payload, i)
-                if ident == 1 and value < TABLE_SIZE:
-                    raise NotImplementedError("prototype: the encoder's table is always 4096 bytes")
+                if ident == 1 and value != self._encoder.limit:
+                    self._encoder.resize(value)
             self._out.append(_frame(F_SETTINGS, ACK, 0, b""))
         elif kind == F_WINDOW_UPDATE and sid == 0:
             self._send_window += _U32.unpack(payload)[0] & 0x7FFFFFFF
+            self._flush()
         elif kind == F_PING and not flags & ACK:
             self._out.append(_frame(F_PING, ACK, 0, payload))
         elif kind == F_CONTINUATION:
-            raise NotImplementedError("prototype: no CONTINUATION")
+            raise ProtocolError("CONTINUATION outside a header block")
         # PRIORITY, RST_STREAM, GOAWAY, stream-level WINDOW_UPDATE and unknown frames: ignored here.
 
     def data_to_send(self) -> bytes:
