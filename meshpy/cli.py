@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--grace-time", type=float, default=None, help="seconds requests in flight get after the drain"
     )
+    run.add_argument(
+        "--http2-codec", choices=("auto", "nghttp2", "h2"),
+        default=os.environ.get("MESHPY_HTTP2_CODEC") or "auto",
+        help="HTTP/2 codec where the config leaves it to auto: nghttp2 (libnghttp2, the default where it "
+             "loads) or h2 (pure Python); default auto, or $MESHPY_HTTP2_CODEC")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.add_argument("--pid-file", metavar="FILE", help="write the process id here, for meshpy reload")
     xds = run.add_argument_group("xDS short form (instead of, or beside, a bootstrap's dynamic_resources)")
@@ -219,6 +224,16 @@ def _validate(files: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def _http2_codec(name: str) -> None:
+    from meshpy.codec import h2session
+
+    h2session.set_default(name)
+    try:
+        h2session.resolve(name)
+    except h2session.CodecUnavailable as err:
+        raise ValueError(f"--http2-codec {name}: {err}") from err
+
+
 def _run(args: argparse.Namespace) -> int:
     from meshpy.model.types import Address, XdsSource
     from meshpy.model.yaml_values import parse_address
@@ -244,6 +259,7 @@ def _run(args: argparse.Namespace) -> int:
             if path:
                 raise ValueError("--admin is for the short form; a config file sets its own admin address")
             admin = parse_address(args.admin)
+        _http2_codec(args.http2_codec)
         identity = _identity(args)
         control_trust = _control_trust(args)
         probes = _probes(args)

@@ -13,7 +13,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from meshpy.codec.http2 import Connection
+from meshpy.codec.h2_pure import Connection
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -33,6 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOPS = ("uvloop", "asyncio")
 
 
+def h2_codec() -> str:
+    """The HTTP/2 codec the proxies of this run use: `make test` runs the HTTP/2 and gRPC modules once
+    with the default (nghttp2) and once with MESHPY_HTTP2_CODEC=h2 (the proxies inherit it)."""
+    from meshpy.codec import h2session
+
+    return h2session.resolve(os.environ.get(h2session.ENV) or "auto")
+
+
 _HANDED_OUT: set[int] = set()
 
 

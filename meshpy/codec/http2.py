@@ -1,26 +1,15 @@
-"""HTTP/2 pieces with no I/O: h2's configuration, our settings, and header lists checked and translated
+"""HTTP/2 pieces with no I/O and no codec: our settings, and header lists checked and translated
 between HTTP/2 and the proxy's HTTP/1-shaped view of a request or response.
 
-h2 is pure Python, and its inbound header validation and normalisation cost about a quarter of its
-per-request time (benchmarks/micro_h2.py: 76.6 µs a request strict, 56.4 µs relaxed). meshpy turns
-them off and checks what RFC 9113 8.2 and 8.3 require here instead, in the one pass over the header
-list that the translation makes anyway. Outbound validation is off too: the headers meshpy sends were
-built by meshpy, with connection-specific fields already removed.
+Neither codec (meshpy.codec.h2session) is trusted with these checks alone: h2 runs with its own
+validation off (it costs a quarter of its time), and nghttp2's rules are RFC 9113's, while meshpy also
+refuses what would mean something else once written as HTTP/1.1. So both codecs' requests pass through
+`read_request`, in the one pass over the header list that the translation makes anyway.
 """
 
 from __future__ import annotations
 
-import functools
-
-import h2.config
-import h2.connection
-import h2.settings
-import hpack.hpack
-from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, Event
-from h2.exceptions import InvalidBodyLengthError
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame
-
+from meshpy.codec import h2session
 from meshpy.codec.http1 import valid_authority
 from meshpy.model.types import Http2Options
 
@@ -46,37 +35,25 @@ _PATH_CHARS = bytes(c for c in range(0x21, 0x7F) if c != 0x23)
 _SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
 
 
-class _QuietLog:
-    """hpack logs every header it encodes or decodes at debug level through the logging module: some
-    75 calls per proxied gRPC call, about a tenth of the proxy's time (benchmarks/h2_bench.py, profiled).
-    meshpy never wants those lines, so hpack's module logger is replaced by one that drops them unread."""
-
-    def debug(self, *args: object, **kwargs: object) -> None:
-        pass
-
-
-hpack.hpack.log = _QuietLog()  # type: ignore[assignment]
-
-
 class Malformed(Exception):
     """A malformed request or response (RFC 9113 8.1.1): a stream error of type PROTOCOL_ERROR."""
 
 
-def config(client_side: bool) -> h2.config.H2Configuration:
-    return h2.config.H2Configuration(
-        client_side=client_side, header_encoding=None, validate_inbound_headers=False,
-        normalize_inbound_headers=False, validate_outbound_headers=False, normalize_outbound_headers=False)
-
-
-def local_settings(opts: Http2Options, max_header_bytes: int) -> dict[h2.settings.SettingCodes, int]:
-    codes = h2.settings.SettingCodes
+def local_settings(opts: Http2Options, max_header_bytes: int) -> dict[int, int]:
+    """What a server side announces in its SETTINGS."""
     return {
-        codes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
-        codes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
+        h2session.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
+        h2session.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
         # A promise to the peer; the limit itself is checked per request (431), as for HTTP/1.1.
-        codes.MAX_HEADER_LIST_SIZE: max_header_bytes,
-        codes.ENABLE_CONNECT_PROTOCOL: 1,  # RFC 8441: WebSocket over HTTP/2
+        h2session.MAX_HEADER_LIST_SIZE: max_header_bytes,
+        h2session.ENABLE_CONNECT_PROTOCOL: 1,  # RFC 8441: WebSocket over HTTP/2
     }
+
+
+def client_settings(opts: Http2Options) -> dict[int, int]:
+    """What a client side (an upstream connection) announces."""
+    return {h2session.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size, h2session.ENABLE_PUSH: 0,
+            h2session.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams}
 
 
 class RequestHead:
@@ -188,60 +165,3 @@ def response_fields(status: int, headers: list[tuple[bytes, bytes]]) -> list[tup
     out = [(b":status", b"%d" % status)]
     out.extend(h for h in headers if h[0] not in CONNECTION_SPECIFIC)
     return out
-
-
-class BodyLengthMismatch(Event):
-    """A request's DATA went past its content-length, or ended short of it: h2 has reset the stream
-    (PROTOCOL_ERROR); the proxy ends its exchange."""
-
-    stream_id: int = 0
-
-
-class Connection(h2.connection.H2Connection):
-    """h2's connection, except for two things. h2 treats every GOAWAY, sent or received, as the end of
-    the connection, while RFC 9113 6.8 lets the streams up to the frame's last stream id run to their
-    end: that is how a graceful shutdown drains. So a GOAWAY received with NO_ERROR is reported
-    (ConnectionTerminated) without closing h2's state machine, and the proxy sends its own graceful
-    GOAWAY as a raw frame (`goaway_frame`) for the same reason. And on the server side, a request body
-    that does not match its content-length is a stream error (RFC 9113 8.1.1), as from Envoy, not the
-    end of every other stream on the connection (BodyLengthMismatch)."""
-
-    # h2 remembers up to 2**16 closed streams per connection (to tell a frame for a closed stream from
-    # one for a stream never opened): some 10 MiB on a connection that lives long enough, the soak's RSS
-    # growth. A peer's late frames after 512 newer streams are rare, and harmless as a protocol error.
-    MAX_CLOSED_STREAMS = 512
-
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        super().__init__(config)
-        # Header values are sent without Huffman coding: it saves the encoder about a fifth of its
-        # time (values such as x-request-id are new on every request, so each is coded afresh) for
-        # some 20% more header bytes, which between a sidecar and its neighbours costs nothing.
-        encoder = self.encoder
-        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
-
-    def _receive_data_frame(self, frame: DataFrame) -> tuple[list[Frame], list[Event]]:
-        try:
-            return super()._receive_data_frame(frame)
-        except InvalidBodyLengthError:
-            if self.config.client_side:
-                raise  # a response: the upstream connection goes, as before
-        # h2 took the frame into its windows before the check: give the connection window back.
-        sid = frame.stream_id
-        self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-        self.acknowledge_received_data(frame.flow_controlled_length, sid)
-        event = BodyLengthMismatch()
-        event.stream_id = sid
-        return [], [event]
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
-        if frame.error_code != ErrorCodes.NO_ERROR:
-            return super()._receive_goaway_frame(frame)
-        event = ConnectionTerminated()
-        event.error_code = ErrorCodes.NO_ERROR
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-
-def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
-    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()

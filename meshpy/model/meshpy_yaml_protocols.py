@@ -38,6 +38,7 @@ from meshpy.model.types import (
     KEEPALIVE_MAX_SECONDS,
     AccessLog,
     Direction,
+    H2CodecName,
     Http2Options,
     TcpKeepalive,
     TcpOptions,
@@ -54,7 +55,7 @@ from meshpy.model.yaml_reader import (
 from meshpy.model.yaml_values import parse_size
 
 _HTTP2_KEYS = ("max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size",
-               "connection_keepalive")
+               "connection_keepalive", "codec")
 _KEEPALIVE_KEYS = ("interval", "timeout")
 _TCP_KEEPALIVE_KEYS = ("probes", "time", "interval")
 
@@ -106,7 +107,15 @@ def http2_options(r: Reader, node: object, path: str) -> Http2Options:
         initial_stream_window_size=f.get("initial_stream_window_size", _window, d.initial_stream_window_size),
         initial_connection_window_size=f.get(
             "initial_connection_window_size", _window, d.initial_connection_window_size),
+        codec=f.get("codec", _h2_codec, d.codec),
     )
+
+
+def _h2_codec(value: object) -> H2CodecName:
+    """auto, nghttp2 or h2 (whether nghttp2 loads is checked when the proxy starts: meshpy.app)."""
+    if value not in ("auto", "nghttp2", "h2"):
+        raise ValueError(f"must be auto, nghttp2 or h2, got {value!r}")
+    return value
 
 
 def tcp_keepalive(r: Reader, node: object, path: str) -> TcpKeepalive | None:

@@ -48,6 +48,9 @@ class Address:
 DEFAULT_ADMIN = Address(host="127.0.0.1", port=15000)
 
 
+H2CodecName = Literal["auto", "nghttp2", "h2"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Http2Options:
     """HTTP/2 settings of one side of a connection (Envoy's http2_protocol_options, same names).
@@ -65,6 +68,9 @@ class Http2Options:
     # connection_keepalive). Used on upstream connections.
     keepalive_interval: float | None = None
     keepalive_timeout: float = 5.0
+    # The HTTP/2 codec (meshpy.codec.h2session): auto is the process default (`meshpy run
+    # --http2-codec`), which is nghttp2 where libnghttp2 loads, else h2. meshpy YAML only.
+    codec: H2CodecName = "auto"
 
 
 DEFAULT_HTTP2 = Http2Options()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from meshpy.codec import h2session
 from meshpy.codec.http1 import HttpDate
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.limits import NO_HTTP_LIMITS, HttpLimits
@@ -278,6 +279,7 @@ def compile_snapshot(
             issues.extend(ConfigIssue(f"{where}.{x.path}" if x.path else where, x.reason) for x in err.issues)
         except OSError as err:
             issues.append(ConfigIssue(f"listeners[{i}].access_log", f"cannot open: {err}"))
+    issues.extend(_codec_issues(config))
     if issues:
         raise ConfigError(issues)
     return Snapshot(
@@ -288,3 +290,19 @@ def compile_snapshot(
         clusters=clusters,
         source=source,
     )
+
+
+def _codec_issues(config: Config) -> list[ConfigIssue]:
+    """`http2.codec: nghttp2` where libnghttp2 cannot load is refused up front, not on the first
+    connection (auto falls back to h2 instead)."""
+    named = [(f"listeners[{i}].http2.codec", lm.http.http2.codec) for i, lm in enumerate(config.listeners)
+             if lm.http is not None]
+    named += [(f"clusters[{i}].http2.codec", c.http2.codec) for i, c in enumerate(config.clusters)]
+    issues = []
+    for path, name in named:
+        if name == "nghttp2":
+            try:
+                h2session.resolve(name)
+            except h2session.CodecUnavailable as err:
+                issues.append(ConfigIssue(path, str(err)))
+    return issues

@@ -1,13 +1,14 @@
-"""The downstream side of HTTP/2 (cleartext, prior knowledge): one asyncio.Protocol per connection,
-h2 for the framing, one H2Stream and one H2Exchange per request stream.
+"""The downstream side of HTTP/2: one asyncio.Protocol per connection, an HTTP/2 codec for the framing
+(meshpy.codec.h2session: nghttp2, or h2), one H2Stream and one H2Exchange per request stream.
 
 Everything a read produces goes out in one write at its end (`flush`). The defences are here too,
-beside what h2 checks itself (frame syntax, stream states, HPACK, the stream limit): a malformed
-request (RFC 9113 8.1.1) resets its stream with PROTOCOL_ERROR; a connection error gets GOAWAY with
-h2's code and the connection is closed; a header list over the listener's limits gets 431 on its
-stream (more than twice over, h2's HPACK decoder refuses it and the connection goes); rapid resets,
-control-frame floods and header blocks that grow without end get GOAWAY ENHANCE_YOUR_CALM
-(meshpy.transport.h2_abuse), and a block still incomplete after the request headers timeout closes.
+beside what the codec checks itself (frame syntax, stream states, flow control, HPACK, the stream
+limit): a malformed request (RFC 9113 8.1.1) resets its stream with PROTOCOL_ERROR; a connection error
+gets GOAWAY with the codec's code and the connection is closed; a header list over the listener's
+limits gets 431 on its stream (more than twice over, the codec refuses it and the connection goes);
+rapid resets, control-frame floods and header blocks that grow without end get GOAWAY
+ENHANCE_YOUR_CALM (meshpy.transport.h2_abuse), and a block still incomplete after the request headers
+timeout closes.
 """
 
 from __future__ import annotations
@@ -17,21 +18,24 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, cast
 
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-
-from meshpy.codec.http2 import (
-    BodyLengthMismatch,
-    Connection,
-    Malformed,
-    config,
-    goaway_frame,
-    local_settings,
-    read_request,
-    read_trailers,
+from meshpy.codec import h2session
+from meshpy.codec.h2session import (
+    DATA,
+    END,
+    GOAWAY,
+    PING,
+    REQUEST,
+    RESET,
+    SETTINGS,
+    STREAM_ERROR,
+    TRAILERS,
+    WINDOW,
+    ErrorCode,
+    Fields,
+    SessionError,
+    StreamGone,
 )
+from meshpy.codec.http2 import Malformed, local_settings, read_request, read_trailers
 from meshpy.transport.accept import accepted, connection_info, released
 from meshpy.transport.admission import keep_alive_allowed
 from meshpy.transport.h2_abuse import H2Abuse
@@ -75,7 +79,7 @@ class Http2Downstream(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self._info: ConnectionInfo | None = None
-        self.h2 = Connection(config(client_side=False))
+        self.h2: h2session.Session | None = None  # made in connection_made, from the listener's options
         self.streams: dict[int, H2Stream] = {}
         self.blocked: set[H2Stream] = set()  # streams with response data waiting for a window
         self.dirty: set[H2Stream] = set()  # streams with something to send at the next flush
@@ -107,16 +111,10 @@ class Http2Downstream(asyncio.Protocol):
             self._life = self.loop.call_later(limits.max_connection_duration, self._lived)
         cfg = self.slot.current
         opts = cfg.options.http2
-        h2c = self.h2
-        h2c.local_settings = h2.settings.Settings(
-            client=False, initial_values=local_settings(opts, cfg.max_header_bytes))
-        h2c.initiate_connection()
-        extra = opts.initial_connection_window_size - 65535
-        if extra > 0:
-            h2c.increment_flow_control_window(extra)
-        # h2 would apply our header list limit to its HPACK decoder; allow twice as much there so that
-        # a list a little over the limit gets a 431 on its stream rather than the connection closed.
-        h2c.decoder.max_header_list_size = 2 * cfg.max_header_bytes + 32 * cfg.max_headers
+        # The codec's own header list limit is twice ours, so that a list a little over the limit
+        # gets a 431 on its stream rather than the connection closed.
+        self.h2 = h2session.server(opts, local_settings(opts, cfg.max_header_bytes),
+                                   2 * cfg.max_header_bytes + 32 * cfg.max_headers)
         self.flush()
         self._schedule_timer()
 
@@ -146,52 +144,57 @@ class Http2Downstream(asyncio.Protocol):
                 s.ex.downstream_lost()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.h2 is None:
             return
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as err:
-            # h2 has queued a GOAWAY with the error's code; send it and close.
+            events = self.h2.receive(data)
+        except SessionError as err:
+            # The codec has queued a GOAWAY with the error's code; send it and close.
             log.debug("http2 connection error from %s: %s", self.peer, err)
             self.flush()
             self.close()
             return
-        # A header block still waiting for its END_HEADERS is held whole by h2 (up to 64
-        # CONTINUATION frames of 16 KiB): bound it as it grows, and in time.
-        if self.h2.incoming_buffer._headers_buffer:
+        # A header block still waiting for its END_HEADERS: bound it as it grows, and in time.
+        if self.h2.header_block_state():
             self._header_block_pending()
             if self.closing:
                 return
         elif self._block_timer is not None:
             self._block_timer.cancel()
             self._block_timer = None
-        for ev in events:
-            kind = type(ev)
-            if kind is h2.events.DataReceived:
-                self._data(cast(h2.events.DataReceived, ev))
-            elif kind is h2.events.RequestReceived:
-                self._request(cast(h2.events.RequestReceived, ev))
-            elif kind is h2.events.StreamEnded:
-                s = self.streams.get(cast(h2.events.StreamEnded, ev).stream_id or 0)
+        streams = self.streams
+        for kind, sid, a, b in events:
+            if kind == DATA:
+                s = streams.get(sid)
+                if s is None:
+                    # A stream already answered and forgotten: give the connection window back all the same.
+                    if b:
+                        self.h2.acknowledge(sid, b)
+                else:
+                    s.received(a, b)
+            elif kind == REQUEST:
+                self._request(sid, a, b)
+            elif kind == END:
+                s = streams.get(sid)
                 if s is not None:
                     s.req_ended = True
                     if s.ex is not None:
                         s.ex.request_end()
-            elif kind is h2.events.StreamReset:
-                self._reset_by_peer(cast(h2.events.StreamReset, ev))
-            elif kind is h2.events.WindowUpdated:
-                self._window(cast(h2.events.WindowUpdated, ev).stream_id or 0)
-            elif kind is h2.events.RemoteSettingsChanged:
+            elif kind == RESET:
+                self._reset_by_peer(sid)
+            elif kind == WINDOW:
+                self._window(sid)
+            elif kind == SETTINGS:
                 self._control_frame()
                 self._window(0)  # a larger INITIAL_WINDOW_SIZE opens every stream's window
-            elif kind is h2.events.PingReceived:
+            elif kind == PING:
                 self._control_frame()
-            elif kind is h2.events.TrailersReceived:
-                self._trailers(cast(h2.events.TrailersReceived, ev))
-            elif kind is h2.events.ConnectionTerminated:
+            elif kind == TRAILERS:
+                self._trailers(sid, a)
+            elif kind == GOAWAY:
                 self._goaway_received()
-            elif kind is BodyLengthMismatch:
-                self._malformed(cast(BodyLengthMismatch, ev).stream_id)
+            elif kind == STREAM_ERROR:
+                self._codec_reset(sid, b)
             if self.closing:
                 return
         self.flush()
@@ -220,13 +223,18 @@ class Http2Downstream(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_due = False
+        h2c = self.h2
+        if h2c is None:
+            return
         if self.dirty:
             dirty, self.dirty = self.dirty, set()
             for s in dirty:
                 self.pump(s)
-        data = self.h2.data_to_send()
+        data = h2c.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+        if h2c.finished():  # the codec sent the GOAWAY that ends the connection
+            self.close()
 
     def close(self) -> None:
         if self.closing:
@@ -236,10 +244,11 @@ class Http2Downstream(asyncio.Protocol):
             self.transport.close()
 
     # -- streams ---------------------------------------------------------------------------------
-    def _request(self, ev: h2.events.RequestReceived) -> None:
-        sid = ev.stream_id or 0
+    def _request(self, sid: int, headers: Fields, ended: bool) -> None:
+        h2c = self.h2
+        assert h2c is not None
         if self._goaway_sent and sid > self._goaway_sent:
-            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)  # opened after our GOAWAY
+            h2c.reset_stream(sid, ErrorCode.REFUSED_STREAM)  # opened after our GOAWAY
             return
         self._opened += 1
         self.idle_since = 0.0
@@ -254,35 +263,27 @@ class Http2Downstream(asyncio.Protocol):
                 cfg, self.stats, self._opened, self.born, self.loop.time()):
             self.start_drain()  # this stream is the last one taken
         try:
-            head = read_request(ev.headers or [], ev.stream_ended is not None)
+            head = read_request(headers, ended)
         except Malformed as err:
             log.debug("malformed request from %s: %s", self.peer, err)
-            cfg.stats.request_started()
-            cfg.stats.request_done(400, 0.0)
-            self.reset(s, ErrorCodes.PROTOCOL_ERROR)
+            self._malformed_request()
+            self.reset(s, ErrorCode.PROTOCOL_ERROR)
             return
-        # A request without a body ends in its HEADERS frame; h2 reports that as a StreamEnded event
+        # A request without a body ends in its HEADERS frame; the codec reports that as an END event
         # right after this one, which ends the request (see data_received).
-        ex.begin(head, ev.stream_ended is not None)
+        ex.begin(head, ended)
 
-    def _data(self, ev: h2.events.DataReceived) -> None:
-        sid = ev.stream_id or 0
-        s = self.streams.get(sid)
-        n = ev.flow_controlled_length or 0
-        if s is None:
-            # A stream already answered and forgotten: give the connection window back all the same.
-            if n:
-                self.h2.acknowledge_received_data(n, sid)
-            return
-        s.received(ev.data or b"", n)
+    def _malformed_request(self) -> None:
+        stats = self.slot.current.stats
+        stats.request_started()
+        stats.request_done(400, 0.0)
 
-    def _trailers(self, ev: h2.events.TrailersReceived) -> None:
-        sid = ev.stream_id or 0
+    def _trailers(self, sid: int, headers: Fields) -> None:
         s = self.streams.get(sid)
         if s is None:
             return
         try:
-            trailers = read_trailers(ev.headers or [])  # checked even where an HTTP/1.1 upstream drops them
+            trailers = read_trailers(headers)  # checked even where an HTTP/1.1 upstream drops them
         except Malformed as err:
             log.debug("malformed trailers from %s: %s", self.peer, err)
             self._malformed(sid)
@@ -290,8 +291,8 @@ class Http2Downstream(asyncio.Protocol):
         if s.ex is not None:
             s.ex.request_trailers(trailers)
 
-    def _reset_by_peer(self, ev: h2.events.StreamReset) -> None:
-        s = self.streams.pop(ev.stream_id or 0, None)
+    def _reset_by_peer(self, sid: int) -> None:
+        s = self.streams.pop(sid, None)
         if s is None:
             return
         self.blocked.discard(s)
@@ -303,32 +304,50 @@ class Http2Downstream(asyncio.Protocol):
             ex.downstream_lost()
         self._maybe_idle()
 
-    def _malformed(self, sid: int) -> None:
-        """A stream whose body or trailers are malformed (RFC 9113 8.1.1): reset, its exchange ended."""
+    def _codec_reset(self, sid: int, undelivered: bool) -> None:
+        """The codec found a stream malformed and reset it: a request it never delivered (counted as
+        the 400 it is), or one under way (ended as `_malformed`)."""
+        s = self.streams.get(sid)
+        if s is None:
+            if undelivered:
+                log.debug("malformed request from %s (stream %d)", self.peer, sid)
+                self._malformed_request()
+            return
+        self._malformed(sid, sent=True)
+
+    def _malformed(self, sid: int, sent: bool = False) -> None:
+        """A stream whose body or trailers are malformed (RFC 9113 8.1.1): reset, its exchange ended.
+        `sent`: the codec has reset it already."""
         s = self.streams.get(sid)
         if s is None:
             return
-        self.reset(s, ErrorCodes.PROTOCOL_ERROR)
+        if sent:
+            self.forget(s)
+        else:
+            self.reset(s, ErrorCode.PROTOCOL_ERROR)
         ex = s.ex
         if ex is not None and not ex.done:
             ex.flag = "DPE"
             ex.downstream_lost()
 
-    def reset(self, s: H2Stream, code: ErrorCodes) -> None:
+    def reset(self, s: H2Stream, code: int) -> None:
+        if not self.closing and self.h2 is not None:
+            # The stream closed both ways already, or the whole connection did (a GOAWAY with an error
+            # read with the frames this reset answers): nothing to send.
+            with contextlib.suppress(StreamGone):
+                self.h2.reset_stream(s.sid, code)
+        self.forget(s)
+
+    def forget(self, s: H2Stream) -> None:
         self.streams.pop(s.sid, None)
         self.blocked.discard(s)
         s.resp_ended = True
-        if not self.closing:
-            # The stream closed both ways already, or the whole connection did (a GOAWAY with an error
-            # read with the frames this reset answers): nothing to send.
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.reset_stream(s.sid, code)
         self._maybe_idle()
 
     def stream_finished(self, s: H2Stream) -> None:
         """The response is complete. A request still sending its body is told to stop (RFC 9113 8.1)."""
         if not s.req_ended:
-            self.reset(s, ErrorCodes.NO_ERROR)
+            self.reset(s, ErrorCode.NO_ERROR)
             return
         self.streams.pop(s.sid, None)
         self._maybe_idle()
@@ -344,11 +363,12 @@ class Http2Downstream(asyncio.Protocol):
         if self.closing or s.resp_ended:
             return
         h2c = self.h2
+        assert h2c is not None
         pending = s.pending
         sid = s.sid
         try:
             while pending:
-                window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+                window = h2c.send_window(sid)
                 if window <= 0:
                     break
                 data = pending.popleft()
@@ -358,7 +378,7 @@ class Http2Downstream(asyncio.Protocol):
                     pending.appendleft(data[window:])
                     data = data[:window]
                 last = not pending and s.end_wanted and not s.trailers
-                h2c.send_data(sid, data, end_stream=last)
+                h2c.send_data(sid, data, last)
                 if last:
                     s.resp_ended = True
                     self.stream_finished(s)
@@ -376,13 +396,13 @@ class Http2Downstream(asyncio.Protocol):
                     s.set_write_paused(False)
             if s.end_wanted:
                 if s.trailers:
-                    h2c.send_headers(sid, s.trailers, end_stream=True)
+                    h2c.send_headers(sid, s.trailers, True)
                 else:
                     h2c.end_stream(sid)
                 s.resp_ended = True
                 self.stream_finished(s)
-        except h2.exceptions.ProtocolError:  # the stream (or the connection) closed meanwhile
-            self.reset(s, ErrorCodes.STREAM_CLOSED)
+        except StreamGone:  # the stream (or the connection) closed meanwhile
+            self.reset(s, ErrorCode.STREAM_CLOSED)
 
     def _window(self, sid: int) -> None:
         if sid:
@@ -401,7 +421,7 @@ class Http2Downstream(asyncio.Protocol):
     def _header_block_pending(self) -> None:
         """A header block waits for its END_HEADERS: the connection ends once the block is larger than
         the decoder would take, or when it is still incomplete after the request headers timeout."""
-        if self._abuse.header_block_too_large(self.h2):
+        if self.h2 is not None and self.h2.header_block_state() == 2:
             self._abusive("header block over the limit")
             return
         timeout = self.slot.current.headers_timeout
@@ -410,26 +430,26 @@ class Http2Downstream(asyncio.Protocol):
 
     def _block_timed_out(self) -> None:
         self._block_timer = None
-        if not self.closing and self.h2.incoming_buffer._headers_buffer:
+        if not self.closing and self.h2 is not None and self.h2.header_block_state():
             log.debug("http2: header block from %s incomplete after the headers timeout", self.peer)
-            self.go_away(ErrorCodes.PROTOCOL_ERROR)
+            self.go_away(ErrorCode.PROTOCOL_ERROR)
 
     def _abusive(self, what: str) -> None:
         log.warning("http2: %s from %s: closing", what, self.peer)
         self.slot.current.stats.h2_abuse += 1
-        self.go_away(ErrorCodes.ENHANCE_YOUR_CALM)
+        self.go_away(ErrorCode.ENHANCE_YOUR_CALM)
 
-    def go_away(self, code: ErrorCodes) -> None:
+    def go_away(self, code: int) -> None:
         """A connection error of our own: GOAWAY with `code`, then close; streams in flight end."""
-        if self.closing:
+        if self.closing or self.h2 is None:
             return
-        self.h2.close_connection(error_code=code)
+        self.h2.terminate(code)
         self.flush()
         self.close()
 
     def _goaway_received(self) -> None:
         """The client will open no more streams: close once the ones it has are answered."""
-        self._goaway_sent = self._goaway_sent or self.h2.highest_inbound_stream_id or 1
+        self._goaway_sent = self._goaway_sent or (self.h2.highest_inbound() if self.h2 else 0) or 1
         self._maybe_idle()
 
     def idle(self) -> bool:
@@ -449,12 +469,13 @@ class Http2Downstream(asyncio.Protocol):
     def start_drain(self) -> None:
         """Listener draining or shutdown: GOAWAY naming the last stream we take; streams already open
         finish; the connection closes when the last one has."""
-        if self._goaway_sent or self.closing or self.transport is None:
+        if self._goaway_sent or self.closing or self.transport is None or self.h2 is None:
             self._maybe_idle()
             return
-        self._goaway_sent = self.h2.highest_inbound_stream_id or 1
-        self.flush()  # frames h2 holds go first
-        self.transport.write(goaway_frame(self.h2.highest_inbound_stream_id or 0))
+        last = self.h2.highest_inbound()
+        self._goaway_sent = last or 1
+        self.h2.graceful_goaway(last)
+        self.flush()
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:

@@ -5,13 +5,11 @@ connection (meshpy.transport.downstream_http2) asks after each event and sends G
   half of them before their answer and within PREMATURE_AGE of opening them (Envoy's rule and numbers:
   a client whose gRPC deadlines expire resets streams too, and must not be taken for an attacker);
 - PING and SETTINGS floods: more than CONTROL_FLOOD such frames in a second;
-- a header block that grows past what the HPACK decoder would ever accept (CONTINUATION floods: h2
-  holds a block whole until END_HEADERS, up to 64 frames of 16 KiB).
+- a header block that grows past what the codec would ever accept (CONTINUATION floods, HPACK bombs):
+  the codec says so (Session.header_block_state), this connection acts on it.
 """
 
 from __future__ import annotations
-
-import h2.connection
 
 PREMATURE_STREAMS = 500  # Envoy's premature_reset_total_stream_count
 PREMATURE_AGE = 1.0  # Envoy's premature_reset_min_stream_lifetime_seconds
@@ -39,10 +37,3 @@ class H2Abuse:
             return False
         self._premature += 1
         return opened >= PREMATURE_STREAMS and 2 * self._premature >= opened
-
-    @staticmethod
-    def header_block_too_large(conn: h2.connection.H2Connection) -> bool:
-        """More compressed bytes waiting for END_HEADERS than the decoder accepts decoded (twice the
-        header limit: see Http2Downstream.connection_made). A legitimate block compresses smaller."""
-        block = conn.incoming_buffer._headers_buffer
-        return sum(len(f.data) for f in block) > conn.decoder.max_header_list_size

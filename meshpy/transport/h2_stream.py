@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-import h2.exceptions
-from h2.errors import ErrorCodes
-
+from meshpy.codec.h2session import ErrorCode, StreamGone
 from meshpy.codec.http1 import no_body_status
 from meshpy.codec.http2 import CONNECTION_SPECIFIC, response_fields
 from meshpy.ports import NO_BODY
@@ -96,7 +94,7 @@ class H2Stream:
         if self._held:
             self._unacked += flow_controlled
         elif flow_controlled:
-            self.conn.h2.acknowledge_received_data(flow_controlled, self.sid)
+            self.conn.h2.acknowledge(self.sid, flow_controlled)  # type: ignore[union-attr]
 
     # -- the Downstream interface (meshpy.stack.parts) -------------------------------------------
     def pause_reading(self, reason: int) -> None:
@@ -109,7 +107,7 @@ class H2Stream:
         if not self._held and self._unacked:
             n, self._unacked = self._unacked, 0
             if not self.conn.closing:
-                self.conn.h2.acknowledge_received_data(n, self.sid)
+                self.conn.h2.acknowledge(self.sid, n)  # type: ignore[union-attr]
                 self.conn.flush_soon()
 
     def flush(self) -> None:
@@ -119,7 +117,7 @@ class H2Stream:
 
     def close(self) -> None:
         """The exchange gave up on a response under way: reset this stream only."""
-        self.conn.reset(self, ErrorCodes.INTERNAL_ERROR)
+        self.conn.reset(self, ErrorCode.INTERNAL_ERROR)
 
     def connection_info(self) -> ConnectionInfo:
         return self.conn.connection_info()
@@ -181,14 +179,14 @@ class H2Stream:
     # -- the response, from H2Exchange ------------------------------------------------------------
     def send_head(self, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         conn = self.conn
-        if conn.closing or self.resp_ended:
+        if conn.closing or self.resp_ended or conn.h2 is None:
             return
         try:
-            conn.h2.send_headers(self.sid, headers, end_stream=end)
-        except h2.exceptions.ProtocolError:
-            # h2 closed the stream (or the connection) while reading the same bytes as the request
-            # this answers, e.g. a second HEADERS on it: the answer has nowhere to go.
-            conn.reset(self, ErrorCodes.STREAM_CLOSED)
+            conn.h2.send_headers(self.sid, headers, end)
+        except StreamGone:
+            # The codec closed the stream (or the connection) while reading the same bytes as the
+            # request this answers, e.g. a second HEADERS on it: the answer has nowhere to go.
+            conn.reset(self, ErrorCode.STREAM_CLOSED)
             return
         if end:
             self.resp_ended = True

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from h2.errors import ErrorCodes
+from meshpy.codec.h2session import ErrorCode
 
 if TYPE_CHECKING:
     from meshpy.transport.h2_stream import H2Stream
@@ -74,7 +74,7 @@ class H2TunnelUp(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.up_done and not self.stream.resp_ended:
-            self.stream.conn.reset(self.stream, ErrorCodes.CONNECT_ERROR)  # RFC 8441 / RFC 9113 8.5
+            self.stream.conn.reset(self.stream, ErrorCode.CONNECT_ERROR)  # RFC 8441 / RFC 9113 8.5
         self.close()
 
     # -- from the client ---------------------------------------------------------------------------

@@ -18,12 +18,23 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Protocol, cast
 
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
-
-from meshpy.codec.http2 import Connection, config
+from meshpy.codec import h2session
+from meshpy.codec.h2session import (
+    DATA,
+    END,
+    GOAWAY,
+    PING_ACK,
+    RESET,
+    RESPONSE,
+    SETTINGS,
+    STREAM_ERROR,
+    TRAILERS,
+    WINDOW,
+    ErrorCode,
+    SessionError,
+    StreamGone,
+)
+from meshpy.codec.http2 import client_settings
 from meshpy.errors import UpstreamProtocolError
 from meshpy.transport.upstream_h2_stream import Http2UpstreamStream
 
@@ -53,18 +64,13 @@ class RefusedStream(ConnectionError):
 
 
 class UpstreamHttp2(asyncio.Protocol):
-    __slots__ = ("_extra_window", "_flush_due", "_ka_timer", "_keepalive", "closed", "goaway", "h2",
+    __slots__ = ("_flush_due", "_ka_timer", "_keepalive", "closed", "goaway", "h2",
                  "idle_since", "max_streams", "pool", "settled", "streams", "streams_total", "transport")
 
     def __init__(self, pool: StreamPool, opts: Http2Options) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.h2 = Connection(config(client_side=True))
-        codes = h2.settings.SettingCodes
-        self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
-            codes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size, codes.ENABLE_PUSH: 0,
-            codes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams})
-        self._extra_window = opts.initial_connection_window_size - 65535
+        self.h2 = h2session.client(opts, client_settings(opts))
         self.streams: dict[int, Http2UpstreamStream] = {}
         self.streams_total = 0
         # Streams this side opens at most at once: ours, until the upstream's SETTINGS say less.
@@ -90,9 +96,6 @@ class UpstreamHttp2(asyncio.Protocol):
         stats.cx_total += 1
         stats.cx_active += 1
         stats.cx_http2_total += 1
-        self.h2.initiate_connection()
-        if self._extra_window > 0:
-            self.h2.increment_flow_control_window(self._extra_window)
         self.flush()
         if self._keepalive is not None:
             self._ka_timer = asyncio.get_running_loop().call_later(self._keepalive[0], self._ping)
@@ -113,56 +116,47 @@ class UpstreamHttp2(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as err:
+            events = self.h2.receive(data)
+        except SessionError as err:
             self.flush()
             self._fail_all(UpstreamProtocolError(f"http2: {err}"))
             return
         touched: set[UpstreamSink] = set()
-        for ev in events:
-            kind = type(ev)
-            if kind is h2.events.DataReceived:
-                ev_d = cast(h2.events.DataReceived, ev)
-                s = self.streams.get(ev_d.stream_id or 0)
-                n = ev_d.flow_controlled_length or 0
+        streams = self.streams
+        for kind, sid, a, b in events:
+            if kind == DATA:
+                s = streams.get(sid)
                 if s is None:
-                    if n:
-                        self.h2.acknowledge_received_data(n, ev_d.stream_id or 0)
+                    if b:
+                        self.h2.acknowledge(sid, b)
                     continue
                 if s.exchange is not None:
-                    s.exchange.up_body(ev_d.data or b"")
+                    s.exchange.up_body(a)
                     touched.add(s.exchange)
-                s.received(n)
-            elif kind is h2.events.ResponseReceived:
-                ev_r = cast(h2.events.ResponseReceived, ev)
-                self._head(ev_r.stream_id or 0, ev_r.headers or [], touched)
-            elif kind is h2.events.InformationalResponseReceived:
-                ev_i = cast(h2.events.InformationalResponseReceived, ev)
-                self._head(ev_i.stream_id or 0, ev_i.headers or [], touched)
-            elif kind is h2.events.TrailersReceived:
-                ev_t = cast(h2.events.TrailersReceived, ev)
-                s = self.streams.get(ev_t.stream_id or 0)
+                s.received(b)
+            elif kind == RESPONSE:
+                self._head(sid, a, touched)
+            elif kind == END:
+                self._ended(sid, touched)
+            elif kind == TRAILERS:
+                s = streams.get(sid)
                 if s is not None and s.exchange is not None:
-                    s.exchange.up_trailers(list(ev_t.headers or []))
-            elif kind is h2.events.StreamEnded:
-                self._ended(cast(h2.events.StreamEnded, ev).stream_id or 0, touched)
-            elif kind is h2.events.StreamReset:
-                ev_x = cast(h2.events.StreamReset, ev)
-                refused = ev_x.error_code == ErrorCodes.REFUSED_STREAM
-                self._stream_failed(ev_x.stream_id or 0, RefusedStream("refused") if refused else None)
-            elif kind is h2.events.WindowUpdated:
-                self._window(cast(h2.events.WindowUpdated, ev).stream_id or 0)
-            elif kind is h2.events.RemoteSettingsChanged:
-                codes = h2.settings.SettingCodes
-                changed = cast(h2.events.RemoteSettingsChanged, ev).changed_settings
-                if codes.MAX_CONCURRENT_STREAMS in changed:
-                    self.max_streams = min(self.max_streams, changed[codes.MAX_CONCURRENT_STREAMS].new_value)
+                    s.exchange.up_trailers(a)
+            elif kind == RESET:
+                self._stream_failed(sid, RefusedStream("refused") if a == ErrorCode.REFUSED_STREAM else None)
+            elif kind == STREAM_ERROR:
+                self._stream_failed(sid, UpstreamProtocolError("http2: malformed response"))
+            elif kind == WINDOW:
+                self._window(sid)
+            elif kind == SETTINGS:
+                if a is not None:
+                    self.max_streams = min(self.max_streams, a)
                 self.settled = True
                 self._window(0)
                 self.pool.capacity_freed(self)
-            elif kind is h2.events.ConnectionTerminated:
-                self._goaway(cast(h2.events.ConnectionTerminated, ev))
-            elif kind is h2.events.PingAckReceived:
+            elif kind == GOAWAY:
+                self._goaway(a, b)
+            elif kind == PING_ACK:
                 self._pong()
         self.flush()
         for ex in touched:
@@ -228,14 +222,14 @@ class UpstreamHttp2(asyncio.Protocol):
             if self.goaway:
                 self.close()
 
-    def _goaway(self, ev: h2.events.ConnectionTerminated) -> None:
+    def _goaway(self, code: int, last: int) -> None:
         """Streams up to last_stream_id finish here; later ones were never processed: refused."""
         self.goaway = True
-        last = ev.last_stream_id or 0
         for sid in [sid for sid in self.streams if sid > last]:
             self._stream_failed(sid, RefusedStream("GOAWAY"))
-        if ev.error_code != ErrorCodes.NO_ERROR:
-            self._fail_all(UpstreamProtocolError(f"GOAWAY {ev.error_code!r}"))
+        if code != ErrorCode.NO_ERROR:
+            name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
+            self._fail_all(UpstreamProtocolError(f"GOAWAY {name}"))
         elif not self.streams:
             self.close()
         self.pool.connection_gone(self, False)
@@ -283,10 +277,9 @@ class UpstreamHttp2(asyncio.Protocol):
         return s
 
     def open(self, s: Http2UpstreamStream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
-        sid = self.h2.get_next_available_stream_id()
+        sid = self.h2.open_stream(headers, end)
         s.sid = sid
         self.streams[sid] = s
-        self.h2.send_headers(sid, headers, end_stream=end)
 
     def pump(self, s: Http2UpstreamStream) -> None:
         if self.closed or s.sid not in self.streams:
@@ -295,15 +288,15 @@ class UpstreamHttp2(asyncio.Protocol):
         pending = s.pending
         try:
             while pending:
-                window = min(h2c.local_flow_control_window(s.sid), h2c.max_outbound_frame_size)
+                window = h2c.send_window(s.sid)
                 if window <= 0:
                     break
                 data = pending[0]
                 if len(data) <= window:
                     pending.popleft()
-                    h2c.send_data(s.sid, data)
+                    h2c.send_data(s.sid, data, False)
                 else:
-                    h2c.send_data(s.sid, data[:window])
+                    h2c.send_data(s.sid, data[:window], False)
                     pending[0] = data[window:]
             if pending:
                 if s.exchange is not None:
@@ -314,8 +307,8 @@ class UpstreamHttp2(asyncio.Protocol):
             if s.ended:
                 s.ended = False
                 h2c.end_stream(s.sid)
-        except h2.exceptions.StreamClosedError:
-            pass  # the upstream reset it: StreamReset reports that
+        except StreamGone:
+            pass  # the upstream reset it: a RESET event reports that
 
     def _window(self, sid: int) -> None:
         if sid:
@@ -329,7 +322,7 @@ class UpstreamHttp2(asyncio.Protocol):
 
     def ack(self, s: Http2UpstreamStream, n: int) -> None:
         if not self.closed and s.sid:
-            self.h2.acknowledge_received_data(n, s.sid)
+            self.h2.acknowledge(s.sid, n)
             self.flush_soon()
 
     def cancel(self, s: Http2UpstreamStream) -> None:
@@ -337,8 +330,8 @@ class UpstreamHttp2(asyncio.Protocol):
         if self.streams.pop(s.sid, None) is None:
             return
         if not self.closed:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
-                self.h2.reset_stream(s.sid, ErrorCodes.CANCEL)
+            with contextlib.suppress(StreamGone):
+                self.h2.reset_stream(s.sid, ErrorCode.CANCEL)
             self.flush()
         self._stream_closed()
 
@@ -353,6 +346,8 @@ class UpstreamHttp2(asyncio.Protocol):
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+        if self.h2.finished() and not self.closed:  # the codec ended the connection (its GOAWAY is out)
+            self._fail_all(UpstreamProtocolError("http2: connection ended by the codec"))
 
     def close(self) -> None:
         self.closed = True

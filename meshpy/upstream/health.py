@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import h2.events
 import h2.exceptions
 
-from meshpy.codec.http2 import Connection, config
+from meshpy.codec.h2_pure import Connection, config
 from meshpy.model.types import HealthCheck
 from meshpy.transport.upstream_alpn import agreed_protocol
 

@@ -13,7 +13,7 @@ import h2.config
 import h2.connection
 from kit import DemoUpstream, Proxy, eventually, free_port, http
 
-from meshpy.codec.http2 import Connection
+from meshpy.codec.h2_pure import Connection
 
 
 def config(admin: int, port: int, endpoints: str, retry: str = "") -> str:
