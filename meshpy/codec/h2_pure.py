@@ -133,7 +133,8 @@ class H2Session:
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as err:
-            raise SessionError(str(err)) from err  # h2 has queued its GOAWAY
+            # h2 has queued its GOAWAY.
+            raise SessionError(str(err), int(getattr(err, "error_code", None) or 1)) from err
         out: list[CodecEvent] = []
         append = out.append
         for e in events:

@@ -64,7 +64,12 @@ class ErrorCode(enum.IntEnum):
 
 class SessionError(Exception):
     """The connection is over (a connection error, ours or the peer's): whatever GOAWAY the codec
-    queued is in `data_to_send`; send it, then close."""
+    queued is in `data_to_send`; send it, then close. `code`: the GOAWAY's; ENHANCE_YOUR_CALM is
+    abuse (a flood, a header block past every limit)."""
+
+    def __init__(self, reason: str, code: int = 1) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class StreamGone(Exception):

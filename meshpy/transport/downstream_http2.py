@@ -150,7 +150,11 @@ class Http2Downstream(asyncio.Protocol):
             events = self.h2.receive(data)
         except SessionError as err:
             # The codec has queued a GOAWAY with the error's code; send it and close.
-            log.debug("http2 connection error from %s: %s", self.peer, err)
+            if err.code == ErrorCode.ENHANCE_YOUR_CALM:
+                log.warning("http2: %s from %s: closing", err, self.peer)
+                self.slot.current.stats.h2_abuse += 1
+            else:
+                log.debug("http2 connection error from %s: %s", self.peer, err)
             self.flush()
             self.close()
             return

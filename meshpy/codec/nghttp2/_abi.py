@@ -43,6 +43,8 @@ typedef int (*nghttp2_on_header_callback)(nghttp2_session *, const nghttp2_frame
 typedef int (*nghttp2_on_frame_recv_callback)(nghttp2_session *, const nghttp2_frame *, void *);
 typedef int (*nghttp2_on_data_chunk_recv_callback)(nghttp2_session *, uint8_t flags, int32_t stream_id,
     const char *data, size_t len, void *);
+typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *, int32_t stream_id, uint32_t error_code,
+    void *);
 typedef int (*nghttp2_on_invalid_frame_recv_callback)(nghttp2_session *, const nghttp2_frame *,
     int lib_error_code, void *);
 
@@ -56,12 +58,15 @@ void nghttp2_session_callbacks_set_on_frame_recv_callback(nghttp2_session_callba
     nghttp2_on_frame_recv_callback);
 void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(nghttp2_session_callbacks *,
     nghttp2_on_data_chunk_recv_callback);
+void nghttp2_session_callbacks_set_on_stream_close_callback(nghttp2_session_callbacks *,
+    nghttp2_on_stream_close_callback);
 void nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(nghttp2_session_callbacks *,
     nghttp2_on_invalid_frame_recv_callback);
 
 int nghttp2_option_new(nghttp2_option **option_ptr);
 void nghttp2_option_del(nghttp2_option *option);
 void nghttp2_option_set_no_auto_window_update(nghttp2_option *option, int val);
+void nghttp2_option_set_no_closed_streams(nghttp2_option *option, int val);
 void nghttp2_option_set_max_continuations(nghttp2_option *option, size_t val);
 void nghttp2_option_set_stream_reset_rate_limit(nghttp2_option *option, uint64_t burst, uint64_t rate);
 void nghttp2_option_set_max_outbound_ack(nghttp2_option *option, size_t val);
@@ -121,7 +126,7 @@ HCAT_REQUEST, HCAT_RESPONSE, HCAT_HEADERS = 0, 1, 3
 ERR_DEFERRED = -508
 ERR_TEMPORAL_CALLBACK_FAILURE = -521
 ERR_CALLBACK_FAILURE = -902
-SETTINGS_MAX_CONCURRENT_STREAMS = 3
+SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE = 3, 4
 
 ffi = cffi.FFI()
 ffi.cdef(CDEF)

@@ -139,6 +139,7 @@ def _frame_recv(_s: Any, frame: Any, _u: Any) -> int:
     elif kind == 3:  # RST_STREAM
         sid = hd.stream_id
         cur._drop(sid)
+        cur._peer_reset = sid  # (its close, which follows at once, is not reported again)
         cur._events.append((RESET, sid, frame.rst_stream.error_code, None))
     elif kind == 4:  # SETTINGS
         if not hd.flags & 1:
@@ -160,6 +161,25 @@ def _data_chunk(_s: Any, _f: int, stream_id: int, data: Any, length: int, _u: An
     return 0
 
 
+def _stream_close(_s: Any, sid: int, code: int, _u: Any) -> int:
+    """A stream closed. Reported (STREAM_ERROR) only when nghttp2 reset it itself, for a violation it
+    found (a flow-control or content-length one, say): that happens while `receive` sends what the
+    frames it read call for. Closes while meshpy's own frames go out (`_sending`: its resets, its
+    ends) and closes by the peer's RST_STREAM (already a RESET event) are not news."""
+    cur = _cur
+    out = cur._outgoing.pop(sid, None)
+    if out is not None:
+        cur._queued -= out.queued
+    if cur._block is not None and cur._block_sid == sid:
+        cur._block = None
+    if code and not cur._sending:
+        if sid == cur._peer_reset:
+            cur._peer_reset = 0
+        elif sid != cur._reported:
+            cur._events.append((STREAM_ERROR, sid, code, False))
+    return 0
+
+
 def _invalid_frame(_s: Any, frame: Any, _code: int, _u: Any) -> int:
     """nghttp2 found a frame malformed: for a stream, it has reset that stream (PROTOCOL_ERROR);
     otherwise the connection is ending, which `finished` reports."""
@@ -170,6 +190,7 @@ def _invalid_frame(_s: Any, frame: Any, _code: int, _u: Any) -> int:
         if undelivered:
             cur._block = None
         cur._drop(sid)
+        cur._reported = sid  # (its close, which follows, is not reported again)
         cur._events.append((STREAM_ERROR, sid, int(ErrorCode.PROTOCOL_ERROR), undelivered))
     return 0
 
@@ -230,6 +251,7 @@ def _setup() -> Any:
             "on_frame_recv_callback": ffi.callback("nghttp2_on_frame_recv_callback", _frame_recv, -1),
             "on_data_chunk_recv_callback":
                 ffi.callback("nghttp2_on_data_chunk_recv_callback", _data_chunk, -1),
+            "on_stream_close_callback": ffi.callback("nghttp2_on_stream_close_callback", _stream_close, -1),
             "on_invalid_frame_recv_callback":
                 ffi.callback("nghttp2_on_invalid_frame_recv_callback", _invalid_frame, -1),
         })
@@ -244,7 +266,8 @@ class Nghttp2Session:
     """meshpy.codec.h2session.Session over libnghttp2."""
 
     __slots__ = ("_block", "_block_sid", "_block_size", "_client", "_events", "_lib", "_max_block",
-                 "_out_ptr", "_outgoing", "_overflow", "_queued", "_session")
+                 "_out_ptr", "_outgoing", "_overflow", "_peer_reset", "_queued", "_reported", "_sending",
+                 "_sent", "_session")
 
     def __init__(self, client_side: bool, opts: Http2Options, settings: dict[int, int],
                  max_header_list: int) -> None:
@@ -258,6 +281,10 @@ class Nghttp2Session:
         self._overflow = False
         self._outgoing: dict[int, _Out] = {}
         self._queued = 0  # bytes handed over and not read by nghttp2 yet, all streams
+        self._peer_reset = 0
+        self._reported = 0
+        self._sending = False
+        self._sent: list[bytes] = []  # frames made while receiving, waiting for data_to_send
         self._out_ptr = ffi.new("const uint8_t **")
         cbs = ffi.new("nghttp2_session_callbacks **")
         opt = ffi.new("nghttp2_option **")
@@ -266,6 +293,9 @@ class Nghttp2Session:
             raise MemoryError("nghttp2: out of memory")
         try:
             lib.nghttp2_option_set_no_auto_window_update(opt[0], 1)
+            # Closed streams are kept only for RFC 7540 priorities, which meshpy does not act on:
+            # without them a closed stream is gone at once (find_stream says so) and costs no memory.
+            lib.nghttp2_option_set_no_closed_streams(opt[0], 1)
             for name, cb in _callbacks.items():
                 if name != "read":
                     getattr(lib, "nghttp2_session_callbacks_set_" + name)(cbs[0], cb)
@@ -299,6 +329,10 @@ class Nghttp2Session:
         global _cur
         _cur = self
         rv = self._lib.nghttp2_session_mem_recv(self._session, data, len(data))
+        if rv >= 0:
+            # What the frames call for (RST_STREAMs nghttp2 decided on, SETTINGS and PING answers)
+            # is made now, so that the streams it resets close, and are reported, with these events.
+            self._send_into(self._sent)
         _cur = None
         if rv < 0:
             # A fatal error (a flood, a bad preface, our header list limit): nghttp2 sends no GOAWAY
@@ -306,33 +340,33 @@ class Nghttp2Session:
             code = ErrorCode.ENHANCE_YOUR_CALM if self._overflow or rv in (-904, -905) else \
                 ErrorCode.PROTOCOL_ERROR
             self._lib.nghttp2_session_terminate_session(self._session, code)
-            raise SessionError(_abi.strerror(rv))
+            raise SessionError(_abi.strerror(rv), code)
         events = self._events
         if events:
             self._events = []
         return events
 
-    def data_to_send(self) -> bytes:
-        global _cur
-        _cur = self
+    def _send_into(self, chunks: list[bytes]) -> None:
         mem_send = self._lib.nghttp2_session_mem_send
         session = self._session
         ptr = self._out_ptr
         n = mem_send(session, ptr)
-        if n <= 0:
-            _cur = None
-            return b""
-        first: bytes = _buffer(ptr[0], n)[:]
-        n = mem_send(session, ptr)
-        if n <= 0:
-            _cur = None
-            return first
-        chunks = [first]
         while n > 0:
             chunks.append(_buffer(ptr[0], n)[:])
             n = mem_send(session, ptr)
+
+    def data_to_send(self) -> bytes:
+        global _cur
+        _cur = self
+        self._sending = True
+        chunks = self._sent
+        self._sent = []
+        self._send_into(chunks)
+        self._sending = False
         _cur = None
-        return b"".join(chunks)
+        if not chunks:
+            return b""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def finished(self) -> bool:
         lib = self._lib
@@ -399,15 +433,28 @@ class Nghttp2Session:
         lib = self._lib
         session = self._session
         stream = lib.nghttp2_session_get_stream_remote_window_size(session, sid)
-        if stream < 0:
-            raise StreamGone(f"stream {sid} is closed")
         out = self._outgoing.get(sid)
+        if stream < 0:
+            if out is None:
+                raise StreamGone(f"stream {sid} is closed")
+            # A request submitted but not sent yet: nghttp2 makes its stream when the HEADERS go out,
+            # with the peer's initial window.
+            stream = lib.nghttp2_session_get_remote_settings(session, _abi.SETTINGS_INITIAL_WINDOW_SIZE)
         if out is not None:
             stream -= out.queued
         conn: int = lib.nghttp2_session_get_remote_window_size(session) - self._queued
         return stream if stream < conn else conn
 
     def reset_stream(self, sid: int, code: int) -> None:
+        if code == 0 and sid not in self._outgoing:
+            # NO_ERROR after a complete answer (RFC 9113 8.1: stop sending the request): nghttp2 sends
+            # RST_STREAM ahead of HEADERS it holds, so what is held goes out first.
+            global _cur
+            _cur = self
+            self._sending = True
+            self._send_into(self._sent)
+            self._sending = False
+            _cur = None
         self._drop(sid)
         self._check(self._lib.nghttp2_submit_rst_stream(self._session, 0, sid, code))
 
