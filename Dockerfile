@@ -30,9 +30,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
 
 # iptables: the same image runs the pod's init step (`meshpy iptables`, as root), which feeds the nat
-# rules to iptables-restore. Pinned to the Debian release of the base image.
+# rules to iptables-restore. Pinned to the Debian release of the base image. libnghttp2-14: the C
+# HTTP/2 codec meshpy loads through cffi (without it meshpy falls back to the slower pure-Python h2);
+# not pinned, so that the image takes Debian's security fixes for it (1.52.0-1+deb12uN).
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iptables=1.8.9-2 \
+    && apt-get install -y --no-install-recommends iptables=1.8.9-2 libnghttp2-14 \
     && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /wheels /tmp/wheels

@@ -82,8 +82,11 @@ run: $(RUN_STAMP)
 	echo; \
 	$(BIN)/meshpy run -c $(DEV_CONFIG)
 
+# The HTTP/2 and gRPC modules run a second time on the portable codec (h2), as the first run uses the
+# default (libnghttp2): both codecs are held to the same behaviour.
 test: $(STAMP) test-deps
 	$(BIN)/pytest -q
+	MESHPY_HTTP2_CODEC=h2 $(BIN)/pytest -q -m h2codec
 
 # `make -k lint` runs all four even when one fails.
 lint: lint-ruff lint-mypy lint-docker lint-imports
@@ -104,7 +107,7 @@ lint-docker: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 
 # The tools the tests and benchmarks drive come from Debian (curl, wrk, h2load, nginx with its stream
-# module, ip and iptables for the network namespaces): as root they are installed here; otherwise the
+# module, ip and iptables for the network namespaces; libnghttp2, meshpy's default HTTP/2 codec): as root they are installed here; otherwise the
 # message says which are missing. `make test` goes on without them (the tests that need one skip);
 # the benchmarks cannot.
 define DEBIAN_TOOLS
@@ -112,6 +115,7 @@ missing=''; \
 command -v curl >/dev/null || missing="$$missing curl"; \
 command -v wrk >/dev/null || missing="$$missing wrk"; \
 command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+{ ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'libnghttp2\.so\.14' || missing="$$missing libnghttp2-14"; \
 test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
 command -v ip >/dev/null || missing="$$missing iproute2"; \

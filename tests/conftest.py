@@ -34,3 +34,19 @@ def demo_b() -> Iterator[DemoUpstream]:
 def loop_name(request: pytest.FixtureRequest) -> str:
     """The core suite runs on uvloop and on the standard asyncio loop."""
     return str(request.param)
+
+
+# The HTTP/2 and gRPC modules: `make test` runs them a second time on the portable codec
+# (MESHPY_HTTP2_CODEC=h2 pytest -m h2codec), as the core suite runs on both event loops.
+H2_MODULES = frozenset({
+    "test_http2_downstream", "test_h2_stream_errors", "test_grpc_proxy", "test_grpc_interop",
+    "test_grpc_differential", "test_h2_malformed_envoy", "test_websocket", "test_sniffing", "test_limits",
+    "test_unsized_bodies", "test_tls_alpn", "test_tls_grpc", "test_connect_tunnel", "test_soak_findings",
+    "test_filter_bodies", "test_health_checks",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in H2_MODULES:
+            item.add_marker(pytest.mark.h2codec)

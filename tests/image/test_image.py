@@ -150,6 +150,17 @@ def test_it_runs_as_uid_10001_not_root(image: str) -> None:
     assert done.stdout.split() == [str(PROXY_UID), str(PROXY_UID), "meshpy"]
 
 
+def test_the_image_has_the_fast_http2_codec(image: str) -> None:
+    """libnghttp2 is in the image and loads through cffi, so meshpy's HTTP/2 is not left on the slow
+    pure-Python fallback without anyone noticing."""
+    done = podman("run", "--rm", "--network", "none", "--no-healthcheck", "--entrypoint", "python", image,
+                  "-c", "from meshpy.codec import h2session, nghttp2; print(h2session.resolve('auto'), "
+                        "nghttp2.version())")
+    assert done.returncode == 0, done.stderr
+    name, version = done.stdout.split()
+    assert name == "nghttp2" and tuple(int(x) for x in version.split(".")[:2]) >= (1, 52)
+
+
 def test_the_cli_in_the_image_control_validate_inject(image: str) -> None:
     version = meshpy_in("--version")
     assert version.returncode == 0 and version.stdout.strip() == f"meshpy {meshpy.__version__}", version

@@ -200,8 +200,8 @@ def test_too_many_concurrent_streams(proxy: tuple[Proxy, int], peers: Peers) -> 
         isinstance(e, h2.events.StreamReset) and e.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
         for e in peer.events))
     goaway = peer.goaway()
-    refused = [e.stream_id for e in peer.events
-               if isinstance(e, h2.events.StreamReset) and e.error_code == h2.errors.ErrorCodes.REFUSED_STREAM]
+    refused = [e.stream_id for e in peer.events if isinstance(e, h2.events.StreamReset)
+               and e.error_code == h2.errors.ErrorCodes.REFUSED_STREAM]
     # RFC 9113 5.1.2 allows either: h2 ends the connection, nghttp2 refuses the one stream over the limit.
     if h2_codec() == "h2":
         assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR

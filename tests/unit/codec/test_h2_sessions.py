@@ -114,8 +114,8 @@ def serve(codec: str, raw: bytes) -> Verdict:
     return v
 
 
-def one_request(extra: list[tuple[bytes, bytes]] | None = None, fields: list[tuple[bytes, bytes]] | None = None,
-                end: bool = True) -> bytes:
+def one_request(extra: list[tuple[bytes, bytes]] | None = None,
+                fields: list[tuple[bytes, bytes]] | None = None, end: bool = True) -> bytes:
     return headers(1, block(fields if fields is not None else request(extra=extra)), end_stream=end)
 
 
