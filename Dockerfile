@@ -17,11 +17,20 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
+# The compiled nghttp2 binding (meshpy.codec.nghttp2.native_build) needs a C compiler and the headers
+# of Python and of libnghttp2: in this stage only. Not pinned: they follow the base image's Debian.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev python3-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY meshpy ./meshpy
 COPY control ./control
-RUN pip wheel --no-deps --wheel-dir /wheels .
+# The binding is built into the package (meshpy/codec/nghttp2/_native*.so, package data of the wheel).
+RUN pip install "cffi>=1.15" \
+    && python -m meshpy.codec.nghttp2.native_build \
+    && pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -30,6 +30,7 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 # The runtime dependencies only: what `make run` needs.
 RUN_STAMP = $(VENV)/.installed-runtime
+NATIVE_STAMP = $(VENV)/.native-nghttp2
 
 DEMO_LISTEN = 127.0.0.1:18080
 DEV_CONFIG = config/dev.yaml
@@ -67,9 +68,23 @@ $(RUN_STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The compiled nghttp2 binding (meshpy.codec.nghttp2.native_build, docs/http2-codec.md): a C compiler
+# and Debian's libnghttp2-dev, installed here as root when missing. Without them meshpy binds the same
+# library in ABI mode, a little slower, and says so; the stamp is then not made, so the next run tries again.
+$(NATIVE_STAMP): $(RUN_STAMP) meshpy/codec/nghttp2/native_build.py meshpy/codec/nghttp2/_abi.py
+	@missing=''; \
+	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	test -e /usr/include/nghttp2/nghttp2.h || missing="$$missing libnghttp2-dev"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "native: installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(BIN)/python -m meshpy.codec.nghttp2.native_build && touch $(NATIVE_STAMP) || true
+
 # The demo upstream runs in the background and the proxy in the foreground; the trap stops the
 # upstream however the proxy ends (Ctrl-C drains it: meshpy handles SIGINT like SIGTERM).
-run: $(RUN_STAMP)
+run: $(RUN_STAMP) $(NATIVE_STAMP)
 	@$(BIN)/meshpy demo-upstream --listen $(DEMO_LISTEN) & demo=$$!; \
 	trap 'rc=$$?; set +e; kill $$demo 2>/dev/null; wait $$demo 2>/dev/null; exit $$rc' EXIT; \
 	trap 'exit 130' INT TERM; \
@@ -84,7 +99,7 @@ run: $(RUN_STAMP)
 
 # The HTTP/2 and gRPC modules run a second time on the portable codec (h2), as the first run uses the
 # default (libnghttp2): both codecs are held to the same behaviour.
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps $(NATIVE_STAMP)
 	$(BIN)/pytest -q
 	MESHPY_HTTP2_CODEC=h2 $(BIN)/pytest -q -m h2codec
 

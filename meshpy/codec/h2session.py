@@ -79,6 +79,10 @@ class StreamGone(Exception):
 class Session(Protocol):
     """One side of one HTTP/2 connection."""
 
+    # The codec enforces RFC 9113 8.2 and 8.3 on requests itself (meshpy.codec.http2.read_checked_request
+    # then does the rest); otherwise meshpy checks everything (read_request).
+    checks_messages: bool
+
     def receive(self, data: bytes) -> list[Event]: ...
     def data_to_send(self) -> bytes: ...
     def finished(self) -> bool:

@@ -35,7 +35,7 @@ from meshpy.codec.h2session import (
     SessionError,
     StreamGone,
 )
-from meshpy.codec.http2 import Malformed, local_settings, read_request, read_trailers
+from meshpy.codec.http2 import Malformed, local_settings, read_checked_request, read_request, read_trailers
 from meshpy.transport.accept import accepted, connection_info, released
 from meshpy.transport.admission import keep_alive_allowed
 from meshpy.transport.h2_abuse import H2Abuse
@@ -267,7 +267,7 @@ class Http2Downstream(asyncio.Protocol):
                 cfg, self.stats, self._opened, self.born, self.loop.time()):
             self.start_drain()  # this stream is the last one taken
         try:
-            head = read_request(headers, ended)
+            head = (read_checked_request if h2c.checks_messages else read_request)(headers, ended)
         except Malformed as err:
             log.debug("malformed request from %s: %s", self.peer, err)
             self._malformed_request()

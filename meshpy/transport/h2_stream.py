@@ -127,6 +127,10 @@ class H2Stream:
         if self.held is not None:
             self._send_held(not trailers)
         self.end_response(trailers)
+        # The exchange and this stream point at each other: let go, so that both are freed by
+        # reference counting rather than left to the cycle collector (what is left to send needs
+        # only this stream).
+        self.ex = None
 
     # -- the answer, from its exchange (meshpy.ports.ResponseWriter) ------------------------------
     def respond_raw(self, ex: Responding, status: int, fields: bytes) -> bool:

@@ -64,7 +64,7 @@ class RefusedStream(ConnectionError):
 
 
 class UpstreamHttp2(asyncio.Protocol):
-    __slots__ = ("_flush_due", "_ka_timer", "_keepalive", "closed", "goaway", "h2",
+    __slots__ = ("_flush_due", "_ka_timer", "_keepalive", "_reading", "closed", "goaway", "h2",
                  "idle_since", "max_streams", "pool", "settled", "streams", "streams_total", "transport")
 
     def __init__(self, pool: StreamPool, opts: Http2Options) -> None:
@@ -82,6 +82,7 @@ class UpstreamHttp2(asyncio.Protocol):
         self.goaway = False  # the upstream sent GOAWAY: no new streams here
         self.idle_since = 0.0
         self._flush_due = False
+        self._reading = False
         # (interval, timeout) of PING keepalive, or None; one timer: the next PING, or its deadline.
         self._keepalive = (opts.keepalive_interval, opts.keepalive_timeout) \
             if opts.keepalive_interval is not None else None
@@ -115,6 +116,13 @@ class UpstreamHttp2(asyncio.Protocol):
         self.pool.connection_gone(self, True)
 
     def data_received(self, data: bytes) -> None:
+        self._reading = True
+        try:
+            self._received(data)
+        finally:
+            self._reading = False
+
+    def _received(self, data: bytes) -> None:
         try:
             events = self.h2.receive(data)
         except SessionError as err:
@@ -159,6 +167,7 @@ class UpstreamHttp2(asyncio.Protocol):
             elif kind == PING_ACK:
                 self._pong()
         self.flush()
+        self._reading = False  # acknowledgements the exchanges' flushes make need a flush of their own
         for ex in touched:
             ex.flush()
 
@@ -323,7 +332,8 @@ class UpstreamHttp2(asyncio.Protocol):
     def ack(self, s: Http2UpstreamStream, n: int) -> None:
         if not self.closed and s.sid:
             self.h2.acknowledge(s.sid, n)
-            self.flush_soon()
+            if not self._reading:  # (data_received flushes at its end anyway)
+                self.flush_soon()
 
     def cancel(self, s: Http2UpstreamStream) -> None:
         s.exchange = None

@@ -1,11 +1,13 @@
-"""HTTP/2 frames, in process: meshpy's server-side h2 Connection (meshpy.codec.http2: relaxed h2
-validation, meshpy's own request checks, the body-length and GOAWAY overrides) is fed the client preface
-and the input's frames, and driven as Http2Downstream drives it: each request read with `read_request`,
-trailers with `read_trailers`, received data acknowledged, and each valid request answered.
+"""HTTP/2 frames, in process, through each of meshpy's HTTP/2 codecs (meshpy.codec.h2session: nghttp2
+through its compiled binding and in ABI mode, and h2): a server-side session is fed the client preface
+and the input's frames, and driven as Http2Downstream drives it: each request read with
+`read_checked_request` or `read_request` (as the codec checks messages itself or not), trailers with
+`read_trailers`, received data acknowledged, and each valid request answered.
 
-Property: nothing but h2's ProtocolError (a GOAWAY or RST_STREAM on the wire) and meshpy's Malformed
-(RST_STREAM PROTOCOL_ERROR) comes out; and a request `read_request` accepts is one HTTP/1.1 can carry
-(the method a token, the path visible ASCII, no connection-specific field, a valid authority).
+Property: nothing but the codec's SessionError (a GOAWAY on the wire), StreamGone (a send on a stream
+already closed) and meshpy's Malformed (RST_STREAM PROTOCOL_ERROR) comes out; and a request either
+codec lets through is one HTTP/1.1 can carry (the method a token, the path visible ASCII, no
+connection-specific field, a valid authority).
 
 The structured mutator works on frames: it inserts, drops, repeats, swaps and rewrites whole frames
 (type, flags, stream id, length, payload), with header blocks built from a pool of odd fields.
@@ -15,73 +17,85 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 
-import h2.events
-import h2.exceptions
-import h2.settings
 import hpack
 from fuzzkit import Finding, Target, mutate_bytes
 
+from meshpy.codec import h2session
+from meshpy.codec.h2session import DATA, REQUEST, TRAILERS, SessionError, StreamGone
 from meshpy.codec.http1 import valid_authority
 from meshpy.codec.http2 import (
     CONNECTION_SPECIFIC,
     PREFACE,
-    Connection,
     Malformed,
-    config,
     local_settings,
+    read_checked_request,
     read_request,
     read_trailers,
     response_fields,
 )
+from meshpy.codec.nghttp2 import Nghttp2Session, load
 from meshpy.model.types import Http2Options
 
 SEGMENT = b"|SEG|"
 _OPTS = Http2Options()
+_LIMIT = 60 * 1024
+_SETTINGS = local_settings(_OPTS, _LIMIT)
+_BLOCK = 2 * _LIMIT + 32 * 100
+
+
+def _sessions() -> list[Callable[[], h2session.Session]]:
+    h2_opts = Http2Options(codec="h2")
+    return [
+        lambda: Nghttp2Session(False, _OPTS, _SETTINGS, _BLOCK, load()),
+        lambda: Nghttp2Session(False, _OPTS, _SETTINGS, _BLOCK, load(native=False)),
+        lambda: h2session.server(h2_opts, _SETTINGS, _BLOCK),
+    ]
 
 
 def run(data: bytes) -> None:
-    conn = Connection(config(client_side=False))
-    conn.local_settings = h2.settings.Settings(client=False, initial_values=local_settings(_OPTS, 60 * 1024))
-    conn.initiate_connection()
-    conn.decoder.max_header_list_size = 2 * 60 * 1024 + 32 * 100
+    for make in _sessions():
+        _drive(make(), data)
+
+
+def _drive(s: h2session.Session, data: bytes) -> None:
+    reader = read_checked_request if s.checks_messages else read_request
     parts = data.split(SEGMENT)
     parts[0] = PREFACE + parts[0]
     for part in parts:
         try:
-            events = conn.receive_data(part)
-        except h2.exceptions.ProtocolError:
-            conn.data_to_send()
+            events = s.receive(part)
+        except SessionError:
+            s.data_to_send()
             return
-        for ev in events:
-            _handle(conn, ev)
-        conn.data_to_send()
-
-
-def _handle(conn: Connection, ev: h2.events.Event) -> None:
-    if isinstance(ev, h2.events.RequestReceived):
-        try:
-            head = read_request(ev.headers or [], ev.stream_ended is not None)
-        except Malformed:
-            _quietly(conn.reset_stream, ev.stream_id, 1)
+        for kind, sid, a, b in events:
+            if kind == REQUEST:
+                try:
+                    head = reader(a, b)
+                except Malformed:
+                    _quietly(s.reset_stream, sid, 1)
+                    continue
+                _check_request(head)
+                _quietly(s.send_headers, sid, response_fields(200, [(b"content-length", b"2")]), False)
+                _quietly(s.send_data, sid, b"ok", True)
+            elif kind == TRAILERS:
+                try:
+                    read_trailers(a)
+                except Malformed:
+                    _quietly(s.reset_stream, sid, 1)
+            elif kind == DATA and b:
+                s.acknowledge(sid, b)
+        s.data_to_send()
+        if s.finished():
             return
-        _check_request(head)
-        _quietly(conn.send_headers, ev.stream_id, response_fields(200, [(b"content-length", b"2")]))
-        _quietly(conn.send_data, ev.stream_id, b"ok", end_stream=True)
-    elif isinstance(ev, h2.events.TrailersReceived):
-        try:
-            read_trailers(ev.headers or [])
-        except Malformed:
-            _quietly(conn.reset_stream, ev.stream_id, 1)
-    elif isinstance(ev, h2.events.DataReceived) and ev.flow_controlled_length:
-        _quietly(conn.acknowledge_received_data, ev.flow_controlled_length, ev.stream_id)
 
 
-def _quietly(fn: object, *args: object, **kwargs: object) -> None:
-    """Sends on a stream the peer has reset or closed raise h2's StreamClosedError and the like: what the
-    downstream's writes meet too, and handle the same way."""
-    with contextlib.suppress(h2.exceptions.ProtocolError):
-        fn(*args, **kwargs)  # type: ignore[operator]
+def _quietly(fn: object, *args: object) -> None:
+    """Sends on a stream the peer has reset or closed raise StreamGone: what the downstream's writes
+    meet too, and handle the same way."""
+    with contextlib.suppress(StreamGone):
+        fn(*args)  # type: ignore[operator]
 
 
 def _check_request(head: object) -> None:

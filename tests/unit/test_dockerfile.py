@@ -87,6 +87,14 @@ def test_the_runtime_stage_installs_runtime_dependencies_only() -> None:
     assert re.search(r"apt-get install [^&]*\biptables\b", runs), "iptables is not installed"
 
 
+def test_the_build_stage_compiles_the_nghttp2_binding_and_the_runtime_has_the_library() -> None:
+    build = " ".join(i.args for i in instructions() if i.word == "RUN" and i not in final_stage())
+    assert "libnghttp2-dev" in build and "meshpy.codec.nghttp2.native_build" in build
+    assert build.index("native_build") < build.index("pip wheel"), "the wheel is made before the binding"
+    runs = " ".join(i.args for i in final_stage() if i.word == "RUN")
+    assert re.search(r"apt-get install [^&]*\blibnghttp2-14\b", runs), "libnghttp2 is not in the runtime"
+
+
 def test_the_base_image_is_a_slim_python_pinned_to_an_exact_version() -> None:
     for from_args in (i.args.split() for i in instructions() if i.word == "FROM"):
         image = from_args[0]

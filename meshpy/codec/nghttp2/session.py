@@ -2,11 +2,9 @@
 (meshpy.codec.h2session).
 
 How it is bound, and why (docs/http2-codec.md has the measurements):
-- **One set of C callbacks for every session.** nghttp2 calls back only from inside
-  `nghttp2_session_mem_recv` and `nghttp2_session_mem_send`, and meshpy is single-threaded, so the
-  session being driven is put in a module global (`_cur`) for the length of the call. That is cheaper
-  than a handle in `user_data` (ffi.from_handle on every callback) and than cffi callbacks made per
-  connection (an executable trampoline each).
+- **Compiled where it can be** (meshpy.codec.nghttp2.binding): cffi's API mode with a little C that
+  gathers header blocks, else ABI mode; one set of callbacks for every session
+  (meshpy.codec.nghttp2.callbacks).
 - **Fields go to the header block opened last**: nghttp2 never interleaves header blocks (CONTINUATION
   frames cannot be), so no per-field lookup of the stream.
 - **Flow control stays with the transports**, as with h2: meshpy acknowledges received DATA only as it
@@ -23,263 +21,60 @@ How it is bound, and why (docs/http2-codec.md has the measurements):
 
 from __future__ import annotations
 
-from collections import deque
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from meshpy.codec.h2session import (
-    DATA,
-    END,
-    GOAWAY,
-    PING,
-    PING_ACK,
-    REQUEST,
-    RESET,
-    RESPONSE,
-    SETTINGS,
-    STREAM_ERROR,
-    TRAILERS,
-    WINDOW,
-    ErrorCode,
-    Event,
-    Fields,
-    SessionError,
-    StreamGone,
-)
-from meshpy.codec.nghttp2 import _abi
-from meshpy.codec.nghttp2._abi import ffi
+from meshpy.codec.h2session import ErrorCode, Event, Fields, SessionError, StreamGone
+from meshpy.codec.nghttp2 import _abi, callbacks
+from meshpy.codec.nghttp2.binding import Binding, load
+from meshpy.codec.nghttp2.callbacks import Out, nv_array, state
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
 
-_NV_ARRAY = ffi.typeof("nghttp2_nv[]")
-_SETTINGS_ARRAY = ffi.typeof("nghttp2_settings_entry[]")
-_unpack = ffi.unpack
-_buffer = ffi.buffer
-_memmove = ffi.memmove
-_NULL = ffi.NULL
+_ready: dict[bool, tuple[dict[str, Any], Any, Any]] = {}  # per binding: callbacks, read callback, provider
 
 
-class _Out:
-    """What a stream has handed over to send and nghttp2 has not read yet."""
-
-    __slots__ = ("chunks", "deferred", "eof", "queued", "trailers")
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.queued = 0
-        self.eof = False
-        self.trailers: Fields | None = None
-        self.deferred = False  # the data provider said DEFERRED: resume it when data comes
-
-
-def _nv_array(fields: Fields) -> tuple[Any, Any]:
-    """An nghttp2_nv[] for `fields` and the one buffer it points into (kept alive by the caller until
-    the submit call returns: nghttp2 copies the fields). One joined buffer with pointers into it costs
-    less than half of a cffi object per name and per value (~5 against ~12 us for 13 fields)."""
-    base = ffi.from_buffer(b"".join([b for field in fields for b in field]))
-    init = []
-    off = 0
-    for name, value in fields:
-        ln = len(name)
-        p = base + off
-        init.append((p, p + ln, ln, len(value), 0))
-        off += ln + len(value)
-    return ffi.new(_NV_ARRAY, init), base
-
-
-_cur: Any = None  # the Nghttp2Session being driven by mem_recv or mem_send
-
-
-def _begin_headers(_s: Any, frame: Any, _u: Any) -> int:
-    cur = _cur
-    cur._block = []
-    cur._block_sid = frame.hd.stream_id
-    cur._block_size = 0
-    return 0
-
-
-def _header(_s: Any, _frame: Any, name: Any, namelen: int, value: Any, valuelen: int, _f: int,
-            _u: Any) -> int:
-    cur = _cur
-    # Counted as HPACK counts a header list (RFC 7541 4.1): a block that decodes past the limit is an
-    # HPACK bomb or a CONTINUATION flood, and ends the connection (see receive).
-    size = cur._block_size + namelen + valuelen + 32
-    if size > cur._max_block:
-        cur._overflow = True
-        return _abi.ERR_CALLBACK_FAILURE
-    cur._block_size = size
-    cur._block.append((_unpack(name, namelen), _unpack(value, valuelen)))
-    return 0
-
-
-def _frame_recv(_s: Any, frame: Any, _u: Any) -> int:
-    cur = _cur
-    hd = frame.hd
-    kind = hd.type
-    if kind == 0:  # DATA
-        if hd.flags & 1:
-            cur._events.append((END, hd.stream_id, None, None))
-    elif kind == 1:  # HEADERS
-        sid = hd.stream_id
-        fields = cur._block
-        cur._block = None
-        cat = frame.headers.cat
-        if cat == _abi.HCAT_REQUEST:
-            what = REQUEST
-        elif cat == _abi.HCAT_RESPONSE or (cur._client and fields and fields[0][0] == b":status"):
-            what = RESPONSE  # (after a 1xx, nghttp2 files the final response as HCAT_HEADERS)
+def _callbacks(b: Binding) -> tuple[dict[str, Any], Any, Any]:
+    """The binding's callbacks and the one data provider every stream shares, made once."""
+    made = _ready.get(b.native)
+    if made is None:
+        if b.native:
+            callbacks.register_native(b.ffi)
+            cbs: dict[str, Any] = {}
+            read = b.lib.meshpy_py_read
         else:
-            what = TRAILERS
-        ended = hd.flags & 1
-        cur._events.append((what, sid, fields, bool(ended)))
-        if ended:
-            cur._events.append((END, sid, None, None))
-    elif kind == 8:  # WINDOW_UPDATE
-        cur._events.append((WINDOW, hd.stream_id, None, None))
-    elif kind == 3:  # RST_STREAM
-        sid = hd.stream_id
-        cur._drop(sid)
-        cur._peer_reset = sid  # (its close, which follows at once, is not reported again)
-        cur._events.append((RESET, sid, frame.rst_stream.error_code, None))
-    elif kind == 4:  # SETTINGS
-        if not hd.flags & 1:
-            mcs = cur._lib.nghttp2_session_get_remote_settings(
-                cur._session, _abi.SETTINGS_MAX_CONCURRENT_STREAMS)
-            cur._events.append((SETTINGS, 0, mcs, None))
-    elif kind == 6:  # PING
-        cur._events.append((PING_ACK if hd.flags & 1 else PING, 0, None, None))
-    elif kind == 7:  # GOAWAY
-        last = frame.goaway.last_stream_id
-        for sid in [sid for sid in cur._outgoing if sid > last]:
-            cur._drop(sid)
-        cur._events.append((GOAWAY, 0, frame.goaway.error_code, last))
-    return 0
-
-
-def _data_chunk(_s: Any, _f: int, stream_id: int, data: Any, length: int, _u: Any) -> int:
-    _cur._events.append((DATA, stream_id, _unpack(data, length), length))
-    return 0
-
-
-def _stream_close(_s: Any, sid: int, code: int, _u: Any) -> int:
-    """A stream closed. Reported (STREAM_ERROR) only when nghttp2 reset it itself, for a violation it
-    found (a flow-control or content-length one, say): that happens while `receive` sends what the
-    frames it read call for. Closes while meshpy's own frames go out (`_sending`: its resets, its
-    ends) and closes by the peer's RST_STREAM (already a RESET event) are not news."""
-    cur = _cur
-    out = cur._outgoing.pop(sid, None)
-    if out is not None:
-        cur._queued -= out.queued
-    if cur._block is not None and cur._block_sid == sid:
-        cur._block = None
-    if code and not cur._sending:
-        if sid == cur._peer_reset:
-            cur._peer_reset = 0
-        elif sid != cur._reported:
-            cur._events.append((STREAM_ERROR, sid, code, False))
-    return 0
-
-
-def _invalid_frame(_s: Any, frame: Any, _code: int, _u: Any) -> int:
-    """nghttp2 found a frame malformed: for a stream, it has reset that stream (PROTOCOL_ERROR);
-    otherwise the connection is ending, which `finished` reports."""
-    cur = _cur
-    sid = frame.hd.stream_id
-    if sid:
-        undelivered = cur._block is not None and cur._block_sid == sid
-        if undelivered:
-            cur._block = None
-        cur._drop(sid)
-        cur._reported = sid  # (its close, which follows, is not reported again)
-        cur._events.append((STREAM_ERROR, sid, int(ErrorCode.PROTOCOL_ERROR), undelivered))
-    return 0
-
-
-def _read(_s: Any, sid: int, buf: Any, length: int, flags: Any, _src: Any, _u: Any) -> int:
-    cur = _cur
-    out = cur._outgoing.get(sid)
-    if out is None:
-        flags[0] = _abi.DATA_FLAG_EOF
-        return 0
-    chunks = out.chunks
-    n = 0
-    while chunks and n < length:
-        chunk = chunks[0]
-        take = length - n
-        if len(chunk) <= take:
-            chunks.popleft()
-            take = len(chunk)
-        else:
-            chunks[0] = chunk[take:]
-            chunk = chunk[:take]
-        _memmove(buf + n, chunk, take)
-        n += take
-    out.queued -= n
-    cur._queued -= n
-    if chunks:
-        return n
-    if not out.eof:
-        if n:
-            return n
-        out.deferred = True
-        return _abi.ERR_DEFERRED
-    del cur._outgoing[sid]
-    trailers = out.trailers
-    if trailers is None:
-        flags[0] = _abi.DATA_FLAG_EOF
-    else:
-        # nghttp2 sends trailers submitted from inside this callback, after the last DATA.
-        flags[0] = _abi.DATA_FLAG_EOF | _abi.DATA_FLAG_NO_END_STREAM
-        nva, _keep = _nv_array(trailers)
-        cur._lib.nghttp2_submit_trailer(cur._session, sid, nva, len(trailers))
-    return n
-
-
-_callbacks: dict[str, Any] = {}
-_provider: Any = None
-
-
-def _setup() -> Any:
-    """The library and the shared callbacks, made once."""
-    global _provider
-    lib = _abi.load()
-    if not _callbacks:
-        _callbacks.update({
-            "on_begin_headers_callback":
-                ffi.callback("nghttp2_on_begin_headers_callback", _begin_headers, -1),
-            "on_header_callback": ffi.callback("nghttp2_on_header_callback", _header, -1),
-            "on_frame_recv_callback": ffi.callback("nghttp2_on_frame_recv_callback", _frame_recv, -1),
-            "on_data_chunk_recv_callback":
-                ffi.callback("nghttp2_on_data_chunk_recv_callback", _data_chunk, -1),
-            "on_stream_close_callback": ffi.callback("nghttp2_on_stream_close_callback", _stream_close, -1),
-            "on_invalid_frame_recv_callback":
-                ffi.callback("nghttp2_on_invalid_frame_recv_callback", _invalid_frame, -1),
-        })
-        read = ffi.callback("nghttp2_data_source_read_callback", _read, _abi.ERR_CALLBACK_FAILURE)
-        _callbacks["read"] = read
-        _provider = ffi.new("nghttp2_data_provider *")
-        _provider.read_callback = read
-    return lib
+            cbs, read = callbacks.abi_callbacks(b.ffi)
+        provider = b.ffi.new("nghttp2_data_provider *")
+        provider.read_callback = read
+        made = _ready[b.native] = (cbs, read, provider)
+    return made
 
 
 class Nghttp2Session:
     """meshpy.codec.h2session.Session over libnghttp2."""
 
-    __slots__ = ("_block", "_block_sid", "_block_size", "_client", "_events", "_lib", "_max_block",
-                 "_out_ptr", "_outgoing", "_overflow", "_peer_reset", "_queued", "_reported", "_sending",
-                 "_sent", "_session")
+    __slots__ = ("_block", "_block_sid", "_block_size", "_buffer", "_client", "_events", "_lib", "_m",
+                 "_max_block", "_null", "_out_ptr", "_outgoing", "_overflow", "_peer_reset", "_provider",
+                 "_queued", "_reported", "_sending", "_sent", "_session")
+    checks_messages = True  # nghttp2's HTTP messaging checks are on
 
     def __init__(self, client_side: bool, opts: Http2Options, settings: dict[int, int],
-                 max_header_list: int) -> None:
-        lib = self._lib = _setup()
+                 max_header_list: int, binding: Binding | None = None) -> None:
+        b = binding or load()
+        ffi = b.ffi
+        lib = self._lib = b.lib
+        cbs_by_name, _read, self._provider = _callbacks(b)
+        self._null = ffi.NULL
+        self._buffer = ffi.buffer
         self._client = client_side
         self._events: list[Event] = []
-        self._block: Fields | None = None  # the header block being received
+        self._block: Fields | None = None  # (ABI mode) the header block being received
         self._block_sid = 0
         self._block_size = 0
         self._max_block = max_header_list
         self._overflow = False
-        self._outgoing: dict[int, _Out] = {}
+        self._outgoing: dict[int, Out] = {}
         self._queued = 0  # bytes handed over and not read by nghttp2 yet, all streams
         self._peer_reset = 0
         self._reported = 0
@@ -291,26 +86,67 @@ class Nghttp2Session:
         session = ffi.new("nghttp2_session **")
         if lib.nghttp2_session_callbacks_new(cbs) or lib.nghttp2_option_new(opt):
             raise MemoryError("nghttp2: out of memory")
+        m = self._m = lib.meshpy_h2_new(max_header_list) if b.native else None
         try:
             lib.nghttp2_option_set_no_auto_window_update(opt[0], 1)
             # Closed streams are kept only for RFC 7540 priorities, which meshpy does not act on:
             # without them a closed stream is gone at once (find_stream says so) and costs no memory.
             lib.nghttp2_option_set_no_closed_streams(opt[0], 1)
-            for name, cb in _callbacks.items():
-                if name != "read":
-                    getattr(lib, "nghttp2_session_callbacks_set_" + name)(cbs[0], cb)
+            if m is not None:
+                lib.meshpy_h2_callbacks(cbs[0])
+            for name, cb in cbs_by_name.items():
+                getattr(lib, "nghttp2_session_callbacks_set_" + name)(cbs[0], cb)
             new = lib.nghttp2_session_client_new2 if client_side else lib.nghttp2_session_server_new2
-            if new(session, cbs[0], _NULL, opt[0]):
+            if new(session, cbs[0], m if m is not None else ffi.NULL, opt[0]):
                 raise MemoryError("nghttp2: out of memory")
         finally:
             lib.nghttp2_session_callbacks_del(cbs[0])
             lib.nghttp2_option_del(opt[0])
-        self._session = ffi.gc(session[0], lib.nghttp2_session_del)
-        entries = ffi.new(_SETTINGS_ARRAY, list(settings.items()))
+        if m is not None:
+            free = lib.meshpy_h2_free
+            self._session = ffi.gc(session[0], lambda p: free(p, m))
+        else:
+            self._session = ffi.gc(session[0], lib.nghttp2_session_del)
+        entries = ffi.new("nghttp2_settings_entry[]", list(settings.items()))
         self._check(lib.nghttp2_submit_settings(self._session, 0, entries, len(settings)))
         if opts.initial_connection_window_size > 65535:
             self._check(lib.nghttp2_session_set_local_window_size(
                 self._session, 0, 0, opts.initial_connection_window_size))
+
+    def _submit(self, kind: int, sid: int, fields: Fields, provider: Any) -> int:
+        """Headers out: 0 a request (its stream id back), 1 a response, 2 a 1xx, 3 trailers."""
+        lib = self._lib
+        prd = provider if provider is not None else self._null
+        if self._m is not None:
+            joined = b"\0".join(chain.from_iterable(fields))
+            n = len(fields)
+            if joined.count(b"\0") != 2 * n - 1:
+                # (nghttp2 would refuse it anyway; meshpy never sends one)
+                raise StreamGone("a header field holds NUL")
+            return self._check(lib.meshpy_h2_submit(self._session, kind, sid, joined, len(joined), n, prd))
+        nva, _keep = nv_array(_abi.ffi, fields)
+        n = len(fields)
+        if kind == 0:
+            return self._check(lib.nghttp2_submit_request(self._session, self._null, nva, n, prd, self._null))
+        if kind == 1:
+            return self._check(lib.nghttp2_submit_response(self._session, sid, nva, n, prd))
+        if kind == 2:
+            return self._check(lib.nghttp2_submit_headers(self._session, 0, sid, self._null, nva, n,
+                                                          self._null))
+        return self._check(lib.nghttp2_submit_trailer(self._session, sid, nva, n))
+
+    def _end_block(self, sid: int) -> bool:
+        """Whether a header block of `sid` was open (never delivered); it is closed now."""
+        m = self._m
+        if m is not None:
+            if m.pending and m.block_sid == sid:
+                m.pending = 0
+                return True
+            return False
+        if self._block is not None and self._block_sid == sid:
+            self._block = None
+            return True
+        return False
 
     @staticmethod
     def _check(rv: int) -> int:
@@ -326,18 +162,18 @@ class Nghttp2Session:
 
     # -- bytes in, bytes out -------------------------------------------------------------------------
     def receive(self, data: bytes) -> list[Event]:
-        global _cur
-        _cur = self
+        state.cur = self
         rv = self._lib.nghttp2_session_mem_recv(self._session, data, len(data))
         if rv >= 0:
             # What the frames call for (RST_STREAMs nghttp2 decided on, SETTINGS and PING answers)
             # is made now, so that the streams it resets close, and are reported, with these events.
             self._send_into(self._sent)
-        _cur = None
+        state.cur = None
         if rv < 0:
             # A fatal error (a flood, a bad preface, our header list limit): nghttp2 sends no GOAWAY
             # of its own for these, so one is queued here before the connection closes.
-            code = ErrorCode.ENHANCE_YOUR_CALM if self._overflow or rv in (-904, -905) else \
+            overflow = self._overflow or (self._m is not None and self._m.overflow)
+            code = ErrorCode.ENHANCE_YOUR_CALM if overflow or rv in (-904, -905) else \
                 ErrorCode.PROTOCOL_ERROR
             self._lib.nghttp2_session_terminate_session(self._session, code)
             raise SessionError(_abi.strerror(rv), code)
@@ -351,19 +187,19 @@ class Nghttp2Session:
         session = self._session
         ptr = self._out_ptr
         n = mem_send(session, ptr)
+        buffer = self._buffer
         while n > 0:
-            chunks.append(_buffer(ptr[0], n)[:])
+            chunks.append(buffer(ptr[0], n)[:])
             n = mem_send(session, ptr)
 
     def data_to_send(self) -> bytes:
-        global _cur
-        _cur = self
+        state.cur = self
         self._sending = True
         chunks = self._sent
         self._sent = []
         self._send_into(chunks)
         self._sending = False
-        _cur = None
+        state.cur = None
         if not chunks:
             return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -375,12 +211,9 @@ class Nghttp2Session:
 
     # -- streams -------------------------------------------------------------------------------------
     def open_stream(self, headers: Fields, end: bool) -> int:
-        nva, _keep = _nv_array(headers)
-        provider = _NULL if end else _provider
-        sid: int = self._lib.nghttp2_submit_request(self._session, _NULL, nva, len(headers), provider, _NULL)
-        self._check(sid)
+        sid = self._submit(0, 0, headers, None if end else self._provider)
         if not end:
-            self._outgoing[sid] = _Out()
+            self._outgoing[sid] = Out()
         return sid
 
     def send_headers(self, sid: int, headers: Fields, end: bool) -> None:
@@ -392,16 +225,15 @@ class Nghttp2Session:
             out.trailers = headers
             self._finish(out, sid)
             return
-        if lib.nghttp2_session_find_stream(self._session, sid) == _NULL:
+        if lib.nghttp2_session_find_stream(self._session, sid) == self._null:
             raise StreamGone(f"stream {sid} is closed")
-        nva, _keep = _nv_array(headers)
         if headers[0][1][:1] == b"1":  # a 1xx: more heads follow
-            self._check(lib.nghttp2_submit_headers(self._session, 0, sid, _NULL, nva, len(headers), _NULL))
+            self._submit(2, sid, headers, None)
         elif end:
-            self._check(lib.nghttp2_submit_response(self._session, sid, nva, len(headers), _NULL))
+            self._submit(1, sid, headers, None)
         else:
-            self._check(lib.nghttp2_submit_response(self._session, sid, nva, len(headers), _provider))
-            self._outgoing[sid] = _Out()
+            self._submit(1, sid, headers, self._provider)
+            self._outgoing[sid] = Out()
 
     def send_data(self, sid: int, data: bytes, end: bool) -> None:
         out = self._outgoing.get(sid)
@@ -423,7 +255,7 @@ class Nghttp2Session:
             raise StreamGone(f"stream {sid} takes no data")
         self._finish(out, sid)
 
-    def _finish(self, out: _Out, sid: int) -> None:
+    def _finish(self, out: Out, sid: int) -> None:
         out.eof = True
         if out.deferred:
             out.deferred = False
@@ -449,12 +281,11 @@ class Nghttp2Session:
         if code == 0 and sid not in self._outgoing:
             # NO_ERROR after a complete answer (RFC 9113 8.1: stop sending the request): nghttp2 sends
             # RST_STREAM ahead of HEADERS it holds, so what is held goes out first.
-            global _cur
-            _cur = self
+            state.cur = self
             self._sending = True
             self._send_into(self._sent)
             self._sending = False
-            _cur = None
+            state.cur = None
         self._drop(sid)
         self._check(self._lib.nghttp2_submit_rst_stream(self._session, 0, sid, code))
 
@@ -466,7 +297,7 @@ class Nghttp2Session:
         self._check(self._lib.nghttp2_submit_ping(self._session, 0, opaque[:8].ljust(8, b"\0")))
 
     def graceful_goaway(self, last_sid: int) -> None:
-        self._lib.nghttp2_submit_goaway(self._session, 0, last_sid, 0, _NULL, 0)
+        self._lib.nghttp2_submit_goaway(self._session, 0, last_sid, 0, self._null, 0)
 
     def terminate(self, code: int) -> None:
         self._lib.nghttp2_session_terminate_session(self._session, code)
@@ -475,6 +306,9 @@ class Nghttp2Session:
         return int(self._lib.nghttp2_session_get_last_proc_stream_id(self._session))
 
     def header_block_state(self) -> int:
+        m = self._m
+        if m is not None:
+            return (2 if m.overflow else 1) if m.pending else 0
         if self._block is None:
             return 0
         return 2 if self._overflow else 1

@@ -37,16 +37,22 @@ from meshpy.codec.h2session import (
     SessionError,
     StreamGone,
 )
-from meshpy.codec.http2 import Malformed, client_settings, local_settings, read_request
+from meshpy.codec.http2 import Malformed, client_settings, local_settings, read_checked_request, read_request
+from meshpy.codec.nghttp2 import Nghttp2Session, load
 from meshpy.model.types import Http2Options
 
-CODECS = ("nghttp2", "h2")
+# nghttp2 twice: through the compiled binding (make builds it) and in ABI mode, the fallback.
+CODECS = ("nghttp2", "nghttp2-abi", "h2")
 LIMIT = 8192  # the listener's header limit in these tests
 
 
 def server(codec: str, drained: bool = True) -> h2session.Session:
-    opts = Http2Options(codec=codec)  # type: ignore[arg-type]
-    s = h2session.server(opts, local_settings(opts, LIMIT), 2 * LIMIT + 32 * 100)
+    opts = Http2Options(codec="nghttp2" if codec == "nghttp2-abi" else codec)  # type: ignore[arg-type]
+    s: h2session.Session
+    if codec == "nghttp2-abi":
+        s = Nghttp2Session(False, opts, local_settings(opts, LIMIT), 2 * LIMIT + 32 * 100, load(native=False))
+    else:
+        s = h2session.server(opts, local_settings(opts, LIMIT), 2 * LIMIT + 32 * 100)
     if drained:
         s.data_to_send()  # its SETTINGS: a raw peer does not need them
     return s
@@ -64,8 +70,15 @@ STREAM_EVENTS = (REQUEST, RESPONSE, TRAILERS, DATA, END)
 
 
 def client(codec: str) -> h2session.Session:
-    opts = Http2Options(codec=codec)  # type: ignore[arg-type]
+    opts = Http2Options(codec="nghttp2" if codec == "nghttp2-abi" else codec)  # type: ignore[arg-type]
+    if codec == "nghttp2-abi":
+        return Nghttp2Session(True, opts, client_settings(opts), 1 << 20, load(native=False))
     return h2session.client(opts, client_settings(opts))
+
+
+def test_the_compiled_binding_is_built_here() -> None:
+    """make builds it (meshpy.codec.nghttp2.native_build); without it meshpy runs, but slower."""
+    assert load().native and not load(native=False).native
 
 
 def frames(raw: bytes) -> list[Frame]:
@@ -97,7 +110,7 @@ def serve(codec: str, raw: bytes) -> Verdict:
     for kind, sid, a, b in events:
         if kind == REQUEST:
             try:
-                read_request(a, b)
+                (read_checked_request if s.checks_messages else read_request)(a, b)
             except Malformed:
                 s.reset_stream(sid, 1)  # as the transport does
                 continue
@@ -127,6 +140,18 @@ def _hpack_bomb() -> bytes:
 
 
 BAD_REQUESTS = {
+    "fragment in :path": one_request(fields=request(path=b"/a#b")),
+    "obs-text in :path": one_request(fields=request(path=b"/a\xff")),
+    "userinfo in :authority": one_request(fields=request(authority=b"user@host")),
+    "space in :authority": one_request(fields=request(authority=b"a b")),
+    "control character in a value": one_request([(b"x-a", b"1\x012")]),
+    "DEL in a value": one_request([(b"x-a", b"1\x7f")]),
+    "leading space in a value": one_request([(b"x-a", b" 1")]),
+    "repeated host": one_request([(b"host", b"a"), (b"host", b"b")]),
+    "repeated :path": one_request(fields=[*request(), (b":path", b"/b")]),
+    "content-length with no body": one_request([(b"content-length", b"3")], end=True),
+    "CONNECT with :path": one_request(fields=request(method=b"CONNECT")),
+    ":protocol on GET": one_request([(b":protocol", b"websocket")]),
     "uppercase name": one_request([(b"X-Foo", b"1")]),
     "connection header": one_request([(b"connection", b"close")]),
     "transfer-encoding": one_request([(b"transfer-encoding", b"chunked")]),

@@ -1,0 +1,217 @@
+"""Builds meshpy's compiled binding of libnghttp2 (cffi API mode):
+
+    python -m meshpy.codec.nghttp2.native_build
+
+Optional: without it meshpy binds the same library in ABI mode (no compiler), a little slower. Built by
+`make` when a C compiler and Debian's libnghttp2-dev are there, and in the image's build stage; the
+module lands beside this file (`_native.*.so`, not in git).
+
+What the C here adds to nghttp2 is less crossing between C and Python, where the ABI binding spends
+most of its time (docs/http2-codec.md):
+- a header block reaches Python once, as `name\\0value\\0...` gathered in C, instead of one callback
+  per field (with its size counted against the limit there, so an HPACK bomb never reaches Python);
+- a header list is submitted as one NUL-joined buffer that C turns into the nghttp2_nv array;
+- the other callbacks are `extern "Python"` functions, cheaper to enter than ABI-mode ones.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import cffi  # type: ignore[import-untyped]  # cffi ships no type stubs
+
+from meshpy.codec.nghttp2._abi import CDEF
+
+SHIM_CDEF = """
+typedef struct { int pending; int overflow; int32_t block_sid; ...; } meshpy_h2;
+meshpy_h2 *meshpy_h2_new(size_t limit);
+void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m);
+void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs);
+int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
+    size_t len, size_t n, const nghttp2_data_provider *prd);
+extern "Python" int meshpy_py_headers(int32_t stream_id, int cat, int flags, const char *block, size_t len);
+extern "Python" int meshpy_py_frame(int type, int flags, int32_t stream_id, uint32_t a, int32_t b);
+extern "Python" int meshpy_py_data(int32_t stream_id, const char *data, size_t len);
+extern "Python" int meshpy_py_close(nghttp2_session *, int32_t stream_id, uint32_t error_code, void *);
+extern "Python" int meshpy_py_invalid(nghttp2_session *, const nghttp2_frame *, int lib_error_code, void *);
+extern "Python" ssize_t meshpy_py_read(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+    size_t length, uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
+"""
+
+SOURCE = r"""
+#include <stdlib.h>
+#include <string.h>
+#include <nghttp2/nghttp2.h>
+
+typedef struct {
+    int pending;        /* a header block is open: begun, not yet ended */
+    int overflow;       /* it grew past the limit */
+    int32_t block_sid;
+    size_t size, limit; /* counted as HPACK counts a header list: 32 + name + value per field */
+    char *buf;
+    size_t len, cap;
+} meshpy_h2;
+
+static int meshpy_py_headers(int32_t, int, int, const char *, size_t);
+static int meshpy_py_frame(int, int, int32_t, uint32_t, int32_t);
+static int meshpy_py_data(int32_t, const char *, size_t);
+static int meshpy_py_close(nghttp2_session *, int32_t, uint32_t, void *);
+static int meshpy_py_invalid(nghttp2_session *, const nghttp2_frame *, int, void *);
+
+static meshpy_h2 *meshpy_h2_new(size_t limit) {
+    meshpy_h2 *m = calloc(1, sizeof *m);
+    if (m == NULL) return NULL;
+    m->limit = limit;
+    m->cap = 1024;
+    m->buf = malloc(m->cap);
+    if (m->buf == NULL) { free(m); return NULL; }
+    return m;
+}
+
+static void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m) {
+    nghttp2_session_del(session);
+    free(m->buf);
+    free(m);
+}
+
+static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *u) {
+    meshpy_h2 *m = u;
+    m->pending = 1;
+    m->block_sid = f->hd.stream_id;
+    m->len = 0;
+    m->size = 0;
+    return 0;
+}
+
+static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags, void *u) {
+    meshpy_h2 *m = u;
+    size_t need = namelen + valuelen + 2;
+    m->size += namelen + valuelen + 32;
+    if (m->size > m->limit) {
+        m->overflow = 1;
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    if (m->len + need > m->cap) {
+        size_t cap = m->cap;
+        char *grown;
+        while (cap < m->len + need) cap *= 2;
+        grown = realloc(m->buf, cap);
+        if (grown == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        m->buf = grown;
+        m->cap = cap;
+    }
+    memcpy(m->buf + m->len, name, namelen);
+    m->len += namelen;
+    m->buf[m->len++] = 0;
+    memcpy(m->buf + m->len, value, valuelen);
+    m->len += valuelen;
+    m->buf[m->len++] = 0;
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
+    meshpy_h2 *m = u;
+    switch (f->hd.type) {
+    case NGHTTP2_HEADERS:
+        m->pending = 0;
+        return meshpy_py_headers(f->hd.stream_id, f->headers.cat, f->hd.flags, m->buf,
+                                 m->len ? m->len - 1 : 0);
+    case NGHTTP2_DATA:
+        if (!(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
+        return meshpy_py_frame(f->hd.type, f->hd.flags, f->hd.stream_id, 0, 0);
+    case NGHTTP2_RST_STREAM:
+        return meshpy_py_frame(f->hd.type, f->hd.flags, f->hd.stream_id, f->rst_stream.error_code, 0);
+    case NGHTTP2_GOAWAY:
+        return meshpy_py_frame(f->hd.type, f->hd.flags, 0, f->goaway.error_code, f->goaway.last_stream_id);
+    case NGHTTP2_SETTINGS:
+        if (f->hd.flags & NGHTTP2_FLAG_ACK) return 0;
+        return meshpy_py_frame(f->hd.type, 0, 0,
+            nghttp2_session_get_remote_settings(s, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS), 0);
+    case NGHTTP2_PING:
+    case NGHTTP2_WINDOW_UPDATE:
+        return meshpy_py_frame(f->hd.type, f->hd.flags, f->hd.stream_id, 0, 0);
+    default:
+        return 0;
+    }
+}
+
+static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
+                         size_t len, void *u) {
+    return meshpy_py_data(stream_id, (const char *)data, len);
+}
+
+static void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs) {
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, meshpy_py_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, meshpy_py_invalid);
+}
+
+/* kind: 0 request, 1 response, 2 headers (a 1xx), 3 trailers. `joined`: n names and values, each
+   ended by NUL except the last (the caller checked there are exactly 2n - 1 NULs). */
+static int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
+                                size_t len, size_t n, const nghttp2_data_provider *prd) {
+    nghttp2_nv stack[48];
+    nghttp2_nv *nva = n <= 48 ? stack : malloc(n * sizeof *nva);
+    const char *p = joined, *end = joined + len;
+    size_t i;
+    int32_t rv;
+    if (nva == NULL) return NGHTTP2_ERR_NOMEM;
+    for (i = 0; i < n; i++) {
+        const char *z = memchr(p, 0, (size_t)(end - p));
+        nva[i].name = (uint8_t *)p;
+        nva[i].namelen = (size_t)(z - p);
+        p = z + 1;
+        z = memchr(p, 0, (size_t)(end - p));
+        if (z == NULL) z = end;
+        nva[i].value = (uint8_t *)p;
+        nva[i].valuelen = (size_t)(z - p);
+        nva[i].flags = NGHTTP2_NV_FLAG_NONE;
+        p = z + 1;
+    }
+    switch (kind) {
+    case 0: rv = nghttp2_submit_request(session, NULL, nva, n, prd, NULL); break;
+    case 1: rv = nghttp2_submit_response(session, stream_id, nva, n, prd); break;
+    case 2: rv = nghttp2_submit_headers(session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, n, NULL); break;
+    default: rv = nghttp2_submit_trailer(session, stream_id, nva, n); break;
+    }
+    if (nva != stack) free(nva);
+    return rv;
+}
+"""
+
+
+def builder() -> cffi.FFI:
+    ffi = cffi.FFI()
+    # The ABI declarations say `const char *` where the header says `const uint8_t *` (so that ABI
+    # mode can unpack bytes): here they must match the header.
+    cdef = CDEF.replace("const char *name,", "const uint8_t *name,").replace(
+        "const char *value,", "const uint8_t *value,").replace("const char *data,", "const uint8_t *data,")
+    ffi.cdef(cdef + SHIM_CDEF)
+    ffi.set_source("meshpy.codec.nghttp2._native", SOURCE, libraries=["nghttp2"])
+    return ffi
+
+
+def main() -> int:
+    here = Path(__file__).resolve().parent
+    try:
+        with tempfile.TemporaryDirectory(prefix="meshpy-native-") as tmp:
+            built = Path(builder().compile(tmpdir=tmp))
+            target = here / built.name
+            built.replace(target)
+    except Exception as err:  # cffi reports compiler and header problems variously
+        print(f"meshpy: the compiled nghttp2 binding was not built ({err}); meshpy will bind "
+              "libnghttp2 in ABI mode (install a C compiler and libnghttp2-dev for the faster one)",
+              file=sys.stderr)
+        return 1
+    print(f"meshpy: built {target.relative_to(here.parents[2])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
