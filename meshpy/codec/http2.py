@@ -9,6 +9,8 @@ refuses what would mean something else once written as HTTP/1.1. So both codecs'
 
 from __future__ import annotations
 
+from itertools import chain
+
 from meshpy.codec import h2session
 from meshpy.codec.http1 import valid_authority
 from meshpy.model.types import Http2Options
@@ -32,6 +34,7 @@ _TCHAR = _TCHAR_LOWER + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # What an HTTP/1.1 request line can carry as its target: visible ASCII, without `#` (a fragment is
 # never sent; Envoy refuses it).
 _PATH_CHARS = bytes(c for c in range(0x21, 0x7F) if c != 0x23)
+_JOINED = frozenset({b"host", b"cookie"})  # fields read_checked_request takes apart
 _SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
 
 
@@ -136,32 +139,35 @@ def read_checked_request(headers: list[tuple[bytes, bytes]], ended: bool = False
     beyond RFC 9113 that nghttp2 lets through: a path without `#` or obs-text, an authority without
     userinfo. tests/unit/codec/test_h2_sessions.py holds both readers to the same verdicts."""
     head = RequestHead()
-    fields = head.fields
+    # nghttp2 has put the pseudo-headers first: one short loop for them, then the fields as a slice.
+    i = 0
+    for name, value in headers:
+        if name[:1] != b":":
+            break
+        if name == b":path":
+            head.path = value
+        elif name == b":method":
+            head.method = value
+        elif name == b":scheme":
+            head.scheme = value
+        elif name == b":authority":
+            head.authority = value
+        else:
+            head.protocol = value
+        i += 1
+    fields = head.fields = [f for f in headers[i:] if f[0] not in _JOINED]
     append = fields.append
     cookies: list[bytes] | None = None
     host: bytes | None = None
-    size = 0
-    for name, value in headers:
-        size += len(name) + len(value)
-        if name[:1] == b":":
-            if name == b":path":
-                head.path = value
-            elif name == b":method":
-                head.method = value
-            elif name == b":scheme":
-                head.scheme = value
-            elif name == b":authority":
-                head.authority = value
-            else:
-                head.protocol = value
-        elif name == b"host":
-            host = value
-        elif name == b"cookie":
-            if cookies is None:
-                cookies = []
-            cookies.append(value)
-        else:
-            append((name, value))
+    if len(fields) != len(headers) - i:  # a host or cookie field: taken apart as read_request does
+        for name, value in headers[i:]:
+            if name == b"host":
+                host = value
+            elif name == b"cookie":
+                if cookies is None:
+                    cookies = []
+                cookies.append(value)
+    size = sum(map(len, chain.from_iterable(headers)))
     head.size = size
     path = head.path
     if path and path.translate(None, _PATH_CHARS):

@@ -189,20 +189,22 @@ class UpstreamHttp2(asyncio.Protocol):
         s = self.streams.get(sid)
         if s is None or s.exchange is None:
             return
-        status = 0
-        fields: list[tuple[bytes, bytes]] = []
-        for name, value in headers:
-            if name == b":status":
-                status = int(value)
-            elif name[:1] != b":":
-                fields.append((name, value))
-        lines = [b""]
-        lines.extend(name + b": " + value for name, value in fields)
-        lines.append(b"\r\n")
+        if self.h2.checks_messages:  # nghttp2 has checked: :status first, and the only pseudo-header
+            status = int(headers[0][1])
+            fields = headers[1:]
+        else:
+            status = 0
+            fields = []
+            for name, value in headers:
+                if name == b":status":
+                    status = int(value)
+                elif name[:1] != b":":
+                    fields.append((name, value))
         s.head_fields = fields
         touched.add(s.exchange)
         # A HEAD response ends with END_STREAM like any other, so unlike HTTP/1.1 nothing special.
-        s.exchange.up_head(status, b"\r\n".join(lines), True)
+        # (The fields also as an HTTP/1.1 block, meshpy.codec.raw_head: what an HTTP/1.1 client gets.)
+        s.exchange.up_head(status, b"".join([b"\r\n" + n + b": " + v for n, v in fields]) + b"\r\n\r\n", True)
 
     def _close_stream(self, sid: int) -> UpstreamSink | None:
         """Forget stream `sid`; its exchange, if it still has one, is returned to be told how it ended."""

@@ -25,10 +25,11 @@ import cffi  # type: ignore[import-untyped]  # cffi ships no type stubs
 from meshpy.codec.nghttp2._abi import CDEF
 
 SHIM_CDEF = """
-typedef struct { int pending; int overflow; int32_t block_sid; ...; } meshpy_h2;
+typedef struct { int pending; int overflow; int32_t block_sid; char *out; ...; } meshpy_h2;
 meshpy_h2 *meshpy_h2_new(size_t limit);
 void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m);
 void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs);
+ssize_t meshpy_h2_send_all(nghttp2_session *session, meshpy_h2 *m);
 int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
     size_t len, size_t n, const nghttp2_data_provider *prd);
 extern "Python" int meshpy_py_headers(int32_t stream_id, int cat, int flags, const char *block, size_t len);
@@ -52,6 +53,8 @@ typedef struct {
     size_t size, limit; /* counted as HPACK counts a header list: 32 + name + value per field */
     char *buf;
     size_t len, cap;
+    char *out;          /* what meshpy_h2_send_all gathered */
+    size_t out_cap;
 } meshpy_h2;
 
 static int meshpy_py_headers(int32_t, int, int, const char *, size_t);
@@ -73,7 +76,35 @@ static meshpy_h2 *meshpy_h2_new(size_t limit) {
 static void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m) {
     nghttp2_session_del(session);
     free(m->buf);
+    free(m->out);
     free(m);
+}
+
+/* Everything nghttp2 has to send, in one buffer (m->out): one call from Python instead of one per
+   frame. Returns its length, or nghttp2's (negative) error. */
+static ssize_t meshpy_h2_send_all(nghttp2_session *session, meshpy_h2 *m) {
+    size_t len = 0;
+    const uint8_t *data;
+    ssize_t n;
+    if (m->out_cap > (4u << 20)) {  /* a burst made it large once: do not keep that for good */
+        free(m->out);
+        m->out = NULL;
+        m->out_cap = 0;
+    }
+    while ((n = nghttp2_session_mem_send(session, &data)) > 0) {
+        if (len + (size_t)n > m->out_cap) {
+            size_t cap = m->out_cap ? m->out_cap : 16384;
+            char *grown;
+            while (cap < len + (size_t)n) cap *= 2;
+            grown = realloc(m->out, cap);
+            if (grown == NULL) return NGHTTP2_ERR_NOMEM;
+            m->out = grown;
+            m->out_cap = cap;
+        }
+        memcpy(m->out + len, data, (size_t)n);
+        len += (size_t)n;
+    }
+    return n < 0 ? n : (ssize_t)len;
 }
 
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *u) {

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from meshpy.codec.h2session import ErrorCode, Event, Fields, SessionError, StreamGone
 from meshpy.codec.nghttp2 import _abi, callbacks
 from meshpy.codec.nghttp2.binding import Binding, load
-from meshpy.codec.nghttp2.callbacks import Out, nv_array, state
+from meshpy.codec.nghttp2.callbacks import Out, _unpack, nv_array, state
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
@@ -183,6 +183,12 @@ class Nghttp2Session:
         return events
 
     def _send_into(self, chunks: list[bytes]) -> None:
+        m = self._m
+        if m is not None:  # the compiled binding gathers every frame in C, in one call
+            n = self._lib.meshpy_h2_send_all(self._session, m)
+            if n > 0:
+                chunks.append(_unpack(m.out, n))
+            return
         mem_send = self._lib.nghttp2_session_mem_send
         session = self._session
         ptr = self._out_ptr
