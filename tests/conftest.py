@@ -42,7 +42,7 @@ H2_MODULES = frozenset({
     "test_http2_downstream", "test_h2_stream_errors", "test_grpc_proxy", "test_grpc_interop",
     "test_grpc_differential", "test_h2_malformed_envoy", "test_websocket", "test_sniffing", "test_limits",
     "test_unsized_bodies", "test_tls_alpn", "test_tls_grpc", "test_connect_tunnel", "test_soak_findings",
-    "test_filter_bodies", "test_health_checks",
+    "test_filter_bodies", "test_health_checks", "test_grpc_deadlines",
 })
 
 

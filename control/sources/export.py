@@ -148,6 +148,15 @@ def _route(r: Route) -> dict[str, Any]:
             fwd["host_rewrite_literal"] = a.host_rewrite
         if a.idle_timeout is not None:
             fwd["idle_timeout"] = duration(a.idle_timeout if a.idle_timeout > 0 else None)
+        limits: dict[str, str] = {}
+        if a.max_stream_duration is not None:
+            limits["max_stream_duration"] = duration(a.max_stream_duration)
+        if a.grpc_timeout is not None:  # (Envoy reads grpc-timeout only when this is set)
+            limits["grpc_timeout_header_max"] = duration(a.grpc_timeout.max)
+            if a.grpc_timeout.offset:
+                limits["grpc_timeout_header_offset"] = duration(a.grpc_timeout.offset)
+        if limits:
+            fwd["max_stream_duration"] = limits
         fwd.update(policies.hash_policy(a.hash_policy))
         if a.retry is not None:
             fwd.update(policies.retry(a.retry))

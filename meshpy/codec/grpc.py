@@ -31,8 +31,8 @@ def timeout_seconds(value: bytes) -> float | None:
 def status_for(http_status: int, flag: str) -> int:
     """The gRPC status of a local answer: no route -> UNIMPLEMENTED; no healthy upstream, connect
     failure, overflow, rate limit -> UNAVAILABLE; timeout -> DEADLINE_EXCEEDED."""
-    if flag in _TIMEOUT_FLAGS and http_status in (408, 504):
-        return DEADLINE_EXCEEDED
+    if http_status == 408 or (flag in _TIMEOUT_FLAGS and http_status == 504):
+        return DEADLINE_EXCEEDED  # (408: the stream's duration, as Envoy answers it, or its idle timeout)
     return _BY_HTTP.get(http_status, UNKNOWN)
 
 

@@ -15,8 +15,10 @@ from meshpy.model.meshpy_yaml_matches import absolute_path, compile_regex, heade
 from meshpy.model.meshpy_yaml_policies import fault, hash_policy, rate_limit, retry_policy
 from meshpy.model.routes import (
     DEFAULT_ROUTE_TIMEOUT,
+    HONOUR_GRPC_TIMEOUT,
     DirectResponseAction,
     ForwardAction,
+    GrpcTimeout,
     HeaderAppend,
     HeaderEdits,
     HeaderValue,
@@ -33,6 +35,7 @@ from meshpy.model.yaml_reader import (
     Fields,
     Reader,
     as_bool,
+    as_duration,
     as_int,
     as_name,
     as_optional_timeout,
@@ -59,6 +62,7 @@ _EDIT_KEYS = (*_EDIT_MODES, "remove")
 _ACTIONS = ("cluster", "split", "redirect", "direct")
 _FORWARD_ONLY = (
     "prefix_rewrite", "regex_rewrite", "host_rewrite", "timeout", "idle_timeout", "retry", "hash_policy",
+    "max_stream_duration", "grpc_timeout",
 )  # fmt: skip
 _ROUTE_KEYS = (
     "name", "match", *_ACTIONS, *_FORWARD_ONLY, "request_headers", "response_headers", "rate_limit", "fault",
@@ -315,9 +319,23 @@ def _forward(r: Reader, f: Fields, model_path: str) -> ForwardAction:
         host_rewrite=f.get("host_rewrite", _host, None),
         timeout=f.get("timeout", as_optional_timeout, DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=f.get("idle_timeout", as_route_idle_timeout, None),
+        max_stream_duration=f.get("max_stream_duration", as_optional_timeout, None),
+        grpc_timeout=_grpc_timeout(r, f.raw("grpc_timeout"), f.at("grpc_timeout"))
+        if "grpc_timeout" in f else HONOUR_GRPC_TIMEOUT,
         retry=retry_policy(r, f.raw("retry"), f.at("retry")) if "retry" in f else _UNSET_RETRY,
         hash_policy=hash_policy(r, f.raw("hash_policy"), f.at("hash_policy")) if "hash_policy" in f else (),
     )
+
+
+def _grpc_timeout(r: Reader, node: object, path: str) -> GrpcTimeout | None:
+    """`grpc_timeout: ignore`, or `{max: 30s, offset: 50ms}` (both optional): how a gRPC call's own
+    deadline limits its stream. Left out: honoured as it is."""
+    if node == "ignore":
+        return None
+    f = r.mapping(node, path, ("max", "offset"))
+    if f is None:
+        return HONOUR_GRPC_TIMEOUT
+    return GrpcTimeout(max=f.get("max", as_optional_timeout, None), offset=f.get("offset", as_duration, 0.0))
 
 
 def _regex_rewrite(r: Reader, node: object, path: str) -> RegexRewrite | None:

@@ -122,6 +122,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcTimeout:
+    """A gRPC call's `grpc-timeout` header as its stream's duration limit (Envoy's route
+    max_stream_duration.grpc_timeout_header_max and _offset): capped at `max` (None: no cap, Envoy's
+    0s), less `offset`; at or below zero the call times out at once."""
+
+    max: float | None = None
+    offset: float = 0.0
+
+
+HONOUR_GRPC_TIMEOUT = GrpcTimeout()  # meshpy YAML's default; an Envoy route without the fields ignores it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardAction:
     """Send to one cluster, or split by weight between several (exactly one of the two is set)."""
 
@@ -133,6 +146,11 @@ class ForwardAction:
     timeout: float | None = DEFAULT_ROUTE_TIMEOUT  # None: no timeout (Envoy's 0s)
     # Per-route stream idle timeout. None: the listener's; 0: none for this route (Envoy's 0s).
     idle_timeout: float | None = None
+    # The longest a stream may last from its request headers, whatever it is doing (Envoy's
+    # max_stream_duration): answered 408, or DEADLINE_EXCEEDED for gRPC; None: no limit.
+    max_stream_duration: float | None = None
+    # None: grpc-timeout is not read (it still goes upstream), as in an Envoy route that does not ask.
+    grpc_timeout: GrpcTimeout | None = HONOUR_GRPC_TIMEOUT
     retry: RetryPolicy | None = None
     hash_policy: tuple[HashPolicy, ...] = ()  # for ring_hash and maglev clusters
 

@@ -106,10 +106,12 @@ class CompiledRoute:
         "fault",
         "filters",
         "forward",
+        "grpc_timeout",
         "hash_policy",
         "host_rewrite",
         "idle_timeout",
         "limiter",
+        "max_stream_duration",
         "never_matches",
         "request_body_filters",
         "response_body_filters",
@@ -118,6 +120,7 @@ class CompiledRoute:
         "retry",
         "rewrites",
         "route",
+        "stream_limited",
         "timeout",
         "upstream_filters",
         "virtual_host",
@@ -146,6 +149,9 @@ class CompiledRoute:
         self.forward = fwd is not None
         self.timeout = fwd.timeout if fwd is not None else None
         self.idle_timeout = fwd.idle_timeout if fwd is not None else None
+        self.max_stream_duration = fwd.max_stream_duration if fwd is not None else None
+        self.grpc_timeout = fwd.grpc_timeout if fwd is not None else None
+        self.stream_limited = self.max_stream_duration is not None  # (or a gRPC call's grpc-timeout)
         self.retry = fwd.retry if fwd is not None else None
         self.hash_policy = fwd.hash_policy if fwd is not None else ()
         # The route's own token bucket, else its virtual host's (shared by its routes); faults.

@@ -67,11 +67,13 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
     up_fields: list[tuple[bytes, bytes]]
     up_target: bytes
     up_chunked: bool  # the request body goes upstream chunked (its own framing, or re-framed)
+    _grpc_timeout = -1.0  # a gRPC call's grpc-timeout in seconds (-1: none); only HTTP/2 sets it
     __slots__ = (
         "_buffered",
         "_buffered_bytes",
         "_close_delimited",
         "_deadline",
+        "_duration_deadline",
         "_fault_timer",
         "_filter_req",
         "_grpc",
@@ -151,6 +153,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         self._fault_timer: asyncio.Handle | None = None  # an injected delay under way
         self.next_check = 0.0  # when the coarse sweep looks at this exchange next (0: not enrolled)
         self._deadline = 0.0
+        self._duration_deadline = 0.0  # the stream's duration limit (0: none), see _limit_stream
         self._last_activity = 0.0
         self._retried = False
         self._reused = False
@@ -269,6 +272,8 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         """Answer here, or pick a cluster and host and get an upstream connection."""
         if not route.forward:
             return self._answer_here(route)
+        if route.stream_limited or self._grpc_timeout >= 0:
+            self._limit_stream(route)
         cfg = self.cfg
         cluster = cfg.clusters.get(route.pick_cluster())
         if cluster is None:

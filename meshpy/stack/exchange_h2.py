@@ -26,12 +26,12 @@ _CONTINUE = [(b":status", b"100")]
 
 class H2Exchange(Exchange):
     PROTOCOL = "HTTP/2"
-    __slots__ = ("_grpc_deadline", "stream")
+    __slots__ = ("_grpc_timeout", "stream")
 
     def __init__(self, stream: H2Stream, cfg: HttpListenerConfig) -> None:
         super().__init__(stream, cfg)
         self.stream = stream
-        self._grpc_deadline = 0.0
+        self._grpc_timeout = -1.0
         self._grpc_status = -1  # from the answer's grpc-status (trailers, or a trailers-only head)
 
     # -- request side ----------------------------------------------------------------------------
@@ -96,21 +96,14 @@ class H2Exchange(Exchange):
         super().downstream_lost()
 
     def _grpc_deadline_from(self, value: bytes | None) -> None:
-        """grpc-timeout is a gRPC call's deadline (its errors are answered as gRPC statuses)."""
+        """grpc-timeout, checked now (a BadRequest is answered here); the route says later whether it
+        limits the stream (TimersMixin._limit_stream)."""
         if value is None:
             return
         seconds = grpc.timeout_seconds(value)
         if seconds is None:
             raise BadRequest("invalid grpc-timeout")
-        now = self.stream.loop.time()
-        self._grpc_deadline = self._deadline = now + seconds
-        self._schedule(self._deadline, now)
-
-    def _request_timers(self) -> None:
-        super()._request_timers()
-        if self._grpc_deadline and (not self._deadline or self._grpc_deadline < self._deadline):
-            self._deadline = self._grpc_deadline
-            self._schedule(self._deadline, self.stream.loop.time())
+        self._grpc_timeout = seconds
 
     def _scan(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
         """The headers the proxy reads, in one pass: RequestFacts, and whether this is a gRPC call;

@@ -53,6 +53,8 @@ class ExchangeParts:
         next_check: float
         _head_base: bytes
         _deadline: float
+        _duration_deadline: float
+        _grpc_timeout: float
         _last_activity: float
         _timer: asyncio.Handle | None
         _timer_at: float

@@ -13,8 +13,7 @@ from meshpy.stack.deadlines import PRECISE_BELOW
 from meshpy.stack.parts import ExchangeParts
 
 if TYPE_CHECKING:
-
-    pass
+    from meshpy.routing.table import CompiledRoute
 
 _NEVER = float("inf")
 
@@ -70,6 +69,8 @@ class TimersMixin(ExchangeParts):
             if not self.done:
                 self._rearm(now)
             return
+        if self._duration_deadline and now >= self._duration_deadline:
+            return self._duration_timeout()
         if self._deadline and now >= self._deadline:
             if self.cluster is not None:
                 self.cluster.stats.rq_timeout += 1
@@ -88,10 +89,48 @@ class TimersMixin(ExchangeParts):
         nxt = self._last_activity + idle if idle is not None else _NEVER
         if self._deadline:
             nxt = min(nxt, self._deadline)
+        if self._duration_deadline:
+            nxt = min(nxt, self._duration_deadline)
         if self.retry is not None and self.retry.try_deadline:
             nxt = min(nxt, self.retry.try_deadline)
         if nxt != _NEVER:
             self._schedule(nxt, now)
+
+    def _limit_stream(self, route: CompiledRoute) -> None:
+        """The stream's duration limit (Envoy's route max_stream_duration), from the route, or from a
+        gRPC call's own grpc-timeout where the route reads it (capped at its max, less its offset)."""
+        duration = route.max_stream_duration
+        policy = route.grpc_timeout
+        if policy is not None and self._grpc and self._grpc_timeout >= 0:
+            seconds = self._grpc_timeout
+            if policy.max is not None and seconds > policy.max:
+                seconds = policy.max
+            duration = max(seconds - policy.offset, 0.0)
+        if duration is None:
+            return
+        if policy is not None and self._grpc and duration != self._grpc_timeout:
+            # As Envoy: where the route reads grpc-timeout, the upstream is told the deadline the
+            # proxy keeps (capped, less the offset, or the route's own), in milliseconds.
+            ms = round(duration * 1000)
+            value = b"%dm" % ms if ms <= 99_999_999 else b"%dS" % (ms // 1000)
+            headers = [h for h in self.headers if h[0] != b"grpc-timeout"]
+            headers.append((b"grpc-timeout", value))
+            self.headers = headers
+        now = self.down.loop.time()
+        self._duration_deadline = now + duration
+        self._schedule(self._duration_deadline, now)
+
+    def _duration_timeout(self) -> None:
+        """As Envoy: 408 "downstream duration timeout" (DEADLINE_EXCEEDED to a gRPC caller), with no
+        response flag; a response already under way is cut."""
+        conn = self.conn
+        self.conn = None
+        if conn is not None and self.host is not None:
+            self.host.pool.discard(conn)
+        if self.started:
+            self._abort("")
+        else:
+            self._local_reply(408, b"downstream duration timeout", "", close=not self.req_done)
 
     def _timeout(self, err: ProxyError, flag: str) -> None:
         conn = self.conn

@@ -14,6 +14,7 @@ from meshpy.model.routes import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
     ForwardAction,
+    GrpcTimeout,
     RedirectAction,
     RegexRewrite,
     Route,
@@ -90,6 +91,7 @@ _FORWARD = frozenset(
         "retry_policy",
         "hedge_policy",
         "hash_policy",
+        "max_stream_duration",
     }
 )
 _REDIRECT = frozenset(
@@ -244,6 +246,7 @@ def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardA
         # Written into Host as it is (a fuzzed `h€st` crashed the route table's latin-1 encoding).
         host = msg.host_rewrite_literal
         issues.add(child(path, "host_rewrite_literal"), f"{host!r} is not a host or host:port")
+    duration, grpc_timeout = _stream_duration(issues, msg, path)
     return ForwardAction(
         cluster=cluster,
         weighted=weighted,
@@ -252,7 +255,24 @@ def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardA
         host_rewrite=msg.host_rewrite_literal or None,
         timeout=timeout(msg, "timeout", DEFAULT_ROUTE_TIMEOUT),
         idle_timeout=idle,
+        max_stream_duration=duration,
+        grpc_timeout=grpc_timeout,
     )
+
+
+def _stream_duration(issues: Issues, msg: Any, path: str) -> tuple[float | None, GrpcTimeout | None]:
+    """RouteAction.max_stream_duration. As in Envoy, grpc-timeout is read only when
+    grpc_timeout_header_max is set (0s: no cap); without it the header is not the proxy's business."""
+    if not msg.HasField("max_stream_duration"):
+        return None, None  # (the model's default reads grpc-timeout; an Envoy route does not)
+    m = msg.max_stream_duration
+    issues.fields(m, child(path, "max_stream_duration"),
+                  {"max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"})
+    duration = timeout(m, "max_stream_duration", None)
+    if not m.HasField("grpc_timeout_header_max"):
+        return duration, None
+    offset = timeout(m, "grpc_timeout_header_offset", None) or 0.0
+    return duration, GrpcTimeout(max=timeout(m, "grpc_timeout_header_max", None), offset=offset)
 
 
 def _connect_upgrade(issues: Issues, msg: Any, path: str) -> None:

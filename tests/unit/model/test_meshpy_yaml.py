@@ -17,6 +17,7 @@ from meshpy.model.routes import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
     ForwardAction,
+    GrpcTimeout,
     HeaderMatch,
     HeaderValue,
     QueryMatch,
@@ -393,6 +394,15 @@ def test_forward_options() -> None:
     assert route.action == ForwardAction(
         cluster="v1", prefix_rewrite="/", host_rewrite="users.internal", timeout=2.0, idle_timeout=30.0
     )
+
+
+def test_stream_duration_and_grpc_timeout() -> None:
+    default = forward(only_route(load(route_yaml("{cluster: v1}"))))
+    assert default.max_stream_duration is None and default.grpc_timeout == GrpcTimeout()  # read as sent
+    ignored = forward(only_route(load(route_yaml("{cluster: v1, grpc_timeout: ignore, max_stream_duration: 5s}"))))
+    assert ignored.grpc_timeout is None and ignored.max_stream_duration == 5.0
+    capped = forward(only_route(load(route_yaml("{cluster: v1, grpc_timeout: {max: 10s, offset: 50ms}}"))))
+    assert capped.grpc_timeout == GrpcTimeout(max=10.0, offset=0.05)
 
 
 @pytest.mark.parametrize("written", ["off", "0", "0s", "null"])

@@ -29,6 +29,7 @@ from meshpy.model.routes import (
     NO_EDITS,
     DirectResponseAction,
     ForwardAction,
+    GrpcTimeout,
     HeaderEdits,
     HeaderMatch,
     HeaderValue,
@@ -241,7 +242,8 @@ def test_minimal_http_listener_gets_envoy_defaults() -> None:
             upgrades=(),  # Envoy tunnels no upgrade type unless upgrade_configs names it
         ),
     )
-    assert route.action == ForwardAction(cluster="demo", timeout=15.0)
+    # grpc_timeout None: an Envoy route reads no grpc-timeout unless max_stream_duration asks.
+    assert route.action == ForwardAction(cluster="demo", timeout=15.0, grpc_timeout=None)
 
 
 HCM_OPTIONS = http_bootstrap(
@@ -656,6 +658,21 @@ ROUTE_ACTIONS = http_bootstrap(
 )
 
 
+def test_max_stream_duration_and_the_grpc_timeout_header() -> None:
+    def action(fields: str) -> ForwardAction:
+        [route] = routes_of(http_bootstrap(
+            "msd", f"- {{match: {{prefix: /}}, route: {{cluster: demo, max_stream_duration: {{{fields}}}}}}}"))
+        assert isinstance(route.action, ForwardAction)
+        return route.action
+
+    a = action("max_stream_duration: 2s")
+    assert a.max_stream_duration == 2.0 and a.grpc_timeout is None
+    a = action("grpc_timeout_header_max: 0s")
+    assert a.max_stream_duration is None and a.grpc_timeout == GrpcTimeout(max=None, offset=0.0)
+    a = action("max_stream_duration: 1s, grpc_timeout_header_max: 30s, grpc_timeout_header_offset: 0.05s")
+    assert a.max_stream_duration == 1.0 and a.grpc_timeout == GrpcTimeout(max=30.0, offset=0.05)
+
+
 def test_route_actions() -> None:
     actions = {route.name: route.action for route in routes_of(ROUTE_ACTIONS)}
     assert actions == {
@@ -665,12 +682,15 @@ def test_route_actions() -> None:
             host_rewrite="upstream.example",
             timeout=None,  # Envoy's 0s: no timeout
             idle_timeout=2.5,
+            grpc_timeout=None,
         ),
         "regex-rewrite": ForwardAction(
-            cluster="demo", regex_rewrite=RegexRewrite(pattern="^/r/(.*)$", substitution="/\\1"), timeout=1.5
+            cluster="demo", regex_rewrite=RegexRewrite(pattern="^/r/(.*)$", substitution="/\\1"),
+            timeout=1.5, grpc_timeout=None,
         ),
         "split": ForwardAction(
-            weighted=(WeightedCluster(name="demo", weight=90), WeightedCluster(name="other", weight=10))
+            weighted=(WeightedCluster(name="demo", weight=90), WeightedCluster(name="other", weight=10)),
+            grpc_timeout=None,
         ),
         "https": RedirectAction(scheme="https"),
         "redirect": RedirectAction(
