@@ -399,7 +399,8 @@ def test_forward_options() -> None:
 def test_stream_duration_and_grpc_timeout() -> None:
     default = forward(only_route(load(route_yaml("{cluster: v1}"))))
     assert default.max_stream_duration is None and default.grpc_timeout == GrpcTimeout()  # read as sent
-    ignored = forward(only_route(load(route_yaml("{cluster: v1, grpc_timeout: ignore, max_stream_duration: 5s}"))))
+    ignored = forward(only_route(load(route_yaml(
+        "{cluster: v1, grpc_timeout: ignore, max_stream_duration: 5s}"))))
     assert ignored.grpc_timeout is None and ignored.max_stream_duration == 5.0
     capped = forward(only_route(load(route_yaml("{cluster: v1, grpc_timeout: {max: 10s, offset: 50ms}}"))))
     assert capped.grpc_timeout == GrpcTimeout(max=10.0, offset=0.05)

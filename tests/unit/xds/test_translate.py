@@ -660,8 +660,8 @@ ROUTE_ACTIONS = http_bootstrap(
 
 def test_max_stream_duration_and_the_grpc_timeout_header() -> None:
     def action(fields: str) -> ForwardAction:
-        [route] = routes_of(http_bootstrap(
-            "msd", f"- {{match: {{prefix: /}}, route: {{cluster: demo, max_stream_duration: {{{fields}}}}}}}"))
+        written = f"- {{match: {{prefix: /}}, route: {{cluster: demo, max_stream_duration: {{{fields}}}}}}}"
+        [route] = routes_of(http_bootstrap("msd", written))
         assert isinstance(route.action, ForwardAction)
         return route.action
 
