@@ -147,7 +147,8 @@ class ForwardAction:
     # Per-route stream idle timeout. None: the listener's; 0: none for this route (Envoy's 0s).
     idle_timeout: float | None = None
     # The longest a stream may last from its request headers, whatever it is doing (Envoy's
-    # max_stream_duration): answered 408, or DEADLINE_EXCEEDED for gRPC; None: no limit.
+    # max_stream_duration): answered 504 (408 while the request is arriving), DEADLINE_EXCEEDED for
+    # gRPC; None: no limit.
     max_stream_duration: float | None = None
     # None: grpc-timeout is not read (it still goes upstream), as in an Envoy route that does not ask.
     grpc_timeout: GrpcTimeout | None = HONOUR_GRPC_TIMEOUT

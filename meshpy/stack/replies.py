@@ -47,7 +47,8 @@ class RepliesMixin(ExchangeParts):
                           close=not self.req_done and self.has_body())
 
     def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
-                     extra: list[tuple[bytes, bytes]] | None = None, close: bool = False) -> None:
+                     extra: list[tuple[bytes, bytes]] | None = None, close: bool = False,
+                     grpc_status: int | None = None) -> None:
         headers: list[tuple[bytes, bytes]] = [] if extra is None else extra
         headers.append((b"date", self.down.slot.date.now()))
         if body and (extra is None or all(h[0] != b"content-type" for h in extra)):
@@ -73,7 +74,7 @@ class RepliesMixin(ExchangeParts):
         self.resp_status = status
         self.flag = flag
         if self._grpc:
-            status, headers, body = self._grpc_answer(status, headers, body)
+            status, headers, body = self._grpc_answer(status, headers, body, grpc_status)
         self.bytes_out = 0 if self.head_request or no_body_status(status) else len(body)
         self._local = (status, headers, body)
         # Otherwise the answer waits for request_end: a bodiless request completes in the same parser
@@ -81,10 +82,13 @@ class RepliesMixin(ExchangeParts):
         if close or self.req_done:
             self._send_local()
 
-    def _grpc_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[
-            int, list[tuple[bytes, bytes]], bytes]:
-        """As Envoy: HTTP 200 with the error as a gRPC status, in one HEADERS frame (trailers-only)."""
-        code = self._grpc_status = grpc.status_for(status, self.flag)
+    def _grpc_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                     code: int | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """As Envoy: HTTP 200 with the error as a gRPC status, in one HEADERS frame (trailers-only).
+        `code`: the status where the answer names its own, else the one for its HTTP status."""
+        if code is None:
+            code = grpc.status_for(status, self.flag)
+        self._grpc_status = code
         headers = [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code),
                    (b"grpc-message", grpc.percent_encode(body)),
                    *(h for h in headers if h[0] not in (b"content-type", b"content-length"))]

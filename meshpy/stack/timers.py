@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from meshpy.codec.grpc import DEADLINE_EXCEEDED
 from meshpy.errors import BadRequest, ProxyError, UpstreamTimeout
 from meshpy.stack.deadlines import PRECISE_BELOW
 from meshpy.stack.parts import ExchangeParts
@@ -121,8 +122,8 @@ class TimersMixin(ExchangeParts):
         self._schedule(self._duration_deadline, now)
 
     def _duration_timeout(self) -> None:
-        """As Envoy: 408 "downstream duration timeout" (DEADLINE_EXCEEDED to a gRPC caller), with no
-        response flag; a response already under way is cut."""
+        """As Envoy: "downstream duration timeout", 504 once the whole request is in, else 408, and
+        DEADLINE_EXCEEDED to a gRPC caller; no response flag. A response already under way is cut."""
         conn = self.conn
         self.conn = None
         if conn is not None and self.host is not None:
@@ -130,7 +131,8 @@ class TimersMixin(ExchangeParts):
         if self.started:
             self._abort("")
         else:
-            self._local_reply(408, b"downstream duration timeout", "", close=not self.req_done)
+            self._local_reply(504 if self.req_done else 408, b"downstream duration timeout", "",
+                              close=not self.req_done, grpc_status=DEADLINE_EXCEEDED)
 
     def _timeout(self, err: ProxyError, flag: str) -> None:
         conn = self.conn

