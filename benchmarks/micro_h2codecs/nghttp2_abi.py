@@ -1,8 +1,8 @@
 """libnghttp2 through cffi in ABI mode: a minimal sans-I/O HTTP/2 connection for the codec benchmark.
 
-No compiler and no headers: the declarations below are copied by hand from nghttp2/nghttp2.h (1.52, the
-library Debian ships as libnghttp2-14), only as much as the benchmark needs. A prototype to measure
-with, not meshpy's codec: no GOAWAY, RST_STREAM or settings handling beyond nghttp2's own defaults.
+No compiler and no headers: the declarations are meshpy's (meshpy.codec.nghttp2._abi), for the library
+Debian ships as libnghttp2-14 (1.52). The prototype measured before meshpy's codec was written (which
+is meshpy.codec.nghttp2): no GOAWAY, RST_STREAM or settings handling beyond nghttp2's own defaults.
 
 Every call from C into Python (a header, a frame, a chunk of data, a stream closing, a read of the body
 to send) crosses cffi's callback trampoline, which is where the binding spends most of its time; the
@@ -13,76 +13,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import cffi  # type: ignore[import-untyped]  # no stubs; cffi is only in the benchmarks
+import cffi  # type: ignore[import-untyped]  # no stubs
 
-CDEF = """
-typedef struct nghttp2_session nghttp2_session;
-typedef struct nghttp2_session_callbacks nghttp2_session_callbacks;
-typedef struct nghttp2_option nghttp2_option;
+from meshpy.codec.nghttp2 import _abi
+
+# meshpy's own declarations (meshpy.codec.nghttp2._abi), plus what only this prototype calls: the
+# reference-counted header callback it measured against the plain one.
+CDEF = _abi.CDEF + """
 typedef struct nghttp2_rcbuf nghttp2_rcbuf;
 typedef struct { uint8_t *base; size_t len; } nghttp2_vec;
-typedef struct { uint8_t *name; uint8_t *value; size_t namelen; size_t valuelen; uint8_t flags; } nghttp2_nv;
-typedef struct { size_t length; int32_t stream_id; uint8_t type; uint8_t flags; uint8_t reserved; }
-    nghttp2_frame_hd;
-/* nghttp2_frame is a union whose members all begin with the frame header; only the header is read. */
-typedef struct { nghttp2_frame_hd hd; } nghttp2_frame;
-typedef struct { int32_t settings_id; uint32_t value; } nghttp2_settings_entry;
-typedef union { int fd; void *ptr; } nghttp2_data_source;
-typedef ssize_t (*nghttp2_data_source_read_callback)(nghttp2_session *session, int32_t stream_id,
-    uint8_t *buf, size_t length, uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
-typedef struct { nghttp2_data_source source; nghttp2_data_source_read_callback read_callback; }
-    nghttp2_data_provider;
-
-typedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *, const nghttp2_frame *, void *);
-typedef int (*nghttp2_on_header_callback)(nghttp2_session *, const nghttp2_frame *, const char *name,
-    size_t namelen, const char *value, size_t valuelen, uint8_t flags, void *);
 typedef int (*nghttp2_on_header_callback2)(nghttp2_session *, const nghttp2_frame *, nghttp2_rcbuf *name,
     nghttp2_rcbuf *value, uint8_t flags, void *);
-typedef int (*nghttp2_on_frame_recv_callback)(nghttp2_session *, const nghttp2_frame *, void *);
-typedef int (*nghttp2_on_data_chunk_recv_callback)(nghttp2_session *, uint8_t flags, int32_t stream_id,
-    const char *data, size_t len, void *);
-typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *, int32_t stream_id, uint32_t error_code,
-    void *);
-
-int nghttp2_session_callbacks_new(nghttp2_session_callbacks **callbacks_ptr);
-void nghttp2_session_callbacks_del(nghttp2_session_callbacks *callbacks);
-void nghttp2_session_callbacks_set_on_begin_headers_callback(nghttp2_session_callbacks *,
-    nghttp2_on_begin_headers_callback);
-void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *,
-    nghttp2_on_header_callback);
 void nghttp2_session_callbacks_set_on_header_callback2(nghttp2_session_callbacks *,
     nghttp2_on_header_callback2);
-void nghttp2_session_callbacks_set_on_frame_recv_callback(nghttp2_session_callbacks *,
-    nghttp2_on_frame_recv_callback);
-void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(nghttp2_session_callbacks *,
-    nghttp2_on_data_chunk_recv_callback);
-void nghttp2_session_callbacks_set_on_stream_close_callback(nghttp2_session_callbacks *,
-    nghttp2_on_stream_close_callback);
-
-int nghttp2_option_new(nghttp2_option **option_ptr);
-void nghttp2_option_del(nghttp2_option *option);
-void nghttp2_option_set_no_auto_window_update(nghttp2_option *option, int val);
-
-int nghttp2_session_client_new2(nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
-    void *user_data, const nghttp2_option *option);
-int nghttp2_session_server_new2(nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
-    void *user_data, const nghttp2_option *option);
-void nghttp2_session_del(nghttp2_session *session);
-ssize_t nghttp2_session_mem_recv(nghttp2_session *session, const uint8_t *in, size_t inlen);
-ssize_t nghttp2_session_mem_send(nghttp2_session *session, const uint8_t **data_ptr);
-int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size);
-
-int32_t nghttp2_submit_request(nghttp2_session *session, const void *pri_spec, const nghttp2_nv *nva,
-    size_t nvlen, const nghttp2_data_provider *data_prd, void *stream_user_data);
-int nghttp2_submit_response(nghttp2_session *session, int32_t stream_id, const nghttp2_nv *nva,
-    size_t nvlen, const nghttp2_data_provider *data_prd);
-int nghttp2_submit_trailer(nghttp2_session *session, int32_t stream_id, const nghttp2_nv *nva, size_t nvlen);
-int nghttp2_submit_settings(nghttp2_session *session, uint8_t flags, const nghttp2_settings_entry *iv,
-    size_t niv);
 nghttp2_vec nghttp2_rcbuf_get_buf(nghttp2_rcbuf *rcbuf);
-const char *nghttp2_strerror(int lib_error_code);
-typedef struct { int age; int version_num; const char *version_str; const char *proto_str; } nghttp2_info;
-nghttp2_info *nghttp2_version(int least_version);
 """
 
 LIBRARY = "libnghttp2.so.14"

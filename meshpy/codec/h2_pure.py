@@ -111,6 +111,7 @@ class H2Session:
 
     __slots__ = ("_client", "_extra", "_max_block", "_server", "conn")
     checks_messages = False  # h2's validation is off: meshpy's read_request checks
+    packs_frames = False  # one send_data, one DATA frame
 
     def __init__(self, client_side: bool, opts: Http2Options, settings: dict[int, int],
                  max_header_list: int) -> None:

@@ -82,6 +82,8 @@ class Session(Protocol):
     # The codec enforces RFC 9113 8.2 and 8.3 on requests itself (meshpy.codec.http2.read_checked_request
     # then does the rest); otherwise meshpy checks everything (read_request).
     checks_messages: bool
+    # The codec packs DATA into frames itself (send_data pieces of any size cost no frame each).
+    packs_frames: bool
 
     def receive(self, data: bytes) -> list[Event]: ...
     def data_to_send(self) -> bytes: ...

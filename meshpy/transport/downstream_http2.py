@@ -370,17 +370,24 @@ class Http2Downstream(asyncio.Protocol):
         assert h2c is not None
         pending = s.pending
         sid = s.sid
+        # A codec that packs DATA frames itself (nghttp2) takes the pieces as they are, as far as the
+        # window goes; for one that makes a frame per call (h2), small pieces are joined first.
+        packs = h2c.packs_frames
+        window = 0
         try:
             while pending:
-                window = h2c.send_window(sid)
-                if window <= 0:
-                    break
+                if window <= 0 or not packs:
+                    window = h2c.send_window(sid)
+                    if window <= 0:
+                        break
                 data = pending.popleft()
-                while pending and len(data) + len(pending[0]) <= window:
-                    data += pending.popleft()  # small pieces of one read: one frame
+                if not packs:
+                    while pending and len(data) + len(pending[0]) <= window:
+                        data += pending.popleft()  # small pieces of one read: one frame
                 if len(data) > window:
                     pending.appendleft(data[window:])
                     data = data[:window]
+                window -= len(data)
                 last = not pending and s.end_wanted and not s.trailers
                 h2c.send_data(sid, data, last)
                 if last:

@@ -298,10 +298,12 @@ class UpstreamHttp2(asyncio.Protocol):
         h2c = self.h2
         pending = s.pending
         try:
+            window = 0
             while pending:
-                window = h2c.send_window(s.sid)
-                if window <= 0:
-                    break
+                if window <= 0 or not h2c.packs_frames:  # (see Http2Downstream.pump)
+                    window = h2c.send_window(s.sid)
+                    if window <= 0:
+                        break
                 data = pending[0]
                 if len(data) <= window:
                     pending.popleft()
@@ -309,6 +311,7 @@ class UpstreamHttp2(asyncio.Protocol):
                 else:
                     h2c.send_data(s.sid, data[:window], False)
                     pending[0] = data[window:]
+                window -= len(data)
             if pending:
                 if s.exchange is not None:
                     s.exchange.up_pause_writing()

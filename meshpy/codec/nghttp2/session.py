@@ -58,6 +58,7 @@ class Nghttp2Session:
                  "_max_block", "_null", "_out_ptr", "_outgoing", "_overflow", "_peer_reset", "_provider",
                  "_queued", "_reported", "_sending", "_sent", "_session")
     checks_messages = True  # nghttp2's HTTP messaging checks are on
+    packs_frames = True  # its data provider fills each frame from whatever was handed over
 
     def __init__(self, client_side: bool, opts: Http2Options, settings: dict[int, int],
                  max_header_list: int, binding: Binding | None = None) -> None:
