@@ -10,6 +10,7 @@ What the C here adds to nghttp2 is less crossing between C and Python, where the
 most of its time (docs/http2-codec.md):
 - a header block reaches Python once, as `name\\0value\\0...` gathered in C, instead of one callback
   per field (with its size counted against the limit there, so an HPACK bomb never reaches Python);
+- a stream's DATA reaches Python once per read, however many frames brought it;
 - a header list is submitted as one NUL-joined buffer that C turns into the nghttp2_nv array;
 - the other callbacks are `extern "Python"` functions, cheaper to enter than ABI-mode ones.
 """
@@ -25,11 +26,14 @@ import cffi  # type: ignore[import-untyped]  # cffi ships no type stubs
 from meshpy.codec.nghttp2._abi import CDEF
 
 SHIM_CDEF = """
-typedef struct { int pending; int overflow; int32_t block_sid; char *out; ...; } meshpy_h2;
+typedef struct { size_t at; size_t len; int32_t sid; } meshpy_mark;
+typedef struct { int pending; int overflow; int32_t block_sid; char *out; meshpy_mark *marks; size_t nmarks;
+    ...; } meshpy_h2;
 meshpy_h2 *meshpy_h2_new(size_t limit);
 void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m);
 void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs);
 ssize_t meshpy_h2_send_all(nghttp2_session *session, meshpy_h2 *m);
+ssize_t meshpy_h2_recv(nghttp2_session *session, meshpy_h2 *m, const uint8_t *in, size_t inlen);
 int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
     size_t len, size_t n, const nghttp2_data_provider *prd);
 extern "Python" int meshpy_py_headers(int32_t stream_id, int cat, int flags, const char *block, size_t len);
@@ -46,6 +50,8 @@ SOURCE = r"""
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 
+typedef struct { size_t at; size_t len; int32_t sid; } meshpy_mark;
+
 typedef struct {
     int pending;        /* a header block is open: begun, not yet ended */
     int overflow;       /* it grew past the limit */
@@ -54,7 +60,12 @@ typedef struct {
     char *buf;
     size_t len, cap;
     char *out;          /* what meshpy_h2_send_all gathered */
-    size_t out_cap;
+    size_t out_len, out_cap;
+    meshpy_mark *marks; /* where DATA bodies sent without a copy go in `out` (see on_send_data) */
+    size_t nmarks, marks_cap;
+    char *data;         /* DATA received for one stream, not yet handed to Python */
+    size_t data_len, data_cap;
+    int32_t data_sid;
 } meshpy_h2;
 
 static int meshpy_py_headers(int32_t, int, int, const char *, size_t);
@@ -77,34 +88,86 @@ static void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m) {
     nghttp2_session_del(session);
     free(m->buf);
     free(m->out);
+    free(m->data);
+    free(m->marks);
     free(m);
+}
+
+/* DATA for one stream is handed to Python once per read, not once per frame (a peer sending 8 KiB
+   frames would otherwise cost a callback, an event and the whole body path each). Whatever comes
+   next for Python (another stream's data, a frame, a close, the end of the read) flushes it first,
+   so the order of events is kept. */
+static int flush_data(meshpy_h2 *m) {
+    size_t n = m->data_len;
+    if (n == 0) return 0;
+    m->data_len = 0;
+    return meshpy_py_data(m->data_sid, m->data, n);
+}
+
+static ssize_t meshpy_h2_recv(nghttp2_session *session, meshpy_h2 *m, const uint8_t *in, size_t inlen) {
+    ssize_t rv = nghttp2_session_mem_recv(session, in, inlen);
+    int flushed = flush_data(m);
+    if (m->data_cap > (4u << 20)) {
+        free(m->data);
+        m->data = NULL;
+        m->data_cap = 0;
+    }
+    if (rv >= 0 && flushed != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return rv;
 }
 
 /* Everything nghttp2 has to send, in one buffer (m->out): one call from Python instead of one per
    frame. Returns its length, or nghttp2's (negative) error. */
+static int out_append(meshpy_h2 *m, const uint8_t *data, size_t n) {
+    if (m->out_len + n > m->out_cap) {
+        size_t cap = m->out_cap ? m->out_cap : 16384;
+        char *grown;
+        while (cap < m->out_len + n) cap *= 2;
+        grown = realloc(m->out, cap);
+        if (grown == NULL) return NGHTTP2_ERR_NOMEM;
+        m->out = grown;
+        m->out_cap = cap;
+    }
+    memcpy(m->out + m->out_len, data, n);
+    m->out_len += n;
+    return 0;
+}
+
 static ssize_t meshpy_h2_send_all(nghttp2_session *session, meshpy_h2 *m) {
-    size_t len = 0;
     const uint8_t *data;
     ssize_t n;
+    m->out_len = 0;
+    m->nmarks = 0;
     if (m->out_cap > (4u << 20)) {  /* a burst made it large once: do not keep that for good */
         free(m->out);
         m->out = NULL;
         m->out_cap = 0;
     }
     while ((n = nghttp2_session_mem_send(session, &data)) > 0) {
-        if (len + (size_t)n > m->out_cap) {
-            size_t cap = m->out_cap ? m->out_cap : 16384;
-            char *grown;
-            while (cap < len + (size_t)n) cap *= 2;
-            grown = realloc(m->out, cap);
-            if (grown == NULL) return NGHTTP2_ERR_NOMEM;
-            m->out = grown;
-            m->out_cap = cap;
-        }
-        memcpy(m->out + len, data, (size_t)n);
-        len += (size_t)n;
+        if (out_append(m, data, (size_t)n) != 0) return NGHTTP2_ERR_NOMEM;
     }
-    return n < 0 ? n : (ssize_t)len;
+    return n < 0 ? n : (ssize_t)m->out_len;
+}
+
+/* A DATA frame whose body Python keeps (the read callback said NO_COPY, for large pieces): its header
+   goes into `out` and a mark says where the body goes, which Python puts there without copying it
+   into nghttp2 and back out (meshpy.codec.nghttp2.session). meshpy never pads. */
+static int on_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                        nghttp2_data_source *source, void *u) {
+    meshpy_h2 *m = u;
+    if (out_append(m, framehd, 9) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (m->nmarks == m->marks_cap) {
+        size_t cap = m->marks_cap ? 2 * m->marks_cap : 16;
+        meshpy_mark *grown = realloc(m->marks, cap * sizeof *grown);
+        if (grown == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        m->marks = grown;
+        m->marks_cap = cap;
+    }
+    m->marks[m->nmarks].at = m->out_len;
+    m->marks[m->nmarks].len = length;
+    m->marks[m->nmarks].sid = frame->hd.stream_id;
+    m->nmarks++;
+    return 0;
 }
 
 static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *u) {
@@ -145,13 +208,14 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
     meshpy_h2 *m = u;
+    if (f->hd.type == NGHTTP2_DATA && !(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;  /* gathered */
+    if (m->data_len && flush_data(m) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
     switch (f->hd.type) {
     case NGHTTP2_HEADERS:
         m->pending = 0;
         return meshpy_py_headers(f->hd.stream_id, f->headers.cat, f->hd.flags, m->buf,
                                  m->len ? m->len - 1 : 0);
     case NGHTTP2_DATA:
-        if (!(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
         return meshpy_py_frame(f->hd.type, f->hd.flags, f->hd.stream_id, 0, 0);
     case NGHTTP2_RST_STREAM:
         return meshpy_py_frame(f->hd.type, f->hd.flags, f->hd.stream_id, f->rst_stream.error_code, 0);
@@ -171,7 +235,33 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
 
 static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, const uint8_t *data,
                          size_t len, void *u) {
-    return meshpy_py_data(stream_id, (const char *)data, len);
+    meshpy_h2 *m = u;
+    if (m->data_len && m->data_sid != stream_id && flush_data(m) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (m->data_len + len > m->data_cap) {
+        size_t cap = m->data_cap ? m->data_cap : 65536;
+        char *grown;
+        while (cap < m->data_len + len) cap *= 2;
+        grown = realloc(m->data, cap);
+        if (grown == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        m->data = grown;
+        m->data_cap = cap;
+    }
+    memcpy(m->data + m->data_len, data, len);
+    m->data_len += len;
+    m->data_sid = stream_id;
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code, void *u) {
+    meshpy_h2 *m = u;
+    if (m->data_len && flush_data(m) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return meshpy_py_close(s, stream_id, code, u);
+}
+
+static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int code, void *u) {
+    meshpy_h2 *m = u;
+    if (m->data_len && flush_data(m) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return meshpy_py_invalid(s, f, code, u);
 }
 
 static void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs) {
@@ -179,8 +269,9 @@ static void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs) {
     nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, meshpy_py_close);
-    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, meshpy_py_invalid);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, on_invalid_frame);
+    nghttp2_session_callbacks_set_send_data_callback(cbs, on_send_data);
 }
 
 /* kind: 0 request, 1 response, 2 headers (a 1xx), 3 trailers. `joined`: n names and values, each

@@ -21,6 +21,7 @@ How it is bound, and why (docs/http2-codec.md has the measurements):
 
 from __future__ import annotations
 
+from collections import deque
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +55,9 @@ def _callbacks(b: Binding) -> tuple[dict[str, Any], Any, Any]:
 class Nghttp2Session:
     """meshpy.codec.h2session.Session over libnghttp2."""
 
-    __slots__ = ("_block", "_block_sid", "_block_size", "_buffer", "_client", "_events", "_lib", "_m",
-                 "_max_block", "_null", "_out_ptr", "_outgoing", "_overflow", "_peer_reset", "_provider",
-                 "_queued", "_reported", "_sending", "_sent", "_session")
+    __slots__ = ("_block", "_block_sid", "_block_size", "_bodies", "_buffer", "_client", "_events", "_lib",
+                 "_m", "_max_block", "_null", "_out_ptr", "_outgoing", "_overflow", "_peer_reset",
+                 "_provider", "_queued", "_reported", "_sending", "_sent", "_session")
     checks_messages = True  # nghttp2's HTTP messaging checks are on
     packs_frames = True  # its data provider fills each frame from whatever was handed over
 
@@ -81,6 +82,7 @@ class Nghttp2Session:
         self._reported = 0
         self._sending = False
         self._sent: list[bytes] = []  # frames made while receiving, waiting for data_to_send
+        self._bodies: deque[tuple[int, int, list[Any]]] = deque()  # DATA bodies sent without a copy
         self._out_ptr = ffi.new("const uint8_t **")
         cbs = ffi.new("nghttp2_session_callbacks **")
         opt = ffi.new("nghttp2_option **")
@@ -164,7 +166,11 @@ class Nghttp2Session:
     # -- bytes in, bytes out -------------------------------------------------------------------------
     def receive(self, data: bytes) -> list[Event]:
         state.cur = self
-        rv = self._lib.nghttp2_session_mem_recv(self._session, data, len(data))
+        m = self._m
+        if m is not None:  # (the compiled binding hands each stream's DATA over once per read)
+            rv = self._lib.meshpy_h2_recv(self._session, m, data, len(data))
+        else:
+            rv = self._lib.nghttp2_session_mem_recv(self._session, data, len(data))
         if rv >= 0:
             # What the frames call for (RST_STREAMs nghttp2 decided on, SETTINGS and PING answers)
             # is made now, so that the streams it resets close, and are reported, with these events.
@@ -188,7 +194,10 @@ class Nghttp2Session:
         if m is not None:  # the compiled binding gathers every frame in C, in one call
             n = self._lib.meshpy_h2_send_all(self._session, m)
             if n > 0:
-                chunks.append(_unpack(m.out, n))
+                if m.nmarks:
+                    self._splice(chunks, n, m)
+                else:
+                    chunks.append(_unpack(m.out, n))
             return
         mem_send = self._lib.nghttp2_session_mem_send
         session = self._session
@@ -198,6 +207,29 @@ class Nghttp2Session:
         while n > 0:
             chunks.append(buffer(ptr[0], n)[:])
             n = mem_send(session, ptr)
+
+    def _splice(self, chunks: list[Any], n: int, m: Any) -> None:
+        """The frames gathered in C, with each large DATA body put back where its mark says (the
+        pieces _read kept aside, in the order nghttp2 sent them)."""
+        out = m.out
+        marks = m.marks
+        bodies = self._bodies
+        prev = 0
+        for i in range(m.nmarks):
+            mark = marks[i]
+            at = mark.at
+            if at > prev:
+                chunks.append(_unpack(out + prev, at - prev))
+            prev = at
+            while bodies:
+                sid, length, pieces = bodies.popleft()
+                if sid == mark.sid and length == mark.len:
+                    chunks.extend(pieces)
+                    break
+            else:  # (a body nghttp2 never sent would be left behind: never seen, but not a crash)
+                raise SessionError("nghttp2: a DATA body went missing", ErrorCode.INTERNAL_ERROR)
+        if n > prev:
+            chunks.append(_unpack(out + prev, n - prev))
 
     def data_to_send(self) -> bytes:
         state.cur = self
