@@ -175,6 +175,10 @@ class H2Session:
             data, self._extra = data + self._extra, b""
         return data
 
+    def chunks_to_send(self) -> list[bytes | memoryview]:
+        data = self.data_to_send()
+        return [data] if data else []
+
     def finished(self) -> bool:
         return False  # h2 ends a connection by raising (SessionError), never silently
 

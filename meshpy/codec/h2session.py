@@ -87,6 +87,9 @@ class Session(Protocol):
 
     def receive(self, data: bytes) -> list[Event]: ...
     def data_to_send(self) -> bytes: ...
+    def chunks_to_send(self) -> list[bytes | memoryview]:
+        """`data_to_send` unjoined, for `transport.writelines`: large DATA bodies as they were handed
+        over, never copied on their way out."""
     def finished(self) -> bool:
         """The codec wants no more I/O (it sent a GOAWAY that ends the connection): close."""
     def open_stream(self, headers: Fields, end: bool) -> int:

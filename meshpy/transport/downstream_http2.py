@@ -234,9 +234,13 @@ class Http2Downstream(asyncio.Protocol):
             dirty, self.dirty = self.dirty, set()
             for s in dirty:
                 self.pump(s)
-        data = h2c.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        chunks = h2c.chunks_to_send()
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            # (writelines: large DATA bodies go to the socket as they came, with no join)
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
         if h2c.finished():  # the codec sent the GOAWAY that ends the connection
             self.close()
 

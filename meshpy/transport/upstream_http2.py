@@ -358,9 +358,12 @@ class UpstreamHttp2(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_due = False
-        data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        chunks = self.h2.chunks_to_send()
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
         if self.h2.finished() and not self.closed:  # the codec ended the connection (its GOAWAY is out)
             self._fail_all(UpstreamProtocolError("http2: connection ended by the codec"))
 

@@ -81,7 +81,7 @@ class Nghttp2Session:
         self._peer_reset = 0
         self._reported = 0
         self._sending = False
-        self._sent: list[bytes] = []  # frames made while receiving, waiting for data_to_send
+        self._sent: list[bytes | memoryview] = []  # frames made while receiving, not sent yet
         self._bodies: deque[tuple[int, int, list[Any]]] = deque()  # DATA bodies sent without a copy
         self._out_ptr = ffi.new("const uint8_t **")
         cbs = ffi.new("nghttp2_session_callbacks **")
@@ -189,7 +189,7 @@ class Nghttp2Session:
             self._events = []
         return events
 
-    def _send_into(self, chunks: list[bytes]) -> None:
+    def _send_into(self, chunks: list[bytes | memoryview]) -> None:
         m = self._m
         if m is not None:  # the compiled binding gathers every frame in C, in one call
             n = self._lib.meshpy_h2_send_all(self._session, m)
@@ -231,7 +231,7 @@ class Nghttp2Session:
         if n > prev:
             chunks.append(_unpack(out + prev, n - prev))
 
-    def data_to_send(self) -> bytes:
+    def chunks_to_send(self) -> list[bytes | memoryview]:
         state.cur = self
         self._sending = True
         chunks = self._sent
@@ -239,9 +239,13 @@ class Nghttp2Session:
         self._send_into(chunks)
         self._sending = False
         state.cur = None
+        return chunks
+
+    def data_to_send(self) -> bytes:
+        chunks = self.chunks_to_send()
         if not chunks:
             return b""
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)
 
     def finished(self) -> bool:
         lib = self._lib
