@@ -39,6 +39,7 @@ from meshpy.codec.http2 import Malformed, local_settings, read_checked_request, 
 from meshpy.transport.accept import accepted, connection_info, released
 from meshpy.transport.admission import keep_alive_allowed
 from meshpy.transport.h2_abuse import H2Abuse
+from meshpy.transport.h2_guards import H2ConnectionGuards
 from meshpy.transport.h2_stream import H2Stream
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Http2Downstream(asyncio.Protocol):
+class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
     __slots__ = (
         "_abuse",
         "_block_timer",
@@ -57,6 +58,7 @@ class Http2Downstream(asyncio.Protocol):
         "_info",
         "_life",
         "_opened",
+        "_stall_timer",
         "_timer",
         "blocked",
         "born",
@@ -95,6 +97,7 @@ class Http2Downstream(asyncio.Protocol):
         self._life: asyncio.TimerHandle | None = None  # max_connection_duration
         self._abuse = H2Abuse()
         self._timer: asyncio.Handle | None = None
+        self._stall_timer: asyncio.Handle | None = None  # streams whose answer waits for a window
         self._block_timer: asyncio.Handle | None = None  # a header block left incomplete
         self._flush_due = False
 
@@ -135,6 +138,9 @@ class Http2Downstream(asyncio.Protocol):
         if self._block_timer is not None:
             self._block_timer.cancel()
             self._block_timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         streams = list(self.streams.values())
         self.streams.clear()
         self.blocked.clear()
@@ -401,8 +407,10 @@ class Http2Downstream(asyncio.Protocol):
             if pending:
                 if not s.blocked:
                     s.blocked = True
+                    s.blocked_since = self.loop.time()
                     self.blocked.add(s)
                     s.set_write_paused(True)
+                    self._watch_stalls()
                 return
             if s.blocked:
                 s.blocked = False
@@ -427,95 +435,3 @@ class Http2Downstream(asyncio.Protocol):
             return
         for s in list(self.blocked):
             self.pump(s)
-
-    # -- defences, drain, timers -----------------------------------------------------------------
-    def _control_frame(self) -> None:
-        if self._abuse.control_frame(self.loop.time()):
-            self._abusive("PING/SETTINGS flood")
-
-    def _header_block_pending(self) -> None:
-        """A header block waits for its END_HEADERS: the connection ends once the block is larger than
-        the decoder would take, or when it is still incomplete after the request headers timeout."""
-        if self.h2 is not None and self.h2.header_block_state() == 2:
-            self._abusive("header block over the limit")
-            return
-        timeout = self.slot.current.headers_timeout
-        if self._block_timer is None and timeout is not None:
-            self._block_timer = self.loop.call_later(timeout, self._block_timed_out)
-
-    def _block_timed_out(self) -> None:
-        self._block_timer = None
-        if not self.closing and self.h2 is not None and self.h2.header_block_state():
-            log.debug("http2: header block from %s incomplete after the headers timeout", self.peer)
-            self.go_away(ErrorCode.PROTOCOL_ERROR)
-
-    def _abusive(self, what: str) -> None:
-        log.warning("http2: %s from %s: closing", what, self.peer)
-        self.slot.current.stats.h2_abuse += 1
-        self.go_away(ErrorCode.ENHANCE_YOUR_CALM)
-
-    def go_away(self, code: int) -> None:
-        """A connection error of our own: GOAWAY with `code`, then close; streams in flight end."""
-        if self.closing or self.h2 is None:
-            return
-        self.h2.terminate(code)
-        self.flush()
-        self.close()
-
-    def _goaway_received(self) -> None:
-        """The client will open no more streams: close once the ones it has are answered."""
-        self._goaway_sent = self._goaway_sent or (self.h2.highest_inbound() if self.h2 else 0) or 1
-        self._maybe_idle()
-
-    def idle(self) -> bool:
-        return not self.streams
-
-    def _lived(self) -> None:
-        """max_connection_duration: GOAWAY; streams open finish, then the connection closes."""
-        self._life = None
-        if not self._goaway_sent and not self.closing:
-            self.stats.cx_max_duration += 1
-            self.start_drain()
-
-    def begin_drain(self) -> None:
-        """HTTP/2 says it at once: GOAWAY, while the listener still accepts (see App._begin_drain)."""
-        self.start_drain()
-
-    def start_drain(self) -> None:
-        """Listener draining or shutdown: GOAWAY naming the last stream we take; streams already open
-        finish; the connection closes when the last one has."""
-        if self._goaway_sent or self.closing or self.transport is None or self.h2 is None:
-            self._maybe_idle()
-            return
-        last = self.h2.highest_inbound()
-        self._goaway_sent = last or 1
-        self.h2.graceful_goaway(last)
-        self.flush()
-        self._maybe_idle()
-
-    def _maybe_idle(self) -> None:
-        if self.streams:
-            return
-        if self._goaway_sent:
-            self.flush()
-            self.close()
-            return
-        self.idle_since = self.loop.time()
-
-    def _schedule_timer(self) -> None:
-        interval = self.slot.current.idle_timeout
-        if interval is not None:
-            self._timer = self.loop.call_later(interval, self._on_timer)
-
-    def _on_timer(self) -> None:
-        """A connection with no stream open for the idle timeout gets a GOAWAY and is closed."""
-        self._timer = None
-        if self.closing:
-            return
-        timeout = self.slot.current.idle_timeout
-        if not self.streams and timeout is not None and self.idle_since and \
-                self.loop.time() - self.idle_since >= timeout:
-            self.start_drain()
-            return
-        self._schedule_timer()
-

@@ -41,6 +41,7 @@ class H2Stream:
         "_held",
         "_unacked",
         "blocked",
+        "blocked_since",
         "conn",
         "end_wanted",
         "ex",
@@ -74,6 +75,7 @@ class H2Stream:
         self.held: list[tuple[bytes, bytes]] | None = None
         self.write_paused = conn.write_paused
         self.blocked = False  # response data waits for the client's window
+        self.blocked_since = 0.0
         self.pending: deque[bytes] = deque()
         self.end_wanted = False
         self.trailers: list[tuple[bytes, bytes]] | None = None

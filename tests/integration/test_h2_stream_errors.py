@@ -102,3 +102,26 @@ def test_a_parked_header_block_ends_with_the_headers_timeout(proxy: tuple[Proxy,
     s, closed, after = _block(proxy[1], 1, 1000)
     s.close()
     assert closed and 0.5 < after < 3.0, (closed, after)
+
+
+def test_a_client_that_never_opens_its_window_is_reset_at_the_idle_timeout(demo: DemoUpstream) -> None:
+    """A zero-window stall: the client's stream window is 0 and never grows, so the answer cannot
+    move. The stream idle timeout resets that stream (Envoy's answer to the same), the upstream is let
+    go, and a new stream on a fresh connection is served."""
+    port, admin = free_port(), free_port()
+    cfg = fleet_config(admin, port, [demo.port], listener="stream_idle_timeout: 1s")
+    p = Proxy(cfg, admin).start()
+    try:
+        peer = H2Peer(port, window=0)
+        start = time.monotonic()
+        sid = peer.request(request_headers(port, "/bytes/100000"))
+        assert peer.wait(lambda _: peer.reset_of(sid) is not None, 10), peer.events
+        assert 0.8 < time.monotonic() - start < 5
+        assert p.metric("meshpy_upstream_rq_active", cluster="backend") == 0
+        peer.close()
+        fresh = H2Peer(port)
+        status, _, body = fresh.response(fresh.request(request_headers(port, "/bytes/1000")))
+        assert status == 200 and len(body) == 1000
+        fresh.close()
+    finally:
+        p.stop()
