@@ -30,6 +30,17 @@ def demo_b() -> Iterator[DemoUpstream]:
     up.stop()
 
 
+@pytest.fixture(scope="session")
+def grpc_upstream() -> Iterator[int]:
+    """grpcio's echo server (tests/grpc_echo.py): its port."""
+    import grpc_echo  # grpcio only for the tests that ask
+
+    port = free_port()
+    server = grpc_echo.start(port)
+    yield port
+    server.stop(0)
+
+
 @pytest.fixture(scope="module", params=LOOPS)
 def loop_name(request: pytest.FixtureRequest) -> str:
     """The core suite runs on uvloop and on the standard asyncio loop."""

@@ -12,9 +12,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
-import grpc_echo
 import pytest
 from kit import DemoUpstream, Envoy, Proxy, envoy_binary, envoy_http_bootstrap, free_port, http
 
@@ -39,11 +37,8 @@ ROUTES = (_ROUTE.format("capped", "{ grpc_timeout_header_max: 0.2s }")
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
-    port = free_port()
-    server = grpc_echo.start(port)
-    yield port
-    server.stop(0)
+def upstream(grpc_upstream: int) -> int:
+    return grpc_upstream
 
 
 def call(port: int, path: str, grpc_timeout: str | None, sleep_ms: int = 1500, wait: float = 5.0

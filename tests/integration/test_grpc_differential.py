@@ -4,10 +4,7 @@ differences named in EXPECTED_DIFFERENCES, each with its reason."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
-import grpc_echo
 import pytest
 from kit import Envoy, Proxy, envoy_binary, free_port
 
@@ -85,11 +82,8 @@ EXPECTED_DIFFERENCES = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
-    port = free_port()
-    server = grpc_echo.start(port)
-    yield port
-    server.stop(0)
+def upstream(grpc_upstream: int) -> int:
+    return grpc_upstream
 
 
 def outcomes(port: int) -> list[str]:

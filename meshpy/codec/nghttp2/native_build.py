@@ -118,18 +118,24 @@ static ssize_t meshpy_h2_recv(nghttp2_session *session, meshpy_h2 *m, const uint
 
 /* Everything nghttp2 has to send, in one buffer (m->out): one call from Python instead of one per
    frame. Returns its length, or nghttp2's (negative) error. */
-static int out_append(meshpy_h2 *m, const uint8_t *data, size_t n) {
-    if (m->out_len + n > m->out_cap) {
-        size_t cap = m->out_cap ? m->out_cap : 16384;
+/* Append n bytes to a growable buffer (doubling from `first`); 0, or -1 when out of memory. */
+static int append(char **buf, size_t *len, size_t *cap, size_t first, const void *data, size_t n) {
+    if (*len + n > *cap) {
+        size_t grown_cap = *cap ? *cap : first;
         char *grown;
-        while (cap < m->out_len + n) cap *= 2;
-        grown = realloc(m->out, cap);
-        if (grown == NULL) return NGHTTP2_ERR_NOMEM;
-        m->out = grown;
-        m->out_cap = cap;
+        while (grown_cap < *len + n) grown_cap *= 2;
+        grown = realloc(*buf, grown_cap);
+        if (grown == NULL) return -1;
+        *buf = grown;
+        *cap = grown_cap;
     }
-    memcpy(m->out + m->out_len, data, n);
-    m->out_len += n;
+    memcpy(*buf + *len, data, n);
+    *len += n;
+    return 0;
+}
+
+static int out_append(meshpy_h2 *m, const uint8_t *data, size_t n) {
+    if (append(&m->out, &m->out_len, &m->out_cap, 16384, data, n) != 0) return NGHTTP2_ERR_NOMEM;
     return 0;
 }
 
@@ -182,27 +188,16 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *u)
 static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name, size_t namelen,
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *u) {
     meshpy_h2 *m = u;
-    size_t need = namelen + valuelen + 2;
     m->size += namelen + valuelen + 32;
     if (m->size > m->limit) {
         m->overflow = 1;
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
-    if (m->len + need > m->cap) {
-        size_t cap = m->cap;
-        char *grown;
-        while (cap < m->len + need) cap *= 2;
-        grown = realloc(m->buf, cap);
-        if (grown == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
-        m->buf = grown;
-        m->cap = cap;
-    }
-    memcpy(m->buf + m->len, name, namelen);
-    m->len += namelen;
-    m->buf[m->len++] = 0;
-    memcpy(m->buf + m->len, value, valuelen);
-    m->len += valuelen;
-    m->buf[m->len++] = 0;
+    if (append(&m->buf, &m->len, &m->cap, 1024, name, namelen) != 0
+            || append(&m->buf, &m->len, &m->cap, 1024, "", 1) != 0
+            || append(&m->buf, &m->len, &m->cap, 1024, value, valuelen) != 0
+            || append(&m->buf, &m->len, &m->cap, 1024, "", 1) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     return 0;
 }
 
@@ -237,17 +232,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
                          size_t len, void *u) {
     meshpy_h2 *m = u;
     if (m->data_len && m->data_sid != stream_id && flush_data(m) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (m->data_len + len > m->data_cap) {
-        size_t cap = m->data_cap ? m->data_cap : 65536;
-        char *grown;
-        while (cap < m->data_len + len) cap *= 2;
-        grown = realloc(m->data, cap);
-        if (grown == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
-        m->data = grown;
-        m->data_cap = cap;
-    }
-    memcpy(m->data + m->data_len, data, len);
-    m->data_len += len;
+    if (append(&m->data, &m->data_len, &m->data_cap, 65536, data, len) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
     m->data_sid = stream_id;
     return 0;
 }
