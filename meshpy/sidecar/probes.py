@@ -24,8 +24,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import h2.exceptions
-
+from meshpy.codec.h2session import SessionError, StreamGone
 from meshpy.codec.http1 import no_body_status, reason_phrase
 from meshpy.model.types import Address
 from meshpy.model.yaml_values import parse_address
@@ -40,7 +39,7 @@ READ_TIMEOUT = 10.0  # for the request itself: a connection that sends nothing i
 # Apps often leave the kubelet's probes out of their logs by this prefix.
 USER_AGENT = "kube-probe/meshpy"
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_FAILED = (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, h2.exceptions.H2Error)
+_FAILED = (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, SessionError, StreamGone)
 
 
 @dataclass(frozen=True, slots=True)

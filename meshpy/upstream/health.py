@@ -19,11 +19,20 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
-import h2.events
-import h2.exceptions
-
-from meshpy.codec.h2_pure import Connection, config
-from meshpy.model.types import HealthCheck
+from meshpy.codec import h2session
+from meshpy.codec.h2session import (
+    DATA,
+    END,
+    GOAWAY,
+    RESET,
+    RESPONSE,
+    STREAM_ERROR,
+    TRAILERS,
+    SessionError,
+    StreamGone,
+)
+from meshpy.codec.http2 import client_settings
+from meshpy.model.types import DEFAULT_HTTP2, HealthCheck, Http2Options
 from meshpy.transport.upstream_alpn import agreed_protocol
 
 if TYPE_CHECKING:
@@ -92,15 +101,16 @@ class HealthChecker:
                     return True
                 if cfg.kind == "grpc":
                     return await grpc_health(reader, writer, (cfg.host or self.cluster.model.name).encode(),
-                                             cfg.service)
+                                             cfg.service, self.cluster.model.http2)
                 hostname = (cfg.host or self.cluster.model.name).encode()
                 if agreed_protocol(writer.transport) == "h2":
-                    status = await http2_status(reader, writer, hostname, cfg.path.encode())
+                    status = await http2_status(reader, writer, hostname, cfg.path.encode(),
+                                                self.cluster.model.http2)
                     return any(start <= status < end for start, end in cfg.expected_statuses)
                 writer.write(b"GET %s HTTP/1.1\r\nhost: %s\r\nuser-agent: %s\r\nconnection: close\r\n\r\n"
                              % (cfg.path.encode(), hostname, _USER_AGENT))
                 line = await reader.readline()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, h2.exceptions.H2Error):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, SessionError, StreamGone):
             return False
         finally:
             if writer is not None:
@@ -119,19 +129,19 @@ _SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}, as protobuf enco
 
 
 async def grpc_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: bytes,
-                      service: str) -> bool:
+                      service: str, opts: Http2Options = DEFAULT_HTTP2) -> bool:
     """One grpc.health.v1.Health/Check call over a fresh HTTP/2 connection: True on SERVING.
 
     The two messages are one string and one enum field; they are written and read here directly
-    rather than with generated code for a whole package (grpcio-health-checking) on the data path."""
-    conn = Connection(config(client_side=True))
-    conn.initiate_connection()
+    rather than with generated code for a whole package (grpcio-health-checking) on the data path.
+    The connection speaks the codec `opts` names, as the cluster's own connections do."""
+    conn = h2session.client(opts, client_settings(opts))
     name = service.encode()
     request = b"\x0a" + _varint(len(name)) + name if name else b""  # HealthCheckRequest{service}
-    conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", _HEALTH_PATH),
-                          (b":authority", authority), (b"content-type", b"application/grpc"),
-                          (b"te", b"trailers"), (b"user-agent", _USER_AGENT)])
-    conn.send_data(1, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
+    sid = conn.open_stream([(b":method", b"POST"), (b":scheme", b"http"), (b":path", _HEALTH_PATH),
+                            (b":authority", authority), (b"content-type", b"application/grpc"),
+                            (b"te", b"trailers"), (b"user-agent", _USER_AGENT)], False)
+    conn.send_data(sid, b"\x00" + len(request).to_bytes(4, "big") + request, True)
     writer.write(conn.data_to_send())
     grpc_status: bytes | None = None
     body = b""
@@ -139,39 +149,40 @@ async def grpc_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         data = await reader.read(65536)
         if not data:
             return False
-        for ev in conn.receive_data(data):
-            if isinstance(ev, h2.events.ResponseReceived | h2.events.TrailersReceived):
-                for key, value in ev.headers or []:
+        for kind, esid, a, _b in conn.receive(data):
+            if esid != sid and kind != GOAWAY:
+                continue
+            if kind in (RESPONSE, TRAILERS):
+                for key, value in a:
                     if key == b":status" and value != b"200":
                         return False
                     if key == b"grpc-status":
                         grpc_status = value
-            elif isinstance(ev, h2.events.DataReceived):
-                body += ev.data or b""
-            elif isinstance(ev, h2.events.StreamEnded):
+            elif kind == DATA:
+                body += a
+            elif kind == END:
                 # The answer: a 5-byte gRPC message prefix, then the response message.
                 return grpc_status == b"0" and body[5:] == _SERVING
-            elif isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
+            elif kind in (RESET, STREAM_ERROR, GOAWAY):
                 return False
         writer.write(conn.data_to_send())
 
 
 async def http2_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: bytes,
-                       path: bytes) -> int:
+                       path: bytes, opts: Http2Options = DEFAULT_HTTP2) -> int:
     """The status of one GET over a fresh HTTP/2 connection (0: no answer came)."""
-    conn = Connection(config(client_side=True))
-    conn.initiate_connection()
-    conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", path),
-                          (b":authority", authority), (b"user-agent", _USER_AGENT)], end_stream=True)
+    conn = h2session.client(opts, client_settings(opts))
+    sid = conn.open_stream([(b":method", b"GET"), (b":scheme", b"https"), (b":path", path),
+                            (b":authority", authority), (b"user-agent", _USER_AGENT)], True)
     writer.write(conn.data_to_send())
     while True:
         data = await reader.read(65536)
         if not data:
             return 0
-        for ev in conn.receive_data(data):
-            if isinstance(ev, h2.events.ResponseReceived):
-                return next((int(v) for k, v in ev.headers or [] if k == b":status"), 0)
-            if isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
+        for kind, esid, a, _b in conn.receive(data):
+            if kind == RESPONSE and esid == sid:
+                return next((int(v) for k, v in a if k == b":status"), 0)
+            if kind in (RESET, STREAM_ERROR, GOAWAY):
                 return 0
         writer.write(conn.data_to_send())
 
