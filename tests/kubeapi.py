@@ -83,6 +83,7 @@ class FakeKubeApi(Writes):
         self.watches: set[_Watch] = set()
         self.requests: list[tuple[str, dict[str, str], str]] = []  # (path, query, authorization)
         self.failures: list[int] = []
+        self.refusing = False
         # For TokenReview: token -> (namespace, account, the audiences it was made for).
         self.tokens: dict[str, tuple[str, str, tuple[str, ...]]] = {}
         self.ignores_audiences = False
@@ -111,6 +112,7 @@ class FakeKubeApi(Writes):
     async def accept(self, port: int | None = None) -> None:
         """Listen (again, on the same port after `refuse`)."""
         assert self._runner is not None
+        self.refusing = False
         self._site = web.TCPSite(self._runner, "127.0.0.1", self.port if port is None else port)
         await self._site.start()
         server = self._site._server
@@ -118,7 +120,10 @@ class FakeKubeApi(Writes):
         self.port = server.sockets[0].getsockname()[1]
 
     async def refuse(self) -> None:
-        """Connections refused from now until `accept`; open watches are cut."""
+        """Connections refused from now until `accept`; open watches are cut, and a request on a
+        connection kept alive from before is cut too (a client's pool may hold one, and a watch
+        opened on it would otherwise see what happens while the API is away)."""
+        self.refusing = True
         self.drop()
         if self._site is not None:
             await self._site.stop()
@@ -204,6 +209,10 @@ class FakeKubeApi(Writes):
         async def handle(request: web.Request) -> web.StreamResponse:
             query = dict(request.query)
             self.requests.append((request.path, query, request.headers.get("Authorization", "")))
+            if self.refusing:
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable()
             if self.failures:
                 code = self.failures.pop(0)
                 return web.json_response(status(code, "InternalError", "injected failure"), status=code)
