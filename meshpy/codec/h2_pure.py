@@ -117,10 +117,7 @@ class H2Session:
                  max_header_list: int) -> None:
         self._client = client_side
         self._server = not client_side
-        self.conn = conn = _Connection(h2.config.H2Configuration(
-            client_side=client_side, header_encoding=None, validate_inbound_headers=False,
-            normalize_inbound_headers=False, validate_outbound_headers=False,
-            normalize_outbound_headers=False))
+        self.conn = conn = _Connection(config(client_side))
         conn.local_settings = h2.settings.Settings(
             client=client_side, initial_values={h2.settings.SettingCodes(k): v for k, v in settings.items()})
         conn.initiate_connection()
@@ -250,7 +247,3 @@ def config(client_side: bool) -> h2.config.H2Configuration:
     return h2.config.H2Configuration(
         client_side=client_side, header_encoding=None, validate_inbound_headers=False,
         normalize_inbound_headers=False, validate_outbound_headers=False, normalize_outbound_headers=False)
-
-
-def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
-    return GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code).serialize()

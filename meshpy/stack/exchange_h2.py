@@ -63,7 +63,7 @@ class H2Exchange(Exchange):
             if head.protocol is not None:
                 self._accept_upgrade(head.protocol.lower())
                 self.keep_alive = True  # (a stream: nothing to close)
-            self._grpc_deadline_from(grpc_timeout)
+            self._read_grpc_timeout(grpc_timeout)
         except BadRequest as err:
             if not self.method:  # not counted by head_complete (not reached, or refused there)
                 cfg.stats.request_started()
@@ -95,7 +95,7 @@ class H2Exchange(Exchange):
             self.stream.tunnel.close()
         super().downstream_lost()
 
-    def _grpc_deadline_from(self, value: bytes | None) -> None:
+    def _read_grpc_timeout(self, value: bytes | None) -> None:
         """grpc-timeout, checked now (a BadRequest is answered here); the route says later whether it
         limits the stream (TimersMixin._limit_stream)."""
         if value is None:
