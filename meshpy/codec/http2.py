@@ -86,6 +86,7 @@ def read_request(headers: list[tuple[bytes, bytes]], ended: bool = False) -> Req
     host: bytes | None = None
     size = 0
     regular = False
+    length_seen = False
     for name, value in headers:
         size += len(name) + len(value)
         if value.translate(None, _VALUE_CHARS) or \
@@ -116,8 +117,11 @@ def read_request(headers: list[tuple[bytes, bytes]], ended: bool = False) -> Req
                 cookies = []
             cookies.append(value)
             continue
-        if name == b"content-length" and (not value.isdigit() or (ended and int(value))):
-            raise Malformed("content-length invalid, or with no body (RFC 9113 8.1.1)")
+        if name == b"content-length":
+            if not value.isdigit() or (ended and int(value)) or length_seen:
+                # (a second one, even equal, is refused by HTTP/1.1 parsers downstream of a downgrade)
+                raise Malformed("content-length invalid, repeated, or with no body (RFC 9113 8.1.1)")
+            length_seen = True
         append((name, value))
     head.size = size
     _check_pseudo(head)
