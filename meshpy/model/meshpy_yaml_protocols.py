@@ -5,8 +5,8 @@ interception (its traffic direction, the TCP fallback of a sniffing listener).
       - address: 0.0.0.0:8080
         protocol: auto            # http (= auto), http1, http2 or tcp
         upgrades: [websocket]     # HTTP/1.1 Upgrade types tunnelled after a 101 (the default)
-        http2: {max_concurrent_streams: 100, initial_stream_window_size: 64KiB,
-                initial_connection_window_size: 1MiB}
+        http2: {max_concurrent_streams: 100, initial_stream_window_size: 256KiB,
+                initial_connection_window_size: 2MiB}
     clusters:
       - name: grpc-backend
         protocol: http2           # http1 (the default), http2 or auto (below)

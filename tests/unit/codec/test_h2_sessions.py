@@ -46,6 +46,10 @@ CODECS = ("nghttp2", "nghttp2-abi", "h2")
 LIMIT = 8192  # the listener's header limit in these tests
 
 
+STREAM_WINDOW = Http2Options().initial_stream_window_size
+CONNECTION_WINDOW = Http2Options().initial_connection_window_size
+
+
 def server(codec: str, drained: bool = True) -> h2session.Session:
     opts = Http2Options(codec="nghttp2" if codec == "nghttp2-abi" else codec)  # type: ignore[arg-type]
     s: h2session.Session
@@ -171,11 +175,12 @@ BAD_REQUESTS = {
 CONNECTION_ERRORS = {
     # RFC 9113 6.1: DATA on stream 0.
     "DATA on stream 0": (frame(0, 0, 0, b"x"), {1}),
-    # 6.9.1: more DATA than the stream's window (64 KiB here) is a flow-control violation.
-    # (A stream's own window overrun may be a stream error: see test_a_stream_window_overrun_ends_it.)
+    # 6.9.1: more DATA than the connection's window is a flow-control violation: 48 KiB on each of
+    # enough streams to pass it, none over its own window. (A stream's own window overrun may be a
+    # stream error: see test_a_stream_window_overrun_ends_it.)
     "connection flow control violated": (b"".join(
         headers(sid, block(request()), end_stream=False) + data(sid, b"x" * 16384) * 3
-        for sid in range(1, 50, 2)), {3}),
+        for sid in range(1, 2 * (CONNECTION_WINDOW // 49152) + 4, 2)), {3}),
     # HPACK: an index beyond both tables.
     "bad HPACK index": (headers(1, b"\xff\xff\x7f", end_stream=True), {1, 9}),
     "HPACK bomb": (_hpack_bomb(), {1, 9, 11}),
@@ -211,20 +216,20 @@ def test_send_window_is_the_peers_and_opens_as_the_peer_acknowledges(codec: str)
         sid = c.open_stream(request(), True)
         s.receive(c.data_to_send())
         s.send_headers(sid, [(b":status", b"200")], False)
-        # The client's stream window (meshpy's upstream side asks for 64 KiB); h2 also caps it at a
-        # frame (16 KiB), nghttp2 splits frames itself.
-        assert s.send_window(sid) == (16384 if codec == "h2" else 65536)
+        # The client's stream window (meshpy's default); h2 also caps it at a frame (16 KiB),
+        # nghttp2 splits frames itself.
+        assert s.send_window(sid) == (16384 if codec == "h2" else STREAM_WINDOW)
         sent = 0
         while (w := s.send_window(sid)) > 0:
             s.send_data(sid, b"z" * w, False)
             sent += w
-        assert sent == 65536
+        assert sent == STREAM_WINDOW
         body = 0
         for kind, esid, a, b in c.receive(s.data_to_send()):
             if kind == DATA:
                 body += len(a)
                 c.acknowledge(esid, b)
-        assert body == 65536 and s.send_window(sid) == 0
+        assert body == STREAM_WINDOW and s.send_window(sid) == 0
         s.receive(c.data_to_send())  # the WINDOW_UPDATEs
         assert s.send_window(sid) > 0
 
@@ -285,9 +290,9 @@ def test_a_continuation_flood_is_bounded(codec: str) -> None:
 
 
 def test_a_stream_window_overrun_ends_it_and_is_never_completed() -> None:
-    """More DATA than the stream's window (64 KiB): RFC 9113 6.9 allows a stream error (nghttp2) or a
+    """More DATA than the stream's window: RFC 9113 6.9 allows a stream error (nghttp2) or a
     connection error (h2), both FLOW_CONTROL_ERROR; the request is never passed on whole."""
-    raw = one_request(end=False) + b"".join(data(1, b"x" * 16384) for _ in range(5))
+    raw = one_request(end=False) + b"".join(data(1, b"x" * 16384) for _ in range(STREAM_WINDOW // 16384 + 1))
     for codec in CODECS:
         v = serve(codec, raw)
         assert v.forwarded == [] and (v.refused.get(1) == 3 or v.goaway == 3), (codec, v)
