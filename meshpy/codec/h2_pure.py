@@ -38,6 +38,7 @@ from meshpy.codec.h2session import (
     Fields,
     SessionError,
     StreamGone,
+    send_message_in_parts,
 )
 from meshpy.codec.h2session import Event as CodecEvent
 from meshpy.model.types import Http2Options
@@ -195,6 +196,9 @@ class H2Session:
             self.conn.send_data(sid, data, end_stream=end)
         except h2.exceptions.ProtocolError as err:
             raise StreamGone(str(err)) from err
+
+    def send_message(self, sid: int, headers: Fields, body: bytes, trailers: Fields | None) -> int:
+        return send_message_in_parts(self, sid, headers, body, trailers)
 
     def end_stream(self, sid: int) -> None:
         try:

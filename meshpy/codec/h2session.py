@@ -99,6 +99,9 @@ class Session(Protocol):
     def send_data(self, sid: int, data: bytes, end: bool) -> None:
         """At most `send_window(sid)` bytes."""
     def end_stream(self, sid: int) -> None: ...
+    def send_message(self, sid: int, headers: Fields, body: bytes, trailers: Fields | None) -> int:
+        """A whole message at once, ended after `body` (at most `send_window` bytes) and `trailers`:
+        the response on `sid`, or with sid 0 a new request (its stream id back)."""
     def send_window(self, sid: int) -> int:
         """How many bytes of DATA the peer takes now on `sid` (the stream's and the connection's
         windows; h2 also the frame size)."""
@@ -114,6 +117,19 @@ class Session(Protocol):
     def header_block_state(self) -> int:
         """0: no header block is waiting for its END_HEADERS; 1: one is; 2: one is, and has grown
         past what the codec accepts (a CONTINUATION flood)."""
+
+
+def send_message_in_parts(s: Session, sid: int, headers: Fields, body: bytes, trailers: Fields | None) -> int:
+    """Session.send_message for a codec with no shortcut of its own."""
+    if sid:
+        s.send_headers(sid, headers, not body and trailers is None)
+    else:
+        sid = s.open_stream(headers, not body and trailers is None)
+    if body:
+        s.send_data(sid, body, trailers is None)
+    if trailers is not None:
+        s.send_headers(sid, trailers, True)
+    return sid
 
 
 class CodecUnavailable(Exception):

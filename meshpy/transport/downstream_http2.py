@@ -43,10 +43,13 @@ from meshpy.transport.h2_guards import H2ConnectionGuards
 from meshpy.transport.h2_stream import H2Stream
 
 if TYPE_CHECKING:
+    from meshpy.codec.h2session import Session
     from meshpy.ports import ConnectionInfo
     from meshpy.routing.compile import ListenerSlot
 
 log = logging.getLogger(__name__)
+# An answer whose end has come with at most this much body goes out in one Session.send_message.
+WHOLE_MAX = 16 * 1024
 
 
 class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
@@ -380,6 +383,8 @@ class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
         assert h2c is not None
         pending = s.pending
         sid = s.sid
+        if s.held is not None and self._send_head(h2c, s):
+            return
         # A codec that packs DATA frames itself (nghttp2) takes the pieces as they are, as far as the
         # window goes; for one that makes a frame per call (h2), small pieces are joined first.
         packs = h2c.packs_frames
@@ -426,6 +431,28 @@ class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
                 self.stream_finished(s)
         except StreamGone:  # the stream (or the connection) closed meanwhile
             self.reset(s, ErrorCode.STREAM_CLOSED)
+
+    def _send_head(self, h2c: Session, s: H2Stream) -> bool:
+        """The response head held until now (H2Stream.held); True when that was the whole answer. An
+        answer whose end has come and whose body is small goes in one call (Session.send_message):
+        a gRPC unary answer, with nghttp2, then needs no Python on its way out."""
+        head, s.held = s.held, None
+        assert head is not None
+        pending = s.pending
+        try:
+            if s.end_wanted and pending and not s.blocked:
+                body = pending[0] if len(pending) == 1 else b"".join(pending)
+                if len(body) <= WHOLE_MAX and len(body) <= h2c.send_window(s.sid):
+                    pending.clear()
+                    h2c.send_message(s.sid, head, body, s.trailers)
+                    s.resp_ended = True
+                    self.stream_finished(s)
+                    return True
+            h2c.send_headers(s.sid, head, False)
+        except StreamGone:
+            self.reset(s, ErrorCode.STREAM_CLOSED)
+            return True
+        return False
 
     def _window(self, sid: int) -> None:
         if sid:

@@ -114,8 +114,9 @@ class H2Stream:
 
     def flush(self) -> None:
         if self.held is not None:
-            self._send_held(False)
-        self.conn.flush_soon()
+            self.conn.pump_soon(self)  # the head goes out with the connection's flush (Http2Downstream.pump)
+        else:
+            self.conn.flush_soon()
 
     def close(self) -> None:
         """The exchange gave up on a response under way: reset this stream only."""
@@ -126,8 +127,8 @@ class H2Stream:
 
     def exchange_done(self, ex: DownstreamExchange, keep_alive: bool) -> None:
         trailers = self.ex.trailers if self.ex is not None else None
-        if self.held is not None:
-            self._send_held(not trailers)
+        if self.held is not None and not self.pending:
+            self._send_held(not trailers)  # a response that ends in its head: one HEADERS frame
         self.end_response(trailers)
         # The exchange and this stream point at each other: let go, so that both are freed by
         # reference counting rather than left to the cycle collector (what is left to send needs
@@ -149,9 +150,7 @@ class H2Stream:
             self.held = out
 
     def respond_body(self, ex: Responding, data: bytes) -> None:
-        if self.held is not None:
-            self._send_held(False)
-        self.send_data(data)
+        self.send_data(data)  # (a head still held goes first, at the pump)
 
     def respond_end(self, ex: Responding) -> None:
         """(The end goes out with the trailers, if any, when the exchange is done: exchange_done.)"""

@@ -35,13 +35,14 @@ class Http2UpstreamStream:
     """One request on an HTTP/2 upstream connection; flow control as meshpy.transport.upstream_http2 says."""
 
     multiplexed = True
-    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head_fields", "pending", "pool", "sid",
-                 "used")
+    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head", "head_fields", "pending", "pool",
+                 "sid", "used")
 
     def __init__(self, conn: UpstreamHttp2) -> None:
         self.conn = conn
         self.pool = conn.pool
-        self.sid = 0
+        self.sid = 0  # below 0 until the stream is opened (a place in the connection's `streams`)
+        self.head: list[tuple[bytes, bytes]] = []  # the request's header list, until it is sent
         self.exchange: UpstreamSink | None = None
         self.used = conn.streams_total > 0
         self.pending: deque[bytes] = deque()
@@ -63,23 +64,25 @@ class Http2UpstreamStream:
         return self.conn.usable()
 
     def send_request(self, req: OutgoingRequest, body: list[bytes] | None, end: bool) -> None:
-        fields = h2_request_headers(req.method, req.up_target, req.upstream_fields())
-        self.conn.open(self, fields, not body and end)
+        """The stream opens at the connection's next flush (UpstreamHttp2.open), with what has come of
+        the body by then: a request that came whole in one read goes out in one call."""
+        self.head = h2_request_headers(req.method, req.up_target, req.upstream_fields())
         if body:
             self.pending.extend(body)
-            self.ended = end
-            self.conn.pump(self)
-        self.conn.flush_soon()
+        self.ended = end
+        self.conn.open_soon(self)
 
     def write_body(self, data: bytes, chunked: bool) -> None:
         self.pending.append(data)
-        self.conn.pump(self)
-        self.conn.flush_soon()
+        if self.sid > 0:
+            self.conn.pump(self)
+            self.conn.flush_soon()
 
     def end_body(self, chunked: bool) -> None:
         self.ended = True
-        self.conn.pump(self)
-        self.conn.flush_soon()
+        if self.sid > 0:
+            self.conn.pump(self)
+            self.conn.flush_soon()
 
     def response_fields(self, fields: bytes) -> list[tuple[bytes, bytes]]:
         """The head as the frames brought it: nothing to parse back from `fields`."""

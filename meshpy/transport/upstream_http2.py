@@ -47,6 +47,8 @@ __all__ = ["Http2UpstreamStream", "RefusedStream", "UpstreamHttp2"]
 
 
 log = logging.getLogger("meshpy.upstream")
+# A request whose end has come with at most this much body goes out in one Session.send_message.
+WHOLE_MAX = 16 * 1024
 
 
 class StreamPool(Protocol):
@@ -64,8 +66,9 @@ class RefusedStream(ConnectionError):
 
 
 class UpstreamHttp2(asyncio.Protocol):
-    __slots__ = ("_flush_due", "_ka_timer", "_keepalive", "_reading", "closed", "goaway", "h2",
-                 "idle_since", "max_streams", "pool", "settled", "streams", "streams_total", "transport")
+    __slots__ = ("_flush_due", "_ka_timer", "_keepalive", "_opening", "_reading", "_stand_in", "closed",
+                 "goaway", "h2", "idle_since", "max_streams", "pool", "settled", "streams", "streams_total",
+                 "transport")
 
     def __init__(self, pool: StreamPool, opts: Http2Options) -> None:
         self.pool = pool
@@ -83,6 +86,8 @@ class UpstreamHttp2(asyncio.Protocol):
         self.idle_since = 0.0
         self._flush_due = False
         self._reading = False
+        self._opening: list[Http2UpstreamStream] = []  # streams to open at the next flush (open_soon)
+        self._stand_in = 0
         # (interval, timeout) of PING keepalive, or None; one timer: the next PING, or its deadline.
         self._keepalive = (opts.keepalive_interval, opts.keepalive_timeout) \
             if opts.keepalive_interval is not None else None
@@ -226,6 +231,13 @@ class UpstreamHttp2(asyncio.Protocol):
         if ex is not None:
             ex.up_failed(exc, False)
 
+    def _fail_stream(self, s: Http2UpstreamStream, exc: BaseException) -> None:
+        """A stream that never opened (its connection went away first): refused, so retries may go on."""
+        self._stream_closed()
+        ex, s.exchange = s.exchange, None
+        if ex is not None:
+            ex.up_failed(exc, False)
+
     def _stream_closed(self) -> None:
         self.pool.capacity_freed(self)
         if not self.streams and self.transport is not None:
@@ -236,7 +248,7 @@ class UpstreamHttp2(asyncio.Protocol):
     def _goaway(self, code: int, last: int) -> None:
         """Streams up to last_stream_id finish here; later ones were never processed: refused."""
         self.goaway = True
-        for sid in [sid for sid in self.streams if sid > last]:
+        for sid in [sid for sid in self.streams if sid > last or sid < 0]:  # (< 0: not opened yet)
             self._stream_failed(sid, RefusedStream("GOAWAY"))
         if code != ErrorCode.NO_ERROR:
             name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else str(code)
@@ -287,13 +299,45 @@ class UpstreamHttp2(asyncio.Protocol):
         self.streams_total += 1
         return s
 
-    def open(self, s: Http2UpstreamStream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
-        sid = self.h2.open_stream(headers, end)
-        s.sid = sid
-        self.streams[sid] = s
+    def open_soon(self, s: Http2UpstreamStream) -> None:
+        """`s` takes its place now (under a stand-in id below 0, so that it counts against the stream
+        limit and fails with the connection) and opens at the next flush."""
+        self._stand_in -= 1
+        s.sid = self._stand_in
+        self.streams[s.sid] = s
+        self._opening.append(s)
+        self.flush_soon()
+
+    def _open_waiting(self) -> None:
+        opening, self._opening = self._opening, []
+        h2c = self.h2
+        for s in opening:
+            if self.streams.pop(s.sid, None) is None:
+                continue  # cancelled meanwhile
+            if self.goaway or self.closed:
+                s.sid = 0
+                self._fail_stream(s, RefusedStream("GOAWAY"))
+                continue
+            pending = s.pending
+            head, s.head = s.head, []
+            if s.ended and pending and h2c.packs_frames:
+                body = pending[0] if len(pending) == 1 else b"".join(pending)
+                if len(body) <= WHOLE_MAX:
+                    # The whole request at once (nghttp2 sends it as the window allows).
+                    pending.clear()
+                    s.ended = False
+                    s.sid = h2c.send_message(0, head, body, None)
+                    self.streams[s.sid] = s
+                    continue
+            s.sid = h2c.open_stream(head, s.ended and not pending)
+            self.streams[s.sid] = s
+            if pending:
+                self.pump(s)
+            else:
+                s.ended = False
 
     def pump(self, s: Http2UpstreamStream) -> None:
-        if self.closed or s.sid not in self.streams:
+        if self.closed or s.sid <= 0 or s.sid not in self.streams:
             return
         h2c = self.h2
         pending = s.pending
@@ -335,7 +379,7 @@ class UpstreamHttp2(asyncio.Protocol):
                 self.pump(s)
 
     def ack(self, s: Http2UpstreamStream, n: int) -> None:
-        if not self.closed and s.sid:
+        if not self.closed and s.sid > 0:
             self.h2.acknowledge(s.sid, n)
             if not self._reading:  # (data_received flushes at its end anyway)
                 self.flush_soon()
@@ -344,7 +388,7 @@ class UpstreamHttp2(asyncio.Protocol):
         s.exchange = None
         if self.streams.pop(s.sid, None) is None:
             return
-        if not self.closed:
+        if not self.closed and s.sid > 0:
             with contextlib.suppress(StreamGone):
                 self.h2.reset_stream(s.sid, ErrorCode.CANCEL)
             self.flush()
@@ -358,6 +402,8 @@ class UpstreamHttp2(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_due = False
+        if self._opening:
+            self._open_waiting()
         chunks = self.h2.chunks_to_send()
         if chunks and self.transport is not None and not self.transport.is_closing():
             if len(chunks) == 1:

@@ -34,6 +34,8 @@ void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m);
 void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs);
 ssize_t meshpy_h2_send_all(nghttp2_session *session, meshpy_h2 *m);
 ssize_t meshpy_h2_recv(nghttp2_session *session, meshpy_h2 *m, const uint8_t *in, size_t inlen);
+int32_t meshpy_h2_submit_whole(nghttp2_session *session, meshpy_h2 *m, int32_t stream_id, const char *head,
+    size_t hlen, size_t hn, const char *body, size_t blen, const char *trailers, size_t tlen, size_t tn);
 int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
     size_t len, size_t n, const nghttp2_data_provider *prd);
 extern "Python" int meshpy_py_headers(int32_t stream_id, int cat, int flags, const char *block, size_t len);
@@ -66,6 +68,7 @@ typedef struct {
     char *data;         /* DATA received for one stream, not yet handed to Python */
     size_t data_len, data_cap;
     int32_t data_sid;
+    struct meshpy_whole *wholes;  /* every whole message not yet sent to its end (see submit_whole) */
 } meshpy_h2;
 
 static int meshpy_py_headers(int32_t, int, int, const char *, size_t);
@@ -84,8 +87,11 @@ static meshpy_h2 *meshpy_h2_new(size_t limit) {
     return m;
 }
 
+static void whole_drop(meshpy_h2 *m, struct meshpy_whole *w);
+
 static void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m) {
     nghttp2_session_del(session);
+    while (m->wholes) whole_drop(m, m->wholes);
     free(m->buf);
     free(m->out);
     free(m->data);
@@ -240,6 +246,8 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
 
 static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code, void *u) {
     meshpy_h2 *m = u;
+    struct meshpy_whole *w = nghttp2_session_get_stream_user_data(s, stream_id);
+    if (w) whole_drop(m, w);  /* closed (reset) before its whole message was sent */
     if (m->data_len && flush_data(m) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
     return meshpy_py_close(s, stream_id, code, u);
 }
@@ -262,8 +270,8 @@ static void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs) {
 
 /* kind: 0 request, 1 response, 2 headers (a 1xx), 3 trailers. `joined`: n names and values, each
    ended by NUL except the last (the caller checked there are exactly 2n - 1 NULs). */
-static int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
-                                size_t len, size_t n, const nghttp2_data_provider *prd) {
+static int32_t submit_nv(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
+                         size_t len, size_t n, const nghttp2_data_provider *prd, void *stream_data) {
     nghttp2_nv stack[48];
     nghttp2_nv *nva = n <= 48 ? stack : malloc(n * sizeof *nva);
     const char *p = joined, *end = joined + len;
@@ -283,12 +291,78 @@ static int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stre
         p = z + 1;
     }
     switch (kind) {
-    case 0: rv = nghttp2_submit_request(session, NULL, nva, n, prd, NULL); break;
+    case 0: rv = nghttp2_submit_request(session, NULL, nva, n, prd, stream_data); break;
     case 1: rv = nghttp2_submit_response(session, stream_id, nva, n, prd); break;
     case 2: rv = nghttp2_submit_headers(session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, n, NULL); break;
     default: rv = nghttp2_submit_trailer(session, stream_id, nva, n); break;
     }
     if (nva != stack) free(nva);
+    return rv;
+}
+
+static int32_t meshpy_h2_submit(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
+                                size_t len, size_t n, const nghttp2_data_provider *prd) {
+    return submit_nv(session, kind, stream_id, joined, len, n, prd, NULL);
+}
+
+/* A whole message at once (a small body, its end known: a gRPC unary call or answer): the body and
+   the trailers are copied here and a C data provider sends them, with no Python on the way out.
+   Each is the stream's user data until sent (or freed when the stream or the session goes first). */
+struct meshpy_whole {
+    struct meshpy_whole *prev, *next;
+    size_t len, off, tlen, tn;  /* the body, what of it is sent; the joined trailers, their count */
+    char buf[];                 /* the body, then the trailers */
+};
+
+static void whole_drop(meshpy_h2 *m, struct meshpy_whole *w) {
+    if (w->prev) w->prev->next = w->next; else m->wholes = w->next;
+    if (w->next) w->next->prev = w->prev;
+    free(w);
+}
+
+static ssize_t whole_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t length, uint32_t *flags,
+                          nghttp2_data_source *src, void *u) {
+    struct meshpy_whole *w = src->ptr;
+    size_t n = w->len - w->off;
+    if (n > length) n = length;
+    memcpy(buf, w->buf + w->off, n);
+    w->off += n;
+    if (w->off < w->len) return (ssize_t)n;
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (w->tn) {  /* nghttp2 sends trailers submitted from inside this callback after the last DATA */
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        if (submit_nv(s, 3, sid, w->buf + w->len, w->tlen, w->tn, NULL, NULL) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    nghttp2_session_set_stream_user_data(s, sid, NULL);
+    whole_drop(u, w);
+    return (ssize_t)n;
+}
+
+/* stream_id 0: a request (its stream id back); else the response on that stream. 0 or the id, or
+   nghttp2's (negative) error. */
+static int32_t meshpy_h2_submit_whole(nghttp2_session *session, meshpy_h2 *m, int32_t stream_id,
+        const char *head, size_t hlen, size_t hn, const char *body, size_t blen,
+        const char *trailers, size_t tlen, size_t tn) {
+    nghttp2_data_provider prd;
+    int32_t rv;
+    struct meshpy_whole *w = malloc(sizeof *w + blen + tlen);
+    if (w == NULL) return NGHTTP2_ERR_NOMEM;
+    w->len = blen;
+    w->off = 0;
+    w->tlen = tlen;
+    w->tn = tn;
+    memcpy(w->buf, body, blen);
+    if (tlen) memcpy(w->buf + blen, trailers, tlen);
+    w->prev = NULL;
+    w->next = m->wholes;
+    if (m->wholes) m->wholes->prev = w;
+    m->wholes = w;
+    prd.source.ptr = w;
+    prd.read_callback = whole_read;
+    rv = submit_nv(session, stream_id ? 1 : 0, stream_id, head, hlen, hn, &prd, w);
+    if (rv < 0) whole_drop(m, w);
+    else if (stream_id) nghttp2_session_set_stream_user_data(session, stream_id, w);
     return rv;
 }
 """

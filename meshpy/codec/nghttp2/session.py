@@ -25,7 +25,7 @@ from collections import deque
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from meshpy.codec.h2session import ErrorCode, Event, Fields, SessionError, StreamGone
+from meshpy.codec.h2session import ErrorCode, Event, Fields, SessionError, StreamGone, send_message_in_parts
 from meshpy.codec.nghttp2 import _abi, callbacks
 from meshpy.codec.nghttp2.binding import Binding, load
 from meshpy.codec.nghttp2.callbacks import Out, _unpack, nv_array, state
@@ -34,6 +34,14 @@ if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
 
 _ready: dict[bool, tuple[dict[str, Any], Any, Any]] = {}  # per binding: callbacks, read callback, provider
+
+
+def _joined(fields: Fields) -> bytes:
+    """A header list as the compiled binding takes it: names and values joined by NUL."""
+    joined = b"\0".join(chain.from_iterable(fields))
+    if joined.count(b"\0") != 2 * len(fields) - 1:
+        raise StreamGone("a header field holds NUL")  # (nghttp2 would refuse it; meshpy never sends one)
+    return joined
 
 
 def _callbacks(b: Binding) -> tuple[dict[str, Any], Any, Any]:
@@ -121,12 +129,9 @@ class Nghttp2Session:
         lib = self._lib
         prd = provider if provider is not None else self._null
         if self._m is not None:
-            joined = b"\0".join(chain.from_iterable(fields))
-            n = len(fields)
-            if joined.count(b"\0") != 2 * n - 1:
-                # (nghttp2 would refuse it anyway; meshpy never sends one)
-                raise StreamGone("a header field holds NUL")
-            return self._check(lib.meshpy_h2_submit(self._session, kind, sid, joined, len(joined), n, prd))
+            joined = _joined(fields)
+            return self._check(
+                lib.meshpy_h2_submit(self._session, kind, sid, joined, len(joined), len(fields), prd))
         nva, _keep = nv_array(_abi.ffi, fields)
         n = len(fields)
         if kind == 0:
@@ -291,6 +296,19 @@ class Nghttp2Session:
         elif out.deferred:
             out.deferred = False
             self._lib.nghttp2_session_resume_data(self._session, sid)
+
+    def send_message(self, sid: int, headers: Fields, body: bytes, trailers: Fields | None) -> int:
+        m = self._m
+        if m is None or not body:
+            return send_message_in_parts(self, sid, headers, body, trailers)
+        if sid and self._lib.nghttp2_session_find_stream(self._session, sid) == self._null:
+            raise StreamGone(f"stream {sid} is closed")
+        # (the compiled binding: body and trailers go out from C, with no data provider in Python)
+        head = _joined(headers)
+        tail = _joined(trailers) if trailers else b""
+        return self._check(self._lib.meshpy_h2_submit_whole(
+            self._session, m, sid, head, len(head), len(headers), body, len(body), tail, len(tail),
+            len(trailers) if trailers else 0))
 
     def end_stream(self, sid: int) -> None:
         out = self._outgoing.get(sid)

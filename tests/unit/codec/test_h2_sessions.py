@@ -209,6 +209,79 @@ def test_a_whole_grpc_exchange_between_the_codecs(codec: str) -> None:
         assert got[-2][2] == [(b"grpc-status", b"0")]
 
 
+GRPC_HEAD = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/p.S/M"), (b":authority", b"a"),
+             (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+
+
+def by_stream(events: list[h2session.Event]) -> dict[int, list[h2session.Event]]:
+    """Each stream's events in order (the codecs interleave streams differently)."""
+    out: dict[int, list[h2session.Event]] = {}
+    for e in events:
+        if e[0] in STREAM_EVENTS:
+            out.setdefault(e[1], []).append(e)
+    return out
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_whole_messages_go_in_one_call_between_the_codecs(codec: str) -> None:
+    """send_message: a request (stream 0: a new one) and its answer with trailers, each in one call;
+    what arrives is the same as from send_headers, send_data and send_headers."""
+    for other in CODECS:
+        c, s = connected(other, codec)
+        sid = c.send_message(0, GRPC_HEAD, b"\0\0\0\0\x05hello", None)
+        assert sid == 1 and c.send_message(0, GRPC_HEAD, b"\0\0\0\0\x01x", [(b"x-t", b"1")]) == 3
+        events = by_stream(s.receive(c.data_to_send()))
+        assert [e[0] for e in events[1]] == [REQUEST, DATA, END], (codec, other, events)
+        assert [e[0] for e in events[3]] == [REQUEST, DATA, TRAILERS, END], (codec, other, events)
+        assert events[1][1][2] == b"\0\0\0\0\x05hello" and events[3][2][2] == [(b"x-t", b"1")]
+        for stream, trailers in ((1, [(b"grpc-status", b"0")]), (3, None)):
+            s.send_message(stream, [(b":status", b"200"), (b"content-type", b"application/grpc")],
+                           b"\0\0\0\0\x02ok", trailers)
+        got = by_stream(c.receive(s.data_to_send()))
+        assert [e[0] for e in got[1]] == [RESPONSE, DATA, TRAILERS, END], (codec, other, got)
+        assert [e[0] for e in got[3]] == [RESPONSE, DATA, END], (codec, other, got)
+        assert got[1][1][2] == b"\0\0\0\0\x02ok" and got[1][2][2] == [(b"grpc-status", b"0")]
+        with pytest.raises(StreamGone):  # stream 1 has ended both ways
+            s.send_message(1, [(b":status", b"200")], b"late", None)
+
+
+def test_a_whole_message_waits_for_the_window_and_dies_with_its_stream() -> None:
+    """The compiled binding's whole messages are sent from C as the peer's window allows (meshpy
+    hands over at most a window's worth, but nghttp2 holds the rest if it must); one whose stream is
+    reset first, or whose session ends first, is dropped without harm to the others."""
+    for reset in (False, True):
+        c, s = connected("nghttp2", "h2")
+        body = b"b" * (STREAM_WINDOW + 5000)
+        c.send_message(0, GRPC_HEAD, b"r", None)
+        c.send_message(0, GRPC_HEAD, b"r", None)
+        s.receive(c.data_to_send())
+        s.send_message(1, [(b":status", b"200")], body, [(b"grpc-status", b"0")])
+        s.send_message(3, [(b":status", b"200")], b"small", None)
+        got = c.receive(s.data_to_send())
+        first = b"".join(e[2] for e in got if e[0] == DATA and e[1] == 1)
+        assert len(first) == STREAM_WINDOW  # the client's window (meshpy's default), no more
+        assert (END, 3, None, None) in got and (END, 1, None, None) not in got
+        if reset:
+            c.reset_stream(1, 8)
+            s.receive(c.data_to_send())
+            assert s.data_to_send() == b""  # nothing more for stream 1: the rest was dropped
+            continue
+        for e in got:
+            if e[0] == DATA:
+                c.acknowledge(e[1], e[3])
+        s.receive(c.data_to_send())
+        rest = c.receive(s.data_to_send())
+        assert first + b"".join(e[2] for e in rest if e[0] == DATA) == body
+        assert [e[0] for e in rest if e[0] in (TRAILERS, END)] == [TRAILERS, END]
+    # A session let go with a whole message still waiting (its memory goes with the session).
+    c, s = connected("nghttp2", "h2")
+    c.send_message(0, GRPC_HEAD, b"r", None)
+    s.receive(c.data_to_send())
+    s.send_message(1, [(b":status", b"200")], b"x" * (STREAM_WINDOW * 2), None)
+    s.data_to_send()
+    del s
+
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_send_window_is_the_peers_and_opens_as_the_peer_acknowledges(codec: str) -> None:
     for other in CODECS:
