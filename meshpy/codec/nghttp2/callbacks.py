@@ -278,8 +278,13 @@ def abi_callbacks(ffi: Any) -> tuple[dict[str, Any], Any]:
 
 # -- the compiled binding ----------------------------------------------------------------------------
 def _native_headers(sid: int, cat: int, flags: int, block: Any, length: int) -> int:
-    parts = _unpack(block, length).split(b"\0") if length else []
-    return _headers(state.cur, sid, cat, flags, list(zip(parts[::2], parts[1::2], strict=True)))
+    if not length:
+        return _headers(state.cur, sid, cat, flags, [])
+    parts = _unpack(block, length).split(b"\0")
+    if len(parts) & 1:  # (nghttp2 refuses a field holding NUL before it gets here)
+        return -1
+    it = iter(parts)
+    return _headers(state.cur, sid, cat, flags, list(zip(it, it)))
 
 
 def _native_frame(kind: int, flags: int, sid: int, a: int, b: int) -> int:

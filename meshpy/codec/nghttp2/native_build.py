@@ -88,6 +88,8 @@ static meshpy_h2 *meshpy_h2_new(size_t limit) {
 }
 
 static void whole_drop(meshpy_h2 *m, struct meshpy_whole *w);
+/* The user data of a stream whose body Python sends (meshpy_py_read): its close matters to Python. */
+static char python_out;
 
 static void meshpy_h2_free(nghttp2_session *session, meshpy_h2 *m) {
     nghttp2_session_del(session);
@@ -246,10 +248,15 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t stream_id, c
 
 static int on_stream_close(nghttp2_session *s, int32_t stream_id, uint32_t code, void *u) {
     meshpy_h2 *m = u;
-    struct meshpy_whole *w = nghttp2_session_get_stream_user_data(s, stream_id);
-    if (w) whole_drop(m, w);  /* closed (reset) before its whole message was sent */
+    void *w = nghttp2_session_get_stream_user_data(s, stream_id);
     if (m->data_len && flush_data(m) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
-    return meshpy_py_close(s, stream_id, code, u);
+    if (w != NULL && w != &python_out)
+        whole_drop(m, w);  /* closed (reset) before its whole message was sent */
+    /* Python hears of a close only when it has something to do: the stream's data waiting there to
+       be sent, a header block of it still open, or a reset to report. */
+    if (w == &python_out || code != 0 || (m->pending && m->block_sid == stream_id))
+        return meshpy_py_close(s, stream_id, code, u);
+    return 0;
 }
 
 static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int code, void *u) {
@@ -269,7 +276,7 @@ static void meshpy_h2_callbacks(nghttp2_session_callbacks *cbs) {
 }
 
 /* kind: 0 request, 1 response, 2 headers (a 1xx), 3 trailers. `joined`: n names and values, each
-   ended by NUL except the last (the caller checked there are exactly 2n - 1 NULs). */
+   ended by NUL except the last; any other count of NULs (one in a field) is refused. */
 static int32_t submit_nv(nghttp2_session *session, int kind, int32_t stream_id, const char *joined,
                          size_t len, size_t n, const nghttp2_data_provider *prd, void *stream_data) {
     nghttp2_nv stack[48];
@@ -278,21 +285,38 @@ static int32_t submit_nv(nghttp2_session *session, int kind, int32_t stream_id, 
     size_t i;
     int32_t rv;
     if (nva == NULL) return NGHTTP2_ERR_NOMEM;
-    for (i = 0; i < n; i++) {
+    rv = n ? 0 : NGHTTP2_ERR_INVALID_ARGUMENT;
+    for (i = 0; i < n && rv == 0; i++) {
         const char *z = memchr(p, 0, (size_t)(end - p));
+        if (z == NULL) {  /* a NUL too few: one held in a field */
+            rv = NGHTTP2_ERR_INVALID_ARGUMENT;
+            break;
+        }
         nva[i].name = (uint8_t *)p;
         nva[i].namelen = (size_t)(z - p);
         p = z + 1;
         z = memchr(p, 0, (size_t)(end - p));
+        if ((z == NULL) != (i + 1 == n)) {  /* the last value ends the buffer, the others a NUL */
+            rv = NGHTTP2_ERR_INVALID_ARGUMENT;
+            break;
+        }
         if (z == NULL) z = end;
         nva[i].value = (uint8_t *)p;
         nva[i].valuelen = (size_t)(z - p);
         nva[i].flags = NGHTTP2_NV_FLAG_NONE;
         p = z + 1;
     }
+    if (rv != 0) {
+        if (nva != stack) free(nva);
+        return rv;
+    }
+    if (prd != NULL && stream_data == NULL) stream_data = &python_out;
     switch (kind) {
     case 0: rv = nghttp2_submit_request(session, NULL, nva, n, prd, stream_data); break;
-    case 1: rv = nghttp2_submit_response(session, stream_id, nva, n, prd); break;
+    case 1:
+        rv = nghttp2_submit_response(session, stream_id, nva, n, prd);
+        if (rv == 0 && stream_data != NULL) nghttp2_session_set_stream_user_data(session, stream_id, stream_data);
+        break;
     case 2: rv = nghttp2_submit_headers(session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, n, NULL); break;
     default: rv = nghttp2_submit_trailer(session, stream_id, nva, n); break;
     }
@@ -362,7 +386,6 @@ static int32_t meshpy_h2_submit_whole(nghttp2_session *session, meshpy_h2 *m, in
     prd.read_callback = whole_read;
     rv = submit_nv(session, stream_id ? 1 : 0, stream_id, head, hlen, hn, &prd, w);
     if (rv < 0) whole_drop(m, w);
-    else if (stream_id) nghttp2_session_set_stream_user_data(session, stream_id, w);
     return rv;
 }
 """

@@ -439,3 +439,16 @@ def test_a_large_body_in_odd_pieces_arrives_whole(codec: str) -> None:
             if ended:
                 break
         assert ended and bytes(got) == body, (codec, other, len(got))
+
+
+def test_the_compiled_binding_refuses_to_send_a_field_holding_nul() -> None:
+    """Header lists cross into C joined by NUL, so a NUL inside a field would shift every field after
+    it: C counts them and refuses the list (meshpy's own checks never let one through to here)."""
+    c = client("nghttp2")
+    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
+    for bad in ([(b"x", b"a\0b")], [(b"x\0y", b"v")], [(b"x", b"v\0")], [(b"\0", b"")]):
+        with pytest.raises(StreamGone):
+            c.open_stream(head + bad, True)
+        with pytest.raises(StreamGone):
+            c.send_message(0, head + bad, b"body", None)
+    assert c.open_stream(head + [(b"x", b"")], True) == 1  # an empty value is fine
