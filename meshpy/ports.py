@@ -198,9 +198,9 @@ class OutgoingRequest(Protocol):
 
     method: bytes
     up_target: bytes
-    up_head_bytes: bytes  # the HTTP/1.1 head, serialized once
     up_chunked: bool
 
+    def upstream_head(self) -> bytes: ...  # the HTTP/1.1 head, serialized when first asked for
     def upstream_fields(self) -> list[Header]: ...  # the header list (Host in it), for HTTP/2
 
 

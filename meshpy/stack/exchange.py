@@ -72,13 +72,13 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         "_buffered",
         "_buffered_bytes",
         "_close_delimited",
+        "_count_attempts",
         "_deadline",
         "_duration_deadline",
         "_fault_timer",
         "_filter_req",
         "_grpc",
         "_grpc_status",
-        "_head_base",
         "_last_activity",
         "_local",
         "_retried",
@@ -142,7 +142,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         self.host: Host | None = None
         self.conn: UpstreamStream | None = None
         self.up_head_bytes = b""
-        self._head_base = b""  # the upstream head without x-envoy-attempt-count (retry routes only)
+        self._count_attempts = False  # x-envoy-attempt-count goes upstream (a retry policy asks)
         self.retry: RetryState | None = None
         self._buffered: list[bytes] | None = None
         self._buffered_bytes = 0
@@ -313,9 +313,6 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
         self.up_fields = headers
         self.up_target = target
-        # join: about half the cost of bytes %-formatting for these pieces
-        self.up_head_bytes = b"".join(
-            (self.method, b" ", target, b" HTTP/1.1\r\n", serialize_headers(headers), b"\r\n"))
         if route.retry is not None:
             self._start_retries(route.retry)
         if facts.expect_continue and not self.http10:
@@ -387,11 +384,24 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
 
     def upstream_fields(self) -> list[tuple[bytes, bytes]]:
         """The upstream head as a header list (an HTTP/2 upstream frames it itself), with the attempt
-        count as the HTTP/1.1 head has it."""
+        count when the route asks for it."""
         rs = self.retry
-        if self._head_base and rs is not None:
+        if self._count_attempts and rs is not None:
             return [*self.up_fields, (b"x-envoy-attempt-count", b"%d" % rs.attempt)]
         return self.up_fields
+
+    def upstream_head(self) -> bytes:
+        """The upstream head as HTTP/1.1 bytes: serialized once, when an HTTP/1.1 upstream first asks
+        (an HTTP/2 one never does), with the attempt count when the route asks for it."""
+        head = self.up_head_bytes
+        if not head:
+            # join: about half the cost of bytes %-formatting for these pieces
+            head = self.up_head_bytes = b"".join((self.method, b" ", self.up_target, b" HTTP/1.1\r\n",
+                                                  serialize_headers(self.up_fields), b"\r\n"))
+        rs = self.retry
+        if self._count_attempts and rs is not None:
+            return b"%s%s%d\r\n\r\n" % (head[:-2], b"x-envoy-attempt-count: ", rs.attempt)
+        return head
 
     # -- flow control ------------------------------------------------------------------------------
     def down_pause_writing(self) -> None:

@@ -51,7 +51,7 @@ class ExchangeParts:
         resp_status: int
         bytes_out: int
         next_check: float
-        _head_base: bytes
+        _count_attempts: bool
         _deadline: float
         _duration_deadline: float
         _grpc_timeout: float

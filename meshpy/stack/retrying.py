@@ -29,7 +29,6 @@ from meshpy.stack.retry import (
 if TYPE_CHECKING:
     pass
 
-_ATTEMPT = b"x-envoy-attempt-count: "
 
 
 class RetryingMixin(ExchangeParts):
@@ -40,8 +39,7 @@ class RetryingMixin(ExchangeParts):
         """At the first attempt of a request on a route with a retry policy."""
         rs = self.retry = retry_state(policy, self.method, self.is_grpc())
         if rs is not None and policy.attempt_count_header:
-            self._head_base = self.up_head_bytes
-            self.up_head_bytes = self._head_base[:-2] + _ATTEMPT + b"1\r\n\r\n"
+            self._count_attempts = True  # (the head is made as each attempt goes: upstream_head)
 
     def _try_again(self, kind: str, status: int = 0, grpc_status: int | None = None,
                    retry_after: float | None = None, delay: float | None = None) -> bool:
@@ -131,8 +129,6 @@ class RetryingMixin(ExchangeParts):
             old.active_requests -= 1
         host.active_requests += 1
         self.host = host
-        if self._head_base:
-            self.up_head_bytes = b"%s%s%d\r\n\r\n" % (self._head_base[:-2], _ATTEMPT, rs.attempt)
         conn = host.pool.checkout(self._on_pool)
         if conn is not None:
             self._attach(conn)

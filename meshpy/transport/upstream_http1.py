@@ -137,9 +137,9 @@ class UpstreamHttp1(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if not body and not done:
-            transport.write(req.up_head_bytes)
+            transport.write(req.upstream_head())
             return
-        out = [req.up_head_bytes]
+        out = [req.upstream_head()]
         chunked = req.up_chunked
         if body:
             if chunked:

@@ -284,7 +284,7 @@ def _native_headers(sid: int, cat: int, flags: int, block: Any, length: int) -> 
     if len(parts) & 1:  # (nghttp2 refuses a field holding NUL before it gets here)
         return -1
     it = iter(parts)
-    return _headers(state.cur, sid, cat, flags, list(zip(it, it)))
+    return _headers(state.cur, sid, cat, flags, list(zip(it, it, strict=False)))
 
 
 def _native_frame(kind: int, flags: int, sid: int, a: int, b: int) -> int:

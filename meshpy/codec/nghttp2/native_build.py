@@ -315,7 +315,8 @@ static int32_t submit_nv(nghttp2_session *session, int kind, int32_t stream_id, 
     case 0: rv = nghttp2_submit_request(session, NULL, nva, n, prd, stream_data); break;
     case 1:
         rv = nghttp2_submit_response(session, stream_id, nva, n, prd);
-        if (rv == 0 && stream_data != NULL) nghttp2_session_set_stream_user_data(session, stream_id, stream_data);
+        if (rv == 0 && stream_data != NULL)
+            nghttp2_session_set_stream_user_data(session, stream_id, stream_data);
         break;
     case 2: rv = nghttp2_submit_headers(session, NGHTTP2_FLAG_NONE, stream_id, NULL, nva, n, NULL); break;
     default: rv = nghttp2_submit_trailer(session, stream_id, nva, n); break;

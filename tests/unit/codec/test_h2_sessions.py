@@ -451,4 +451,4 @@ def test_the_compiled_binding_refuses_to_send_a_field_holding_nul() -> None:
             c.open_stream(head + bad, True)
         with pytest.raises(StreamGone):
             c.send_message(0, head + bad, b"body", None)
-    assert c.open_stream(head + [(b"x", b"")], True) == 1  # an empty value is fine
+    assert c.open_stream([*head, (b"x", b"")], True) == 1  # an empty value is fine

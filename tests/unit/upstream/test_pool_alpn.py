@@ -102,6 +102,9 @@ class Call:
     def upstream_fields(self) -> list[tuple[bytes, bytes]]:
         return [(b"host", b"upstream.internal")]
 
+    def upstream_head(self) -> bytes:
+        return self.up_head_bytes
+
     def up_head(self, status: int, fields: bytes, keep_alive: bool) -> None:
         self.status, self.fields = status, fields
 
