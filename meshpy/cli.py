@@ -270,6 +270,9 @@ def _run(args: argparse.Namespace) -> int:
         from meshpy import pidfile
 
         pidfile.write(args.pid_file)
+    from meshpy import malloc_tuning
+
+    malloc_tuning.tune()
     try:
         return _run_loop(args.loop, lambda: serve(path, args.drain_time, args.grace_time, xds, admin,
                                                   identity, control_trust, probes))
