@@ -311,7 +311,9 @@ def main() -> None:
         prof.enable()
         run(bench, args.calls // 4, loop)
         prof.disable()
-        pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "40")))
+        # ($SORT and $TOP: the order and length of the listing)
+        stats = pstats.Stats(prof).sort_stats(os.environ.get("SORT", "tottime"))
+        stats.print_stats(int(os.environ.get("TOP", "40")))
         return
     total, peers = min((run(bench, args.calls // 5, loop) for _ in range(5)), key=lambda r: r[0])
     print(f"{args.scenario} through meshpy's HTTP/2 stack (proxy codec {args.codec}, peers "
