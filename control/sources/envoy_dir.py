@@ -33,6 +33,7 @@ from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshpy.errors import ConfigError
 from meshpy.model.load import StrictLoader
 from meshpy.model.yaml_values import yaml_kind
+from meshpy.xds import envoy_json
 from meshpy.xds.deps import any_routes, endpoints_or_none
 from meshpy.xds.secrets import SecretMessage, material
 from meshpy.xds.translate import (
@@ -249,7 +250,11 @@ def proxy_check(url: str, msg: Message) -> None:
 
 
 def _parse(body: dict[str, Any], cls: Any) -> Message:
-    """ParseDict, importing the module behind an `@type` that is not loaded yet and trying again."""
+    """ParseDict, after Envoy's leniencies (meshpy.xds.envoy_json), importing the module behind an
+    `@type` that is not loaded yet and trying again."""
+    body, problems = envoy_json.lenient(body, cls.DESCRIPTOR, envoy_json.resolver(import_type))
+    if problems:
+        raise json_format.ParseError(str(problems[0]))
     tried: set[str] = set()
     while True:
         try:

@@ -34,6 +34,7 @@ from meshpy.model.types import Cluster as ClusterModel
 from meshpy.xds import (
     bootstrap,
     deps,
+    envoy_json,
     translate_clusters,
     translate_limits,
     translate_listeners,
@@ -118,6 +119,12 @@ def parse_bootstrap(data: Mapping[str, Any]) -> Any:
     bad_any = _bad_any(data)
     if bad_any is not None:
         raise ConfigError([bad_any])
+    # Envoy's leniencies (lower-case enums, one value for a list, ...) first, and values of the wrong
+    # kind said in meshpy's words
+    data, problems = envoy_json.lenient(data, bootstrap_pb2.Bootstrap.DESCRIPTOR,
+                                        envoy_json.resolver(import_type))
+    if problems:
+        raise ConfigError(problems)
     tried: set[str] = set()
     while True:
         try:
