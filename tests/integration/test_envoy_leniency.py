@@ -40,11 +40,8 @@ def test_envoy_and_meshpy_take_the_same_shapes(tmp_path: Path) -> None:
         assert meshpy_ok == envoy_ok, (name, said)
 
 
-def test_yaml_as_people_write_it(tmp_path: Path) -> None:
-    """The same leniencies in YAML, as in real configs: lower-case enums, one mapping for a list, a
-    duration as {seconds: ...}."""
-    path = tmp_path / "envoy.yaml"
-    path.write_text("""
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+YAML = ("""
 static_resources:
   listeners:
   - name: web
@@ -53,8 +50,7 @@ static_resources:
       filters:
         name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
-            HttpConnectionManager"
+          "@type": {hcm}
           stat_prefix: web
           codec_type: auto
           stream_idle_timeout: {seconds: 60}
@@ -79,5 +75,12 @@ static_resources:
       - lb_endpoints:
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}
 """)
+
+
+def test_yaml_as_people_write_it(tmp_path: Path) -> None:
+    """The same leniencies in YAML, as in real configs: lower-case enums, one mapping for a list, a
+    duration as {seconds: ...}."""
+    path = tmp_path / "envoy.yaml"
+    path.write_text(YAML.replace("{hcm}", HCM))
     envoy_ok, meshpy_ok, said = verdicts(path)
     assert envoy_ok and meshpy_ok, said
