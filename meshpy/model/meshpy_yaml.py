@@ -90,6 +90,7 @@ _LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout", "
                   "direction", *LISTENER_LIMIT_KEYS, *LISTENER_TLS_KEYS)
 _HTTP_KEYS = (
     "use_remote_address",
+    "envoy_headers",
     "xff_num_trusted_hops",
     "forwarded_proto",
     "generate_request_id",
@@ -258,6 +259,7 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
     return HttpOptions(
         route_config=route_config,
         use_remote_address=f.get("use_remote_address", as_bool, True),
+        envoy_headers=f.get("envoy_headers", as_bool, False),
         xff_num_trusted_hops=f.get("xff_num_trusted_hops", as_non_negative_int, 0),
         forwarded_proto=f.get("forwarded_proto", as_bool, True),
         generate_request_id=f.get("generate_request_id", as_bool, True),

@@ -109,6 +109,10 @@ class HttpOptions:
     use_remote_address: bool = True  # append the peer address to x-forwarded-for
     xff_num_trusted_hops: int = 0
     forwarded_proto: bool = True  # set x-forwarded-proto when the client did not send one
+    # Envoy's router headers: x-envoy-upstream-service-time on proxied responses, and upstream
+    # x-envoy-expected-rq-timeout-ms and x-envoy-original-path (after a path rewrite). On for an Envoy
+    # config unless the router says suppress_envoy_headers; off in meshpy YAML unless asked for.
+    envoy_headers: bool = False
     generate_request_id: bool = True
     preserve_external_request_id: bool = True
     stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT

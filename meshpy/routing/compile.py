@@ -66,6 +66,7 @@ class HttpListenerConfig:
         "conn_authz",
         "conn_limited",
         "dispatch",
+        "envoy_headers",
         "forwarded_proto",
         "generate_rid",
         "guarded",
@@ -146,6 +147,7 @@ class HttpListenerConfig:
             self.server_name = None
             self.upgrades: frozenset[bytes] = frozenset()
             self.generate_rid = self.replace_rid = self.use_remote_address = self.forwarded_proto = False
+            self.envoy_headers = False
             return
         self.options = opts
         if model.tcp is not None:
@@ -177,6 +179,7 @@ class HttpListenerConfig:
             not opts.preserve_external_request_id
         self.use_remote_address = opts.use_remote_address
         self.forwarded_proto = opts.forwarded_proto
+        self.envoy_headers = opts.envoy_headers
         # The connection timer ticks at the smaller of the two connection-level limits.
         limits = [t for t in (self.headers_timeout, self.idle_timeout) if t is not None]
         self.timer_interval = min(limits) if limits else None

@@ -36,6 +36,7 @@ from meshpy.errors import (
 from meshpy.stack.admission_guard import guard
 from meshpy.stack.filtering import FilteringMixin
 from meshpy.stack.forwarding import (
+    envoy_request_headers,
     request_id,
     upstream_request_headers,
 )
@@ -86,6 +87,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         "_timer",
         "_timer_at",
         "_too_large",
+        "_up_t0",
         "_upgraded",
         "authority",
         "bytes_in",
@@ -157,6 +159,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         self._last_activity = 0.0
         self._retried = False
         self._reused = False
+        self._up_t0 = 0.0
         self._too_large = False
         self._close_delimited = False
         self.head_request = False
@@ -311,6 +314,8 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if self.upgrade is not None:  # hop-by-hop, dropped above; this hop carries them on
             headers += [(b"connection", b"upgrade"), (b"upgrade", self.upgrade)]
         target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
+        if cfg.envoy_headers:
+            envoy_request_headers(headers, route, self.target if route.rewrites else None)
         self.up_fields = headers
         self.up_target = target
         if route.retry is not None:
@@ -357,6 +362,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
     def _attach(self, conn: UpstreamStream) -> None:
         self.conn = conn
         self._reused = conn.used
+        self._up_t0 = self.down.loop.time()  # (x-envoy-upstream-service-time counts from here)
         conn.attach(self, self.head_request)
         if self.down.write_paused:
             # The client is still behind on an earlier answer, and the transport signals a pause

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import TYPE_CHECKING
 
 from meshpy.codec.request_facts import RequestFacts, connection_tokens
 from meshpy.stack.headers import HOP_BY_HOP, NEVER_NOMINATED, strip_hop_by_hop
+
+if TYPE_CHECKING:
+    from meshpy.routing.table import CompiledRoute
 
 
 def _rid_prefix() -> bytes:
@@ -34,6 +38,25 @@ def request_id() -> bytes:
     microsecond shows in the benchmarks."""
     return b"%s%012x" % (_RID_PREFIX, next(_rid_counter) & 0xFFFFFFFFFFFF)
 
+
+
+_EXPECTED_TIMEOUT = b"x-envoy-expected-rq-timeout-ms"
+_ORIGINAL_PATH = b"x-envoy-original-path"
+
+
+def envoy_request_headers(headers: list[tuple[bytes, bytes]], route: CompiledRoute,
+                          original_path: bytes | None) -> None:
+    """Envoy's router headers on a request going upstream (in place): the timeout the upstream can
+    expect (the per-try timeout, else the route's; none when neither is set) and, after a path
+    rewrite, the path as the client sent it. Any the client sent are replaced, as Envoy replaces them."""
+    retry = route.retry
+    expected = retry.per_try_timeout if retry is not None and retry.per_try_timeout else route.timeout
+    if expected or original_path is not None:
+        headers[:] = [h for h in headers if h[0] != _EXPECTED_TIMEOUT and h[0] != _ORIGINAL_PATH]
+    if expected:
+        headers.append((_EXPECTED_TIMEOUT, b"%d" % int(expected * 1000)))
+    if original_path is not None:
+        headers.append((_ORIGINAL_PATH, original_path))
 
 def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestFacts, *, peer: str,
                              host: bytes | None, use_remote_address: bool, forwarded_proto: bool,

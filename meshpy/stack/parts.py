@@ -63,6 +63,7 @@ class ExchangeParts:
         _buffered: list[bytes] | None
         _buffered_bytes: int
         _reused: bool
+        _up_t0: float
         _retried: bool
         _close_delimited: bool
         trailers: list[tuple[bytes, bytes]] | None

@@ -20,6 +20,8 @@ from meshpy.stack.retry import RESET
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
+_SERVICE_TIME = b"x-envoy-upstream-service-time"
+
 class RespondingMixin(ExchangeParts):
     if not TYPE_CHECKING:  # no slots of its own: Exchange has them all
         __slots__ = ()
@@ -54,6 +56,8 @@ class RespondingMixin(ExchangeParts):
     def _respond(self, status: int, fields: bytes) -> None:
         """The final response head, to the client: the upstream's bytes when nothing changes them and
         the writer can pass them on (HTTP/1.1), else rebuilt from the fields."""
+        if self.cfg.envoy_headers:
+            return self._respond_timed(status, fields)
         route = self.route
         if self.cfg.server_name is None and (route is None or not route.response_changes) and \
                 self.down.respond_raw(self, status, fields):
@@ -61,6 +65,23 @@ class RespondingMixin(ExchangeParts):
             return
         conn = self.conn
         listed = conn.response_fields(fields) if conn is not None else parse_fields(fields)
+        self._head_from_list(status, listed)
+
+    def _respond_timed(self, status: int, fields: bytes) -> None:
+        """_respond with Envoy's x-envoy-upstream-service-time: the milliseconds from sending the
+        request upstream to this head (Envoy's router adds it unless suppress_envoy_headers)."""
+        took = b"%d" % int((self.down.loop.time() - self._up_t0) * 1000)
+        route = self.route
+        if self.cfg.server_name is None and (route is None or not route.response_changes) and \
+                _SERVICE_TIME not in fields.lower():
+            raw = b"%s\r\n%s: %s\r\n\r\n" % (fields[:-4], _SERVICE_TIME, took)
+            if self.down.respond_raw(self, status, raw):
+                self.started = True
+                return
+        conn = self.conn
+        listed = conn.response_fields(fields) if conn is not None else parse_fields(fields)
+        listed = [h for h in listed if h[0] != _SERVICE_TIME]  # (the upstream's own is replaced)
+        listed.append((_SERVICE_TIME, took))
         self._head_from_list(status, listed)
 
     def _head_from_list(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -59,7 +59,9 @@ TYPED_STRUCTS = {cls.DESCRIPTOR.full_name: cls
 FILTER_CONFIG = route_components_pb2.FilterConfig
 ROUTER = "envoy.extensions.filters.http.router.v3.Router"
 
-Chain = tuple[tuple[HttpFilterSpec, ...], Fault | None, LocalRateLimit | None]
+# The chain before the router, the fault and rate limit filters' own configs, and whether the router
+# adds its x-envoy-* headers (not suppress_envoy_headers).
+Chain = tuple[tuple[HttpFilterSpec, ...], Fault | None, LocalRateLimit | None, bool]
 
 
 def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
@@ -70,6 +72,7 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
     found_fault: Fault | None = None
     found_limit: LocalRateLimit | None = None
     routers = 0
+    envoy_headers = True
     for i, f in enumerate(msg.http_filters):
         at = item(path, i)
         config_path = child(at, "typed_config")
@@ -83,8 +86,10 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
         kind: FilterKind
         if type_name == ROUTER:
             routers += 1
-            # Every Router option (suppress_envoy_headers, upstream_log, ...) changes behaviour.
-            issues.fields(_unpacked(f.typed_config, ROUTER), config_path, ())
+            # Every other Router option (upstream_log, ...) changes behaviour meshpy does not have.
+            router = _unpacked(f.typed_config, ROUTER)
+            issues.fields(router, config_path, {"suppress_envoy_headers"})
+            envoy_headers = not router.suppress_envoy_headers
             continue
         if type_name == translate_guards.FAULT:
             found_fault = translate_guards.fault(issues, _unpacked(f.typed_config, type_name), config_path)
@@ -109,7 +114,7 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
         specs.append(HttpFilterSpec(name=f.name or kind, kind=kind, disabled=f.disabled))
     if not routers and not issues.items:
         issues.add(path, f"the router filter ({ROUTER}) is required")
-    return _plain(tuple(specs)), found_fault, found_limit
+    return _plain(tuple(specs)), found_fault, found_limit, envoy_headers
 
 
 def _plain(specs: tuple[HttpFilterSpec, ...]) -> tuple[HttpFilterSpec, ...]:

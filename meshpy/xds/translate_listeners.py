@@ -327,7 +327,8 @@ def _http_options(
     issues.fields(msg, path, _HCM)
     codec = protocols.codec(issues, msg, path)
     http2 = protocols.http2_options(issues, msg.http2_protocol_options, child(path, "http2_protocol_options"))
-    filters, listener_fault, listener_limit = http_filters(issues, msg, child(path, "http_filters"))
+    filters, listener_fault, listener_limit, envoy_headers = http_filters(
+        issues, msg, child(path, "http_filters"))
     max_kb = wrapped(msg, "max_request_headers_kb", 60)
     if not 0 < max_kb <= _MAX_HEADERS_KB:
         issues.add(child(path, "max_request_headers_kb"), f"must be from 1 to {_MAX_HEADERS_KB}")
@@ -347,6 +348,7 @@ def _http_options(
         use_remote_address=bool(wrapped(msg, "use_remote_address", False)),
         xff_num_trusted_hops=msg.xff_num_trusted_hops,
         generate_request_id=bool(wrapped(msg, "generate_request_id", True)),
+        envoy_headers=envoy_headers,
         preserve_external_request_id=msg.preserve_external_request_id,
         stream_idle_timeout=timeout(msg, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
         idle_timeout=timeout(common, "idle_timeout", DEFAULT_IDLE_TIMEOUT),

@@ -240,6 +240,7 @@ def test_minimal_http_listener_gets_envoy_defaults() -> None:
             idle_timeout=3600.0,
             server_name="envoy",
             upgrades=(),  # Envoy tunnels no upgrade type unless upgrade_configs names it
+            envoy_headers=True,  # the router's x-envoy-* headers, unless suppress_envoy_headers
         ),
     )
     # grpc_timeout None: an Envoy route reads no grpc-timeout unless max_stream_duration asks.
@@ -288,6 +289,7 @@ def test_hcm_options() -> None:
         server_name="meshpy",
         codec="http1",
         upgrades=(),
+        envoy_headers=True,
     )
 
 
@@ -889,10 +891,10 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
             - name: router
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-                suppress_envoy_headers: true
+                respect_expected_rq_timeout: true
             """,
         ),
-        f"{FILTER}.http_filters[0].typed_config.suppress_envoy_headers",
+        f"{FILTER}.http_filters[0].typed_config.respect_expected_rq_timeout",
         UNSUPPORTED,
     ),
     (
