@@ -28,7 +28,7 @@ _DYNAMIC = frozenset({"ads_config", "lds_config", "cds_config"})
 _API = frozenset({"api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"})
 _CONFIG_SOURCE = frozenset({"ads", "resource_api_version", "initial_fetch_timeout"})
 _GRPC, _DELTA_GRPC = 2, 3  # ApiConfigSource.ApiType numbers
-_V3 = 2  # ApiVersion.V3
+_AUTO, _V3 = 0, 2  # ApiVersion: AUTO (left out) is V3 to Envoy now; V2 is refused there too
 # Reading the cluster that carries the ADS stream: what locates it and what Envoy needs to reach it.
 _ADS_CLUSTER = frozenset(
     {"name", "type", "connect_timeout", "load_assignment", "typed_extension_protocol_options",
@@ -68,8 +68,8 @@ def xds_source(issues: Issues, msg: Any) -> XdsSource | None:
     issues.fields(ads, ads_path, _API)
     if ads.api_type not in (_GRPC, _DELTA_GRPC):
         issues.add(child(ads_path, "api_type"), "only GRPC and DELTA_GRPC are supported by meshpy")
-    if ads.transport_api_version != _V3:
-        issues.add(child(ads_path, "transport_api_version"), "must be V3")
+    if ads.transport_api_version not in (_AUTO, _V3):
+        issues.add(child(ads_path, "transport_api_version"), "must be V3 (or left out)")
     target, backoff = _grpc_service(issues, msg, ads_path)
     node_id = msg.node.id
     if not node_id:
@@ -97,8 +97,8 @@ def _config_source(issues: Issues, dyn: Any, name: str, path: str) -> tuple[bool
     issues.fields(source, where, _CONFIG_SOURCE)
     if not source.HasField("ads"):
         issues.add(where, "only `ads: {}` is supported by meshpy")
-    if source.resource_api_version != _V3:
-        issues.add(child(where, "resource_api_version"), "must be V3")
+    if source.resource_api_version not in (_AUTO, _V3):
+        issues.add(child(where, "resource_api_version"), "must be V3 (or left out)")
     if not source.HasField("initial_fetch_timeout"):
         return True, ENVOY_DEFAULT_FETCH_TIMEOUT
     value = seconds(source.initial_fetch_timeout)

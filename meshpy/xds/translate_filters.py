@@ -113,7 +113,8 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
             continue
         specs.append(HttpFilterSpec(name=f.name or kind, kind=kind, disabled=f.disabled))
     if not routers and not issues.items:
-        issues.add(path, f"the router filter ({ROUTER}) is required")
+        issues.add(path, f"the router filter ({ROUTER}) is required: without it Envoy takes the listener "
+                         "but answers none of its requests")
     return _plain(tuple(specs)), found_fault, found_limit, envoy_headers
 
 

@@ -5,10 +5,14 @@ in meshpy YAML unless `envoy_headers: true`. (The differential suite compares th
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from kit import DemoUpstream, Proxy, free_port, http
+from kit import DemoUpstream, Envoy, Proxy, envoy_binary, free_port, http
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -99,3 +103,30 @@ clusters: [{{name: demo, endpoints: ["127.0.0.1:{demo.port}"]}}]
         assert upstream["x-envoy-original-path"] == "/old/x"
     finally:
         proxy.stop()
+
+
+def test_a_connection_manager_without_a_router_is_refused(demo: DemoUpstream, tmp_path: Path) -> None:
+    """Envoy takes an HCM whose http_filters list is left out, then answers none of its requests (no
+    filter ends them): meshpy refuses the config instead, saying why."""
+    config = json.loads(envoy_bootstrap(0, 0, demo.port, False))
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    del hcm["http_filters"]
+    admin, port = free_port(), free_port()
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port
+    path = tmp_path / "no-router.json"
+    path.write_text(json.dumps(config))
+    checked = subprocess.run([sys.executable, "-m", "meshpy", "validate", str(path)], capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert checked.returncode == 1
+    assert "http_filters: the router filter (envoy.extensions.filters.http.router.v3.Router) is required: " \
+           "without it Envoy takes the listener but answers none of its requests" in checked.stdout, checked
+    if envoy_binary() is None:
+        return
+    envoy = Envoy(json.dumps(config), admin).start()
+    try:
+        with pytest.raises(TimeoutError), socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            s.recv(1)  # (Envoy says nothing)
+    finally:
+        envoy.stop()

@@ -270,3 +270,13 @@ def test_a_reload_cannot_change_the_ads_clusters_tls(tmp_path: Path) -> None:
             source._checked(load_text(with_ads_tls("sni: b.mesh")))
     finally:
         loop.close()
+
+
+def test_api_versions_left_out_are_v3_and_v2_is_refused() -> None:
+    """Envoy reads a transport or resource API version left out (AUTO) as V3, and refuses V2."""
+    text = bootstrap()
+    assert "transport_api_version: V3" in text and "resource_api_version: V3" in text
+    config = load_text(text.replace("transport_api_version: V3", "").replace("resource_api_version: V3", ""))
+    assert config.xds is not None and config.xds.server == "127.0.0.1:18000"
+    said = issues(text.replace("transport_api_version: V3", "transport_api_version: V2"))
+    assert said == ["dynamic_resources.ads_config.transport_api_version: must be V3 (or left out)"]
