@@ -369,7 +369,8 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         out.update(type="EDS", eds_cluster_config={"eds_config": ADS})
         del out["dns_refresh_rate"]
         return out, {"@type": ENDPOINT, **_endpoints(c)}
-    out.update(type=c.discovery.upper(), load_assignment=_endpoints(c))
+    out.update(type=c.discovery.upper(), load_assignment=_endpoints(c),
+               dns_lookup_family=c.dns_lookup_family.upper())
     return out, None
 
 

@@ -34,6 +34,7 @@ from meshpy.model.meshpy_yaml_policies import (
 )
 from meshpy.model.meshpy_yaml_protocols import (
     direction,
+    dns_family,
     http2_options,
     tcp_fallback,
     tcp_keepalive,
@@ -126,6 +127,7 @@ _CLUSTER_KEYS = (
     "type",
     "connect_timeout",
     "dns_refresh_rate",
+    "dns_lookup_family",
     "max_connections_per_endpoint",
     "pool_idle_timeout",
     "lb_policy",
@@ -381,8 +383,9 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
                 "connection's own)")
     if discovery == "logical_dns" and len(endpoints) > 1:
         r.error(f.at("endpoints"), "a logical_dns cluster has exactly one endpoint")
-    if discovery in ("static", "original_dst") and "dns_refresh_rate" in f:
-        r.error(f.at("dns_refresh_rate"), "only applies to strict_dns and logical_dns clusters")
+    for key in ("dns_refresh_rate", "dns_lookup_family"):
+        if discovery in ("static", "original_dst") and key in f:
+            r.error(f.at(key), "only applies to strict_dns and logical_dns clusters")
     protocol: UpstreamProtocol = f.get("protocol", upstream_protocol, "http1")
     if protocol == "auto" and not f.present("tls", "mtls"):
         r.error(f.at("protocol"), "auto lets TLS's ALPN choose HTTP/2 or HTTP/1.1, so the cluster needs "
@@ -393,6 +396,7 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
         endpoints=tuple(e for e, _ in endpoints),
         connect_timeout=f.get("connect_timeout", as_positive_duration, DEFAULT_CONNECT_TIMEOUT),
         dns_refresh_rate=f.get("dns_refresh_rate", as_positive_duration, DEFAULT_DNS_REFRESH),
+        dns_lookup_family=f.get("dns_lookup_family", dns_family, "all"),
         max_connections_per_endpoint=f.get("max_connections_per_endpoint", as_positive_int, 1024),
         pool_idle_timeout=f.get("pool_idle_timeout", as_optional_timeout, 60.0),
         protocol=protocol,

@@ -27,7 +27,7 @@ A cluster's `protocol:`, and what its connections speak:
 
 from __future__ import annotations
 
-from typing import cast
+from typing import cast, get_args
 
 from meshpy.model.types import (
     DEFAULT_HTTP2,
@@ -38,6 +38,7 @@ from meshpy.model.types import (
     KEEPALIVE_MAX_SECONDS,
     AccessLog,
     Direction,
+    DnsLookupFamily,
     H2CodecName,
     Http2Options,
     TcpKeepalive,
@@ -74,6 +75,14 @@ def upgrade_types(value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise ValueError("must be a list of upgrade types, e.g. [websocket]")
     return tuple(dict.fromkeys(v.strip().lower() for v in value))
+
+
+def dns_family(value: object) -> DnsLookupFamily:
+    """A DNS cluster's `dns_lookup_family` (Envoy's names in lower case; `all` is meshpy's default)."""
+    for family in get_args(DnsLookupFamily):
+        if value == family:
+            return cast(DnsLookupFamily, family)
+    raise ValueError(f"must be one of {', '.join(get_args(DnsLookupFamily))}, got {value!r}")
 
 
 def upstream_protocol(value: object) -> UpstreamProtocol:

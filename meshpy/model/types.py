@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from meshpy.model.authz import NetworkRbac
 
 DiscoveryType = Literal["static", "strict_dns", "logical_dns", "original_dst"]
+# Which of a name's addresses a DNS cluster uses (Envoy's dns_lookup_family): `auto`, IPv6 ones if
+# there are any, else IPv4 ones (Envoy's default); `v4_preferred` the other way round; `all` both.
+DnsLookupFamily = Literal["auto", "v4_only", "v6_only", "v4_preferred", "all"]
 LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma"]
 HASHED_POLICIES = ("ring_hash", "maglev")
 ListenerKind = Literal["http", "tcp"]
@@ -322,6 +325,7 @@ class Cluster:
     endpoints: tuple[Endpoint, ...] = ()
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     dns_refresh_rate: float = DEFAULT_DNS_REFRESH
+    dns_lookup_family: DnsLookupFamily = "all"
     load_balancing: LoadBalancing = DEFAULT_LB
     max_connections_per_endpoint: int = 1024  # pool size limit; requests beyond it wait
     pool_idle_timeout: float | None = 60.0  # idle pooled connections are closed after this

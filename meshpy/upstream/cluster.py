@@ -270,9 +270,18 @@ class ClusterRuntime:
         endpoints = self.model.endpoints
         if self.model.discovery == "logical_dns":
             endpoints = endpoints[:1]  # LOGICAL_DNS: one logical host, the first address wins
+        family = self.model.dns_lookup_family
+        ask = socket.AF_INET if family == "v4_only" else socket.AF_INET6 if family == "v6_only" else \
+            socket.AF_UNSPEC
         for ep in endpoints:
-            infos = await self._loop.getaddrinfo(ep.address.host, ep.address.port,
+            infos = await self._loop.getaddrinfo(ep.address.host, ep.address.port, family=ask,
                                                  type=socket.SOCK_STREAM)
+            if family in ("auto", "v4_preferred"):
+                # Envoy's AUTO: the IPv6 addresses if there are any, else the IPv4 ones; V4_PREFERRED
+                # the other way round.
+                first = socket.AF_INET6 if family == "auto" else socket.AF_INET
+                preferred = [i for i in infos if i[0] == first]
+                infos = preferred or infos
             seen: list[str] = []
             for _family, _t, _p, _c, sockaddr in infos:
                 ip = str(sockaddr[0])

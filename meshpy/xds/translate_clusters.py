@@ -24,6 +24,7 @@ from meshpy.model.types import (
     KEEPALIVE_MAX_SECONDS,
     Cluster,
     DiscoveryType,
+    DnsLookupFamily,
     Endpoint,
     Http2Options,
     TcpKeepalive,
@@ -53,6 +54,7 @@ _CLUSTER = frozenset(
         "eds_cluster_config",
         "connect_timeout",
         "dns_refresh_rate",
+        "dns_lookup_family",
         "lb_policy",
         "least_request_lb_config",
         "ring_hash_lb_config",
@@ -132,6 +134,9 @@ def cluster(
         endpoints=endpoints,
         connect_timeout=positive_duration(issues, msg, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
         dns_refresh_rate=_dns_refresh_rate(issues, msg, path),
+        # (read for DNS clusters only: Envoy ignores it elsewhere, and meshpy's model keeps its default)
+        dns_lookup_family=_FAMILIES[msg.dns_lookup_family] if discovery in ("strict_dns", "logical_dns")
+        else "all",
         load_balancing=DEFAULT_LB if discovery == "original_dst"
         else translate_policies.load_balancing(issues, msg, path),
         pool_idle_timeout=idle,
@@ -339,6 +344,10 @@ def _lb_endpoint(issues: Issues, msg: Any, path: str) -> Endpoint | None:
             issues.add(child(path, "load_balancing_weight"), "must be at least 1")
             weight = 1
     return Endpoint(address=address, weight=weight)
+
+
+# Cluster.DnsLookupFamily by number (AUTO, left out, is Envoy's default: IPv6 first).
+_FAMILIES: tuple[DnsLookupFamily, ...] = ("auto", "v4_only", "v6_only", "v4_preferred", "all")
 
 
 def _dns_refresh_rate(issues: Issues, msg: Any, path: str) -> float:

@@ -484,6 +484,7 @@ LOGICAL_DNS = cluster_bootstrap(
     "logical_dns",
     f"""
     type: LOGICAL_DNS
+    dns_lookup_family: V4_ONLY
     load_assignment:
       cluster_name: demo
       endpoints:
@@ -509,6 +510,7 @@ def test_dns_clusters() -> None:
         connect_timeout=1.0,
         dns_refresh_rate=10.0,
         pool_idle_timeout=3600.0,  # Envoy's upstream idle timeout default
+        dns_lookup_family="auto",  # Envoy's default: IPv6 addresses when a name has any
     )
     assert load_bootstrap(LOGICAL_DNS).clusters[0] == Cluster(
         name="demo",
@@ -516,6 +518,7 @@ def test_dns_clusters() -> None:
         endpoints=(Endpoint(address=Address(host="localhost", port=18080)),),
         connect_timeout=1.0,
         pool_idle_timeout=None,
+        dns_lookup_family="v4_only",
     )
 
 
@@ -1017,9 +1020,11 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         "CLUSTER_PROVIDED is not supported",
     ),
     (
-        "dns_lookup_family",
-        cluster_bootstrap("dns_lookup_family", "{type: STRICT_DNS, dns_lookup_family: V4_ONLY}"),
-        f"{CLUSTER0}.dns_lookup_family",
+        "typed_dns_resolver_config",
+        cluster_bootstrap("typed_dns_resolver_config", "{type: STRICT_DNS, typed_dns_resolver_config: {name: "
+                          "envoy.network.dns_resolver.cares, typed_config: {'@type': type.googleapis.com/"
+                          "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig}}}"),
+        f"{CLUSTER0}.typed_dns_resolver_config",
         UNSUPPORTED,
     ),
     (
