@@ -237,6 +237,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str,
                              {"name": "envoy.filters.http.router", "typed_config": {
                                  "@type": ROUTER, "suppress_envoy_headers": not h.envoy_headers}}],
             "use_remote_address": h.use_remote_address,
+            "http_protocol_options": {"accept_http_10": h.accept_http_10},
             "xff_num_trusted_hops": h.xff_num_trusted_hops,
             "generate_request_id": h.generate_request_id,
             "preserve_external_request_id": h.preserve_external_request_id,

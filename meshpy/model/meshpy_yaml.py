@@ -92,6 +92,7 @@ _LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout", "
 _HTTP_KEYS = (
     "use_remote_address",
     "envoy_headers",
+    "accept_http_10",
     "xff_num_trusted_hops",
     "forwarded_proto",
     "generate_request_id",
@@ -262,6 +263,7 @@ def _http_options(r: Reader, f: Fields, path: str, name: str, logs: tuple[Access
         route_config=route_config,
         use_remote_address=f.get("use_remote_address", as_bool, True),
         envoy_headers=f.get("envoy_headers", as_bool, False),
+        accept_http_10=f.get("accept_http_10", as_bool, True),
         xff_num_trusted_hops=f.get("xff_num_trusted_hops", as_non_negative_int, 0),
         forwarded_proto=f.get("forwarded_proto", as_bool, True),
         generate_request_id=f.get("generate_request_id", as_bool, True),

@@ -116,6 +116,9 @@ class HttpOptions:
     # x-envoy-expected-rq-timeout-ms and x-envoy-original-path (after a path rewrite). On for an Envoy
     # config unless the router says suppress_envoy_headers; off in meshpy YAML unless asked for.
     envoy_headers: bool = False
+    # HTTP/1.0 requests are proxied; when false they get 426 Upgrade Required, as from Envoy without
+    # http_protocol_options.accept_http_10 (the default for an Envoy config).
+    accept_http_10: bool = True
     generate_request_id: bool = True
     preserve_external_request_id: bool = True
     stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT

@@ -82,6 +82,7 @@ class HttpListenerConfig:
         "name",
         "options",
         "overload",
+        "refuse_http_10",
         "replace_rid",
         "scheme",
         "server_name",
@@ -148,6 +149,7 @@ class HttpListenerConfig:
             self.upgrades: frozenset[bytes] = frozenset()
             self.generate_rid = self.replace_rid = self.use_remote_address = self.forwarded_proto = False
             self.envoy_headers = False
+            self.refuse_http_10 = False
             return
         self.options = opts
         if model.tcp is not None:
@@ -180,6 +182,7 @@ class HttpListenerConfig:
         self.use_remote_address = opts.use_remote_address
         self.forwarded_proto = opts.forwarded_proto
         self.envoy_headers = opts.envoy_headers
+        self.refuse_http_10 = not opts.accept_http_10
         # The connection timer ticks at the smaller of the two connection-level limits.
         limits = [t for t in (self.headers_timeout, self.idle_timeout) if t is not None]
         self.timer_interval = min(limits) if limits else None

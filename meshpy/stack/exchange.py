@@ -183,6 +183,9 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         upgrade flag), so no body of this request will be parsed."""
         self.method = method
         self.http10 = version == "1.0"
+        if self.http10 and self.cfg.refuse_http_10:
+            self.keep_alive = False
+            raise BadRequest("Upgrade Required", 426)  # (Envoy's answer, and its words)
         self.keep_alive = keep_alive
         self.head_request = method == b"HEAD"
         stats = self.cfg.stats

@@ -109,6 +109,9 @@ class Http1Responses:
         """The answer to bytes that broke HTTP before an exchange could take them (400, 408, 431); the
         connection closes after it."""
         headers = [(b"date", self.slot.date.now()), (b"content-type", b"text/plain")]
+        server = self.slot.current.server_name
+        if server is not None:  # (as on every other answer of the listener's, and Envoy's)
+            headers.append((b"server", server))
         self.out.append(format_response(status, body, headers, close=True))
 
     def _connection_header(self, ex: Responding, headers: list[tuple[bytes, bytes]]) -> None:

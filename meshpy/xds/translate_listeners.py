@@ -103,6 +103,7 @@ _HCM = frozenset(
         "server_header_transformation",
         "access_log",
         "http2_protocol_options",
+        "http_protocol_options",
         "upgrade_configs",
         *CLIENT_CERT_FIELDS,
     }
@@ -340,6 +341,8 @@ def _http_options(
         issues.add(child(common_path, "max_headers_count"), "must be at least 1")
     rc = _routes(issues, msg, path, routes)
     xfcc, xfcc_details = client_cert(issues, msg, path)
+    # HTTP/1.0 gets 426 unless accept_http_10, as in Envoy (its other options change what meshpy lacks)
+    issues.fields(msg.http_protocol_options, child(path, "http_protocol_options"), {"accept_http_10"})
     if listener_fault is not None:  # the filter's own config: every route's that has none
         rc = with_fault(rc, listener_fault)
     return HttpOptions(
@@ -349,6 +352,7 @@ def _http_options(
         xff_num_trusted_hops=msg.xff_num_trusted_hops,
         generate_request_id=bool(wrapped(msg, "generate_request_id", True)),
         envoy_headers=envoy_headers,
+        accept_http_10=msg.http_protocol_options.accept_http_10,
         preserve_external_request_id=msg.preserve_external_request_id,
         stream_idle_timeout=timeout(msg, "stream_idle_timeout", DEFAULT_STREAM_IDLE_TIMEOUT),
         idle_timeout=timeout(common, "idle_timeout", DEFAULT_IDLE_TIMEOUT),

@@ -193,27 +193,6 @@ EXPECTED_DIFFERENCES: tuple[Difference, ...] = (
         r"^\[200 GET /p/@\] close fwd=1 ", r"^\[200 GET /p/@ \(no body\)\] close fwd=1 ",
         "The origin answers an upgrade with 200 instead of 101: both relay the 200 and close, meshpy with "
         "the origin's body, Envoy with `content-length: 0`."),
-    Difference(
-        "http10",
-        r"http10/(plain|cl-keepalive)",
-        r"^\[200 (GET|POST) /p/@\] (close|keep) fwd=1 ", r"^\[4xx\] close fwd=0$",
-        "HTTP/1.0: Envoy answers 426 (http_protocol_options.accept_http_10 is off by default, and meshpy's "
-        "translator does not take http_protocol_options); meshpy serves HTTP/1.0."),
-    Difference(
-        "http10-chunked",
-        r"http10/(chunked|chunked-keepalive)",
-        r"^\[200 POST /p/@\] close fwd=1 ", r"^\[4xx\] close fwd=0$",
-        "A chunked HTTP/1.0 request: Envoy 426 (as all HTTP/1.0); meshpy answers it and closes the "
-        "connection (RFC 9112 6.1: the framing of an HTTP/1.0 message with Transfer-Encoding is faulty), so "
-        "the request that follows in the same segment is never read."),
-    Difference(
-        "http10-no-host",
-        r"host/missing-http10",
-        r"^\[200 GET /p/@\] close fwd=1 <GET /p/@ HTTP/1\.1 host= ",
-        r"^\[4xx\] close fwd=0$",
-        "HTTP/1.0 without Host: Envoy 426 (as all HTTP/1.0). meshpy serves it and, since it goes upstream "
-        "as HTTP/1.1, sends an empty Host (RFC 9112 3.2: the field is required, empty when the target "
-        "names no authority)."),
 )
 
 

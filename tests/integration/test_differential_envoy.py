@@ -490,6 +490,7 @@ class Case:
     error: bool = False  # a proxy-made error: its body is not compared (see EXPECTED_DIFFERENCES)
     raw_upstream: bool = False  # compare the request head the recorder got
     expect_status: int | None = None  # a sanity anchor, so two equally wrong answers still fail
+    version: str = "1.1"  # the request line's HTTP version
     # Normalised fields that must hold too ("a.b" looks up got["a"]["b"]).
     expect: dict[str, Any] = field(default_factory=dict)
 
@@ -502,6 +503,8 @@ def _h(*pairs: str) -> tuple[tuple[str, str], ...]:
 
 
 CASES: tuple[Case, ...] = (
+    # HTTP/1.0: Envoy answers 426 unless http_protocol_options.accept_http_10
+    Case("HTTP/1.0 without accept_http_10", "/x", version="1.0", error=True, expect_status=426),
     # virtual host selection
     Case("host exact", "/x", host="exact.test", expect={"upstream_vh": "exact"}),
     Case("host exact, second domain", "/x", host="other-exact.test", expect={"upstream_vh": "exact"}),
@@ -663,7 +666,7 @@ CASES: tuple[Case, ...] = (
 def _send(port: int, case: Case) -> Response:
     host = f"127.0.0.1:{port}" if case.host == LISTENER else case.host
     return http(port, method=case.method, path=case.path, host=host, headers=list(case.headers),
-                body=case.body)
+                body=case.body, version=case.version)
 
 
 def _head_lines(head: bytes) -> dict[str, list[str]]:

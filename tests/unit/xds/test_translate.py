@@ -241,6 +241,7 @@ def test_minimal_http_listener_gets_envoy_defaults() -> None:
             server_name="envoy",
             upgrades=(),  # Envoy tunnels no upgrade type unless upgrade_configs names it
             envoy_headers=True,  # the router's x-envoy-* headers, unless suppress_envoy_headers
+            accept_http_10=False,  # HTTP/1.0 gets 426 unless http_protocol_options.accept_http_10
         ),
     )
     # grpc_timeout None: an Envoy route reads no grpc-timeout unless max_stream_duration asks.
@@ -290,6 +291,7 @@ def test_hcm_options() -> None:
         codec="http1",
         upgrades=(),
         envoy_headers=True,
+        accept_http_10=False,
     )
 
 
