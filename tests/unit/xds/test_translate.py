@@ -1392,3 +1392,11 @@ def test_route_idle_timeout_zero_turns_it_off_for_the_route() -> None:
     assert http is not None
     action = http.route_config.virtual_hosts[0].routes[0].action
     assert isinstance(action, ForwardAction) and action.idle_timeout == 0.0
+
+
+def test_accept_http_10_is_read_and_other_http_protocol_options_are_refused() -> None:
+    assert http_of(http_bootstrap("h10", hcm="http_protocol_options: {accept_http_10: true}")).accept_http_10
+    assert not http_of(http_bootstrap("h10")).accept_http_10  # Envoy's default: 426 for HTTP/1.0
+    said = issues_of(http_bootstrap("h10", hcm="http_protocol_options: {allow_chunked_length: true}"))
+    assert [str(i).rsplit(": ", 1)[-1] for i in said] == [UNSUPPORTED]
+    assert "http_protocol_options.allow_chunked_length" in str(said[0])
