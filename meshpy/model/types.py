@@ -113,7 +113,7 @@ class HttpOptions:
     xff_num_trusted_hops: int = 0
     forwarded_proto: bool = True  # set x-forwarded-proto when the client did not send one
     # Envoy's router headers: x-envoy-upstream-service-time on proxied responses, and upstream
-    # x-envoy-expected-rq-timeout-ms and x-envoy-original-path (after a path rewrite). On for an Envoy
+    # x-envoy-expected-rq-timeout-ms and x-envoy-original-path or -host (after a rewrite). On for an Envoy
     # config unless the router says suppress_envoy_headers; off in meshpy YAML unless asked for.
     envoy_headers: bool = False
     # HTTP/1.0 requests are proxied; when false they get 426 Upgrade Required, as from Envoy without

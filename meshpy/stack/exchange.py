@@ -318,7 +318,8 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
             headers += [(b"connection", b"upgrade"), (b"upgrade", self.upgrade)]
         target = route.rewrite_path(self.path).encode("latin-1") if route.rewrites else self.target
         if cfg.envoy_headers:
-            envoy_request_headers(headers, route, self.target if route.rewrites else None)
+            original_host = self.facts.authority if route.host_rewrite is not None else None
+            envoy_request_headers(headers, route, self.target if route.rewrites else None, original_host)
         self.up_fields = headers
         self.up_target = target
         if route.retry is not None:

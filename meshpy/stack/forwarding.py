@@ -42,21 +42,26 @@ def request_id() -> bytes:
 
 _EXPECTED_TIMEOUT = b"x-envoy-expected-rq-timeout-ms"
 _ORIGINAL_PATH = b"x-envoy-original-path"
+_ORIGINAL_HOST = b"x-envoy-original-host"
+_ENVOY_SET = frozenset({_EXPECTED_TIMEOUT, _ORIGINAL_PATH, _ORIGINAL_HOST})
 
 
 def envoy_request_headers(headers: list[tuple[bytes, bytes]], route: CompiledRoute,
-                          original_path: bytes | None) -> None:
+                          original_path: bytes | None, original_host: bytes | None) -> None:
     """Envoy's router headers on a request going upstream (in place): the timeout the upstream can
-    expect (the per-try timeout, else the route's; none when neither is set) and, after a path
-    rewrite, the path as the client sent it. Any the client sent are replaced, as Envoy replaces them."""
+    expect (the per-try timeout, else the route's; none when neither is set) and, after a path or
+    host rewrite, the path or Host as the client sent it. Any the client sent are replaced, as Envoy
+    replaces them."""
     retry = route.retry
     expected = retry.per_try_timeout if retry is not None and retry.per_try_timeout else route.timeout
-    if expected or original_path is not None:
-        headers[:] = [h for h in headers if h[0] != _EXPECTED_TIMEOUT and h[0] != _ORIGINAL_PATH]
+    if expected or original_path is not None or original_host is not None:
+        headers[:] = [h for h in headers if h[0] not in _ENVOY_SET]
     if expected:
         headers.append((_EXPECTED_TIMEOUT, b"%d" % int(expected * 1000)))
     if original_path is not None:
         headers.append((_ORIGINAL_PATH, original_path))
+    if original_host is not None:
+        headers.append((_ORIGINAL_HOST, original_host))
 
 def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestFacts, *, peer: str,
                              host: bytes | None, use_remote_address: bool, forwarded_proto: bool,
