@@ -207,8 +207,11 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
                     if self.has_body():
                         raise BadRequest("CONNECT with a body")  # it would be read as tunnel bytes
                     return self._connect_request(target)
-                target = self._absolute_form(target)
-                self.target = target
+                if target != b"*" or method != b"OPTIONS":
+                    target = self._absolute_form(target)
+                    self.target = target
+                # (else asterisk-form, RFC 9112 3.2.4: routed as the path `*`, which no route's prefix
+                # matches: 404, as from Envoy)
             if facts.authority is None:
                 if not self.http10:
                     raise BadRequest("missing host header")

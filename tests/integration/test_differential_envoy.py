@@ -503,6 +503,9 @@ def _h(*pairs: str) -> tuple[tuple[str, str], ...]:
 CASES: tuple[Case, ...] = (
     # HTTP/1.0: Envoy answers 426 unless http_protocol_options.accept_http_10
     Case("HTTP/1.0 without accept_http_10", "/x", version="1.0", error=True, expect_status=426),
+    # asterisk-form (RFC 9112 3.2.4): no route matches `*`
+    Case("OPTIONS *", "*", method="OPTIONS", error=True, expect_status=404),
+    Case("GET *", "*", error=True, expect_status=400),
     # virtual host selection
     Case("host exact", "/x", host="exact.test", expect={"upstream_vh": "exact"}),
     Case("host exact, second domain", "/x", host="other-exact.test", expect={"upstream_vh": "exact"}),
