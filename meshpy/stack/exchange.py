@@ -306,7 +306,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         headers = upstream_request_headers(
             self.headers, facts, peer=self.down.peer, host=route.host_rewrite,
             use_remote_address=cfg.use_remote_address, forwarded_proto=cfg.forwarded_proto,
-            request_id=new_rid, scheme=cfg.scheme)
+            request_id=new_rid, scheme=cfg.scheme, method=self.method)
         self.up_chunked = facts.chunked
         if route.upstream_filters:
             for f in route.upstream_filters:

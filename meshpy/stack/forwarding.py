@@ -65,7 +65,8 @@ def envoy_request_headers(headers: list[tuple[bytes, bytes]], route: CompiledRou
 
 def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestFacts, *, peer: str,
                              host: bytes | None, use_remote_address: bool, forwarded_proto: bool,
-                             request_id: bytes | None, scheme: bytes = b"http") -> list[tuple[bytes, bytes]]:
+                             request_id: bytes | None, scheme: bytes = b"http", method: bytes = b"GET",
+                             ) -> list[tuple[bytes, bytes]]:
     """Headers as sent upstream. `host` replaces the Host header (rewrite or absolute-form target);
     `scheme`: the client connection's, https over TLS (what x-forwarded-proto says)."""
     drop = HOP_BY_HOP
@@ -107,7 +108,15 @@ def upstream_request_headers(headers: list[tuple[bytes, bytes]], facts: RequestF
         append((b"x-request-id", request_id))
     if facts.chunked:
         append((b"transfer-encoding", b"chunked"))
+    elif facts.content_length is None and method not in _BODILESS:
+        # A request without a body whose method gives a body meaning states its length, as Envoy's
+        # codec does (RFC 9110 8.6: a user agent SHOULD send Content-Length for such a method).
+        append((b"content-length", b"0"))
     return out
+
+
+# Methods whose requests have no body by their definition (RFC 9110 9.3): no `content-length: 0` added.
+_BODILESS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE", b"CONNECT"})
 
 
 def downstream_response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[

@@ -506,6 +506,8 @@ CASES: tuple[Case, ...] = (
     # asterisk-form (RFC 9112 3.2.4): no route matches `*`
     Case("OPTIONS *", "*", method="OPTIONS", error=True, expect_status=404),
     Case("GET *", "*", error=True, expect_status=400),
+    # a POST without a body: Envoy states its length (content-length: 0) upstream
+    Case("POST without a body", "/raw/post", method="POST", raw_upstream=True),
     # virtual host selection
     Case("host exact", "/x", host="exact.test", expect={"upstream_vh": "exact"}),
     Case("host exact, second domain", "/x", host="other-exact.test", expect={"upstream_vh": "exact"}),
