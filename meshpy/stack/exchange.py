@@ -369,7 +369,8 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
     def _attach(self, conn: UpstreamStream) -> None:
         self.conn = conn
         self._reused = conn.used
-        self._up_t0 = self.down.loop.time()  # (x-envoy-upstream-service-time counts from here)
+        if self.cfg.envoy_headers:
+            self._up_t0 = self.down.loop.time()  # (x-envoy-upstream-service-time counts from here)
         conn.attach(self, self.head_request)
         if self.down.write_paused:
             # The client is still behind on an earlier answer, and the transport signals a pause
