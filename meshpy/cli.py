@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the proxy on a config file (meshpy YAML or Envoy bootstrap)")
     run.add_argument("config_file", nargs="?", help="config file (or use -c)")
     run.add_argument("-c", "--config", help="config file; the format (meshpy or Envoy) is detected")
+    _node_arguments(run)
     run.add_argument(
         "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)"
     )
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Kubernetes manifests: what meshpy control --kubernetes makes of their Services "
                           "and EndpointSlices, checked as a proxy checks it")
     val.add_argument("--cluster-domain", default="cluster.local", help="for --kubernetes cluster names")
+    _node_arguments(val)
 
     ctl = sub.add_parser("control", help="the control plane: serve xDS (ADS) from a source of resources")
     ctl.add_argument("--listen", default="127.0.0.1:18000", help="address of the gRPC ADS server")
@@ -146,6 +148,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default="demo", help="name reported in responses")
     demo.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     return p
+
+
+def _node_arguments(p: argparse.ArgumentParser) -> None:
+    """Envoy's command-line options for the bootstrap's node, over what an Envoy bootstrap says."""
+    p.add_argument("--service-node", help="an Envoy bootstrap's node.id (as Envoy's --service-node)")
+    p.add_argument("--service-cluster", help="an Envoy bootstrap's node.cluster (as Envoy's option)")
+    p.add_argument("--service-zone", help="an Envoy bootstrap's node.locality.zone (as Envoy's option)")
+
+
+def _set_node(args: argparse.Namespace) -> None:
+    from meshpy.model.load import set_node_overrides
+
+    set_node_overrides(args.service_node, args.service_cluster, args.service_zone)
 
 
 def _run_loop(loop_name: str, coro_factory: object) -> int:
@@ -238,6 +253,8 @@ def _run(args: argparse.Namespace) -> int:
     from meshpy.model.types import Address, XdsSource
     from meshpy.model.yaml_values import parse_address
     from meshpy.runner import serve
+
+    _set_node(args)
 
     path = args.config or args.config_file
     if not path and not args.xds:
@@ -376,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("meshpy validate: config files, --envoy-dir / --meshpy-dir DIR or --kubernetes FILE",
                   file=sys.stderr)
             return 2
+        _set_node(args)
         failed = bool(args.files) and _validate(args.files) != 0
         if args.envoy_dir or args.meshpy_dir:
             from control.validate import validate_dir

@@ -144,6 +144,33 @@ def check_aliases(data: object) -> None:
                           f"(at most {MAX_EXPANDED_VALUES})")
 
 
+# Envoy's --service-node, --service-cluster and --service-zone: node.id, node.cluster and
+# node.locality.zone of every Envoy bootstrap this process loads, over what the bootstrap says (as in
+# Envoy), at start and on every reload alike.
+_node_overrides: dict[str, str] = {}
+
+
+def set_node_overrides(node_id: str | None = None, cluster: str | None = None,
+                       zone: str | None = None) -> None:
+    _node_overrides.clear()
+    for key, value in (("id", node_id), ("cluster", cluster), ("zone", zone)):
+        if value is not None:
+            _node_overrides[key] = value
+
+
+def _with_node(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    node = data.get("node")
+    node = dict(node) if isinstance(node, Mapping) else {}
+    for key in ("id", "cluster"):
+        if key in _node_overrides:
+            node[key] = _node_overrides[key]
+    if "zone" in _node_overrides:
+        locality = node.get("locality")
+        locality = dict(locality) if isinstance(locality, Mapping) else {}
+        node["locality"] = {**locality, "zone": _node_overrides["zone"]}
+    return {**data, "node": node}
+
+
 def load_data(data: object, origin: str = "") -> Config:
     """Load an already parsed document in either format."""
     if data is None:
@@ -157,6 +184,8 @@ def load_data(data: object, origin: str = "") -> Config:
         # independent of the xds package.
         translate = importlib.import_module("meshpy.xds.translate")
         load_bootstrap: Callable[[Mapping[str, Any]], Config] = translate.load_bootstrap
+        if _node_overrides:
+            data = _with_node(data)
         config = load_bootstrap(data)
         return config
     return load_meshpy(data)

@@ -280,3 +280,22 @@ def test_api_versions_left_out_are_v3_and_v2_is_refused() -> None:
     assert config.xds is not None and config.xds.server == "127.0.0.1:18000"
     said = issues(text.replace("transport_api_version: V3", "transport_api_version: V2"))
     assert said == ["dynamic_resources.ads_config.transport_api_version: must be V3 (or left out)"]
+
+
+def test_service_node_cluster_and_zone_override_the_bootstraps_node() -> None:
+    """Envoy's --service-node, --service-cluster and --service-zone (`meshpy run` and `validate` take
+    them too) win over the bootstrap's node, as in Envoy; a bootstrap without node.id needs one."""
+    from meshpy.model.load import set_node_overrides
+
+    try:
+        set_node_overrides("gw-7", "edge", "zone-b")
+        config = load_text(bootstrap())
+        assert config.xds is not None
+        node = json.loads(config.xds.node_json)
+        assert (node["id"], node["cluster"], node["locality"]) == ("gw-7", "edge", {"zone": "zone-b"})
+        assert node["metadata"] == {"team": "payments", "tier": {"level": 2}}  # the rest kept
+        without_id = bootstrap().replace("id: proxy-1, ", "")
+        assert json.loads(load_text(without_id).xds.node_json)["id"] == "gw-7"  # type: ignore[union-attr]
+    finally:
+        set_node_overrides()
+    assert json.loads(load_text(bootstrap()).xds.node_json)["id"] == "proxy-1"  # type: ignore[union-attr]
