@@ -176,10 +176,22 @@ class RssSampler:
 
 # --- processes and sockets -----------------------------------------------------------------------------
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and not one this process handed out before: the kernel may give
+    a port back as soon as its probe socket closes, so a world that asks for several before binding
+    any could get the same twice (the soak's two TCP listeners did, once)."""
+    port = 0
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
