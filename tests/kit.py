@@ -29,6 +29,9 @@ from pathlib import Path
 import httptools
 import pytest
 
+# One port picker for the tests and the benchmarks: it never hands out the same port twice.
+from benchmarks.tools import free_port as free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 LOOPS = ("uvloop", "asyncio")
 
@@ -39,23 +42,6 @@ def h2_codec() -> str:
     from meshpy.codec import h2session
 
     return h2session.resolve(os.environ.get(h2session.ENV) or "auto")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on now, and not one this process handed out before: the kernel may give
-    a port back as soon as its probe socket closes, and a test asking for several before it binds any
-    would get two of the same (seen once, with other suites running beside it)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-    return port
 
 
 def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
