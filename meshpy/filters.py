@@ -158,14 +158,17 @@ class Request:
         """HTTP/1.0, HTTP/1.1 or HTTP/2, as the client spoke."""
         return "HTTP/1.0" if self._ex.http10 else self._ex.PROTOCOL
 
-    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Verdict:
-        """Answer here; the request goes no further. Return what this returns from on_request."""
+    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *,
+              flag: str = "") -> Verdict:
+        """Answer here; the request goes no further. Return what this returns from on_request.
+        `flag`: the response flag the access log and metrics show (Envoy's, e.g. UAEX for a request
+        an authorization service refused); none by default."""
         if self._responding:
             raise RuntimeError("reply() answers a request: call it from on_request (or after HOLD)")
         if not 200 <= status <= 599:
             raise ValueError(f"status must be from 200 to 599, got {status}")
         extra = [(_checked(n), _value(n, v)) for n, v in (headers or {}).items()]
-        self._ex.filter_reply(status, body, extra)
+        self._ex.filter_reply(status, body, extra, flag)
         return REPLIED
 
     def resume(self) -> None:
@@ -191,6 +194,13 @@ class HttpFilter:
         """`config`: the filter's `config:` mapping (the route's own where a route gives one). Raise
         ValueError (or any exception) to refuse it: the config is then not loaded, naming this filter."""
         self.config = config
+
+    @classmethod
+    def route_config(cls, listener: dict[str, Any], route: dict[str, Any]) -> dict[str, Any]:
+        """The config this filter runs with on a virtual host or route that gives `route`, where the
+        listener gives `listener`. By default the route's replaces the listener's; a filter whose
+        per-route config only says part of it (as Envoy's per-route configs do) merges here."""
+        return route
 
     def on_request(self, request: Request) -> Verdict:
         return CONTINUE

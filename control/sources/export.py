@@ -120,7 +120,7 @@ def _both_edits(request: HeaderEdits, response: HeaderEdits) -> dict[str, Any]:
     return {**_edits(request, "request"), **_edits(response, "response")}
 
 
-def _route(r: Route) -> dict[str, Any]:
+def _route(r: Route, classes: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": r.name,
         "match": _match(r.match),
@@ -179,11 +179,14 @@ def _route(r: Route) -> dict[str, Any]:
             "status": a.status,
             **({"body": {"inline_string": a.body}} if a.body else {}),
         }
-    out.update(policies.per_filter(r.fault, r.rate_limit, r.name or "route", r.filters))
+    out.update(policies.per_filter(r.fault, r.rate_limit, r.name or "route", r.filters, classes))
     return out
 
 
-def route_configuration(rc: RouteConfig, name: str) -> dict[str, Any]:
+def route_configuration(rc: RouteConfig, name: str, classes: dict[str, str] | None = None) -> dict[str, Any]:
+    """`classes`: the listener's Python filters' classes by filter name (built-in Envoy filters'
+    per-route configs are exported as their Envoy type)."""
+    classes = classes or {}
     bodies = [
         len(r.action.body.encode())
         for vh in rc.virtual_hosts
@@ -200,9 +203,9 @@ def route_configuration(rc: RouteConfig, name: str) -> dict[str, Any]:
             {
                 "name": vh.name,
                 "domains": list(vh.domains),
-                "routes": [_route(r) for r in vh.routes],
+                "routes": [_route(r, classes) for r in vh.routes],
                 **_both_edits(vh.request_headers, vh.response_headers),
-                **policies.per_filter(None, vh.rate_limit, vh.name, vh.filters),
+                **policies.per_filter(None, vh.rate_limit, vh.name, vh.filters, classes),
             }
             for vh in rc.virtual_hosts
         ],
@@ -384,7 +387,8 @@ def export(config: Config) -> dict[str, dict[str, Message]]:
         for fc in lis.all_chains():
             if fc.http is not None:
                 name = fc.http.route_config.name or f"{lis.name}-routes"
-                rc = route_configuration(fc.http.route_config, name)
+                rc = route_configuration(fc.http.route_config, name,
+                                         {s.name: s.python_class for s in fc.http.filters})
                 if name in dicts[ROUTE] and dicts[ROUTE][name] != rc:
                     errors.append(f"listeners[{i}].routes: another listener has other routes named {name!r}")
                 dicts[ROUTE][name] = rc

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from control.sources import export_authz
+from meshpy import extensions
 from meshpy.model.filter_types import FilterOverride, effective_chain
 from meshpy.model.routes import Fault, HashPolicy, LocalRateLimit, RetryPolicy, Route, VirtualHost
 from meshpy.model.types import HealthCheck, HttpOptions, LoadBalancing, OutlierDetection
@@ -97,14 +98,15 @@ def rate_limit(limit: LocalRateLimit, prefix: str) -> dict[str, Any]:
 
 
 def per_filter(fault_: Fault | None, limit: LocalRateLimit | None, prefix: str,
-               given: tuple[FilterOverride, ...] = ()) -> dict[str, Any]:
+               given: tuple[FilterOverride, ...] = (),
+               classes: dict[str, str] | None = None) -> dict[str, Any]:
     """A route's or virtual host's `typed_per_filter_config` (nothing when it has neither)."""
     configs: dict[str, Any] = {}
     if fault_ is not None:
         configs[FAULT_FILTER] = fault(fault_)
     if limit is not None:
         configs[LIMIT_FILTER] = rate_limit(limit, prefix)
-    configs.update(overrides(given))
+    configs.update(overrides(given, classes or {}))
     return {"typed_per_filter_config": configs} if configs else {}
 
 
@@ -125,7 +127,8 @@ def chain_filters(h: HttpOptions, prefix: str) -> list[dict[str, Any]]:
                                                                                       "stat_prefix": prefix}
             entry = {"name": LIMIT_FILTER, "typed_config": own}
         elif spec.kind == "python":
-            entry = python_filter_entry(spec.name, spec.python_class, spec.config)
+            entry = (extensions.envoy_entry(spec.name, spec.python_class, json.loads(spec.config))
+                     or python_filter_entry(spec.name, spec.python_class, spec.config))
         elif spec.kind == "authz":
             names = export_authz.names_of(spec)
             said = [o for vh in hosts for o in vh.filters] + [o for r in routes for o in r.filters]
@@ -140,12 +143,16 @@ def chain_filters(h: HttpOptions, prefix: str) -> list[dict[str, Any]]:
     return filters
 
 
-def overrides(given: tuple[FilterOverride, ...]) -> dict[str, Any]:
+def overrides(given: tuple[FilterOverride, ...], classes: dict[str, str]) -> dict[str, Any]:
     """A virtual host's or route's word on filters by name, as typed_per_filter_config entries."""
     out: dict[str, Any] = {}
     for o in given:
         if (replacement := export_authz.per_route(o)) is not None:
             out[o.name] = replacement
+            continue
+        if o.config is not None and (own := extensions.envoy_route_entry(classes.get(o.name, ""),
+                                                                         json.loads(o.config))) is not None:
+            out[o.name] = own  # a built-in Envoy filter's per-route config, as Envoy reads it
             continue
         # is_optional: Envoy has no such filter config; it passes over what it does not know.
         fc: dict[str, Any] = {"@type": FILTER_CONFIG_TYPE, "is_optional": True}

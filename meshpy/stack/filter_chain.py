@@ -29,6 +29,7 @@ from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.filters import CONTINUE, HOLD, REPLIED, HttpFilter, Response
 from meshpy.model.authz import RbacFilter
 from meshpy.model.filter_types import ENVOY_NAMES, FilterOverride, HttpFilterSpec, effective_chain
+from meshpy.model.meshpy_yaml_filters import canonical_config
 from meshpy.stack.authz_filter import AuthzFilter
 from meshpy.stack.guards import CompiledFault, TokenBucket
 from meshpy.stack.headers import HeaderOps
@@ -191,15 +192,31 @@ class PythonFilter:
             log.exception("http filter %s failed at completion", self.name)
 
 
-def load_filter(spec: tuple[str, str]) -> HttpFilter:
-    """A new instance of the class at `spec[0]` ("package.module:Class") with the config `spec[1]`."""
-    path, config = spec
+def filter_class(path: str) -> type[HttpFilter]:
+    """The class at `path` ("package.module:Class")."""
     module_name, _, class_name = path.partition(":")
     module = importlib.import_module(module_name)
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type) or not issubclass(cls, HttpFilter):
         raise TypeError(f"{path} is not a subclass of meshpy.filters.HttpFilter")
-    return cls(json.loads(config))
+    return cls
+
+
+def load_filter(spec: tuple[str, str]) -> HttpFilter:
+    """A new instance of the class at `spec[0]` with the config `spec[1]`."""
+    return filter_class(spec[0])(json.loads(spec[1]))
+
+
+def route_config(spec: HttpFilterSpec, config: str) -> str:
+    """The config a Python filter runs with where a virtual host or route gives `config`: the class
+    merges it with the listener's (HttpFilter.route_config; by default the route's replaces it)."""
+    try:
+        cls = filter_class(spec.python_class)
+        if cls.route_config.__func__ is HttpFilter.route_config.__func__:  # type: ignore[attr-defined]
+            return config
+        return canonical_config(cls.route_config(json.loads(spec.config), json.loads(config)))
+    except Exception as err:  # the user's code: any exception
+        raise ConfigError.at("", f"filter {spec.name!r} ({spec.python_class}): {err}") from err
 
 
 _HOOKS = ("on_response", "on_request_body", "on_response_body", "on_complete")
@@ -325,8 +342,10 @@ class ChainBuilder:
                 if fault is not None:
                     request.append(FaultFilter(fault))
             else:
-                config = o.config if o is not None and o.config is not None else spec.config
+                config = spec.config
                 try:
+                    if o is not None and o.config is not None:
+                        config = route_config(spec, o.config)
                     f = self._python(spec, config)
                 except ConfigError as err:
                     raise ConfigError.at(f"{where}.filters.{spec.name}", err.issues[0].reason) from err

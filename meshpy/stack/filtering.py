@@ -81,10 +81,11 @@ class FilteringMixin(ExchangeParts):
         elif at == 0 and not self.done and self._local is None:
             req._resume_at = -1  # called in on_request before it returned HOLD
 
-    def filter_reply(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    def filter_reply(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]],
+                     flag: str = "") -> None:
         if self.done or self._local is not None:
             return
-        self._local_reply(status, body, "", route=self.route, extra=extra,
+        self._local_reply(status, body, flag, route=self.route, extra=extra,
                           close=not self.req_done and self.has_body())
         self.down.flush()
 

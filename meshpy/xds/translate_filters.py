@@ -31,6 +31,7 @@ from google.protobuf import json_format
 from udpa.type.v1 import typed_struct_pb2 as udpa_typed_struct_pb2
 from xds.type.v3 import typed_struct_pb2
 
+from meshpy import extensions
 from meshpy.model.authz import RbacFilter
 from meshpy.model.filter_types import (
     BUILTIN_FILTERS,
@@ -102,6 +103,11 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
             rbac = rbac_filter(issues, _unpacked(f.typed_config, type_name), config_path)
             specs.append(HttpFilterSpec(name=f.name or "authz", kind="authz", rbac=rbac, disabled=f.disabled))
             continue
+        elif type_name in extensions.HTTP_FILTERS:
+            cls, built_in = extensions.listener_config(issues, f.typed_config, config_path)
+            specs.append(HttpFilterSpec(name=f.name or cls, kind="python", python_class=cls,
+                                        config=canonical_config(built_in), disabled=f.disabled))
+            continue
         elif (python := _python_value(f.typed_config)) is not None:
             cls, config = _python(issues, python, config_path)
             specs.append(HttpFilterSpec(name=f.name or cls, kind="python", python_class=cls, config=config,
@@ -171,6 +177,12 @@ def per_filter(issues: Issues, msg: Any, path: str) -> tuple[Fault | None, Local
             rbac = rbac_per_route(issues, _unpacked(any_msg, type_name), where)
             if rbac is None:
                 disabled = True  # RBACPerRoute without rules: the filter is off here
+        elif type_name in extensions.PER_ROUTE:
+            off, own = extensions.route_config(issues, any_msg, where)
+            if off:
+                disabled = True
+            elif own is not None:
+                config = canonical_config(own)
         elif (value := _python_value(any_msg)) is not None:
             if set(value) - {"config"}:
                 issues.add(child(where, "value"), "only config may be given here (the class is the filter's)")
