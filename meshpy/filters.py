@@ -190,6 +190,10 @@ class Response:
 class HttpFilter:
     """Subclass it and override the hooks you need; a hook not overridden costs nothing."""
 
+    # A filter whose on_request_body only reads the body (returns None, or the chunk itself) sets
+    # this: the request then keeps its Content-Length upstream.
+    keeps_body_length = False
+
     def __init__(self, config: dict[str, Any]) -> None:
         """`config`: the filter's `config:` mapping (the route's own where a route gives one). Raise
         ValueError (or any exception) to refuse it: the config is then not loaded, naming this filter."""
@@ -214,7 +218,7 @@ class HttpFilter:
         the bytes to send in its place (b"" drops it; at the end, bytes to add). It may answer with
         `request.reply()` while no response has started; it cannot hold. On a route where this hook
         is on, the request goes upstream without its Content-Length (chunked to HTTP/1.1), since its
-        length may change."""
+        length may change, unless every such filter there has `keeps_body_length`."""
         return None
 
     def on_response_body(self, request: Request, chunk: bytes, end: bool) -> bytes | None:

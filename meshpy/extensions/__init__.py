@@ -45,6 +45,8 @@ class Extension:
     route_message: type[Any] | None = None
     # The per-route message -> True when it turns the filter off there (then no config is kept).
     route_check: Callable[[Issues, Any, str], bool] | None = None
+    # The class for a given config, where one class does not fit all (by default `cls`).
+    choose: Callable[[Any], str] | None = None
 
     @property
     def type_url(self) -> str:
@@ -75,7 +77,7 @@ def listener_config(issues: Issues, any_msg: Any, path: str) -> tuple[str, dict[
     msg = ext.message()
     any_msg.Unpack(msg)
     ext.check(issues, msg, path)
-    return ext.cls, as_json(msg)
+    return (ext.choose(msg) if ext.choose is not None else ext.cls), as_json(msg)
 
 
 def route_config(issues: Issues, any_msg: Any, path: str) -> tuple[bool, dict[str, Any] | None]:
@@ -113,7 +115,7 @@ def envoy_entry(name: str, cls: str, config: dict[str, Any]) -> dict[str, Any] |
     """The http_filters entry Envoy reads for a spec of an extension's class; None for other classes."""
     for module in HTTP_FILTERS.values():
         ext = extension(module)
-        if ext.cls == cls:
+        if cls.partition(":")[0] == module:
             return {"name": name, "typed_config": {"@type": ext.type_url, **config}}
     return None
 
@@ -122,6 +124,11 @@ def envoy_route_entry(cls: str, config: dict[str, Any]) -> dict[str, Any] | None
     """A per-route config of an extension's class as Envoy reads it; None for other classes."""
     for module in PER_ROUTE.values():
         ext = extension(module)
-        if ext.cls == cls and ext.route_message is not None:
+        if cls.partition(":")[0] == module and ext.route_message is not None:
             return {"@type": f"type.googleapis.com/{ext.route_message.DESCRIPTOR.full_name}", **config}
     return None
+
+
+# The filters built in (one line each: module, config type, per-route config type).
+register("meshpy.extensions.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")

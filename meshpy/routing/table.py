@@ -114,6 +114,7 @@ class CompiledRoute:
         "max_stream_duration",
         "never_matches",
         "request_body_filters",
+        "request_body_sized",
         "response_body_filters",
         "response_changes",
         "response_filters",
@@ -173,6 +174,8 @@ class CompiledRoute:
         self.upstream_filters = chain_.upstream
         self.response_filters = chain_.response
         self.request_body_filters = chain_.request_body
+        # Its body filters only read the body: the request keeps its content-length upstream.
+        self.request_body_sized = all(f.user.keeps_body_length for f in chain_.request_body)
         self.response_body_filters = chain_.response_body
         self.complete_filters = chain_.complete
         # One flag for the response path: the head passes through untouched unless this is set.

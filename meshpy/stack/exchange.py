@@ -311,7 +311,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if route.upstream_filters:
             for f in route.upstream_filters:
                 f.on_upstream(self, headers)
-        if route.request_body_filters and self.has_body():
+        if route.request_body_filters and not route.request_body_sized and self.has_body():
             # The filters may change the body's length: it goes upstream chunked.
             headers = [h for h in headers if h[0] != b"content-length"]
             if not facts.chunked:
