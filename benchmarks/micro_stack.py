@@ -5,7 +5,7 @@ upstream write, response parse, response write, metrics, timers) without sockets
 before/after figures of a hot-path change are stable even on a noisy machine.
 
     python benchmarks/micro_stack.py [--requests 200000] [--loop uvloop|asyncio] [--profile]
-                                     [--policies | --filter]
+                                     [--policies | --filter] [--access-log json|text]
 
 The pytest-benchmark suite in benchmarks/micro/ reuses `build` (bench_stack.py), with and without an
 access log; this script stays as the quick before/after figure and the profiler entry point.
@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import cProfile
 import pstats
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from meshpy.model.load import load_text
 from meshpy.model.types import AccessLog
 from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, compile_snapshot
 from meshpy.stack.deadlines import Deadlines
-from meshpy.telemetry.accesslog import AccessLogger
+from meshpy.telemetry.accesslog import AccessLogger, open_access_log
 from meshpy.telemetry.metrics import Metrics
 from meshpy.transport.downstream_http1 import Http1Downstream
 from meshpy.transport.upstream_http1 import UpstreamHttp1
@@ -143,7 +144,7 @@ def build(loop: asyncio.AbstractEventLoop, config_text: str = CONFIG) -> Stack:
     loggers: list[AccessLogger] = []
 
     def make_logger(a: AccessLog) -> AccessLogger:
-        logger = AccessLogger(a.path, loop)
+        logger = open_access_log(a, loop)
         loggers.append(logger)  # kept so a caller can flush and close them
         return logger
 
@@ -175,6 +176,7 @@ def run(n: int, loop: asyncio.AbstractEventLoop, config_text: str = CONFIG) -> f
         feed_up(RESPONSE)
     elapsed = time.perf_counter() - t0
     assert down_t.written >= n * 100, "responses were not written"
+    stack.close()
     return elapsed / n
 
 
@@ -185,8 +187,17 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--policies", action="store_true", help="retries, breakers, outlier detection")
     ap.add_argument("--filter", action="store_true", help="one Python filter that does nothing")
+    ap.add_argument("--access-log", choices=("json", "text"),
+                    help="an access log to a file: meshpy's JSON line, or Envoy's default text line")
     args = ap.parse_args()
     config = POLICY_CONFIG if args.policies else FILTER_CONFIG if args.filter else CONFIG
+    log_file = None
+    if args.access_log:
+        # (no loop iteration runs here, so lines are formatted and written every 1024 requests)
+        log_file = tempfile.NamedTemporaryFile(prefix="micro-stack-", suffix=".log")  # noqa: SIM115
+        log = log_file.name if args.access_log == "json" else f"{{path: {log_file.name}, format: text}}"
+        anchor = "    address: 127.0.0.1:1\n"
+        config = config.replace(anchor, f"{anchor}    access_log: {log}\n")
     loop: asyncio.AbstractEventLoop
     if args.loop == "uvloop":
         import uvloop
@@ -204,6 +215,8 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
     best = min(run(args.requests // 5, loop, config) for _ in range(5))
+    if args.access_log:
+        print(f"(with an access log: {args.access_log})")
     what = " with retries, breakers and outlier detection" if args.policies else \
         " with a Python filter that does nothing" if args.filter else ""
     print(f"full request through the stack{what} ({args.loop}): {best * 1e6:.2f} us")

@@ -1,11 +1,12 @@
 """Envoy's AggregatedDiscoveryService over grpc.aio: state of the world here, delta in control/delta.py.
 
-One stream per client carries all four resource types. The server answers a request when it is the
-first of its type, when the subscribed names change, when a client asks again with a nonce it has
-already ACKed (Envoy does so when a modified cluster needs its endpoints again), and pushes whenever the
-node's snapshot changes. A request whose nonce is not the latest sent for its type is stale and ignored;
-a NACK (error_detail set) is logged and counted, and the same version is not sent again: the client keeps
-its last good config until the snapshot changes.
+One stream per client carries all the resource types; a client may instead open a stream per type on
+each type's own discovery service (LDS, CDS, RDS, EDS, SDS), answered the same way. The server answers
+a request when it is the first of its type, when the subscribed names change, when a client asks again
+with a nonce it has already ACKed (Envoy does so when a modified cluster needs its endpoints again), and
+pushes whenever the node's snapshot changes. A request whose nonce is not the latest sent for its type
+is stale and ignored; a NACK (error_detail set) is logged and counted, and the same version is not sent
+again: the client keeps its last good config until the snapshot changes.
 """
 
 from __future__ import annotations
@@ -68,19 +69,35 @@ class _TypeState:
 
 _NONCE_TAG = b"\x2a"  # DiscoveryResponse.nonce: field 5, length-delimited (nonces stay under 128 bytes)
 _SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+# Each type's own discovery service, for clients whose config sources name them (api_config_source of
+# GRPC or DELTA_GRPC): the same conversation as ADS, carrying one type (go-control-plane serves both).
+_PER_TYPE = {
+    "envoy.service.listener.v3.ListenerDiscoveryService": "Listeners",
+    "envoy.service.cluster.v3.ClusterDiscoveryService": "Clusters",
+    "envoy.service.route.v3.RouteDiscoveryService": "Routes",
+    "envoy.service.endpoint.v3.EndpointDiscoveryService": "Endpoints",
+    "envoy.service.secret.v3.SecretDiscoveryService": "Secrets",
+}
 
 
 def add_to_server(ads: AdsServer, server: grpc.aio.Server) -> None:
-    """Register both ADS methods; state-of-the-world responses are already serialized bytes."""
-    handlers = {
-        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            ads.StreamAggregatedResources, request_deserializer=Request.FromString,
-            response_serializer=bytes),
-        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-            ads.DeltaAggregatedResources, request_deserializer=DeltaDiscoveryRequest.FromString,
-            response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+    """Register both ADS methods, and both methods of each type's own service; state-of-the-world
+    responses are already serialized bytes."""
+    def methods(stream: str, delta: str) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return {
+            stream: grpc.stream_stream_rpc_method_handler(
+                ads.StreamAggregatedResources, request_deserializer=Request.FromString,
+                response_serializer=bytes),
+            delta: grpc.stream_stream_rpc_method_handler(
+                ads.DeltaAggregatedResources, request_deserializer=DeltaDiscoveryRequest.FromString,
+                response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString),
+        }
+
+    services = [grpc.method_handlers_generic_handler(
+        _SERVICE, methods("StreamAggregatedResources", "DeltaAggregatedResources"))]
+    services += [grpc.method_handlers_generic_handler(service, methods(f"Stream{kind}", f"Delta{kind}"))
+                 for service, kind in _PER_TYPE.items()]
+    server.add_generic_rpc_handlers(tuple(services))
 
 
 class AdsServer:

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from meshpy.admin.server import AdminServer, start_admin
@@ -22,15 +23,20 @@ from meshpy.app_tls import TlsReloading
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.listener_pause import close_spares, pause, resume
 from meshpy.model.dump import dump_config
+from meshpy.model.process import NO_PROCESS_OPTIONS
 from meshpy.model.types import AccessLog, Address, Config, Listener
 from meshpy.routing.compile import HttpListenerConfig, ListenerSlot, Snapshot, compile_snapshot
+from meshpy.runtime import Runtime
 from meshpy.stack.deadlines import Deadlines
 from meshpy.stack.policy_runtime import PolicyRuntime
 from meshpy.tasks import TaskOwner
-from meshpy.telemetry.accesslog import AccessLogger
+from meshpy.telemetry import app_log
+from meshpy.telemetry.accesslog import AccessLogger, LogContext, open_access_log
 from meshpy.telemetry.metrics import Metrics
+from meshpy.transport import unix
 from meshpy.transport.admission import Gate, Overload
-from meshpy.transport.listen import OriginalDstDispatch, protocol_for
+from meshpy.transport.listen import OriginalDstDispatch, dual_stack, protocol_for
+from meshpy.upstream import outlier_events
 from meshpy.upstream.cluster import ClusterManager
 
 log = logging.getLogger("meshpy")
@@ -72,13 +78,16 @@ class App(Stopping, TlsReloading):
         self.metrics = Metrics()
         self.tasks = TaskOwner(loop)  # every background task, stopped by close()
         self.clusters = ClusterManager(self.metrics, loop, self.tasks)
-        self.policies = PolicyRuntime()  # rate-limit buckets and fault state, across compiles
+        self.runtime = Runtime(self.tasks)  # Envoy's layered runtime (meshpy.runtime)
+        self._process_options = NO_PROCESS_OPTIONS  # log format, outlier event log: App._process
+        self.policies = PolicyRuntime(self.runtime)  # rate-limit buckets and fault state, across compiles
         self.deadlines = Deadlines(loop)
         self.snapshot: Snapshot | None = None
         self.listeners: dict[str, BoundListener] = {}
         self.admin: AdminServer | None = None
         self._admin_address: Address | None = None
-        self._loggers: dict[str | None, AccessLogger] = {}
+        self._loggers: dict[AccessLog, AccessLogger] = {}
+        self._log_context = LogContext()  # what every access log's lines share (host name, connection ids)
         self._state = "PRE_INITIALIZING"
         self._plan: dict[str, BoundListener] = {}
         # Listeners without a socket (served through an intercepting one), by address (one per address:
@@ -95,10 +104,11 @@ class App(Stopping, TlsReloading):
         # An xDS client holds the server in PRE_INITIALIZING until its initial fetch is done.
         self._hold_initialization = False
         self.xds_status: Callable[[], dict[str, Any]] | None = None
-        self.overload = Overload()  # connection counts and the memory actions (transport/admission.py)
+        self.overload = Overload(self.runtime)  # connection counts and the memory actions (admission.py)
         self.overload.pause = self._pause_accepting
         self._watch: asyncio.Task[None] | None = None
         self.metrics.add_callback_collector(self.overload.families)
+        self.metrics.add_callback_collector(self.runtime.families)
 
     # -- config ------------------------------------------------------------------------------------
     async def apply(self, config: Config, source: str = "", refresh_tls: bool = False) -> Snapshot:
@@ -114,7 +124,11 @@ class App(Stopping, TlsReloading):
 
     async def _apply(self, config: Config, source: str, refresh_tls: bool = False) -> Snapshot:
         given, config = config, self._with_local_secrets(config)
-        new_clusters = self.clusters.reconcile(config.clusters, refresh_tls)
+        # The runtime is read when its layers change, not at every push (as Envoy reads it at start).
+        runtime_changed = config.runtime != self.runtime.model
+        disk = self.runtime.prepare(config.runtime) if runtime_changed else {}
+        new_clusters = self.clusters.reconcile(config.clusters, refresh_tls, config.process.local_cluster,
+                                               config.service_locality)
         claims = self.policies.claims()
         try:
             snap = compile_snapshot(
@@ -130,6 +144,9 @@ class App(Stopping, TlsReloading):
         self.policies.commit(claims)  # rate-limit buckets and fault state kept where unchanged
         self._swap_listeners(snap)
         self.snapshot = snap
+        if runtime_changed:
+            self.runtime.commit(config.runtime, disk)
+        self._process(config)
         self.given_config = given
         self._tls_live(config, snap)
         await self._ensure_admin(config)
@@ -141,6 +158,15 @@ class App(Stopping, TlsReloading):
         )
         return snap
 
+    def _process(self, config: Config) -> None:
+        """The bootstrap's process-wide settings: the format of meshpy's log lines and the outlier
+        event log (set again only when they change: the log file stays open across reloads)."""
+        process = config.process
+        if process != self._process_options:
+            self._process_options = process
+            app_log.apply(process.log_pattern, process.json_log)
+            outlier_events.configure(process.outlier_event_log)
+
     def _overload(self, config: Config, snap: Snapshot) -> None:
         """The new config's limits: the proxy-wide ones now, the memory monitor running while there
         are actions, and the listeners reading the flags per request only where an action needs it."""
@@ -148,7 +174,7 @@ class App(Stopping, TlsReloading):
         state.configure(config.overload)
         per_request = state if state.per_request() else None
         for cfg in snap.listeners.values():
-            cfg.with_overload(per_request)
+            cfg.with_overload(None if cfg.model.limits.overload_exempt else per_request)
         wanted = config.overload.max_memory is not None and bool(config.overload.actions)
         if wanted and self._watch is None:
             self._watch = self.tasks.spawn(state.watch(), name="overload monitor")
@@ -157,7 +183,8 @@ class App(Stopping, TlsReloading):
             self._watch = None
 
     def _pause_accepting(self, paused: bool) -> None:
-        bound = [b for b in self.listeners.values() if b.bound]
+        bound = [b for b in self.listeners.values()
+                 if b.bound and not b.slot.current.model.limits.overload_exempt]
         if paused:
             log.warning("overload: listeners stop accepting (%d paused)", pause(bound))
         elif self._shutdown_task is None:
@@ -185,10 +212,11 @@ class App(Stopping, TlsReloading):
                     await asyncio.gather(*waits)
 
     def _logger_for(self, a: AccessLog) -> AccessLogger:
-        key = None if a.path in (None, "", "-", "stdout") else a.path
+        # One logger per log config (destination, format, filter), shared by the listeners naming it.
+        key = replace(a, path=None) if a.path in (None, "", "-", "stdout", "/dev/stdout") else a
         logger = self._loggers.get(key)
         if logger is None:
-            logger = self._loggers[key] = AccessLogger(key, self.loop)
+            logger = self._loggers[key] = open_access_log(key, self.loop, self._log_context)
         return logger
 
     async def _bind_new(self, config: Config, snap: Snapshot) -> None:
@@ -203,7 +231,8 @@ class App(Stopping, TlsReloading):
             if cur is not None and cur.address == lm.address and cur.bound == lm.bind:
                 plan[lm.name] = cur
                 claimed.add(id(cur))
-        by_address = {b.address: b for b in self.listeners.values() if b.address.port != 0 and b.bound}
+        by_address = {b.address: b for b in self.listeners.values()
+                      if (b.address.port != 0 or b.address.path) and b.bound}
         try:
             for i, lm in enumerate(config.listeners):
                 if lm.name in plan:
@@ -241,11 +270,19 @@ class App(Stopping, TlsReloading):
                 return OriginalDstDispatch(slot, loop, self._route_original)
             return protocol_for(slot, loop)
 
+        if lm.address.path:  # a Unix socket (Envoy's pipe): a stale file there is replaced, as by Envoy
+            bound.server = await unix.serve(loop, factory, lm.address, backlog=1024)
+            bound.factory = factory
+            log.info("listener %s (%s) on %s", lm.name, lm.kind, lm.address)
+            return bound
         host = lm.address.host or None
         family = socket.AF_INET6 if host and ":" in host else socket.AF_UNSPEC
-        bound.server = await loop.create_server(
-            factory, host, lm.address.port, family=family, reuse_address=True, backlog=1024
-        )
+        if lm.address.v4_compat:  # asyncio makes IPv6 sockets IPv6-only: this one takes both
+            bound.server = await loop.create_server(factory, sock=dual_stack(lm.address), backlog=1024)
+        else:
+            bound.server = await loop.create_server(
+                factory, host, lm.address.port, family=family, reuse_address=True, backlog=1024
+            )
         bound.factory = factory
         sockets: list[socket.socket] = list(bound.server.sockets or [])
         bound.port = sockets[0].getsockname()[1] if sockets else lm.address.port
@@ -268,7 +305,7 @@ class App(Stopping, TlsReloading):
                 bound.slot.refresh_chains()
             bound.address = cfg.model.address
             if bound.slot.gate is not None:
-                bound.slot.gate.configure(cfg.model.limits)
+                bound.slot.gate.configure(cfg.model.limits, name)
             new[name] = bound
         kept = {id(b) for b in new.values()}
         for name, old in self.listeners.items():
@@ -305,6 +342,22 @@ class App(Stopping, TlsReloading):
             conn.start_drain()
 
     async def _ensure_admin(self, config: Config) -> None:
+        await self._ensure_admin_listener(config)
+        if self.admin is not None:
+            self.admin.access_log.loggers = self._admin_loggers(config)
+
+    def _admin_loggers(self, config: Config) -> tuple[AccessLogger, ...]:
+        loggers = []
+        for i, a in enumerate(config.admin.access_logs):
+            try:
+                loggers.append(self._logger_for(a))
+            except OSError as err:
+                if self._state == "PRE_INITIALIZING":  # as a listener's log: the config is refused
+                    raise ConfigError.at(f"admin.access_log[{i}]", f"cannot open: {err}") from err
+                log.error("admin: access log %s: cannot open: %s", a.path, err)
+        return tuple(loggers)
+
+    async def _ensure_admin_listener(self, config: Config) -> None:
         addr = config.admin.address
         if addr == self._admin_address:
             return
@@ -348,11 +401,18 @@ class App(Stopping, TlsReloading):
     def clusters_view(self) -> list[dict[str, Any]]:
         return self.clusters.view()
 
+    def runtime_view(self) -> dict[str, Any]:
+        return self.runtime.view()
+
+    def runtime_modify(self, pairs: list[tuple[str, str]]) -> str | None:
+        return self.runtime.modify(pairs)
+
     def bound_port(self, listener: str) -> int:
         return self.listeners[listener].port
 
     async def close(self) -> None:
         self.deadlines.close()
+        self.runtime.close()
         self.clusters.close()
         await self.clusters.wait_closed()
         if self.admin is not None:

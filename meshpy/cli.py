@@ -231,8 +231,9 @@ def _validate(files: Sequence[str]) -> int:
         else:
             kinds = f"{len(config.listeners)} listeners, {len(config.clusters)} clusters"
             if config.xds is not None:
-                kinds += (f", xDS from {config.xds.server} ({'delta' if config.xds.delta else 'sotw'}"
-                          f"{', TLS' if config.xds.tls is not None else ''})")
+                from meshpy.xds.config_sources import summary
+
+                kinds += f", xDS from {summary(config.xds)}"
             print(f"{path}: ok ({config.source_format} format, {kinds})")
             if not config.listeners and config.xds is None:
                 print(f"{path}: warning: {NOTHING_TO_SERVE}")
@@ -266,16 +267,16 @@ def _run(args: argparse.Namespace) -> int:
         if args.xds:
             from meshpy.xds.bootstrap import short_form
 
-            parse_address(args.xds)
+            server = _grpc_target(args.xds)
             if not args.node_id:
                 raise ValueError("--node-id is required with --xds")
-            xds = short_form(args.xds, args.node_id, args.node_cluster, args.xds_delta)
+            xds = short_form(server, args.node_id, args.node_cluster, args.xds_delta)
         elif args.node_id or args.node_cluster or args.xds_delta:
             raise ValueError("--node-id, --node-cluster and --xds-delta go with --xds")
         if args.admin:
             if path:
                 raise ValueError("--admin is for the short form; a config file sets its own admin address")
-            admin = parse_address(args.admin)
+            admin = parse_address(args.admin, allow_unix=True)
         _http2_codec(args.http2_codec)
         identity = _identity(args)
         control_trust = _control_trust(args)
@@ -298,6 +299,15 @@ def _run(args: argparse.Namespace) -> int:
             pidfile.remove(args.pid_file)
 
 
+def _grpc_target(value: str) -> str:
+    """A HOST:PORT flag, checked, or a Unix socket's (unix:PATH, unix:@NAME) as gRPC names it."""
+    from meshpy.model.unix_address import grpc_target
+    from meshpy.model.yaml_values import parse_address
+
+    address = parse_address(value, allow_unix=True)
+    return grpc_target(address) if address.path else value
+
+
 def _identity(args: argparse.Namespace) -> IdentityOptions | None:
     """The mesh identity flags, checked (ValueError says what is wrong)."""
     if not args.identity:
@@ -306,13 +316,12 @@ def _identity(args: argparse.Namespace) -> IdentityOptions | None:
         return None
     from meshpy.identity.local import IdentityOptions
     from meshpy.identity.spiffe import SpiffeId
-    from meshpy.model.yaml_values import parse_address
 
     spiffe_id = SpiffeId.parse(args.identity)
     ca = args.ca or args.xds
     if not ca:
         raise ValueError("--identity needs --ca HOST:PORT (or --xds, whose server is then the CA)")
-    parse_address(ca)
+    ca = _grpc_target(ca)
     if not args.ca_token:
         raise ValueError("--identity needs --ca-token FILE")
     if args.identity_ttl is not None and args.identity_ttl <= 0:

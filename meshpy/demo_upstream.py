@@ -16,6 +16,8 @@ from typing import cast
 import httptools
 
 from meshpy.codec.http1 import no_body_status, reason_phrase
+from meshpy.model.unix_address import PREFIX, parse_unix
+from meshpy.transport import unix
 
 log = logging.getLogger("meshpy.demo")
 
@@ -136,8 +138,13 @@ async def start_demo(host: str, port: int, name: str = "demo") -> asyncio.Server
 
 
 async def serve_demo(listen: str, name: str) -> int:
-    host, _, port = listen.rpartition(":")
-    server = await start_demo(host.strip("[]") or "127.0.0.1", int(port), name)
+    """Serve on `listen`: HOST:PORT, or a Unix socket as unix:PATH (or unix:@NAME)."""
+    if listen.startswith(PREFIX):
+        loop = asyncio.get_running_loop()
+        server = await unix.serve(loop, lambda: DemoProtocol(name, loop), parse_unix(listen))
+    else:
+        host, _, port = listen.rpartition(":")
+        server = await start_demo(host.strip("[]") or "127.0.0.1", int(port), name)
     log.info("demo upstream %s listening on %s", name, listen)
     # As a container's PID 1 no default handler ends the process on SIGTERM: stop serving and exit 0.
     loop = asyncio.get_running_loop()

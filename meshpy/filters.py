@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final, final
 
 from meshpy.ports import ConnectionInfo
+from meshpy.runtime.snapshot import EMPTY, Snapshot
 
 if TYPE_CHECKING:
     from meshpy.stack.exchange import Exchange
@@ -96,6 +97,15 @@ class Headers:
         self._fields[:] = [h for h in self._fields if h[0] != key]
 
 
+class Trailers(Headers):
+    """A response's trailers (`Request.response_trailers`): as Headers, and `clear()` drops them all."""
+
+    __slots__ = ()
+
+    def clear(self) -> None:
+        self._fields.clear()
+
+
 def _value(name: str, value: str) -> bytes:
     if "\r" in value or "\n" in value or "\0" in value:
         raise ValueError(f"invalid character in the value of {name!r}")
@@ -120,13 +130,19 @@ Connection = ConnectionInfo
 class Request:
     """The request a filter sees: read it, change its headers, answer it, or hold and resume it."""
 
-    __slots__ = ("_ex", "_responding", "_resume_at", "headers", "state")
+    __slots__ = ("_ex", "_held_body", "_passed_in", "_passed_out", "_responding", "_response", "_resume_at",
+                 "headers", "state")
 
     def __init__(self, ex: Exchange) -> None:
         self._ex = ex
+        # The filters that leave this request's body (in) or response's body (out) as it comes.
+        self._passed_in: set[HttpFilter] | None = None
+        self._passed_out: set[HttpFilter] | None = None
         # Where the chain goes on after HOLD: 0 not held, -1 resume() came before HOLD was returned.
         self._resume_at = 0
         self._responding = False  # in on_response: reply() is for on_request
+        self._response: Response | None = None  # the response head the filters see (one per exchange)
+        self._held_body: list[bytes] | None = None  # the body kept while a filter holds its head
         self.headers = Headers(ex.headers)
         self.state: dict[str, Any] = {}  # per request, shared by the filters of its chain
 
@@ -154,21 +170,53 @@ class Request:
         return self._ex.down.connection_info()
 
     @property
+    def runtime(self) -> Snapshot:
+        """Envoy's layered runtime as it is now (meshpy.runtime.Snapshot: get, get_bool, get_int,
+        get_float, fraction by key); empty without one."""
+        live = self._ex.cfg.runtime
+        return live.snapshot if live is not None else EMPTY
+
+    @property
     def protocol(self) -> str:
         """HTTP/1.0, HTTP/1.1 or HTTP/2, as the client spoke."""
         return "HTTP/1.0" if self._ex.http10 else self._ex.PROTOCOL
 
+    @property
+    def has_body(self) -> bool:
+        """Whether a body follows the request head (HTTP/1.1: a content-length above 0 or chunked;
+        HTTP/2: the head did not end the stream)."""
+        return self._ex.has_body()
+
+    def pass_body(self, flt: HttpFilter) -> None:
+        """`flt` (the filter calling: `self`) leaves this request's body as it comes: its
+        on_request_body is not called for it, and where no other filter may change the body, the
+        request keeps its Content-Length upstream. Call it before the request goes upstream (from
+        on_request)."""
+        if self._passed_in is None:
+            self._passed_in = set()
+        self._passed_in.add(flt)
+
+    @property
+    def forwards(self) -> bool:
+        """Whether the route sends the request upstream: False on a `direct` or `redirect` route, which
+        Envoy filters that need a route action (CORS) pass by."""
+        route = self._ex.route
+        return route is not None and route.forward
+
     def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *,
-              flag: str = "") -> Verdict:
+              flag: str = "", local_reply: bool = True) -> Verdict:
         """Answer here; the request goes no further. Return what this returns from on_request.
         `flag`: the response flag the access log and metrics show (Envoy's, e.g. UAEX for a request
-        an authorization service refused); none by default."""
+        an authorization service refused); none by default. `local_reply`: False sends the answer as
+        a response the filter makes itself rather than a local reply (Envoy's encodeHeaders from a
+        filter, as for CORS's preflight answer): without the route's `response_headers` edits, and to
+        a gRPC client as it is rather than as a gRPC status."""
         if self._responding:
             raise RuntimeError("reply() answers a request: call it from on_request (or after HOLD)")
         if not 200 <= status <= 599:
             raise ValueError(f"status must be from 200 to 599, got {status}")
         extra = [(_checked(n), _value(n, v)) for n, v in (headers or {}).items()]
-        self._ex.filter_reply(status, body, extra, flag)
+        self._ex.filter_reply(status, body, extra, flag, local_reply)
         return REPLIED
 
     def resume(self) -> None:
@@ -176,15 +224,48 @@ class Request:
         (the client left) or was answered."""
         self._ex.filter_resume()
 
+    @property
+    def response_trailers(self) -> Trailers | None:
+        """The response's trailers (an HTTP/2 upstream's, gRPC's grpc-status among them), to read,
+        change or drop (`clear()`) from `on_response_body` when `end` is True, before they go to the
+        client; None when the response has none (yet). An HTTP/2 client gets what is left; an
+        HTTP/1.1 client never gets trailers."""
+        fields = self._ex.trailers
+        return Trailers(fields) if fields else None
+
 
 class Response:
-    """The response head a filter sees in on_response: its status, and its headers to change."""
+    """The response head a filter sees in on_response: its status, and its headers to change. The same
+    object is passed to every filter's on_response for one response."""
 
-    __slots__ = ("headers", "status")
+    __slots__ = ("_held", "_passed", "has_body", "headers", "status")
 
-    def __init__(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, status: int, fields: list[tuple[bytes, bytes]], has_body: bool = True) -> None:
         self.status = status
         self.headers = Headers(fields)
+        # Whether a body follows the head: not for a HEAD request's answer, a 204 or 304, a
+        # content-length of 0, or an HTTP/2 head that ends the stream (gRPC's trailers-only answer).
+        self.has_body = has_body
+        self._passed = False
+        self._held = False
+
+    def hold(self, *, bodiless: bool = False) -> None:
+        """The head waits for the body's end (as an Envoy filter that stops the headers and buffers
+        the body): the body hooks run as the body comes, what they return is kept, and once every
+        on_response_body has seen `end`, the response goes to the client with the status and headers
+        this object has then (keep it, e.g. in request.state, to change them from the body hook) and
+        the kept body, sized by its content-length. Nothing to wait for when `has_body` is False:
+        the head goes on at once, unless `bodiless` (an upstream's answer only): then the body hooks
+        see `end` at once and what they return is the body, for a filter that answers a head without
+        one by a whole response (a cache turning a 304 into the response it validated)."""
+        if self.has_body or bodiless:
+            self._held = True
+
+    def pass_body(self) -> None:
+        """This filter leaves this response's body as it comes: its on_response_body is not called
+        for it, and where no other filter may change the body, the response keeps its
+        Content-Length (as an Envoy filter that decides, at the head, not to touch the body)."""
+        self._passed = True
 
 
 class HttpFilter:
@@ -193,6 +274,18 @@ class HttpFilter:
     # A filter whose on_request_body only reads the body (returns None, or the chunk itself) sets
     # this: the request then keeps its Content-Length upstream.
     keeps_body_length = False
+    # The same for on_response_body (a held head is sized by its kept body whatever this says): the
+    # response keeps its Content-Length to the client.
+    keeps_response_length = False
+    # Where both a virtual host and its route give a config: by default the route's, merged with the
+    # listener's by route_config (as most Envoy filters read only the most specific per-route config).
+    # True: the virtual host's is merged with the listener's, then the route's with that (as Envoy's
+    # CORS filter reads every level).
+    route_config_levels = False
+    # An instance whose config gives it nothing to do sets this (in __init__): the routes that would
+    # run it leave it out of their chain, so it costs their requests nothing (a rate limit filter on
+    # a route where no rate limit applies).
+    inert = False
 
     def __init__(self, config: dict[str, Any]) -> None:
         """`config`: the filter's `config:` mapping (the route's own where a route gives one). Raise
@@ -218,12 +311,14 @@ class HttpFilter:
         the bytes to send in its place (b"" drops it; at the end, bytes to add). It may answer with
         `request.reply()` while no response has started; it cannot hold. On a route where this hook
         is on, the request goes upstream without its Content-Length (chunked to HTTP/1.1), since its
-        length may change, unless every such filter there has `keeps_body_length`."""
+        length may change, unless every such filter there has `keeps_body_length` or passed this
+        request's body (`request.pass_body`)."""
         return None
 
     def on_response_body(self, request: Request, chunk: bytes, end: bool) -> bytes | None:
         """A piece of the response body (upstream answers and the proxy's own), as `on_request_body`;
-        the response goes to the client without its Content-Length where this hook is on."""
+        the response goes to the client without its Content-Length where this hook is on, unless
+        every such filter passed this response's body (`response.pass_body` in on_response)."""
         return None
 
     def on_complete(self, request: Request) -> None:

@@ -34,6 +34,7 @@ Header = tuple[bytes, bytes]
 NO_BODY = 0  # a HEAD answer, a 1xx, 204 or 304
 SIZED = 1  # its content-length is among the headers
 UNSIZED = 2  # no length: chunked upstream, or delimited by the upstream connection's end
+EMPTY = 3  # no body follows, though the status allows one (an HTTP/2 head that ended its stream)
 P = TypeVar("P", bound="asyncio.BaseProtocol")
 
 
@@ -216,6 +217,7 @@ class UpstreamStream(Protocol):
 
     multiplexed: bool
     used: bool  # carried an exchange before (a failure may be a stale keep-alive)
+    head_ended: bool  # the response head ended the response (HTTP/2 END_STREAM on it)
 
     @property
     def pool(self) -> ConnectionPool: ...

@@ -117,7 +117,8 @@ async def serve(path: str | None, drain_time: float | None = None, grace_time: f
         from meshpy.xds.ads_tls import AdsClusterTls
 
         try:
-            ads_tls = AdsClusterTls(config.xds.server, config.xds.tls, config.xds.connect_timeout)
+            ads_tls = AdsClusterTls(config.xds.server, config.xds.tls, config.xds.connect_timeout,
+                                    config.xds.tcp_keepalive)
             ads_tls.check()
         except ValueError as err:
             print(f"{origin}: {err}", flush=True)

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports Envoy's protos: importing meshpy loads Envoy 1.40's definitions of
+# the files xds-protos has older ones of (meshpy/xds/protos).
+import meshpy  # noqa: F401
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The repository root too: HTTP filter classes are named by import path (tests.filter_kit:Boom,
 # config.filters.api_key:ApiKeyFilter), as meshpy processes started by the tests find them.

@@ -9,6 +9,7 @@ cannot carry is an ExportError naming it, never silently dropped.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf import json_format
@@ -19,6 +20,7 @@ from control.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from control.sources import export_authz, export_tls
 from control.sources import export_policies as policies
 from control.sources.envoy_dir import message_class
+from control.sources.export_access_log import access_log
 from control.sources.export_limits import common_options, limit_listener
 from control.sources.export_policies import duration
 from control.sources.export_protocols import cluster_protocol, http2_options
@@ -31,7 +33,7 @@ from meshpy.model.routes import (
     RouteConfig,
     RouteMatch,
 )
-from meshpy.model.types import DEFAULT_BREAKERS, Cluster, Config, Listener, TcpOptions
+from meshpy.model.types import DEFAULT_BREAKERS, Address, Cluster, Config, Listener, TcpOptions
 from meshpy.xds.translate_listeners import SNIFFED_HTTP
 
 ADS = {"ads": {}, "resource_api_version": "V3"}
@@ -41,15 +43,7 @@ TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 HTTP_INSPECTOR = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
 ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
-STDOUT_LOG = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-APPEND = {
-    "append": "APPEND_IF_EXISTS_OR_ADD",
-    "add_if_absent": "ADD_IF_ABSENT",
-    "overwrite": "OVERWRITE_IF_EXISTS_OR_ADD",
-    "overwrite_if_exists": "OVERWRITE_IF_EXISTS",
-}
 REDIRECT_CODES = {
     301: "MOVED_PERMANENTLY",
     302: "FOUND",
@@ -67,8 +61,13 @@ class ExportError(ValueError):
         self.errors = errors
 
 
-def _address(host: str, port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": host, "port_value": port}}
+def _address(address: Address) -> dict[str, Any]:
+    if address.path:  # a Unix socket: Envoy's pipe (a mode only when one is set, as Envoy writes it)
+        return {"pipe": {"path": address.path, **({"mode": address.mode} if address.mode else {})}}
+    sock: dict[str, Any] = {"address": address.host, "port_value": address.port}
+    if address.v4_compat:
+        sock["ipv4_compat"] = True
+    return {"socket_address": sock}
 
 
 def _match(m: RouteMatch) -> dict[str, Any]:
@@ -104,16 +103,8 @@ def _match(m: RouteMatch) -> dict[str, Any]:
 
 
 def _edits(e: HeaderEdits, direction: str) -> dict[str, Any]:
-    return {
-        f"{direction}_headers_to_add": [
-            {
-                "header": {"key": h.name, "value": h.value.replace("%", "%%")},
-                "append_action": APPEND[h.append],
-            }
-            for h in e.add
-        ],
-        f"{direction}_headers_to_remove": list(e.remove),
-    }
+    return {f"{direction}_headers_to_add": policies.header_options(e),
+            f"{direction}_headers_to_remove": list(e.remove)}
 
 
 def _both_edits(request: HeaderEdits, response: HeaderEdits) -> dict[str, Any]:
@@ -131,6 +122,10 @@ def _route(r: Route, classes: dict[str, str]) -> dict[str, Any]:
         fwd: dict[str, Any] = {"timeout": duration(a.timeout)}
         if r.match.connect:  # meshpy terminates CONNECT: Envoy's connect_config says the same
             fwd["upgrade_configs"] = [{"upgrade_type": "CONNECT", "connect_config": {}}]
+        elif a.upgrades:
+            fwd["upgrade_configs"] = [{"upgrade_type": kind, "enabled": on} for kind, on in a.upgrades]
+        if a.mirrors:
+            fwd["request_mirror_policies"] = [policies.mirror(m) for m in a.mirrors]
         if a.weighted:
             fwd["weighted_clusters"] = {
                 "clusters": [{"name": w.name, "weight": w.weight} for w in a.weighted]
@@ -180,7 +175,15 @@ def _route(r: Route, classes: dict[str, str]) -> dict[str, Any]:
             **({"body": {"inline_string": a.body}} if a.body else {}),
         }
     out.update(policies.per_filter(r.fault, r.rate_limit, r.name or "route", r.filters, classes))
+    _filter_metadata(out, r.metadata)
     return out
+
+
+def _filter_metadata(out: dict[str, Any], metadata: tuple[tuple[str, str], ...]) -> None:
+    """A route's or virtual host's filter_metadata (what Lua scripts read), beside meshpy's own."""
+    if metadata:
+        spaces = out.setdefault("metadata", {}).setdefault("filter_metadata", {})
+        spaces.update((name, json.loads(struct)) for name, struct in metadata)
 
 
 def route_configuration(rc: RouteConfig, name: str, classes: dict[str, str] | None = None) -> dict[str, Any]:
@@ -193,33 +196,29 @@ def route_configuration(rc: RouteConfig, name: str, classes: dict[str, str] | No
         for r in vh.routes
         if isinstance(r.action, DirectResponseAction)
     ]
+    hosts = []
+    for vh in rc.virtual_hosts:
+        host: dict[str, Any] = {
+            "name": vh.name,
+            "domains": list(vh.domains),
+            "routes": [_route(r, classes) for r in vh.routes],
+            **_both_edits(vh.request_headers, vh.response_headers),
+            **policies.per_filter(None, vh.rate_limit, vh.name, vh.filters, classes),
+        }
+        _filter_metadata(host, vh.metadata)
+        hosts.append(host)
     return {
         "@type": ROUTE,
         "name": name,
         "ignore_port_in_host_matching": rc.ignore_port_in_host,
         "max_direct_response_body_size_bytes": max([4096, *bodies]),
         **_both_edits(rc.request_headers, rc.response_headers),
-        "virtual_hosts": [
-            {
-                "name": vh.name,
-                "domains": list(vh.domains),
-                "routes": [_route(r, classes) for r in vh.routes],
-                **_both_edits(vh.request_headers, vh.response_headers),
-                **policies.per_filter(None, vh.rate_limit, vh.name, vh.filters, classes),
-            }
-            for vh in rc.virtual_hosts
-        ],
+        "virtual_hosts": hosts,
     }
 
 
 def _logs(logs: tuple[Any, ...]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": "file" if log.path else "stdout",
-            "typed_config": {"@type": FILE_LOG, "path": log.path} if log.path else {"@type": STDOUT_LOG},
-        }
-        for log in logs
-    ]
+    return [access_log(log) for log in logs]
 
 
 def listener(lis: Listener, rds_name: str, errors: list[str], where: str,
@@ -233,7 +232,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str,
             "@type": HCM,
             "stat_prefix": lis.name,
             "codec_type": h.codec.upper(),
-            "http2_protocol_options": http2_options(h.http2),
+            "http2_protocol_options": http2_options(h.http2, downstream=True),
             "upgrade_configs": [{"upgrade_type": u} for u in h.upgrades],
             "rds": {"route_config_name": rds_name, "config_source": ADS},
             "http_filters": [*policies.chain_filters(h, lis.name),
@@ -264,7 +263,7 @@ def listener(lis: Listener, rds_name: str, errors: list[str], where: str,
     out: dict[str, Any] = {
         "@type": LISTENER,
         "name": lis.name,
-        "address": _address(lis.address.host, lis.address.port),
+        "address": _address(lis.address),
     }
     if lis.http is None:
         assert lis.tcp is not None
@@ -320,7 +319,7 @@ def _endpoints(c: Cluster) -> dict[str, Any]:
             {
                 "lb_endpoints": [
                     {
-                        "endpoint": {"address": _address(e.address.host, e.address.port)},
+                        "endpoint": {"address": _address(e.address)},
                         "load_balancing_weight": e.weight,
                     }
                     for e in c.endpoints
@@ -348,6 +347,7 @@ def cluster(c: Cluster, errors: list[str], where: str) -> tuple[dict[str, Any], 
         },
     }
     out.update(policies.load_balancing(c.load_balancing, errors, where))
+    policies.endpoint_details(c, errors, where)
     if c.health_check is not None:
         out.update(policies.health_checks(c.health_check))
     if c.outlier_detection is not None:

@@ -68,6 +68,14 @@ def rbac_config(config: RbacFilter | None) -> dict[str, Any]:
         out["rules_stat_prefix"] = config.rules_stat_prefix
     if config.shadow_rules_stat_prefix:
         out["shadow_rules_stat_prefix"] = config.shadow_rules_stat_prefix
+    if config.matcher is not None or config.shadow_matcher is not None:
+        # (imported here: that module reads this one's string_matcher)
+        from control.sources.export_authz_matcher import matcher_config
+
+        if config.matcher is not None:
+            out["matcher"] = matcher_config(config.matcher)
+        if config.shadow_matcher is not None:
+            out["shadow_matcher"] = matcher_config(config.shadow_matcher)
     return out
 
 

@@ -31,6 +31,10 @@ def limit_listener(out: dict[str, Any], limits: ConnectionLimits, name: str, err
     """Add `limits` to the exported listener `out` (its chains already built)."""
     if limits.buffer_limit is not None:
         out["per_connection_buffer_limit_bytes"] = limits.buffer_limit
+    if limits.overload_exempt:
+        out["bypass_overload_manager"] = True
+    if limits.global_exempt and not limits.overload_exempt:  # (bypassing implies it, as read)
+        out["ignore_global_conn_limit"] = True
     if limits.max_connections_per_source_ip is not None:
         errors.append(f"{where}.max_connections_per_source_ip: Envoy's API has no per-source connection "
                       "limit to carry it")

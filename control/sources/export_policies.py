@@ -14,9 +14,19 @@ from typing import Any
 
 from control.sources import export_authz
 from meshpy import extensions
+from meshpy.model.endpoints import DEFAULT_GROUP, DEFAULT_LOCALITY_BALANCING
 from meshpy.model.filter_types import FilterOverride, effective_chain
-from meshpy.model.routes import Fault, HashPolicy, LocalRateLimit, RetryPolicy, Route, VirtualHost
-from meshpy.model.types import HealthCheck, HttpOptions, LoadBalancing, OutlierDetection
+from meshpy.model.routes import (
+    Fault,
+    HashPolicy,
+    HeaderEdits,
+    LocalRateLimit,
+    MirrorPolicy,
+    RetryPolicy,
+    Route,
+    VirtualHost,
+)
+from meshpy.model.types import Cluster, HealthCheck, HttpOptions, LoadBalancing, OutlierDetection
 from meshpy.xds.translate_filters import PYTHON_FILTER, python_filter_entry
 
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
@@ -85,8 +95,34 @@ def _percent(value: float) -> dict[str, Any]:
     return {"numerator": round(value * 10_000), "denominator": "MILLION"}
 
 
+APPEND = {
+    "append": "APPEND_IF_EXISTS_OR_ADD",
+    "add_if_absent": "ADD_IF_ABSENT",
+    "overwrite": "OVERWRITE_IF_EXISTS_OR_ADD",
+    "overwrite_if_exists": "OVERWRITE_IF_EXISTS",
+}
+
+
+def mirror(m: MirrorPolicy) -> dict[str, Any]:
+    out: dict[str, Any] = {"cluster": m.cluster} if m.cluster else {"cluster_header": m.cluster_header}
+    if m.percent < 100.0 or m.runtime_key:
+        out["runtime_fraction"] = {"default_value": _percent(m.percent),
+                                   **({"runtime_key": m.runtime_key} if m.runtime_key else {})}
+    if not m.host_suffix:
+        out["disable_shadow_host_suffix_append"] = True
+    return out
+
+
+def header_options(e: HeaderEdits) -> list[dict[str, Any]]:
+    """Headers to add, as HeaderValueOptions (values are literal: `%` escaped for Envoy's formatter)."""
+    return [{"header": {"key": h.name, "value": h.value.replace("%", "%%")},
+             "append_action": APPEND[h.append]} for h in e.add]
+
+
 def rate_limit(limit: LocalRateLimit, prefix: str) -> dict[str, Any]:
     return {
+        **({"response_headers_to_add": header_options(limit.response_headers)}
+           if limit.response_headers else {}),
         "@type": LIMIT_TYPE,
         "stat_prefix": prefix,
         "status": {"code": limit.status},
@@ -187,6 +223,8 @@ _LB_ENUM = {"round_robin": "ROUND_ROBIN", "least_request": "LEAST_REQUEST", "ran
 
 def load_balancing(lb: LoadBalancing, errors: list[str], where: str) -> dict[str, Any]:
     """A Cluster's lb_policy and *_lb_config fields."""
+    if lb.locality != DEFAULT_LOCALITY_BALANCING:  # (only an Envoy config sets them: not exported yet)
+        errors.append(f"{where}.load_balancing.locality: common_lb_config is not exported")
     if lb.policy not in _LB_ENUM:
         errors.append(f"{where}.lb_policy: Envoy has no {lb.policy} balancer")
         return {}
@@ -209,6 +247,16 @@ def load_balancing(lb: LoadBalancing, errors: list[str], where: str) -> dict[str
     return out
 
 
+def endpoint_details(c: Cluster, errors: list[str], where: str) -> None:
+    """Priorities, localities and endpoint health targets come from Envoy configs only, and are not
+    exported yet: refused rather than dropped."""
+    for i, e in enumerate(c.endpoints):
+        if e.group != DEFAULT_GROUP or e.hostname or e.health_target is not None:
+            errors.append(f"{where}.endpoints[{i}]: priority, locality, hostname and health_check_config "
+                          "are not exported")
+            return
+
+
 def hash_policy(policies: tuple[HashPolicy, ...]) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
     for p in policies:
@@ -228,6 +276,11 @@ def health_checks(hc: HealthCheck) -> dict[str, Any]:
     }
     if hc.interval_jitter:
         check["interval_jitter"] = duration(hc.interval_jitter)
+    # Envoy's own default for a cluster without traffic is 60 s; the model's None is the interval.
+    idle = hc.no_traffic_interval if hc.no_traffic_interval is not None else hc.interval
+    check["no_traffic_interval"] = duration(idle)
+    if hc.no_traffic_healthy_interval is not None:
+        check["no_traffic_healthy_interval"] = duration(hc.no_traffic_healthy_interval)
     if hc.kind == "tcp":
         check["tcp_health_check"] = {}
     elif hc.kind == "grpc":

@@ -10,11 +10,14 @@ from control.sources.export_policies import duration
 from meshpy.model.types import Cluster, Http2Options
 
 
-def http2_options(o: Http2Options) -> dict[str, Any]:
-    """Always stated in full: Envoy's defaults differ from meshpy's (see Http2Options)."""
+def http2_options(o: Http2Options, downstream: bool = False) -> dict[str, Any]:
+    """Always stated in full: Envoy's defaults differ from meshpy's (see Http2Options). allow_connect
+    is a listener's (extended CONNECT offered to clients)."""
     out: dict[str, Any] = {"max_concurrent_streams": o.max_concurrent_streams,
                            "initial_stream_window_size": o.initial_stream_window_size,
                            "initial_connection_window_size": o.initial_connection_window_size}
+    if downstream and o.allow_connect:
+        out["allow_connect"] = True
     if o.keepalive_interval is not None:
         out["connection_keepalive"] = {"interval": duration(o.keepalive_interval),
                                        "timeout": duration(o.keepalive_timeout)}

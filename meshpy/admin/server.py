@@ -5,6 +5,8 @@ no routing, no policies, so a broken route table or an overloaded data path neve
 the metrics scrape with it. Every view is synchronous and cheap, so each request is answered inside the
 `data_received` call that completed it; pipelined requests are therefore answered in order with no
 queue. Keep-alive follows the request (`should_keep_alive`), bodies are framed by Content-Length.
+An answered request goes to the admin's access logs (`AdminServer.access_log`, set by the app), as
+Envoy's admin logs it (meshpy.admin.access_record); its headers are kept only while one is set.
 
 `start_admin` returns an `AdminServer` rather than the bare `asyncio.Server`: shutdown must also close
 idle keep-alive connections (a Prometheus scraper holds one open), which `asyncio.Server.close` does not
@@ -15,14 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from http import HTTPStatus
 from typing import cast
 from urllib.parse import parse_qs
 
 import httptools
 
+from meshpy.admin.access_record import AdminLog
 from meshpy.admin.views import ENDPOINTS, AdminHost, Response, text
 from meshpy.model.types import Address
+from meshpy.model.unix_address import from_os_name
+from meshpy.ports import ConnectionInfo
+from meshpy.transport import unix
 
 __all__ = ["AdminHost", "AdminProtocol", "AdminServer", "start_admin"]
 
@@ -30,7 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
-MAX_BODY_BYTES = 1024 * 1024  # admin POSTs carry no body we read; anything large is a mistake
+MAX_BODY_BYTES = 1024 * 1024  # a POST's form parameters at most; anything large is a mistake
+_FORM = b"application/x-www-form-urlencoded"
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a connection may sit without a byte before we close it
 LINGER_TIMEOUT = 2.0  # after refusing a request: how long to drain the client's bytes before closing
 
@@ -59,8 +68,13 @@ class AdminProtocol(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         connections: set[AdminProtocol],
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        access_log: AdminLog | None = None,
     ) -> None:
         self._host = host
+        self._log = access_log if access_log is not None else AdminLog()
+        self._headers: list[tuple[bytes, bytes]] | None = None  # kept only while something logs them
+        self._wall0 = self._t0 = 0.0
+        self._info: ConnectionInfo | None = None  # the connection, as its log lines describe it
         self._loop = loop
         self._connections = connections
         self._idle_timeout = idle_timeout
@@ -69,6 +83,7 @@ class AdminProtocol(asyncio.Protocol):
         self._url = bytearray()
         self._header_bytes = 0
         self._body_bytes = 0
+        self._form: bytearray | None = None  # a form-encoded body: its parameters (as Envoy's admin reads)
         self._closing = False
         self._last_activity = 0.0
         self._idle_timer: asyncio.Handle | None = None
@@ -171,6 +186,12 @@ class AdminProtocol(asyncio.Protocol):
         self._url.clear()
         self._header_bytes = 0
         self._body_bytes = 0
+        if self._log.loggers:
+            self._headers = []
+            self._wall0, self._t0 = time.time(), self._loop.time()
+        else:
+            self._headers = None
+        self._form = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -181,11 +202,17 @@ class AdminProtocol(asyncio.Protocol):
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise _Reject(431, "request headers too large")
+        if self._headers is not None:
+            self._headers.append((name.lower(), value))
+        if name.lower() == b"content-type" and value.split(b";")[0].strip().lower() == _FORM:
+            self._form = bytearray()
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > MAX_BODY_BYTES:
             raise _Reject(413, "request body too large")
+        if self._form is not None:
+            self._form += body
 
     def on_message_complete(self) -> None:
         if self._closing:
@@ -194,8 +221,23 @@ class AdminProtocol(asyncio.Protocol):
         keep_alive = self._parser.should_keep_alive()
         http10 = self._parser.get_http_version() == "1.0"
         response = self._dispatch(method, bytes(self._url))
-        if self._send(response, head_only=method == "HEAD", keep_alive=keep_alive, http10=http10):
+        close = self._send(response, head_only=method == "HEAD", keep_alive=keep_alive, http10=http10)
+        if self._headers is not None:
+            self._access_log(method, http10, response)
+        if close:
             self._finish()
+
+    def _access_log(self, method: str, http10: bool, response: Response) -> None:
+        assert self._headers is not None
+        sent = [(b"content-type", response.content_type.encode("latin-1")),
+                (b"content-length", str(len(response.body)).encode()),
+                *((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in response.headers)]
+        if self._info is None:
+            self._info = self._log.connection(self._transport)
+        self._log.request(self._info, wall0=self._wall0, seconds=self._loop.time() - self._t0,
+                          method=method, target=self._url.decode("latin-1"), http10=http10,
+                          headers=self._headers, status=response.status, resp_headers=sent,
+                          bytes_in=self._body_bytes, bytes_out=0 if method == "HEAD" else len(response.body))
 
     # answering
 
@@ -214,6 +256,9 @@ class AdminProtocol(asyncio.Protocol):
             allow = ", ".join(sorted(endpoint.methods))
             return text(f"method not allowed: {path} takes {allow}\n", 405, headers=(("Allow", allow),))
         query = parse_qs(url.query.decode("utf-8", "replace"), keep_blank_values=True) if url.query else {}
+        if not query and method == "POST" and self._form:
+            # As Envoy's admin: a POST without a query string may send its parameters as a form.
+            query = parse_qs(self._form.decode("utf-8", "replace"), keep_blank_values=True)
         try:
             return endpoint.view(self._host, query)
         except Exception:
@@ -253,14 +298,19 @@ class AdminProtocol(asyncio.Protocol):
 class AdminServer:
     """The listening admin socket plus its open connections, so shutdown can close both."""
 
-    def __init__(self, server: asyncio.Server, connections: set[AdminProtocol]) -> None:
+    def __init__(self, server: asyncio.Server, connections: set[AdminProtocol],
+                 access_log: AdminLog | None = None) -> None:
         self.server = server
         self._connections = connections
+        self.access_log = access_log if access_log is not None else AdminLog()  # its loggers: the app's
 
     @property
     def address(self) -> Address:
         """Where it actually listens (resolves port 0)."""
-        sockname = self.server.sockets[0].getsockname()
+        sock = self.server.sockets[0]
+        sockname = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            return Address(host="", port=0, path=from_os_name(sockname))
         return Address(host=sockname[0], port=sockname[1])
 
     def is_serving(self) -> bool:
@@ -285,12 +335,15 @@ async def start_admin(
 ) -> AdminServer:
     """Listen on `address` and serve the admin paths for `host`. Raises OSError if it cannot bind."""
     connections: set[AdminProtocol] = set()
-    server = await loop.create_server(
-        lambda: AdminProtocol(host, loop, connections, idle_timeout),
-        address.host,
-        address.port,
-        reuse_address=True,
-    )
-    admin = AdminServer(server, connections)
+    access_log = AdminLog()
+
+    def factory() -> AdminProtocol:
+        return AdminProtocol(host, loop, connections, idle_timeout, access_log)
+
+    if address.path:  # a Unix socket (Envoy's admin.address.pipe), made as a listener's is
+        server = await unix.serve(loop, factory, address)
+    else:
+        server = await loop.create_server(factory, address.host, address.port, reuse_address=True)
+    admin = AdminServer(server, connections, access_log)
     log.info("admin listening on %s", admin.address)
     return admin

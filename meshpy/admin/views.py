@@ -57,6 +57,14 @@ class AdminHost(Protocol):
         """Start an orderly shutdown. Called after the `OK` answer has been handed to the transport."""
         ...
 
+    def runtime_view(self) -> dict[str, Any]:
+        """Envoy's /runtime: {"layers": [names], "entries": {key: {"final_value", "layer_values"}}}."""
+        ...
+
+    def runtime_modify(self, pairs: list[tuple[str, str]]) -> str | None:
+        """Set (or, with an empty value, remove) keys in the runtime's admin layer; why not, or None."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Response:
@@ -156,6 +164,26 @@ def quitquitquit(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
     return text("OK\n", close=True, after=host.quit)
 
 
+def runtime(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
+    # Envoy's shape and its one-space indent; keys sorted (Envoy's order is its hash map's).
+    body = json.dumps(host.runtime_view(), indent=1, sort_keys=True) + "\n"
+    return Response(200, body.encode(), JSON)
+
+
+_MODIFY_USAGE = ("usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+                 "       or send the parameters as form values\n"
+                 "use an empty value to remove a previously added override")
+
+
+def runtime_modify(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
+    if not query:
+        return text(_MODIFY_USAGE, 400)
+    # Envoy's words and status for what it does not take (no admin layer, a value that is not YAML),
+    # and the same status for a value meshpy refuses.
+    error = host.runtime_modify([(key, values[0]) for key, values in query.items()])
+    return text("OK\n") if error is None else text(error, 503)
+
+
 def index(host: AdminHost, query: Mapping[str, list[str]]) -> Response:
     width = max(len(p) for p in ENDPOINTS)
     lines = [f"meshpy {meshpy.__version__} admin\n\n"]
@@ -179,4 +207,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/certs": Endpoint(_GET, certs, "TLS certificates in use: names, serials, days until expiry (JSON)"),
     "/drain_listeners": Endpoint(_POST, drain_listeners, "stop accepting (?inboundonly, ?graceful)"),
     "/quitquitquit": Endpoint(_POST, quitquitquit, "shut down gracefully"),
+    "/runtime": Endpoint(_GET, runtime, "Envoy's layered runtime: layers and values (JSON)"),
+    "/runtime_modify": Endpoint(_POST, runtime_modify, "set runtime values in the admin layer (?key=value; "
+                                                       "empty: remove)"),
 }

@@ -31,9 +31,10 @@ _VALUE_CHARS = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 # CRLF smuggles headers; `transfer-encoding ` with a space becomes `transfer-encoding : chunked`).
 _TCHAR_LOWER = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 _TCHAR = _TCHAR_LOWER + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-# What an HTTP/1.1 request line can carry as its target: visible ASCII, without `#` (a fragment is
-# never sent; Envoy refuses it).
-_PATH_CHARS = bytes(c for c in range(0x21, 0x7F) if c != 0x23)
+# What an HTTP/1.1 request line can carry as its target: visible ASCII. A `#` is let through to the
+# exchange, which answers 400 as Envoy does, or cuts the fragment off where Envoy's runtime says so
+# (envoy.reloadable_features.http_reject_path_with_fragment: false): it is never sent on.
+_PATH_CHARS = bytes(range(0x21, 0x7F))
 _JOINED = frozenset({b"host", b"cookie"})  # fields read_checked_request takes apart
 _SCHEME_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
 
@@ -44,13 +45,15 @@ class Malformed(Exception):
 
 def local_settings(opts: Http2Options, max_header_bytes: int) -> dict[int, int]:
     """What a server side announces in its SETTINGS."""
-    return {
+    settings = {
         h2session.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
         h2session.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
         # A promise to the peer; the limit itself is checked per request (431), as for HTTP/1.1.
         h2session.MAX_HEADER_LIST_SIZE: max_header_bytes,
-        h2session.ENABLE_CONNECT_PROTOCOL: 1,  # RFC 8441: WebSocket over HTTP/2
     }
+    if opts.allow_connect:
+        settings[h2session.ENABLE_CONNECT_PROTOCOL] = 1  # RFC 8441: WebSocket over HTTP/2
+    return settings
 
 
 def client_settings(opts: Http2Options) -> dict[int, int]:
@@ -140,7 +143,7 @@ def read_checked_request(headers: list[tuple[bytes, bytes]], ended: bool = False
     """`read_request` for a codec that has enforced RFC 9113 8.2 and 8.3 itself (nghttp2 with its HTTP
     messaging checks: names, values, pseudo-headers first and once, connection-specific fields,
     content-length against the body). Left here: the translation, and the two things HTTP/1.1 needs
-    beyond RFC 9113 that nghttp2 lets through: a path without `#` or obs-text, an authority without
+    beyond RFC 9113 that nghttp2 lets through: a path without obs-text, an authority without
     userinfo. tests/unit/codec/test_h2_sessions.py holds both readers to the same verdicts."""
     head = RequestHead()
     # nghttp2 has put the pseudo-headers first: one short loop for them, then the fields as a slice.

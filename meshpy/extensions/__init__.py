@@ -132,3 +132,15 @@ def envoy_route_entry(cls: str, config: dict[str, Any]) -> dict[str, Any] | None
 # The filters built in (one line each: module, config type, per-route config type).
 register("meshpy.extensions.ext_authz", "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
          "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")
+register("meshpy.extensions.cors", "envoy.extensions.filters.http.cors.v3.Cors",
+         "envoy.extensions.filters.http.cors.v3.CorsPolicy")
+register("meshpy.extensions.compressor", "envoy.extensions.filters.http.compressor.v3.Compressor",
+         "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute")
+register("meshpy.extensions.decompressor", "envoy.extensions.filters.http.decompressor.v3.Decompressor")
+register("meshpy.extensions.ratelimit", "envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+         "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute")
+register("meshpy.extensions.lua", "envoy.extensions.filters.http.lua.v3.Lua",
+         "envoy.extensions.filters.http.lua.v3.LuaPerRoute")
+register("meshpy.extensions.grpc_web", "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb")
+register("meshpy.extensions.grpc_bridge", "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config")
+register("meshpy.extensions.cache", "envoy.extensions.filters.http.cache.v3.CacheConfig")

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from typing import Any
 
 from meshpy import extensions
 from meshpy.extensions import ext_authz_calls as calls
 from meshpy.extensions import ext_authz_config as config_rules
+from meshpy.extensions.runtime_flags import Fraction, field
 from meshpy.extensions.strings import any_of
 from meshpy.filters import CONTINUE, HOLD, HttpFilter, Request, Response, Verdict
 from meshpy.upstream.side_calls import SideCallError, SideClient
@@ -59,9 +59,7 @@ class ExtAuthz(HttpFilter):
         self.max_body = msg.with_request_body.max_request_bytes
         self.partial = msg.with_request_body.allow_partial_message
         self.pack_as_bytes = msg.with_request_body.pack_as_bytes
-        enabled = msg.filter_enabled.default_value
-        self.enabled = 1.0 if not msg.HasField("filter_enabled") else \
-            enabled.numerator / {0: 100, 1: 10_000, 2: 1_000_000}.get(enabled.denominator, 100)
+        self.enabled = Fraction(field(msg, "filter_enabled"), True)  # (its runtime key read per request)
         self.client = SideClient()
         self.http: calls.HttpCheck | None = None
         self.grpc_target: tuple[str, int] | str | None = None
@@ -86,7 +84,7 @@ class ExtAuthz(HttpFilter):
         return {**listener, _PER_ROUTE: route}
 
     def on_request(self, request: Request) -> Verdict:
-        if self.enabled < 1.0 and random.random() >= self.enabled:
+        if not self.enabled.on(request):
             return CONTINUE
         if self.with_body and self.body_buffering:
             gathering = request.state.get(_STATE)
@@ -152,19 +150,10 @@ class ExtAuthz(HttpFilter):
             return self.http.decision(answer)
         message = calls.check_request(request, body, self.pack_as_bytes, self.peer_certificate, self.context,
                                       self.allowed, self.disallowed, partial)
-        framed = b"\x00" + len(message).to_bytes(4, "big") + message
-        headers = [(b"content-type", b"application/grpc"),
-                   (b"grpc-timeout", calls.grpc_timeout(self.timeout)), *self.metadata]
-        if self.grpc_target is not None:
-            answer = await self.client.call_endpoint(self.grpc_target, calls.CHECK_PATH, self.authority,
-                                                     headers, framed)
-        else:
-            cluster = request._ex.cfg.clusters.get(self.cluster)
-            if cluster is None:
-                return calls.ERROR_DECISION
-            answer = await self.client.call(cluster, b"POST", calls.CHECK_PATH, self.authority, headers,
-                                            framed, grpc=True)
-        return calls.grpc_decision(answer)
+        called = await self.client.grpc(request._ex.cfg.clusters, self.cluster, self.grpc_target,
+                                        calls.CHECK_PATH, self.authority, message, self.metadata,
+                                        self.timeout)
+        return calls.ERROR_DECISION if called is None else calls.grpc_decision(called)
 
     def _apply(self, request: Request, d: calls.Decision) -> None:
         request.state.pop(_STATE, None)

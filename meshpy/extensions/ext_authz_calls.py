@@ -14,6 +14,7 @@ call that fails (transport, timeout, a non-OK gRPC status) is an error.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from meshpy.extensions.strings import Predicate, any_of
 from meshpy.filters import Request
 from meshpy.upstream.side_calls import SideCallError, SideResponse
 
+log = logging.getLogger("meshpy.ext_authz")
 OK, DENIED, ERROR = "ok", "denied", "error"
 CHECK_PATH = b"/envoy.service.auth.v3.Authorization/Check"
 # Never copied from the service's answer as they are: the proxy frames its own reply.
@@ -131,6 +133,15 @@ def joined(request: Request) -> list[tuple[str, str]]:
     return list(out.items())
 
 
+def _address(msg: Any, host: str, port: int) -> None:
+    """An envoy.config.core.v3.Address: a Unix socket's (a path, port 0) is a pipe, as Envoy sends it."""
+    if port == 0 and host:
+        msg.pipe.path = host
+    else:
+        msg.socket_address.address = host
+        msg.socket_address.port_value = port
+
+
 def check_request(request: Request, body: bytes | None, pack_as_bytes: bool, peer_certificate: bool,
                   context: dict[str, str], allowed: Predicate | None,
                   disallowed: Predicate | None, partial: bool = False) -> bytes:
@@ -138,10 +149,8 @@ def check_request(request: Request, body: bytes | None, pack_as_bytes: bool, pee
     `partial` when the body was cut at max_request_bytes."""
     ctx = attribute_context_pb2.AttributeContext()
     conn = request.connection
-    ctx.source.address.socket_address.address = conn.peer
-    ctx.source.address.socket_address.port_value = conn.peer_port
-    ctx.destination.address.socket_address.address = conn.local
-    ctx.destination.address.socket_address.port_value = conn.local_port
+    _address(ctx.source.address, conn.peer, conn.peer_port)
+    _address(ctx.destination.address, conn.local, conn.local_port)
     tls = conn.tls
     if tls is not None and tls.peer_uris:
         ctx.source.principal = tls.peer_uris[0]
@@ -200,6 +209,8 @@ def grpc_decision(answer: SideResponse) -> Decision:
             (d.append_headers if option.append.value else d.set_headers).append(pair)
         d.remove_headers = [h.lower() for h in ok.headers_to_remove]
         d.response_headers = [(o.header.key.lower(), o.header.value) for o in ok.response_headers_to_add]
+        if ok.query_parameters_to_set or ok.query_parameters_to_remove:
+            log.warning("ext_authz: the service's query parameter changes are not applied by meshpy")
         return d
     denied = msg.denied_response
     d = Decision(DENIED, denied.status.code or 403, denied.body.encode("utf-8"))
@@ -213,10 +224,6 @@ def _grpc_status(answer: SideResponse) -> bytes | None:
         if k == b"grpc-status":
             return v
     return None
-
-
-def grpc_timeout(seconds: float) -> bytes:
-    return b"%dm" % max(1, int(seconds * 1000))
 
 
 __all__ = ["CHECK_PATH", "DENIED", "ERROR", "OK", "Decision", "HttpCheck", "SideCallError", "check_request",

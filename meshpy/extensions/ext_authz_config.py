@@ -46,7 +46,7 @@ def check(issues: Issues, msg: Any, path: str) -> None:
 
 
 def check_fraction(issues: Issues, fraction: Any, path: str) -> None:
-    """A RuntimeFractionalPercent: its default applies (no runtime layer sets the key here)."""
+    """A RuntimeFractionalPercent (its runtime key read per request: meshpy.extensions.runtime_flags)."""
     issues.fields(fraction, path, {"default_value", "runtime_key"})
     issues.fields(fraction.default_value, child(path, "default_value"), {"numerator", "denominator"})
 

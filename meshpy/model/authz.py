@@ -15,9 +15,12 @@ meshpy.stack.authz.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from meshpy.model.routes import HeaderMatch, StringMatch
+
+if TYPE_CHECKING:  # (meshpy.model.authz_matcher reads Action from here)
+    from meshpy.model.authz_matcher import RbacMatcher
 
 Action = Literal["allow", "deny", "log"]
 # Where an address rule looks: the local address the client connected to (its original destination in
@@ -112,12 +115,17 @@ class Rbac:
 class RbacFilter:
     """The HTTP filter's config, or a route's that replaces it (Envoy's RBACPerRoute). `rules` None:
     no enforcement and nothing counted (Envoy's filter without `rules`); `shadow_rules` are evaluated
-    and counted, never enforced. The stat prefixes go into the counters' `stat_prefix` label."""
+    and counted, never enforced. The stat prefixes go into the counters' `stat_prefix` label.
+    `matcher` / `shadow_matcher` (meshpy.model.authz_matcher) take the place of `rules` /
+    `shadow_rules`: a config has one or the other of each pair (Envoy ignores the rules beside a
+    matcher)."""
 
     rules: Rbac | None = None
     shadow_rules: Rbac | None = None
     rules_stat_prefix: str = ""
     shadow_rules_stat_prefix: str = ""
+    matcher: RbacMatcher | None = None
+    shadow_matcher: RbacMatcher | None = None
 
 
 EnforcementType = Literal["one_time_on_first_byte", "continuous"]

@@ -72,8 +72,10 @@ def _address_clashes(config: Config) -> list[ConfigIssue]:
     if config.admin.address is not None:
         sockets.append(("admin.address", True, config.admin.address, "admin"))
     for path, bound, address, owner in sockets:
-        if address.port == 0:
+        if address.port == 0 and not address.path:  # (a Unix socket's port is always 0)
             continue
+        if address.mode:  # one path is one socket, whatever mode its file gets
+            address = Address(host="", port=0, path=address.path)
         if (bound, address) in taken:
             issues.append(ConfigIssue(path, f"{address} is already used by {taken[bound, address]}"))
         else:
@@ -123,7 +125,12 @@ def _route_config(route_config: RouteConfig, path: str, known: list[str] | None)
                 issues += _cluster_ref(action.cluster, f"{route_path}.cluster", known)
             for m, weighted in enumerate(action.weighted):
                 issues += _cluster_ref(weighted.name, f"{route_path}.weighted[{m}]", known)
-            if (action.cluster is None) == (not action.weighted):
+            for m, mirror in enumerate(action.mirrors):
+                if mirror.cluster:  # (one a header names is looked up per request: 503 if unknown)
+                    issues += _cluster_ref(mirror.cluster, f"{route_path}.mirrors[{m}].cluster", known)
+            # (a plugin's clusters are named per request: an unknown one is answered 503, as in Envoy)
+            given = (action.cluster is not None, bool(action.weighted), action.cluster_plugin is not None)
+            if sum(given) != 1:
                 reason = "a forwarding route needs one cluster or a weighted split"
                 issues.append(ConfigIssue(route_path, reason))
     return issues

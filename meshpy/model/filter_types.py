@@ -43,6 +43,10 @@ class FilterOverride:
     disabled: bool | None = None  # None: as the listener (or the virtual host) says
     config: str | None = None  # canonical JSON; None: the listener's
     rbac: RbacFilter | None = None  # (authz) replaces the listener's here, and turns it on (RBACPerRoute)
+    # True: `name` is a filter class ("package.module:Class"), and `config` is for every filter of
+    # that class on the listener that no override here names by its own name. It never turns a filter
+    # on or off. (Envoy's deprecated `cors` of virtual hosts and routes, which any CORS filter reads.)
+    by_class: bool = False
 
 
 def effective_chain(specs: tuple[HttpFilterSpec, ...]) -> tuple[HttpFilterSpec, ...]:

@@ -33,6 +33,11 @@ class ConnectionLimits:
     max_connections: int | None = None
     max_connections_per_source_ip: int | None = None
     buffer_limit: int | None = None
+    # Out of the proxy-wide limits (Envoy's listener flags, set on Istio's admin-side listeners):
+    # `global_exempt`, the global connection limit (ignore_global_conn_limit; its connections are not
+    # counted in it either); `overload_exempt`, every overload action too (bypass_overload_manager).
+    global_exempt: bool = False
+    overload_exempt: bool = False
 
     @property
     def any(self) -> bool:

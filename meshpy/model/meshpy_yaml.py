@@ -16,6 +16,7 @@ from meshpy.errors import ConfigError
 from meshpy.model.authz_yaml import read_network_authz
 from meshpy.model.check import check_references
 from meshpy.model.limits import NO_OVERLOAD
+from meshpy.model.meshpy_yaml_access_log import read_access_logs
 from meshpy.model.meshpy_yaml_client_cert import CLIENT_CERT_KEYS, client_cert
 from meshpy.model.meshpy_yaml_filters import read_filters, with_listener_authz
 from meshpy.model.meshpy_yaml_limits import (
@@ -69,6 +70,7 @@ from meshpy.model.types import (
     TcpOptions,
     UpstreamProtocol,
 )
+from meshpy.model.unix_address import parse_unix_mapping
 from meshpy.model.yaml_reader import (
     Fields,
     Reader,
@@ -84,7 +86,7 @@ from meshpy.model.yaml_reader import (
     is_off,
     item,
 )
-from meshpy.model.yaml_values import is_ip_literal, parse_address, parse_size, yaml_kind
+from meshpy.model.yaml_values import is_ip_literal, parse_address, parse_size
 
 _TOP_KEYS = ("admin", "drain_time", "grace_time", "exit_when_idle", "overload", "listeners", "clusters")
 _LISTENER_KEYS = ("name", "address", "protocol", "access_log", "idle_timeout", "original_destination", "bind",
@@ -184,9 +186,12 @@ def _read_config(r: Reader, data: object) -> Config:
 
 def _bind_address(value: object) -> Address:
     """An address something listens on: port 0 picks a free port; a host name is refused because it
-    may resolve to several addresses (Envoy refuses it too)."""
-    address = parse_address(value, allow_port_zero=True)
-    if not is_ip_literal(address.host):
+    may resolve to several addresses (Envoy refuses it too). A Unix socket is `unix:PATH`, or
+    `{unix: PATH, mode: 0660}` to set its file's mode."""
+    if isinstance(value, Mapping):
+        return parse_unix_mapping(value)
+    address = parse_address(value, allow_port_zero=True, allow_unix=True)
+    if not address.path and not is_ip_literal(address.host):
         raise ValueError(f"{address.host!r} is a host name; listen on an IP address such as 127.0.0.1")
     return address
 
@@ -200,10 +205,11 @@ def _admin(r: Reader, node: object) -> Admin:
         except ValueError as exc:
             r.error("admin", str(exc))
             return Admin()
-    f = r.mapping(node, "admin", ("address",))
+    f = r.mapping(node, "admin", ("address", "access_log"))
     if f is None:
         return Admin()
-    return Admin(address=f.require("address", _bind_address, None))
+    logs = read_access_logs(r, f.raw("access_log"), f.at("access_log")) if "access_log" in f else ()
+    return Admin(address=f.require("address", _bind_address, None), access_logs=logs)
 
 
 # Listeners
@@ -223,7 +229,7 @@ def _listener(r: Reader, node: object, path: str) -> Listener | None:
         return None
     address = f.require("address", _bind_address, Address(host="0.0.0.0", port=0))
     # Unnamed listeners are named like Istio names them, after where they listen.
-    name = f.get("name", as_name, f"{address.host}_{address.port}")
+    name = f.get("name", as_name, str(address) if address.path else f"{address.host}_{address.port}")
     logs = _access_logs(r, f.raw("access_log"), f.at("access_log")) if "access_log" in f else ()
     interception = Listener(name=name, address=address, kind="tcp",
                             original_destination=f.get("original_destination", as_bool, False),
@@ -309,22 +315,9 @@ def _server_name(value: object) -> str | None:
 
 
 def _access_logs(r: Reader, node: object, path: str) -> tuple[AccessLog, ...]:
-    """`stdout`, `off`, a file path, or a list of those (one JSON line per request to each)."""
-    if is_off(node):
-        return ()
-    logs: list[AccessLog] = []
-    for i, value in enumerate(r.sequence(node, path, allow_single=True)):
-        at = item(path, i) if isinstance(node, list) else path
-        if not isinstance(value, str) or not value.strip() or is_off(value):
-            r.error(
-                at,
-                f"expected stdout or a file path, got {value!r}"
-                if isinstance(value, str)
-                else f"expected stdout or a file path, got a {yaml_kind(value)}",
-            )
-        else:
-            logs.append(AccessLog(path=None if value.strip() in ("stdout", "-") else value.strip()))
-    return tuple(logs)
+    """`stdout`, `stderr`, `off`, a file path, a mapping with a format, or a list of those
+    (meshpy.model.meshpy_yaml_access_log)."""
+    return read_access_logs(r, node, path)
 
 
 # Clusters
@@ -368,10 +361,12 @@ def _cluster(r: Reader, node: object, path: str, key: object) -> Cluster | None:
     endpoints = _endpoints(r, f, discovery)
     if discovery is None:
         # No type given: a cluster of IP addresses is static, anything with a host name resolves DNS.
-        all_ips = all(is_ip_literal(e.address.host) for e, _ in endpoints)
+        all_ips = all(is_ip_literal(e.address.host) or e.address.path for e, _ in endpoints)
         discovery = "static" if all_ips else "strict_dns"
     for endpoint, at in endpoints:
-        if discovery == "static" and not is_ip_literal(endpoint.address.host):
+        if endpoint.address.path and discovery != "static":
+            r.error(at, "a Unix socket is not resolved by DNS: its cluster is static (as in Envoy)")
+        elif discovery == "static" and not is_ip_literal(endpoint.address.host) and not endpoint.address.path:
             r.error(
                 at,
                 f"{endpoint.address.host!r} is a host name; static clusters need IP addresses "
@@ -438,17 +433,21 @@ def _endpoints(r: Reader, f: Fields, discovery: DiscoveryType | None) -> list[tu
         if isinstance(value, Mapping):
             g = r.mapping(value, at, ("address", "weight"))
             if g is not None and "address" in g:
-                address = g.get("address", parse_address, None)
+                address = g.get("address", _endpoint_address, None)
                 if address is not None:
                     found.append((Endpoint(address=address, weight=g.get("weight", as_positive_int, 1)), at))
             elif g is not None:
                 r.error(at, "missing required key 'address'")
             continue
         try:
-            found.append((Endpoint(address=parse_address(value)), at))
+            found.append((Endpoint(address=_endpoint_address(value)), at))
         except ValueError as exc:
             r.error(at, str(exc))
     return found
+
+
+def _endpoint_address(value: object) -> Address:
+    return parse_address(value, allow_unix=True)
 
 
 def _discovery(value: object) -> DiscoveryType:

@@ -15,6 +15,10 @@ HeaderAppend = Literal["append", "add_if_absent", "overwrite", "overwrite_if_exi
 
 DEFAULT_ROUTE_TIMEOUT = 15.0  # Envoy's route timeout default
 
+# A route's or virtual host's metadata.filter_metadata, read by filters (Envoy's Lua filter's
+# metadata()): (filter name, its Struct as JSON text), in the config's order.
+FilterMetadata = tuple[tuple[str, str], ...]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StringMatch:
@@ -136,7 +140,8 @@ HONOUR_GRPC_TIMEOUT = GrpcTimeout()  # meshpy YAML's default; an Envoy route wit
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardAction:
-    """Send to one cluster, or split by weight between several (exactly one of the two is set)."""
+    """Send to one cluster, split by weight between several, or to the cluster a plugin names per
+    request (exactly one of the three is set)."""
 
     cluster: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
@@ -154,6 +159,22 @@ class ForwardAction:
     grpc_timeout: GrpcTimeout | None = HONOUR_GRPC_TIMEOUT
     retry: RetryPolicy | None = None
     hash_policy: tuple[HashPolicy, ...] = ()  # for ring_hash and maglev clusters
+    # This route's word on upgrades (Envoy's RouteAction.upgrade_configs): (type in lower case, on),
+    # over the listener's `upgrades` for requests on this route. A type on here is taken by the
+    # listener too (then refused, 403, on routes that do not allow it).
+    upgrades: tuple[tuple[str, bool], ...] = ()
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    cluster_plugin: LuaClusterSpecifier | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LuaClusterSpecifier:
+    """The cluster chosen per request by a Lua script (Envoy's Lua cluster specifier plugin): its
+    `envoy_on_route(route_handle)` returns the cluster's name, else (an error, no string) the request
+    goes to `default_cluster`. A name that is no cluster is answered 503 (NC), as Envoy does."""
+
+    source_code: str
+    default_cluster: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +206,30 @@ class LocalRateLimit:
     tokens_per_fill: int
     fill_interval: float
     status: int = 429
+    # Added to the answers of the requests it limits (Envoy's response_headers_to_add).
+    response_headers: HeaderEdits = NO_EDITS
+    # Envoy's filter_enabled and filter_enforced: the percent of requests the bucket sees, and of those
+    # it finds empty the percent answered (the others pass); a runtime key, when given and set in the
+    # layered runtime, overrides each (meshpy.runtime).
+    enabled_percent: float = 100.0
+    enforced_percent: float = 100.0
+    enabled_key: str = ""
+    enforced_key: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultKeys:
+    """The runtime keys the fault filter reads (Envoy's names, unless its HTTPFault names others): they
+    override the percentages, the delay, the status and max_active while a layered runtime sets them."""
+
+    delay_percent: str = "fault.http.delay.fixed_delay_percent"
+    abort_percent: str = "fault.http.abort.abort_percent"
+    delay_duration: str = "fault.http.delay.fixed_duration_ms"
+    abort_status: str = "fault.http.abort.http_status"
+    max_active: str = "fault.http.max_active_faults"
+
+
+ENVOY_FAULT_KEYS = FaultKeys()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,6 +243,7 @@ class Fault:
     abort_percent: float = 100.0
     header_controlled: bool = False
     max_active: int | None = None  # faults in progress at once (None: no limit)
+    keys: FaultKeys = ENVOY_FAULT_KEYS  # read from the runtime (meshpy.runtime), when it has values
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,6 +256,7 @@ class Route:
     rate_limit: LocalRateLimit | None = None  # this route's own bucket
     fault: Fault | None = None
     filters: tuple[FilterOverride, ...] = ()  # what this route says of the listener's filters
+    metadata: FilterMetadata = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,6 +268,7 @@ class VirtualHost:
     response_headers: HeaderEdits = NO_EDITS
     rate_limit: LocalRateLimit | None = None  # one bucket for every route of the host without its own
     filters: tuple[FilterOverride, ...] = ()
+    metadata: FilterMetadata = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +278,20 @@ class RouteConfig:
     request_headers: HeaderEdits = NO_EDITS
     response_headers: HeaderEdits = NO_EDITS
     ignore_port_in_host: bool = True  # strip ":port" from Host before matching domains
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorPolicy:
+    """A copy of a route's requests sent to another cluster, its answer dropped (Envoy's
+    request_mirror_policies): to `cluster`, or to the cluster the request header `cluster_header`
+    names; for `percent` of the requests; the copy's authority gets "-shadow" unless `host_suffix`
+    is off (Envoy's disable_shadow_host_suffix_append)."""
+
+    cluster: str = ""
+    cluster_header: str = ""  # lower case
+    percent: float = 100.0
+    runtime_key: str = ""  # its value in the layered runtime, when set, over `percent`
+    host_suffix: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

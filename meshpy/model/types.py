@@ -10,9 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from meshpy.model.access_log import AccessLog as AccessLog  # (re-exported: where it always was)
+from meshpy.model.endpoints import (
+    DEFAULT_GROUP,
+    DEFAULT_LOCALITY_BALANCING,
+    NO_LOCALITY,
+    EndpointGroup,
+    HealthTarget,
+    Locality,
+    LocalityBalancing,
+)
 from meshpy.model.filter_types import HttpFilterSpec
 from meshpy.model.limits import NO_HTTP_LIMITS, NO_LIMITS, NO_OVERLOAD, ConnectionLimits, HttpLimits, Overload
+from meshpy.model.process import NO_PROCESS_OPTIONS, ProcessOptions
 from meshpy.model.routes import LocalRateLimit, RouteConfig
+from meshpy.model.runtime import NO_RUNTIME, LayeredRuntime
 from meshpy.model.tls import ANY_CONNECTION, ChainMatch, ClientTls, FilterChain, ServerTls
 
 if TYPE_CHECKING:
@@ -38,10 +50,19 @@ DEFAULT_DNS_REFRESH = 5.0  # Envoy's dns_refresh_rate default
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Address:
+    """A TCP address, or with `path` a Unix socket (Envoy's pipe; host and port unused, `mode` the
+    permission bits of a listening socket's file): meshpy.model.unix_address."""
+
     host: str
     port: int
+    path: str = ""
+    mode: int = 0
+    # A listening IPv6 socket that takes IPv4 too (IPv4-mapped peers; Envoy's ipv4_compat).
+    v4_compat: bool = False
 
     def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
@@ -75,6 +96,10 @@ class Http2Options:
     # connection_keepalive). Used on upstream connections.
     keepalive_interval: float | None = None
     keepalive_timeout: float = 5.0
+    # A listener's: extended CONNECT (RFC 8441, WebSocket over HTTP/2) is announced in SETTINGS and
+    # taken. Envoy's allow_connect, off unless an Envoy config sets it; on in meshpy YAML. (A plain
+    # CONNECT is HTTP/2's own and is taken either way, where a CONNECT route allows it.)
+    allow_connect: bool = True
     # The HTTP/2 codec (meshpy.codec.h2session): auto is the process default (`meshpy run
     # --http2-codec`), which is nghttp2 where libnghttp2 loads, else h2. meshpy YAML only.
     codec: H2CodecName = "auto"
@@ -97,13 +122,6 @@ CLIENT_CERT_DETAILS: tuple[ClientCertDetail, ...] = ("cert", "chain", "subject",
 # on with each connection (Envoy's auto_config), so it needs TLS; the loaders then offer AUTO_ALPN
 # (meshpy.model.tls) unless the cluster's TLS lists its own.
 UpstreamProtocol = Literal["http1", "http2", "auto"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AccessLog:
-    """One JSON line per request. `path` "-" (or None) is stdout."""
-
-    path: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +159,10 @@ class HttpOptions:
     forward_client_cert: ForwardClientCert = "sanitize"  # a client's x-forwarded-client-cert, by mode
     # What an adding mode (append_forward, sanitize_set) writes besides By and Hash, in Envoy's order.
     client_cert_details: tuple[ClientCertDetail, ...] = ()
+    # Envoy's add_user_agent: requests get x-envoy-downstream-service-cluster (and user-agent where they
+    # have none) from Config.service_cluster, and x-envoy-downstream-service-node from
+    # Config.service_node when it is set.
+    add_user_agent: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,6 +218,11 @@ class Listener:
 class Endpoint:
     address: Address
     weight: int = 1
+    # Its priority and locality (meshpy.model.endpoints), the name Envoy's endpoint `hostname` gives it,
+    # and where its health checks go when not to `address`.
+    group: EndpointGroup = DEFAULT_GROUP
+    hostname: str = ""
+    health_target: HealthTarget | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,6 +278,8 @@ class LoadBalancing:
     table_size: int = 65537  # maglev: a prime
     decay: float = 10.0  # peak_ewma: seconds over which old latencies fade
     slow_start: SlowStart | None = None  # round_robin and least_request
+    # Priorities, panic threshold, locality weights, zone-aware routing (meshpy.upstream.priority).
+    locality: LocalityBalancing = DEFAULT_LOCALITY_BALANCING
 
 
 DEFAULT_LB = LoadBalancing()
@@ -302,6 +331,11 @@ class HealthCheck:
     interval_jitter: float = 0.0
     healthy_threshold: int = 1
     unhealthy_threshold: int = 3
+    # While the cluster has never opened a connection (Envoy's no_traffic_interval, 60 s in an Envoy
+    # config), and for endpoints that pass their checks meanwhile (no_traffic_healthy_interval, else
+    # the former). None: `interval`.
+    no_traffic_interval: float | None = None
+    no_traffic_healthy_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -344,6 +378,8 @@ class Cluster:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Admin:
     address: Address | None = None  # None: no admin listener
+    # Requests to the admin, logged as Envoy logs them (its admin.access_log and access_log_path).
+    access_logs: tuple[AccessLog, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -356,13 +392,53 @@ class Lifecycle:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class XdsServer:
+    """A server of xDS reached through a static cluster of the bootstrap (envoy_grpc, or a REST config
+    source's cluster_names) or a google_grpc target: where it is and how to connect to it."""
+
+    target: str = ""  # a gRPC target: host:port, or unix:PATH (a pipe)
+    cluster: str = ""  # the static cluster that names it ("" for google_grpc)
+    tls: ClientTls | None = None  # the cluster's UpstreamTlsContext
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    tcp_keepalive: TcpKeepalive | None = None
+    http2: bool = False  # the cluster speaks HTTP/2 (what a REST config source's requests go over)
+
+
+# Where resources of a type come from (Envoy's ConfigSource): the ADS stream, a gRPC stream of their own
+# (state of the world or delta), REST polling, or a file watched for changes.
+ApiProtocol = Literal["ads", "grpc", "delta", "rest", "path"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiSource:
+    """One ConfigSource, as meshpy's xDS client follows it. Equal sources share one conversation per
+    resource type (Envoy opens one per subscription: the same resources come either way)."""
+
+    protocol: ApiProtocol = "ads"
+    server: XdsServer | None = None  # grpc, delta, rest
+    path: str = ""  # path: the file holding a DiscoveryResponse
+    watched_directory: str = ""  # path: reload when this directory changes (path_config_source)
+    initial_metadata: tuple[tuple[str, str], ...] = ()  # gRPC metadata sent with the stream
+    backoff_base: float = 0.5  # reconnect back-off of a gRPC stream (its envoy_grpc retry_policy)
+    backoff_max: float = 30.0
+    rate_limit: tuple[int, float] | None = None  # gRPC: rate_limit_settings (max tokens, per second)
+    node_first_only: bool = False  # gRPC: set_node_on_first_message_only (else the node is in every request)
+    refresh_delay: float = 0.0  # rest: seconds between polls
+    request_timeout: float = 1.0  # rest: each poll's deadline (Envoy's default 1 s)
+
+
+ADS_SOURCE = ApiSource()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class XdsSource:
-    """Where dynamic listeners and clusters come from: one ADS server (Envoy's `ads_config`).
+    """Where dynamic resources come from: one ADS server (Envoy's `ads_config`), and the other config
+    sources the bootstrap names (per-type gRPC streams, REST, files: `lds_source`, `cds_source`, ...).
 
     `node_json` is the node identity in proto JSON (envoy.config.core.v3.Node), sent to the server as
     written: the server may select config by any of its fields, so none is dropped on the way."""
 
-    server: str  # host:port, a gRPC target
+    server: str  # a gRPC target: host:port, or a Unix socket (unix:PATH, unix-abstract:NAME)
     delta: bool = False  # DELTA_GRPC (incremental) instead of GRPC (state of the world)
     node_json: str = "{}"
     lds: bool = True  # subscribe to listeners (lds_config: {ads: {}})
@@ -374,9 +450,31 @@ class XdsSource:
     # and that cluster's connect timeout. None: plaintext, or `meshpy run --xds-ca`.
     tls: ClientTls | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    # TCP keepalive on the stream's connection (the ADS cluster's tcp_keepalive; applied where meshpy
+    # makes the connection: over TLS).
+    tcp_keepalive: TcpKeepalive | None = None
+    # gRPC metadata sent with the stream (the gRPC service's initial_metadata).
+    initial_metadata: tuple[tuple[str, str], ...] = ()
+    # A token bucket on the requests sent (ads_config.rate_limit_settings): (max tokens, per second).
+    rate_limit: tuple[int, float] | None = None
     # Static listeners whose routes come over RDS and static EDS clusters: they can only be built once
     # the ADS server has sent what they need, so the xDS client holds them, as (type URL, proto JSON).
     static_resources: tuple[tuple[str, str], ...] = ()
+    # Where listeners and clusters come from when not over ADS (lds_config, cds_config).
+    lds_source: ApiSource = ADS_SOURCE
+    cds_source: ApiSource = ADS_SOURCE
+    # The static clusters a config source may name (envoy_grpc, REST cluster_names), by their name: the
+    # dynamic resources' RDS, EDS and SDS config sources are resolved against these. Not compared: any
+    # single-endpoint static cluster may be one, and a reload that edits one must not read as a change
+    # of the xDS settings (the client keeps those it started with, as Envoy keeps its bootstrap's).
+    servers: tuple[XdsServer, ...] = field(default=(), compare=False)
+    # RTDS layers whose Runtime comes from elsewhere than ADS: (resource name, source).
+    runtime_sources: tuple[tuple[str, ApiSource], ...] = ()
+
+    @property
+    def ads(self) -> bool:
+        """An ADS stream is configured (`server` is "" for a bootstrap without ads_config)."""
+        return bool(self.server)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -388,3 +486,11 @@ class Config:
     overload: Overload = NO_OVERLOAD
     source_format: Literal["meshpy", "envoy"] = "meshpy"
     xds: XdsSource | None = None  # static parts above are served beside what the ADS server sends
+    runtime: LayeredRuntime = NO_RUNTIME  # Envoy's layered_runtime (meshpy.runtime reads it)
+    process: ProcessOptions = NO_PROCESS_OPTIONS  # log format, outlier event log (Envoy bootstraps)
+    # The bootstrap's node.id and node.cluster (Envoy's --service-node and --service-cluster win).
+    service_node: str = ""
+    service_cluster: str = ""
+    # The bootstrap's node.locality (Envoy's --service-zone sets its zone): with
+    # process.local_cluster, what zone-aware routing needs.
+    service_locality: Locality = NO_LOCALITY

@@ -12,6 +12,7 @@ import ipaddress
 import math
 import re
 
+from meshpy.model import unix_address
 from meshpy.model.types import Address
 
 # Go/Envoy-style durations, optionally compound ("1m30s"). Longer unit names come first in the
@@ -147,8 +148,10 @@ def is_ip_literal(host: str) -> bool:
     return True
 
 
-def parse_address(value: object, *, allow_port_zero: bool = False, any_host: str = "0.0.0.0") -> Address:
-    """An `Address` from `127.0.0.1:8080`, `[::1]:8080`, `localhost:80` or `:8080` (meaning `any_host`).
+def parse_address(value: object, *, allow_port_zero: bool = False, any_host: str = "0.0.0.0",
+                  allow_unix: bool = False) -> Address:
+    """An `Address` from `127.0.0.1:8080`, `[::1]:8080`, `localhost:80` or `:8080` (meaning `any_host`),
+    and where the caller can use one (`allow_unix`), a Unix socket: `unix:/run/app.sock`, `unix:@name`.
 
     Port 0 ("let the kernel pick") only makes sense for something that listens, so callers opt in.
     IPv6 hosts are normalised (`[0:0::1]` becomes `::1`) and names lower-cased so that two spellings
@@ -157,6 +160,10 @@ def parse_address(value: object, *, allow_port_zero: bool = False, any_host: str
     if not isinstance(value, str):
         raise ValueError(f"expected host:port (e.g. 127.0.0.1:8080 or :8080), got a {yaml_kind(value)}")
     text = value.strip()
+    if text.startswith(unix_address.PREFIX):
+        if not allow_unix:
+            raise ValueError(f"{value!r}: a Unix socket cannot be used here; expected host:port")
+        return unix_address.parse_unix(text)
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]:")
         if not sep:

@@ -16,6 +16,7 @@ from meshpy.codec import h2session
 from meshpy.codec.http1 import HttpDate
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.limits import NO_HTTP_LIMITS, HttpLimits
+from meshpy.model.routes import ForwardAction
 from meshpy.model.types import AccessLog, Config, Listener
 from meshpy.routing.compile_chains import compile_chains
 from meshpy.routing.table import RouteTable
@@ -24,6 +25,7 @@ from meshpy.stack.client_cert import ClientCertPolicy
 from meshpy.stack.deadlines import Deadlines
 from meshpy.stack.exchange import Exchange
 from meshpy.stack.exchange_h2 import H2Exchange
+from meshpy.stack.exchange_logged import LoggedExchange, LoggedH2Exchange
 from meshpy.stack.filter_chain import ChainBuilder
 from meshpy.stack.policy_runtime import PolicyClaims
 from meshpy.telemetry.accesslog import AccessLogger
@@ -75,6 +77,7 @@ class HttpListenerConfig:
         "http2_exchange",
         "http_limits",
         "idle_timeout",
+        "listener_upgrades",
         "loggers",
         "max_header_bytes",
         "max_headers",
@@ -84,8 +87,10 @@ class HttpListenerConfig:
         "overload",
         "refuse_http_10",
         "replace_rid",
+        "runtime",
         "scheme",
         "server_name",
+        "service_cluster",
         "stats",
         "stream_idle_timeout",
         "table",
@@ -94,6 +99,7 @@ class HttpListenerConfig:
         "timer_interval",
         "upgrades",
         "use_remote_address",
+        "user_agent",
     )
 
     def __init__(
@@ -103,7 +109,9 @@ class HttpListenerConfig:
         stats: ListenerStats,
         loggers: tuple[AccessLogger, ...],
         policies: PolicyClaims | None = None,
+        node: tuple[str, str] = ("", ""),
     ) -> None:
+        """`node`: the proxy's service node and cluster (Config.service_node, .service_cluster)."""
         self.model = model
         self.name = model.name
         self.clusters = clusters
@@ -113,6 +121,9 @@ class HttpListenerConfig:
         # that they never import the stack (meshpy.ports).
         self.http1_exchange: Callable[[ResponseWriter, HttpListenerConfig], Http1Exchange] = Exchange
         self.http2_exchange: Callable[[H2Stream, HttpListenerConfig], StreamExchange] = H2Exchange
+        if any(logger.needs_view for logger in loggers):
+            # Envoy's log formats and filters read what these keep; without them nothing is kept.
+            self.http1_exchange, self.http2_exchange = LoggedExchange, LoggedH2Exchange
         self.tcp: TcpListenerConfig | None = None
         self.scheme = b"https" if model.tls is not None else b"http"  # x-forwarded-proto
         # The chain's network RBAC filter: checked once per connection, once its TLS identity is known.
@@ -136,6 +147,10 @@ class HttpListenerConfig:
         self.overload: Overload | None = None
         self.conn_limited = False  # count requests per connection (transport.admission.keep_alive_allowed)
         self.guarded = False  # the exchange asks stack.admission_guard.guard before routing
+        # add_user_agent: (the service cluster, the service node) for the request headers (guard)
+        self.user_agent: tuple[bytes, bytes] | None = None
+        self.service_cluster = node[1]  # (the global rate limit's source_cluster descriptors)
+        self.runtime = policies.runtime if policies is not None else None  # Envoy's layered runtime
         opts = model.http
         if opts is None:
             assert model.tcp is not None
@@ -147,6 +162,7 @@ class HttpListenerConfig:
             self.max_headers = self.max_header_bytes = 0
             self.server_name = None
             self.upgrades: frozenset[bytes] = frozenset()
+            self.listener_upgrades = self.upgrades
             self.generate_rid = self.replace_rid = self.use_remote_address = self.forwarded_proto = False
             self.envoy_headers = False
             self.refuse_http_10 = False
@@ -171,9 +187,16 @@ class HttpListenerConfig:
         self.body_limit = opts.max_request_body_bytes
         if opts.limits != NO_HTTP_LIMITS:
             self.http_limits = opts.limits
+        if opts.add_user_agent:
+            self.user_agent = (node[1].encode(), node[0].encode())
         self.with_overload(None)
         self.server_name = opts.server_name.encode() if opts.server_name else None
-        self.upgrades = frozenset(u.encode() for u in opts.upgrades)
+        # Upgrades taken at the head: the listener's, and those a route turns on (a route then says
+        # yes or no for its own requests: Exchange._upgrade_refused).
+        self.listener_upgrades = frozenset(u.encode() for u in opts.upgrades)
+        self.upgrades = self.listener_upgrades | frozenset(
+            kind.encode() for vh in opts.route_config.virtual_hosts for r in vh.routes
+            if isinstance(r.action, ForwardAction) for kind, on in r.action.upgrades if on)
         # As in Envoy: a client's x-request-id is replaced only on an edge request (use_remote_address)
         # with preserve_external_request_id off; behind another proxy it is kept. A missing one is made.
         self.generate_rid = opts.generate_request_id
@@ -193,7 +216,7 @@ class HttpListenerConfig:
         limits = self.http_limits
         self.conn_limited = overload is not None or (limits is not None and (
             limits.max_requests_per_connection is not None or limits.max_connection_duration is not None))
-        self.guarded = overload is not None or (
+        self.guarded = overload is not None or self.user_agent is not None or (
             limits is not None and limits.headers_with_underscores != "allow")
 
 
@@ -274,7 +297,8 @@ def compile_snapshot(
         logs = model.http.access_logs if model.http is not None else (
             model.tcp.access_logs if model.tcp is not None else ())
         bound = tuple(loggers(a) for a in logs)
-        return HttpListenerConfig(model, clusters, metrics.listener(model.name), bound, policies)
+        return HttpListenerConfig(model, clusters, metrics.listener(model.name), bound, policies,
+                                  (config.service_node, config.service_cluster))
 
     for i, lm in enumerate(config.listeners):
         try:

@@ -19,7 +19,7 @@ import random
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from typing import Final, final
+from typing import Any, Final, final
 
 from meshpy.errors import ConfigError
 from meshpy.model.filter_types import FilterOverride
@@ -46,6 +46,7 @@ from meshpy.routing.matchers import (
 )
 from meshpy.stack.filter_chain import ChainBuilder
 from meshpy.stack.headers import compile_edits
+from meshpy.stack.mirror import MirrorFilter
 from meshpy.stack.policy_runtime import PolicyClaims, Scope, route_places
 
 # Path match kinds. Envoy 1.40 tests every kind against the path with query and fragment removed
@@ -85,6 +86,7 @@ class CompiledVirtualHost:
 @final
 class CompiledRoute:
     __slots__ = (
+        "_cluster_plugin",
         "_clusters",
         "_cumulative",
         "_headers",
@@ -104,6 +106,7 @@ class CompiledRoute:
         "complete_filters",
         "connect",
         "fault",
+        "filtered",
         "filters",
         "forward",
         "grpc_timeout",
@@ -123,6 +126,7 @@ class CompiledRoute:
         "route",
         "stream_limited",
         "timeout",
+        "upgrades",
         "upstream_filters",
         "virtual_host",
     )
@@ -152,9 +156,12 @@ class CompiledRoute:
         self.idle_timeout = fwd.idle_timeout if fwd is not None else None
         self.max_stream_duration = fwd.max_stream_duration if fwd is not None else None
         self.grpc_timeout = fwd.grpc_timeout if fwd is not None else None
-        self.stream_limited = self.max_stream_duration is not None  # (or a gRPC call's grpc-timeout)
+        # A duration of its own, or a gRPC call's grpc-timeout (also a call a filter made gRPC: gRPC-Web's).
+        self.stream_limited = self.max_stream_duration is not None or self.grpc_timeout is not None
         self.retry = fwd.retry if fwd is not None else None
         self.hash_policy = fwd.hash_policy if fwd is not None else ()
+        # The route's word on upgrades (type -> allowed); None: the listener's alone.
+        self.upgrades = {k.encode(): v for k, v in fwd.upgrades} if fwd is not None and fwd.upgrades else None
         # The route's own token bucket, else its virtual host's (shared by its routes); faults.
         limit = route.rate_limit
         self.limiter = policies.bucket(scope, limit) if limit is not None else vhost.limiter
@@ -171,11 +178,17 @@ class CompiledRoute:
             compile_edits(route.response_headers, vh_model.response_headers, rc.response_headers),
             vhost.filters, route.filters, where)
         self.filters = chain_.request
-        self.upstream_filters = chain_.upstream
+        self.upstream_filters: tuple[Any, ...] = chain_.upstream  # (header edits, mirrors: on_upstream)
         self.response_filters = chain_.response
         self.request_body_filters = chain_.request_body
+        if fwd is not None and fwd.mirrors:  # (after the chain: Envoy's router mirrors, last of all)
+            mirror = MirrorFilter(fwd.mirrors, self.timeout)
+            self.upstream_filters = (*chain_.upstream, mirror)
+            self.request_body_filters = (*chain_.request_body, mirror)  # type: ignore[arg-type]  # (same hooks)
+        # Whether the request passes the chain at all (Exchange._filtered): filters, or body hooks only.
+        self.filtered = bool(self.filters) or bool(self.request_body_filters)
         # Its body filters only read the body: the request keeps its content-length upstream.
-        self.request_body_sized = all(f.user.keeps_body_length for f in chain_.request_body)
+        self.request_body_sized = all(f.user.keeps_body_length for f in self.request_body_filters)
         self.response_body_filters = chain_.response_body
         self.complete_filters = chain_.complete
         # One flag for the response path: the head passes through untouched unless this is set.
@@ -209,6 +222,7 @@ class CompiledRoute:
         self._simple = not (self._methods or self._headers or self._query)
         self._random = rand
         self._single_cluster: str | None = None
+        self._cluster_plugin: Any = None  # a cluster chosen per request (meshpy.extensions.lua_cluster)
         self._clusters: tuple[str, ...] = ()
         self._cumulative: tuple[int, ...] = ()
         self._total_weight = 0
@@ -224,11 +238,21 @@ class CompiledRoute:
             raise ConfigError.at(f"{where}.action", f"unknown action {type(action).__name__}")
 
     def _compile_forward(self, action: ForwardAction, where: str) -> None:
-        if (action.cluster is None) == (not action.weighted):
+        if action.cluster_plugin is not None and action.cluster is None and not action.weighted:
+            # Imported where a config has one, as every extension is. The script's Lua state is the
+            # route's, made as the table compiles (a script that does not load is the config's error).
+            from meshpy.extensions.lua_cluster import LuaClusterPlugin
+            from meshpy.extensions.lua_runtime import ScriptError
+
+            try:
+                self._cluster_plugin = LuaClusterPlugin(action.cluster_plugin)
+            except ScriptError as err:
+                raise ConfigError.at(f"{where}.cluster_plugin", str(err)) from err
+        elif (action.cluster is None) == (not action.weighted):
             raise ConfigError.at(where, "exactly one of cluster and weighted must be set")
         if action.cluster is not None:
             self._single_cluster = action.cluster
-        else:
+        elif action.weighted:
             clusters: list[str] = []
             ends: list[int] = []
             total = 0
@@ -274,11 +298,15 @@ class CompiledRoute:
                 return False
         return True
 
-    def pick_cluster(self) -> str:
-        """The cluster to forward to: the single one, or a weighted random choice."""
+    def pick_cluster(self, ex: Any = None) -> str:
+        """The cluster to forward to: the single one, a weighted random choice, or the one a plugin
+        names for the request `ex` (its default without one)."""
         single = self._single_cluster
         if single is not None:
             return single
+        plugin = self._cluster_plugin
+        if plugin is not None:
+            return plugin.cluster(ex)  # type: ignore[no-any-return]
         if not self._clusters:
             raise ValueError(f"route {self.route.name!r} does not forward to a cluster")
         return self._clusters[bisect_right(self._cumulative, self._random() * self._total_weight)]

@@ -15,33 +15,41 @@ import sys
 import time
 
 from meshpy.model.types import DEFAULT_ADMIN as RUN_DEFAULT
+from meshpy.model.unix_address import PREFIX, os_path
 
 DEFAULT_ADMIN = str(RUN_DEFAULT)  # as `meshpy run` without a config file
 
 
 def add_wait_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin", default=DEFAULT_ADMIN, help=f"the proxy's admin address ({DEFAULT_ADMIN})")
+    parser.add_argument("--admin", default=DEFAULT_ADMIN,
+                        help=f"the proxy's admin address: HOST:PORT or unix:PATH ({DEFAULT_ADMIN})")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for /ready to answer 200 (default 60)")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between two looks (0.2)")
 
 
 def add_drain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin", default=DEFAULT_ADMIN, help=f"the proxy's admin address ({DEFAULT_ADMIN})")
+    parser.add_argument("--admin", default=DEFAULT_ADMIN,
+                        help=f"the proxy's admin address: HOST:PORT or unix:PATH ({DEFAULT_ADMIN})")
     parser.add_argument("--inbound-only", action="store_true",
                         help="drain only the listeners of inbound traffic (the app's callers)")
     parser.add_argument("--now", action="store_true",
                         help="stop accepting at once instead of after the drain time")
 
 
-def _split(address: str) -> tuple[str, int]:
+def _split(address: str) -> tuple[str, int] | str:
+    if address.startswith(PREFIX):  # an admin on a Unix socket: unix:PATH or unix:@NAME
+        path = address[len(PREFIX):]
+        if not path:
+            raise ValueError(f"--admin: expected unix:PATH, got {address!r}")
+        return path
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"--admin: expected HOST:PORT, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _admin(args: argparse.Namespace, command: str) -> tuple[str, int] | None:
+def _admin(args: argparse.Namespace, command: str) -> tuple[str, int] | str | None:
     """The --admin address, or None after saying what is wrong with it (a usage error)."""
     try:
         return _split(args.admin)
@@ -50,9 +58,22 @@ def _admin(args: argparse.Namespace, command: str) -> tuple[str, int] | None:
         return None
 
 
-def request(address: tuple[str, int], method: str, target: str, timeout: float) -> tuple[int, str]:
+def _connect(address: tuple[str, int] | str, timeout: float) -> socket.socket:
+    if isinstance(address, tuple):
+        return socket.create_connection(address, timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(os_path(address))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def request(address: tuple[str, int] | str, method: str, target: str, timeout: float) -> tuple[int, str]:
     """One HTTP/1.1 request to the admin listener: (status, body)."""
-    with socket.create_connection(address, timeout=timeout) as sock:
+    with _connect(address, timeout) as sock:
         sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: meshpy-admin\r\nConnection: close\r\n"
                      "Content-Length: 0\r\n\r\n".encode())
         chunks = []

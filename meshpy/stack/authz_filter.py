@@ -9,6 +9,8 @@ What it does, as Envoy 1.40 does it (checked against the binary, tests/integrati
   `rbac_access_denied_matched_policy[<policy>|none]` (meshpy.stack.authz.denial_details), which
   meshpy's access log has no field for;
 - a config without rules (a route's RBACPerRoute without any) lets everything pass, uncounted.
+The unified matcher (`matcher`, `shadow_matcher`) decides in place of the rules, the same way; the
+action it finds names the "policy".
 The counters are the listener's (meshpy.telemetry.rbac_stats), bound on the first request.
 """
 
@@ -16,14 +18,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from meshpy.model.authz import RbacFilter
+from meshpy.model.authz import Rbac, RbacFilter
+from meshpy.model.authz_matcher import RbacMatcher
 from meshpy.stack.authz import CompiledRbac, Facts, remote_address
+from meshpy.stack.authz_matcher import CompiledMatcher
 from meshpy.telemetry.rbac_stats import RbacCounters
 
 if TYPE_CHECKING:
     from meshpy.stack.exchange import Exchange
 
 DENIED_BODY = b"RBAC: access denied"
+
+
+def _engine(rules: Rbac | None, matcher: RbacMatcher | None, where: str,
+            prefix: str) -> CompiledRbac | CompiledMatcher | None:
+    """The rules or the unified matcher (meshpy.stack.authz_matcher), compiled; the same interface."""
+    if matcher is not None:
+        return CompiledMatcher(matcher, f"{where}.{prefix}matcher")
+    return CompiledRbac(rules, f"{where}.{prefix}rules") if rules is not None else None
 
 
 class AuthzFilter:
@@ -34,9 +46,8 @@ class AuthzFilter:
     __slots__ = ("counters", "engine", "needs_remote", "prefixes", "shadow", "shadow_counters")
 
     def __init__(self, config: RbacFilter, prefixes: tuple[str, str], where: str = "") -> None:
-        self.engine = CompiledRbac(config.rules, f"{where}.rules") if config.rules is not None else None
-        self.shadow = (CompiledRbac(config.shadow_rules, f"{where}.shadow_rules")
-                       if config.shadow_rules is not None else None)
+        self.engine = _engine(config.rules, config.matcher, where, "")
+        self.shadow = _engine(config.shadow_rules, config.shadow_matcher, where, "shadow_")
         self.needs_remote = any(e is not None and e.needs_remote for e in (self.engine, self.shadow))
         self.prefixes = prefixes
         self.counters: RbacCounters | None = None  # bound on the first request (the listener's stats)

@@ -33,6 +33,7 @@ from meshpy.errors import (
     UpstreamConnectFailure,
     UpstreamOverflow,
 )
+from meshpy.runtime.features import REJECT_FRAGMENT
 from meshpy.stack.admission_guard import guard
 from meshpy.stack.filtering import FilteringMixin
 from meshpy.stack.forwarding import (
@@ -201,7 +202,12 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
                     self.keep_alive = False  # RFC 9112 6.1: the framing of such a message is suspect
             target = self.target
             if 0x23 in target:  # `#` (an int: ~13 ns against ~95 ns for the bytes b"#")
-                raise BadRequest("fragment in request target")  # as Envoy: never sent, never routed on
+                # As Envoy: never sent, never routed on; refused, or cut off where the runtime turns
+                # envoy.reloadable_features.http_reject_path_with_fragment off.
+                runtime = self.cfg.runtime
+                if runtime is None or runtime.snapshot.get_bool(REJECT_FRAGMENT, True):
+                    raise BadRequest("fragment in request target")
+                target = self.target = target[:target.index(0x23)]
             if target[:1] != b"/":
                 if method == b"CONNECT":
                     if self.has_body():
@@ -273,9 +279,23 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if route is None:
             return self._error(NoRoute())
         self.route = route
-        if route.filters and self._filtered(route):
+        if self.upgrade is not None and self._upgrade_refused(route):
+            return
+        if route.filtered and self._filtered(route):
             return  # answered (rate limited, aborted, a filter's reply) or held (resume_filters)
         self._dispatch(route)
+
+    def _upgrade_refused(self, route: CompiledRoute) -> bool:
+        """An upgrade the listener took for some route: this route's word (else the listener's)
+        decides; refused, it is answered 403, as Envoy does."""
+        kind = (self.upgrade or b"").lower()
+        said = route.upgrades
+        allowed = kind in self.cfg.listener_upgrades if said is None or kind not in said else said[kind]
+        if allowed:
+            return False
+        self.upgrade = None
+        self._local_reply(403, b"upgrade not allowed", "", route=route, close=True)
+        return True
 
     def _dispatch(self, route: CompiledRoute) -> None:
         """Answer here, or pick a cluster and host and get an upstream connection."""
@@ -284,7 +304,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if route.stream_limited or self._grpc_timeout >= 0:
             self._limit_stream(route)
         cfg = self.cfg
-        cluster = cfg.clusters.get(route.pick_cluster())
+        cluster = cfg.clusters.get(route.pick_cluster(self))  # (the exchange: for a plugin that reads it)
         if cluster is None:
             return self._error(ClusterNotFound())
         balancer = cluster.balancer
@@ -311,7 +331,8 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         if route.upstream_filters:
             for f in route.upstream_filters:
                 f.on_upstream(self, headers)
-        if route.request_body_filters and not route.request_body_sized and self.has_body():
+        if route.request_body_filters and not route.request_body_sized and self.has_body() and \
+                self._body_may_change(route.request_body_filters, False):
             # The filters may change the body's length: it goes upstream chunked.
             headers = [h for h in headers if h[0] != b"content-length"]
             if not facts.chunked:
@@ -485,7 +506,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
         cfg = self.cfg
         cfg.stats.request_done(status, seconds)
         route = self.route
-        if route is not None and route.filters:
+        if route is not None and route.filtered:
             if route.complete_filters:
                 self._filter_complete(route)
             # The exchange and its filters' Request refer to each other: let go, so that both are
@@ -499,11 +520,7 @@ class Exchange(RespondingMixin, RequestBodyMixin, RetryingMixin, TimersMixin, Re
             if cluster.balancer is not None and cluster.balancer.measures and self.host is not None:
                 cluster.balancer.done(self.host, seconds)
         if cfg.loggers:
-            upstream = self.host.label if self.host is not None else ""
-            rid = (self.rid or b"").decode("latin-1")
-            # (plaintext connections are not asked: describing one costs a ConnectionInfo)
-            tls = self.down.connection_info().tls if cfg.scheme == b"https" else None
+            # The line is written from this exchange at the logger's flush: it is done and is never
+            # reused, so handing it over copies nothing (meshpy.telemetry.accesslog).
             for logger in cfg.loggers:
-                logger.log(self.wall0, self.method.decode("latin-1"), self.authority, self.path,
-                           "HTTP/1.0" if self.http10 else self.PROTOCOL, status, self.flag, self.bytes_in,
-                           self.bytes_out, seconds, upstream, rid, self.down.peer, tls)
+                logger.log_http(self, seconds)

@@ -54,7 +54,10 @@ class H2Exchange(Exchange):
             if len(headers) > cfg.max_headers or head.size > cfg.max_header_bytes:
                 raise BadRequest("request header fields too large", 431)
             method = head.method
-            if method == b"CONNECT":
+            if method == b"CONNECT" and head.protocol is None:
+                # A plain CONNECT (RFC 9113 8.5): its target is :authority, tunnelled as HTTP/1.1's.
+                self.target = head.authority or b""
+            elif method == b"CONNECT":
                 method = self._extended_connect(head)
             elif not ended and facts.content_length is None:
                 # A body of unknown length: chunked on an HTTP/1.1 upstream connection.
@@ -74,7 +77,7 @@ class H2Exchange(Exchange):
 
     def _extended_connect(self, head: RequestHead) -> bytes:
         """RFC 8441: `CONNECT` with `:protocol` goes upstream as an HTTP/1.1 Upgrade request (GET).
-        A plain CONNECT over HTTP/2, or a protocol the listener does not allow, gets 403."""
+        A protocol the listener does not allow gets 403."""
         protocol = head.protocol
         if protocol is None or protocol.lower() not in self.cfg.upgrades or protocol.lower() == b"connect":
             raise BadRequest("CONNECT is not allowed here", 403)
@@ -117,7 +120,9 @@ class H2Exchange(Exchange):
                 except ValueError:
                     facts.content_length = -1
             elif name == b"content-type":
-                self._grpc = value.startswith(b"application/grpc")
+                # As Envoy's Grpc::Common::hasGrpcContentType: application/grpc or application/grpc+...;
+                # application/grpc-web is not gRPC (its filter makes it so, after this).
+                self._grpc = value.startswith(b"application/grpc") and value[16:17] in (b"", b"+")
             elif name == b"grpc-timeout":
                 grpc_timeout = value
         return grpc_timeout

@@ -49,10 +49,18 @@ class RateLimitFilter:
 
     def on_request(self, ex: Exchange, index: int) -> bool:
         bucket = self.bucket
+        if bucket.gated and not bucket.share(bucket.enabled_key, bucket.enabled):
+            return False  # not enabled for this request: no token taken
         if bucket.take(ex.down.loop.time()):
             return False
+        if bucket.gated and not bucket.share(bucket.enforced_key, bucket.enforced):
+            return False  # Envoy's shadow mode: counted as limited there, but let through
         ex.cfg.stats.rq_rate_limited += 1
-        ex._local_reply(bucket.status, b"local_rate_limited", "RL", route=ex.route,
+        extra: list[tuple[bytes, bytes]] | None = None
+        if bucket.headers:
+            extra = []
+            bucket.headers.apply(extra)
+        ex._local_reply(bucket.status, b"local_rate_limited", "RL", route=ex.route, extra=extra,
                         close=not ex.req_done and ex.has_body())
         return True
 
@@ -140,14 +148,22 @@ class PythonFilter:
     def on_response(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         request = ex.filter_request()
         request._responding = True  # reply() is for the request side
+        response = request._response
+        if response is None or response.headers._fields is not headers:  # the first filter of this head
+            response = request._response = Response(status, headers, ex.response_has_body(status, headers))
+        response._passed = False
         try:
-            self.user.on_response(request, Response(status, headers))
+            self.user.on_response(request, response)
         except Exception:
             log.exception("http filter %s failed on a response", self.name)
             ex.filter_failed()
             return False
         finally:
             request._responding = False
+        if response._passed:  # response.pass_body(): this filter's body hook sits this body out
+            if request._passed_out is None:
+                request._passed_out = set()
+            request._passed_out.add(self.user)
         return True
 
     def on_request_body(self, ex: Exchange, chunk: bytes, end: bool) -> bytes | None:
@@ -207,14 +223,19 @@ def load_filter(spec: tuple[str, str]) -> HttpFilter:
     return filter_class(spec[0])(json.loads(spec[1]))
 
 
-def route_config(spec: HttpFilterSpec, config: str) -> str:
-    """The config a Python filter runs with where a virtual host or route gives `config`: the class
-    merges it with the listener's (HttpFilter.route_config; by default the route's replaces it)."""
+def route_config(spec: HttpFilterSpec, configs: list[str]) -> str:
+    """The config a Python filter runs with where its virtual host and route give `configs` (the
+    virtual host's first): the class merges the most specific one with the listener's
+    (HttpFilter.route_config; by default the route's replaces it), or, with route_config_levels, each
+    level's with what the levels before made."""
     try:
         cls = filter_class(spec.python_class)
         if cls.route_config.__func__ is HttpFilter.route_config.__func__:  # type: ignore[attr-defined]
-            return config
-        return canonical_config(cls.route_config(json.loads(spec.config), json.loads(config)))
+            return configs[-1]
+        config = spec.config
+        for given in configs if cls.route_config_levels else configs[-1:]:
+            config = canonical_config(cls.route_config(json.loads(config), json.loads(given)))
+        return config
     except Exception as err:  # the user's code: any exception
         raise ConfigError.at("", f"filter {spec.name!r} ({spec.python_class}): {err}") from err
 
@@ -294,6 +315,9 @@ class ChainBuilder:
         kinds = {s.name: s.kind for s in self.specs}
         out = []
         for given in overrides:
+            if given.by_class:  # (for whichever filters of the class the listener has, maybe none)
+                out.append(given)
+                continue
             if given.name in self._aliases and given.name not in kinds:
                 given = FilterOverride(name=self._aliases[given.name], disabled=given.disabled,
                                        config=given.config, rbac=given.rbac)
@@ -314,8 +338,15 @@ class ChainBuilder:
               where: str) -> RouteChain:
         """One route's chain. `vhost`: its virtual host's overrides, already checked; `route`: its own,
         which win."""
-        said: dict[str, FilterOverride] = {o.name: o for o in vhost}
-        for given in self.check(route, where):
+        said: dict[str, FilterOverride] = {}
+        # The configs given, the virtual host's first, by filter name and by class (`by_class`: the
+        # fallback of the filters of a class that no config here names; Envoy's deprecated `cors`).
+        levels: dict[tuple[bool, str], list[str]] = {}
+        for given in (*vhost, *self.check(route, where)):
+            if given.config is not None:
+                levels.setdefault((given.by_class, given.name), []).append(given.config)
+            if given.by_class:
+                continue
             prev = said.get(given.name)
             said[given.name] = given if prev is None else FilterOverride(
                 name=given.name, disabled=given.disabled if given.disabled is not None else prev.disabled,
@@ -343,12 +374,15 @@ class ChainBuilder:
                     request.append(FaultFilter(fault))
             else:
                 config = spec.config
+                configs = levels.get((False, spec.name)) or levels.get((True, spec.python_class))
                 try:
-                    if o is not None and o.config is not None:
-                        config = route_config(spec, o.config)
+                    if configs:
+                        config = route_config(spec, configs)
                     f = self._python(spec, config)
                 except ConfigError as err:
                     raise ConfigError.at(f"{where}.filters.{spec.name}", err.issues[0].reason) from err
+                if f.user.inert:  # nothing to do on this route with this config (HttpFilter.inert)
+                    continue
                 request.append(f)
                 users.append(f)
         chain = RouteChain()

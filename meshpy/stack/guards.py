@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from meshpy.model.routes import Fault, HashPolicy, LocalRateLimit
+from meshpy.stack.fault_runtime import runtime_plan
+from meshpy.stack.headers import compile_edits
 from meshpy.upstream.balancers import hash64
+
+if TYPE_CHECKING:
+    from meshpy.runtime import Runtime
 
 DELAY_HEADER = b"x-envoy-fault-delay-request"  # milliseconds
 DELAY_PERCENT_HEADER = b"x-envoy-fault-delay-request-percentage"
@@ -25,15 +31,31 @@ _FAULT_HEADERS = frozenset({DELAY_HEADER, DELAY_PERCENT_HEADER, ABORT_HEADER, AB
 class TokenBucket:
     """Refilled lazily when asked, so an idle bucket costs nothing (no timer)."""
 
-    __slots__ = ("_next_fill", "interval", "max_tokens", "per_fill", "status", "tokens")
+    __slots__ = ("_next_fill", "enabled", "enabled_key", "enforced", "enforced_key", "gated", "headers",
+                 "interval", "max_tokens", "per_fill", "runtime", "status", "tokens")
 
-    def __init__(self, limit: LocalRateLimit) -> None:
+    def __init__(self, limit: LocalRateLimit, runtime: Runtime | None = None) -> None:
+        self.headers = compile_edits(limit.response_headers)  # on the answers of limited requests
         self.max_tokens = limit.max_tokens
         self.per_fill = limit.tokens_per_fill
         self.interval = limit.fill_interval
         self.status = limit.status
         self.tokens = limit.max_tokens
         self._next_fill = -1.0  # set by the first request, on the event loop's clock
+        # filter_enabled / filter_enforced below 100% or read from the runtime: one draw each per request
+        self.enabled, self.enforced = limit.enabled_percent, limit.enforced_percent
+        self.enabled_key, self.enforced_key = limit.enabled_key, limit.enforced_key
+        self.gated = self.enabled < 100 or self.enforced < 100 or bool(self.enabled_key or self.enforced_key)
+        self.runtime = runtime  # Envoy's layered runtime (set by PolicyClaims)
+
+    def share(self, key: str, percent: float) -> bool:
+        """Whether this request is in the share a RuntimeFractionalPercent gives (Envoy's
+        featureEnabled(key, default)): the runtime's value for `key` when it has one, else `percent`."""
+        p = percent / 100
+        runtime = self.runtime
+        if key and runtime is not None and runtime.snapshot.values:
+            p = runtime.snapshot.fraction(key, p)
+        return p >= 1.0 or random.random() < p
 
     def take(self, now: float) -> bool:
         if self._next_fill < 0:
@@ -59,16 +81,23 @@ class FaultPlan:
 
 
 class CompiledFault:
-    __slots__ = ("active", "fault")
+    __slots__ = ("active", "fault", "runtime")
 
-    def __init__(self, fault: Fault) -> None:
+    def __init__(self, fault: Fault, runtime: Runtime | None = None) -> None:
         self.fault = fault
         self.active = 0  # requests held by a delay right now (for max_active)
+        self.runtime = runtime  # Envoy's layered runtime, whose keys override the config (fault_runtime)
 
     def plan(self, headers: Sequence[tuple[bytes, bytes]]) -> FaultPlan | None:
         """The faults for a request with these headers, or None for none."""
         f = self.fault
-        if f.max_active is not None and self.active >= f.max_active:
+        snap = self.runtime.snapshot if self.runtime is not None else None
+        if snap is not None and not snap.values:
+            snap = None  # no layered runtime, or nothing in it: the config alone
+        max_active = f.max_active
+        if max_active is not None and snap is not None:
+            max_active = snap.get_int(f.keys.max_active, max_active)
+        if max_active is not None and self.active >= max_active:
             return None
         delay, delay_pct = f.delay, f.delay_percent
         abort, abort_pct = f.abort_status, f.abort_percent
@@ -79,10 +108,13 @@ class CompiledFault:
                 abort = _status(asked.get(ABORT_HEADER), abort)
                 delay_pct = _number(asked.get(DELAY_PERCENT_HEADER), 1.0, delay_pct) or 0.0
                 abort_pct = _number(asked.get(ABORT_PERCENT_HEADER), 1.0, abort_pct) or 0.0
-        if delay is not None and not _chance(delay_pct):
-            delay = None
-        if abort is not None and not _chance(abort_pct):
-            abort = None
+        if snap is not None:
+            delay, abort = runtime_plan(f, snap, headers, delay, delay_pct, abort, abort_pct)
+        else:
+            if delay is not None and not _chance(delay_pct):
+                delay = None
+            if abort is not None and not _chance(abort_pct):
+                abort = None
         if delay is None and abort is None:
             return None
         return FaultPlan(delay, abort)

@@ -13,10 +13,13 @@ keeps its state. Like the cluster manager's runtimes, reconciled by identity.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from meshpy.model.routes import Fault, LocalRateLimit, Route
 from meshpy.stack.guards import CompiledFault, TokenBucket
+
+if TYPE_CHECKING:
+    from meshpy.runtime import Runtime
 
 Scope = tuple[str, ...]  # (listener, route config, virtual host, route): where a policy sits
 C = TypeVar("C", bound=Hashable)  # a policy's config
@@ -26,17 +29,22 @@ S = TypeVar("S")  # its state
 class PolicyClaims:
     """One compile's view: what it claims, reusing what the live Snapshot holds."""
 
-    __slots__ = ("_live", "claimed")
+    __slots__ = ("_live", "claimed", "runtime")
 
-    def __init__(self, live: dict[Hashable, object] | None = None) -> None:
+    def __init__(self, live: dict[Hashable, object] | None = None, runtime: Runtime | None = None) -> None:
         self._live = live if live is not None else {}
+        self.runtime = runtime  # Envoy's layered runtime, which faults read their keys from
         self.claimed: dict[Hashable, object] = {}
 
     def bucket(self, scope: Scope, limit: LocalRateLimit) -> TokenBucket:
-        return self.claim(TokenBucket, scope, limit)
+        state = self.claim(TokenBucket, scope, limit)
+        state.runtime = self.runtime
+        return state
 
     def fault(self, scope: Scope, fault: Fault) -> CompiledFault:
-        return self.claim(CompiledFault, scope, fault)
+        state = self.claim(CompiledFault, scope, fault)
+        state.runtime = self.runtime
+        return state
 
     def claim(self, kind: Callable[[C], S], scope: Scope, config: C) -> S:
         """The state of `kind` for `config` at `scope`: the live one if there is one, else new."""
@@ -52,13 +60,14 @@ class PolicyClaims:
 class PolicyRuntime:
     """The policy state of the live Snapshot, owned by the app."""
 
-    __slots__ = ("_live",)
+    __slots__ = ("_live", "runtime")
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime | None = None) -> None:
         self._live: dict[Hashable, object] = {}
+        self.runtime = runtime
 
     def claims(self) -> PolicyClaims:
-        return PolicyClaims(self._live)
+        return PolicyClaims(self._live, self.runtime)
 
     def commit(self, claims: PolicyClaims) -> None:
         """The Snapshot compiled with `claims` is live: its state is the state now."""

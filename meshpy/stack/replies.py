@@ -48,38 +48,57 @@ class RepliesMixin(ExchangeParts):
 
     def _local_reply(self, status: int, body: bytes, flag: str, *, route: CompiledRoute | None = None,
                      extra: list[tuple[bytes, bytes]] | None = None, close: bool = False,
-                     grpc_status: int | None = None) -> None:
+                     grpc_status: int | None = None, local: bool = True, edits: bool = True) -> None:
+        """An answer of the proxy's own. `route`: the route whose filters it passes (None: none);
+        `edits` False: not the route's response header edits (the connection manager's answers, as in
+        Envoy, where the router's alone get them); `local` False: a filter's own response (see
+        Request.reply)."""
         headers: list[tuple[bytes, bytes]] = [] if extra is None else extra
         headers.append((b"date", self.down.slot.date.now()))
         if body and (extra is None or all(h[0] != b"content-type" for h in extra)):
             headers.append((b"content-type", b"text/plain"))
-        if route is not None and route.response_body_filters and not self.head_request and \
-                not no_body_status(status):
-            whole = self._whole_body(route, body)
-            if whole is None:
-                return  # a filter raised: filter_failed answered 500
-            body = whole
+        # The head passes the filters before the body, as in Envoy (a compressor decides at the head),
+        # and shows the body's length there as Envoy's local replies do; the writer states the
+        # length of what is sent.
+        sized = route is not None and bool(route.response_body_filters) and not no_body_status(status)
+        held = False  # a filter holds the head until its body hooks are done (Response.hold)
         if route is None:
             server = self.cfg.server_name
             if server is not None:
                 headers = [(n, v) for n, v in headers if n != b"server"]
                 headers.append((b"server", server))
         else:
-            final = self._response_headers(status, headers)
+            if sized:
+                headers.append((b"content-length", b"%d" % len(body)))
+            if route.filtered and route.response_changes:
+                self._local_head(status, headers, body)
+            final = self._response_headers(status, headers, local and edits)
             if final is None:
                 return  # a filter raised: filter_failed answered 500 (with no route: no loop)
-            headers = final
+            held = sized and self._hold_head(final)
+            headers = [h for h in final if h[0] != b"content-length"] if sized else final
+        if sized and not self.head_request:
+            assert route is not None
+            whole = self._whole_body(route, body)
+            if whole is None:
+                return  # a filter raised: filter_failed answered 500
+            body = whole
+        if held:
+            released = self._held_head()
+            assert released is not None
+            status, headers, body = released
         if close:
             self.keep_alive = False
         self.resp_status = status
         self.flag = flag
-        if self._grpc:
+        if self._grpc and local:  # (not local: a filter's own response, sent as it is, as in Envoy)
             status, headers, body = self._grpc_answer(status, headers, body, grpc_status)
         self.bytes_out = 0 if self.head_request or no_body_status(status) else len(body)
         self._local = (status, headers, body)
         # Otherwise the answer waits for request_end: a bodiless request completes in the same parser
-        # pass, and a small body is read and dropped so the connection stays usable.
-        if close or self.req_done:
+        # pass, and a small body is read and dropped so the connection stays usable. A CONNECT stream
+        # has no end to wait for (its bytes would be the tunnel's): answered now.
+        if close or self.req_done or self.method == b"CONNECT":
             self._send_local()
 
     def _grpc_answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,

@@ -12,7 +12,7 @@ from meshpy.codec.http1 import no_body_status
 from meshpy.codec.http2 import CONNECTION_SPECIFIC
 from meshpy.codec.raw_head import parse_fields
 from meshpy.errors import UpstreamProtocolError, UpstreamReset
-from meshpy.ports import NO_BODY, SIZED, UNSIZED
+from meshpy.ports import EMPTY, NO_BODY, SIZED, UNSIZED
 from meshpy.stack.forwarding import downstream_response_headers
 from meshpy.stack.parts import ExchangeParts
 from meshpy.stack.retry import RESET
@@ -99,13 +99,41 @@ class RespondingMixin(ExchangeParts):
             body = NO_BODY
         elif length is not None:
             body = SIZED
+        elif self._ended_at_head():
+            body = EMPTY
         else:
             body = UNSIZED
             self._close_delimited = not chunked
         if self._grpc:
             self._note_grpc_status(final)  # a trailers-only answer carries it in its head
         self.started = True
+        route = self.route
+        if route is not None and route.response_body_filters and self._hold_head(final):
+            return  # a filter holds the head until the body is over: up_end sends it (_send_held)
         self.down.respond_head(self, status, final, body)
+
+    def _ended_at_head(self) -> bool:
+        """An HTTP/2 upstream's head that ended its stream (gRPC's trailers-only answer), unless a body
+        hook may still add a body: an HTTP/1.1 client is told content-length: 0, as Envoy's codec does."""
+        conn = self.conn
+        if conn is None or not conn.head_ended:
+            return False
+        route = self.route
+        return route is None or not route.response_body_filters or \
+            not self._body_may_change(route.response_body_filters, True)
+
+    def _send_held(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A head a filter held until the body was over (Response.hold), then the body kept
+        meanwhile, sized by its content-length."""
+        if self._grpc:
+            self._note_grpc_status(headers)
+        if self.head_request or no_body_status(status):
+            self.down.respond_head(self, status, headers, NO_BODY)
+            return
+        headers.append((b"content-length", b"%d" % len(body)))
+        self.down.respond_head(self, status, headers, SIZED)
+        if body:
+            self._write_body(body)
 
     def up_body(self, data: bytes) -> None:
         route = self.route
@@ -151,6 +179,9 @@ class RespondingMixin(ExchangeParts):
                 return  # a filter failed: the exchange was reset
             if tail:
                 self._write_body(tail)
+            held = self._held_head()
+            if held is not None:
+                self._send_held(*held)
         self.down.respond_end(self)
         if not self.req_done:
             self.keep_alive = False  # the rest of the request body would be read as a new request

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from meshpy.codec.grpc import DEADLINE_EXCEEDED
+from meshpy.codec.grpc import DEADLINE_EXCEEDED, timeout_seconds
 from meshpy.errors import BadRequest, ProxyError, UpstreamTimeout
 from meshpy.stack.deadlines import PRECISE_BELOW
 from meshpy.stack.parts import ExchangeParts
@@ -102,14 +102,17 @@ class TimersMixin(ExchangeParts):
         gRPC call's own grpc-timeout where the route reads it (capped at its max, less its offset)."""
         duration = route.max_stream_duration
         policy = route.grpc_timeout
-        if policy is not None and self._grpc and self._grpc_timeout >= 0:
-            seconds = self._grpc_timeout
+        grpc, grpc_timeout = self._grpc, self._grpc_timeout
+        if policy is not None and not grpc:
+            grpc, grpc_timeout = _router_grpc(self.headers, grpc_timeout)
+        if policy is not None and grpc and grpc_timeout >= 0:
+            seconds = grpc_timeout
             if policy.max is not None and seconds > policy.max:
                 seconds = policy.max
             duration = max(seconds - policy.offset, 0.0)
         if duration is None:
             return
-        if policy is not None and self._grpc and duration != self._grpc_timeout:
+        if policy is not None and grpc and duration != grpc_timeout:
             # As Envoy: where the route reads grpc-timeout, the upstream is told the deadline the
             # proxy keeps (capped, less the offset, or the route's own), in milliseconds.
             ms = round(duration * 1000)
@@ -131,8 +134,11 @@ class TimersMixin(ExchangeParts):
         if self.started:
             self._abort("")
         else:
+            # The connection manager's answer: it passes the route's filters (gRPC-Web makes it a gRPC
+            # status its client reads), not the route's header edits.
             self._local_reply(504 if self.req_done else 408, b"downstream duration timeout", "",
-                              close=not self.req_done, grpc_status=DEADLINE_EXCEEDED)
+                              route=self.route, close=not self.req_done, grpc_status=DEADLINE_EXCEEDED,
+                              edits=False)
 
     def _timeout(self, err: ProxyError, flag: str) -> None:
         conn = self.conn
@@ -143,6 +149,21 @@ class TimersMixin(ExchangeParts):
             self._abort(flag)
         else:
             # The route timeout is the router's answer (route header edits apply, as in Envoy); the
-            # stream idle timeout is the connection manager's (they do not).
-            route = self.route if flag == "UT" else None
-            self._local_reply(err.status, err.body, flag, route=route, close=not self.req_done)
+            # stream idle timeout is the connection manager's (they do not). Both pass the filters.
+            self._local_reply(err.status, err.body, flag, route=self.route, close=not self.req_done,
+                              edits=flag == "UT")
+
+
+def _router_grpc(headers: list[tuple[bytes, bytes]], grpc_timeout: float) -> tuple[bool, float]:
+    """Whether a request the connection manager did not take for gRPC is one to Envoy's router, which
+    reads the content-type as the filters left it (gRPC-Web's becomes application/grpc; an HTTP/1.1
+    gRPC call's is one too), and then its grpc-timeout in seconds (-1: none, or one that does not
+    parse, which the router ignores)."""
+    content_type = next((v for n, v in headers if n == b"content-type"), b"")
+    if not (content_type.startswith(b"application/grpc") and content_type[16:17] in (b"", b"+")):
+        return False, -1.0
+    if grpc_timeout < 0:
+        value = next((v for n, v in headers if n == b"grpc-timeout"), None)
+        seconds = None if value is None else timeout_seconds(value)
+        grpc_timeout = -1.0 if seconds is None else seconds
+    return True, grpc_timeout

@@ -38,14 +38,12 @@ class UpgradesMixin(ExchangeParts):
         self.keep_alive = False  # unless it becomes a tunnel, the connection ends with this answer
 
     def _connect_request(self, target: bytes) -> None:
-        """`CONNECT host:port`: the target is the authority (RFC 9110 9.3.6); there is no path. A
-        listener that does not allow `connect` answers 403; one that does tunnels where a CONNECT
-        route matches (404 where none does)."""
+        """`CONNECT host:port`: the target is the authority (RFC 9110 9.3.6); there is no path. It is
+        routed, as in Envoy: only a CONNECT route matches it (404 where none does), and tunnels where
+        the listener's `upgrades` or the route's own allow `connect` (403 where neither does)."""
         host, sep, port = target.rpartition(b":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise BadRequest("CONNECT needs host:port")
-        if b"connect" not in self.cfg.upgrades:
-            raise BadRequest("CONNECT is not allowed here", 403)
         self.authority = target.decode("latin-1")
         self.path = ""
         self._accept_upgrade(b"connect")
@@ -84,6 +82,7 @@ class UpgradesMixin(ExchangeParts):
             headers.append((b"server", self.cfg.server_name))
         self._upgraded = None
         pending.hand_over(self._join(headers, transport))
+        self.down.flush()  # (called back by the connect, not by a read: nothing else flushes the 200)
 
     def _switch(self, fields: bytes) -> None:
         """The upstream said 101: answer the client (101, or 200 on an HTTP/2 stream), then join the

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from meshpy.model.unix_address import from_os_name
 from meshpy.ports import ConnectionInfo
 
 if TYPE_CHECKING:
     import asyncio
 
+    from meshpy.ports import TlsInfo
     from meshpy.routing.compile import Drainable, ListenerSlot
     from meshpy.telemetry.metrics import ListenerStats
 
@@ -58,13 +60,30 @@ def _address(value: object) -> tuple[str, int]:
     return (str(value[0]), int(value[1])) if isinstance(value, tuple) and len(value) >= 2 else ("", 0)
 
 
+def _extra(transport: asyncio.BaseTransport | None, name: str) -> object:
+    if transport is None:
+        return None
+    try:
+        return transport.get_extra_info(name)
+    except (OSError, ValueError):  # uvloop, once the connection is closed, has no socket left to ask
+        return None
+
+
 def connection_info(transport: asyncio.BaseTransport | None, slot: ListenerSlot,
                     original_dst: tuple[str, int] | None) -> ConnectionInfo:
-    """A connection's description, from its socket's addresses and the listener serving it."""
-    peer = _address(transport.get_extra_info("peername") if transport is not None else None)
-    local = _address(transport.get_extra_info("sockname") if transport is not None else None)
+    """A connection's description, from its socket's addresses and the listener serving it. On a Unix
+    socket the local address is the listener's path (port 0), and so is the peer's when the client's
+    socket has no name of its own (the usual case): what Envoy reads (it falls back to getsockname).
+    The listener knows its path, so a connection described after it closed still has it."""
     listener = slot.current
+    path = listener.model.address.path
+    if path:
+        local = (path, 0)
+        peer = (from_os_name(_extra(transport, "peername")) or path, 0)
+    else:
+        peer = _address(_extra(transport, "peername"))
+        local = _address(_extra(transport, "sockname"))
+    tls = cast("TlsInfo | None", _extra(transport, "tls"))
     return ConnectionInfo(peer=peer[0], peer_port=peer[1], local=local[0], local_port=local[1],
                           original_destination=original_dst, listener=listener.name,
-                          direction=listener.model.direction,
-                          tls=transport.get_extra_info("tls") if transport is not None else None)
+                          direction=listener.model.direction, tls=tls)

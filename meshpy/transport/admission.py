@@ -5,6 +5,12 @@ that the monitor (`watch`) turns on and off. `Gate` is a listener's, kept with i
 (its counts must outlive a config change) and told the new limits by `configure`. Both are asked once
 per connection (`accepted` in transport/accept.py); per request only a flag is read, and only on a
 listener whose config asks for it.
+
+Envoy's runtime limits are read at each accept, as Envoy reads them: the listener's
+`envoy.resource_limits.listener.<name>.connection_limit` (over it: closed at once, counted as
+cx_overflow, Envoy's downstream_cx_overflow) and, when no downstream connections monitor is
+configured, `overload.global_downstream_max_connections` (Envoy's downstream_global_cx_overflow).
+Without a layered runtime the snapshot is empty and the check is one falsy dict.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from meshpy.routing.compile import HttpListenerConfig
+    from meshpy.runtime import Runtime
     from meshpy.telemetry.metrics import ListenerStats
 
 log = logging.getLogger(__name__)
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 ACTIONS = ("disable_keepalive", "shed_requests", "stop_accepting_connections", "reject_connections")
+GLOBAL_LIMIT_KEY = "overload.global_downstream_max_connections"
 
 
 def resident_bytes() -> int:
@@ -41,9 +49,10 @@ def resident_bytes() -> int:
 class Overload:
     """Proxy-wide state. The action flags are plain attributes: the hot path reads them directly."""
 
-    __slots__ = ("active", "connections", "memory", "model", "pause", "rejected", "shed")
+    __slots__ = ("active", "connections", "memory", "model", "pause", "rejected", "runtime", "shed")
 
-    def __init__(self) -> None:
+    def __init__(self, runtime: Runtime | None = None) -> None:
+        self.runtime = runtime  # Envoy's runtime: the global connection limit's key, and listeners' keys
         self.model: OverloadModel = NO_OVERLOAD
         self.connections = 0  # downstream connections open, every listener
         self.memory = 0  # resident bytes at the last reading
@@ -67,6 +76,11 @@ class Overload:
 
     def admit(self) -> bool:
         limit = self.model.max_connections
+        if limit is None and self.runtime is not None:
+            # Envoy reads the runtime key only when no downstream connections monitor is configured.
+            values = self.runtime.snapshot.values
+            found = values.get(GLOBAL_LIMIT_KEY) if values else None
+            limit = found.integer if found is not None else None
         if (limit is not None and self.connections >= limit) or self.active["reject_connections"]:
             self.rejected += 1
             return False
@@ -127,15 +141,17 @@ class Gate:
     """One listener's admission. `admit` returns "" when the connection may stay, else the listener
     counter of why not (ListenerStats: cx_overflow, cx_source_overflow, cx_overload_rejected)."""
 
-    __slots__ = ("by_source", "limits", "overload")
+    __slots__ = ("by_source", "limit_key", "limits", "overload")
 
     def __init__(self, overload: Overload) -> None:
         self.overload = overload
         self.limits: ConnectionLimits = NO_LIMITS
         self.by_source: dict[str, int] = {}
+        self.limit_key = ""  # the listener's connection limit in Envoy's runtime
 
-    def configure(self, limits: ConnectionLimits) -> None:
+    def configure(self, limits: ConnectionLimits, listener: str = "") -> None:
         self.limits = limits
+        self.limit_key = f"envoy.resource_limits.listener.{listener}.connection_limit" if listener else ""
         if limits.max_connections_per_source_ip is None:
             self.by_source.clear()
 
@@ -143,12 +159,24 @@ class Gate:
         limits = self.limits
         if limits.max_connections is not None and open_here >= limits.max_connections:
             return "cx_overflow"
+        runtime = self.overload.runtime
+        if runtime is not None and runtime.snapshot.values:
+            found = runtime.snapshot.values.get(self.limit_key)
+            if found is not None and found.integer is not None and open_here >= found.integer:
+                return "cx_overflow"
         per_source = limits.max_connections_per_source_ip
         if per_source is not None:
             n = self.by_source.get(peer, 0)
             if n >= per_source:
                 return "cx_source_overflow"
             self.by_source[peer] = n + 1
+        if limits.global_exempt:  # neither limited nor counted by the proxy-wide limit (Envoy's flags)
+            if not limits.overload_exempt and self.overload.active["reject_connections"]:
+                self.overload.rejected += 1
+                if per_source is not None:
+                    self._forget(peer)
+                return "cx_overload_rejected"
+            return ""
         if not self.overload.admit():
             if per_source is not None:
                 self._forget(peer)
@@ -156,7 +184,8 @@ class Gate:
         return ""
 
     def release(self, peer: str) -> None:
-        self.overload.connections -= 1
+        if not self.limits.global_exempt:
+            self.overload.connections -= 1
         if self.by_source:
             self._forget(peer)
 

@@ -5,6 +5,8 @@ proxy's, CONNECT tunnels' and active health checks'.
 It owns what all of them share: the cluster's connect timeout and the socket options (TCP_NODELAY on
 every TCP connection, as Envoy sets it: asyncio and uvloop set it on their own too, but that is the
 loop's choice, not meshpy's; SO_KEEPALIVE with the cluster's `tcp_keepalive` timings when it has one).
+An endpoint on a Unix socket (Envoy's pipe; its address a str path) is connected by meshpy.transport.unix
+and gets none of them, as in Envoy, where a pipe cluster with tcp_keepalive (Istio's xds-grpc) works.
 Upstream TLS and ALPN (Envoy's transport_socket) belong here too, so that every kind of
 upstream connection gets them at once; the pool of a cluster of protocol auto asks for a connection
 whose codec ALPN chose (`negotiated`).
@@ -22,6 +24,8 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from meshpy.model.unix_address import SockAddr, label
+from meshpy.transport import unix
 from meshpy.transport.tls_contexts import ClientContext, peer_info
 from meshpy.transport.tls_layer import failure_reason
 from meshpy.transport.upstream_alpn import AlpnChoice
@@ -66,7 +70,7 @@ class Connector:
         self.tls = tls  # TLS to every endpoint (the cluster's UpstreamTlsContext), with its counters
         self.tls_stats = tls_stats
 
-    async def open(self, address: tuple[str, int], factory: Callable[[], P]) -> P:
+    async def open(self, address: SockAddr, factory: Callable[[], P]) -> P:
         """A connection to `address` speaking `factory`'s protocol (which has its transport from
         connection_made). Raises TimeoutError past the connect timeout, OSError when the connect
         fails; cancelling the caller abandons the connect."""
@@ -80,7 +84,7 @@ class Connector:
         """A new HTTP/2 connection (prior knowledge) for `pool`, to its current address."""
         return await self.open(pool.address, lambda: UpstreamHttp2(pool, opts))
 
-    async def negotiated(self, address: tuple[str, int], h1_pool: HostPool, h2_pool: StreamPool,
+    async def negotiated(self, address: SockAddr, h1_pool: HostPool, h2_pool: StreamPool,
                          opts: Http2Options) -> UpstreamHttp1 | UpstreamHttp2:
         """A new connection speaking what ALPN agreed on: HTTP/2 for `h2_pool` on `h2`, HTTP/1.1 for
         `h1_pool` otherwise (meshpy.transport.upstream_alpn)."""
@@ -88,21 +92,26 @@ class Connector:
         assert choice.real is not None  # connection_made ran: the connect completed
         return choice.real
 
-    async def streams(self, address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def streams(self, address: SockAddr) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection as asyncio streams (what asyncio.open_connection gives), for health checks."""
         reader = asyncio.StreamReader()
         transport, protocol = await self._connect(address, lambda: asyncio.StreamReaderProtocol(reader))
         return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
 
-    async def _connect(self, address: tuple[str, int],
+    async def _connect(self, address: SockAddr,
                        factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
-        host, port = address
         tls = self.tls
+        if isinstance(address, str):  # a Unix socket (Envoy's pipe): no TCP socket options apply
+            async with asyncio.timeout(self.timeout):
+                if tls is None:
+                    return await unix.connect(self._loop, factory, address)
+                return await self._tls_connect(tls, factory, address)
+        host, port = address
         async with asyncio.timeout(self.timeout):
             if tls is None:
                 transport, protocol = await self._loop.create_connection(factory, host, port)
             else:
-                transport, protocol = await self._tls_connect(tls, factory, host, port)
+                transport, protocol = await self._tls_connect(tls, factory, address)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in _TCP_FAMILIES:
             try:
@@ -113,14 +122,19 @@ class Connector:
                 raise
         return transport, protocol
 
-    async def _tls_connect(self, tls: ClientContext, factory: Callable[[], P], host: str,
-                           port: int) -> tuple[asyncio.Transport, P]:
+    async def _tls_connect(self, tls: ClientContext, factory: Callable[[], P],
+                           address: SockAddr) -> tuple[asyncio.Transport, P]:
         """TLS by the loop's own implementation (nothing was read before it starts, unlike the
-        downstream side), then the checks OpenSSL does not make: the SAN matchers."""
+        downstream side), then the checks OpenSSL does not make: the SAN matchers. Over a Unix socket
+        too: Envoy's transport_socket does not care what the address is."""
         stats = self.tls_stats
         try:
-            transport, protocol = await self._loop.create_connection(
-                factory, host, port, ssl=tls.ctx, server_hostname=tls.sni or "")
+            if isinstance(address, str):
+                transport, protocol = await unix.connect(self._loop, factory, address, ssl=tls.ctx,
+                                                         server_hostname=tls.sni or "")
+            else:
+                transport, protocol = await self._loop.create_connection(
+                    factory, address[0], address[1], ssl=tls.ctx, server_hostname=tls.sni or "")
         except ssl.SSLError as err:
             if stats is not None:
                 stats.failures[failure_reason(err)] += 1
@@ -132,7 +146,7 @@ class Connector:
                 if stats is not None:
                     stats.failures["fail_verify_san"] += 1
                 transport.abort()
-                raise ssl.SSLCertVerificationError(f"the certificate of {host}:{port} has no SAN that "
+                raise ssl.SSLCertVerificationError(f"the certificate of {label(address)} has no SAN that "
                                                    f"the cluster's matchers accept")
             if stats is not None:
                 stats.handshake(info.version, info.cipher, info.resumed, bool(info.peer_certificate))

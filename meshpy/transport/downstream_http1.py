@@ -367,6 +367,8 @@ class Http1Downstream(Http1Responses, asyncio.Protocol):
         stats.request_done(err.status, 0.0)
         if self.transport is not None and not self.transport.is_closing():
             self.respond_error(err.status, err.body + b"\n")
+            for logger in self.slot.current.loggers:  # as Envoy logs them (flag DPE)
+                logger.log_refused(self, err.status, len(err.body) + 1, self.head_started or self.loop.time())
         self.close()
 
     def _schedule_timer(self) -> None:

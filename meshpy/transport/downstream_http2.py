@@ -62,6 +62,7 @@ class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
         "_life",
         "_opened",
         "_stall_timer",
+        "_stop_after",
         "_timer",
         "blocked",
         "born",
@@ -88,6 +89,7 @@ class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.blocked: set[H2Stream] = set()  # streams with response data waiting for a window
         self.dirty: set[H2Stream] = set()  # streams with something to send at the next flush
+        self._stop_after: list[H2Stream] = []  # answered, their request still coming: reset after flush
         self.peer = ""
         # Set by an intercepting listener: where the client was connecting (see transport/listen.py).
         self.original_dst: tuple[str, int] | None = None
@@ -243,15 +245,24 @@ class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
             dirty, self.dirty = self.dirty, set()
             for s in dirty:
                 self.pump(s)
-        chunks = h2c.chunks_to_send()
+        self._write(h2c.chunks_to_send())
+        if self._stop_after:
+            # Streams answered whole while their request goes on, told to stop only now: a codec that
+            # queues RST_STREAM ahead of the answer's frames (nghttp2) would otherwise drop the answer.
+            stop, self._stop_after = self._stop_after, []
+            for s in stop:
+                self.reset(s, ErrorCode.NO_ERROR)
+            self._write(h2c.chunks_to_send())
+        if h2c.finished():  # the codec sent the GOAWAY that ends the connection
+            self.close()
+
+    def _write(self, chunks: list[bytes | memoryview]) -> None:
         if chunks and self.transport is not None and not self.transport.is_closing():
             # (writelines: large DATA bodies go to the socket as they came, with no join)
             if len(chunks) == 1:
                 self.transport.write(chunks[0])
             else:
                 self.transport.writelines(chunks)
-        if h2c.finished():  # the codec sent the GOAWAY that ends the connection
-            self.close()
 
     def close(self) -> None:
         if self.closing:
@@ -364,7 +375,8 @@ class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
     def stream_finished(self, s: H2Stream) -> None:
         """The response is complete. A request still sending its body is told to stop (RFC 9113 8.1)."""
         if not s.req_ended:
-            self.reset(s, ErrorCode.NO_ERROR)
+            self._stop_after.append(s)  # RST_STREAM NO_ERROR once the answer is out (see flush)
+            self.flush_soon()
             return
         self.streams.pop(s.sid, None)
         self._maybe_idle()
@@ -444,7 +456,7 @@ class Http2Downstream(H2ConnectionGuards, asyncio.Protocol):
                 body = pending[0] if len(pending) == 1 else b"".join(pending)
                 if len(body) <= WHOLE_MAX and len(body) <= h2c.send_window(s.sid):
                     pending.clear()
-                    h2c.send_message(s.sid, head, body, s.trailers)
+                    h2c.send_message(s.sid, head, body, s.trailers or None)  # (a filter may empty them)
                     s.resp_ended = True
                     self.stream_finished(s)
                     return True

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from meshpy.codec.http1 import LAST_CHUNK, chunk, format_response, no_body_status, response_head, status_text
 from meshpy.codec.raw_head import passthrough
-from meshpy.ports import UNSIZED
+from meshpy.ports import EMPTY, UNSIZED
 from meshpy.transport.tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class Http1Responses:
             else:
                 ex.down_chunked = True
                 headers.append((b"transfer-encoding", b"chunked"))
+        elif body == EMPTY:
+            headers.append((b"content-length", b"0"))  # as Envoy's codec says of a head that ends
         self._connection_header(ex, headers)
         self.out.append(response_head(status, headers))
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 from meshpy.transport.chain_dispatch import ChainDispatch, Downstream, plain_protocol
 
 if TYPE_CHECKING:
+    from meshpy.model.types import Address
     from meshpy.routing.compile import ListenerSlot
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST (netfilter_ipv6) has the same value
@@ -83,3 +84,18 @@ class OriginalDstDispatch(asyncio.Protocol):
         proto.original_dst = dst
         cast(asyncio.Transport, transport).set_protocol(proto)
         proto.connection_made(transport)
+
+
+def dual_stack(address: Address) -> socket.socket:
+    """A listening IPv6 socket that takes IPv4 connections too (as IPv4-mapped addresses): Envoy's
+    ipv4_compat. asyncio's own sockets are IPv6-only, so this one is made here."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address.host.strip("[]"), address.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

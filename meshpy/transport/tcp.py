@@ -182,11 +182,8 @@ class TcpDownstream(asyncio.Protocol):
         seconds = self.loop.time() - self.t0
         loggers = self.cfg.loggers
         if loggers:
-            # TLS terminated ahead of this proxying (TlsConnection) says what its handshake agreed.
-            tls = self.transport.get_extra_info("tls") if self.transport is not None else None
             for logger in loggers:
-                logger.log(self.wall0, "", "", "", "TCP", 0, self.flag, self.bytes_in, self.bytes_out,
-                           seconds, self.host.label if self.host is not None else "", "", self.peer, tls)
+                logger.log_tcp(self, seconds)  # read at the logger's flush (meshpy.telemetry.accesslog)
 
     def begin_drain(self) -> None:
         """TCP has no in-band way to ask a client to leave."""

@@ -35,8 +35,8 @@ class Http2UpstreamStream:
     """One request on an HTTP/2 upstream connection; flow control as meshpy.transport.upstream_http2 says."""
 
     multiplexed = True
-    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head", "head_fields", "pending", "pool",
-                 "sid", "used")
+    __slots__ = ("_held", "_unacked", "conn", "ended", "exchange", "head", "head_ended", "head_fields",
+                 "pending", "pool", "sid", "used")
 
     def __init__(self, conn: UpstreamHttp2) -> None:
         self.conn = conn
@@ -49,6 +49,7 @@ class Http2UpstreamStream:
         # The response head's fields as a list (set before up_head), so that an HTTP/2 client's
         # exchange need not parse the fields block back.
         self.head_fields: list[tuple[bytes, bytes]] | None = None
+        self.head_ended = False  # END_STREAM came on the response head (gRPC's trailers-only answer)
         self.ended = False  # END_STREAM wanted after `pending`
         self._held = False
         self._unacked = 0

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 class UpstreamHttp1(asyncio.Protocol):
     multiplexed = False  # one exchange at a time (see Http2UpstreamStream for HTTP/2)
+    head_ended = False  # (a bodiless answer says so by its length or status)
     __slots__ = (
         "_head_buf",
         "_in_head",

@@ -36,10 +36,12 @@ from meshpy.codec.h2session import (
 )
 from meshpy.codec.http2 import client_settings
 from meshpy.errors import UpstreamProtocolError
+from meshpy.model.unix_address import label
 from meshpy.transport.upstream_h2_stream import Http2UpstreamStream
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
+    from meshpy.model.unix_address import SockAddr
     from meshpy.ports import UpstreamSink, UpstreamStream
     from meshpy.telemetry.metrics import ClusterStats
 
@@ -52,7 +54,7 @@ WHOLE_MAX = 16 * 1024
 
 
 class StreamPool(Protocol):
-    address: tuple[str, int]
+    address: SockAddr
     stats: ClusterStats
 
     def release(self, conn: UpstreamStream) -> None: ...
@@ -148,7 +150,7 @@ class UpstreamHttp2(asyncio.Protocol):
                     touched.add(s.exchange)
                 s.received(b)
             elif kind == RESPONSE:
-                self._head(sid, a, touched)
+                self._head(sid, a, touched, b)
             elif kind == END:
                 self._ended(sid, touched)
             elif kind == TRAILERS:
@@ -190,7 +192,8 @@ class UpstreamHttp2(asyncio.Protocol):
                 s.exchange.up_resume_writing()
 
     # -- events ------------------------------------------------------------------------------------
-    def _head(self, sid: int, headers: list[tuple[bytes, bytes]], touched: set[UpstreamSink]) -> None:
+    def _head(self, sid: int, headers: list[tuple[bytes, bytes]], touched: set[UpstreamSink],
+              ended: bool = False) -> None:
         s = self.streams.get(sid)
         if s is None or s.exchange is None:
             return
@@ -206,6 +209,7 @@ class UpstreamHttp2(asyncio.Protocol):
                 elif name[:1] != b":":
                     fields.append((name, value))
         s.head_fields = fields
+        s.head_ended = bool(ended) and status >= 200
         touched.add(s.exchange)
         # A HEAD response ends with END_STREAM like any other, so unlike HTTP/1.1 nothing special.
         # (The fields also as an HTTP/1.1 block, meshpy.codec.raw_head: what an HTTP/1.1 client gets.)
@@ -282,7 +286,7 @@ class UpstreamHttp2(asyncio.Protocol):
     def _ping_lost(self) -> None:
         """No answer to a keepalive PING in time: the peer is gone; its streams fail (retries decide)."""
         self._ka_timer = None
-        log.warning("http2 upstream %s:%d: no PING answer in %.1fs: closing", *self.pool.address,
+        log.warning("http2 upstream %s: no PING answer in %.1fs: closing", label(self.pool.address),
                     self._keepalive[1] if self._keepalive else 0.0)
         self._fail_all(UpstreamProtocolError("keepalive PING unanswered"))
 

@@ -35,6 +35,7 @@ class Balancer(ABC):
     hashed = False  # whether pick() wants a request hash
     by_destination = False  # original_dst: the host is where the connection was going, not a choice
     measures = False  # whether done() wants each answer's latency
+    tiered = False  # priorities and localities (meshpy.upstream.priority): rebuilt from all the hosts
 
     def __init__(self, config: LoadBalancing) -> None:
         self.config = config
@@ -63,6 +64,44 @@ class Balancer(ABC):
             return float(host.weight)
         factor = max(slow.min_weight_percent / 100.0, (age / slow.window) ** (1.0 / slow.aggression))
         return float(host.weight * factor)
+
+
+def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
+    """One cycle of smooth weighted round robin (nginx's): heavy hosts spread out, not bunched.
+    Precomputed per host-set change so that `pick` is an index increment."""
+    weights = [max(1, min(h.weight, 128)) for h in hosts]
+    total = sum(weights)
+    current = [0] * len(hosts)
+    order: list[Host] = []
+    for _ in range(total):
+        best = 0
+        for i, w in enumerate(weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= total
+        order.append(hosts[best])
+    return order
+
+
+class RoundRobinBalancer(Balancer):
+    """Round robin as a balancer object, for where one is needed per set of hosts (a priority, a
+    locality); a cluster's own round robin is ClusterRuntime.round_robin, the same order."""
+
+    def rebuild(self, hosts: list[Host]) -> None:
+        self.hosts = hosts
+        self._order = smooth_weighted_order(hosts)
+        self._next = 0
+
+    def pick(self, key: int | None = None) -> Host | None:
+        order = self._order
+        if not order:
+            return None
+        i = self._next
+        if i >= len(order):
+            i = 0
+        self._next = i + 1
+        return order[i]
 
 
 class RandomBalancer(Balancer):

@@ -16,36 +16,51 @@ from dataclasses import replace
 from typing import Any
 
 from meshpy.errors import ConfigError, ConfigIssue
-from meshpy.model.types import Cluster
+from meshpy.model.endpoints import DEFAULT_GROUP, NO_LOCALITY, Locality
+from meshpy.model.types import Cluster, Endpoint
+from meshpy.model.unix_address import SockAddr, sock_address
 from meshpy.tasks import TaskOwner
 from meshpy.telemetry.metrics import ClusterStats, Metrics
 from meshpy.telemetry.tls_stats import TlsStats
 from meshpy.transport.connector import Connector
 from meshpy.transport.tls_contexts import ClientContext, client_context
-from meshpy.upstream.balancers import DestinationBalancer, make_balancer
+from meshpy.upstream.balancers import DestinationBalancer, smooth_weighted_order
 from meshpy.upstream.gauges import cluster_gauges
 from meshpy.upstream.health import HealthChecker
 from meshpy.upstream.outlier import OutlierDetector
 from meshpy.upstream.pool import ConnPool
 from meshpy.upstream.pool_alpn import AlpnHostPool, host_pool
+from meshpy.upstream.priority import LocalSite, cluster_balancer, flat_in_service, uses_tiers
 
 log = logging.getLogger("meshpy.upstream")
+
+# A host as the cluster's endpoints give it: (address, weight, name from config[, its Endpoint: priority,
+# locality, health check target]).
+HostEntry = tuple[SockAddr, int, str] | tuple[SockAddr, int, str, Endpoint | None]
+
+
+def _static_hosts(model: Cluster) -> list[HostEntry]:
+    """A static cluster's hosts; a Unix socket's (Envoy's pipe) address and name are its path (the
+    endpoint's `hostname`, when it has one, names it as in Envoy)."""
+    return [(sock_address(e.address), e.weight, e.hostname or e.address.path or e.address.host, e)
+            for e in model.endpoints]
 
 
 class Host:
     """One upstream endpoint with its pool, and what outlier detection keeps about it."""
 
     __slots__ = (
-        "active_requests", "address", "c_5xx", "c_gateway", "c_local", "eject_count", "ejected", "ewma",
-        "ewma_at", "hc_fails", "hc_healthy", "hc_passes", "hostname", "joined", "pool", "rq_fail", "rq_ok",
-        "uneject", "weight",
+        "active_requests", "address", "c_5xx", "c_gateway", "c_local", "eject_count", "ejected", "endpoint",
+        "ewma", "ewma_at", "hc_fails", "hc_healthy", "hc_passes", "hostname", "joined", "pool", "rq_fail",
+        "rq_ok", "uneject", "weight",
     )  # fmt: skip
 
-    def __init__(self, pool: ConnPool, weight: int, hostname: str) -> None:
+    def __init__(self, pool: ConnPool, weight: int, hostname: str, endpoint: Endpoint | None = None) -> None:
         self.pool = pool
         self.address = pool.address
         self.weight = weight
-        self.hostname = hostname  # the name from config, for DNS hosts; the address otherwise
+        self.hostname = hostname  # the endpoint's hostname, else the DNS name, else the address
+        self.endpoint = endpoint  # where it came from in config (None: an original_dst destination)
         self.active_requests = 0
         # Outlier detection: consecutive failures, this interval's results, ejection state.
         self.c_5xx = self.c_gateway = self.c_local = 0
@@ -67,38 +82,27 @@ class Host:
 
     @property
     def label(self) -> str:
-        host, port = self.pool.address
+        # (meshpy.model.unix_address.label, inlined: access logs ask for it on every request)
+        address = self.pool.address
+        if isinstance(address, str):  # a Unix socket: its path, as Envoy names the host
+            return address
+        host, port = address
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def smooth_weighted_order(hosts: list[Host]) -> list[Host]:
-    """One cycle of smooth weighted round robin (nginx's): heavy hosts spread out, not bunched.
-    Precomputed per host-set change so that `pick` is an index increment."""
-    weights = [max(1, min(h.weight, 128)) for h in hosts]
-    total = sum(weights)
-    current = [0] * len(hosts)
-    order: list[Host] = []
-    for _ in range(total):
-        best = 0
-        for i, w in enumerate(weights):
-            current[i] += w
-            if current[i] > current[best]:
-                best = i
-        current[best] -= total
-        order.append(hosts[best])
-    return order
 
 
 class ClusterRuntime:
     __slots__ = (
         "_by_address", "_loop", "_order", "_rr", "_task", "balancer", "budget", "busy", "by_destination",
-        "connector", "cx_limit", "health", "hosts", "model", "outlier", "pending_limit", "resolved",
-        "retries_active", "retry_limit", "rq_limit", "stats", "tasks",
+        "connector", "cx_limit", "epoch", "health", "hosts", "model", "outlier", "pending_limit", "resolved",
+        "retries_active", "retry_limit", "rq_limit", "site", "stats", "tasks",
     )  # fmt: skip
 
     def __init__(self, model: Cluster, stats: ClusterStats, loop: asyncio.AbstractEventLoop,
-                 tasks: TaskOwner | None = None, tls_stats: TlsStats | None = None) -> None:
+                 tasks: TaskOwner | None = None, tls_stats: TlsStats | None = None,
+                 site: LocalSite | None = None) -> None:
         self.model = model
+        self.site = site  # this proxy's locality and own cluster, for zone-aware routing
+        self.epoch = 0  # rebuilds of its balancing, which zone-aware clusters following this one watch
         # Its DNS loop, health checks and its pools' connects (a runtime alone owns its own).
         self.tasks = tasks if tasks is not None else TaskOwner(loop)
         self.stats = stats
@@ -130,17 +134,16 @@ class ClusterRuntime:
         self.by_destination = model.discovery == "original_dst"
         # None: the round robin below
         self.balancer = DestinationBalancer(model.load_balancing) if self.by_destination else \
-            make_balancer(model.load_balancing)
+            cluster_balancer(model, site)
         self.health: HealthChecker | None = None  # started by start()
         # original_dst (Envoy's ORIGINAL_DST): no endpoints of its own; a host per destination seen,
         # made on first use and dropped once it holds no connection (see evict_idle).
-        self._by_address: dict[tuple[str, int], Host] = {}
+        self._by_address: dict[SockAddr, Host] = {}
         if self.by_destination:
             self.resolved.set()
         if model.discovery == "static":
             self.resolved.set()
-            self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host)
-                             for e in model.endpoints])
+            self._set_hosts(_static_hosts(model))
 
     def start(self) -> None:
         hc = self.model.health_check
@@ -153,7 +156,10 @@ class ClusterRuntime:
         """A static cluster's new endpoints. Hosts kept keep their pools; the pools of hosts gone
         finish what they hold (see HostPool.close)."""
         self.model = model
-        self._set_hosts([(e.address.host, e.address.port, e.weight, e.address.host) for e in model.endpoints])
+        balancer = self.balancer
+        if uses_tiers(model, self.site) != (balancer is not None and balancer.tiered):
+            self.balancer = cluster_balancer(model, self.site)  # priorities came or went
+        self._set_hosts(_static_hosts(model))
 
     def connections(self) -> int:
         """Upstream connections open or opening, over every host (for max_connections)."""
@@ -193,8 +199,8 @@ class ClusterRuntime:
             return None
         host = self._by_address.get(destination)
         if host is None:
-            self._set_hosts([*((h.address[0], h.address[1], 1, h.hostname) for h in self.hosts),
-                             (destination[0], destination[1], 1, destination[0])])
+            self._set_hosts([*((h.address, 1, h.hostname, None) for h in self.hosts),
+                             (destination, 1, destination[0], None)])
             host = self.hosts[-1]
         return host
 
@@ -228,18 +234,20 @@ class ClusterRuntime:
         if self.by_destination:  # forget destinations nothing is connected to any more
             kept = [h for h in self.hosts if h.pool.total or h.pool.pending or h.active_requests]
             if len(kept) != len(self.hosts):
-                self._set_hosts([(h.address[0], h.address[1], 1, h.hostname) for h in kept])
+                self._set_hosts([(h.address, 1, h.hostname, None) for h in kept])
 
-    def _set_hosts(self, entries: Iterable[tuple[str, int, int, str]]) -> None:
+    def _set_hosts(self, entries: Iterable[HostEntry]) -> None:
         old = {h.pool.address: h for h in self.hosts}
         hosts: list[Host] = []
-        for ip, port, weight, name in entries:
-            h = old.pop((ip, port), None)
+        for address, weight, name, *more in entries:
+            endpoint = more[0] if more else None
+            h = old.pop(address, None)
             if h is not None:
                 h.weight = weight
+                h.endpoint = endpoint
             else:
-                h = Host(host_pool(self.model, self._loop, (ip, port), self.stats, self.connector, self,
-                                   self.tasks), weight, name)
+                h = Host(host_pool(self.model, self._loop, address, self.stats, self.connector, self,
+                                   self.tasks), weight, name, endpoint)
                 if self.hosts and self.model.load_balancing.slow_start is not None:
                     h.joined = time.monotonic()  # joined a running cluster: it warms up
             hosts.append(h)
@@ -248,25 +256,27 @@ class ClusterRuntime:
         self.hosts = hosts
         if self.by_destination:
             self._by_address = {h.address: h for h in hosts}
+        if self.health is not None:
+            self.health.hosts_changed()
         self.rebuild_order()
 
-    # Below this share of endpoints in service the balancer uses them all (Envoy's panic threshold):
-    # better some load on a doubtful endpoint than all of it on the few left.
-    PANIC_THRESHOLD = 0.5
-
     def rebuild_order(self) -> None:
-        """The balancer's order over the endpoints in service (not ejected), or over all of them."""
-        hosts = self.hosts
-        usable = [h for h in hosts if not h.ejected and h.hc_healthy]
-        if len(usable) < self.PANIC_THRESHOLD * len(hosts):
-            usable = hosts
-        if self.balancer is not None:
-            self.balancer.rebuild(usable)
+        """The balancer's order over the endpoints in service (not ejected), or over all of them when
+        too few are (Envoy's panic threshold: better some load on a doubtful endpoint than all of it on
+        the few left). A tiered balancer (priorities, localities) sorts that out itself."""
+        self.epoch += 1
+        balancer = self.balancer
+        if balancer is not None and balancer.tiered:
+            balancer.rebuild(self.hosts)
+            return
+        usable = flat_in_service(self.hosts, self.model)
+        if balancer is not None:
+            balancer.rebuild(usable)
         self._order = smooth_weighted_order(usable)
         self._rr = 0
 
-    async def _resolve(self) -> list[tuple[str, int, int, str]]:
-        out: list[tuple[str, int, int, str]] = []
+    async def _resolve(self) -> list[HostEntry]:
+        out: list[HostEntry] = []
         endpoints = self.model.endpoints
         if self.model.discovery == "logical_dns":
             endpoints = endpoints[:1]  # LOGICAL_DNS: one logical host, the first address wins
@@ -289,7 +299,7 @@ class ClusterRuntime:
                     seen.append(ip)
             if self.model.discovery == "logical_dns":
                 seen = seen[:1]
-            out.extend((ip, ep.address.port, ep.weight, ep.address.host) for ip in seen)
+            out.extend(((ip, ep.address.port), ep.weight, ep.hostname or ep.address.host, ep) for ip in seen)
         return out
 
     async def _dns_loop(self) -> None:
@@ -302,7 +312,7 @@ class ClusterRuntime:
                 if self.model.discovery == "logical_dns" and self.hosts and entries:
                     # LOGICAL_DNS keeps one host and its pool; only new connections use the new address.
                     pool = self.hosts[0].pool
-                    pool.address = (entries[0][0], entries[0][1])
+                    pool.address = entries[0][0]
                 else:
                     self._set_hosts(entries)
             self.resolved.set()
@@ -320,19 +330,27 @@ class ClusterManager:
         metrics.add_callback_collector(lambda: cluster_gauges(self.clusters))
         self.clusters: dict[str, ClusterRuntime] = {}
         self._retargets: dict[str, Cluster] = {}  # endpoint-only changes, done by `commit`
+        self._site = self._next_site = LocalSite("", NO_LOCALITY)
         self._tls_updates: dict[str, ClientContext] = {}  # contexts made again from changed files
         self._sweeper: asyncio.Task[None] | None = None
 
-    def reconcile(self, models: Iterable[Cluster], refresh_tls: bool = False) -> dict[str, ClusterRuntime]:
+    def reconcile(self, models: Iterable[Cluster], refresh_tls: bool = False, local_cluster: str = "",
+                  locality: Locality = NO_LOCALITY) -> dict[str, ClusterRuntime]:
         """Build the runtime set for `models`, reusing unchanged clusters. Returns the new mapping;
         the caller publishes it with the Snapshot, then calls `retire` for the old ones. `refresh_tls`:
-        clusters kept get TLS contexts made again from their files (used from `commit` on)."""
+        clusters kept get TLS contexts made again from their files (used from `commit` on).
+        `local_cluster` and `locality`: the proxy's own cluster and locality, for zone-aware routing
+        (when they change, every cluster is made again)."""
         new: dict[str, ClusterRuntime] = {}
         self._retargets = {}
         self._tls_updates = {}
+        site = self._site
+        if (local_cluster, locality) != (site.cluster, site.locality):
+            site = LocalSite(local_cluster, locality)
+        self._next_site = site
         issues: list[ConfigIssue] = []
         for i, m in enumerate(models):
-            cur = self.clusters.get(m.name)
+            cur = self.clusters.get(m.name) if site is self._site else None
             if cur is not None and cur.model == m:
                 new[m.name] = cur
                 if refresh_tls and m.tls is not None:
@@ -350,7 +368,8 @@ class ClusterManager:
             else:
                 try:
                     rt = ClusterRuntime(m, self._metrics.cluster(m.name), self._loop, self._tasks,
-                                        self._metrics.tls.cluster(m.name) if m.tls is not None else None)
+                                        self._metrics.tls.cluster(m.name) if m.tls is not None else None,
+                                        site)
                 except ConfigError as err:  # TLS material that cannot be used
                     issues.extend(ConfigIssue(f"clusters[{i}].{x.path}", x.reason) for x in err.issues)
                     continue
@@ -362,6 +381,8 @@ class ClusterManager:
         return new
 
     def commit(self, new: dict[str, ClusterRuntime]) -> None:
+        site = self._site = self._next_site
+        site.local = new.get(site.cluster)  # zone-aware routing compares with this one
         updates, self._tls_updates = self._tls_updates, {}
         for name, ctx in updates.items():
             new[name].connector.tls = ctx  # new connections only: the pooled ones keep theirs
@@ -405,6 +426,8 @@ class ClusterManager:
                 "endpoints": [
                     {
                         "address": h.label, "hostname": h.hostname, "weight": h.weight, "health": h.health,
+                        **({"priority": h.endpoint.group.priority, "locality": str(h.endpoint.group.locality)}
+                           if h.endpoint is not None and h.endpoint.group != DEFAULT_GROUP else {}),
                         "active_requests": h.active_requests, "active_connections": h.pool.total,
                         "idle_connections": h.pool.idle_count,
                         # auto: what ALPN agreed on last (None before the first connection)

@@ -9,6 +9,11 @@ wait behind a request, nor keep a pooled connection busy). An endpoint that fail
 it back. Until its first check an endpoint counts as healthy, so a cluster serves from the start;
 the first round runs at once. The cluster's panic threshold still applies: with fewer than half of
 its endpoints in service the balancer uses them all.
+
+Each endpoint has its own schedule, as in Envoy: `interval` once the cluster has opened a connection,
+and before that `no_traffic_interval` (`no_traffic_healthy_interval` for an endpoint passing its
+checks). An endpoint's health_check_config sends its checks to another port or address, with
+another Host header, or nowhere (disable_active_health_check).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from meshpy.codec.h2session import (
 )
 from meshpy.codec.http2 import client_settings
 from meshpy.model.types import DEFAULT_HTTP2, HealthCheck, Http2Options
+from meshpy.model.unix_address import SockAddr
 from meshpy.transport.upstream_alpn import agreed_protocol
 
 if TYPE_CHECKING:
@@ -43,14 +49,18 @@ _USER_AGENT = b"meshpy-health-check"
 
 
 class HealthChecker:
-    __slots__ = ("_task", "cluster", "config", "transitions")
+    __slots__ = ("_task", "_wake", "cluster", "config", "transitions")
 
     def __init__(self, cluster: ClusterRuntime, config: HealthCheck) -> None:
         self.cluster = cluster
         self.config = config
         self.transitions: dict[str, int] = {}  # "healthy" / "unhealthy" -> count, for /metrics
+        self._wake = asyncio.Event()  # new endpoints: checked at once, not after a (60 s) wait
         self._task: asyncio.Task[None] | None = cluster.tasks.spawn(self._run(),
                                                                     name=f"hc:{cluster.model.name}")
+
+    def hosts_changed(self) -> None:
+        self._wake.set()
 
     def close(self) -> None:
         if self._task is not None:
@@ -59,15 +69,37 @@ class HealthChecker:
 
     async def _run(self) -> None:
         cfg = self.config
+        loop = asyncio.get_running_loop()
+        due: dict[Host, float] = {}  # when each endpoint's next check is (new ones: at once)
         while True:
-            hosts = list(self.cluster.hosts)
+            now = loop.time()
+            hosts = [h for h in self.cluster.hosts if due.get(h, now) <= now and not _unchecked(h)]
             results = await asyncio.gather(*(self._check(h) for h in hosts))
             changed = False
             for host, ok in zip(hosts, results, strict=True):
                 changed |= self._record(host, ok)
             if changed:
                 self.cluster.rebuild_order()
-            await asyncio.sleep(cfg.interval + random.uniform(0, cfg.interval_jitter))
+            after = loop.time()
+            due = {h: due.get(h, after) for h in self.cluster.hosts if not _unchecked(h)}  # (and gone)
+            for host in hosts:
+                if host in due:
+                    due[host] = after + self._interval(host) + random.uniform(0, cfg.interval_jitter)
+            wait = max(0.0, min(due.values(), default=after + cfg.interval) - after)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    def _interval(self, host: Host) -> float:
+        """Envoy's choice of interval: the cluster's traffic is its upstream connections (not these
+        checks); an endpoint whose last results are about to turn it is not yet `healthy`."""
+        cfg = self.config
+        if self.cluster.stats.cx_total or cfg.no_traffic_interval is None:
+            return cfg.interval
+        if host.hc_healthy and not host.hc_fails and cfg.no_traffic_healthy_interval is not None:
+            return cfg.no_traffic_healthy_interval
+        return cfg.no_traffic_interval
 
     def _record(self, host: Host, ok: bool) -> bool:
         """Count one result; True when the endpoint changed state."""
@@ -96,13 +128,14 @@ class HealthChecker:
         writer = None
         try:
             async with asyncio.timeout(cfg.timeout):
-                reader, writer = await self.cluster.connector.streams(host.pool.address)
+                reader, writer = await self.cluster.connector.streams(check_address(host))
                 if cfg.kind == "tcp":
                     return True
+                target = host.endpoint.health_target if host.endpoint is not None else None
+                hostname = ((target.hostname if target is not None else "") or cfg.host
+                            or self.cluster.model.name).encode()
                 if cfg.kind == "grpc":
-                    return await grpc_health(reader, writer, (cfg.host or self.cluster.model.name).encode(),
-                                             cfg.service, self.cluster.model.http2)
-                hostname = (cfg.host or self.cluster.model.name).encode()
+                    return await grpc_health(reader, writer, hostname, cfg.service, self.cluster.model.http2)
                 if agreed_protocol(writer.transport) == "h2":
                     status = await http2_status(reader, writer, hostname, cfg.path.encode(),
                                                 self.cluster.model.http2)
@@ -122,6 +155,24 @@ class HealthChecker:
             return False
         status = int(parts[1])
         return any(start <= status < end for start, end in cfg.expected_statuses)
+
+
+def check_address(host: Host) -> SockAddr:
+    """Where `host`'s checks go: its own address unless its endpoint's health_check_config says."""
+    address = host.pool.address
+    target = host.endpoint.health_target if host.endpoint is not None else None
+    if target is None or (isinstance(address, str) and not target.path):
+        return address
+    if target.path:
+        return target.path
+    ip, port = address if isinstance(address, tuple) else ("", 0)
+    return (target.ip or ip, target.port or port)
+
+
+def _unchecked(host: Host) -> bool:
+    """An endpoint with disable_active_health_check: never checked, healthy as far as checks go."""
+    return host.endpoint is not None and host.endpoint.health_target is not None and \
+        host.endpoint.health_target.disabled
 
 
 _HEALTH_PATH = b"/grpc.health.v1.Health/Check"

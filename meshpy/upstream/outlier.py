@@ -20,6 +20,7 @@ import random
 from typing import TYPE_CHECKING
 
 from meshpy.model.types import OutlierDetection
+from meshpy.upstream import outlier_events
 
 if TYPE_CHECKING:
     from meshpy.upstream.cluster import ClusterRuntime, Host
@@ -83,10 +84,14 @@ class OutlierDetector:
             self.eject(host, "consecutive_gateway_failure", cfg.enforcing_consecutive_gateway_failure)
 
     # -- ejection ---------------------------------------------------------------------------------------
-    def eject(self, host: Host, reason: str, enforcing: float) -> bool:
+    def eject(self, host: Host, reason: str, enforcing: float,
+              rates: tuple[float, float, float] | None = None) -> bool:
+        """`rates`: (the host's, the cluster's mean, the threshold) success rates in %, for the event
+        log of a success-rate or failure-percentage ejection."""
         if host.ejected or host not in self.cluster.hosts:
             return False
         if enforcing < 100.0 and random.random() * 100.0 >= enforcing:
+            outlier_events.ejected(self.cluster.model.name, host, reason, False, rates)  # (Envoy logs it too)
             return False
         hosts = self.cluster.hosts
         out = sum(1 for h in hosts if h.ejected)
@@ -101,12 +106,14 @@ class OutlierDetector:
         host.c_5xx = host.c_gateway = host.c_local = 0
         self.ejections[reason] = self.ejections.get(reason, 0) + 1
         self.cluster.rebuild_order()
+        outlier_events.ejected(self.cluster.model.name, host, reason, True, rates)
         return True
 
     def _return(self, host: Host) -> None:
         host.uneject = None
         host.ejected = False
         self.cluster.rebuild_order()
+        outlier_events.returned(self.cluster.model.name, host)
 
     # -- every interval ---------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -131,7 +138,8 @@ class OutlierDetector:
         floor = mean - cfg.success_rate_stdev_factor / 1000.0 * stdev
         for h, rate in rates.items():
             if rate < floor:
-                self.eject(h, "success_rate", cfg.enforcing_success_rate)
+                self.eject(h, "success_rate", cfg.enforcing_success_rate,
+                           (rate * 100, mean * 100, floor * 100))
 
     def _failure_percentage(self, hosts: list[Host]) -> None:
         cfg = self.config
@@ -140,5 +148,7 @@ class OutlierDetector:
         if len(eligible) < cfg.failure_percentage_minimum_hosts:
             return
         for h in eligible:
-            if 100.0 * h.rq_fail / (h.rq_ok + h.rq_fail) >= cfg.failure_percentage_threshold:
-                self.eject(h, "failure_percentage", cfg.enforcing_failure_percentage)
+            failed = 100.0 * h.rq_fail / (h.rq_ok + h.rq_fail)
+            if failed >= cfg.failure_percentage_threshold:
+                self.eject(h, "failure_percentage", cfg.enforcing_failure_percentage,
+                           (100.0 - failed, 0.0, 0.0))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:
+    from meshpy.model.unix_address import SockAddr
     from meshpy.ports import UpstreamStream
     from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import ClusterStats
@@ -29,7 +30,7 @@ class ConnPool(Protocol):
     Http2HostPool (meshpy.upstream.pool_h2) or AlpnHostPool (meshpy.upstream.pool_alpn, both by
     ALPN). Each only ever gets back what it gave out."""
 
-    address: tuple[str, int]
+    address: SockAddr
     stats: ClusterStats
     closed: bool
 
@@ -109,7 +110,7 @@ class HostPool:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        address: tuple[str, int],
+        address: SockAddr,
         stats: ClusterStats,
         connector: Connector,
         max_connections: int,

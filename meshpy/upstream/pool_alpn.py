@@ -32,12 +32,14 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from meshpy.model.unix_address import label
 from meshpy.transport.upstream_http2 import UpstreamHttp2
 from meshpy.upstream.pool import ConnPool, HostPool, Limits, PoolOverflow, Waiter, no_limits
 from meshpy.upstream.pool_h2 import Http2HostPool
 
 if TYPE_CHECKING:
     from meshpy.model.types import Cluster, Http2Options
+    from meshpy.model.unix_address import SockAddr
     from meshpy.ports import UpstreamStream
     from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import ClusterStats
@@ -48,7 +50,7 @@ log = logging.getLogger("meshpy.upstream")
 _PENDING_FULL = PoolOverflow("max_pending_requests")
 
 
-def host_pool(model: Cluster, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
+def host_pool(model: Cluster, loop: asyncio.AbstractEventLoop, address: SockAddr, stats: ClusterStats,
               connector: Connector, limits: Limits, tasks: TaskOwner) -> ConnPool:
     """The pool a host of `model` gets, by the cluster's protocol."""
     size = model.max_connections_per_endpoint
@@ -63,7 +65,7 @@ class AlpnHostPool:
     __slots__ = ("_address", "_probing", "_spawn", "_waiters", "closed", "connector", "h1", "h2", "learned",
                  "limits", "opts", "stats")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: SockAddr, stats: ClusterStats,
                  connector: Connector, max_connections: int, opts: Http2Options,
                  limits: Limits | None = None, tasks: TaskOwner | None = None) -> None:
         self._spawn = tasks.spawn_connect if tasks is not None else loop.create_task
@@ -82,11 +84,11 @@ class AlpnHostPool:
         self.closed = False
 
     @property
-    def address(self) -> tuple[str, int]:
+    def address(self) -> SockAddr:
         return self._address
 
     @address.setter
-    def address(self, address: tuple[str, int]) -> None:
+    def address(self, address: SockAddr) -> None:
         # LOGICAL_DNS re-resolution: new connections of either protocol go to the new address.
         self._address = self.h1.address = self.h2.address = address
 
@@ -196,7 +198,7 @@ class AlpnHostPool:
     def learn(self, side: HostPool | Http2HostPool) -> None:
         if self.learned is not side:
             if self.learned is not None:
-                log.info("cluster %s: %s:%d now agrees on %s by ALPN", self.stats.name, *self._address,
+                log.info("cluster %s: %s now agrees on %s by ALPN", self.stats.name, label(self._address),
                          "HTTP/2" if side is self.h2 else "HTTP/1.1")
             self.learned = side
 
@@ -206,7 +208,7 @@ class _Http1Side(HostPool):
 
     __slots__ = ("auto",)
 
-    def __init__(self, auto: AlpnHostPool, loop: asyncio.AbstractEventLoop, address: tuple[str, int],
+    def __init__(self, auto: AlpnHostPool, loop: asyncio.AbstractEventLoop, address: SockAddr,
                  stats: ClusterStats, connector: Connector, max_connections: int, limits: Limits,
                  tasks: TaskOwner | None) -> None:
         super().__init__(loop, address, stats, connector, max_connections, limits, tasks)
@@ -229,7 +231,7 @@ class _Http2Side(Http2HostPool):
 
     __slots__ = ("auto",)
 
-    def __init__(self, auto: AlpnHostPool, loop: asyncio.AbstractEventLoop, address: tuple[str, int],
+    def __init__(self, auto: AlpnHostPool, loop: asyncio.AbstractEventLoop, address: SockAddr,
                  stats: ClusterStats, connector: Connector, max_connections: int, opts: Http2Options,
                  limits: Limits, tasks: TaskOwner | None) -> None:
         super().__init__(loop, address, stats, connector, max_connections, opts, limits, tasks)

@@ -18,6 +18,7 @@ from meshpy.upstream.pool import Limits, PoolOverflow, no_limits
 
 if TYPE_CHECKING:
     from meshpy.model.types import Http2Options
+    from meshpy.model.unix_address import SockAddr
     from meshpy.ports import UpstreamStream
     from meshpy.tasks import TaskOwner
     from meshpy.telemetry.metrics import ClusterStats
@@ -34,7 +35,7 @@ class Http2HostPool:
     __slots__ = ("_connecting", "_conns", "_loop", "_spawn", "_waiters", "address", "busy", "closed",
                  "connector", "limits", "max_connections", "opts", "stats")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int], stats: ClusterStats,
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: SockAddr, stats: ClusterStats,
                  connector: Connector, max_connections: int, opts: Http2Options,
                  limits: Limits | None = None, tasks: TaskOwner | None = None) -> None:
         self._loop = loop

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from meshpy.model.types import DEFAULT_HTTP2, Http2Options
 from meshpy.transport.upstream_alpn import agreed_protocol
 
 if TYPE_CHECKING:
+    from meshpy.model.unix_address import SockAddr
     from meshpy.upstream.cluster import ClusterRuntime
 
 MAX_BODY = 1 << 20
@@ -54,12 +56,13 @@ class SideClient:
     __slots__ = ("_h2", "_idle")
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], list[Streams]] = {}
-        self._h2: dict[tuple[str, int], _H2Connection] = {}
+        self._idle: dict[SockAddr, list[Streams]] = {}
+        self._h2: dict[SockAddr, _H2Connection] = {}
 
     async def call(self, cluster: ClusterRuntime, method: bytes, path: bytes, authority: bytes,
-                   headers: Fields, body: bytes, *, grpc: bool = False) -> SideResponse:
-        """One request to a host of `cluster`. The caller bounds the time (asyncio.timeout)."""
+                   headers: Fields, body: bytes | None, *, grpc: bool = False) -> SideResponse:
+        """One request to a host of `cluster`. The caller bounds the time (asyncio.timeout). `body`
+        None: no body, and no content-length (b"": content-length 0)."""
         host = cluster.pick()
         if host is None:
             raise SideCallError(f"no healthy endpoint in cluster {cluster.model.name}")
@@ -83,7 +86,7 @@ class SideClient:
             streams[1].close()
         return response
 
-    async def call_endpoint(self, address: tuple[str, int] | str, path: bytes, authority: bytes,
+    async def call_endpoint(self, address: SockAddr, path: bytes, authority: bytes,
                             headers: Fields, body: bytes) -> SideResponse:
         """A gRPC call to a fixed target (Envoy's google_grpc target_uri): host and port, or a Unix
         socket path, in plaintext."""
@@ -97,7 +100,23 @@ class SideClient:
             conn = self._h2[key] = _H2Connection(streams, DEFAULT_HTTP2)
         return await conn.request(b"POST", path, authority, b"http", headers, body)
 
-    def _take_idle(self, address: tuple[str, int]) -> Streams | None:
+    async def grpc(self, clusters: Mapping[str, ClusterRuntime], cluster: str,
+                   target: tuple[str, int] | str | None, path: bytes, authority: bytes, message: bytes,
+                   metadata: Fields, timeout: float | None) -> SideResponse | None:
+        """One unary gRPC call (Envoy's envoy_grpc to `cluster`, or google_grpc to `target`), the
+        message framed here and the deadline sent as grpc-timeout; None when the cluster is unknown."""
+        framed = b"\x00" + len(message).to_bytes(4, "big") + message
+        headers = [(b"content-type", b"application/grpc"), *metadata]
+        if timeout:
+            headers.insert(1, (b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))))
+        if target is not None:
+            return await self.call_endpoint(target, path, authority, headers, framed)
+        runtime = clusters.get(cluster)
+        if runtime is None:
+            return None
+        return await self.call(runtime, b"POST", path, authority, headers, framed, grpc=True)
+
+    def _take_idle(self, address: SockAddr) -> Streams | None:
         idle = self._idle.get(address)
         while idle:
             streams = idle.pop()
@@ -106,8 +125,8 @@ class SideClient:
             streams[1].close()
         return None
 
-    async def _h2_call(self, cluster: ClusterRuntime, address: tuple[str, int], method: bytes, path: bytes,
-                       authority: bytes, headers: Fields, body: bytes) -> SideResponse:
+    async def _h2_call(self, cluster: ClusterRuntime, address: SockAddr, method: bytes, path: bytes,
+                       authority: bytes, headers: Fields, body: bytes | None) -> SideResponse:
         conn = self._h2.get(address)
         if conn is None or conn.closed:
             streams = await cluster.connector.streams(address)
@@ -126,12 +145,12 @@ class SideClient:
 
 
 async def _http1_exchange(streams: Streams, method: bytes, path: bytes, authority: bytes,
-                          headers: Fields, body: bytes) -> tuple[SideResponse, bool]:
+                          headers: Fields, body: bytes | None) -> tuple[SideResponse, bool]:
     reader, writer = streams
     head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method, path, authority)]
     head += [b"%s: %s\r\n" % (k, v) for k, v in headers if k not in (b"host", b"content-length")]
-    head.append(b"content-length: %d\r\n\r\n" % len(body))
-    writer.write(b"".join(head) + body)
+    head.append(b"\r\n" if body is None else b"content-length: %d\r\n\r\n" % len(body))
+    writer.write(b"".join(head) + (body or b""))
     line = await reader.readline()
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
@@ -196,17 +215,17 @@ class _H2Connection:
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     async def request(self, method: bytes, path: bytes, authority: bytes, scheme: bytes, headers: Fields,
-                      body: bytes) -> SideResponse:
+                      body: bytes | None) -> SideResponse:
         if self.closed:
             raise SideCallError("the connection closed")
         head = [(b":method", method), (b":scheme", scheme), (b":path", path), (b":authority", authority),
                 *((k, v) for k, v in headers if k not in (b"host", b"connection", b"te", b"content-length")
                   and not k.startswith(b":"))]
-        if body or method == b"POST":
+        if body is not None and (body or method == b"POST"):
             head.append((b"content-length", b"%d" % len(body)))
         if any(k == b"content-type" and v.startswith(b"application/grpc") for k, v in head):
             head.append((b"te", b"trailers"))
-        sid = self._session.send_message(0, head, body, None)
+        sid = self._session.send_message(0, head, body or b"", None)
         future: asyncio.Future[SideResponse] = asyncio.get_running_loop().create_future()
         self._waiting[sid] = (future, SideResponse(0, []))
         self._writer.write(self._session.data_to_send())

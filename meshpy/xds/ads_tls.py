@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from meshpy.errors import ConfigError
+from meshpy.model.unix_address import SockAddr, target_address
 from meshpy.model.yaml_values import parse_address
 from meshpy.transport.connector import Connector
 from meshpy.transport.tls_contexts import ClientContext, client_context
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from meshpy.model.tls import ClientTls
+    from meshpy.model.types import TcpKeepalive
     from meshpy.tasks import TaskOwner
 
 log = logging.getLogger("meshpy.xds")
@@ -51,10 +53,16 @@ _CHUNK = 64 * 1024
 class AdsClusterTls:
     """A `ControlPlaneTls` (meshpy.identity.control_trust) for the ADS server `server` (host:port)."""
 
-    def __init__(self, server: str, tls: ClientTls, connect_timeout: float) -> None:
+    def __init__(self, server: str, tls: ClientTls, connect_timeout: float,
+                 keepalive: TcpKeepalive | None = None) -> None:
         self.server = server
-        address = parse_address(server)
-        self._target = (str(address.host), address.port)
+        self.keepalive = keepalive  # the ADS cluster's tcp_keepalive, on each TCP connection
+        # A Unix socket target (a pipe ADS cluster): TLS over it, as Envoy's transport_socket allows.
+        target = target_address(server)
+        if target is None:
+            address = parse_address(server)
+            target = (str(address.host), address.port)
+        self._target: SockAddr = target
         # Envoy's HTTP/2 connection pool offers h2 when the context lists no ALPN; gRPC servers want it.
         self.tls = tls if tls.alpn else replace(tls, alpn=("h2",))
         self.connect_timeout = connect_timeout
@@ -102,8 +110,10 @@ class AdsClusterTls:
         # A pool of its own: gRPC would otherwise hand a new channel a connection another channel to the
         # same socket still holds, made with the files as they were (with --xds-ca, the credentials of
         # each channel tell them apart).
+        # (a Unix socket's target is no authority: gRPC's own default for one, localhost)
+        authority = "localhost" if isinstance(self._target, str) else self.server
         return grpc.aio.insecure_channel(f"unix:{self._dir / 'ads.sock'}",
-                                         options=[("grpc.default_authority", self.server),
+                                         options=[("grpc.default_authority", authority),
                                                   ("grpc.use_local_subchannel_pool", 1)])
 
     def learn(self, roots: Iterable[x509.Certificate]) -> None:
@@ -125,7 +135,8 @@ class AdsClusterTls:
         """A new TLS connection to the server, or None with the reason in `last_error` (which reaches the
         log through the caller's failed call, `hint`: once per outage, not per attempt)."""
         try:
-            connector = Connector(asyncio.get_running_loop(), self.connect_timeout, tls=self._context())
+            connector = Connector(asyncio.get_running_loop(), self.connect_timeout, self.keepalive,
+                                  tls=self._context())
             streams = await connector.streams(self._target)
         except ConfigError as err:  # a file that went away or went bad since the start
             self.last_error = "; ".join(str(i) for i in err.issues)

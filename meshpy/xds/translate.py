@@ -27,6 +27,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from google.protobuf import descriptor_pool, json_format  # type: ignore[import-untyped, unused-ignore]
 
 from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.endpoints import Locality
 from meshpy.model.limits import NO_OVERLOAD
 from meshpy.model.routes import RouteConfig
 from meshpy.model.types import Admin, Config, Endpoint, Listener
@@ -38,8 +39,12 @@ from meshpy.xds import (
     translate_clusters,
     translate_limits,
     translate_listeners,
+    translate_process,
     translate_routes,
+    translate_runtime,
 )
+from meshpy.xds.config_sources import Fetch
+from meshpy.xds.translate_access_log import admin_access_logs
 from meshpy.xds.translate_base import Issues, child, item, socket_address
 
 __all__ = [
@@ -232,46 +237,59 @@ def _suggest(message: str, field: str) -> str:
 # Translating the bootstrap --------------------------------------------------------------------------
 
 # `node` identifies this proxy to a control plane: nothing to act on in a static bootstrap.
-_NO_SDS = "names secrets to fetch over SDS: that needs dynamic_resources (ADS)"
-_BOOTSTRAP = frozenset({"admin", "static_resources", "dynamic_resources", "node", "overload_manager"})
+_BOOTSTRAP = frozenset({"admin", "static_resources", "dynamic_resources", "node", "overload_manager",
+                        "layered_runtime", *translate_process.FIELDS})
 
 
 def config_from_bootstrap(msg: Any) -> Config:
     """A parsed Bootstrap as a Config, with every issue (and every cross-reference issue) reported."""
     issues = Issues()
     issues.fields(msg, "", _BOOTSTRAP)
-    xds = bootstrap.xds_source(issues, msg)
-    ads_cluster = bootstrap.ads_cluster_name(msg)  # read by xds_source, not served as data plane cluster
     static = msg.static_resources
     issues.fields(static, "static_resources", {"listeners", "clusters", "secrets"})
     secrets = {secret.name: secret for secret in static.secrets}  # TLS material named by SDS configs
     listeners_path = "static_resources.listeners"
     clusters_path = "static_resources.clusters"
+    # Static resources that fetch their routes, endpoints or secrets are held by the xDS client until
+    # those arrive; where each comes from is read first, as it may set a cluster aside for xDS.
+    servers = bootstrap.servers_of(msg)
+    xds = bootstrap.xds_source(issues, msg, servers)
+    waiting: dict[tuple[str, int], list[Fetch]] = {}
+    for i, listener in enumerate(static.listeners):
+        refs = [*deps.rds_refs(listener), *deps.sds_refs(listener)]
+        if refs:
+            found = deps.fetches(refs, servers, None, issues, item(listeners_path, i))
+            waiting[(_LISTENER_URL, i)] = [f for _, f in found]
+    for i, cluster in enumerate(static.clusters):
+        eds = deps.eds_ref(cluster)
+        refs = [*([eds] if eds is not None else []), *deps.sds_refs(cluster)]
+        if refs:
+            found = deps.fetches(refs, servers, None, issues, item(clusters_path, i))
+            waiting[(_CLUSTER_URL, i)] = [f for _, f in found]
+    if waiting:
+        xds = bootstrap.with_held(issues, msg, xds, [f for fs in waiting.values() for f in fs])
     listeners, clusters, held = [], [], []
     for i, listener in enumerate(static.listeners):
-        if xds is None and deps.sds_names(listener):
-            issues.add(item(listeners_path, i), _NO_SDS)
-        if xds is not None and (deps.rds_names(listener) or deps.sds_names(listener)):
-            # Routes over RDS, secrets over SDS: checked now, built by the xDS client once they arrive.
-            at = item(listeners_path, i)
+        at = item(listeners_path, i)
+        if (_LISTENER_URL, i) in waiting:
+            # Checked now, built by the xDS client once what it names arrives.
             translate_listeners.listener(issues, listener, at, deps.any_routes(), secrets)
             held.append((_LISTENER_URL, json_format.MessageToJson(listener, indent=None)))
         else:
-            listeners.append(translate_listeners.listener(issues, listener, item(listeners_path, i),
-                                                          secrets=secrets))
+            listeners.append(translate_listeners.listener(issues, listener, at, secrets=secrets))
     for i, cluster in enumerate(static.clusters):
-        if cluster.name == ads_cluster:
-            continue
-        if xds is None and deps.sds_names(cluster):
-            issues.add(item(clusters_path, i), _NO_SDS)
-        if xds is not None and (deps.eds_name(cluster) is not None or deps.sds_names(cluster)):
-            translate_clusters.cluster(issues, cluster, item(clusters_path, i), deps.endpoints_or_none({}))
+        if cluster.name in servers.named:
+            continue  # it carries xDS (read by meshpy.xds.xds_clusters), not the data plane's traffic
+        at = item(clusters_path, i)
+        if (_CLUSTER_URL, i) in waiting:
+            translate_clusters.cluster(issues, cluster, at, deps.endpoints_or_none({}))
             held.append((_CLUSTER_URL, json_format.MessageToJson(cluster, indent=None)))
         else:
-            at = item(clusters_path, i)
             clusters.append(translate_clusters.cluster(issues, cluster, at, secrets=secrets))
-    if xds is not None and held:
-        xds = dataclasses.replace(xds, static_resources=tuple(held))
+    if xds is not None:
+        # Dynamic resources may name any static cluster that can carry xDS; static ones, those named.
+        xds = dataclasses.replace(xds, static_resources=tuple(held),
+                                  servers=servers.candidates(every=xds.lds or xds.cds))
     config = Config(
         listeners=tuple(listeners),
         clusters=tuple(clusters),
@@ -280,29 +298,51 @@ def config_from_bootstrap(msg: Any) -> Config:
         if msg.HasField("overload_manager") else NO_OVERLOAD,
         source_format="envoy",
         xds=xds,
+        runtime=translate_runtime.layered_runtime(issues, msg),
+        process=translate_process.process_options(issues, msg),
+        service_node=msg.node.id,
+        service_cluster=msg.node.cluster,
+        service_locality=Locality(region=msg.node.locality.region, zone=msg.node.locality.zone,
+                                  sub_zone=msg.node.locality.sub_zone),
     )
+    _check_local_cluster(issues, msg, clusters)
     issues.raise_if_any()
     # Lazy: the checks live with the model and are shared by every loader.
     from meshpy.model.check import check_references
 
-    # With xDS, a static route may name a cluster that CDS will bring (Envoy allows it).
-    problems = check_references(config, clusters_required=xds is None)
+    # With xDS, a static route may name a cluster that CDS will bring (Envoy allows it), or one held
+    # until its endpoints or secrets arrive.
+    waits = {c.name for i, c in enumerate(static.clusters) if (_CLUSTER_URL, i) in waiting}
+    problems = check_references(config, clusters_required=xds is None or not xds.cds,
+                                external=waits.__contains__)
     if problems:
         raise ConfigError(ConfigIssue(_envoy_path(p.path, config), p.reason) for p in problems)
     return config
+
+
+def _check_local_cluster(issues: Issues, msg: Any, clusters: list[ClusterModel]) -> None:
+    """Envoy's checks of cluster_manager.local_cluster_name: a static cluster, of one priority (its
+    endpoints are the proxy's peers, which zone-aware routing compares with the upstream's)."""
+    name = msg.cluster_manager.local_cluster_name
+    if not name:
+        return
+    if all(c.name != name for c in msg.static_resources.clusters):
+        issues.add("cluster_manager.local_cluster_name", f"local cluster {name!r} must be defined")
+    elif any(e.group.priority for c in clusters if c.name == name for e in c.endpoints):
+        issues.add("cluster_manager.local_cluster_name", f"unexpected non-zero priority for local cluster "
+                                                         f"{name!r}")
 
 
 def _admin(issues: Issues, msg: Any) -> Admin:
     if not msg.HasField("admin"):
         return Admin(address=None)
     admin = msg.admin
-    issues.fields(admin, "admin", {"address", "access_log_path"})
-    if admin.access_log_path not in ("", "/dev/null"):
-        # Envoy's admin access log is not kept by meshpy; /dev/null (the usual setting) asks for none.
-        issues.add("admin.access_log_path", "only /dev/null is supported by meshpy")
+    # profile_path: where Envoy's /cpuprofiler and /heapprofiler write; meshpy's admin has neither.
+    issues.fields(admin, "admin", {"address", "access_log_path", "access_log", "profile_path"})
+    logs = admin_access_logs(issues, admin)
     if not admin.HasField("address"):
         return Admin(address=None)
-    return Admin(address=socket_address(issues, admin.address, "admin.address"))
+    return Admin(address=socket_address(issues, admin.address, "admin.address"), access_logs=logs)
 
 
 # check_references speaks in model paths; these rewrite them to where the bootstrap says the same
@@ -321,6 +361,7 @@ _MODEL_TO_ENVOY = [
         re.compile(r"\.routes\[(\d+)\]\.weighted\[(\d+)\]"),
         r".routes[\1].route.weighted_clusters.clusters[\2].name",
     ),
+    (re.compile(r"\.routes\[(\d+)\]\.mirrors\["), r".routes[\1].route.request_mirror_policies["),
     (re.compile(r"^(listeners|clusters)\["), r"static_resources.\1["),
 ]
 

@@ -1,11 +1,11 @@
 """Envoy's RBAC -> the model (meshpy.model.authz): the HTTP filter (`envoy.filters.http.rbac`, its
 per-route RBACPerRoute) and the network filter (`envoy.filters.network.rbac`).
 
-What meshpy does not evaluate is an error naming the field, as everywhere in the translator: the
-unified `matcher` API, metadata and filter state matchers, CEL `condition`s, audit logging, per-rule
-stats, URI templates and custom principals. A config Envoy itself refuses is refused too: a policy
-without permissions or principals, an empty `and_rules`/`or_ids`, `any: false`, a port range that is
-empty, and (network filter) header rules.
+What meshpy does not evaluate is an error naming the field, as everywhere in the translator:
+metadata and filter state matchers, CEL `condition`s, audit logging, per-rule stats, URI templates
+and custom principals (the HTTP filter's unified `matcher` is translate_authz_matcher's). A config
+Envoy itself refuses is refused too: a policy without permissions or principals, an empty
+`and_rules`/`or_ids`, `any: false`, a port range that is empty, and (network filter) header rules.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from meshpy.model.authz import (
     sorted_policies,
 )
 from meshpy.model.routes import StringMatch
+from meshpy.xds.translate_authz_matcher import rbac_matcher
 from meshpy.xds.translate_base import Issues, child, enum_name, item, seconds
 from meshpy.xds.translate_matchers import header_match, string_match
 
@@ -58,15 +59,23 @@ _PRINCIPAL = frozenset({"and_ids", "or_ids", "any", "authenticated", "source_ip"
 
 def rbac_filter(issues: Issues, msg: Any, path: str) -> RbacFilter | None:
     """An envoy.extensions.filters.http.rbac.v3.RBAC (the listener's, or a route's); None when it is
-    empty, which does nothing (no engine: every request passes, uncounted)."""
-    issues.fields(msg, path, {"rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix"})
+    empty, which does nothing (no engine: every request passes, uncounted). A `matcher` takes the
+    place of `rules` (and `shadow_matcher` of `shadow_rules`): Envoy then ignores the rules, with a
+    warning, so they are not read (meshpy.xds.translate_authz_matcher)."""
+    issues.fields(msg, path, {"rules", "rules_stat_prefix", "shadow_rules", "shadow_rules_stat_prefix",
+                              "matcher", "shadow_matcher"})
     if not msg.ListFields():
         return None  # no rules and nothing to count: the filter does nothing
+    matcher = rbac_matcher(issues, msg.matcher, child(path, "matcher")) if msg.HasField("matcher") else None
+    shadow_matcher = (rbac_matcher(issues, msg.shadow_matcher, child(path, "shadow_matcher"))
+                      if msg.HasField("shadow_matcher") else None)
     return RbacFilter(
-        rules=rules(issues, msg.rules, child(path, "rules")) if msg.HasField("rules") else None,
+        rules=(rules(issues, msg.rules, child(path, "rules"))
+               if msg.HasField("rules") and matcher is None else None),
         shadow_rules=(rules(issues, msg.shadow_rules, child(path, "shadow_rules"))
-                      if msg.HasField("shadow_rules") else None),
-        rules_stat_prefix=msg.rules_stat_prefix, shadow_rules_stat_prefix=msg.shadow_rules_stat_prefix)
+                      if msg.HasField("shadow_rules") and shadow_matcher is None else None),
+        rules_stat_prefix=msg.rules_stat_prefix, shadow_rules_stat_prefix=msg.shadow_rules_stat_prefix,
+        matcher=matcher, shadow_matcher=shadow_matcher)
 
 
 def rbac_per_route(issues: Issues, msg: Any, path: str) -> RbacFilter | None:

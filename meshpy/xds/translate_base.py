@@ -19,6 +19,7 @@ from typing import Any
 
 from meshpy.errors import ConfigError, ConfigIssue
 from meshpy.model.types import Address
+from meshpy.model.unix_address import pipe_problem
 
 UNSUPPORTED = "not supported by meshpy"
 
@@ -108,9 +109,18 @@ def unpack(issues: Issues, any_msg: Any, path: str, types: Mapping[str, Any]) ->
     return msg
 
 
-def socket_address(issues: Issues, address: Any, path: str) -> Address:
-    """An envoy.config.core.v3.Address that must be a TCP socket address."""
-    issues.fields(address, path, {"socket_address"})
+def socket_address(issues: Issues, address: Any, path: str, listening: bool = False) -> Address:
+    """An envoy.config.core.v3.Address: a TCP socket address, or a Unix socket (`pipe`, whose `mode`
+    only a listening socket uses: a connect ignores it, as in Envoy). `listening`: a listener's, where
+    ipv4_compat makes an IPv6 socket take IPv4 too."""
+    issues.fields(address, path, {"socket_address", "pipe"})
+    if address.HasField("pipe"):
+        pipe, pipe_path = address.pipe, child(path, "pipe")
+        issues.fields(pipe, pipe_path, {"path", "mode"})
+        problem = pipe_problem(pipe.path, pipe.mode)
+        if problem is not None:
+            issues.add(child(pipe_path, problem[0]), problem[1])
+        return Address(host="", port=0, path=pipe.path, mode=pipe.mode)
     if not address.HasField("socket_address"):
         if not address.ListFields():
             issues.add(path, "socket_address is required")
@@ -118,12 +128,14 @@ def socket_address(issues: Issues, address: Any, path: str) -> Address:
     sock = address.socket_address
     sock_path = child(path, "socket_address")
     # `protocol` is TCP when unset (not listed); UDP is listed and reported as unsupported.
-    issues.fields(sock, sock_path, {"address", "port_value"})
+    issues.fields(sock, sock_path, {"address", "port_value", *(("ipv4_compat",) if listening else ())})
     if not sock.address:
         issues.add(child(sock_path, "address"), "must not be empty")
     if sock.port_value > 65535:
         issues.add(child(sock_path, "port_value"), f"must be at most 65535, got {sock.port_value}")
-    return Address(host=sock.address, port=sock.port_value)
+    # (On an IPv4 address ipv4_compat changes nothing, in Envoy as here.)
+    return Address(host=sock.address, port=sock.port_value,
+                   v4_compat=sock.ipv4_compat and ":" in sock.address)
 
 
 def regex(issues: Issues, matcher: Any, path: str) -> str:

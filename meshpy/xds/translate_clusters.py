@@ -14,6 +14,7 @@ from typing import Any
 
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from meshpy.model.endpoints import EndpointGroup
 from meshpy.model.tls import AUTO_ALPN, ClientTls
 from meshpy.model.types import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -29,7 +30,7 @@ from meshpy.model.types import (
     Http2Options,
     TcpKeepalive,
 )
-from meshpy.xds import translate_policies
+from meshpy.xds import translate_lb, translate_policies
 from meshpy.xds import translate_protocols as protocols
 from meshpy.xds.translate_base import (
     UNSUPPORTED,
@@ -56,6 +57,8 @@ _CLUSTER = frozenset(
         "dns_refresh_rate",
         "dns_lookup_family",
         "lb_policy",
+        "load_balancing_policy",
+        "common_lb_config",
         "least_request_lb_config",
         "ring_hash_lb_config",
         "maglev_lb_config",
@@ -104,7 +107,7 @@ def cluster(
     if msg.type == _ORIGINAL_DST:
         # Envoy's rule: the destination is the cluster's choice, so the policy must say so.
         discovery = "original_dst"
-        if msg.lb_policy != _CLUSTER_PROVIDED:
+        if msg.lb_policy != _CLUSTER_PROVIDED and not translate_lb.cluster_provided(msg):
             issues.add(child(path, "lb_policy"), "an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED")
         if msg.HasField("load_assignment"):
             issues.add(child(path, "load_assignment"), "an ORIGINAL_DST cluster has no endpoints")
@@ -118,6 +121,9 @@ def cluster(
         discovery = "static"
     elif msg.HasField("eds_cluster_config"):
         issues.add(child(path, "eds_cluster_config"), "only allowed with type EDS")
+    elif translate_lb.cluster_provided(msg):
+        issues.add(child(path, "load_balancing_policy"), "cluster provided LB specified but the cluster "
+                   "does not provide one (only ORIGINAL_DST does)")
     _check_endpoints(issues, msg, path, discovery, endpoints)
     idle, http2, auto_at = _protocol_options(issues, msg, path)
     tls = upstream_tls(issues, msg, path, secrets or {})
@@ -138,14 +144,14 @@ def cluster(
         dns_lookup_family=_FAMILIES[msg.dns_lookup_family] if discovery in ("strict_dns", "logical_dns")
         else "all",
         load_balancing=DEFAULT_LB if discovery == "original_dst"
-        else translate_policies.load_balancing(issues, msg, path),
+        else translate_lb.cluster_balancing(issues, msg, path),
         pool_idle_timeout=idle,
         protocol="auto" if auto_at is not None else "http2" if http2 is not None else "http1",
         http2=http2 or DEFAULT_HTTP2,
         circuit_breakers=translate_policies.circuit_breakers(issues, msg, path),
         outlier_detection=translate_policies.outlier_detection(issues, msg, path),
         health_check=translate_policies.health_check(issues, msg, path),
-        tcp_keepalive=_tcp_keepalive(issues, msg, path),
+        tcp_keepalive=tcp_keepalive(issues, msg, path),
         tls=tls,
     )
 
@@ -191,8 +197,13 @@ def _check_endpoints(
     where = child(path, "load_assignment")
     if discovery == "logical_dns" and len(endpoints) != 1:
         issues.add(where, "a LOGICAL_DNS cluster needs exactly one endpoint")
+    if discovery in ("strict_dns", "logical_dns") and any(e.address.path for e in endpoints):
+        # Envoy takes it but resolves only socket_address: the cluster never has a host (503 UH).
+        issues.add(where, "a pipe address is not resolved by DNS: a cluster of Unix sockets is STATIC")
     if discovery == "static" and msg.type != _EDS:
         for endpoint in endpoints:
+            if endpoint.address.path:
+                continue
             try:
                 ipaddress.ip_address(endpoint.address.host)
             except ValueError:
@@ -280,7 +291,7 @@ def _check_common_options(issues: Issues, msg: Any, path: str) -> None:
     issues.fields(msg, path, {"idle_timeout"})
 
 
-def _tcp_keepalive(issues: Issues, msg: Any, path: str) -> TcpKeepalive | None:
+def tcp_keepalive(issues: Issues, msg: Any, path: str) -> TcpKeepalive | None:
     """upstream_connection_options.tcp_keepalive; the other connection options (a local interface
     name, happy eyeballs) are refused. Envoy takes any uint32 and then fails each connect whose
     setsockopt the kernel refuses; meshpy refuses such values here instead."""
@@ -304,22 +315,24 @@ def _tcp_keepalive(issues: Issues, msg: Any, path: str) -> TcpKeepalive | None:
 
 
 def endpoints_from(issues: Issues, cla: Any, path: str) -> tuple[Endpoint, ...]:
-    """A ClusterLoadAssignment's endpoints, flattened: meshpy balances over one set of hosts."""
-    issues.fields(cla, path, {"cluster_name", "endpoints"})
+    """A ClusterLoadAssignment's endpoints in one tuple, each with its group (priority, locality and
+    its weight, the assignment's overprovisioning factor: meshpy.model.endpoints)."""
+    issues.fields(cla, path, {"cluster_name", "endpoints", "policy"})
+    overprovisioning = translate_lb.assignment_overprovisioning(issues, cla, path)
     endpoints = []
     for i, locality in enumerate(cla.endpoints):
         locality_path = item(child(path, "endpoints"), i)
-        # Locality and its weight are read only by locality-weighted or zone-aware balancing, which
-        # needs settings on the cluster that are rejected there; gRPC clients require the weight.
-        issues.fields(locality, locality_path, {"lb_endpoints", "locality", "load_balancing_weight"})
+        issues.fields(locality, locality_path,
+                      {"lb_endpoints", "locality", "load_balancing_weight", "priority"})
+        group = translate_lb.endpoint_group(issues, locality, locality_path, overprovisioning)
         for j, lb_endpoint in enumerate(locality.lb_endpoints):
-            endpoint = _lb_endpoint(issues, lb_endpoint, item(child(locality_path, "lb_endpoints"), j))
+            endpoint = _lb_endpoint(issues, lb_endpoint, item(child(locality_path, "lb_endpoints"), j), group)
             if endpoint is not None:
                 endpoints.append(endpoint)
     return tuple(endpoints)
 
 
-def _lb_endpoint(issues: Issues, msg: Any, path: str) -> Endpoint | None:
+def _lb_endpoint(issues: Issues, msg: Any, path: str, group: EndpointGroup) -> Endpoint | None:
     issues.fields(msg, path, {"endpoint", "health_status", "load_balancing_weight", "metadata"})
     if msg.health_status not in _HEALTH_USABLE:
         # Envoy keeps unhealthy hosts for panic routing and degraded ones as a fallback; meshpy has
@@ -329,13 +342,17 @@ def _lb_endpoint(issues: Issues, msg: Any, path: str) -> Endpoint | None:
         issues.add(child(path, "endpoint"), "is required")
         return None
     endpoint_path = child(path, "endpoint")
-    issues.fields(msg.endpoint, endpoint_path, {"address"})
+    issues.fields(msg.endpoint, endpoint_path, {"address", "hostname", "health_check_config"})
+    hostname, target = translate_lb.endpoint_details(issues, msg.endpoint, endpoint_path)
     address_path = child(endpoint_path, "address")
     if not msg.endpoint.HasField("address"):
         issues.add(address_path, "is required")
         return None
     address = socket_address(issues, msg.endpoint.address, address_path)
-    if address.port == 0:
+    if msg.endpoint.address.HasField("pipe"):
+        if not address.path:
+            return None  # (said by socket_address)
+    elif address.port == 0:
         issues.add(child(address_path, "socket_address.port_value"), "must be set")
     weight = 1
     if msg.HasField("load_balancing_weight"):
@@ -343,7 +360,7 @@ def _lb_endpoint(issues: Issues, msg: Any, path: str) -> Endpoint | None:
         if weight < 1:
             issues.add(child(path, "load_balancing_weight"), "must be at least 1")
             weight = 1
-    return Endpoint(address=address, weight=weight)
+    return Endpoint(address=address, weight=weight, group=group, hostname=hostname, health_target=target)
 
 
 # Cluster.DnsLookupFamily by number (AUTO, left out, is Envoy's default: IPv6 first).

@@ -87,9 +87,10 @@ def http_filters(issues: Issues, msg: Any, path: str) -> Chain:
         kind: FilterKind
         if type_name == ROUTER:
             routers += 1
-            # Every other Router option (upstream_log, ...) changes behaviour meshpy does not have.
+            # Every other Router option (upstream_log, ...) changes behaviour meshpy does not have;
+            # dynamic_stats only turns Envoy's per-cluster stats on or off (meshpy's metrics are its own).
             router = _unpacked(f.typed_config, ROUTER)
-            issues.fields(router, config_path, {"suppress_envoy_headers"})
+            issues.fields(router, config_path, {"suppress_envoy_headers", "dynamic_stats"})
             envoy_headers = not router.suppress_envoy_headers
             continue
         if type_name == translate_guards.FAULT:

@@ -14,8 +14,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from envoy.extensions.access_loggers.file.v3 import file_pb2
-from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -38,6 +36,7 @@ from meshpy.model.types import (
     TcpOptions,
 )
 from meshpy.xds import translate_protocols as protocols
+from meshpy.xds.translate_access_log import access_logs
 from meshpy.xds.translate_authz import NETWORK_RBAC, NetworkRbacConfig, network_rbac
 from meshpy.xds.translate_base import Issues, child, item, socket_address, timeout, unpack, wrapped
 from meshpy.xds.translate_client_cert import HCM_FIELDS as CLIENT_CERT_FIELDS
@@ -58,8 +57,6 @@ from meshpy.xds.translate_tls import (
 
 HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
 TcpProxy = tcp_proxy_pb2.TcpProxy
-FileAccessLog = file_pb2.FileAccessLog
-StdoutAccessLog = stream_pb2.StdoutAccessLog
 
 
 def _by_name(*classes: Any) -> dict[str, Any]:
@@ -71,14 +68,14 @@ OriginalDst = original_dst_pb2.OriginalDst
 HttpInspector = http_inspector_pb2.HttpInspector
 TlsInspector = tls_inspector_pb2.TlsInspector
 LISTENER_FILTERS = _by_name(OriginalDst, HttpInspector, TlsInspector)
-ACCESS_LOGGERS = _by_name(FileAccessLog, StdoutAccessLog)
 _RBAC = {NETWORK_RBAC: NetworkRbacConfig}
 
 # `stat_prefix` and `metadata` name stats or feed filters meshpy does not have: nothing to act on.
 _LISTENER = frozenset({"name", "address", "filter_chains", "stat_prefix", "metadata", "use_original_dst",
                        "bind_to_port", "traffic_direction", "listener_filters", "default_filter_chain",
                        "listener_filters_timeout", "continue_on_listener_filters_timeout",
-                       "per_connection_buffer_limit_bytes"})
+                       "per_connection_buffer_limit_bytes", "ignore_global_conn_limit",
+                       "bypass_overload_manager"})
 _DIRECTIONS: dict[int, Direction] = {1: "inbound", 2: "outbound"}
 # What the http_inspector reports for HTTP: the application_protocols an HTTP chain may match on (and
 # what the control plane writes for a sniffing listener).
@@ -105,6 +102,7 @@ _HCM = frozenset(
         "http2_protocol_options",
         "http_protocol_options",
         "upgrade_configs",
+        "add_user_agent",
         *CLIENT_CERT_FIELDS,
     }
 )
@@ -121,7 +119,7 @@ def listener(
     TLS contexts may name the bootstrap's static `secrets`."""
     issues.fields(msg, path, _LISTENER)
     if msg.HasField("address"):
-        address = socket_address(issues, msg.address, child(path, "address"))
+        address = socket_address(issues, msg.address, child(path, "address"), listening=True)
     else:
         issues.add(child(path, "address"), "is required")
         address = Address(host="", port=0)
@@ -132,7 +130,9 @@ def listener(
         placeholder, original_destination=wrapped(msg, "use_original_dst", False),
         bind=wrapped(msg, "bind_to_port", True),
         direction=_DIRECTIONS.get(msg.traffic_direction, "unspecified"))
-    limits = ConnectionLimits(buffer_limit=wrapped(msg, "per_connection_buffer_limit_bytes", None) or None)
+    limits = ConnectionLimits(buffer_limit=wrapped(msg, "per_connection_buffer_limit_bytes", None) or None,
+                              global_exempt=msg.ignore_global_conn_limit or msg.bypass_overload_manager,
+                              overload_exempt=msg.bypass_overload_manager)
     interception = dataclasses.replace(interception, limits=limits)
     sniffing, inspecting = listener_filters(issues, msg, path)
     limited: list[int] = []  # connection_limit filters' max_connections, one per chain at most
@@ -327,7 +327,8 @@ def _http_options(
 ) -> HttpOptions:
     issues.fields(msg, path, _HCM)
     codec = protocols.codec(issues, msg, path)
-    http2 = protocols.http2_options(issues, msg.http2_protocol_options, child(path, "http2_protocol_options"))
+    http2 = protocols.http2_options(issues, msg.http2_protocol_options, child(path, "http2_protocol_options"),
+                                    downstream=True)
     filters, listener_fault, listener_limit, envoy_headers = http_filters(
         issues, msg, child(path, "http_filters"))
     max_kb = wrapped(msg, "max_request_headers_kb", 60)
@@ -368,6 +369,7 @@ def _http_options(
         upgrades=protocols.upgrades(issues, msg, path),
         filters=filters,
         limits=http_limits(issues, common, msg, common_path),
+        add_user_agent=bool(wrapped(msg, "add_user_agent", False)),
     )
 
 
@@ -422,23 +424,6 @@ def _tcp_options(issues: Issues, msg: Any, path: str) -> TcpOptions:
 
 
 def _access_logs(issues: Issues, logs: Any, path: str) -> tuple[AccessLog, ...]:
-    """File and stdout loggers. meshpy writes its own JSON line per request whatever Envoy's format
-    would have been, so a format setting is reported like any other unsupported field."""
-    result = []
-    for i, log in enumerate(logs):
-        log_path = item(path, i)
-        issues.fields(log, log_path, {"name", "typed_config"})
-        config_path = child(log_path, "typed_config")
-        if not log.HasField("typed_config"):
-            issues.add(config_path, "is required")
-            continue
-        config = unpack(issues, log.typed_config, config_path, ACCESS_LOGGERS)
-        if isinstance(config, FileAccessLog):
-            issues.fields(config, config_path, {"path"})
-            if not config.path:
-                issues.add(child(config_path, "path"), "must not be empty")
-            result.append(AccessLog(path=config.path))
-        elif isinstance(config, StdoutAccessLog):
-            issues.fields(config, config_path, ())
-            result.append(AccessLog(path=None))
-    return tuple(result)
+    """File, stdout and stderr loggers with Envoy's formats and filters (meshpy.xds.translate_access_log);
+    one without a format writes Envoy's default line."""
+    return access_logs(issues, logs, path)

@@ -25,7 +25,12 @@ from meshpy.model.yaml_values import is_field_name
 from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, wrapped
 
 _ROUTE_MATCH = frozenset({"prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters",
-                          "connect_matcher"})
+                          "connect_matcher", "grpc"})
+# Envoy's `grpc: {}` route match: a gRPC request, by its content-type: application/grpc, or with a
+# `+codec` after it (not with parameters; not application/grpc-web, which its own filter turns into
+# gRPC first). Envoy also asks for POST, but routes before any method check, so GET matches too.
+GRPC_CONTENT_TYPE = HeaderMatch(name="content-type",
+                                match=StringMatch(kind="regex", value=r"application/grpc(\+.*)?"))
 _HEADER_MATCHER = frozenset(
     {
         "name",
@@ -90,6 +95,9 @@ def route_match(issues: Issues, msg: Any, path: str) -> RouteMatch:
         _query_match(issues, param, item(child(path, "query_parameters"), i))
         for i, param in enumerate(msg.query_parameters)
     )
+    if msg.HasField("grpc"):
+        issues.fields(msg.grpc, child(path, "grpc"), ())
+        headers.append(GRPC_CONTENT_TYPE)
     methods, headers = _methods_from_headers(headers)
     return RouteMatch(
         path_kind=path_kind,
@@ -181,7 +189,7 @@ def header_edits(issues: Issues, msg: Any, path: str, direction: str) -> HeaderE
     """`{direction}_headers_to_add` / `_to_remove` of a route, virtual host or route configuration."""
     add_name, remove_name = f"{direction}_headers_to_add", f"{direction}_headers_to_remove"
     added = tuple(
-        _header_value(issues, option, item(child(path, add_name), i))
+        header_value(issues, option, item(child(path, add_name), i))
         for i, option in enumerate(getattr(msg, add_name))
     )
     removed = []
@@ -193,7 +201,8 @@ def header_edits(issues: Issues, msg: Any, path: str, direction: str) -> HeaderE
     return HeaderEdits(add=added, remove=tuple(removed))
 
 
-def _header_value(issues: Issues, option: Any, path: str) -> HeaderValue:
+def header_value(issues: Issues, option: Any, path: str) -> HeaderValue:
+    """A HeaderValueOption: a literal header to add, and how."""
     issues.fields(option, path, {"header", "append", "append_action"})
     header = option.header
     header_path = child(path, "header")

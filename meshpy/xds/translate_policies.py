@@ -45,7 +45,8 @@ _THRESHOLDS = frozenset(
 
 
 def circuit_breakers(issues: Issues, msg: Any, path: str) -> CircuitBreakers:
-    """A Cluster's `circuit_breakers` (its DEFAULT-priority thresholds), with Envoy's defaults."""
+    """A Cluster's `circuit_breakers` (its DEFAULT-priority thresholds), with Envoy's defaults. HIGH
+    thresholds are checked and left: no route of meshpy's has priority HIGH."""
     if not msg.HasField("circuit_breakers"):
         return DEFAULT_BREAKERS
     cb = msg.circuit_breakers
@@ -57,7 +58,9 @@ def circuit_breakers(issues: Issues, msg: Any, path: str) -> CircuitBreakers:
         t_path = item(child(cb_path, "thresholds"), i)
         issues.fields(t, t_path, _THRESHOLDS)
         if t.priority != _DEFAULT_PRIORITY:
-            issues.add(child(t_path, "priority"), "only DEFAULT is supported by meshpy (no route priorities)")
+            # HIGH: the thresholds of routes of priority HIGH. meshpy refuses such routes (RouteAction
+            # priority), so these can bound nothing here, as in an Envoy with no HIGH route.
+            retry_budget(issues, t, t_path)
             continue
         if seen:
             issues.add(t_path, "a second DEFAULT threshold")
@@ -287,7 +290,9 @@ def hash_policies(issues: Issues, action: Any, path: str) -> tuple[HashPolicy, .
 
 
 _HEALTH = frozenset({"timeout", "interval", "interval_jitter", "unhealthy_threshold", "healthy_threshold",
-                     "http_health_check", "tcp_health_check", "grpc_health_check"})
+                     "http_health_check", "tcp_health_check", "grpc_health_check", "no_traffic_interval",
+                     "no_traffic_healthy_interval"})
+_NO_TRAFFIC_INTERVAL = 60.0  # Envoy's default: a cluster that has never opened a connection is checked slowly
 
 
 def health_check(issues: Issues, msg: Any, path: str) -> HealthCheck | None:
@@ -310,6 +315,11 @@ def health_check(issues: Issues, msg: Any, path: str) -> HealthCheck | None:
         "healthy_threshold": wrapped(hc, "healthy_threshold", d.healthy_threshold),
         "unhealthy_threshold": wrapped(hc, "unhealthy_threshold", d.unhealthy_threshold),
     }
+    # In the model None means "as the interval before it": what meshpy YAML has, and so kept.
+    idle = positive_duration(issues, hc, "no_traffic_interval", where, _NO_TRAFFIC_INTERVAL)
+    idle_healthy = positive_duration(issues, hc, "no_traffic_healthy_interval", where, idle)
+    common["no_traffic_interval"] = None if idle == common["interval"] else idle
+    common["no_traffic_healthy_interval"] = None if idle_healthy == idle else idle_healthy
     if hc.HasField("tcp_health_check"):
         issues.fields(hc.tcp_health_check, child(where, "tcp_health_check"), ())
         return HealthCheck(kind="tcp", **common)

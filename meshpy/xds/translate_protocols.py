@@ -26,9 +26,11 @@ def codec(issues: Issues, msg: Any, path: str) -> HttpCodec:
     return found
 
 
-def http2_options(issues: Issues, msg: Any, path: str) -> Http2Options:
-    """`msg`: an envoy.config.core.v3.Http2ProtocolOptions at `path`."""
-    issues.fields(msg, path, _HTTP2_FIELDS)
+def http2_options(issues: Issues, msg: Any, path: str, downstream: bool = False) -> Http2Options:
+    """`msg`: an envoy.config.core.v3.Http2ProtocolOptions at `path`; `downstream`: a listener's,
+    where allow_connect (extended CONNECT, offered to clients) applies. Upstream, meshpy sends no
+    extended CONNECT (a WebSocket goes upstream as an HTTP/1.1 upgrade), so it stays refused there."""
+    issues.fields(msg, path, _HTTP2_FIELDS | {"allow_connect"} if downstream else _HTTP2_FIELDS)
     d = DEFAULT_HTTP2
     streams = wrapped(msg, "max_concurrent_streams", d.max_concurrent_streams)
     if streams < 1:
@@ -50,12 +52,13 @@ def http2_options(issues: Issues, msg: Any, path: str) -> Http2Options:
             issues.add(child(where, "interval"), "is required")
     return Http2Options(max_concurrent_streams=max(streams, 1), initial_stream_window_size=windows[0],
                         initial_connection_window_size=windows[1], keepalive_interval=interval,
-                        keepalive_timeout=ka_timeout)
+                        keepalive_timeout=ka_timeout, allow_connect=msg.allow_connect or not downstream)
 
 
 def upgrades(issues: Issues, msg: Any, path: str) -> tuple[str, ...]:
     """HttpConnectionManager.upgrade_configs: the upgrade types tunnelled (none when unset, as in
-    Envoy). `enabled: false` lists a type as off; per-type filter chains are not supported."""
+    Envoy). `enabled: false` lists a type as off; per-type filter chains are not supported. (CONNECT
+    is routed whatever this says: a connect_matcher route's own upgrade_configs allow it.)"""
     out: list[str] = []
     for i, u in enumerate(msg.upgrade_configs):
         where = f"{child(path, 'upgrade_configs')}[{i}]"

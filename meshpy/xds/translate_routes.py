@@ -8,13 +8,20 @@ so that a route configuration behaves the same under both proxies (for example
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
+from google.protobuf import json_format
+
+from meshpy.model.filter_types import FilterOverride
 from meshpy.model.routes import (
     DEFAULT_ROUTE_TIMEOUT,
     DirectResponseAction,
+    FilterMetadata,
     ForwardAction,
     GrpcTimeout,
+    LuaClusterSpecifier,
+    MirrorPolicy,
     RedirectAction,
     RegexRewrite,
     Route,
@@ -25,8 +32,9 @@ from meshpy.model.routes import (
     WeightedCluster,
 )
 from meshpy.model.yaml_values import is_authority
-from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout
+from meshpy.xds.translate_base import UNSUPPORTED, Issues, child, item, regex, timeout, wrapped
 from meshpy.xds.translate_filters import per_filter
+from meshpy.xds.translate_guards import percent
 from meshpy.xds.translate_matchers import header_edits, route_match
 from meshpy.xds.translate_policies import RetryContext, hash_policies, retry_context, route_retry
 
@@ -44,6 +52,7 @@ _ROUTE_CONFIG = frozenset(
         "validate_clusters",
         "max_direct_response_body_size_bytes",
         "metadata",
+        "cluster_specifier_plugins",
     }
 )
 _VIRTUAL_HOST = frozenset(
@@ -61,6 +70,8 @@ _VIRTUAL_HOST = frozenset(
         "include_request_attempt_count",
         "per_request_buffer_limit_bytes",
         "typed_per_filter_config",
+        "cors",  # deprecated, still read by Envoy's CORS filter (meshpy.extensions.cors)
+        "rate_limits",  # read by Envoy's global rate limit filter (meshpy.extensions.ratelimit_routes)
     }
 )
 _ROUTE = frozenset(
@@ -92,6 +103,12 @@ _FORWARD = frozenset(
         "hedge_policy",
         "hash_policy",
         "max_stream_duration",
+        "cors",
+        "request_mirror_policies",
+        "inline_cluster_specifier_plugin",
+        "cluster_specifier_plugin",
+        "rate_limits",  # (as a virtual host's)
+        "include_vh_rate_limits",
     }
 )
 _REDIRECT = frozenset(
@@ -106,6 +123,8 @@ _REDIRECT = frozenset(
         "strip_query",
     }
 )
+# A route configuration's cluster specifier plugins by name (None: one that did not translate).
+Plugins = dict[str, "LuaClusterSpecifier | None"]
 # RedirectAction.RedirectResponseCode numbers, in proto order.
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 _DEFAULT_MAX_DIRECT_BODY = 4096  # Envoy's max_direct_response_body_size_bytes default
@@ -118,8 +137,9 @@ def route_config(issues: Issues, msg: Any, path: str) -> RouteConfig:
         if msg.HasField("max_direct_response_body_size_bytes")
         else _DEFAULT_MAX_DIRECT_BODY
     )
+    plugins = _plugins(issues, msg, path)
     hosts = tuple(
-        _virtual_host(issues, vhost, item(child(path, "virtual_hosts"), i), max_body)
+        _virtual_host(issues, vhost, item(child(path, "virtual_hosts"), i), max_body, plugins)
         for i, vhost in enumerate(msg.virtual_hosts)
     )
     _check_unique_domains(issues, hosts, path)
@@ -145,7 +165,8 @@ def _check_unique_domains(issues: Issues, hosts: tuple[VirtualHost, ...], path: 
             seen.add(domain)
 
 
-def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> VirtualHost:
+def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int, plugins: Plugins | None = None,
+                  ) -> VirtualHost:
     issues.fields(msg, path, _VIRTUAL_HOST)
     if not msg.name:
         issues.add(child(path, "name"), "must not be empty")
@@ -156,12 +177,16 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
             issues.add(item(child(path, "domains"), i), "must not be empty")
     ctx = retry_context(issues, msg, path)
     routes = tuple(
-        _route(issues, route, item(child(path, "routes"), i), max_body, ctx)
+        _route(issues, route, item(child(path, "routes"), i), max_body, ctx, plugins)
         for i, route in enumerate(msg.routes)
     )
     vhost_fault, vhost_limit, vhost_filters = per_filter(issues, msg, path)
+    if msg.HasField("cors"):
+        vhost_filters = (*vhost_filters, _cors(issues, msg.cors, child(path, "cors")))
     if vhost_fault is not None:  # a fault on the host is every route's that has none of its own
         routes = tuple(r if r.fault else dataclasses.replace(r, fault=vhost_fault) for r in routes)
+    if msg.rate_limits or any(r.WhichOneof("action") == "route" and r.route.rate_limits for r in msg.routes):
+        routes = _rate_limits(issues, msg, path, routes, vhost_filters)
     return VirtualHost(
         name=msg.name,
         # Host matching is case-insensitive in Envoy; the model keeps domains in lower case.
@@ -171,10 +196,12 @@ def _virtual_host(issues: Issues, msg: Any, path: str, max_body: int) -> Virtual
         response_headers=header_edits(issues, msg, path, "response"),
         rate_limit=vhost_limit,
         filters=vhost_filters,
+        metadata=_filter_metadata(msg),
     )
 
 
-def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext) -> Route:
+def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext,
+           plugins: Plugins | None = None) -> Route:
     issues.fields(msg, path, _ROUTE)
     match_path = child(path, "match")
     if msg.HasField("match"):
@@ -185,7 +212,7 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
     kind = msg.WhichOneof("action")
     action: RouteAction
     if kind == "route":
-        action = _forward(issues, msg.route, child(path, "route"), match)
+        action = _forward(issues, msg.route, child(path, "route"), match, plugins)
         retry = route_retry(issues, msg.route, msg, child(path, "route"), ctx)
         hashing = hash_policies(issues, msg.route, child(path, "route"))
         if retry is not None or hashing:
@@ -199,6 +226,8 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
             issues.add(path, "one of route, redirect or direct_response is required")
         action = DirectResponseAction(status=404)
     route_fault, route_limit, route_filters = per_filter(issues, msg, path)
+    if kind == "route" and msg.route.HasField("cors"):
+        route_filters = (*route_filters, _cors(issues, msg.route.cors, child(path, "route.cors")))
     return Route(
         name=msg.name,
         match=match,
@@ -208,15 +237,48 @@ def _route(issues: Issues, msg: Any, path: str, max_body: int, ctx: RetryContext
         rate_limit=route_limit,
         fault=route_fault,
         filters=route_filters,
+        metadata=_filter_metadata(msg),
     )
 
 
-def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardAction:
-    issues.fields(msg, path, _FORWARD | {"upgrade_configs"} if match.connect else _FORWARD)
+def _filter_metadata(msg: Any) -> FilterMetadata:
+    """A route's or virtual host's metadata.filter_metadata, for the filters that read it (Envoy's
+    Lua filter's metadata()); typed_filter_metadata is read by none of meshpy's filters. The `meshpy`
+    namespace carries settings of meshpy's own, read into the route's policies (translate_policies)."""
+    if not msg.HasField("metadata"):
+        return ()
+    return tuple((name, json.dumps(json_format.MessageToDict(struct), sort_keys=True))
+                 for name, struct in sorted(msg.metadata.filter_metadata.items()) if name != "meshpy")
+
+
+def _rate_limits(issues: Issues, msg: Any, path: str, routes: tuple[Route, ...],
+                 vhost_filters: tuple[FilterOverride, ...]) -> tuple[Route, ...]:
+    """The rate_limits of a virtual host and its routes: overrides for Envoy's global rate limit filter
+    on the routes they apply to."""
+    from meshpy.extensions import ratelimit_routes  # (imported where a config has some, as extensions are)
+
+    return ratelimit_routes.attach(issues, msg, path, routes, vhost_filters)
+
+
+def _cors(issues: Issues, msg: Any, path: str) -> FilterOverride:
+    """A deprecated `cors` policy: an override for the listener's CORS filters, whatever their names
+    (resolved as each route's chain is built, meshpy.stack.filter_chain)."""
+    from meshpy.extensions import cors  # (imported where a config has one, as every extension is)
+
+    return cors.legacy_override(issues, msg, path)
+
+
+def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch, plugins: Plugins | None = None,
+             ) -> ForwardAction:
+    issues.fields(msg, path, _FORWARD | {"upgrade_configs"})
     if match.connect:
         _connect_upgrade(issues, msg, path)
+        upgrades: tuple[tuple[str, bool], ...] = (("connect", True),)
+    else:
+        upgrades = _route_upgrades(issues, msg, path)
     cluster: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
+    plugin: LuaClusterSpecifier | None = None
     kind = msg.WhichOneof("cluster_specifier")
     if kind == "cluster":
         cluster = msg.cluster
@@ -224,6 +286,16 @@ def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardA
             issues.add(child(path, "cluster"), "must not be empty")
     elif kind == "weighted_clusters":
         weighted = _weighted(issues, msg.weighted_clusters, child(path, "weighted_clusters"))
+    elif kind == "inline_cluster_specifier_plugin":
+        plugin = _cluster_plugin(issues, msg.inline_cluster_specifier_plugin,
+                                 child(path, "inline_cluster_specifier_plugin"))
+    elif kind == "cluster_specifier_plugin":
+        name = msg.cluster_specifier_plugin
+        if plugins is None or name not in plugins:
+            issues.add(child(path, "cluster_specifier_plugin"),
+                       f"unknown cluster specifier plugin name: {name} is used in the route")
+        else:
+            plugin = plugins[name]
     elif kind is None:
         issues.add(path, "one of cluster or weighted_clusters is required")
     rewrite = None
@@ -257,7 +329,58 @@ def _forward(issues: Issues, msg: Any, path: str, match: RouteMatch) -> ForwardA
         idle_timeout=idle,
         max_stream_duration=duration,
         grpc_timeout=grpc_timeout,
+        upgrades=upgrades,
+        mirrors=tuple(_mirror(issues, m, item(child(path, "request_mirror_policies"), i))
+                      for i, m in enumerate(msg.request_mirror_policies)),
+        cluster_plugin=plugin,
     )
+
+
+def _cluster_plugin(issues: Issues, msg: Any, path: str) -> LuaClusterSpecifier | None:
+    """A ClusterSpecifierPlugin: its extension, which meshpy has for Envoy's Lua cluster specifier."""
+    issues.fields(msg, path, {"extension", "is_optional"})
+    from meshpy.extensions import lua_cluster  # (imported where a config has one)
+
+    return lua_cluster.translate(issues, msg.extension, child(path, "extension"))
+
+
+def _plugins(issues: Issues, msg: Any, path: str) -> Plugins:
+    """The route configuration's cluster_specifier_plugins, by name, for routes that name one."""
+    return {plugin.extension.name: _cluster_plugin(issues, plugin,
+                                                   item(child(path, "cluster_specifier_plugins"), i))
+            for i, plugin in enumerate(msg.cluster_specifier_plugins)}
+
+
+def _mirror(issues: Issues, msg: Any, path: str) -> MirrorPolicy:
+    """A RequestMirrorPolicy. trace_sampled only marks the copy's trace span (meshpy traces nothing)."""
+    issues.fields(msg, path, {"cluster", "cluster_header", "runtime_fraction", "trace_sampled",
+                              "disable_shadow_host_suffix_append"})
+    if bool(msg.cluster) == bool(msg.cluster_header):
+        issues.add(path, "exactly one of cluster and cluster_header is required")
+    share, key = 100.0, ""
+    if msg.HasField("runtime_fraction"):
+        fraction = msg.runtime_fraction
+        issues.fields(fraction, child(path, "runtime_fraction"), {"default_value", "runtime_key"})
+        share, key = percent(fraction.default_value), fraction.runtime_key
+    return MirrorPolicy(cluster=msg.cluster, cluster_header=msg.cluster_header.lower(), percent=share,
+                        runtime_key=key, host_suffix=not msg.disable_shadow_host_suffix_append)
+
+
+def _route_upgrades(issues: Issues, msg: Any, path: str) -> tuple[tuple[str, bool], ...]:
+    """RouteAction.upgrade_configs on a route that is not a CONNECT route: each type on (`enabled`,
+    true by default) or off here, whatever the listener says."""
+    out: dict[str, bool] = {}
+    for i, u in enumerate(msg.upgrade_configs):
+        where = item(child(path, "upgrade_configs"), i)
+        issues.fields(u, where, {"upgrade_type", "enabled"})
+        kind = u.upgrade_type.lower()
+        if not kind:
+            issues.add(child(where, "upgrade_type"), "must not be empty")
+        elif kind == "connect":
+            issues.add(child(where, "upgrade_type"), "CONNECT is for routes with a connect_matcher")
+        else:
+            out[kind] = bool(wrapped(u, "enabled", True))
+    return tuple(out.items())
 
 
 def _stream_duration(issues: Issues, msg: Any, path: str) -> tuple[float | None, GrpcTimeout | None]:

@@ -4,9 +4,9 @@ filter_chain_match -> ChainMatch.
 Read as Envoy reads them: servers default to TLS 1.2-1.3, clients to TLS 1.2 (Envoy's defaults); no
 ALPN unless the context lists it; a validation context without SAN matchers checks the CA only. A
 certificate or CA may be a file, inline, or a secret by name: one of the bootstrap's static
-`secrets` (resolved here) or one that SDS delivers over ADS (kept by name; meshpy.xds.secrets fills it
-in). What meshpy cannot do is an error naming the field: OCSP stapling, CRLs, certificate hashes and
-SPKI pins, session ticket keys from SDS, private key providers and passwords, custom handshakers and
+`secrets` (resolved here) or one that SDS delivers (kept by name; meshpy.xds.secrets fills it in).
+What meshpy cannot do is an error naming the field: OCSP stapling, CRLs, certificate hashes and SPKI
+pins, session ticket keys from SDS, private key providers and passwords, custom handshakers and
 validators.
 """
 
@@ -111,17 +111,13 @@ def certificate(issues: Issues, msg: Any, path: str) -> Certificate:
 
 
 def _sds(issues: Issues, msg: Any, path: str, secrets: Secrets) -> tuple[str, Any | None]:
-    """(the secret's name, the static Secret when the bootstrap holds it, else None: SDS sends it
-    over the ADS stream)."""
+    """(the secret's name, the static Secret when the bootstrap holds it, else None: SDS sends it)."""
     issues.fields(msg, path, {"name", "sds_config"})
     if not msg.name:
         issues.add(child(path, "name"), "is required")
     if msg.HasField("sds_config"):
-        source = msg.sds_config
-        if not source.HasField("ads"):
-            issues.add(
-                child(path, "sds_config"), "secrets come over the ADS stream only (sds_config: {ads: {}})"
-            )
+        # Where it comes from (ADS, an SDS server, a file) is read by whoever fetches it: the bootstrap
+        # reader and the xDS client's store (meshpy.xds.deps.fetches).
         return msg.name, None
     static = secrets.get(msg.name)
     if static is None:

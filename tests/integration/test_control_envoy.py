@@ -109,16 +109,17 @@ def test_bad_yaml_is_reported_and_not_pushed(world: tuple[Path, Control, Envoy, 
 
 def test_nack_keeps_envoy_on_its_last_config(world: tuple[Path, Control, Envoy, int]) -> None:
     source, control, envoy, port = world
-    # Valid proto that meshpy's checks let through (it lacks common_lb_config, and a fleet of Envoy
-    # proxies may use it, so the control plane warns and pushes) and Envoy's validation refuses.
-    panic = "common_lb_config: { healthy_panic_threshold: { value: 150 } }\n"
-    (source / "cluster.yaml").write_text(CLUSTER + panic)
+    # Valid proto that meshpy's checks let through (it lacks consistent_hashing_lb_config, and a fleet of
+    # Envoy proxies may use it, so the control plane warns and pushes) and Envoy's validation refuses.
+    lacking = "common_lb_config: { consistent_hashing_lb_config: { hash_balance_factor: 99 } }\n"
+    (source / "cluster.yaml").write_text(CLUSTER + lacking)
     eventually(lambda: "rejected" in control.logs(), "the NACK is logged")
     assert "envoy-1" in control.logs()
-    assert "cluster.yaml: common_lb_config: not supported by meshpy" in control.logs()
+    said = "cluster.yaml: common_lb_config.consistent_hashing_lb_config: not supported by meshpy"
+    assert said in control.logs()
     [node] = json.loads(control.get("/nodes")[1])
     assert node["last_nack"].startswith("type.googleapis.com/envoy.config.cluster.v3.Cluster version ")
-    assert "healthy_panic_threshold" in node["last_nack"]  # Envoy's own words (matched in part: they vary)
+    assert "HashBalanceFactor" in node["last_nack"]  # Envoy's own words (matched in part: they vary)
     assert re.search(r"meshpy_control_nacks_total [1-9]", control.get("/metrics")[1])
     assert stat(envoy.admin_port, "cluster_manager.cds.update_rejected") >= 1
     assert http(port, path="/hello").status == 200

@@ -86,11 +86,13 @@ def test_meshpy_nacks_a_bad_resource_and_keeps_serving(world: tuple[Path, Contro
     source, control, proxy, port = world
     # What Envoy takes and meshpy lacks: the control plane warns (its fleet may be Envoy) and pushes;
     # meshpy NACKs it. (A value every proxy refuses is stopped at the control plane: the Envoy suite.)
-    (source / "cluster.yaml").write_text(CLUSTER + "common_lb_config: { update_merge_window: 1s }\n")
+    field = "close_connections_on_host_set_change"
+    lacking = f"common_lb_config.{field}"
+    (source / "cluster.yaml").write_text(CLUSTER + f"common_lb_config: {{ {field}: true }}\n")
     eventually(lambda: json.loads(control.get("/nodes")[1])[0]["last_nack"] is not None, "the NACK")
     [node] = json.loads(control.get("/nodes")[1])
-    assert node["last_nack"].endswith("Cluster demo: common_lb_config: not supported by meshpy")
-    assert "rejected Cluster update: Cluster demo: common_lb_config" in proxy.logs()
+    assert node["last_nack"].endswith(f"Cluster demo: {lacking}: not supported by meshpy")
+    assert f"rejected Cluster update: Cluster demo: {lacking}" in proxy.logs()
     assert xds_metric(proxy, "rejected") >= 1
     assert http(port, path="/hello").status == 200
     (source / "cluster.yaml").write_text(CLUSTER)

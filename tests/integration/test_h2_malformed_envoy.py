@@ -23,9 +23,9 @@ How Envoy 1.40 (nghttp2) refuses, measured: a malformed HEADERS (bad name or val
 rules, connection-specific fields, `te` other than `trailers`, content-length with END_STREAM or not a
 single number) is a connection error for it by default (`override_stream_error_on_invalid_http_message:
 false`): it sends nothing, no RST_STREAM and no GOAWAY, and closes the connection after its delayed-close
-timeout (1 s). A `:path` with `#` gets a 400 answer from its HCM instead; DATA that do not match
-content-length get RST_STREAM PROTOCOL_ERROR (after the head went upstream). meshpy resets only the
-stream. All of these are `refused`.
+timeout (1 s). A `:path` with `#` gets a 400 answer from its HCM instead (and from meshpy's exchange);
+DATA that do not match content-length get RST_STREAM PROTOCOL_ERROR (after the head went upstream).
+meshpy resets only the stream. All of these are `refused`.
 
 Runs in about 30 s: the cases go WORKERS at a time per proxy; the floods are bounded to
 FLOOD_CONNECTIONS connections; the bootstrap's request_headers_timeout is HEADERS_TIMEOUT.
@@ -359,7 +359,10 @@ CASES: tuple[Case, ...] = (
     Case("p-authority-empty", "empty :authority", one(lambda s: req(s, authority=b"")), REFUSED),
     Case("p-method-space", ":method `GE T`", one(lambda s: req(s, method=b"GE T")), REFUSED),
     Case("p-method-crlf", ":method `GET\\r\\n`", one(lambda s: req(s, method=b"GET\r\n")), REFUSED),
-    Case("p-path-hash", ":path with #", one(lambda s: req(s, path=b"/c/" + s + b"#frag")), REFUSED),
+    # Answered 400 by both (meshpy's exchange, Envoy's HCM), which may instead cut the fragment off
+    # (the runtime's http_reject_path_with_fragment: tests/integration/test_runtime_envoy.py).
+    Case("p-path-hash", ":path with #", one(lambda s: req(s, path=b"/c/" + s + b"#frag")), REFUSED,
+         code=None),
     Case("p-path-empty", "empty :path", one(lambda s: req(s, path=b"")), REFUSED),
     Case("p-path-relative", ":path not starting with /", one(lambda s: req(s, path=b"c/" + s)), REFUSED),
     Case("p-path-star-get", ":path * for GET", one(lambda s: req(s, path=b"*")), REFUSED),

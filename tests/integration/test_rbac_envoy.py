@@ -178,7 +178,7 @@ class Pair:
 
 def _bootstrap(side: Side, envoy: bool) -> str:
     return BOOTSTRAP.substitute(admin=side.admin, port=side.port, log=side.log, rbac=RBAC,
-                                per_route=PER_ROUTE, hcm=HCM, log_format=ENVOY_FORMAT if envoy else "")
+                                per_route=PER_ROUTE, hcm=HCM, log_format=ENVOY_FORMAT)
 
 
 @pytest.fixture(scope="module")

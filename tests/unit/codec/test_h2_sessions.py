@@ -144,7 +144,6 @@ def _hpack_bomb() -> bytes:
 
 
 BAD_REQUESTS = {
-    "fragment in :path": one_request(fields=request(path=b"/a#b")),
     "obs-text in :path": one_request(fields=request(path=b"/a\xff")),
     "userinfo in :authority": one_request(fields=request(authority=b"user@host")),
     "space in :authority": one_request(fields=request(authority=b"a b")),
@@ -324,6 +323,14 @@ def test_malformed_requests_are_refused_by_both_codecs(case: str) -> None:
         v = serve(codec, BAD_REQUESTS[case])
         assert v.forwarded == [], (codec, v)
         assert v.refused.get(1) == 1 or v.goaway == 1, (codec, v)  # PROTOCOL_ERROR, on the stream or all
+
+
+def test_a_fragment_in_path_is_left_to_the_exchange() -> None:
+    """It answers 400 (as Envoy's HCM does) or cuts the fragment off (Envoy's runtime flag
+    http_reject_path_with_fragment: false): tests/integration/test_runtime_envoy.py."""
+    for codec in CODECS:
+        v = serve(codec, one_request(fields=request(path=b"/a#b")))
+        assert v.forwarded == [1] and not v.refused, (codec, v)
 
 
 def test_a_good_request_is_forwarded_by_both_codecs() -> None:

@@ -150,7 +150,7 @@ def test_full_set_parses_into_typed_messages(tmp_path: Path) -> None:
 
 
 def test_extension_the_translator_does_not_import_still_resolves(tmp_path: Path) -> None:
-    lua = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+    lua = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"  # (one meshpy has not)
     router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
     write(tmp_path, "l.yaml", LISTENER_YAML.replace(router, lua))
     listener = load_envoy_dir(tmp_path)[LISTENER]["ingress"]
@@ -337,9 +337,10 @@ def test_the_proxy_checks_run_at_the_control_plane(tmp_path: Path) -> None:
 def test_what_only_meshpy_lacks_is_served_with_a_warning(tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     """An Envoy fleet may use what meshpy lacks: served, and said once, naming the file."""
-    write(tmp_path, "clusters.yaml", cluster("web", "  common_lb_config: {}\n"))
+    lacking = "close_connections_on_host_set_change"
+    write(tmp_path, "clusters.yaml", cluster("web", f"  common_lb_config: {{{lacking}: true}}\n"))
     assert "web" in load_envoy_dir(tmp_path)[CLUSTER]
-    said = "clusters.yaml[0]: common_lb_config: not supported by meshpy (meshpy proxies will refuse it"
+    said = f"clusters.yaml[0]: common_lb_config.{lacking}: not supported by meshpy (meshpy proxies will"
     assert said in caplog.text
 
 

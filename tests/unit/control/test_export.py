@@ -363,3 +363,68 @@ def test_envoy_accepts_exported_tls(tmp_path: Path) -> None:
     result = subprocess.run([binary, "--mode", "validate", "--disable-hot-restart", "-c", str(path)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_envoy_route_features_round_trip() -> None:
+    """Envoy-only route features (mirrors, per-route upgrades, gRPC matches, a limit's headers), read
+    from a bootstrap, exported and read back unchanged."""
+    import yaml
+
+    from meshpy.xds.translate import load_bootstrap
+
+    def cluster(name: str, port: int) -> dict[str, object]:
+        address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+        return {"name": name, "load_assignment": {"cluster_name": name, "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": address}}]}]}}
+    routes = yaml.safe_load("""
+- match: {prefix: /g, grpc: {}}
+  route:
+    cluster: a
+    request_mirror_policies:
+    - {cluster: b, disable_shadow_host_suffix_append: true}
+    - {cluster_header: x-mirror, runtime_fraction: {default_value: {numerator: 25}}}
+- match: {prefix: /ws}
+  route: {cluster: a, upgrade_configs: [{upgrade_type: websocket}, {upgrade_type: h2c, enabled: false}]}
+  typed_per_filter_config:
+    limit:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+      stat_prefix: l
+      token_bucket: {max_tokens: 5, fill_interval: 1s}
+      filter_enabled: {default_value: {numerator: 100}}
+      filter_enforced: {default_value: {numerator: 100}}
+      response_headers_to_add: [{header: {key: x-limited, value: "yes"}}]
+""")
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                    "HttpConnectionManager",
+           "stat_prefix": "web", "http2_protocol_options": {"allow_connect": True},
+           "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+           "http_filters": [{"name": "router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    config = load_bootstrap({"static_resources": {
+        "listeners": [{"name": "web",
+                       "address": {"socket_address": {"address": "127.0.0.1", "port_value": 18700}},
+                       "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]}],
+        "clusters": [cluster("a", 18701), cluster("b", 18702)]}})
+    got = config.listeners[0].http.route_config.virtual_hosts[0].routes  # type: ignore[union-attr]
+    assert len(got[0].action.mirrors) == 2  # type: ignore[union-attr]
+    assert got[1].action.upgrades == (("websocket", True), ("h2c", False))  # type: ignore[union-attr]
+    assert got[1].rate_limit is not None and got[1].rate_limit.response_headers
+    back = round_trip(config)
+    assert back.listeners == named_routes(config).listeners
+
+
+def test_filter_metadata_round_trips() -> None:
+    """Route and virtual host filter_metadata (what Lua scripts read) go out as Envoy's and come back."""
+    import dataclasses as dc
+
+    config = load_text(EVERYTHING)
+    lis = config.listeners[0]
+    assert lis.http is not None
+    vh = lis.http.route_config.virtual_hosts[0]
+    routes = (dc.replace(vh.routes[0], metadata=(("lua", '{"foo": "bar"}'),)), *vh.routes[1:])
+    vh = dc.replace(vh, routes=routes, metadata=(("lua", '{"baz": ["a", "b"]}'),))
+    rc = dc.replace(lis.http.route_config, virtual_hosts=(vh, *lis.http.route_config.virtual_hosts[1:]))
+    config = dc.replace(config, listeners=(dc.replace(lis, http=dc.replace(lis.http, route_config=rc)),
+                                           *config.listeners[1:]))
+    back = round_trip(config)
+    assert back.listeners == named_routes(config).listeners

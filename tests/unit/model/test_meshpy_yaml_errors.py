@@ -78,7 +78,7 @@ from meshpy.model.meshpy_yaml import load_meshpy
         ),
         (
             "listeners: [{address: ':1', cluster: backend, access_log: [stdout, 3]}]\n" + CLUSTERS,
-            "listeners[0].access_log[1]: expected stdout or a file path, got a number",
+            "listeners[0].access_log[1]: expected stdout, stderr, a file path or a mapping, got a number",
         ),
         ("listeners: {address: ':1'}", "listeners: expected a list, got a mapping"),
         ("listeners: [{address: ':1', cluster: ''}]", "listeners[0].cluster: must not be empty"),

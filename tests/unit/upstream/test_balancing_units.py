@@ -46,7 +46,7 @@ def test_keys_stay_and_one_nth_move(policy: str) -> None:
     assert len(shares) == 10 and all(0.05 < s < 0.15 for s in shares.values()), shares
     gone = full.hosts[3].label
     smaller = runtime(policy, 10)
-    smaller._set_hosts([(h.address[0], h.address[1], 1, h.label) for h in full.hosts if h.label != gone])
+    smaller._set_hosts([(h.address, 1, h.label) for h in full.hosts if h.label != gone])
     after = owners(smaller, keys)
     moved = sum(a != b for a, b in zip(before, after, strict=True)) / len(keys)
     assert 0.07 < moved < 0.16, moved  # about 1/10
@@ -77,8 +77,7 @@ def test_least_request_avoids_the_busy_endpoint() -> None:
 
 def test_slow_start_ramps_a_new_endpoint_up() -> None:
     rt = runtime("least_request", 2, slow_start=SlowStart(window=10.0, aggression=1.0, min_weight_percent=10))
-    rt._set_hosts([*((h.address[0], h.address[1], 1, h.label) for h in rt.hosts),
-                   ("10.0.0.9", 9009, 1, "new")])
+    rt._set_hosts([*((h.address, 1, h.label) for h in rt.hosts), (("10.0.0.9", 9009), 1, "new")])
     newcomer = rt.hosts[2]
     balancer = rt.balancer
     assert isinstance(balancer, Balancer) and newcomer.joined is not None

@@ -35,7 +35,7 @@ def resolved(family: DnsLookupFamily, answers: list[Any]) -> tuple[list[str], in
         entries = loop.run_until_complete(runtime._resolve())
     finally:
         loop.close()
-    return [e[0] for e in entries], asked[0]
+    return [e[0][0] for e in entries], asked[0]  # (an entry: ((ip, port), weight, name))
 
 
 @pytest.mark.parametrize(("family", "answers", "hosts", "asked"), [

@@ -25,6 +25,8 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format  # type: ignore[import-untyped, unused-ignore]
 
 from meshpy.errors import ConfigError, ConfigIssue
+from meshpy.model.access_log import ENVOY_TEXT
+from meshpy.model.endpoints import EndpointGroup, Locality
 from meshpy.model.routes import (
     NO_EDITS,
     DirectResponseAction,
@@ -240,6 +242,7 @@ def test_minimal_http_listener_gets_envoy_defaults() -> None:
             idle_timeout=3600.0,
             server_name="envoy",
             upgrades=(),  # Envoy tunnels no upgrade type unless upgrade_configs names it
+            http2=Http2Options(allow_connect=False),  # no extended CONNECT unless allow_connect
             envoy_headers=True,  # the router's x-envoy-* headers, unless suppress_envoy_headers
             accept_http_10=False,  # HTTP/1.0 gets 426 unless http_protocol_options.accept_http_10
         ),
@@ -286,12 +289,14 @@ def test_hcm_options() -> None:
         request_headers_timeout=2.5,
         max_request_headers_kb=32,
         max_request_headers_count=50,
-        access_logs=(AccessLog(path="/tmp/access.log"), AccessLog(path=None)),
+        access_logs=(AccessLog(path="/tmp/access.log", format=ENVOY_TEXT),
+                     AccessLog(path=None, format=ENVOY_TEXT)),
         server_name="meshpy",
         codec="http1",
         upgrades=(),
         envoy_headers=True,
         accept_http_10=False,
+        http2=Http2Options(allow_connect=False),
     )
 
 
@@ -368,7 +373,8 @@ HCM_HTTP2 = http_bootstrap("hcm_http2", hcm="""
 def test_hcm_http2_codec_and_settings() -> None:
     http = http_of(HCM_HTTP2)
     assert http.codec == "http2"
-    assert http.http2 == Http2Options(max_concurrent_streams=7, initial_stream_window_size=1 << 20)
+    assert http.http2 == Http2Options(max_concurrent_streams=7, initial_stream_window_size=1 << 20,
+                                      allow_connect=False)
 
 
 SERVER_PASS_THROUGH = http_bootstrap("server_pass_through", hcm="server_header_transformation: PASS_THROUGH")
@@ -407,7 +413,7 @@ def test_tcp_proxy_listener() -> None:
         tcp=TcpOptions(cluster="demo", idle_timeout=3600.0),
     )
     assert load_bootstrap(TCP_OPTIONS).listeners[0].tcp == TcpOptions(
-        cluster="demo", idle_timeout=None, access_logs=(AccessLog(path="/dev/stdout"),)
+        cluster="demo", idle_timeout=None, access_logs=(AccessLog(path="/dev/stdout", format=ENVOY_TEXT),)
     )
 
 
@@ -454,13 +460,14 @@ STATIC_CLUSTER = cluster_bootstrap(
 )
 
 
-def test_static_cluster_flattens_localities() -> None:
+def test_static_cluster_keeps_localities() -> None:
+    zone_a = EndpointGroup(locality=Locality(zone="a"), weight=3)  # (meshpy.upstream.priority reads them)
     assert load_bootstrap(STATIC_CLUSTER).clusters[0] == Cluster(
         name="demo",
         discovery="static",
         endpoints=(
-            Endpoint(address=Address(host="127.0.0.1", port=18080), weight=5),
-            Endpoint(address=Address(host="::1", port=18081), weight=1),
+            Endpoint(address=Address(host="127.0.0.1", port=18080), weight=5, group=zone_a),
+            Endpoint(address=Address(host="::1", port=18081), weight=1, group=zone_a),
             Endpoint(address=Address(host="10.0.0.1", port=80), weight=1),
         ),
         connect_timeout=0.25,
@@ -866,26 +873,27 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
                 path: /tmp/a.log
-                log_format: {text_format_source: {inline_string: "%REQ(:PATH)%\\n"}}
+                log_format: {text_format_source: {inline_string: "%DYNAMIC_METADATA(a:b)%\\n"}}
             """,
         ),
-        f"{FILTER}.access_log[0].typed_config.log_format",
-        UNSUPPORTED,
+        f"{FILTER}.access_log[0].typed_config.log_format.text_format_source.inline_string",
+        "%DYNAMIC_METADATA% is not supported by meshpy",
     ),
     (
-        "cors_filter",
+        "set_metadata_filter",
         http_bootstrap(
-            "cors_filter",
+            "set_metadata_filter",
             hcm="""
             http_filters:
-            - name: cors
-              typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
+            - name: set_metadata
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
             - name: router
               typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
             """,
         ),
         f"{FILTER}.http_filters[0].typed_config",
-        f"envoy.extensions.filters.http.cors.v3.Cors is {UNSUPPORTED}",
+        f"envoy.extensions.filters.http.set_metadata.v3.Config is {UNSUPPORTED}",
     ),
     (
         "router_option",
@@ -923,9 +931,11 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         UNSUPPORTED,
     ),
     (
-        "match_grpc",
-        http_bootstrap("match_grpc", "- {match: {prefix: /, grpc: {}}, route: {cluster: demo}}"),
-        f"{ROUTE0}.match.grpc",
+        "match_dynamic_metadata",
+        http_bootstrap("match_dynamic_metadata", "- {match: {prefix: /, dynamic_metadata: [{filter: x, "
+                                             "path: [{key: k}], value: {present_match: true}}]}, "
+                                             "route: {cluster: demo}}"),
+        f"{ROUTE0}.match.dynamic_metadata",
         UNSUPPORTED,
     ),
     (
@@ -1120,16 +1130,16 @@ REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
         UNSUPPORTED,
     ),
     (
-        "admin_profile_path",
+        "admin_socket_options",
         http_bootstrap(
-            "admin_profile_path",
+            "admin_socket_options",
             extra="""
             admin:
-              profile_path: /tmp/prof
+              socket_options: [{level: 1, name: 9, int_value: 1}]
               address: {socket_address: {address: 127.0.0.1, port_value: 9901}}
             """,
         ),
-        "admin.profile_path",
+        "admin.socket_options",
         UNSUPPORTED,
     ),
     (
@@ -1160,15 +1170,18 @@ def test_every_issue_is_reported_at_once() -> None:
     }
 
 
-def test_rds_and_eds_are_not_for_a_static_bootstrap() -> None:
+def test_rds_and_eds_over_ads_need_an_ads_stream() -> None:
+    # (A static bootstrap may fetch them from a config source of their own: tests/unit/xds/
+    # test_config_sources.py.)
     rds = copy.deepcopy(MINIMAL_HTTP)
     hcm = rds["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     del hcm["route_config"]
     hcm["rds"] = {"route_config_name": "r", "config_source": {"ads": {}}}
-    assert issues_of(rds) == [ConfigIssue(f"{FILTER}.rds", "rds is not supported in a static bootstrap yet")]
+    no_ads = "ads: {} needs the bootstrap's dynamic_resources.ads_config"
+    assert issues_of(rds) == [ConfigIssue(f"{FILTER}.rds.config_source.ads", no_ads)]
     eds = cluster_bootstrap(None, "{type: EDS, eds_cluster_config: {eds_config: {ads: {}}}}")
     del eds["static_resources"]["clusters"][0]["load_assignment"]
-    assert issues_of(eds) == [ConfigIssue(f"{CLUSTER0}.type", "EDS is not supported in a static bootstrap")]
+    assert issues_of(eds) == [ConfigIssue(f"{CLUSTER0}.eds_cluster_config.eds_config.ads", no_ads)]
 
 
 # Configs Envoy itself refuses: meshpy refuses them with the same meaning.

@@ -155,10 +155,8 @@ def test_what_meshpy_does_not_evaluate_is_refused_by_name() -> None:
                   "principals": [{"filter_state": {"key": "k", "string_match": {"exact": "v"}}},
                                  {"or_ids": {"ids": [{"any": True}, {"metadata": {"filter": "f"}}]}}],
                   "condition": {"const_expr": {"bool_value": True}}}}},
-        "track_per_rule_stats": True,
-        "shadow_matcher": {"on_no_match": {"action": {"name": "a"}}}})
+        "track_per_rule_stats": True})
     assert issues_of(rbac_filter, msg) == [
-        f"x.shadow_matcher: {UNSUPPORTED}",
         f"x.track_per_rule_stats: {UNSUPPORTED}",
         f"x.rules.audit_logging_options: {UNSUPPORTED}",
         f"x.rules.policies[p].condition: {UNSUPPORTED}",
@@ -231,10 +229,10 @@ def test_errors_reach_the_config_error_with_envoys_paths() -> None:
     with pytest.raises(ConfigError) as err:
         load_text(bootstrap("""
           - name: authz
-            typed_config: {"@type": "$rbac", matcher: {on_no_match: {action: {name: a}}}}
+            typed_config: {"@type": "$rbac", track_per_rule_stats: true}
 """.replace("$rbac", RBAC)))
     assert [i.reason for i in err.value.issues] == [UNSUPPORTED]
-    assert err.value.issues[0].path.endswith("http_filters[0].typed_config.matcher")
+    assert err.value.issues[0].path.endswith("http_filters[0].typed_config.track_per_rule_stats")
 
 
 # -- round trips: model -> Envoy (control's exporter) -> model --------------------------------------

@@ -237,7 +237,7 @@ REFUSED = [
                 }
             )
         ),
-        "needs dynamic_resources (ADS)",
+        "ads: {} needs the bootstrap's dynamic_resources.ads_config",
     ),
     (
         "missing secret",

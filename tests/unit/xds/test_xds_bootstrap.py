@@ -75,15 +75,16 @@ def test_bad_dynamic_resources_are_named_by_path() -> None:
     path = "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name"
     assert f"{path}: no static cluster named 'nowhere'" in found
     text = bootstrap().replace("cds_config: { ads: {}", "cds_config: { path: /etc/cds.yaml")
-    assert issues(text) == [
-        "dynamic_resources.cds_config.path: not supported by meshpy",
-        "dynamic_resources.cds_config: only `ads: {}` is supported by meshpy",
+    assert issues(text) == [  # (Envoy's words)
+        "dynamic_resources.cds_config.path: paths must refer to an existing path in the system: "
+        "'/etc/cds.yaml' does not exist",
     ]
     assert issues(bootstrap().replace("id: proxy-1, ", "")) == [
         "node.id: required with dynamic_resources: the control plane knows proxies by it"
     ]
     assert issues("dynamic_resources: { lds_config: { ads: {} } }") == [
-        "dynamic_resources.ads_config: required: meshpy takes dynamic resources over ADS only"
+        "dynamic_resources.lds_config.ads: ads: {} needs the bootstrap's dynamic_resources.ads_config",
+        "node.id: required with dynamic_resources: the control plane knows proxies by it",
     ]
     service = "{ envoy_grpc: { cluster_name: xds, retry_policy: { retry_back_off: { base_interval: 5s, " \
               "max_interval: 1s } } } }"
@@ -185,9 +186,9 @@ def test_static_resources_that_wait_for_xds_are_held_for_the_client() -> None:
                                                              "          via: proxy")
     path = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.via"
     assert issues(bad) == [f"{path}: not supported by meshpy"]
-    # Without dynamic_resources they stay errors: nothing would ever bring their routes.
+    # Without dynamic_resources, `ads: {}` is an error: nothing would ever bring their routes.
     static_only = "static_resources:" + RDS_LISTENER
-    assert "rds is not supported in a static bootstrap yet" in " ".join(issues(static_only))
+    assert "ads: {} needs the bootstrap's dynamic_resources.ads_config" in " ".join(issues(static_only))
 
 
 TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
