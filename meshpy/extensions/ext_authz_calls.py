@@ -15,6 +15,7 @@ call that fails (transport, timeout, a non-OK gRPC status) is an error.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,7 +158,6 @@ def check_request(request: Request, body: bytes | None, pack_as_bytes: bool, pee
     if tls is not None and tls.local_uris:
         ctx.destination.principal = tls.local_uris[0]
     if peer_certificate and tls is not None and tls.peer_certificate:
-        import ssl
         ctx.source.certificate = ssl.DER_cert_to_PEM_cert(tls.peer_certificate)
     now = time.time()
     ctx.request.time.seconds = int(now)

@@ -231,10 +231,9 @@ class AccessLogger:
             test = self._filter_http = compile_filter(log_filter)
             self._filter_tcp = lambda c, s: test(TcpRecord(c), s)
         self.needs_view = log_format != MESHPY_JSON or log_filter is not None
-        # What the request path calls: meshpy's JSON line without a filter has a path of its own,
-        # as short as it was before formats and filters came.
-        self.log_http: Callable[[Any, float], None] = self._log_http if self.needs_view else self._log_json
-        self.log_tcp: Callable[[Any, float], None] = self._log_tcp
+        # What the request path calls (meshpy's JSON line without a filter: no test to run).
+        self.log_http: Callable[[Any, float], None] = self._queued(self._http, self._filter_http)
+        self.log_tcp: Callable[[Any, float], None] = self._queued(self._tcp, self._filter_tcp)
         self._file: BinaryIO | None = self._open() if self.path is not None else None
         self.max_pending = max_pending
         self.dropped = 0  # lines lost to write errors
@@ -276,35 +275,28 @@ class AccessLogger:
         elif len(pending) >= self.max_pending:
             self.flush()
 
-    def _log_json(self, x: Any, seconds: float) -> None:
-        """log_http for meshpy's JSON line: its fields, an append, and one call_soon per batch."""
-        try:
-            entry = _json_http(x, seconds)
-        except Exception:
-            return self._lost()
-        pending = self._pending
-        pending.append(entry)
-        if len(pending) == 1:
-            self._handle = self._loop.call_soon(self.flush)
-        elif len(pending) >= self.max_pending:
-            self.flush()
+    def _queued(self, build: Callable[[Any, float], Any],
+                test: Callable[[Any, float], bool] | None) -> Callable[[Any, float], None]:
+        """The request path's log call for one kind of line: `test` (the log's filter, if any), the
+        entry `build` makes, an append, and one call_soon per batch. A closure, so that the path pays
+        no more than the method call it replaces."""
+        lost = self._lost
 
-    def _log_http(self, x: Any, seconds: float) -> None:
-        """Queue the line of a finished exchange (meshpy.stack.exchange), as `log_http`. Hot path: the
-        values the line needs, an append, and one call_soon per batch (and the filter's test)."""
-        try:  # (free unless raised: a bug in a log must not break the request it logs)
-            test = self._filter_http
-            if test is not None and not test(x, seconds):
-                return
-            entry = self._http(x, seconds)
-        except Exception:
-            return self._lost()
-        pending = self._pending
-        pending.append(entry)
-        if len(pending) == 1:
-            self._handle = self._loop.call_soon(self.flush)
-        elif len(pending) >= self.max_pending:
-            self.flush()
+        def queue(x: Any, seconds: float) -> None:
+            try:  # (free unless raised: a bug in a log must not break the request it logs)
+                if test is not None and not test(x, seconds):
+                    return
+                entry = build(x, seconds)
+            except Exception:
+                return lost()
+            pending = self._pending  # (flush swaps the list)
+            pending.append(entry)
+            if len(pending) == 1:
+                self._handle = self._loop.call_soon(self.flush)
+            elif len(pending) >= self.max_pending:
+                self.flush()
+
+        return queue
 
     def log_refused(self, conn: Any, status: int, bytes_out: int, started: float) -> None:
         """A request refused while it was read (`started`: loop time its head began), as Envoy logs
@@ -312,22 +304,6 @@ class AccessLogger:
         loop_now = self._loop.time()
         record = RefusedRecord(conn, status, bytes_out, time.time() - (loop_now - started))
         self.log_http(record, loop_now - started)
-
-    def _log_tcp(self, conn: Any, seconds: float) -> None:
-        """Queue the line of a finished TCP session (meshpy.transport.tcp.TcpDownstream), as `log_tcp`."""
-        try:
-            test = self._filter_tcp
-            if test is not None and not test(conn, seconds):
-                return
-            entry = self._tcp(conn, seconds)
-        except Exception:
-            return self._lost()
-        pending = self._pending
-        pending.append(entry)
-        if len(pending) == 1:
-            self._handle = self._loop.call_soon(self.flush)
-        elif len(pending) >= self.max_pending:
-            self.flush()
 
     def flush(self) -> None:
         """Format and write every queued line in one write call. Safe to call at any time."""
